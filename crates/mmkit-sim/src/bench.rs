@@ -1,0 +1,307 @@
+//! `mmkit bench`: each hot path timed beside its anchor in the same process and run, reported
+//! as a table or as JSON lines (`name`, `ours_ns`, `anchor`, `anchor_ns`, `ratio` =
+//! anchor / ours, so above 1 means we are faster).
+//!
+//! Timing: each measurement runs a warm-up, then five rounds, and keeps the fastest round
+//! (the least disturbed by the rest of the machine). Cycle figures are TSC ticks per
+//! operation, which on this host tick at the nominal frequency.
+
+use crate::machine::{bind_cpu, Machine, MachineSpec};
+use anyhow::Result;
+use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
+use mmkit::arch::x86_64::e820::E820Table;
+use mmkit::gfp::GFP_KERNEL;
+use serde::Serialize;
+use std::hint::black_box;
+use std::time::Instant;
+
+/// One row of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Benchmark name.
+    pub name: String,
+    /// Our time per operation, ns.
+    pub ours_ns: f64,
+    /// What we ran beside.
+    pub anchor: String,
+    /// The anchor's time per operation, ns.
+    pub anchor_ns: f64,
+    /// `anchor_ns / ours_ns`.
+    pub ratio: f64,
+    /// Our TSC ticks per operation.
+    pub ours_cycles: f64,
+    /// Anything else worth reporting (scaling, overheads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC has no preconditions on x86-64.
+    unsafe {
+        core::arch::x86_64::_rdtsc()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
+}
+
+/// Best-of-5 (ns per op, ticks per op) of `f`, which performs `ops` operations per call.
+pub fn measure(ops: u64, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        let (t, c) = (Instant::now(), tsc());
+        f();
+        let ns = t.elapsed().as_nanos() as f64 / ops as f64;
+        let cy = (tsc() - c) as f64 / ops as f64;
+        if ns < best.0 {
+            best = (ns, cy);
+        }
+    }
+    best
+}
+
+fn row(name: &str, ours: (f64, f64), anchor: &str, anchor_ns: f64, note: Option<String>) -> Row {
+    Row {
+        name: name.into(),
+        ours_ns: ours.0,
+        anchor: anchor.into(),
+        anchor_ns,
+        ratio: anchor_ns / ours.0,
+        ours_cycles: ours.1,
+        note,
+    }
+}
+
+const FRAMES: usize = 1 << 20;
+
+fn anchor_allocator() -> FrameAllocator<33> {
+    let mut a = FrameAllocator::<33>::new();
+    a.add_frame(0x1000, 0x1000 + FRAMES);
+    a
+}
+
+/// The page-allocator rows (filter `page`).
+pub fn page_rows(filter: &str) -> Result<Vec<Row>> {
+    let want = |n: &str| filter.is_empty() || n.contains(filter) || "page".contains(filter);
+    let mut rows = Vec::new();
+    let m = Machine::boot(&MachineSpec::default())?;
+    let k = &m.kernel;
+    const N: u64 = 200_000;
+
+    if want("order0-alloc-free") {
+        let ours = m.on_cpu(0, |cpu| {
+            measure(N, || {
+                for _ in 0..N {
+                    let p = k
+                        .alloc_pages(cpu, GFP_KERNEL, 0)
+                        .expect("order-0 allocation");
+                    k.__free_pages(cpu, black_box(p), 0);
+                }
+            })
+        });
+        let mut a = anchor_allocator();
+        let anc = measure(N, || {
+            for _ in 0..N {
+                let f = a.alloc(1).expect("anchor alloc");
+                a.dealloc(black_box(f), 1);
+            }
+        });
+        rows.push(row(
+            "order0-alloc-free",
+            ours,
+            "buddy_system_allocator::FrameAllocator",
+            anc.0,
+            None,
+        ));
+    }
+    if want("order3-alloc-free") {
+        let ours = m.on_cpu(0, |cpu| {
+            measure(N, || {
+                for _ in 0..N {
+                    let p = k
+                        .alloc_pages(cpu, GFP_KERNEL, 3)
+                        .expect("order-3 allocation");
+                    k.__free_pages(cpu, black_box(p), 3);
+                }
+            })
+        });
+        let mut a = anchor_allocator();
+        let anc = measure(N, || {
+            for _ in 0..N {
+                let f = a.alloc(8).expect("anchor alloc");
+                a.dealloc(black_box(f), 8);
+            }
+        });
+        rows.push(row(
+            "order3-alloc-free",
+            ours,
+            "buddy_system_allocator::FrameAllocator",
+            anc.0,
+            None,
+        ));
+    }
+    if want("alloc1000-free1000") {
+        const R: u64 = 200;
+        let ours = m.on_cpu(0, |cpu| {
+            let mut v = Vec::with_capacity(1000);
+            measure(R * 1000, || {
+                for _ in 0..R {
+                    for _ in 0..1000 {
+                        v.push(
+                            k.alloc_pages(cpu, GFP_KERNEL, 0)
+                                .expect("order-0 allocation"),
+                        );
+                    }
+                    for p in v.drain(..) {
+                        k.__free_pages(cpu, p, 0);
+                    }
+                }
+            })
+        });
+        let mut a = anchor_allocator();
+        let mut v = Vec::with_capacity(1000);
+        let anc = measure(R * 1000, || {
+            for _ in 0..R {
+                for _ in 0..1000 {
+                    v.push(a.alloc(1).expect("anchor alloc"));
+                }
+                for f in v.drain(..) {
+                    a.dealloc(f, 1);
+                }
+            }
+        });
+        rows.push(row(
+            "alloc1000-free1000",
+            ours,
+            "buddy_system_allocator::FrameAllocator",
+            anc.0,
+            None,
+        ));
+    }
+    if want("order0-2cpu") {
+        // Throughput: ns per alloc+free pair across the whole machine (wall time / pairs).
+        let per_thread = N;
+        let run = |threads: usize| -> (f64, f64) {
+            measure(per_thread * threads as u64, || {
+                std::thread::scope(|s| {
+                    for c in 0..threads {
+                        s.spawn(move || {
+                            bind_cpu(c);
+                            let cpu = k.get_cpu();
+                            for _ in 0..per_thread {
+                                let p = k
+                                    .alloc_pages(&cpu, GFP_KERNEL, 0)
+                                    .expect("order-0 allocation");
+                                k.__free_pages(&cpu, black_box(p), 0);
+                            }
+                        });
+                    }
+                })
+            })
+        };
+        let one = run(1);
+        let two = run(2);
+        let locked = LockedFrameAllocator::<33>::new();
+        locked.lock().add_frame(0x1000, 0x1000 + FRAMES);
+        let anc = measure(per_thread * 2, || {
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..per_thread {
+                            let f = locked.lock().alloc(1).expect("anchor alloc");
+                            locked.lock().dealloc(black_box(f), 1);
+                        }
+                    });
+                }
+            })
+        });
+        let scaling = one.0 / two.0;
+        rows.push(row(
+            "order0-2cpu",
+            two,
+            "buddy_system_allocator::LockedFrameAllocator (2 threads)",
+            anc.0,
+            Some(format!(
+                "2-CPU throughput = {scaling:.2}x one CPU's ({:.1} ns/pair on 1 CPU)",
+                one.0
+            )),
+        ));
+    }
+    drop(m);
+    if want("boot-64g-4node") {
+        let spec = MachineSpec {
+            e820: E820Table::for_mem_size(64 << 30)?,
+            cpus: 2,
+            cmdline: "numa=fake=4".into(),
+        };
+        let mut memmap_pct = 0.0;
+        let mut memmap_bytes = 0u64;
+        let ours = measure(1, || {
+            let m = Machine::boot(&spec).expect("64 GiB machine boots");
+            memmap_pct = m.kernel.boot.memmap_pages as f64 * 100.0 / m.kernel.boot.physpages as f64;
+            memmap_bytes = m.kernel.boot.memmap_pages << 12;
+        });
+        // Anchor: the bare cost of writing that much mem_map into fresh host memory.
+        let anc = measure(1, || {
+            let mut v: Vec<u8> = Vec::with_capacity(memmap_bytes as usize);
+            // SAFETY: u8 has no invalid values; the bytes are written right after.
+            unsafe { v.set_len(memmap_bytes as usize) };
+            v.fill(0x5a);
+            black_box(&v);
+        });
+        rows.push(row(
+            "boot-64g-4node",
+            ours,
+            "memset of the same mem_map bytes in fresh host memory",
+            anc.0,
+            Some(format!("mem_map = {memmap_pct:.3}% of RAM")),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Every row whose name (or group) matches `filter`.
+pub fn run(filter: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    if filter.is_empty()
+        || "page".contains(filter)
+        || filter.contains("order")
+        || filter.contains("alloc")
+        || filter.contains("boot")
+    {
+        rows.extend(page_rows(if "page".contains(filter) {
+            ""
+        } else {
+            filter
+        })?);
+    }
+    Ok(rows)
+}
+
+/// The human-readable table.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<20} {:>10} {:>10} {:>9}  {}\n",
+        "benchmark", "ours ns", "anchor ns", "speedup", "anchor / note"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<20} {:>10.1} {:>10.1} {:>8.2}x  {}{}\n",
+            r.name,
+            r.ours_ns,
+            r.anchor_ns,
+            r.ratio,
+            r.anchor,
+            r.note
+                .as_ref()
+                .map(|n| format!(" | {n}"))
+                .unwrap_or_default()
+        ));
+        s.push_str(&format!(
+            "{:<20} {:>10.0} TSC ticks per op\n",
+            "", r.ours_cycles
+        ));
+    }
+    s
+}

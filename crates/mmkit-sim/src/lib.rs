@@ -1,0 +1,9 @@
+//! The simulated machine that runs the `mmkit` library: RAM is one lazily committed host
+//! mapping, CPUs are host threads bound to a CPU id, and the clock is the host's.
+
+pub mod bench;
+pub mod machine;
+pub mod procfs;
+pub mod workload;
+
+pub use machine::{Machine, MachineSpec};

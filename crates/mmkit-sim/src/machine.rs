@@ -1,0 +1,153 @@
+//! The simulated computer: [`SimPlatform`] implements `mmkit::Platform` over an anonymous
+//! `MAP_NORESERVE` host mapping (so a 64 GiB machine costs only the pages it touches) and
+//! host threads; [`Machine`] boots a `Kernel` on it from a [`MachineSpec`].
+
+use anyhow::{bail, Context, Result};
+use mmkit::arch::x86_64::e820::E820Table;
+use mmkit::{Kernel, Platform};
+use std::cell::Cell;
+use std::path::Path;
+use std::time::Instant;
+
+/// The map the seed `003_2a45e03f054dad38.txt` prints: the default machine.
+pub const DEFAULT_E820: &str = include_str!("default_e820.txt");
+
+thread_local! {
+    static CURRENT_CPU: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bind the calling host thread to simulated CPU `cpu` (what `Platform::current_cpu` reports).
+pub fn bind_cpu(cpu: usize) {
+    CURRENT_CPU.with(|c| c.set(cpu));
+}
+
+/// RAM and CPUs of a simulated machine.
+pub struct SimPlatform {
+    base: *mut u8,
+    len: usize,
+    cpus: usize,
+    start: Instant,
+}
+
+// SAFETY: `base` is a private anonymous mapping owned by this value; the kernel coordinates
+// all access to its bytes.
+unsafe impl Send for SimPlatform {}
+// SAFETY: as above.
+unsafe impl Sync for SimPlatform {}
+
+impl SimPlatform {
+    /// Map `ram_end` bytes of lazily committed, zero-filled memory.
+    pub fn new(ram_end: u64, cpus: usize) -> Result<Self> {
+        let len =
+            usize::try_from(ram_end).context("RAM size does not fit the host address space")?;
+        // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing;
+        // no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!(
+                "cannot map {} MiB of simulated RAM: {}",
+                len >> 20,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self {
+            base: p as *mut u8,
+            len: len.max(1),
+            cpus,
+            start: Instant::now(),
+        })
+    }
+}
+
+impl Drop for SimPlatform {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping `new` created; the kernel that used it is
+        // being dropped (it owns this platform), so nothing refers to it any more.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+impl Platform for SimPlatform {
+    fn direct_map_base(&self) -> *mut u8 {
+        self.base
+    }
+    fn ram_end(&self) -> u64 {
+        self.len as u64
+    }
+    fn nr_cpus(&self) -> usize {
+        self.cpus
+    }
+    fn current_cpu(&self) -> usize {
+        CURRENT_CPU.with(|c| c.get())
+    }
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// What machine to build.
+#[derive(Clone, Debug)]
+pub struct MachineSpec {
+    /// The firmware memory map.
+    pub e820: E820Table,
+    /// Number of CPUs.
+    pub cpus: usize,
+    /// The kernel command line.
+    pub cmdline: String,
+}
+
+impl Default for MachineSpec {
+    fn default() -> Self {
+        Self {
+            e820: E820Table::parse(DEFAULT_E820).expect("the built-in default e820 map parses"),
+            cpus: 2,
+            cmdline: String::new(),
+        }
+    }
+}
+
+impl MachineSpec {
+    /// The map from `--e820 FILE`.
+    pub fn from_e820_file(path: &Path) -> Result<E820Table> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading e820 map {}", path.display()))?;
+        E820Table::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+/// A booted machine.
+pub struct Machine {
+    /// The kernel.
+    pub kernel: Kernel,
+}
+
+impl Machine {
+    /// Boot `spec`.
+    pub fn boot(spec: &MachineSpec) -> Result<Self> {
+        if spec.cpus == 0 || spec.cpus > 256 {
+            bail!("--cpus must be 1..=256, not {}", spec.cpus);
+        }
+        let mut sanitized = spec.e820.clone();
+        sanitized.sanitize();
+        let end = sanitized.end_pfn(mmkit::arch::x86_64::e820::MAX_ARCH_PFN).0 << mmkit::PAGE_SHIFT;
+        let platform = SimPlatform::new(end.max(mmkit::PAGE_SIZE), spec.cpus)?;
+        let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
+        Ok(Self { kernel })
+    }
+
+    /// Run `f` on simulated CPU `cpu` in the calling thread.
+    pub fn on_cpu<R>(&self, cpu: usize, f: impl FnOnce(&mmkit::CpuGuard<'_>) -> R) -> R {
+        bind_cpu(cpu);
+        let g = self.kernel.get_cpu();
+        f(&g)
+    }
+}

@@ -1,0 +1,136 @@
+//! Allocation workloads that run on every simulated CPU at once: random page allocations of
+//! mixed orders, zones and migrate types, each block filled with a pattern unique to it and
+//! checked byte for byte when it is freed.
+
+use crate::machine::{bind_cpu, Machine};
+use anyhow::{bail, Result};
+use mmkit::gfp::{Gfp, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
+use mmkit::{CpuGuard, Kernel, Page};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+
+/// What one CPU did.
+#[derive(Clone, Debug, Default)]
+pub struct CpuReport {
+    /// Successful allocations.
+    pub allocs: u64,
+    /// Failed allocations.
+    pub failures: u64,
+    /// Pages allocated in total.
+    pub pages: u64,
+    /// Bytes checked on free.
+    pub bytes_checked: u64,
+    /// Time spent.
+    pub elapsed: Duration,
+}
+
+/// Fill a block with a pattern derived from `tag`.
+pub fn fill(k: &Kernel, page: &Page, order: u32, tag: u64) {
+    // SAFETY: the caller just allocated this block and holds no other slice of it.
+    let bytes = unsafe { k.page_bytes_mut(page, order) };
+    for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&(tag ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    }
+}
+
+/// Check the pattern `fill` wrote; the offset of the first bad byte on mismatch.
+pub fn check(k: &Kernel, page: &Page, order: u32, tag: u64) -> Result<(), usize> {
+    // SAFETY: the caller owns this still-allocated block and holds no other slice of it.
+    let bytes = unsafe { k.page_bytes_mut(page, order) };
+    for (i, w) in bytes.chunks_exact(8).enumerate() {
+        if w != (tag ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes() {
+            return Err(i * 8);
+        }
+    }
+    Ok(())
+}
+
+fn pick(rng: &mut SmallRng) -> (Gfp, u32) {
+    let order = match rng.random_range(0..100) {
+        0..60 => 0,
+        60..70 => 1,
+        70..80 => 2,
+        80..90 => 3,
+        _ => rng.random_range(4..=6),
+    };
+    let gfp = match rng.random_range(0..10) {
+        0..4 => GFP_KERNEL,
+        4..8 => GFP_HIGHUSER_MOVABLE,
+        8 => GFP_KERNEL | Gfp::__GFP_RECLAIMABLE,
+        _ => GFP_DMA32,
+    };
+    (gfp, order)
+}
+
+/// Run `ops` random operations on `cpu`, keeping at most `max_live` blocks, then free all.
+pub fn run_on_cpu(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    ops: usize,
+    max_live: usize,
+    seed: u64,
+) -> Result<CpuReport> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ (cpu.id() as u64) << 32);
+    let mut live: Vec<(&Page, u32, u64)> = Vec::new();
+    let mut r = CpuReport::default();
+    let t = Instant::now();
+    let free_one = |live: &mut Vec<(&Page, u32, u64)>, i: usize, r: &mut CpuReport| -> Result<()> {
+        let (p, o, tag) = live.swap_remove(i);
+        if let Err(off) = check(k, p, o, tag) {
+            bail!(
+                "cpu {}: pfn {:#x} order {o}: byte {off} changed while allocated",
+                cpu.id(),
+                k.page_to_pfn(p).0
+            );
+        }
+        r.bytes_checked += 4096 << o;
+        k.__free_pages(cpu, p, o);
+        Ok(())
+    };
+    for n in 0..ops {
+        if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
+            let (gfp, order) = pick(&mut rng);
+            match k.alloc_pages(cpu, gfp | Gfp::__GFP_NOWARN, order) {
+                Some(p) => {
+                    let tag = ((cpu.id() as u64) << 48) | n as u64;
+                    fill(k, p, order, tag);
+                    live.push((p, order, tag));
+                    r.allocs += 1;
+                    r.pages += 1 << order;
+                }
+                None => r.failures += 1,
+            }
+        } else if !live.is_empty() {
+            let i = rng.random_range(0..live.len());
+            free_one(&mut live, i, &mut r)?;
+        }
+    }
+    while !live.is_empty() {
+        free_one(&mut live, 0, &mut r)?;
+    }
+    r.elapsed = t.elapsed();
+    Ok(r)
+}
+
+/// Run the workload on every CPU of `m` at once, one host thread per CPU.
+pub fn run_all_cpus(m: &Machine, ops: usize, max_live: usize, seed: u64) -> Result<Vec<CpuReport>> {
+    let n = m.kernel.nr_cpus();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|c| {
+                s.spawn(move || {
+                    bind_cpu(c);
+                    let g = m.kernel.get_cpu();
+                    run_on_cpu(&m.kernel, &g, ops, max_live, seed)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a CPU thread panicked"))?
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,215 @@
+//! The kernel command line (`init/main.c`'s `parse_args`, `early_param` handlers in
+//! `mm/mm_init.c` and `arch/x86/mm/numa_emulation.c`, and `sysctl.*=` boot parameters).
+//!
+//! Recognised: `numa=fake=N`, `movablecore=SIZE|N%`, `kernelcore=SIZE|N%`,
+//! `sysctl.vm.min_free_kbytes=N`, `sysctl.vm.watermark_scale_factor=N`,
+//! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `norandmaps`, `quiet`, `loglevel=N`.
+//! Linux passes unknown parameters on to init with a warning; a simulator has no init to pass
+//! them to, so an unknown parameter is an error naming it (a typo should not be silent).
+
+use crate::mm::mmzone::{WmarkTunables, MAX_NR_ZONES};
+use alloc::string::{String, ToString};
+
+/// A size given as bytes or as a percentage of memory.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SizeOrPercent {
+    /// Bytes.
+    Bytes(u64),
+    /// Percent of total memory (0..=100).
+    Percent(u64),
+}
+
+/// What the command line configures.
+#[derive(Clone, Debug, Default)]
+pub struct BootConfig {
+    /// The raw command line.
+    pub cmdline: String,
+    /// `numa=fake=N` (1 when absent).
+    pub numa_fake: usize,
+    /// `movablecore=`.
+    pub movablecore: Option<SizeOrPercent>,
+    /// `kernelcore=`.
+    pub kernelcore: Option<SizeOrPercent>,
+    /// Watermark sysctls.
+    pub wmark: WmarkTunables,
+    /// `norandmaps`.
+    pub norandmaps: bool,
+}
+
+/// A command-line parameter that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    /// Not a parameter we know.
+    #[error("unknown kernel command line parameter `{0}`")]
+    Unknown(String),
+    /// A known parameter with a value that does not parse or is out of range.
+    #[error("bad value in kernel command line parameter `{param}`: {why}")]
+    BadValue {
+        /// The whole parameter.
+        param: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// `memparse`: a number with an optional K/M/G/T/P/E suffix (binary units).
+pub fn memparse(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        (i, 't' | 'T') => (&s[..i], 40),
+        (i, 'p' | 'P') => (&s[..i], 50),
+        (i, 'e' | 'E') => (&s[..i], 60),
+        _ => (s, 0),
+    };
+    let v = if let Some(h) = num.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).ok()?
+    } else {
+        num.parse().ok()?
+    };
+    v.checked_mul(1u64 << shift)
+}
+
+fn size_or_percent(param: &str, v: &str) -> Result<SizeOrPercent, CmdlineError> {
+    if let Some(p) = v.strip_suffix('%') {
+        let p: u64 = p.parse().map_err(|_| CmdlineError::BadValue {
+            param: param.to_string(),
+            why: "not a percentage",
+        })?;
+        if p > 100 {
+            return Err(CmdlineError::BadValue {
+                param: param.to_string(),
+                why: "percentage above 100",
+            });
+        }
+        return Ok(SizeOrPercent::Percent(p));
+    }
+    memparse(v)
+        .map(SizeOrPercent::Bytes)
+        .ok_or(CmdlineError::BadValue {
+            param: param.to_string(),
+            why: "not a size (like 512M or 2G)",
+        })
+}
+
+/// Split a command line into parameters, honouring double quotes as Linux's `next_arg` does.
+fn split(cmdline: &str) -> impl Iterator<Item = String> + '_ {
+    let mut chars = cmdline.chars().peekable();
+    core::iter::from_fn(move || {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        chars.peek()?;
+        let mut out = String::new();
+        let mut quoted = false;
+        while let Some(&c) = chars.peek() {
+            if c == '"' {
+                quoted = !quoted;
+            } else if c.is_whitespace() && !quoted {
+                break;
+            } else {
+                out.push(c);
+            }
+            chars.next();
+        }
+        Some(out)
+    })
+}
+
+impl BootConfig {
+    /// Parse a command line.
+    pub fn parse(cmdline: &str) -> Result<Self, CmdlineError> {
+        let mut c = BootConfig {
+            cmdline: cmdline.trim().to_string(),
+            numa_fake: 1,
+            ..Default::default()
+        };
+        for param in split(cmdline) {
+            let bad = |why| CmdlineError::BadValue {
+                param: param.clone(),
+                why,
+            };
+            let (key, val) = match param.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (param.as_str(), None),
+            };
+            let num = |v: Option<&str>| v.and_then(|v| v.trim().parse::<u64>().ok());
+            match (key, val) {
+                ("numa", Some(v)) => {
+                    let n = v
+                        .strip_prefix("fake=")
+                        .ok_or_else(|| bad("only numa=fake=N is supported"))?;
+                    let n: usize = n
+                        .parse()
+                        .map_err(|_| bad("numa=fake= needs a node count"))?;
+                    if n == 0 || n > crate::mm::page::MAX_NUMNODES {
+                        return Err(bad("node count must be 1..=64"));
+                    }
+                    c.numa_fake = n;
+                }
+                ("movablecore", Some(v)) => c.movablecore = Some(size_or_percent(&param, v)?),
+                ("kernelcore", Some(v)) => c.kernelcore = Some(size_or_percent(&param, v)?),
+                ("sysctl.vm.min_free_kbytes", v) => {
+                    c.wmark.min_free_kbytes = Some(num(v).ok_or_else(|| bad("not a number"))?);
+                }
+                ("sysctl.vm.watermark_scale_factor", v) => {
+                    let f = num(v).ok_or_else(|| bad("not a number"))?;
+                    if !(1..=3000).contains(&f) {
+                        return Err(bad("must be 1..=3000"));
+                    }
+                    c.wmark.watermark_scale_factor = f;
+                }
+                ("sysctl.vm.lowmem_reserve_ratio", Some(v)) => {
+                    let mut r = [0u64; MAX_NR_ZONES];
+                    let mut n = 0;
+                    for (i, part) in v.split([',', ' ']).filter(|s| !s.is_empty()).enumerate() {
+                        if i >= MAX_NR_ZONES {
+                            return Err(bad("more ratios than zones"));
+                        }
+                        r[i] = part.parse().map_err(|_| bad("ratios must be numbers"))?;
+                        n = i + 1;
+                    }
+                    if n == 0 {
+                        return Err(bad("no ratios"));
+                    }
+                    c.wmark.lowmem_reserve_ratio[..n].copy_from_slice(&r[..n]);
+                }
+                ("norandmaps", None) => c.norandmaps = true,
+                ("quiet", None) | ("loglevel", Some(_)) | ("console", Some(_)) => {}
+                _ => return Err(CmdlineError::Unknown(param.clone())),
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_parameters() {
+        let c = BootConfig::parse("numa=fake=4 movablecore=25% kernelcore=2G sysctl.vm.lowmem_reserve_ratio=\"128 128 16\" quiet").unwrap();
+        assert_eq!(c.numa_fake, 4);
+        assert_eq!(c.movablecore, Some(SizeOrPercent::Percent(25)));
+        assert_eq!(c.kernelcore, Some(SizeOrPercent::Bytes(2 << 30)));
+        assert_eq!(c.wmark.lowmem_reserve_ratio, [128, 128, 16, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert_eq!(
+            BootConfig::parse("movablecor=1G").unwrap_err(),
+            CmdlineError::Unknown("movablecor=1G".into())
+        );
+        let e = BootConfig::parse("movablecore=lots").unwrap_err();
+        assert!(e.to_string().contains("movablecore=lots"), "{e}");
+        assert!(BootConfig::parse("numa=fake=0").is_err());
+        assert!(BootConfig::parse("sysctl.vm.watermark_scale_factor=0").is_err());
+        assert_eq!(memparse("64M"), Some(64 << 20));
+        assert_eq!(memparse("0x1000"), Some(0x1000));
+        assert_eq!(memparse("99999999999E"), None);
+    }
+}

@@ -1,0 +1,2 @@
+//! File-system views of memory management (`fs/`).
+pub mod proc;

@@ -1,0 +1,206 @@
+//! `/proc/meminfo` (`fs/proc/meminfo.c`'s `meminfo_proc_show`, `mm/show_mem.c`'s
+//! `si_mem_available` and `show_free_areas`). Fields for subsystems that do not exist yet
+//! (page cache, swap, slab, …) are present and 0, as on a kernel without them.
+
+use crate::arch::x86_64::layout::{VMALLOC_END, VMALLOC_START};
+use crate::mm::mmzone::{totalreserve_pages, Wmark};
+use crate::mm::page_alloc::NR_PAGE_ORDERS;
+use crate::{Kernel, PAGE_SHIFT};
+use alloc::string::String;
+use core::fmt::Write;
+
+/// Figures `meminfo` reports, in pages unless noted.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    /// `totalram_pages()`.
+    pub total: u64,
+    /// Free pages in the buddy lists.
+    pub free: u64,
+    /// `si_mem_available()`.
+    pub available: u64,
+    /// `vm.overcommit_ratio` share of RAM (`vm_commit_limit`).
+    pub commit_limit: u64,
+}
+
+/// `si_meminfo` + `si_mem_available`.
+pub fn si_meminfo(k: &Kernel) -> MemInfo {
+    let total = k.totalram_pages();
+    let free = k.global_free_pages();
+    let _wmark_low: u64 = k
+        .nodes
+        .iter()
+        .flat_map(|n| n.zones.iter())
+        .map(|z| z.wmark(Wmark::Low))
+        .sum();
+    // No page cache or reclaimable slab yet: what is available is what is free above the
+    // reserves.
+    let available = free.saturating_sub(totalreserve_pages(&k.nodes));
+    MemInfo {
+        total,
+        free,
+        available,
+        commit_limit: total * 50 / 100,
+    }
+}
+
+/// The DirectMap4k/2M/1G split: how x86-64's `init_memory_mapping` maps RAM (4 KiB pages for
+/// the first MiB and unaligned edges, 2 MiB and 1 GiB pages where alignment allows), in KiB.
+pub fn direct_map_split(k: &Kernel) -> (u64, u64, u64) {
+    const M2: u64 = 2 << 20;
+    const G1: u64 = 1 << 30;
+    let (mut k4, mut m2, mut g1) = (1u64 << 20, 0u64, 0u64);
+    for (s, e) in k.e820.usable_pfn_ranges() {
+        let (mut s, e) = ((s << PAGE_SHIFT).max(1 << 20), e << PAGE_SHIFT);
+        if s >= e {
+            continue;
+        }
+        let s2 = crate::addr::align_up(s, M2).min(e);
+        k4 += s2 - s;
+        s = s2;
+        let s1 = crate::addr::align_up(s, G1).min(crate::addr::align_down(e, M2));
+        m2 += s1.saturating_sub(s);
+        s = s1.max(s);
+        let e1 = crate::addr::align_down(e, G1).max(s);
+        g1 += e1 - s;
+        let e2 = crate::addr::align_down(e, M2).max(e1);
+        m2 += e2 - e1;
+        k4 += e - e2;
+    }
+    (k4 >> 10, m2 >> 10, g1 >> 10)
+}
+
+fn kb(s: &mut String, label: &str, pages: u64) {
+    let _ = writeln!(s, "{label}{:>8} kB", pages << (PAGE_SHIFT - 10));
+}
+
+fn kb_raw(s: &mut String, label: &str, kbytes: u64) {
+    let _ = writeln!(s, "{label}{kbytes:>8} kB");
+}
+
+/// `/proc/meminfo`.
+pub fn meminfo(k: &Kernel) -> String {
+    let i = si_meminfo(k);
+    let mut s = String::new();
+    kb(&mut s, "MemTotal:       ", i.total);
+    kb(&mut s, "MemFree:        ", i.free);
+    kb(&mut s, "MemAvailable:   ", i.available);
+    for l in [
+        "Buffers:        ",
+        "Cached:         ",
+        "SwapCached:     ",
+        "Active:         ",
+        "Inactive:       ",
+        "Active(anon):   ",
+        "Inactive(anon): ",
+        "Active(file):   ",
+        "Inactive(file): ",
+        "Unevictable:    ",
+        "Mlocked:        ",
+        "SwapTotal:      ",
+        "SwapFree:       ",
+        "Zswap:          ",
+        "Zswapped:       ",
+        "Dirty:          ",
+        "Writeback:      ",
+        "AnonPages:      ",
+        "Mapped:         ",
+        "Shmem:          ",
+        "KReclaimable:   ",
+        "Slab:           ",
+        "SReclaimable:   ",
+        "SUnreclaim:     ",
+    ] {
+        kb(&mut s, l, 0);
+    }
+    kb_raw(&mut s, "KernelStack:    ", 0);
+    for l in [
+        "PageTables:     ",
+        "SecPageTables:  ",
+        "NFS_Unstable:   ",
+        "Bounce:         ",
+        "WritebackTmp:   ",
+    ] {
+        kb(&mut s, l, 0);
+    }
+    kb(&mut s, "CommitLimit:    ", i.commit_limit);
+    kb(&mut s, "Committed_AS:   ", 0);
+    kb_raw(
+        &mut s,
+        "VmallocTotal:   ",
+        (VMALLOC_END - VMALLOC_START) >> 10,
+    );
+    kb(&mut s, "VmallocUsed:    ", 0);
+    kb(&mut s, "VmallocChunk:   ", 0);
+    kb(&mut s, "Percpu:         ", 0);
+    for l in [
+        "AnonHugePages:  ",
+        "ShmemHugePages: ",
+        "ShmemPmdMapped: ",
+        "FileHugePages:  ",
+        "FilePmdMapped:  ",
+        "Balloon:        ",
+    ] {
+        kb(&mut s, l, 0);
+    }
+    let _ = writeln!(s, "HugePages_Total:   {:>5}", 0);
+    let _ = writeln!(s, "HugePages_Free:    {:>5}", 0);
+    let _ = writeln!(s, "HugePages_Rsvd:    {:>5}", 0);
+    let _ = writeln!(s, "HugePages_Surp:    {:>5}", 0);
+    kb_raw(&mut s, "Hugepagesize:   ", 2048);
+    kb_raw(&mut s, "Hugetlb:        ", 0);
+    let (k4, m2, g1) = direct_map_split(k);
+    kb_raw(&mut s, "DirectMap4k:    ", k4);
+    kb_raw(&mut s, "DirectMap2M:    ", m2);
+    kb_raw(&mut s, "DirectMap1G:    ", g1);
+    s
+}
+
+/// `show_free_areas`: the per-zone summary and per-order breakdown printed with an
+/// allocation failure.
+pub fn show_free_areas(k: &Kernel) -> String {
+    let mut s = String::new();
+    let k4 = |p: u64| p << (PAGE_SHIFT - 10);
+    for z in k
+        .nodes
+        .iter()
+        .flat_map(|n| n.zones.iter())
+        .filter(|z| z.populated())
+    {
+        let pcp: u64 = z.pcp.iter().map(|p| p.lock().count as u64).sum();
+        let _ = writeln!(
+            s,
+            "Node {} {} free:{}kB boost:0kB min:{}kB low:{}kB high:{}kB reserved_highatomic:{}KB present:{}kB managed:{}kB free_pcp:{}kB",
+            z.node,
+            z.zone_type.name(),
+            k4(z.free_pages().max(0) as u64),
+            k4(z.wmark(Wmark::Min)),
+            k4(z.wmark(Wmark::Low)),
+            k4(z.wmark(Wmark::High)),
+            k4(z.nr_reserved_highatomic.load(core::sync::atomic::Ordering::Relaxed)),
+            k4(z.present_pages),
+            k4(z.managed()),
+            k4(pcp)
+        );
+        let _ = write!(s, "lowmem_reserve[]:");
+        for r in &z.lowmem_reserve {
+            let _ = write!(s, " {}", r.load(core::sync::atomic::Ordering::Relaxed));
+        }
+        s.push('\n');
+    }
+    for z in k
+        .nodes
+        .iter()
+        .flat_map(|n| n.zones.iter())
+        .filter(|z| z.populated())
+    {
+        let nr = super::buddyinfo::zone_nr_free(z);
+        let _ = write!(s, "Node {} {}:", z.node, z.zone_type.name());
+        let mut total = 0;
+        for (o, n) in nr.iter().enumerate().take(NR_PAGE_ORDERS) {
+            let _ = write!(s, " {}*{}kB", n, 4u64 << o);
+            total += n * (4 << o);
+        }
+        let _ = writeln!(s, " = {total}kB");
+    }
+    s
+}

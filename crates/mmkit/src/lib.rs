@@ -1,0 +1,110 @@
+//! mmkit: the Linux memory-management subsystem as a `no_std` + `alloc` Rust library.
+//!
+//! Everything hangs off one [`Kernel`] value (no globals), built by [`Kernel::boot`] from an
+//! e820 map, a command line and a [`Platform`] that provides the bytes of physical memory
+//! and the CPUs. Work is done through a [`CpuGuard`], the handle on one CPU that reaches the
+//! per-CPU caches. Module layout mirrors Linux's `mm/`, `arch/x86/` and `fs/proc/`.
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod addr;
+pub mod arch;
+pub mod cmdline;
+pub mod cpu;
+pub mod errno;
+pub mod fs;
+pub mod gfp;
+pub mod mm;
+pub mod platform;
+pub mod sync;
+
+pub use addr::{Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+pub use cpu::CpuGuard;
+pub use errno::Errno;
+pub use gfp::Gfp;
+pub use mm::init::{BootError, BootInfo};
+pub use mm::page::Page;
+pub use platform::Platform;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use arch::x86_64::e820::E820Table;
+use cmdline::BootConfig;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use cpu::CpuState;
+use mm::memblock::Memblock;
+use mm::mmzone::{NumaDistance, PglistData};
+use mm::page::MemMap;
+use sync::{PerCpu, SpinLock};
+
+/// One machine's memory-management state.
+pub struct Kernel {
+    platform: Box<dyn Platform>,
+    direct_map: *mut u8,
+    pub(crate) mem_map: MemMap,
+    /// The NUMA nodes (`NODE_DATA(nid)`).
+    pub nodes: Vec<PglistData>,
+    pub(crate) cpus: PerCpu<CpuState>,
+    /// `node_distance()`.
+    pub numa_distance: NumaDistance,
+    /// The e820 table after boot's edits (what `/proc/iomem` shows).
+    pub e820: E820Table,
+    pub(crate) memblock: SpinLock<Memblock>,
+    /// The parsed command line.
+    pub config: BootConfig,
+    /// Facts fixed at boot.
+    pub boot: BootInfo,
+    pub(crate) tunables: SpinLock<mm::mmzone::WmarkTunables>,
+    pub(crate) min_free_kbytes: AtomicU64,
+    log: SpinLock<Vec<String>>,
+    pub(crate) bad_pages: AtomicU64,
+}
+
+// SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through
+// `platform` for its whole life; all shared state behind it is reached through atomics and
+// locks (struct pages) or through allocations the caller owns (page contents).
+unsafe impl Send for Kernel {}
+// SAFETY: as above.
+unsafe impl Sync for Kernel {}
+
+impl Kernel {
+    /// `printk`: append a line to the kernel log with a `[    s.micros]` timestamp.
+    pub fn printk(&self, line: &str) {
+        let ns = self.platform.now_ns();
+        let s = alloc::format!(
+            "[{:5}.{:06}] {}",
+            ns / 1_000_000_000,
+            (ns / 1000) % 1_000_000,
+            line
+        );
+        self.log.lock().push(s);
+    }
+
+    /// The kernel log so far (`dmesg`).
+    pub fn dmesg(&self) -> Vec<String> {
+        self.log.lock().clone()
+    }
+
+    /// Lines logged from index `from` on (for following the log).
+    pub fn dmesg_since(&self, from: usize) -> Vec<String> {
+        self.log.lock().iter().skip(from).cloned().collect()
+    }
+
+    /// Number of bad-page reports so far.
+    pub fn bad_page_reports(&self) -> u64 {
+        self.bad_pages.load(Relaxed)
+    }
+
+    /// The platform this kernel runs on.
+    pub fn platform(&self) -> &dyn Platform {
+        &*self.platform
+    }
+
+    /// `mem_map` access.
+    pub fn mem_map(&self) -> &MemMap {
+        &self.mem_map
+    }
+}

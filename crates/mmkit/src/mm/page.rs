@@ -1,0 +1,396 @@
+//! `struct page`, its flags, and the SPARSEMEM `mem_map` that holds one per frame
+//! (`include/linux/mm_types.h`, `include/linux/page-flags.h`, `include/linux/mmzone.h`'s
+//! `mem_section`, `mm/sparse.c`).
+//!
+//! A [`Page`] is 40 bytes. Every field is an atomic so that pages are shared by reference
+//! between CPUs without `unsafe`; fields that Linux changes only under a lock use plain
+//! relaxed load/store (which compile to ordinary moves), and those Linux changes with atomic
+//! bit operations (`SetPageReferenced`) use read-modify-write atomics.
+//!
+//! Layout of `flags`, as Linux packs it: the page-flag bits at the bottom, and the section
+//! number, node id and zone number at the top (`SECTIONS_PGSHIFT`, `NODES_PGSHIFT`,
+//! `ZONES_PGSHIFT`), so `page_zone()`, `page_to_nid()` and `page_to_pfn()` need no lookup table
+//! beyond `mem_section`.
+//!
+//! Memory model: SPARSEMEM with 128 MiB sections (`SECTION_SIZE_BITS` = 27). A section that
+//! has any RAM gets a full `mem_map` slice, allocated from memblock in simulated RAM, so its cost
+//! shows in the accounting as Linux's does; sections without RAM cost nothing.
+//!
+//! List links (`lru_next`, `lru_prev`) are pfns, `NIL` for none: free lists, pcp lists and
+//! (later) LRU and slab lists are intrusive lists threaded through the pages.
+
+use crate::addr::Pfn;
+use crate::mm::mmzone::ZoneType;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// `SECTION_SIZE_BITS` on x86-64.
+pub const SECTION_SIZE_BITS: u32 = 27;
+/// `PFN_SECTION_SHIFT`.
+pub const PFN_SECTION_SHIFT: u32 = SECTION_SIZE_BITS - crate::addr::PAGE_SHIFT;
+/// `PAGES_PER_SECTION`.
+pub const PAGES_PER_SECTION: u64 = 1 << PFN_SECTION_SHIFT;
+/// The "no page" value of a pfn link.
+pub const NIL: u32 = u32::MAX;
+
+pub use self::flag_defs::*;
+#[allow(missing_docs)] // the flag names are Linux's own; see the kernel headers named above
+mod flag_defs {
+    bitflags::bitflags! {
+        /// Page flags (`enum pageflags`). `BUDDY`, `SLAB` and `TAIL` are page types / compound
+        /// markers in current kernels; here they are flags, as they were in older ones.
+        #[derive(Copy, Clone, PartialEq, Eq, Debug)]
+        pub struct PageFlags: u64 {
+            const LOCKED = 1 << 0;
+            const WRITEBACK = 1 << 1;
+            const REFERENCED = 1 << 2;
+            const UPTODATE = 1 << 3;
+            const DIRTY = 1 << 4;
+            const LRU = 1 << 5;
+            const HEAD = 1 << 6;
+            const WAITERS = 1 << 7;
+            const ACTIVE = 1 << 8;
+            const WORKINGSET = 1 << 9;
+            const OWNER_PRIV_1 = 1 << 10;
+            const ARCH_1 = 1 << 11;
+            const RESERVED = 1 << 12;
+            const PRIVATE = 1 << 13;
+            const PRIVATE_2 = 1 << 14;
+            const RECLAIM = 1 << 15;
+            const SWAPBACKED = 1 << 16;
+            const UNEVICTABLE = 1 << 17;
+            const MLOCKED = 1 << 18;
+            const BUDDY = 1 << 19;
+            const SLAB = 1 << 20;
+            const TAIL = 1 << 21;
+        }
+    }
+}
+
+/// Flags that must be clear when a page is freed (`PAGE_FLAGS_CHECK_AT_FREE`).
+pub const PAGE_FLAGS_CHECK_AT_FREE: PageFlags = PageFlags::LOCKED
+    .union(PageFlags::WRITEBACK)
+    .union(PageFlags::LRU)
+    .union(PageFlags::ACTIVE)
+    .union(PageFlags::PRIVATE)
+    .union(PageFlags::PRIVATE_2)
+    .union(PageFlags::RECLAIM)
+    .union(PageFlags::UNEVICTABLE)
+    .union(PageFlags::MLOCKED)
+    .union(PageFlags::BUDDY)
+    .union(PageFlags::SLAB)
+    .union(PageFlags::RESERVED)
+    .union(PageFlags::SWAPBACKED);
+
+/// Flags that must be clear when a page is handed out (`PAGE_FLAGS_CHECK_AT_PREP`).
+pub const PAGE_FLAGS_CHECK_AT_PREP: PageFlags = PAGE_FLAGS_CHECK_AT_FREE.union(PageFlags::DIRTY);
+
+const FLAG_BITS: u64 = (1 << 22) - 1;
+const ZONES_SHIFT: u32 = 61;
+const NODES_SHIFT: u32 = 55;
+const NODES_MASK: u64 = 0x3f;
+const SECTIONS_SHIFT: u32 = 39;
+const SECTIONS_MASK: u64 = 0xffff;
+/// Most NUMA nodes a machine can have (`MAX_NUMNODES`, 6 node bits).
+pub const MAX_NUMNODES: usize = 64;
+/// Most sections (16 section bits: 8 TiB of physical address space).
+pub const MAX_SECTIONS: u64 = SECTIONS_MASK + 1;
+
+/// `struct page`: one per physical frame.
+#[repr(C)]
+pub struct Page {
+    flags: AtomicU64,
+    /// `page->index`: offset in the mapping (later issues), pcp migratetype while on a pcp list.
+    index: AtomicU64,
+    /// `page->_refcount`.
+    refcount: AtomicI32,
+    /// `page->_mapcount + 1`: the number of page-table mappings.
+    mapcount: AtomicI32,
+    lru_next: AtomicU32,
+    lru_prev: AtomicU32,
+    /// `page->private`: buddy order while free, compound order on a head page, head pfn
+    /// offset on a tail page.
+    private: AtomicU32,
+    /// `page->mapping`, as a handle (later issues: address_space, anon_vma, slab cache).
+    mapping: AtomicU32,
+}
+
+const _: () = assert!(core::mem::size_of::<Page>() == 40);
+
+impl Page {
+    /// The page-flag bits.
+    #[inline]
+    pub fn flags(&self) -> PageFlags {
+        PageFlags::from_bits_truncate(self.flags.load(Relaxed) & FLAG_BITS)
+    }
+    /// Whether all of `f` are set.
+    #[inline]
+    pub fn test(&self, f: PageFlags) -> bool {
+        self.flags.load(Relaxed) & f.bits() == f.bits()
+    }
+    /// Atomic `SetPageX`.
+    #[inline]
+    pub fn set(&self, f: PageFlags) {
+        self.flags.fetch_or(f.bits(), Relaxed);
+    }
+    /// Atomic `ClearPageX`.
+    #[inline]
+    pub fn clear(&self, f: PageFlags) {
+        self.flags.fetch_and(!f.bits(), Relaxed);
+    }
+    /// Non-atomic `__SetPageX`: for pages nobody else can see (under the zone lock, owned).
+    #[inline]
+    pub fn set_nonatomic(&self, f: PageFlags) {
+        self.flags
+            .store(self.flags.load(Relaxed) | f.bits(), Relaxed);
+    }
+    /// Non-atomic `__ClearPageX`.
+    #[inline]
+    pub fn clear_nonatomic(&self, f: PageFlags) {
+        self.flags
+            .store(self.flags.load(Relaxed) & !f.bits(), Relaxed);
+    }
+    /// `page_zonenum()`.
+    #[inline]
+    pub fn zonenum(&self) -> ZoneType {
+        ZoneType::from_index((self.flags.load(Relaxed) >> ZONES_SHIFT) as usize)
+    }
+    /// `page_to_nid()`.
+    #[inline]
+    pub fn nid(&self) -> usize {
+        ((self.flags.load(Relaxed) >> NODES_SHIFT) & NODES_MASK) as usize
+    }
+    #[inline]
+    fn section(&self) -> usize {
+        ((self.flags.load(Relaxed) >> SECTIONS_SHIFT) & SECTIONS_MASK) as usize
+    }
+    /// `page_count()`.
+    #[inline]
+    pub fn refcount(&self) -> i32 {
+        self.refcount.load(Relaxed)
+    }
+    /// `set_page_count()`.
+    #[inline]
+    pub fn set_refcount(&self, v: i32) {
+        self.refcount.store(v, Relaxed);
+    }
+    /// `get_page()`: take a reference.
+    #[inline]
+    pub fn get(&self) {
+        self.refcount.fetch_add(1, Relaxed);
+    }
+    /// `put_page_testzero()`: drop a reference; true when it was the last one.
+    #[inline]
+    pub fn put_testzero(&self) -> bool {
+        self.refcount
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel)
+            == 1
+    }
+    /// `page_mapcount()`.
+    #[inline]
+    pub fn mapcount(&self) -> i32 {
+        self.mapcount.load(Relaxed)
+    }
+    /// `page->private`.
+    #[inline]
+    pub fn private(&self) -> u32 {
+        self.private.load(Relaxed)
+    }
+    /// `set_page_private()`.
+    #[inline]
+    pub fn set_private(&self, v: u32) {
+        self.private.store(v, Relaxed);
+    }
+    /// `page->index`.
+    #[inline]
+    pub fn index(&self) -> u64 {
+        self.index.load(Relaxed)
+    }
+    /// Set `page->index`.
+    #[inline]
+    pub fn set_index(&self, v: u64) {
+        self.index.store(v, Relaxed);
+    }
+    /// `page->mapping` handle (0 for none).
+    #[inline]
+    pub fn mapping(&self) -> u32 {
+        self.mapping.load(Relaxed)
+    }
+    /// `buddy_order()`: the order of a free block whose first page this is.
+    #[inline]
+    pub fn buddy_order(&self) -> u32 {
+        self.private()
+    }
+    #[inline]
+    pub(crate) fn next(&self) -> u32 {
+        self.lru_next.load(Relaxed)
+    }
+    #[inline]
+    pub(crate) fn prev(&self) -> u32 {
+        self.lru_prev.load(Relaxed)
+    }
+    #[inline]
+    pub(crate) fn set_next(&self, v: u32) {
+        self.lru_next.store(v, Relaxed);
+    }
+    #[inline]
+    pub(crate) fn set_prev(&self, v: u32) {
+        self.lru_prev.store(v, Relaxed);
+    }
+
+    /// `__init_single_page`: a reserved page of `zone` on `nid` in `section`, refcount 1.
+    fn init(&self, zone: ZoneType, nid: usize, section: u64) {
+        let links = ((zone as u64) << ZONES_SHIFT)
+            | ((nid as u64) << NODES_SHIFT)
+            | (section << SECTIONS_SHIFT);
+        self.flags
+            .store(links | PageFlags::RESERVED.bits(), Relaxed);
+        self.index.store(0, Relaxed);
+        self.refcount.store(1, Relaxed);
+        self.mapcount.store(0, Relaxed);
+        self.lru_next.store(NIL, Relaxed);
+        self.lru_prev.store(NIL, Relaxed);
+        self.private.store(0, Relaxed);
+        self.mapping.store(0, Relaxed);
+    }
+
+    /// Reset the flag bits to `f`, keeping the zone/node/section links.
+    #[inline]
+    pub(crate) fn reset_flags(&self, f: PageFlags) {
+        let links = self.flags.load(Relaxed) & !FLAG_BITS;
+        self.flags.store(links | f.bits(), Relaxed);
+    }
+}
+
+/// One present section's slice of `mem_map`.
+#[derive(Copy, Clone)]
+struct SectionMap {
+    base: *const Page,
+}
+
+/// `mem_section[]`: the map from pfn to `struct page`.
+pub struct MemMap {
+    sections: Vec<Option<SectionMap>>,
+    max_pfn: u64,
+}
+
+// SAFETY: the section pointers point into the machine's RAM, which outlives the `MemMap`
+// (both are owned by the `Kernel`), and every field of `Page` is atomic.
+unsafe impl Send for MemMap {}
+// SAFETY: as above; shared access goes through `&Page` whose fields are atomics.
+unsafe impl Sync for MemMap {}
+
+impl MemMap {
+    /// An empty map for pfns below `max_pfn`.
+    pub(crate) fn new(max_pfn: u64) -> Self {
+        let n = max_pfn.div_ceil(PAGES_PER_SECTION) as usize;
+        Self {
+            sections: alloc::vec![None; n],
+            max_pfn,
+        }
+    }
+
+    /// Install the mem_map of section `nr` at host address `base` (which must hold
+    /// `PAGES_PER_SECTION` pages), initializing every page as reserved in the (node, zone)
+    /// `zone_of(pfn)` names.
+    ///
+    /// # Safety
+    /// `base` must be valid for writes of `PAGES_PER_SECTION` `Page`s, aligned, and stay
+    /// valid and otherwise unused for as long as this `MemMap` lives.
+    pub(crate) unsafe fn install_section(
+        &mut self,
+        nr: usize,
+        base: *mut Page,
+        zone_of: impl Fn(u64) -> (usize, ZoneType),
+    ) {
+        let start = nr as u64 * PAGES_PER_SECTION;
+        for i in 0..PAGES_PER_SECTION {
+            // SAFETY: `base` is valid for PAGES_PER_SECTION pages (caller's contract); writing a
+            // zeroed Page first makes the memory a valid Page before we take a reference.
+            let p = unsafe {
+                let p = base.add(i as usize);
+                p.write(Page {
+                    flags: AtomicU64::new(0),
+                    index: AtomicU64::new(0),
+                    refcount: AtomicI32::new(0),
+                    mapcount: AtomicI32::new(0),
+                    lru_next: AtomicU32::new(NIL),
+                    lru_prev: AtomicU32::new(NIL),
+                    private: AtomicU32::new(0),
+                    mapping: AtomicU32::new(0),
+                });
+                &*p
+            };
+            let (nid, zone) = zone_of(start + i);
+            p.init(zone, nid, nr as u64);
+        }
+        self.sections[nr] = Some(SectionMap { base });
+    }
+
+    /// `pfn_valid()`: whether `pfn` has a `struct page`.
+    #[inline]
+    pub fn pfn_valid(&self, pfn: u64) -> bool {
+        matches!(
+            self.sections.get((pfn >> PFN_SECTION_SHIFT) as usize),
+            Some(Some(_))
+        )
+    }
+
+    /// `pfn_to_page()`, checked: `None` for a pfn without a `struct page`.
+    #[inline]
+    pub fn pfn_to_page(&self, pfn: Pfn) -> Option<&Page> {
+        let s = self
+            .sections
+            .get((pfn.0 >> PFN_SECTION_SHIFT) as usize)?
+            .as_ref()?;
+        // SAFETY: the section is installed, so `base` points at PAGES_PER_SECTION initialized
+        // pages, and the masked offset is below PAGES_PER_SECTION.
+        Some(unsafe { &*s.base.add((pfn.0 & (PAGES_PER_SECTION - 1)) as usize) })
+    }
+
+    /// `pfn_to_page()` for a pfn the caller knows is valid (free-list links, buddies inside
+    /// a zone). A pfn without a page here is a kernel bug.
+    #[inline]
+    pub fn page(&self, pfn: u64) -> &Page {
+        match self.pfn_to_page(Pfn(pfn)) {
+            Some(p) => p,
+            None => panic!("BUG: pfn {pfn:#x} has no struct page"),
+        }
+    }
+
+    /// `page_to_pfn()`.
+    #[inline]
+    pub fn page_to_pfn(&self, page: &Page) -> Pfn {
+        let nr = page.section();
+        let base = self.sections[nr].map(|s| s.base as usize).unwrap_or(0);
+        let off = (page as *const Page as usize - base) / core::mem::size_of::<Page>();
+        Pfn(((nr as u64) << PFN_SECTION_SHIFT) + off as u64)
+    }
+
+    /// Whether `page` is one of this map's pages (a foreign `&Page` is not).
+    pub fn owns(&self, page: &Page) -> bool {
+        let nr = page.section();
+        let Some(Some(s)) = self.sections.get(nr) else {
+            return false;
+        };
+        let a = page as *const Page as usize;
+        let b = s.base as usize;
+        a >= b
+            && a < b + PAGES_PER_SECTION as usize * core::mem::size_of::<Page>()
+            && (a - b) % core::mem::size_of::<Page>() == 0
+    }
+
+    /// One past the highest pfn.
+    pub fn max_pfn(&self) -> u64 {
+        self.max_pfn
+    }
+
+    /// Numbers of the present sections.
+    pub fn present_sections(&self) -> impl Iterator<Item = usize> + '_ {
+        self.sections
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i)
+    }
+}

@@ -1,0 +1,908 @@
+//! The zoned buddy page allocator (`mm/page_alloc.c`): `alloc_pages` →
+//! `__alloc_pages` → `get_page_from_freelist` (zonelist walk, `zone_watermark_fast` /
+//! `__zone_watermark_ok`, `rmqueue` through the per-CPU lists or the buddy lists) →
+//! `__alloc_pages_slowpath`; and `__free_pages` → `free_unref_page` (pcp) or
+//! `__free_pages_ok` (buddy). Bad frees are caught by `free_page_is_bad` and reported as
+//! `bad_page` does, without touching allocator state; failures print `warn_alloc`'s report.
+//!
+//! Not here yet (they come with reclaim): waking kswapd, direct reclaim and compaction,
+//! watermark boosting, `ALLOC_NOFRAGMENT`. A blocking allocation that fails after draining
+//! the per-CPU lists and the HighAtomic reserve fails (or, with `__GFP_NOFAIL`, waits for
+//! another CPU to free memory).
+
+pub mod buddy;
+pub mod check;
+pub mod pcp;
+
+use crate::addr::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::x86_64::layout::PAGE_OFFSET;
+use crate::cpu::CpuGuard;
+use crate::gfp::Gfp;
+use crate::mm::mmzone::{Wmark, Zone, ZoneType, NR_FREE_PAGES};
+use crate::mm::page::{Page, PageFlags, PAGE_FLAGS_CHECK_AT_FREE, PAGE_FLAGS_CHECK_AT_PREP};
+use crate::mm::vmstat::{
+    NUMA_FOREIGN, NUMA_HIT, NUMA_LOCAL, NUMA_MISS, NUMA_OTHER, PGALLOC_DMA, PGFREE,
+};
+use crate::Kernel;
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write;
+use core::sync::atomic::Ordering::Relaxed;
+use pcp::{alloc_batch, order_to_pindex, pcp_allowed_order, pindex_to_order, NR_PCP_LISTS};
+
+/// `MAX_PAGE_ORDER`: the largest block is 2^10 pages (4 MiB).
+pub const MAX_PAGE_ORDER: u32 = 10;
+/// `NR_PAGE_ORDERS`.
+pub const NR_PAGE_ORDERS: usize = MAX_PAGE_ORDER as usize + 1;
+/// `pageblock_order` (= `HUGETLB_PAGE_ORDER` on x86-64).
+pub const PAGEBLOCK_ORDER: u32 = 9;
+/// `pageblock_nr_pages`.
+pub const PAGEBLOCK_NR_PAGES: u64 = 1 << PAGEBLOCK_ORDER;
+/// `PAGE_ALLOC_COSTLY_ORDER`.
+pub const PAGE_ALLOC_COSTLY_ORDER: u32 = 3;
+
+/// `enum migratetype` (no CMA).
+#[derive(Copy, Clone, PartialEq, Eq, Debug, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum MigrateType {
+    /// Kernel allocations that cannot move.
+    Unmovable = 0,
+    /// User pages and page cache: can be migrated.
+    Movable = 1,
+    /// Slab caches that shrink under pressure.
+    Reclaimable = 2,
+    /// The reserve for high-order atomic allocations.
+    HighAtomic = 3,
+    /// Pageblocks being isolated (memory hot-remove, compaction, CMA).
+    Isolate = 4,
+}
+
+/// `MIGRATE_PCPTYPES`: the types with per-CPU lists.
+pub const MIGRATE_PCPTYPES: usize = 3;
+/// `MIGRATE_TYPES`.
+pub const MIGRATE_TYPES: usize = 5;
+/// All migrate types in index order.
+pub const MIGRATE_TYPE_LIST: [MigrateType; MIGRATE_TYPES] = [
+    MigrateType::Unmovable,
+    MigrateType::Movable,
+    MigrateType::Reclaimable,
+    MigrateType::HighAtomic,
+    MigrateType::Isolate,
+];
+
+impl MigrateType {
+    /// The type with index `i`.
+    #[inline]
+    pub fn from_index(i: usize) -> Self {
+        MIGRATE_TYPE_LIST[i]
+    }
+    /// `migratetype_names[]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrateType::Unmovable => "Unmovable",
+            MigrateType::Movable => "Movable",
+            MigrateType::Reclaimable => "Reclaimable",
+            MigrateType::HighAtomic => "HighAtomic",
+            MigrateType::Isolate => "Isolate",
+        }
+    }
+    /// `migratetype_is_mergeable`.
+    #[inline]
+    pub fn is_mergeable(self) -> bool {
+        (self as usize) < MIGRATE_PCPTYPES
+    }
+}
+
+pub use self::flag_defs::*;
+#[allow(missing_docs)] // the flag names are Linux's own; see the kernel headers named above
+mod flag_defs {
+    bitflags::bitflags! {
+        /// Internal allocation flags (`mm/internal.h`'s `ALLOC_*`); the low two bits pick the
+        /// watermark.
+        #[derive(Copy, Clone, PartialEq, Eq, Debug)]
+        pub struct AllocFlags: u32 {
+            const WMARK_LOW = 0x01;
+            const WMARK_HIGH = 0x02;
+            const NO_WATERMARKS = 0x04;
+            const OOM = 0x08;
+            const NON_BLOCK = 0x10;
+            const MIN_RESERVE = 0x20;
+            const CPUSET = 0x40;
+            const HIGHATOMIC = 0x200;
+            const KSWAPD = 0x800;
+        }
+    }
+}
+
+const ALLOC_RESERVES: AllocFlags = AllocFlags::NON_BLOCK
+    .union(AllocFlags::MIN_RESERVE)
+    .union(AllocFlags::HIGHATOMIC)
+    .union(AllocFlags::OOM);
+
+impl AllocFlags {
+    fn wmark(self) -> Wmark {
+        match self.bits() & 3 {
+            0 => Wmark::Min,
+            1 => Wmark::Low,
+            _ => Wmark::High,
+        }
+    }
+}
+
+/// `gfp_to_alloc_flags`: what the slow path may dip into.
+pub fn gfp_to_alloc_flags(gfp: Gfp, order: u32) -> AllocFlags {
+    let mut f = AllocFlags::CPUSET; // WMARK_MIN is 0
+    if gfp.contains(Gfp::__GFP_HIGH) {
+        f |= AllocFlags::MIN_RESERVE;
+    }
+    if gfp.contains(Gfp::__GFP_KSWAPD_RECLAIM) {
+        f |= AllocFlags::KSWAPD;
+    }
+    if !gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) {
+        if !gfp.contains(Gfp::__GFP_NOMEMALLOC) {
+            f |= AllocFlags::NON_BLOCK;
+        }
+        if order > 0 {
+            f |= AllocFlags::HIGHATOMIC;
+        }
+    }
+    f
+}
+
+/// `__zone_watermark_ok`: would `zone` stay above `mark` after handing out 2^`order` pages
+/// to an allocation whose highest usable zone is `highest`?
+pub fn zone_watermark_ok(
+    zone: &Zone,
+    order: u32,
+    mark: u64,
+    highest: ZoneType,
+    flags: AllocFlags,
+    free: i64,
+) -> bool {
+    let mut min = mark as i64;
+    let mut free = free - ((1i64 << order) - 1);
+    if !flags.intersects(ALLOC_RESERVES) {
+        free -= zone.nr_reserved_highatomic.load(Relaxed) as i64;
+    } else {
+        if flags.contains(AllocFlags::MIN_RESERVE) {
+            min -= min / 2;
+            if flags.contains(AllocFlags::NON_BLOCK) {
+                min -= min / 4;
+            }
+        }
+        if flags.contains(AllocFlags::OOM) {
+            min -= min / 2;
+        }
+    }
+    if free <= min + zone.lowmem_reserve[highest as usize].load(Relaxed) as i64 {
+        return false;
+    }
+    if order == 0 {
+        return true;
+    }
+    // A high-order request also needs a free block big enough, of a usable type.
+    let fa = zone.free_area.lock();
+    for o in order as usize..NR_PAGE_ORDERS {
+        if fa.nr_free[o] == 0 {
+            continue;
+        }
+        if fa.lists[o][..MIGRATE_PCPTYPES]
+            .iter()
+            .any(|l| !l.is_empty())
+        {
+            return true;
+        }
+        if flags.intersects(AllocFlags::HIGHATOMIC | AllocFlags::OOM)
+            && !fa.lists[o][MigrateType::HighAtomic as usize].is_empty()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// `zone_watermark_fast`: the order-0 check inline, everything else via `__zone_watermark_ok`.
+#[inline]
+fn zone_watermark_fast(
+    zone: &Zone,
+    order: u32,
+    mark: u64,
+    highest: ZoneType,
+    flags: AllocFlags,
+) -> bool {
+    let free = zone.free_pages();
+    if order == 0 {
+        let reserved = if flags.intersects(ALLOC_RESERVES) {
+            0
+        } else {
+            zone.nr_reserved_highatomic.load(Relaxed) as i64
+        };
+        if free - reserved > (mark + zone.lowmem_reserve[highest as usize].load(Relaxed)) as i64 {
+            return true;
+        }
+    }
+    zone_watermark_ok(zone, order, mark, highest, flags, free)
+}
+
+/// `struct alloc_context`.
+#[derive(Copy, Clone)]
+struct AllocContext {
+    nid: usize,
+    highest: ZoneType,
+    mt: MigrateType,
+    thisnode: bool,
+}
+
+impl Kernel {
+    /// `alloc_pages(gfp, order)`: 2^`order` contiguous pages from the local node's zonelist.
+    /// `None` on failure (with `warn_alloc`'s report in the log unless `__GFP_NOWARN`).
+    #[inline]
+    pub fn alloc_pages(&self, cpu: &CpuGuard<'_>, gfp: Gfp, order: u32) -> Option<&Page> {
+        self.alloc_pages_node(cpu, cpu.node(), gfp, order)
+    }
+
+    /// `alloc_page(gfp)`.
+    #[inline]
+    pub fn alloc_page(&self, cpu: &CpuGuard<'_>, gfp: Gfp) -> Option<&Page> {
+        self.alloc_pages(cpu, gfp, 0)
+    }
+
+    /// `alloc_pages_node(nid, gfp, order)`: as `alloc_pages` but preferring node `nid`
+    /// (only `nid` with `__GFP_THISNODE`).
+    pub fn alloc_pages_node(
+        &self,
+        cpu: &CpuGuard<'_>,
+        nid: usize,
+        gfp: Gfp,
+        order: u32,
+    ) -> Option<&Page> {
+        if order > MAX_PAGE_ORDER {
+            if !gfp.contains(Gfp::__GFP_NOWARN) {
+                self.printk(&format!(
+                    "WARNING: alloc_pages: order {order} exceeds MAX_PAGE_ORDER {MAX_PAGE_ORDER}"
+                ));
+            }
+            return None;
+        }
+        let Some(highest) = gfp.zone() else {
+            self.printk(&format!(
+                "WARNING: alloc_pages: invalid zone modifiers in gfp mode {gfp}"
+            ));
+            return None;
+        };
+        if nid >= self.nodes.len() {
+            self.printk(&format!("WARNING: alloc_pages_node: no node {nid}"));
+            return None;
+        }
+        let ac = AllocContext {
+            nid,
+            highest,
+            mt: gfp.migratetype(),
+            thisnode: gfp.contains(Gfp::__GFP_THISNODE),
+        };
+        let pfn = match self.get_page_from_freelist(
+            cpu,
+            gfp,
+            order,
+            AllocFlags::WMARK_LOW | AllocFlags::CPUSET,
+            &ac,
+        ) {
+            Some(p) => p,
+            None => self.alloc_pages_slowpath(cpu, gfp, order, &ac)?,
+        };
+        let page = self.mem_map.page(pfn);
+        self.post_alloc_hook(pfn, page, gfp, order);
+        Some(page)
+    }
+
+    /// `__get_free_pages`: the direct-map address of a fresh allocation.
+    pub fn __get_free_pages(&self, cpu: &CpuGuard<'_>, gfp: Gfp, order: u32) -> Option<VirtAddr> {
+        self.alloc_pages(cpu, gfp & !Gfp::__GFP_HIGHMEM, order)
+            .map(|p| self.page_address(p))
+    }
+
+    /// `get_zeroed_page`.
+    pub fn get_zeroed_page(&self, cpu: &CpuGuard<'_>, gfp: Gfp) -> Option<VirtAddr> {
+        self.__get_free_pages(cpu, gfp | Gfp::__GFP_ZERO, 0)
+    }
+
+    /// `__get_dma_pages`.
+    pub fn __get_dma_pages(&self, cpu: &CpuGuard<'_>, gfp: Gfp, order: u32) -> Option<VirtAddr> {
+        self.__get_free_pages(cpu, gfp | Gfp::GFP_DMA, order)
+    }
+
+    fn zonelist(&self, ac: &AllocContext) -> &[(usize, ZoneType)] {
+        let n = &self.nodes[ac.nid];
+        if ac.thisnode {
+            &n.zonelist_nofallback
+        } else {
+            &n.zonelist_fallback
+        }
+    }
+
+    /// `get_page_from_freelist`: the first zone in the zonelist (at or below the highest
+    /// allowed zone) that passes its watermark and has the pages.
+    #[inline]
+    fn get_page_from_freelist(
+        &self,
+        cpu: &CpuGuard<'_>,
+        gfp: Gfp,
+        order: u32,
+        flags: AllocFlags,
+        ac: &AllocContext,
+    ) -> Option<u64> {
+        let zl = self.zonelist(ac);
+        let preferred = zl
+            .iter()
+            .find(|(_, t)| *t <= ac.highest)
+            .map(|&(n, t)| (n, t))?;
+        for &(nid, zt) in zl {
+            if zt > ac.highest {
+                continue;
+            }
+            let zone = self.nodes[nid].zone(zt);
+            if !flags.contains(AllocFlags::NO_WATERMARKS) {
+                let mark = zone.wmark(flags.wmark());
+                if !zone_watermark_fast(zone, order, mark, ac.highest, flags) {
+                    continue;
+                }
+            }
+            if let Some(pfn) = self.rmqueue(cpu, zone, order, ac.mt, flags) {
+                if order > 0 && flags.contains(AllocFlags::HIGHATOMIC) {
+                    buddy::reserve_highatomic_pageblock(&self.mem_map, zone, pfn);
+                }
+                let st = &cpu.state().vmstat;
+                st.count(PGALLOC_DMA + zt as usize, 1 << order);
+                self.zone_statistics(cpu, preferred, (nid, zt));
+                let _ = gfp;
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// `zone_statistics`: numa_hit/miss/foreign and local/other.
+    #[inline]
+    fn zone_statistics(
+        &self,
+        cpu: &CpuGuard<'_>,
+        preferred: (usize, ZoneType),
+        z: (usize, ZoneType),
+    ) {
+        let st = &cpu.state().vmstat;
+        let zi = z.0 * crate::mm::mmzone::MAX_NR_ZONES + z.1 as usize;
+        let local = if z.0 == cpu.node() {
+            NUMA_LOCAL
+        } else {
+            NUMA_OTHER
+        };
+        if z.0 == preferred.0 {
+            st.count_numa(zi, NUMA_HIT);
+        } else {
+            st.count_numa(zi, NUMA_MISS);
+            st.count_numa(
+                preferred.0 * crate::mm::mmzone::MAX_NR_ZONES + preferred.1 as usize,
+                NUMA_FOREIGN,
+            );
+        }
+        st.count_numa(zi, local);
+    }
+
+    /// `rmqueue`: small orders through this CPU's pcp list, the rest (or when the pcp lock
+    /// is busy being drained) from the buddy lists.
+    #[inline]
+    fn rmqueue(
+        &self,
+        cpu: &CpuGuard<'_>,
+        zone: &Zone,
+        order: u32,
+        mt: MigrateType,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        if pcp_allowed_order(order) && (mt as usize) < MIGRATE_PCPTYPES {
+            if let Some(p) = self.rmqueue_pcplist(cpu, zone, order, mt, flags) {
+                return Some(p);
+            }
+        }
+        let mut fa = zone.free_area.lock();
+        buddy::rmqueue_buddy_locked(&self.mem_map, zone, &mut fa, order, mt, flags)
+    }
+
+    /// `rmqueue_pcplist`: pop from the pcp list, refilling it with a batch from the buddy
+    /// lists (`rmqueue_bulk`) when empty.
+    #[inline]
+    fn rmqueue_pcplist(
+        &self,
+        cpu: &CpuGuard<'_>,
+        zone: &Zone,
+        order: u32,
+        mt: MigrateType,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let mut pcp = zone.pcp.get(cpu.id()).try_lock()?;
+        let idx = order_to_pindex(mt, order);
+        if pcp.lists[idx].is_empty() {
+            let batch = alloc_batch(pcp.batch, order);
+            let mut fa = zone.free_area.lock();
+            let mut got = 0;
+            for _ in 0..batch {
+                match buddy::rmqueue(&self.mem_map, zone, &mut fa, order, mt) {
+                    Some(pfn) => {
+                        pcp.lists[idx].push_back(&self.mem_map, pfn);
+                        got += 1;
+                    }
+                    None => break,
+                }
+            }
+            if got == 0 && flags.intersects(AllocFlags::OOM | AllocFlags::NON_BLOCK) {
+                // The buddy path would dip into HighAtomic; let it.
+                return None;
+            }
+            pcp.count += got << order;
+        }
+        let pfn = pcp.lists[idx].pop_front(&self.mem_map)?;
+        pcp.count -= 1 << order;
+        Some(pfn)
+    }
+
+    /// `__alloc_pages_slowpath` without reclaim: the min watermark and the reserves the GFP
+    /// mask allows, then (for blocking allocations) draining the per-CPU lists and the
+    /// HighAtomic reserve and trying once more.
+    #[cold]
+    fn alloc_pages_slowpath(
+        &self,
+        cpu: &CpuGuard<'_>,
+        gfp: Gfp,
+        order: u32,
+        ac: &AllocContext,
+    ) -> Option<u64> {
+        let flags = gfp_to_alloc_flags(gfp, order);
+        if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
+            return Some(p);
+        }
+        if gfp.contains(Gfp::__GFP_MEMALLOC) && !gfp.contains(Gfp::__GFP_NOMEMALLOC) {
+            if let Some(p) =
+                self.get_page_from_freelist(cpu, gfp, order, flags | AllocFlags::NO_WATERMARKS, ac)
+            {
+                return Some(p);
+            }
+        }
+        if gfp.allows_blocking() {
+            // __alloc_pages_direct_reclaim's "pages may be pinned on the per-cpu lists or in
+            // high alloc reserves": release them and retry once.
+            for &(nid, zt) in self.zonelist(ac) {
+                if zt <= ac.highest {
+                    buddy::unreserve_highatomic_pageblock(
+                        &self.mem_map,
+                        self.nodes[nid].zone(zt),
+                        ac.mt,
+                        false,
+                    );
+                }
+            }
+            self.drain_all_pages(cpu);
+            if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
+                return Some(p);
+            }
+        }
+        if gfp.contains(Gfp::__GFP_NOFAIL) {
+            // Without reclaim and OOM (a later issue) the only way forward is another CPU
+            // freeing memory: keep trying with the min reserve, as Linux's NOFAIL loop does.
+            loop {
+                self.drain_all_pages(cpu);
+                if let Some(p) = self.get_page_from_freelist(
+                    cpu,
+                    gfp,
+                    order,
+                    flags | AllocFlags::MIN_RESERVE,
+                    ac,
+                ) {
+                    return Some(p);
+                }
+                crate::sync::relax();
+            }
+        }
+        if !gfp.contains(Gfp::__GFP_NOWARN) {
+            self.warn_alloc(cpu, gfp, order);
+        }
+        None
+    }
+
+    /// `warn_alloc` + `show_free_areas`: Linux's page allocation failure report.
+    #[cold]
+    fn warn_alloc(&self, cpu: &CpuGuard<'_>, gfp: Gfp, order: u32) {
+        self.printk(&format!(
+            "swapper/{}: page allocation failure: order:{}, mode:{}, nodemask=(null)",
+            cpu.id(),
+            order,
+            gfp
+        ));
+        self.printk("Mem-Info:");
+        for line in crate::fs::proc::meminfo::show_free_areas(self).lines() {
+            self.printk(line);
+        }
+    }
+
+    /// `post_alloc_hook` + `prep_new_page`: refcount 1, checks, zeroing, compound setup.
+    #[inline]
+    fn post_alloc_hook(&self, pfn: u64, page: &Page, gfp: Gfp, order: u32) {
+        page.set_private(0);
+        page.set_index(0);
+        page.set_refcount(1);
+        if gfp.contains(Gfp::__GFP_ZERO) {
+            // SAFETY: the 2^order pages at `pfn` are RAM below ram_end (they came off a free
+            // list) and were just handed to this caller, so nobody else accesses them.
+            unsafe { core::ptr::write_bytes(self.pfn_ptr(pfn), 0, (PAGE_SIZE << order) as usize) };
+        }
+        if order > 0 && gfp.contains(Gfp::__GFP_COMP) {
+            page.set_nonatomic(PageFlags::HEAD);
+            page.set_private(order);
+            for i in 1..(1u64 << order) {
+                let t = self.mem_map.page(pfn + i);
+                t.set_nonatomic(PageFlags::TAIL);
+                t.set_private(i as u32);
+            }
+        }
+    }
+
+    /// `__free_pages(page, order)`: drop a reference; free the block when it was the last.
+    /// A page that is not ours, already free, still mapped or flagged in use is reported
+    /// (`BUG: Bad page state`) and left alone.
+    pub fn __free_pages(&self, cpu: &CpuGuard<'_>, page: &Page, order: u32) {
+        if !self.mem_map.owns(page) {
+            self.printk(&format!(
+                "BUG: __free_pages: {:p} is not a struct page of this machine",
+                page
+            ));
+            return;
+        }
+        let pfn = self.mem_map.page_to_pfn(page).0;
+        if order > MAX_PAGE_ORDER || pfn & ((1 << order) - 1) != 0 {
+            self.bad_page(
+                cpu,
+                page,
+                pfn,
+                "free of a misaligned block or an order above MAX_PAGE_ORDER",
+            );
+            return;
+        }
+        if page.refcount() <= 0 {
+            self.bad_page(cpu, page, pfn, "VM_BUG_ON_PAGE(page_ref_count(page) == 0)");
+            return;
+        }
+        let head = page.test(PageFlags::HEAD);
+        if page.put_testzero() {
+            self.free_the_page(cpu, page, pfn, order);
+        } else if !head {
+            // Someone else holds a reference to the first page of a non-compound block:
+            // free the rest now, they free the first page later.
+            let mut o = order;
+            while o > 0 {
+                o -= 1;
+                let p = self.mem_map.page(pfn + (1 << o));
+                if p.put_testzero() {
+                    self.free_the_page(cpu, p, pfn + (1 << o), o);
+                }
+            }
+        }
+    }
+
+    /// `free_pages(addr, order)`: free by direct-map address; 0 is a no-op.
+    pub fn free_pages(&self, cpu: &CpuGuard<'_>, addr: VirtAddr, order: u32) {
+        if addr.0 == 0 {
+            return;
+        }
+        match self.virt_to_page(addr) {
+            Some(p) => self.__free_pages(cpu, p, order),
+            None => self.printk(&format!(
+                "BUG: free_pages: {:#x} is not a direct-map address of RAM",
+                addr.0
+            )),
+        }
+    }
+
+    /// `free_page(addr)`.
+    pub fn free_page(&self, cpu: &CpuGuard<'_>, addr: VirtAddr) {
+        self.free_pages(cpu, addr, 0)
+    }
+
+    /// `free_pages_prepare` (checks) then `free_unref_page` or `__free_pages_ok`.
+    #[inline]
+    fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) {
+        if !self.free_pages_prepare(cpu, page, pfn, order) {
+            return;
+        }
+        cpu.state().vmstat.count(PGFREE, 1 << order);
+        let zone = self.page_zone(page);
+        let mt = zone.pageblock_migratetype(pfn);
+        if pcp_allowed_order(order) && mt != MigrateType::Isolate {
+            let mt = if mt.is_mergeable() {
+                mt
+            } else {
+                MigrateType::Movable
+            };
+            if let Some(mut pcp) = zone.pcp.get(cpu.id()).try_lock() {
+                let idx = order_to_pindex(mt, order);
+                page.set_index(mt as u64);
+                pcp.lists[idx].push_front(&self.mem_map, pfn);
+                pcp.count += 1 << order;
+                if pcp.count >= pcp.high {
+                    let batch = pcp.batch;
+                    self.free_pcppages_bulk(zone, &mut pcp, batch, idx);
+                }
+                return;
+            }
+        }
+        let mut fa = zone.free_area.lock();
+        buddy::free_one_page(&self.mem_map, zone, &mut fa, pfn, order, mt, false);
+    }
+
+    /// `free_pages_prepare` + `free_page_is_bad`: true when the block may be freed.
+    #[inline]
+    fn free_pages_prepare(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) -> bool {
+        let compound = page.test(PageFlags::HEAD);
+        if compound {
+            if page.private() != order {
+                self.bad_page(cpu, page, pfn, "compound page freed with the wrong order");
+                return false;
+            }
+            let mut ok = true;
+            for i in 1..(1u64 << order) {
+                let t = self.mem_map.page(pfn + i);
+                if !t.test(PageFlags::TAIL) || t.private() != i as u32 {
+                    self.bad_page(cpu, t, pfn + i, "corrupted compound tail page");
+                    ok = false;
+                }
+                t.clear_nonatomic(PageFlags::TAIL);
+                t.set_private(0);
+            }
+            page.clear_nonatomic(PageFlags::HEAD);
+            page.set_private(0);
+            if !ok {
+                return false;
+            }
+        }
+        if page.mapcount() != 0 {
+            self.bad_page(cpu, page, pfn, "nonzero mapcount");
+            return false;
+        }
+        if page.mapping() != 0 {
+            self.bad_page(cpu, page, pfn, "non-NULL mapping");
+            return false;
+        }
+        if page
+            .flags()
+            .intersects(PAGE_FLAGS_CHECK_AT_FREE | PageFlags::TAIL)
+        {
+            self.bad_page(cpu, page, pfn, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
+            return false;
+        }
+        page.reset_flags(
+            page.flags()
+                & !PAGE_FLAGS_CHECK_AT_PREP
+                & !PageFlags::REFERENCED
+                & !PageFlags::UPTODATE,
+        );
+        page.set_private(0);
+        true
+    }
+
+    /// `free_pcppages_bulk`: return `count` pages from the pcp lists to the buddy lists,
+    /// round-robin over the lists starting at `pindex`, oldest pages first.
+    pub(crate) fn free_pcppages_bulk(
+        &self,
+        zone: &Zone,
+        pcp: &mut pcp::PerCpuPages,
+        count: u32,
+        mut pindex: usize,
+    ) {
+        let mut left = count.min(pcp.count) as i64;
+        if left == 0 {
+            return;
+        }
+        let mut fa = zone.free_area.lock();
+        while left > 0 && pcp.count > 0 {
+            // Find the next non-empty list.
+            let mut tries = 0;
+            while pcp.lists[pindex].is_empty() {
+                pindex = (pindex + 1) % NR_PCP_LISTS;
+                tries += 1;
+                if tries > NR_PCP_LISTS {
+                    return;
+                }
+            }
+            let order = pindex_to_order(pindex);
+            let Some(pfn) = pcp.lists[pindex].pop_back(&self.mem_map) else {
+                continue;
+            };
+            pcp.count -= 1 << order;
+            left -= 1 << order;
+            let mt = zone.pageblock_migratetype(pfn);
+            buddy::free_one_page(&self.mem_map, zone, &mut fa, pfn, order, mt, false);
+            pindex = (pindex + 1) % NR_PCP_LISTS;
+        }
+    }
+
+    /// `drain_pages_zone`: everything on `cpu`'s pcp lists of `zone` back to the buddy lists.
+    fn drain_pages_zone(&self, cpu_id: usize, zone: &Zone) {
+        let mut pcp = zone.pcp.get(cpu_id).lock();
+        let n = pcp.count;
+        self.free_pcppages_bulk(zone, &mut pcp, n, 0);
+    }
+
+    /// `drain_local_pages`: this CPU's pcp lists, every zone.
+    pub fn drain_local_pages(&self, cpu: &CpuGuard<'_>) {
+        for z in self
+            .nodes
+            .iter()
+            .flat_map(|n| n.zones.iter())
+            .filter(|z| z.populated())
+        {
+            self.drain_pages_zone(cpu.id(), z);
+        }
+    }
+
+    /// `drain_all_pages(NULL)`: every CPU's pcp lists, drained remotely under their locks.
+    pub fn drain_all_pages(&self, _cpu: &CpuGuard<'_>) {
+        for c in 0..self.nr_cpus() {
+            for z in self
+                .nodes
+                .iter()
+                .flat_map(|n| n.zones.iter())
+                .filter(|z| z.populated())
+            {
+                self.drain_pages_zone(c, z);
+            }
+        }
+    }
+
+    /// `bad_page`: Linux's report, then leave the page alone (it is leaked, as Linux does).
+    #[cold]
+    fn bad_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, reason: &str) {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "BUG: Bad page state in process swapper/{}  pfn:{:05x}",
+            cpu.id(),
+            pfn
+        );
+        self.printk(&s);
+        self.printk(&dump_page(page, pfn));
+        self.printk(&format!("page dumped because: {reason}"));
+        self.bad_pages.fetch_add(1, Relaxed);
+    }
+
+    /// `page_zone()`.
+    #[inline]
+    pub fn page_zone(&self, page: &Page) -> &Zone {
+        self.nodes[page.nid()].zone(page.zonenum())
+    }
+
+    /// `page_to_pfn()`.
+    #[inline]
+    pub fn page_to_pfn(&self, page: &Page) -> Pfn {
+        self.mem_map.page_to_pfn(page)
+    }
+
+    /// `pfn_to_page()`: `None` for a pfn with no `struct page`.
+    #[inline]
+    pub fn pfn_to_page(&self, pfn: Pfn) -> Option<&Page> {
+        self.mem_map.pfn_to_page(pfn)
+    }
+
+    /// `page_address()`: the page's address in the direct map (`PAGE_OFFSET + phys`).
+    #[inline]
+    pub fn page_address(&self, page: &Page) -> VirtAddr {
+        VirtAddr(PAGE_OFFSET + (self.page_to_pfn(page).0 << PAGE_SHIFT))
+    }
+
+    /// `virt_to_page()`: `None` unless `va` is a direct-map address of a page with a
+    /// `struct page`.
+    pub fn virt_to_page(&self, va: VirtAddr) -> Option<&Page> {
+        let pa = va.0.checked_sub(PAGE_OFFSET)?;
+        if pa >= self.mem_map.max_pfn() << PAGE_SHIFT {
+            return None;
+        }
+        self.mem_map.pfn_to_page(Pfn(pa >> PAGE_SHIFT))
+    }
+
+    /// Host pointer to the first byte of frame `pfn` (the simulator's direct map).
+    #[inline]
+    pub(crate) fn pfn_ptr(&self, pfn: u64) -> *mut u8 {
+        self.direct_map.wrapping_add((pfn << PAGE_SHIFT) as usize)
+    }
+
+    /// The bytes of an allocated block, for the caller that owns it.
+    ///
+    /// # Safety
+    /// `page` must head a block of 2^`order` pages that the caller allocated and has not
+    /// freed, and the caller must not create two live slices of the same bytes.
+    pub unsafe fn page_bytes_mut(&self, page: &Page, order: u32) -> &mut [u8] {
+        let pfn = self.page_to_pfn(page).0;
+        // SAFETY: the block is RAM inside the direct map and owned by the caller (contract).
+        unsafe { core::slice::from_raw_parts_mut(self.pfn_ptr(pfn), (PAGE_SIZE << order) as usize) }
+    }
+
+    /// Copy `buf` into the allocated page `page` at `offset` (the kernel's `memcpy` to
+    /// `page_address(page) + offset`). `EFAULT` if the range leaves the page or the page is
+    /// not allocated (free, reserved, or not ours).
+    pub fn write_page(&self, page: &Page, offset: usize, buf: &[u8]) -> Result<(), crate::Errno> {
+        let pfn = self.check_allocated(page, offset, buf.len())?;
+        // SAFETY: checked that the page is an allocated RAM page and the range is inside it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.pfn_ptr(pfn).add(offset), buf.len())
+        };
+        Ok(())
+    }
+
+    /// Copy bytes out of the allocated page `page` at `offset`; errors as [`Kernel::write_page`].
+    pub fn read_page(
+        &self,
+        page: &Page,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<(), crate::Errno> {
+        let pfn = self.check_allocated(page, offset, buf.len())?;
+        // SAFETY: as in `write_page`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.pfn_ptr(pfn).add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+
+    fn check_allocated(&self, page: &Page, offset: usize, len: usize) -> Result<u64, crate::Errno> {
+        if !self.mem_map.owns(page)
+            || page.refcount() <= 0
+            || page.test(PageFlags::RESERVED)
+            || page.test(PageFlags::BUDDY)
+        {
+            return Err(crate::Errno::EFAULT);
+        }
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > PAGE_SIZE as usize)
+        {
+            return Err(crate::Errno::EFAULT);
+        }
+        Ok(self.page_to_pfn(page).0)
+    }
+}
+
+/// `dump_page`: `page:… refcount:… mapcount:… mapping:… index:… pfn:…` and the flags.
+pub fn dump_page(page: &Page, pfn: u64) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "page: refcount:{} mapcount:{} mapping:{:016x} index:{:#x} pfn:{:#x}\nflags: {:#x}({})",
+        page.refcount(),
+        page.mapcount(),
+        page.mapping(),
+        page.index(),
+        pfn,
+        page.flags().bits(),
+        flag_names(page.flags())
+    );
+    s
+}
+
+/// `%pGp`: flag names joined by `|`.
+pub fn flag_names(f: PageFlags) -> String {
+    let mut s = String::new();
+    for (name, flag) in f.iter_names() {
+        let _ = flag;
+        if !s.is_empty() {
+            s.push('|');
+        }
+        s.push_str(&name.to_ascii_lowercase());
+    }
+    s
+}
+
+/// Free pages of `zone` counted by the allocator (`NR_FREE_PAGES`).
+pub fn zone_free(zone: &Zone) -> i64 {
+    zone.stat(NR_FREE_PAGES)
+}

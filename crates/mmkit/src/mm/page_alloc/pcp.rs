@@ -1,0 +1,115 @@
+//! Per-CPU page lists (`struct per_cpu_pages`; `mm/page_alloc.c`'s `rmqueue_pcplist`,
+//! `rmqueue_bulk`, `free_unref_page_commit`, `free_pcppages_bulk`, `drain_pages_zone`,
+//! `zone_batchsize`, `zone_highsize`).
+//!
+//! Each zone has one `PerCpuPages` per CPU, for orders 0..=`PAGE_ALLOC_COSTLY_ORDER` and each
+//! of the three PCP migrate types. As in Linux 6.x, each has its own spin lock: the owning CPU
+//! takes it with a `trylock` on the fast path (uncontended, one atomic exchange), and
+//! `drain_all_pages` takes it from another CPU to drain remotely, with no IPI. When the trylock
+//! fails the allocation or free goes to the buddy lists directly, as Linux does.
+//!
+//! `high` is Linux's `high_min` (derived from the low watermark); the 6.7+ adaptive tuning of
+//! `high` between `high_min` and `high_max`, and the free-factor scaling of drain batches, are
+//! not modelled: an overfull list gives back exactly `batch` pages.
+
+use super::{MigrateType, MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER};
+use crate::mm::list::PageList;
+use crate::mm::mmzone::{Wmark, Zone};
+
+/// `NR_PCP_LISTS`: one per (order, pcp migrate type).
+pub const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER as usize + 1);
+/// `MIN_PERCPU_PAGELIST_HIGH_FRACTION`: gives `high_max`.
+pub const MIN_PERCPU_PAGELIST_HIGH_FRACTION: u64 = 8;
+
+/// `struct per_cpu_pages`.
+pub struct PerCpuPages {
+    /// Pages (not blocks) on the lists.
+    pub count: u32,
+    /// Drain when `count` reaches this.
+    pub high: u32,
+    /// Pages moved to or from the buddy lists at a time.
+    pub batch: u32,
+    /// Lower bound of `high`.
+    pub high_min: u32,
+    /// Upper bound of `high`.
+    pub high_max: u32,
+    /// The lists, by `order_to_pindex`.
+    pub lists: [PageList; NR_PCP_LISTS],
+}
+
+impl Default for PerCpuPages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PerCpuPages {
+    /// Empty lists, `batch` 1 and `high` 0 until the zone is set up (`pageset_init`).
+    pub const fn new() -> Self {
+        Self {
+            count: 0,
+            high: 0,
+            batch: 1,
+            high_min: 0,
+            high_max: 0,
+            lists: [PageList::new(); NR_PCP_LISTS],
+        }
+    }
+}
+
+/// `order_to_pindex`.
+#[inline]
+pub fn order_to_pindex(mt: MigrateType, order: u32) -> usize {
+    order as usize * MIGRATE_PCPTYPES + mt as usize
+}
+
+/// `pindex_to_order`.
+#[inline]
+pub fn pindex_to_order(pindex: usize) -> u32 {
+    (pindex / MIGRATE_PCPTYPES) as u32
+}
+
+/// `pcp_allowed_order`.
+#[inline]
+pub fn pcp_allowed_order(order: u32) -> bool {
+    order <= PAGE_ALLOC_COSTLY_ORDER
+}
+
+/// `zone_batchsize`: about a quarter of a megabyte's worth of pages, scaled down for small
+/// zones, rounded to `2^n - 1` to avoid cache aliasing; at least 1.
+pub fn zone_batchsize(zone: &Zone) -> u32 {
+    let mut batch = (zone.managed() >> 10).min((1 << 20) / 4096);
+    batch /= 4;
+    batch = batch.max(1);
+    let x = batch + batch / 2;
+    let pow = 1u64 << (63 - x.leading_zeros());
+    ((pow - 1) as u32).max(1)
+}
+
+/// `zone_highsize`: `total / (cpus local to the node)`, at least `4 * batch`, where `total`
+/// is the low watermark (`high_fraction` 0) or `managed / high_fraction`.
+pub fn zone_highsize(
+    zone: &Zone,
+    batch: u32,
+    local_cpus: usize,
+    nr_cpus: usize,
+    high_fraction: u64,
+) -> u32 {
+    let total = if high_fraction == 0 {
+        zone.wmark(Wmark::Low)
+    } else {
+        zone.managed() / high_fraction
+    };
+    let split = if local_cpus == 0 { nr_cpus } else { local_cpus } as u64;
+    ((total / split) as u32).max(batch << 2)
+}
+
+/// `nr_pcp_alloc`'s batch for an order: `batch` for order 0, `max(batch >> order, 2)` above.
+#[inline]
+pub fn alloc_batch(batch: u32, order: u32) -> u32 {
+    if order == 0 {
+        batch
+    } else {
+        (batch >> order).max(2)
+    }
+}

@@ -1,0 +1,20 @@
+//! What a host provides to the library: the direct map of physical memory, the CPUs, a clock.
+//!
+//! A bare-metal kernel would implement this over its own page tables and drivers; the
+//! simulator (`mmkit-sim`) implements it over one lazily committed host mapping and threads.
+//! Later issues add the swap device and file source here.
+
+/// The host of a [`crate::Kernel`].
+pub trait Platform: Send + Sync {
+    /// Host address of physical address 0. The bytes of physical address `pa` live at
+    /// `direct_map_base() + pa` for every `pa < ram_end()`.
+    fn direct_map_base(&self) -> *mut u8;
+    /// One past the highest physical address the direct map covers.
+    fn ram_end(&self) -> u64;
+    /// Number of CPUs the machine has.
+    fn nr_cpus(&self) -> usize;
+    /// The CPU the calling thread runs on (`smp_processor_id()`), in `0..nr_cpus()`.
+    fn current_cpu(&self) -> usize;
+    /// Nanoseconds since the machine started, for log timestamps and statistics.
+    fn now_ns(&self) -> u64;
+}
