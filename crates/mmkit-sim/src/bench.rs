@@ -181,7 +181,7 @@ pub fn page_rows(filter: &str) -> Result<Vec<Row>> {
     }
     if want("order0-2cpu") {
         // Throughput: ns per alloc+free pair across the whole machine (wall time / pairs).
-        let per_thread = N;
+        let per_thread = 5 * N;
         let run = |threads: usize| -> (f64, f64) {
             measure(per_thread * threads as u64, || {
                 std::thread::scope(|s| {

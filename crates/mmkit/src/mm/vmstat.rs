@@ -7,6 +7,7 @@
 //! every CPU's copy, as `/proc/vmstat` does in Linux.
 
 pub use super::vmstat_names::*;
+use crate::sync::CachePadded;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -37,6 +38,8 @@ pub const fn index_of(list: &[&str], name: &str) -> usize {
     panic!("no such vmstat name")
 }
 
+/// Number of VM events.
+pub const NR_VM_EVENTS: usize = VM_EVENT_NAMES.len();
 /// `PGALLOC_DMA`: `pgalloc_<zone>` is this plus the zone index.
 pub const PGALLOC_DMA: usize = index_of(VM_EVENT_NAMES, "pgalloc_dma");
 /// `ALLOCSTALL_DMA`.
@@ -56,33 +59,32 @@ pub const NUMA_OTHER: usize = 5;
 
 /// One CPU's counters.
 pub struct CpuVmStats {
-    /// `vm_event_states.event[]`.
-    pub events: Box<[AtomicU64]>,
-    /// NUMA statistics per zone (`node * MAX_NR_ZONES + zone`), `NUMA_STAT_NAMES` order.
-    pub numa: Box<[[AtomicU64; 6]]>,
+    /// `vm_event_states.event[]`, on cache lines of its own.
+    pub events: Box<CachePadded<[AtomicU64; NR_VM_EVENTS]>>,
+    /// NUMA statistics per zone (`node * MAX_NR_ZONES + zone`), `NUMA_STAT_NAMES` order,
+    /// a cache line per zone.
+    pub numa: Box<[CachePadded<[AtomicU64; 6]>]>,
 }
 
 impl CpuVmStats {
     pub(crate) fn new(nr_zones_total: usize) -> Self {
         Self {
-            events: (0..VM_EVENT_NAMES.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            numa: (0..nr_zones_total).map(|_| Default::default()).collect(),
+            events: Box::new(CachePadded(core::array::from_fn(|_| AtomicU64::new(0)))),
+            numa: (0..nr_zones_total).map(|_| CachePadded(Default::default())).collect(),
         }
     }
 
     /// `__count_vm_events` by the owning CPU.
     #[inline]
     pub(crate) fn count(&self, item: usize, n: u64) {
-        let e = &self.events[item];
+        let e = &self.events.0[item];
         e.store(e.load(Relaxed) + n, Relaxed);
     }
 
     /// `__count_numa_event` by the owning CPU.
     #[inline]
     pub(crate) fn count_numa(&self, zone_idx: usize, item: usize) {
-        let e = &self.numa[zone_idx][item];
+        let e = &self.numa[zone_idx].0[item];
         e.store(e.load(Relaxed) + 1, Relaxed);
     }
 }

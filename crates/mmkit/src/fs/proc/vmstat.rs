@@ -14,7 +14,7 @@ pub fn all_vm_events(k: &Kernel) -> alloc::vec::Vec<u64> {
     (0..VM_EVENT_NAMES.len())
         .map(|i| {
             (0..k.nr_cpus())
-                .map(|c| k.cpus.get(c).vmstat.events[i].load(Relaxed))
+                .map(|c| k.cpus.get(c).vmstat.events.0[i].load(Relaxed))
                 .sum()
         })
         .collect()
@@ -25,7 +25,7 @@ pub fn vm_event(k: &Kernel, name: &str) -> Option<u64> {
     let i = VM_EVENT_NAMES.iter().position(|n| *n == name)?;
     Some(
         (0..k.nr_cpus())
-            .map(|c| k.cpus.get(c).vmstat.events[i].load(Relaxed))
+            .map(|c| k.cpus.get(c).vmstat.events.0[i].load(Relaxed))
             .sum(),
     )
 }
@@ -41,7 +41,7 @@ pub fn vmstat(k: &Kernel) -> String {
     for (i, name) in NUMA_STAT_NAMES.iter().enumerate() {
         let v: u64 = (0..k.nr_cpus())
             .flat_map(|c| (0..k.nodes.len() * MAX_NR_ZONES).map(move |z| (c, z)))
-            .map(|(c, z)| k.cpus.get(c).vmstat.numa[z][i].load(Relaxed))
+            .map(|(c, z)| k.cpus.get(c).vmstat.numa[z].0[i].load(Relaxed))
             .sum();
         let _ = writeln!(s, "{name} {v}");
     }

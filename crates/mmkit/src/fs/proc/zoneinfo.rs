@@ -53,7 +53,7 @@ pub fn zoneinfo(k: &Kernel) -> String {
             let gz = z.node * MAX_NR_ZONES + z.zone_type as usize;
             for (i, name) in NUMA_STAT_NAMES.iter().enumerate() {
                 let v: u64 = (0..k.nr_cpus())
-                    .map(|c| k.cpus.get(c).vmstat.numa[gz][i].load(Relaxed))
+                    .map(|c| k.cpus.get(c).vmstat.numa[gz].0[i].load(Relaxed))
                     .sum();
                 let _ = write!(s, "\n      {:<12} {}", name, v);
             }
