@@ -70,7 +70,9 @@ impl CpuVmStats {
     pub(crate) fn new(nr_zones_total: usize) -> Self {
         Self {
             events: Box::new(CachePadded(core::array::from_fn(|_| AtomicU64::new(0)))),
-            numa: (0..nr_zones_total).map(|_| CachePadded(Default::default())).collect(),
+            numa: (0..nr_zones_total)
+                .map(|_| CachePadded(Default::default()))
+                .collect(),
         }
     }
 

@@ -1,0 +1,245 @@
+//! Boot: e820 handling, zone figures for the default machine, NUMA and movable zones.
+
+mod common;
+use mmkit::arch::x86_64::e820::{E820Error, E820Table};
+use mmkit::mm::mmzone::ZoneType;
+use mmkit::{BootError, Kernel};
+use mmkit_sim::machine::{SimPlatform, DEFAULT_E820};
+use mmkit_sim::{Machine, MachineSpec};
+
+/// The default machine (seed 003's map) gets exactly the zone figures Linux computes for it.
+///
+/// Usable RAM after `e820: update [mem 0x0-0xfff] usable ==> reserved`, in pfns:
+/// [0x1, 0x58) 87, [0x59, 0x9d) 68, [0x100, 0xcc8e3) 837859, [0xcc90e, 0xd6203) 39157,
+/// [0xd7fff, 0xd8000) 1, [0x100000, 0x223800) 1193984.
+/// DMA   = [1, 0x1000): spanned 4095, present 87 + 68 + (0x1000 - 0x100 = 3840) = 3995.
+/// DMA32 = [0x1000, 0x100000) (the node reaches past 4 GiB, so the zone spans to the arch
+///         limit): spanned 1044480, present (0xcc8e3 - 0x1000 = 833763) + 39157 + 1 = 872921.
+/// Normal= [0x100000, 0x223800): spanned = present = 1193984.
+/// Managed = present - boot reservations in the zone:
+///   DMA: the first MiB (x86 reserves it whole): the 155 present pages below 0x100 -> 3840.
+///   DMA32: the kernel image at 16 MiB, 18478K code, then rodata (10280K) at the next 2 MiB
+///     boundary, then data 2544K + init 3728K at the next, then bss 1168K: it ends at
+///     0x3744000, so [0x1000, 0x3744) = 10052 pages -> 862869.
+///   Normal: mem_map, allocated top-down from memblock: 64 sections with RAM, each
+///     32768 pages x 40 bytes = 1.25 MiB -> 20480 pages -> 1173504.
+#[test]
+fn default_machine_zone_figures() {
+    let m = Machine::boot(&MachineSpec::default()).unwrap();
+    let k = &m.kernel;
+    assert_eq!(k.nodes.len(), 1);
+    let n = &k.nodes[0];
+    let fig = |t: ZoneType| {
+        let z = n.zone(t);
+        (
+            z.zone_start_pfn,
+            z.spanned_pages,
+            z.present_pages,
+            z.managed(),
+        )
+    };
+    assert_eq!(fig(ZoneType::Dma), (1, 4095, 3995, 3840));
+    assert_eq!(fig(ZoneType::Dma32), (0x1000, 1_044_480, 872_921, 862_869));
+    assert_eq!(
+        fig(ZoneType::Normal),
+        (0x100000, 1_193_984, 1_193_984, 1_173_504)
+    );
+    assert!(!n.zone(ZoneType::Movable).populated());
+    assert_eq!(k.boot.max_pfn, 0x223800);
+    assert_eq!(k.boot.max_low_pfn, 0xd8000);
+    assert_eq!(k.boot.memmap_pages, 20480);
+    // mem_map overhead stays at or under 1% of RAM.
+    assert!(
+        k.boot.memmap_pages * 100 <= k.boot.physpages,
+        "{} of {}",
+        k.boot.memmap_pages,
+        k.boot.physpages
+    );
+    // Every managed page is free right after boot.
+    assert_eq!(k.global_free_pages(), 3840 + 862_869 + 1_173_504);
+    k.check_invariants().unwrap();
+
+    let log = k.dmesg().join("\n");
+    for line in [
+        "e820: update [mem 0x00000000-0x00000fff] usable ==> reserved",
+        "e820: remove [mem 0x000a0000-0x000fffff] usable",
+        "BIOS-e820: [mem 0x0000000100000000-0x00000002237fffff] usable",
+        "last_pfn = 0x223800 max_arch_pfn = 0x400000000",
+        "  DMA      [mem 0x0000000000001000-0x0000000000ffffff]",
+        "  DMA32    [mem 0x0000000001000000-0x00000000ffffffff]",
+        "  Normal   [mem 0x0000000100000000-0x00000002237fffff]",
+        "On node 0, zone DMA: 99 pages in unavailable ranges",
+        "On node 0, zone DMA32: 7676 pages in unavailable ranges",
+        "On node 0, zone Normal: 18432 pages in unavailable ranges",
+        "Built 1 zonelists, mobility grouping on.  Total pages: 2070900",
+    ] {
+        assert!(log.contains(line), "boot log lacks `{line}`:\n{log}");
+    }
+}
+
+/// min_free_kbytes = int_sqrt(lowmem_kbytes * 16), shared out by managed pages; low and high
+/// step by max(min/4, managed/1000).
+#[test]
+fn watermarks_follow_linux_formulas() {
+    let m = Machine::boot(&MachineSpec::default()).unwrap();
+    let k = &m.kernel;
+    let managed = 3840u64 + 862_869 + 1_173_504;
+    let mfk = mmkit::addr::int_sqrt(managed * 4 * 16);
+    assert_eq!(k.min_free_kbytes(), mfk);
+    let pages_min = mfk / 4;
+    use mmkit::mm::mmzone::Wmark;
+    for z in k.nodes[0].zones.iter().filter(|z| z.populated()) {
+        let min = pages_min * z.managed() / managed;
+        let step = (min / 4).max(z.managed() * 10 / 10_000);
+        assert_eq!(z.wmark(Wmark::Min), min, "{}", z.zone_type.name());
+        assert_eq!(z.wmark(Wmark::Low), min + step);
+        assert_eq!(z.wmark(Wmark::High), min + 2 * step);
+    }
+    // lowmem_reserve: DMA keeps (DMA32 + Normal managed) / 256 from Normal allocations.
+    let dma = k.nodes[0].zone(ZoneType::Dma);
+    assert_eq!(
+        dma.lowmem_reserve[2].load(std::sync::atomic::Ordering::Relaxed),
+        (862_869 + 1_173_504) / 256
+    );
+    // A sysctl write recomputes them.
+    k.set_min_free_kbytes(65536).unwrap();
+    let total_min: u64 = k.nodes[0]
+        .zones
+        .iter()
+        .filter(|z| z.populated())
+        .map(|z| z.wmark(Wmark::Min))
+        .sum();
+    assert!((16384 - 3..=16384).contains(&total_min), "{total_min}");
+    assert!(k.set_min_free_kbytes(0).is_err());
+}
+
+#[test]
+fn bad_maps_are_clear_errors() {
+    // No usable RAM at all.
+    let e = E820Table::parse("BIOS-e820: [mem 0x0-0xfffff] reserved").unwrap();
+    let spec = MachineSpec {
+        e820: e,
+        cpus: 1,
+        cmdline: String::new(),
+    };
+    let err = Machine::boot(&spec).err().unwrap().to_string();
+    assert!(err.contains("no usable RAM"), "{err}");
+    // Only the first page is usable: after trim_bios_range nothing is left.
+    let e = E820Table::parse("BIOS-e820: [mem 0x0-0xfff] usable").unwrap();
+    let err = Machine::boot(&MachineSpec {
+        e820: e,
+        cpus: 1,
+        cmdline: String::new(),
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("no usable RAM"), "{err}");
+    // RAM only below 16 MiB: no room for the kernel image.
+    let e = E820Table::parse(
+        "BIOS-e820: [mem 0x0-0x9ffff] usable\nBIOS-e820: [mem 0x100000-0xffffff] usable",
+    )
+    .unwrap();
+    let err = Machine::boot(&MachineSpec {
+        e820: e,
+        cpus: 1,
+        cmdline: String::new(),
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("kernel image"), "{err}");
+    // A typo on the command line.
+    let spec = MachineSpec {
+        cmdline: "movablecor=1G".into(),
+        ..MachineSpec::default()
+    };
+    let err = Machine::boot(&spec).err().unwrap().to_string();
+    assert!(err.contains("movablecor=1G"), "{err}");
+    // A platform that maps less RAM than the map needs.
+    let p = SimPlatform::new(64 << 20, 1).unwrap();
+    let r = Kernel::boot(Box::new(p), &E820Table::parse(DEFAULT_E820).unwrap(), "");
+    assert!(matches!(r, Err(BootError::RamTooSmall { .. })));
+    // Malformed lines name the line.
+    let err = E820Table::parse("junk\nBIOS-e820: [mem 0x0-0x9ffff usable").unwrap_err();
+    assert!(matches!(err, E820Error::Malformed { line: 2, .. }), "{err}");
+}
+
+#[test]
+fn overlapping_firmware_entries_are_sanitized_at_boot() {
+    // Firmware reports RAM overlapping a reserved hole and a duplicate entry.
+    let text = "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable\n\
+                BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable\n\
+                BIOS-e820: [mem 0x0000000008000000-0x00000000080fffff] reserved\n\
+                BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable\n";
+    let spec = MachineSpec {
+        e820: E820Table::parse(text).unwrap(),
+        cpus: 1,
+        cmdline: String::new(),
+    };
+    let m = Machine::boot(&spec).unwrap();
+    let log = m.kernel.dmesg().join("\n");
+    assert!(
+        log.contains("BIOS-e820: [mem 0x0000000008000000-0x00000000080fffff] reserved"),
+        "{log}"
+    );
+    assert!(
+        log.contains("BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable"),
+        "{log}"
+    );
+    // The reserved hole is never handed out: no free page has a pfn in it.
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let v = common::exhaust(k, cpu, mmkit::gfp::GFP_KERNEL | mmkit::Gfp::__GFP_HIGH, 0);
+        for p in &v {
+            let pfn = k.page_to_pfn(p).0;
+            assert!(
+                !(0x8000..0x8100).contains(&pfn),
+                "reserved pfn {pfn:#x} handed out"
+            );
+        }
+        common::free_all(k, cpu, v, 0);
+    });
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn numa_fake_nodes_and_zonelists() {
+    let m = common::boot_mem(2048, 2, "numa=fake=2");
+    let k = &m.kernel;
+    assert_eq!(k.nodes.len(), 2);
+    // Node 1's zonelist starts with its own zones, then node 0's, highest zone first.
+    let zl = &k.nodes[1].zonelist_fallback;
+    assert_eq!(zl[0].0, 1);
+    assert_eq!(zl.last().unwrap(), &(0, ZoneType::Dma));
+    assert!(k.nodes[1].zonelist_nofallback.iter().all(|z| z.0 == 1));
+    let total: u64 = k.nodes.iter().map(|n| n.node_present_pages).sum();
+    let diff = k.nodes[0]
+        .node_present_pages
+        .abs_diff(k.nodes[1].node_present_pages);
+    assert!(diff <= 32768 * 2, "nodes unbalanced: {diff} of {total}");
+    assert!(k
+        .dmesg()
+        .iter()
+        .any(|l| l.contains("Fallback order for Node 1: 1 0 ")));
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn movablecore_creates_zone_movable() {
+    let m = common::boot_mem(8192, 1, "movablecore=1G");
+    let k = &m.kernel;
+    let mov = k.nodes[0].zone(ZoneType::Movable);
+    assert!(mov.populated());
+    assert_eq!(mov.zone_start_pfn % 1024, 0);
+    // About 1 GiB (rounded to a MAX_ORDER block).
+    assert!(
+        mov.present_pages.abs_diff(262_144) <= 1024,
+        "{}",
+        mov.present_pages
+    );
+    let normal = k.nodes[0].zone(ZoneType::Normal);
+    assert_eq!(normal.end_pfn(), mov.zone_start_pfn);
+    assert!(k.dmesg().iter().any(|l| l.contains("  Node 0: 0x")));
+    k.check_invariants().unwrap();
+}
