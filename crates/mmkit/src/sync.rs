@@ -64,7 +64,7 @@ impl<T> SpinLock<T> {
         loop {
             while self.locked.load(Ordering::Relaxed) {
                 spins = spins.wrapping_add(1);
-                if spins % 128 == 0 {
+                if spins.is_multiple_of(128) {
                     relax();
                 } else {
                     core::hint::spin_loop();

@@ -418,9 +418,7 @@ pub fn setup_per_zone_wmarks(nodes: &[PglistData], min_free_kbytes: u64, scale: 
 /// / `ratio[i]` from allocations that could have used those zones.
 pub fn setup_per_zone_lowmem_reserve(nodes: &[PglistData], ratio: &[u64; MAX_NR_ZONES]) {
     for n in nodes {
-        for i in 0..MAX_NR_ZONES {
-            let z = &n.zones[i];
-            let r = ratio[i];
+        for (i, (z, &r)) in n.zones.iter().zip(ratio.iter()).enumerate() {
             let clear = r == 0 || z.managed() == 0;
             let mut upper = 0;
             z.lowmem_reserve[i].store(0, Relaxed);

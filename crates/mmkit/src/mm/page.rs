@@ -377,7 +377,7 @@ impl MemMap {
         let b = s.base as usize;
         a >= b
             && a < b + PAGES_PER_SECTION as usize * core::mem::size_of::<Page>()
-            && (a - b) % core::mem::size_of::<Page>() == 0
+            && (a - b).is_multiple_of(core::mem::size_of::<Page>())
     }
 
     /// One past the highest pfn.

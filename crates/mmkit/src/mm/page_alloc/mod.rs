@@ -817,6 +817,7 @@ impl Kernel {
     /// # Safety
     /// `page` must head a block of 2^`order` pages that the caller allocated and has not
     /// freed, and the caller must not create two live slices of the same bytes.
+    #[allow(clippy::mut_from_ref)] // the bytes are simulated RAM, not part of `self`; see Safety
     pub unsafe fn page_bytes_mut(&self, page: &Page, order: u32) -> &mut [u8] {
         let pfn = self.page_to_pfn(page).0;
         // SAFETY: the block is RAM inside the direct map and owned by the caller (contract).

@@ -95,11 +95,10 @@ pub fn zone_highsize(
     nr_cpus: usize,
     high_fraction: u64,
 ) -> u32 {
-    let total = if high_fraction == 0 {
-        zone.wmark(Wmark::Low)
-    } else {
-        zone.managed() / high_fraction
-    };
+    let total = zone
+        .managed()
+        .checked_div(high_fraction)
+        .unwrap_or_else(|| zone.wmark(Wmark::Low));
     let split = if local_cpus == 0 { nr_cpus } else { local_cpus } as u64;
     ((total / split) as u32).max(batch << 2)
 }
