@@ -243,3 +243,33 @@ fn movablecore_creates_zone_movable() {
     assert!(k.dmesg().iter().any(|l| l.contains("  Node 0: 0x")));
     k.check_invariants().unwrap();
 }
+
+#[test]
+fn struct_page_is_40_bytes() {
+    assert!(std::mem::size_of::<mmkit::Page>() <= 40);
+}
+
+/// A 64 GiB machine with 4 fake nodes: every node gets a quarter of RAM (on section
+/// boundaries), ZONE_DMA and DMA32 only on node 0, mem_map at most 1% of RAM, and the
+/// accounting balances.
+#[test]
+fn big_numa_machine() {
+    let m = common::boot_mem(64 << 10, 4, "numa=fake=4");
+    let k = &m.kernel;
+    assert_eq!(k.nodes.len(), 4);
+    let total: u64 = k.nodes.iter().map(|n| n.node_present_pages).sum();
+    for n in &k.nodes {
+        assert!(
+            n.node_present_pages.abs_diff(total / 4) <= 32768,
+            "node {} has {}",
+            n.node_id,
+            n.node_present_pages
+        );
+        assert_eq!(n.zonelist_fallback[0].0, n.node_id);
+        assert_eq!(n.zone(ZoneType::Dma).populated(), n.node_id == 0);
+    }
+    assert!(k.boot.memmap_pages * 100 <= k.boot.physpages);
+    assert_eq!(k.global_free_pages(), k.totalram_pages());
+    // CPUs are spread over nodes.
+    assert_eq!(m.on_cpu(3, |cpu| cpu.node()), 3);
+}
