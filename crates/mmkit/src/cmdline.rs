@@ -3,7 +3,7 @@
 //!
 //! Recognised: `numa=fake=N`, `movablecore=SIZE|N%`, `kernelcore=SIZE|N%`,
 //! `sysctl.vm.min_free_kbytes=N`, `sysctl.vm.watermark_scale_factor=N`,
-//! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `norandmaps`, `quiet`, `loglevel=N`.
+//! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `slab_debug`, `norandmaps`, `quiet`, `loglevel=N`.
 //! Linux passes unknown parameters on to init with a warning; a simulator has no init to pass
 //! them to, so an unknown parameter is an error naming it (a typo should not be silent).
 
@@ -34,6 +34,8 @@ pub struct BootConfig {
     pub wmark: WmarkTunables,
     /// `norandmaps`.
     pub norandmaps: bool,
+    /// `slab_debug`: red zones, poisoning and caller tracking on every slab cache.
+    pub slab_debug: bool,
 }
 
 /// A command-line parameter that could not be used.
@@ -177,6 +179,7 @@ impl BootConfig {
                     c.wmark.lowmem_reserve_ratio[..n].copy_from_slice(&r[..n]);
                 }
                 ("norandmaps", None) => c.norandmaps = true,
+                ("slab_debug", None) => c.slab_debug = true,
                 ("quiet", None) | ("loglevel", Some(_)) | ("console", Some(_)) => {}
                 _ => return Err(CmdlineError::Unknown(param.clone())),
             }

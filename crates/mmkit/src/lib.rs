@@ -61,6 +61,8 @@ pub struct Kernel {
     pub(crate) min_free_kbytes: AtomicU64,
     log: SpinLock<Vec<String>>,
     pub(crate) bad_pages: AtomicU64,
+    pub(crate) slab: mm::slab::SlabState,
+    pub(crate) slab_reports: AtomicU64,
 }
 
 // SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through

@@ -587,6 +587,8 @@ impl Kernel {
             min_free_kbytes: AtomicU64::new(0),
             log: SpinLock::new(Vec::new()),
             bad_pages: AtomicU64::new(0),
+            slab: crate::mm::slab::SlabState::new(),
+            slab_reports: AtomicU64::new(0),
         };
         for l in log {
             k.printk(&l);
@@ -604,6 +606,10 @@ impl Kernel {
 
         // init_per_zone_wmark_min.
         k.init_per_zone_wmark_min();
+
+        // kmem_cache_init: the kmalloc caches.
+        k.slab.debug_all.store(k.config.slab_debug, Relaxed);
+        k.create_kmalloc_caches();
 
         let s = &k.boot.image_sizes;
         let kb = |b: u64| b >> 10;

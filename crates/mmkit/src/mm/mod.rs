@@ -2,9 +2,13 @@
 pub mod init;
 pub mod list;
 pub mod memblock;
+pub mod mempool;
 pub mod mmzone;
 pub mod page;
 pub mod page_alloc;
+pub mod slab;
+pub mod slab_common;
+pub mod slab_debug;
 pub mod sysctl;
 pub mod vmstat;
 pub mod vmstat_names;

@@ -216,6 +216,16 @@ impl Page {
     pub fn mapping(&self) -> u32 {
         self.mapping.load(Relaxed)
     }
+    /// Set `page->_mapcount` (for slab pages: `page->active`, the objects in use).
+    #[inline]
+    pub(crate) fn set_mapcount(&self, v: i32) {
+        self.mapcount.store(v, Relaxed);
+    }
+    /// Set the `page->mapping` handle (for slab pages: the cache id + 1).
+    #[inline]
+    pub(crate) fn set_mapping(&self, v: u32) {
+        self.mapping.store(v, Relaxed);
+    }
     /// `buddy_order()`: the order of a free block whose first page this is.
     #[inline]
     pub fn buddy_order(&self) -> u32 {

@@ -26,15 +26,16 @@ pub struct MemInfo {
 pub fn si_meminfo(k: &Kernel) -> MemInfo {
     let total = k.totalram_pages();
     let free = k.global_free_pages();
-    let _wmark_low: u64 = k
+    let wmark_low: u64 = k
         .nodes
         .iter()
         .flat_map(|n| n.zones.iter())
         .map(|z| z.wmark(Wmark::Low))
         .sum();
-    // No page cache or reclaimable slab yet: what is available is what is free above the
-    // reserves.
-    let available = free.saturating_sub(totalreserve_pages(&k.nodes));
+    // No page cache yet; reclaimable slab counts half, as in si_mem_available.
+    let (rec, _) = k.slab_pages();
+    let available =
+        free.saturating_sub(totalreserve_pages(&k.nodes)) + rec - (rec / 2).min(wmark_low);
     MemInfo {
         total,
         free,
@@ -105,13 +106,14 @@ pub fn meminfo(k: &Kernel) -> String {
         "AnonPages:      ",
         "Mapped:         ",
         "Shmem:          ",
-        "KReclaimable:   ",
-        "Slab:           ",
-        "SReclaimable:   ",
-        "SUnreclaim:     ",
     ] {
         kb(&mut s, l, 0);
     }
+    let (rec, unrec) = k.slab_pages();
+    kb(&mut s, "KReclaimable:   ", rec);
+    kb(&mut s, "Slab:           ", rec + unrec);
+    kb(&mut s, "SReclaimable:   ", rec);
+    kb(&mut s, "SUnreclaim:     ", unrec);
     kb_raw(&mut s, "KernelStack:    ", 0);
     for l in [
         "PageTables:     ",

@@ -22,5 +22,6 @@ pub fn proc_files(k: &Kernel) -> Vec<(&'static str, String)> {
         ("zoneinfo", zoneinfo::zoneinfo(k)),
         ("vmstat", vmstat::vmstat(k)),
         ("iomem", iomem::iomem(k)),
+        ("slabinfo", k.proc_slabinfo()),
     ]
 }

@@ -1,0 +1,1242 @@
+//! The SLAB object allocator, as `mm/slab.c` implements it and seeds 002/004 describe:
+//! caches of equal-sized objects carved out of slabs (2^order pages from the buddy allocator),
+//! per-node lists of full, partial and free slabs, a per-CPU `array_cache` of recently freed
+//! objects in front of them, a per-node shared array, slab colouring, constructors that run
+//! when a slab is created, and the freelist index array kept on the slab (small objects) or
+//! off it in a kmalloc cache (large objects).
+//!
+//! Functions mirror `kmem_cache_create` (`__kmem_cache_create`, `calculate_slab_order`,
+//! `cache_estimate`, `set_off_slab_cache`, `enable_cpucache`), `kmem_cache_alloc`
+//! (`____cache_alloc`, `cache_alloc_refill`, `alloc_block`, `cache_grow_begin/end`,
+//! `alloc_slabmgmt`, `cache_init_objs`), `kmem_cache_free` (`___cache_free`,
+//! `cache_flusharray`, `free_block`, `slab_destroy`), `cache_reap`/`drain_array`/
+//! `drain_freelist`, `kmem_cache_shrink` and `kmem_cache_destroy`.
+//!
+//! Concurrency: a per-CPU `array_cache` is touched only by the thread holding that CPU's
+//! [`CpuGuard`] — the fast path (array hit) takes no lock. Node lists and the shared array sit
+//! behind the node's `list_lock`. Draining other CPUs' arrays (`kmem_cache_shrink`,
+//! `kmem_cache_destroy`) runs on each CPU in turn by taking its handle, the analogue of
+//! Linux's `on_each_cpu(do_drain)`; like Linux's, these functions may sleep and must be called
+//! without holding a CPU.
+//!
+//! Differences from mm/slab.c, deliberately: no `OBJFREELIST_SLAB` (the freelist lives where
+//! the seeds put it), no alien caches (an object freed on another node's CPU goes straight back
+//! to its node's lists under that node's lock), no cache merging. `kmem_cache` descriptors and
+//! array caches live on the library heap, not in slab caches of their own.
+
+use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::gfp::Gfp;
+use crate::mm::list::PageList;
+use crate::mm::page::{Page, PageFlags};
+use crate::mm::slab_debug::{self, Caller};
+use crate::sync::{CachePadded, SpinLock};
+use crate::Kernel;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+pub use self::flag_defs::*;
+#[allow(missing_docs)] // the flag names are Linux's own (include/linux/slab.h)
+mod flag_defs {
+    bitflags::bitflags! {
+        /// `slab_flags_t`, with Linux's bit values.
+        #[derive(Copy, Clone, PartialEq, Eq, Debug)]
+        pub struct SlabFlags: u32 {
+            const SLAB_RED_ZONE = 0x0000_0400;
+            const SLAB_POISON = 0x0000_0800;
+            const SLAB_HWCACHE_ALIGN = 0x0000_2000;
+            const SLAB_CACHE_DMA = 0x0000_4000;
+            const SLAB_CACHE_DMA32 = 0x0000_8000;
+            const SLAB_STORE_USER = 0x0001_0000;
+            const SLAB_RECLAIM_ACCOUNT = 0x0002_0000;
+            const SLAB_PANIC = 0x0004_0000;
+        }
+    }
+}
+
+/// The debugging flags.
+pub const SLAB_DEBUG_FLAGS: SlabFlags = SlabFlags::SLAB_RED_ZONE
+    .union(SlabFlags::SLAB_POISON)
+    .union(SlabFlags::SLAB_STORE_USER);
+
+/// A constructor: called on each object's bytes when its slab is created.
+pub type Ctor = fn(&mut [u8]);
+
+/// Most caches a machine can have.
+pub const MAX_CACHES: usize = 1024;
+/// `cache_line_size()` on x86-64.
+pub const CACHE_LINE: u32 = 64;
+/// `BATCHREFILL_LIMIT`.
+const BATCHREFILL_LIMIT: u32 = 16;
+/// `REAPTIMEOUT_NODE`: 4 s.
+const REAPTIMEOUT_NODE_NS: u64 = 4_000_000_000;
+/// `SLAB_OBJ_MAX_NUM` with 16-bit freelist indices.
+const SLAB_OBJ_MAX_NUM: u32 = 0xffff;
+/// `KMALLOC_MAX_ORDER`.
+const KMALLOC_MAX_ORDER: u32 = 10;
+
+/// A slab cache's handle (`struct kmem_cache *`).
+#[derive(Copy, Clone, PartialEq, Eq, Debug, Hash)]
+pub struct CacheId(pub(crate) u32);
+
+/// `struct array_cache`: a LIFO stack of object addresses.
+pub struct ArrayCache {
+    /// Objects on the stack.
+    pub avail: u32,
+    /// Capacity.
+    pub limit: u32,
+    /// Objects moved to or from the node lists at a time.
+    pub batchcount: u32,
+    /// Used since the reaper last looked.
+    pub touched: bool,
+    entry: Box<[usize]>,
+}
+
+impl ArrayCache {
+    fn new(limit: u32, batchcount: u32) -> Self {
+        Self {
+            avail: 0,
+            limit,
+            batchcount,
+            touched: false,
+            entry: alloc::vec![0; limit as usize].into_boxed_slice(),
+        }
+    }
+    /// The objects on the stack, bottom first.
+    pub fn entries(&self) -> &[usize] {
+        &self.entry[..self.avail as usize]
+    }
+    /// Remove the `n` oldest entries (bottom of the stack), returning them.
+    fn take_bottom(&mut self, n: u32) -> Vec<usize> {
+        let n = n.min(self.avail) as usize;
+        let out = self.entry[..n].to_vec();
+        self.entry.copy_within(n..self.avail as usize, 0);
+        self.avail -= n as u32;
+        out
+    }
+}
+
+/// `struct kmem_cache_node`.
+pub struct KmemCacheNode {
+    /// Slabs with some objects free.
+    pub slabs_partial: PageList,
+    /// Slabs with none free.
+    pub slabs_full: PageList,
+    /// Slabs with all free.
+    pub slabs_free: PageList,
+    /// Slabs on this node.
+    pub total_slabs: u64,
+    /// Of which entirely free.
+    pub free_slabs: u64,
+    /// Free objects in this node's slabs (not counting array caches).
+    pub free_objects: u64,
+    /// Free objects above which free slabs go back to the page allocator.
+    pub free_limit: u64,
+    /// Colour of the next slab.
+    pub colour_next: u32,
+    /// The node's shared array cache.
+    pub shared: Option<ArrayCache>,
+    /// The reaper saw frees since it last looked.
+    pub free_touched: bool,
+    /// When the reaper next looks at this node (ns).
+    pub next_reap: u64,
+}
+
+/// `struct kmem_cache`.
+pub struct KmemCache {
+    /// Name, as `/proc/slabinfo` shows it.
+    pub name: String,
+    pub(crate) id: u32,
+    /// Size the caller asked for.
+    pub object_size: u32,
+    /// Bytes each object occupies in the slab (alignment and debug words included).
+    pub size: u32,
+    /// Object alignment.
+    pub align: u32,
+    /// Creation flags (with `slab_debug`'s added).
+    pub flags: SlabFlags,
+    /// Objects per slab.
+    pub num: u32,
+    /// Pages per slab, as an order.
+    pub gfporder: u32,
+    /// Number of colours.
+    pub colour: u32,
+    /// Bytes per colour step.
+    pub colour_off: u32,
+    /// Bytes of the freelist index array.
+    pub freelist_size: u32,
+    /// Whether the freelist lives off the slab.
+    pub off_slab: bool,
+    pub(crate) freelist_cache: Option<CacheId>,
+    /// Offset of the caller's object inside the buffer (8 with red zones).
+    pub obj_offset: u32,
+    pub(crate) ctor: Option<Ctor>,
+    pub(crate) allocflags: Gfp,
+    /// `limit`, `batchcount`, `shared` tunables.
+    pub tunables: [AtomicU32; 3],
+    cpu_cache: Box<[CachePadded<UnsafeCell<ArrayCache>>]>,
+    /// Per-node lists, each behind its `list_lock`.
+    pub nodes: Box<[SpinLock<KmemCacheNode>]>,
+    pub(crate) dead: AtomicBool,
+    /// Constructor calls so far.
+    pub ctor_calls: AtomicU64,
+    reciprocal: u64,
+}
+
+// SAFETY: `cpu_cache[c]` is only accessed by the holder of CPU c's `CpuGuard` (exclusive,
+// not `Send`), so no two threads touch the same array cache at once; everything else is
+// atomics or behind locks.
+unsafe impl Sync for KmemCache {}
+// SAFETY: as above; the raw addresses in array caches are plain integers.
+unsafe impl Send for KmemCache {}
+
+/// The registry of caches (`slab_caches`), owned by the kernel.
+pub struct SlabState {
+    pub(crate) table: Box<[AtomicPtr<KmemCache>]>,
+    #[allow(clippy::vec_box)] // boxed so the table's pointers stay valid as the Vec grows
+    pub(crate) owned: SpinLock<Vec<Box<KmemCache>>>,
+    /// Creation order, for `/proc/slabinfo` (newest first, as Linux lists them).
+    pub(crate) order: SpinLock<Vec<u32>>,
+    pub(crate) kmalloc: [[AtomicU32; crate::mm::slab_common::KMALLOC_SHIFT_HIGH as usize + 1]; 2],
+    pub(crate) callers: SpinLock<Vec<&'static core::panic::Location<'static>>>,
+    pub(crate) debug_all: AtomicBool,
+}
+
+impl SlabState {
+    pub(crate) fn new() -> Self {
+        Self {
+            table: (0..MAX_CACHES)
+                .map(|_| AtomicPtr::new(core::ptr::null_mut()))
+                .collect(),
+            owned: SpinLock::new(Vec::new()),
+            order: SpinLock::new(Vec::new()),
+            kmalloc: Default::default(),
+            callers: SpinLock::new(Vec::new()),
+            debug_all: AtomicBool::new(false),
+        }
+    }
+}
+
+/// `cache_estimate`: objects per slab of `order` and the bytes left over.
+fn cache_estimate(order: u32, size: u32, off_slab: bool) -> (u32, u32) {
+    let slab = (PAGE_SIZE << order) as u32;
+    let per = if off_slab { size } else { size + 2 };
+    (slab / per, slab % per)
+}
+
+/// `calculate_alignment`.
+fn calculate_alignment(flags: SlabFlags, align: u32, size: u32) -> u32 {
+    let mut align = align;
+    if flags.contains(SlabFlags::SLAB_HWCACHE_ALIGN) {
+        let mut ralign = CACHE_LINE;
+        while size <= ralign / 2 {
+            ralign /= 2;
+        }
+        align = align.max(ralign);
+    }
+    align.max(8).next_multiple_of(8)
+}
+
+impl KmemCache {
+    #[inline]
+    #[allow(clippy::mut_from_ref)] // exclusive through the CPU handle; see the SAFETY note
+    fn cpu_ac(&self, cpu: &CpuGuard<'_>) -> &mut ArrayCache {
+        // SAFETY: `cpu` is the exclusive handle on this CPU and is not `Send`; only its holder
+        // reaches `cpu_cache[cpu.id()]`, and no caller keeps the reference across a call that
+        // could reach the same array (see the module doc).
+        unsafe { &mut *self.cpu_cache[cpu.id()].0.get() }
+    }
+
+    /// Index of the object at `off` bytes from `s_mem` (`obj_to_index`, via a reciprocal).
+    #[inline]
+    fn obj_to_index(&self, off: u64) -> u64 {
+        (off * self.reciprocal) >> 32
+    }
+
+    /// Whether this cache does any debugging.
+    #[inline]
+    pub fn debug(&self) -> bool {
+        self.flags.intersects(SLAB_DEBUG_FLAGS)
+    }
+}
+
+/// What `kmem_cache_create` is asked for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CacheSpec<'a> {
+    pub name: &'a str,
+    pub size: u32,
+    pub align: u32,
+    pub flags: SlabFlags,
+    pub ctor: Option<Ctor>,
+}
+
+impl Kernel {
+    #[inline]
+    pub(crate) fn cache(&self, id: CacheId) -> Option<&KmemCache> {
+        let p = self.slab.table.get(id.0 as usize)?.load(Relaxed);
+        // SAFETY: table entries point into boxes owned by `slab.owned`, which are never
+        // dropped before the kernel (destroyed caches stay allocated, marked dead).
+        let c = unsafe { p.as_ref()? };
+        (!c.dead.load(Relaxed)).then_some(c)
+    }
+
+    /// The cache behind a handle, for inspection (`None` once destroyed).
+    pub fn kmem_cache(&self, id: CacheId) -> Option<&KmemCache> {
+        self.cache(id)
+    }
+
+    /// `kmem_cache_create(name, size, align, flags, ctor)`. `EINVAL` for a size of 0 or above
+    /// what a slab of `KMALLOC_MAX_ORDER` holds, an alignment that is not a power of two, or
+    /// an empty name; `ENOMEM` when no slot is left. With `SLAB_PANIC` a failure is reported
+    /// as Linux's panic message (the simulated machine keeps running).
+    pub fn kmem_cache_create(
+        &self,
+        name: &str,
+        size: usize,
+        align: usize,
+        flags: SlabFlags,
+        ctor: Option<Ctor>,
+    ) -> Result<CacheId, Errno> {
+        let r = self.create_cache(
+            CacheSpec {
+                name,
+                size: size.min(u32::MAX as usize) as u32,
+                align: align.min(1 << 16) as u32,
+                flags,
+                ctor,
+            },
+            size,
+        );
+        if let Err(e) = r {
+            if flags.contains(SlabFlags::SLAB_PANIC) {
+                self.printk(&format!("Kernel panic - not syncing: kmem_cache_create: Failed to create slab '{name}'. Error {}", -e.code()));
+            }
+        }
+        r
+    }
+
+    pub(crate) fn create_cache(
+        &self,
+        spec: CacheSpec<'_>,
+        raw_size: usize,
+    ) -> Result<CacheId, Errno> {
+        if spec.name.is_empty()
+            || raw_size == 0
+            || raw_size > (PAGE_SIZE << KMALLOC_MAX_ORDER) as usize
+            || (spec.align != 0 && !spec.align.is_power_of_two())
+        {
+            self.printk(&format!(
+                "kmem_cache_create({}) failed with error -22",
+                spec.name
+            ));
+            return Err(Errno::EINVAL);
+        }
+        let mut flags = spec.flags;
+        if self.slab.debug_all.load(Relaxed) {
+            flags |= SLAB_DEBUG_FLAGS;
+        }
+        let object_size = spec.size;
+        // __kmem_cache_create: word-align, then add the debug words, then align.
+        let mut size = align_up(object_size as u64, 8) as u32;
+        let align = calculate_alignment(flags, spec.align.max(1), size);
+        let mut obj_offset = 0;
+        if flags.contains(SlabFlags::SLAB_RED_ZONE) {
+            obj_offset = 8;
+            size += 16;
+        }
+        if flags.contains(SlabFlags::SLAB_STORE_USER) {
+            size += 8;
+        }
+        let size = align_up(size as u64, align as u64) as u32;
+        let colour_off = CACHE_LINE.max(align);
+
+        // Where the freelist goes: off-slab for large objects (size >= PAGE_SIZE / 8, as the
+        // seeds say) unless the left-over space holds it anyway; on-slab otherwise.
+        let try_order = |off_slab: bool| -> Option<(u32, u32, u32)> {
+            let slab_max_order = if self.totalram_pages() > (32 << 20) >> PAGE_SHIFT {
+                1
+            } else {
+                0
+            };
+            let mut found = None;
+            for order in 0..=KMALLOC_MAX_ORDER {
+                let (num, left) = cache_estimate(order, size, off_slab);
+                if num == 0 {
+                    continue;
+                }
+                if num > SLAB_OBJ_MAX_NUM {
+                    break;
+                }
+                if off_slab {
+                    let fl = num * 2;
+                    match self
+                        .kmalloc_cache_for(fl as usize, false)
+                        .and_then(|id| self.cache(id))
+                    {
+                        Some(fc) if !fc.off_slab && fc.size <= size / 2 => {}
+                        _ => continue,
+                    }
+                }
+                found = Some((order, num, left));
+                if flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT)
+                    || order >= slab_max_order
+                    || left * 8 <= (PAGE_SIZE << order) as u32
+                {
+                    break;
+                }
+            }
+            found
+        };
+        let mut off_slab = false;
+        let mut est = None;
+        if size as u64 >= PAGE_SIZE >> 3 {
+            if let Some((order, num, left)) = try_order(true) {
+                if left < num * 2 {
+                    off_slab = true;
+                    est = Some((order, num, left));
+                }
+            }
+        }
+        let (gfporder, num, left) = match est {
+            Some(e) => e,
+            None => try_order(false).ok_or(Errno::EINVAL)?,
+        };
+        let freelist_size = num * 2;
+        let freelist_cache = if off_slab {
+            self.kmalloc_cache_for(freelist_size as usize, false)
+        } else {
+            None
+        };
+        let mut allocflags = Gfp::__GFP_COMP;
+        if flags.contains(SlabFlags::SLAB_CACHE_DMA) {
+            allocflags |= Gfp::__GFP_DMA;
+        }
+        if flags.contains(SlabFlags::SLAB_CACHE_DMA32) {
+            allocflags |= Gfp::__GFP_DMA32;
+        }
+        if flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
+            allocflags |= Gfp::__GFP_RECLAIMABLE;
+        }
+
+        // enable_cpucache: the array sizes by object size.
+        let mut limit = match size {
+            s if s > 131_072 => 1,
+            s if s as u64 > PAGE_SIZE => 8,
+            s if s > 1024 => 24,
+            s if s > 256 => 54,
+            _ => 120,
+        };
+        let shared = if size as u64 <= PAGE_SIZE && self.nr_cpus() > 1 {
+            8
+        } else {
+            0
+        };
+        if flags.intersects(SLAB_DEBUG_FLAGS) && limit > 32 {
+            limit = 32;
+        }
+        let batchcount = limit.div_ceil(2);
+
+        let mut owned = self.slab.owned.lock();
+        let id = owned.len() as u32;
+        if id as usize >= MAX_CACHES {
+            return Err(Errno::ENOMEM);
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let cpus = (0..self.nr_cpus())
+                    .filter(|&c| self.cpus.get(c).node == n.node_id)
+                    .count() as u64;
+                SpinLock::new(KmemCacheNode {
+                    slabs_partial: PageList::new(),
+                    slabs_full: PageList::new(),
+                    slabs_free: PageList::new(),
+                    total_slabs: 0,
+                    free_slabs: 0,
+                    free_objects: 0,
+                    free_limit: (1 + cpus) * batchcount as u64 + num as u64,
+                    colour_next: 0,
+                    shared: (shared > 0).then(|| ArrayCache::new(shared * batchcount, 0xbaad_f00d)),
+                    free_touched: false,
+                    next_reap: self.platform().now_ns()
+                        + REAPTIMEOUT_NODE_NS
+                        + n.node_id as u64 * 1_000_000,
+                })
+            })
+            .collect();
+        let cache = Box::new(KmemCache {
+            name: String::from(spec.name),
+            id,
+            object_size,
+            size,
+            align,
+            flags,
+            num,
+            gfporder,
+            colour: left / colour_off,
+            colour_off,
+            freelist_size,
+            off_slab,
+            freelist_cache,
+            obj_offset,
+            ctor: spec.ctor,
+            allocflags,
+            tunables: [
+                AtomicU32::new(limit),
+                AtomicU32::new(batchcount),
+                AtomicU32::new(shared),
+            ],
+            cpu_cache: (0..self.nr_cpus())
+                .map(|_| CachePadded(UnsafeCell::new(ArrayCache::new(limit, batchcount))))
+                .collect(),
+            nodes,
+            dead: AtomicBool::new(false),
+            ctor_calls: AtomicU64::new(0),
+            reciprocal: (1u64 << 32).div_ceil(size as u64),
+        });
+        let ptr = &*cache as *const KmemCache as *mut KmemCache;
+        owned.push(cache);
+        self.slab.table[id as usize].store(ptr, Relaxed);
+        self.slab.order.lock().push(id);
+        Ok(CacheId(id))
+    }
+
+    /// `kmem_cache_alloc(cache, gfp)`: an object, or `None` when the page allocator fails
+    /// (or the cache was destroyed). With `__GFP_ZERO` the object is zeroed.
+    #[track_caller]
+    #[inline]
+    pub fn kmem_cache_alloc(
+        &self,
+        cpu: &CpuGuard<'_>,
+        id: CacheId,
+        gfp: Gfp,
+    ) -> Option<NonNull<u8>> {
+        let c = self.cache(id)?;
+        self.slab_alloc(cpu, c, gfp, Caller::here())
+    }
+
+    #[inline]
+    pub(crate) fn slab_alloc(
+        &self,
+        cpu: &CpuGuard<'_>,
+        c: &KmemCache,
+        gfp: Gfp,
+        caller: Caller,
+    ) -> Option<NonNull<u8>> {
+        let ac = c.cpu_ac(cpu);
+        let objp = if ac.avail > 0 {
+            ac.touched = true;
+            ac.avail -= 1;
+            ac.entry[ac.avail as usize]
+        } else {
+            self.cache_alloc_refill(cpu, c, gfp)?
+        };
+        let obj = if c.debug() {
+            slab_debug::alloc_debugcheck_after(self, c, objp, caller)
+        } else {
+            objp
+        };
+        if gfp.contains(Gfp::__GFP_ZERO) {
+            // SAFETY: `obj` is the start of an object of `object_size` bytes in a slab page we
+            // own, just handed to this caller.
+            unsafe { core::ptr::write_bytes(obj as *mut u8, 0, c.object_size as usize) };
+        }
+        NonNull::new(obj as *mut u8)
+    }
+
+    /// `cache_alloc_refill`: fill this CPU's array from the shared array or the node's slabs,
+    /// growing the cache when they are empty.
+    #[cold]
+    fn cache_alloc_refill(&self, cpu: &CpuGuard<'_>, c: &KmemCache, gfp: Gfp) -> Option<usize> {
+        let node = cpu.node();
+        let mut batch = c.cpu_ac(cpu).batchcount;
+        if !c.cpu_ac(cpu).touched && batch > BATCHREFILL_LIMIT {
+            batch = BATCHREFILL_LIMIT;
+        }
+        {
+            let mut n = c.nodes[node].lock();
+            let ac = c.cpu_ac(cpu);
+            let moved = match n.shared.as_mut() {
+                Some(sh) if sh.avail > 0 => {
+                    let k = batch.min(sh.avail);
+                    for _ in 0..k {
+                        sh.avail -= 1;
+                        ac.entry[ac.avail as usize] = sh.entry[sh.avail as usize];
+                        ac.avail += 1;
+                    }
+                    sh.touched = true;
+                    true
+                }
+                _ => false,
+            };
+            if !moved {
+                let mut left = batch;
+                while left > 0 {
+                    let Some(pfn) = n.slabs_partial.first().or(n.slabs_free.first()) else {
+                        break;
+                    };
+                    left = self.alloc_block(c, &mut n, ac, pfn, left);
+                }
+                n.free_objects -= (batch - left) as u64;
+            }
+        }
+        if c.cpu_ac(cpu).avail == 0 {
+            let pfn = self.cache_grow_begin(cpu, c, gfp, node)?;
+            let page = self.mem_map.page(pfn);
+            let mut n = c.nodes[page.nid()].lock();
+            let ac = c.cpu_ac(cpu);
+            let left = Self::alloc_block_unlisted(self, c, ac, pfn, batch);
+            n.total_slabs += 1;
+            n.free_objects += (c.num - (batch - left)) as u64;
+            if page.mapcount() == 0 {
+                n.free_slabs += 1;
+            }
+            Self::list_slab(c, &mut n, self, pfn);
+        }
+        let ac = c.cpu_ac(cpu);
+        if ac.avail == 0 {
+            return None;
+        }
+        ac.touched = true;
+        ac.avail -= 1;
+        Some(ac.entry[ac.avail as usize])
+    }
+
+    /// `alloc_block` for a slab on a node list: take up to `want` objects into `ac`, then
+    /// move the slab to the list its fill level belongs on. Returns how many are still wanted.
+    fn alloc_block(
+        &self,
+        c: &KmemCache,
+        n: &mut KmemCacheNode,
+        ac: &mut ArrayCache,
+        pfn: u64,
+        want: u32,
+    ) -> u32 {
+        let page = self.mem_map.page(pfn);
+        let was_free = page.mapcount() == 0;
+        Self::unlist_slab(c, n, self, pfn);
+        if was_free {
+            n.free_slabs -= 1;
+        }
+        let left = self.alloc_block_unlisted(c, ac, pfn, want);
+        Self::list_slab(c, n, self, pfn);
+        if page.mapcount() == 0 {
+            n.free_slabs += 1;
+        }
+        left
+    }
+
+    fn alloc_block_unlisted(
+        &self,
+        c: &KmemCache,
+        ac: &mut ArrayCache,
+        pfn: u64,
+        mut want: u32,
+    ) -> u32 {
+        let page = self.mem_map.page(pfn);
+        while want > 0 && (page.mapcount() as u32) < c.num && ac.avail < ac.limit {
+            let obj = self.slab_get_obj(c, pfn, page);
+            ac.entry[ac.avail as usize] = obj;
+            ac.avail += 1;
+            want -= 1;
+        }
+        want
+    }
+
+    /// The list a slab belongs on by its fill level (`fixup_slab_list` / `cache_grow_end`).
+    fn list_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
+        let active = k.mem_map.page(pfn).mapcount() as u32;
+        if active == 0 {
+            n.slabs_free.push_back(&k.mem_map, pfn);
+        } else if active == c.num {
+            n.slabs_full.push_front(&k.mem_map, pfn);
+        } else {
+            n.slabs_partial.push_front(&k.mem_map, pfn);
+        }
+    }
+
+    fn unlist_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
+        let active = k.mem_map.page(pfn).mapcount() as u32;
+        let list = if active == 0 {
+            &mut n.slabs_free
+        } else if active == c.num {
+            &mut n.slabs_full
+        } else {
+            &mut n.slabs_partial
+        };
+        list.remove(&k.mem_map, pfn);
+    }
+
+    /// Host address of the first byte of frame `pfn`.
+    #[inline]
+    pub(crate) fn pfn_addr(&self, pfn: u64) -> usize {
+        self.pfn_ptr(pfn) as usize
+    }
+
+    /// `page->s_mem`.
+    #[inline]
+    fn s_mem(&self, pfn: u64, page: &Page) -> usize {
+        self.pfn_addr(pfn) + page.private() as usize
+    }
+
+    /// `page->freelist`: the index array's host address.
+    #[inline]
+    fn freelist(&self, page: &Page) -> *mut u16 {
+        self.direct_map.wrapping_add(page.index() as usize) as *mut u16
+    }
+
+    /// `slab_get_obj`.
+    fn slab_get_obj(&self, c: &KmemCache, pfn: u64, page: &Page) -> usize {
+        let active = page.mapcount() as usize;
+        // SAFETY: the freelist has `num` u16 entries in memory this slab owns (on the slab or
+        // in an off-slab object), `active < num`, and the node lock serializes access.
+        let idx = unsafe { self.freelist(page).add(active).read_unaligned() } as usize;
+        page.set_mapcount(active as i32 + 1);
+        self.s_mem(pfn, page) + idx * c.size as usize
+    }
+
+    /// `slab_put_obj`.
+    fn slab_put_obj(&self, c: &KmemCache, pfn: u64, page: &Page, obj: usize) {
+        let idx = c.obj_to_index((obj - self.s_mem(pfn, page)) as u64);
+        let active = page.mapcount() as usize - 1;
+        // SAFETY: as in `slab_get_obj`; `active < num`.
+        unsafe { self.freelist(page).add(active).write_unaligned(idx as u16) };
+        page.set_mapcount(active as i32);
+    }
+
+    /// `cache_grow_begin`: a new slab, its freelist and its objects constructed; not yet on a
+    /// list (the caller puts it on one under the node lock).
+    fn cache_grow_begin(
+        &self,
+        cpu: &CpuGuard<'_>,
+        c: &KmemCache,
+        gfp: Gfp,
+        node: usize,
+    ) -> Option<u64> {
+        let flags = (gfp
+            & (Gfp::__GFP_HIGH
+                | Gfp::__GFP_RECLAIM
+                | Gfp::__GFP_IO
+                | Gfp::__GFP_FS
+                | Gfp::__GFP_NOWARN
+                | Gfp::__GFP_NOFAIL
+                | Gfp::__GFP_NORETRY
+                | Gfp::__GFP_THISNODE
+                | Gfp::__GFP_NOMEMALLOC
+                | Gfp::__GFP_MEMALLOC))
+            | c.allocflags;
+        let page = self.alloc_pages_node(cpu, node, flags, c.gfporder)?;
+        let pfn = self.page_to_pfn(page).0;
+        let offset = {
+            let mut n = c.nodes[page.nid()].lock();
+            let o = n.colour_next;
+            n.colour_next += 1;
+            if n.colour_next >= c.colour {
+                n.colour_next = 0;
+            }
+            o * c.colour_off
+        };
+        let base = self.pfn_addr(pfn);
+        let freelist_addr = if c.off_slab {
+            let fc = c.freelist_cache.and_then(|f| self.cache(f));
+            match fc
+                .and_then(|fc| self.slab_alloc(cpu, fc, flags & !Gfp::__GFP_ZERO, Caller::none()))
+            {
+                Some(p) => p.as_ptr() as usize,
+                None => {
+                    self.__free_pages(cpu, page, c.gfporder);
+                    return None;
+                }
+            }
+        } else {
+            base + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize
+        };
+        page.set_nonatomic(PageFlags::SLAB);
+        page.set_mapping(c.id + 1);
+        page.set_private(offset);
+        page.set_index((freelist_addr - self.direct_map as usize) as u64);
+        page.set_mapcount(0);
+        // cache_init_objs.
+        let s_mem = base + offset as usize;
+        for i in 0..c.num as usize {
+            let obj = s_mem + i * c.size as usize;
+            if c.debug() {
+                slab_debug::init_obj(c, obj);
+            }
+            if let Some(ctor) = c.ctor {
+                if !c.flags.contains(SlabFlags::SLAB_POISON) {
+                    // SAFETY: the object's bytes lie inside the slab we just allocated.
+                    let bytes = unsafe {
+                        core::slice::from_raw_parts_mut(
+                            (obj + c.obj_offset as usize) as *mut u8,
+                            c.object_size as usize,
+                        )
+                    };
+                    ctor(bytes);
+                    c.ctor_calls.fetch_add(1, Relaxed);
+                }
+            }
+            // SAFETY: index `i < num` of the freelist this slab owns.
+            unsafe { (freelist_addr as *mut u16).add(i).write_unaligned(i as u16) };
+        }
+        let item = if c.flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
+            NR_SLAB_RECLAIMABLE
+        } else {
+            NR_SLAB_UNRECLAIMABLE
+        };
+        self.nodes[page.nid()].vm_stat[item].fetch_add(1 << c.gfporder, Relaxed);
+        Some(pfn)
+    }
+
+    /// `slab_destroy`: give a free slab's pages (and off-slab freelist) back.
+    fn slab_destroy(&self, cpu: &CpuGuard<'_>, c: &KmemCache, pfn: u64) {
+        let page = self.mem_map.page(pfn);
+        let fl = self.freelist(page) as usize;
+        page.clear_nonatomic(PageFlags::SLAB);
+        page.set_mapping(0);
+        page.set_mapcount(0);
+        page.set_private(0);
+        page.set_index(0);
+        let item = if c.flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
+            NR_SLAB_RECLAIMABLE
+        } else {
+            NR_SLAB_UNRECLAIMABLE
+        };
+        self.nodes[page.nid()].vm_stat[item].fetch_sub(1 << c.gfporder, Relaxed);
+        // Restore the compound head's order, which `private` held as the colour offset.
+        page.set_private(c.gfporder);
+        self.__free_pages(cpu, page, c.gfporder);
+        if c.off_slab {
+            if let Some(fc) = c.freelist_cache.and_then(|f| self.cache(f)) {
+                self.slab_free(cpu, fc, fl, Caller::none());
+            }
+        }
+    }
+
+    /// The slab (head pfn) and cache of a slab object address, or why it is not one.
+    #[inline]
+    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &KmemCache), &'static str> {
+        let pa = addr.wrapping_sub(self.direct_map as usize) as u64;
+        if pa >= self.boot.max_pfn << PAGE_SHIFT {
+            return Err("not a direct-map address");
+        }
+        let mut pfn = pa >> PAGE_SHIFT;
+        let page = self.mem_map.pfn_to_page(crate::Pfn(pfn)).ok_or("not RAM")?;
+        let page = if page.test(PageFlags::TAIL) {
+            pfn -= page.private() as u64;
+            self.mem_map.page(pfn)
+        } else {
+            page
+        };
+        if !page.test(PageFlags::SLAB) {
+            return Err("Object is not a Slab page!");
+        }
+        let c = self
+            .cache(CacheId(page.mapping().wrapping_sub(1)))
+            .ok_or("slab page of a destroyed cache")?;
+        Ok((pfn, c))
+    }
+
+    /// `kmem_cache_free(cache, obj)`. Freeing into the wrong cache, a pointer that is not an
+    /// object of this cache, or (with debugging) a double free is reported and ignored.
+    #[track_caller]
+    #[inline]
+    pub fn kmem_cache_free(&self, cpu: &CpuGuard<'_>, id: CacheId, obj: NonNull<u8>) {
+        let Some(c) = self.cache(id) else {
+            self.printk(&format!("kmem_cache_free: cache {} does not exist", id.0));
+            return;
+        };
+        match self.obj_slab(obj.as_ptr() as usize) {
+            Ok((_, oc)) if oc.id == c.id => {
+                self.slab_free_checked(cpu, c, obj.as_ptr() as usize, Caller::here())
+            }
+            Ok((_, oc)) => self.printk(&format!(
+                "kmem_cache_free: Wrong slab cache. {} but object is from {}",
+                c.name, oc.name
+            )),
+            Err(why) => self.printk(&format!(
+                "kmem_cache_free: {:#x}: {why}",
+                obj.as_ptr() as usize
+            )),
+        }
+    }
+
+    /// Validate that `addr` is an object start, then free it.
+    #[inline]
+    pub(crate) fn slab_free_checked(
+        &self,
+        cpu: &CpuGuard<'_>,
+        c: &KmemCache,
+        addr: usize,
+        caller: Caller,
+    ) {
+        let Ok((pfn, _)) = self.obj_slab(addr) else {
+            return;
+        };
+        let page = self.mem_map.page(pfn);
+        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, page)) as u64;
+        let idx = c.obj_to_index(off);
+        if off >= (c.num as u64) * c.size as u64 || idx * c.size as u64 != off {
+            self.printk(&format!(
+                "kfree: {addr:#x} is not the start of an object of cache {}",
+                c.name
+            ));
+            return;
+        }
+        self.slab_free(cpu, c, addr, caller);
+    }
+
+    /// `___cache_free`: push on this CPU's array, flushing a batch when it is full.
+    #[inline]
+    pub(crate) fn slab_free(&self, cpu: &CpuGuard<'_>, c: &KmemCache, addr: usize, caller: Caller) {
+        let objp = if c.debug() {
+            match slab_debug::free_debugcheck(self, c, addr, caller) {
+                Some(o) => o,
+                None => return,
+            }
+        } else {
+            addr
+        };
+        let ac = c.cpu_ac(cpu);
+        if ac.avail < ac.limit {
+            ac.entry[ac.avail as usize] = objp;
+            ac.avail += 1;
+            return;
+        }
+        self.cache_flusharray(cpu, c);
+        let ac = c.cpu_ac(cpu);
+        ac.entry[ac.avail as usize] = objp;
+        ac.avail += 1;
+    }
+
+    /// `cache_flusharray`: move the oldest `batchcount` objects to the shared array, or back
+    /// to their slabs.
+    #[cold]
+    fn cache_flusharray(&self, cpu: &CpuGuard<'_>, c: &KmemCache) {
+        let node = cpu.node();
+        let mut to_destroy = Vec::new();
+        {
+            let mut n = c.nodes[node].lock();
+            let ac = c.cpu_ac(cpu);
+            let mut batch = ac.batchcount;
+            let mut done = false;
+            if let Some(sh) = n.shared.as_mut() {
+                let room = sh.limit - sh.avail;
+                if room > 0 {
+                    batch = batch.min(room);
+                    for &o in &ac.entry[..batch as usize] {
+                        sh.entry[sh.avail as usize] = o;
+                        sh.avail += 1;
+                    }
+                    ac.take_bottom(batch);
+                    done = true;
+                }
+            }
+            if !done {
+                let objs = ac.take_bottom(batch);
+                drop(n);
+                self.free_block(c, &objs, &mut to_destroy);
+            }
+        }
+        for pfn in to_destroy {
+            self.slab_destroy(cpu, c, pfn);
+        }
+    }
+
+    /// `free_block`: return objects to their slabs (each under its node's lock), collecting
+    /// free slabs beyond the node's `free_limit` in `to_destroy`.
+    fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<u64>) {
+        for &o in objs {
+            let Ok((pfn, _)) = self.obj_slab(o) else {
+                continue;
+            };
+            let page = self.mem_map.page(pfn);
+            let mut n = c.nodes[page.nid()].lock();
+            Self::unlist_slab(c, &mut n, self, pfn);
+            self.slab_put_obj(c, pfn, page, o);
+            n.free_objects += 1;
+            if page.mapcount() == 0 {
+                n.slabs_free.push_front(&self.mem_map, pfn);
+                n.free_slabs += 1;
+            } else {
+                n.slabs_partial.push_back(&self.mem_map, pfn);
+            }
+            n.free_touched = true;
+            while n.free_objects > n.free_limit {
+                let Some(f) = n.slabs_free.pop_back(&self.mem_map) else {
+                    break;
+                };
+                n.free_slabs -= 1;
+                n.total_slabs -= 1;
+                n.free_objects -= c.num as u64;
+                to_destroy.push(f);
+            }
+        }
+    }
+
+    /// `drain_array_locked`-style: give back `count` of an array's oldest objects.
+    fn drain_entries(&self, cpu: &CpuGuard<'_>, c: &KmemCache, objs: Vec<usize>) {
+        let mut to_destroy = Vec::new();
+        self.free_block(c, &objs, &mut to_destroy);
+        for pfn in to_destroy {
+            self.slab_destroy(cpu, c, pfn);
+        }
+    }
+
+    /// `drain_freelist`: free up to `tofree` entirely free slabs of `node`.
+    fn drain_freelist(&self, cpu: &CpuGuard<'_>, c: &KmemCache, node: usize, tofree: u64) -> u64 {
+        let mut freed = 0;
+        while freed < tofree {
+            let pfn = {
+                let mut n = c.nodes[node].lock();
+                let Some(p) = n.slabs_free.pop_back(&self.mem_map) else {
+                    break;
+                };
+                n.free_slabs -= 1;
+                n.total_slabs -= 1;
+                n.free_objects -= c.num as u64;
+                p
+            };
+            self.slab_destroy(cpu, c, pfn);
+            freed += 1;
+        }
+        freed
+    }
+
+    /// `cache_reap` for the CPU `cpu` holds: age its arrays (`drain_array`: an untouched
+    /// array gives back a fifth of its limit), and when the node's reap time has come, age
+    /// the shared array and free some free slabs (`drain_freelist`). The simulator calls this
+    /// about every 2 s on every CPU, as Linux's delayed work does.
+    pub fn cache_reap(&self, cpu: &CpuGuard<'_>) {
+        let node = cpu.node();
+        let now = self.platform().now_ns();
+        for c in self.live_caches() {
+            let ac = c.cpu_ac(cpu);
+            if ac.avail > 0 {
+                if ac.touched {
+                    ac.touched = false;
+                } else {
+                    let mut tofree = ac.limit.div_ceil(5);
+                    if tofree > ac.avail {
+                        tofree = ac.avail.div_ceil(2);
+                    }
+                    let objs = ac.take_bottom(tofree);
+                    self.drain_entries(cpu, c, objs);
+                }
+            }
+            let due = {
+                let mut n = c.nodes[node].lock();
+                if n.next_reap > now {
+                    false
+                } else {
+                    n.next_reap = now + REAPTIMEOUT_NODE_NS;
+                    true
+                }
+            };
+            if !due {
+                continue;
+            }
+            let shared_objs = {
+                let mut n = c.nodes[node].lock();
+                match n.shared.as_mut() {
+                    Some(sh) if sh.avail > 0 && sh.touched => {
+                        sh.touched = false;
+                        Vec::new()
+                    }
+                    Some(sh) if sh.avail > 0 => {
+                        let mut tofree = sh.limit.div_ceil(5);
+                        if tofree > sh.avail {
+                            tofree = sh.avail.div_ceil(2);
+                        }
+                        sh.take_bottom(tofree)
+                    }
+                    _ => Vec::new(),
+                }
+            };
+            self.drain_entries(cpu, c, shared_objs);
+            let tofree = {
+                let mut n = c.nodes[node].lock();
+                if n.free_touched {
+                    n.free_touched = false;
+                    0
+                } else {
+                    n.free_limit.div_ceil(5 * c.num as u64)
+                }
+            };
+            self.drain_freelist(cpu, c, node, tofree);
+        }
+    }
+
+    /// Live caches in creation order.
+    pub(crate) fn live_caches(&self) -> impl Iterator<Item = &KmemCache> {
+        let ids: Vec<u32> = self.slab.order.lock().clone();
+        ids.into_iter().filter_map(move |i| self.cache(CacheId(i)))
+    }
+
+    /// Drain every CPU's array and the shared arrays of `c`, then free all free slabs.
+    /// Runs on each CPU in turn by taking its handle (may sleep).
+    fn drain_cache(&self, c: &KmemCache) -> Result<(), Errno> {
+        for cpu_id in 0..self.nr_cpus() {
+            let cpu = self.get_cpu_id(cpu_id)?;
+            let ac = c.cpu_ac(&cpu);
+            let objs = ac.take_bottom(ac.avail);
+            self.drain_entries(&cpu, c, objs);
+        }
+        let cpu = self.get_cpu_id(0)?;
+        for node in 0..c.nodes.len() {
+            let objs = {
+                let mut n = c.nodes[node].lock();
+                match n.shared.as_mut() {
+                    Some(sh) => sh.take_bottom(sh.avail),
+                    None => Vec::new(),
+                }
+            };
+            self.drain_entries(&cpu, c, objs);
+            self.drain_freelist(&cpu, c, node, u64::MAX);
+        }
+        Ok(())
+    }
+
+    /// `kmem_cache_shrink`: drain the per-CPU and shared arrays and give every free slab back
+    /// to the page allocator. Returns whether slabs with objects in use remain. May sleep:
+    /// call it without holding a CPU.
+    pub fn kmem_cache_shrink(&self, id: CacheId) -> Result<bool, Errno> {
+        let c = self.cache(id).ok_or(Errno::EINVAL)?;
+        self.drain_cache(c)?;
+        Ok(c.nodes.iter().any(|n| n.lock().total_slabs > 0))
+    }
+
+    /// `kmem_cache_destroy`: shrink, and if no object is still allocated, remove the cache.
+    /// With objects still allocated it reports them as Linux does and fails with `EBUSY`,
+    /// leaving the cache usable. May sleep: call it without holding a CPU.
+    pub fn kmem_cache_destroy(&self, id: CacheId) -> Result<(), Errno> {
+        let c = self.cache(id).ok_or(Errno::EINVAL)?;
+        if self.kmem_cache_shrink(id)? {
+            self.printk(&format!("kmem_cache_destroy {}: Slab cache still has objects when called from kmem_cache_destroy", c.name));
+            return Err(Errno::EBUSY);
+        }
+        c.dead.store(true, Relaxed);
+        self.slab.table[id.0 as usize].store(core::ptr::null_mut(), Relaxed);
+        self.slab.order.lock().retain(|&i| i != id.0);
+        Ok(())
+    }
+
+    /// `kmem_cache_alloc_bulk`: fill `out` with objects; all or nothing (returns `out.len()`
+    /// or 0, freeing what it got on failure).
+    #[track_caller]
+    pub fn kmem_cache_alloc_bulk(
+        &self,
+        cpu: &CpuGuard<'_>,
+        id: CacheId,
+        gfp: Gfp,
+        out: &mut [Option<NonNull<u8>>],
+    ) -> usize {
+        let Some(c) = self.cache(id) else { return 0 };
+        let caller = Caller::here();
+        for i in 0..out.len() {
+            match self.slab_alloc(cpu, c, gfp, caller) {
+                Some(p) => out[i] = Some(p),
+                None => {
+                    for o in out[..i].iter_mut() {
+                        if let Some(p) = o.take() {
+                            self.slab_free(cpu, c, p.as_ptr() as usize, caller);
+                        }
+                    }
+                    return 0;
+                }
+            }
+        }
+        out.len()
+    }
+
+    /// `kmem_cache_free_bulk`.
+    #[track_caller]
+    pub fn kmem_cache_free_bulk(&self, cpu: &CpuGuard<'_>, id: CacheId, objs: &[NonNull<u8>]) {
+        for &o in objs {
+            self.kmem_cache_free(cpu, id, o);
+        }
+    }
+}
+
+/// Index of `nr_slab_reclaimable` in the node counters.
+pub const NR_SLAB_RECLAIMABLE: usize = crate::mm::vmstat::index_of(
+    crate::mm::vmstat_names::NODE_STAT_NAMES,
+    "nr_slab_reclaimable",
+);
+/// Index of `nr_slab_unreclaimable`.
+pub const NR_SLAB_UNRECLAIMABLE: usize = crate::mm::vmstat::index_of(
+    crate::mm::vmstat_names::NODE_STAT_NAMES,
+    "nr_slab_unreclaimable",
+);
+
+/// Per-cache figures for `/proc/slabinfo` (`get_slabinfo`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlabInfo {
+    /// Cache name.
+    pub name: String,
+    /// Objects in use (including those in per-CPU arrays).
+    pub active_objs: u64,
+    /// Objects in all slabs.
+    pub num_objs: u64,
+    /// Buffer size.
+    pub objsize: u32,
+    /// Objects per slab.
+    pub objperslab: u32,
+    /// Pages per slab.
+    pub pagesperslab: u32,
+    /// Tunables.
+    pub limit: u32,
+    /// Tunables.
+    pub batchcount: u32,
+    /// Tunables.
+    pub sharedfactor: u32,
+    /// Slabs with objects in use.
+    pub active_slabs: u64,
+    /// All slabs.
+    pub num_slabs: u64,
+    /// Objects in the shared arrays.
+    pub shared_avail: u64,
+}
+
+impl Kernel {
+    /// `get_slabinfo` for every live cache, newest first.
+    pub fn slabinfo(&self) -> Vec<SlabInfo> {
+        let mut v: Vec<SlabInfo> = self
+            .live_caches()
+            .map(|c| {
+                let (mut total, mut free_slabs, mut free_objs, mut shared) = (0, 0, 0, 0);
+                for n in c.nodes.iter() {
+                    let n = n.lock();
+                    total += n.total_slabs;
+                    free_slabs += n.free_slabs;
+                    free_objs += n.free_objects;
+                    shared += n.shared.as_ref().map_or(0, |s| s.avail as u64);
+                }
+                let num_objs = total * c.num as u64;
+                SlabInfo {
+                    name: c.name.clone(),
+                    active_objs: num_objs - free_objs,
+                    num_objs,
+                    objsize: c.size,
+                    objperslab: c.num,
+                    pagesperslab: 1 << c.gfporder,
+                    limit: c.tunables[0].load(Relaxed),
+                    batchcount: c.tunables[1].load(Relaxed),
+                    sharedfactor: c.tunables[2].load(Relaxed),
+                    active_slabs: total - free_slabs,
+                    num_slabs: total,
+                    shared_avail: shared,
+                }
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+}
