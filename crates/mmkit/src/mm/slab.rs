@@ -425,7 +425,7 @@ impl Kernel {
         }
 
         // enable_cpucache: the array sizes by object size.
-        let mut limit = match size {
+        let mut limit: u32 = match size {
             s if s > 131_072 => 1,
             s if s as u64 > PAGE_SIZE => 8,
             s if s > 1024 => 24,

@@ -74,7 +74,7 @@ fn user_word(c: &KmemCache, objp: usize) -> usize {
     objp + c.size as usize - 8
 }
 
-fn object(c: &KmemCache, objp: usize) -> &mut [u8] {
+fn object<'a>(c: &KmemCache, objp: usize) -> &'a mut [u8] {
     // SAFETY: the object area lies inside the buffer at `objp`, which the cache owns and the
     // caller (alloc/free path of this object) has exclusive use of.
     unsafe {
