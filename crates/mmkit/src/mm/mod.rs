@@ -7,6 +7,7 @@ pub mod mmzone;
 pub mod page;
 pub mod page_alloc;
 pub mod slab;
+pub mod slab_check;
 pub mod slab_common;
 pub mod slab_debug;
 pub mod sysctl;

@@ -259,6 +259,11 @@ impl KmemCache {
         (off * self.reciprocal) >> 32
     }
 
+    /// This CPU's array cache (for inspection and the invariant checker).
+    pub fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
+        self.cpu_ac(cpu)
+    }
+
     /// Whether this cache does any debugging.
     #[inline]
     pub fn debug(&self) -> bool {
@@ -1074,6 +1079,11 @@ impl Kernel {
         }
     }
 
+    /// Handles of the live caches, in creation order.
+    pub fn cache_ids(&self) -> Vec<CacheId> {
+        self.live_caches().map(|c| CacheId(c.id)).collect()
+    }
+
     /// Live caches in creation order.
     pub(crate) fn live_caches(&self) -> impl Iterator<Item = &KmemCache> {
         let ids: Vec<u32> = self.slab.order.lock().clone();
@@ -1111,6 +1121,18 @@ impl Kernel {
         let c = self.cache(id).ok_or(Errno::EINVAL)?;
         self.drain_cache(c)?;
         Ok(c.nodes.iter().any(|n| n.lock().total_slabs > 0))
+    }
+
+    /// Shrink every live cache, newest first, so the off-slab freelists a large cache gives
+    /// back on shrinking reach their (older, smaller) kmalloc cache before it is shrunk in
+    /// turn (what `drop_slab` achieves by looping). May sleep.
+    pub fn kmem_cache_shrink_all(&self) -> Result<(), Errno> {
+        let mut ids = self.cache_ids();
+        ids.reverse();
+        for id in ids {
+            self.kmem_cache_shrink(id)?;
+        }
+        Ok(())
     }
 
     /// `kmem_cache_destroy`: shrink, and if no object is still allocated, remove the cache.

@@ -856,11 +856,18 @@ impl Kernel {
     }
 
     fn check_allocated(&self, page: &Page, offset: usize, len: usize) -> Result<u64, crate::Errno> {
-        if !self.mem_map.owns(page)
-            || page.refcount() <= 0
-            || page.test(PageFlags::RESERVED)
-            || page.test(PageFlags::BUDDY)
+        if !self.mem_map.owns(page) || page.test(PageFlags::RESERVED) || page.test(PageFlags::BUDDY)
         {
+            return Err(crate::Errno::EFAULT);
+        }
+        // A compound block's tail pages hold no reference; the head holds it for all.
+        let head = if page.test(PageFlags::TAIL) {
+            self.mem_map
+                .page(self.page_to_pfn(page).0 - page.private() as u64)
+        } else {
+            page
+        };
+        if head.refcount() <= 0 {
             return Err(crate::Errno::EFAULT);
         }
         if offset
