@@ -11,8 +11,12 @@ use anyhow::Result;
 use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
 use mmkit::arch::x86_64::e820::E820Table;
 use mmkit::gfp::GFP_KERNEL;
+use mmkit::mm::slab::SlabFlags;
 use serde::Serialize;
+use slabmalloc::{Allocator, ObjectPage, ZoneAllocator};
+use std::alloc::Layout;
 use std::hint::black_box;
+use std::ptr::NonNull;
 use std::time::Instant;
 
 /// One row of the report.
@@ -83,7 +87,7 @@ fn anchor_allocator() -> FrameAllocator<33> {
 
 /// The page-allocator rows (filter `page`).
 pub fn page_rows(filter: &str) -> Result<Vec<Row>> {
-    let want = |n: &str| filter.is_empty() || n.contains(filter) || "page".contains(filter);
+    let want = |n: &str| filter.is_empty() || n.starts_with(filter);
     let mut rows = Vec::new();
     let m = Machine::boot(&MachineSpec::default())?;
     let k = &m.kernel;
@@ -280,20 +284,230 @@ pub fn page_rows(filter: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Every row whose name (or group) matches `filter`.
+/// An object allocator to run beside kmalloc.
+struct Anchor {
+    name: &'static str,
+    alloc: Box<dyn FnMut(usize) -> *mut u8>,
+    free: Box<dyn FnMut(*mut u8, usize)>,
+}
+
+fn anchors() -> Vec<Anchor> {
+    // slabmalloc serves its size classes from 4 KiB pages we hand it up front.
+    let zone: &'static mut ZoneAllocator<'static> = Box::leak(Box::new(ZoneAllocator::new()));
+    let zone_ptr: *mut ZoneAllocator<'static> = zone;
+    for size in [64usize, 256] {
+        let layout = Layout::from_size_align(size, 8).expect("layout");
+        for _ in 0..256 {
+            let block = Layout::from_size_align(4096, 4096).expect("layout");
+            // SAFETY: a fresh, zeroed, 4 KiB-aligned 4 KiB block is a valid empty ObjectPage
+            // (bytes, null links, a zeroed bitfield); it is leaked, so it lives forever.
+            let page =
+                unsafe { &mut *(std::alloc::alloc_zeroed(block) as *mut ObjectPage<'static>) };
+            // SAFETY: the page is empty and owned by nobody else.
+            unsafe { (*zone_ptr).refill(layout, page).expect("refill") };
+        }
+    }
+    vec![
+        Anchor {
+            name: "glibc malloc/free",
+            // SAFETY: plain libc malloc of a size > 0.
+            alloc: Box::new(|n| unsafe { libc::malloc(n) as *mut u8 }),
+            // SAFETY: the pointer came from malloc above.
+            free: Box::new(|p, _| unsafe { libc::free(p as *mut libc::c_void) }),
+        },
+        Anchor {
+            name: "mimalloc mi_malloc/mi_free",
+            // SAFETY: mimalloc's C API.
+            alloc: Box::new(|n| unsafe { libmimalloc_sys::mi_malloc(n) as *mut u8 }),
+            // SAFETY: the pointer came from mi_malloc above.
+            free: Box::new(|p, _| unsafe { libmimalloc_sys::mi_free(p as *mut libc::c_void) }),
+        },
+        Anchor {
+            name: "slabmalloc ZoneAllocator",
+            alloc: Box::new(move |n| {
+                let l = Layout::from_size_align(n, 8).expect("layout");
+                // SAFETY: only the bench thread uses the leaked zone.
+                unsafe {
+                    (*zone_ptr)
+                        .allocate(l)
+                        .expect("slabmalloc allocate")
+                        .as_ptr()
+                }
+            }),
+            free: Box::new(move |p, n| {
+                let l = Layout::from_size_align(n, 8).expect("layout");
+                // SAFETY: `p` came from this zone with the same layout; one thread uses it.
+                unsafe {
+                    (*zone_ptr)
+                        .deallocate(NonNull::new(p).expect("non-null"), l)
+                        .expect("slabmalloc deallocate")
+                }
+            }),
+        },
+    ]
+}
+
+fn suffix(i: usize, a: &Anchor) -> String {
+    if i == 0 {
+        String::new()
+    } else {
+        format!("-vs-{}", a.name.split(' ').next().unwrap_or("x"))
+    }
+}
+
+/// The object-allocator rows (filter `slab`).
+pub fn slab_rows(filter: &str) -> Result<Vec<Row>> {
+    let want = |n: &str| filter.is_empty() || n.starts_with(filter);
+    let m = Machine::boot(&MachineSpec::default())?;
+    let k = &m.kernel;
+    let mut rows = Vec::new();
+    const N: u64 = 1_000_000;
+    let cache = k.kmem_cache_create("bench_192", 192, 0, SlabFlags::empty(), None)?;
+    let mut anchors = anchors();
+
+    if want("kmalloc64-kfree") {
+        let ours = m.on_cpu(0, |cpu| {
+            measure(N, || {
+                for _ in 0..N {
+                    let p = k.kmalloc(cpu, 64, GFP_KERNEL);
+                    k.kfree(cpu, black_box(p));
+                }
+            })
+        });
+        for (i, a) in anchors.iter_mut().enumerate() {
+            let anc = measure(N, || {
+                for _ in 0..N {
+                    let p = (a.alloc)(64);
+                    (a.free)(black_box(p), 64);
+                }
+            });
+            rows.push(row(
+                &format!("kmalloc64-kfree{}", suffix(i, a)),
+                ours,
+                a.name,
+                anc.0,
+                None,
+            ));
+        }
+    }
+    if want("cache192-alloc-free") {
+        let ours = m.on_cpu(0, |cpu| {
+            measure(N, || {
+                for _ in 0..N {
+                    let p = k.kmem_cache_alloc(cpu, cache, GFP_KERNEL).expect("object");
+                    k.kmem_cache_free(cpu, cache, black_box(p));
+                }
+            })
+        });
+        for (i, a) in anchors.iter_mut().enumerate() {
+            let anc = measure(N, || {
+                for _ in 0..N {
+                    let p = (a.alloc)(192);
+                    (a.free)(black_box(p), 192);
+                }
+            });
+            rows.push(row(
+                &format!("cache192-alloc-free{}", suffix(i, a)),
+                ours,
+                a.name,
+                anc.0,
+                None,
+            ));
+        }
+    }
+    if want("kmalloc64-set1000") {
+        const R: u64 = 1000;
+        let ours = m.on_cpu(0, |cpu| {
+            let mut v = Vec::with_capacity(1000);
+            measure(R * 1000, || {
+                for _ in 0..R {
+                    for _ in 0..1000 {
+                        v.push(k.kmalloc(cpu, 64, GFP_KERNEL));
+                    }
+                    for p in v.drain(..) {
+                        k.kfree(cpu, p);
+                    }
+                }
+            })
+        });
+        for (i, a) in anchors.iter_mut().enumerate() {
+            let mut v = Vec::with_capacity(1000);
+            let anc = measure(R * 1000, || {
+                for _ in 0..R {
+                    for _ in 0..1000 {
+                        v.push((a.alloc)(64));
+                    }
+                    for p in v.drain(..) {
+                        (a.free)(p, 64);
+                    }
+                }
+            });
+            rows.push(row(
+                &format!("kmalloc64-set1000{}", suffix(i, a)),
+                ours,
+                a.name,
+                anc.0,
+                None,
+            ));
+        }
+    }
+    if want("kmalloc64-2cpu") {
+        let run = |threads: usize| -> (f64, f64) {
+            measure(N * threads as u64, || {
+                std::thread::scope(|s| {
+                    for c in 0..threads {
+                        s.spawn(move || {
+                            bind_cpu(c);
+                            let cpu = k.get_cpu();
+                            for _ in 0..N {
+                                let p = k.kmalloc(&cpu, 64, GFP_KERNEL);
+                                k.kfree(&cpu, black_box(p));
+                            }
+                        });
+                    }
+                })
+            })
+        };
+        let one = run(1);
+        let two = run(2);
+        let anc = measure(N * 2, || {
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..N {
+                            // SAFETY: plain libc malloc/free.
+                            unsafe { libc::free(black_box(libc::malloc(64))) };
+                        }
+                    });
+                }
+            })
+        });
+        rows.push(row(
+            "kmalloc64-2cpu",
+            two,
+            "glibc malloc/free (2 threads)",
+            anc.0,
+            Some(format!(
+                "2-CPU throughput = {:.2}x one CPU's ({:.1} ns/pair on 1 CPU)",
+                one.0 / two.0,
+                one.0
+            )),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Every row whose name (or group) matches `filter`: groups `page` and `slab`, or a row name
+/// prefix such as `order0` or `kmalloc64`.
 pub fn run(filter: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    if filter.is_empty()
-        || "page".contains(filter)
-        || filter.contains("order")
-        || filter.contains("alloc")
-        || filter.contains("boot")
-    {
-        rows.extend(page_rows(if "page".contains(filter) {
-            ""
-        } else {
-            filter
-        })?);
+    let page = ["order", "alloc1000", "boot"];
+    let slab = ["kmalloc", "cache192"];
+    if filter.is_empty() || filter == "page" || page.iter().any(|p| filter.starts_with(p)) {
+        rows.extend(page_rows(if filter == "page" { "" } else { filter })?);
+    }
+    if filter.is_empty() || filter == "slab" || slab.iter().any(|p| filter.starts_with(p)) {
+        rows.extend(slab_rows(if filter == "slab" { "" } else { filter })?);
     }
     Ok(rows)
 }

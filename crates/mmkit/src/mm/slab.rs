@@ -204,6 +204,9 @@ pub struct SlabState {
     /// Creation order, for `/proc/slabinfo` (newest first, as Linux lists them).
     pub(crate) order: SpinLock<Vec<u32>>,
     pub(crate) kmalloc: [[AtomicU32; crate::mm::slab_common::KMALLOC_SHIFT_HIGH as usize + 1]; 2],
+    /// The same kmalloc caches as direct pointers (they are never destroyed), for the fast path.
+    pub(crate) kmalloc_ptr:
+        [[AtomicPtr<KmemCache>; crate::mm::slab_common::KMALLOC_SHIFT_HIGH as usize + 1]; 2],
     pub(crate) callers: SpinLock<Vec<&'static core::panic::Location<'static>>>,
     pub(crate) debug_all: AtomicBool,
 }
@@ -217,6 +220,7 @@ impl SlabState {
             owned: SpinLock::new(Vec::new()),
             order: SpinLock::new(Vec::new()),
             kmalloc: Default::default(),
+            kmalloc_ptr: Default::default(),
             callers: SpinLock::new(Vec::new()),
             debug_all: AtomicBool::new(false),
         }
@@ -827,7 +831,7 @@ impl Kernel {
 
     /// The slab (head pfn) and cache of a slab object address, or why it is not one.
     #[inline]
-    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &KmemCache), &'static str> {
+    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &Page, &KmemCache), &'static str> {
         let pa = addr.wrapping_sub(self.direct_map as usize) as u64;
         if pa >= self.boot.max_pfn << PAGE_SHIFT {
             return Err("not a direct-map address");
@@ -846,7 +850,7 @@ impl Kernel {
         let c = self
             .cache(CacheId(page.mapping().wrapping_sub(1)))
             .ok_or("slab page of a destroyed cache")?;
-        Ok((pfn, c))
+        Ok((pfn, page, c))
     }
 
     /// `kmem_cache_free(cache, obj)`. Freeing into the wrong cache, a pointer that is not an
@@ -859,10 +863,10 @@ impl Kernel {
             return;
         };
         match self.obj_slab(obj.as_ptr() as usize) {
-            Ok((_, oc)) if oc.id == c.id => {
-                self.slab_free_checked(cpu, c, obj.as_ptr() as usize, Caller::here())
+            Ok((pfn, page, oc)) if oc.id == c.id => {
+                self.slab_free_checked(cpu, c, pfn, page, obj.as_ptr() as usize, Caller::here())
             }
-            Ok((_, oc)) => self.printk(&format!(
+            Ok((_, _, oc)) => self.printk(&format!(
                 "kmem_cache_free: Wrong slab cache. {} but object is from {}",
                 c.name, oc.name
             )),
@@ -879,13 +883,11 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         c: &KmemCache,
+        pfn: u64,
+        page: &Page,
         addr: usize,
         caller: Caller,
     ) {
-        let Ok((pfn, _)) = self.obj_slab(addr) else {
-            return;
-        };
-        let page = self.mem_map.page(pfn);
         let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, page)) as u64;
         let idx = c.obj_to_index(off);
         if off >= (c.num as u64) * c.size as u64 || idx * c.size as u64 != off {
@@ -959,10 +961,9 @@ impl Kernel {
     /// free slabs beyond the node's `free_limit` in `to_destroy`.
     fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<u64>) {
         for &o in objs {
-            let Ok((pfn, _)) = self.obj_slab(o) else {
+            let Ok((pfn, page, _)) = self.obj_slab(o) else {
                 continue;
             };
-            let page = self.mem_map.page(pfn);
             let mut n = c.nodes[page.nid()].lock();
             Self::unlist_slab(c, &mut n, self, pfn);
             self.slab_put_obj(c, pfn, page, o);

@@ -116,6 +116,10 @@ impl Kernel {
                     )
                     .expect("kmalloc caches fit the cache table");
                 self.slab.kmalloc[dma as usize][i as usize].store(id.0 + 1, Relaxed);
+                let ptr = self
+                    .cache(id)
+                    .map_or(core::ptr::null_mut(), |c| c as *const _ as *mut _);
+                self.slab.kmalloc_ptr[dma as usize][i as usize].store(ptr, Relaxed);
             }
         }
     }
@@ -151,8 +155,12 @@ impl Kernel {
         if size > KMALLOC_MAX_CACHE_SIZE {
             return self.kmalloc_large(cpu, size, gfp);
         }
-        let id = self.kmalloc_cache_for(size, gfp.contains(Gfp::__GFP_DMA))?;
-        let c = self.cache(id)?;
+        let class = kmalloc_class(size)?;
+        let p = self.slab.kmalloc_ptr[gfp.contains(Gfp::__GFP_DMA) as usize][class as usize]
+            .load(Relaxed);
+        // SAFETY: kmalloc caches are created at boot and never destroyed; their boxes live
+        // as long as the kernel.
+        let c = unsafe { p.as_ref()? };
         self.slab_alloc(cpu, c, gfp, caller)
     }
 
@@ -221,7 +229,7 @@ impl Kernel {
             return 0;
         }
         match self.obj_slab(a) {
-            Ok((_, c)) => c.object_size as usize,
+            Ok((_, _, c)) => c.object_size as usize,
             Err(_) => match self.large_head(a) {
                 Some(order) => (PAGE_SIZE as usize) << order,
                 None => 0,
@@ -298,7 +306,7 @@ impl Kernel {
             return;
         }
         match self.obj_slab(a) {
-            Ok((_, c)) => self.slab_free_checked(cpu, c, a, caller),
+            Ok((pfn, page, c)) => self.slab_free_checked(cpu, c, pfn, page, a, caller),
             Err(why) => match self.large_head(a) {
                 Some(order) => {
                     let page = self.virt_to_page(crate::VirtAddr(
