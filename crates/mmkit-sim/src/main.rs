@@ -180,17 +180,39 @@ fn main() -> Result<()> {
                     r.elapsed.as_nanos() as f64 / ops as f64
                 );
             }
-            println!("\n######## after the workload (pages still on per-CPU lists) ########");
-            print_views(&m, &["buddyinfo"]);
+            println!(
+                "\n######## running {ops} random kmalloc/kfree operations on each CPU ########"
+            );
+            let reports = workload::run_kmalloc_all_cpus(&m, ops, max_live, seed)?;
+            for (c, r) in reports.iter().enumerate() {
+                println!(
+                    "cpu {c}: {} kmallocs ({} failed), {} MiB checked byte for byte, {:.0} ns per operation",
+                    r.allocs,
+                    r.failures,
+                    r.bytes_checked >> 20,
+                    r.elapsed.as_nanos() as f64 / ops as f64
+                );
+            }
+            println!("\n######## after the workloads (objects cached in array caches, pages on per-CPU lists) ########");
+            print_views(&m, &["buddyinfo", "slabinfo", "meminfo"]);
+            m.kernel
+                .check_slab_invariants()
+                .map_err(|e| anyhow::anyhow!("slab invariant broken: {e}"))?;
+            m.kernel.kmem_cache_shrink_all()?;
             m.on_cpu(0, |cpu| m.kernel.drain_all_pages(cpu));
-            println!("######## after drain_all_pages ########");
+            println!(
+                "######## after kmem_cache_shrink of every cache and drain_all_pages ########"
+            );
             print_views(&m, &["buddyinfo", "vmstat"]);
             let after = mmkit::fs::proc::buddyinfo::buddyinfo(&m.kernel);
             m.kernel
                 .check_invariants()
                 .map_err(|e| anyhow::anyhow!("invariant broken: {e}"))?;
-            if after == boot_buddy {
-                println!("buddyinfo equals the post-boot buddyinfo: every block coalesced back; invariants hold.");
+            m.kernel
+                .check_slab_invariants()
+                .map_err(|e| anyhow::anyhow!("slab invariant broken: {e}"))?;
+            if after == boot_buddy && m.kernel.slab_pages() == (0, 0) {
+                println!("buddyinfo equals the post-boot buddyinfo: every slab page and block came back and coalesced; invariants hold.");
             } else {
                 bail!("buddyinfo after freeing everything differs from the post-boot one");
             }

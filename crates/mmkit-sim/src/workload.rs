@@ -113,6 +113,106 @@ pub fn run_on_cpu(
     Ok(r)
 }
 
+/// Run `ops` random kmalloc/kfree operations (8 bytes to 64 KiB, some `GFP_DMA`) on `cpu`,
+/// each object filled with its own pattern and checked before it is freed; frees all at the end.
+pub fn run_kmalloc_on_cpu(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    ops: usize,
+    max_live: usize,
+    seed: u64,
+) -> Result<CpuReport> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x51ab ^ (cpu.id() as u64) << 32);
+    let mut live: Vec<(std::ptr::NonNull<u8>, usize, u8)> = Vec::new();
+    let mut r = CpuReport::default();
+    let t = Instant::now();
+    let check_free = |live: &mut Vec<(std::ptr::NonNull<u8>, usize, u8)>,
+                      i: usize,
+                      r: &mut CpuReport|
+     -> Result<()> {
+        let (p, size, seed) = live.swap_remove(i);
+        // SAFETY: `p` is a live kmalloc allocation of `size` bytes that this loop owns.
+        let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), size) };
+        if let Some(off) = bytes
+            .iter()
+            .enumerate()
+            .position(|(j, &b)| b != seed.wrapping_add(j as u8))
+        {
+            bail!(
+                "cpu {}: kmalloc object {:p} ({size} bytes): byte {off} changed",
+                cpu.id(),
+                p.as_ptr()
+            );
+        }
+        r.bytes_checked += size as u64;
+        k.kfree(cpu, Some(p));
+        Ok(())
+    };
+    for _ in 0..ops {
+        if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
+            let size = match rng.random_range(0..100) {
+                0..50 => rng.random_range(1..=128),
+                50..85 => rng.random_range(129..=2048),
+                85..97 => rng.random_range(2049..=8192),
+                _ => rng.random_range(8193..=65536),
+            };
+            let gfp = if rng.random_range(0..50) == 0 {
+                GFP_KERNEL | Gfp::GFP_DMA
+            } else {
+                GFP_KERNEL
+            };
+            match k.kmalloc(cpu, size, gfp | Gfp::__GFP_NOWARN) {
+                Some(p) => {
+                    let seed: u8 = rng.random();
+                    // SAFETY: a fresh kmalloc allocation of at least `size` bytes.
+                    let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), size) };
+                    for (j, b) in bytes.iter_mut().enumerate() {
+                        *b = seed.wrapping_add(j as u8);
+                    }
+                    live.push((p, size, seed));
+                    r.allocs += 1;
+                }
+                None => r.failures += 1,
+            }
+        } else if !live.is_empty() {
+            let i = rng.random_range(0..live.len());
+            check_free(&mut live, i, &mut r)?;
+        }
+    }
+    while !live.is_empty() {
+        check_free(&mut live, 0, &mut r)?;
+    }
+    r.elapsed = t.elapsed();
+    Ok(r)
+}
+
+/// Run the kmalloc workload on every CPU of `m` at once, one host thread per CPU.
+pub fn run_kmalloc_all_cpus(
+    m: &Machine,
+    ops: usize,
+    max_live: usize,
+    seed: u64,
+) -> Result<Vec<CpuReport>> {
+    let n = m.kernel.nr_cpus();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|c| {
+                s.spawn(move || {
+                    bind_cpu(c);
+                    let g = m.kernel.get_cpu();
+                    run_kmalloc_on_cpu(&m.kernel, &g, ops, max_live, seed)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a CPU thread panicked"))?
+            })
+            .collect()
+    })
+}
+
 /// Run the workload on every CPU of `m` at once, one host thread per CPU.
 pub fn run_all_cpus(m: &Machine, ops: usize, max_live: usize, seed: u64) -> Result<Vec<CpuReport>> {
     let n = m.kernel.nr_cpus();
