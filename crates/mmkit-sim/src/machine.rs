@@ -124,10 +124,14 @@ impl MachineSpec {
     }
 }
 
+/// `REAPTIMEOUT_AC`: how often each CPU runs `cache_reap` (2 s, as Linux's delayed work).
+pub const REAP_INTERVAL_NS: u64 = 2_000_000_000;
+
 /// A booted machine.
 pub struct Machine {
     /// The kernel.
     pub kernel: Kernel,
+    next_reap: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Machine {
@@ -141,7 +145,22 @@ impl Machine {
         let end = sanitized.end_pfn(mmkit::arch::x86_64::e820::MAX_ARCH_PFN).0 << mmkit::PAGE_SHIFT;
         let platform = SimPlatform::new(end.max(mmkit::PAGE_SIZE), spec.cpus)?;
         let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
-        Ok(Self { kernel })
+        let next_reap = (0..spec.cpus)
+            .map(|_| std::sync::atomic::AtomicU64::new(REAP_INTERVAL_NS))
+            .collect();
+        Ok(Self { kernel, next_reap })
+    }
+
+    /// The timer tick of the CPU `cpu` holds: runs its periodic work when due (today
+    /// `cache_reap`, every `REAP_INTERVAL_NS`). Workloads call it between operations.
+    pub fn tick(&self, cpu: &mmkit::CpuGuard<'_>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.kernel.platform().now_ns();
+        let next = &self.next_reap[cpu.id()];
+        if now >= next.load(Relaxed) {
+            next.store(now + REAP_INTERVAL_NS, Relaxed);
+            self.kernel.cache_reap(cpu);
+        }
     }
 
     /// Run `f` on simulated CPU `cpu` in the calling thread.

@@ -70,6 +70,7 @@ pub fn run_on_cpu(
     ops: usize,
     max_live: usize,
     seed: u64,
+    tick: &dyn Fn(&CpuGuard<'_>),
 ) -> Result<CpuReport> {
     let mut rng = SmallRng::seed_from_u64(seed ^ (cpu.id() as u64) << 32);
     let mut live: Vec<(&Page, u32, u64)> = Vec::new();
@@ -89,6 +90,7 @@ pub fn run_on_cpu(
         Ok(())
     };
     for n in 0..ops {
+        tick(cpu);
         if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
             let (gfp, order) = pick(&mut rng);
             match k.alloc_pages(cpu, gfp | Gfp::__GFP_NOWARN, order) {
@@ -121,6 +123,7 @@ pub fn run_kmalloc_on_cpu(
     ops: usize,
     max_live: usize,
     seed: u64,
+    tick: &dyn Fn(&CpuGuard<'_>),
 ) -> Result<CpuReport> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x51ab ^ (cpu.id() as u64) << 32);
     let mut live: Vec<(std::ptr::NonNull<u8>, usize, u8)> = Vec::new();
@@ -149,6 +152,7 @@ pub fn run_kmalloc_on_cpu(
         Ok(())
     };
     for _ in 0..ops {
+        tick(cpu);
         if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
             let size = match rng.random_range(0..100) {
                 0..50 => rng.random_range(1..=128),
@@ -200,7 +204,7 @@ pub fn run_kmalloc_all_cpus(
                 s.spawn(move || {
                     bind_cpu(c);
                     let g = m.kernel.get_cpu();
-                    run_kmalloc_on_cpu(&m.kernel, &g, ops, max_live, seed)
+                    run_kmalloc_on_cpu(&m.kernel, &g, ops, max_live, seed, &|c| m.tick(c))
                 })
             })
             .collect();
@@ -222,7 +226,7 @@ pub fn run_all_cpus(m: &Machine, ops: usize, max_live: usize, seed: u64) -> Resu
                 s.spawn(move || {
                     bind_cpu(c);
                     let g = m.kernel.get_cpu();
-                    run_on_cpu(&m.kernel, &g, ops, max_live, seed)
+                    run_on_cpu(&m.kernel, &g, ops, max_live, seed, &|c| m.tick(c))
                 })
             })
             .collect();

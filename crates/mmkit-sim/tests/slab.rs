@@ -320,7 +320,7 @@ fn debug_reports_double_free_overrun_write_after_free_and_foreign_pointers() {
         assert!(log_has("Object is not a Slab page!"));
         let host = Box::new(0u64);
         k.kfree(cpu, NonNull::new(Box::into_raw(host) as *mut u8));
-        assert!(log_has("not a direct-map address"));
+        assert!(log_has("not a direct-map address of RAM"));
         assert_eq!(k.slab_error_reports(), before + 2);
         // An interior pointer.
         let o = k.kmalloc(cpu, 64, GFP_KERNEL).unwrap();

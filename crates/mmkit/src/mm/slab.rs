@@ -543,7 +543,8 @@ impl Kernel {
         let objp = if ac.avail > 0 {
             ac.touched = true;
             ac.avail -= 1;
-            ac.entry[ac.avail as usize]
+            // SAFETY: `entry.len() == limit >= avail + 1` (ArrayCache::new sizes it to limit).
+            unsafe { *ac.entry.get_unchecked(ac.avail as usize) }
         } else {
             self.cache_alloc_refill(cpu, c, gfp)?
         };
@@ -832,12 +833,12 @@ impl Kernel {
     /// The slab (head pfn) and cache of a slab object address, or why it is not one.
     #[inline]
     pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &Page, &KmemCache), &'static str> {
-        let pa = addr.wrapping_sub(self.direct_map as usize) as u64;
-        if pa >= self.boot.max_pfn << PAGE_SHIFT {
-            return Err("not a direct-map address");
-        }
-        let mut pfn = pa >> PAGE_SHIFT;
-        let page = self.mem_map.pfn_to_page(crate::Pfn(pfn)).ok_or("not RAM")?;
+        // An address outside the direct map lands on a pfn without a struct page.
+        let mut pfn = (addr.wrapping_sub(self.direct_map as usize) as u64) >> PAGE_SHIFT;
+        let page = self
+            .mem_map
+            .pfn_to_page(crate::Pfn(pfn))
+            .ok_or("not a direct-map address of RAM")?;
         let page = if page.test(PageFlags::TAIL) {
             pfn -= page.private() as u64;
             self.mem_map.page(pfn)
@@ -847,9 +848,15 @@ impl Kernel {
         if !page.test(PageFlags::SLAB) {
             return Err("Object is not a Slab page!");
         }
-        let c = self
-            .cache(CacheId(page.mapping().wrapping_sub(1)))
-            .ok_or("slab page of a destroyed cache")?;
+        // A slab page's cache is live: destroy waits until the cache has no slabs, and a
+        // destroyed cache's table slot is null.
+        let p = self
+            .slab
+            .table
+            .get(page.mapping().wrapping_sub(1) as usize)
+            .map_or(core::ptr::null_mut(), |e| e.load(Relaxed));
+        // SAFETY: as in `cache`: table pointers stay valid for the kernel's life.
+        let c = unsafe { p.as_ref() }.ok_or("slab page of a destroyed cache")?;
         Ok((pfn, page, c))
     }
 
@@ -913,7 +920,8 @@ impl Kernel {
         };
         let ac = c.cpu_ac(cpu);
         if ac.avail < ac.limit {
-            ac.entry[ac.avail as usize] = objp;
+            // SAFETY: `avail < limit == entry.len()`.
+            unsafe { *ac.entry.get_unchecked_mut(ac.avail as usize) = objp };
             ac.avail += 1;
             return;
         }
