@@ -607,3 +607,71 @@ fn slabtop_reads_our_slabinfo() {
     });
     let _ = PAGE_SIZE;
 }
+
+/// Small objects keep their freelist on the slab; from PAGE_SIZE/8 up it goes off-slab into a
+/// kmalloc cache unless the left-over space holds it.
+#[test]
+fn freelist_placement_and_slab_order() {
+    let m = boot_mem(256, 1, "");
+    let k = &m.kernel;
+    let by_name = |n: &str| {
+        let id = k
+            .cache_ids()
+            .into_iter()
+            .find(|&id| k.kmem_cache(id).unwrap().name == n)
+            .unwrap();
+        k.kmem_cache(id).unwrap()
+    };
+    let c64 = by_name("kmalloc-64");
+    assert!(!c64.off_slab);
+    assert_eq!(c64.num, 4096 / (64 + 2));
+    let c512 = by_name("kmalloc-512");
+    assert!(c512.off_slab);
+    assert_eq!((c512.num, c512.gfporder), (8, 0));
+    let c8k = by_name("kmalloc-8k");
+    assert_eq!((c8k.num, c8k.gfporder), (1, 1));
+    // The off-slab freelist of a kmalloc-512 slab is a kmalloc-16 object.
+    let before = k
+        .slabinfo()
+        .into_iter()
+        .find(|i| i.name == "kmalloc-16")
+        .unwrap()
+        .active_objs;
+    let p = m.on_cpu(0, |cpu| k.kmalloc(cpu, 512, GFP_KERNEL).unwrap());
+    let after = k
+        .slabinfo()
+        .into_iter()
+        .find(|i| i.name == "kmalloc-16")
+        .unwrap()
+        .active_objs;
+    assert!(after > before, "kmalloc-16 {before} -> {after}");
+    m.on_cpu(0, |cpu| k.kfree(cpu, Some(p)));
+    k.check_slab_invariants().unwrap();
+}
+
+/// kmalloc_node for another node takes its object from that node's slabs.
+#[test]
+fn kmalloc_node_uses_the_named_node() {
+    let m = boot_mem(1024, 2, "numa=fake=2");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        assert_eq!(cpu.node(), 0);
+        let v: Vec<_> = (0..50)
+            .map(|_| k.kmalloc_node(cpu, 200, GFP_KERNEL, 1).unwrap())
+            .collect();
+        for &p in &v {
+            assert_eq!(page_of(k, p).0.nid(), 1);
+            write(p, 200, 5);
+        }
+        let local = k.kmalloc_node(cpu, 200, GFP_KERNEL, 0).unwrap();
+        assert_eq!(page_of(k, local).0.nid(), 0);
+        k.kfree(cpu, Some(local));
+        for p in v {
+            assert_eq!(read(p, 200)[199], 5u8.wrapping_add(199));
+            k.kfree(cpu, Some(p));
+        }
+    });
+    k.check_slab_invariants().unwrap();
+    k.kmem_cache_shrink_all().unwrap();
+    assert_eq!(k.slab_pages(), (0, 0));
+}

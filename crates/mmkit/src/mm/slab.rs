@@ -561,6 +561,82 @@ impl Kernel {
         NonNull::new(obj as *mut u8)
     }
 
+    /// `____cache_alloc_node`: one object from node `nid`'s lists (bypassing this CPU's
+    /// array), growing a slab on that node when it has none free; falls back to the local
+    /// path when the node has no memory (`fallback_alloc`).
+    pub(crate) fn slab_alloc_node(
+        &self,
+        cpu: &CpuGuard<'_>,
+        c: &KmemCache,
+        gfp: Gfp,
+        nid: usize,
+        caller: Caller,
+    ) -> Option<NonNull<u8>> {
+        if nid == cpu.node() || nid >= c.nodes.len() {
+            return self.slab_alloc(cpu, c, gfp, caller);
+        }
+        let from_list = {
+            let mut n = c.nodes[nid].lock();
+            match n.slabs_partial.first().or(n.slabs_free.first()) {
+                Some(pfn) => {
+                    let page = self.mem_map.page(pfn);
+                    if page.mapcount() == 0 {
+                        n.free_slabs -= 1;
+                    }
+                    Self::unlist_slab(c, &mut n, self, pfn);
+                    let obj = self.slab_get_obj(c, pfn, page);
+                    n.free_objects -= 1;
+                    Self::list_slab(c, &mut n, self, pfn);
+                    Some(obj)
+                }
+                None => None,
+            }
+        };
+        let objp = match from_list {
+            Some(o) => o,
+            None => {
+                let Some(pfn) = self.cache_grow_begin(
+                    cpu,
+                    c,
+                    gfp | Gfp::__GFP_THISNODE | Gfp::__GFP_NOWARN,
+                    nid,
+                ) else {
+                    return self.slab_alloc(cpu, c, gfp, caller);
+                };
+                let page = self.mem_map.page(pfn);
+                let obj = self.slab_get_obj(c, pfn, page);
+                let mut n = c.nodes[page.nid()].lock();
+                n.total_slabs += 1;
+                n.free_objects += (c.num - 1) as u64;
+                Self::list_slab(c, &mut n, self, pfn);
+                obj
+            }
+        };
+        let obj = if c.debug() {
+            slab_debug::alloc_debugcheck_after(self, c, objp, caller)
+        } else {
+            objp
+        };
+        if gfp.contains(Gfp::__GFP_ZERO) {
+            // SAFETY: a whole object in a slab we own, just handed to this caller.
+            unsafe { core::ptr::write_bytes(obj as *mut u8, 0, c.object_size as usize) };
+        }
+        NonNull::new(obj as *mut u8)
+    }
+
+    /// `kmem_cache_alloc_node`.
+    #[track_caller]
+    pub fn kmem_cache_alloc_node(
+        &self,
+        cpu: &CpuGuard<'_>,
+        id: CacheId,
+        gfp: Gfp,
+        nid: usize,
+    ) -> Option<NonNull<u8>> {
+        let c = self.cache(id)?;
+        self.slab_alloc_node(cpu, c, gfp, nid, Caller::here())
+    }
+
     /// `cache_alloc_refill`: fill this CPU's array from the shared array or the node's slabs,
     /// growing the cache when they are empty.
     #[cold]

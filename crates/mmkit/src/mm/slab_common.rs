@@ -178,10 +178,12 @@ impl Kernel {
             let p = self.alloc_pages_node(cpu, nid, gfp | Gfp::__GFP_COMP, order)?;
             return NonNull::new(self.pfn_addr(self.page_to_pfn(p).0) as *mut u8);
         }
-        // Objects come from this CPU's array like Linux's ____cache_alloc_node does when the
-        // local node is the one asked for; for another node we allocate locally too (no alien
-        // caches; see mm/slab.rs).
-        self.kmalloc_caller(cpu, size, gfp, Caller::here())
+        if size == 0 {
+            return NonNull::new(ZERO_SIZE_PTR as *mut u8);
+        }
+        let id = self.kmalloc_cache_for(size, gfp.contains(Gfp::__GFP_DMA))?;
+        let c = self.cache(id)?;
+        self.slab_alloc_node(cpu, c, gfp, nid, Caller::here())
     }
 
     fn large_order(&self, size: usize, gfp: Gfp) -> Option<u32> {
