@@ -489,7 +489,7 @@ impl Kernel {
             flags,
             num,
             gfporder,
-            colour: left / colour_off,
+            colour: (left / colour_off).min(0xffff),
             colour_off,
             freelist_size,
             off_slab,
@@ -768,14 +768,19 @@ impl Kernel {
 
     /// `page->s_mem`.
     #[inline]
-    fn s_mem(&self, pfn: u64, page: &Page) -> usize {
-        self.pfn_addr(pfn) + page.private() as usize
+    pub(crate) fn s_mem(&self, pfn: u64, page: &Page, c: &KmemCache) -> usize {
+        self.pfn_addr(pfn) + (page.private() & 0xffff) as usize * c.colour_off as usize
     }
 
     /// `page->freelist`: the index array's host address.
     #[inline]
-    fn freelist(&self, page: &Page) -> *mut u16 {
-        self.direct_map.wrapping_add(page.index() as usize) as *mut u16
+    pub(crate) fn freelist(&self, pfn: u64, page: &Page, c: &KmemCache) -> *mut u16 {
+        if c.off_slab {
+            (self.pfn_addr(page.mapping() as u64) + (page.private() >> 16) as usize) as *mut u16
+        } else {
+            (self.pfn_addr(pfn) + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize)
+                as *mut u16
+        }
     }
 
     /// `slab_get_obj`.
@@ -783,17 +788,21 @@ impl Kernel {
         let active = page.mapcount() as usize;
         // SAFETY: the freelist has `num` u16 entries in memory this slab owns (on the slab or
         // in an off-slab object), `active < num`, and the node lock serializes access.
-        let idx = unsafe { self.freelist(page).add(active).read_unaligned() } as usize;
+        let idx = unsafe { self.freelist(pfn, page, c).add(active).read_unaligned() } as usize;
         page.set_mapcount(active as i32 + 1);
-        self.s_mem(pfn, page) + idx * c.size as usize
+        self.s_mem(pfn, page, c) + idx * c.size as usize
     }
 
     /// `slab_put_obj`.
     fn slab_put_obj(&self, c: &KmemCache, pfn: u64, page: &Page, obj: usize) {
-        let idx = c.obj_to_index((obj - self.s_mem(pfn, page)) as u64);
+        let idx = c.obj_to_index((obj - self.s_mem(pfn, page, c)) as u64);
         let active = page.mapcount() as usize - 1;
         // SAFETY: as in `slab_get_obj`; `active < num`.
-        unsafe { self.freelist(page).add(active).write_unaligned(idx as u16) };
+        unsafe {
+            self.freelist(pfn, page, c)
+                .add(active)
+                .write_unaligned(idx as u16)
+        };
         page.set_mapcount(active as i32);
     }
 
@@ -827,7 +836,7 @@ impl Kernel {
             if n.colour_next >= c.colour {
                 n.colour_next = 0;
             }
-            o * c.colour_off
+            o
         };
         let base = self.pfn_addr(pfn);
         let freelist_addr = if c.off_slab {
@@ -844,13 +853,21 @@ impl Kernel {
         } else {
             base + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize
         };
+        // The slab's struct page: `index` is `page->slab_cache`; `private` holds the colour
+        // (low 16 bits) and, off-slab, the freelist's offset in its page (high 16), whose pfn
+        // is in `mapping`; `_mapcount` is `page->active`.
         page.set_nonatomic(PageFlags::SLAB);
-        page.set_mapping(c.id + 1);
-        page.set_private(offset);
-        page.set_index((freelist_addr - self.direct_map as usize) as u64);
+        page.set_index(c as *const KmemCache as u64);
+        if c.off_slab {
+            let fl_pa = freelist_addr - self.direct_map as usize;
+            page.set_mapping((fl_pa >> PAGE_SHIFT) as u32);
+            page.set_private(offset | (((fl_pa & (PAGE_SIZE as usize - 1)) as u32) << 16));
+        } else {
+            page.set_private(offset);
+        }
         page.set_mapcount(0);
         // cache_init_objs.
-        let s_mem = base + offset as usize;
+        let s_mem = base + (offset * c.colour_off) as usize;
         for i in 0..c.num as usize {
             let obj = s_mem + i * c.size as usize;
             if c.debug() {
@@ -884,7 +901,7 @@ impl Kernel {
     /// `slab_destroy`: give a free slab's pages (and off-slab freelist) back.
     fn slab_destroy(&self, cpu: &CpuGuard<'_>, c: &KmemCache, pfn: u64) {
         let page = self.mem_map.page(pfn);
-        let fl = self.freelist(page) as usize;
+        let fl = self.freelist(pfn, page, c) as usize;
         page.clear_nonatomic(PageFlags::SLAB);
         page.set_mapping(0);
         page.set_mapcount(0);
@@ -924,15 +941,11 @@ impl Kernel {
         if !page.test(PageFlags::SLAB) {
             return Err("Object is not a Slab page!");
         }
-        // A slab page's cache is live: destroy waits until the cache has no slabs, and a
-        // destroyed cache's table slot is null.
-        let p = self
-            .slab
-            .table
-            .get(page.mapping().wrapping_sub(1) as usize)
-            .map_or(core::ptr::null_mut(), |e| e.load(Relaxed));
-        // SAFETY: as in `cache`: table pointers stay valid for the kernel's life.
-        let c = unsafe { p.as_ref() }.ok_or("slab page of a destroyed cache")?;
+        // SAFETY: a PG_slab page's `index` is `page->slab_cache`, set by cache_grow_begin to a
+        // cache whose box lives as long as the kernel (caches are never freed, and a cache is
+        // only destroyed once it has no slabs).
+        let c = unsafe { (page.index() as *const KmemCache).as_ref() }
+            .ok_or("slab page without a cache")?;
         Ok((pfn, page, c))
     }
 
@@ -971,7 +984,7 @@ impl Kernel {
         addr: usize,
         caller: Caller,
     ) {
-        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, page)) as u64;
+        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, page, c)) as u64;
         let idx = c.obj_to_index(off);
         if off >= (c.num as u64) * c.size as u64 || idx * c.size as u64 != off {
             self.printk(&format!(

@@ -60,7 +60,10 @@ impl Kernel {
             for (list, kind) in lists {
                 for pfn in list.iter(&self.mem_map) {
                     let p = self.mem_map.page(pfn);
-                    if !p.test(PageFlags::SLAB) || p.mapping() != c.id + 1 || p.nid() != nid {
+                    if !p.test(PageFlags::SLAB)
+                        || p.index() != c as *const KmemCache as u64
+                        || p.nid() != nid
+                    {
                         return Err(format!(
                             "slab {pfn:#x} on node {nid}'s {kind} list is not this cache's"
                         ));
@@ -77,7 +80,7 @@ impl Kernel {
                             c.num
                         ));
                     }
-                    let fl = self.direct_map.wrapping_add(p.index() as usize) as *const u16;
+                    let fl = self.freelist(pfn, p, c) as *const u16;
                     let mut seen = vec![false; c.num as usize];
                     for i in active..c.num {
                         // SAFETY: the freelist has `num` entries in memory the slab owns; the
@@ -90,7 +93,7 @@ impl Kernel {
                         }
                         seen[idx] = true;
                     }
-                    let s_mem = self.pfn_addr(pfn) + p.private() as usize;
+                    let s_mem = self.s_mem(pfn, p, c);
                     for (i, free) in seen.iter().enumerate() {
                         if !free {
                             in_use.insert(s_mem + i * c.size as usize);
