@@ -675,3 +675,13 @@ fn kmalloc_node_uses_the_named_node() {
     k.kmem_cache_shrink_all().unwrap();
     assert_eq!(k.slab_pages(), (0, 0));
 }
+
+/// A CPU handle of one machine must not reach another machine's per-CPU arrays.
+#[test]
+#[should_panic(expected = "CPU handle of another machine")]
+fn cpu_handles_are_per_machine() {
+    let a = boot_mem(128, 1, "");
+    let b = boot_mem(128, 1, "");
+    let cpu_a = a.kernel.get_cpu_id(0).unwrap();
+    let _ = b.kernel.kmalloc(&cpu_a, 64, GFP_KERNEL);
+}

@@ -531,6 +531,16 @@ impl Kernel {
         self.slab_alloc(cpu, c, gfp, Caller::here())
     }
 
+    /// The per-CPU arrays are only exclusive for a handle of this machine: a handle of another
+    /// `Kernel` would alias them, so that is a bug we refuse to continue past.
+    #[inline]
+    fn check_cpu(&self, cpu: &CpuGuard<'_>) {
+        assert!(
+            core::ptr::eq(cpu.kernel, self),
+            "BUG: a CPU handle of another machine was used"
+        );
+    }
+
     #[inline]
     pub(crate) fn slab_alloc(
         &self,
@@ -539,6 +549,7 @@ impl Kernel {
         gfp: Gfp,
         caller: Caller,
     ) -> Option<NonNull<u8>> {
+        self.check_cpu(cpu);
         let ac = c.cpu_ac(cpu);
         let objp = if ac.avail > 0 {
             ac.touched = true;
@@ -1007,6 +1018,7 @@ impl Kernel {
         } else {
             addr
         };
+        self.check_cpu(cpu);
         let ac = c.cpu_ac(cpu);
         if ac.avail < ac.limit {
             // SAFETY: `avail < limit == entry.len()`.
@@ -1118,6 +1130,7 @@ impl Kernel {
     /// the shared array and free some free slabs (`drain_freelist`). The simulator calls this
     /// about every 2 s on every CPU, as Linux's delayed work does.
     pub fn cache_reap(&self, cpu: &CpuGuard<'_>) {
+        self.check_cpu(cpu);
         let node = cpu.node();
         let now = self.platform().now_ns();
         for c in self.live_caches() {
