@@ -505,11 +505,11 @@ fn cache_reap_drains_untouched_arrays() {
         for p in v {
             k.kmem_cache_free(cpu, id, p);
         }
-        let before = k.kmem_cache(id).unwrap().array_of(cpu).avail;
+        let before = k.kmem_cache_cpu_avail(cpu, id).unwrap();
         assert!(before > 0);
         k.cache_reap(cpu); // clears `touched`
         k.cache_reap(cpu); // gives back a fifth of the limit
-        let after = k.kmem_cache(id).unwrap().array_of(cpu).avail;
+        let after = k.kmem_cache_cpu_avail(cpu, id).unwrap();
         assert!(after < before, "{before} -> {after}");
     });
     k.check_slab_invariants().unwrap();

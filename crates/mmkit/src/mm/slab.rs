@@ -251,10 +251,13 @@ impl KmemCache {
     #[inline]
     #[allow(clippy::mut_from_ref)] // exclusive through the CPU handle; see the SAFETY note
     fn cpu_ac(&self, cpu: &CpuGuard<'_>) -> &mut ArrayCache {
-        // SAFETY: `cpu` is the exclusive handle on this CPU and is not `Send`; only its holder
-        // reaches `cpu_cache[cpu.id()]`, and no caller keeps the reference across a call that
-        // could reach the same array (see the module doc).
-        unsafe { &mut *self.cpu_cache[cpu.id()].0.get() }
+        // SAFETY: `cpu` is the exclusive handle on this CPU of this cache's machine (the
+        // kernel's entry points check that: `check_cpu`, and internal callers take handles
+        // from the same kernel) and is not `Send`; only its holder reaches
+        // `cpu_cache[cpu.id()]`, and no caller keeps the reference across a call that could
+        // reach the same array. `cpu_cache` has one slot per CPU of the machine, and a
+        // handle's id is below that count, so the index is in range.
+        unsafe { &mut *self.cpu_cache.get_unchecked(cpu.id()).0.get() }
     }
 
     /// Index of the object at `off` bytes from `s_mem` (`obj_to_index`, via a reciprocal).
@@ -263,8 +266,8 @@ impl KmemCache {
         (off * self.reciprocal) >> 32
     }
 
-    /// This CPU's array cache (for inspection and the invariant checker).
-    pub fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
+    /// This CPU's array cache (for the invariant checker; the handle must be this machine's).
+    pub(crate) fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
         self.cpu_ac(cpu)
     }
 
@@ -293,6 +296,12 @@ impl Kernel {
         // dropped before the kernel (destroyed caches stay allocated, marked dead).
         let c = unsafe { p.as_ref()? };
         (!c.dead.load(Relaxed)).then_some(c)
+    }
+
+    /// Objects in `cpu`'s array cache of `id` (`ac->avail`), for inspection.
+    pub fn kmem_cache_cpu_avail(&self, cpu: &CpuGuard<'_>, id: CacheId) -> Option<u32> {
+        self.check_cpu(cpu);
+        Some(self.cache(id)?.cpu_ac(cpu).avail)
     }
 
     /// The cache behind a handle, for inspection (`None` once destroyed).
