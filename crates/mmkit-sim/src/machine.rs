@@ -163,6 +163,33 @@ impl Machine {
         }
     }
 
+    /// Run `f` on every CPU at once, one host thread bound to each, and collect the results
+    /// in CPU order.
+    pub fn on_all_cpus<R: Send>(
+        &self,
+        f: impl Fn(&Kernel, &mmkit::CpuGuard<'_>) -> anyhow::Result<R> + Sync,
+    ) -> anyhow::Result<Vec<R>> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.kernel.nr_cpus())
+                .map(|c| {
+                    s.spawn(move || {
+                        bind_cpu(c);
+                        let cpu = self.kernel.get_cpu();
+                        f(&self.kernel, &cpu)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a CPU thread panicked"))?
+                })
+                .collect()
+        })
+    }
+
     /// Run `f` on simulated CPU `cpu` in the calling thread.
     pub fn on_cpu<R>(&self, cpu: usize, f: impl FnOnce(&mmkit::CpuGuard<'_>) -> R) -> R {
         bind_cpu(cpu);

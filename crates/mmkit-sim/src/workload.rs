@@ -2,7 +2,7 @@
 //! mixed orders, zones and migrate types, each block filled with a pattern unique to it and
 //! checked byte for byte when it is freed.
 
-use crate::machine::{bind_cpu, Machine};
+use crate::machine::Machine;
 use anyhow::{bail, Result};
 use mmkit::gfp::{Gfp, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
 use mmkit::{CpuGuard, Kernel, Page};
@@ -197,44 +197,10 @@ pub fn run_kmalloc_all_cpus(
     max_live: usize,
     seed: u64,
 ) -> Result<Vec<CpuReport>> {
-    let n = m.kernel.nr_cpus();
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..n)
-            .map(|c| {
-                s.spawn(move || {
-                    bind_cpu(c);
-                    let g = m.kernel.get_cpu();
-                    run_kmalloc_on_cpu(&m.kernel, &g, ops, max_live, seed, &|c| m.tick(c))
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("a CPU thread panicked"))?
-            })
-            .collect()
-    })
+    m.on_all_cpus(|k, cpu| run_kmalloc_on_cpu(k, cpu, ops, max_live, seed, &|c| m.tick(c)))
 }
 
-/// Run the workload on every CPU of `m` at once, one host thread per CPU.
+/// Run the page workload on every CPU of `m` at once, one host thread per CPU.
 pub fn run_all_cpus(m: &Machine, ops: usize, max_live: usize, seed: u64) -> Result<Vec<CpuReport>> {
-    let n = m.kernel.nr_cpus();
-    std::thread::scope(|s| {
-        let hs: Vec<_> = (0..n)
-            .map(|c| {
-                s.spawn(move || {
-                    bind_cpu(c);
-                    let g = m.kernel.get_cpu();
-                    run_on_cpu(&m.kernel, &g, ops, max_live, seed, &|c| m.tick(c))
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("a CPU thread panicked"))?
-            })
-            .collect()
-    })
+    m.on_all_cpus(|k, cpu| run_on_cpu(k, cpu, ops, max_live, seed, &|c| m.tick(c)))
 }

@@ -568,6 +568,19 @@ impl Kernel {
         } else {
             self.cache_alloc_refill(cpu, c, gfp)?
         };
+        self.slab_post_alloc(c, objp, gfp, caller)
+    }
+
+    /// `slab_post_alloc_hook` + `cache_alloc_debugcheck_after`: debug checks, `__GFP_ZERO`,
+    /// and the caller's pointer.
+    #[inline]
+    fn slab_post_alloc(
+        &self,
+        c: &KmemCache,
+        objp: usize,
+        gfp: Gfp,
+        caller: Caller,
+    ) -> Option<NonNull<u8>> {
         let obj = if c.debug() {
             slab_debug::alloc_debugcheck_after(self, c, objp, caller)
         } else {
@@ -632,16 +645,7 @@ impl Kernel {
                 obj
             }
         };
-        let obj = if c.debug() {
-            slab_debug::alloc_debugcheck_after(self, c, objp, caller)
-        } else {
-            objp
-        };
-        if gfp.contains(Gfp::__GFP_ZERO) {
-            // SAFETY: a whole object in a slab we own, just handed to this caller.
-            unsafe { core::ptr::write_bytes(obj as *mut u8, 0, c.object_size as usize) };
-        }
-        NonNull::new(obj as *mut u8)
+        self.slab_post_alloc(c, objp, gfp, caller)
     }
 
     /// `kmem_cache_alloc_node`.
