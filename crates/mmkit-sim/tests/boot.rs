@@ -273,3 +273,21 @@ fn big_numa_machine() {
     // CPUs are spread over nodes.
     assert_eq!(m.on_cpu(3, |cpu| cpu.node()), 3);
 }
+
+/// The kernel log is a ring: old lines go, the count of lines ever logged goes on.
+#[test]
+fn kernel_log_is_a_bounded_ring() {
+    let m = common::boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let (_, start) = k.dmesg_since(0);
+    for i in 0..mmkit::LOG_LINES + 10 {
+        k.printk(&format!("line {i}"));
+    }
+    let log = k.dmesg();
+    assert_eq!(log.len(), mmkit::LOG_LINES);
+    assert!(log[0].ends_with("] line 10"), "{}", log[0]);
+    let (tail, next) = k.dmesg_since(start + mmkit::LOG_LINES as u64 + 8);
+    assert_eq!(tail.len(), 2);
+    assert!(tail[1].ends_with(&format!("line {}", mmkit::LOG_LINES + 9)));
+    assert_eq!(next, start + mmkit::LOG_LINES as u64 + 10);
+}

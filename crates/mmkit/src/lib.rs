@@ -40,6 +40,17 @@ use mm::mmzone::{NumaDistance, PglistData};
 use mm::page::MemMap;
 use sync::{PerCpu, SpinLock};
 
+/// Lines the kernel log ring keeps.
+pub const LOG_LINES: usize = 16384;
+
+/// The kernel log ring.
+#[derive(Default)]
+pub(crate) struct LogBuf {
+    lines: alloc::collections::VecDeque<String>,
+    /// Lines ever logged.
+    seq: u64,
+}
+
 /// One machine's memory-management state.
 pub struct Kernel {
     platform: Box<dyn Platform>,
@@ -59,7 +70,7 @@ pub struct Kernel {
     pub boot: BootInfo,
     pub(crate) tunables: SpinLock<mm::mmzone::WmarkTunables>,
     pub(crate) min_free_kbytes: AtomicU64,
-    log: SpinLock<Vec<String>>,
+    log: SpinLock<LogBuf>,
     pub(crate) bad_pages: AtomicU64,
     pub(crate) slab: mm::slab::SlabState,
     pub(crate) slab_reports: AtomicU64,
@@ -73,7 +84,8 @@ unsafe impl Send for Kernel {}
 unsafe impl Sync for Kernel {}
 
 impl Kernel {
-    /// `printk`: append a line to the kernel log with a `[    s.micros]` timestamp.
+    /// `printk`: append a line to the kernel log with a `[    s.micros]` timestamp. The log
+    /// is a ring of `LOG_LINES` lines, like Linux's `log_buf`: the oldest lines go first.
     pub fn printk(&self, line: &str) {
         let ns = self.platform.now_ns();
         let s = alloc::format!(
@@ -82,17 +94,26 @@ impl Kernel {
             (ns / 1000) % 1_000_000,
             line
         );
-        self.log.lock().push(s);
+        let mut log = self.log.lock();
+        if log.lines.len() == LOG_LINES {
+            log.lines.pop_front();
+        }
+        log.lines.push_back(s);
+        log.seq += 1;
     }
 
-    /// The kernel log so far (`dmesg`).
+    /// The kernel log still in the ring (`dmesg`).
     pub fn dmesg(&self) -> Vec<String> {
-        self.log.lock().clone()
+        self.log.lock().lines.iter().cloned().collect()
     }
 
-    /// Lines logged from index `from` on (for following the log).
-    pub fn dmesg_since(&self, from: usize) -> Vec<String> {
-        self.log.lock().iter().skip(from).cloned().collect()
+    /// Lines with sequence number `from` and later that are still in the ring, and the next
+    /// sequence number (for following the log: pass it back as `from`).
+    pub fn dmesg_since(&self, from: u64) -> (Vec<String>, u64) {
+        let log = self.log.lock();
+        let first = log.seq - log.lines.len() as u64;
+        let skip = from.saturating_sub(first) as usize;
+        (log.lines.iter().skip(skip).cloned().collect(), log.seq)
     }
 
     /// Number of bad-page reports so far.

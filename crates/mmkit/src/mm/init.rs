@@ -585,7 +585,7 @@ impl Kernel {
             boot,
             tunables: SpinLock::new(config.wmark.clone()),
             min_free_kbytes: AtomicU64::new(0),
-            log: SpinLock::new(Vec::new()),
+            log: SpinLock::new(crate::LogBuf::default()),
             bad_pages: AtomicU64::new(0),
             slab: crate::mm::slab::SlabState::new(),
             slab_reports: AtomicU64::new(0),
