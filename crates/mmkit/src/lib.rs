@@ -74,6 +74,8 @@ pub struct Kernel {
     pub(crate) bad_pages: AtomicU64,
     pub(crate) slab: mm::slab::SlabState,
     pub(crate) slab_reports: AtomicU64,
+    pub(crate) tlbs: arch::x86_64::tlb::Tlbs,
+    pub(crate) next_ctx_id: AtomicU64,
 }
 
 // SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through

@@ -589,6 +589,8 @@ impl Kernel {
             bad_pages: AtomicU64::new(0),
             slab: crate::mm::slab::SlabState::new(),
             slab_reports: AtomicU64::new(0),
+            tlbs: crate::arch::x86_64::tlb::Tlbs::new(nr_cpus),
+            next_ctx_id: AtomicU64::new(0),
         };
         for l in log {
             k.printk(&l);

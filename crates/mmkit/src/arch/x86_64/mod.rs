@@ -1,3 +1,5 @@
-//! x86-64 specifics: the e820 map and the virtual memory layout.
+//! x86-64 specifics: the e820 map, the virtual memory layout, page tables and the MMU/TLB.
 pub mod e820;
 pub mod layout;
+pub mod pgtable;
+pub mod tlb;

@@ -115,8 +115,8 @@ pub fn meminfo(k: &Kernel) -> String {
     kb(&mut s, "SReclaimable:   ", rec);
     kb(&mut s, "SUnreclaim:     ", unrec);
     kb_raw(&mut s, "KernelStack:    ", 0);
+    kb(&mut s, "PageTables:     ", k.page_table_pages());
     for l in [
-        "PageTables:     ",
         "SecPageTables:  ",
         "NFS_Unstable:   ",
         "Bounce:         ",

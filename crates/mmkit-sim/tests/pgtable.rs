@@ -1,0 +1,246 @@
+//! Page tables, the software MMU and per-CPU TLBs: translations carry real bytes, Accessed
+//! and Dirty are set as hardware sets them, faults carry x86 error codes, a missing TLB flush
+//! is observable as a stale translation, and tables are freed when their range is empty.
+
+mod common;
+use common::boot_mem;
+use mmkit::arch::x86_64::pgtable::{
+    Pte, PteFlags, PAGE_KERNEL, PAGE_NONE, PAGE_READONLY, PAGE_READONLY_EXEC, PAGE_SHARED,
+    PROTECTION_MAP,
+};
+use mmkit::arch::x86_64::tlb::{Access, X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE};
+use mmkit::fs::proc::buddyinfo::buddyinfo;
+use mmkit::gfp::GFP_KERNEL;
+use mmkit::{Kernel, Page, Pfn};
+
+fn pfn(k: &Kernel, p: &Page) -> u64 {
+    k.page_to_pfn(p).0
+}
+
+/// Write through a virtual address: translate, then write the physical page.
+fn write_va(
+    k: &Kernel,
+    cpu: &mmkit::CpuGuard<'_>,
+    pt: &mmkit::arch::x86_64::pgtable::PgTable,
+    va: u64,
+    bytes: &[u8],
+) {
+    let pa = k.mmu_translate(cpu, pt, va, Access::USER_WRITE).unwrap();
+    let page = k.pfn_to_page(Pfn(pa >> 12)).unwrap();
+    k.write_page(page, (pa & 0xfff) as usize, bytes).unwrap();
+}
+
+fn read_va(
+    k: &Kernel,
+    cpu: &mmkit::CpuGuard<'_>,
+    pt: &mmkit::arch::x86_64::pgtable::PgTable,
+    va: u64,
+    n: usize,
+) -> Vec<u8> {
+    let pa = k.mmu_translate(cpu, pt, va, Access::USER_READ).unwrap();
+    let page = k.pfn_to_page(Pfn(pa >> 12)).unwrap();
+    let mut buf = vec![0; n];
+    k.read_page(page, (pa & 0xfff) as usize, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn translations_carry_bytes_and_set_accessed_dirty() {
+    let m = boot_mem(256, 2, "");
+    let k = &m.kernel;
+    let cpu0 = k.get_cpu_id(0).unwrap();
+    let pt = k.pgd_alloc(&cpu0, true).unwrap();
+    let data = k.alloc_page(&cpu0, GFP_KERNEL).unwrap();
+    let va = 0x7f12_3456_7000;
+    // Linux's protection values include _PAGE_ACCESSED; start from an old entry to watch the
+    // MMU set it.
+    k.set_pte_at(&cpu0, &pt, va, Pte::new(pfn(k, data), PAGE_SHARED).mkold())
+        .unwrap();
+    assert_eq!(k.page_table_pages(), 4, "PGD, PUD, PMD and PTE tables");
+    let pte = k.pte_lookup(&pt, va).unwrap();
+    assert!(!pte.young() && !pte.dirty());
+    assert_eq!(read_va(k, &cpu0, &pt, va + 0x10, 4), vec![0; 4]);
+    assert!(k.pte_lookup(&pt, va).unwrap().young() && !k.pte_lookup(&pt, va).unwrap().dirty());
+    write_va(k, &cpu0, &pt, va + 0x10, b"mmkit");
+    assert!(k.pte_lookup(&pt, va).unwrap().dirty(), "a write sets Dirty");
+    // Another CPU, another TLB, the same bytes.
+    drop(cpu0);
+    let cpu1 = k.get_cpu_id(1).unwrap();
+    assert_eq!(read_va(k, &cpu1, &pt, va + 0x10, 5), b"mmkit");
+    let mut direct = [0u8; 5];
+    k.read_page(data, 0x10, &mut direct).unwrap();
+    assert_eq!(&direct, b"mmkit");
+    // Hits after the first walk.
+    let (h0, _) = k.tlb_stats(&cpu1);
+    read_va(k, &cpu1, &pt, va, 1);
+    assert_eq!(k.tlb_stats(&cpu1).0, h0 + 1);
+    k.pte_clear(&pt, va).unwrap();
+    k.flush_tlb_mm(&pt);
+    assert_eq!(k.free_pgd_range(&cpu1, &pt, 0, 0x0000_8000_0000_0000), 3);
+    k.pgd_free(&cpu1, pt).map_err(|e| e.0).unwrap();
+    assert_eq!(k.page_table_pages(), 0);
+    k.__free_pages(&cpu1, data, 0);
+}
+
+#[test]
+fn faults_carry_x86_error_codes() {
+    let m = boot_mem(256, 1, "");
+    let k = &m.kernel;
+    let cpu = k.get_cpu_id(0).unwrap();
+    let pt = k.pgd_alloc(&cpu, true).unwrap();
+    let page = k.alloc_page(&cpu, GFP_KERNEL).unwrap();
+    let p = pfn(k, page);
+    let (ro, rx, kern, none) = (0x40_0000u64, 0x40_1000u64, 0x40_2000u64, 0x40_3000u64);
+    k.set_pte_at(&cpu, &pt, ro, Pte::new(p, PAGE_READONLY))
+        .unwrap();
+    k.set_pte_at(&cpu, &pt, rx, Pte::new(p, PAGE_READONLY_EXEC))
+        .unwrap();
+    k.set_pte_at(&cpu, &pt, kern, Pte::new(p, PAGE_KERNEL))
+        .unwrap();
+    k.set_pte_at(&cpu, &pt, none, Pte::new(p, PAGE_NONE))
+        .unwrap();
+    let code = |va, a| k.mmu_translate(&cpu, &pt, va, a).unwrap_err().error_code;
+    assert_eq!(
+        code(0x50_0000, Access::USER_READ),
+        X86_PF_USER,
+        "not present"
+    );
+    assert_eq!(
+        code(0x50_0000, Access::USER_WRITE),
+        X86_PF_USER | X86_PF_WRITE
+    );
+    assert_eq!(
+        code(ro, Access::USER_WRITE),
+        X86_PF_PROT | X86_PF_WRITE | X86_PF_USER
+    );
+    assert_eq!(
+        code(ro, Access::USER_EXEC),
+        X86_PF_PROT | X86_PF_USER | X86_PF_INSTR,
+        "NX"
+    );
+    assert!(k.mmu_translate(&cpu, &pt, rx, Access::USER_EXEC).is_ok());
+    assert_eq!(
+        code(kern, Access::USER_READ),
+        X86_PF_PROT | X86_PF_USER,
+        "user access to a kernel page"
+    );
+    assert!(k
+        .mmu_translate(&cpu, &pt, kern, Access::KERNEL_WRITE)
+        .is_ok());
+    assert_eq!(
+        code(none, Access::USER_READ),
+        X86_PF_USER,
+        "PROT_NONE is not present to the MMU"
+    );
+    assert_eq!(
+        code(0x8000_0000_0000, Access::USER_READ),
+        X86_PF_USER,
+        "non-canonical"
+    );
+    assert!(k
+        .set_pte_at(&cpu, &pt, 0x8000_0000_0000, Pte::new(p, PAGE_SHARED))
+        .is_err());
+    // A cached read-only entry still faults on write (the TLB checks permissions).
+    assert!(k.mmu_translate(&cpu, &pt, ro, Access::USER_READ).is_ok());
+    assert_eq!(
+        code(ro, Access::USER_WRITE),
+        X86_PF_PROT | X86_PF_WRITE | X86_PF_USER
+    );
+    // protection_map: private writable mappings start read-only (copy-on-write).
+    assert!(!Pte::new(1, PROTECTION_MAP[0b0011]).writable());
+    assert!(Pte::new(1, PROTECTION_MAP[0b1011]).writable());
+    for va in [ro, rx, kern, none] {
+        k.pte_clear(&pt, va);
+    }
+    k.flush_tlb_mm(&pt);
+    k.pgd_free(&cpu, pt).map_err(|e| e.0).unwrap();
+    k.__free_pages(&cpu, page, 0);
+}
+
+/// Without a flush, a CPU keeps using what its TLB cached; the flush reaches every CPU.
+#[test]
+fn a_missing_tlb_flush_leaves_stale_translations() {
+    let m = boot_mem(256, 2, "");
+    let k = &m.kernel;
+    let va = 0x1000_0000u64;
+    let (pt, a, b) = m.on_cpu(0, |cpu| {
+        let pt = k.pgd_alloc(cpu, true).unwrap();
+        let a = k.alloc_page(cpu, GFP_KERNEL).unwrap();
+        let b = k.alloc_page(cpu, GFP_KERNEL).unwrap();
+        k.write_page(a, 0, b"page A").unwrap();
+        k.write_page(b, 0, b"page B").unwrap();
+        k.set_pte_at(cpu, &pt, va, Pte::new(pfn(k, a), PAGE_SHARED))
+            .unwrap();
+        assert_eq!(read_va(k, cpu, &pt, va, 6), b"page A");
+        // Remap to B without flushing: this CPU still reads A.
+        k.set_pte_at(cpu, &pt, va, Pte::new(pfn(k, b), PAGE_SHARED))
+            .unwrap();
+        assert_eq!(read_va(k, cpu, &pt, va, 6), b"page A", "stale translation");
+        (pt, a, b)
+    });
+    // A CPU that never cached it sees B.
+    m.on_cpu(1, |cpu| assert_eq!(read_va(k, cpu, &pt, va, 6), b"page B"));
+    k.flush_tlb_range(&pt, va, va + 4096);
+    m.on_cpu(0, |cpu| {
+        assert_eq!(
+            read_va(k, cpu, &pt, va, 6),
+            b"page B",
+            "the flush reached CPU 0"
+        );
+        // Unmap without flushing: still translates; after the flush, it faults.
+        k.pte_clear(&pt, va).unwrap();
+        assert!(
+            k.mmu_translate(cpu, &pt, va, Access::USER_READ).is_ok(),
+            "stale after unmap"
+        );
+        k.flush_tlb_range(&pt, va, va + 4096);
+        assert!(k.mmu_translate(cpu, &pt, va, Access::USER_READ).is_err());
+        k.pgd_free(cpu, pt).map_err(|e| e.0).unwrap();
+        k.__free_pages(cpu, a, 0);
+        k.__free_pages(cpu, b, 0);
+    });
+}
+
+/// Many mappings across the address space; unmapping them and freeing the page tables gives
+/// every page back.
+#[test]
+fn page_tables_are_freed_with_their_range() {
+    let m = boot_mem(256, 1, "");
+    let k = &m.kernel;
+    let boot = buddyinfo(k);
+    m.on_cpu(0, |cpu| {
+        let pt = k.pgd_alloc(cpu, true).unwrap();
+        let page = k.alloc_page(cpu, GFP_KERNEL).unwrap();
+        let vas: Vec<u64> = (0..300u64)
+            .map(|i| 0x10_0000 + i * 0x20_1000 + (i % 7) * (1 << 39))
+            .collect();
+        for &va in &vas {
+            k.set_pte_at(cpu, &pt, va, Pte::new(pfn(k, page), PAGE_READONLY))
+                .unwrap();
+        }
+        assert!(k.page_table_pages() > 300);
+        // Refuses to free while anything is mapped.
+        let pt = match k.pgd_free(cpu, pt) {
+            Err((e, pt)) => {
+                assert_eq!(e, mmkit::Errno::EBUSY);
+                pt
+            }
+            Ok(()) => panic!("pgd_free with live PTEs"),
+        };
+        for &va in &vas {
+            assert!(k
+                .pte_lookup(&pt, va)
+                .unwrap()
+                .flags()
+                .contains(PteFlags::PRESENT));
+            k.pte_clear(&pt, va).unwrap();
+        }
+        k.flush_tlb_mm(&pt);
+        k.pgd_free(cpu, pt).map_err(|e| e.0).unwrap();
+        assert_eq!(k.page_table_pages(), 0);
+        k.__free_pages(cpu, page, 0);
+        k.drain_all_pages(cpu);
+    });
+    k.check_invariants().unwrap();
+    assert_eq!(buddyinfo(k), boot);
+}

@@ -1,0 +1,286 @@
+//! The software MMU and per-CPU TLBs (`arch/x86/mm/tlb.c`: `flush_tlb_mm_range`,
+//! `flush_tlb_kernel_range`, the `tlb_gen` protocol; `arch/x86/mm/fault.c`'s error codes).
+//!
+//! Each CPU has a small TLB of translations tagged with the address space's `ctx_id`. A flush
+//! bumps the address space's `tlb_gen`; a CPU compares the generation it last synced for that
+//! address space with the current one before using any of its entries and drops them when it
+//! is behind — the generation scheme x86 Linux has used since 4.14, which flushes every CPU
+//! without interrupting any. Until a flush, a CPU keeps using what it cached, so a missing
+//! flush is a real, observable bug (stale translations), as on hardware.
+//!
+//! A miss walks the four levels with atomic loads, checks present/write/user/NX at every
+//! level, sets Accessed on every entry it uses and Dirty on the PTE for a write (as the
+//! hardware walker does), and raises [`PageFault`] with the hardware error code.
+
+use crate::arch::x86_64::pgtable::{table_index, PgTable, Pte, PteFlags, PTE_PFN_MASK};
+use crate::cpu::CpuGuard;
+use crate::sync::{CachePadded, PerCpu};
+use crate::Kernel;
+use core::cell::UnsafeCell;
+use core::sync::atomic::Ordering;
+
+/// TLB entries per CPU (direct mapped by virtual page number).
+pub const TLB_ENTRIES: usize = 64;
+/// Address spaces whose generation a CPU remembers at once.
+const TLB_CONTEXTS: usize = 8;
+
+/// `X86_PF_PROT`: the page was present (a protection violation, not a miss).
+pub const X86_PF_PROT: u32 = 1 << 0;
+/// `X86_PF_WRITE`.
+pub const X86_PF_WRITE: u32 = 1 << 1;
+/// `X86_PF_USER`.
+pub const X86_PF_USER: u32 = 1 << 2;
+/// `X86_PF_INSTR`.
+pub const X86_PF_INSTR: u32 = 1 << 4;
+
+/// What kind of access the MMU is asked to translate.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub struct Access {
+    /// A write.
+    pub write: bool,
+    /// From user mode.
+    pub user: bool,
+    /// An instruction fetch.
+    pub exec: bool,
+}
+
+impl Access {
+    /// A user-mode read.
+    pub const USER_READ: Access = Access {
+        write: false,
+        user: true,
+        exec: false,
+    };
+    /// A user-mode write.
+    pub const USER_WRITE: Access = Access {
+        write: true,
+        user: true,
+        exec: false,
+    };
+    /// A user-mode instruction fetch.
+    pub const USER_EXEC: Access = Access {
+        write: false,
+        user: true,
+        exec: true,
+    };
+    /// A kernel read.
+    pub const KERNEL_READ: Access = Access {
+        write: false,
+        user: false,
+        exec: false,
+    };
+    /// A kernel write.
+    pub const KERNEL_WRITE: Access = Access {
+        write: true,
+        user: false,
+        exec: false,
+    };
+
+    fn error_code(self, present: bool) -> u32 {
+        let bit = |on: bool, b: u32| if on { b } else { 0 };
+        bit(present, X86_PF_PROT)
+            | bit(self.write, X86_PF_WRITE)
+            | bit(self.user, X86_PF_USER)
+            | bit(self.exec, X86_PF_INSTR)
+    }
+}
+
+/// A page fault: the faulting address (`cr2`) and the hardware error code.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub struct PageFault {
+    /// The faulting virtual address.
+    pub address: u64,
+    /// `X86_PF_*` bits.
+    pub error_code: u32,
+}
+
+#[derive(Copy, Clone, Default)]
+struct TlbEntry {
+    ctx: u64,
+    vpn: u64,
+    pte: u64,
+}
+
+/// One CPU's TLB.
+pub struct Tlb {
+    entries: [TlbEntry; TLB_ENTRIES],
+    gens: [(u64, u64); TLB_CONTEXTS],
+    next_gen_slot: usize,
+    /// Translations served from the TLB.
+    pub hits: u64,
+    /// Translations that walked the tables.
+    pub misses: u64,
+}
+
+impl Tlb {
+    fn new() -> Self {
+        Self {
+            entries: [TlbEntry::default(); TLB_ENTRIES],
+            gens: [(0, 0); TLB_CONTEXTS],
+            next_gen_slot: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// `switch_mm_irqs_off`'s generation check: drop this address space's entries if a flush
+    /// happened since we last synced.
+    #[inline]
+    fn sync(&mut self, pt: &PgTable) {
+        let gen = pt.tlb_gen.load(Ordering::Acquire);
+        if let Some(slot) = self.gens.iter_mut().find(|(c, _)| *c == pt.ctx_id) {
+            if slot.1 == gen {
+                return;
+            }
+            slot.1 = gen;
+        } else {
+            // A context we do not track: forget its entries and start tracking it.
+            self.gens[self.next_gen_slot] = (pt.ctx_id, gen);
+            self.next_gen_slot = (self.next_gen_slot + 1) % TLB_CONTEXTS;
+        }
+        for e in self.entries.iter_mut().filter(|e| e.ctx == pt.ctx_id) {
+            *e = TlbEntry::default();
+        }
+        // Entries of contexts that fell out of `gens` can no longer be checked: drop them.
+        let tracked = self.gens;
+        for e in self.entries.iter_mut() {
+            if e.ctx != 0 && !tracked.iter().any(|(c, _)| *c == e.ctx) {
+                *e = TlbEntry::default();
+            }
+        }
+    }
+}
+
+/// The per-CPU TLBs, each touched only by the holder of that CPU's handle.
+pub struct Tlbs(PerCpu<CachePadded<UnsafeCell<Tlb>>>);
+
+// SAFETY: slot `c` is only accessed through a `CpuGuard` of CPU `c` of the owning kernel
+// (checked in `Kernel::tlb`), which is exclusive and not `Send`.
+unsafe impl Sync for Tlbs {}
+// SAFETY: the TLBs hold plain data.
+unsafe impl Send for Tlbs {}
+
+impl Tlbs {
+    pub(crate) fn new(nr_cpus: usize) -> Self {
+        Tlbs(PerCpu::new(nr_cpus, |_| {
+            CachePadded(UnsafeCell::new(Tlb::new()))
+        }))
+    }
+}
+
+impl Kernel {
+    #[inline]
+    #[allow(clippy::mut_from_ref)] // exclusive through the CPU handle; see the SAFETY note
+    fn tlb(&self, cpu: &CpuGuard<'_>) -> &mut Tlb {
+        assert!(
+            core::ptr::eq(cpu.kernel, self),
+            "BUG: a CPU handle of another machine was used"
+        );
+        // SAFETY: `cpu` is this machine's exclusive, non-`Send` handle on CPU `cpu.id()`; only
+        // its holder reaches this slot, and no caller keeps the reference across another call.
+        unsafe { &mut *self.tlbs.0.get(cpu.id()).0.get() }
+    }
+
+    /// This CPU's TLB hit and miss counts.
+    pub fn tlb_stats(&self, cpu: &CpuGuard<'_>) -> (u64, u64) {
+        let t = self.tlb(cpu);
+        (t.hits, t.misses)
+    }
+
+    /// The MMU: translate `va` in `pt` for `access` on this CPU, through its TLB; a miss walks
+    /// the tables (setting Accessed/Dirty). Returns the physical address or the fault.
+    pub fn mmu_translate(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        va: u64,
+        access: Access,
+    ) -> Result<u64, PageFault> {
+        let tlb = self.tlb(cpu);
+        tlb.sync(pt);
+        let vpn = va >> 12;
+        let e = &mut tlb.entries[vpn as usize % TLB_ENTRIES];
+        if e.ctx == pt.ctx_id && e.vpn == vpn {
+            let pte = Pte(e.pte);
+            let need_dirty = access.write && !pte.dirty();
+            if permitted(pte.0, access) && !need_dirty {
+                tlb.hits += 1;
+                return Ok((pte.0 & PTE_PFN_MASK) | (va & 0xfff));
+            }
+            // A write through a clean entry re-walks to set Dirty; a violation re-walks too
+            // (the CPU drops the entry on a fault).
+            *e = TlbEntry::default();
+        }
+        tlb.misses += 1;
+        let fault = |present| PageFault {
+            address: va,
+            error_code: access.error_code(present),
+        };
+        if !crate::arch::x86_64::pgtable::is_canonical(va) {
+            return Err(fault(false));
+        }
+        let mut table = pt.pgd;
+        let mut eff = u64::MAX; // intersection of RW/USER, union of NX, across levels
+        let mut nx = 0;
+        let mut slots = [None; 4];
+        for (level, slot_out) in slots.iter_mut().enumerate() {
+            let slot = self.table_entry(table, table_index(va, level));
+            let v = slot.load(Ordering::Acquire);
+            if v & PteFlags::PRESENT.bits() == 0 {
+                return Err(fault(false));
+            }
+            eff &= v | !(PteFlags::RW | PteFlags::USER).bits();
+            nx |= v & PteFlags::NX.bits();
+            *slot_out = Some(slot);
+            table = (v & PTE_PFN_MASK) >> 12;
+        }
+        let leaf = (eff & !PteFlags::NX.bits()) | nx;
+        if !permitted(leaf, access) {
+            return Err(fault(true));
+        }
+        // Set Accessed on every level, Dirty on the PTE for writes.
+        for s in slots.iter().flatten() {
+            s.fetch_or(PteFlags::ACCESSED.bits(), Ordering::AcqRel);
+        }
+        let pte_slot = slots[3].expect("four levels walked");
+        let mut pte = pte_slot.load(Ordering::Acquire);
+        if access.write {
+            pte = pte_slot.fetch_or(PteFlags::DIRTY.bits(), Ordering::AcqRel)
+                | PteFlags::DIRTY.bits();
+        }
+        let kept = (PteFlags::PRESENT | PteFlags::ACCESSED | PteFlags::DIRTY).bits();
+        let cached = (pte & (PTE_PFN_MASK | kept))
+            | (leaf & (PteFlags::RW | PteFlags::USER | PteFlags::NX).bits());
+        *e = TlbEntry {
+            ctx: pt.ctx_id,
+            vpn,
+            pte: cached,
+        };
+        Ok((pte & PTE_PFN_MASK) | (va & 0xfff))
+    }
+
+    /// `flush_tlb_mm_range` for the whole address space (`flush_tlb_mm`): every CPU drops its
+    /// entries for `pt` before its next translation in it.
+    pub fn flush_tlb_mm(&self, pt: &PgTable) {
+        pt.tlb_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `flush_tlb_range`. Like Linux above `tlb_single_page_flush_ceiling`, this flushes the
+    /// whole address space; the generation makes it reach every CPU.
+    pub fn flush_tlb_range(&self, pt: &PgTable, _start: u64, _end: u64) {
+        self.flush_tlb_mm(pt);
+    }
+
+    /// `flush_tlb_kernel_range`, for the kernel page tables.
+    pub fn flush_tlb_kernel_range(&self, kernel_pt: &PgTable, start: u64, end: u64) {
+        self.flush_tlb_range(kernel_pt, start, end);
+    }
+}
+
+#[inline]
+fn permitted(pte: u64, a: Access) -> bool {
+    let f = PteFlags::from_bits_truncate(pte);
+    (!a.write || f.contains(PteFlags::RW))
+        && (!a.user || f.contains(PteFlags::USER))
+        && (!a.exec || !f.contains(PteFlags::NX))
+}
