@@ -76,6 +76,8 @@ pub struct Kernel {
     pub(crate) slab_reports: AtomicU64,
     pub(crate) tlbs: arch::x86_64::tlb::Tlbs,
     pub(crate) next_ctx_id: AtomicU64,
+    pub(crate) vmap: SpinLock<mm::vmalloc::VmapState>,
+    pub(crate) init_mm: Option<arch::x86_64::pgtable::PgTable>,
 }
 
 // SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through

@@ -591,6 +591,8 @@ impl Kernel {
             slab_reports: AtomicU64::new(0),
             tlbs: crate::arch::x86_64::tlb::Tlbs::new(nr_cpus),
             next_ctx_id: AtomicU64::new(0),
+            vmap: SpinLock::new(crate::mm::vmalloc::VmapState::new()),
+            init_mm: None,
         };
         for l in log {
             k.printk(&l);
@@ -608,6 +610,17 @@ impl Kernel {
 
         // init_per_zone_wmark_min.
         k.init_per_zone_wmark_min();
+
+        // The kernel page tables (init_mm), for vmalloc.
+        let init_mm = {
+            let cpu = k
+                .get_cpu_id(0)
+                .map_err(|e| BootError::Machine(format!("CPU 0: {e}")))?;
+            k.pgd_alloc(&cpu, false).map_err(|_| {
+                BootError::Machine(String::from("no memory for the kernel page tables"))
+            })?
+        };
+        k.init_mm = Some(init_mm);
 
         // kmem_cache_init: the kmalloc caches.
         k.slab.debug_all.store(k.config.slab_debug, Relaxed);

@@ -131,7 +131,7 @@ pub fn meminfo(k: &Kernel) -> String {
         "VmallocTotal:   ",
         (VMALLOC_END - VMALLOC_START) >> 10,
     );
-    kb(&mut s, "VmallocUsed:    ", 0);
+    kb(&mut s, "VmallocUsed:    ", k.vmalloc_nr_pages());
     kb(&mut s, "VmallocChunk:   ", 0);
     kb(&mut s, "Percpu:         ", 0);
     for l in [

@@ -23,5 +23,6 @@ pub fn proc_files(k: &Kernel) -> Vec<(&'static str, String)> {
         ("vmstat", vmstat::vmstat(k)),
         ("iomem", iomem::iomem(k)),
         ("slabinfo", k.proc_slabinfo()),
+        ("vmallocinfo", k.proc_vmallocinfo()),
     ]
 }
