@@ -22,7 +22,8 @@ use mmkit_sim::{Machine, MachineSpec};
 ///     boundary, then data 2544K + init 3728K at the next, then bss 1168K: it ends at
 ///     0x3744000, so [0x1000, 0x3744) = 10052 pages -> 862869.
 ///   Normal: mem_map, allocated top-down from memblock: 64 sections with RAM, each
-///     32768 pages x 40 bytes = 1.25 MiB -> 20480 pages -> 1173504.
+///     32768 pages x 40 bytes = 1.25 MiB -> 20480 pages; and the kernel's PGD
+///     (init_top_pgt), one page -> 1193984 - 20481 = 1173503.
 #[test]
 fn default_machine_zone_figures() {
     let m = Machine::boot(&MachineSpec::default()).unwrap();
@@ -42,7 +43,7 @@ fn default_machine_zone_figures() {
     assert_eq!(fig(ZoneType::Dma32), (0x1000, 1_044_480, 872_921, 862_869));
     assert_eq!(
         fig(ZoneType::Normal),
-        (0x100000, 1_193_984, 1_193_984, 1_173_504)
+        (0x100000, 1_193_984, 1_193_984, 1_173_503)
     );
     assert!(!n.zone(ZoneType::Movable).populated());
     assert_eq!(k.boot.max_pfn, 0x223800);
@@ -56,7 +57,7 @@ fn default_machine_zone_figures() {
         k.boot.physpages
     );
     // Every managed page is free right after boot.
-    assert_eq!(k.global_free_pages(), 3840 + 862_869 + 1_173_504);
+    assert_eq!(k.global_free_pages(), 3840 + 862_869 + 1_173_503);
     k.check_invariants().unwrap();
 
     let log = k.dmesg().join("\n");
@@ -83,7 +84,7 @@ fn default_machine_zone_figures() {
 fn watermarks_follow_linux_formulas() {
     let m = Machine::boot(&MachineSpec::default()).unwrap();
     let k = &m.kernel;
-    let managed = 3840u64 + 862_869 + 1_173_504;
+    let managed = 3840u64 + 862_869 + 1_173_503;
     let mfk = mmkit::addr::int_sqrt(managed * 4 * 16);
     assert_eq!(k.min_free_kbytes(), mfk);
     let pages_min = mfk / 4;
@@ -99,7 +100,7 @@ fn watermarks_follow_linux_formulas() {
     let dma = k.nodes[0].zone(ZoneType::Dma);
     assert_eq!(
         dma.lowmem_reserve[2].load(std::sync::atomic::Ordering::Relaxed),
-        (862_869 + 1_173_504) / 256
+        (862_869 + 1_173_503) / 256
     );
     // A sysctl write recomputes them.
     k.set_min_free_kbytes(65536).unwrap();

@@ -240,7 +240,7 @@ fn random_vmalloc_sequences_keep_invariants() {
     // Kernel page tables for the vmalloc area stay (as in Linux); everything else came back.
     assert_eq!(
         k.global_free_pages() + k.page_table_pages(),
-        free0 + 1,
-        "only page tables are held (the PGD since boot)"
+        free0,
+        "only the vmalloc page tables are held"
     );
 }

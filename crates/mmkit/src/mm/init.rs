@@ -455,6 +455,19 @@ impl Kernel {
             }
         }
 
+        // init_top_pgt: the kernel's PGD is a page of the kernel image, not a buddy page.
+        let init_pgd_pa = mb.alloc_try_nid(PAGE_SIZE, PAGE_SIZE, 0).ok_or_else(|| {
+            BootError::Machine(String::from("no memory for the kernel page tables"))
+        })?;
+        // SAFETY: memblock just reserved this page of RAM below max_pfn for us alone.
+        unsafe {
+            core::ptr::write_bytes(
+                direct_map.wrapping_add(init_pgd_pa as usize),
+                0,
+                PAGE_SIZE as usize,
+            )
+        };
+
         // memmap_init's report of holes inside present sections.
         {
             let mut hole = 0u64;
@@ -611,16 +624,8 @@ impl Kernel {
         // init_per_zone_wmark_min.
         k.init_per_zone_wmark_min();
 
-        // The kernel page tables (init_mm), for vmalloc.
-        let init_mm = {
-            let cpu = k
-                .get_cpu_id(0)
-                .map_err(|e| BootError::Machine(format!("CPU 0: {e}")))?;
-            k.pgd_alloc(&cpu, false).map_err(|_| {
-                BootError::Machine(String::from("no memory for the kernel page tables"))
-            })?
-        };
-        k.init_mm = Some(init_mm);
+        // The kernel page tables (init_mm) on the static PGD.
+        k.init_mm = Some(k.pgd_static(init_pgd_pa >> PAGE_SHIFT));
 
         // kmem_cache_init: the kmalloc caches.
         k.slab.debug_all.store(k.config.slab_debug, Relaxed);

@@ -255,6 +255,19 @@ impl Kernel {
         self.__free_pages(cpu, page, 0);
     }
 
+    /// The kernel's address space on a PGD page reserved at boot (`init_top_pgt`); it is not
+    /// a buddy page and is never freed.
+    pub(crate) fn pgd_static(&self, pgd: u64) -> PgTable {
+        let ctx_id = self.next_ctx_id.fetch_add(1, Ordering::Relaxed) + 1;
+        PgTable {
+            pgd,
+            ctx_id,
+            tlb_gen: AtomicU64::new(1),
+            lock: SpinLock::new(()),
+            user: false,
+        }
+    }
+
     /// `pgd_alloc`: a new, empty address space (user, or kernel for `init_mm`).
     pub fn pgd_alloc(&self, cpu: &CpuGuard<'_>, user: bool) -> Result<PgTable, Errno> {
         let pgd = self.table_alloc(cpu)?;
