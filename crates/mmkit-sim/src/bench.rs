@@ -10,6 +10,7 @@ use crate::machine::{bind_cpu, Machine, MachineSpec};
 use anyhow::Result;
 use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
 use mmkit::arch::x86_64::e820::E820Table;
+use mmkit::arch::x86_64::tlb::Access;
 use mmkit::gfp::GFP_KERNEL;
 use mmkit::mm::slab::SlabFlags;
 use serde::Serialize;
@@ -497,7 +498,101 @@ pub fn slab_rows(filter: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Every row whose name (or group) matches `filter`: groups `page` and `slab`, or a row name
+/// The virtual-memory rows (filter `vm`).
+pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
+    let want = |n: &str| filter.is_empty() || n.starts_with(filter);
+    let m = Machine::boot(&MachineSpec::default())?;
+    let k = &m.kernel;
+    let mut rows = Vec::new();
+    if want("vmalloc64k-vfree") {
+        const N: u64 = 20_000;
+        let ours = m.on_cpu(0, |cpu| {
+            measure(N, || {
+                for _ in 0..N {
+                    let va = k.vmalloc(cpu, 64 << 10).expect("vmalloc");
+                    k.vfree(cpu, black_box(va));
+                }
+            })
+        });
+        let anc = measure(N, || {
+            for _ in 0..N {
+                // SAFETY: a private anonymous mapping we touch and unmap ourselves.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        64 << 10,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    assert!(p != libc::MAP_FAILED, "host mmap");
+                    for i in 0..16 {
+                        *(p as *mut u8).add(i * 4096) = 1;
+                    }
+                    libc::munmap(p, 64 << 10);
+                }
+            }
+        });
+        rows.push(row(
+            "vmalloc64k-vfree",
+            ours,
+            "host mmap + touch 16 pages + munmap (64 KiB)",
+            anc.0,
+            None,
+        ));
+    }
+    if want("translate") {
+        const N: u64 = 5_000_000;
+        let (hit, walk) = m.on_cpu(0, |cpu| {
+            let va = k.vmalloc(cpu, 1 << 20).expect("vmalloc");
+            let pt = k.kernel_page_tables();
+            let hit = measure(N, || {
+                for _ in 0..N {
+                    black_box(
+                        k.mmu_translate(cpu, pt, black_box(va.0), Access::KERNEL_READ)
+                            .ok(),
+                    );
+                }
+            });
+            // Alternate between 256 pages that map to one TLB slot each pair: every access misses.
+            let walk = measure(N, || {
+                for i in 0..N {
+                    let a = va.0 + ((i & 1) * 64 + (i >> 1) % 2 * 128) * 4096;
+                    black_box(
+                        k.mmu_translate(cpu, pt, black_box(a), Access::KERNEL_READ)
+                            .ok(),
+                    );
+                }
+            });
+            k.vfree(cpu, va);
+            (hit, walk)
+        });
+        let target = Box::new(0u64);
+        let anc = measure(N, || {
+            for _ in 0..N {
+                black_box(*black_box(&*target));
+            }
+        });
+        rows.push(row(
+            "translate-tlb-hit",
+            hit,
+            "a host load (what a hardware TLB hit costs)",
+            anc.0,
+            None,
+        ));
+        rows.push(row(
+            "translate-walk",
+            walk,
+            "a host load",
+            anc.0,
+            Some(String::from("4-level walk, TLB miss every access")),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Every row whose name (or group) matches `filter`: groups `page`, `slab` and `vm`, or a row name
 /// prefix such as `order0` or `kmalloc64`.
 pub fn run(filter: &str) -> Result<Vec<Row>> {
     // Let the host CPU reach its steady clock before the first row is timed.
@@ -514,6 +609,10 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
     }
     if filter.is_empty() || filter == "slab" || slab.iter().any(|p| filter.starts_with(p)) {
         rows.extend(slab_rows(if filter == "slab" { "" } else { filter })?);
+    }
+    let vm = ["vmalloc", "translate"];
+    if filter.is_empty() || filter == "vm" || vm.iter().any(|p| filter.starts_with(p)) {
+        rows.extend(vm_rows(if filter == "vm" { "" } else { filter })?);
     }
     Ok(rows)
 }

@@ -221,7 +221,7 @@ fn main() -> Result<()> {
             let rows = bench::run(filter.as_deref().unwrap_or(""))?;
             if rows.is_empty() {
                 bail!(
-                    "no benchmark matches `{}` (groups: page)",
+                    "no benchmark matches `{}` (groups: page, slab, vm)",
                     filter.unwrap_or_default()
                 );
             }
