@@ -7,6 +7,9 @@ pub enum Errno {
     /// Operation not permitted.
     #[error("EPERM: operation not permitted")]
     EPERM = 1,
+    /// Bad file descriptor.
+    #[error("EBADF: bad file descriptor")]
+    EBADF = 9,
     /// Resource temporarily unavailable.
     #[error("EAGAIN: resource temporarily unavailable")]
     EAGAIN = 11,
@@ -22,6 +25,9 @@ pub enum Errno {
     /// Device or resource busy.
     #[error("EBUSY: device or resource busy")]
     EBUSY = 16,
+    /// File exists.
+    #[error("EEXIST: file exists")]
+    EEXIST = 17,
     /// Invalid argument.
     #[error("EINVAL: invalid argument")]
     EINVAL = 22,

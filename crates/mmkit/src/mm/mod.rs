@@ -3,6 +3,8 @@ pub mod init;
 pub mod list;
 pub mod memblock;
 pub mod mempool;
+pub mod mm_types;
+pub mod mmap;
 pub mod mmzone;
 pub mod page;
 pub mod page_alloc;

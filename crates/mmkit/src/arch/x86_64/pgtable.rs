@@ -366,6 +366,60 @@ impl Kernel {
         }
     }
 
+    /// Visit every non-empty PTE slot mapping an address in `[start, end)`, skipping absent
+    /// tables (the walk `zap_pte_range` and friends make). `f` gets the address and the slot.
+    pub fn for_each_pte(
+        &self,
+        pt: &PgTable,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, &AtomicU64),
+    ) {
+        self.walk_range(pt.pgd, 0, 0, start, end, &mut f);
+    }
+
+    fn walk_range(
+        &self,
+        table: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, &AtomicU64),
+    ) {
+        let span = 1u64 << LEVEL_SHIFTS[level];
+        let first = if start > base {
+            ((start - base) >> LEVEL_SHIFTS[level]) as usize
+        } else {
+            0
+        };
+        for i in first..PTRS_PER_TABLE as usize {
+            let lo = base + i as u64 * span;
+            if lo >= end {
+                break;
+            }
+            let e = self.table_entry(table, i);
+            let v = e.load(Ordering::Acquire);
+            if level == 3 {
+                if v != 0 && lo + span > start {
+                    f(lo, e);
+                }
+                continue;
+            }
+            if v & P == 0 || v & PteFlags::PSE.bits() != 0 {
+                continue;
+            }
+            self.walk_range(
+                (v & PTE_PFN_MASK) >> PAGE_SHIFT,
+                level + 1,
+                lo,
+                start,
+                end,
+                f,
+            );
+        }
+    }
+
     /// `free_pgd_range`: free the PTE, PMD and PUD tables that map nothing inside
     /// `[start, end)` and lie entirely inside it, clearing their entries. The caller has
     /// already removed the PTEs and flushed the TLB (as Linux's `free_pgtables` runs after

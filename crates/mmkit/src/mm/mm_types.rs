@@ -1,0 +1,271 @@
+//! `struct mm_struct` and `struct vm_area_struct` (`include/linux/mm_types.h`,
+//! `include/linux/mm.h`'s `VM_*` flags, `fs/proc/task_mmu.c`'s `show_map_vma`).
+//!
+//! A process address space owns its page tables and its VMAs. VMAs live in an ordered map
+//! keyed by `vm_end`, so `find_vma(addr)` — the first VMA ending above `addr` — is one
+//! O(log n) range query, as Linux's maple tree gives. Holding `&mut MmStruct` is holding the
+//! `mmap_lock` for writing.
+//!
+//! Invariants (`check_invariants`): VMAs are page-aligned, non-empty, sorted and disjoint, lie
+//! inside `[mmap_min_addr, TASK_SIZE)`; no two adjacent VMAs could have been merged
+//! (`vma_merge`'s rules); `map_count` is the number of VMAs and `total_vm` their pages; every
+//! present PTE lies inside a VMA.
+
+use crate::addr::PAGE_SHIFT;
+use crate::arch::x86_64::pgtable::{PgProt, PgTable, PROTECTION_MAP};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write;
+
+pub use self::flag_defs::*;
+#[allow(missing_docs)] // the flag names are Linux's own (include/linux/mm.h)
+mod flag_defs {
+    bitflags::bitflags! {
+        /// `vm_flags_t`.
+        #[derive(Copy, Clone, PartialEq, Eq, Debug, Hash)]
+        pub struct VmFlags: u64 {
+            const VM_READ = 0x0000_0001;
+            const VM_WRITE = 0x0000_0002;
+            const VM_EXEC = 0x0000_0004;
+            const VM_SHARED = 0x0000_0008;
+            const VM_MAYREAD = 0x0000_0010;
+            const VM_MAYWRITE = 0x0000_0020;
+            const VM_MAYEXEC = 0x0000_0040;
+            const VM_MAYSHARE = 0x0000_0080;
+            const VM_GROWSDOWN = 0x0000_0100;
+            const VM_LOCKED = 0x0000_2000;
+            const VM_DONTEXPAND = 0x0004_0000;
+            const VM_ACCOUNT = 0x0010_0000;
+            const VM_NORESERVE = 0x0020_0000;
+        }
+    }
+}
+
+/// `TASK_SIZE` for 4-level paging: the top of user space.
+pub const TASK_SIZE: u64 = (1 << 47) - crate::addr::PAGE_SIZE;
+/// `vm.mmap_min_addr` default.
+pub const MMAP_MIN_ADDR: u64 = 65536;
+/// `stack_guard_gap`: 256 pages.
+pub const STACK_GUARD_GAP: u64 = 256 << PAGE_SHIFT;
+/// `vm.max_map_count` default.
+pub const DEFAULT_MAX_MAP_COUNT: usize = 65530;
+/// Default `RLIMIT_STACK` (8 MiB).
+pub const DEFAULT_RLIMIT_STACK: u64 = 8 << 20;
+
+/// `struct vm_area_struct`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmArea {
+    /// First address.
+    pub vm_start: u64,
+    /// One past the last address.
+    pub vm_end: u64,
+    /// `VM_*` flags.
+    pub vm_flags: VmFlags,
+    /// `vm_page_prot`.
+    pub vm_page_prot: PgProt,
+    /// Offset in pages (for anonymous VMAs, the address in pages, as Linux sets it).
+    pub vm_pgoff: u64,
+    /// Name shown in `/proc/PID/maps` for special VMAs (`[heap]`, `[stack]`).
+    pub name: Option<&'static str>,
+}
+
+impl VmArea {
+    /// Pages the VMA spans.
+    pub fn pages(&self) -> u64 {
+        (self.vm_end - self.vm_start) >> PAGE_SHIFT
+    }
+
+    /// `vm_start_gap`: where the VMA's reach starts, counting the guard gap below a stack.
+    pub fn start_gap(&self) -> u64 {
+        if self.vm_flags.contains(VmFlags::VM_GROWSDOWN) {
+            self.vm_start.saturating_sub(STACK_GUARD_GAP)
+        } else {
+            self.vm_start
+        }
+    }
+
+    /// `vm_get_page_prot(vm_flags)`.
+    pub fn prot_for(flags: VmFlags) -> PgProt {
+        PROTECTION_MAP[(flags.bits() & 0xf) as usize]
+    }
+
+    /// `show_map_vma`'s line (anonymous VMAs: no file, offset 0, device 00:00, inode 0).
+    pub fn maps_line(&self) -> String {
+        let f = self.vm_flags;
+        let mut s = format!(
+            "{:08x}-{:08x} {}{}{}{} {:08x} 00:00 0",
+            self.vm_start,
+            self.vm_end,
+            if f.contains(VmFlags::VM_READ) {
+                'r'
+            } else {
+                '-'
+            },
+            if f.contains(VmFlags::VM_WRITE) {
+                'w'
+            } else {
+                '-'
+            },
+            if f.contains(VmFlags::VM_EXEC) {
+                'x'
+            } else {
+                '-'
+            },
+            if f.contains(VmFlags::VM_MAYSHARE) {
+                's'
+            } else {
+                'p'
+            },
+            0
+        );
+        if let Some(n) = self.name {
+            // seq_pad: names start at column 73.
+            let pad = 73usize.saturating_sub(s.len() + 1);
+            let _ = write!(s, " {:pad$}{}", "", n, pad = pad);
+        }
+        s
+    }
+}
+
+/// `struct mm_struct`.
+pub struct MmStruct {
+    /// Page tables (`pgd`).
+    pub pt: PgTable,
+    /// VMAs keyed by `vm_end`.
+    pub(crate) vmas: BTreeMap<u64, VmArea>,
+    /// `map_count`.
+    pub map_count: usize,
+    /// `total_vm` in pages.
+    pub total_vm: u64,
+    /// `locked_vm` in pages.
+    pub locked_vm: u64,
+    /// `mmap_base`: where top-down allocation starts.
+    pub mmap_base: u64,
+    /// `task_size`.
+    pub task_size: u64,
+    /// `start_brk` / `brk`.
+    pub start_brk: u64,
+    /// Current break.
+    pub brk: u64,
+    /// `start_stack`.
+    pub start_stack: u64,
+    /// `vm.max_map_count` for this mm.
+    pub max_map_count: usize,
+    /// `mmap_cache`: the last VMA `find_vma` found (Linux's per-thread vmacache), by end.
+    pub(crate) vmacache: core::cell::Cell<Option<u64>>,
+}
+
+impl MmStruct {
+    /// `find_vma(mm, addr)`: the first VMA with `vm_end > addr`.
+    pub fn find_vma(&self, addr: u64) -> Option<&VmArea> {
+        if let Some(end) = self.vmacache.get() {
+            if let Some(v) = self.vmas.get(&end) {
+                if v.vm_start <= addr && addr < v.vm_end {
+                    return Some(v);
+                }
+            }
+        }
+        let v = self
+            .vmas
+            .range(addr.saturating_add(1)..)
+            .next()
+            .map(|(_, v)| v)?;
+        self.vmacache.set(Some(v.vm_end));
+        Some(v)
+    }
+
+    /// `find_vma_prev`-style: the last VMA with `vm_end <= addr`.
+    pub fn find_vma_prev(&self, addr: u64) -> Option<&VmArea> {
+        self.vmas.range(..=addr).next_back().map(|(_, v)| v)
+    }
+
+    /// `vma_lookup`: the VMA containing `addr`.
+    pub fn vma_lookup(&self, addr: u64) -> Option<&VmArea> {
+        self.find_vma(addr).filter(|v| v.vm_start <= addr)
+    }
+
+    /// VMAs in address order.
+    pub fn vmas(&self) -> impl Iterator<Item = &VmArea> {
+        self.vmas.values()
+    }
+
+    /// `/proc/PID/maps` for this address space.
+    pub fn proc_maps(&self) -> String {
+        let mut s = String::new();
+        for v in self.vmas() {
+            s.push_str(&v.maps_line());
+            s.push('\n');
+        }
+        s
+    }
+
+    /// `mmap_base()` for a given `RLIMIT_STACK` without randomization (`norandmaps`): the
+    /// gap below `TASK_SIZE` is the stack limit plus the guard gap, clamped to [128 MiB,
+    /// 5/6 of the address space].
+    pub fn mmap_base_for(rlimit_stack: u64) -> u64 {
+        const MIN_GAP: u64 = 128 << 20;
+        let max_gap = TASK_SIZE / 6 * 5;
+        let gap = rlimit_stack
+            .saturating_add(STACK_GUARD_GAP)
+            .clamp(MIN_GAP, max_gap);
+        crate::addr::align_up(TASK_SIZE - gap, crate::addr::PAGE_SIZE)
+    }
+
+    /// The invariants in the module doc (page tables checked by the caller holding a kernel).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut prev: Option<&VmArea> = None;
+        let mut pages = 0;
+        for (&end, v) in &self.vmas {
+            if end != v.vm_end
+                || v.vm_start >= v.vm_end
+                || v.vm_start & 0xfff != 0
+                || v.vm_end & 0xfff != 0
+            {
+                return Err(format!("malformed VMA {:#x}-{:#x}", v.vm_start, v.vm_end));
+            }
+            if v.vm_start < MMAP_MIN_ADDR || v.vm_end > TASK_SIZE {
+                return Err(format!(
+                    "VMA {:#x}-{:#x} outside user space",
+                    v.vm_start, v.vm_end
+                ));
+            }
+            if let Some(p) = prev {
+                if p.vm_end > v.vm_start {
+                    return Err(format!(
+                        "VMAs {:#x}-{:#x} and {:#x}-{:#x} overlap",
+                        p.vm_start, p.vm_end, v.vm_start, v.vm_end
+                    ));
+                }
+                if crate::mm::mmap::can_merge(p, v) {
+                    return Err(format!(
+                        "VMAs {:#x}-{:#x} and {:#x}-{:#x} should have merged",
+                        p.vm_start, p.vm_end, v.vm_start, v.vm_end
+                    ));
+                }
+            }
+            if v.vm_page_prot != VmArea::prot_for(v.vm_flags) {
+                return Err(format!(
+                    "VMA {:#x}: page_prot does not match its flags",
+                    v.vm_start
+                ));
+            }
+            pages += v.pages();
+            prev = Some(v);
+        }
+        if self.map_count != self.vmas.len() {
+            return Err(format!(
+                "map_count {} but {} VMAs",
+                self.map_count,
+                self.vmas.len()
+            ));
+        }
+        if self.total_vm != pages {
+            return Err(format!(
+                "total_vm {} but VMAs span {pages} pages",
+                self.total_vm
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,465 @@
+//! Process address spaces: `mm/mmap.c` and `mm/vma.c` for anonymous memory —
+//! `get_unmapped_area` (top-down below `mmap_base`, with the stack guard gap, falling back to
+//! bottom-up), `do_mmap`/`mmap_region` with `vma_merge`, `do_munmap` with VMA splitting,
+//! `zap_page_range` and `free_pgtables`, `vm_insert_page`, `exit_mmap`.
+//!
+//! File mappings, `mprotect`, `mremap`, `brk`, `fork` and `exec` are the rest of issue 4 and
+//! come next; faults (and with them `MAP_POPULATE`) are issue 5.
+
+use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::mm::mm_types::{
+    MmStruct, VmArea, VmFlags, DEFAULT_MAX_MAP_COUNT, DEFAULT_RLIMIT_STACK, MMAP_MIN_ADDR,
+    TASK_SIZE,
+};
+use crate::mm::page::{Page, PageFlags};
+use crate::Kernel;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+/// `PROT_READ`.
+pub const PROT_READ: u32 = 0x1;
+/// `PROT_WRITE`.
+pub const PROT_WRITE: u32 = 0x2;
+/// `PROT_EXEC`.
+pub const PROT_EXEC: u32 = 0x4;
+/// `PROT_SEM`.
+pub const PROT_SEM: u32 = 0x8;
+/// `PROT_NONE`.
+pub const PROT_NONE: u32 = 0x0;
+
+/// `MAP_SHARED`.
+pub const MAP_SHARED: u32 = 0x01;
+/// `MAP_PRIVATE`.
+pub const MAP_PRIVATE: u32 = 0x02;
+/// `MAP_SHARED_VALIDATE`.
+pub const MAP_SHARED_VALIDATE: u32 = 0x03;
+/// `MAP_FIXED`.
+pub const MAP_FIXED: u32 = 0x10;
+/// `MAP_ANONYMOUS`.
+pub const MAP_ANONYMOUS: u32 = 0x20;
+/// `MAP_GROWSDOWN`.
+pub const MAP_GROWSDOWN: u32 = 0x0100;
+/// `MAP_DENYWRITE` (ignored, as in Linux).
+pub const MAP_DENYWRITE: u32 = 0x0800;
+/// `MAP_EXECUTABLE` (ignored, as in Linux).
+pub const MAP_EXECUTABLE: u32 = 0x1000;
+/// `MAP_LOCKED`.
+pub const MAP_LOCKED: u32 = 0x2000;
+/// `MAP_NORESERVE`.
+pub const MAP_NORESERVE: u32 = 0x4000;
+/// `MAP_STACK` (a hint, ignored as in Linux).
+pub const MAP_STACK: u32 = 0x20000;
+/// `MAP_FIXED_NOREPLACE`.
+pub const MAP_FIXED_NOREPLACE: u32 = 0x100000;
+
+/// Flags this implementation understands; anything else with `MAP_SHARED_VALIDATE` is
+/// `EOPNOTSUPP` in Linux and `EINVAL` here (we have no EOPNOTSUPP in `Errno` yet).
+const KNOWN_FLAGS: u32 = MAP_SHARED
+    | MAP_PRIVATE
+    | MAP_FIXED
+    | MAP_ANONYMOUS
+    | MAP_GROWSDOWN
+    | MAP_DENYWRITE
+    | MAP_EXECUTABLE
+    | MAP_LOCKED
+    | MAP_NORESERVE
+    | MAP_STACK
+    | MAP_FIXED_NOREPLACE;
+
+/// `vma_merge`'s compatibility test for two anonymous VMAs, `a` right below `b`: adjacent,
+/// same flags and name, contiguous page offsets.
+pub fn can_merge(a: &VmArea, b: &VmArea) -> bool {
+    a.vm_end == b.vm_start
+        && a.vm_flags == b.vm_flags
+        && a.name == b.name
+        && a.vm_pgoff + a.pages() == b.vm_pgoff
+}
+
+/// `calc_vm_prot_bits` + `calc_vm_flag_bits` + the `VM_MAY*` bits of `do_mmap`.
+fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
+    let mut f = VmFlags::VM_MAYREAD | VmFlags::VM_MAYWRITE | VmFlags::VM_MAYEXEC;
+    if prot & PROT_READ != 0 {
+        f |= VmFlags::VM_READ;
+    }
+    if prot & PROT_WRITE != 0 {
+        f |= VmFlags::VM_WRITE;
+    }
+    if prot & PROT_EXEC != 0 {
+        f |= VmFlags::VM_EXEC;
+    }
+    if flags & MAP_TYPE_MASK == MAP_SHARED || flags & MAP_TYPE_MASK == MAP_SHARED_VALIDATE {
+        f |= VmFlags::VM_SHARED | VmFlags::VM_MAYSHARE;
+    }
+    if flags & MAP_GROWSDOWN != 0 {
+        f |= VmFlags::VM_GROWSDOWN;
+    }
+    if flags & MAP_LOCKED != 0 {
+        f |= VmFlags::VM_LOCKED;
+    }
+    if flags & MAP_NORESERVE != 0 {
+        f |= VmFlags::VM_NORESERVE;
+    }
+    f
+}
+
+const MAP_TYPE_MASK: u32 = 0x0f;
+
+impl Kernel {
+    /// `mm_alloc`: an empty address space with fresh page tables and the no-ASLR layout.
+    pub fn mm_alloc(&self, cpu: &CpuGuard<'_>) -> Result<MmStruct, Errno> {
+        let pt = self.pgd_alloc(cpu, true)?;
+        Ok(MmStruct {
+            pt,
+            vmas: BTreeMap::new(),
+            map_count: 0,
+            total_vm: 0,
+            locked_vm: 0,
+            mmap_base: MmStruct::mmap_base_for(DEFAULT_RLIMIT_STACK),
+            task_size: TASK_SIZE,
+            start_brk: 0,
+            brk: 0,
+            start_stack: 0,
+            max_map_count: DEFAULT_MAX_MAP_COUNT,
+            vmacache: core::cell::Cell::new(None),
+        })
+    }
+
+    /// `get_unmapped_area` for anonymous memory: `MAP_FIXED` as given; a usable hint as
+    /// given; otherwise the highest gap below `mmap_base` (`vm_unmapped_area` top-down,
+    /// keeping the guard gap below stacks), or bottom-up from `TASK_SIZE / 3` when that
+    /// fails. `ENOMEM` when nothing fits.
+    pub fn get_unmapped_area(
+        &self,
+        mm: &MmStruct,
+        addr: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<u64, Errno> {
+        if len > TASK_SIZE - MMAP_MIN_ADDR {
+            return Err(Errno::ENOMEM);
+        }
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+            if addr > TASK_SIZE - len {
+                return Err(Errno::ENOMEM);
+            }
+            return Ok(addr);
+        }
+        if addr != 0 {
+            let a = align_up(addr, PAGE_SIZE);
+            let next_ok = mm.find_vma(a).is_none_or(|v| a + len <= v.start_gap());
+            let prev_ok = mm.find_vma_prev(a).is_none_or(|p| p.vm_end <= a);
+            if a <= TASK_SIZE - len && a >= MMAP_MIN_ADDR && next_ok && prev_ok {
+                return Ok(a);
+            }
+        }
+        let low = MMAP_MIN_ADDR.max(PAGE_SIZE);
+        let mut gap_end = mm.mmap_base;
+        for v in mm.vmas.values().rev() {
+            if v.vm_end > gap_end {
+                gap_end = gap_end.min(v.start_gap());
+                continue;
+            }
+            if gap_end >= v.vm_end + len {
+                return Ok(gap_end - len);
+            }
+            gap_end = v.start_gap();
+            if gap_end < low + len {
+                break;
+            }
+        }
+        // Below the lowest VMA (or with none at all) the gap reaches down to `low`.
+        if gap_end >= low + len {
+            return Ok(gap_end - len);
+        }
+        // Bottom-up fallback from TASK_UNMAPPED_BASE.
+        let mut start = align_up(TASK_SIZE / 3, PAGE_SIZE);
+        for v in mm.vmas.values() {
+            if v.vm_end <= start {
+                continue;
+            }
+            if v.start_gap() >= start + len {
+                return Ok(start);
+            }
+            start = start.max(v.vm_end);
+        }
+        if start + len <= TASK_SIZE {
+            return Ok(start);
+        }
+        Err(Errno::ENOMEM)
+    }
+
+    /// `mmap` for anonymous memory (`MAP_ANONYMOUS` with no file): Linux's argument checks
+    /// and errnos, `get_unmapped_area`, `MAP_FIXED` replacing what was there,
+    /// `MAP_FIXED_NOREPLACE` refusing to (`EEXIST`), and `vma_merge` with the neighbours.
+    /// Returns the address.
+    #[allow(clippy::too_many_arguments)] // mmap(2)'s own argument list, plus the CPU and the mm
+    pub fn mmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        offset: u64,
+    ) -> Result<u64, Errno> {
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let len = align_up(len, PAGE_SIZE);
+        if len == 0 || len > TASK_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        if offset & (PAGE_SIZE - 1) != 0 || offset.checked_add(len).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        match flags & MAP_TYPE_MASK {
+            MAP_SHARED | MAP_PRIVATE => {}
+            MAP_SHARED_VALIDATE if flags & !KNOWN_FLAGS == 0 => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        if flags & MAP_ANONYMOUS == 0 {
+            // File mappings come with the page cache (issue 5); without a file it is EBADF.
+            return Err(Errno::EBADF);
+        }
+        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 && addr & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if mm.map_count >= mm.max_map_count {
+            return Err(Errno::ENOMEM);
+        }
+        let addr = self.get_unmapped_area(mm, addr, len, flags)?;
+        if addr < MMAP_MIN_ADDR {
+            return Err(Errno::EPERM);
+        }
+        if flags & MAP_FIXED_NOREPLACE != 0
+            && mm.find_vma(addr).is_some_and(|v| v.vm_start < addr + len)
+        {
+            return Err(Errno::EEXIST);
+        }
+        let vm_flags = vm_flags_for(prot, flags);
+        if flags & MAP_FIXED != 0 {
+            self.do_munmap(cpu, mm, addr, len)?;
+        }
+        self.mmap_region(mm, addr, len, vm_flags);
+        Ok(addr)
+    }
+
+    /// `mmap_region` for an anonymous VMA at a free `[addr, addr + len)`: merge with the
+    /// neighbours when `vma_merge` allows, else insert.
+    fn mmap_region(&self, mm: &mut MmStruct, addr: u64, len: u64, vm_flags: VmFlags) {
+        let new = VmArea {
+            vm_start: addr,
+            vm_end: addr + len,
+            vm_flags,
+            vm_page_prot: VmArea::prot_for(vm_flags),
+            vm_pgoff: addr >> PAGE_SHIFT,
+            name: None,
+        };
+        self.insert_vma_merged(mm, new);
+        mm.total_vm += len >> PAGE_SHIFT;
+        if vm_flags.contains(VmFlags::VM_LOCKED) {
+            mm.locked_vm += len >> PAGE_SHIFT;
+        }
+    }
+
+    /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
+    /// starting at its end where `can_merge` allows.
+    fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
+        if let Some(prev) = mm.vmas.get(&new.vm_start).cloned() {
+            if can_merge(&prev, &new) {
+                mm.vmas.remove(&prev.vm_end);
+                mm.map_count -= 1;
+                new.vm_start = prev.vm_start;
+                new.vm_pgoff = prev.vm_pgoff;
+            }
+        }
+        if let Some((&nend, next)) = mm.vmas.range(new.vm_end + 1..).next() {
+            if next.vm_start == new.vm_end && can_merge(&new, next) {
+                mm.vmas.remove(&nend);
+                mm.map_count -= 1;
+                new.vm_end = nend;
+            }
+        }
+        mm.vmacache.set(None);
+        mm.vmas.insert(new.vm_end, new);
+        mm.map_count += 1;
+    }
+
+    /// `munmap`: `EINVAL` for an unaligned address, a zero length or a range leaving user
+    /// space; unmapping a hole is not an error.
+    pub fn munmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        if addr & (PAGE_SIZE - 1) != 0 || len == 0 || addr > TASK_SIZE || len > TASK_SIZE - addr {
+            return Err(Errno::EINVAL);
+        }
+        self.do_munmap(cpu, mm, addr, align_up(len, PAGE_SIZE))
+    }
+
+    /// `do_vmi_munmap`: split the VMAs straddling the edges, remove those inside, zap the
+    /// PTEs, flush the TLB, and free page tables nothing else uses (`free_pgtables` between
+    /// the surviving neighbours).
+    fn do_munmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        let end = start + len;
+        let hit: Vec<VmArea> = mm
+            .vmas
+            .range(start + 1..)
+            .map(|(_, v)| v.clone())
+            .take_while(|v| v.vm_start < end)
+            .collect();
+        if hit.is_empty() {
+            return Ok(());
+        }
+        // A split in the middle of one VMA makes one more VMA.
+        if hit.len() == 1
+            && hit[0].vm_start < start
+            && hit[0].vm_end > end
+            && mm.map_count >= mm.max_map_count
+        {
+            return Err(Errno::ENOMEM);
+        }
+        for v in hit {
+            mm.vmas.remove(&v.vm_end);
+            mm.map_count -= 1;
+            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
+            mm.total_vm -= (hi - lo) >> PAGE_SHIFT;
+            if v.vm_flags.contains(VmFlags::VM_LOCKED) {
+                mm.locked_vm -= (hi - lo) >> PAGE_SHIFT;
+            }
+            if v.vm_start < start {
+                let left = VmArea {
+                    vm_end: start,
+                    ..v.clone()
+                };
+                mm.vmas.insert(left.vm_end, left);
+                mm.map_count += 1;
+            }
+            if v.vm_end > end {
+                let right = VmArea {
+                    vm_start: end,
+                    vm_pgoff: v.vm_pgoff + ((end - v.vm_start) >> PAGE_SHIFT),
+                    ..v.clone()
+                };
+                mm.vmas.insert(right.vm_end, right);
+                mm.map_count += 1;
+            }
+        }
+        mm.vmacache.set(None);
+        self.zap_page_range(cpu, mm, start, end);
+        self.flush_tlb_range(&mm.pt, start, end);
+        let floor = mm.find_vma_prev(start).map_or(0, |v| v.vm_end);
+        let ceiling = mm.find_vma(end).map_or(TASK_SIZE, |v| v.vm_start);
+        self.free_pgd_range(cpu, &mm.pt, floor, ceiling);
+        Ok(())
+    }
+
+    /// `zap_page_range`: clear every PTE in `[start, end)`; a page mapped through
+    /// `vm_insert_page` (or, later, a fault) loses its mapping and the reference it held.
+    fn zap_page_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, start: u64, end: u64) {
+        let mut put: Vec<u64> = Vec::new();
+        {
+            let _g = mm.pt.lock.lock();
+            self.for_each_pte(&mm.pt, start, end, |_, slot| {
+                let old = crate::arch::x86_64::pgtable::Pte(slot.swap(0, Ordering::AcqRel));
+                if old.is_present() {
+                    put.push(old.pfn());
+                }
+            });
+        }
+        for pfn in put {
+            if let Some(page) = self.pfn_to_page(crate::Pfn(pfn)) {
+                if page.mapcount() > 0 {
+                    page.set_mapcount(page.mapcount() - 1);
+                    self.__free_pages(cpu, page, 0);
+                }
+            }
+        }
+    }
+
+    /// `vm_insert_page`: map a kernel page into a user VMA at `addr` with the VMA's
+    /// protection, taking a reference and a mapping on it. `EFAULT` outside a VMA, `EINVAL`
+    /// for slab, reserved or compound pages, `EBUSY` if something is mapped there.
+    pub fn vm_insert_page(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        addr: u64,
+        page: &Page,
+    ) -> Result<(), Errno> {
+        let vma = mm.vma_lookup(addr).ok_or(Errno::EFAULT)?;
+        if page.test(PageFlags::SLAB)
+            || page.test(PageFlags::RESERVED)
+            || page.test(PageFlags::BUDDY)
+            || page.test(PageFlags::HEAD)
+            || page.refcount() <= 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let va = addr & !(PAGE_SIZE - 1);
+        if self.pte_lookup(&mm.pt, va).is_some_and(|p| !p.is_none()) {
+            return Err(Errno::EBUSY);
+        }
+        page.get();
+        page.set_mapcount(page.mapcount() + 1);
+        let pte =
+            crate::arch::x86_64::pgtable::Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
+        if let Err(e) = self.set_pte_at(cpu, &mm.pt, va, pte) {
+            page.set_mapcount(page.mapcount() - 1);
+            self.__free_pages(cpu, page, 0);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `exit_mmap`: unmap everything, then free the page tables.
+    pub fn exit_mmap(&self, cpu: &CpuGuard<'_>, mut mm: MmStruct) {
+        let _ = self.do_munmap(
+            cpu,
+            &mut mm,
+            MMAP_MIN_ADDR.min(PAGE_SIZE),
+            TASK_SIZE - PAGE_SIZE,
+        );
+        self.free_pgd_range(cpu, &mm.pt, 0, TASK_SIZE + PAGE_SIZE);
+        if let Err((_, pt)) = self.pgd_free(cpu, mm.pt) {
+            // Something outside user space was mapped: leave the tables rather than free
+            // pages that are still referenced.
+            self.printk(&alloc::format!(
+                "BUG: exit_mmap: page tables of context {} not empty",
+                pt.ctx_id()
+            ));
+        }
+    }
+
+    /// The address space's invariants plus: every present PTE lies inside a VMA.
+    pub fn check_mm_invariants(&self, mm: &MmStruct) -> Result<(), String> {
+        mm.check_invariants()?;
+        let mut bad = None;
+        self.for_each_pte(&mm.pt, 0, TASK_SIZE, |va, _| {
+            if bad.is_none() && mm.vma_lookup(va).is_none() {
+                bad = Some(va);
+            }
+        });
+        match bad {
+            Some(va) => Err(alloc::format!("PTE at {va:#x} outside every VMA")),
+            None => Ok(()),
+        }
+    }
+}
