@@ -12,6 +12,7 @@ use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
 use mmkit::arch::x86_64::e820::E820Table;
 use mmkit::arch::x86_64::tlb::Access;
 use mmkit::gfp::GFP_KERNEL;
+use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
 use mmkit::mm::slab::SlabFlags;
 use serde::Serialize;
 use slabmalloc::{Allocator, ObjectPage, ZoneAllocator};
@@ -542,6 +543,103 @@ pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
             None,
         ));
     }
+    for (name, len) in [("mmap-munmap-4k", 4096u64), ("mmap-munmap-1m", 1 << 20)] {
+        if !want(name) {
+            continue;
+        }
+        const N: u64 = 200_000;
+        let ours = m.on_cpu(0, |cpu| {
+            let mut mm = k.mm_alloc(cpu).expect("mm");
+            let anon = MAP_PRIVATE | MAP_ANONYMOUS;
+            let r = measure(N, || {
+                for _ in 0..N {
+                    let a = k
+                        .mmap(cpu, &mut mm, 0, len, PROT_READ | PROT_WRITE, anon, 0)
+                        .expect("mmap");
+                    k.munmap(cpu, &mut mm, black_box(a), len).expect("munmap");
+                }
+            });
+            k.exit_mmap(cpu, mm);
+            r
+        });
+        let anc = measure(N, || {
+            for _ in 0..N {
+                // SAFETY: a private anonymous mapping we unmap right away without touching it.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    assert!(p != libc::MAP_FAILED, "host mmap");
+                    libc::munmap(black_box(p), len as usize);
+                }
+            }
+        });
+        rows.push(row(
+            name,
+            ours,
+            "host kernel mmap + munmap (no touch)",
+            anc.0,
+            None,
+        ));
+    }
+    if want("find-vma-100k") {
+        let (ours, n) = m.on_cpu(0, |cpu| {
+            let mut mm = k.mm_alloc(cpu).expect("mm");
+            mm.max_map_count = 200_000;
+            let base = 0x1_0000_0000u64;
+            for i in 0..100_000u64 {
+                let prot = if i % 2 == 0 {
+                    PROT_READ
+                } else {
+                    PROT_READ | PROT_WRITE
+                };
+                k.mmap(
+                    cpu,
+                    &mut mm,
+                    base + i * 0x2000,
+                    0x1000,
+                    prot,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                    0,
+                )
+                .expect("mmap");
+            }
+            const N: u64 = 2_000_000;
+            let mut x = 1u64;
+            let r = measure(N, || {
+                for _ in 0..N {
+                    // A pseudo-random VMA each time, so the lookup cache does not help.
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let a = base + ((x >> 33) % 100_000) * 0x2000 + 0x800;
+                    black_box(mm.find_vma(black_box(a)));
+                }
+            });
+            let n = mm.map_count;
+            k.exit_mmap(cpu, mm);
+            (r, n)
+        });
+        let sorted: Vec<u64> = (0..n as u64).collect();
+        let mut x = 1u64;
+        const N: u64 = 2_000_000;
+        let anc = measure(N, || {
+            for _ in 0..N {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                black_box(sorted.binary_search(&black_box((x >> 33) % 100_000)).ok());
+            }
+        });
+        rows.push(row(
+            "find-vma-100k",
+            ours,
+            "binary search of a sorted 100,000-entry array",
+            anc.0,
+            Some(format!("{n} VMAs")),
+        ));
+    }
     if want("translate") {
         const N: u64 = 5_000_000;
         let (hit, walk) = m.on_cpu(0, |cpu| {
@@ -610,7 +708,7 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
     if filter.is_empty() || filter == "slab" || slab.iter().any(|p| filter.starts_with(p)) {
         rows.extend(slab_rows(if filter == "slab" { "" } else { filter })?);
     }
-    let vm = ["vmalloc", "translate"];
+    let vm = ["vmalloc", "translate", "mmap", "find-vma"];
     if filter.is_empty() || filter == "vm" || vm.iter().any(|p| filter.starts_with(p)) {
         rows.extend(vm_rows(if filter == "vm" { "" } else { filter })?);
     }

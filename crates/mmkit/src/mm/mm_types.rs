@@ -153,15 +153,16 @@ pub struct MmStruct {
     /// `vm.max_map_count` for this mm.
     pub max_map_count: usize,
     /// `mmap_cache`: the last VMA `find_vma` found (Linux's per-thread vmacache), by end.
-    pub(crate) vmacache: core::cell::Cell<Option<u64>>,
+    pub(crate) vmacache: core::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl MmStruct {
     /// `find_vma(mm, addr)`: the first VMA with `vm_end > addr`.
     pub fn find_vma(&self, addr: u64) -> Option<&VmArea> {
-        if let Some(end) = self.vmacache.get() {
-            if let Some(v) = self.vmas.get(&end) {
-                if v.vm_start <= addr && addr < v.vm_end {
+        // The cache holds the bounds, so a miss costs no tree lookup.
+        if let Some((start, end)) = self.vmacache.get() {
+            if start <= addr && addr < end {
+                if let Some(v) = self.vmas.get(&end) {
                     return Some(v);
                 }
             }
@@ -171,7 +172,7 @@ impl MmStruct {
             .range(addr.saturating_add(1)..)
             .next()
             .map(|(_, v)| v)?;
-        self.vmacache.set(Some(v.vm_end));
+        self.vmacache.set(Some((v.vm_start, v.vm_end)));
         Some(v)
     }
 

@@ -366,8 +366,10 @@ impl Kernel {
         self.zap_page_range(cpu, mm, start, end);
         self.flush_tlb_range(&mm.pt, start, end);
         let floor = mm.find_vma_prev(start).map_or(0, |v| v.vm_end);
-        let ceiling = mm.find_vma(end).map_or(TASK_SIZE, |v| v.vm_start);
-        self.free_pgd_range(cpu, &mm.pt, floor, ceiling);
+        let ceiling = mm
+            .find_vma(end)
+            .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
+        self.free_pgtables(cpu, &mm.pt, start, end, floor, ceiling);
         Ok(())
     }
 

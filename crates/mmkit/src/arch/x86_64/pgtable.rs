@@ -420,13 +420,32 @@ impl Kernel {
         }
     }
 
-    /// `free_pgd_range`: free the PTE, PMD and PUD tables that map nothing inside
-    /// `[start, end)` and lie entirely inside it, clearing their entries. The caller has
-    /// already removed the PTEs and flushed the TLB (as Linux's `free_pgtables` runs after
-    /// `unmap_vmas` and the gather's flush). Returns the table pages freed.
+    /// `free_pgd_range` over `[start, end)` alone: free the tables that lie entirely inside it
+    /// and map nothing. See [`Kernel::free_pgtables`].
     pub fn free_pgd_range(&self, cpu: &CpuGuard<'_>, pt: &PgTable, start: u64, end: u64) -> u64 {
+        self.free_pgtables(cpu, pt, start, end, start, end)
+    }
+
+    /// `free_pgtables`/`free_pgd_range(addr, end, floor, ceiling)`: walk only the tables that
+    /// map `[addr, end)`, and free each that maps nothing and lies entirely inside
+    /// `[floor, ceiling)` (the space between the surviving neighbours), clearing its entry.
+    /// The caller has already removed the PTEs and flushed the TLB, as Linux's
+    /// `free_pgtables` runs after `unmap_vmas` and the gather's flush. Returns the table
+    /// pages freed.
+    pub fn free_pgtables(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        addr: u64,
+        end: u64,
+        floor: u64,
+        ceiling: u64,
+    ) -> u64 {
+        if addr >= end {
+            return 0;
+        }
         let _g = pt.lock.lock();
-        self.free_level(cpu, pt.pgd, 0, 0, start, end)
+        self.free_level(cpu, pt.pgd, 0, 0, (addr, end), (floor, ceiling))
     }
 
     fn free_level(
@@ -435,23 +454,31 @@ impl Kernel {
         table: u64,
         level: usize,
         base: u64,
-        start: u64,
-        end: u64,
+        range: (u64, u64),
+        bounds: (u64, u64),
     ) -> u64 {
-        let span = 1u64 << LEVEL_SHIFTS[level];
-        let mut freed = 0;
-        for i in 0..PTRS_PER_TABLE as usize {
-            let lo = base.wrapping_add(i as u64 * span);
-            let hi = lo.wrapping_add(span);
-            // Sign-extend the upper half for the PGD level.
-            let (lo, hi) = if level == 0 && i >= 256 {
-                (lo | 0xffff_0000_0000_0000, hi | 0xffff_0000_0000_0000)
+        let shift = LEVEL_SHIFTS[level];
+        let span = 1u64 << shift;
+        let (start, end) = range;
+        let index = |a: u64| -> usize {
+            if level == 0 {
+                table_index(a, 0)
             } else {
-                (lo, hi)
-            };
-            if hi <= start || lo >= end || level == 3 {
-                continue;
+                ((a.saturating_sub(base)) >> shift).min(PTRS_PER_TABLE - 1) as usize
             }
+        };
+        let first = index(start.max(base));
+        let last = index(end - 1);
+        let mut freed = 0;
+        if level == 3 {
+            return 0;
+        }
+        for i in first..=last {
+            let mut lo = base.wrapping_add(i as u64 * span);
+            if level == 0 && i >= 256 {
+                lo |= 0xffff_0000_0000_0000; // sign-extend the kernel half
+            }
+            let hi = lo.wrapping_add(span);
             let e = self.table_entry(table, i);
             let v = e.load(Ordering::Acquire);
             if v & P == 0 || v & PteFlags::PSE.bits() != 0 {
@@ -459,11 +486,12 @@ impl Kernel {
             }
             let child = (v & PTE_PFN_MASK) >> PAGE_SHIFT;
             if level < 2 {
-                freed += self.free_level(cpu, child, level + 1, lo, start, end);
+                freed += self.free_level(cpu, child, level + 1, lo, range, bounds);
             }
-            // A child table goes when the range covers all it maps and it is empty.
-            if lo >= start
-                && hi <= end
+            // A child table goes when the space it maps is all between the neighbours and
+            // it is empty.
+            let inside = lo >= bounds.0 && (hi <= bounds.1 || (hi == 0 && bounds.1 == u64::MAX));
+            if inside
                 && (0..PTRS_PER_TABLE as usize)
                     .all(|j| self.table_entry(child, j).load(Ordering::Acquire) == 0)
             {
