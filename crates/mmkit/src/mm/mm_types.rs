@@ -13,7 +13,7 @@
 
 use crate::addr::PAGE_SHIFT;
 use crate::arch::x86_64::pgtable::{PgProt, PgTable, PROTECTION_MAP};
-use alloc::collections::BTreeMap;
+use crate::mm::vma_tree::VmaTree;
 use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
@@ -132,8 +132,8 @@ impl VmArea {
 pub struct MmStruct {
     /// Page tables (`pgd`).
     pub pt: PgTable,
-    /// VMAs keyed by `vm_end`.
-    pub(crate) vmas: BTreeMap<u64, VmArea>,
+    /// VMAs ordered by `vm_end`.
+    pub(crate) vmas: VmaTree,
     /// `map_count`.
     pub map_count: usize,
     /// `total_vm` in pages.
@@ -159,26 +159,22 @@ pub struct MmStruct {
 impl MmStruct {
     /// `find_vma(mm, addr)`: the first VMA with `vm_end > addr`.
     pub fn find_vma(&self, addr: u64) -> Option<&VmArea> {
-        // The cache holds the bounds, so a miss costs no tree lookup.
+        // The cache holds the bounds, so a miss costs no extra lookup.
         if let Some((start, end)) = self.vmacache.get() {
             if start <= addr && addr < end {
-                if let Some(v) = self.vmas.get(&end) {
+                if let Some(v) = self.vmas.get(end) {
                     return Some(v);
                 }
             }
         }
-        let v = self
-            .vmas
-            .range(addr.saturating_add(1)..)
-            .next()
-            .map(|(_, v)| v)?;
+        let v = self.vmas.first_from(addr.saturating_add(1))?;
         self.vmacache.set(Some((v.vm_start, v.vm_end)));
         Some(v)
     }
 
     /// `find_vma_prev`-style: the last VMA with `vm_end <= addr`.
     pub fn find_vma_prev(&self, addr: u64) -> Option<&VmArea> {
-        self.vmas.range(..=addr).next_back().map(|(_, v)| v)
+        self.vmas.last_upto(addr)
     }
 
     /// `vma_lookup`: the VMA containing `addr`.
@@ -188,7 +184,7 @@ impl MmStruct {
 
     /// VMAs in address order.
     pub fn vmas(&self) -> impl Iterator<Item = &VmArea> {
-        self.vmas.values()
+        self.vmas.iter()
     }
 
     /// `/proc/PID/maps` for this address space.
@@ -217,12 +213,9 @@ impl MmStruct {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut prev: Option<&VmArea> = None;
         let mut pages = 0;
-        for (&end, v) in &self.vmas {
-            if end != v.vm_end
-                || v.vm_start >= v.vm_end
-                || v.vm_start & 0xfff != 0
-                || v.vm_end & 0xfff != 0
-            {
+        self.vmas.check().map_err(String::from)?;
+        for v in self.vmas.iter() {
+            if v.vm_start >= v.vm_end || v.vm_start & 0xfff != 0 || v.vm_end & 0xfff != 0 {
                 return Err(format!("malformed VMA {:#x}-{:#x}", v.vm_start, v.vm_end));
             }
             if v.vm_start < MMAP_MIN_ADDR || v.vm_end > TASK_SIZE {

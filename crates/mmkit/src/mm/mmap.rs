@@ -15,7 +15,6 @@ use crate::mm::mm_types::{
 };
 use crate::mm::page::{Page, PageFlags};
 use crate::Kernel;
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
@@ -114,7 +113,7 @@ impl Kernel {
         let pt = self.pgd_alloc(cpu, true)?;
         Ok(MmStruct {
             pt,
-            vmas: BTreeMap::new(),
+            vmas: Default::default(),
             map_count: 0,
             total_vm: 0,
             locked_vm: 0,
@@ -158,7 +157,7 @@ impl Kernel {
         }
         let low = MMAP_MIN_ADDR.max(PAGE_SIZE);
         let mut gap_end = mm.mmap_base;
-        for v in mm.vmas.values().rev() {
+        for v in mm.vmas.iter().rev() {
             if v.vm_end > gap_end {
                 gap_end = gap_end.min(v.start_gap());
                 continue;
@@ -177,7 +176,7 @@ impl Kernel {
         }
         // Bottom-up fallback from TASK_UNMAPPED_BASE.
         let mut start = align_up(TASK_SIZE / 3, PAGE_SIZE);
-        for v in mm.vmas.values() {
+        for v in mm.vmas.iter() {
             if v.vm_end <= start {
                 continue;
             }
@@ -273,23 +272,24 @@ impl Kernel {
     /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
     /// starting at its end where `can_merge` allows.
     fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
-        if let Some(prev) = mm.vmas.get(&new.vm_start).cloned() {
+        if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
             if can_merge(&prev, &new) {
-                mm.vmas.remove(&prev.vm_end);
+                mm.vmas.remove(prev.vm_end);
                 mm.map_count -= 1;
                 new.vm_start = prev.vm_start;
                 new.vm_pgoff = prev.vm_pgoff;
             }
         }
-        if let Some((&nend, next)) = mm.vmas.range(new.vm_end + 1..).next() {
+        if let Some(next) = mm.vmas.first_from(new.vm_end + 1) {
+            let nend = next.vm_end;
             if next.vm_start == new.vm_end && can_merge(&new, next) {
-                mm.vmas.remove(&nend);
+                mm.vmas.remove(nend);
                 mm.map_count -= 1;
                 new.vm_end = nend;
             }
         }
         mm.vmacache.set(None);
-        mm.vmas.insert(new.vm_end, new);
+        mm.vmas.insert(new);
         mm.map_count += 1;
     }
 
@@ -321,9 +321,9 @@ impl Kernel {
         let end = start + len;
         let hit: Vec<VmArea> = mm
             .vmas
-            .range(start + 1..)
-            .map(|(_, v)| v.clone())
+            .iter_from(start + 1)
             .take_while(|v| v.vm_start < end)
+            .cloned()
             .collect();
         if hit.is_empty() {
             return Ok(());
@@ -337,7 +337,7 @@ impl Kernel {
             return Err(Errno::ENOMEM);
         }
         for v in hit {
-            mm.vmas.remove(&v.vm_end);
+            mm.vmas.remove(v.vm_end);
             mm.map_count -= 1;
             let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
             mm.total_vm -= (hi - lo) >> PAGE_SHIFT;
@@ -349,7 +349,7 @@ impl Kernel {
                     vm_end: start,
                     ..v.clone()
                 };
-                mm.vmas.insert(left.vm_end, left);
+                mm.vmas.insert(left);
                 mm.map_count += 1;
             }
             if v.vm_end > end {
@@ -358,7 +358,7 @@ impl Kernel {
                     vm_pgoff: v.vm_pgoff + ((end - v.vm_start) >> PAGE_SHIFT),
                     ..v.clone()
                 };
-                mm.vmas.insert(right.vm_end, right);
+                mm.vmas.insert(right);
                 mm.map_count += 1;
             }
         }

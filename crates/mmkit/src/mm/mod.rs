@@ -13,6 +13,7 @@ pub mod slab_check;
 pub mod slab_common;
 pub mod slab_debug;
 pub mod sysctl;
+pub mod vma_tree;
 pub mod vmalloc;
 pub mod vmap_tree;
 pub mod vmstat;

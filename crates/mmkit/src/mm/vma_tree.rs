@@ -1,0 +1,197 @@
+//! The VMA index of an address space: what Linux's maple tree does for `find_vma`, as a
+//! two-level sorted index. VMAs live in a slab; their `vm_end`s sit in sorted blocks of at most
+//! `2 * BLOCK` keys, and a top-level array holds each block's largest key. A lookup is two
+//! binary searches over small, contiguous arrays (a few cache lines), which is what makes
+//! `find_vma` fast at 100,000 VMAs; an insert or remove moves at most one block's keys.
+//!
+//! Invariants: blocks are non-empty and sorted, each block's keys are below the next block's,
+//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, and
+//! `len` counts the keys.
+
+use crate::mm::mm_types::VmArea;
+use alloc::vec::Vec;
+
+const BLOCK: usize = 128;
+
+/// A block: (`vm_end`, slab slot) pairs, interleaved so a lookup touches one array.
+#[derive(Default, Clone)]
+struct Block {
+    ents: Vec<(u64, u32)>,
+}
+
+/// VMAs ordered by `vm_end`.
+#[derive(Default)]
+pub struct VmaTree {
+    blocks: Vec<Block>,
+    maxes: Vec<u64>,
+    slab: Vec<Option<VmArea>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl VmaTree {
+    /// Number of VMAs.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No VMAs.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn vma(&self, slot: u32) -> &VmArea {
+        self.slab[slot as usize]
+            .as_ref()
+            .expect("indexed slot holds a VMA")
+    }
+
+    /// Position (block, index) of the first key `>= key`.
+    #[inline]
+    fn lower_bound(&self, key: u64) -> Option<(usize, usize)> {
+        let b = self.maxes.partition_point(|&m| m < key);
+        if b == self.blocks.len() {
+            return None;
+        }
+        Some((b, self.blocks[b].ents.partition_point(|e| e.0 < key)))
+    }
+
+    /// The VMA with `vm_end == end`.
+    pub fn get(&self, end: u64) -> Option<&VmArea> {
+        let (b, i) = self.lower_bound(end)?;
+        let (k, slot) = self.blocks[b].ents[i];
+        (k == end).then(|| self.vma(slot))
+    }
+
+    /// The first VMA with `vm_end >= key`.
+    #[inline]
+    pub fn first_from(&self, key: u64) -> Option<&VmArea> {
+        let (b, i) = self.lower_bound(key)?;
+        Some(self.vma(self.blocks[b].ents[i].1))
+    }
+
+    /// The last VMA with `vm_end <= key`.
+    pub fn last_upto(&self, key: u64) -> Option<&VmArea> {
+        let b = self.maxes.partition_point(|&m| m <= key);
+        if b < self.blocks.len() {
+            let j = self.blocks[b].ents.partition_point(|e| e.0 <= key);
+            if j > 0 {
+                return Some(self.vma(self.blocks[b].ents[j - 1].1));
+            }
+        }
+        let prev = b.checked_sub(1)?;
+        self.blocks[prev].ents.last().map(|e| self.vma(e.1))
+    }
+
+    /// VMAs in address order (reversible).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &VmArea> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.ents.iter())
+            .map(|e| self.vma(e.1))
+    }
+
+    /// VMAs from the first with `vm_end >= key` on.
+    pub fn iter_from(&self, key: u64) -> impl Iterator<Item = &VmArea> {
+        let (b0, i0) = self.lower_bound(key).unwrap_or((self.blocks.len(), 0));
+        self.blocks
+            .iter()
+            .enumerate()
+            .skip(b0)
+            .flat_map(move |(b, blk)| blk.ents[if b == b0 { i0 } else { 0 }..].iter())
+            .map(|e| self.vma(e.1))
+    }
+
+    /// Insert a VMA (its `vm_end` must not be present).
+    pub fn insert(&mut self, v: VmArea) {
+        let key = v.vm_end;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(v);
+                s
+            }
+            None => {
+                self.slab.push(Some(v));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.len += 1;
+        if self.blocks.is_empty() {
+            self.blocks.push(Block {
+                ents: alloc::vec![(key, slot)],
+            });
+            self.maxes.push(key);
+            return;
+        }
+        let b = self
+            .maxes
+            .partition_point(|&m| m < key)
+            .min(self.blocks.len() - 1);
+        let blk = &mut self.blocks[b];
+        let i = blk.ents.partition_point(|e| e.0 < key);
+        blk.ents.insert(i, (key, slot));
+        self.maxes[b] = blk.ents.last().expect("non-empty").0;
+        if blk.ents.len() > 2 * BLOCK {
+            let right = Block {
+                ents: blk.ents.split_off(BLOCK),
+            };
+            self.maxes[b] = blk.ents.last().expect("non-empty").0;
+            self.maxes
+                .insert(b + 1, right.ents.last().expect("non-empty").0);
+            self.blocks.insert(b + 1, right);
+        }
+    }
+
+    /// Remove and return the VMA with `vm_end == end`.
+    pub fn remove(&mut self, end: u64) -> Option<VmArea> {
+        let (b, i) = self.lower_bound(end)?;
+        if self.blocks[b].ents[i].0 != end {
+            return None;
+        }
+        let blk = &mut self.blocks[b];
+        let (_, slot) = blk.ents.remove(i);
+        if blk.ents.is_empty() {
+            self.blocks.remove(b);
+            self.maxes.remove(b);
+        } else {
+            self.maxes[b] = blk.ents.last().expect("non-empty").0;
+        }
+        self.len -= 1;
+        self.free.push(slot);
+        self.slab[slot as usize].take()
+    }
+
+    /// Check the invariants in the module doc.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let mut n = 0;
+        let mut last = None;
+        if self.blocks.len() != self.maxes.len() {
+            return Err("vma index: block and max counts differ");
+        }
+        for (blk, &m) in self.blocks.iter().zip(&self.maxes) {
+            if blk.ents.last().map(|e| e.0) != Some(m) {
+                return Err("vma index: empty block, or stale block max");
+            }
+            for &(k, s) in &blk.ents {
+                if last.is_some_and(|l| l >= k) {
+                    return Err("vma index: keys out of order");
+                }
+                if self
+                    .slab
+                    .get(s as usize)
+                    .and_then(|v| v.as_ref())
+                    .map(|v| v.vm_end)
+                    != Some(k)
+                {
+                    return Err("vma index: slot does not hold the VMA of its key");
+                }
+                last = Some(k);
+                n += 1;
+            }
+        }
+        if n != self.len {
+            return Err("vma index: len is wrong");
+        }
+        Ok(())
+    }
+}
