@@ -63,7 +63,46 @@ fn pick(rng: &mut SmallRng) -> (Gfp, u32) {
     (gfp, order)
 }
 
-/// Run `ops` random operations on `cpu`, keeping at most `max_live` blocks, then free all.
+/// The loop both workloads share: `ops` steps, each allocating (while fewer than `max_live`
+/// items are held, with probability 0.55) or freeing a random held item, with the machine's
+/// tick between steps; everything still held is freed at the end.
+#[allow(clippy::too_many_arguments)] // the loop's knobs and its two callbacks
+fn drive<T>(
+    cpu: &CpuGuard<'_>,
+    rng: &mut SmallRng,
+    ops: usize,
+    max_live: usize,
+    tick: &dyn Fn(&CpuGuard<'_>),
+    r: &mut CpuReport,
+    mut alloc: impl FnMut(&mut SmallRng, usize, &mut CpuReport) -> Option<T>,
+    mut free: impl FnMut(T, &mut CpuReport) -> Result<()>,
+) -> Result<()> {
+    let t = Instant::now();
+    let mut live: Vec<T> = Vec::new();
+    for n in 0..ops {
+        tick(cpu);
+        if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
+            match alloc(rng, n, r) {
+                Some(x) => {
+                    live.push(x);
+                    r.allocs += 1;
+                }
+                None => r.failures += 1,
+            }
+        } else if !live.is_empty() {
+            let i = rng.random_range(0..live.len());
+            free(live.swap_remove(i), r)?;
+        }
+    }
+    for x in live {
+        free(x, r)?;
+    }
+    r.elapsed = t.elapsed();
+    Ok(())
+}
+
+/// Run `ops` random page operations on `cpu`, keeping at most `max_live` blocks, each filled
+/// with its own pattern and checked before it is freed.
 pub fn run_on_cpu(
     k: &Kernel,
     cpu: &CpuGuard<'_>,
@@ -73,50 +112,40 @@ pub fn run_on_cpu(
     tick: &dyn Fn(&CpuGuard<'_>),
 ) -> Result<CpuReport> {
     let mut rng = SmallRng::seed_from_u64(seed ^ (cpu.id() as u64) << 32);
-    let mut live: Vec<(&Page, u32, u64)> = Vec::new();
     let mut r = CpuReport::default();
-    let t = Instant::now();
-    let free_one = |live: &mut Vec<(&Page, u32, u64)>, i: usize, r: &mut CpuReport| -> Result<()> {
-        let (p, o, tag) = live.swap_remove(i);
-        if let Err(off) = check(k, p, o, tag) {
-            bail!(
-                "cpu {}: pfn {:#x} order {o}: byte {off} changed while allocated",
-                cpu.id(),
-                k.page_to_pfn(p).0
-            );
-        }
-        r.bytes_checked += 4096 << o;
-        k.__free_pages(cpu, p, o);
-        Ok(())
-    };
-    for n in 0..ops {
-        tick(cpu);
-        if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
-            let (gfp, order) = pick(&mut rng);
-            match k.alloc_pages(cpu, gfp | Gfp::__GFP_NOWARN, order) {
-                Some(p) => {
-                    let tag = ((cpu.id() as u64) << 48) | n as u64;
-                    fill(k, p, order, tag);
-                    live.push((p, order, tag));
-                    r.allocs += 1;
-                    r.pages += 1 << order;
-                }
-                None => r.failures += 1,
+    drive(
+        cpu,
+        &mut rng,
+        ops,
+        max_live,
+        tick,
+        &mut r,
+        |rng, n, r| {
+            let (gfp, order) = pick(rng);
+            let p = k.alloc_pages(cpu, gfp | Gfp::__GFP_NOWARN, order)?;
+            let tag = ((cpu.id() as u64) << 48) | n as u64;
+            fill(k, p, order, tag);
+            r.pages += 1 << order;
+            Some((p, order, tag))
+        },
+        |(p, o, tag): (&Page, u32, u64), r| {
+            if let Err(off) = check(k, p, o, tag) {
+                bail!(
+                    "cpu {}: pfn {:#x} order {o}: byte {off} changed while allocated",
+                    cpu.id(),
+                    k.page_to_pfn(p).0
+                );
             }
-        } else if !live.is_empty() {
-            let i = rng.random_range(0..live.len());
-            free_one(&mut live, i, &mut r)?;
-        }
-    }
-    while !live.is_empty() {
-        free_one(&mut live, 0, &mut r)?;
-    }
-    r.elapsed = t.elapsed();
+            r.bytes_checked += 4096 << o;
+            k.__free_pages(cpu, p, o);
+            Ok(())
+        },
+    )?;
     Ok(r)
 }
 
 /// Run `ops` random kmalloc/kfree operations (8 bytes to 64 KiB, some `GFP_DMA`) on `cpu`,
-/// each object filled with its own pattern and checked before it is freed; frees all at the end.
+/// each object filled with its own pattern and checked before it is freed.
 pub fn run_kmalloc_on_cpu(
     k: &Kernel,
     cpu: &CpuGuard<'_>,
@@ -126,34 +155,15 @@ pub fn run_kmalloc_on_cpu(
     tick: &dyn Fn(&CpuGuard<'_>),
 ) -> Result<CpuReport> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x51ab ^ (cpu.id() as u64) << 32);
-    let mut live: Vec<(std::ptr::NonNull<u8>, usize, u8)> = Vec::new();
     let mut r = CpuReport::default();
-    let t = Instant::now();
-    let check_free = |live: &mut Vec<(std::ptr::NonNull<u8>, usize, u8)>,
-                      i: usize,
-                      r: &mut CpuReport|
-     -> Result<()> {
-        let (p, size, seed) = live.swap_remove(i);
-        // SAFETY: `p` is a live kmalloc allocation of `size` bytes that this loop owns.
-        let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), size) };
-        if let Some(off) = bytes
-            .iter()
-            .enumerate()
-            .position(|(j, &b)| b != seed.wrapping_add(j as u8))
-        {
-            bail!(
-                "cpu {}: kmalloc object {:p} ({size} bytes): byte {off} changed",
-                cpu.id(),
-                p.as_ptr()
-            );
-        }
-        r.bytes_checked += size as u64;
-        k.kfree(cpu, Some(p));
-        Ok(())
-    };
-    for _ in 0..ops {
-        tick(cpu);
-        if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
+    drive(
+        cpu,
+        &mut rng,
+        ops,
+        max_live,
+        tick,
+        &mut r,
+        |rng, _, _| {
             let size = match rng.random_range(0..100) {
                 0..50 => rng.random_range(1..=128),
                 50..85 => rng.random_range(129..=2048),
@@ -165,28 +175,34 @@ pub fn run_kmalloc_on_cpu(
             } else {
                 GFP_KERNEL
             };
-            match k.kmalloc(cpu, size, gfp | Gfp::__GFP_NOWARN) {
-                Some(p) => {
-                    let seed: u8 = rng.random();
-                    // SAFETY: a fresh kmalloc allocation of at least `size` bytes.
-                    let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), size) };
-                    for (j, b) in bytes.iter_mut().enumerate() {
-                        *b = seed.wrapping_add(j as u8);
-                    }
-                    live.push((p, size, seed));
-                    r.allocs += 1;
-                }
-                None => r.failures += 1,
+            let p = k.kmalloc(cpu, size, gfp | Gfp::__GFP_NOWARN)?;
+            let seed: u8 = rng.random();
+            // SAFETY: a fresh kmalloc allocation of at least `size` bytes.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), size) };
+            for (j, b) in bytes.iter_mut().enumerate() {
+                *b = seed.wrapping_add(j as u8);
             }
-        } else if !live.is_empty() {
-            let i = rng.random_range(0..live.len());
-            check_free(&mut live, i, &mut r)?;
-        }
-    }
-    while !live.is_empty() {
-        check_free(&mut live, 0, &mut r)?;
-    }
-    r.elapsed = t.elapsed();
+            Some((p, size, seed))
+        },
+        |(p, size, seed): (std::ptr::NonNull<u8>, usize, u8), r| {
+            // SAFETY: `p` is a live kmalloc allocation of `size` bytes that this loop owns.
+            let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), size) };
+            if let Some(off) = bytes
+                .iter()
+                .enumerate()
+                .position(|(j, &b)| b != seed.wrapping_add(j as u8))
+            {
+                bail!(
+                    "cpu {}: kmalloc object {:p} ({size} bytes): byte {off} changed",
+                    cpu.id(),
+                    p.as_ptr()
+                );
+            }
+            r.bytes_checked += size as u64;
+            k.kfree(cpu, Some(p));
+            Ok(())
+        },
+    )?;
     Ok(r)
 }
 
