@@ -219,6 +219,11 @@ fn max_map_count_is_enforced() {
             Err(Errno::ENOMEM),
             "a split needs one more VMA"
         );
+        assert_eq!(
+            k.mprotect(&mut mm, base + 0x1000, 0x1000, RW),
+            Err(Errno::ENOMEM),
+            "mprotect's split too"
+        );
         k.munmap(cpu, &mut mm, base, 0x4000).unwrap();
         k.check_mm_invariants(&mm).unwrap();
         k.exit_mmap(cpu, mm);
@@ -336,6 +341,7 @@ fn find_vma_over_100k_vmas() {
 enum Op {
     Map { page: u64, pages: u64, prot: u32 },
     Unmap { page: u64, pages: u64 },
+    Protect { page: u64, pages: u64, prot: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -347,6 +353,12 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(page, pages, prot)| Op::Map { page, pages, prot }),
         (0u64..48, 1u64..16).prop_map(|(page, pages)| Op::Unmap { page, pages }),
+        (
+            0u64..48,
+            1u64..12,
+            prop_oneof![Just(PROT_READ), Just(RW), Just(PROT_NONE)]
+        )
+            .prop_map(|(page, pages, prot)| Op::Protect { page, pages, prot }),
     ]
 }
 
@@ -410,6 +422,15 @@ proptest! {
                             model.remove(&p);
                         }
                     }
+                    Op::Protect { page, pages, prot } => {
+                        // Linux changes the VMAs before the first hole, then fails with ENOMEM.
+                        let hole = (page..page + pages).find(|p| !model.contains_key(p));
+                        let r = k.mprotect(&mut mm, WIN + (page << 12), pages << 12, prot);
+                        prop_assert_eq!(r, if hole.is_some() { Err(Errno::ENOMEM) } else { Ok(()) });
+                        for p in page..hole.unwrap_or(page + pages) {
+                            model.insert(p, prot);
+                        }
+                    }
                 }
                 prop_assert_eq!(real_vmas(&mm), model_vmas(&model), "after {:?}", op);
                 prop_assert!(k.check_mm_invariants(&mm).is_ok(), "{:?}", k.check_mm_invariants(&mm));
@@ -418,4 +439,55 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// mprotect rewrites present PTEs and flushes: a shared page becomes read-only to the MMU and
+/// writable again; bad arguments get Linux's errnos.
+#[test]
+fn mprotect_changes_ptes_and_checks_arguments() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .mmap(cpu, &mut mm, 0, 3 << 12, RW, MAP_SHARED | MAP_ANONYMOUS, 0)
+            .unwrap();
+        let page = k.alloc_page(cpu, GFP_KERNEL).unwrap();
+        k.vm_insert_page(cpu, &mm, a + 0x1000, page).unwrap();
+        assert!(k
+            .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
+            .is_ok());
+        k.mprotect(&mut mm, a + 0x1000, 0x1000, PROT_READ).unwrap();
+        assert_eq!(mm.map_count, 3, "the middle page split off");
+        assert!(mm.proc_maps().lines().nth(1).unwrap().contains(" r--s "));
+        assert!(
+            k.mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
+                .is_err(),
+            "write-protected and flushed"
+        );
+        assert!(k
+            .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_READ)
+            .is_ok());
+        k.mprotect(&mut mm, a + 0x1000, 0x1000, RW).unwrap();
+        assert_eq!(mm.map_count, 1, "merged back");
+        assert!(k
+            .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
+            .is_ok());
+        assert_eq!(
+            k.mprotect(&mut mm, a + 1, 0x1000, PROT_READ),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(k.mprotect(&mut mm, a, 0x1000, 0x80), Err(Errno::EINVAL));
+        assert_eq!(
+            k.mprotect(&mut mm, a, 0x10000, PROT_READ),
+            Err(Errno::ENOMEM),
+            "runs past the mapping"
+        );
+        assert_eq!(k.mprotect(&mut mm, a, 0, PROT_READ), Ok(()));
+        k.check_mm_invariants(&mm).unwrap();
+        k.munmap(cpu, &mut mm, a, 3 << 12).unwrap();
+        assert_eq!((page.refcount(), page.mapcount()), (1, 0));
+        k.__free_pages(cpu, page, 0);
+        k.exit_mmap(cpu, mm);
+    });
 }

@@ -1,9 +1,9 @@
 //! Process address spaces: `mm/mmap.c` and `mm/vma.c` for anonymous memory —
 //! `get_unmapped_area` (top-down below `mmap_base`, with the stack guard gap, falling back to
 //! bottom-up), `do_mmap`/`mmap_region` with `vma_merge`, `do_munmap` with VMA splitting,
-//! `zap_page_range` and `free_pgtables`, `vm_insert_page`, `exit_mmap`.
+//! `zap_page_range` and `free_pgtables`, `mprotect`, `vm_insert_page`, `exit_mmap`.
 //!
-//! File mappings, `mprotect`, `mremap`, `brk`, `fork` and `exec` are the rest of issue 4 and
+//! File mappings, `mremap`, `brk`, `fork` and `exec` are the rest of issue 4 and
 //! come next; faults (and with them `MAP_POPULATE`) are issue 5.
 
 use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
@@ -370,6 +370,97 @@ impl Kernel {
             .find_vma(end)
             .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
         self.free_pgtables(cpu, &mm.pt, start, end, floor, ceiling);
+        Ok(())
+    }
+
+    /// `mprotect` (`do_mprotect_pkey` + `mprotect_fixup`): new `VM_READ|VM_WRITE|VM_EXEC` for
+    /// every VMA in `[addr, addr + len)`, splitting at the edges, rewriting the present PTEs
+    /// (`change_protection`, keeping Accessed/Dirty), flushing the TLB and merging with the
+    /// neighbours. `EINVAL` for an unaligned address or unknown bits, `ENOMEM` when the range
+    /// is not fully mapped (VMAs before the hole keep their new protection, as in Linux),
+    /// `EACCES` for a permission the mapping may never have (`VM_MAY*`).
+    pub fn mprotect(&self, mm: &mut MmStruct, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
+        if addr & (PAGE_SIZE - 1) != 0
+            || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let end = addr
+            .checked_add(align_up(len, PAGE_SIZE))
+            .filter(|&e| e <= TASK_SIZE)
+            .ok_or(Errno::ENOMEM)?;
+        let want = vm_flags_for(prot, MAP_PRIVATE)
+            & (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC);
+        let mut cur = addr;
+        while cur < end {
+            let Some(v) = mm.vma_lookup(cur).cloned() else {
+                return Err(Errno::ENOMEM);
+            };
+            let may = [
+                (VmFlags::VM_READ, VmFlags::VM_MAYREAD),
+                (VmFlags::VM_WRITE, VmFlags::VM_MAYWRITE),
+                (VmFlags::VM_EXEC, VmFlags::VM_MAYEXEC),
+            ];
+            if may
+                .iter()
+                .any(|&(f, m)| want.contains(f) && !v.vm_flags.contains(m))
+            {
+                return Err(Errno::EACCES);
+            }
+            let (lo, hi) = (v.vm_start.max(cur), v.vm_end.min(end));
+            let new_flags =
+                (v.vm_flags - (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC)) | want;
+            if new_flags != v.vm_flags {
+                // split_vma refuses at the map_count limit.
+                let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
+                if extra > 0 && mm.map_count + extra > mm.max_map_count {
+                    return Err(Errno::ENOMEM);
+                }
+                mm.vmas.remove(v.vm_end);
+                mm.map_count -= 1;
+                if v.vm_start < lo {
+                    mm.vmas.insert(VmArea {
+                        vm_end: lo,
+                        ..v.clone()
+                    });
+                    mm.map_count += 1;
+                }
+                if hi < v.vm_end {
+                    mm.vmas.insert(VmArea {
+                        vm_start: hi,
+                        vm_pgoff: v.vm_pgoff + ((hi - v.vm_start) >> PAGE_SHIFT),
+                        ..v.clone()
+                    });
+                    mm.map_count += 1;
+                }
+                let prot_bits = VmArea::prot_for(new_flags);
+                let changed = VmArea {
+                    vm_start: lo,
+                    vm_end: hi,
+                    vm_flags: new_flags,
+                    vm_page_prot: prot_bits,
+                    vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
+                    name: v.name,
+                };
+                {
+                    let _g = mm.pt.lock.lock();
+                    self.for_each_pte(&mm.pt, lo, hi, |_, slot| {
+                        let old = crate::arch::x86_64::pgtable::Pte(slot.load(Ordering::Acquire));
+                        if old.is_present() {
+                            slot.store(old.modify(prot_bits).0, Ordering::Release);
+                        }
+                    });
+                }
+                mm.vmacache.set(None);
+                self.insert_vma_merged(mm, changed);
+                // insert_vma_merged counted a new VMA; the removed one was uncounted above.
+            }
+            cur = hi;
+        }
+        self.flush_tlb_range(&mm.pt, addr, end);
         Ok(())
     }
 
