@@ -357,6 +357,33 @@ fn suffix(i: usize, a: &Anchor) -> String {
     }
 }
 
+/// One row per anchor for an alloc+free pair of `size` bytes, beside our figure `ours`.
+fn pair_rows(
+    anchors: &mut [Anchor],
+    name: &str,
+    ours: (f64, f64),
+    size: usize,
+    n: u64,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (i, a) in anchors.iter_mut().enumerate() {
+        let anc = measure(n, || {
+            for _ in 0..n {
+                let p = (a.alloc)(size);
+                (a.free)(black_box(p), size);
+            }
+        });
+        rows.push(row(
+            &format!("{name}{}", suffix(i, a)),
+            ours,
+            a.name,
+            anc.0,
+            None,
+        ));
+    }
+    rows
+}
+
 /// The object-allocator rows (filter `slab`).
 pub fn slab_rows(filter: &str) -> Result<Vec<Row>> {
     let want = |n: &str| filter.is_empty() || n.starts_with(filter);
@@ -376,21 +403,7 @@ pub fn slab_rows(filter: &str) -> Result<Vec<Row>> {
                 }
             })
         });
-        for (i, a) in anchors.iter_mut().enumerate() {
-            let anc = measure(N, || {
-                for _ in 0..N {
-                    let p = (a.alloc)(64);
-                    (a.free)(black_box(p), 64);
-                }
-            });
-            rows.push(row(
-                &format!("kmalloc64-kfree{}", suffix(i, a)),
-                ours,
-                a.name,
-                anc.0,
-                None,
-            ));
-        }
+        rows.extend(pair_rows(&mut anchors, "kmalloc64-kfree", ours, 64, N));
     }
     if want("cache192-alloc-free") {
         let ours = m.on_cpu(0, |cpu| {
@@ -401,21 +414,7 @@ pub fn slab_rows(filter: &str) -> Result<Vec<Row>> {
                 }
             })
         });
-        for (i, a) in anchors.iter_mut().enumerate() {
-            let anc = measure(N, || {
-                for _ in 0..N {
-                    let p = (a.alloc)(192);
-                    (a.free)(black_box(p), 192);
-                }
-            });
-            rows.push(row(
-                &format!("cache192-alloc-free{}", suffix(i, a)),
-                ours,
-                a.name,
-                anc.0,
-                None,
-            ));
-        }
+        rows.extend(pair_rows(&mut anchors, "cache192-alloc-free", ours, 192, N));
     }
     if want("kmalloc64-set1000") {
         const R: u64 = 1000;
