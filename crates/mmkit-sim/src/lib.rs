@@ -2,6 +2,8 @@
 //! mapping, CPUs are host threads bound to a CPU id, and the clock is the host's.
 
 pub mod bench;
+pub mod exec;
+pub mod hostfs;
 pub mod machine;
 pub mod procfs;
 pub mod workload;

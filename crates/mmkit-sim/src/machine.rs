@@ -92,6 +92,9 @@ impl Platform for SimPlatform {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
+    fn get_random_u64(&self) -> u64 {
+        rand::random()
+    }
 }
 
 /// What machine to build.
@@ -131,6 +134,8 @@ pub const REAP_INTERVAL_NS: u64 = 2_000_000_000;
 pub struct Machine {
     /// The kernel.
     pub kernel: Kernel,
+    /// The host files the machine has opened.
+    pub hostfs: crate::hostfs::HostFs,
     next_reap: Vec<std::sync::atomic::AtomicU64>,
 }
 
@@ -148,7 +153,11 @@ impl Machine {
         let next_reap = (0..spec.cpus)
             .map(|_| std::sync::atomic::AtomicU64::new(REAP_INTERVAL_NS))
             .collect();
-        Ok(Self { kernel, next_reap })
+        Ok(Self {
+            kernel,
+            hostfs: Default::default(),
+            next_reap,
+        })
     }
 
     /// The timer tick of the CPU `cpu` holds: runs its periodic work when due (today

@@ -45,6 +45,30 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Exec a host executable in a fresh address space and print its memory map as the
+    /// kernel left it (before the program runs), as `/proc/PID/maps` shows it.
+    Exec {
+        #[command(flatten)]
+        machine: MachineArgs,
+        /// Disable address-space randomization (as `setarch -R`).
+        #[arg(long)]
+        no_aslr: bool,
+        /// Print /proc/PID/maps (the default view).
+        #[arg(long)]
+        maps: bool,
+        /// Print /proc/PID/smaps.
+        #[arg(long)]
+        smaps: bool,
+        /// An environment string NAME=value (repeatable); without any, the caller's
+        /// environment is passed.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// The executable.
+        path: String,
+        /// Its arguments (argv[0] is the path).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Time the hot paths beside their anchors (filter: a group such as `page`, or a row name).
     Bench {
         /// Only rows whose name or group matches.
@@ -216,6 +240,44 @@ fn main() -> Result<()> {
             } else {
                 bail!("buddyinfo after freeing everything differs from the post-boot one");
             }
+        }
+        Cmd::Exec {
+            machine,
+            no_aslr,
+            maps,
+            smaps,
+            env,
+            path,
+            args,
+        } => {
+            let m = Machine::boot(&machine.spec()?)?;
+            let mut argv = vec![path.clone()];
+            argv.extend(args);
+            let envp = if env.is_empty() {
+                std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
+            } else {
+                env
+            };
+            let spec = mmkit_sim::exec::ExecSpec {
+                path: &path,
+                argv,
+                envp,
+                no_aslr,
+            };
+            m.on_cpu(0, |cpu| -> Result<()> {
+                let img = mmkit_sim::exec::exec_host(&m, cpu, &spec)?;
+                if maps || !smaps {
+                    print!("{}", mmkit::fs::proc::task_mmu::proc_pid_maps(&img.mm));
+                }
+                if smaps {
+                    print!(
+                        "{}",
+                        mmkit::fs::proc::task_mmu::proc_pid_smaps(&m.kernel, &img.mm)
+                    );
+                }
+                m.kernel.exit_mmap(cpu, img.mm);
+                Ok(())
+            })?;
         }
         Cmd::Bench { filter, json } => {
             let rows = bench::run(filter.as_deref().unwrap_or(""))?;

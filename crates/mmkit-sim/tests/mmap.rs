@@ -60,11 +60,12 @@ fn top_down_layout_merging_and_splitting() {
         assert_eq!(
             maps,
             format!(
-                "{:08x}-{:08x} r--p 00000000 00:00 0\n{:08x}-{:08x} rw-p 00000000 00:00 0\n",
+                "{:08x}-{:08x} r--p 00000000 00:00 0 \n{:08x}-{:08x} rw-p 00000000 00:00 0 \n{}\n",
                 c,
                 b,
                 b,
-                a + 8192
+                a + 8192,
+                "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]"
             )
         );
         k.check_mm_invariants(&mm).unwrap();
@@ -129,7 +130,7 @@ fn mmap_errnos() {
                 MAP_SHARED_VALIDATE | MAP_ANONYMOUS | 0x40000,
                 0
             )),
-            Errno::EINVAL,
+            Errno::EOPNOTSUPP,
             "unknown flag under MAP_SHARED_VALIDATE"
         );
         // A free hint is honoured; a taken one is not; NOREPLACE refuses to clobber.
@@ -364,9 +365,13 @@ fn op() -> impl Strategy<Value = Op> {
 
 const WIN: u64 = 0x2000_0000;
 
-fn model_vmas(model: &BTreeMap<u64, u32>) -> Vec<(u64, u64, u32)> {
-    // Merge runs of consecutive pages with the same protection, as vma_merge would.
-    let mut out: Vec<(u64, u64, u32)> = Vec::new();
+/// Per page: the protection, and whether the memory is charged (`VM_ACCOUNT`: set when it is
+/// mapped or mprotected writable, kept when write permission goes away, as in Linux).
+type Model = BTreeMap<u64, (u32, bool)>;
+
+fn model_vmas(model: &Model) -> Vec<(u64, u64, (u32, bool))> {
+    // Merge runs of consecutive pages with the same protection and charge, as vma_merge would.
+    let mut out: Vec<(u64, u64, (u32, bool))> = Vec::new();
     for (&p, &prot) in model {
         match out.last_mut() {
             Some(l) if l.1 == p && l.2 == prot => l.1 = p + 1,
@@ -387,13 +392,16 @@ fn prot_of(f: VmFlags) -> u32 {
     p
 }
 
-fn real_vmas(mm: &MmStruct) -> Vec<(u64, u64, u32)> {
+fn real_vmas(mm: &MmStruct) -> Vec<(u64, u64, (u32, bool))> {
     mm.vmas()
         .map(|v| {
             (
                 (v.vm_start - WIN) >> 12,
                 (v.vm_end - WIN) >> 12,
-                prot_of(v.vm_flags),
+                (
+                    prot_of(v.vm_flags),
+                    v.vm_flags.contains(VmFlags::VM_ACCOUNT),
+                ),
             )
         })
         .collect()
@@ -407,13 +415,13 @@ proptest! {
         let k = &m.kernel;
         m.on_cpu(0, |cpu| {
             let mut mm = k.mm_alloc(cpu).unwrap();
-            let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut model: Model = BTreeMap::new();
             for op in &ops {
                 match *op {
                     Op::Map { page, pages, prot } => {
                         k.mmap(cpu, &mut mm, WIN + (page << 12), pages << 12, prot, ANON | MAP_FIXED, 0).unwrap();
                         for p in page..page + pages {
-                            model.insert(p, prot);
+                            model.insert(p, (prot, prot & PROT_WRITE != 0));
                         }
                     }
                     Op::Unmap { page, pages } => {
@@ -428,7 +436,8 @@ proptest! {
                         let r = k.mprotect(&mut mm, WIN + (page << 12), pages << 12, prot);
                         prop_assert_eq!(r, if hole.is_some() { Err(Errno::ENOMEM) } else { Ok(()) });
                         for p in page..hole.unwrap_or(page + pages) {
-                            model.insert(p, prot);
+                            let charged = model[&p].1 || prot & PROT_WRITE != 0;
+                            model.insert(p, (prot, charged));
                         }
                     }
                 }

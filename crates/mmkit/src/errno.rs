@@ -7,9 +7,27 @@ pub enum Errno {
     /// Operation not permitted.
     #[error("EPERM: operation not permitted")]
     EPERM = 1,
+    /// No such file or directory.
+    #[error("ENOENT: no such file or directory")]
+    ENOENT = 2,
+    /// No such process.
+    #[error("ESRCH: no such process")]
+    ESRCH = 3,
+    /// Input/output error.
+    #[error("EIO: input/output error")]
+    EIO = 5,
+    /// Argument list too long.
+    #[error("E2BIG: argument list too long")]
+    E2BIG = 7,
+    /// Exec format error.
+    #[error("ENOEXEC: exec format error")]
+    ENOEXEC = 8,
     /// Bad file descriptor.
     #[error("EBADF: bad file descriptor")]
     EBADF = 9,
+    /// No child processes.
+    #[error("ECHILD: no child processes")]
+    ECHILD = 10,
     /// Resource temporarily unavailable.
     #[error("EAGAIN: resource temporarily unavailable")]
     EAGAIN = 11,
@@ -28,9 +46,27 @@ pub enum Errno {
     /// File exists.
     #[error("EEXIST: file exists")]
     EEXIST = 17,
+    /// No such device.
+    #[error("ENODEV: no such device")]
+    ENODEV = 19,
     /// Invalid argument.
     #[error("EINVAL: invalid argument")]
     EINVAL = 22,
+    /// Text file busy.
+    #[error("ETXTBSY: text file busy")]
+    ETXTBSY = 26,
+    /// File too large.
+    #[error("EFBIG: file too large")]
+    EFBIG = 27,
+    /// Read-only file system.
+    #[error("EROFS: read-only file system")]
+    EROFS = 30,
+    /// Value too large for defined data type.
+    #[error("EOVERFLOW: value too large for defined data type")]
+    EOVERFLOW = 75,
+    /// Operation not supported.
+    #[error("EOPNOTSUPP: operation not supported")]
+    EOPNOTSUPP = 95,
 }
 
 impl Errno {

@@ -78,6 +78,9 @@ pub struct Kernel {
     pub(crate) next_ctx_id: AtomicU64,
     pub(crate) vmap: SpinLock<mm::vmalloc::VmapState>,
     pub(crate) init_mm: Option<arch::x86_64::pgtable::PgTable>,
+    /// `ZERO_PAGE(0)`: a page of the kernel's bss, mapped read-only for anonymous reads.
+    pub(crate) zero_pfn: u64,
+    pub(crate) inodes: SpinLock<fs::inode::InodeTable>,
 }
 
 // SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through

@@ -17,4 +17,6 @@ pub trait Platform: Send + Sync {
     fn current_cpu(&self) -> usize;
     /// Nanoseconds since the machine started, for log timestamps and statistics.
     fn now_ns(&self) -> u64;
+    /// A random number (`get_random_u64`), for address-space layout randomization.
+    fn get_random_u64(&self) -> u64;
 }

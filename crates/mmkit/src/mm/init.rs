@@ -606,7 +606,11 @@ impl Kernel {
             next_ctx_id: AtomicU64::new(0),
             vmap: SpinLock::new(crate::mm::vmalloc::VmapState::new()),
             init_mm: None,
+            zero_pfn: image.bss.0 >> PAGE_SHIFT,
+            inodes: SpinLock::new(Default::default()),
         };
+        // empty_zero_page lives in the kernel's bss, which boot clears.
+        k.clear_highpage(k.zero_pfn);
         for l in log {
             k.printk(&l);
         }

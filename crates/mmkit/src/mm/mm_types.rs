@@ -13,10 +13,12 @@
 
 use crate::addr::PAGE_SHIFT;
 use crate::arch::x86_64::pgtable::{PgProt, PgTable, PROTECTION_MAP};
+use crate::fs::inode::File;
 use crate::mm::vma_tree::VmaTree;
 use alloc::format;
 use alloc::string::String;
-use core::fmt::Write;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 pub use self::flag_defs::*;
 #[allow(missing_docs)] // the flag names are Linux's own (include/linux/mm.h)
@@ -34,10 +36,28 @@ mod flag_defs {
             const VM_MAYEXEC = 0x0000_0040;
             const VM_MAYSHARE = 0x0000_0080;
             const VM_GROWSDOWN = 0x0000_0100;
+            const VM_UFFD_MISSING = 0x0000_0200;
+            const VM_PFNMAP = 0x0000_0400;
+            const VM_UFFD_WP = 0x0000_1000;
             const VM_LOCKED = 0x0000_2000;
+            const VM_IO = 0x0000_4000;
+            const VM_SEQ_READ = 0x0000_8000;
+            const VM_RAND_READ = 0x0001_0000;
+            const VM_DONTCOPY = 0x0002_0000;
             const VM_DONTEXPAND = 0x0004_0000;
+            const VM_LOCKONFAULT = 0x0008_0000;
             const VM_ACCOUNT = 0x0010_0000;
             const VM_NORESERVE = 0x0020_0000;
+            const VM_HUGETLB = 0x0040_0000;
+            const VM_SYNC = 0x0080_0000;
+            const VM_ARCH_1 = 0x0100_0000;
+            const VM_WIPEONFORK = 0x0200_0000;
+            const VM_DONTDUMP = 0x0400_0000;
+            const VM_SOFTDIRTY = 0x0800_0000;
+            const VM_MIXEDMAP = 0x1000_0000;
+            const VM_HUGEPAGE = 0x2000_0000;
+            const VM_NOHUGEPAGE = 0x4000_0000;
+            const VM_MERGEABLE = 0x8000_0000;
         }
     }
 }
@@ -66,8 +86,13 @@ pub struct VmArea {
     pub vm_page_prot: PgProt,
     /// Offset in pages (for anonymous VMAs, the address in pages, as Linux sets it).
     pub vm_pgoff: u64,
-    /// Name shown in `/proc/PID/maps` for special VMAs (`[heap]`, `[stack]`).
+    /// `vm_file`: the mapped file, `None` for anonymous memory.
+    pub vm_file: Option<Arc<File>>,
+    /// Name shown in `/proc/PID/maps` for special mappings (`[vdso]`, `[vvar]`).
     pub name: Option<&'static str>,
+    /// For a special mapping (`_install_special_mapping`, `VM_PFNMAP`): the first pfn of the
+    /// kernel pages it shows; faults map `vm_special + page offset` without refcounting.
+    pub vm_special: Option<u64>,
 }
 
 impl VmArea {
@@ -85,48 +110,54 @@ impl VmArea {
         }
     }
 
-    /// `vm_get_page_prot(vm_flags)`.
-    pub fn prot_for(flags: VmFlags) -> PgProt {
-        PROTECTION_MAP[(flags.bits() & 0xf) as usize]
+    /// `vm_get_page_prot(vm_flags)`, write-protected for shared writable mappings of files
+    /// with writeback when `writenotify` (`vma_wants_writenotify`: the first write to each
+    /// page faults so the page cache learns it is dirty).
+    pub fn prot_for(flags: VmFlags, writenotify: bool) -> PgProt {
+        let mut idx = flags.bits() & 0xf;
+        if writenotify && flags.contains(VmFlags::VM_SHARED | VmFlags::VM_WRITE) {
+            idx &= !VmFlags::VM_SHARED.bits();
+        }
+        PROTECTION_MAP[idx as usize]
     }
 
-    /// `show_map_vma`'s line (anonymous VMAs: no file, offset 0, device 00:00, inode 0).
-    pub fn maps_line(&self) -> String {
-        let f = self.vm_flags;
-        let mut s = format!(
-            "{:08x}-{:08x} {}{}{}{} {:08x} 00:00 0",
-            self.vm_start,
-            self.vm_end,
-            if f.contains(VmFlags::VM_READ) {
-                'r'
-            } else {
-                '-'
-            },
-            if f.contains(VmFlags::VM_WRITE) {
-                'w'
-            } else {
-                '-'
-            },
-            if f.contains(VmFlags::VM_EXEC) {
-                'x'
-            } else {
-                '-'
-            },
-            if f.contains(VmFlags::VM_MAYSHARE) {
-                's'
-            } else {
-                'p'
-            },
-            0
-        );
-        if let Some(n) = self.name {
-            // seq_pad: names start at column 73.
-            let pad = 73usize.saturating_sub(s.len() + 1);
-            let _ = write!(s, " {:pad$}{}", "", n, pad = pad);
-        }
-        s
+    /// Whether a mapping of `file` is write-notified (the file does writeback).
+    pub fn writenotify(file: Option<&Arc<File>>) -> bool {
+        file.is_some_and(|f| f.inode.can_writeback())
+    }
+
+    /// The protection this VMA's flags and file call for.
+    pub fn wanted_prot(&self) -> PgProt {
+        Self::prot_for(self.vm_flags, Self::writenotify(self.vm_file.as_ref()))
+    }
+
+    /// Whether this is anonymous memory (`vma_is_anonymous`).
+    pub fn is_anonymous(&self) -> bool {
+        self.vm_file.is_none()
+    }
+
+    /// `is_cow_mapping`: private and possibly writable — written pages become private copies.
+    pub fn is_cow_mapping(&self) -> bool {
+        self.vm_flags & (VmFlags::VM_SHARED | VmFlags::VM_MAYWRITE) == VmFlags::VM_MAYWRITE
+    }
+
+    /// `linear_page_index`: the page offset `addr` maps (in the file, or for anonymous
+    /// memory the virtual page number).
+    pub fn linear_page_index(&self, addr: u64) -> u64 {
+        self.vm_pgoff + ((addr - self.vm_start) >> PAGE_SHIFT)
     }
 }
+
+/// `MM_FILEPAGES`: resident file pages (`mm->rss_stat`).
+pub const MM_FILEPAGES: usize = 0;
+/// `MM_ANONPAGES`: resident anonymous pages.
+pub const MM_ANONPAGES: usize = 1;
+/// `MM_SWAPENTS`: swap entries.
+pub const MM_SWAPENTS: usize = 2;
+/// `MM_SHMEMPAGES`: resident shmem pages.
+pub const MM_SHMEMPAGES: usize = 3;
+/// `NR_MM_COUNTERS`.
+pub const NR_MM_COUNTERS: usize = 4;
 
 /// `struct mm_struct`.
 pub struct MmStruct {
@@ -152,11 +183,51 @@ pub struct MmStruct {
     pub start_stack: u64,
     /// `vm.max_map_count` for this mm.
     pub max_map_count: usize,
+    /// `RLIMIT_STACK` (soft limit) of the owner: bounds stack growth and places `mmap_base`.
+    pub rlimit_stack: u64,
+    /// `rss_stat[NR_MM_COUNTERS]`: resident pages by kind, updated by faults and zaps.
+    pub rss_stat: [AtomicI64; NR_MM_COUNTERS],
+    /// `start_code`, `end_code`, `start_data`, `end_data` (set by exec).
+    pub start_code: u64,
+    /// End of the text segment.
+    pub end_code: u64,
+    /// Start of the data segment.
+    pub start_data: u64,
+    /// End of the data segment.
+    pub end_data: u64,
+    /// `arg_start`..`arg_end`: the argument strings on the stack.
+    pub arg_start: u64,
+    /// End of the argument strings.
+    pub arg_end: u64,
+    /// `env_start`..`env_end`: the environment strings.
+    pub env_start: u64,
+    /// End of the environment strings.
+    pub env_end: u64,
+    /// `exe_file`: the executable (`/proc/PID/exe`).
+    pub exe_file: Option<Arc<File>>,
+    /// Faults taken by the task owning this mm (`min_flt`/`maj_flt` live in `task_struct` in
+    /// Linux; a simulated process has one thread, so its mm carries them).
+    pub faults: crate::mm::uaccess::FaultCounts,
     /// `mmap_cache`: the last VMA `find_vma` found (Linux's per-thread vmacache), by end.
     pub(crate) vmacache: core::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl MmStruct {
+    /// `get_mm_counter(mm, member)`.
+    pub fn counter(&self, member: usize) -> u64 {
+        self.rss_stat[member].load(Relaxed).max(0) as u64
+    }
+
+    /// `add_mm_counter`.
+    pub(crate) fn add_counter(&self, member: usize, delta: i64) {
+        self.rss_stat[member].fetch_add(delta, Relaxed);
+    }
+
+    /// `get_mm_rss`: file + anon + shmem pages resident.
+    pub fn rss(&self) -> u64 {
+        self.counter(MM_FILEPAGES) + self.counter(MM_ANONPAGES) + self.counter(MM_SHMEMPAGES)
+    }
+
     /// `find_vma(mm, addr)`: the first VMA with `vm_end > addr`.
     pub fn find_vma(&self, addr: u64) -> Option<&VmArea> {
         // The cache holds the bounds, so a miss costs no extra lookup.
@@ -187,14 +258,9 @@ impl MmStruct {
         self.vmas.iter()
     }
 
-    /// `/proc/PID/maps` for this address space.
+    /// `/proc/PID/maps` for this address space (see `fs::proc::task_mmu`).
     pub fn proc_maps(&self) -> String {
-        let mut s = String::new();
-        for v in self.vmas() {
-            s.push_str(&v.maps_line());
-            s.push('\n');
-        }
-        s
+        crate::fs::proc::task_mmu::proc_pid_maps(self)
     }
 
     /// `mmap_base()` for a given `RLIMIT_STACK` without randomization (`norandmaps`): the
@@ -238,7 +304,7 @@ impl MmStruct {
                     ));
                 }
             }
-            if v.vm_page_prot != VmArea::prot_for(v.vm_flags) {
+            if v.vm_page_prot != v.wanted_prot() {
                 return Err(format!(
                     "VMA {:#x}: page_prot does not match its flags",
                     v.vm_start

@@ -1,14 +1,16 @@
-//! Process address spaces: `mm/mmap.c` and `mm/vma.c` for anonymous memory —
-//! `get_unmapped_area` (top-down below `mmap_base`, with the stack guard gap, falling back to
-//! bottom-up), `do_mmap`/`mmap_region` with `vma_merge`, `do_munmap` with VMA splitting,
-//! `zap_page_range` and `free_pgtables`, `mprotect`, `vm_insert_page`, `exit_mmap`.
+//! Process address spaces: `mm/mmap.c` and `mm/vma.c` — `get_unmapped_area` (top-down below
+//! `mmap_base`, with the stack guard gap, falling back to bottom-up), `do_mmap`/`mmap_region`
+//! for anonymous and file mappings with `vma_merge`, `do_munmap` with VMA splitting, zapping
+//! and `free_pgtables`, `mprotect` (`mm/mprotect.c`), `brk`, `vm_insert_page`, `mm_populate`
+//! (`MAP_POPULATE`, `MAP_LOCKED`), `exit_mmap`.
 //!
-//! File mappings, `mremap`, `brk`, `fork` and `exec` are the rest of issue 4 and
-//! come next; faults (and with them `MAP_POPULATE`) are issue 5.
+//! A shared anonymous mapping is backed by an unlinked memory file, as `shmem_zero_setup`
+//! backs it with `/dev/zero (deleted)`, so that fork shares its pages through the page cache.
 
 use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
+use crate::fs::inode::{FMode, File};
 use crate::mm::mm_types::{
     MmStruct, VmArea, VmFlags, DEFAULT_MAX_MAP_COUNT, DEFAULT_RLIMIT_STACK, MMAP_MIN_ADDR,
     TASK_SIZE,
@@ -16,6 +18,7 @@ use crate::mm::mm_types::{
 use crate::mm::page::{Page, PageFlags};
 use crate::Kernel;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -50,13 +53,17 @@ pub const MAP_EXECUTABLE: u32 = 0x1000;
 pub const MAP_LOCKED: u32 = 0x2000;
 /// `MAP_NORESERVE`.
 pub const MAP_NORESERVE: u32 = 0x4000;
+/// `MAP_POPULATE`: fault the mapping in now.
+pub const MAP_POPULATE: u32 = 0x8000;
+/// `MAP_NONBLOCK`: with `MAP_POPULATE`, do not populate (as Linux since 2.6.23).
+pub const MAP_NONBLOCK: u32 = 0x10000;
 /// `MAP_STACK` (a hint, ignored as in Linux).
 pub const MAP_STACK: u32 = 0x20000;
 /// `MAP_FIXED_NOREPLACE`.
 pub const MAP_FIXED_NOREPLACE: u32 = 0x100000;
 
 /// Flags this implementation understands; anything else with `MAP_SHARED_VALIDATE` is
-/// `EOPNOTSUPP` in Linux and `EINVAL` here (we have no EOPNOTSUPP in `Errno` yet).
+/// `EOPNOTSUPP`, as in Linux.
 const KNOWN_FLAGS: u32 = MAP_SHARED
     | MAP_PRIVATE
     | MAP_FIXED
@@ -66,17 +73,32 @@ const KNOWN_FLAGS: u32 = MAP_SHARED
     | MAP_EXECUTABLE
     | MAP_LOCKED
     | MAP_NORESERVE
+    | MAP_POPULATE
+    | MAP_NONBLOCK
     | MAP_STACK
     | MAP_FIXED_NOREPLACE;
 
-/// `vma_merge`'s compatibility test for two anonymous VMAs, `a` right below `b`: adjacent,
-/// same flags and name, contiguous page offsets.
+/// `vma_merge`'s compatibility test, `a` right below `b`: adjacent, same flags and name, the
+/// same open file (or both anonymous), contiguous page offsets; special mappings never merge.
 pub fn can_merge(a: &VmArea, b: &VmArea) -> bool {
+    let same_file = match (&a.vm_file, &b.vm_file) {
+        (None, None) => true,
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    };
     a.vm_end == b.vm_start
         && a.vm_flags == b.vm_flags
         && a.name == b.name
+        && same_file
+        && !a.vm_flags.intersects(VM_SPECIAL)
         && a.vm_pgoff + a.pages() == b.vm_pgoff
 }
+
+/// `VM_SPECIAL`: mappings `vma_merge` leaves alone.
+pub const VM_SPECIAL: VmFlags = VmFlags::VM_IO
+    .union(VmFlags::VM_DONTEXPAND)
+    .union(VmFlags::VM_PFNMAP)
+    .union(VmFlags::VM_MIXEDMAP);
 
 /// `calc_vm_prot_bits` + `calc_vm_flag_bits` + the `VM_MAY*` bits of `do_mmap`.
 fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
@@ -102,7 +124,16 @@ fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
     if flags & MAP_NORESERVE != 0 {
         f |= VmFlags::VM_NORESERVE;
     }
+    if accountable(f) {
+        f |= VmFlags::VM_ACCOUNT;
+    }
     f
+}
+
+/// `accountable_mapping`: private writable memory is charged to the commit limit
+/// (`VM_ACCOUNT`, shown as `ac` in smaps).
+fn accountable(f: VmFlags) -> bool {
+    f & (VmFlags::VM_NORESERVE | VmFlags::VM_SHARED | VmFlags::VM_WRITE) == VmFlags::VM_WRITE
 }
 
 const MAP_TYPE_MASK: u32 = 0x0f;
@@ -123,6 +154,18 @@ impl Kernel {
             brk: 0,
             start_stack: 0,
             max_map_count: DEFAULT_MAX_MAP_COUNT,
+            rlimit_stack: DEFAULT_RLIMIT_STACK,
+            rss_stat: Default::default(),
+            start_code: 0,
+            end_code: 0,
+            start_data: 0,
+            end_data: 0,
+            arg_start: 0,
+            arg_end: 0,
+            env_start: 0,
+            env_end: 0,
+            exe_file: None,
+            faults: Default::default(),
             vmacache: core::cell::Cell::new(None),
         })
     }
@@ -191,15 +234,32 @@ impl Kernel {
         Err(Errno::ENOMEM)
     }
 
-    /// `mmap` for anonymous memory (`MAP_ANONYMOUS` with no file): Linux's argument checks
-    /// and errnos, `get_unmapped_area`, `MAP_FIXED` replacing what was there,
-    /// `MAP_FIXED_NOREPLACE` refusing to (`EEXIST`), and `vma_merge` with the neighbours.
-    /// Returns the address.
+    /// `mmap` without a file (`fd` = -1): `MAP_ANONYMOUS` memory. See [`Kernel::do_mmap`].
     #[allow(clippy::too_many_arguments)] // mmap(2)'s own argument list, plus the CPU and the mm
     pub fn mmap(
         &self,
         cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        offset: u64,
+    ) -> Result<u64, Errno> {
+        self.do_mmap(cpu, mm, None, addr, len, prot, flags, offset)
+    }
+
+    /// `do_mmap`: Linux's argument checks and errnos, `get_unmapped_area`, `MAP_FIXED`
+    /// replacing what was there, `MAP_FIXED_NOREPLACE` refusing to (`EEXIST`), the file's
+    /// open mode against the protection (`EACCES`), `mmap_region` with `vma_merge`, then
+    /// `MAP_POPULATE`/`MAP_LOCKED` population. Without `MAP_ANONYMOUS` a file is required
+    /// (`EBADF`). Returns the address.
+    #[allow(clippy::too_many_arguments)] // mmap(2)'s own argument list, plus the CPU and the mm
+    pub fn do_mmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        file: Option<&Arc<File>>,
         addr: u64,
         len: u64,
         prot: u32,
@@ -213,20 +273,40 @@ impl Kernel {
         if len == 0 || len > TASK_SIZE {
             return Err(Errno::ENOMEM);
         }
-        if offset & (PAGE_SIZE - 1) != 0 || offset.checked_add(len).is_none() {
+        if offset & (PAGE_SIZE - 1) != 0 {
             return Err(Errno::EINVAL);
+        }
+        if offset.checked_add(len).is_none() {
+            return Err(Errno::EOVERFLOW);
         }
         if prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0 {
             return Err(Errno::EINVAL);
         }
-        match flags & MAP_TYPE_MASK {
-            MAP_SHARED | MAP_PRIVATE => {}
-            MAP_SHARED_VALIDATE if flags & !KNOWN_FLAGS == 0 => {}
+        let shared = match flags & MAP_TYPE_MASK {
+            MAP_SHARED => true,
+            MAP_PRIVATE => false,
+            MAP_SHARED_VALIDATE if flags & !KNOWN_FLAGS == 0 => true,
+            MAP_SHARED_VALIDATE => return Err(Errno::EOPNOTSUPP),
             _ => return Err(Errno::EINVAL),
-        }
-        if flags & MAP_ANONYMOUS == 0 {
-            // File mappings come with the page cache (issue 5); without a file it is EBADF.
-            return Err(Errno::EBADF);
+        };
+        let file = if flags & MAP_ANONYMOUS != 0 {
+            None
+        } else {
+            Some(file.ok_or(Errno::EBADF)?)
+        };
+        let mut vm_flags = vm_flags_for(prot, flags);
+        if let Some(f) = file {
+            if !f.f_mode.contains(FMode::READ) {
+                return Err(Errno::EACCES);
+            }
+            if shared {
+                if prot & PROT_WRITE != 0 && !f.f_mode.contains(FMode::WRITE) {
+                    return Err(Errno::EACCES);
+                }
+                if !f.f_mode.contains(FMode::WRITE) {
+                    vm_flags -= VmFlags::VM_MAYWRITE | VmFlags::VM_SHARED;
+                }
+            }
         }
         if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 && addr & (PAGE_SIZE - 1) != 0 {
             return Err(Errno::EINVAL);
@@ -243,29 +323,132 @@ impl Kernel {
         {
             return Err(Errno::EEXIST);
         }
-        let vm_flags = vm_flags_for(prot, flags);
         if flags & MAP_FIXED != 0 {
             self.do_munmap(cpu, mm, addr, len)?;
         }
-        self.mmap_region(mm, addr, len, vm_flags);
+        // Shared anonymous memory is a deleted memory file (shmem_zero_setup).
+        let file = match file {
+            Some(f) => Some(f.clone()),
+            None if shared => Some(self.shmem_zero_setup(len)?),
+            None => None,
+        };
+        let pgoff = match &file {
+            Some(_) => offset >> PAGE_SHIFT,
+            None => addr >> PAGE_SHIFT,
+        };
+        self.mmap_region(mm, addr, len, vm_flags, pgoff, file, None);
+        if flags & MAP_POPULATE != 0 && flags & MAP_NONBLOCK == 0
+            || vm_flags.contains(VmFlags::VM_LOCKED)
+        {
+            self.mm_populate(cpu, mm, addr, len);
+        }
         Ok(addr)
     }
 
-    /// `mmap_region` for an anonymous VMA at a free `[addr, addr + len)`: merge with the
-    /// neighbours when `vma_merge` allows, else insert.
-    fn mmap_region(&self, mm: &mut MmStruct, addr: u64, len: u64, vm_flags: VmFlags) {
+    /// `shmem_zero_setup`: the unlinked memory file behind a shared anonymous mapping.
+    fn shmem_zero_setup(&self, len: u64) -> Result<Arc<File>, Errno> {
+        let size = usize::try_from(len).map_err(|_| Errno::ENOMEM)?;
+        let data = crate::fs::inode::RamFile::new(alloc::vec![0; size]);
+        let inode = self.new_shmem_inode(alloc::boxed::Box::new(data), "/dev/zero (deleted)");
+        inode.unlinked.store(true, Ordering::Relaxed);
+        self.open(&inode, FMode::READ | FMode::WRITE)
+    }
+
+    /// `mmap_region`: a VMA for a free `[addr, addr + len)`, merged with the neighbours when
+    /// `vma_merge` allows, else inserted.
+    #[allow(clippy::too_many_arguments)] // a VMA's fields
+    pub(crate) fn mmap_region(
+        &self,
+        mm: &mut MmStruct,
+        addr: u64,
+        len: u64,
+        vm_flags: VmFlags,
+        pgoff: u64,
+        file: Option<Arc<File>>,
+        name: Option<&'static str>,
+    ) {
         let new = VmArea {
             vm_start: addr,
             vm_end: addr + len,
             vm_flags,
-            vm_page_prot: VmArea::prot_for(vm_flags),
-            vm_pgoff: addr >> PAGE_SHIFT,
-            name: None,
+            vm_page_prot: VmArea::prot_for(vm_flags, VmArea::writenotify(file.as_ref())),
+            vm_pgoff: pgoff,
+            vm_file: file,
+            name,
+            vm_special: None,
         };
         self.insert_vma_merged(mm, new);
         mm.total_vm += len >> PAGE_SHIFT;
         if vm_flags.contains(VmFlags::VM_LOCKED) {
             mm.locked_vm += len >> PAGE_SHIFT;
+        }
+    }
+
+    /// `_install_special_mapping`: a VMA at the free `[addr, addr + len)` showing the kernel
+    /// pages from `pfn` on, named `name` in `/proc/PID/maps`.
+    pub(crate) fn install_special_mapping(
+        &self,
+        mm: &mut MmStruct,
+        addr: u64,
+        len: u64,
+        vm_flags: VmFlags,
+        name: &'static str,
+        pfn: u64,
+    ) {
+        self.insert_vma_merged(
+            mm,
+            VmArea {
+                vm_start: addr,
+                vm_end: addr + len,
+                vm_flags,
+                vm_page_prot: VmArea::prot_for(vm_flags, false),
+                vm_pgoff: 0,
+                vm_file: None,
+                name: Some(name),
+                vm_special: Some(pfn),
+            },
+        );
+        mm.total_vm += len >> PAGE_SHIFT;
+    }
+
+    /// `populate_vma_page_range` over `[start, start + len)` (`MAP_POPULATE`, `mlock`): fault
+    /// every page in as `get_user_pages` would — a write fault for private writable
+    /// mappings (breaking COW up front), a read fault otherwise. Stops at the first page
+    /// that cannot be faulted, as `mm_populate` ignores errors.
+    pub fn mm_populate(&self, cpu: &CpuGuard<'_>, mm: &mut MmStruct, start: u64, len: u64) {
+        use crate::arch::x86_64::tlb::Access;
+        let end = start + len;
+        let mut a = start;
+        while a < end {
+            let Some(v) = mm.vma_lookup(a).cloned() else {
+                return;
+            };
+            if !v
+                .vm_flags
+                .intersects(VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC)
+            {
+                a = v.vm_end;
+                continue;
+            }
+            let write = v.vm_flags & (VmFlags::VM_WRITE | VmFlags::VM_SHARED) == VmFlags::VM_WRITE;
+            let access = if write {
+                Access::KERNEL_WRITE
+            } else {
+                Access::KERNEL_READ
+            };
+            let stop = v.vm_end.min(end);
+            while a < stop {
+                let done = self
+                    .pte_lookup(&mm.pt, a)
+                    .is_some_and(|p| p.is_present() && (!write || p.writable()));
+                if !done {
+                    match self.handle_mm_fault(cpu, mm, &v, a, access) {
+                        Ok(k) => mm.faults.add(k),
+                        Err(_) => return,
+                    }
+                }
+                a += PAGE_SIZE;
+            }
         }
     }
 
@@ -336,6 +519,7 @@ impl Kernel {
         {
             return Err(Errno::ENOMEM);
         }
+        let mut files = Vec::new();
         for v in hit {
             mm.vmas.remove(v.vm_end);
             mm.map_count -= 1;
@@ -361,9 +545,15 @@ impl Kernel {
                 mm.vmas.insert(right);
                 mm.map_count += 1;
             }
+            if let Some(f) = v.vm_file {
+                files.push(f);
+            }
         }
         mm.vmacache.set(None);
         self.zap_page_range(cpu, mm, start, end);
+        for f in files {
+            self.fput(cpu, f);
+        }
         self.flush_tlb_range(&mm.pt, start, end);
         let floor = mm.find_vma_prev(start).map_or(0, |v| v.vm_end);
         let ceiling = mm
@@ -411,8 +601,12 @@ impl Kernel {
                 return Err(Errno::EACCES);
             }
             let (lo, hi) = (v.vm_start.max(cur), v.vm_end.min(end));
-            let new_flags =
+            let mut new_flags =
                 (v.vm_flags - (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC)) | want;
+            // mprotect_fixup charges private memory that becomes writable.
+            if accountable(new_flags) {
+                new_flags |= VmFlags::VM_ACCOUNT;
+            }
             if new_flags != v.vm_flags {
                 // split_vma refuses at the map_count limit.
                 let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
@@ -436,14 +630,17 @@ impl Kernel {
                     });
                     mm.map_count += 1;
                 }
-                let prot_bits = VmArea::prot_for(new_flags);
+                let prot_bits =
+                    VmArea::prot_for(new_flags, VmArea::writenotify(v.vm_file.as_ref()));
                 let changed = VmArea {
                     vm_start: lo,
                     vm_end: hi,
                     vm_flags: new_flags,
                     vm_page_prot: prot_bits,
                     vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
+                    vm_file: v.vm_file.clone(),
                     name: v.name,
+                    vm_special: v.vm_special,
                 };
                 {
                     let _g = mm.pt.lock.lock();
@@ -462,29 +659,6 @@ impl Kernel {
         }
         self.flush_tlb_range(&mm.pt, addr, end);
         Ok(())
-    }
-
-    /// `zap_page_range`: clear every PTE in `[start, end)`; a page mapped through
-    /// `vm_insert_page` (or, later, a fault) loses its mapping and the reference it held.
-    fn zap_page_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, start: u64, end: u64) {
-        let mut put: Vec<u64> = Vec::new();
-        {
-            let _g = mm.pt.lock.lock();
-            self.for_each_pte(&mm.pt, start, end, |_, slot| {
-                let old = crate::arch::x86_64::pgtable::Pte(slot.swap(0, Ordering::AcqRel));
-                if old.is_present() {
-                    put.push(old.pfn());
-                }
-            });
-        }
-        for pfn in put {
-            if let Some(page) = self.pfn_to_page(crate::Pfn(pfn)) {
-                if page.mapcount() > 0 {
-                    page.set_mapcount(page.mapcount() - 1);
-                    self.__free_pages(cpu, page, 0);
-                }
-            }
-        }
     }
 
     /// `vm_insert_page`: map a kernel page into a user VMA at `addr` with the VMA's
@@ -511,15 +685,156 @@ impl Kernel {
             return Err(Errno::EBUSY);
         }
         page.get();
-        page.set_mapcount(page.mapcount() + 1);
+        self.page_add_rmap(page);
         let pte =
             crate::arch::x86_64::pgtable::Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
         if let Err(e) = self.set_pte_at(cpu, &mm.pt, va, pte) {
-            page.set_mapcount(page.mapcount() - 1);
+            self.page_remove_rmap(page);
             self.__free_pages(cpu, page, 0);
             return Err(e);
         }
+        mm.add_counter(crate::mm::mm_types::MM_FILEPAGES, 1);
         Ok(())
+    }
+
+    /// `dup_mmap` (fork): a copy of `old` — every VMA but `VM_DONTCOPY` ones, `VM_LOCKED`
+    /// dropped (mlock is not inherited), the PTEs of private mappings copied with
+    /// copy-on-write (`copy_page_range`) unless `VM_WIPEONFORK` asks for fresh memory. On
+    /// failure the half-built copy is freed and `ENOMEM` returned.
+    pub fn dup_mmap(&self, cpu: &CpuGuard<'_>, old: &MmStruct) -> Result<MmStruct, Errno> {
+        let mut mm = self.mm_alloc(cpu)?;
+        mm.mmap_base = old.mmap_base;
+        mm.task_size = old.task_size;
+        mm.start_brk = old.start_brk;
+        mm.brk = old.brk;
+        mm.start_stack = old.start_stack;
+        mm.max_map_count = old.max_map_count;
+        mm.rlimit_stack = old.rlimit_stack;
+        mm.start_code = old.start_code;
+        mm.end_code = old.end_code;
+        mm.start_data = old.start_data;
+        mm.end_data = old.end_data;
+        mm.arg_start = old.arg_start;
+        mm.arg_end = old.arg_end;
+        mm.env_start = old.env_start;
+        mm.env_end = old.env_end;
+        mm.exe_file = old.exe_file.clone();
+        for v in old.vmas() {
+            if v.vm_flags.contains(VmFlags::VM_DONTCOPY) {
+                continue;
+            }
+            let mut nv = v.clone();
+            nv.vm_flags -= VmFlags::VM_LOCKED | VmFlags::VM_LOCKONFAULT;
+            mm.total_vm += nv.pages();
+            self.insert_vma_merged(&mut mm, nv);
+            if v.vm_flags.contains(VmFlags::VM_WIPEONFORK) {
+                continue;
+            }
+            if self.copy_page_range(cpu, &mm, old, v).is_err() {
+                self.exit_mmap(cpu, mm);
+                return Err(Errno::ENOMEM);
+            }
+        }
+        Ok(mm)
+    }
+
+    /// `brk`: move the program break. Shrinking unmaps; growing maps anonymous pages after the
+    /// old break (merging with the heap VMA) unless that would come within a page of the next
+    /// mapping's guard gap. Never below `start_brk`. Returns the break now in effect — the
+    /// old one when the request fails, as the system call does.
+    pub fn brk(&self, cpu: &CpuGuard<'_>, mm: &mut MmStruct, brk: u64) -> u64 {
+        if brk < mm.start_brk || brk > TASK_SIZE {
+            return mm.brk;
+        }
+        let newbrk = align_up(brk, PAGE_SIZE);
+        let oldbrk = align_up(mm.brk, PAGE_SIZE);
+        if newbrk == oldbrk {
+            mm.brk = brk;
+            return brk;
+        }
+        if brk <= mm.brk {
+            // Shrinking: unmap the pages past the new break.
+            if self.do_munmap(cpu, mm, newbrk, oldbrk - newbrk).is_ok() {
+                mm.brk = brk;
+            }
+            return mm.brk;
+        }
+        if let Some(next) = mm.find_vma(oldbrk) {
+            if newbrk + PAGE_SIZE > next.start_gap() {
+                return mm.brk;
+            }
+        }
+        if mm.map_count >= mm.max_map_count {
+            return mm.brk;
+        }
+        let flags = VmFlags::VM_READ
+            | VmFlags::VM_WRITE
+            | VmFlags::VM_MAYREAD
+            | VmFlags::VM_MAYWRITE
+            | VmFlags::VM_MAYEXEC
+            | VmFlags::VM_ACCOUNT;
+        self.mmap_region(
+            mm,
+            oldbrk,
+            newbrk - oldbrk,
+            flags,
+            oldbrk >> PAGE_SHIFT,
+            None,
+            None,
+        );
+        mm.brk = brk;
+        brk
+    }
+
+    /// `madvise(MADV_DONTNEED)`: drop the pages of `[start, start + len)` — private memory
+    /// reads back as zeroes (or the file's bytes) afterwards. `EINVAL` for an unaligned start
+    /// or locked/PFN-mapped memory, `ENOMEM` when the range is not fully mapped (after
+    /// zapping what is).
+    pub fn madvise_dontneed(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        if start & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = start
+            .checked_add(align_up(len, PAGE_SIZE))
+            .filter(|&e| e <= TASK_SIZE)
+            .ok_or(Errno::EINVAL)?;
+        let mut hole = false;
+        let mut a = start;
+        let vmas: Vec<VmArea> = mm
+            .vmas
+            .iter_from(start + 1)
+            .take_while(|v| v.vm_start < end)
+            .cloned()
+            .collect();
+        for v in &vmas {
+            if v.vm_flags
+                .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
+            {
+                return Err(Errno::EINVAL);
+            }
+        }
+        for v in vmas {
+            if v.vm_start > a {
+                hole = true;
+            }
+            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
+            self.zap_page_range(cpu, mm, lo, hi);
+            a = hi;
+        }
+        if a < end {
+            hole = true;
+        }
+        if hole {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
+        }
     }
 
     /// `exit_mmap`: unmap everything, then free the page tables.

@@ -1,18 +1,23 @@
 //! Memory management (`mm/`).
+pub mod filemap;
+pub mod highmem;
 pub mod init;
 pub mod list;
 pub mod memblock;
+pub mod memory;
 pub mod mempool;
 pub mod mm_types;
 pub mod mmap;
 pub mod mmzone;
 pub mod page;
 pub mod page_alloc;
+pub mod rmap;
 pub mod slab;
 pub mod slab_check;
 pub mod slab_common;
 pub mod slab_debug;
 pub mod sysctl;
+pub mod uaccess;
 pub mod vma_tree;
 pub mod vmalloc;
 pub mod vmap_tree;

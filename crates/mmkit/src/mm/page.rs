@@ -79,8 +79,7 @@ pub const PAGE_FLAGS_CHECK_AT_FREE: PageFlags = PageFlags::LOCKED
     .union(PageFlags::MLOCKED)
     .union(PageFlags::BUDDY)
     .union(PageFlags::SLAB)
-    .union(PageFlags::RESERVED)
-    .union(PageFlags::SWAPBACKED);
+    .union(PageFlags::RESERVED);
 
 /// Flags that must be clear when a page is handed out (`PAGE_FLAGS_CHECK_AT_PREP`).
 pub const PAGE_FLAGS_CHECK_AT_PREP: PageFlags = PAGE_FLAGS_CHECK_AT_FREE.union(PageFlags::DIRTY);
@@ -220,6 +219,20 @@ impl Page {
     #[inline]
     pub(crate) fn set_mapcount(&self, v: i32) {
         self.mapcount.store(v, Relaxed);
+    }
+    /// `atomic_inc_return(&page->_mapcount)`: one more PTE maps the page; the new count.
+    #[inline]
+    pub(crate) fn inc_mapcount(&self) -> i32 {
+        self.mapcount
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel)
+            + 1
+    }
+    /// One PTE fewer maps the page; the new count.
+    #[inline]
+    pub(crate) fn dec_mapcount(&self) -> i32 {
+        self.mapcount
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel)
+            - 1
     }
     /// Set the `page->mapping` handle (for slab pages: the cache id + 1).
     #[inline]

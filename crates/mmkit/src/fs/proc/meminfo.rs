@@ -85,9 +85,11 @@ pub fn meminfo(k: &Kernel) -> String {
     kb(&mut s, "MemTotal:       ", i.total);
     kb(&mut s, "MemFree:        ", i.free);
     kb(&mut s, "MemAvailable:   ", i.available);
+    use crate::mm::filemap::{NR_ANON_MAPPED, NR_FILE_DIRTY, NR_FILE_MAPPED, NR_FILE_PAGES};
+    let g = |item| k.global_node_page_state(item);
+    kb(&mut s, "Buffers:        ", 0);
+    kb(&mut s, "Cached:         ", g(NR_FILE_PAGES));
     for l in [
-        "Buffers:        ",
-        "Cached:         ",
         "SwapCached:     ",
         "Active:         ",
         "Inactive:       ",
@@ -101,14 +103,14 @@ pub fn meminfo(k: &Kernel) -> String {
         "SwapFree:       ",
         "Zswap:          ",
         "Zswapped:       ",
-        "Dirty:          ",
-        "Writeback:      ",
-        "AnonPages:      ",
-        "Mapped:         ",
-        "Shmem:          ",
     ] {
         kb(&mut s, l, 0);
     }
+    kb(&mut s, "Dirty:          ", g(NR_FILE_DIRTY));
+    kb(&mut s, "Writeback:      ", 0);
+    kb(&mut s, "AnonPages:      ", g(NR_ANON_MAPPED));
+    kb(&mut s, "Mapped:         ", g(NR_FILE_MAPPED));
+    kb(&mut s, "Shmem:          ", 0);
     let (rec, unrec) = k.slab_pages();
     kb(&mut s, "KReclaimable:   ", rec);
     kb(&mut s, "Slab:           ", rec + unrec);

@@ -5,6 +5,7 @@
 pub mod buddyinfo;
 pub mod iomem;
 pub mod meminfo;
+pub mod task_mmu;
 pub mod vmstat;
 pub mod zoneinfo;
 

@@ -666,6 +666,11 @@ impl Kernel {
             self.bad_page(cpu, page, pfn, "nonzero mapcount");
             return false;
         }
+        // An anonymous page's mapping (the anon bit) is cleared at free, as Linux clears
+        // PageMappingFlags; any other mapping is a page still in a file's cache.
+        if page.mapping() & crate::mm::rmap::PAGE_MAPPING_ANON != 0 {
+            page.set_mapping(0);
+        }
         if page.mapping() != 0 {
             self.bad_page(cpu, page, pfn, "non-NULL mapping");
             return false;

@@ -1,0 +1,92 @@
+//! Host files as the simulated machine's files: read-only, read with `pread`, identified by
+//! the host's device and inode numbers and canonical path (what `/proc/PID/maps` shows), one
+//! `Inode` — one page cache — per host file, as a real kernel keeps one inode per file.
+
+use anyhow::{Context, Result};
+use mmkit::errno::Errno;
+use mmkit::fs::inode::{FMode, File, FileData, Inode};
+use mmkit::Kernel;
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A host file opened read-only; its size is fixed when it is opened.
+pub struct HostFile {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl FileData for HostFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Errno::EIO),
+            }
+        }
+        Ok(done)
+    }
+    fn write_at(&self, _off: u64, _buf: &[u8]) -> Result<usize, Errno> {
+        Err(Errno::EROFS)
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+}
+
+/// The host files a machine has opened, by (device, inode).
+#[derive(Default)]
+pub struct HostFs {
+    inodes: Mutex<HashMap<(u64, u64), Arc<Inode>>>,
+}
+
+/// `MAJOR()`/`MINOR()` of a host `st_dev` (glibc's encoding).
+pub fn dev_major_minor(dev: u64) -> (u32, u32) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (major as u32, minor as u32)
+}
+
+impl HostFs {
+    /// The inode of the host file at `path` (following symlinks), registering it with the
+    /// kernel on first use.
+    pub fn inode(&self, k: &Kernel, path: &Path) -> Result<Arc<Inode>> {
+        let real: PathBuf = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let file = std::fs::File::open(&real)
+            .with_context(|| format!("cannot open {}", real.display()))?;
+        let md = file.metadata()?;
+        if !md.is_file() {
+            anyhow::bail!("{} is not a regular file", real.display());
+        }
+        let key = (md.dev(), md.ino());
+        let mut map = self.inodes.lock().expect("hostfs lock");
+        if let Some(i) = map.get(&key) {
+            return Ok(i.clone());
+        }
+        let inode = k.new_inode(
+            Box::new(HostFile {
+                file,
+                size: md.len(),
+            }),
+            dev_major_minor(md.dev()),
+            md.ino(),
+            &real.to_string_lossy(),
+        );
+        map.insert(key, inode.clone());
+        Ok(inode)
+    }
+
+    /// Open the host file at `path` read-only.
+    pub fn open(&self, k: &Kernel, path: &Path) -> Result<Arc<File>> {
+        let inode = self.inode(k, path)?;
+        Ok(k.open(&inode, FMode::READ)?)
+    }
+}

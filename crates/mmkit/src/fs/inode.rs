@@ -1,0 +1,285 @@
+//! Files as memory management sees them (`include/linux/fs.h`: `struct inode`,
+//! `struct address_space`, `struct file`; `fs/inode.c`'s `iget`/`evict`; `mm/shmem.c`-like
+//! memory-backed files).
+//!
+//! An [`Inode`] is a file's identity (device, inode number, path for `/proc/PID/maps`), its
+//! contents ([`FileData`]: a host file in the simulator, or a [`RamFile`]), and its page
+//! cache (`i_pages`: page index → pfn, kept by `mm/filemap.rs`). A [`File`] is an open file
+//! (`struct file`): an inode plus the mode it was opened with, which `mmap` checks.
+//!
+//! Inodes are registered with the kernel ([`Kernel::new_inode`]) so that a page-cache page
+//! can name its file through `page->mapping` (a small handle here, a pointer in Linux), as
+//! reclaim and rmap need.
+
+use crate::errno::Errno;
+use crate::sync::SpinLock;
+use crate::Kernel;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// A file's contents: the backing store the page cache reads from and writes back to.
+pub trait FileData: Send + Sync {
+    /// Current size in bytes (`i_size`).
+    fn size(&self) -> u64;
+    /// Read up to `buf.len()` bytes at `off`; fewer at end of file. `EIO` on a device error.
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// Write `buf` at `off` (writeback). `EROFS` for read-only backing stores.
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno>;
+    /// Whether `write_at` can succeed (a file may be opened for writing only then).
+    fn writable(&self) -> bool;
+}
+
+/// A writable file whose backing store is host memory (what tmpfs gives a test): shared
+/// mappings of it are written back here.
+pub struct RamFile {
+    bytes: SpinLock<Vec<u8>>,
+}
+
+impl RamFile {
+    /// A file holding `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes: SpinLock::new(bytes),
+        }
+    }
+
+    /// A copy of the current contents (what a `read(2)` of the whole file returns after
+    /// writeback).
+    pub fn contents(&self) -> Vec<u8> {
+        self.bytes.lock().clone()
+    }
+}
+
+impl FileData for RamFile {
+    fn size(&self) -> u64 {
+        self.bytes.lock().len() as u64
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        let b = self.bytes.lock();
+        let Ok(off) = usize::try_from(off) else {
+            return Ok(0);
+        };
+        if off >= b.len() {
+            return Ok(0);
+        }
+        let n = buf.len().min(b.len() - off);
+        buf[..n].copy_from_slice(&b[off..off + n]);
+        Ok(n)
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        let mut b = self.bytes.lock();
+        let off = usize::try_from(off).map_err(|_| Errno::EFBIG)?;
+        let end = off.checked_add(buf.len()).ok_or(Errno::EFBIG)?;
+        if end > b.len() {
+            b.resize(end, 0);
+        }
+        b[off..end].copy_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// `struct inode` with its `struct address_space`.
+pub struct Inode {
+    /// `i_ino`.
+    pub ino: u64,
+    /// `s_dev` as (major, minor).
+    pub dev: (u32, u32),
+    /// The path `/proc/PID/maps` prints.
+    pub path: String,
+    pub(crate) data: Box<dyn FileData>,
+    /// `i_pages`: page index → pfn of the cached page. Held while a page is looked up,
+    /// inserted or removed; the page's own refcount keeps it alive after.
+    pub(crate) i_pages: SpinLock<BTreeMap<u64, u64>>,
+    /// This mapping's handle in `page->mapping`.
+    pub(crate) id: u32,
+    /// `nrpages`.
+    pub(crate) nrpages: AtomicU64,
+    /// A memory file (shmem/tmpfs): no writeback, so shared writable mappings need no
+    /// write-notify faults for dirty tracking (`mapping_can_writeback` is false).
+    pub shmem: bool,
+    /// No directory entry names the inode any more (`i_nlink` = 0): it is evicted, page
+    /// cache and all, when the last open file of it goes (`iput_final`).
+    pub unlinked: AtomicBool,
+}
+
+impl Inode {
+    /// `i_size_read`.
+    pub fn size(&self) -> u64 {
+        self.data.size()
+    }
+
+    /// Pages in the page cache (`mapping->nrpages`).
+    pub fn nrpages(&self) -> u64 {
+        self.nrpages.load(Relaxed)
+    }
+
+    /// The cached page at `index`, if any (`filemap_get_folio` without a reference: for
+    /// tests and `/proc`).
+    pub fn cached_pfn(&self, index: u64) -> Option<u64> {
+        self.i_pages.lock().get(&index).copied()
+    }
+
+    /// `mapping_can_writeback`: dirty pages go back to a store (not a memory file).
+    pub fn can_writeback(&self) -> bool {
+        !self.shmem
+    }
+
+    /// The backing store (to read what writeback put there).
+    pub fn data(&self) -> &dyn FileData {
+        &*self.data
+    }
+}
+
+bitflags::bitflags! {
+    /// `fmode_t`: how a file was opened.
+    #[derive(Copy, Clone, PartialEq, Eq, Debug)]
+    pub struct FMode: u32 {
+        /// `FMODE_READ`.
+        const READ = 0x1;
+        /// `FMODE_WRITE`.
+        const WRITE = 0x2;
+    }
+}
+
+/// `struct file`: an open file. Two `File`s of one inode are distinct (VMAs of different
+/// opens never merge, as in Linux).
+pub struct File {
+    /// The file's inode.
+    pub inode: Arc<Inode>,
+    /// `f_mode`.
+    pub f_mode: FMode,
+}
+
+impl PartialEq for File {
+    fn eq(&self, other: &Self) -> bool {
+        core::ptr::eq(self, other)
+    }
+}
+impl Eq for File {}
+
+impl core::fmt::Debug for File {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "File({}, {:?})", self.inode.path, self.f_mode)
+    }
+}
+
+/// The kernel's table of inodes, indexed by `page->mapping` handle − 1.
+#[derive(Default)]
+pub(crate) struct InodeTable {
+    pub(crate) slots: Vec<Option<Arc<Inode>>>,
+    /// `get_next_ino` for memory files.
+    next_ino: u64,
+}
+
+impl Kernel {
+    /// `iget`: register a file so the page cache can hold its pages. `dev` and `ino` are
+    /// what `/proc/PID/maps` prints, `path` the name after them.
+    pub fn new_inode(
+        &self,
+        data: Box<dyn FileData>,
+        dev: (u32, u32),
+        ino: u64,
+        path: &str,
+    ) -> Arc<Inode> {
+        self.new_inode_of_kind(data, dev, ino, path, false)
+    }
+
+    /// `iget` for a file of a memory file system (shmem): see [`Inode::shmem`].
+    pub fn new_shmem_inode(&self, data: Box<dyn FileData>, path: &str) -> Arc<Inode> {
+        let ino = self.next_shmem_ino();
+        self.new_inode_of_kind(data, (0, 1), ino, path, true)
+    }
+
+    fn new_inode_of_kind(
+        &self,
+        data: Box<dyn FileData>,
+        dev: (u32, u32),
+        ino: u64,
+        path: &str,
+        shmem: bool,
+    ) -> Arc<Inode> {
+        let mut t = self.inodes.lock();
+        let slot = t.slots.iter().position(Option::is_none).unwrap_or_else(|| {
+            t.slots.push(None);
+            t.slots.len() - 1
+        });
+        let inode = Arc::new(Inode {
+            ino,
+            dev,
+            path: String::from(path),
+            data,
+            i_pages: SpinLock::new(BTreeMap::new()),
+            id: slot as u32 + 1,
+            nrpages: AtomicU64::new(0),
+            shmem,
+            unlinked: AtomicBool::new(false),
+        });
+        t.slots[slot] = Some(inode.clone());
+        inode
+    }
+
+    /// `get_next_ino`: an inode number for a memory file.
+    pub(crate) fn next_shmem_ino(&self) -> u64 {
+        let mut t = self.inodes.lock();
+        t.next_ino += 1;
+        t.next_ino + 1023
+    }
+
+    /// `fput`: drop a reference to an open file. When it was the last reference to an
+    /// unlinked inode (besides the kernel's table), the inode goes with its page cache, dirty
+    /// pages included — nobody can read them any more.
+    pub fn fput(&self, cpu: &crate::CpuGuard<'_>, file: Arc<File>) {
+        let Some(file) = Arc::into_inner(file) else {
+            return;
+        };
+        let inode = file.inode;
+        if !inode.unlinked.load(Relaxed) || Arc::strong_count(&inode) > 2 {
+            return;
+        }
+        self.truncate_inode_pages(cpu, &inode);
+        if inode.nrpages() == 0 {
+            let mut t = self.inodes.lock();
+            if let Some(s) = t.slots.get_mut(inode.id as usize - 1) {
+                *s = None;
+            }
+        }
+    }
+
+    /// `dentry_open`: open `inode` with `mode`. `EACCES` for writing a read-only store.
+    pub fn open(&self, inode: &Arc<Inode>, mode: FMode) -> Result<Arc<File>, Errno> {
+        if mode.contains(FMode::WRITE) && !inode.data.writable() {
+            return Err(Errno::EACCES);
+        }
+        Ok(Arc::new(File {
+            inode: inode.clone(),
+            f_mode: mode,
+        }))
+    }
+
+    /// Every registered inode.
+    pub fn inodes(&self) -> Vec<Arc<Inode>> {
+        self.inodes.lock().slots.iter().flatten().cloned().collect()
+    }
+
+    /// `evict`: drop an inode nobody maps any more, with its page cache (dirty pages are
+    /// written back first). `EBUSY` while a page is still mapped or otherwise referenced.
+    pub fn evict_inode(&self, cpu: &crate::CpuGuard<'_>, inode: &Arc<Inode>) -> Result<(), Errno> {
+        self.write_inode_now(inode)?;
+        self.invalidate_mapping_pages(cpu, inode);
+        if inode.nrpages() != 0 {
+            return Err(Errno::EBUSY);
+        }
+        let mut t = self.inodes.lock();
+        if let Some(s) = t.slots.get_mut(inode.id as usize - 1) {
+            *s = None;
+        }
+        Ok(())
+    }
+}

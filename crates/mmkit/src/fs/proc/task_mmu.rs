@@ -1,0 +1,273 @@
+//! `/proc/PID/maps` and `/proc/PID/smaps` (`fs/proc/task_mmu.c`: `show_map_vma`,
+//! `get_vma_name`, `show_smap`, `smaps_pte_entry`/`smaps_account`, `show_smap_vma_flags`),
+//! byte for byte in Linux 6.18's format, including the `[vsyscall]` gate area x86-64 prints
+//! last.
+
+use crate::addr::PAGE_SHIFT;
+use crate::arch::x86_64::pgtable::Pte;
+use crate::mm::mm_types::{MmStruct, VmArea, VmFlags};
+use crate::mm::page::PageFlags;
+use crate::mm::rmap::page_anon;
+use crate::Kernel;
+use alloc::string::String;
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+
+/// The `[vsyscall]` page (`VSYSCALL_ADDR`), shown execute-only (`vsyscall=xonly`).
+pub const VSYSCALL_ADDR: u64 = 0xffff_ffff_ff60_0000;
+
+/// `get_vma_name`: the file, a special mapping's name, or `[heap]`/`[stack]` for the VMAs
+/// holding the initial heap and stack.
+pub fn vma_name<'a>(mm: &MmStruct, v: &'a VmArea) -> Option<&'a str> {
+    if let Some(f) = &v.vm_file {
+        return Some(f.inode.path.as_str());
+    }
+    if let Some(n) = v.name {
+        return Some(n);
+    }
+    // vma_is_initial_heap / vma_is_initial_stack.
+    if v.vm_start < mm.brk && v.vm_end > mm.start_brk {
+        return Some("[heap]");
+    }
+    if v.vm_start <= mm.start_stack && v.vm_end >= mm.start_stack {
+        return Some("[stack]");
+    }
+    None
+}
+
+/// `show_vma_header_prefix` + the name, padded to column 73 (`seq_pad`).
+fn header(
+    s: &mut String,
+    (start, end): (u64, u64),
+    flags: VmFlags,
+    pgoff: u64,
+    (dev, ino): ((u32, u32), u64),
+    name: Option<&str>,
+) {
+    let flag = |b: VmFlags, c: char| if flags.contains(b) { c } else { '-' };
+    let line_start = s.len();
+    let _ = write!(
+        s,
+        "{:08x}-{:08x} {}{}{}{} {:08x} {:02x}:{:02x} {} ",
+        start,
+        end,
+        flag(VmFlags::VM_READ, 'r'),
+        flag(VmFlags::VM_WRITE, 'w'),
+        flag(VmFlags::VM_EXEC, 'x'),
+        if flags.contains(VmFlags::VM_MAYSHARE) {
+            's'
+        } else {
+            'p'
+        },
+        pgoff,
+        dev.0,
+        dev.1,
+        ino
+    );
+    if let Some(n) = name {
+        let used = s.len() - line_start;
+        let pad = 73usize.saturating_sub(used);
+        let _ = write!(s, "{:pad$}{}", "", n, pad = pad);
+    }
+    s.push('\n');
+}
+
+fn vma_header(s: &mut String, mm: &MmStruct, v: &VmArea) {
+    let (dev, ino, pgoff) = match &v.vm_file {
+        Some(f) => (f.inode.dev, f.inode.ino, v.vm_pgoff << PAGE_SHIFT),
+        None => ((0, 0), 0, 0),
+    };
+    header(
+        s,
+        (v.vm_start, v.vm_end),
+        v.vm_flags,
+        pgoff,
+        (dev, ino),
+        vma_name(mm, v),
+    );
+}
+
+fn gate_header(s: &mut String) {
+    header(
+        s,
+        (VSYSCALL_ADDR, VSYSCALL_ADDR + crate::PAGE_SIZE),
+        VmFlags::VM_EXEC,
+        0,
+        ((0, 0), 0),
+        Some("[vsyscall]"),
+    );
+}
+
+/// `/proc/PID/maps`.
+pub fn proc_pid_maps(mm: &MmStruct) -> String {
+    let mut s = String::new();
+    for v in mm.vmas() {
+        vma_header(&mut s, mm, v);
+    }
+    gate_header(&mut s);
+    s
+}
+
+/// The two-letter `VmFlags` mnemonics, by bit (`show_smap_vma_flags`).
+const MNEMONICS: [(u64, &str); 31] = [
+    (0, "rd"),
+    (1, "wr"),
+    (2, "ex"),
+    (3, "sh"),
+    (4, "mr"),
+    (5, "mw"),
+    (6, "me"),
+    (7, "ms"),
+    (8, "gd"),
+    (9, "um"),
+    (10, "pf"),
+    (12, "uw"),
+    (13, "lo"),
+    (14, "io"),
+    (15, "sr"),
+    (16, "rr"),
+    (17, "dc"),
+    (18, "de"),
+    (19, "lf"),
+    (20, "ac"),
+    (21, "nr"),
+    (22, "ht"),
+    (23, "sf"),
+    (24, "ar"),
+    (25, "wf"),
+    (26, "dd"),
+    (27, "sd"),
+    (28, "mm"),
+    (29, "hg"),
+    (30, "nh"),
+    (31, "mg"),
+];
+
+/// `struct mem_size_stats`, Pss values shifted by `PSS_SHIFT`.
+#[derive(Default)]
+struct MemSizeStats {
+    resident: u64,
+    shared_clean: u64,
+    shared_dirty: u64,
+    private_clean: u64,
+    private_dirty: u64,
+    referenced: u64,
+    anonymous: u64,
+    pss: u64,
+    pss_dirty: u64,
+    pss_locked: u64,
+}
+
+const PSS_SHIFT: u32 = 12;
+
+impl MemSizeStats {
+    /// `smaps_page_accumulate`.
+    fn accumulate(&mut self, size: u64, pss: u64, dirty: bool, locked: bool, private: bool) {
+        self.pss += pss;
+        if locked {
+            self.pss_locked += pss;
+        }
+        if dirty {
+            self.pss_dirty += pss;
+            if private {
+                self.private_dirty += size;
+            } else {
+                self.shared_dirty += size;
+            }
+        } else if private {
+            self.private_clean += size;
+        } else {
+            self.shared_clean += size;
+        }
+    }
+}
+
+fn kb_line(s: &mut String, label: &str, bytes: u64) {
+    let _ = writeln!(s, "{label:<16}{:>8} kB", bytes >> 10);
+}
+
+/// `/proc/PID/smaps`: each VMA's header, its memory figures from walking its PTEs, and its
+/// flags; then the gate area.
+pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
+    let mut s = String::new();
+    for v in mm.vmas() {
+        vma_header(&mut s, mm, v);
+        let mut mss = MemSizeStats::default();
+        let locked = v.vm_flags.contains(VmFlags::VM_LOCKED);
+        k.for_each_pte(&mm.pt, v.vm_start, v.vm_end, |_, slot| {
+            let pte = Pte(slot.load(Ordering::Acquire));
+            if !pte.is_present() {
+                return;
+            }
+            let Some(page) = k.vm_normal_page(pte) else {
+                return;
+            };
+            let size = crate::PAGE_SIZE;
+            mss.resident += size;
+            if page_anon(page) {
+                mss.anonymous += size;
+            }
+            if pte.young() || page.test(PageFlags::REFERENCED) {
+                mss.referenced += size;
+            }
+            let dirty = pte.dirty() || page.test(PageFlags::DIRTY);
+            if page.refcount() == 1 {
+                mss.accumulate(size, size << PSS_SHIFT, dirty, locked, true);
+                return;
+            }
+            let mapcount = page.mapcount().max(1) as u64;
+            let mut pss = size << PSS_SHIFT;
+            if mapcount >= 2 {
+                pss /= mapcount;
+            }
+            mss.accumulate(size, pss, dirty, locked, mapcount < 2);
+        });
+        write_smap(&mut s, v.vm_end - v.vm_start, &mss, v.vm_flags);
+    }
+    gate_header(&mut s);
+    write_smap(
+        &mut s,
+        crate::PAGE_SIZE,
+        &MemSizeStats::default(),
+        VmFlags::VM_EXEC,
+    );
+    s
+}
+
+fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags) {
+    kb_line(s, "Size:", size);
+    kb_line(s, "KernelPageSize:", crate::PAGE_SIZE);
+    kb_line(s, "MMUPageSize:", crate::PAGE_SIZE);
+    kb_line(s, "Rss:", mss.resident);
+    kb_line(s, "Pss:", mss.pss >> PSS_SHIFT);
+    kb_line(s, "Pss_Dirty:", mss.pss_dirty >> PSS_SHIFT);
+    kb_line(s, "Shared_Clean:", mss.shared_clean);
+    kb_line(s, "Shared_Dirty:", mss.shared_dirty);
+    kb_line(s, "Private_Clean:", mss.private_clean);
+    kb_line(s, "Private_Dirty:", mss.private_dirty);
+    kb_line(s, "Referenced:", mss.referenced);
+    kb_line(s, "Anonymous:", mss.anonymous);
+    for l in [
+        "KSM:",
+        "LazyFree:",
+        "AnonHugePages:",
+        "ShmemPmdMapped:",
+        "FilePmdMapped:",
+        "Shared_Hugetlb:",
+        "Private_Hugetlb:",
+        "Swap:",
+        "SwapPss:",
+    ] {
+        kb_line(s, l, 0);
+    }
+    kb_line(s, "Locked:", mss.pss_locked >> PSS_SHIFT);
+    let _ = writeln!(s, "THPeligible:    {:>8}", 0);
+    s.push_str("VmFlags: ");
+    for (bit, m) in MNEMONICS {
+        if flags.bits() & (1 << bit) != 0 {
+            s.push_str(m);
+            s.push(' ');
+        }
+    }
+    s.push('\n');
+}

@@ -1,0 +1,310 @@
+//! The page cache (`mm/filemap.c`, `mm/readahead.c`, `mm/truncate.c`, `mm/page-writeback.c`):
+//! `filemap_get_folio`, `filemap_add_folio`, `filemap_fault` with mmap read-around
+//! (`do_sync_mmap_readahead`: `ra_pages` centred on the fault), `folio_mark_dirty`,
+//! writeback of dirty pages (`write_inode_now`, what `sync`/`msync` reach), and
+//! `invalidate_mapping_pages` (what `drop_caches` does for each inode).
+//!
+//! A cached page holds one reference for the cache; each PTE mapping it and each lookup adds
+//! one. `page->mapping` is the inode's handle and `page->index` the page's offset in the file.
+//! `NR_FILE_PAGES` and `NR_FILE_DIRTY` (`nr_file_pages`, `nr_dirty`) count them per node.
+
+use crate::addr::{PAGE_SHIFT, PAGE_SIZE};
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::fs::inode::Inode;
+use crate::gfp::GFP_HIGHUSER_MOVABLE;
+use crate::mm::page::{Page, PageFlags};
+use crate::mm::vmstat::{index_of, NODE_STAT_NAMES, VM_EVENT_NAMES};
+use crate::Kernel;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// `NR_FILE_PAGES`.
+pub const NR_FILE_PAGES: usize = index_of(NODE_STAT_NAMES, "nr_file_pages");
+/// `NR_FILE_DIRTY`.
+pub const NR_FILE_DIRTY: usize = index_of(NODE_STAT_NAMES, "nr_dirty");
+/// `NR_FILE_MAPPED`.
+pub const NR_FILE_MAPPED: usize = index_of(NODE_STAT_NAMES, "nr_mapped");
+/// `NR_ANON_MAPPED`.
+pub const NR_ANON_MAPPED: usize = index_of(NODE_STAT_NAMES, "nr_anon_pages");
+/// `NR_DIRTIED`.
+pub const NR_DIRTIED: usize = index_of(NODE_STAT_NAMES, "nr_dirtied");
+/// `NR_WRITTEN`.
+pub const NR_WRITTEN: usize = index_of(NODE_STAT_NAMES, "nr_written");
+/// `PGMAJFAULT`.
+pub const PGMAJFAULT: usize = index_of(VM_EVENT_NAMES, "pgmajfault");
+
+/// `VM_READAHEAD_PAGES`: the default `ra_pages` (128 KiB).
+pub const VM_READAHEAD_PAGES: u64 = 32;
+
+impl Kernel {
+    /// `__mod_node_page_state` for the node of `page`.
+    #[inline]
+    pub(crate) fn mod_node_page_state(&self, page: &Page, item: usize, delta: i64) {
+        self.nodes[page.nid()].vm_stat[item].fetch_add(delta, Relaxed);
+    }
+
+    /// `global_node_page_state(item)`: the sum over nodes, never negative.
+    pub fn global_node_page_state(&self, item: usize) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.vm_stat[item].load(Relaxed))
+            .sum::<i64>()
+            .max(0) as u64
+    }
+
+    /// Pages a file of `inode`'s size spans.
+    fn file_pages(inode: &Inode) -> u64 {
+        inode.size().div_ceil(PAGE_SIZE)
+    }
+
+    /// `filemap_get_folio`: the cached page at `index` with a reference taken, or `None`.
+    pub fn find_get_page(&self, inode: &Inode, index: u64) -> Option<&Page> {
+        let pages = inode.i_pages.lock();
+        let pfn = *pages.get(&index)?;
+        let page = self.mem_map.page(pfn);
+        page.get();
+        Some(page)
+    }
+
+    /// Read the page at `index` from the backing store into a new page and add it to the
+    /// cache (`filemap_add_folio` + `read_folio`). Returns `Ok(false)` when another reader
+    /// added it first, `EIO` when the store fails (nothing is cached then), `ENOMEM`.
+    fn page_cache_read(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        index: u64,
+    ) -> Result<bool, Errno> {
+        if inode.i_pages.lock().contains_key(&index) {
+            return Ok(false);
+        }
+        let page = self
+            .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
+            .ok_or(Errno::ENOMEM)?;
+        let pfn = self.page_to_pfn(page).0;
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        let n = match inode.data.read_at(index << PAGE_SHIFT, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.__free_pages(cpu, page, 0);
+                return Err(e);
+            }
+        };
+        buf[n..].fill(0); // the tail past EOF reads as zeroes
+        self.phys_write(pfn << PAGE_SHIFT, &buf);
+        let mut pages = inode.i_pages.lock();
+        if pages.contains_key(&index) {
+            drop(pages);
+            self.__free_pages(cpu, page, 0);
+            return Ok(false);
+        }
+        page.set_index(index);
+        page.set_mapping(inode.id);
+        page.set(PageFlags::UPTODATE);
+        pages.insert(index, pfn);
+        inode.nrpages.fetch_add(1, Relaxed);
+        self.mod_node_page_state(page, NR_FILE_PAGES, 1);
+        Ok(true)
+    }
+
+    /// `page_cache_ra_unbounded`: read pages `[start, start + nr)` (clamped to the file) that
+    /// are not cached yet. Errors past the first page are dropped, as readahead does.
+    pub fn page_cache_readahead(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        start: u64,
+        nr: u64,
+    ) -> Result<u64, Errno> {
+        let end = (start + nr).min(Self::file_pages(inode));
+        let mut read = 0;
+        for index in start..end {
+            match self.page_cache_read(cpu, inode, index) {
+                Ok(true) => read += 1,
+                Ok(false) => {}
+                Err(e) if read == 0 && index == start => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(read)
+    }
+
+    /// `filemap_fault`'s page lookup: the page at `index` with a reference, reading it (and
+    /// `ra_pages` around it: `do_sync_mmap_readahead`) on a miss. The flag says whether it
+    /// had to be read from the store (for a fault: a major fault).
+    /// `Err(EFAULT)` beyond end of file (the caller raises SIGBUS), `EIO`, `ENOMEM`.
+    pub fn filemap_get_page(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        index: u64,
+        ra_pages: u64,
+    ) -> Result<(&Page, bool), Errno> {
+        if index >= Self::file_pages(inode) {
+            return Err(Errno::EFAULT);
+        }
+        if let Some(p) = self.find_get_page(inode, index) {
+            return Ok((p, false));
+        }
+        // Read-around: a window of ra_pages centred on the fault.
+        let ra = ra_pages.max(1);
+        let start = index.saturating_sub(ra / 2);
+        self.page_cache_readahead(cpu, inode, start, ra)?;
+        if !inode.i_pages.lock().contains_key(&index) {
+            // The window missed it (it cannot, but a failed read past `start` can).
+            self.page_cache_readahead(cpu, inode, index, 1)?;
+        }
+        let p = self.find_get_page(inode, index).ok_or(Errno::EIO)?;
+        Ok((p, true))
+    }
+
+    /// `filemap_read` (what `kernel_read` reaches): copy file bytes at `off` into `buf`
+    /// through the page cache, reading missing pages with readahead. Returns the bytes read
+    /// (fewer at end of file).
+    pub fn filemap_read(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Errno> {
+        let size = inode.size();
+        if off >= size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(size - off) as usize;
+        let mut done = 0;
+        while done < n {
+            let pos = off + done as u64;
+            let in_page = (pos & (PAGE_SIZE - 1)) as usize;
+            let chunk = (PAGE_SIZE as usize - in_page).min(n - done);
+            let (page, _) =
+                self.filemap_get_page(cpu, inode, pos >> PAGE_SHIFT, VM_READAHEAD_PAGES)?;
+            let pa = (self.page_to_pfn(page).0 << PAGE_SHIFT) + in_page as u64;
+            self.phys_read(pa, &mut buf[done..done + chunk]);
+            self.__free_pages(cpu, page, 0);
+            done += chunk;
+        }
+        Ok(n)
+    }
+
+    /// `folio_mark_dirty` for a page-cache page: set `PG_dirty`, count it.
+    pub fn set_page_dirty(&self, page: &Page) {
+        if !page.test(PageFlags::DIRTY) {
+            page.set(PageFlags::DIRTY);
+            self.mod_node_page_state(page, NR_FILE_DIRTY, 1);
+            self.mod_node_page_state(page, NR_DIRTIED, 1);
+        }
+    }
+
+    /// Write one dirty page back to the store and clear `PG_dirty` (`folio_clear_dirty_for_io`
+    /// + `writepage`). A page still mapped writable stays dirty-capable: its PTEs keep their
+    ///   dirty bits, which `zap`/`msync` transfer to the page again.
+    fn writeback_page(&self, inode: &Inode, page: &Page) -> Result<(), Errno> {
+        let index = page.index();
+        let size = inode.size();
+        let off = index << PAGE_SHIFT;
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        self.phys_read(self.page_to_pfn(page).0 << PAGE_SHIFT, &mut buf);
+        // Only the part inside the file is written (the tail page is not extended).
+        let n = (size.saturating_sub(off)).min(PAGE_SIZE) as usize;
+        if n > 0 {
+            inode.data.write_at(off, &buf[..n])?;
+        }
+        if page.test(PageFlags::DIRTY) {
+            page.clear(PageFlags::DIRTY);
+            self.mod_node_page_state(page, NR_FILE_DIRTY, -1);
+            self.mod_node_page_state(page, NR_WRITTEN, 1);
+        }
+        Ok(())
+    }
+
+    /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
+    /// back to its store. The first error is returned after trying every page.
+    pub fn write_inode_now(&self, inode: &Inode) -> Result<(), Errno> {
+        let dirty: Vec<u64> = inode
+            .i_pages
+            .lock()
+            .values()
+            .copied()
+            .filter(|&pfn| self.mem_map.page(pfn).test(PageFlags::DIRTY))
+            .collect();
+        let mut res = Ok(());
+        for pfn in dirty {
+            let page = self.mem_map.page(pfn);
+            if let Err(e) = self.writeback_page(inode, page) {
+                res = res.and(Err(e));
+            }
+        }
+        res
+    }
+
+    /// `invalidate_mapping_pages`: drop every cached page of `inode` that is clean and
+    /// referenced only by the cache. Returns how many went.
+    pub fn invalidate_mapping_pages(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> u64 {
+        let mut freed = Vec::new();
+        {
+            let mut pages = inode.i_pages.lock();
+            pages.retain(|_, &mut pfn| {
+                let p = self.mem_map.page(pfn);
+                let drop = p.refcount() == 1 && p.mapcount() == 0 && !p.test(PageFlags::DIRTY);
+                if drop {
+                    freed.push(pfn);
+                }
+                !drop
+            });
+        }
+        for &pfn in &freed {
+            self.delete_from_page_cache(cpu, inode, self.mem_map.page(pfn));
+        }
+        freed.len() as u64
+    }
+
+    /// `truncate_inode_pages`: remove every cached page of `inode` that nothing maps or holds
+    /// (dirty ones too: their data is discarded, as truncation does).
+    pub fn truncate_inode_pages(&self, cpu: &CpuGuard<'_>, inode: &Inode) {
+        let mut freed = Vec::new();
+        inode.i_pages.lock().retain(|_, &mut pfn| {
+            let p = self.mem_map.page(pfn);
+            let drop = p.refcount() == 1 && p.mapcount() == 0;
+            if drop {
+                freed.push(pfn);
+            }
+            !drop
+        });
+        for pfn in freed {
+            let page = self.mem_map.page(pfn);
+            if page.test(PageFlags::DIRTY) {
+                page.clear(PageFlags::DIRTY);
+                self.mod_node_page_state(page, NR_FILE_DIRTY, -1);
+            }
+            self.delete_from_page_cache(cpu, inode, page);
+        }
+    }
+
+    /// `__filemap_remove_folio` + the cache's `folio_put`: the page (already out of
+    /// `i_pages`) leaves the cache and is freed.
+    fn delete_from_page_cache(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) {
+        inode.nrpages.fetch_sub(1, Relaxed);
+        self.mod_node_page_state(page, NR_FILE_PAGES, -1);
+        page.set_mapping(0);
+        page.clear(PageFlags::UPTODATE | PageFlags::REFERENCED);
+        self.__free_pages(cpu, page, 0);
+    }
+
+    /// `drop_caches` = 1: invalidate the clean, unmapped page cache of every inode. Returns
+    /// the pages freed.
+    pub fn drop_pagecache(&self, cpu: &CpuGuard<'_>) -> u64 {
+        self.inodes()
+            .iter()
+            .map(|i| self.invalidate_mapping_pages(cpu, i))
+            .sum()
+    }
+
+    /// Whether `pfn` is a page-cache page of some inode (mapping handle without the anon bit).
+    pub(crate) fn page_is_file(&self, page: &Page) -> bool {
+        let m = page.mapping();
+        m != 0 && m & crate::mm::rmap::PAGE_MAPPING_ANON == 0 && !page.test(PageFlags::SLAB)
+    }
+}

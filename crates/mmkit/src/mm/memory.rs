@@ -1,0 +1,476 @@
+//! Page faults and the PTE-level work around them (`mm/memory.c`): `handle_mm_fault` →
+//! `handle_pte_fault` → `do_anonymous_page` / `do_read_fault` (with `do_fault_around`) /
+//! `do_cow_fault` / `do_shared_fault` / `do_wp_page` (`wp_page_reuse`, `wp_page_copy`,
+//! `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and `copy_page_range` for fork.
+//!
+//! Page accounting follows Linux: an anonymous page has refcount 1 and one mapping per PTE;
+//! a page-cache page has one reference for the cache plus one per PTE. The shared zero page
+//! (`ZERO_PAGE(0)`, a page of the kernel's bss) is mapped read-only with `_PAGE_SPECIAL`
+//! and never counted. `pgfault` counts every fault, `pgmajfault` those that read the file.
+
+use crate::addr::{PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::x86_64::pgtable::{PgProt, Pte, PteFlags, PAGE_SPECIAL};
+use crate::arch::x86_64::tlb::Access;
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
+use crate::mm::filemap::{PGMAJFAULT, VM_READAHEAD_PAGES};
+use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::page::Page;
+use crate::mm::rmap::page_anon;
+use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
+use crate::{Kernel, Pfn};
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+/// `PGFAULT`.
+pub const PGFAULT: usize = index_of(VM_EVENT_NAMES, "pgfault");
+
+/// `fault_around_bytes` default (64 KiB) in pages.
+pub const FAULT_AROUND_PAGES: u64 = 16;
+
+/// Why a fault could not be handled (`VM_FAULT_OOM`, `VM_FAULT_SIGBUS`, `VM_FAULT_SIGSEGV`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum VmFault {
+    /// No memory for the page or a page table.
+    Oom,
+    /// Access beyond the end of the mapped file, or the file could not be read.
+    Sigbus,
+    /// The fault cannot be satisfied for this mapping.
+    Sigsegv,
+}
+
+/// A handled fault: minor (no I/O) or major (read from the backing store).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Satisfied from memory.
+    Minor,
+    /// Needed a read from the file (or, later, swap).
+    Major,
+}
+
+impl Kernel {
+    /// `my_zero_pfn`: the shared zero page.
+    pub fn zero_pfn(&self) -> u64 {
+        self.zero_pfn
+    }
+
+    /// `vm_normal_page`: the struct page behind a present PTE, or `None` for special
+    /// mappings (the zero page).
+    pub(crate) fn vm_normal_page(&self, pte: Pte) -> Option<&Page> {
+        if pte.flags().contains(PAGE_SPECIAL) {
+            return None;
+        }
+        self.pfn_to_page(Pfn(pte.pfn()))
+    }
+
+    /// `handle_mm_fault` for `addr` in `vma` (which the caller found and checked with
+    /// `access_error`): install what the access needs, or say why it cannot.
+    pub fn handle_mm_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        addr: u64,
+        access: Access,
+    ) -> Result<FaultKind, VmFault> {
+        cpu.state().vmstat.count(PGFAULT, 1);
+        let va = addr & !(PAGE_SIZE - 1);
+        let pte = self.pte_lookup(&mm.pt, va).unwrap_or_default();
+        if pte.is_none() {
+            if let Some(base) = vma.vm_special {
+                // special_mapping_fault / vvar_fault: the kernel's page, shared, uncounted.
+                let pfn = base + ((va - vma.vm_start) >> PAGE_SHIFT);
+                let pte = Pte(Pte::new(pfn, vma.vm_page_prot).0 | PAGE_SPECIAL.bits());
+                self.install_pte(cpu, mm, va, pte, None)?;
+                return Ok(FaultKind::Minor);
+            }
+            if vma.is_anonymous() {
+                return self.do_anonymous_page(cpu, mm, vma, va, access.write);
+            }
+            return self.do_fault(cpu, mm, vma, va, access.write);
+        }
+        if !pte.is_present() {
+            // A swap entry: swap-in comes with the reclaim issue; nothing else puts
+            // non-present entries into user page tables.
+            return Err(VmFault::Sigbus);
+        }
+        if access.write && !pte.writable() {
+            return self.do_wp_page(cpu, mm, vma, va, pte);
+        }
+        // Spurious (another CPU fixed it, or a stale TLB entry): make the entry young and
+        // let the access retry.
+        self.pte_update(&mm.pt, va, |p| Pte(p.0 | PteFlags::ACCESSED.bits()));
+        self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+        Ok(FaultKind::Minor)
+    }
+
+    /// `maybe_mkwrite` + `pte_mkdirty` on a fresh entry for a write fault.
+    fn mk_pte(pfn: u64, prot: PgProt, vma: &VmArea, write: bool) -> Pte {
+        let mut pte = Pte::new(pfn, prot);
+        if write {
+            pte = Pte(pte.0 | PteFlags::DIRTY.bits());
+            if vma.vm_flags.contains(VmFlags::VM_WRITE) {
+                pte = Pte(pte.0 | PteFlags::RW.bits());
+            }
+        }
+        pte
+    }
+
+    /// A zeroed page for user memory (`vma_alloc_zeroed_movable_folio`).
+    fn alloc_user_page(&self, cpu: &CpuGuard<'_>, zeroed: bool) -> Result<&Page, VmFault> {
+        let gfp = if zeroed {
+            GFP_HIGHUSER_MOVABLE | Gfp::__GFP_ZERO
+        } else {
+            GFP_HIGHUSER_MOVABLE
+        };
+        self.alloc_pages(cpu, gfp, 0).ok_or(VmFault::Oom)
+    }
+
+    /// Install `pte` at `va`; on failure (no memory for a table) undo the page's mapping.
+    fn install_pte(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        va: u64,
+        pte: Pte,
+        page: Option<&Page>,
+    ) -> Result<(), VmFault> {
+        match self.set_pte_at(cpu, &mm.pt, va, pte) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                if let Some(p) = page {
+                    self.page_remove_rmap(p);
+                    self.__free_pages(cpu, p, 0);
+                }
+                Err(VmFault::Oom)
+            }
+        }
+    }
+
+    /// `do_anonymous_page`: a read maps the zero page read-only; a write maps a new zeroed
+    /// page.
+    fn do_anonymous_page(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        va: u64,
+        write: bool,
+    ) -> Result<FaultKind, VmFault> {
+        if !write {
+            let prot = PgProt(vma.vm_page_prot.0 & !PteFlags::RW.bits());
+            let pte = Pte(Pte::new(self.zero_pfn, prot).0 | PAGE_SPECIAL.bits());
+            self.install_pte(cpu, mm, va, pte, None)?;
+            return Ok(FaultKind::Minor);
+        }
+        let page = self.alloc_user_page(cpu, true)?;
+        self.page_add_new_anon_rmap(page, vma.linear_page_index(va));
+        let pfn = self.page_to_pfn(page).0;
+        self.install_pte(
+            cpu,
+            mm,
+            va,
+            Self::mk_pte(pfn, vma.vm_page_prot, vma, true),
+            Some(page),
+        )?;
+        mm.add_counter(MM_ANONPAGES, 1);
+        Ok(FaultKind::Minor)
+    }
+
+    /// `do_fault`: a fault on a file mapping with no PTE yet.
+    fn do_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        va: u64,
+        write: bool,
+    ) -> Result<FaultKind, VmFault> {
+        if !write {
+            self.do_read_fault(cpu, mm, vma, va)
+        } else if !vma.vm_flags.contains(VmFlags::VM_SHARED) {
+            self.do_cow_fault(cpu, mm, vma, va)
+        } else {
+            self.do_shared_fault(cpu, mm, vma, va)
+        }
+    }
+
+    /// `__do_fault` → `filemap_fault`: the page-cache page for `va`, with a reference.
+    fn file_page(
+        &self,
+        cpu: &CpuGuard<'_>,
+        vma: &VmArea,
+        va: u64,
+    ) -> Result<(&Page, FaultKind), VmFault> {
+        let file = vma.vm_file.as_ref().ok_or(VmFault::Sigbus)?;
+        let ra = if vma.vm_flags.contains(VmFlags::VM_RAND_READ) {
+            1
+        } else {
+            VM_READAHEAD_PAGES
+        };
+        match self.filemap_get_page(cpu, &file.inode, vma.linear_page_index(va), ra) {
+            Ok((p, true)) => {
+                cpu.state().vmstat.count(PGMAJFAULT, 1);
+                Ok((p, FaultKind::Major))
+            }
+            Ok((p, false)) => Ok((p, FaultKind::Minor)),
+            Err(Errno::ENOMEM) => Err(VmFault::Oom),
+            Err(_) => Err(VmFault::Sigbus),
+        }
+    }
+
+    /// `do_read_fault`: map the page-cache page (read-only for private mappings: the
+    /// VMA's protection has no write bit there), after `do_fault_around` mapped the cached
+    /// neighbours in the 64 KiB window.
+    fn do_read_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        va: u64,
+    ) -> Result<FaultKind, VmFault> {
+        let (page, kind) = self.file_page(cpu, vma, va)?;
+        self.page_add_rmap(page);
+        let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
+        self.install_pte(cpu, mm, va, pte, Some(page))?;
+        mm.add_counter(MM_FILEPAGES, 1);
+        self.do_fault_around(cpu, mm, vma, va);
+        Ok(kind)
+    }
+
+    /// `do_fault_around` / `filemap_map_pages`: map the pages of the aligned
+    /// `fault_around_bytes` window (inside the VMA and the same page table) that are
+    /// already cached, without I/O.
+    fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vma: &VmArea, va: u64) {
+        let Some(file) = vma.vm_file.as_ref() else {
+            return;
+        };
+        let win = FAULT_AROUND_PAGES << PAGE_SHIFT;
+        let pmd = 1u64 << 21;
+        let start = (va & !(win - 1)).max(vma.vm_start).max(va & !(pmd - 1));
+        let end = ((va & !(win - 1)) + win)
+            .min(vma.vm_end)
+            .min((va & !(pmd - 1)) + pmd);
+        let mut a = start;
+        while a < end {
+            if a != va && self.pte_lookup(&mm.pt, a).is_some_and(|p| p.is_none()) {
+                if let Some(page) = self.find_get_page(&file.inode, vma.linear_page_index(a)) {
+                    self.page_add_rmap(page);
+                    let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
+                    if self.install_pte(cpu, mm, a, pte, Some(page)).is_err() {
+                        return;
+                    }
+                    mm.add_counter(MM_FILEPAGES, 1);
+                }
+            }
+            a += PAGE_SIZE;
+        }
+    }
+
+    /// `do_cow_fault`: a write to a private file mapping copies the cached page into a new
+    /// anonymous page; the file's page stays as it was.
+    fn do_cow_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        va: u64,
+    ) -> Result<FaultKind, VmFault> {
+        let (src, kind) = self.file_page(cpu, vma, va)?;
+        let new = match self.alloc_user_page(cpu, false) {
+            Ok(p) => p,
+            Err(e) => {
+                self.__free_pages(cpu, src, 0);
+                return Err(e);
+            }
+        };
+        let pfn = self.page_to_pfn(new).0;
+        self.copy_highpage(pfn, self.page_to_pfn(src).0);
+        self.__free_pages(cpu, src, 0);
+        self.page_add_new_anon_rmap(new, vma.linear_page_index(va));
+        self.install_pte(
+            cpu,
+            mm,
+            va,
+            Self::mk_pte(pfn, vma.vm_page_prot, vma, true),
+            Some(new),
+        )?;
+        mm.add_counter(MM_ANONPAGES, 1);
+        Ok(kind)
+    }
+
+    /// `do_shared_fault`: a write to a shared file mapping maps the cached page writable and
+    /// marks it dirty (`page_mkwrite` + `fault_dirty_shared_page`).
+    fn do_shared_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        va: u64,
+    ) -> Result<FaultKind, VmFault> {
+        let (page, kind) = self.file_page(cpu, vma, va)?;
+        self.page_add_rmap(page);
+        self.set_page_dirty(page);
+        let pte = Self::mk_pte(self.page_to_pfn(page).0, vma.vm_page_prot, vma, true);
+        self.install_pte(cpu, mm, va, pte, Some(page))?;
+        mm.add_counter(MM_FILEPAGES, 1);
+        Ok(kind)
+    }
+
+    /// `do_wp_page`: a write to a present read-only PTE in a writable VMA.
+    fn do_wp_page(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        va: u64,
+        pte: Pte,
+    ) -> Result<FaultKind, VmFault> {
+        let old = self.vm_normal_page(pte);
+        if vma.vm_flags.contains(VmFlags::VM_SHARED) {
+            // wp_page_shared: the page cache learns the page is dirty; map it writable.
+            if let Some(p) = old {
+                self.set_page_dirty(p);
+            }
+            self.pte_update(&mm.pt, va, |p| p.mkwrite_dirty());
+            self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+            return Ok(FaultKind::Minor);
+        }
+        // wp_can_reuse_anon_folio: an anonymous page nobody else maps or holds.
+        if let Some(p) = old {
+            if page_anon(p) && p.mapcount() == 1 && p.refcount() == 1 {
+                self.pte_update(&mm.pt, va, |e| e.mkwrite_dirty());
+                self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+                return Ok(FaultKind::Minor);
+            }
+        }
+        // wp_page_copy: a private copy (a zeroed page in place of the zero page).
+        let new = self.alloc_user_page(cpu, old.is_none())?;
+        let pfn = self.page_to_pfn(new).0;
+        if let Some(p) = old {
+            self.copy_highpage(pfn, self.page_to_pfn(p).0);
+        }
+        self.page_add_new_anon_rmap(new, vma.linear_page_index(va));
+        let entry = Self::mk_pte(pfn, vma.vm_page_prot, vma, true);
+        // ptep_clear_flush + set_pte_at: every CPU must stop using the old page first.
+        self.pte_update(&mm.pt, va, |_| entry);
+        self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+        mm.add_counter(MM_ANONPAGES, 1);
+        if let Some(p) = old {
+            if !page_anon(p) {
+                mm.add_counter(MM_FILEPAGES, -1);
+            } else {
+                mm.add_counter(MM_ANONPAGES, -1);
+            }
+            self.page_remove_rmap(p);
+            self.__free_pages(cpu, p, 0);
+        }
+        Ok(FaultKind::Minor)
+    }
+
+    /// `zap_page_range` / `zap_pte_range`: clear every PTE in `[start, end)`; each page loses
+    /// the mapping and the reference it held (a dirty PTE dirties its file page first), and
+    /// the owner's RSS counters drop. The caller flushes the TLB.
+    pub(crate) fn zap_page_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, start: u64, end: u64) {
+        let mut put: Vec<Pte> = Vec::new();
+        {
+            let _g = mm.pt.lock.lock();
+            self.for_each_pte(&mm.pt, start, end, |_, slot| {
+                let old = Pte(slot.swap(0, Ordering::AcqRel));
+                if old.is_present() {
+                    put.push(old);
+                }
+            });
+        }
+        // The page must not be freed while a CPU may still write it through a stale entry.
+        if !put.is_empty() {
+            self.flush_tlb_range(&mm.pt, start, end);
+        }
+        for pte in put {
+            let Some(page) = self.vm_normal_page(pte) else {
+                continue;
+            };
+            if page.mapcount() <= 0 {
+                continue; // not a counted mapping (never happens for pages we installed)
+            }
+            if page_anon(page) {
+                mm.add_counter(MM_ANONPAGES, -1);
+            } else {
+                if pte.dirty() && self.page_is_file(page) {
+                    self.set_page_dirty(page);
+                }
+                mm.add_counter(MM_FILEPAGES, -1);
+            }
+            self.page_remove_rmap(page);
+            self.__free_pages(cpu, page, 0);
+        }
+    }
+
+    /// `copy_page_range` for fork: the child gets the parent's PTEs of `vma`; each page gains
+    /// a mapping and a reference, and in a COW mapping writable entries are write-protected in
+    /// both parent and child (`copy_present_pte`). Shared mappings are not copied: the child
+    /// faults them in from the page cache, as Linux skips VMAs without anonymous pages.
+    pub(crate) fn copy_page_range(
+        &self,
+        cpu: &CpuGuard<'_>,
+        dst: &MmStruct,
+        src: &MmStruct,
+        vma: &VmArea,
+    ) -> Result<(), Errno> {
+        if vma.vm_flags.contains(VmFlags::VM_SHARED) {
+            return Ok(());
+        }
+        let cow = vma.is_cow_mapping();
+        let mut entries: Vec<(u64, Pte)> = Vec::new();
+        {
+            let _g = src.pt.lock.lock();
+            self.for_each_pte(&src.pt, vma.vm_start, vma.vm_end, |va, slot| {
+                let mut v = Pte(slot.load(Ordering::Acquire));
+                if !v.is_present() {
+                    return;
+                }
+                if cow && v.writable() {
+                    v = Pte(slot.fetch_and(!PteFlags::RW.bits(), Ordering::AcqRel)).wrprotect();
+                }
+                entries.push((va, v));
+            });
+        }
+        if cow {
+            self.flush_tlb_range(&src.pt, vma.vm_start, vma.vm_end);
+        }
+        for (va, pte) in entries {
+            let page = self.vm_normal_page(pte);
+            if let Some(p) = page {
+                p.get();
+                self.page_add_rmap(p);
+                dst.add_counter(
+                    if page_anon(p) {
+                        MM_ANONPAGES
+                    } else {
+                        MM_FILEPAGES
+                    },
+                    1,
+                );
+            }
+            // The child's entry starts old, as pte_mkold in copy_present_pte does for the
+            // child of a COW mapping (the Accessed bit belongs to the parent's history).
+            if let Err(e) = self.set_pte_at(cpu, &dst.pt, va, pte.mkold()) {
+                if let Some(p) = page {
+                    self.page_remove_rmap(p);
+                    self.__free_pages(cpu, p, 0);
+                    dst.add_counter(
+                        if page_anon(p) {
+                            MM_ANONPAGES
+                        } else {
+                            MM_FILEPAGES
+                        },
+                        -1,
+                    );
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
