@@ -500,3 +500,128 @@ fn mprotect_changes_ptes_and_checks_arguments() {
         k.exit_mmap(cpu, mm);
     });
 }
+
+/// mremap: shrink in place, grow in place into free space, move with MREMAP_MAYMOVE when the
+/// next mapping is in the way (the bytes travel with their pages, same pfns), MREMAP_FIXED,
+/// MREMAP_DONTUNMAP, and Linux's errnos.
+#[test]
+fn mremap_grows_moves_and_keeps_bytes() {
+    use mmkit::mm::mremap::*;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .mmap(cpu, &mut mm, 0x4000_0000, 4 << 12, RW, ANON, 0)
+            .unwrap();
+        let data: Vec<u8> = (0..4 << 12).map(|i| (i * 7 % 251) as u8).collect();
+        k.user_write(cpu, &mut mm, a, &data).unwrap();
+        let pfns: Vec<u64> = (0..4)
+            .map(|i| k.pte_lookup(&mm.pt, a + (i << 12)).unwrap().pfn())
+            .collect();
+        // Grow in place: nothing after it.
+        assert_eq!(k.mremap(cpu, &mut mm, a, 4 << 12, 8 << 12, 0, 0), Ok(a));
+        assert_eq!(mm.vma_lookup(a).unwrap().vm_end, a + (8 << 12));
+        assert_eq!(mm.total_vm, 8);
+        // Something right after: growing needs to move.
+        k.mmap(
+            cpu,
+            &mut mm,
+            a + (8 << 12),
+            4096,
+            PROT_READ,
+            ANON | MAP_FIXED,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            k.mremap(cpu, &mut mm, a, 8 << 12, 16 << 12, 0, 0),
+            Err(Errno::ENOMEM)
+        );
+        let b = k
+            .mremap(cpu, &mut mm, a, 8 << 12, 16 << 12, MREMAP_MAYMOVE, 0)
+            .unwrap();
+        assert_ne!(b, a);
+        assert!(mm.vma_lookup(a).is_none(), "the old range is gone");
+        let mut got = vec![0u8; 4 << 12];
+        k.user_read(cpu, &mut mm, b, &mut got).unwrap();
+        assert_eq!(got, data, "the bytes moved with the pages");
+        for i in 0..4 {
+            assert_eq!(
+                k.pte_lookup(&mm.pt, b + (i << 12)).unwrap().pfn(),
+                pfns[i as usize]
+            );
+        }
+        let v = mm.vma_lookup(b).unwrap();
+        assert_eq!(
+            v.vm_pgoff,
+            a >> 12,
+            "an anonymous VMA keeps its linear index"
+        );
+        // Shrink in place.
+        assert_eq!(k.mremap(cpu, &mut mm, b, 16 << 12, 2 << 12, 0, 0), Ok(b));
+        assert_eq!(mm.vma_lookup(b).unwrap().vm_end, b + (2 << 12));
+        // MREMAP_FIXED to a chosen place, replacing what was there.
+        let c = 0x5000_0000u64;
+        k.mmap(cpu, &mut mm, c, 4096, PROT_READ, ANON | MAP_FIXED, 0)
+            .unwrap();
+        assert_eq!(
+            k.mremap(
+                cpu,
+                &mut mm,
+                b,
+                2 << 12,
+                2 << 12,
+                MREMAP_MAYMOVE | MREMAP_FIXED,
+                c
+            ),
+            Ok(c)
+        );
+        let mut two = vec![0u8; 2 << 12];
+        k.user_read(cpu, &mut mm, c, &mut two).unwrap();
+        assert_eq!(two, data[..2 << 12]);
+        // MREMAP_DONTUNMAP: the old range stays mapped and reads as zeroes.
+        let d = k
+            .mremap(
+                cpu,
+                &mut mm,
+                c,
+                2 << 12,
+                2 << 12,
+                MREMAP_MAYMOVE | MREMAP_DONTUNMAP,
+                0,
+            )
+            .unwrap();
+        k.user_read(cpu, &mut mm, d, &mut two).unwrap();
+        assert_eq!(two, data[..2 << 12]);
+        k.user_read(cpu, &mut mm, c, &mut two).unwrap();
+        assert!(two.iter().all(|&x| x == 0));
+        // Errnos.
+        assert_eq!(
+            k.mremap(cpu, &mut mm, c + 1, 4096, 8192, 0, 0),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(k.mremap(cpu, &mut mm, c, 4096, 0, 0, 0), Err(Errno::EINVAL));
+        assert_eq!(
+            k.mremap(cpu, &mut mm, c, 4096, 8192, 0x80, 0),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            k.mremap(cpu, &mut mm, c, 4096, 8192, MREMAP_FIXED, 0x6000_0000),
+            Err(Errno::EINVAL),
+            "FIXED without MAYMOVE"
+        );
+        assert_eq!(
+            k.mremap(cpu, &mut mm, 0x7000_0000, 4096, 8192, MREMAP_MAYMOVE, 0),
+            Err(Errno::EFAULT),
+            "nothing mapped there"
+        );
+        assert_eq!(
+            k.mremap(cpu, &mut mm, c, 64 << 12, 128 << 12, MREMAP_MAYMOVE, 0),
+            Err(Errno::EFAULT),
+            "old range runs past its VMA"
+        );
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}

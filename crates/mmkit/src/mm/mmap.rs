@@ -454,7 +454,7 @@ impl Kernel {
 
     /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
     /// starting at its end where `can_merge` allows.
-    fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
+    pub(crate) fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
         if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
             if can_merge(&prev, &new) {
                 mm.vmas.remove(prev.vm_end);

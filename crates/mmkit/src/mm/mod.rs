@@ -9,6 +9,7 @@ pub mod mempool;
 pub mod mm_types;
 pub mod mmap;
 pub mod mmzone;
+pub mod mremap;
 pub mod page;
 pub mod page_alloc;
 pub mod rmap;

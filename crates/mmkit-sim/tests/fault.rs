@@ -1,0 +1,580 @@
+//! Demand paging and copy-on-write through the software MMU: the zero page, anonymous write
+//! faults, fork sharing and COW (bytes, pfns, mapcounts), reuse by the last mapper, private
+//! and shared file mappings with the page cache and writeback, the SIGSEGV/SIGBUS cases,
+//! stack growth up to RLIMIT_STACK, brk, MADV_DONTNEED, MAP_POPULATE, and full page
+//! accounting at teardown.
+
+mod common;
+use common::{boot_mem, free_and_pcp};
+use mmkit::arch::x86_64::fault::{BUS_ADRERR, SEGV_ACCERR, SEGV_MAPERR, SIGBUS, SIGSEGV};
+use mmkit::fs::inode::{FMode, RamFile};
+use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES};
+use mmkit::mm::mmap::*;
+use mmkit::{CpuGuard, Errno, Kernel};
+use std::sync::Arc;
+
+const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
+const RW: u32 = PROT_READ | PROT_WRITE;
+
+fn pfn_at(k: &Kernel, mm: &MmStruct, va: u64) -> Option<u64> {
+    k.pte_lookup(&mm.pt, va)
+        .filter(|p| p.is_present())
+        .map(|p| p.pfn())
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_mul(31).wrapping_add(i as u8))
+        .collect()
+}
+
+fn read(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, va: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    k.user_read(cpu, mm, va, &mut b).unwrap();
+    b
+}
+
+/// Reads of untouched anonymous memory map the shared zero page and allocate no page; the
+/// first write allocates a zeroed page; the bytes read back through the MMU and through the
+/// direct map.
+#[test]
+fn anonymous_read_maps_zero_page_write_allocates() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 16 << 12, RW, ANON, 0).unwrap();
+        assert_eq!(read(k, cpu, &mut mm, a, 16 << 12), vec![0; 16 << 12]);
+        for i in 0..16 {
+            assert_eq!(pfn_at(k, &mm, a + (i << 12)), Some(k.zero_pfn()));
+        }
+        assert_eq!(mm.counter(MM_ANONPAGES), 0, "reads allocate nothing");
+        assert_eq!(mm.faults.min_flt, 16);
+        let data = pattern(7, 5000);
+        k.user_write(cpu, &mut mm, a + 3000, &data).unwrap();
+        assert_eq!(mm.counter(MM_ANONPAGES), 2, "the two pages written");
+        assert_eq!(read(k, cpu, &mut mm, a + 3000, 5000), data);
+        let pfn = pfn_at(k, &mm, a + 4096).unwrap();
+        assert_ne!(pfn, k.zero_pfn());
+        let page = k.pfn_to_page(mmkit::Pfn(pfn)).unwrap();
+        assert_eq!((page.refcount(), page.mapcount()), (1, 1));
+        let mut direct = vec![0u8; 4096];
+        k.read_page(page, 0, &mut direct).unwrap();
+        assert_eq!(&direct[..3000 + 5000 - 4096], &data[4096 - 3000..]);
+        assert_eq!(read(k, cpu, &mut mm, a + 8192, 4096), vec![0; 4096]);
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}
+
+/// fork shares every page; a write by either side copies only that page; the untouched pages
+/// stay shared (same pfn, mapcount 2); after the child exits the parent's write reuses the
+/// page in place.
+#[test]
+fn fork_shares_until_written_then_copies() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        k.drain_all_pages(cpu);
+    });
+    let before = free_and_pcp(k);
+    m.on_cpu(0, |cpu| {
+        let mut parent = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut parent, 0, 8 << 12, RW, ANON, 0).unwrap();
+        for i in 0..8u64 {
+            k.user_write(cpu, &mut parent, a + (i << 12), &pattern(i as u8, 4096))
+                .unwrap();
+        }
+        let mut child = k.dup_mmap(cpu, &parent).unwrap();
+        k.check_mm_invariants(&child).unwrap();
+        for i in 0..8u64 {
+            let va = a + (i << 12);
+            assert_eq!(read(k, cpu, &mut child, va, 4096), pattern(i as u8, 4096));
+            let (p, c) = (pfn_at(k, &parent, va), pfn_at(k, &child, va));
+            assert_eq!(p, c, "shared after fork");
+            let page = k.pfn_to_page(mmkit::Pfn(p.unwrap())).unwrap();
+            assert_eq!((page.mapcount(), page.refcount()), (2, 2));
+        }
+        // The child writes page 0, the parent page 1.
+        k.user_write(cpu, &mut child, a, b"child").unwrap();
+        k.user_write(cpu, &mut parent, a + 4096, b"parent").unwrap();
+        assert_eq!(&read(k, cpu, &mut child, a, 5)[..], b"child");
+        assert_eq!(read(k, cpu, &mut parent, a, 4096), pattern(0, 4096));
+        assert_eq!(&read(k, cpu, &mut parent, a + 4096, 6)[..], b"parent");
+        assert_eq!(read(k, cpu, &mut child, a + 4096, 4096), pattern(1, 4096));
+        assert_ne!(pfn_at(k, &parent, a), pfn_at(k, &child, a));
+        assert_ne!(pfn_at(k, &parent, a + 4096), pfn_at(k, &child, a + 4096));
+        assert_eq!(pfn_at(k, &parent, a + 8192), pfn_at(k, &child, a + 8192));
+        assert_eq!(child.counter(MM_ANONPAGES), 8);
+        // The child exits: the parent is the only mapper of page 2 and reuses it.
+        k.exit_mmap(cpu, child);
+        let shared = pfn_at(k, &parent, a + 8192).unwrap();
+        let page = k.pfn_to_page(mmkit::Pfn(shared)).unwrap();
+        assert_eq!((page.mapcount(), page.refcount()), (1, 1));
+        k.user_write(cpu, &mut parent, a + 8192, b"reuse").unwrap();
+        assert_eq!(
+            pfn_at(k, &parent, a + 8192),
+            Some(shared),
+            "reused, not copied"
+        );
+        k.check_mm_invariants(&parent).unwrap();
+        k.exit_mmap(cpu, parent);
+        k.drain_all_pages(cpu);
+    });
+    assert_eq!(free_and_pcp(k), before, "every page and page table back");
+    assert_eq!(k.page_table_pages(), 0);
+}
+
+/// A private file mapping written by one process leaves the file and its cached page as they
+/// were; a shared mapping written by one process is seen by another mapping of the file and
+/// reaches the file on writeback.
+#[test]
+fn private_and_shared_file_mappings() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let content = pattern(42, 3 * 4096 + 100);
+    let ram = RamFile::new(content.clone());
+    let inode = k.new_inode(Box::new(ram), (0, 2), 99, "/data/file");
+    m.on_cpu(0, |cpu| {
+        let rw = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+        let ro = k.open(&inode, FMode::READ).unwrap();
+        let mut p1 = k.mm_alloc(cpu).unwrap();
+        let mut p2 = k.mm_alloc(cpu).unwrap();
+        // Private: the write goes to a copy.
+        let a = k
+            .do_mmap(cpu, &mut p1, Some(&ro), 0, 4 << 12, RW, MAP_PRIVATE, 0)
+            .unwrap();
+        assert_eq!(read(k, cpu, &mut p1, a, content.len()), content);
+        assert_eq!(
+            p1.counter(MM_FILEPAGES),
+            4,
+            "fault-around mapped the cached pages"
+        );
+        k.user_write(cpu, &mut p1, a + 10, b"PRIVATE").unwrap();
+        assert_eq!(&read(k, cpu, &mut p1, a + 10, 7)[..], b"PRIVATE");
+        let mut cached = vec![0u8; 7];
+        k.filemap_read(cpu, &inode, 10, &mut cached).unwrap();
+        assert_eq!(
+            cached,
+            content[10..17],
+            "the page cache keeps the file's bytes"
+        );
+        assert_eq!((p1.counter(MM_FILEPAGES), p1.counter(MM_ANONPAGES)), (3, 1));
+        // Beyond the end of the file (inside the mapping): SIGBUS.
+        let e = k.user_write(cpu, &mut p1, a + (3 << 12) + 200, b"x");
+        assert_eq!(
+            e.map(|_| ()),
+            Ok(()),
+            "last partial page is inside the file"
+        );
+        let mut mm_b = k.mm_alloc(cpu).unwrap();
+        let b = k
+            .do_mmap(
+                cpu,
+                &mut mm_b,
+                Some(&ro),
+                0,
+                8 << 12,
+                PROT_READ,
+                MAP_PRIVATE,
+                0,
+            )
+            .unwrap();
+        let err = k
+            .user_read(cpu, &mut mm_b, b + (5 << 12), &mut [0u8; 1])
+            .unwrap_err();
+        assert_eq!((err.signo, err.code), (SIGBUS, BUS_ADRERR));
+        // Shared, writable only through a file opened for writing.
+        assert_eq!(
+            k.do_mmap(cpu, &mut p2, Some(&ro), 0, 4096, RW, MAP_SHARED, 0),
+            Err(Errno::EACCES)
+        );
+        let s1 = k
+            .do_mmap(cpu, &mut p2, Some(&rw), 0, 4 << 12, RW, MAP_SHARED, 0)
+            .unwrap();
+        let s2 = k
+            .do_mmap(
+                cpu,
+                &mut mm_b,
+                Some(&rw),
+                0,
+                4 << 12,
+                PROT_READ,
+                MAP_SHARED,
+                0,
+            )
+            .unwrap();
+        k.user_write(cpu, &mut p2, s1 + 4096 + 5, b"SHARED")
+            .unwrap();
+        assert_eq!(&read(k, cpu, &mut mm_b, s2 + 4096 + 5, 6)[..], b"SHARED");
+        assert_eq!(pfn_at(k, &p2, s1 + 4096), pfn_at(k, &mm_b, s2 + 4096));
+        // The private copy in p1 was made before: it keeps the old bytes.
+        assert_eq!(&read(k, cpu, &mut p1, a + 10, 7)[..], b"PRIVATE");
+        assert!(k.global_node_page_state(mmkit::mm::filemap::NR_FILE_DIRTY) >= 1);
+        k.write_inode_now(&inode).unwrap();
+        let mut on_disk = vec![0u8; 6];
+        inode.data().read_at(4096 + 5, &mut on_disk).unwrap();
+        assert_eq!(&on_disk, b"SHARED", "writeback reached the file");
+        for mm in [p1, p2, mm_b] {
+            k.check_mm_invariants(&mm).unwrap();
+            k.exit_mmap(cpu, mm);
+        }
+        k.fput(cpu, rw);
+        k.fput(cpu, ro);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}
+
+/// Each fault Linux turns into a signal, with its si_code; kernel accesses get EFAULT.
+#[test]
+fn segv_and_bus_cases() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let ro = k.mmap(cpu, &mut mm, 0, 4096, PROT_READ, ANON, 0).unwrap();
+        let none = k.mmap(cpu, &mut mm, 0, 4096, PROT_NONE, ANON, 0).unwrap();
+        let rw = k.mmap(cpu, &mut mm, 0, 4096, RW, ANON, 0).unwrap();
+        let segv = |r: Result<(), mmkit::arch::x86_64::fault::Signal>| {
+            let s = r.unwrap_err();
+            assert_eq!(s.signo, SIGSEGV);
+            s.code
+        };
+        let mut b = [0u8; 8];
+        assert_eq!(
+            segv(k.user_read(cpu, &mut mm, 0x1000_0000, &mut b)),
+            SEGV_MAPERR
+        );
+        assert_eq!(segv(k.user_write(cpu, &mut mm, ro, b"x")), SEGV_ACCERR);
+        assert_eq!(segv(k.user_read(cpu, &mut mm, none, &mut b)), SEGV_ACCERR);
+        assert_eq!(
+            segv(k.user_fetch(cpu, &mut mm, rw, &mut b)),
+            SEGV_ACCERR,
+            "NX"
+        );
+        assert_eq!(
+            segv(k.user_read(cpu, &mut mm, 0xffff_8880_0000_0000, &mut b)),
+            SEGV_MAPERR,
+            "user access to the direct map"
+        );
+        k.user_write(cpu, &mut mm, rw, b"ok").unwrap();
+        k.mprotect(&mut mm, rw, 4096, PROT_READ | PROT_EXEC)
+            .unwrap();
+        k.user_fetch(cpu, &mut mm, rw, &mut b).unwrap();
+        assert_eq!(&b[..2], b"ok");
+        assert_eq!(segv(k.user_write(cpu, &mut mm, rw, b"x")), SEGV_ACCERR);
+        // The kernel's view: EFAULT.
+        assert_eq!(k.copy_to_user(cpu, &mut mm, ro, b"x"), Err(Errno::EFAULT));
+        assert_eq!(
+            k.copy_to_user(cpu, &mut mm, 0xffff_8880_0000_0000, b"x"),
+            Err(Errno::EFAULT)
+        );
+        assert_eq!(
+            k.copy_from_user(cpu, &mut mm, &mut b, u64::MAX - 3),
+            Err(Errno::EFAULT)
+        );
+        k.exit_mmap(cpu, mm);
+    });
+}
+
+/// A MAP_GROWSDOWN stack grows on demand page by page, keeps the guard gap to the mapping
+/// below, and stops at RLIMIT_STACK with SIGSEGV.
+#[test]
+fn stack_grows_to_the_rlimit() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        mm.rlimit_stack = 64 << 12;
+        let top = 0x7000_0000_0000u64;
+        let s = k
+            .mmap(
+                cpu,
+                &mut mm,
+                top - 4096,
+                4096,
+                RW,
+                ANON | MAP_GROWSDOWN | MAP_FIXED,
+                0,
+            )
+            .unwrap();
+        assert_eq!(s, top - 4096);
+        for i in 2..=64u64 {
+            k.user_write(cpu, &mut mm, top - (i << 12), &[i as u8])
+                .unwrap();
+        }
+        assert_eq!(
+            mm.vma_lookup(top - 4096).unwrap().vm_start,
+            top - (64 << 12)
+        );
+        let e = k
+            .user_write(cpu, &mut mm, top - (65 << 12), b"x")
+            .unwrap_err();
+        assert_eq!(
+            (e.signo, e.code),
+            (SIGSEGV, SEGV_MAPERR),
+            "beyond RLIMIT_STACK"
+        );
+        for i in 2..=64u64 {
+            assert_eq!(read(k, cpu, &mut mm, top - (i << 12), 1), vec![i as u8]);
+        }
+        // Within the guard gap of a mapping below: no growth.
+        mm.rlimit_stack = 8 << 20;
+        let low = top - (64 << 12) - (300 << 12);
+        k.mmap(cpu, &mut mm, low, 4096, RW, ANON | MAP_FIXED, 0)
+            .unwrap();
+        k.user_write(cpu, &mut mm, low + (300 << 12) - (40 << 12), b"y")
+            .unwrap();
+        let e = k
+            .user_write(cpu, &mut mm, low + (200 << 12), b"z")
+            .unwrap_err();
+        assert_eq!(e.code, SEGV_MAPERR, "would come within stack_guard_gap");
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}
+
+/// brk grows and shrinks the heap VMA ([heap] in maps), never below start_brk and never into
+/// the next mapping; MADV_DONTNEED drops pages so they read back as zeroes; MAP_POPULATE
+/// faults everything in up front.
+#[test]
+fn brk_madvise_populate() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        mm.start_brk = 0x5555_0000_0000;
+        mm.brk = mm.start_brk;
+        let b0 = mm.brk;
+        assert_eq!(k.brk(cpu, &mut mm, b0 + 10_000), b0 + 10_000);
+        k.user_write(cpu, &mut mm, b0 + 9_000, b"heap").unwrap();
+        assert!(mm.proc_maps().contains("[heap]"));
+        assert_eq!(
+            k.brk(cpu, &mut mm, b0 - 4096),
+            b0 + 10_000,
+            "below start_brk"
+        );
+        // A mapping right above blocks growth into it.
+        k.mmap(cpu, &mut mm, b0 + (8 << 12), 4096, RW, ANON | MAP_FIXED, 0)
+            .unwrap();
+        assert_eq!(k.brk(cpu, &mut mm, b0 + (9 << 12)), b0 + 10_000);
+        assert_eq!(k.brk(cpu, &mut mm, b0 + 4096), b0 + 4096, "shrink");
+        let e = k
+            .user_read(cpu, &mut mm, b0 + 9_000, &mut [0u8; 1])
+            .unwrap_err();
+        assert_eq!(e.code, SEGV_MAPERR, "the shrunk part is gone");
+        // MADV_DONTNEED.
+        let a = k.mmap(cpu, &mut mm, 0, 4 << 12, RW, ANON, 0).unwrap();
+        k.user_write(cpu, &mut mm, a, &pattern(3, 4 << 12)).unwrap();
+        assert_eq!(
+            mm.counter(MM_ANONPAGES),
+            4,
+            "the heap's page went with the shrink"
+        );
+        k.madvise_dontneed(cpu, &mut mm, a + 4096, 2 << 12).unwrap();
+        assert_eq!(mm.counter(MM_ANONPAGES), 2);
+        assert_eq!(read(k, cpu, &mut mm, a + 4096, 8192), vec![0; 8192]);
+        assert_eq!(read(k, cpu, &mut mm, a, 4096), pattern(3, 4 << 12)[..4096]);
+        assert_eq!(
+            k.madvise_dontneed(cpu, &mut mm, a + 1, 4096),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            k.madvise_dontneed(cpu, &mut mm, a, 64 << 12),
+            Err(Errno::ENOMEM),
+            "runs into unmapped space"
+        );
+        // MAP_POPULATE.
+        let before = mm.counter(MM_ANONPAGES);
+        let p = k
+            .mmap(cpu, &mut mm, 0, 32 << 12, RW, ANON | MAP_POPULATE, 0)
+            .unwrap();
+        assert_eq!(mm.counter(MM_ANONPAGES), before + 32);
+        assert!(pfn_at(k, &mm, p + (31 << 12)).is_some());
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}
+
+/// Security: memory a process gets never holds another process's bytes, and no API reaches
+/// another address space or the kernel.
+#[test]
+fn no_bytes_leak_between_processes() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let n = 2048u64;
+        let mut a = k.mm_alloc(cpu).unwrap();
+        let va = k.mmap(cpu, &mut a, 0, n << 12, RW, ANON, 0).unwrap();
+        let secret = vec![0xa5u8; 4096];
+        for i in 0..n {
+            k.user_write(cpu, &mut a, va + (i << 12), &secret).unwrap();
+        }
+        let mut b = k.mm_alloc(cpu).unwrap();
+        let vb = k.mmap(cpu, &mut b, 0, n << 12, RW, ANON, 0).unwrap();
+        // B cannot see A's pages at the same address.
+        assert_eq!(va, vb);
+        assert_eq!(read(k, cpu, &mut b, vb, 4096), vec![0; 4096]);
+        k.exit_mmap(cpu, a);
+        // A's pages are free now; B's write faults get them back zeroed.
+        for i in 0..n {
+            k.user_write(cpu, &mut b, vb + (i << 12), &[1]).unwrap();
+            let got = read(k, cpu, &mut b, vb + (i << 12), 4096);
+            assert!(got[1..].iter().all(|&x| x == 0), "page {i} held old bytes");
+        }
+        // Shared anonymous memory is shared with a child, not with a stranger.
+        let s = k
+            .mmap(cpu, &mut b, 0, 4096, RW, MAP_SHARED | MAP_ANONYMOUS, 0)
+            .unwrap();
+        k.user_write(cpu, &mut b, s, b"family").unwrap();
+        let mut child = k.dup_mmap(cpu, &b).unwrap();
+        assert_eq!(&read(k, cpu, &mut child, s, 6)[..], b"family");
+        k.user_write(cpu, &mut child, s, b"FAMILY").unwrap();
+        assert_eq!(
+            &read(k, cpu, &mut b, s, 6)[..],
+            b"FAMILY",
+            "MAP_SHARED stays shared"
+        );
+        let mut stranger = k.mm_alloc(cpu).unwrap();
+        let e = k
+            .user_read(cpu, &mut stranger, s, &mut [0u8; 1])
+            .unwrap_err();
+        assert_eq!(e.code, SEGV_MAPERR);
+        k.exit_mmap(cpu, child);
+        k.exit_mmap(cpu, stranger);
+        k.exit_mmap(cpu, b);
+    });
+}
+
+/// Randomized fork/write/exit sequences over two CPUs' worth of processes: every byte each
+/// process reads is what it (or its ancestors before fork) last wrote there, invariants hold
+/// after every step, and at the end every page and page table is free again.
+#[test]
+fn random_fork_cow_sequences() {
+    use rand::{Rng, SeedableRng};
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    m.on_cpu(0, |cpu| {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        const PAGES: u64 = 32;
+        let mut first = k.mm_alloc(cpu).unwrap();
+        let base = k
+            .mmap(cpu, &mut first, 0, PAGES << 12, RW, ANON, 0)
+            .unwrap();
+        // (mm, model of page -> byte value)
+        let mut procs: Vec<(MmStruct, Vec<u8>)> = vec![(first, vec![0; PAGES as usize])];
+        for step in 0..400 {
+            let i = rng.random_range(0..procs.len());
+            match rng.random_range(0..10) {
+                0 if procs.len() < 6 => {
+                    let child = k.dup_mmap(cpu, &procs[i].0).unwrap();
+                    let model = procs[i].1.clone();
+                    procs.push((child, model));
+                }
+                1 if procs.len() > 1 => {
+                    let (mm, _) = procs.swap_remove(i);
+                    k.exit_mmap(cpu, mm);
+                }
+                2..=5 => {
+                    let p = rng.random_range(0..PAGES);
+                    let v: u8 = rng.random();
+                    let (mm, model) = &mut procs[i];
+                    k.user_write(cpu, mm, base + (p << 12) + 100, &[v]).unwrap();
+                    model[p as usize] = v;
+                }
+                _ => {
+                    let p = rng.random_range(0..PAGES);
+                    let (mm, model) = &mut procs[i];
+                    let got = read(k, cpu, mm, base + (p << 12) + 100, 1)[0];
+                    assert_eq!(got, model[p as usize], "step {step}: process {i} page {p}");
+                }
+            }
+            for (mm, _) in &procs {
+                k.check_mm_invariants(mm).unwrap();
+            }
+            k.check_invariants().unwrap();
+        }
+        for (mut mm, model) in procs {
+            for p in 0..PAGES {
+                assert_eq!(
+                    read(k, cpu, &mut mm, base + (p << 12) + 100, 1)[0],
+                    model[p as usize]
+                );
+            }
+            k.exit_mmap(cpu, mm);
+        }
+        k.drain_all_pages(cpu);
+    });
+    assert_eq!(free_and_pcp(k), before);
+}
+
+/// Shared writable mappings of a file are write-notified: clean pages map read-only, the
+/// first write marks the page dirty.
+#[test]
+fn shared_file_dirty_tracking() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    let inode = k.new_inode(Box::new(RamFile::new(vec![0; 8192])), (0, 2), 5, "/f");
+    m.on_cpu(0, |cpu| {
+        let f: Arc<_> = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, 8192, RW, MAP_SHARED, 0)
+            .unwrap();
+        read(k, cpu, &mut mm, a, 8192);
+        let pte = k.pte_lookup(&mm.pt, a).unwrap();
+        assert!(
+            pte.is_present() && !pte.writable(),
+            "clean: write-protected"
+        );
+        let page = k.pfn_to_page(mmkit::Pfn(pte.pfn())).unwrap();
+        assert!(!page.test(mmkit::mm::page::PageFlags::DIRTY));
+        k.user_write(cpu, &mut mm, a, b"d").unwrap();
+        assert!(page.test(mmkit::mm::page::PageFlags::DIRTY));
+        assert!(k.pte_lookup(&mm.pt, a).unwrap().writable());
+        k.munmap(cpu, &mut mm, a, 8192).unwrap();
+        k.write_inode_now(&inode).unwrap();
+        let mut b = [0u8];
+        inode.data().read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"d");
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}
+
+/// fork write-protects the parent's PTEs and flushes every CPU's TLB: a CPU that cached a
+/// writable translation before the fork must fault (and copy) on its next write, or the
+/// child would see the parent's write.
+#[test]
+fn fork_flushes_stale_writable_translations() {
+    use mmkit::arch::x86_64::tlb::Access;
+    let m = boot_mem(64, 2, "");
+    let k = &m.kernel;
+    let mut parent = m.on_cpu(0, |cpu| k.mm_alloc(cpu).unwrap());
+    let a = m.on_cpu(1, |cpu| {
+        let a = k.mmap(cpu, &mut parent, 0, 4096, RW, ANON, 0).unwrap();
+        k.user_write(cpu, &mut parent, a, b"before").unwrap();
+        // CPU 1's TLB now holds a writable, dirty entry.
+        assert!(k
+            .mmu_translate(cpu, &parent.pt, a, Access::USER_WRITE)
+            .is_ok());
+        a
+    });
+    let mut child = m.on_cpu(0, |cpu| k.dup_mmap(cpu, &parent).unwrap());
+    m.on_cpu(1, |cpu| {
+        assert!(
+            k.mmu_translate(cpu, &parent.pt, a, Access::USER_WRITE)
+                .is_err(),
+            "the stale writable entry survived fork"
+        );
+        k.user_write(cpu, &mut parent, a, b"parent").unwrap();
+    });
+    m.on_cpu(0, |cpu| {
+        assert_eq!(&read(k, cpu, &mut child, a, 6)[..], b"before");
+        k.exit_mmap(cpu, child);
+        k.exit_mmap(cpu, parent);
+    });
+}
