@@ -238,8 +238,8 @@ impl MmStruct {
                 }
             }
         }
-        let v = self.vmas.first_from(addr.saturating_add(1))?;
-        self.vmacache.set(Some((v.vm_start, v.vm_end)));
+        let (start, end, v) = self.vmas.first_from_bounds(addr.saturating_add(1))?;
+        self.vmacache.set(Some((start, end)));
         Some(v)
     }
 

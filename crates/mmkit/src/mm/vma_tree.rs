@@ -1,8 +1,10 @@
 //! The VMA index of an address space: what Linux's maple tree does for `find_vma`, as a
-//! two-level sorted index. VMAs live in a slab; their `vm_end`s sit in sorted blocks of at most
-//! `2 * BLOCK` keys, and a top-level array holds each block's largest key. A lookup is two
-//! binary searches over small, contiguous arrays (a few cache lines), which is what makes
-//! `find_vma` fast at 100,000 VMAs; an insert or remove moves at most one block's keys.
+//! two-level sorted index. VMAs live in a slab; their `vm_end`s (with `vm_start` and the slab
+//! slot) sit in sorted blocks of at most `2 * BLOCK` keys, and a top-level array holds each
+//! block's largest key. A lookup is two binary searches over small, contiguous arrays (a few
+//! cache lines) and yields the VMA's bounds and address without reading the VMA itself — as
+//! the maple tree's pivots and slots do — which is what makes `find_vma` fast at 100,000
+//! VMAs; an insert or remove moves at most one block's keys.
 //!
 //! Invariants: blocks are non-empty and sorted, each block's keys are below the next block's,
 //! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, and
@@ -13,10 +15,32 @@ use alloc::vec::Vec;
 
 const BLOCK: usize = 128;
 
-/// A block: (`vm_end`, slab slot) pairs, interleaved so a lookup touches one array.
+/// One index entry: the VMA's bounds and its slab slot.
+#[derive(Copy, Clone)]
+struct Ent {
+    end: u64,
+    start: u64,
+    slot: u32,
+}
+
+/// A block of entries sorted by `end`, interleaved so a lookup touches one array.
 #[derive(Default, Clone)]
 struct Block {
-    ents: Vec<(u64, u32)>,
+    ents: Vec<Ent>,
+}
+
+/// What a freed slab slot holds until reused.
+fn tombstone() -> VmArea {
+    VmArea {
+        vm_start: 0,
+        vm_end: 0,
+        vm_flags: crate::mm::mm_types::VmFlags::empty(),
+        vm_page_prot: crate::arch::x86_64::pgtable::PgProt(0),
+        vm_pgoff: 0,
+        vm_file: None,
+        name: None,
+        vm_special: None,
+    }
 }
 
 /// VMAs ordered by `vm_end`.
@@ -24,7 +48,7 @@ struct Block {
 pub struct VmaTree {
     blocks: Vec<Block>,
     maxes: Vec<u64>,
-    slab: Vec<Option<VmArea>>,
+    slab: Vec<VmArea>,
     free: Vec<u32>,
     len: usize,
 }
@@ -40,10 +64,9 @@ impl VmaTree {
         self.len == 0
     }
 
+    #[inline]
     fn vma(&self, slot: u32) -> &VmArea {
-        self.slab[slot as usize]
-            .as_ref()
-            .expect("indexed slot holds a VMA")
+        &self.slab[slot as usize]
     }
 
     /// Position (block, index) of the first key `>= key`.
@@ -53,34 +76,42 @@ impl VmaTree {
         if b == self.blocks.len() {
             return None;
         }
-        Some((b, self.blocks[b].ents.partition_point(|e| e.0 < key)))
+        Some((b, self.blocks[b].ents.partition_point(|e| e.end < key)))
     }
 
     /// The VMA with `vm_end == end`.
     pub fn get(&self, end: u64) -> Option<&VmArea> {
         let (b, i) = self.lower_bound(end)?;
-        let (k, slot) = self.blocks[b].ents[i];
-        (k == end).then(|| self.vma(slot))
+        let e = self.blocks[b].ents[i];
+        (e.end == end).then(|| self.vma(e.slot))
     }
 
     /// The first VMA with `vm_end >= key`.
     #[inline]
     pub fn first_from(&self, key: u64) -> Option<&VmArea> {
+        self.first_from_bounds(key).map(|(_, _, v)| v)
+    }
+
+    /// The first VMA with `vm_end >= key`, with its `(vm_start, vm_end)` from the index (the
+    /// VMA itself is not read).
+    #[inline]
+    pub fn first_from_bounds(&self, key: u64) -> Option<(u64, u64, &VmArea)> {
         let (b, i) = self.lower_bound(key)?;
-        Some(self.vma(self.blocks[b].ents[i].1))
+        let e = self.blocks[b].ents[i];
+        Some((e.start, e.end, self.vma(e.slot)))
     }
 
     /// The last VMA with `vm_end <= key`.
     pub fn last_upto(&self, key: u64) -> Option<&VmArea> {
         let b = self.maxes.partition_point(|&m| m <= key);
         if b < self.blocks.len() {
-            let j = self.blocks[b].ents.partition_point(|e| e.0 <= key);
+            let j = self.blocks[b].ents.partition_point(|e| e.end <= key);
             if j > 0 {
-                return Some(self.vma(self.blocks[b].ents[j - 1].1));
+                return Some(self.vma(self.blocks[b].ents[j - 1].slot));
             }
         }
         let prev = b.checked_sub(1)?;
-        self.blocks[prev].ents.last().map(|e| self.vma(e.1))
+        self.blocks[prev].ents.last().map(|e| self.vma(e.slot))
     }
 
     /// VMAs in address order (reversible).
@@ -88,7 +119,7 @@ impl VmaTree {
         self.blocks
             .iter()
             .flat_map(|b| b.ents.iter())
-            .map(|e| self.vma(e.1))
+            .map(|e| self.vma(e.slot))
     }
 
     /// VMAs from the first with `vm_end >= key` on.
@@ -99,26 +130,32 @@ impl VmaTree {
             .enumerate()
             .skip(b0)
             .flat_map(move |(b, blk)| blk.ents[if b == b0 { i0 } else { 0 }..].iter())
-            .map(|e| self.vma(e.1))
+            .map(|e| self.vma(e.slot))
     }
 
     /// Insert a VMA (its `vm_end` must not be present).
     pub fn insert(&mut self, v: VmArea) {
         let key = v.vm_end;
+        let start = v.vm_start;
         let slot = match self.free.pop() {
             Some(s) => {
-                self.slab[s as usize] = Some(v);
+                self.slab[s as usize] = v;
                 s
             }
             None => {
-                self.slab.push(Some(v));
+                self.slab.push(v);
                 (self.slab.len() - 1) as u32
             }
+        };
+        let ent = Ent {
+            end: key,
+            start,
+            slot,
         };
         self.len += 1;
         if self.blocks.is_empty() {
             self.blocks.push(Block {
-                ents: alloc::vec![(key, slot)],
+                ents: alloc::vec![ent],
             });
             self.maxes.push(key);
             return;
@@ -128,16 +165,16 @@ impl VmaTree {
             .partition_point(|&m| m < key)
             .min(self.blocks.len() - 1);
         let blk = &mut self.blocks[b];
-        let i = blk.ents.partition_point(|e| e.0 < key);
-        blk.ents.insert(i, (key, slot));
-        self.maxes[b] = blk.ents.last().expect("non-empty").0;
+        let i = blk.ents.partition_point(|e| e.end < key);
+        blk.ents.insert(i, ent);
+        self.maxes[b] = blk.ents.last().expect("non-empty").end;
         if blk.ents.len() > 2 * BLOCK {
             let right = Block {
                 ents: blk.ents.split_off(BLOCK),
             };
-            self.maxes[b] = blk.ents.last().expect("non-empty").0;
+            self.maxes[b] = blk.ents.last().expect("non-empty").end;
             self.maxes
-                .insert(b + 1, right.ents.last().expect("non-empty").0);
+                .insert(b + 1, right.ents.last().expect("non-empty").end);
             self.blocks.insert(b + 1, right);
         }
     }
@@ -145,20 +182,20 @@ impl VmaTree {
     /// Remove and return the VMA with `vm_end == end`.
     pub fn remove(&mut self, end: u64) -> Option<VmArea> {
         let (b, i) = self.lower_bound(end)?;
-        if self.blocks[b].ents[i].0 != end {
+        if self.blocks[b].ents[i].end != end {
             return None;
         }
         let blk = &mut self.blocks[b];
-        let (_, slot) = blk.ents.remove(i);
+        let slot = blk.ents.remove(i).slot;
         if blk.ents.is_empty() {
             self.blocks.remove(b);
             self.maxes.remove(b);
         } else {
-            self.maxes[b] = blk.ents.last().expect("non-empty").0;
+            self.maxes[b] = blk.ents.last().expect("non-empty").end;
         }
         self.len -= 1;
         self.free.push(slot);
-        self.slab[slot as usize].take()
+        Some(core::mem::replace(&mut self.slab[slot as usize], tombstone()))
     }
 
     /// Check the invariants in the module doc.
@@ -169,19 +206,16 @@ impl VmaTree {
             return Err("vma index: block and max counts differ");
         }
         for (blk, &m) in self.blocks.iter().zip(&self.maxes) {
-            if blk.ents.last().map(|e| e.0) != Some(m) {
+            if blk.ents.last().map(|e| e.end) != Some(m) {
                 return Err("vma index: empty block, or stale block max");
             }
-            for &(k, s) in &blk.ents {
+            for e in &blk.ents {
+                let k = e.end;
                 if last.is_some_and(|l| l >= k) {
                     return Err("vma index: keys out of order");
                 }
-                if self
-                    .slab
-                    .get(s as usize)
-                    .and_then(|v| v.as_ref())
-                    .map(|v| v.vm_end)
-                    != Some(k)
+                if self.slab.get(e.slot as usize).map(|v| (v.vm_start, v.vm_end))
+                    != Some((e.start, k))
                 {
                     return Err("vma index: slot does not hold the VMA of its key");
                 }
