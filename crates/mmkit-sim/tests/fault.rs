@@ -578,3 +578,177 @@ fn fork_flushes_stale_writable_translations() {
         k.exit_mmap(cpu, parent);
     });
 }
+
+/// The reverse map finds every PTE of a page: an anonymous page shared by three processes
+/// after two forks (and moved by mremap in one of them), a file page mapped by two; Accessed
+/// bits are harvested and cleared; try_to_unmap empties a file page's mappings and the next
+/// access refaults the same bytes from the page cache; an anonymous page without a swap
+/// entry, or an mlocked one, is refused.
+#[test]
+fn rmap_walk_referenced_and_unmap() {
+    use mmkit::mm::mremap::MREMAP_MAYMOVE;
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut p = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut p, 0, 4 << 12, RW, ANON, 0).unwrap();
+        k.user_write(cpu, &mut p, a, b"anon").unwrap();
+        let mut c1 = k.dup_mmap(cpu, &p).unwrap();
+        let mut c2 = k.dup_mmap(cpu, &c1).unwrap();
+        let b = k
+            .mremap(
+                cpu,
+                &mut c2,
+                a,
+                4 << 12,
+                64 << 12,
+                MREMAP_MAYMOVE | mmkit::mm::mremap::MREMAP_FIXED,
+                0x5000_0000,
+            )
+            .unwrap();
+        assert_ne!(a, b);
+        let pfn = pfn_at(k, &p, a).unwrap();
+        let page = k.pfn_to_page(mmkit::Pfn(pfn)).unwrap();
+        let mut seen = Vec::new();
+        k.rmap_walk(page, |r, addr| {
+            seen.push((Arc::as_ptr(&r.pt) as usize, addr));
+            true
+        });
+        seen.sort();
+        let mut want = vec![
+            (Arc::as_ptr(&p.pt) as usize, a),
+            (Arc::as_ptr(&c1.pt) as usize, a),
+            (Arc::as_ptr(&c2.pt) as usize, b),
+        ];
+        want.sort();
+        assert_eq!(
+            seen, want,
+            "all three mappings, the moved one at its new address"
+        );
+        // Accessed bits: read in two of them, then harvest.
+        k.page_referenced(page);
+        read(k, cpu, &mut p, a, 1);
+        read(k, cpu, &mut c2, b, 1);
+        assert_eq!(k.page_referenced(page), (2, false));
+        assert_eq!(
+            k.page_referenced(page),
+            (0, false),
+            "cleared by the first harvest"
+        );
+        assert!(
+            !k.try_to_unmap(cpu, page, None),
+            "anonymous needs a swap entry"
+        );
+        assert_eq!(page.mapcount(), 3);
+        for mm in [&p, &c1, &c2] {
+            k.check_mm_invariants(mm).unwrap();
+        }
+        // A file page mapped by two processes.
+        let inode = k.new_inode(Box::new(RamFile::new(pattern(9, 8192))), (0, 2), 3, "/f");
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let x = k
+            .do_mmap(cpu, &mut p, Some(&f), 0, 8192, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        let y = k
+            .do_mmap(cpu, &mut c1, Some(&f), 0, 8192, PROT_READ, MAP_SHARED, 0)
+            .unwrap();
+        read(k, cpu, &mut p, x, 1);
+        read(k, cpu, &mut c1, y, 1);
+        let fpage = k
+            .pfn_to_page(mmkit::Pfn(pfn_at(k, &p, x).unwrap()))
+            .unwrap();
+        assert_eq!((fpage.mapcount(), fpage.refcount()), (2, 3));
+        assert_eq!(k.page_referenced(fpage).0, 2);
+        assert!(k.try_to_unmap(cpu, fpage, None));
+        assert_eq!(
+            (fpage.mapcount(), fpage.refcount()),
+            (0, 1),
+            "only the cache holds it"
+        );
+        assert_eq!(pfn_at(k, &p, x), None);
+        assert_eq!(
+            p.counter(MM_FILEPAGES),
+            1,
+            "the other page of the file stays"
+        );
+        assert_eq!(read(k, cpu, &mut c1, y, 8192), pattern(9, 8192));
+        // mlock pins: try_to_unmap refuses.
+        k.mlock(cpu, &mut c1, y, 8192).unwrap();
+        assert!(!k.try_to_unmap(cpu, fpage, None));
+        k.munlock(&mut c1, y, 8192).unwrap();
+        assert!(k.try_to_unmap(cpu, fpage, None));
+        for mm in [p, c1, c2] {
+            k.check_mm_invariants(&mm).unwrap();
+            k.exit_mmap(cpu, mm);
+        }
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}
+
+/// mlock faults the range in and marks it VM_LOCKED (split off from the rest, locked_vm
+/// counted); munlock undoes it and the VMAs merge back. madvise(MADV_WILLNEED) reads a file
+/// range into the page cache without mapping it.
+#[test]
+fn mlock_and_willneed() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 16 << 12, RW, ANON, 0).unwrap();
+        k.mlock(cpu, &mut mm, a + (4 << 12), 4 << 12).unwrap();
+        assert_eq!(mm.map_count, 3);
+        assert_eq!(mm.locked_vm, 4);
+        assert_eq!(mm.counter(MM_ANONPAGES), 4, "mlock populates");
+        assert!(mm
+            .vma_lookup(a + (4 << 12))
+            .unwrap()
+            .vm_flags
+            .contains(mmkit::mm::mm_types::VmFlags::VM_LOCKED));
+        assert!(mmkit::fs::proc::task_mmu::proc_pid_smaps(k, &mm)
+            .contains("Locked:               16 kB"));
+        k.mlock(cpu, &mut mm, a + (8 << 12) + 1, 4096).unwrap();
+        assert_eq!(
+            mm.locked_vm, 6,
+            "an unaligned start rounds out to two more pages"
+        );
+        assert_eq!(k.mlock(cpu, &mut mm, a, 64 << 12), Err(Errno::ENOMEM));
+        k.munlock(&mut mm, a, 16 << 12).unwrap();
+        assert_eq!((mm.map_count, mm.locked_vm), (1, 0));
+        // WILLNEED
+        let inode = k.new_inode(
+            Box::new(RamFile::new(pattern(1, 40 << 12))),
+            (0, 2),
+            4,
+            "/w",
+        );
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let x = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                0,
+                40 << 12,
+                PROT_READ,
+                MAP_PRIVATE,
+                0,
+            )
+            .unwrap();
+        assert_eq!(inode.nrpages(), 0);
+        k.madvise_willneed(cpu, &mut mm, x + (8 << 12), 10 << 12)
+            .unwrap();
+        assert_eq!(inode.nrpages(), 10);
+        assert_eq!(mm.counter(MM_FILEPAGES), 0, "read ahead, not mapped");
+        let before = mm.faults;
+        read(k, cpu, &mut mm, x + (9 << 12), 1);
+        assert_eq!(
+            mm.faults.maj_flt, before.maj_flt,
+            "a minor fault: the page was cached"
+        );
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}

@@ -81,6 +81,7 @@ pub struct Kernel {
     /// `ZERO_PAGE(0)`: a page of the kernel's bss, mapped read-only for anonymous reads.
     pub(crate) zero_pfn: u64,
     pub(crate) inodes: SpinLock<fs::inode::InodeTable>,
+    pub(crate) anon_vmas: SpinLock<mm::rmap::AnonVmas>,
 }
 
 // SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through

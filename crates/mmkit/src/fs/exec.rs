@@ -218,12 +218,12 @@ impl Kernel {
             v.vm_start - STACK_EXPAND
         };
         let grow = v.vm_start.saturating_sub(stack_base) >> PAGE_SHIFT;
-        mm.vmas.remove(v.vm_end);
+        self.vma_unlink(mm, v.vm_end);
         let mut nv = v.clone();
         nv.vm_start = v.vm_start.min(stack_base);
         nv.vm_pgoff = v.vm_pgoff - grow;
         let (start, end) = (nv.vm_start, nv.vm_end);
-        mm.vmas.insert(nv);
+        self.vma_link(mm, nv);
         mm.total_vm += grow;
         mm.vmacache.set(None);
         if executable_stack {

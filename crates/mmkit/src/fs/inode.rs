@@ -101,6 +101,8 @@ pub struct Inode {
     pub(crate) id: u32,
     /// `nrpages`.
     pub(crate) nrpages: AtomicU64,
+    /// `i_mmap`: the VMAs mapping this file, for the reverse map.
+    pub(crate) i_mmap: SpinLock<Vec<crate::mm::rmap::RmapRecord>>,
     /// A memory file (shmem/tmpfs): no writeback, so shared writable mappings need no
     /// write-notify faults for dirty tracking (`mapping_can_writeback` is false).
     pub shmem: bool,
@@ -218,6 +220,7 @@ impl Kernel {
             i_pages: SpinLock::new(BTreeMap::new()),
             id: slot as u32 + 1,
             nrpages: AtomicU64::new(0),
+            i_mmap: SpinLock::new(Vec::new()),
             shmem,
             unlinked: AtomicBool::new(false),
         });
@@ -261,6 +264,16 @@ impl Kernel {
             inode: inode.clone(),
             f_mode: mode,
         }))
+    }
+
+    /// The inode of a page-cache page (`page->mapping->host`).
+    pub(crate) fn inode_of_page(&self, page: &crate::Page) -> Option<Arc<Inode>> {
+        let id = page.mapping();
+        if id == 0 || id & crate::mm::rmap::PAGE_MAPPING_ANON != 0 {
+            return None;
+        }
+        let t = self.inodes.lock();
+        t.slots.get((id as usize).checked_sub(1)?)?.clone()
     }
 
     /// Every registered inode.

@@ -608,6 +608,7 @@ impl Kernel {
             init_mm: None,
             zero_pfn: image.bss.0 >> PAGE_SHIFT,
             inodes: SpinLock::new(Default::default()),
+            anon_vmas: SpinLock::new(Default::default()),
         };
         // empty_zero_page lives in the kernel's bss, which boot clears.
         k.clear_highpage(k.zero_pfn);

@@ -69,11 +69,12 @@ impl Kernel {
     pub fn handle_mm_fault(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
+        mm: &mut MmStruct,
         vma: &VmArea,
         addr: u64,
         access: Access,
     ) -> Result<FaultKind, VmFault> {
+        let vma = &mut vma.clone();
         cpu.state().vmstat.count(PGFAULT, 1);
         let va = addr & !(PAGE_SIZE - 1);
         let pte = self.pte_lookup(&mm.pt, va).unwrap_or_default();
@@ -153,8 +154,8 @@ impl Kernel {
     fn do_anonymous_page(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
-        vma: &VmArea,
+        mm: &mut MmStruct,
+        vma: &mut VmArea,
         va: u64,
         write: bool,
     ) -> Result<FaultKind, VmFault> {
@@ -164,8 +165,9 @@ impl Kernel {
             self.install_pte(cpu, mm, va, pte, None)?;
             return Ok(FaultKind::Minor);
         }
+        let av = self.anon_vma_prepare(mm, vma);
         let page = self.alloc_user_page(cpu, true)?;
-        self.page_add_new_anon_rmap(page, vma.linear_page_index(va));
+        self.page_add_new_anon_rmap(page, av, vma.linear_page_index(va));
         let pfn = self.page_to_pfn(page).0;
         self.install_pte(
             cpu,
@@ -182,8 +184,8 @@ impl Kernel {
     fn do_fault(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
-        vma: &VmArea,
+        mm: &mut MmStruct,
+        vma: &mut VmArea,
         va: u64,
         write: bool,
     ) -> Result<FaultKind, VmFault> {
@@ -273,10 +275,11 @@ impl Kernel {
     fn do_cow_fault(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
-        vma: &VmArea,
+        mm: &mut MmStruct,
+        vma: &mut VmArea,
         va: u64,
     ) -> Result<FaultKind, VmFault> {
+        let av = self.anon_vma_prepare(mm, vma);
         let (src, kind) = self.file_page(cpu, vma, va)?;
         let new = match self.alloc_user_page(cpu, false) {
             Ok(p) => p,
@@ -288,7 +291,7 @@ impl Kernel {
         let pfn = self.page_to_pfn(new).0;
         self.copy_highpage(pfn, self.page_to_pfn(src).0);
         self.__free_pages(cpu, src, 0);
-        self.page_add_new_anon_rmap(new, vma.linear_page_index(va));
+        self.page_add_new_anon_rmap(new, av, vma.linear_page_index(va));
         self.install_pte(
             cpu,
             mm,
@@ -322,8 +325,8 @@ impl Kernel {
     fn do_wp_page(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
-        vma: &VmArea,
+        mm: &mut MmStruct,
+        vma: &mut VmArea,
         va: u64,
         pte: Pte,
     ) -> Result<FaultKind, VmFault> {
@@ -346,12 +349,13 @@ impl Kernel {
             }
         }
         // wp_page_copy: a private copy (a zeroed page in place of the zero page).
+        let av = self.anon_vma_prepare(mm, vma);
         let new = self.alloc_user_page(cpu, old.is_none())?;
         let pfn = self.page_to_pfn(new).0;
         if let Some(p) = old {
             self.copy_highpage(pfn, self.page_to_pfn(p).0);
         }
-        self.page_add_new_anon_rmap(new, vma.linear_page_index(va));
+        self.page_add_new_anon_rmap(new, av, vma.linear_page_index(va));
         let entry = Self::mk_pte(pfn, vma.vm_page_prot, vma, true);
         // ptep_clear_flush + set_pte_at: every CPU must stop using the old page first.
         self.pte_update(&mm.pt, va, |_| entry);

@@ -90,6 +90,9 @@ pub struct VmArea {
     pub vm_file: Option<Arc<File>>,
     /// Name shown in `/proc/PID/maps` for special mappings (`[vdso]`, `[vvar]`).
     pub name: Option<&'static str>,
+    /// `anon_vma`: the reverse-map object of this VMA's anonymous pages (set on the first
+    /// one, `anon_vma_prepare`).
+    pub anon_vma: Option<u32>,
     /// For a special mapping (`_install_special_mapping`, `VM_PFNMAP`): the first pfn of the
     /// kernel pages it shows; faults map `vm_special + page offset` without refcounting.
     pub vm_special: Option<u64>,
@@ -159,10 +162,13 @@ pub const MM_SHMEMPAGES: usize = 3;
 /// `NR_MM_COUNTERS`.
 pub const NR_MM_COUNTERS: usize = 4;
 
+/// `mm->rss_stat`: shared with the reverse map, which adjusts it when it unmaps pages.
+pub type RssStat = [AtomicI64; NR_MM_COUNTERS];
+
 /// `struct mm_struct`.
 pub struct MmStruct {
-    /// Page tables (`pgd`).
-    pub pt: PgTable,
+    /// Page tables (`pgd`), shared with the reverse map.
+    pub pt: Arc<PgTable>,
     /// VMAs ordered by `vm_end`.
     pub(crate) vmas: VmaTree,
     /// `map_count`.
@@ -186,7 +192,7 @@ pub struct MmStruct {
     /// `RLIMIT_STACK` (soft limit) of the owner: bounds stack growth and places `mmap_base`.
     pub rlimit_stack: u64,
     /// `rss_stat[NR_MM_COUNTERS]`: resident pages by kind, updated by faults and zaps.
-    pub rss_stat: [AtomicI64; NR_MM_COUNTERS],
+    pub rss_stat: Arc<RssStat>,
     /// `start_code`, `end_code`, `start_data`, `end_data` (set by exec).
     pub start_code: u64,
     /// End of the text segment.

@@ -86,10 +86,13 @@ pub fn can_merge(a: &VmArea, b: &VmArea) -> bool {
         (Some(x), Some(y)) => Arc::ptr_eq(x, y),
         _ => false,
     };
+    // is_mergeable_anon_vma: at most one has pages yet, or they share the anon_vma.
+    let anon_ok = a.anon_vma.is_none() || b.anon_vma.is_none() || a.anon_vma == b.anon_vma;
     a.vm_end == b.vm_start
         && a.vm_flags == b.vm_flags
         && a.name == b.name
         && same_file
+        && anon_ok
         && !a.vm_flags.intersects(VM_SPECIAL)
         && a.vm_pgoff + a.pages() == b.vm_pgoff
 }
@@ -101,7 +104,7 @@ pub const VM_SPECIAL: VmFlags = VmFlags::VM_IO
     .union(VmFlags::VM_MIXEDMAP);
 
 /// `calc_vm_prot_bits` + `calc_vm_flag_bits` + the `VM_MAY*` bits of `do_mmap`.
-fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
+pub(crate) fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
     let mut f = VmFlags::VM_MAYREAD | VmFlags::VM_MAYWRITE | VmFlags::VM_MAYEXEC;
     if prot & PROT_READ != 0 {
         f |= VmFlags::VM_READ;
@@ -132,7 +135,7 @@ fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
 
 /// `accountable_mapping`: private writable memory is charged to the commit limit
 /// (`VM_ACCOUNT`, shown as `ac` in smaps).
-fn accountable(f: VmFlags) -> bool {
+pub(crate) fn accountable(f: VmFlags) -> bool {
     f & (VmFlags::VM_NORESERVE | VmFlags::VM_SHARED | VmFlags::VM_WRITE) == VmFlags::VM_WRITE
 }
 
@@ -143,7 +146,7 @@ impl Kernel {
     pub fn mm_alloc(&self, cpu: &CpuGuard<'_>) -> Result<MmStruct, Errno> {
         let pt = self.pgd_alloc(cpu, true)?;
         Ok(MmStruct {
-            pt,
+            pt: Arc::new(pt),
             vmas: Default::default(),
             map_count: 0,
             total_vm: 0,
@@ -155,7 +158,7 @@ impl Kernel {
             start_stack: 0,
             max_map_count: DEFAULT_MAX_MAP_COUNT,
             rlimit_stack: DEFAULT_RLIMIT_STACK,
-            rss_stat: Default::default(),
+            rss_stat: Arc::new(Default::default()),
             start_code: 0,
             end_code: 0,
             start_data: 0,
@@ -375,6 +378,7 @@ impl Kernel {
             vm_pgoff: pgoff,
             vm_file: file,
             name,
+            anon_vma: None,
             vm_special: None,
         };
         self.insert_vma_merged(mm, new);
@@ -405,6 +409,7 @@ impl Kernel {
                 vm_pgoff: 0,
                 vm_file: None,
                 name: Some(name),
+                anon_vma: None,
                 vm_special: Some(pfn),
             },
         );
@@ -457,22 +462,23 @@ impl Kernel {
     pub(crate) fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
         if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
             if can_merge(&prev, &new) {
-                mm.vmas.remove(prev.vm_end);
+                self.vma_unlink(mm, prev.vm_end);
                 mm.map_count -= 1;
                 new.vm_start = prev.vm_start;
                 new.vm_pgoff = prev.vm_pgoff;
+                new.anon_vma = new.anon_vma.or(prev.anon_vma);
             }
         }
         if let Some(next) = mm.vmas.first_from(new.vm_end + 1) {
             let nend = next.vm_end;
             if next.vm_start == new.vm_end && can_merge(&new, next) {
-                mm.vmas.remove(nend);
+                let next = self.vma_unlink(mm, nend).expect("just found");
                 mm.map_count -= 1;
                 new.vm_end = nend;
+                new.anon_vma = new.anon_vma.or(next.anon_vma);
             }
         }
-        mm.vmacache.set(None);
-        mm.vmas.insert(new);
+        self.vma_link(mm, new);
         mm.map_count += 1;
     }
 
@@ -521,7 +527,7 @@ impl Kernel {
         }
         let mut files = Vec::new();
         for v in hit {
-            mm.vmas.remove(v.vm_end);
+            self.vma_unlink(mm, v.vm_end);
             mm.map_count -= 1;
             let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
             mm.total_vm -= (hi - lo) >> PAGE_SHIFT;
@@ -533,7 +539,7 @@ impl Kernel {
                     vm_end: start,
                     ..v.clone()
                 };
-                mm.vmas.insert(left);
+                self.vma_link(mm, left);
                 mm.map_count += 1;
             }
             if v.vm_end > end {
@@ -542,7 +548,7 @@ impl Kernel {
                     vm_pgoff: v.vm_pgoff + ((end - v.vm_start) >> PAGE_SHIFT),
                     ..v.clone()
                 };
-                mm.vmas.insert(right);
+                self.vma_link(mm, right);
                 mm.map_count += 1;
             }
             if let Some(f) = v.vm_file {
@@ -563,102 +569,55 @@ impl Kernel {
         Ok(())
     }
 
-    /// `mprotect` (`do_mprotect_pkey` + `mprotect_fixup`): new `VM_READ|VM_WRITE|VM_EXEC` for
-    /// every VMA in `[addr, addr + len)`, splitting at the edges, rewriting the present PTEs
-    /// (`change_protection`, keeping Accessed/Dirty), flushing the TLB and merging with the
-    /// neighbours. `EINVAL` for an unaligned address or unknown bits, `ENOMEM` when the range
-    /// is not fully mapped (VMAs before the hole keep their new protection, as in Linux),
-    /// `EACCES` for a permission the mapping may never have (`VM_MAY*`).
-    pub fn mprotect(&self, mm: &mut MmStruct, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
-        if addr & (PAGE_SIZE - 1) != 0
-            || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0
-        {
-            return Err(Errno::EINVAL);
+    /// `vma_modify_flags`: give `[lo, hi)` of the VMA `v` (which covers it) the flags
+    /// `new_flags` — splitting off the parts outside (`split_vma`, refused with `ENOMEM` at
+    /// the map_count limit), then merging with the neighbours (`vma_merge`). Returns the
+    /// updated part as inserted, before merging.
+    pub(crate) fn vma_modify_flags(
+        &self,
+        mm: &mut MmStruct,
+        v: &VmArea,
+        lo: u64,
+        hi: u64,
+        new_flags: VmFlags,
+    ) -> Result<VmArea, Errno> {
+        let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
+        if extra > 0 && mm.map_count + extra > mm.max_map_count {
+            return Err(Errno::ENOMEM);
         }
-        if len == 0 {
-            return Ok(());
+        self.vma_unlink(mm, v.vm_end);
+        mm.map_count -= 1;
+        if v.vm_start < lo {
+            self.vma_link(
+                mm,
+                VmArea {
+                    vm_end: lo,
+                    ..v.clone()
+                },
+            );
+            mm.map_count += 1;
         }
-        let end = addr
-            .checked_add(align_up(len, PAGE_SIZE))
-            .filter(|&e| e <= TASK_SIZE)
-            .ok_or(Errno::ENOMEM)?;
-        let want = vm_flags_for(prot, MAP_PRIVATE)
-            & (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC);
-        let mut cur = addr;
-        while cur < end {
-            let Some(v) = mm.vma_lookup(cur).cloned() else {
-                return Err(Errno::ENOMEM);
-            };
-            let may = [
-                (VmFlags::VM_READ, VmFlags::VM_MAYREAD),
-                (VmFlags::VM_WRITE, VmFlags::VM_MAYWRITE),
-                (VmFlags::VM_EXEC, VmFlags::VM_MAYEXEC),
-            ];
-            if may
-                .iter()
-                .any(|&(f, m)| want.contains(f) && !v.vm_flags.contains(m))
-            {
-                return Err(Errno::EACCES);
-            }
-            let (lo, hi) = (v.vm_start.max(cur), v.vm_end.min(end));
-            let mut new_flags =
-                (v.vm_flags - (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC)) | want;
-            // mprotect_fixup charges private memory that becomes writable.
-            if accountable(new_flags) {
-                new_flags |= VmFlags::VM_ACCOUNT;
-            }
-            if new_flags != v.vm_flags {
-                // split_vma refuses at the map_count limit.
-                let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
-                if extra > 0 && mm.map_count + extra > mm.max_map_count {
-                    return Err(Errno::ENOMEM);
-                }
-                mm.vmas.remove(v.vm_end);
-                mm.map_count -= 1;
-                if v.vm_start < lo {
-                    mm.vmas.insert(VmArea {
-                        vm_end: lo,
-                        ..v.clone()
-                    });
-                    mm.map_count += 1;
-                }
-                if hi < v.vm_end {
-                    mm.vmas.insert(VmArea {
-                        vm_start: hi,
-                        vm_pgoff: v.vm_pgoff + ((hi - v.vm_start) >> PAGE_SHIFT),
-                        ..v.clone()
-                    });
-                    mm.map_count += 1;
-                }
-                let prot_bits =
-                    VmArea::prot_for(new_flags, VmArea::writenotify(v.vm_file.as_ref()));
-                let changed = VmArea {
-                    vm_start: lo,
-                    vm_end: hi,
-                    vm_flags: new_flags,
-                    vm_page_prot: prot_bits,
-                    vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
-                    vm_file: v.vm_file.clone(),
-                    name: v.name,
-                    vm_special: v.vm_special,
-                };
-                {
-                    let _g = mm.pt.lock.lock();
-                    self.for_each_pte(&mm.pt, lo, hi, |_, slot| {
-                        let old = crate::arch::x86_64::pgtable::Pte(slot.load(Ordering::Acquire));
-                        if old.is_present() {
-                            slot.store(old.modify(prot_bits).0, Ordering::Release);
-                        }
-                    });
-                }
-                mm.vmacache.set(None);
-                self.insert_vma_merged(mm, changed);
-                // insert_vma_merged counted a new VMA; the removed one was uncounted above.
-            }
-            cur = hi;
+        if hi < v.vm_end {
+            self.vma_link(
+                mm,
+                VmArea {
+                    vm_start: hi,
+                    vm_pgoff: v.vm_pgoff + ((hi - v.vm_start) >> PAGE_SHIFT),
+                    ..v.clone()
+                },
+            );
+            mm.map_count += 1;
         }
-        self.flush_tlb_range(&mm.pt, addr, end);
-        Ok(())
+        let changed = VmArea {
+            vm_start: lo,
+            vm_end: hi,
+            vm_flags: new_flags,
+            vm_page_prot: VmArea::prot_for(new_flags, VmArea::writenotify(v.vm_file.as_ref())),
+            vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
+            ..v.clone()
+        };
+        self.insert_vma_merged(mm, changed.clone());
+        Ok(changed)
     }
 
     /// `vm_insert_page`: map a kernel page into a user VMA at `addr` with the VMA's
@@ -846,7 +805,14 @@ impl Kernel {
             TASK_SIZE - PAGE_SIZE,
         );
         self.free_pgd_range(cpu, &mm.pt, 0, TASK_SIZE + PAGE_SIZE);
-        if let Err((_, pt)) = self.pgd_free(cpu, mm.pt) {
+        let pt = match Arc::try_unwrap(mm.pt) {
+            Ok(pt) => pt,
+            Err(_) => {
+                self.printk("BUG: exit_mmap: page tables still referenced by the reverse map");
+                return;
+            }
+        };
+        if let Err((_, pt)) = self.pgd_free(cpu, pt) {
             // Something outside user space was mapped: leave the tables rather than free
             // pages that are still referenced.
             self.printk(&alloc::format!(
@@ -856,18 +822,79 @@ impl Kernel {
         }
     }
 
-    /// The address space's invariants plus: every present PTE lies inside a VMA.
+    /// The address space's invariants plus: every present PTE lies inside a VMA, and every
+    /// page it maps agrees with the reverse map — an anonymous page names the VMA's
+    /// `anon_vma` and its linear index, a page-cache page its file and offset — and the VMA is
+    /// recorded where `rmap_walk` will look for it.
     pub fn check_mm_invariants(&self, mm: &MmStruct) -> Result<(), String> {
         mm.check_invariants()?;
         let mut bad = None;
-        self.for_each_pte(&mm.pt, 0, TASK_SIZE, |va, _| {
-            if bad.is_none() && mm.vma_lookup(va).is_none() {
-                bad = Some(va);
+        self.for_each_pte(&mm.pt, 0, TASK_SIZE, |va, slot| {
+            if bad.is_some() {
+                return;
+            }
+            let Some(v) = mm.vma_lookup(va) else {
+                bad = Some(alloc::format!("PTE at {va:#x} outside every VMA"));
+                return;
+            };
+            let pte = crate::arch::x86_64::pgtable::Pte(slot.load(Ordering::Acquire));
+            if !pte.is_present() {
+                return;
+            }
+            let Some(page) = self.vm_normal_page(pte) else {
+                return;
+            };
+            let index = v.linear_page_index(va);
+            if crate::mm::rmap::page_anon(page) {
+                let want = crate::mm::rmap::PAGE_MAPPING_ANON | v.anon_vma.unwrap_or(0);
+                if v.anon_vma.is_none() || page.mapping() != want || page.index() != index {
+                    bad = Some(alloc::format!(
+                        "anonymous page at {va:#x}: mapping {:#x} index {:#x}, VMA anon_vma {:?} index {index:#x}",
+                        page.mapping(),
+                        page.index(),
+                        v.anon_vma
+                    ));
+                }
+            } else if page.mapping() != 0 {
+                let ok = v
+                    .vm_file
+                    .as_ref()
+                    .is_some_and(|f| f.inode.id == page.mapping() && page.index() == index);
+                if !ok {
+                    bad = Some(alloc::format!("file page at {va:#x} does not belong there"));
+                }
             }
         });
-        match bad {
-            Some(va) => Err(alloc::format!("PTE at {va:#x} outside every VMA")),
-            None => Ok(()),
+        if let Some(b) = bad {
+            return Err(b);
         }
+        for v in mm.vmas() {
+            let recorded = |list: &[crate::mm::rmap::RmapRecord]| {
+                list.iter().any(|r| {
+                    Arc::ptr_eq(&r.pt, &mm.pt)
+                        && (r.start, r.end, r.pgoff) == (v.vm_start, v.vm_end, v.vm_pgoff)
+                })
+            };
+            if let Some(id) = v.anon_vma {
+                let av = self.anon_vmas.lock();
+                if !av.map.get(&id).is_some_and(|l| recorded(l)) {
+                    return Err(alloc::format!(
+                        "VMA {:#x}-{:#x} missing from anon_vma {id}",
+                        v.vm_start,
+                        v.vm_end
+                    ));
+                }
+            }
+            if let Some(f) = &v.vm_file {
+                if !recorded(&f.inode.i_mmap.lock()) {
+                    return Err(alloc::format!(
+                        "VMA {:#x}-{:#x} missing from its file's i_mmap",
+                        v.vm_start,
+                        v.vm_end
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -69,7 +69,7 @@ impl Kernel {
             && self.vma_expandable(mm, &vma, new_len - old_len)
         {
             let delta = new_len - old_len;
-            mm.vmas.remove(vma.vm_end);
+            self.vma_unlink(mm, vma.vm_end);
             mm.map_count -= 1;
             let mut grown = vma.clone();
             grown.vm_end += delta;

@@ -39,6 +39,7 @@ fn tombstone() -> VmArea {
         vm_pgoff: 0,
         vm_file: None,
         name: None,
+        anon_vma: None,
         vm_special: None,
     }
 }
@@ -195,7 +196,10 @@ impl VmaTree {
         }
         self.len -= 1;
         self.free.push(slot);
-        Some(core::mem::replace(&mut self.slab[slot as usize], tombstone()))
+        Some(core::mem::replace(
+            &mut self.slab[slot as usize],
+            tombstone(),
+        ))
     }
 
     /// Check the invariants in the module doc.
@@ -214,7 +218,10 @@ impl VmaTree {
                 if last.is_some_and(|l| l >= k) {
                     return Err("vma index: keys out of order");
                 }
-                if self.slab.get(e.slot as usize).map(|v| (v.vm_start, v.vm_end))
+                if self
+                    .slab
+                    .get(e.slot as usize)
+                    .map(|v| (v.vm_start, v.vm_end))
                     != Some((e.start, k))
                 {
                     return Err("vma index: slot does not hold the VMA of its key");

@@ -99,12 +99,15 @@ impl Kernel {
             return false;
         }
         let grow = (v.vm_start - new_start) >> crate::PAGE_SHIFT;
-        mm.vmas.remove(v.vm_end);
-        mm.vmas.insert(VmArea {
-            vm_start: new_start,
-            vm_pgoff: v.vm_pgoff - grow,
-            ..v
-        });
+        self.vma_unlink(mm, v.vm_end);
+        self.vma_link(
+            mm,
+            VmArea {
+                vm_start: new_start,
+                vm_pgoff: v.vm_pgoff - grow,
+                ..v
+            },
+        );
         mm.total_vm += grow;
         mm.vmacache.set(None);
         true

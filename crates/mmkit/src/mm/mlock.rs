@@ -1,0 +1,113 @@
+//! `mlock`/`munlock` (`mm/mlock.c`: `do_mlock`, `apply_vma_lock_flags`, `mlock_fixup`) and
+//! `madvise(MADV_WILLNEED)` (`mm/madvise.c`: `madvise_willneed` → `vfs_fadvise` readahead).
+//!
+//! Locked VMAs carry `VM_LOCKED` (split off and merged back like any flag change) and are
+//! faulted in at once (`__mm_populate`); the reverse map refuses to unmap their pages.
+//! `RLIMIT_MEMLOCK` is not enforced: the simulated tasks run as root (`CAP_IPC_LOCK`).
+
+use crate::addr::{align_down, align_up, PAGE_SHIFT, PAGE_SIZE};
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::mm::mm_types::{MmStruct, VmFlags, TASK_SIZE};
+use crate::Kernel;
+
+impl Kernel {
+    /// `apply_vma_lock_flags`: set or clear `VM_LOCKED` on every VMA of `[start, end)`;
+    /// `ENOMEM` at the first hole (after changing what precedes it, as Linux).
+    fn apply_vma_lock_flags(
+        &self,
+        mm: &mut MmStruct,
+        start: u64,
+        end: u64,
+        lock: bool,
+    ) -> Result<(), Errno> {
+        let mut cur = start;
+        while cur < end {
+            let Some(v) = mm.vma_lookup(cur).cloned() else {
+                return Err(Errno::ENOMEM);
+            };
+            let (lo, hi) = (v.vm_start.max(cur), v.vm_end.min(end));
+            let new_flags = if lock {
+                v.vm_flags | VmFlags::VM_LOCKED
+            } else {
+                v.vm_flags - (VmFlags::VM_LOCKED | VmFlags::VM_LOCKONFAULT)
+            };
+            // mlock_fixup leaves special mappings alone.
+            if new_flags != v.vm_flags && !v.vm_flags.intersects(crate::mm::mmap::VM_SPECIAL) {
+                self.vma_modify_flags(mm, &v, lo, hi, new_flags)?;
+                let pages = (hi - lo) >> PAGE_SHIFT;
+                if lock {
+                    mm.locked_vm += pages;
+                } else {
+                    mm.locked_vm -= pages;
+                }
+            }
+            cur = hi;
+        }
+        Ok(())
+    }
+
+    fn lock_range(start: u64, len: u64) -> Result<(u64, u64), Errno> {
+        let end = align_up(start.checked_add(len).ok_or(Errno::EINVAL)?, PAGE_SIZE);
+        let start = align_down(start, PAGE_SIZE);
+        if end > TASK_SIZE || end < start {
+            return Err(Errno::ENOMEM);
+        }
+        Ok((start, end))
+    }
+
+    /// `mlock(start, len)`: lock the pages of the range (rounded out to pages) in memory,
+    /// faulting them in now.
+    pub fn mlock(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        let (start, end) = Self::lock_range(start, len)?;
+        self.apply_vma_lock_flags(mm, start, end, true)?;
+        self.mm_populate(cpu, mm, start, end - start);
+        Ok(())
+    }
+
+    /// `munlock(start, len)`.
+    pub fn munlock(&self, mm: &mut MmStruct, start: u64, len: u64) -> Result<(), Errno> {
+        let (start, end) = Self::lock_range(start, len)?;
+        self.apply_vma_lock_flags(mm, start, end, false)
+    }
+
+    /// `madvise(MADV_WILLNEED)`: read the file pages behind `[start, start + len)` into the
+    /// page cache (without mapping them). `EINVAL` for an unaligned start, `EBADF` for
+    /// anonymous memory (whose swap-in readahead comes with swap), `ENOMEM` at a hole.
+    pub fn madvise_willneed(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        if start & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = start
+            .checked_add(align_up(len, PAGE_SIZE))
+            .filter(|&e| e <= TASK_SIZE)
+            .ok_or(Errno::EINVAL)?;
+        let mut cur = start;
+        while cur < end {
+            let Some(v) = mm.vma_lookup(cur).cloned() else {
+                return Err(Errno::ENOMEM);
+            };
+            let hi = v.vm_end.min(end);
+            let Some(f) = &v.vm_file else {
+                return Err(Errno::EBADF);
+            };
+            let first = v.linear_page_index(cur);
+            let n = (hi - cur) >> PAGE_SHIFT;
+            self.page_cache_readahead(cpu, &f.inode, first, n)?;
+            cur = hi;
+        }
+        Ok(())
+    }
+}

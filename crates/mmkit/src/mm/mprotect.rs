@@ -1,0 +1,75 @@
+//! `mprotect` (`mm/mprotect.c`: `do_mprotect_pkey`, `mprotect_fixup`, `change_protection`).
+
+use crate::addr::{align_up, PAGE_SIZE};
+use crate::arch::x86_64::pgtable::Pte;
+use crate::errno::Errno;
+use crate::mm::mm_types::{MmStruct, VmFlags, TASK_SIZE};
+use crate::mm::mmap::{
+    accountable, vm_flags_for, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_SEM, PROT_WRITE,
+};
+use crate::Kernel;
+use core::sync::atomic::Ordering;
+
+impl Kernel {
+    /// `mprotect` (`do_mprotect_pkey` + `mprotect_fixup`): new `VM_READ|VM_WRITE|VM_EXEC` for
+    /// every VMA in `[addr, addr + len)`, splitting at the edges, rewriting the present PTEs
+    /// (`change_protection`, keeping Accessed/Dirty), flushing the TLB and merging with the
+    /// neighbours. `EINVAL` for an unaligned address or unknown bits, `ENOMEM` when the range
+    /// is not fully mapped (VMAs before the hole keep their new protection, as in Linux),
+    /// `EACCES` for a permission the mapping may never have (`VM_MAY*`).
+    pub fn mprotect(&self, mm: &mut MmStruct, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
+        if addr & (PAGE_SIZE - 1) != 0
+            || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let end = addr
+            .checked_add(align_up(len, PAGE_SIZE))
+            .filter(|&e| e <= TASK_SIZE)
+            .ok_or(Errno::ENOMEM)?;
+        let want = vm_flags_for(prot, MAP_PRIVATE)
+            & (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC);
+        let mut cur = addr;
+        while cur < end {
+            let Some(v) = mm.vma_lookup(cur).cloned() else {
+                return Err(Errno::ENOMEM);
+            };
+            let may = [
+                (VmFlags::VM_READ, VmFlags::VM_MAYREAD),
+                (VmFlags::VM_WRITE, VmFlags::VM_MAYWRITE),
+                (VmFlags::VM_EXEC, VmFlags::VM_MAYEXEC),
+            ];
+            if may
+                .iter()
+                .any(|&(f, m)| want.contains(f) && !v.vm_flags.contains(m))
+            {
+                return Err(Errno::EACCES);
+            }
+            let (lo, hi) = (v.vm_start.max(cur), v.vm_end.min(end));
+            let mut new_flags =
+                (v.vm_flags - (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC)) | want;
+            // mprotect_fixup charges private memory that becomes writable.
+            if accountable(new_flags) {
+                new_flags |= VmFlags::VM_ACCOUNT;
+            }
+            if new_flags != v.vm_flags {
+                let changed = self.vma_modify_flags(mm, &v, lo, hi, new_flags)?;
+                // change_protection: present PTEs get the new bits, keeping A/D.
+                let prot_bits = changed.vm_page_prot;
+                let _g = mm.pt.lock.lock();
+                self.for_each_pte(&mm.pt, lo, hi, |_, slot| {
+                    let old = Pte(slot.load(Ordering::Acquire));
+                    if old.is_present() {
+                        slot.store(old.modify(prot_bits).0, Ordering::Release);
+                    }
+                });
+            }
+            cur = hi;
+        }
+        self.flush_tlb_range(&mm.pt, addr, end);
+        Ok(())
+    }
+}
