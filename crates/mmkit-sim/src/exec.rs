@@ -23,6 +23,23 @@ pub struct ExecSpec<'a> {
 
 /// `execve` of a host file into a new address space on `cpu`.
 pub fn exec_host(m: &Machine, cpu: &mmkit::CpuGuard<'_>, spec: &ExecSpec<'_>) -> Result<ExecImage> {
+    with_exec_params(m, spec, |file, params, open_interp| {
+        m.kernel.execve(cpu, file, params, open_interp)
+    })?
+    .with_context(|| format!("execve {}", spec.path))
+}
+
+/// Open `spec.path` and build the `ExecParams` for it, then run `f` with them and an
+/// interpreter opener on the host file system.
+pub fn with_exec_params<R>(
+    m: &Machine,
+    spec: &ExecSpec<'_>,
+    f: impl FnOnce(
+        &std::sync::Arc<mmkit::fs::inode::File>,
+        &ExecParams<'_>,
+        &mut mmkit::fs::exec::InterpOpener<'_>,
+    ) -> R,
+) -> Result<R> {
     let k = &m.kernel;
     let file = m.hostfs.open(k, Path::new(spec.path))?;
     let argv: Vec<&[u8]> = spec.argv.iter().map(|s| s.as_bytes()).collect();
@@ -40,6 +57,5 @@ pub fn exec_host(m: &Machine, cpu: &mmkit::CpuGuard<'_>, spec: &ExecSpec<'_>) ->
             .open(k, Path::new(path))
             .map_err(|_| mmkit::Errno::ENOENT)
     };
-    k.execve(cpu, &file, &params, &mut open_interp)
-        .with_context(|| format!("execve {}", spec.path))
+    Ok(f(&file, &params, &mut open_interp))
 }

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod errno;
 pub mod fs;
 pub mod gfp;
+pub mod kernel;
 pub mod mm;
 pub mod platform;
 pub mod sync;

@@ -177,6 +177,10 @@ pub struct MmStruct {
     pub total_vm: u64,
     /// `locked_vm` in pages.
     pub locked_vm: u64,
+    /// `hiwater_vm`: the most pages `total_vm` reached before an unmap.
+    pub hiwater_vm: u64,
+    /// `hiwater_rss`: the most resident pages before an unmap.
+    pub hiwater_rss: u64,
     /// `mmap_base`: where top-down allocation starts.
     pub mmap_base: u64,
     /// `task_size`.
@@ -227,6 +231,30 @@ impl MmStruct {
     /// `add_mm_counter`.
     pub(crate) fn add_counter(&self, member: usize, delta: i64) {
         self.rss_stat[member].fetch_add(delta, Relaxed);
+    }
+
+    /// `update_hiwater_rss` + `update_hiwater_vm`, before an unmap shrinks them.
+    pub(crate) fn update_hiwater(&mut self) {
+        self.hiwater_rss = self.hiwater_rss.max(self.rss());
+        self.hiwater_vm = self.hiwater_vm.max(self.total_vm);
+    }
+
+    /// `vm_stat_account`'s classes, from the VMAs: (`exec_vm`, `stack_vm`, `data_vm`) pages.
+    pub fn vm_classes(&self) -> (u64, u64, u64) {
+        let (mut exec, mut stack, mut data) = (0, 0, 0);
+        for v in self.vmas() {
+            let f = v.vm_flags;
+            if f & (VmFlags::VM_EXEC | VmFlags::VM_WRITE | VmFlags::VM_GROWSDOWN)
+                == VmFlags::VM_EXEC
+            {
+                exec += v.pages();
+            } else if f.contains(VmFlags::VM_GROWSDOWN) {
+                stack += v.pages();
+            } else if f & (VmFlags::VM_WRITE | VmFlags::VM_SHARED) == VmFlags::VM_WRITE {
+                data += v.pages();
+            }
+        }
+        (exec, stack, data)
     }
 
     /// `get_mm_rss`: file + anon + shmem pages resident.

@@ -151,6 +151,8 @@ impl Kernel {
             map_count: 0,
             total_vm: 0,
             locked_vm: 0,
+            hiwater_vm: 0,
+            hiwater_rss: 0,
             mmap_base: MmStruct::mmap_base_for(DEFAULT_RLIMIT_STACK),
             task_size: TASK_SIZE,
             start_brk: 0,
@@ -517,6 +519,7 @@ impl Kernel {
         if hit.is_empty() {
             return Ok(());
         }
+        mm.update_hiwater();
         // A split in the middle of one VMA makes one more VMA.
         if hit.len() == 1
             && hit[0].vm_start < start

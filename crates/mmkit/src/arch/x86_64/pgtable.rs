@@ -503,6 +503,26 @@ impl Kernel {
         freed
     }
 
+    /// `mm_pgtables_bytes` / `PAGE_SIZE`: the PUD, PMD and PTE tables of an address space's
+    /// user half (the PGD itself is not counted, as in Linux).
+    pub fn pgtable_pages_of(&self, pt: &PgTable) -> u64 {
+        fn count(k: &Kernel, table: u64, level: usize, first: usize, last: usize) -> u64 {
+            let mut n = 0;
+            for i in first..=last {
+                let v = k.table_entry(table, i).load(Ordering::Acquire);
+                if v & P == 0 || v & PteFlags::PSE.bits() != 0 {
+                    continue;
+                }
+                n += 1;
+                if level < 2 {
+                    n += count(k, (v & PTE_PFN_MASK) >> PAGE_SHIFT, level + 1, 0, 511);
+                }
+            }
+            n
+        }
+        count(self, pt.pgd, 0, 0, 255)
+    }
+
     /// `pgd_free`: free every table of an address space whose pages are all unmapped.
     /// `EBUSY` (nothing freed) if any PTE is still set.
     pub fn pgd_free(&self, cpu: &CpuGuard<'_>, pt: PgTable) -> Result<(), (Errno, PgTable)> {

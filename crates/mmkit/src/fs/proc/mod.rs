@@ -2,6 +2,7 @@
 //! `mm/vmstat.c`'s `frag_show`/`pagetypeinfo_show`/`zoneinfo_show`/`vmstat_show`,
 //! `kernel/resource.c`'s `/proc/iomem`).
 
+pub mod array;
 pub mod buddyinfo;
 pub mod iomem;
 pub mod meminfo;

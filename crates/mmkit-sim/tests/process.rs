@@ -1,0 +1,202 @@
+//! Processes: spawn (exec), fork, exec in a child, exit, wait, the ps listing, fault counts
+//! that survive exec and reach the parent on wait, /proc/PID/status's memory lines equal to
+//! the host kernel's at exec time, and no page left behind when every process is gone.
+
+mod common;
+use common::{boot_mem, free_and_pcp};
+use mmkit::fs::proc::array::proc_pid_status;
+use mmkit::kernel::task::{TaskState, TaskTable};
+use mmkit::mm::mmap::*;
+use mmkit::Errno;
+use mmkit_sim::exec::{with_exec_params, ExecSpec};
+use mmkit_sim::Machine;
+use std::ffi::CString;
+
+fn spec(path: &str, env: &[&str]) -> ExecSpec<'static> {
+    ExecSpec {
+        path: Box::leak(path.to_string().into_boxed_str()),
+        argv: vec![path.to_string()],
+        envp: env.iter().map(|s| s.to_string()).collect(),
+        no_aslr: true,
+    }
+}
+
+fn spawn(m: &Machine, tasks: &mut TaskTable, path: &str, env: &[&str]) -> u32 {
+    m.on_cpu(0, |cpu| {
+        with_exec_params(m, &spec(path, env), |file, params, interp| {
+            tasks.spawn(&m.kernel, cpu, file, params, interp)
+        })
+        .unwrap()
+        .unwrap()
+    })
+}
+
+/// The host's /proc/PID/status memory lines for `path` at its exec stop (ptrace, no ASLR).
+fn host_status(path: &str, env: &[&str]) -> Vec<String> {
+    let cpath = CString::new(path).unwrap();
+    let envs: Vec<CString> = env.iter().map(|e| CString::new(*e).unwrap()).collect();
+    let mut envp: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let argv = [cpath.as_ptr(), std::ptr::null()];
+    // SAFETY: fork in a test; the child calls only async-signal-safe functions before exec.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::execve(cpath.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut st = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert!(libc::WIFSTOPPED(st), "ptrace stop at exec");
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // SAFETY: our own stopped child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut st, 0);
+    }
+    s.lines()
+        .filter(|l| l.starts_with("Vm") || l.starts_with("Rss"))
+        .map(String::from)
+        .collect()
+}
+
+/// VmPeak … VmSwap (sizes, RSS split, data/stack/exe/lib classes, page-table bytes) of a
+/// freshly exec'd process equal the host kernel's for the same binary.
+#[test]
+fn status_memory_lines_equal_the_host_kernels() {
+    let env = ["A=1"];
+    let m = boot_mem(256, 1, "");
+    for path in ["/bin/true", "/usr/bin/bash", "/sbin/ldconfig"] {
+        let mut tasks = TaskTable::default();
+        let pid = spawn(&m, &mut tasks, path, &env);
+        let ours: Vec<String> = proc_pid_status(&m.kernel, tasks.get(pid).unwrap())
+            .lines()
+            .filter(|l| l.starts_with("Vm") || l.starts_with("Rss"))
+            .map(String::from)
+            .collect();
+        assert_eq!(ours, host_status(path, &env), "{path}");
+        m.on_cpu(0, |cpu| tasks.exit(&m.kernel, cpu, pid, 0).unwrap());
+    }
+}
+
+/// fork / exec / exit / wait with the right errnos, counts and listing; teardown frees all.
+#[test]
+fn fork_exec_exit_wait() {
+    let m = boot_mem(256, 2, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let mut tasks = TaskTable::default();
+    let init = spawn(&m, &mut tasks, "/bin/true", &[]);
+    assert_eq!(tasks.get(init).unwrap().comm, "true");
+    let child = m.on_cpu(0, |cpu| {
+        // The parent writes into a heap it grows with brk.
+        let t = tasks.get_mut(init).unwrap();
+        let mm = t.mm.as_mut().unwrap();
+        let b = mm.brk;
+        assert_eq!(k.brk(cpu, mm, b + 3 * 4096), b + 3 * 4096);
+        k.user_write(cpu, mm, b, b"parent heap").unwrap();
+        tasks.fork(k, cpu, init).unwrap()
+    });
+    m.on_cpu(1, |cpu| {
+        let c = tasks.get_mut(child).unwrap();
+        let mm = c.mm.as_mut().unwrap();
+        let b = mm.start_brk;
+        let mut got = [0u8; 11];
+        k.user_read(cpu, mm, b, &mut got).unwrap();
+        assert_eq!(&got, b"parent heap", "the child sees the parent's heap");
+        assert_eq!(
+            mm.faults.min_flt, 0,
+            "fork copied the PTEs: no fault to read"
+        );
+        k.user_write(cpu, mm, b, b"child").unwrap();
+        assert_eq!(mm.faults.min_flt, 1, "the COW fault");
+    });
+    let ps = tasks.ps();
+    assert!(ps.contains(" R ") && ps.lines().count() == 3, "{ps}");
+    // The child execs bash: new image, same pid, counts kept.
+    let before_exec = tasks.get(child).unwrap().fault_counts();
+    m.on_cpu(1, |cpu| {
+        with_exec_params(&m, &spec("/usr/bin/bash", &[]), |file, params, interp| {
+            tasks.exec(k, cpu, child, file, params, interp)
+        })
+        .unwrap()
+        .unwrap()
+    });
+    let c = tasks.get(child).unwrap();
+    assert_eq!(c.comm, "bash");
+    assert!(
+        c.fault_counts().min_flt > before_exec.min_flt,
+        "exec's faults add up"
+    );
+    assert!(proc_pid_status(k, c).contains("Name:\tbash"));
+    // Wait before exit: EAGAIN; exit; wait reaps and the parent gets the child's faults.
+    assert_eq!(tasks.wait(init, None), Err(Errno::EAGAIN));
+    let child_faults = tasks.get(child).unwrap().fault_counts();
+    m.on_cpu(1, |cpu| tasks.exit(k, cpu, child, 3).unwrap());
+    assert_eq!(tasks.get(child).unwrap().state, TaskState::Zombie);
+    assert!(tasks.ps().contains(" Z "));
+    assert_eq!(tasks.wait(init, Some(child)), Ok((child, 3)));
+    assert_eq!(tasks.get(init).unwrap().child_faults, child_faults);
+    assert_eq!(tasks.wait(init, None), Err(Errno::ECHILD));
+    // Exec failure leaves the task as it was.
+    let vsz = tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm;
+    let r = m.on_cpu(0, |cpu| {
+        with_exec_params(&m, &spec("/etc/hostname", &[]), |file, params, interp| {
+            tasks.exec(k, cpu, init, file, params, interp)
+        })
+    });
+    if let Ok(r) = r {
+        assert_eq!(r, Err(Errno::ENOEXEC));
+    }
+    assert_eq!(tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm, vsz);
+    // A shared anonymous mapping survives into a forked child and back.
+    let c2 = m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(init).unwrap().mm.as_mut().unwrap();
+        let s = k
+            .mmap(
+                cpu,
+                mm,
+                0,
+                4096,
+                PROT_READ | PROT_WRITE,
+                MAP_SHARED | MAP_ANONYMOUS,
+                0,
+            )
+            .unwrap();
+        let c2 = tasks.fork(k, cpu, init).unwrap();
+        let cm = tasks.get_mut(c2).unwrap().mm.as_mut().unwrap();
+        k.user_write(cpu, cm, s, b"from child").unwrap();
+        let pm = tasks.get_mut(init).unwrap().mm.as_mut().unwrap();
+        let mut got = [0u8; 10];
+        k.user_read(cpu, pm, s, &mut got).unwrap();
+        assert_eq!(&got, b"from child");
+        c2
+    });
+    m.on_cpu(0, |cpu| {
+        tasks.exit(k, cpu, init, 0).unwrap();
+        assert_eq!(
+            tasks.get(c2).unwrap().ppid,
+            0,
+            "orphaned: no other task to adopt it"
+        );
+        tasks.exit(k, cpu, c2, 0).unwrap();
+        assert!(
+            tasks.pids().is_empty(),
+            "parentless tasks are released at exit"
+        );
+        k.drop_pagecache(cpu);
+        k.drain_all_pages(cpu);
+    });
+    assert_eq!(
+        free_and_pcp(k),
+        before,
+        "every page back after all processes exit"
+    );
+    assert_eq!(k.page_table_pages(), 0);
+}

@@ -1,0 +1,3 @@
+//! Processes as memory management sees them (`kernel/`): tasks, `fork`, `exec`, `exit`,
+//! `wait`.
+pub mod task;

@@ -1,0 +1,321 @@
+//! Tasks (`include/linux/sched.h`, `kernel/fork.c`, `kernel/exit.c`, `fs/exec.c`'s
+//! `exec_mmap`): a table of single-threaded processes, each owning an address space, with
+//! `fork` (`copy_mm` → `dup_mmap`), `execve` (a fresh mm replaces the old one), `exit`
+//! (`exit_mm` → `mmput` → `exit_mmap`; the task stays a zombie until reaped) and `wait`.
+//! Fault counts (`min_flt`, `maj_flt`) survive exec, as Linux keeps them in the task; a
+//! reaped child's counts are added to the parent's `cmin_flt`/`cmaj_flt`.
+
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::fs::exec::{ExecImage, ExecParams, InterpOpener};
+use crate::fs::inode::File;
+use crate::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS};
+use crate::mm::uaccess::FaultCounts;
+use crate::Kernel;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// A process id.
+pub type Pid = u32;
+
+/// `task->__state` as `/proc` shows it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// `R (running)`.
+    Running,
+    /// `Z (zombie)`: exited, not yet reaped; `exit_code` holds the status.
+    Zombie,
+}
+
+/// One task.
+pub struct Task {
+    /// `pid` (= `tgid`: one thread per process).
+    pub pid: Pid,
+    /// Parent's pid (0 for the first task).
+    pub ppid: Pid,
+    /// `comm`: the executable's base name, 15 bytes at most.
+    pub comm: String,
+    /// The address space (`None` once exited).
+    pub mm: Option<MmStruct>,
+    /// State.
+    pub state: TaskState,
+    /// Exit status for `wait`.
+    pub exit_code: i32,
+    /// Faults of the task itself, from exited address spaces (the live mm keeps counting).
+    pub faults: FaultCounts,
+    /// Faults of reaped children (`cmin_flt`, `cmaj_flt`).
+    pub child_faults: FaultCounts,
+    /// Entry point and stack pointer of the last exec.
+    pub entry: u64,
+    /// Initial stack pointer.
+    pub sp: u64,
+}
+
+impl Task {
+    /// `min_flt`/`maj_flt` so far (the task's own, through all its address spaces).
+    pub fn fault_counts(&self) -> FaultCounts {
+        let live = self.mm.as_ref().map(|m| m.faults).unwrap_or_default();
+        FaultCounts {
+            min_flt: self.faults.min_flt + live.min_flt,
+            maj_flt: self.faults.maj_flt + live.maj_flt,
+        }
+    }
+}
+
+/// The task list (`init_task.tasks`, the pid hash).
+#[derive(Default)]
+pub struct TaskTable {
+    tasks: BTreeMap<Pid, Task>,
+    last_pid: Pid,
+}
+
+/// `PID_MAX_DEFAULT`.
+pub const PID_MAX: Pid = 32768;
+
+fn comm_of(path: &[u8]) -> String {
+    let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    String::from_utf8_lossy(&base[..base.len().min(15)]).into_owned()
+}
+
+impl TaskTable {
+    /// The task `pid`.
+    pub fn get(&self, pid: Pid) -> Option<&Task> {
+        self.tasks.get(&pid)
+    }
+
+    /// The task `pid`, mutably (its mm is what user accesses and syscalls take).
+    pub fn get_mut(&mut self, pid: Pid) -> Option<&mut Task> {
+        self.tasks.get_mut(&pid)
+    }
+
+    /// Every task, by pid.
+    pub fn iter(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    /// `alloc_pid`: the next free pid after the last one, wrapping at `PID_MAX`.
+    fn alloc_pid(&mut self) -> Result<Pid, Errno> {
+        for _ in 0..PID_MAX {
+            self.last_pid = if self.last_pid + 1 >= PID_MAX {
+                1
+            } else {
+                self.last_pid + 1
+            };
+            if !self.tasks.contains_key(&self.last_pid) {
+                return Ok(self.last_pid);
+            }
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// The first task: `execve` of `file` in a new process with no parent.
+    pub fn spawn(
+        &mut self,
+        k: &Kernel,
+        cpu: &CpuGuard<'_>,
+        file: &Arc<File>,
+        params: &ExecParams<'_>,
+        open_interp: &mut InterpOpener<'_>,
+    ) -> Result<Pid, Errno> {
+        let img = k.execve(cpu, file, params, open_interp)?;
+        let pid = match self.alloc_pid() {
+            Ok(p) => p,
+            Err(e) => {
+                k.exit_mmap(cpu, img.mm);
+                return Err(e);
+            }
+        };
+        self.tasks.insert(
+            pid,
+            Task {
+                pid,
+                ppid: 0,
+                comm: comm_of(params.filename),
+                mm: None,
+                state: TaskState::Running,
+                exit_code: 0,
+                faults: FaultCounts::default(),
+                child_faults: FaultCounts::default(),
+                entry: 0,
+                sp: 0,
+            },
+        );
+        self.install_image(pid, img);
+        Ok(pid)
+    }
+
+    fn install_image(&mut self, pid: Pid, img: ExecImage) -> Option<MmStruct> {
+        let t = self.tasks.get_mut(&pid)?;
+        t.entry = img.entry;
+        t.sp = img.sp;
+        let old = t.mm.replace(img.mm);
+        if let Some(o) = &old {
+            t.faults.min_flt += o.faults.min_flt;
+            t.faults.maj_flt += o.faults.maj_flt;
+        }
+        old
+    }
+
+    /// `fork`: a child with a copy-on-write copy of `parent`'s address space.
+    pub fn fork(&mut self, k: &Kernel, cpu: &CpuGuard<'_>, parent: Pid) -> Result<Pid, Errno> {
+        let p = self.tasks.get(&parent).ok_or(Errno::ESRCH)?;
+        let mm = k.dup_mmap(cpu, p.mm.as_ref().ok_or(Errno::ESRCH)?)?;
+        let comm = p.comm.clone();
+        let (entry, sp) = (p.entry, p.sp);
+        let pid = match self.alloc_pid() {
+            Ok(pid) => pid,
+            Err(e) => {
+                k.exit_mmap(cpu, mm);
+                return Err(e);
+            }
+        };
+        self.tasks.insert(
+            pid,
+            Task {
+                pid,
+                ppid: parent,
+                comm,
+                mm: Some(mm),
+                state: TaskState::Running,
+                exit_code: 0,
+                faults: FaultCounts::default(),
+                child_faults: FaultCounts::default(),
+                entry,
+                sp,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// `execve` in task `pid`: on success its old address space is released (`exec_mmap`
+    /// + `mmput`) and its name becomes the file's; on failure nothing changes.
+    pub fn exec(
+        &mut self,
+        k: &Kernel,
+        cpu: &CpuGuard<'_>,
+        pid: Pid,
+        file: &Arc<File>,
+        params: &ExecParams<'_>,
+        open_interp: &mut InterpOpener<'_>,
+    ) -> Result<(), Errno> {
+        let t = self.tasks.get(&pid).ok_or(Errno::ESRCH)?;
+        if t.state != TaskState::Running {
+            return Err(Errno::ESRCH);
+        }
+        let img = k.execve(cpu, file, params, open_interp)?;
+        if let Some(old) = self.install_image(pid, img) {
+            k.exit_mmap(cpu, old);
+        }
+        if let Some(t) = self.tasks.get_mut(&pid) {
+            t.comm = comm_of(params.filename);
+        }
+        Ok(())
+    }
+
+    /// `do_exit`: release the address space and become a zombie until the parent waits (a
+    /// task without a parent is released at once); children are reparented.
+    pub fn exit(
+        &mut self,
+        k: &Kernel,
+        cpu: &CpuGuard<'_>,
+        pid: Pid,
+        code: i32,
+    ) -> Result<(), Errno> {
+        let t = self.tasks.get_mut(&pid).ok_or(Errno::ESRCH)?;
+        if t.state == TaskState::Zombie {
+            return Err(Errno::ESRCH);
+        }
+        if let Some(mm) = t.mm.take() {
+            t.faults.min_flt += mm.faults.min_flt;
+            t.faults.maj_flt += mm.faults.maj_flt;
+            k.exit_mmap(cpu, mm);
+        }
+        t.state = TaskState::Zombie;
+        t.exit_code = code;
+        let ppid = t.ppid;
+        let orphan = ppid == 0 || !self.tasks.contains_key(&ppid);
+        // Children go to the oldest other live task that is not one of them (init's role),
+        // or to nobody.
+        let reaper = self
+            .tasks
+            .values()
+            .find(|r| r.pid != pid && r.ppid != pid && r.state == TaskState::Running)
+            .map_or(0, |r| r.pid);
+        for c in self.tasks.values_mut().filter(|c| c.ppid == pid) {
+            c.ppid = reaper;
+        }
+        // Nobody will wait for a task without a parent: it is released at once.
+        if orphan {
+            self.tasks.remove(&pid);
+        }
+        Ok(())
+    }
+
+    /// `wait4(pid or -1)`: reap an exited child of `parent` (a given one, or any); returns
+    /// its pid and status. `ECHILD` when there is no such child, `EAGAIN` when none has
+    /// exited yet (`WNOHANG`).
+    pub fn wait(&mut self, parent: Pid, child: Option<Pid>) -> Result<(Pid, i32), Errno> {
+        let mut any = false;
+        let mut found = None;
+        for t in self.tasks.values() {
+            if t.ppid == parent && child.is_none_or(|c| c == t.pid) {
+                any = true;
+                if t.state == TaskState::Zombie {
+                    found = Some(t.pid);
+                    break;
+                }
+            }
+        }
+        let Some(pid) = found else {
+            return Err(if any { Errno::EAGAIN } else { Errno::ECHILD });
+        };
+        let t = self.tasks.remove(&pid).expect("found above");
+        let f = t.fault_counts();
+        if let Some(p) = self.tasks.get_mut(&parent) {
+            p.child_faults.min_flt += f.min_flt + t.child_faults.min_flt;
+            p.child_faults.maj_flt += f.maj_flt + t.child_faults.maj_flt;
+        }
+        Ok((pid, t.exit_code))
+    }
+
+    /// A `ps -o pid,ppid,stat,vsz,rss,comm` listing (sizes in KiB).
+    pub fn ps(&self) -> String {
+        let mut s = String::from("    PID    PPID STAT    VSZ   RSS COMMAND\n");
+        for t in self.tasks.values() {
+            let (vsz, rss) =
+                t.mm.as_ref()
+                    .map_or((0, 0), |m| (m.total_vm * 4, m.rss() * 4));
+            let stat = match t.state {
+                TaskState::Running => 'R',
+                TaskState::Zombie => 'Z',
+            };
+            s.push_str(&alloc::format!(
+                "{:>7} {:>7} {:<4} {:>6} {:>5} {}\n",
+                t.pid,
+                t.ppid,
+                stat,
+                vsz,
+                rss,
+                t.comm
+            ));
+        }
+        s
+    }
+
+    /// Pids in the table.
+    pub fn pids(&self) -> Vec<Pid> {
+        self.tasks.keys().copied().collect()
+    }
+}
+
+/// `task_mem`'s figures for an address space, in pages: (anon, file, shmem, swap).
+pub fn rss_parts(mm: &MmStruct) -> (u64, u64, u64, u64) {
+    (
+        mm.counter(MM_ANONPAGES),
+        mm.counter(MM_FILEPAGES),
+        mm.counter(MM_SHMEMPAGES),
+        mm.counter(MM_SWAPENTS),
+    )
+}
