@@ -41,7 +41,8 @@ pub struct Row {
     pub note: Option<String>,
 }
 
-fn tsc() -> u64 {
+/// The time-stamp counter.
+pub fn tsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: RDTSC has no preconditions on x86-64.
     unsafe {
@@ -67,7 +68,14 @@ pub fn measure(ops: u64, mut f: impl FnMut()) -> (f64, f64) {
     best
 }
 
-fn row(name: &str, ours: (f64, f64), anchor: &str, anchor_ns: f64, note: Option<String>) -> Row {
+/// A report row from our (ns, ticks) and the anchor's time.
+pub fn row(
+    name: &str,
+    ours: (f64, f64),
+    anchor: &str,
+    anchor_ns: f64,
+    note: Option<String>,
+) -> Row {
     Row {
         name: name.into(),
         ours_ns: ours.0,
@@ -689,7 +697,7 @@ pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Every row whose name (or group) matches `filter`: groups `page`, `slab` and `vm`, or a row name
+/// Every row whose name (or group) matches `filter`: groups `page`, `slab`, `vm` and `fault`, or a row name
 /// prefix such as `order0` or `kmalloc64`.
 pub fn run(filter: &str) -> Result<Vec<Row>> {
     // Let the host CPU reach its steady clock before the first row is timed.
@@ -710,6 +718,14 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
     let vm = ["vmalloc", "translate", "mmap", "find-vma"];
     if filter.is_empty() || filter == "vm" || vm.iter().any(|p| filter.starts_with(p)) {
         rows.extend(vm_rows(if filter == "vm" { "" } else { filter })?);
+    }
+    let fault = ["anon-fault", "cow-fault", "file-read-fault"];
+    if filter.is_empty() || filter == "fault" || fault.iter().any(|p| filter.starts_with(p)) {
+        rows.extend(crate::bench_fault::fault_rows(if filter == "fault" {
+            ""
+        } else {
+            filter
+        })?);
     }
     Ok(rows)
 }

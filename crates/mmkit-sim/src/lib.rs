@@ -2,6 +2,7 @@
 //! mapping, CPUs are host threads bound to a CPU id, and the clock is the host's.
 
 pub mod bench;
+pub mod bench_fault;
 pub mod exec;
 pub mod hostfs;
 pub mod machine;

@@ -21,7 +21,7 @@ use crate::mm::rmap::page_anon;
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
 use crate::{Kernel, Pfn};
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// `PGFAULT`.
 pub const PGFAULT: usize = index_of(VM_EVENT_NAMES, "pgfault");
@@ -70,14 +70,17 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
-        vma: &VmArea,
+        vma: &mut VmArea,
         addr: u64,
         access: Access,
     ) -> Result<FaultKind, VmFault> {
-        let vma = &mut vma.clone();
         cpu.state().vmstat.count(PGFAULT, 1);
         let va = addr & !(PAGE_SIZE - 1);
-        let pte = self.pte_lookup(&mm.pt, va).unwrap_or_default();
+        // __handle_mm_fault: allocate the table levels down to the PTE.
+        let slot = self
+            .pte_alloc_slot(cpu, &mm.pt, va)
+            .map_err(|_| VmFault::Oom)?;
+        let pte = Pte(slot.load(Ordering::Acquire));
         if pte.is_none() {
             if let Some(base) = vma.vm_special {
                 // special_mapping_fault / vvar_fault: the kernel's page, shared, uncounted.
@@ -87,7 +90,7 @@ impl Kernel {
                 return Ok(FaultKind::Minor);
             }
             if vma.is_anonymous() {
-                return self.do_anonymous_page(cpu, mm, vma, va, access.write);
+                return self.do_anonymous_page(cpu, mm, vma, va, access.write, slot);
             }
             return self.do_fault(cpu, mm, vma, va, access.write);
         }
@@ -158,24 +161,23 @@ impl Kernel {
         vma: &mut VmArea,
         va: u64,
         write: bool,
+        slot: &AtomicU64,
     ) -> Result<FaultKind, VmFault> {
         if !write {
             let prot = PgProt(vma.vm_page_prot.0 & !PteFlags::RW.bits());
             let pte = Pte(Pte::new(self.zero_pfn, prot).0 | PAGE_SPECIAL.bits());
-            self.install_pte(cpu, mm, va, pte, None)?;
+            slot.store(pte.0, Ordering::Release);
             return Ok(FaultKind::Minor);
         }
         let av = self.anon_vma_prepare(mm, vma);
         let page = self.alloc_user_page(cpu, true)?;
         self.page_add_new_anon_rmap(page, av, vma.linear_page_index(va));
         let pfn = self.page_to_pfn(page).0;
-        self.install_pte(
-            cpu,
-            mm,
-            va,
-            Self::mk_pte(pfn, vma.vm_page_prot, vma, true),
-            Some(page),
-        )?;
+        // set_pte_at into the slot the fault walked to (the mm is ours alone: no race).
+        slot.store(
+            Self::mk_pte(pfn, vma.vm_page_prot, vma, true).0,
+            Ordering::Release,
+        );
         mm.add_counter(MM_ANONPAGES, 1);
         Ok(FaultKind::Minor)
     }
@@ -375,23 +377,47 @@ impl Kernel {
 
     /// `zap_page_range` / `zap_pte_range`: clear every PTE in `[start, end)`; each page loses
     /// the mapping and the reference it held (a dirty PTE dirties its file page first), and
-    /// the owner's RSS counters drop. The caller flushes the TLB.
+    /// the owner's RSS counters drop. Pages are gathered in batches (`mmu_gather`): each batch
+    /// is freed only after a TLB flush, so no CPU can still write a freed page.
     pub(crate) fn zap_page_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, start: u64, end: u64) {
-        let mut put: Vec<Pte> = Vec::new();
-        {
-            let _g = mm.pt.lock.lock();
-            self.for_each_pte(&mm.pt, start, end, |_, slot| {
-                let old = Pte(slot.swap(0, Ordering::AcqRel));
-                if old.is_present() {
-                    put.push(old);
-                }
-            });
+        const BATCH: usize = 256;
+        let mut batch = [Pte(0); BATCH];
+        let mut n = 0;
+        let mut flushed_any = false;
+        let _g = mm.pt.lock.lock();
+        self.for_each_pte(&mm.pt, start, end, |_, slot| {
+            let old = Pte(slot.swap(0, Ordering::AcqRel));
+            if !old.is_present() {
+                return;
+            }
+            batch[n] = old;
+            n += 1;
+            if n == BATCH {
+                self.tlb_flush_and_free(cpu, mm, start, end, &batch[..n]);
+                flushed_any = true;
+                n = 0;
+            }
+        });
+        if n > 0 || !flushed_any {
+            self.tlb_flush_and_free(cpu, mm, start, end, &batch[..n]);
         }
-        // The page must not be freed while a CPU may still write it through a stale entry.
-        if !put.is_empty() {
-            self.flush_tlb_range(&mm.pt, start, end);
+    }
+
+    /// `tlb_flush_mmu`: flush the range from every TLB, then release the gathered pages.
+    fn tlb_flush_and_free(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        start: u64,
+        end: u64,
+        ptes: &[Pte],
+    ) {
+        if ptes.is_empty() {
+            return;
         }
-        for pte in put {
+        self.flush_tlb_range(&mm.pt, start, end);
+        let (mut anon, mut file) = (0, 0);
+        for &pte in ptes {
             let Some(page) = self.vm_normal_page(pte) else {
                 continue;
             };
@@ -399,16 +425,18 @@ impl Kernel {
                 continue; // not a counted mapping (never happens for pages we installed)
             }
             if page_anon(page) {
-                mm.add_counter(MM_ANONPAGES, -1);
+                anon += 1;
             } else {
                 if pte.dirty() && self.page_is_file(page) {
                     self.set_page_dirty(page);
                 }
-                mm.add_counter(MM_FILEPAGES, -1);
+                file += 1;
             }
             self.page_remove_rmap(page);
             self.__free_pages(cpu, page, 0);
         }
+        mm.add_counter(MM_ANONPAGES, -anon);
+        mm.add_counter(MM_FILEPAGES, -file);
     }
 
     /// `copy_page_range` for fork: the child gets the parent's PTEs of `vma`; each page gains

@@ -427,7 +427,7 @@ impl Kernel {
         let end = start + len;
         let mut a = start;
         while a < end {
-            let Some(v) = mm.vma_lookup(a).cloned() else {
+            let Some(mut v) = mm.vma_lookup(a).cloned() else {
                 return;
             };
             if !v
@@ -449,7 +449,7 @@ impl Kernel {
                     .pte_lookup(&mm.pt, a)
                     .is_some_and(|p| p.is_present() && (!write || p.writable()));
                 if !done {
-                    match self.handle_mm_fault(cpu, mm, &v, a, access) {
+                    match self.handle_mm_fault(cpu, mm, &mut v, a, access) {
                         Ok(k) => mm.faults.add(k),
                         Err(_) => return,
                     }

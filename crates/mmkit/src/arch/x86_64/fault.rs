@@ -130,7 +130,7 @@ impl Kernel {
         let Some(vma) = mm.find_vma(addr).cloned() else {
             return Err(Signal::segv(addr, SEGV_MAPERR));
         };
-        let vma = if vma.vm_start > addr {
+        let mut vma = if vma.vm_start > addr {
             if !vma.vm_flags.contains(VmFlags::VM_GROWSDOWN)
                 || !self.expand_stack(mm, vma.vm_end, addr)
             {
@@ -148,7 +148,7 @@ impl Kernel {
             user: pf.error_code & crate::arch::x86_64::tlb::X86_PF_USER != 0,
             exec: pf.error_code & X86_PF_INSTR != 0,
         };
-        match self.handle_mm_fault(cpu, mm, &vma, addr, access) {
+        match self.handle_mm_fault(cpu, mm, &mut vma, addr, access) {
             Ok(k) => Ok(k),
             Err(VmFault::Sigbus) => Err(Signal {
                 signo: SIGBUS,

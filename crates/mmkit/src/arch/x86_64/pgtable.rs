@@ -332,6 +332,18 @@ impl Kernel {
         Ok(())
     }
 
+    /// `pte_alloc` + `pte_offset_map`: the PTE slot of `va`, allocating the missing table
+    /// levels. The slot stays valid until the owner of `pt` frees its tables (munmap/exit).
+    pub fn pte_alloc_slot(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        va: u64,
+    ) -> Result<&AtomicU64, Errno> {
+        let _g = pt.lock.lock();
+        self.walk(Some(cpu), pt, va)?.ok_or(Errno::ENOMEM)
+    }
+
     /// The PTE for `va`, or `None` where no table covers it.
     pub fn pte_lookup(&self, pt: &PgTable, va: u64) -> Option<Pte> {
         let slot = self.walk(None, pt, va).ok()??;

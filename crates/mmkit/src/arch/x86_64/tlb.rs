@@ -231,20 +231,23 @@ impl Kernel {
             }
             eff &= v | !(PteFlags::RW | PteFlags::USER).bits();
             nx |= v & PteFlags::NX.bits();
-            *slot_out = Some(slot);
+            *slot_out = Some((slot, v));
             table = (v & PTE_PFN_MASK) >> 12;
         }
         let leaf = (eff & !PteFlags::NX.bits()) | nx;
         if !permitted(leaf, access) {
             return Err(fault(true));
         }
-        // Set Accessed on every level, Dirty on the PTE for writes.
-        for s in slots.iter().flatten() {
-            s.fetch_or(PteFlags::ACCESSED.bits(), Ordering::AcqRel);
+        // Set Accessed on every level, Dirty on the PTE for writes — with a locked update
+        // only where the bit is not set yet, as the hardware walker does.
+        for &(s, v) in slots.iter().flatten() {
+            if v & PteFlags::ACCESSED.bits() == 0 {
+                s.fetch_or(PteFlags::ACCESSED.bits(), Ordering::AcqRel);
+            }
         }
-        let pte_slot = slots[3].expect("four levels walked");
-        let mut pte = pte_slot.load(Ordering::Acquire);
-        if access.write {
+        let (pte_slot, mut pte) = slots[3].expect("four levels walked");
+        pte |= PteFlags::ACCESSED.bits();
+        if access.write && pte & PteFlags::DIRTY.bits() == 0 {
             pte = pte_slot.fetch_or(PteFlags::DIRTY.bits(), Ordering::AcqRel)
                 | PteFlags::DIRTY.bits();
         }

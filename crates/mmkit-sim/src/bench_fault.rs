@@ -1,0 +1,250 @@
+//! `mmkit bench fault`: page faults through the software MMU beside the host kernel doing the
+//! same and beside the copy/zero that bounds them.
+//!
+//! - `anon-fault`: mmap 16 MiB of anonymous memory, write one byte to every page, munmap —
+//!   per page — beside the host kernel doing exactly that;
+//! - `anon-fault-memset`: the same figure beside a bare 4 KiB `memset` of each page of a
+//!   16 MiB buffer (a fault must zero a page, so this is its physical limit; the note adds an
+//!   L1-hot 4 KiB memset);
+//! - `cow-fault`: after fork, the child writes every page of 16 MiB — per page, fork and exit
+//!   not timed — beside the host kernel's COW fault in a forked child;
+//! - `file-read-fault`: map a cached 16 MiB file privately, read every page, munmap — per page,
+//!   fault-around included — beside the host doing the same on a file in its page cache.
+
+use crate::bench::{measure, row, Row};
+use crate::machine::{Machine, MachineSpec};
+use anyhow::Result;
+use mmkit::fs::inode::FMode;
+use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+use std::hint::black_box;
+use std::time::Instant;
+
+const LEN: u64 = 16 << 20;
+const PAGES: u64 = LEN >> 12;
+
+/// Host: mmap `len` anonymous bytes, write a byte per page, munmap.
+fn host_anon_touch(len: usize) {
+    // SAFETY: a private anonymous mapping we touch and unmap ourselves.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert!(p != libc::MAP_FAILED, "host mmap");
+        for i in (0..len).step_by(4096) {
+            std::ptr::write_volatile((p as *mut u8).add(i), 1);
+        }
+        libc::munmap(p, len);
+    }
+}
+
+/// Host: best-of-5 ns per page of a forked child's first write to each page of a populated
+/// private mapping (the COW fault), measured in the child and sent back through a pipe.
+fn host_cow_per_page(len: usize) -> f64 {
+    let mut best = f64::MAX;
+    // SAFETY: a private anonymous mapping, populated here, unmapped at the end.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "host mmap");
+    for _ in 0..6 {
+        let mut fds = [0i32; 2];
+        // SAFETY: plain pipe/fork/waitpid; the child only writes memory, reads the clock,
+        // writes the pipe and exits.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                let t = Instant::now();
+                for i in (0..len).step_by(4096) {
+                    std::ptr::write_volatile((p as *mut u8).add(i), 2);
+                }
+                let ns = t.elapsed().as_nanos() as f64 / (len / 4096) as f64;
+                let b = ns.to_le_bytes();
+                libc::write(fds[1], b.as_ptr().cast(), 8);
+                libc::_exit(0);
+            }
+            let mut b = [0u8; 8];
+            libc::read(fds[0], b.as_mut_ptr().cast(), 8);
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            best = best.min(f64::from_le_bytes(b));
+        }
+    }
+    // SAFETY: our mapping.
+    unsafe { libc::munmap(p, len) };
+    best
+}
+
+/// The fault rows (filter `fault`, or a row name).
+pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
+    let want = |n: &str| filter.is_empty() || n.starts_with(filter);
+    let m = Machine::boot(&MachineSpec::default())?;
+    let k = &m.kernel;
+    let mut rows = Vec::new();
+    let rw = PROT_READ | PROT_WRITE;
+    let anon = MAP_PRIVATE | MAP_ANONYMOUS;
+    if want("anon-fault") {
+        let ours = m.on_cpu(0, |cpu| {
+            let mut mm = k.mm_alloc(cpu).expect("mm");
+            let r = measure(PAGES, || {
+                let a = k.mmap(cpu, &mut mm, 0, LEN, rw, anon, 0).expect("mmap");
+                for i in 0..PAGES {
+                    k.user_write(cpu, &mut mm, a + (i << 12), &[1])
+                        .expect("anonymous write fault");
+                }
+                k.munmap(cpu, &mut mm, a, LEN).expect("munmap");
+            });
+            k.exit_mmap(cpu, mm);
+            r
+        });
+        let host = measure(PAGES, || host_anon_touch(LEN as usize));
+        // Zeroing the same 16 MiB page by page: the physical limit of faults that must each
+        // zero a page (the pages a fault gets are no hotter than these). A hot 4 KiB memset
+        // (one buffer in L1) is reported beside it.
+        let mut big = vec![0u8; LEN as usize];
+        let memset = measure(PAGES, || {
+            for (i, p) in big.chunks_mut(4096).enumerate() {
+                p.fill(i as u8);
+            }
+            black_box(&mut big);
+        });
+        let mut buf = vec![0u8; 4096];
+        let hot = measure(1_000_000, || {
+            for i in 0..1_000_000u32 {
+                buf.fill(i as u8);
+                black_box(&mut buf);
+            }
+        });
+        rows.push(row(
+            "anon-fault",
+            ours,
+            "host kernel: mmap 16 MiB, write every page, munmap",
+            host.0,
+            Some(String::from("per 4 KiB page")),
+        ));
+        rows.push(row(
+            "anon-fault-memset",
+            ours,
+            "4 KiB memset of each page of 16 MiB",
+            memset.0,
+            Some(format!(
+                "ours / memset = {:.2}; an L1-hot 4 KiB memset takes {:.1} ns ({:.1}x)",
+                ours.0 / memset.0,
+                hot.0,
+                ours.0 / hot.0
+            )),
+        ));
+    }
+    if want("cow-fault") {
+        let ours = m.on_cpu(0, |cpu| {
+            let mut parent = k.mm_alloc(cpu).expect("mm");
+            let a = k.mmap(cpu, &mut parent, 0, LEN, rw, anon, 0).expect("mmap");
+            for i in 0..PAGES {
+                k.user_write(cpu, &mut parent, a + (i << 12), &[1])
+                    .expect("write");
+            }
+            let mut best = (f64::MAX, f64::MAX);
+            for _ in 0..6 {
+                let mut child = k.dup_mmap(cpu, &parent).expect("fork");
+                let r = measure_once(PAGES, || {
+                    for i in 0..PAGES {
+                        k.user_write(cpu, &mut child, a + (i << 12), &[2])
+                            .expect("COW fault");
+                    }
+                });
+                k.exit_mmap(cpu, child);
+                if r.0 < best.0 {
+                    best = r;
+                }
+            }
+            k.exit_mmap(cpu, parent);
+            best
+        });
+        let host = host_cow_per_page(LEN as usize);
+        rows.push(row(
+            "cow-fault",
+            ours,
+            "host kernel: a forked child's first write to each page",
+            host,
+            Some(String::from("per 4 KiB page, fork not timed")),
+        ));
+    }
+    if want("file-read-fault") {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("file");
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data)?;
+        let ours = m.on_cpu(0, |cpu| -> Result<(f64, f64)> {
+            let inode = m.hostfs.inode(k, &path)?;
+            let f = k.open(&inode, FMode::READ)?;
+            let mut mm = k.mm_alloc(cpu)?;
+            let mut b = [0u8; 1];
+            let r = measure(PAGES, || {
+                let a = k
+                    .do_mmap(cpu, &mut mm, Some(&f), 0, LEN, PROT_READ, MAP_PRIVATE, 0)
+                    .expect("mmap");
+                for i in 0..PAGES {
+                    k.user_read(cpu, &mut mm, a + (i << 12), &mut b)
+                        .expect("read");
+                }
+                k.munmap(cpu, &mut mm, a, LEN).expect("munmap");
+            });
+            k.exit_mmap(cpu, mm);
+            k.fput(cpu, f);
+            Ok(r)
+        })?;
+        let file = std::fs::File::open(&path)?;
+        let host = measure(PAGES, || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a private read-only mapping of our file, read and unmapped here.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    LEN as usize,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                );
+                assert!(p != libc::MAP_FAILED, "host mmap");
+                for i in (0..LEN as usize).step_by(4096) {
+                    black_box(std::ptr::read_volatile((p as *const u8).add(i)));
+                }
+                libc::munmap(p, LEN as usize);
+            }
+        });
+        rows.push(row(
+            "file-read-fault",
+            ours,
+            "host kernel: mmap a cached 16 MiB file, read every page, munmap",
+            host.0,
+            Some(String::from("per 4 KiB page, fault-around 64 KiB")),
+        ));
+    }
+    Ok(rows)
+}
+
+/// One timed run of `f` (which performs `ops` operations): (ns, TSC ticks) per op.
+fn measure_once(ops: u64, f: impl FnOnce()) -> (f64, f64) {
+    let (t, c) = (Instant::now(), crate::bench::tsc());
+    f();
+    (
+        t.elapsed().as_nanos() as f64 / ops as f64,
+        (crate::bench::tsc() - c) as f64 / ops as f64,
+    )
+}
