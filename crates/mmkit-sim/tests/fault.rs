@@ -752,3 +752,33 @@ fn mlock_and_willneed() {
         k.evict_inode(cpu, &inode).unwrap();
     });
 }
+
+/// Writeback cleans and write-protects the mappings of the page it writes: a second write
+/// through the same mapping dirties the page again and the next writeback carries it.
+#[test]
+fn writeback_then_write_again_reaches_the_file() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    let inode = k.new_inode(Box::new(RamFile::new(vec![0; 4096])), (0, 2), 6, "/g");
+    m.on_cpu(0, |cpu| {
+        let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, 4096, RW, MAP_SHARED, 0)
+            .unwrap();
+        k.user_write(cpu, &mut mm, a, b"one").unwrap();
+        k.write_inode_now(&inode).unwrap();
+        assert!(
+            !k.pte_lookup(&mm.pt, a).unwrap().writable(),
+            "cleaned and write-protected"
+        );
+        k.user_write(cpu, &mut mm, a, b"two").unwrap();
+        k.write_inode_now(&inode).unwrap();
+        let mut b = [0u8; 3];
+        inode.data().read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"two");
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}

@@ -199,9 +199,10 @@ impl Kernel {
     }
 
     /// Write one dirty page back to the store and clear `PG_dirty` (`folio_clear_dirty_for_io`
-    /// + `writepage`). A page still mapped writable stays dirty-capable: its PTEs keep their
-    ///   dirty bits, which `zap`/`msync` transfer to the page again.
+    /// + `writepage`). Its PTEs are cleaned and write-protected first (`folio_mkclean`), so a
+    ///   later write through a mapping faults and dirties the page again.
     fn writeback_page(&self, inode: &Inode, page: &Page) -> Result<(), Errno> {
+        self.page_mkclean(page);
         let index = page.index();
         let size = inode.size();
         let off = index << PAGE_SHIFT;
@@ -223,12 +224,14 @@ impl Kernel {
     /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
     /// back to its store. The first error is returned after trying every page.
     pub fn write_inode_now(&self, inode: &Inode) -> Result<(), Errno> {
-        let dirty: Vec<u64> = inode
-            .i_pages
-            .lock()
-            .values()
-            .copied()
-            .filter(|&pfn| self.mem_map.page(pfn).test(PageFlags::DIRTY))
+        // Dirty PTEs of mapped pages count too (what msync finds through the page tables).
+        let pfns: Vec<u64> = inode.i_pages.lock().values().copied().collect();
+        let dirty: Vec<u64> = pfns
+            .into_iter()
+            .filter(|&pfn| {
+                let p = self.mem_map.page(pfn);
+                p.test(PageFlags::DIRTY) || (p.mapcount() > 0 && self.page_mkclean(p))
+            })
             .collect();
         let mut res = Ok(());
         for pfn in dirty {

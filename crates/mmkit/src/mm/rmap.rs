@@ -245,6 +245,25 @@ impl Kernel {
         (n, locked)
     }
 
+    /// `folio_mkclean`: write-protect and clean every PTE mapping `page` (before writeback),
+    /// so the next write faults and dirties the page again. Returns whether a PTE was dirty.
+    pub fn page_mkclean(&self, page: &Page) -> bool {
+        let mut dirty = false;
+        self.rmap_walk(page, |r, a| {
+            let old = self.pte_update(&r.pt, a, |p| {
+                Pte(p.0 & !(PteFlags::RW | PteFlags::DIRTY).bits())
+            });
+            if let Some(o) = old {
+                dirty |= o.dirty();
+                if o.writable() || o.dirty() {
+                    self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
+                }
+            }
+            true
+        });
+        dirty
+    }
+
     /// `try_to_unmap`: remove every PTE mapping `page`. A dirty PTE dirties the page; an
     /// anonymous page's PTEs become `swap_pte` (a swap entry) — without one, or when a mapping
     /// is `VM_LOCKED`, nothing is unmapped and false is returned. True when the page is no
