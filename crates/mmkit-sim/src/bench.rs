@@ -719,7 +719,7 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
     if filter.is_empty() || filter == "vm" || vm.iter().any(|p| filter.starts_with(p)) {
         rows.extend(vm_rows(if filter == "vm" { "" } else { filter })?);
     }
-    let fault = ["anon-fault", "cow-fault", "file-read-fault"];
+    let fault = ["anon-fault", "cow-fault", "file-read-fault", "fault-count"];
     if filter.is_empty() || filter == "fault" || fault.iter().any(|p| filter.starts_with(p)) {
         rows.extend(crate::bench_fault::fault_rows(if filter == "fault" {
             ""

@@ -9,7 +9,9 @@
 //! - `cow-fault`: after fork, the child writes every page of 16 MiB — per page, fork and exit
 //!   not timed — beside the host kernel's COW fault in a forked child;
 //! - `file-read-fault`: map a cached 16 MiB file privately, read every page, munmap — per page,
-//!   fault-around included — beside the host doing the same on a file in its page cache.
+//!   fault-around included — beside the host doing the same on a file in its page cache;
+//! - `fault-count-*`: the patterns of `fault_counts` (a process exec'd here vs this host
+//!   process): time per fault and the minor/major counts of both.
 
 use crate::bench::{measure, row, Row};
 use crate::machine::{Machine, MachineSpec};
@@ -235,6 +237,23 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
             host.0,
             Some(String::from("per 4 KiB page, fault-around 64 KiB")),
         ));
+    }
+    if want("fault-count") {
+        let dir = tempfile::tempdir_in(std::env::temp_dir())?;
+        for c in crate::fault_counts::compare(&m, dir.path())? {
+            let faults = |f: mmkit::mm::uaccess::FaultCounts| (f.min_flt + f.maj_flt).max(1);
+            let per = c.ours_ns as f64 / faults(c.ours) as f64;
+            rows.push(row(
+                &format!("fault-count-{}", c.name),
+                (per, 0.0),
+                "host kernel, same pattern (ns per fault)",
+                c.host_ns as f64 / faults(c.host) as f64,
+                Some(format!(
+                    "faults minor/major: ours {}/{}, host {}/{}",
+                    c.ours.min_flt, c.ours.maj_flt, c.host.min_flt, c.host.maj_flt
+                )),
+            ));
+        }
     }
     Ok(rows)
 }

@@ -15,6 +15,19 @@ use std::sync::{Arc, Mutex};
 pub struct HostFile {
     file: std::fs::File,
     size: u64,
+    ra_pages: u64,
+}
+
+/// The readahead window of the host block device holding a file, in pages
+/// (`/sys/dev/block/MAJ:MIN/queue/read_ahead_kb`; Linux's 128 KiB default otherwise).
+pub fn device_ra_pages(dev: u64) -> u64 {
+    let (major, minor) = dev_major_minor(dev);
+    std::fs::read_to_string(format!(
+        "/sys/dev/block/{major}:{minor}/queue/read_ahead_kb"
+    ))
+    .ok()
+    .and_then(|s| s.trim().parse::<u64>().ok())
+    .map_or(mmkit::mm::filemap::VM_READAHEAD_PAGES, |kb| kb / 4)
 }
 
 impl FileData for HostFile {
@@ -38,6 +51,9 @@ impl FileData for HostFile {
     }
     fn writable(&self) -> bool {
         false
+    }
+    fn ra_pages(&self) -> u64 {
+        self.ra_pages
     }
 }
 
@@ -75,6 +91,7 @@ impl HostFs {
             Box::new(HostFile {
                 file,
                 size: md.len(),
+                ra_pages: device_ra_pages(md.dev()),
             }),
             dev_major_minor(md.dev()),
             md.ino(),

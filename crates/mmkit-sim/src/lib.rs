@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_fault;
 pub mod exec;
+pub mod fault_counts;
 pub mod hostfs;
 pub mod machine;
 pub mod procfs;

@@ -31,6 +31,10 @@ pub trait FileData: Send + Sync {
     fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno>;
     /// Whether `write_at` can succeed (a file may be opened for writing only then).
     fn writable(&self) -> bool;
+    /// Readahead window of the backing device in pages (`bdi->ra_pages`).
+    fn ra_pages(&self) -> u64 {
+        crate::mm::filemap::VM_READAHEAD_PAGES
+    }
 }
 
 /// A writable file whose backing store is host memory (what tmpfs gives a test): shared
@@ -157,6 +161,8 @@ pub struct File {
     pub inode: Arc<Inode>,
     /// `f_mode`.
     pub f_mode: FMode,
+    /// `f_ra`: the file's readahead state.
+    pub f_ra: SpinLock<crate::mm::readahead::FileRaState>,
 }
 
 impl PartialEq for File {
@@ -263,6 +269,10 @@ impl Kernel {
         Ok(Arc::new(File {
             inode: inode.clone(),
             f_mode: mode,
+            f_ra: SpinLock::new(crate::mm::readahead::FileRaState {
+                ra_pages: inode.data.ra_pages(),
+                ..Default::default()
+            }),
         }))
     }
 

@@ -68,16 +68,17 @@ impl Kernel {
     }
 
     /// Read the page at `index` from the backing store into a new page and add it to the
-    /// cache (`filemap_add_folio` + `read_folio`). Returns `Ok(false)` when another reader
-    /// added it first, `EIO` when the store fails (nothing is cached then), `ENOMEM`.
-    fn page_cache_read(
+    /// cache (`filemap_add_folio` + `read_folio`). Returns the page (no reference taken: the
+    /// cache holds it), or `None` when it was cached already; `EIO` when the store fails
+    /// (nothing is cached then), `ENOMEM`.
+    pub(crate) fn page_cache_read_one(
         &self,
         cpu: &CpuGuard<'_>,
         inode: &Inode,
         index: u64,
-    ) -> Result<bool, Errno> {
+    ) -> Result<Option<&Page>, Errno> {
         if inode.i_pages.lock().contains_key(&index) {
-            return Ok(false);
+            return Ok(None);
         }
         let page = self
             .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
@@ -97,7 +98,7 @@ impl Kernel {
         if pages.contains_key(&index) {
             drop(pages);
             self.__free_pages(cpu, page, 0);
-            return Ok(false);
+            return Ok(None);
         }
         page.set_index(index);
         page.set_mapping(inode.id);
@@ -105,7 +106,7 @@ impl Kernel {
         pages.insert(index, pfn);
         inode.nrpages.fetch_add(1, Relaxed);
         self.mod_node_page_state(page, NR_FILE_PAGES, 1);
-        Ok(true)
+        Ok(Some(page))
     }
 
     /// `page_cache_ra_unbounded`: read pages `[start, start + nr)` (clamped to the file) that
@@ -120,9 +121,9 @@ impl Kernel {
         let end = (start + nr).min(Self::file_pages(inode));
         let mut read = 0;
         for index in start..end {
-            match self.page_cache_read(cpu, inode, index) {
-                Ok(true) => read += 1,
-                Ok(false) => {}
+            match self.page_cache_read_one(cpu, inode, index) {
+                Ok(Some(_)) => read += 1,
+                Ok(None) => {}
                 Err(e) if read == 0 && index == start => return Err(e),
                 Err(_) => break,
             }
@@ -130,10 +131,9 @@ impl Kernel {
         Ok(read)
     }
 
-    /// `filemap_fault`'s page lookup: the page at `index` with a reference, reading it (and
-    /// `ra_pages` around it: `do_sync_mmap_readahead`) on a miss. The flag says whether it
-    /// had to be read from the store (for a fault: a major fault).
-    /// `Err(EFAULT)` beyond end of file (the caller raises SIGBUS), `EIO`, `ENOMEM`.
+    /// The cached page at `index` with a reference, read (with `ra_pages` of readahead from
+    /// there on, as `filemap_read`'s sync readahead does) on a miss. The flag says whether it
+    /// had to be read. `Err(EFAULT)` beyond end of file, `EIO`, `ENOMEM`.
     pub fn filemap_get_page(
         &self,
         cpu: &CpuGuard<'_>,
@@ -147,14 +147,7 @@ impl Kernel {
         if let Some(p) = self.find_get_page(inode, index) {
             return Ok((p, false));
         }
-        // Read-around: a window of ra_pages centred on the fault.
-        let ra = ra_pages.max(1);
-        let start = index.saturating_sub(ra / 2);
-        self.page_cache_readahead(cpu, inode, start, ra)?;
-        if !inode.i_pages.lock().contains_key(&index) {
-            // The window missed it (it cannot, but a failed read past `start` can).
-            self.page_cache_readahead(cpu, inode, index, 1)?;
-        }
+        self.page_cache_readahead(cpu, inode, index, ra_pages.max(1))?;
         let p = self.find_get_page(inode, index).ok_or(Errno::EIO)?;
         Ok((p, true))
     }
@@ -292,7 +285,9 @@ impl Kernel {
         inode.nrpages.fetch_sub(1, Relaxed);
         self.mod_node_page_state(page, NR_FILE_PAGES, -1);
         page.set_mapping(0);
-        page.clear(PageFlags::UPTODATE | PageFlags::REFERENCED);
+        page.clear(
+            PageFlags::UPTODATE | PageFlags::REFERENCED | crate::mm::readahead::PG_READAHEAD,
+        );
         self.__free_pages(cpu, page, 0);
     }
 

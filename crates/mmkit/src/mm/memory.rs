@@ -14,7 +14,7 @@ use crate::arch::x86_64::tlb::Access;
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
-use crate::mm::filemap::{PGMAJFAULT, VM_READAHEAD_PAGES};
+use crate::mm::filemap::PGMAJFAULT;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
 use crate::mm::page::Page;
 use crate::mm::rmap::page_anon;
@@ -200,7 +200,9 @@ impl Kernel {
         }
     }
 
-    /// `__do_fault` → `filemap_fault`: the page-cache page for `va`, with a reference.
+    /// `__do_fault` → `filemap_fault`: the page-cache page for `va`, with a reference. A
+    /// page found cached is a minor fault (and may start async readahead); a miss is a major
+    /// fault that reads around the page first.
     fn file_page(
         &self,
         cpu: &CpuGuard<'_>,
@@ -208,25 +210,30 @@ impl Kernel {
         va: u64,
     ) -> Result<(&Page, FaultKind), VmFault> {
         let file = vma.vm_file.as_ref().ok_or(VmFault::Sigbus)?;
-        let ra = if vma.vm_flags.contains(VmFlags::VM_RAND_READ) {
-            1
-        } else {
-            VM_READAHEAD_PAGES
-        };
-        match self.filemap_get_page(cpu, &file.inode, vma.linear_page_index(va), ra) {
-            Ok((p, true)) => {
-                cpu.state().vmstat.count(PGMAJFAULT, 1);
-                Ok((p, FaultKind::Major))
-            }
-            Ok((p, false)) => Ok((p, FaultKind::Minor)),
-            Err(Errno::ENOMEM) => Err(VmFault::Oom),
-            Err(_) => Err(VmFault::Sigbus),
+        let inode = &file.inode;
+        let index = vma.linear_page_index(va);
+        if index >= inode.size().div_ceil(PAGE_SIZE) {
+            return Err(VmFault::Sigbus);
         }
+        let rand = vma.vm_flags.contains(VmFlags::VM_RAND_READ);
+        if let Some(p) = self.find_get_page(inode, index) {
+            self.do_async_mmap_readahead(cpu, file, p, index, rand);
+            return Ok((p, FaultKind::Minor));
+        }
+        cpu.state().vmstat.count(PGMAJFAULT, 1);
+        match self.do_sync_mmap_readahead(cpu, file, index, rand) {
+            Ok(()) => {}
+            Err(Errno::ENOMEM) => return Err(VmFault::Oom),
+            Err(_) => return Err(VmFault::Sigbus),
+        }
+        let p = self.find_get_page(inode, index).ok_or(VmFault::Sigbus)?;
+        Ok((p, FaultKind::Major))
     }
 
-    /// `do_read_fault`: map the page-cache page (read-only for private mappings: the
-    /// VMA's protection has no write bit there), after `do_fault_around` mapped the cached
-    /// neighbours in the 64 KiB window.
+    /// `do_read_fault`: first `do_fault_around` maps what is cached in the 64 KiB window
+    /// (the faulting page too, when cached and not a readahead marker: then that is the whole
+    /// fault); otherwise `filemap_fault` gets the page and only it is mapped (read-only for
+    /// private mappings: the VMA's protection has no write bit there).
     fn do_read_fault(
         &self,
         cpu: &CpuGuard<'_>,
@@ -234,21 +241,24 @@ impl Kernel {
         vma: &VmArea,
         va: u64,
     ) -> Result<FaultKind, VmFault> {
+        if self.do_fault_around(cpu, mm, vma, va) {
+            return Ok(FaultKind::Minor);
+        }
         let (page, kind) = self.file_page(cpu, vma, va)?;
         self.page_add_rmap(page);
         let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
         self.install_pte(cpu, mm, va, pte, Some(page))?;
         mm.add_counter(MM_FILEPAGES, 1);
-        self.do_fault_around(cpu, mm, vma, va);
         Ok(kind)
     }
 
     /// `do_fault_around` / `filemap_map_pages`: map the pages of the aligned
-    /// `fault_around_bytes` window (inside the VMA and the same page table) that are
-    /// already cached, without I/O.
-    fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vma: &VmArea, va: u64) {
+    /// `fault_around_bytes` window (inside the VMA and the same page table) that are cached,
+    /// up to date and not readahead markers, without I/O. Returns whether the page at `va`
+    /// was among them.
+    fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vma: &VmArea, va: u64) -> bool {
         let Some(file) = vma.vm_file.as_ref() else {
-            return;
+            return false;
         };
         let win = FAULT_AROUND_PAGES << PAGE_SHIFT;
         let pmd = 1u64 << 21;
@@ -256,20 +266,31 @@ impl Kernel {
         let end = ((va & !(win - 1)) + win)
             .min(vma.vm_end)
             .min((va & !(pmd - 1)) + pmd);
+        let (mut hit, mut mapped) = (false, 0);
         let mut a = start;
         while a < end {
-            if a != va && self.pte_lookup(&mm.pt, a).is_some_and(|p| p.is_none()) {
+            if self.pte_lookup(&mm.pt, a).is_none_or(|p| p.is_none()) {
                 if let Some(page) = self.find_get_page(&file.inode, vma.linear_page_index(a)) {
-                    self.page_add_rmap(page);
-                    let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
-                    if self.install_pte(cpu, mm, a, pte, Some(page)).is_err() {
-                        return;
+                    if page.test(crate::mm::readahead::PG_READAHEAD) {
+                        self.__free_pages(cpu, page, 0);
+                    } else {
+                        self.page_add_rmap(page);
+                        let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
+                        if self.install_pte(cpu, mm, a, pte, Some(page)).is_err() {
+                            break;
+                        }
+                        mm.add_counter(MM_FILEPAGES, 1);
+                        mapped += 1;
+                        hit |= a == va;
                     }
-                    mm.add_counter(MM_FILEPAGES, 1);
                 }
             }
             a += PAGE_SIZE;
         }
+        if mapped > 0 {
+            self.ra_note_mapped(file, mapped);
+        }
+        hit
     }
 
     /// `do_cow_fault`: a write to a private file mapping copies the cached page into a new

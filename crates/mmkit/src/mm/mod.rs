@@ -14,6 +14,7 @@ pub mod mprotect;
 pub mod mremap;
 pub mod page;
 pub mod page_alloc;
+pub mod readahead;
 pub mod rmap;
 pub mod slab;
 pub mod slab_check;
