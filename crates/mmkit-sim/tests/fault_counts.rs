@@ -8,7 +8,9 @@ use common::boot_mem;
 fn fault_counts_match_the_host_kernel() {
     let m = boot_mem(512, 1, "");
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    for c in mmkit_sim::fault_counts::compare(&m, dir.path()).unwrap() {
+    let results = mmkit_sim::fault_counts::compare(&m, dir.path()).unwrap();
+    m.kernel.check_pagecache_invariants().unwrap();
+    for c in results {
         eprintln!("{}: ours {:?} host {:?}", c.name, c.ours, c.host);
         let near = |ours: u64, host: u64| ours.abs_diff(host) * 10 <= host.max(1);
         assert!(

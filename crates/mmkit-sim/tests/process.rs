@@ -178,6 +178,7 @@ fn fork_exec_exit_wait() {
         assert_eq!(&got, b"from child");
         c2
     });
+    k.check_pagecache_invariants().unwrap();
     m.on_cpu(0, |cpu| {
         tasks.exit(k, cpu, init, 0).unwrap();
         assert_eq!(

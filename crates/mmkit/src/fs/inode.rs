@@ -15,7 +15,6 @@ use crate::errno::Errno;
 use crate::sync::SpinLock;
 use crate::Kernel;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -100,7 +99,7 @@ pub struct Inode {
     pub(crate) data: Box<dyn FileData>,
     /// `i_pages`: page index → pfn of the cached page. Held while a page is looked up,
     /// inserted or removed; the page's own refcount keeps it alive after.
-    pub(crate) i_pages: SpinLock<BTreeMap<u64, u64>>,
+    pub(crate) i_pages: SpinLock<crate::mm::xarray::XArray>,
     /// This mapping's handle in `page->mapping`.
     pub(crate) id: u32,
     /// `nrpages`.
@@ -129,7 +128,7 @@ impl Inode {
     /// The cached page at `index`, if any (`filemap_get_folio` without a reference: for
     /// tests and `/proc`).
     pub fn cached_pfn(&self, index: u64) -> Option<u64> {
-        self.i_pages.lock().get(&index).copied()
+        self.i_pages.lock().get(index)
     }
 
     /// `mapping_can_writeback`: dirty pages go back to a store (not a memory file).
@@ -223,7 +222,7 @@ impl Kernel {
             dev,
             path: String::from(path),
             data,
-            i_pages: SpinLock::new(BTreeMap::new()),
+            i_pages: SpinLock::new(Default::default()),
             id: slot as u32 + 1,
             nrpages: AtomicU64::new(0),
             i_mmap: SpinLock::new(Vec::new()),

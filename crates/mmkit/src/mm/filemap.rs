@@ -61,7 +61,7 @@ impl Kernel {
     /// `filemap_get_folio`: the cached page at `index` with a reference taken, or `None`.
     pub fn find_get_page(&self, inode: &Inode, index: u64) -> Option<&Page> {
         let pages = inode.i_pages.lock();
-        let pfn = *pages.get(&index)?;
+        let pfn = pages.get(index)?;
         let page = self.mem_map.page(pfn);
         page.get();
         Some(page)
@@ -77,7 +77,7 @@ impl Kernel {
         inode: &Inode,
         index: u64,
     ) -> Result<Option<&Page>, Errno> {
-        if inode.i_pages.lock().contains_key(&index) {
+        if inode.i_pages.lock().contains_key(index) {
             return Ok(None);
         }
         let page = self
@@ -95,7 +95,7 @@ impl Kernel {
         buf[n..].fill(0); // the tail past EOF reads as zeroes
         self.phys_write(pfn << PAGE_SHIFT, &buf);
         let mut pages = inode.i_pages.lock();
-        if pages.contains_key(&index) {
+        if pages.contains_key(index) {
             drop(pages);
             self.__free_pages(cpu, page, 0);
             return Ok(None);
@@ -218,7 +218,7 @@ impl Kernel {
     /// back to its store. The first error is returned after trying every page.
     pub fn write_inode_now(&self, inode: &Inode) -> Result<(), Errno> {
         // Dirty PTEs of mapped pages count too (what msync finds through the page tables).
-        let pfns: Vec<u64> = inode.i_pages.lock().values().copied().collect();
+        let pfns: Vec<u64> = inode.i_pages.lock().values().collect();
         let dirty: Vec<u64> = pfns
             .into_iter()
             .filter(|&pfn| {
@@ -242,7 +242,7 @@ impl Kernel {
         let mut freed = Vec::new();
         {
             let mut pages = inode.i_pages.lock();
-            pages.retain(|_, &mut pfn| {
+            pages.retain(|_, pfn| {
                 let p = self.mem_map.page(pfn);
                 let drop = p.refcount() == 1 && p.mapcount() == 0 && !p.test(PageFlags::DIRTY);
                 if drop {
@@ -261,7 +261,7 @@ impl Kernel {
     /// (dirty ones too: their data is discarded, as truncation does).
     pub fn truncate_inode_pages(&self, cpu: &CpuGuard<'_>, inode: &Inode) {
         let mut freed = Vec::new();
-        inode.i_pages.lock().retain(|_, &mut pfn| {
+        inode.i_pages.lock().retain(|_, pfn| {
             let p = self.mem_map.page(pfn);
             let drop = p.refcount() == 1 && p.mapcount() == 0;
             if drop {
@@ -298,6 +298,49 @@ impl Kernel {
             .iter()
             .map(|i| self.invalidate_mapping_pages(cpu, i))
             .sum()
+    }
+
+    /// The page cache's invariants: each inode's tree is well formed and `nrpages` long, every
+    /// cached page names its inode and index, is up to date and referenced, and the node
+    /// counters add up to the pages cached.
+    pub fn check_pagecache_invariants(&self) -> Result<(), alloc::string::String> {
+        let mut total = 0;
+        for inode in self.inodes() {
+            let pages = inode.i_pages.lock();
+            pages.check().map_err(alloc::string::String::from)?;
+            if pages.len() as u64 != inode.nrpages() {
+                return Err(alloc::format!(
+                    "{}: nrpages {} but {} cached",
+                    inode.path,
+                    inode.nrpages(),
+                    pages.len()
+                ));
+            }
+            for (index, pfn) in pages.iter() {
+                let p = self.mem_map.page(pfn);
+                if p.mapping() != inode.id
+                    || p.index() != index
+                    || p.refcount() < 1
+                    || !p.test(PageFlags::UPTODATE)
+                {
+                    return Err(alloc::format!(
+                        "{}: page {index} (pfn {pfn:#x}) has mapping {:#x} index {} refcount {}",
+                        inode.path,
+                        p.mapping(),
+                        p.index(),
+                        p.refcount()
+                    ));
+                }
+            }
+            total += pages.len() as u64;
+        }
+        let counted = self.global_node_page_state(NR_FILE_PAGES);
+        if counted != total {
+            return Err(alloc::format!(
+                "nr_file_pages {counted} but {total} pages cached"
+            ));
+        }
+        Ok(())
     }
 
     /// Whether `pfn` is a page-cache page of some inode (mapping handle without the anon bit).

@@ -27,3 +27,4 @@ pub mod vmalloc;
 pub mod vmap_tree;
 pub mod vmstat;
 pub mod vmstat_names;
+pub mod xarray;

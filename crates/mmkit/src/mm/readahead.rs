@@ -108,7 +108,7 @@ impl Kernel {
         if let Some(ra) = window {
             self.page_cache_ra_unbounded(cpu, inode, ra.start, ra.size, ra.async_size)?;
         }
-        if !inode.i_pages.lock().contains_key(&index) {
+        if !inode.i_pages.lock().contains_key(index) {
             self.page_cache_ra_unbounded(cpu, inode, index, 1, 0)?;
         }
         Ok(())
@@ -142,7 +142,7 @@ impl Kernel {
             } else {
                 let pages = file.inode.i_pages.lock();
                 let mut s = index + 1;
-                while s < index + ra.ra_pages && pages.contains_key(&s) {
+                while s < index + ra.ra_pages && pages.contains_key(s) {
                     s += 1;
                 }
                 s
