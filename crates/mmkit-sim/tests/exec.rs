@@ -100,6 +100,7 @@ fn exec_layout_equals_the_host_kernels() {
     // Every page the images used is back once the page cache is dropped.
     m.on_cpu(0, |cpu| {
         k.drop_pagecache(cpu);
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     assert_eq!(free_and_pcp(k), before, "pages leaked by exec + exit");
@@ -282,6 +283,7 @@ fn exec_errors() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     m.on_cpu(0, |cpu| {
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     let before = free_and_pcp(k);
@@ -331,6 +333,7 @@ fn exec_errors() {
             "over a quarter of the stack"
         );
         k.drop_pagecache(cpu);
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     assert_eq!(free_and_pcp(k), before, "failed execs leak nothing");

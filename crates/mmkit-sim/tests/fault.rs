@@ -57,6 +57,7 @@ fn anonymous_read_maps_zero_page_write_allocates() {
         let pfn = pfn_at(k, &mm, a + 4096).unwrap();
         assert_ne!(pfn, k.zero_pfn());
         let page = k.pfn_to_page(mmkit::Pfn(pfn)).unwrap();
+        k.lru_add_drain(cpu); // the LRU add batch holds a reference until drained
         assert_eq!((page.refcount(), page.mapcount()), (1, 1));
         let mut direct = vec![0u8; 4096];
         k.read_page(page, 0, &mut direct).unwrap();
@@ -75,6 +76,7 @@ fn fork_shares_until_written_then_copies() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     m.on_cpu(0, |cpu| {
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     let before = free_and_pcp(k);
@@ -87,6 +89,7 @@ fn fork_shares_until_written_then_copies() {
         }
         let mut child = k.dup_mmap(cpu, &parent).unwrap();
         k.check_mm_invariants(&child).unwrap();
+        k.lru_add_drain(cpu);
         for i in 0..8u64 {
             let va = a + (i << 12);
             assert_eq!(read(k, cpu, &mut child, va, 4096), pattern(i as u8, 4096));
@@ -119,6 +122,7 @@ fn fork_shares_until_written_then_copies() {
         );
         k.check_mm_invariants(&parent).unwrap();
         k.exit_mmap(cpu, parent);
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     assert_eq!(free_and_pcp(k), before, "every page and page table back");
@@ -505,6 +509,7 @@ fn random_fork_cow_sequences() {
             }
             k.exit_mmap(cpu, mm);
         }
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     assert_eq!(free_and_pcp(k), before);
@@ -654,6 +659,7 @@ fn rmap_walk_referenced_and_unmap() {
             .unwrap();
         read(k, cpu, &mut p, x, 1);
         read(k, cpu, &mut c1, y, 1);
+        k.lru_add_drain(cpu);
         let fpage = k
             .pfn_to_page(mmkit::Pfn(pfn_at(k, &p, x).unwrap()))
             .unwrap();

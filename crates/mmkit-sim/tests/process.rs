@@ -192,6 +192,7 @@ fn fork_exec_exit_wait() {
             "parentless tasks are released at exit"
         );
         k.drop_pagecache(cpu);
+        k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
     assert_eq!(

@@ -19,6 +19,10 @@ pub struct CpuState {
     pub node: usize,
     /// Event and NUMA counters.
     pub vmstat: CpuVmStats,
+    /// `cpu_fbatches.lru_add`: pages waiting to go onto the LRU lists (each holds a ref).
+    pub(crate) lru_add: crate::sync::SpinLock<alloc::vec::Vec<u64>>,
+    /// The CPU is in reclaim (`PF_MEMALLOC`): its allocations do not reclaim again.
+    pub(crate) in_reclaim: core::cell::Cell<bool>,
 }
 
 /// An exclusive handle on one CPU. Dropping it is `put_cpu()`.

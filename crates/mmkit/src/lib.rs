@@ -83,6 +83,8 @@ pub struct Kernel {
     pub(crate) zero_pfn: u64,
     pub(crate) inodes: SpinLock<fs::inode::InodeTable>,
     pub(crate) anon_vmas: SpinLock<mm::rmap::AnonVmas>,
+    pub(crate) swap: SpinLock<mm::swapfile::SwapState>,
+    pub(crate) swappiness: AtomicU64,
 }
 
 // SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through

@@ -106,6 +106,8 @@ impl Kernel {
         pages.insert(index, pfn);
         inode.nrpages.fetch_add(1, Relaxed);
         self.mod_node_page_state(page, NR_FILE_PAGES, 1);
+        drop(pages);
+        self.lru_cache_add(cpu, page);
         Ok(Some(page))
     }
 
@@ -176,6 +178,7 @@ impl Kernel {
                 self.filemap_get_page(cpu, inode, pos >> PAGE_SHIFT, VM_READAHEAD_PAGES)?;
             let pa = (self.page_to_pfn(page).0 << PAGE_SHIFT) + in_page as u64;
             self.phys_read(pa, &mut buf[done..done + chunk]);
+            self.mark_page_accessed(page);
             self.__free_pages(cpu, page, 0);
             done += chunk;
         }
@@ -212,6 +215,29 @@ impl Kernel {
             self.mod_node_page_state(page, NR_WRITTEN, 1);
         }
         Ok(())
+    }
+
+    /// `pageout` of one dirty page-cache page (reclaim's writeback).
+    pub(crate) fn writeback_one(&self, inode: &Inode, page: &Page) -> Result<(), Errno> {
+        self.writeback_page(inode, page)
+    }
+
+    /// `__remove_mapping` for a clean, unmapped page-cache page whose only other reference is
+    /// the caller's: it leaves the cache (dropping the cache's reference). False if it is
+    /// still referenced elsewhere.
+    pub(crate) fn remove_from_page_cache(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
+        let Some(inode) = self.inode_of_page(page) else {
+            return false;
+        };
+        {
+            let mut pages = inode.i_pages.lock();
+            if page.refcount() != 2 || page.mapcount() != 0 || page.test(PageFlags::DIRTY) {
+                return false;
+            }
+            pages.remove(page.index());
+        }
+        self.delete_from_page_cache(cpu, &inode, page);
+        true
     }
 
     /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
@@ -260,6 +286,8 @@ impl Kernel {
     /// `truncate_inode_pages`: remove every cached page of `inode` that nothing maps or holds
     /// (dirty ones too: their data is discarded, as truncation does).
     pub fn truncate_inode_pages(&self, cpu: &CpuGuard<'_>, inode: &Inode) {
+        // Pages still in a CPU's LRU batch hold a reference: put them on the lists first.
+        self.lru_add_drain_all(cpu);
         let mut freed = Vec::new();
         inode.i_pages.lock().retain(|_, pfn| {
             let p = self.mem_map.page(pfn);
@@ -294,6 +322,7 @@ impl Kernel {
     /// `drop_caches` = 1: invalidate the clean, unmapped page cache of every inode. Returns
     /// the pages freed.
     pub fn drop_pagecache(&self, cpu: &CpuGuard<'_>) -> u64 {
+        self.lru_add_drain_all(cpu);
         self.inodes()
             .iter()
             .map(|i| self.invalidate_mapping_pages(cpu, i))

@@ -572,6 +572,8 @@ impl Kernel {
             held: AtomicBool::new(false),
             node: c % n_nodes,
             vmstat: CpuVmStats::new(nr_zones_total),
+            lru_add: SpinLock::new(Vec::new()),
+            in_reclaim: core::cell::Cell::new(false),
         });
 
         let boot = BootInfo {
@@ -609,6 +611,8 @@ impl Kernel {
             zero_pfn: image.bss.0 >> PAGE_SHIFT,
             inodes: SpinLock::new(Default::default()),
             anon_vmas: SpinLock::new(Default::default()),
+            swap: SpinLock::new(Default::default()),
+            swappiness: AtomicU64::new(60),
         };
         // empty_zero_page lives in the kernel's bss, which boot clears.
         k.clear_highpage(k.zero_pfn);

@@ -95,9 +95,8 @@ impl Kernel {
             return self.do_fault(cpu, mm, vma, va, access.write);
         }
         if !pte.is_present() {
-            // A swap entry: swap-in comes with the reclaim issue; nothing else puts
-            // non-present entries into user page tables.
-            return Err(VmFault::Sigbus);
+            // Nothing but swap entries are non-present and non-none in user page tables.
+            return self.do_swap_page(cpu, mm, vma, va, pte, access.write, slot);
         }
         if access.write && !pte.writable() {
             return self.do_wp_page(cpu, mm, vma, va, pte);
@@ -107,6 +106,62 @@ impl Kernel {
         self.pte_update(&mm.pt, va, |p| Pte(p.0 | PteFlags::ACCESSED.bits()));
         self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
         Ok(FaultKind::Minor)
+    }
+
+    /// `do_swap_page`: bring the page of a swap entry back (from the swap cache, or read
+    /// with readahead: a major fault), map it, and drop the PTE's swap reference; a write
+    /// fault on a page no other PTE shares frees its slot and maps it writable.
+    #[allow(clippy::too_many_arguments)]
+    fn do_swap_page(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        vma: &mut VmArea,
+        va: u64,
+        pte: Pte,
+        write: bool,
+        slot: &AtomicU64,
+    ) -> Result<FaultKind, VmFault> {
+        let Some(entry) = crate::mm::swapfile::SwpEntry::from_pte(pte) else {
+            return Err(VmFault::Sigbus);
+        };
+        let (page, major) = match self.swapin_readahead(cpu, entry) {
+            Ok(x) => x,
+            Err(Errno::ENOMEM) => return Err(VmFault::Oom),
+            Err(_) => return Err(VmFault::Sigbus),
+        };
+        if major {
+            cpu.state().vmstat.count(PGMAJFAULT, 1);
+        }
+        // Someone else may have swapped it in for this PTE meanwhile (not in our model: the
+        // mm is ours alone), so the entry is still ours to replace.
+        let av = self.anon_vma_prepare(mm, vma);
+        if page.mapcount() == 0 {
+            // First mapping since it was read or since every PTE was unmapped.
+            page.set_mapping(crate::mm::rmap::PAGE_MAPPING_ANON | av);
+            page.set_index(vma.linear_page_index(va));
+            page.set_mapcount(1);
+            self.mod_node_page_state(page, crate::mm::filemap::NR_ANON_MAPPED, 1);
+        } else {
+            self.page_add_rmap(page);
+        }
+        mm.add_counter(MM_ANONPAGES, 1);
+        mm.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
+        self.swap_free(entry);
+        // should_try_to_free_swap: on a write, an exclusive page gives its slot up.
+        let exclusive = write && page.mapcount() == 1 && self.try_to_free_swap(cpu, page);
+        let mut new = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
+        if exclusive {
+            new = Self::mk_pte(self.page_to_pfn(page).0, vma.vm_page_prot, vma, true);
+        }
+        slot.store(new.0, Ordering::Release);
+        self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+        // The reference swapin_readahead returned becomes the mapping's.
+        Ok(if major {
+            FaultKind::Major
+        } else {
+            FaultKind::Minor
+        })
     }
 
     /// `maybe_mkwrite` + `pte_mkdirty` on a fresh entry for a write fault.
@@ -179,6 +234,7 @@ impl Kernel {
             Ordering::Release,
         );
         mm.add_counter(MM_ANONPAGES, 1);
+        self.lru_cache_add(cpu, page);
         Ok(FaultKind::Minor)
     }
 
@@ -323,6 +379,7 @@ impl Kernel {
             Some(new),
         )?;
         mm.add_counter(MM_ANONPAGES, 1);
+        self.lru_cache_add(cpu, new);
         Ok(kind)
     }
 
@@ -363,8 +420,16 @@ impl Kernel {
             self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
             return Ok(FaultKind::Minor);
         }
-        // wp_can_reuse_anon_folio: an anonymous page nobody else maps or holds.
+        // wp_can_reuse_anon_folio: an anonymous page nobody else maps or holds (a reference
+        // from this CPU's LRU add batch does not count: drain it first, as Linux does).
         if let Some(p) = old {
+            if page_anon(p) && p.refcount() > 1 && !p.test(crate::mm::page::PageFlags::LRU) {
+                self.lru_add_drain(cpu);
+            }
+            // A swap-cache page nobody else maps gives its slot up and can be reused.
+            if page_anon(p) && p.mapcount() == 1 && p.test(crate::mm::swap_state::PG_SWAPCACHE) {
+                self.try_to_free_swap(cpu, p);
+            }
             if page_anon(p) && p.mapcount() == 1 && p.refcount() == 1 {
                 self.pte_update(&mm.pt, va, |e| e.mkwrite_dirty());
                 self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
@@ -384,6 +449,7 @@ impl Kernel {
         self.pte_update(&mm.pt, va, |_| entry);
         self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
         mm.add_counter(MM_ANONPAGES, 1);
+        self.lru_cache_add(cpu, new);
         if let Some(p) = old {
             if !page_anon(p) {
                 mm.add_counter(MM_FILEPAGES, -1);
@@ -406,9 +472,13 @@ impl Kernel {
         let mut n = 0;
         let mut flushed_any = false;
         let _g = mm.pt.lock.lock();
+        let mut swap_entries: Vec<crate::mm::swapfile::SwpEntry> = Vec::new();
         self.for_each_pte(&mm.pt, start, end, |_, slot| {
             let old = Pte(slot.swap(0, Ordering::AcqRel));
             if !old.is_present() {
+                if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(old) {
+                    swap_entries.push(e);
+                }
                 return;
             }
             batch[n] = old;
@@ -421,6 +491,14 @@ impl Kernel {
         });
         if n > 0 || !flushed_any {
             self.tlb_flush_and_free(cpu, mm, start, end, &batch[..n]);
+        }
+        drop(_g);
+        mm.add_counter(
+            crate::mm::mm_types::MM_SWAPENTS,
+            -(swap_entries.len() as i64),
+        );
+        for e in swap_entries {
+            self.free_swap_and_cache(cpu, e);
         }
     }
 
@@ -481,6 +559,10 @@ impl Kernel {
             self.for_each_pte(&src.pt, vma.vm_start, vma.vm_end, |va, slot| {
                 let mut v = Pte(slot.load(Ordering::Acquire));
                 if !v.is_present() {
+                    // copy_nonpresent_pte: the child shares the swap slot.
+                    if crate::mm::swapfile::SwpEntry::from_pte(v).is_some() {
+                        entries.push((va, v));
+                    }
                     return;
                 }
                 if cow && v.writable() {
@@ -493,6 +575,16 @@ impl Kernel {
             self.flush_tlb_range(&src.pt, vma.vm_start, vma.vm_end);
         }
         for (va, pte) in entries {
+            if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(pte) {
+                self.swap_duplicate(e, 1);
+                dst.add_counter(crate::mm::mm_types::MM_SWAPENTS, 1);
+                if let Err(err) = self.set_pte_at(cpu, &dst.pt, va, pte) {
+                    self.swap_free(e);
+                    dst.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
+                    return Err(err);
+                }
+                continue;
+            }
             let page = self.vm_normal_page(pte);
             if let Some(p) = page {
                 p.get();

@@ -263,6 +263,12 @@ pub struct PglistData {
     pub zonelist_nofallback: Vec<(usize, ZoneType)>,
     /// Node counters, in `NODE_STAT_NAMES` order.
     pub vm_stat: Box<[AtomicI64]>,
+    /// The LRU lists (`lruvec`) under `lru_lock`.
+    pub lru: crate::sync::SpinLock<crate::mm::swap::Lruvec>,
+    /// kswapd has been woken (`kswapd_wait` with work pending).
+    pub kswapd_wait: core::sync::atomic::AtomicBool,
+    /// Times kswapd was woken.
+    pub kswapd_wakeups: core::sync::atomic::AtomicU64,
 }
 
 impl PglistData {
@@ -282,6 +288,9 @@ impl PglistData {
             vm_stat: (0..NODE_STAT_NAMES.len())
                 .map(|_| AtomicI64::new(0))
                 .collect(),
+            lru: crate::sync::SpinLock::new(Default::default()),
+            kswapd_wait: Default::default(),
+            kswapd_wakeups: Default::default(),
         }
     }
 

@@ -178,6 +178,23 @@ impl Page {
     pub fn get(&self) {
         self.refcount.fetch_add(1, Relaxed);
     }
+    /// `folio_try_get()`: take a reference unless the page is already being freed.
+    #[inline]
+    pub fn try_get(&self) -> bool {
+        let mut c = self.refcount.load(Relaxed);
+        while c > 0 {
+            match self.refcount.compare_exchange_weak(
+                c,
+                c + 1,
+                core::sync::atomic::Ordering::AcqRel,
+                Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(v) => c = v,
+            }
+        }
+        false
+    }
     /// `put_page_testzero()`: drop a reference; true when it was the last one.
     #[inline]
     pub fn put_testzero(&self) -> bool {

@@ -281,8 +281,29 @@ impl Kernel {
         })
     }
 
-    /// Walk to the PTE slot of `va`, allocating missing levels when `alloc` is set. Caller
-    /// holds `pt.lock` when allocating.
+    /// The PTE slot of `va` without allocating (no lock needed: tables are freed only by
+    /// the address space's owner, and entries are read atomically).
+    fn walk_lookup(&self, pt: &PgTable, va: u64) -> Option<&AtomicU64> {
+        if !is_canonical(va) {
+            return None;
+        }
+        let mut table = pt.pgd;
+        for level in 0..3 {
+            let v = self
+                .table_entry(table, table_index(va, level))
+                .load(Ordering::Acquire);
+            if v & P == 0 || v & PteFlags::PSE.bits() != 0 {
+                return None;
+            }
+            table = (v & PTE_PFN_MASK) >> PAGE_SHIFT;
+        }
+        Some(self.table_entry(table, table_index(va, 3)))
+    }
+
+    /// Walk to the PTE slot of `va`. With `cpu`, missing levels are allocated: the page comes
+    /// from the allocator with the table lock dropped (allocation may reclaim, and reclaim
+    /// takes page-table locks), and is installed under the lock unless another walker got
+    /// there first, as `__pte_alloc` does. The returned slot is looked up under the lock.
     fn walk(
         &self,
         cpu: Option<&CpuGuard<'_>>,
@@ -292,29 +313,58 @@ impl Kernel {
         if !is_canonical(va) {
             return Err(Errno::EFAULT);
         }
-        let mut table = pt.pgd;
-        for level in 0..3 {
-            let e = self.table_entry(table, table_index(va, level));
-            let v = e.load(Ordering::Acquire);
-            if v & P == 0 {
-                let Some(cpu) = cpu else { return Ok(None) };
-                let new = self.table_alloc(cpu)?;
-                let entry = (new << PAGE_SHIFT)
-                    | if pt.user {
-                        TABLE_ENTRY
-                    } else {
-                        KERN_TABLE_ENTRY
-                    };
-                e.store(entry, Ordering::Release);
-                table = new;
-            } else {
-                if v & PteFlags::PSE.bits() != 0 {
-                    return Err(Errno::EINVAL);
+        loop {
+            // Find the first missing level, or the slot.
+            let missing = {
+                let _g = pt.lock.lock();
+                let mut table = pt.pgd;
+                let mut missing = None;
+                for level in 0..3 {
+                    let e = self.table_entry(table, table_index(va, level));
+                    let v = e.load(Ordering::Acquire);
+                    if v & P == 0 {
+                        missing = Some(level);
+                        break;
+                    }
+                    if v & PteFlags::PSE.bits() != 0 {
+                        return Err(Errno::EINVAL);
+                    }
+                    table = (v & PTE_PFN_MASK) >> PAGE_SHIFT;
                 }
-                table = (v & PTE_PFN_MASK) >> PAGE_SHIFT;
+                match missing {
+                    None => return Ok(Some(self.table_entry(table, table_index(va, 3)))),
+                    Some(l) => l,
+                }
+            };
+            let Some(cpu) = cpu else { return Ok(None) };
+            let new = self.table_alloc(cpu)?;
+            let used = {
+                let _g = pt.lock.lock();
+                let mut table = pt.pgd;
+                for level in 0..missing {
+                    let v = self
+                        .table_entry(table, table_index(va, level))
+                        .load(Ordering::Acquire);
+                    table = (v & PTE_PFN_MASK) >> PAGE_SHIFT;
+                }
+                let e = self.table_entry(table, table_index(va, missing));
+                if e.load(Ordering::Acquire) & P == 0 {
+                    let entry = (new << PAGE_SHIFT)
+                        | if pt.user {
+                            TABLE_ENTRY
+                        } else {
+                            KERN_TABLE_ENTRY
+                        };
+                    e.store(entry, Ordering::Release);
+                    true
+                } else {
+                    false
+                }
+            };
+            if !used {
+                self.table_free(cpu, new);
             }
         }
-        Ok(Some(self.table_entry(table, table_index(va, 3))))
     }
 
     /// `set_pte_at`: install `pte` for the page at `va`, allocating tables as needed.
@@ -326,8 +376,8 @@ impl Kernel {
         va: u64,
         pte: Pte,
     ) -> Result<(), Errno> {
-        let _g = pt.lock.lock();
         let slot = self.walk(Some(cpu), pt, va)?.ok_or(Errno::ENOMEM)?;
+        let _g = pt.lock.lock();
         slot.store(pte.0, Ordering::Release);
         Ok(())
     }
@@ -340,13 +390,12 @@ impl Kernel {
         pt: &PgTable,
         va: u64,
     ) -> Result<&AtomicU64, Errno> {
-        let _g = pt.lock.lock();
         self.walk(Some(cpu), pt, va)?.ok_or(Errno::ENOMEM)
     }
 
     /// The PTE for `va`, or `None` where no table covers it.
     pub fn pte_lookup(&self, pt: &PgTable, va: u64) -> Option<Pte> {
-        let slot = self.walk(None, pt, va).ok()??;
+        let slot = self.walk_lookup(pt, va)?;
         Some(Pte(slot.load(Ordering::Acquire)))
     }
 
@@ -354,7 +403,7 @@ impl Kernel {
     /// flushes the TLB before the page may be reused.
     pub fn pte_clear(&self, pt: &PgTable, va: u64) -> Option<Pte> {
         let _g = pt.lock.lock();
-        let slot = self.walk(None, pt, va).ok()??;
+        let slot = self.walk_lookup(pt, va)?;
         let old = slot.swap(0, Ordering::AcqRel);
         (old != 0).then_some(Pte(old))
     }
@@ -363,7 +412,7 @@ impl Kernel {
     /// the old entry to the new one. Returns the old entry.
     pub fn pte_update(&self, pt: &PgTable, va: u64, f: impl Fn(Pte) -> Pte) -> Option<Pte> {
         let _g = pt.lock.lock();
-        let slot = self.walk(None, pt, va).ok()??;
+        let slot = self.walk_lookup(pt, va)?;
         let old = Pte(slot.load(Ordering::Acquire));
         if old.is_none() {
             return None;

@@ -89,23 +89,31 @@ pub fn meminfo(k: &Kernel) -> String {
     let g = |item| k.global_node_page_state(item);
     kb(&mut s, "Buffers:        ", 0);
     kb(&mut s, "Cached:         ", g(NR_FILE_PAGES));
-    for l in [
-        "SwapCached:     ",
+    use crate::mm::swap::{
+        LRU_ACTIVE_ANON, LRU_ACTIVE_FILE, LRU_INACTIVE_ANON, LRU_INACTIVE_FILE, LRU_UNEVICTABLE,
+    };
+    let (sw_total, sw_free, sw_cached) = k.swap_totals();
+    kb(&mut s, "SwapCached:     ", sw_cached);
+    kb(
+        &mut s,
         "Active:         ",
+        g(LRU_ACTIVE_ANON) + g(LRU_ACTIVE_FILE),
+    );
+    kb(
+        &mut s,
         "Inactive:       ",
-        "Active(anon):   ",
-        "Inactive(anon): ",
-        "Active(file):   ",
-        "Inactive(file): ",
-        "Unevictable:    ",
-        "Mlocked:        ",
-        "SwapTotal:      ",
-        "SwapFree:       ",
-        "Zswap:          ",
-        "Zswapped:       ",
-    ] {
-        kb(&mut s, l, 0);
-    }
+        g(LRU_INACTIVE_ANON) + g(LRU_INACTIVE_FILE),
+    );
+    kb(&mut s, "Active(anon):   ", g(LRU_ACTIVE_ANON));
+    kb(&mut s, "Inactive(anon): ", g(LRU_INACTIVE_ANON));
+    kb(&mut s, "Active(file):   ", g(LRU_ACTIVE_FILE));
+    kb(&mut s, "Inactive(file): ", g(LRU_INACTIVE_FILE));
+    kb(&mut s, "Unevictable:    ", g(LRU_UNEVICTABLE));
+    kb(&mut s, "Mlocked:        ", 0);
+    kb(&mut s, "SwapTotal:      ", sw_total);
+    kb(&mut s, "SwapFree:       ", sw_free);
+    kb(&mut s, "Zswap:          ", 0);
+    kb(&mut s, "Zswapped:       ", 0);
     kb(&mut s, "Dirty:          ", g(NR_FILE_DIRTY));
     kb(&mut s, "Writeback:      ", 0);
     kb(&mut s, "AnonPages:      ", g(NR_ANON_MAPPED));

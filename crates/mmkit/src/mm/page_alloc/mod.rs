@@ -233,6 +233,8 @@ struct AllocContext {
     thisnode: bool,
 }
 
+/// `MAX_RECLAIM_RETRIES`: direct reclaim rounds without progress before giving up.
+pub const MAX_RECLAIM_RETRIES: u32 = 16;
 impl Kernel {
     /// `alloc_pages(gfp, order)`: 2^`order` contiguous pages from the local node's zonelist.
     /// `None` on failure (with `warn_alloc`'s report in the log unless `__GFP_NOWARN`).
@@ -457,6 +459,14 @@ impl Kernel {
         ac: &AllocContext,
     ) -> Option<u64> {
         let flags = gfp_to_alloc_flags(gfp, order);
+        // wake_all_kswapds: the fast path found the zones below their low watermark.
+        if gfp.contains(Gfp::__GFP_KSWAPD_RECLAIM) {
+            for &(nid, zt) in self.zonelist(ac) {
+                if zt <= ac.highest {
+                    self.wakeup_kswapd(nid);
+                }
+            }
+        }
         if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
             return Some(p);
         }
@@ -483,6 +493,24 @@ impl Kernel {
             self.drain_all_pages(cpu);
             if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                 return Some(p);
+            }
+        }
+        // __alloc_pages_direct_reclaim, retried while it makes progress
+        // (should_reclaim_retry, MAX_RECLAIM_RETRIES); never from inside reclaim
+        // (PF_MEMALLOC).
+        if gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !cpu.state().in_reclaim.get() {
+            let mut no_progress = 0;
+            loop {
+                cpu.state().in_reclaim.set(true);
+                let freed = self.try_to_free_pages(cpu, gfp);
+                cpu.state().in_reclaim.set(false);
+                if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
+                    return Some(p);
+                }
+                no_progress = if freed == 0 { no_progress + 1 } else { 0 };
+                if no_progress >= MAX_RECLAIM_RETRIES || order > PAGE_ALLOC_COSTLY_ORDER {
+                    break;
+                }
             }
         }
         if gfp.contains(Gfp::__GFP_NOFAIL) {
@@ -609,6 +637,12 @@ impl Kernel {
     /// `free_pages_prepare` (checks) then `free_unref_page` or `__free_pages_ok`.
     #[inline]
     fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) {
+        if page
+            .flags()
+            .intersects(PageFlags::LRU | PageFlags::ACTIVE | PageFlags::UNEVICTABLE)
+        {
+            self.lru_release(page);
+        }
         if !self.free_pages_prepare(cpu, page, pfn, order) {
             return;
         }

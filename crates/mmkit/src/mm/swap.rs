@@ -1,0 +1,194 @@
+//! The LRU lists (`mm/swap.c`, `include/linux/mm_inline.h`, `include/linux/mmzone.h`'s
+//! `lruvec`): per node, inactive/active × anon/file plus unevictable, threaded through
+//! `page->lru`; `folio_add_lru` with a per-CPU batch of `PAGEVEC_SIZE` (15) pages that holds a
+//! reference on each until it is drained under the node's `lru_lock`; `folio_mark_accessed`'s
+//! PG_referenced → PG_active promotion; `lru_add_drain(_all)`; and removal when the last
+//! reference to a page goes (`__page_cache_release`).
+//!
+//! A page is "file" for the LRU when it is not swap-backed (`page_is_file_lru`). The lists'
+//! sizes are the node counters `nr_inactive_anon` … `nr_unevictable`.
+
+use crate::cpu::CpuGuard;
+use crate::mm::list::PageList;
+use crate::mm::page::{Page, PageFlags};
+use crate::Kernel;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// `LRU_INACTIVE_ANON` … `LRU_UNEVICTABLE`, also the indices of their node counters.
+pub const LRU_INACTIVE_ANON: usize = 0;
+/// `LRU_ACTIVE_ANON`.
+pub const LRU_ACTIVE_ANON: usize = 1;
+/// `LRU_INACTIVE_FILE`.
+pub const LRU_INACTIVE_FILE: usize = 2;
+/// `LRU_ACTIVE_FILE`.
+pub const LRU_ACTIVE_FILE: usize = 3;
+/// `LRU_UNEVICTABLE`.
+pub const LRU_UNEVICTABLE: usize = 4;
+/// `NR_LRU_LISTS`.
+pub const NR_LRU_LISTS: usize = 5;
+/// `PAGEVEC_SIZE` / `FOLIO_BATCH_SIZE`... the per-CPU add batch.
+pub const LRU_BATCH: usize = 15;
+
+/// `struct lruvec` of a node.
+#[derive(Default)]
+pub struct Lruvec {
+    /// The lists, by `LRU_*` index; the head is the young end.
+    pub lists: [PageList; NR_LRU_LISTS],
+    /// Pages on each list.
+    pub nr: [u64; NR_LRU_LISTS],
+}
+
+/// `page_is_file_lru`.
+#[inline]
+pub fn page_is_file_lru(page: &Page) -> bool {
+    !page.test(PageFlags::SWAPBACKED)
+}
+
+/// `folio_lru_list`: the list a page belongs on.
+#[inline]
+pub fn page_lru(page: &Page) -> usize {
+    if page.test(PageFlags::UNEVICTABLE) {
+        return LRU_UNEVICTABLE;
+    }
+    let base = if page_is_file_lru(page) {
+        LRU_INACTIVE_FILE
+    } else {
+        LRU_INACTIVE_ANON
+    };
+    base + page.test(PageFlags::ACTIVE) as usize
+}
+
+impl Kernel {
+    /// `lruvec_add_folio` with the node's `lru_lock` held: onto the head of its list.
+    pub(crate) fn lru_add_locked(&self, lru: &mut Lruvec, page: &Page) {
+        let pfn = self.page_to_pfn(page).0;
+        let l = page_lru(page);
+        lru.lists[l].push_front(&self.mem_map, pfn);
+        lru.nr[l] += 1;
+        self.nodes[page.nid()].vm_stat[l].fetch_add(1, Relaxed);
+        page.set(PageFlags::LRU);
+    }
+
+    /// `lruvec_del_folio` with the lock held.
+    pub(crate) fn lru_del_locked(&self, lru: &mut Lruvec, page: &Page) {
+        let pfn = self.page_to_pfn(page).0;
+        let l = page_lru(page);
+        lru.lists[l].remove(&self.mem_map, pfn);
+        lru.nr[l] -= 1;
+        self.nodes[page.nid()].vm_stat[l].fetch_sub(1, Relaxed);
+        page.clear(PageFlags::LRU);
+    }
+
+    /// `folio_add_lru`: queue a new page for its LRU list on this CPU's batch (taking a
+    /// reference the drain drops); a full batch is drained.
+    pub fn lru_cache_add(&self, cpu: &CpuGuard<'_>, page: &Page) {
+        page.get();
+        let full = {
+            let mut b = cpu.state().lru_add.lock();
+            b.push(self.page_to_pfn(page).0);
+            b.len() >= LRU_BATCH
+        };
+        if full {
+            self.lru_add_drain(cpu);
+        }
+    }
+
+    /// Drain one CPU's add batch onto the LRU lists.
+    fn drain_batch(&self, cpu: &CpuGuard<'_>, pfns: Vec<u64>) {
+        for pfn in pfns {
+            let page = self.mem_map.page(pfn);
+            {
+                let mut lru = self.nodes[page.nid()].lru.lock();
+                // A page whose other references went while it sat in the batch is freed by
+                // the put below, never listed.
+                if page.refcount() > 1 && !page.test(PageFlags::LRU) {
+                    self.lru_add_locked(&mut lru, page);
+                }
+            }
+            self.__free_pages(cpu, page, 0);
+        }
+    }
+
+    /// `lru_add_drain`: this CPU's batch onto the lists.
+    pub fn lru_add_drain(&self, cpu: &CpuGuard<'_>) {
+        let pfns = core::mem::take(&mut *cpu.state().lru_add.lock());
+        self.drain_batch(cpu, pfns);
+    }
+
+    /// `lru_add_drain_all`: every CPU's batch (taken remotely under its lock).
+    pub fn lru_add_drain_all(&self, cpu: &CpuGuard<'_>) {
+        for c in 0..self.nr_cpus() {
+            let pfns = core::mem::take(&mut *self.cpus.get(c).lru_add.lock());
+            self.drain_batch(cpu, pfns);
+        }
+    }
+
+    /// `__page_cache_release` on the free path: a page whose last reference goes leaves its
+    /// LRU list.
+    pub(crate) fn lru_release(&self, page: &Page) {
+        if page.test(PageFlags::LRU) {
+            let mut lru = self.nodes[page.nid()].lru.lock();
+            if page.test(PageFlags::LRU) {
+                self.lru_del_locked(&mut lru, page);
+            }
+        }
+        page.clear(PageFlags::ACTIVE | PageFlags::UNEVICTABLE | PageFlags::MLOCKED);
+    }
+
+    /// `folio_mark_accessed`: a second access while inactive and referenced promotes the page
+    /// to the active list; otherwise it becomes referenced.
+    pub fn mark_page_accessed(&self, page: &Page) {
+        if page.test(PageFlags::UNEVICTABLE) {
+            return;
+        }
+        if !page.test(PageFlags::ACTIVE) && page.test(PageFlags::REFERENCED) {
+            let mut lru = self.nodes[page.nid()].lru.lock();
+            if page.test(PageFlags::LRU) && !page.test(PageFlags::ACTIVE) {
+                self.lru_del_locked(&mut lru, page);
+                page.set(PageFlags::ACTIVE);
+                self.lru_add_locked(&mut lru, page);
+            }
+            page.clear(PageFlags::REFERENCED);
+        } else if !page.test(PageFlags::REFERENCED) {
+            page.set(PageFlags::REFERENCED);
+        }
+    }
+
+    /// Pages on node `nid`'s list `l`.
+    pub fn lru_size(&self, nid: usize, l: usize) -> u64 {
+        self.nodes[nid].lru.lock().nr[l]
+    }
+
+    /// The LRU invariants: each list's length matches its count and counter, and every page
+    /// on it is flagged LRU, belongs on that list and is referenced.
+    pub fn check_lru_invariants(&self) -> Result<(), alloc::string::String> {
+        for n in &self.nodes {
+            let lru = n.lru.lock();
+            for l in 0..NR_LRU_LISTS {
+                let mut count = 0;
+                for pfn in lru.lists[l].iter(&self.mem_map) {
+                    let p = self.mem_map.page(pfn);
+                    if !p.test(PageFlags::LRU) || page_lru(p) != l || p.refcount() < 1 {
+                        return Err(alloc::format!(
+                            "node {}: pfn {pfn:#x} on list {l} with flags {:?} refcount {}",
+                            n.node_id,
+                            p.flags(),
+                            p.refcount()
+                        ));
+                    }
+                    count += 1;
+                }
+                if count != lru.nr[l] || n.vm_stat[l].load(Relaxed) != count as i64 {
+                    return Err(alloc::format!(
+                        "node {}: list {l} has {count} pages, counted {} / {}",
+                        n.node_id,
+                        lru.nr[l],
+                        n.vm_stat[l].load(Relaxed)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
