@@ -98,7 +98,7 @@ fn int_sqrt(x: u64) -> u64 {
         return x;
     }
     let mut r = x;
-    let mut y = (r + 1) / 2;
+    let mut y = r.div_ceil(2);
     while y < r {
         r = y;
         y = (r + x / r) / 2;
@@ -290,10 +290,8 @@ impl Kernel {
     /// Unmap, clean and detach one page so that the caller's reference is its last.
     fn reclaim_one(&self, cpu: &CpuGuard<'_>, page: &Page, sc: &ScanControl) -> bool {
         let anon = page_anon(page) || page.test(PageFlags::SWAPBACKED);
-        if anon && !page.test(PG_SWAPCACHE) {
-            if !sc.may_swap || self.add_to_swap(page).is_none() {
-                return false;
-            }
+        if anon && !page.test(PG_SWAPCACHE) && (!sc.may_swap || self.add_to_swap(page).is_none()) {
+            return false;
         }
         if page.mapcount() > 0 {
             let swap_pte = self.page_swap_entry(page).map(|e| e.to_pte());
