@@ -57,6 +57,75 @@ impl FileData for HostFile {
     }
 }
 
+/// A host file opened for reading and writing, for swap areas: pages go to it with
+/// `pwrite` and come back with `pread`.
+pub struct HostFileRw {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl HostFileRw {
+    /// Open `path` read-write.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for writing", path.display()))?;
+        let size = file.metadata()?.len();
+        Ok(Self { file, size })
+    }
+}
+
+impl FileData for HostFileRw {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Errno::EIO),
+            }
+        }
+        Ok(done)
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        if off + buf.len() as u64 > self.size {
+            return Err(Errno::EFBIG);
+        }
+        self.file.write_all_at(buf, off).map_err(|_| Errno::EIO)?;
+        Ok(buf.len())
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// Create a swap file of `bytes` at `path` the way `mkswap` does (util-linux's `mkswap` when
+/// it is installed, else the same header written here), and open it read-write.
+pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
+    let f = std::fs::File::create(path)?;
+    f.set_len(bytes)?;
+    drop(f);
+    let made = std::process::Command::new("mkswap")
+        .arg(path)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !made {
+        let hdr = mmkit::mm::swapfile::mkswap_header(bytes / 4096);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all_at(&hdr, 0)?;
+    }
+    HostFileRw::open(path)
+}
+
 /// The host files a machine has opened, by (device, inode).
 #[derive(Default)]
 pub struct HostFs {

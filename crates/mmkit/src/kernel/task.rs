@@ -51,6 +51,8 @@ pub struct Task {
     pub entry: u64,
     /// Initial stack pointer.
     pub sp: u64,
+    /// `oom_score_adj` (-1000..=1000), inherited over fork.
+    pub oom_score_adj: i32,
 }
 
 impl Task {
@@ -140,6 +142,7 @@ impl TaskTable {
                 child_faults: FaultCounts::default(),
                 entry: 0,
                 sp: 0,
+                oom_score_adj: 0,
             },
         );
         self.install_image(pid, img);
@@ -163,7 +166,7 @@ impl TaskTable {
         let p = self.tasks.get(&parent).ok_or(Errno::ESRCH)?;
         let mm = k.dup_mmap(cpu, p.mm.as_ref().ok_or(Errno::ESRCH)?)?;
         let comm = p.comm.clone();
-        let (entry, sp) = (p.entry, p.sp);
+        let (entry, sp, adj) = (p.entry, p.sp, p.oom_score_adj);
         let pid = match self.alloc_pid() {
             Ok(pid) => pid,
             Err(e) => {
@@ -184,6 +187,7 @@ impl TaskTable {
                 child_faults: FaultCounts::default(),
                 entry,
                 sp,
+                oom_score_adj: adj,
             },
         );
         Ok(pid)
@@ -278,6 +282,42 @@ impl TaskTable {
             p.child_faults.maj_flt += f.maj_flt + t.child_faults.maj_flt;
         }
         Ok((pid, t.exit_code))
+    }
+
+    /// `out_of_memory` after task `trigger` could not get memory (`gfp`, `order`) even after
+    /// reclaim: choose the task with the highest `oom_badness`, print Linux's report, count
+    /// `oom_kill` and kill it (its memory is freed at once). Returns the victim, or `None`
+    /// when no task can be killed.
+    pub fn out_of_memory(
+        &mut self,
+        k: &Kernel,
+        cpu: &CpuGuard<'_>,
+        trigger: Pid,
+        gfp: crate::Gfp,
+        order: u32,
+    ) -> Option<Pid> {
+        let victim = k.oom_select(self.tasks.values())?;
+        let trig = self
+            .tasks
+            .get(&trigger)
+            .or_else(|| self.tasks.get(&victim))?;
+        k.oom_report(trig, gfp, order, self.tasks.values(), &self.tasks[&victim]);
+        cpu.state().vmstat.count(crate::mm::oom_kill::OOM_KILL, 1);
+        // Killed by SIGKILL: the status wait() reports is the signal number.
+        self.exit(k, cpu, victim, 9).ok()?;
+        Some(victim)
+    }
+
+    /// Set a task's `oom_score_adj` (`/proc/PID/oom_score_adj`): `EINVAL` outside
+    /// -1000..=1000.
+    pub fn set_oom_score_adj(&mut self, pid: Pid, adj: i32) -> Result<(), Errno> {
+        if !(crate::mm::oom_kill::OOM_SCORE_ADJ_MIN..=crate::mm::oom_kill::OOM_SCORE_ADJ_MAX)
+            .contains(&adj)
+        {
+            return Err(Errno::EINVAL);
+        }
+        self.tasks.get_mut(&pid).ok_or(Errno::ESRCH)?.oom_score_adj = adj;
+        Ok(())
     }
 
     /// A `ps -o pid,ppid,stat,vsz,rss,comm` listing (sizes in KiB).

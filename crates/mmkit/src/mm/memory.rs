@@ -436,9 +436,22 @@ impl Kernel {
                 return Ok(FaultKind::Minor);
             }
         }
-        // wp_page_copy: a private copy (a zeroed page in place of the zero page).
+        // wp_page_copy: a private copy (a zeroed page in place of the zero page). The old
+        // page is pinned while the new one is allocated (allocation may reclaim, and
+        // reclaim may unmap the old page); the PTE is replaced only if it is unchanged.
         let av = self.anon_vma_prepare(mm, vma);
-        let new = self.alloc_user_page(cpu, old.is_none())?;
+        if let Some(p) = old {
+            p.get();
+        }
+        let new = match self.alloc_user_page(cpu, old.is_none()) {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(p) = old {
+                    self.__free_pages(cpu, p, 0);
+                }
+                return Err(e);
+            }
+        };
         let pfn = self.page_to_pfn(new).0;
         if let Some(p) = old {
             self.copy_highpage(pfn, self.page_to_pfn(p).0);
@@ -446,7 +459,20 @@ impl Kernel {
         self.page_add_new_anon_rmap(new, av, vma.linear_page_index(va));
         let entry = Self::mk_pte(pfn, vma.vm_page_prot, vma, true);
         // ptep_clear_flush + set_pte_at: every CPU must stop using the old page first.
-        self.pte_update(&mm.pt, va, |_| entry);
+        let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
+        let unchanged = |cur: Pte| cur.0 & !ad == pte.0 & !ad;
+        let same = self
+            .pte_update(&mm.pt, va, |cur| if unchanged(cur) { entry } else { cur })
+            .is_some_and(unchanged);
+        if let Some(p) = old {
+            self.__free_pages(cpu, p, 0); // the pin
+        }
+        if !same {
+            // Reclaim got there first: let the access retry against the new entry.
+            self.page_remove_rmap(new);
+            self.__free_pages(cpu, new, 0);
+            return Ok(FaultKind::Minor);
+        }
         self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
         mm.add_counter(MM_ANONPAGES, 1);
         self.lru_cache_add(cpu, new);
@@ -532,6 +558,11 @@ impl Kernel {
                 file += 1;
             }
             self.page_remove_rmap(page);
+            // free_swap_cache: an unmapped swap-cache page whose slot no PTE uses any more
+            // leaves the swap cache with it.
+            if page.mapcount() == 0 && page.test(crate::mm::swap_state::PG_SWAPCACHE) {
+                self.try_to_free_swap(cpu, page);
+            }
             self.__free_pages(cpu, page, 0);
         }
         mm.add_counter(MM_ANONPAGES, -anon);
@@ -568,26 +599,37 @@ impl Kernel {
                 if cow && v.writable() {
                     v = Pte(slot.fetch_and(!PteFlags::RW.bits(), Ordering::AcqRel)).wrprotect();
                 }
+                // Pin the page while the table lock keeps reclaim from unmapping it.
+                if let Some(p) = self.vm_normal_page(v) {
+                    p.get();
+                }
                 entries.push((va, v));
             });
         }
         if cow {
             self.flush_tlb_range(&src.pt, vma.vm_start, vma.vm_end);
         }
-        for (va, pte) in entries {
+        let unpin_rest = |rest: &[(u64, Pte)]| {
+            for &(_, pte) in rest {
+                if let Some(p) = self.vm_normal_page(pte) {
+                    self.__free_pages(cpu, p, 0);
+                }
+            }
+        };
+        for (i, &(va, pte)) in entries.iter().enumerate() {
             if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(pte) {
                 self.swap_duplicate(e, 1);
                 dst.add_counter(crate::mm::mm_types::MM_SWAPENTS, 1);
                 if let Err(err) = self.set_pte_at(cpu, &dst.pt, va, pte) {
                     self.swap_free(e);
                     dst.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
+                    unpin_rest(&entries[i + 1..]);
                     return Err(err);
                 }
                 continue;
             }
             let page = self.vm_normal_page(pte);
             if let Some(p) = page {
-                p.get();
                 self.page_add_rmap(p);
                 dst.add_counter(
                     if page_anon(p) {
@@ -613,6 +655,7 @@ impl Kernel {
                         -1,
                     );
                 }
+                unpin_rest(&entries[i + 1..]);
                 return Err(e);
             }
         }

@@ -808,11 +808,16 @@ impl Kernel {
             TASK_SIZE - PAGE_SIZE,
         );
         self.free_pgd_range(cpu, &mm.pt, 0, TASK_SIZE + PAGE_SIZE);
-        let pt = match Arc::try_unwrap(mm.pt) {
-            Ok(pt) => pt,
-            Err(_) => {
-                self.printk("BUG: exit_mmap: page tables still referenced by the reverse map");
-                return;
+        // Every VMA is unlinked, so only a reverse-map walk already under way (kswapd on
+        // another CPU) can still hold the tables: wait for it to finish.
+        let mut pt_arc = mm.pt;
+        let pt = loop {
+            match Arc::try_unwrap(pt_arc) {
+                Ok(pt) => break pt,
+                Err(a) => {
+                    pt_arc = a;
+                    crate::sync::relax();
+                }
             }
         };
         if let Err((_, pt)) = self.pgd_free(cpu, pt) {

@@ -12,6 +12,7 @@ pub mod mmap;
 pub mod mmzone;
 pub mod mprotect;
 pub mod mremap;
+pub mod oom_kill;
 pub mod page;
 pub mod page_alloc;
 pub mod readahead;

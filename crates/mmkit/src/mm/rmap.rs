@@ -44,6 +44,8 @@ pub struct RmapRecord {
     pub pgoff: u64,
     /// `vm_flags`.
     pub flags: VmFlags,
+    /// `vm_page_prot`.
+    pub prot: crate::arch::x86_64::pgtable::PgProt,
 }
 
 impl RmapRecord {
@@ -120,6 +122,7 @@ impl Kernel {
             end: v.vm_end,
             pgoff: v.vm_pgoff,
             flags: v.vm_flags,
+            prot: v.vm_page_prot,
         }
     }
 

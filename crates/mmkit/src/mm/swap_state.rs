@@ -112,8 +112,9 @@ impl Kernel {
         Ok(())
     }
 
-    /// `swap_read_folio` of slot `e` into a new page added to the swap cache (and the LRU);
-    /// `Ok(None)` if the slot got a cache page meanwhile or is no longer in use.
+    /// `swap_read_folio` of slot `e` into a new page added to the swap cache (and the LRU),
+    /// returned with the caller's reference (so reclaim cannot take it back before it is
+    /// used); `Ok(None)` if the slot got a cache page meanwhile or is no longer in use.
     fn swap_read_new(&self, cpu: &CpuGuard<'_>, e: SwpEntry) -> Result<Option<&Page>, Errno> {
         let file = {
             let st = self.swap.lock();
@@ -144,8 +145,6 @@ impl Kernel {
             return Ok(None);
         }
         self.lru_cache_add(cpu, page);
-        // The cache holds it now; give back the allocation's reference.
-        self.__free_pages(cpu, page, 0);
         Ok(Some(page))
     }
 
@@ -162,19 +161,21 @@ impl Kernel {
         }
         let win = 1u64 << PAGE_CLUSTER;
         let start = e.offset & !(win - 1);
-        self.swap_read_new(cpu, e)?;
+        let p = match self.swap_read_new(cpu, e)? {
+            Some(p) => p,
+            None => self.lookup_swap_cache(e).ok_or(Errno::EIO)?,
+        };
         for o in start..start + win {
             if o != e.offset && o != 0 {
-                let _ = self.swap_read_new(
-                    cpu,
-                    SwpEntry {
-                        ty: e.ty,
-                        offset: o,
-                    },
-                );
+                let n = SwpEntry {
+                    ty: e.ty,
+                    offset: o,
+                };
+                if let Ok(Some(page)) = self.swap_read_new(cpu, n) {
+                    self.__free_pages(cpu, page, 0); // the cache keeps it
+                }
             }
         }
-        let p = self.lookup_swap_cache(e).ok_or(Errno::EIO)?;
         Ok((p, true))
     }
 

@@ -333,6 +333,94 @@ impl Kernel {
         }
     }
 
+    /// `swapoff(path)`: stop allocating from the area, bring every page it holds back into
+    /// memory and into the page tables that refer to it (`try_to_unuse`, walking the anonymous
+    /// VMAs through the reverse map), empty its swap cache, and remove it. `EINVAL` when no
+    /// such area is on, `ENOMEM` when memory runs out on the way (the area stays on).
+    pub fn swapoff(&self, cpu: &crate::CpuGuard<'_>, path: &str) -> Result<(), Errno> {
+        let ty = {
+            let mut st = self.swap.lock();
+            let ty = st
+                .areas
+                .iter()
+                .position(|a| a.as_ref().is_some_and(|a| a.path == path))
+                .ok_or(Errno::EINVAL)?;
+            st.areas[ty].as_mut().expect("found").closing = true;
+            ty
+        };
+        let res = self.try_to_unuse(cpu, ty);
+        let mut st = self.swap.lock();
+        let a = st.areas[ty].as_mut().expect("still on");
+        if res.is_err() || a.inuse_pages != 0 {
+            a.closing = false;
+            return Err(res.err().unwrap_or(Errno::EBUSY));
+        }
+        let pages = a.pages;
+        st.areas[ty] = None;
+        drop(st);
+        self.printk(&alloc::format!("Removed {}k swap on {path}", pages * 4));
+        Ok(())
+    }
+
+    /// `try_to_unuse`: swap in every entry of area `ty` found in an anonymous VMA.
+    fn try_to_unuse(&self, cpu: &crate::CpuGuard<'_>, ty: usize) -> Result<(), Errno> {
+        use crate::arch::x86_64::pgtable::Pte;
+        use crate::mm::mm_types::{MM_ANONPAGES, MM_SWAPENTS};
+        use core::sync::atomic::Ordering;
+        let records: Vec<(u32, crate::mm::rmap::RmapRecord)> = self
+            .anon_vmas
+            .lock()
+            .map
+            .iter()
+            .flat_map(|(&id, l)| l.iter().map(move |r| (id, r.clone())))
+            .collect();
+        for (id, r) in records {
+            let mut found: Vec<(u64, SwpEntry)> = Vec::new();
+            self.for_each_pte(&r.pt, r.start, r.end, |va, slot| {
+                if let Some(e) = SwpEntry::from_pte(Pte(slot.load(Ordering::Acquire))) {
+                    if e.ty == ty {
+                        found.push((va, e));
+                    }
+                }
+            });
+            for (va, e) in found {
+                let (page, _) = self.swapin_readahead(cpu, e)?;
+                let pfn = self.page_to_pfn(page).0;
+                let new = Pte::new(pfn, r.prot);
+                let swapped = self
+                    .pte_update(&r.pt, va, |cur| if cur == e.to_pte() { new } else { cur })
+                    .is_some_and(|old| old == e.to_pte());
+                if !swapped {
+                    self.__free_pages(cpu, page, 0);
+                    continue;
+                }
+                if page.mapcount() == 0 {
+                    page.set_mapping(crate::mm::rmap::PAGE_MAPPING_ANON | id);
+                    page.set_index(r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT));
+                    page.set_mapcount(1);
+                    self.mod_node_page_state(page, crate::mm::filemap::NR_ANON_MAPPED, 1);
+                } else {
+                    self.page_add_rmap(page);
+                }
+                r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
+                r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
+                self.swap_free(e);
+                // The swapin reference is the new mapping's.
+            }
+        }
+        // What is left in the swap cache has no PTE referring to it any more.
+        loop {
+            let next = {
+                let st = self.swap.lock();
+                st.areas[ty].as_ref().and_then(|a| a.cache.iter().next())
+            };
+            let Some((_, pfn)) = next else { break };
+            let page = self.mem_map.page(pfn);
+            self.delete_from_swap_cache(cpu, page);
+        }
+        Ok(())
+    }
+
     /// (SwapTotal, SwapFree, SwapCached) in pages.
     pub fn swap_totals(&self) -> (u64, u64, u64) {
         let st = self.swap.lock();

@@ -1,0 +1,392 @@
+//! Memory pressure: swap to a real swap file (made by mkswap) with every byte checked after
+//! swap-out and swap-in, across fork; kswapd keeping free memory between the watermarks;
+//! clean file pages dropped and re-read; dirty shared pages written back before they are
+//! freed; the OOM killer choosing the biggest task; swapoff bringing everything back; and no
+//! page lost at the end.
+
+mod common;
+use common::{boot_mem, free_and_pcp};
+use mmkit::arch::x86_64::fault::SIGKILL;
+use mmkit::fs::inode::{FMode, RamFile};
+use mmkit::kernel::task::TaskTable;
+use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_SWAPENTS};
+use mmkit::mm::mmap::*;
+use mmkit::mm::mmzone::Wmark;
+use mmkit::{CpuGuard, Kernel};
+use mmkit_sim::exec::{with_exec_params, ExecSpec};
+use mmkit_sim::hostfs::make_swap_file;
+use mmkit_sim::Machine;
+use std::sync::Arc;
+
+const RW: u32 = PROT_READ | PROT_WRITE;
+const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
+
+fn page_bytes(i: u64, seed: u64) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+    for c in b.chunks_mut(8) {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+/// Write a distinct 64-byte pattern at the start and end of each page.
+fn fill(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, base: u64, pages: u64, seed: u64) {
+    for i in 0..pages {
+        let b = page_bytes(i, seed);
+        k.user_write(cpu, mm, base + (i << 12), &b).unwrap();
+        k.user_write(cpu, mm, base + (i << 12) + 4032, &b).unwrap();
+    }
+}
+
+/// Check what `fill` wrote (with `seed_of(i)` per page).
+fn verify(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    mm: &mut MmStruct,
+    base: u64,
+    pages: u64,
+    seed_of: impl Fn(u64) -> u64,
+) {
+    let mut got = [0u8; 64];
+    for i in 0..pages {
+        let want = page_bytes(i, seed_of(i));
+        k.user_read(cpu, mm, base + (i << 12), &mut got).unwrap();
+        assert_eq!(got, want, "page {i} start");
+        k.user_read(cpu, mm, base + (i << 12) + 4032, &mut got)
+            .unwrap();
+        assert_eq!(got, want, "page {i} end");
+    }
+}
+
+fn spawn_true(m: &Machine, tasks: &mut TaskTable) -> u32 {
+    let spec = ExecSpec {
+        path: "/bin/true",
+        argv: vec!["/bin/true".into()],
+        envp: vec![],
+        no_aslr: true,
+    };
+    m.on_cpu(0, |cpu| {
+        with_exec_params(m, &spec, |file, params, interp| {
+            tasks.spawn(&m.kernel, cpu, file, params, interp)
+        })
+        .unwrap()
+        .unwrap()
+    })
+}
+
+fn swapon(m: &Machine, dir: &std::path::Path, mib: u64) -> String {
+    let path = dir.join("swapfile");
+    let f = make_swap_file(&path, mib << 20).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    m.kernel.swapon(Arc::new(f), &p, -2).unwrap();
+    p
+}
+
+fn event(k: &Kernel, name: &str) -> u64 {
+    let v = mmkit::fs::proc::vmstat::vmstat(k);
+    v.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map(|x| x.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn teardown_check(m: &Machine, before: u64) {
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+        k.drain_all_pages(cpu);
+    });
+    k.check_lru_invariants().unwrap();
+    k.check_swap_invariants().unwrap();
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+    assert_eq!(k.page_table_pages(), 0);
+}
+
+/// A process writes more than RAM; everything it wrote reads back after swap-out and
+/// swap-in, in it and in a child forked while much of it was on swap; the child's writes stay
+/// its own.
+#[test]
+fn working_set_larger_than_ram_survives_swap_across_fork() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let path = swapon(&m, dir.path(), 256);
+    assert!(k.proc_swaps().contains("swapfile"));
+    let ram_pages = k.totalram_pages();
+    let pages = ram_pages + ram_pages / 2;
+    let mut tasks = TaskTable::default();
+    let pid = spawn_true(&m, &mut tasks);
+    let child = m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+        let base = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, mm, base, pages, 1);
+        assert!(mm.counter(MM_SWAPENTS) > 0, "some of it went to swap");
+        k.check_mm_invariants(mm).unwrap();
+        verify(k, cpu, mm, base, pages, |_| 1);
+        let c = tasks.fork(k, cpu, pid).unwrap();
+        let cm = tasks.get_mut(c).unwrap().mm.as_mut().unwrap();
+        for i in (0..pages).step_by(16) {
+            let b = page_bytes(i, 2);
+            k.user_write(cpu, cm, base + (i << 12), &b).unwrap();
+            k.user_write(cpu, cm, base + (i << 12) + 4032, &b).unwrap();
+        }
+        verify(k, cpu, cm, base, pages, |i| if i % 16 == 0 { 2 } else { 1 });
+        let pm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+        verify(k, cpu, pm, base, pages, |_| 1);
+        k.check_mm_invariants(pm).unwrap();
+        k.check_swap_invariants().unwrap();
+        k.check_lru_invariants().unwrap();
+        (c, base)
+    });
+    assert!(event(k, "pswpout") > 0 && event(k, "pswpin") > 0);
+    assert!(event(k, "allocstall_normal") > 0, "direct reclaim ran");
+    m.on_cpu(0, |cpu| {
+        tasks.exit(k, cpu, child.0, 0).unwrap();
+        assert_eq!(tasks.wait(pid, Some(child.0)), Ok((child.0, 0)));
+        let pm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+        verify(k, cpu, pm, child.1, pages, |_| 1);
+        tasks.exit(k, cpu, pid, 0).unwrap();
+        k.check_swap_invariants().unwrap();
+        k.swapoff(cpu, &path).unwrap();
+        assert_eq!(
+            k.swap_totals(),
+            (0, 0, 0),
+            "the area is gone with every slot"
+        );
+    });
+    teardown_check(&m, before);
+}
+
+/// kswapd, woken from the allocator's slow path and run each time it is, keeps free memory
+/// from falling to the min watermark (no direct reclaim) and leaves each zone above high.
+#[test]
+fn kswapd_keeps_free_memory_between_min_and_high() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    // A file half again as big as RAM (in host memory, default 128 KiB readahead), read page
+    // by page through a mapping: a steady stream of new page-cache pages reclaim can drop.
+    let pages = k.totalram_pages() * 3 / 2;
+    let inode = k.new_inode(
+        Box::new(RamFile::new(vec![7u8; (pages << 12) as usize])),
+        (0, 2),
+        11,
+        "/big",
+    );
+    let mut mm = m.on_cpu(0, |cpu| k.mm_alloc(cpu).unwrap());
+    let (mut runs, mut min_free) = (0, u64::MAX);
+    m.on_cpu(0, |cpu| {
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let a = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                0,
+                pages << 12,
+                PROT_READ,
+                MAP_PRIVATE,
+                0,
+            )
+            .unwrap();
+        let zone = k.nodes[0]
+            .zones
+            .iter()
+            .filter(|z| z.managed() > 0)
+            .max_by_key(|z| z.managed())
+            .unwrap();
+        let mut b = [0u8; 1];
+        for i in 0..pages {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut b).unwrap();
+            assert_eq!(b[0], 7);
+            // Fault-around mapped the window: unmap the pages read so they can go.
+            if i % 16 == 15 {
+                k.madvise_dontneed(cpu, &mut mm, a + ((i - 15) << 12), 16 << 12)
+                    .unwrap();
+            }
+            min_free = min_free.min(zone.free_pages().max(0) as u64);
+            if k.kswapd_woken(0) {
+                k.balance_pgdat(cpu, 0);
+                runs += 1;
+                assert!(
+                    k.pgdat_balanced(0, Wmark::High),
+                    "kswapd stopped short of high"
+                );
+            }
+        }
+        assert!(
+            min_free >= zone.wmark(Wmark::Min),
+            "free fell to min: {min_free}"
+        );
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+    assert!(runs > 0 && k.kswapd_wakeups(0) >= runs);
+    assert!(event(k, "pgsteal_kswapd") > 0);
+    assert_eq!(
+        event(k, "allocstall_normal"),
+        0,
+        "kswapd kept up: no direct reclaim"
+    );
+    k.check_lru_invariants().unwrap();
+}
+
+/// A clean file page is dropped by reclaim and read again, with the same bytes, on the next
+/// access (a major fault); a dirty page of a shared mapping reaches the file before its page
+/// is freed.
+#[test]
+fn clean_pages_dropped_dirty_pages_written_back() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let data: Vec<u8> = (0..64 * 4096).map(|i| (i % 253) as u8).collect();
+    let inode = k.new_inode(Box::new(RamFile::new(data.clone())), (0, 2), 9, "/data");
+    m.on_cpu(0, |cpu| {
+        let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, 64 << 12, RW, MAP_SHARED, 0)
+            .unwrap();
+        let mut page = vec![0u8; 4096];
+        k.user_read(cpu, &mut mm, a, &mut page).unwrap();
+        k.user_write(cpu, &mut mm, a + (10 << 12), b"dirty bytes")
+            .unwrap();
+        k.lru_add_drain(cpu);
+        // Reclaim until the cache is empty: the first passes harvest Accessed bits.
+        for _ in 0..20 {
+            if inode.nrpages() == 0 {
+                break;
+            }
+            k.try_to_free_pages(cpu, mmkit::gfp::GFP_KERNEL);
+        }
+        assert_eq!(inode.nrpages(), 0, "every page reclaimed");
+        let mut on_file = [0u8; 11];
+        inode.data().read_at(10 << 12, &mut on_file).unwrap();
+        assert_eq!(&on_file, b"dirty bytes", "written back before it was freed");
+        let majors = mm.faults.maj_flt;
+        k.user_read(cpu, &mut mm, a, &mut page).unwrap();
+        assert_eq!(page, data[..4096], "re-read with the same bytes");
+        assert_eq!(mm.faults.maj_flt, majors + 1);
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+    assert!(event(k, "pgsteal_direct") > 0);
+}
+
+/// Without swap, an anonymous hog runs the machine out of memory; the OOM killer picks the
+/// biggest task (the hog, not the smaller ones), prints Linux's report, and the others keep
+/// running and allocating.
+#[test]
+fn oom_killer_kills_the_biggest_task() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let mut tasks = TaskTable::default();
+    let small = spawn_true(&m, &mut tasks);
+    let protected = spawn_true(&m, &mut tasks);
+    let hog = spawn_true(&m, &mut tasks);
+    tasks.set_oom_score_adj(protected, -1000).unwrap();
+    assert_eq!(
+        tasks.set_oom_score_adj(small, 1001),
+        Err(mmkit::Errno::EINVAL)
+    );
+    let killed = m.on_cpu(0, |cpu| {
+        for (pid, mib) in [(small, 4u64), (protected, 8)] {
+            let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+            let a = k.mmap(cpu, mm, 0, mib << 20, RW, ANON, 0).unwrap();
+            fill(k, cpu, mm, a, mib << 8, pid as u64);
+        }
+        let mm = tasks.get_mut(hog).unwrap().mm.as_mut().unwrap();
+        let a = k
+            .mmap(cpu, mm, 0, 1 << 30, RW, ANON | MAP_NORESERVE, 0)
+            .unwrap();
+        let mut i = 0u64;
+        loop {
+            let mm = tasks.get_mut(hog).unwrap().mm.as_mut().unwrap();
+            match k.user_write(cpu, mm, a + (i << 12), &[1]) {
+                Ok(()) => i += 1,
+                Err(s) => {
+                    assert_eq!(s.signo, SIGKILL, "out of memory");
+                    let score_hog = k.oom_score(tasks.get(hog).unwrap());
+                    let score_small = k.oom_score(tasks.get(small).unwrap());
+                    assert!(score_hog > score_small);
+                    assert_eq!(k.oom_score(tasks.get(protected).unwrap()), 0);
+                    break tasks
+                        .out_of_memory(k, cpu, hog, mmkit::gfp::GFP_HIGHUSER_MOVABLE, 0)
+                        .unwrap();
+                }
+            }
+        }
+    });
+    assert_eq!(killed, hog);
+    let log = k.dmesg().join("\n");
+    assert!(
+        log.contains("true invoked oom-killer: gfp_mask=0x100cca(GFP_HIGHUSER_MOVABLE), order=0"),
+        "{log}"
+    );
+    assert!(log.contains(&format!(
+        "Out of memory: Killed process {hog} (true) total-vm:"
+    )));
+    assert!(log.contains("[  pid  ]   uid  tgid total_vm      rss rss_anon"));
+    assert_eq!(event(k, "oom_kill"), 1);
+    // The machine keeps running: the survivors still have their bytes and can allocate.
+    m.on_cpu(0, |cpu| {
+        for (pid, mib) in [(small, 4u64), (protected, 8)] {
+            let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+            let base = mm.vmas().find(|v| v.pages() == mib << 8).unwrap().vm_start;
+            verify(k, cpu, mm, base, mib << 8, |_| pid as u64);
+            let b = k.mmap(cpu, mm, 0, 4 << 20, RW, ANON, 0).unwrap();
+            fill(k, cpu, mm, b, 1024, 5);
+        }
+        assert!(tasks.get(hog).is_none(), "the parentless hog was released");
+        tasks.exit(k, cpu, small, 0).unwrap();
+        tasks.exit(k, cpu, protected, 0).unwrap();
+    });
+    teardown_check(&m, before);
+}
+
+/// swapoff brings every swapped page back into the page tables that referred to it: the
+/// process then has no swap entries, its bytes are intact, and the area is gone.
+#[test]
+fn swapoff_returns_every_page() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let path = swapon(&m, dir.path(), 128);
+    let mut tasks = TaskTable::default();
+    let keep = spawn_true(&m, &mut tasks);
+    let pressure = spawn_true(&m, &mut tasks);
+    let ram = k.totalram_pages();
+    m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(keep).unwrap().mm.as_mut().unwrap();
+        let a = k.mmap(cpu, mm, 0, (ram / 3) << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, mm, a, ram / 3, 3);
+        let pm = tasks.get_mut(pressure).unwrap().mm.as_mut().unwrap();
+        let b = k.mmap(cpu, pm, 0, ram << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, pm, b, ram, 4);
+        let mm = tasks.get_mut(keep).unwrap().mm.as_mut().unwrap();
+        assert!(mm.counter(MM_SWAPENTS) > 0, "part of it was swapped out");
+        tasks.exit(k, cpu, pressure, 0).unwrap();
+        k.swapoff(cpu, &path).unwrap();
+        let mm = tasks.get_mut(keep).unwrap().mm.as_mut().unwrap();
+        assert_eq!(mm.counter(MM_SWAPENTS), 0);
+        assert!(mm.counter(MM_ANONPAGES) >= ram / 3);
+        assert_eq!(k.swap_totals(), (0, 0, 0));
+        assert!(!k.proc_swaps().contains("swapfile"));
+        k.check_mm_invariants(mm).unwrap();
+        verify(k, cpu, mm, a, ram / 3, |_| 3);
+        tasks.exit(k, cpu, keep, 0).unwrap();
+    });
+    teardown_check(&m, before);
+}
