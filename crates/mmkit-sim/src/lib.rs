@@ -7,6 +7,7 @@ pub mod exec;
 pub mod fault_counts;
 pub mod hostfs;
 pub mod machine;
+pub mod pressure;
 pub mod procfs;
 pub mod workload;
 

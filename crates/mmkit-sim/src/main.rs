@@ -44,6 +44,13 @@ enum Cmd {
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The scenario: `alloc` (page and kmalloc workloads) or `pressure` (a process
+        /// writing 1.5x RAM through swap while kswapd runs; draws an SVG chart).
+        #[arg(long, default_value = "alloc")]
+        scenario: String,
+        /// Where the pressure scenario writes its chart.
+        #[arg(long, default_value = "pressure.svg")]
+        svg: PathBuf,
     },
     /// Exec a host executable in a fresh address space and print its memory map as the
     /// kernel left it (before the program runs), as `/proc/PID/maps` shows it.
@@ -151,6 +158,8 @@ fn main() -> Result<()> {
         ops: 200_000,
         max_live: 4096,
         seed: 1,
+        scenario: String::from("alloc"),
+        svg: PathBuf::from("pressure.svg"),
     });
     match cmd {
         Cmd::Boot { machine, proc_dir } => {
@@ -177,10 +186,44 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Run {
+            scenario,
+            svg,
+            machine,
+            ..
+        } if scenario == "pressure" => {
+            let mem = match &machine.mem {
+                Some(m) => memparse(m).with_context(|| format!("--mem {m}: not a size"))?,
+                None => 256 << 20,
+            };
+            let dir = std::env::temp_dir();
+            println!(
+                "pressure: {} MiB of RAM, a {} MiB swap file in {}",
+                mem >> 20,
+                mem >> 19,
+                dir.display()
+            );
+            let r = mmkit_sim::pressure::run(mem, &dir)?;
+            println!(
+                "a process wrote and read back {} pages ({} MiB, 1.5x RAM): every page correct",
+                r.pages,
+                r.pages >> 8
+            );
+            println!("kswapd ran {} times", r.kswapd_runs.len());
+            for (n, v) in &r.stats {
+                println!("{n:<32} {v}");
+            }
+            mmkit_sim::pressure::draw_svg(&r, &svg)?;
+            println!("chart: {}", svg.display());
+        }
+        Cmd::Run { scenario, .. } if scenario != "alloc" => {
+            bail!("unknown scenario `{scenario}` (scenarios: alloc, pressure)");
+        }
+        Cmd::Run {
             machine,
             ops,
             max_live,
             seed,
+            ..
         } => {
             let m = Machine::boot(&machine.spec()?)?;
             for l in m.kernel.dmesg() {

@@ -268,12 +268,18 @@ impl Kernel {
     }
 
     /// `try_to_unmap`: remove every PTE mapping `page`. A dirty PTE dirties the page; an
-    /// anonymous page's PTEs become `swap_pte` (a swap entry) — without one, or when a mapping
-    /// is `VM_LOCKED`, nothing is unmapped and false is returned. True when the page is no
-    /// longer mapped.
-    pub fn try_to_unmap(&self, cpu: &CpuGuard<'_>, page: &Page, swap_pte: Option<Pte>) -> bool {
+    /// anonymous page's PTEs become entries for its swap slot `swap`, each taking a reference
+    /// on the slot before it is published (so a racing swap-in can drop it) — without a slot,
+    /// or when a mapping is `VM_LOCKED`, nothing is unmapped and false is returned. True when
+    /// the page is no longer mapped.
+    pub fn try_to_unmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        page: &Page,
+        swap: Option<crate::mm::swapfile::SwpEntry>,
+    ) -> bool {
         let anon = page_anon(page);
-        if anon && swap_pte.is_none() {
+        if anon && swap.is_none() {
             return false;
         }
         let mut locked = false;
@@ -285,15 +291,22 @@ impl Kernel {
             return false;
         }
         let pfn = self.page_to_pfn(page).0;
+        let swap_pte = swap.map(|e| e.to_pte()).unwrap_or_default();
         self.rmap_walk(page, |r, a| {
+            if let Some(e) = swap {
+                self.swap_duplicate(e, 1);
+            }
             let old = self.pte_update(&r.pt, a, |p| {
                 if p.is_present() && p.pfn() == pfn {
-                    swap_pte.unwrap_or_default()
+                    swap_pte
                 } else {
                     p
                 }
             });
             let Some(old) = old.filter(|p| p.is_present() && p.pfn() == pfn) else {
+                if let Some(e) = swap {
+                    self.swap_free(e);
+                }
                 return true;
             };
             self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);

@@ -294,13 +294,13 @@ impl Kernel {
             return false;
         }
         if page.mapcount() > 0 {
-            let swap_pte = self.page_swap_entry(page).map(|e| e.to_pte());
-            let n = page.mapcount() as u8;
-            if !self.try_to_unmap(cpu, page, if anon { swap_pte } else { None }) {
+            let swap = if anon {
+                self.page_swap_entry(page)
+            } else {
+                None
+            };
+            if !self.try_to_unmap(cpu, page, swap) {
                 return false;
-            }
-            if let (true, Some(e)) = (anon, self.page_swap_entry(page)) {
-                self.swap_duplicate(e, n);
             }
         }
         if page.test(PageFlags::DIRTY) {
