@@ -697,7 +697,7 @@ pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Every row whose name (or group) matches `filter`: groups `page`, `slab`, `vm` and `fault`, or a row name
+/// Every row whose name (or group) matches `filter`: groups `page`, `slab`, `vm`, `fault` and `reclaim`, or a row name
 /// prefix such as `order0` or `kmalloc64`.
 pub fn run(filter: &str) -> Result<Vec<Row>> {
     // Let the host CPU reach its steady clock before the first row is timed.
@@ -726,6 +726,12 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
         } else {
             filter
         })?);
+    }
+    let reclaim = ["swap-out-in", "reclaim-scan"];
+    if filter.is_empty() || filter == "reclaim" || reclaim.iter().any(|p| filter.starts_with(p)) {
+        rows.extend(crate::bench_reclaim::reclaim_rows(
+            if filter == "reclaim" { "" } else { filter },
+        )?);
     }
     Ok(rows)
 }

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_fault;
+pub mod bench_reclaim;
 pub mod exec;
 pub mod fault_counts;
 pub mod hostfs;

@@ -326,7 +326,7 @@ fn main() -> Result<()> {
             let rows = bench::run(filter.as_deref().unwrap_or(""))?;
             if rows.is_empty() {
                 bail!(
-                    "no benchmark matches `{}` (groups: page, slab, vm, fault)",
+                    "no benchmark matches `{}` (groups: page, slab, vm, fault, reclaim)",
                     filter.unwrap_or_default()
                 );
             }
