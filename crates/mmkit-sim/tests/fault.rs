@@ -779,7 +779,10 @@ fn writeback_then_write_again_reaches_the_file() {
             "cleaned and write-protected"
         );
         k.user_write(cpu, &mut mm, a, b"two").unwrap();
-        k.write_inode_now(&inode).unwrap();
+        assert_eq!(k.msync(&mm, a + 1, 4096, 4), Err(mmkit::Errno::EINVAL));
+        assert_eq!(k.msync(&mm, a, 4096, 5), Err(mmkit::Errno::EINVAL));
+        assert_eq!(k.msync(&mm, a, 8192, 4), Err(mmkit::Errno::ENOMEM));
+        k.msync(&mm, a, 4096, 4).unwrap(); // MS_SYNC
         let mut b = [0u8; 3];
         inode.data().read_at(0, &mut b).unwrap();
         assert_eq!(&b, b"two");

@@ -1,5 +1,6 @@
 //! `mlock`/`munlock` (`mm/mlock.c`: `do_mlock`, `apply_vma_lock_flags`, `mlock_fixup`) and
-//! `madvise(MADV_WILLNEED)` (`mm/madvise.c`: `madvise_willneed` → `vfs_fadvise` readahead).
+//! `madvise(MADV_WILLNEED)` (`mm/madvise.c`: `madvise_willneed` → `vfs_fadvise` readahead)
+//! and `msync` (`mm/msync.c`).
 //!
 //! Locked VMAs carry `VM_LOCKED` (split off and merged back like any flag change) and are
 //! faulted in at once (`__mm_populate`); the reverse map refuses to unmap their pages.
@@ -75,6 +76,55 @@ impl Kernel {
     pub fn munlock(&self, mm: &mut MmStruct, start: u64, len: u64) -> Result<(), Errno> {
         let (start, end) = Self::lock_range(start, len)?;
         self.apply_vma_lock_flags(mm, start, end, false)
+    }
+
+    /// `msync(start, len, flags)` (`mm/msync.c`): with `MS_SYNC` or `MS_ASYNC`, write back
+    /// the dirty pages of every shared file mapping in the range (writeback here completes
+    /// before returning, so both behave as `MS_SYNC`); `MS_INVALIDATE` is accepted. `EINVAL`
+    /// for an unaligned start, unknown flags, or `MS_SYNC` with `MS_ASYNC`; `ENOMEM` when
+    /// part of the range is unmapped (after syncing what is); `EBUSY` for `MS_INVALIDATE` on
+    /// locked memory; `EIO` when the store fails.
+    pub fn msync(&self, mm: &MmStruct, start: u64, len: u64, flags: u32) -> Result<(), Errno> {
+        const MS_ASYNC: u32 = 1;
+        const MS_INVALIDATE: u32 = 2;
+        const MS_SYNC: u32 = 4;
+        if flags & !(MS_ASYNC | MS_INVALIDATE | MS_SYNC) != 0
+            || start & (PAGE_SIZE - 1) != 0
+            || flags & (MS_ASYNC | MS_SYNC) == MS_ASYNC | MS_SYNC
+        {
+            return Err(Errno::EINVAL);
+        }
+        let end = start
+            .checked_add(align_up(len, PAGE_SIZE))
+            .filter(|&e| e <= TASK_SIZE)
+            .ok_or(Errno::ENOMEM)?;
+        let mut cur = start;
+        let mut unmapped = false;
+        while cur < end {
+            let Some(v) = mm.find_vma(cur) else {
+                unmapped = true;
+                break;
+            };
+            if v.vm_start >= end {
+                unmapped = true;
+                break;
+            }
+            if v.vm_start > cur {
+                unmapped = true;
+            }
+            if flags & MS_INVALIDATE != 0 && v.vm_flags.contains(VmFlags::VM_LOCKED) {
+                return Err(Errno::EBUSY);
+            }
+            if let (Some(f), true) = (&v.vm_file, v.vm_flags.contains(VmFlags::VM_SHARED)) {
+                self.write_inode_now(&f.inode).map_err(|_| Errno::EIO)?;
+            }
+            cur = v.vm_end;
+        }
+        if unmapped {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
+        }
     }
 
     /// `madvise(MADV_WILLNEED)`: read the file pages behind `[start, start + len)` into the
