@@ -390,3 +390,67 @@ fn swapoff_returns_every_page() {
     });
     teardown_check(&m, before);
 }
+
+/// With free memory cut into single pages between a process's pages, an order-4 allocation
+/// succeeds by compaction: pages move (their bytes, PTEs, reverse-map links and LRU places
+/// with them) and the process reads back exactly what it wrote.
+#[test]
+fn compaction_assembles_a_high_order_block() {
+    let m = boot_mem(96, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        // Fill memory until the allocator gives up (no swap: the fault fails), then free
+        // every other page, and take away what high-order blocks remain without reclaim.
+        let a = k
+            .mmap(cpu, &mut mm, 0, 1 << 30, RW, ANON | MAP_NORESERVE, 0)
+            .unwrap();
+        let mut pages = 0;
+        while k
+            .user_write(cpu, &mut mm, a + (pages << 12), &page_bytes(pages, 9))
+            .is_ok()
+        {
+            k.user_write(
+                cpu,
+                &mut mm,
+                a + (pages << 12) + 4032,
+                &page_bytes(pages, 9),
+            )
+            .unwrap();
+            pages += 1;
+        }
+        for i in (0..pages).step_by(2) {
+            k.madvise_dontneed(cpu, &mut mm, a + (i << 12), 4096)
+                .unwrap();
+        }
+        k.lru_add_drain_all(cpu);
+        k.drain_all_pages(cpu);
+        let nowait = mmkit::gfp::Gfp::GFP_NOWAIT | mmkit::Gfp::__GFP_NOWARN;
+        let mut held = Vec::new();
+        while let Some(p) = k.alloc_pages(cpu, nowait, 4) {
+            held.push(p);
+        }
+        let before = event(k, "compact_stall");
+        let block = k
+            .alloc_pages(cpu, mmkit::gfp::GFP_KERNEL | mmkit::Gfp::__GFP_NOWARN, 4)
+            .expect("compaction made an order-4 block");
+        assert!(event(k, "compact_stall") > before);
+        assert!(event(k, "pgmigrate_success") > 0);
+        k.check_mm_invariants(&mm).unwrap();
+        k.check_lru_invariants().unwrap();
+        let mut got = [0u8; 64];
+        for i in (1..pages).step_by(2) {
+            let want = page_bytes(i, 9);
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut got).unwrap();
+            assert_eq!(got, want, "page {i} after migration");
+            k.user_read(cpu, &mut mm, a + (i << 12) + 4032, &mut got)
+                .unwrap();
+            assert_eq!(got, want, "page {i} end after migration");
+        }
+        k.__free_pages(cpu, block, 4);
+        for p in held {
+            k.__free_pages(cpu, p, 4);
+        }
+        k.exit_mmap(cpu, mm);
+    });
+}

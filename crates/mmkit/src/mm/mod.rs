@@ -1,4 +1,5 @@
 //! Memory management (`mm/`).
+pub mod compaction;
 pub mod filemap;
 pub mod highmem;
 pub mod init;

@@ -498,6 +498,18 @@ impl Kernel {
         // __alloc_pages_direct_reclaim, retried while it makes progress
         // (should_reclaim_retry, MAX_RECLAIM_RETRIES); never from inside reclaim
         // (PF_MEMALLOC).
+        let may_compact = order > 0 && gfp.contains(Gfp::__GFP_DIRECT_RECLAIM);
+        // __alloc_pages_direct_compact before reclaim for higher orders.
+        if may_compact && !cpu.state().in_reclaim.get() {
+            cpu.state().in_reclaim.set(true);
+            let ok = self.try_to_compact_pages(cpu, ac.nid, ac.highest, order);
+            cpu.state().in_reclaim.set(false);
+            if ok {
+                if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
+                    return Some(p);
+                }
+            }
+        }
         if gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !cpu.state().in_reclaim.get() {
             let mut no_progress = 0;
             loop {
@@ -510,6 +522,17 @@ impl Kernel {
                 no_progress = if freed == 0 { no_progress + 1 } else { 0 };
                 if no_progress >= MAX_RECLAIM_RETRIES || order > PAGE_ALLOC_COSTLY_ORDER {
                     break;
+                }
+            }
+            // Reclaim freed pages; compaction may now assemble the block.
+            if may_compact {
+                cpu.state().in_reclaim.set(true);
+                let ok = self.try_to_compact_pages(cpu, ac.nid, ac.highest, order);
+                cpu.state().in_reclaim.set(false);
+                if ok {
+                    if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
+                        return Some(p);
+                    }
                 }
             }
         }
