@@ -320,6 +320,12 @@ fn oom_killer_kills_the_biggest_task() {
                     let score_small = k.oom_score(tasks.get(small).unwrap());
                     assert!(score_hog > score_small);
                     assert_eq!(k.oom_score(tasks.get(protected).unwrap()), 0);
+                    use mmkit::fs::proc::array::{proc_pid_oom_score, proc_pid_oom_score_adj};
+                    assert_eq!(proc_pid_oom_score(k, tasks.get(protected).unwrap()), "0\n");
+                    assert_eq!(
+                        proc_pid_oom_score_adj(tasks.get(protected).unwrap()),
+                        "-1000\n"
+                    );
                     break tasks
                         .out_of_memory(k, cpu, hog, mmkit::gfp::GFP_HIGHUSER_MOVABLE, 0)
                         .unwrap();

@@ -1,6 +1,6 @@
 //! `/proc/PID/status` (`fs/proc/array.c`: `proc_pid_status`, with `task_mem` from
 //! `fs/proc/task_mmu.c`) — the identity lines and the memory figures in Linux 6.18's format —
-//! and a `/proc/PID/stat`-style fault summary.
+//! and `/proc/PID/oom_score` / `oom_score_adj` (`fs/proc/base.c`).
 
 use crate::kernel::task::{rss_parts, Task, TaskState};
 use crate::Kernel;
@@ -59,4 +59,14 @@ pub fn proc_pid_status(k: &Kernel, t: &Task) -> String {
     }
     s.push_str("CoreDumping:\t0\nTHP_enabled:\t1\nuntag_mask:\t0xffffffffffffffff\nThreads:\t1\n");
     s
+}
+
+/// `/proc/PID/oom_score` (`proc_oom_score`).
+pub fn proc_pid_oom_score(k: &Kernel, t: &Task) -> String {
+    alloc::format!("{}\n", k.oom_score(t))
+}
+
+/// `/proc/PID/oom_score_adj`.
+pub fn proc_pid_oom_score_adj(t: &Task) -> String {
+    alloc::format!("{}\n", t.oom_score_adj)
 }
