@@ -9,7 +9,7 @@
 //!   (what refetching a dropped clean page costs at best).
 
 use crate::bench::{row, Row};
-use crate::exec::{with_exec_params, ExecSpec};
+use crate::exec::{spawn_host, true_spec};
 use crate::hostfs::make_swap_file;
 use crate::machine::{Machine, MachineSpec};
 use anyhow::{Context, Result};
@@ -51,16 +51,8 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
             k.swapon(std::sync::Arc::new(f), &path.to_string_lossy(), -2)?;
             let pages = k.totalram_pages() * 3 / 2;
             let mut tasks = TaskTable::default();
-            let spec = ExecSpec {
-                path: "/bin/true",
-                argv: vec!["/bin/true".into()],
-                envp: vec![],
-                no_aslr: true,
-            };
             let (ns, swapped) = m.on_cpu(0, |cpu| -> Result<(f64, u64)> {
-                let pid = with_exec_params(&m, &spec, |file, params, interp| {
-                    tasks.spawn(k, cpu, file, params, interp)
-                })??;
+                let pid = spawn_host(&m, &mut tasks, cpu, &true_spec())?;
                 let mm = tasks
                     .get_mut(pid)
                     .context("task")?

@@ -59,3 +59,27 @@ pub fn with_exec_params<R>(
     };
     Ok(f(&file, &params, &mut open_interp))
 }
+
+/// Start a process running `spec` in `tasks` (exec of the host file in a new task).
+pub fn spawn_host(
+    m: &Machine,
+    tasks: &mut mmkit::kernel::task::TaskTable,
+    cpu: &mmkit::CpuGuard<'_>,
+    spec: &ExecSpec<'_>,
+) -> Result<mmkit::kernel::task::Pid> {
+    with_exec_params(m, spec, |file, params, interp| {
+        tasks.spawn(&m.kernel, cpu, file, params, interp)
+    })?
+    .with_context(|| format!("spawn {}", spec.path))
+}
+
+/// `/bin/true` with no arguments, no environment and no randomization: the stock process
+/// the scenarios and benchmarks run their patterns in.
+pub fn true_spec() -> ExecSpec<'static> {
+    ExecSpec {
+        path: "/bin/true",
+        argv: vec!["/bin/true".into()],
+        envp: vec![],
+        no_aslr: true,
+    }
+}

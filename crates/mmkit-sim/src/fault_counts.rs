@@ -4,7 +4,7 @@
 //! file out of both page caches at the start — and report minor and major faults
 //! (`getrusage(RUSAGE_THREAD)` on the host, the task's `min_flt`/`maj_flt` here).
 
-use crate::exec::{with_exec_params, ExecSpec};
+use crate::exec::{spawn_host, true_spec};
 use crate::machine::Machine;
 use anyhow::{bail, Context, Result};
 use mmkit::fs::inode::FMode;
@@ -132,16 +132,8 @@ fn host(path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
 fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
     let k = &m.kernel;
     let mut tasks = TaskTable::default();
-    let spec = ExecSpec {
-        path: "/bin/true",
-        argv: vec!["/bin/true".into()],
-        envp: vec![],
-        no_aslr: true,
-    };
     m.on_cpu(0, |cpu| -> Result<[(FaultCounts, u64); 2]> {
-        let pid = with_exec_params(m, &spec, |file, params, interp| {
-            tasks.spawn(k, cpu, file, params, interp)
-        })??;
+        let pid = spawn_host(m, &mut tasks, cpu, &true_spec())?;
         let t = tasks.get_mut(pid).context("spawned task")?;
         let mm = t.mm.as_mut().context("its mm")?;
         let t = std::time::Instant::now();

@@ -11,6 +11,20 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// `pread` until `buf` is full or the file ends; `EIO` on a host error.
+fn pread_full(file: &std::fs::File, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Errno::EIO),
+        }
+    }
+    Ok(done)
+}
+
 /// A host file opened read-only; its size is fixed when it is opened.
 pub struct HostFile {
     file: std::fs::File,
@@ -35,16 +49,7 @@ impl FileData for HostFile {
         self.size
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], off + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Errno::EIO),
-            }
-        }
-        Ok(done)
+        pread_full(&self.file, off, buf)
     }
     fn write_at(&self, _off: u64, _buf: &[u8]) -> Result<usize, Errno> {
         Err(Errno::EROFS)
@@ -82,16 +87,7 @@ impl FileData for HostFileRw {
         self.size
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], off + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Errno::EIO),
-            }
-        }
-        Ok(done)
+        pread_full(&self.file, off, buf)
     }
     fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
         if off + buf.len() as u64 > self.size {

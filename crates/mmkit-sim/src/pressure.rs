@@ -4,7 +4,7 @@
 //! zone's min/low/high watermarks are sampled over time and drawn, with kswapd's wake-ups
 //! marked, as an SVG chart.
 
-use crate::exec::{with_exec_params, ExecSpec};
+use crate::exec::{spawn_host, true_spec};
 use crate::hostfs::make_swap_file;
 use crate::machine::{Machine, MachineSpec};
 use anyhow::{bail, Context, Result};
@@ -77,12 +77,6 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
         });
     };
     let mut tasks = TaskTable::default();
-    let exec = ExecSpec {
-        path: "/bin/true",
-        argv: vec!["/bin/true".into()],
-        envp: vec![],
-        no_aslr: true,
-    };
     let result: Result<()> = std::thread::scope(|s| {
         s.spawn(|| {
             m.on_cpu(1, |cpu| {
@@ -99,9 +93,7 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
             })
         });
         let r = m.on_cpu(0, |cpu| -> Result<()> {
-            let pid = with_exec_params(&m, &exec, |file, params, interp| {
-                tasks.spawn(k, cpu, file, params, interp)
-            })??;
+            let pid = spawn_host(&m, &mut tasks, cpu, &true_spec())?;
             let mm = tasks
                 .get_mut(pid)
                 .context("task")?

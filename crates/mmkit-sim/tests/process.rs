@@ -8,7 +8,7 @@ use mmkit::fs::proc::array::proc_pid_status;
 use mmkit::kernel::task::{TaskState, TaskTable};
 use mmkit::mm::mmap::*;
 use mmkit::Errno;
-use mmkit_sim::exec::{with_exec_params, ExecSpec};
+use mmkit_sim::exec::{spawn_host, with_exec_params, ExecSpec};
 use mmkit_sim::Machine;
 use std::ffi::CString;
 
@@ -23,11 +23,7 @@ fn spec(path: &str, env: &[&str]) -> ExecSpec<'static> {
 
 fn spawn(m: &Machine, tasks: &mut TaskTable, path: &str, env: &[&str]) -> u32 {
     m.on_cpu(0, |cpu| {
-        with_exec_params(m, &spec(path, env), |file, params, interp| {
-            tasks.spawn(&m.kernel, cpu, file, params, interp)
-        })
-        .unwrap()
-        .unwrap()
+        spawn_host(m, tasks, cpu, &spec(path, env)).unwrap()
     })
 }
 

@@ -13,7 +13,7 @@ use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_SWAPENTS};
 use mmkit::mm::mmap::*;
 use mmkit::mm::mmzone::Wmark;
 use mmkit::{CpuGuard, Kernel};
-use mmkit_sim::exec::{with_exec_params, ExecSpec};
+use mmkit_sim::exec::{spawn_host, true_spec};
 use mmkit_sim::hostfs::make_swap_file;
 use mmkit_sim::Machine;
 use std::sync::Arc;
@@ -63,19 +63,7 @@ fn verify(
 }
 
 fn spawn_true(m: &Machine, tasks: &mut TaskTable) -> u32 {
-    let spec = ExecSpec {
-        path: "/bin/true",
-        argv: vec!["/bin/true".into()],
-        envp: vec![],
-        no_aslr: true,
-    };
-    m.on_cpu(0, |cpu| {
-        with_exec_params(m, &spec, |file, params, interp| {
-            tasks.spawn(&m.kernel, cpu, file, params, interp)
-        })
-        .unwrap()
-        .unwrap()
-    })
+    m.on_cpu(0, |cpu| spawn_host(m, tasks, cpu, &true_spec()).unwrap())
 }
 
 fn swapon(m: &Machine, dir: &std::path::Path, mib: u64) -> String {

@@ -137,13 +137,7 @@ impl Kernel {
         start: u64,
         len: u64,
     ) -> Result<(), Errno> {
-        if start & (PAGE_SIZE - 1) != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let end = start
-            .checked_add(align_up(len, PAGE_SIZE))
-            .filter(|&e| e <= TASK_SIZE)
-            .ok_or(Errno::EINVAL)?;
+        let end = crate::mm::mmap::madvise_range(start, len)?;
         let mut cur = start;
         while cur < end {
             let Some(v) = mm.vma_lookup(cur).cloned() else {

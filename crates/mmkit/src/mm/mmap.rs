@@ -133,6 +133,18 @@ pub(crate) fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
     f
 }
 
+/// `madvise`'s argument check: a page-aligned start and a range inside user space (`EINVAL`
+/// otherwise); returns the page-aligned end.
+pub(crate) fn madvise_range(start: u64, len: u64) -> Result<u64, Errno> {
+    if start & (PAGE_SIZE - 1) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    start
+        .checked_add(align_up(len, PAGE_SIZE))
+        .filter(|&e| e <= TASK_SIZE)
+        .ok_or(Errno::EINVAL)
+}
+
 /// `accountable_mapping`: private writable memory is charged to the commit limit
 /// (`VM_ACCOUNT`, shown as `ac` in smaps).
 pub(crate) fn accountable(f: VmFlags) -> bool {
@@ -759,13 +771,7 @@ impl Kernel {
         start: u64,
         len: u64,
     ) -> Result<(), Errno> {
-        if start & (PAGE_SIZE - 1) != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let end = start
-            .checked_add(align_up(len, PAGE_SIZE))
-            .filter(|&e| e <= TASK_SIZE)
-            .ok_or(Errno::EINVAL)?;
+        let end = madvise_range(start, len)?;
         let mut hole = false;
         let mut a = start;
         let vmas: Vec<VmArea> = mm
