@@ -542,6 +542,7 @@ impl Kernel {
         }
         self.flush_tlb_range(&mm.pt, start, end);
         let (mut anon, mut file) = (0, 0);
+        let mut put: Vec<&Page> = Vec::with_capacity(ptes.len());
         for &pte in ptes {
             let Some(page) = self.vm_normal_page(pte) else {
                 continue;
@@ -563,8 +564,9 @@ impl Kernel {
             if page.mapcount() == 0 && page.test(crate::mm::swap_state::PG_SWAPCACHE) {
                 self.try_to_free_swap(cpu, page);
             }
-            self.__free_pages(cpu, page, 0);
+            put.push(page);
         }
+        self.release_pages(cpu, &put);
         mm.add_counter(MM_ANONPAGES, -anon);
         mm.add_counter(MM_FILEPAGES, -file);
     }

@@ -96,17 +96,53 @@ impl Kernel {
 
     /// Drain one CPU's add batch onto the LRU lists.
     fn drain_batch(&self, cpu: &CpuGuard<'_>, pfns: Vec<u64>) {
-        for pfn in pfns {
-            let page = self.mem_map.page(pfn);
-            {
-                let mut lru = self.nodes[page.nid()].lru.lock();
+        // One lock round per node for the whole batch (folio_batch_move_lru).
+        let mut i = 0;
+        while i < pfns.len() {
+            let nid = self.mem_map.page(pfns[i]).nid();
+            let mut lru = self.nodes[nid].lru.lock();
+            while i < pfns.len() && self.mem_map.page(pfns[i]).nid() == nid {
+                let page = self.mem_map.page(pfns[i]);
                 // A page whose other references went while it sat in the batch is freed by
                 // the put below, never listed.
                 if page.refcount() > 1 && !page.test(PageFlags::LRU) {
                     self.lru_add_locked(&mut lru, page);
                 }
+                i += 1;
             }
-            self.__free_pages(cpu, page, 0);
+        }
+        for pfn in pfns {
+            self.__free_pages(cpu, self.mem_map.page(pfn), 0);
+        }
+    }
+
+    /// `folios_put_refs` / `release_pages`: drop one reference on each page; the pages that
+    /// were the last come off their LRU lists under one lock round per node and are freed.
+    pub(crate) fn release_pages(&self, cpu: &CpuGuard<'_>, pages: &[&Page]) {
+        let mut last: alloc::vec::Vec<&Page> = alloc::vec::Vec::new();
+        for &p in pages {
+            if p.refcount() <= 0 {
+                // A bad put: let __free_pages report it.
+                self.__free_pages(cpu, p, 0);
+            } else if p.put_testzero() {
+                last.push(p);
+            }
+        }
+        let mut i = 0;
+        while i < last.len() {
+            let nid = last[i].nid();
+            let mut lru = self.nodes[nid].lru.lock();
+            while i < last.len() && last[i].nid() == nid {
+                let p = last[i];
+                if p.test(PageFlags::LRU) {
+                    self.lru_del_locked(&mut lru, p);
+                }
+                p.clear(PageFlags::ACTIVE | PageFlags::UNEVICTABLE | PageFlags::MLOCKED);
+                i += 1;
+            }
+        }
+        for p in last {
+            self.free_unref_page(cpu, p);
         }
     }
 

@@ -659,6 +659,13 @@ impl Kernel {
 
     /// `free_pages_prepare` (checks) then `free_unref_page` or `__free_pages_ok`.
     #[inline]
+    /// Free an order-0 page whose last reference the caller already dropped (and which is
+    /// off the LRU): `free_unref_folios`' per-page step.
+    pub(crate) fn free_unref_page(&self, cpu: &CpuGuard<'_>, page: &Page) {
+        let pfn = self.mem_map.page_to_pfn(page).0;
+        self.free_the_page(cpu, page, pfn, 0);
+    }
+
     fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) {
         if page
             .flags()
