@@ -448,3 +448,104 @@ fn compaction_assembles_a_high_order_block() {
         k.exit_mmap(cpu, mm);
     });
 }
+
+/// Randomized processes under memory pressure with swap: writes, reads checked against a
+/// model, forks, exits, MADV_DONTNEED, kswapd runs and drop_caches, with every checker —
+/// address spaces, reverse map, LRU, swap, page cache, page allocator — after every step,
+/// and every page and slot back at the end.
+#[test]
+fn random_processes_under_pressure_keep_every_invariant() {
+    use rand::{Rng, SeedableRng};
+    let m = boot_mem(96, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let path = swapon(&m, dir.path(), 128);
+    let mut tasks = TaskTable::default();
+    let first = spawn_true(&m, &mut tasks);
+    let pages = k.totalram_pages() / 2; // two processes' worth overflow RAM
+    let base = m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(first).unwrap().mm.as_mut().unwrap();
+        k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap()
+    });
+    // pid -> model of page -> value (0 = never written: reads as zero)
+    let mut model: std::collections::BTreeMap<u32, Vec<u8>> =
+        [(first, vec![0; pages as usize])].into();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    m.on_cpu(0, |cpu| {
+        for step in 0..300 {
+            let pids: Vec<u32> = model.keys().copied().collect();
+            let pid = pids[rng.random_range(0..pids.len())];
+            match rng.random_range(0..20) {
+                0 if model.len() < 3 => {
+                    let c = tasks.fork(k, cpu, pid).unwrap();
+                    let copy = model[&pid].clone();
+                    model.insert(c, copy);
+                }
+                1 if model.len() > 1 => {
+                    tasks.exit(k, cpu, pid, 0).unwrap();
+                    let _ = tasks.wait(tasks.get(pid).map_or(0, |t| t.ppid), Some(pid));
+                    model.remove(&pid);
+                }
+                2 => {
+                    let p = rng.random_range(0..pages - 16);
+                    let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+                    k.madvise_dontneed(cpu, mm, base + (p << 12), 16 << 12)
+                        .unwrap();
+                    model.get_mut(&pid).unwrap()[p as usize..p as usize + 16].fill(0);
+                }
+                3 => {
+                    k.balance_pgdat(cpu, 0);
+                }
+                4 => {
+                    k.drop_caches(cpu, 3).unwrap();
+                }
+                5..=12 => {
+                    // A run of writes: enough to push the others out to swap.
+                    let start = rng.random_range(0..pages);
+                    let n = rng.random_range(1..2048).min(pages - start);
+                    let v: u8 = rng.random_range(1..=255);
+                    let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+                    for p in start..start + n {
+                        k.user_write(cpu, mm, base + (p << 12) + 7, &[v]).unwrap();
+                    }
+                    model.get_mut(&pid).unwrap()[start as usize..(start + n) as usize].fill(v);
+                }
+                _ => {
+                    let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+                    for _ in 0..64 {
+                        let p = rng.random_range(0..pages);
+                        let mut b = [0u8];
+                        k.user_read(cpu, mm, base + (p << 12) + 7, &mut b).unwrap();
+                        assert_eq!(
+                            b[0], model[&pid][p as usize],
+                            "step {step}: pid {pid} page {p}"
+                        );
+                    }
+                }
+            }
+            for t in tasks.iter() {
+                if let Some(mm) = &t.mm {
+                    k.check_mm_invariants(mm).unwrap();
+                }
+            }
+            k.check_lru_invariants().unwrap();
+            k.check_swap_invariants().unwrap();
+            k.check_pagecache_invariants().unwrap();
+            k.check_invariants().unwrap();
+        }
+        assert!(event(k, "pswpout") > 0, "the run reached swap");
+        for pid in model.keys().copied().collect::<Vec<_>>() {
+            let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+            let mut b = [0u8];
+            for p in (0..pages).step_by(7) {
+                k.user_read(cpu, mm, base + (p << 12) + 7, &mut b).unwrap();
+                assert_eq!(b[0], model[&pid][p as usize]);
+            }
+            tasks.exit(k, cpu, pid, 0).unwrap();
+        }
+        k.swapoff(cpu, &path).unwrap();
+    });
+    teardown_check(&m, before);
+}
