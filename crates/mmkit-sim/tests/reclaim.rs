@@ -549,3 +549,54 @@ fn random_processes_under_pressure_keep_every_invariant() {
     });
     teardown_check(&m, before);
 }
+
+/// Two processes on two CPUs overflow RAM at once while kswapd runs on a third: reclaim
+/// unmaps pages of one address space while the other faults, and every byte survives.
+#[test]
+fn concurrent_pressure_on_two_cpus_with_kswapd() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = boot_mem(128, 3, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let path = swapon(&m, dir.path(), 256);
+    let pages = k.totalram_pages() * 3 / 4;
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            m.on_cpu(2, |cpu| {
+                while !done.load(Ordering::Relaxed) {
+                    if k.kswapd_woken(0) {
+                        k.balance_pgdat(cpu, 0);
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        });
+        let workers: Vec<_> = (0..2)
+            .map(|c| {
+                let m = &m;
+                s.spawn(move || {
+                    m.on_cpu(c, |cpu| {
+                        let mut tasks = TaskTable::default();
+                        let pid = spawn_host(m, &mut tasks, cpu, &true_spec()).unwrap();
+                        let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+                        let a = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
+                        fill(k, cpu, mm, a, pages, 100 + c as u64);
+                        verify(k, cpu, mm, a, pages, |_| 100 + c as u64);
+                        k.check_mm_invariants(mm).unwrap();
+                        tasks.exit(k, cpu, pid, 0).unwrap();
+                    })
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    assert!(event(k, "pswpout") > 0);
+    m.on_cpu(0, |cpu| k.swapoff(cpu, &path).unwrap());
+    k.check_lru_invariants().unwrap();
+    k.check_swap_invariants().unwrap();
+}
