@@ -169,6 +169,7 @@ impl Machine {
         if now >= next.load(Relaxed) {
             next.store(now + REAP_INTERVAL_NS, Relaxed);
             self.kernel.cache_reap(cpu);
+            self.kernel.decay_pcp_high(cpu);
         }
     }
 

@@ -413,30 +413,41 @@ fn numa_fallback_and_thisnode() {
     k.check_invariants().unwrap();
 }
 
-/// pcp lists: a batch is pulled on the first allocation and pages freed beyond `high` are
-/// returned in batches; drain_all_pages empties every CPU's lists from any CPU.
+/// pcp lists: a batch is pulled on the first allocation; a run of frees raises `high` (Linux
+/// 6.7's adaptive high) but never past `high_max`, pages beyond it go back to the buddy
+/// lists, and the periodic decay brings `high` back toward `high_min` and trims the list;
+/// drain_all_pages empties every CPU's lists from any CPU.
 #[test]
 fn pcp_batching_and_remote_drain() {
     let m = boot_mem(512, 2, "");
     let k = &m.kernel;
     let z = k.nodes[0].zone(ZoneType::Dma32);
-    let (batch, high) = {
+    let (batch, high_min, high_max) = {
         let p = z.pcp.get(1).lock();
-        (p.batch, p.high)
+        (p.batch, p.high_min, p.high_max)
     };
+    assert!(high_min < high_max);
     m.on_cpu(1, |cpu| {
         let p = k.alloc_page(cpu, GFP_KERNEL).unwrap();
         assert_eq!(z.pcp.get(1).lock().count, batch - 1);
-        let more: Vec<_> = (0..high + batch)
+        let more: Vec<_> = (0..2 * high_max)
             .map(|_| k.alloc_page(cpu, GFP_KERNEL).unwrap())
             .collect();
         k.__free_pages(cpu, p, 0);
         free_all(k, cpu, more, 0);
-        assert!(
-            z.pcp.get(1).lock().count < high,
-            "freeing past high returns pages to the buddy lists"
-        );
-        assert!(z.pcp.get(1).lock().count > 0);
+        let (count, high) = {
+            let p = z.pcp.get(1).lock();
+            (p.count, p.high)
+        };
+        assert!(high > high_min, "a run of frees raised high");
+        assert!(high <= high_max && count <= high_max, "never past high_max");
+        assert!(count > 0);
+        for _ in 0..64 {
+            k.decay_pcp_high(cpu);
+        }
+        let p = z.pcp.get(1).lock();
+        assert_eq!(p.high, high_min, "decay brings high back to high_min");
+        assert!(p.count <= high_min, "and trims the list to it");
     });
     m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
     assert_eq!(z.pcp.get(1).lock().count, 0);

@@ -423,7 +423,9 @@ impl Kernel {
     ) -> Option<u64> {
         let mut pcp = zone.pcp.get(cpu.id()).try_lock()?;
         let idx = order_to_pindex(mt, order);
+        pcp.free_count >>= 1;
         if pcp.lists[idx].is_empty() {
+            pcp.grow_for_refill(zone.free_pages() < zone.wmark(Wmark::High) as i64);
             let batch = alloc_batch(pcp.batch, order);
             let mut fa = zone.free_area.lock();
             let mut got = 0;
@@ -659,6 +661,26 @@ impl Kernel {
 
     /// `free_pages_prepare` (checks) then `free_unref_page` or `__free_pages_ok`.
     #[inline]
+    /// `decay_pcp_high` for this CPU's lists in every zone (the vmstat worker's periodic
+    /// step): `high` shrinks by an eighth toward `high_min` and pages above it go back.
+    pub fn decay_pcp_high(&self, cpu: &CpuGuard<'_>) {
+        for zone in self.nodes.iter().flat_map(|n| n.zones.iter()) {
+            let Some(mut pcp) = zone.pcp.get(cpu.id()).try_lock() else {
+                continue;
+            };
+            if pcp.high > pcp.high_min {
+                let floor = pcp
+                    .count
+                    .saturating_sub(pcp.batch << pcp::PCP_BATCH_SCALE_MAX);
+                pcp.high = floor.max(pcp.high - (pcp.high >> 3)).max(pcp.high_min);
+            }
+            if pcp.count > pcp.high {
+                let todo = (pcp.count - pcp.high).min(pcp.batch << pcp::PCP_BATCH_SCALE_MAX);
+                self.free_pcppages_bulk(zone, &mut pcp, todo, 0);
+            }
+        }
+    }
+
     /// Free an order-0 page whose last reference the caller already dropped (and which is
     /// off the LRU): `free_unref_folios`' per-page step.
     pub(crate) fn free_unref_page(&self, cpu: &CpuGuard<'_>, page: &Page) {
@@ -690,9 +712,14 @@ impl Kernel {
                 page.set_index(mt as u64);
                 pcp.lists[idx].push_front(&self.mem_map, pfn);
                 pcp.count += 1 << order;
+                pcp.free_count = pcp.free_count.saturating_add(1 << order);
                 if pcp.count >= pcp.high {
-                    let batch = pcp.batch;
-                    self.free_pcppages_bulk(zone, &mut pcp, batch, idx);
+                    let below = zone.free_pages() < zone.wmark(Wmark::High) as i64;
+                    let high = pcp.nr_pcp_high(below);
+                    if pcp.count >= high {
+                        let n = pcp.nr_pcp_free(high);
+                        self.free_pcppages_bulk(zone, &mut pcp, n, idx);
+                    }
                 }
                 return;
             }

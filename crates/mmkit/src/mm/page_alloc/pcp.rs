@@ -8,9 +8,12 @@
 //! `drain_all_pages` takes it from another CPU to drain remotely, with no IPI. When the trylock
 //! fails the allocation or free goes to the buddy lists directly, as Linux does.
 //!
-//! `high` is Linux's `high_min` (derived from the low watermark); the 6.7+ adaptive tuning of
-//! `high` between `high_min` and `high_max`, and the free-factor scaling of drain batches, are
-//! not modelled: an overfull list gives back exactly `batch` pages.
+//! `high` adapts between `high_min` and `high_max` as in Linux 6.7+ (`nr_pcp_high`,
+//! `nr_pcp_alloc`, `nr_pcp_free`, `decay_pcp_high`): a CPU that keeps freeing raises it to hold
+//! its consecutive frees, one that refills from the buddy lists raises it by a batch, both
+//! only while the zone is above its high watermark (else it shrinks back), drains give back
+//! up to the run of consecutive frees, and the periodic decay brings it back toward
+//! `high_min`.
 
 use super::{MigrateType, MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER};
 use crate::mm::list::PageList;
@@ -33,6 +36,8 @@ pub struct PerCpuPages {
     pub high_min: u32,
     /// Upper bound of `high`.
     pub high_max: u32,
+    /// Pages freed since the last allocations (halved by each allocation).
+    pub free_count: u32,
     /// The lists, by `order_to_pindex`.
     pub lists: [PageList; NR_PCP_LISTS],
 }
@@ -52,6 +57,7 @@ impl PerCpuPages {
             batch: 1,
             high_min: 0,
             high_max: 0,
+            free_count: 0,
             lists: [PageList::new(); NR_PCP_LISTS],
         }
     }
@@ -101,6 +107,52 @@ pub fn zone_highsize(
         .unwrap_or_else(|| zone.wmark(Wmark::Low));
     let split = if local_cpus == 0 { nr_cpus } else { local_cpus } as u64;
     ((total / split) as u32).max(batch << 2)
+}
+
+/// `CONFIG_PCP_BATCH_SCALE_MAX`.
+pub const PCP_BATCH_SCALE_MAX: u32 = 5;
+
+impl PerCpuPages {
+    /// `nr_pcp_high` on a free: the `high` this free is judged against, adjusting `high` for
+    /// the next ones. `below_high`: the zone is under its high watermark (`ZONE_BELOW_HIGH`).
+    pub fn nr_pcp_high(&mut self, below_high: bool) -> u32 {
+        let (lo, hi) = (self.high_min, self.high_max.max(self.high_min));
+        let high = self.high.clamp(lo, hi);
+        self.high = high;
+        if high == 0 || lo == hi {
+            return high;
+        }
+        if below_high {
+            let fc = self.free_count.max(self.batch);
+            self.high = high.saturating_sub(fc).max(lo);
+            return self.count.max(lo);
+        }
+        if self.count >= high {
+            let need = self.free_count + self.batch;
+            if self.high < need {
+                self.high = need.clamp(lo, hi);
+            }
+        }
+        high
+    }
+
+    /// `nr_pcp_free`: pages to give back when `count` reached `high`: the run of consecutive
+    /// frees, at least a batch, leaving a batch on the list.
+    pub fn nr_pcp_free(&self, high: u32) -> u32 {
+        let batch = self.batch;
+        if high < batch {
+            return 1;
+        }
+        let max = (high - batch).max(batch);
+        self.free_count.clamp(batch, max)
+    }
+
+    /// `nr_pcp_alloc`'s `high` growth when a list must be refilled from the buddy lists.
+    pub fn grow_for_refill(&mut self, below_high: bool) {
+        if self.high_min != self.high_max && !below_high {
+            self.high = (self.high + self.batch).min(self.high_max);
+        }
+    }
 }
 
 /// `nr_pcp_alloc`'s batch for an order: `batch` for order 0, `max(batch >> order, 2)` above.
