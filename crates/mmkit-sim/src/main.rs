@@ -152,6 +152,10 @@ fn print_views(m: &Machine, which: &[&str]) {
 }
 
 fn main() -> Result<()> {
+    // Like any Unix tool, end quietly when the reader of our output goes away (`| head`)
+    // instead of failing on the broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let cmd = cli.cmd.unwrap_or(Cmd::Run {
         machine: MachineArgs::default(),
