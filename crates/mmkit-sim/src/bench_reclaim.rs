@@ -12,21 +12,14 @@ use crate::bench::{row, Row};
 use crate::exec::{spawn_host, true_spec};
 use crate::hostfs::make_swap_file;
 use crate::machine::{Machine, MachineSpec};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mmkit::arch::x86_64::e820::E820Table;
 use mmkit::fs::inode::{FMode, RamFile};
+use mmkit::fs::proc::vmstat::vm_event;
 use mmkit::kernel::task::TaskTable;
 use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
-
-fn vmstat_value(k: &mmkit::Kernel, name: &str) -> u64 {
-    mmkit::fs::proc::vmstat::vmstat(k)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|x| x.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn small_machine() -> Result<Machine> {
     Machine::boot(&MachineSpec {
@@ -53,12 +46,7 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
             let mut tasks = TaskTable::default();
             let (ns, swapped) = m.on_cpu(0, |cpu| -> Result<(f64, u64)> {
                 let pid = spawn_host(&m, &mut tasks, cpu, &true_spec())?;
-                let mm = tasks
-                    .get_mut(pid)
-                    .context("task")?
-                    .mm
-                    .as_mut()
-                    .context("mm")?;
+                let mm = tasks.mm_mut(pid)?;
                 let a = k.mmap(
                     cpu,
                     mm,
@@ -74,7 +62,8 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
                 let mut t = Instant::now();
                 for pass in 0..2u8 {
                     if pass == 1 {
-                        before = vmstat_value(k, "pswpout") + vmstat_value(k, "pswpin");
+                        before = vm_event(k, "pswpout").unwrap_or(0)
+                            + vm_event(k, "pswpin").unwrap_or(0);
                         t = Instant::now();
                     }
                     for i in 0..pages {
@@ -89,7 +78,9 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
                     }
                 }
                 let el = t.elapsed().as_nanos() as f64;
-                let swapped = vmstat_value(k, "pswpout") + vmstat_value(k, "pswpin") - before;
+                let swapped = vm_event(k, "pswpout").unwrap_or(0)
+                    + vm_event(k, "pswpin").unwrap_or(0)
+                    - before;
                 tasks.exit(k, cpu, pid, 0)?;
                 k.swapoff(cpu, &path.to_string_lossy())?;
                 Ok((el / swapped.max(1) as f64, swapped))
@@ -153,13 +144,13 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
             while off < pages << 12 {
                 off += k.filemap_read(cpu, &inode, off, &mut buf)? as u64;
             }
-            let before = vmstat_value(k, "pgscan_direct");
+            let before = vm_event(k, "pgscan_direct").unwrap_or(0);
             let t = Instant::now();
             for _ in 0..200 {
                 k.try_to_free_pages(cpu, mmkit::gfp::GFP_KERNEL);
             }
             let el = t.elapsed().as_nanos() as f64;
-            let scanned = vmstat_value(k, "pgscan_direct") - before;
+            let scanned = vm_event(k, "pgscan_direct").unwrap_or(0) - before;
             k.fput(cpu, f);
             k.evict_inode(cpu, &inode)?;
             Ok(el / scanned.max(1) as f64)

@@ -6,7 +6,7 @@
 
 use crate::exec::{spawn_host, true_spec};
 use crate::machine::Machine;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use mmkit::fs::inode::FMode;
 use mmkit::kernel::task::TaskTable;
 use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
@@ -134,8 +134,7 @@ fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 
     let mut tasks = TaskTable::default();
     m.on_cpu(0, |cpu| -> Result<[(FaultCounts, u64); 2]> {
         let pid = spawn_host(m, &mut tasks, cpu, &true_spec())?;
-        let t = tasks.get_mut(pid).context("spawned task")?;
-        let mm = t.mm.as_mut().context("its mm")?;
+        let mm = tasks.mm_mut(pid)?;
         let t = std::time::Instant::now();
         let a = mm.faults;
         let va = k.mmap(

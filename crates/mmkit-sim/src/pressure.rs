@@ -9,6 +9,7 @@ use crate::hostfs::make_swap_file;
 use crate::machine::{Machine, MachineSpec};
 use anyhow::{bail, Context, Result};
 use mmkit::arch::x86_64::e820::E820Table;
+use mmkit::fs::proc::vmstat::vm_event;
 use mmkit::kernel::task::TaskTable;
 use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
 use mmkit::mm::mmzone::Wmark;
@@ -38,13 +39,6 @@ pub struct Report {
     pub pages: u64,
     /// `/proc/vmstat` lines of interest after the run.
     pub stats: Vec<(String, u64)>,
-}
-
-fn vmstat_value(v: &str, name: &str) -> u64 {
-    v.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|x| x.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Run the scenario on a machine of `mem` bytes with a swap file under `dir`.
@@ -94,12 +88,7 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
         });
         let r = m.on_cpu(0, |cpu| -> Result<()> {
             let pid = spawn_host(&m, &mut tasks, cpu, &true_spec())?;
-            let mm = tasks
-                .get_mut(pid)
-                .context("task")?
-                .mm
-                .as_mut()
-                .context("mm")?;
+            let mm = tasks.mm_mut(pid)?;
             let a = k.mmap(
                 cpu,
                 mm,
@@ -137,7 +126,6 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
     result?;
     m.on_cpu(0, |cpu| k.swapoff(cpu, &swap_path.to_string_lossy()))?;
     let _ = std::fs::remove_file(&swap_path);
-    let v = mmkit::fs::proc::vmstat::vmstat(k);
     let stats = [
         "pswpout",
         "pswpin",
@@ -151,7 +139,7 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
         "kswapd_high_wmark_hit_quickly",
     ]
     .iter()
-    .map(|n| (n.to_string(), vmstat_value(&v, n)))
+    .map(|n| (n.to_string(), vm_event(k, n).unwrap_or(0)))
     .collect();
     Ok(Report {
         samples: samples.into_inner().expect("samples"),

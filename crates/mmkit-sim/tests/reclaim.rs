@@ -75,11 +75,7 @@ fn swapon(m: &Machine, dir: &std::path::Path, mib: u64) -> String {
 }
 
 fn event(k: &Kernel, name: &str) -> u64 {
-    let v = mmkit::fs::proc::vmstat::vmstat(k);
-    v.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map(|x| x.trim().parse().unwrap())
-        .unwrap_or(0)
+    mmkit::fs::proc::vmstat::vm_event(k, name).expect("a vmstat event name")
 }
 
 fn teardown_check(m: &Machine, before: u64) {

@@ -92,6 +92,14 @@ impl TaskTable {
         self.tasks.get_mut(&pid)
     }
 
+    /// The address space of live task `pid` (`ESRCH` for no such task or a zombie).
+    pub fn mm_mut(&mut self, pid: Pid) -> Result<&mut MmStruct, Errno> {
+        self.tasks
+            .get_mut(&pid)
+            .and_then(|t| t.mm.as_mut())
+            .ok_or(Errno::ESRCH)
+    }
+
     /// Every task, by pid.
     pub fn iter(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()

@@ -120,17 +120,7 @@ impl Kernel {
         start: u64,
         nr: u64,
     ) -> Result<u64, Errno> {
-        let end = (start + nr).min(Self::file_pages(inode));
-        let mut read = 0;
-        for index in start..end {
-            match self.page_cache_read_one(cpu, inode, index) {
-                Ok(Some(_)) => read += 1,
-                Ok(None) => {}
-                Err(e) if read == 0 && index == start => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(read)
+        self.page_cache_ra_unbounded(cpu, inode, start, nr, 0)
     }
 
     /// The cached page at `index` with a reference, read (with `ra_pages` of readahead from

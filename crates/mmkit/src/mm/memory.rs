@@ -136,15 +136,7 @@ impl Kernel {
         // Someone else may have swapped it in for this PTE meanwhile (not in our model: the
         // mm is ours alone), so the entry is still ours to replace.
         let av = self.anon_vma_prepare(mm, vma);
-        if page.mapcount() == 0 {
-            // First mapping since it was read or since every PTE was unmapped.
-            page.set_mapping(crate::mm::rmap::PAGE_MAPPING_ANON | av);
-            page.set_index(vma.linear_page_index(va));
-            page.set_mapcount(1);
-            self.mod_node_page_state(page, crate::mm::filemap::NR_ANON_MAPPED, 1);
-        } else {
-            self.page_add_rmap(page);
-        }
+        self.page_add_anon_rmap(page, av, vma.linear_page_index(va));
         mm.add_counter(MM_ANONPAGES, 1);
         mm.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
         self.swap_free(entry);

@@ -88,6 +88,16 @@ impl Kernel {
         self.mod_node_page_state(page, NR_ANON_MAPPED, 1);
     }
 
+    /// `folio_add_anon_rmap_pte` for a page coming back from swap: the first mapping makes it
+    /// anonymous memory of `anon_vma` at `index` (as a new page), later ones just count.
+    pub(crate) fn page_add_anon_rmap(&self, page: &Page, anon_vma: u32, index: u64) {
+        if page.mapcount() == 0 {
+            self.page_add_new_anon_rmap(page, anon_vma, index);
+        } else {
+            self.page_add_rmap(page);
+        }
+    }
+
     /// `folio_add_file_rmap_pte` / `folio_dup_*_rmap_pte`: one more PTE maps `page`.
     pub(crate) fn page_add_rmap(&self, page: &Page) {
         if page.inc_mapcount() == 1 {

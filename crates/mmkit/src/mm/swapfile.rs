@@ -394,14 +394,7 @@ impl Kernel {
                     self.__free_pages(cpu, page, 0);
                     continue;
                 }
-                if page.mapcount() == 0 {
-                    page.set_mapping(crate::mm::rmap::PAGE_MAPPING_ANON | id);
-                    page.set_index(r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT));
-                    page.set_mapcount(1);
-                    self.mod_node_page_state(page, crate::mm::filemap::NR_ANON_MAPPED, 1);
-                } else {
-                    self.page_add_rmap(page);
-                }
+                self.page_add_anon_rmap(page, id, r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT));
                 r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
                 r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
                 self.swap_free(e);
