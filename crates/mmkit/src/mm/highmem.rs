@@ -3,6 +3,7 @@
 //! On x86-64 every page is in the direct map, so "kmap" is the direct-map address.
 
 use crate::addr::PAGE_SIZE;
+use crate::arch::x86_64::clear_page::clear_pages;
 use crate::Kernel;
 
 impl Kernel {
@@ -21,7 +22,7 @@ impl Kernel {
         );
         // SAFETY: `pfn` is RAM inside the direct map (asserted), so the 4 KiB range is valid
         // for writes; the caller owns the page (just allocated, not yet mapped anywhere).
-        unsafe { core::ptr::write_bytes(self.pfn_ptr(pfn), 0, PAGE_SIZE as usize) };
+        unsafe { clear_pages(self.pfn_ptr(pfn), PAGE_SIZE as usize) };
     }
 
     /// `copy_user_highpage`: copy the page at `src` to the page at `dst`.

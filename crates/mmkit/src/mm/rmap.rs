@@ -83,7 +83,8 @@ impl Kernel {
     pub(crate) fn page_add_new_anon_rmap(&self, page: &Page, anon_vma: u32, index: u64) {
         page.set_mapping(PAGE_MAPPING_ANON | anon_vma);
         page.set_index(index);
-        page.set(PageFlags::SWAPBACKED);
+        // __folio_set_swapbacked: nobody else sees the new page yet.
+        page.set_nonatomic(PageFlags::SWAPBACKED);
         page.set_mapcount(1);
         self.mod_node_page_state(page, NR_ANON_MAPPED, 1);
     }

@@ -15,6 +15,7 @@ pub mod check;
 pub mod pcp;
 
 use crate::addr::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::x86_64::clear_page::clear_pages;
 use crate::arch::x86_64::layout::PAGE_OFFSET;
 use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
@@ -585,7 +586,7 @@ impl Kernel {
         if gfp.contains(Gfp::__GFP_ZERO) {
             // SAFETY: the 2^order pages at `pfn` are RAM below ram_end (they came off a free
             // list) and were just handed to this caller, so nobody else accesses them.
-            unsafe { core::ptr::write_bytes(self.pfn_ptr(pfn), 0, (PAGE_SIZE << order) as usize) };
+            unsafe { clear_pages(self.pfn_ptr(pfn), (PAGE_SIZE << order) as usize) };
         }
         if order > 0 && gfp.contains(Gfp::__GFP_COMP) {
             page.set_nonatomic(PageFlags::HEAD);
