@@ -498,6 +498,7 @@ fn random_fork_cow_sequences() {
             for (mm, _) in &procs {
                 k.check_mm_invariants(mm).unwrap();
             }
+            k.check_anon_vma_invariants().unwrap();
             k.check_invariants().unwrap();
         }
         for (mut mm, model) in procs {
@@ -509,6 +510,11 @@ fn random_fork_cow_sequences() {
             }
             k.exit_mmap(cpu, mm);
         }
+        assert_eq!(
+            k.nr_anon_vmas(),
+            0,
+            "every anon_vma freed with its last VMA"
+        );
         k.lru_add_drain_all(cpu);
         k.drain_all_pages(cpu);
     });
@@ -689,6 +695,119 @@ fn rmap_walk_referenced_and_unmap() {
         }
         k.fput(cpu, f);
         k.evict_inode(cpu, &inode).unwrap();
+    });
+}
+
+/// anon_vma chains: a page written before fork is found in the parent and every descendant;
+/// a page a child copies on write belongs to the child's own anon_vma and a walk of it looks
+/// at the child's family only; anon_vmas outlive the parent while descendants are chained to
+/// them and are all freed with the last VMA; a write that reuses a page nobody else maps moves
+/// it to the writer's anon_vma.
+#[test]
+fn anon_vma_chains_follow_fork() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut p = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut p, 0, 4 << 12, RW, ANON, 0).unwrap();
+        k.user_write(cpu, &mut p, a, b"p0").unwrap();
+        k.user_write(cpu, &mut p, a + 4096, b"p1").unwrap();
+        let mut c = k.dup_mmap(cpu, &p).unwrap();
+        assert_eq!(k.nr_anon_vmas(), 2, "the parent's and the child's");
+        k.user_write(cpu, &mut c, a + 4096, b"c1").unwrap(); // COW copy
+        k.user_write(cpu, &mut c, a + 2 * 4096, b"c2").unwrap(); // new page in the child
+        let mut g = k.dup_mmap(cpu, &c).unwrap();
+        k.user_write(cpu, &mut g, a + 3 * 4096, b"g3").unwrap();
+        assert_eq!(k.nr_anon_vmas(), 3);
+        let page = |mm: &MmStruct, i: u64| {
+            k.pfn_to_page(mmkit::Pfn(pfn_at(k, mm, a + (i << 12)).unwrap()))
+                .unwrap()
+        };
+        let mapped_in = |pg| {
+            let mut n = 0;
+            k.rmap_walk(pg, |_, _| {
+                n += 1;
+                true
+            });
+            n
+        };
+        // Page 0, written before either fork: in all three, found by a walk of all three.
+        let p0 = page(&p, 0);
+        assert_eq!(
+            (p0.mapcount(), mapped_in(p0), k.rmap_vma_count(p0)),
+            (3, 3, 3)
+        );
+        // The parent's page 1 is its alone now; the child's copy is shared with the
+        // grandchild, and a walk of it never looks at the parent.
+        let p1 = page(&p, 1);
+        assert_eq!((p1.mapcount(), mapped_in(p1)), (1, 1));
+        let c1 = page(&c, 1);
+        assert_ne!(
+            p1.mapping(),
+            c1.mapping(),
+            "the copy is in the child's anon_vma"
+        );
+        assert_eq!(
+            (c1.mapcount(), mapped_in(c1), k.rmap_vma_count(c1)),
+            (2, 2, 2)
+        );
+        let g3 = page(&g, 3);
+        assert_eq!((mapped_in(g3), k.rmap_vma_count(g3)), (1, 1));
+        for mm in [&p, &c, &g] {
+            k.check_mm_invariants(mm).unwrap();
+        }
+        k.check_anon_vma_invariants().unwrap();
+        // The parent exits: its anon_vma stays, chained to by the two descendants.
+        k.exit_mmap(cpu, p);
+        assert_eq!(k.nr_anon_vmas(), 3);
+        assert_eq!((p0.mapcount(), mapped_in(p0)), (2, 2));
+        k.exit_mmap(cpu, g);
+        k.check_anon_vma_invariants().unwrap();
+        // The child is p0's last mapper: a write reuses it and moves it to its anon_vma.
+        k.lru_add_drain(cpu);
+        assert_eq!(p0.mapcount(), 1);
+        let before = p0.mapping();
+        k.user_write(cpu, &mut c, a, b"C0").unwrap();
+        assert_eq!(
+            page(&c, 0) as *const _,
+            p0 as *const _,
+            "reused, not copied"
+        );
+        assert_ne!(p0.mapping(), before);
+        assert_eq!(p0.mapping(), c1.mapping(), "the child's own anon_vma");
+        assert_eq!(read(k, cpu, &mut c, a, 2), b"C0");
+        assert_eq!(read(k, cpu, &mut c, a + 4096, 2), b"c1");
+        k.check_mm_invariants(&c).unwrap();
+        k.exit_mmap(cpu, c);
+        assert_eq!(k.nr_anon_vmas(), 0, "all freed with the last VMA");
+    });
+}
+
+/// `find_mergeable_anon_vma`: an anonymous VMA next to one that differs only in access
+/// rights takes the neighbour's anon_vma at its first fault, so once mprotect makes the
+/// rights equal the two merge into one VMA, pages and all.
+#[test]
+fn neighbours_share_an_anon_vma_and_merge() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 8 << 12, RW, ANON, 0).unwrap();
+        k.mprotect(&mut mm, a + (4 << 12), 4 << 12, RW | PROT_EXEC)
+            .unwrap();
+        assert_eq!(mm.vmas().count(), 2);
+        k.user_write(cpu, &mut mm, a, b"low").unwrap();
+        k.user_write(cpu, &mut mm, a + (4 << 12), b"high").unwrap();
+        let ids: Vec<_> = mm.vmas().map(|v| v.anon_vma).collect();
+        assert!(ids[0].is_some() && ids[0] == ids[1], "{ids:?}");
+        k.mprotect(&mut mm, a + (4 << 12), 4 << 12, RW).unwrap();
+        assert_eq!(mm.vmas().count(), 1, "merged");
+        assert_eq!(read(k, cpu, &mut mm, a, 3), b"low");
+        assert_eq!(read(k, cpu, &mut mm, a + (4 << 12), 4), b"high");
+        k.check_mm_invariants(&mm).unwrap();
+        k.check_anon_vma_invariants().unwrap();
+        k.exit_mmap(cpu, mm);
+        assert_eq!(k.nr_anon_vmas(), 0);
     });
 }
 

@@ -87,6 +87,8 @@ fn teardown_check(m: &Machine, before: u64) {
     });
     k.check_lru_invariants().unwrap();
     k.check_swap_invariants().unwrap();
+    k.check_anon_vma_invariants().unwrap();
+    assert_eq!(k.nr_anon_vmas(), 0, "anon_vmas leaked");
     assert_eq!(free_and_pcp(k), before, "pages leaked");
     assert_eq!(k.page_table_pages(), 0);
 }
@@ -529,6 +531,7 @@ fn random_processes_under_pressure_keep_every_invariant() {
             k.check_lru_invariants().unwrap();
             k.check_swap_invariants().unwrap();
             k.check_pagecache_invariants().unwrap();
+            k.check_anon_vma_invariants().unwrap();
             k.check_invariants().unwrap();
         }
         assert!(event(k, "pswpout") > 0, "the run reached swap");

@@ -135,8 +135,10 @@ impl Kernel {
         }
         // Someone else may have swapped it in for this PTE meanwhile (not in our model: the
         // mm is ours alone), so the entry is still ours to replace.
+        // Other VMAs of the family may map the page too: it joins the root anon_vma.
         let av = self.anon_vma_prepare(mm, vma);
-        self.page_add_anon_rmap(page, av, vma.linear_page_index(va));
+        let root = self.anon_vma_root(av);
+        self.page_add_anon_rmap(page, root, vma.linear_page_index(va));
         mm.add_counter(MM_ANONPAGES, 1);
         mm.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
         self.swap_free(entry);
@@ -423,6 +425,7 @@ impl Kernel {
                 self.try_to_free_swap(cpu, p);
             }
             if page_anon(p) && p.mapcount() == 1 && p.refcount() == 1 {
+                self.page_move_anon_rmap(p, vma);
                 self.pte_update(&mm.pt, va, |e| e.mkwrite_dirty());
                 self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
                 return Ok(FaultKind::Minor);

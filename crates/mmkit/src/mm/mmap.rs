@@ -474,6 +474,7 @@ impl Kernel {
     /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
     /// starting at its end where `can_merge` allows.
     pub(crate) fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
+        let mut absorbed = Vec::new();
         if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
             if can_merge(&prev, &new) {
                 self.vma_unlink(mm, prev.vm_end);
@@ -481,6 +482,7 @@ impl Kernel {
                 new.vm_start = prev.vm_start;
                 new.vm_pgoff = prev.vm_pgoff;
                 new.anon_vma = new.anon_vma.or(prev.anon_vma);
+                absorbed.extend(prev.anon_vma);
             }
         }
         if let Some(next) = mm.vmas.first_from(new.vm_end + 1) {
@@ -490,10 +492,16 @@ impl Kernel {
                 mm.map_count -= 1;
                 new.vm_end = nend;
                 new.anon_vma = new.anon_vma.or(next.anon_vma);
+                absorbed.extend(next.anon_vma);
             }
         }
         self.vma_link(mm, new);
         mm.map_count += 1;
+        // can_merge lets only one anon_vma through, now the merged VMA's: a no-op unless
+        // that rule changes, kept so a merged-away VMA is unlinked like any other.
+        for id in absorbed {
+            self.unlink_anon_vmas(id);
+        }
     }
 
     /// `munmap`: `EINVAL` for an unaligned address, a zero length or a range leaving user
@@ -541,6 +549,7 @@ impl Kernel {
             return Err(Errno::ENOMEM);
         }
         let mut files = Vec::new();
+        let mut gone = Vec::new();
         for v in hit {
             self.vma_unlink(mm, v.vm_end);
             mm.map_count -= 1;
@@ -566,6 +575,7 @@ impl Kernel {
                 self.vma_link(mm, right);
                 mm.map_count += 1;
             }
+            gone.extend(v.anon_vma);
             if let Some(f) = v.vm_file {
                 files.push(f);
             }
@@ -581,6 +591,9 @@ impl Kernel {
             .find_vma(end)
             .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
         self.free_pgtables(cpu, &mm.pt, start, end, floor, ceiling);
+        for id in gone {
+            self.unlink_anon_vmas(id);
+        }
         Ok(())
     }
 
@@ -699,6 +712,11 @@ impl Kernel {
             }
             let mut nv = v.clone();
             nv.vm_flags -= VmFlags::VM_LOCKED | VmFlags::VM_LOCKONFAULT;
+            nv.anon_vma = if v.vm_flags.contains(VmFlags::VM_WIPEONFORK) {
+                None
+            } else {
+                self.anon_vma_fork(v)
+            };
             mm.total_vm += nv.pages();
             self.insert_vma_merged(&mut mm, nv);
             if v.vm_flags.contains(VmFlags::VM_WIPEONFORK) {
@@ -837,11 +855,17 @@ impl Kernel {
     }
 
     /// The address space's invariants plus: every present PTE lies inside a VMA, and every
-    /// page it maps agrees with the reverse map — an anonymous page names the VMA's
-    /// `anon_vma` and its linear index, a page-cache page its file and offset — and the VMA is
-    /// recorded where `rmap_walk` will look for it.
+    /// page it maps agrees with the reverse map — an anonymous page names an `anon_vma` of the
+    /// VMA's chain and its linear index, a page-cache page its file and offset — and the VMA
+    /// is recorded where `rmap_walk` will look for it (each `anon_vma` of its chain, its file).
     pub fn check_mm_invariants(&self, mm: &MmStruct) -> Result<(), String> {
         mm.check_invariants()?;
+        let chains: alloc::collections::BTreeMap<u64, Vec<u32>> = {
+            let avs = self.anon_vmas.lock();
+            mm.vmas()
+                .filter_map(|v| Some((v.vm_start, avs.chain(v.anon_vma?))))
+                .collect()
+        };
         let mut bad = None;
         self.for_each_pte(&mm.pt, 0, TASK_SIZE, |va, slot| {
             if bad.is_some() {
@@ -860,8 +884,9 @@ impl Kernel {
             };
             let index = v.linear_page_index(va);
             if crate::mm::rmap::page_anon(page) {
-                let want = crate::mm::rmap::PAGE_MAPPING_ANON | v.anon_vma.unwrap_or(0);
-                if v.anon_vma.is_none() || page.mapping() != want || page.index() != index {
+                let av = page.mapping() & !crate::mm::rmap::PAGE_MAPPING_ANON;
+                let chained = chains.get(&v.vm_start).is_some_and(|c| c.contains(&av));
+                if !chained || page.index() != index {
                     bad = Some(alloc::format!(
                         "anonymous page at {va:#x}: mapping {:#x} index {:#x}, VMA anon_vma {:?} index {index:#x}",
                         page.mapping(),
@@ -889,14 +914,25 @@ impl Kernel {
                         && (r.start, r.end, r.pgoff) == (v.vm_start, v.vm_end, v.vm_pgoff)
                 })
             };
-            if let Some(id) = v.anon_vma {
-                let av = self.anon_vmas.lock();
-                if !av.map.get(&id).is_some_and(|l| recorded(l)) {
+            if v.anon_vma.is_some() {
+                let avs = self.anon_vmas.lock();
+                let chain = chains.get(&v.vm_start).map_or(&[][..], |c| c);
+                if chain.is_empty() {
                     return Err(alloc::format!(
-                        "VMA {:#x}-{:#x} missing from anon_vma {id}",
+                        "VMA {:#x}-{:#x}: anon_vma {:?} does not exist",
                         v.vm_start,
-                        v.vm_end
+                        v.vm_end,
+                        v.anon_vma
                     ));
+                }
+                for id in chain {
+                    if !avs.map.get(id).is_some_and(|a| recorded(&a.avcs)) {
+                        return Err(alloc::format!(
+                            "VMA {:#x}-{:#x} missing from anon_vma {id} of its chain",
+                            v.vm_start,
+                            v.vm_end
+                        ));
+                    }
                 }
             }
             if let Some(f) = &v.vm_file {

@@ -7,16 +7,26 @@
 //! (Linux sets the low bit of the `anon_vma` pointer) and its linear page index in
 //! `page->index`. `NR_ANON_MAPPED` / `NR_FILE_MAPPED` count pages mapped at least once.
 //!
-//! The reverse map itself (`anon_vma_chain` and the file's `i_mmap` tree): every VMA with an
-//! `anon_vma` or a file is recorded, while it is linked into its address space
+//! The reverse map itself (`anon_vma`, `anon_vma_chain` and the file's `i_mmap` tree): every
+//! VMA with an `anon_vma` or a file is recorded, while it is linked into its address space
 //! (`vma_link`/`vma_unlink`: every VMA change goes through them), as an [`RmapRecord`] — the
 //! page tables, the RSS counters, the range and the page offset. `rmap_walk` turns a page's
 //! index into an address in each recorded VMA and checks the PTE there (`page_vma_mapped_walk`);
 //! `page_referenced` harvests and clears Accessed bits, `try_to_unmap` removes every mapping.
 //!
-//! Simplification: a forked child's VMAs share the parent's `anon_vma` instead of getting a
-//! child `anon_vma` chained to it (`anon_vma_fork`); a walk may then visit VMAs that no longer
-//! map the page, which the PTE check skips, so the result is the same.
+//! Anonymous memory is chained across fork as in Linux since 2.6.34: `anon_vma_fork` gives
+//! each forked VMA an `anon_vma` of its own whose parent is the one it was forked from, and
+//! the child VMA is chained (an `anon_vma_chain` entry, here a record in that `anon_vma`'s
+//! list) to its own `anon_vma` and every ancestor up to the root. A page remembers the
+//! `anon_vma` it was created in, so a page written before fork is found in the parent and
+//! every descendant, while a page a child copies on write is found in that child (and its
+//! descendants) only. `anon_vma_prepare` reuses an adjacent compatible VMA's root `anon_vma`
+//! (`find_mergeable_anon_vma`) so that neighbours stay mergeable; `unlink_anon_vmas` frees an
+//! `anon_vma` once no VMA is chained to it and no child is left. A page coming back from swap
+//! to a VMA that may share it takes the root `anon_vma` (`__folio_set_anon` with
+//! `exclusive == false`); a write fault that reuses a page moves it to the VMA's own
+//! (`folio_move_anon_rmap`). Not done: `anon_vma_clone`'s reuse of an `anon_vma` whose VMAs
+//! are all gone, which bounds chain length for long fork-and-exit chains.
 
 use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags};
 use crate::cpu::CpuGuard;
@@ -46,6 +56,8 @@ pub struct RmapRecord {
     pub flags: VmFlags,
     /// `vm_page_prot`.
     pub prot: crate::arch::x86_64::pgtable::PgProt,
+    /// The VMA's own `anon_vma` (where its new anonymous pages go).
+    pub anon_vma: Option<u32>,
 }
 
 impl RmapRecord {
@@ -61,11 +73,72 @@ impl RmapRecord {
     }
 }
 
-/// The kernel's `anon_vma`s: id → the VMAs using it.
+/// `struct anon_vma`.
+pub(crate) struct AnonVma {
+    /// `anon_vma->root`: the oldest ancestor (itself for a root).
+    pub(crate) root: u32,
+    /// `anon_vma->parent`: the `anon_vma` this one was forked from (itself for a root).
+    pub(crate) parent: u32,
+    /// `num_children`: `anon_vma`s forked from this one.
+    pub(crate) num_children: u32,
+    /// `rb_root`: one record per VMA chained to this `anon_vma`.
+    pub(crate) avcs: Vec<RmapRecord>,
+}
+
+/// The kernel's `anon_vma`s by id (the id is what `page->mapping` carries).
 #[derive(Default)]
 pub(crate) struct AnonVmas {
-    pub(crate) map: BTreeMap<u32, Vec<RmapRecord>>,
-    pub(crate) next: u32,
+    pub(crate) map: BTreeMap<u32, AnonVma>,
+    next: u32,
+}
+
+impl AnonVmas {
+    /// `anon_vma_alloc`: a new `anon_vma`, forked from `parent` or a new root.
+    pub(crate) fn alloc(&mut self, parent: Option<u32>) -> u32 {
+        let id = loop {
+            self.next = (self.next + 1) & !PAGE_MAPPING_ANON;
+            if self.next != 0 && !self.map.contains_key(&self.next) {
+                break self.next;
+            }
+        };
+        let (root, parent) = match parent.and_then(|p| self.map.get_mut(&p).map(|a| (p, a))) {
+            Some((p, pa)) => {
+                pa.num_children += 1;
+                (pa.root, p)
+            }
+            None => (id, id),
+        };
+        self.map.insert(
+            id,
+            AnonVma {
+                root,
+                parent,
+                num_children: 0,
+                avcs: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// The `anon_vma_chain` of a VMA whose own `anon_vma` is `id`: `id`, then its ancestors
+    /// up to the root.
+    pub(crate) fn chain(&self, id: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = id;
+        while let Some(av) = self.map.get(&cur) {
+            out.push(cur);
+            if av.parent == cur {
+                break;
+            }
+            cur = av.parent;
+        }
+        out
+    }
+
+    /// The root of `id`'s family.
+    pub(crate) fn root(&self, id: u32) -> u32 {
+        self.map.get(&id).map_or(id, |a| a.root)
+    }
 }
 
 /// `PAGE_MAPPING_ANON`: the mapping handle of an anonymous page.
@@ -134,18 +207,21 @@ impl Kernel {
             pgoff: v.vm_pgoff,
             flags: v.vm_flags,
             prot: v.vm_page_prot,
+            anon_vma: v.anon_vma,
         }
     }
 
-    /// `vma_link`: put `v` into `mm`'s tree and the reverse map.
+    /// `vma_link`: put `v` into `mm`'s tree and the reverse map (chained to its `anon_vma`
+    /// and each ancestor, and in its file's `i_mmap`).
     pub(crate) fn vma_link(&self, mm: &mut MmStruct, v: VmArea) {
         if let Some(id) = v.anon_vma {
-            self.anon_vmas
-                .lock()
-                .map
-                .entry(id)
-                .or_default()
-                .push(Self::record_for(mm, &v));
+            let mut avs = self.anon_vmas.lock();
+            let rec = Self::record_for(mm, &v);
+            for a in avs.chain(id) {
+                if let Some(av) = avs.map.get_mut(&a) {
+                    av.avcs.push(rec.clone());
+                }
+            }
         }
         if let Some(f) = &v.vm_file {
             f.inode.i_mmap.lock().push(Self::record_for(mm, &v));
@@ -154,16 +230,17 @@ impl Kernel {
         mm.vmacache.set(None);
     }
 
-    /// `vma_unlink`: take the VMA ending at `end` out of `mm`'s tree and the reverse map.
+    /// `vma_unlink`: take the VMA ending at `end` out of `mm`'s tree and the reverse map. Its
+    /// `anon_vma`s stay (the caller relinks the VMA or its pieces, or calls
+    /// [`Kernel::unlink_anon_vmas`] when it is gone).
     pub(crate) fn vma_unlink(&self, mm: &mut MmStruct, end: u64) -> Option<VmArea> {
         let v = mm.vmas.remove(end)?;
         mm.vmacache.set(None);
         if let Some(id) = v.anon_vma {
-            let mut av = self.anon_vmas.lock();
-            if let Some(list) = av.map.get_mut(&id) {
-                list.retain(|r| !r.same(&mm.pt, v.vm_start));
-                if list.is_empty() {
-                    av.map.remove(&id);
+            let mut avs = self.anon_vmas.lock();
+            for a in avs.chain(id) {
+                if let Some(av) = avs.map.get_mut(&a) {
+                    av.avcs.retain(|r| !r.same(&mm.pt, v.vm_start));
                 }
             }
         }
@@ -174,6 +251,66 @@ impl Kernel {
                 .retain(|r| !r.same(&mm.pt, v.vm_start));
         }
         Some(v)
+    }
+
+    /// `unlink_anon_vmas` for a VMA whose own `anon_vma` was `id`, after it was unlinked for
+    /// good (and any pieces of it relinked): free that `anon_vma`, then each ancestor, while
+    /// no VMA is chained to it and no child `anon_vma` is left.
+    pub(crate) fn unlink_anon_vmas(&self, id: u32) {
+        let mut avs = self.anon_vmas.lock();
+        let mut cur = id;
+        while let Some(av) = avs.map.get(&cur) {
+            if !av.avcs.is_empty() || av.num_children > 0 {
+                return;
+            }
+            let parent = av.parent;
+            avs.map.remove(&cur);
+            if parent == cur {
+                return;
+            }
+            if let Some(p) = avs.map.get_mut(&parent) {
+                p.num_children -= 1;
+            }
+            cur = parent;
+        }
+    }
+
+    /// `anon_vma_fork` for a VMA being copied into a child: a new `anon_vma` whose parent is
+    /// the VMA's (none when the parent VMA has none: it has no anonymous pages).
+    pub(crate) fn anon_vma_fork(&self, parent: &VmArea) -> Option<u32> {
+        let id = parent.anon_vma?;
+        Some(self.anon_vmas.lock().alloc(Some(id)))
+    }
+
+    /// `find_mergeable_anon_vma`: the `anon_vma` of a neighbour `vma` could share — adjacent,
+    /// compatible (`anon_vma_compatible`: same file and flags but for access bits,
+    /// contiguous offsets) and chained to nothing but its own root `anon_vma`
+    /// (`reusable_anon_vma`) — so the two can still merge later.
+    fn find_mergeable_anon_vma(&self, mm: &MmStruct, vma: &VmArea) -> Option<u32> {
+        let compatible = |a: &VmArea, b: &VmArea| {
+            let ignore =
+                VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC | VmFlags::VM_SOFTDIRTY;
+            a.vm_end == b.vm_start
+                && a.vm_file.is_none()
+                && b.vm_file.is_none()
+                && (a.vm_flags ^ b.vm_flags) - ignore == VmFlags::empty()
+                && b.vm_pgoff == a.vm_pgoff + a.pages()
+        };
+        let avs = self.anon_vmas.lock();
+        let singular = |old: &VmArea| {
+            old.anon_vma
+                .filter(|id| avs.map.get(id).is_some_and(|a| a.parent == *id))
+        };
+        let next = mm
+            .vmas
+            .first_from(vma.vm_end + 1)
+            .filter(|n| compatible(vma, n))
+            .and_then(singular);
+        next.or_else(|| {
+            mm.find_vma_prev(vma.vm_start)
+                .filter(|p| compatible(p, vma))
+                .and_then(singular)
+        })
     }
 
     /// `anon_vma_prepare`: give the VMA at `vma` (a copy of the linked one) an `anon_vma`
@@ -187,21 +324,83 @@ impl Kernel {
             vma.anon_vma = Some(id);
             return id;
         }
-        let id = {
-            let mut av = self.anon_vmas.lock();
-            loop {
-                av.next = (av.next + 1) & !PAGE_MAPPING_ANON;
-                if av.next != 0 && !av.map.contains_key(&av.next) {
-                    break av.next;
-                }
-            }
-        };
+        let id = self
+            .find_mergeable_anon_vma(mm, vma)
+            .unwrap_or_else(|| self.anon_vmas.lock().alloc(None));
         if let Some(mut v) = self.vma_unlink(mm, vma.vm_end) {
             v.anon_vma = Some(id);
             self.vma_link(mm, v);
         }
         vma.anon_vma = Some(id);
         id
+    }
+
+    /// `folio_move_anon_rmap`: a page this VMA alone maps (a write fault reuses it) moves to
+    /// the VMA's own `anon_vma`, so later walks look only where it can be.
+    pub(crate) fn page_move_anon_rmap(&self, page: &Page, vma: &VmArea) {
+        if let Some(id) = vma.anon_vma {
+            page.set_mapping(PAGE_MAPPING_ANON | id);
+        }
+    }
+
+    /// The `anon_vma` a page that may be shared takes when it is mapped again (from swap):
+    /// the root of the VMA's family, which every VMA that can map it is chained to.
+    pub(crate) fn anon_vma_root(&self, id: u32) -> u32 {
+        self.anon_vmas.lock().root(id)
+    }
+
+    /// The number of live `anon_vma`s.
+    pub fn nr_anon_vmas(&self) -> usize {
+        self.anon_vmas.lock().map.len()
+    }
+
+    /// The `anon_vma`s' invariants: parents and roots exist and agree, `num_children` counts
+    /// the children, every record is chained to each `anon_vma` of its VMA's chain, and no
+    /// `anon_vma` lives with nothing chained to it and no child (a leak).
+    pub fn check_anon_vma_invariants(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let avs = self.anon_vmas.lock();
+        for (&id, av) in &avs.map {
+            let children = avs
+                .map
+                .iter()
+                .filter(|(&c, a)| c != id && a.parent == id)
+                .count() as u32;
+            if children != av.num_children {
+                return Err(format!(
+                    "anon_vma {id}: num_children {} but {children} children",
+                    av.num_children
+                ));
+            }
+            if av.parent == id {
+                if av.root != id {
+                    return Err(format!("root anon_vma {id} names root {}", av.root));
+                }
+            } else {
+                let Some(p) = avs.map.get(&av.parent) else {
+                    return Err(format!("anon_vma {id}: parent {} is gone", av.parent));
+                };
+                if p.root != av.root {
+                    return Err(format!(
+                        "anon_vma {id}: root {} but parent's {}",
+                        av.root, p.root
+                    ));
+                }
+            }
+            if av.avcs.is_empty() && av.num_children == 0 {
+                return Err(format!("anon_vma {id}: nothing chained to it (leaked)"));
+            }
+            for r in &av.avcs {
+                let own = r.anon_vma.map(|o| avs.chain(o)).unwrap_or_default();
+                if !own.contains(&id) {
+                    return Err(format!(
+                        "VMA {:#x}-{:#x} (anon_vma {:?}) chained to anon_vma {id} outside its chain",
+                        r.start, r.end, r.anon_vma
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The records of the VMAs that may map `page`, with its address in each.
@@ -213,7 +412,7 @@ impl Kernel {
                 .lock()
                 .map
                 .get(&id)
-                .cloned()
+                .map(|a| a.avcs.clone())
                 .unwrap_or_default()
         } else if let Some(inode) = self.inode_of_page(page) {
             inode.i_mmap.lock().clone()
@@ -224,6 +423,12 @@ impl Kernel {
             .into_iter()
             .filter_map(|r| r.address(index).map(|a| (r, a)))
             .collect()
+    }
+
+    /// How many VMAs a reverse-map walk of `page` examines: those chained to its `anon_vma`
+    /// (or in its file's `i_mmap`) whose range covers its index, mapping it or not.
+    pub fn rmap_vma_count(&self, page: &Page) -> usize {
+        self.rmap_candidates(page).len()
     }
 
     /// `rmap_walk`: call `f(record, address)` for every PTE mapping `page` (checked against

@@ -367,13 +367,16 @@ impl Kernel {
         use crate::arch::x86_64::pgtable::Pte;
         use crate::mm::mm_types::{MM_ANONPAGES, MM_SWAPENTS};
         use core::sync::atomic::Ordering;
-        let records: Vec<(u32, crate::mm::rmap::RmapRecord)> = self
-            .anon_vmas
-            .lock()
-            .map
-            .iter()
-            .flat_map(|(&id, l)| l.iter().map(move |r| (id, r.clone())))
-            .collect();
+        // Every VMA with anonymous memory, once (it is chained to each anon_vma of its
+        // chain), with the root anon_vma its swapped-in pages join.
+        let records: Vec<(u32, crate::mm::rmap::RmapRecord)> = {
+            let avs = self.anon_vmas.lock();
+            avs.map
+                .iter()
+                .flat_map(|(&id, a)| a.avcs.iter().filter(move |r| r.anon_vma == Some(id)))
+                .map(|r| (avs.root(r.anon_vma.unwrap_or(0)), r.clone()))
+                .collect()
+        };
         for (id, r) in records {
             let mut found: Vec<(u64, SwpEntry)> = Vec::new();
             self.for_each_pte(&r.pt, r.start, r.end, |va, slot| {
