@@ -316,28 +316,51 @@ impl Kernel {
         let end = ((va & !(win - 1)) + win)
             .min(vma.vm_end)
             .min((va & !(pmd - 1)) + pmd);
-        let (mut hit, mut mapped) = (false, 0);
-        let mut a = start;
-        while a < end {
-            if self.pte_lookup(&mm.pt, a).is_none_or(|p| p.is_none()) {
-                if let Some(page) = self.find_get_page(&file.inode, vma.linear_page_index(a)) {
-                    if page.test(crate::mm::readahead::PG_READAHEAD) {
-                        self.__free_pages(cpu, page, 0);
-                    } else {
-                        self.page_add_rmap(page);
-                        let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
-                        if self.install_pte(cpu, mm, a, pte, Some(page)).is_err() {
-                            break;
-                        }
-                        mm.add_counter(MM_FILEPAGES, 1);
-                        mapped += 1;
-                        hit |= a == va;
-                    }
+        // filemap_map_pages: one PTE table for the window (it stays inside one PMD), the
+        // cached pages of the window collected with a reference in one pass over the cache
+        // (readahead markers left for their own fault), then mapped under the table lock
+        // where no PTE is yet.
+        let n = ((end - start) >> PAGE_SHIFT) as usize;
+        let Ok(slots) = self.pte_alloc_run(cpu, &mm.pt, start, n) else {
+            return false;
+        };
+        let first = vma.linear_page_index(start);
+        let mut found: [Option<&Page>; FAULT_AROUND_PAGES as usize] =
+            [None; FAULT_AROUND_PAGES as usize];
+        {
+            let pages = file.inode.i_pages.lock();
+            for (i, f) in found.iter_mut().enumerate().take(n) {
+                if slots[i].load(Ordering::Acquire) != 0 {
+                    continue;
+                }
+                let Some(pfn) = pages.get(first + i as u64) else {
+                    continue;
+                };
+                let page = self.mem_map.page(pfn);
+                if !page.test(crate::mm::readahead::PG_READAHEAD) {
+                    page.get();
+                    *f = Some(page);
                 }
             }
-            a += PAGE_SIZE;
+        }
+        let (mut hit, mut mapped) = (false, 0u32);
+        {
+            let _ptl = mm.pt.lock.lock();
+            for (i, f) in found.iter().enumerate().take(n) {
+                let Some(page) = *f else { continue };
+                if slots[i].load(Ordering::Acquire) != 0 {
+                    self.__free_pages(cpu, page, 0);
+                    continue;
+                }
+                self.page_add_rmap(page);
+                let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
+                slots[i].store(pte.0, Ordering::Release);
+                mapped += 1;
+                hit |= start + ((i as u64) << PAGE_SHIFT) == va;
+            }
         }
         if mapped > 0 {
+            mm.add_counter(MM_FILEPAGES, mapped as i64);
             self.ra_note_mapped(file, mapped);
         }
         hit

@@ -27,8 +27,8 @@ pub const LRU_ACTIVE_FILE: usize = 3;
 pub const LRU_UNEVICTABLE: usize = 4;
 /// `NR_LRU_LISTS`.
 pub const NR_LRU_LISTS: usize = 5;
-/// `PAGEVEC_SIZE` / `FOLIO_BATCH_SIZE`... the per-CPU add batch.
-pub const LRU_BATCH: usize = 15;
+/// `PAGEVEC_SIZE`, the per-CPU add batch: 31 in current kernels (15 until 2024).
+pub const LRU_BATCH: usize = 31;
 
 /// `struct lruvec` of a node.
 #[derive(Default)]

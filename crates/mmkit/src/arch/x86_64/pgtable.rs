@@ -393,6 +393,26 @@ impl Kernel {
         self.walk(Some(cpu), pt, va)?.ok_or(Errno::ENOMEM)
     }
 
+    /// `pte_offset_map` over a run: the `n` consecutive PTE slots from `va` on, allocating the
+    /// table levels. The run must lie in one PTE table (inside one 2 MiB region).
+    pub fn pte_alloc_run(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        va: u64,
+        n: usize,
+    ) -> Result<&[AtomicU64], Errno> {
+        assert!(
+            n >= 1 && table_index(va, 3) + n <= PTRS_PER_TABLE as usize,
+            "a PTE run of {n} from {va:#x} crosses its table"
+        );
+        let first = self.pte_alloc_slot(cpu, pt, va)?;
+        // SAFETY: `first` is entry `table_index(va, 3)` of a PTE table page and the next
+        // `n - 1` entries lie in the same page (asserted); the page lives as long as `first`
+        // does (the rule of `pte_alloc_slot`), and its entries are only accessed as atomics.
+        Ok(unsafe { core::slice::from_raw_parts(first as *const AtomicU64, n) })
+    }
+
     /// The PTE for `va`, or `None` where no table covers it.
     pub fn pte_lookup(&self, pt: &PgTable, va: u64) -> Option<Pte> {
         let slot = self.walk_lookup(pt, va)?;
