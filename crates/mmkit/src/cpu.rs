@@ -20,7 +20,7 @@ pub struct CpuState {
     /// Event and NUMA counters.
     pub vmstat: CpuVmStats,
     /// `cpu_fbatches.lru_add`: pages waiting to go onto the LRU lists (each holds a ref).
-    pub(crate) lru_add: crate::sync::SpinLock<alloc::vec::Vec<u64>>,
+    pub(crate) lru_add: crate::sync::SpinLock<crate::mm::swap::FolioBatch>,
     /// The CPU is in reclaim (`PF_MEMALLOC`): its allocations do not reclaim again.
     pub(crate) in_reclaim: core::cell::Cell<bool>,
 }

@@ -572,7 +572,7 @@ impl Kernel {
             held: AtomicBool::new(false),
             node: c % n_nodes,
             vmstat: CpuVmStats::new(nr_zones_total),
-            lru_add: SpinLock::new(Vec::new()),
+            lru_add: SpinLock::new(crate::mm::swap::FolioBatch::new()),
             in_reclaim: core::cell::Cell::new(false),
         });
 

@@ -12,7 +12,6 @@ use crate::cpu::CpuGuard;
 use crate::mm::list::PageList;
 use crate::mm::page::{Page, PageFlags};
 use crate::Kernel;
-use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
 
 /// `LRU_INACTIVE_ANON` … `LRU_UNEVICTABLE`, also the indices of their node counters.
@@ -29,6 +28,48 @@ pub const LRU_UNEVICTABLE: usize = 4;
 pub const NR_LRU_LISTS: usize = 5;
 /// `PAGEVEC_SIZE`, the per-CPU add batch: 31 in current kernels (15 until 2024).
 pub const LRU_BATCH: usize = 31;
+
+/// `struct folio_batch`: up to [`LRU_BATCH`] pages (by pfn) in a fixed array, as in Linux.
+#[derive(Clone, Copy)]
+pub struct FolioBatch {
+    nr: usize,
+    pfns: [u64; LRU_BATCH],
+}
+
+impl Default for FolioBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FolioBatch {
+    /// An empty batch.
+    pub const fn new() -> Self {
+        Self {
+            nr: 0,
+            pfns: [0; LRU_BATCH],
+        }
+    }
+
+    /// `folio_batch_add`: append `pfn` (there must be room); returns the room left.
+    pub fn add(&mut self, pfn: u64) -> usize {
+        self.pfns[self.nr] = pfn;
+        self.nr += 1;
+        LRU_BATCH - self.nr
+    }
+
+    /// The pages in the batch.
+    pub fn pfns(&self) -> &[u64] {
+        &self.pfns[..self.nr]
+    }
+
+    /// Move the contents out, leaving the batch empty (`folio_batch_reinit`).
+    pub fn take(&mut self) -> Self {
+        let b = *self;
+        self.nr = 0;
+        b
+    }
+}
 
 /// `struct lruvec` of a node.
 #[derive(Default)]
@@ -66,7 +107,7 @@ impl Kernel {
         let l = page_lru(page);
         lru.lists[l].push_front(&self.mem_map, pfn);
         lru.nr[l] += 1;
-        self.nodes[page.nid()].vm_stat[l].fetch_add(1, Relaxed);
+        self.mod_lru_size_locked(page, l, 1);
         page.set(PageFlags::LRU);
     }
 
@@ -76,26 +117,31 @@ impl Kernel {
         let l = page_lru(page);
         lru.lists[l].remove(&self.mem_map, pfn);
         lru.nr[l] -= 1;
-        self.nodes[page.nid()].vm_stat[l].fetch_sub(1, Relaxed);
+        self.mod_lru_size_locked(page, l, -1);
         page.clear(PageFlags::LRU);
+    }
+
+    /// `update_lru_size`: the node's `nr_inactive_anon`.. counters change only under its
+    /// `lru_lock`, which the caller holds, so a plain load and store do.
+    #[inline]
+    fn mod_lru_size_locked(&self, page: &Page, l: usize, delta: i64) {
+        let s = &self.nodes[page.nid()].vm_stat[l];
+        s.store(s.load(Relaxed) + delta, Relaxed);
     }
 
     /// `folio_add_lru`: queue a new page for its LRU list on this CPU's batch (taking a
     /// reference the drain drops); a full batch is drained.
     pub fn lru_cache_add(&self, cpu: &CpuGuard<'_>, page: &Page) {
         page.get();
-        let full = {
-            let mut b = cpu.state().lru_add.lock();
-            b.push(self.page_to_pfn(page).0);
-            b.len() >= LRU_BATCH
-        };
+        let full = cpu.state().lru_add.lock().add(self.page_to_pfn(page).0) == 0;
         if full {
             self.lru_add_drain(cpu);
         }
     }
 
     /// Drain one CPU's add batch onto the LRU lists.
-    fn drain_batch(&self, cpu: &CpuGuard<'_>, pfns: Vec<u64>) {
+    fn drain_batch(&self, cpu: &CpuGuard<'_>, batch: FolioBatch) {
+        let pfns = batch.pfns();
         // One lock round per node for the whole batch (folio_batch_move_lru).
         let mut i = 0;
         while i < pfns.len() {
@@ -111,7 +157,7 @@ impl Kernel {
                 i += 1;
             }
         }
-        for pfn in pfns {
+        for &pfn in pfns {
             self.__free_pages(cpu, self.mem_map.page(pfn), 0);
         }
     }
@@ -148,15 +194,15 @@ impl Kernel {
 
     /// `lru_add_drain`: this CPU's batch onto the lists.
     pub fn lru_add_drain(&self, cpu: &CpuGuard<'_>) {
-        let pfns = core::mem::take(&mut *cpu.state().lru_add.lock());
-        self.drain_batch(cpu, pfns);
+        let batch = cpu.state().lru_add.lock().take();
+        self.drain_batch(cpu, batch);
     }
 
     /// `lru_add_drain_all`: every CPU's batch (taken remotely under its lock).
     pub fn lru_add_drain_all(&self, cpu: &CpuGuard<'_>) {
         for c in 0..self.nr_cpus() {
-            let pfns = core::mem::take(&mut *self.cpus.get(c).lru_add.lock());
-            self.drain_batch(cpu, pfns);
+            let batch = self.cpus.get(c).lru_add.lock().take();
+            self.drain_batch(cpu, batch);
         }
     }
 
