@@ -160,8 +160,9 @@ impl Machine {
         })
     }
 
-    /// The timer tick of the CPU `cpu` holds: runs its periodic work when due (today
-    /// `cache_reap`, every `REAP_INTERVAL_NS`). Workloads call it between operations.
+    /// The timer tick of the CPU `cpu` holds: runs its periodic work when due (`cache_reap`,
+    /// `decay_pcp_high` and the `vmstat_update` fold, every `REAP_INTERVAL_NS`). Workloads
+    /// call it between operations.
     pub fn tick(&self, cpu: &mmkit::CpuGuard<'_>) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = self.kernel.platform().now_ns();
@@ -170,6 +171,7 @@ impl Machine {
             next.store(now + REAP_INTERVAL_NS, Relaxed);
             self.kernel.cache_reap(cpu);
             self.kernel.decay_pcp_high(cpu);
+            self.kernel.refresh_cpu_vm_stats(cpu);
         }
     }
 

@@ -215,7 +215,7 @@ fn private_and_shared_file_mappings() {
         // The private copy in p1 was made before: it keeps the old bytes.
         assert_eq!(&read(k, cpu, &mut p1, a + 10, 7)[..], b"PRIVATE");
         assert!(k.global_node_page_state(mmkit::mm::filemap::NR_FILE_DIRTY) >= 1);
-        k.write_inode_now(&inode).unwrap();
+        k.write_inode_now(cpu, &inode).unwrap();
         let mut on_disk = vec![0u8; 6];
         inode.data().read_at(4096 + 5, &mut on_disk).unwrap();
         assert_eq!(&on_disk, b"SHARED", "writeback reached the file");
@@ -546,7 +546,7 @@ fn shared_file_dirty_tracking() {
         assert!(page.test(mmkit::mm::page::PageFlags::DIRTY));
         assert!(k.pte_lookup(&mm.pt, a).unwrap().writable());
         k.munmap(cpu, &mut mm, a, 8192).unwrap();
-        k.write_inode_now(&inode).unwrap();
+        k.write_inode_now(cpu, &inode).unwrap();
         let mut b = [0u8];
         inode.data().read_at(0, &mut b).unwrap();
         assert_eq!(&b, b"d");
@@ -811,6 +811,50 @@ fn neighbours_share_an_anon_vma_and_merge() {
     });
 }
 
+/// Node counters as vmstat.c keeps them: a CPU's changes gather in its differential and
+/// reach the node's counter only past the node's threshold or at the periodic fold, while
+/// the snapshot the `/proc` views read is exact all along.
+#[test]
+fn node_counters_fold_per_cpu_differentials() {
+    use mmkit::mm::filemap::NR_ANON_MAPPED;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = boot_mem(256, 2, "");
+    let k = &m.kernel;
+    let t = k.nodes[0].stat_threshold.load(Relaxed);
+    assert!(t > 0 && t <= 125, "threshold {t}");
+    let raw = || k.nodes[0].vm_stat[NR_ANON_MAPPED].load(Relaxed);
+    m.on_cpu(0, |cpu| {
+        k.refresh_cpu_vm_stats(cpu);
+        let (raw0, snap0) = (raw(), k.node_page_state(0, NR_ANON_MAPPED));
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 512 << 12, RW, ANON, 0).unwrap();
+        let fault = |mm: &mut MmStruct, from: u64, to: u64| {
+            for i in from..to {
+                k.user_write(cpu, mm, a + (i << 12), &[1]).unwrap();
+            }
+        };
+        fault(&mut mm, 0, t as u64);
+        assert_eq!(raw(), raw0, "{t} pages stay in this CPU's differential");
+        assert_eq!(k.node_page_state(0, NR_ANON_MAPPED), snap0 + t);
+        fault(&mut mm, t as u64, t as u64 + 1);
+        assert_eq!(
+            raw(),
+            raw0 + t + 1,
+            "past the threshold the differential is folded"
+        );
+        fault(&mut mm, t as u64 + 1, t as u64 + 3);
+        assert_eq!(k.node_page_state(0, NR_ANON_MAPPED), snap0 + t + 3);
+        k.refresh_cpu_vm_stats(cpu);
+        assert_eq!(
+            raw(),
+            raw0 + t + 3,
+            "the periodic fold leaves nothing behind"
+        );
+        k.exit_mmap(cpu, mm);
+        assert_eq!(k.node_page_state(0, NR_ANON_MAPPED), snap0);
+    });
+}
+
 /// mlock faults the range in and marks it VM_LOCKED (split off from the rest, locked_vm
 /// counted); munlock undoes it and the VMAs merge back. madvise(MADV_WILLNEED) reads a file
 /// range into the page cache without mapping it.
@@ -892,16 +936,16 @@ fn writeback_then_write_again_reaches_the_file() {
             .do_mmap(cpu, &mut mm, Some(&f), 0, 4096, RW, MAP_SHARED, 0)
             .unwrap();
         k.user_write(cpu, &mut mm, a, b"one").unwrap();
-        k.write_inode_now(&inode).unwrap();
+        k.write_inode_now(cpu, &inode).unwrap();
         assert!(
             !k.pte_lookup(&mm.pt, a).unwrap().writable(),
             "cleaned and write-protected"
         );
         k.user_write(cpu, &mut mm, a, b"two").unwrap();
-        assert_eq!(k.msync(&mm, a + 1, 4096, 4), Err(mmkit::Errno::EINVAL));
-        assert_eq!(k.msync(&mm, a, 4096, 5), Err(mmkit::Errno::EINVAL));
-        assert_eq!(k.msync(&mm, a, 8192, 4), Err(mmkit::Errno::ENOMEM));
-        k.msync(&mm, a, 4096, 4).unwrap(); // MS_SYNC
+        assert_eq!(k.msync(cpu, &mm, a + 1, 4096, 4), Err(mmkit::Errno::EINVAL));
+        assert_eq!(k.msync(cpu, &mm, a, 4096, 5), Err(mmkit::Errno::EINVAL));
+        assert_eq!(k.msync(cpu, &mm, a, 8192, 4), Err(mmkit::Errno::ENOMEM));
+        k.msync(cpu, &mm, a, 4096, 4).unwrap(); // MS_SYNC
         let mut b = [0u8; 3];
         inode.data().read_at(0, &mut b).unwrap();
         assert_eq!(&b, b"two");

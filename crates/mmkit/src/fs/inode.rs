@@ -293,7 +293,7 @@ impl Kernel {
     /// `evict`: drop an inode nobody maps any more, with its page cache (dirty pages are
     /// written back first). `EBUSY` while a page is still mapped or otherwise referenced.
     pub fn evict_inode(&self, cpu: &crate::CpuGuard<'_>, inode: &Arc<Inode>) -> Result<(), Errno> {
-        self.write_inode_now(inode)?;
+        self.write_inode_now(cpu, inode)?;
         self.lru_add_drain_all(cpu);
         self.invalidate_mapping_pages(cpu, inode);
         if inode.nrpages() != 0 {

@@ -38,21 +38,6 @@ pub const PGMAJFAULT: usize = index_of(VM_EVENT_NAMES, "pgmajfault");
 pub const VM_READAHEAD_PAGES: u64 = 32;
 
 impl Kernel {
-    /// `__mod_node_page_state` for the node of `page`.
-    #[inline]
-    pub(crate) fn mod_node_page_state(&self, page: &Page, item: usize, delta: i64) {
-        self.nodes[page.nid()].vm_stat[item].fetch_add(delta, Relaxed);
-    }
-
-    /// `global_node_page_state(item)`: the sum over nodes, never negative.
-    pub fn global_node_page_state(&self, item: usize) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.vm_stat[item].load(Relaxed))
-            .sum::<i64>()
-            .max(0) as u64
-    }
-
     /// Pages a file of `inode`'s size spans.
     fn file_pages(inode: &Inode) -> u64 {
         inode.size().div_ceil(PAGE_SIZE)
@@ -105,7 +90,7 @@ impl Kernel {
         page.set(PageFlags::UPTODATE);
         pages.insert(index, pfn);
         inode.nrpages.fetch_add(1, Relaxed);
-        self.mod_node_page_state(page, NR_FILE_PAGES, 1);
+        self.mod_node_page_state(cpu, page, NR_FILE_PAGES, 1);
         drop(pages);
         self.lru_cache_add(cpu, page);
         Ok(Some(page))
@@ -176,18 +161,18 @@ impl Kernel {
     }
 
     /// `folio_mark_dirty` for a page-cache page: set `PG_dirty`, count it.
-    pub fn set_page_dirty(&self, page: &Page) {
+    pub fn set_page_dirty(&self, cpu: &CpuGuard<'_>, page: &Page) {
         if !page.test(PageFlags::DIRTY) {
             page.set(PageFlags::DIRTY);
-            self.mod_node_page_state(page, NR_FILE_DIRTY, 1);
-            self.mod_node_page_state(page, NR_DIRTIED, 1);
+            self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, 1);
+            self.mod_node_page_state(cpu, page, NR_DIRTIED, 1);
         }
     }
 
     /// Write one dirty page back to the store and clear `PG_dirty` (`folio_clear_dirty_for_io`
     /// + `writepage`). Its PTEs are cleaned and write-protected first (`folio_mkclean`), so a
     ///   later write through a mapping faults and dirties the page again.
-    fn writeback_page(&self, inode: &Inode, page: &Page) -> Result<(), Errno> {
+    fn writeback_page(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) -> Result<(), Errno> {
         self.page_mkclean(page);
         let index = page.index();
         let size = inode.size();
@@ -201,15 +186,20 @@ impl Kernel {
         }
         if page.test(PageFlags::DIRTY) {
             page.clear(PageFlags::DIRTY);
-            self.mod_node_page_state(page, NR_FILE_DIRTY, -1);
-            self.mod_node_page_state(page, NR_WRITTEN, 1);
+            self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
+            self.mod_node_page_state(cpu, page, NR_WRITTEN, 1);
         }
         Ok(())
     }
 
     /// `pageout` of one dirty page-cache page (reclaim's writeback).
-    pub(crate) fn writeback_one(&self, inode: &Inode, page: &Page) -> Result<(), Errno> {
-        self.writeback_page(inode, page)
+    pub(crate) fn writeback_one(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        page: &Page,
+    ) -> Result<(), Errno> {
+        self.writeback_page(cpu, inode, page)
     }
 
     /// `__remove_mapping` for a clean, unmapped page-cache page whose only other reference is
@@ -232,7 +222,7 @@ impl Kernel {
 
     /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
     /// back to its store. The first error is returned after trying every page.
-    pub fn write_inode_now(&self, inode: &Inode) -> Result<(), Errno> {
+    pub fn write_inode_now(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> Result<(), Errno> {
         // Dirty PTEs of mapped pages count too (what msync finds through the page tables).
         let pfns: Vec<u64> = inode.i_pages.lock().values().collect();
         let dirty: Vec<u64> = pfns
@@ -245,7 +235,7 @@ impl Kernel {
         let mut res = Ok(());
         for pfn in dirty {
             let page = self.mem_map.page(pfn);
-            if let Err(e) = self.writeback_page(inode, page) {
+            if let Err(e) = self.writeback_page(cpu, inode, page) {
                 res = res.and(Err(e));
             }
         }
@@ -291,7 +281,7 @@ impl Kernel {
             let page = self.mem_map.page(pfn);
             if page.test(PageFlags::DIRTY) {
                 page.clear(PageFlags::DIRTY);
-                self.mod_node_page_state(page, NR_FILE_DIRTY, -1);
+                self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
             }
             self.delete_from_page_cache(cpu, inode, page);
         }
@@ -301,7 +291,7 @@ impl Kernel {
     /// `i_pages`) leaves the cache and is freed.
     fn delete_from_page_cache(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) {
         inode.nrpages.fetch_sub(1, Relaxed);
-        self.mod_node_page_state(page, NR_FILE_PAGES, -1);
+        self.mod_node_page_state(cpu, page, NR_FILE_PAGES, -1);
         page.set_mapping(0);
         page.clear(
             PageFlags::UPTODATE | PageFlags::REFERENCED | crate::mm::readahead::PG_READAHEAD,

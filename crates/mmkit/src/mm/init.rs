@@ -571,7 +571,7 @@ impl Kernel {
         let cpus = PerCpu::new(nr_cpus, |c| CpuState {
             held: AtomicBool::new(false),
             node: c % n_nodes,
-            vmstat: CpuVmStats::new(nr_zones_total),
+            vmstat: CpuVmStats::new(nr_zones_total, n_nodes),
             lru_add: SpinLock::new(crate::mm::swap::FolioBatch::new()),
             in_reclaim: core::cell::Cell::new(false),
         });

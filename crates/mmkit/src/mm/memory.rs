@@ -138,7 +138,7 @@ impl Kernel {
         // Other VMAs of the family may map the page too: it joins the root anon_vma.
         let av = self.anon_vma_prepare(mm, vma);
         let root = self.anon_vma_root(av);
-        self.page_add_anon_rmap(page, root, vma.linear_page_index(va));
+        self.page_add_anon_rmap(cpu, page, root, vma.linear_page_index(va));
         mm.add_counter(MM_ANONPAGES, 1);
         mm.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
         self.swap_free(entry);
@@ -193,7 +193,7 @@ impl Kernel {
             Ok(()) => Ok(()),
             Err(_) => {
                 if let Some(p) = page {
-                    self.page_remove_rmap(p);
+                    self.page_remove_rmap(cpu, p);
                     self.__free_pages(cpu, p, 0);
                 }
                 Err(VmFault::Oom)
@@ -220,7 +220,7 @@ impl Kernel {
         }
         let av = self.anon_vma_prepare(mm, vma);
         let page = self.alloc_user_page(cpu, true)?;
-        self.page_add_new_anon_rmap(page, av, vma.linear_page_index(va));
+        self.page_add_new_anon_rmap(cpu, page, av, vma.linear_page_index(va));
         let pfn = self.page_to_pfn(page).0;
         // set_pte_at into the slot the fault walked to (the mm is ours alone: no race).
         slot.store(
@@ -295,7 +295,7 @@ impl Kernel {
             return Ok(FaultKind::Minor);
         }
         let (page, kind) = self.file_page(cpu, vma, va)?;
-        self.page_add_rmap(page);
+        self.page_add_rmap(cpu, page);
         let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
         self.install_pte(cpu, mm, va, pte, Some(page))?;
         mm.add_counter(MM_FILEPAGES, 1);
@@ -352,7 +352,7 @@ impl Kernel {
                     self.__free_pages(cpu, page, 0);
                     continue;
                 }
-                self.page_add_rmap(page);
+                self.page_add_rmap(cpu, page);
                 let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
                 slots[i].store(pte.0, Ordering::Release);
                 mapped += 1;
@@ -387,7 +387,7 @@ impl Kernel {
         let pfn = self.page_to_pfn(new).0;
         self.copy_highpage(pfn, self.page_to_pfn(src).0);
         self.__free_pages(cpu, src, 0);
-        self.page_add_new_anon_rmap(new, av, vma.linear_page_index(va));
+        self.page_add_new_anon_rmap(cpu, new, av, vma.linear_page_index(va));
         self.install_pte(
             cpu,
             mm,
@@ -410,8 +410,8 @@ impl Kernel {
         va: u64,
     ) -> Result<FaultKind, VmFault> {
         let (page, kind) = self.file_page(cpu, vma, va)?;
-        self.page_add_rmap(page);
-        self.set_page_dirty(page);
+        self.page_add_rmap(cpu, page);
+        self.set_page_dirty(cpu, page);
         let pte = Self::mk_pte(self.page_to_pfn(page).0, vma.vm_page_prot, vma, true);
         self.install_pte(cpu, mm, va, pte, Some(page))?;
         mm.add_counter(MM_FILEPAGES, 1);
@@ -431,7 +431,7 @@ impl Kernel {
         if vma.vm_flags.contains(VmFlags::VM_SHARED) {
             // wp_page_shared: the page cache learns the page is dirty; map it writable.
             if let Some(p) = old {
-                self.set_page_dirty(p);
+                self.set_page_dirty(cpu, p);
             }
             self.pte_update(&mm.pt, va, |p| p.mkwrite_dirty());
             self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
@@ -474,7 +474,7 @@ impl Kernel {
         if let Some(p) = old {
             self.copy_highpage(pfn, self.page_to_pfn(p).0);
         }
-        self.page_add_new_anon_rmap(new, av, vma.linear_page_index(va));
+        self.page_add_new_anon_rmap(cpu, new, av, vma.linear_page_index(va));
         let entry = Self::mk_pte(pfn, vma.vm_page_prot, vma, true);
         // ptep_clear_flush + set_pte_at: every CPU must stop using the old page first.
         let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
@@ -487,7 +487,7 @@ impl Kernel {
         }
         if !same {
             // Reclaim got there first: let the access retry against the new entry.
-            self.page_remove_rmap(new);
+            self.page_remove_rmap(cpu, new);
             self.__free_pages(cpu, new, 0);
             return Ok(FaultKind::Minor);
         }
@@ -500,7 +500,7 @@ impl Kernel {
             } else {
                 mm.add_counter(MM_ANONPAGES, -1);
             }
-            self.page_remove_rmap(p);
+            self.page_remove_rmap(cpu, p);
             self.__free_pages(cpu, p, 0);
         }
         Ok(FaultKind::Minor)
@@ -572,11 +572,11 @@ impl Kernel {
                 anon += 1;
             } else {
                 if pte.dirty() && self.page_is_file(page) {
-                    self.set_page_dirty(page);
+                    self.set_page_dirty(cpu, page);
                 }
                 file += 1;
             }
-            self.page_remove_rmap(page);
+            self.page_remove_rmap(cpu, page);
             // free_swap_cache: an unmapped swap-cache page whose slot no PTE uses any more
             // leaves the swap cache with it.
             if page.mapcount() == 0 && page.test(crate::mm::swap_state::PG_SWAPCACHE) {
@@ -650,7 +650,7 @@ impl Kernel {
             }
             let page = self.vm_normal_page(pte);
             if let Some(p) = page {
-                self.page_add_rmap(p);
+                self.page_add_rmap(cpu, p);
                 dst.add_counter(
                     if page_anon(p) {
                         MM_ANONPAGES
@@ -664,7 +664,7 @@ impl Kernel {
             // child of a COW mapping (the Accessed bit belongs to the parent's history).
             if let Err(e) = self.set_pte_at(cpu, &dst.pt, va, pte.mkold()) {
                 if let Some(p) = page {
-                    self.page_remove_rmap(p);
+                    self.page_remove_rmap(cpu, p);
                     self.__free_pages(cpu, p, 0);
                     dst.add_counter(
                         if page_anon(p) {

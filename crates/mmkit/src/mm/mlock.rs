@@ -84,7 +84,14 @@ impl Kernel {
     /// for an unaligned start, unknown flags, or `MS_SYNC` with `MS_ASYNC`; `ENOMEM` when
     /// part of the range is unmapped (after syncing what is); `EBUSY` for `MS_INVALIDATE` on
     /// locked memory; `EIO` when the store fails.
-    pub fn msync(&self, mm: &MmStruct, start: u64, len: u64, flags: u32) -> Result<(), Errno> {
+    pub fn msync(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        start: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<(), Errno> {
         const MS_ASYNC: u32 = 1;
         const MS_INVALIDATE: u32 = 2;
         const MS_SYNC: u32 = 4;
@@ -116,7 +123,8 @@ impl Kernel {
                 return Err(Errno::EBUSY);
             }
             if let (Some(f), true) = (&v.vm_file, v.vm_flags.contains(VmFlags::VM_SHARED)) {
-                self.write_inode_now(&f.inode).map_err(|_| Errno::EIO)?;
+                self.write_inode_now(cpu, &f.inode)
+                    .map_err(|_| Errno::EIO)?;
             }
             cur = v.vm_end;
         }

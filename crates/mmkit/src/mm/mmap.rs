@@ -672,11 +672,11 @@ impl Kernel {
             return Err(Errno::EBUSY);
         }
         page.get();
-        self.page_add_rmap(page);
+        self.page_add_rmap(cpu, page);
         let pte =
             crate::arch::x86_64::pgtable::Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
         if let Err(e) = self.set_pte_at(cpu, &mm.pt, va, pte) {
-            self.page_remove_rmap(page);
+            self.page_remove_rmap(cpu, page);
             self.__free_pages(cpu, page, 0);
             return Err(e);
         }

@@ -261,8 +261,10 @@ pub struct PglistData {
     pub zonelist_fallback: Vec<(usize, ZoneType)>,
     /// `node_zonelists[ZONELIST_NOFALLBACK]`: this node's zones only.
     pub zonelist_nofallback: Vec<(usize, ZoneType)>,
-    /// Node counters, in `NODE_STAT_NAMES` order.
+    /// Node counters, in `NODE_STAT_NAMES` order (each CPU also holds a differential).
     pub vm_stat: Box<[AtomicI64]>,
+    /// `per_cpu_nodestats.stat_threshold`: how far a CPU's differential may drift.
+    pub stat_threshold: AtomicI64,
     /// The LRU lists (`lruvec`) under `lru_lock`.
     pub lru: crate::sync::SpinLock<crate::mm::swap::Lruvec>,
     /// kswapd has been woken (`kswapd_wait` with work pending).
@@ -288,6 +290,7 @@ impl PglistData {
             vm_stat: (0..NODE_STAT_NAMES.len())
                 .map(|_| AtomicI64::new(0))
                 .collect(),
+            stat_threshold: AtomicI64::new(0),
             lru: crate::sync::SpinLock::new(Default::default()),
             kswapd_wait: Default::default(),
             kswapd_wakeups: Default::default(),

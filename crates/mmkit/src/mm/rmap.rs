@@ -153,46 +153,58 @@ pub fn page_anon(page: &Page) -> bool {
 impl Kernel {
     /// `folio_add_new_anon_rmap`: a page just allocated for a fault becomes anonymous memory
     /// of `anon_vma` at linear index `index`, mapped by one PTE.
-    pub(crate) fn page_add_new_anon_rmap(&self, page: &Page, anon_vma: u32, index: u64) {
+    pub(crate) fn page_add_new_anon_rmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        page: &Page,
+        anon_vma: u32,
+        index: u64,
+    ) {
         page.set_mapping(PAGE_MAPPING_ANON | anon_vma);
         page.set_index(index);
         // __folio_set_swapbacked: nobody else sees the new page yet.
         page.set_nonatomic(PageFlags::SWAPBACKED);
         page.set_mapcount(1);
-        self.mod_node_page_state(page, NR_ANON_MAPPED, 1);
+        self.mod_node_page_state(cpu, page, NR_ANON_MAPPED, 1);
     }
 
     /// `folio_add_anon_rmap_pte` for a page coming back from swap: the first mapping makes it
     /// anonymous memory of `anon_vma` at `index` (as a new page), later ones just count.
-    pub(crate) fn page_add_anon_rmap(&self, page: &Page, anon_vma: u32, index: u64) {
+    pub(crate) fn page_add_anon_rmap(
+        &self,
+        cpu: &CpuGuard<'_>,
+        page: &Page,
+        anon_vma: u32,
+        index: u64,
+    ) {
         if page.mapcount() == 0 {
-            self.page_add_new_anon_rmap(page, anon_vma, index);
+            self.page_add_new_anon_rmap(cpu, page, anon_vma, index);
         } else {
-            self.page_add_rmap(page);
+            self.page_add_rmap(cpu, page);
         }
     }
 
     /// `folio_add_file_rmap_pte` / `folio_dup_*_rmap_pte`: one more PTE maps `page`.
-    pub(crate) fn page_add_rmap(&self, page: &Page) {
+    pub(crate) fn page_add_rmap(&self, cpu: &CpuGuard<'_>, page: &Page) {
         if page.inc_mapcount() == 1 {
             let item = if page_anon(page) {
                 NR_ANON_MAPPED
             } else {
                 NR_FILE_MAPPED
             };
-            self.mod_node_page_state(page, item, 1);
+            self.mod_node_page_state(cpu, page, item, 1);
         }
     }
 
     /// `folio_remove_rmap_pte`: one PTE stopped mapping `page`.
-    pub(crate) fn page_remove_rmap(&self, page: &Page) {
+    pub(crate) fn page_remove_rmap(&self, cpu: &CpuGuard<'_>, page: &Page) {
         if page.dec_mapcount() == 0 {
             let item = if page_anon(page) {
                 NR_ANON_MAPPED
             } else {
                 NR_FILE_MAPPED
             };
-            self.mod_node_page_state(page, item, -1);
+            self.mod_node_page_state(cpu, page, item, -1);
         }
     }
 }
@@ -530,7 +542,7 @@ impl Kernel {
                 if anon {
                     page.set(PageFlags::DIRTY);
                 } else {
-                    self.set_page_dirty(page);
+                    self.set_page_dirty(cpu, page);
                 }
             }
             if anon {
@@ -539,7 +551,7 @@ impl Kernel {
             } else {
                 r.rss[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
             }
-            self.page_remove_rmap(page);
+            self.page_remove_rmap(cpu, page);
             self.__free_pages(cpu, page, 0);
             true
         });

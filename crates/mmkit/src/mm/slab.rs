@@ -918,7 +918,7 @@ impl Kernel {
         } else {
             NR_SLAB_UNRECLAIMABLE
         };
-        self.nodes[page.nid()].vm_stat[item].fetch_add(1 << c.gfporder, Relaxed);
+        self.mod_node_page_state(cpu, page, item, 1 << c.gfporder);
         Some(pfn)
     }
 
@@ -936,7 +936,7 @@ impl Kernel {
         } else {
             NR_SLAB_UNRECLAIMABLE
         };
-        self.nodes[page.nid()].vm_stat[item].fetch_sub(1 << c.gfporder, Relaxed);
+        self.mod_node_page_state(cpu, page, item, -(1 << c.gfporder));
         // Restore the compound head's order, which `private` held as the colour offset.
         page.set_private(c.gfporder);
         self.__free_pages(cpu, page, c.gfporder);

@@ -344,13 +344,10 @@ impl Kernel {
     /// Pages held by slabs: (reclaimable, unreclaimable), for meminfo.
     pub fn slab_pages(&self) -> (u64, u64) {
         use crate::mm::slab::{NR_SLAB_RECLAIMABLE, NR_SLAB_UNRECLAIMABLE};
-        let sum = |i: usize| -> u64 {
-            self.nodes
-                .iter()
-                .map(|n| n.vm_stat[i].load(Relaxed).max(0) as u64)
-                .sum()
-        };
-        (sum(NR_SLAB_RECLAIMABLE), sum(NR_SLAB_UNRECLAIMABLE))
+        (
+            self.global_node_page_state(NR_SLAB_RECLAIMABLE),
+            self.global_node_page_state(NR_SLAB_UNRECLAIMABLE),
+        )
     }
 
     /// Slab debugging reports so far (bad frees, double frees, overruns, corruption).

@@ -34,7 +34,7 @@ impl Kernel {
             .then(|| SwpEntry::unpack(page.private()))
     }
 
-    fn cache_insert(&self, e: SwpEntry, page: &Page) -> bool {
+    fn cache_insert(&self, cpu: &CpuGuard<'_>, e: SwpEntry, page: &Page) -> bool {
         let mut st = self.swap.lock();
         let Some(a) = st.areas.get_mut(e.ty).and_then(|a| a.as_mut()) else {
             return false;
@@ -47,15 +47,15 @@ impl Kernel {
         page.get();
         page.set(PG_SWAPCACHE | PageFlags::SWAPBACKED);
         page.set_private(e.pack());
-        self.mod_node_page_state(page, NR_SWAPCACHE, 1);
+        self.mod_node_page_state(cpu, page, NR_SWAPCACHE, 1);
         true
     }
 
     /// `add_to_swap`: give an anonymous page a slot and put it in the swap cache, dirty (it
     /// must be written before it can be dropped). `None` when swap is full or absent.
-    pub(crate) fn add_to_swap(&self, page: &Page) -> Option<SwpEntry> {
+    pub(crate) fn add_to_swap(&self, cpu: &CpuGuard<'_>, page: &Page) -> Option<SwpEntry> {
         let e = self.get_swap_page()?;
-        if !self.cache_insert(e, page) {
+        if !self.cache_insert(cpu, e, page) {
             self.swap_clear_cache(e);
             return None;
         }
@@ -77,7 +77,7 @@ impl Kernel {
         }
         page.clear(PG_SWAPCACHE);
         page.set_private(0);
-        self.mod_node_page_state(page, NR_SWAPCACHE, -1);
+        self.mod_node_page_state(cpu, page, NR_SWAPCACHE, -1);
         self.swap_clear_cache(e);
         self.__free_pages(cpu, page, 0);
     }
@@ -140,7 +140,7 @@ impl Kernel {
         self.phys_write(self.page_to_pfn(page).0 << 12, &buf);
         page.set(PageFlags::UPTODATE);
         cpu.state().vmstat.count(PSWPIN, 1);
-        if !self.cache_insert(e, page) {
+        if !self.cache_insert(cpu, e, page) {
             self.__free_pages(cpu, page, 0);
             return Ok(None);
         }

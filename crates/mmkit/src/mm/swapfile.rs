@@ -397,7 +397,12 @@ impl Kernel {
                     self.__free_pages(cpu, page, 0);
                     continue;
                 }
-                self.page_add_anon_rmap(page, id, r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT));
+                self.page_add_anon_rmap(
+                    cpu,
+                    page,
+                    id,
+                    r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT),
+                );
                 r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
                 r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
                 self.swap_free(e);

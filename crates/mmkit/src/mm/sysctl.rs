@@ -56,6 +56,7 @@ impl Kernel {
                 p.high = high_min;
             }
         }
+        self.refresh_zone_stat_thresholds();
     }
 
     /// `vm.min_free_kbytes`.

@@ -290,7 +290,10 @@ impl Kernel {
     /// Unmap, clean and detach one page so that the caller's reference is its last.
     fn reclaim_one(&self, cpu: &CpuGuard<'_>, page: &Page, sc: &ScanControl) -> bool {
         let anon = page_anon(page) || page.test(PageFlags::SWAPBACKED);
-        if anon && !page.test(PG_SWAPCACHE) && (!sc.may_swap || self.add_to_swap(page).is_none()) {
+        if anon
+            && !page.test(PG_SWAPCACHE)
+            && (!sc.may_swap || self.add_to_swap(cpu, page).is_none())
+        {
             return false;
         }
         if page.mapcount() > 0 {
@@ -311,7 +314,7 @@ impl Kernel {
                 self.swap_writepage(cpu, page).is_ok()
             } else {
                 match self.inode_of_page(page) {
-                    Some(inode) => self.writeback_one(&inode, page).is_ok(),
+                    Some(inode) => self.writeback_one(cpu, &inode, page).is_ok(),
                     None => false,
                 }
             };

@@ -5,11 +5,25 @@
 //! Per-CPU counters are written only by the CPU that owns them (through its `CpuGuard`), so
 //! an increment is a relaxed load and store with no atomic read-modify-write; readers sum
 //! every CPU's copy, as `/proc/vmstat` does in Linux.
+//!
+//! Node counters work as Linux's: `__mod_node_page_state` adds to this CPU's differential
+//! (`vm_node_stat_diff`) and folds it into the node's atomic counter only when it passes the
+//! node's `stat_threshold` (`refresh_zone_stat_thresholds`: the largest of its zones'
+//! `calculate_normal_threshold`); `refresh_cpu_vm_stats`, run from each CPU's periodic
+//! vmstat work, folds the rest. Readers here take `node_page_state_snapshot` — the counter
+//! plus every CPU's differential — so the `/proc` views are exact whenever the CPUs are
+//! quiet, as after a write to `/proc/sys/vm/stat_refresh` in Linux. The LRU sizes are the
+//! exception: they change under the node's `lru_lock`, exactly. Zone counters
+//! (`NR_FREE_PAGES`) change under the zone lock and are exact too, so the watermark checks
+//! need no `zone_page_state_snapshot`.
 
 pub use super::vmstat_names::*;
+use crate::cpu::CpuGuard;
+use crate::mm::page::Page;
 use crate::sync::CachePadded;
+use crate::Kernel;
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 const fn name_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -64,14 +78,22 @@ pub struct CpuVmStats {
     /// NUMA statistics per zone (`node * MAX_NR_ZONES + zone`), `NUMA_STAT_NAMES` order,
     /// a cache line per zone.
     pub numa: Box<[CachePadded<[AtomicU64; 6]>]>,
+    /// `per_cpu_nodestats.vm_node_stat_diff[]`, per node, `NODE_STAT_NAMES` order.
+    pub node_diff: Box<[CachePadded<[AtomicI64; NR_NODE_STATS]>]>,
 }
 
+/// Number of node counters.
+pub const NR_NODE_STATS: usize = NODE_STAT_NAMES.len();
+
 impl CpuVmStats {
-    pub(crate) fn new(nr_zones_total: usize) -> Self {
+    pub(crate) fn new(nr_zones_total: usize, nr_nodes: usize) -> Self {
         Self {
             events: Box::new(CachePadded(core::array::from_fn(|_| AtomicU64::new(0)))),
             numa: (0..nr_zones_total)
                 .map(|_| CachePadded(Default::default()))
+                .collect(),
+            node_diff: (0..nr_nodes)
+                .map(|_| CachePadded(core::array::from_fn(|_| AtomicI64::new(0))))
                 .collect(),
         }
     }
@@ -88,5 +110,81 @@ impl CpuVmStats {
     pub(crate) fn count_numa(&self, zone_idx: usize, item: usize) {
         let e = &self.numa[zone_idx].0[item];
         e.store(e.load(Relaxed) + 1, Relaxed);
+    }
+}
+
+impl Kernel {
+    /// `__mod_node_page_state` for the node of `page`, on this CPU.
+    #[inline]
+    pub(crate) fn mod_node_page_state(
+        &self,
+        cpu: &CpuGuard<'_>,
+        page: &Page,
+        item: usize,
+        delta: i64,
+    ) {
+        self.mod_node_state(cpu, page.nid(), item, delta);
+    }
+
+    /// `__mod_node_page_state`: this CPU's differential takes `delta`; past the node's
+    /// threshold it is folded into the node's counter.
+    #[inline]
+    pub(crate) fn mod_node_state(&self, cpu: &CpuGuard<'_>, nid: usize, item: usize, delta: i64) {
+        let d = &cpu.state().vmstat.node_diff[nid].0[item];
+        let x = d.load(Relaxed) + delta;
+        let node = &self.nodes[nid];
+        if x.abs() > node.stat_threshold.load(Relaxed) {
+            node.vm_stat[item].fetch_add(x, Relaxed);
+            d.store(0, Relaxed);
+        } else {
+            d.store(x, Relaxed);
+        }
+    }
+
+    /// `node_page_state_snapshot`: node `nid`'s counter plus every CPU's differential.
+    pub fn node_page_state(&self, nid: usize, item: usize) -> i64 {
+        let diffs: i64 = (0..self.nr_cpus())
+            .map(|c| self.cpus.get(c).vmstat.node_diff[nid].0[item].load(Relaxed))
+            .sum();
+        self.nodes[nid].vm_stat[item].load(Relaxed) + diffs
+    }
+
+    /// `global_node_page_state(item)` (from the snapshots): the sum over nodes, never
+    /// negative.
+    pub fn global_node_page_state(&self, item: usize) -> u64 {
+        (0..self.nodes.len())
+            .map(|n| self.node_page_state(n, item))
+            .sum::<i64>()
+            .max(0) as u64
+    }
+
+    /// `refresh_cpu_vm_stats`: fold this CPU's node differentials into the node counters
+    /// (the periodic `vmstat_update` work).
+    pub fn refresh_cpu_vm_stats(&self, cpu: &CpuGuard<'_>) {
+        for (nid, diffs) in cpu.state().vmstat.node_diff.iter().enumerate() {
+            for (item, d) in diffs.0.iter().enumerate() {
+                let x = d.load(Relaxed);
+                if x != 0 {
+                    self.nodes[nid].vm_stat[item].fetch_add(x, Relaxed);
+                    d.store(0, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// `refresh_zone_stat_thresholds`: each node folds at the largest of its zones'
+    /// `calculate_normal_threshold`.
+    pub(crate) fn refresh_zone_stat_thresholds(&self) {
+        let nr_cpus = self.nr_cpus();
+        for n in self.nodes.iter() {
+            let t = n
+                .zones
+                .iter()
+                .filter(|z| z.managed() > 0)
+                .map(|z| z.stat_threshold(nr_cpus))
+                .max()
+                .unwrap_or(0);
+            n.stat_threshold.store(i64::from(t), Relaxed);
+        }
     }
 }

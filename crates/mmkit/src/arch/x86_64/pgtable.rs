@@ -245,13 +245,13 @@ impl Kernel {
         let page = self
             .alloc_page(cpu, Gfp::GFP_KERNEL | Gfp::__GFP_ZERO)
             .ok_or(Errno::ENOMEM)?;
-        self.nodes[page.nid()].vm_stat[NR_PAGETABLE].fetch_add(1, Ordering::Relaxed);
+        self.mod_node_page_state(cpu, page, NR_PAGETABLE, 1);
         Ok(self.page_to_pfn(page).0)
     }
 
     fn table_free(&self, cpu: &CpuGuard<'_>, pfn: u64) {
         let page = self.mem_map.page(pfn);
-        self.nodes[page.nid()].vm_stat[NR_PAGETABLE].fetch_sub(1, Ordering::Relaxed);
+        self.mod_node_page_state(cpu, page, NR_PAGETABLE, -1);
         self.__free_pages(cpu, page, 0);
     }
 
@@ -620,10 +620,7 @@ impl Kernel {
 
     /// Pages used by page tables (`PageTables:`).
     pub fn page_table_pages(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.vm_stat[NR_PAGETABLE].load(Ordering::Relaxed).max(0) as u64)
-            .sum()
+        self.global_node_page_state(NR_PAGETABLE)
     }
 }
 

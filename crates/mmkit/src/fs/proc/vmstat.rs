@@ -46,7 +46,7 @@ pub fn vmstat(k: &Kernel) -> String {
         let _ = writeln!(s, "{name} {v}");
     }
     for (i, name) in NODE_STAT_NAMES.iter().enumerate() {
-        let v: i64 = k.nodes.iter().map(|n| n.vm_stat[i].load(Relaxed)).sum();
+        let v: i64 = (0..k.nodes.len()).map(|n| k.node_page_state(n, i)).sum();
         let _ = writeln!(s, "{name} {}", v.max(0));
     }
     for name in GLOBAL_STAT_NAMES {

@@ -17,7 +17,12 @@ pub fn zoneinfo(k: &Kernel) -> String {
             if Some(zi) == first_populated {
                 s.push_str("\n  per-node stats");
                 for (i, name) in NODE_STAT_NAMES.iter().enumerate() {
-                    let _ = write!(s, "\n      {:<12} {}", name, n.vm_stat[i].load(Relaxed));
+                    let _ = write!(
+                        s,
+                        "\n      {:<12} {}",
+                        name,
+                        k.node_page_state(n.node_id, i)
+                    );
                 }
             }
             let _ = write!(

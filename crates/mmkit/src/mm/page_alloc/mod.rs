@@ -660,8 +660,6 @@ impl Kernel {
         self.free_pages(cpu, addr, 0)
     }
 
-    /// `free_pages_prepare` (checks) then `free_unref_page` or `__free_pages_ok`.
-    #[inline]
     /// `decay_pcp_high` for this CPU's lists in every zone (the vmstat worker's periodic
     /// step): `high` shrinks by an eighth toward `high_min` and pages above it go back.
     pub fn decay_pcp_high(&self, cpu: &CpuGuard<'_>) {
