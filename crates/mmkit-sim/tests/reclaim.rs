@@ -589,13 +589,119 @@ fn concurrent_pressure_on_two_cpus_with_kswapd() {
                 })
             })
             .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
+        let results: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        // Stop kswapd's loop before reporting a worker's failure, or the scope waits forever.
         done.store(true, Ordering::Relaxed);
+        for r in results {
+            if let Err(e) = r {
+                std::panic::resume_unwind(e);
+            }
+        }
     });
     assert!(event(k, "pswpout") > 0);
     m.on_cpu(0, |cpu| k.swapoff(cpu, &path).unwrap());
     k.check_lru_invariants().unwrap();
     k.check_swap_invariants().unwrap();
+}
+
+/// MADV_FREE: lazily freed pages go when reclaim comes, without a byte written anywhere
+/// (there is no swap here) and read back as zeroes; a page written again after the advice,
+/// even one whose Accessed bit reclaim had already harvested, keeps its bytes (it is
+/// swap-backed anonymous memory again); a page shared with a child is not touched; the
+/// advice is refused for file mappings and reports a hole.
+#[test]
+fn madv_free_pages_are_dropped_unless_written_again() {
+    use mmkit::gfp::GFP_KERNEL;
+    use mmkit::mm::madvise::{MADV_FREE, MADV_WILLNEED};
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    m.on_cpu(0, |cpu| {
+        const N: u64 = 64;
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, N << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, &mut mm, a, N, 1);
+        // A child copies every page on write but 62, which the two keep sharing.
+        let mut child = k.dup_mmap(cpu, &mm).unwrap();
+        for i in (0..N).filter(|&i| i != 62) {
+            k.user_write(cpu, &mut child, a + (i << 12), &page_bytes(i, 3))
+                .unwrap();
+        }
+        let lazy0 = event(k, "pglazyfree");
+        k.madvise(cpu, &mut mm, a, N << 12, MADV_FREE).unwrap();
+        assert_eq!(
+            event(k, "pglazyfree") - lazy0,
+            N - 1,
+            "all but the shared page"
+        );
+        // Written again after the advice: pages 5 (plainly) and 7 (its Accessed bit then
+        // harvested, as a reclaim scan would).
+        k.user_write(cpu, &mut mm, a + (5 << 12), &page_bytes(5, 2))
+            .unwrap();
+        k.user_write(cpu, &mut mm, a + (7 << 12), &page_bytes(7, 2))
+            .unwrap();
+        let p7 = k
+            .pfn_to_page(mmkit::Pfn(
+                k.pte_lookup(&mm.pt, a + (7 << 12)).unwrap().pfn(),
+            ))
+            .unwrap();
+        k.page_referenced(p7);
+        let freed0 = (event(k, "pglazyfreed"), event(k, "pswpout"));
+        for _ in 0..64 {
+            k.try_to_free_pages(cpu, GFP_KERNEL);
+        }
+        let dropped = event(k, "pglazyfreed") - freed0.0;
+        assert_eq!(
+            dropped,
+            N - 3,
+            "every lazily freed page but the two written again"
+        );
+        assert_eq!(event(k, "pswpout"), freed0.1, "nothing written");
+        assert_eq!(mm.counter(MM_ANONPAGES), 3);
+        assert!(
+            p7.test(mmkit::mm::page::PageFlags::SWAPBACKED),
+            "page 7 is anonymous again"
+        );
+        let mut b = [0u8; 64];
+        for i in 0..N {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut b).unwrap();
+            let want = match i {
+                5 | 7 => page_bytes(i, 2),
+                62 => page_bytes(i, 1),
+                _ => [0; 64],
+            };
+            assert_eq!(b, want, "page {i}");
+            k.user_read(cpu, &mut child, a + (i << 12), &mut b).unwrap();
+            let theirs = page_bytes(i, if i == 62 { 1 } else { 3 });
+            assert_eq!(b, theirs, "the child's page {i}");
+        }
+        k.check_mm_invariants(&mm).unwrap();
+        k.check_lru_invariants().unwrap();
+        // Only private anonymous memory; holes are reported.
+        let inode = k.new_inode(Box::new(RamFile::new(vec![7; 8192])), (0, 2), 9, "/f");
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let x = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, 8192, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        assert_eq!(
+            k.madvise(cpu, &mut mm, x, 8192, MADV_FREE),
+            Err(mmkit::Errno::EINVAL)
+        );
+        assert_eq!(
+            k.madvise(cpu, &mut mm, x, 8192, 99),
+            Err(mmkit::Errno::EINVAL)
+        );
+        k.madvise(cpu, &mut mm, x, 8192, MADV_WILLNEED).unwrap();
+        k.munmap(cpu, &mut mm, a + (10 << 12), 4096).unwrap();
+        assert_eq!(
+            k.madvise(cpu, &mut mm, a, 16 << 12, MADV_FREE),
+            Err(mmkit::Errno::ENOMEM)
+        );
+        k.exit_mmap(cpu, child);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+    teardown_check(&m, before);
 }

@@ -1,6 +1,5 @@
 //! `mlock`/`munlock` (`mm/mlock.c`: `do_mlock`, `apply_vma_lock_flags`, `mlock_fixup`) and
-//! `madvise(MADV_WILLNEED)` (`mm/madvise.c`: `madvise_willneed` → `vfs_fadvise` readahead)
-//! and `msync` (`mm/msync.c`).
+//! `msync` (`mm/msync.c`).
 //!
 //! Locked VMAs carry `VM_LOCKED` (split off and merged back like any flag change) and are
 //! faulted in at once (`__mm_populate`); the reverse map refuses to unmap their pages.
@@ -133,33 +132,5 @@ impl Kernel {
         } else {
             Ok(())
         }
-    }
-
-    /// `madvise(MADV_WILLNEED)`: read the file pages behind `[start, start + len)` into the
-    /// page cache (without mapping them). `EINVAL` for an unaligned start, `EBADF` for
-    /// anonymous memory (whose swap-in readahead comes with swap), `ENOMEM` at a hole.
-    pub fn madvise_willneed(
-        &self,
-        cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        start: u64,
-        len: u64,
-    ) -> Result<(), Errno> {
-        let end = crate::mm::mmap::madvise_range(start, len)?;
-        let mut cur = start;
-        while cur < end {
-            let Some(v) = mm.vma_lookup(cur).cloned() else {
-                return Err(Errno::ENOMEM);
-            };
-            let hi = v.vm_end.min(end);
-            let Some(f) = &v.vm_file else {
-                return Err(Errno::EBADF);
-            };
-            let first = v.linear_page_index(cur);
-            let n = (hi - cur) >> PAGE_SHIFT;
-            self.page_cache_readahead(cpu, &f.inode, first, n)?;
-            cur = hi;
-        }
-        Ok(())
     }
 }

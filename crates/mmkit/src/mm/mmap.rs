@@ -133,18 +133,6 @@ pub(crate) fn vm_flags_for(prot: u32, flags: u32) -> VmFlags {
     f
 }
 
-/// `madvise`'s argument check: a page-aligned start and a range inside user space (`EINVAL`
-/// otherwise); returns the page-aligned end.
-pub(crate) fn madvise_range(start: u64, len: u64) -> Result<u64, Errno> {
-    if start & (PAGE_SIZE - 1) != 0 {
-        return Err(Errno::EINVAL);
-    }
-    start
-        .checked_add(align_up(len, PAGE_SIZE))
-        .filter(|&e| e <= TASK_SIZE)
-        .ok_or(Errno::EINVAL)
-}
-
 /// `accountable_mapping`: private writable memory is charged to the commit limit
 /// (`VM_ACCOUNT`, shown as `ac` in smaps).
 pub(crate) fn accountable(f: VmFlags) -> bool {
@@ -778,51 +766,6 @@ impl Kernel {
         brk
     }
 
-    /// `madvise(MADV_DONTNEED)`: drop the pages of `[start, start + len)` — private memory
-    /// reads back as zeroes (or the file's bytes) afterwards. `EINVAL` for an unaligned start
-    /// or locked/PFN-mapped memory, `ENOMEM` when the range is not fully mapped (after
-    /// zapping what is).
-    pub fn madvise_dontneed(
-        &self,
-        cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        start: u64,
-        len: u64,
-    ) -> Result<(), Errno> {
-        let end = madvise_range(start, len)?;
-        let mut hole = false;
-        let mut a = start;
-        let vmas: Vec<VmArea> = mm
-            .vmas
-            .iter_from(start + 1)
-            .take_while(|v| v.vm_start < end)
-            .cloned()
-            .collect();
-        for v in &vmas {
-            if v.vm_flags
-                .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
-            {
-                return Err(Errno::EINVAL);
-            }
-        }
-        for v in vmas {
-            if v.vm_start > a {
-                hole = true;
-            }
-            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
-            self.zap_page_range(cpu, mm, lo, hi);
-            a = hi;
-        }
-        if a < end {
-            hole = true;
-        }
-        if hole {
-            Err(Errno::ENOMEM)
-        } else {
-            Ok(())
-        }
-    }
-
     /// `exit_mmap`: unmap everything, then free the page tables.
     pub fn exit_mmap(&self, cpu: &CpuGuard<'_>, mut mm: MmStruct) {
         let _ = self.do_munmap(
@@ -867,6 +810,9 @@ impl Kernel {
                 .collect()
         };
         let mut bad = None;
+        // Under the page-table lock: reclaim on another CPU unmaps (and may free) pages
+        // only under it, so a present entry's page stays what it maps while it is checked.
+        let ptl = mm.pt.lock.lock();
         self.for_each_pte(&mm.pt, 0, TASK_SIZE, |va, slot| {
             if bad.is_some() {
                 return;
@@ -904,6 +850,7 @@ impl Kernel {
                 }
             }
         });
+        drop(ptl);
         if let Some(b) = bad {
             return Err(b);
         }

@@ -4,6 +4,7 @@ pub mod filemap;
 pub mod highmem;
 pub mod init;
 pub mod list;
+pub mod madvise;
 pub mod memblock;
 pub mod memory;
 pub mod mempool;

@@ -22,7 +22,10 @@
 use crate::addr::Pfn;
 use crate::mm::mmzone::ZoneType;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicI32, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// `SECTION_SIZE_BITS` on x86-64.
 pub const SECTION_SIZE_BITS: u32 = 27;
@@ -136,6 +139,23 @@ impl Page {
     #[inline]
     pub fn clear(&self, f: PageFlags) {
         self.flags.fetch_and(!f.bits(), Relaxed);
+    }
+    /// `trylock_page` / `folio_trylock`: take `PG_locked` unless someone holds it.
+    #[inline]
+    pub fn trylock(&self) -> bool {
+        self.flags.fetch_or(PageFlags::LOCKED.bits(), Acquire) & PageFlags::LOCKED.bits() == 0
+    }
+    /// `lock_page`: take `PG_locked`, waiting for its holder (who never waits on anything
+    /// that could need us: the page lock is taken last).
+    pub fn lock(&self) {
+        while !self.trylock() {
+            crate::sync::relax();
+        }
+    }
+    /// `unlock_page`.
+    #[inline]
+    pub fn unlock(&self) {
+        self.flags.fetch_and(!PageFlags::LOCKED.bits(), Release);
     }
     /// Non-atomic `__SetPageX`: for pages nobody else can see (under the zone lock, owned).
     #[inline]

@@ -178,7 +178,13 @@ impl Kernel {
         index: u64,
     ) {
         if page.mapcount() == 0 {
-            self.page_add_new_anon_rmap(cpu, page, anon_vma, index);
+            // __folio_set_anon: the page sits in the swap cache, where reclaim may change its
+            // flags meanwhile, so unlike a new page's these updates must be atomic.
+            page.set_mapping(PAGE_MAPPING_ANON | anon_vma);
+            page.set_index(index);
+            page.set(PageFlags::SWAPBACKED);
+            page.set_mapcount(1);
+            self.mod_node_page_state(cpu, page, NR_ANON_MAPPED, 1);
         } else {
             self.page_add_rmap(cpu, page);
         }
@@ -495,6 +501,49 @@ impl Kernel {
         dirty
     }
 
+    /// `try_to_unmap_one` for a lazily freed page (`MADV_FREE`): while it is clean in the
+    /// page and in every PTE and nobody else holds it, its PTEs are simply cleared — the
+    /// memory is discarded, nothing is written. A PTE found dirty means it was written
+    /// again: the page becomes swap-backed anonymous memory once more and stays mapped.
+    /// True when no PTE maps it any more.
+    fn try_to_unmap_lazyfree(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
+        let pfn = self.page_to_pfn(page).0;
+        let mut redirtied = false;
+        self.rmap_walk(page, |r, a| {
+            // Our caller's reference and one per mapping: anything else is a user we must
+            // not pull the page from under.
+            let extra = page.refcount() != page.mapcount() + 1;
+            if extra || r.flags.contains(VmFlags::VM_LOCKED) || page.test(PageFlags::DIRTY) {
+                redirtied = true;
+                return false;
+            }
+            let old = self.pte_update(&r.pt, a, |p| {
+                if p.is_present() && p.pfn() == pfn && !p.dirty() {
+                    Pte(0)
+                } else {
+                    p
+                }
+            });
+            let Some(old) = old.filter(|p| p.is_present() && p.pfn() == pfn) else {
+                return true;
+            };
+            if old.dirty() {
+                redirtied = true;
+                return false;
+            }
+            self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
+            r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
+            self.page_remove_rmap(cpu, page);
+            self.__free_pages(cpu, page, 0);
+            true
+        });
+        if redirtied {
+            page.set(PageFlags::SWAPBACKED);
+            return false;
+        }
+        page.mapcount() == 0
+    }
+
     /// `try_to_unmap`: remove every PTE mapping `page`. A dirty PTE dirties the page; an
     /// anonymous page's PTEs become entries for its swap slot `swap`, each taking a reference
     /// on the slot before it is published (so a racing swap-in can drop it) — without a slot,
@@ -507,6 +556,9 @@ impl Kernel {
         swap: Option<crate::mm::swapfile::SwpEntry>,
     ) -> bool {
         let anon = page_anon(page);
+        if anon && !page.test(PageFlags::SWAPBACKED) {
+            return self.try_to_unmap_lazyfree(cpu, page);
+        }
         if anon && swap.is_none() {
             return false;
         }

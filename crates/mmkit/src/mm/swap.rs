@@ -11,6 +11,7 @@
 use crate::cpu::CpuGuard;
 use crate::mm::list::PageList;
 use crate::mm::page::{Page, PageFlags};
+use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
 use crate::Kernel;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -26,6 +27,11 @@ pub const LRU_ACTIVE_FILE: usize = 3;
 pub const LRU_UNEVICTABLE: usize = 4;
 /// `NR_LRU_LISTS`.
 pub const NR_LRU_LISTS: usize = 5;
+/// `PGLAZYFREE`: pages `MADV_FREE` marked lazily freed.
+pub const PGLAZYFREE: usize = index_of(VM_EVENT_NAMES, "pglazyfree");
+/// `PGLAZYFREED`: lazily freed pages reclaim dropped.
+pub const PGLAZYFREED: usize = index_of(VM_EVENT_NAMES, "pglazyfreed");
+
 /// `PAGEVEC_SIZE`, the per-CPU add batch: 31 in current kernels (15 until 2024).
 pub const LRU_BATCH: usize = 31;
 
@@ -203,6 +209,34 @@ impl Kernel {
         for c in 0..self.nr_cpus() {
             let batch = self.cpus.get(c).lru_add.lock().take();
             self.drain_batch(cpu, batch);
+        }
+    }
+
+    /// `folio_mark_lazyfree` + `lru_lazyfree`: each page that is anonymous, swap-backed, not
+    /// in the swap cache, evictable and on its LRU list moves to the inactive file list,
+    /// unreferenced and no longer swap-backed (`pglazyfree`). A page reclaim has isolated
+    /// meanwhile is left as it is.
+    pub(crate) fn mark_pages_lazyfree(&self, cpu: &CpuGuard<'_>, pages: &[&Page]) {
+        let mut moved = 0;
+        for &p in pages {
+            let candidate = crate::mm::rmap::page_anon(p)
+                && p.test(PageFlags::SWAPBACKED)
+                && !p.test(crate::mm::swap_state::PG_SWAPCACHE)
+                && !p.test(PageFlags::UNEVICTABLE);
+            if !candidate {
+                continue;
+            }
+            let mut lru = self.nodes[p.nid()].lru.lock();
+            if !p.test(PageFlags::LRU) {
+                continue;
+            }
+            self.lru_del_locked(&mut lru, p);
+            p.clear(PageFlags::ACTIVE | PageFlags::REFERENCED | PageFlags::SWAPBACKED);
+            self.lru_add_locked(&mut lru, p);
+            moved += 1;
+        }
+        if moved > 0 {
+            cpu.state().vmstat.count(PGLAZYFREE, moved);
         }
     }
 

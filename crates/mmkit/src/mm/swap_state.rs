@@ -34,6 +34,8 @@ impl Kernel {
             .then(|| SwpEntry::unpack(page.private()))
     }
 
+    /// Put `page` in the swap cache at slot `e`, which the caller has claimed
+    /// (`SWAP_HAS_CACHE`: a new slot from `get_swap_page`, or `swapcache_prepare`).
     fn cache_insert(&self, cpu: &CpuGuard<'_>, e: SwpEntry, page: &Page) -> bool {
         let mut st = self.swap.lock();
         let Some(a) = st.areas.get_mut(e.ty).and_then(|a| a.as_mut()) else {
@@ -43,7 +45,6 @@ impl Kernel {
             return false;
         }
         a.cache.insert(e.offset, self.page_to_pfn(page).0);
-        a.swap_map[e.offset as usize] |= crate::mm::swapfile::SWAP_HAS_CACHE;
         page.get();
         page.set(PG_SWAPCACHE | PageFlags::SWAPBACKED);
         page.set_private(e.pack());
@@ -112,40 +113,49 @@ impl Kernel {
         Ok(())
     }
 
-    /// `swap_read_folio` of slot `e` into a new page added to the swap cache (and the LRU),
-    /// returned with the caller's reference (so reclaim cannot take it back before it is
-    /// used); `Ok(None)` if the slot got a cache page meanwhile or is no longer in use.
-    fn swap_read_new(&self, cpu: &CpuGuard<'_>, e: SwpEntry) -> Result<Option<&Page>, Errno> {
+    /// `__read_swap_cache_async` + `swap_read_folio`: claim slot `e` (`swapcache_prepare`),
+    /// read it into a new page and add that to the swap cache (and the LRU). The page comes
+    /// back with the caller's reference (so reclaim cannot take it back before it is used).
+    /// `EEXIST` when the slot has a cache page or one is being read, `ENOENT` when it is no
+    /// longer in use; a failed read or allocation gives the claim back.
+    fn swap_read_new(&self, cpu: &CpuGuard<'_>, e: SwpEntry) -> Result<&Page, Errno> {
+        self.swapcache_prepare(e)?;
         let file = {
             let st = self.swap.lock();
-            let a = st
-                .areas
+            st.areas
                 .get(e.ty)
                 .and_then(|a| a.as_ref())
-                .ok_or(Errno::ENODEV)?;
-            let m = a.swap_map[e.offset as usize];
-            if m == 0 || m == crate::mm::swapfile::SWAP_MAP_BAD || a.cache.contains_key(e.offset) {
-                return Ok(None);
-            }
-            a.file.clone()
+                .map(|a| a.file.clone())
         };
-        let page = self
-            .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
-            .ok_or(Errno::ENOMEM)?;
-        let mut buf = [0u8; PAGE_SIZE as usize];
-        if file.read_at(e.offset * PAGE_SIZE, &mut buf).ok() != Some(buf.len()) {
-            self.__free_pages(cpu, page, 0);
-            return Err(Errno::EIO);
+        let read = |file: Option<alloc::sync::Arc<dyn crate::fs::inode::FileData>>| {
+            let file = file.ok_or(Errno::ENODEV)?;
+            let page = self
+                .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
+                .ok_or(Errno::ENOMEM)?;
+            let mut buf = [0u8; PAGE_SIZE as usize];
+            if file.read_at(e.offset * PAGE_SIZE, &mut buf).ok() != Some(buf.len()) {
+                self.__free_pages(cpu, page, 0);
+                return Err(Errno::EIO);
+            }
+            self.phys_write(self.page_to_pfn(page).0 << 12, &buf);
+            page.set(PageFlags::UPTODATE);
+            cpu.state().vmstat.count(PSWPIN, 1);
+            if !self.cache_insert(cpu, e, page) {
+                self.__free_pages(cpu, page, 0);
+                return Err(Errno::EEXIST);
+            }
+            Ok(page)
+        };
+        match read(file) {
+            Ok(page) => {
+                self.lru_cache_add(cpu, page);
+                Ok(page)
+            }
+            Err(err) => {
+                self.swap_clear_cache(e);
+                Err(err)
+            }
         }
-        self.phys_write(self.page_to_pfn(page).0 << 12, &buf);
-        page.set(PageFlags::UPTODATE);
-        cpu.state().vmstat.count(PSWPIN, 1);
-        if !self.cache_insert(cpu, e, page) {
-            self.__free_pages(cpu, page, 0);
-            return Ok(None);
-        }
-        self.lru_cache_add(cpu, page);
-        Ok(Some(page))
     }
 
     /// `swap_cluster_readahead`: read slot `e` and the in-use, uncached slots of its aligned
@@ -156,22 +166,27 @@ impl Kernel {
         cpu: &CpuGuard<'_>,
         e: SwpEntry,
     ) -> Result<(&Page, bool), Errno> {
-        if let Some(p) = self.lookup_swap_cache(e) {
-            return Ok((p, false));
-        }
+        // The slot's page is cached, or we read it — or someone else is reading it right
+        // now: wait for that to land in the cache (swapcache_prepare's -EEXIST loop).
+        let p = loop {
+            if let Some(p) = self.lookup_swap_cache(e) {
+                return Ok((p, false));
+            }
+            match self.swap_read_new(cpu, e) {
+                Ok(p) => break p,
+                Err(Errno::EEXIST) => crate::sync::relax(),
+                Err(err) => return Err(err),
+            }
+        };
         let win = 1u64 << PAGE_CLUSTER;
         let start = e.offset & !(win - 1);
-        let p = match self.swap_read_new(cpu, e)? {
-            Some(p) => p,
-            None => self.lookup_swap_cache(e).ok_or(Errno::EIO)?,
-        };
         for o in start..start + win {
             if o != e.offset && o != 0 {
                 let n = SwpEntry {
                     ty: e.ty,
                     offset: o,
                 };
-                if let Ok(Some(page)) = self.swap_read_new(cpu, n) {
+                if let Ok(page) = self.swap_read_new(cpu, n) {
                     self.__free_pages(cpu, page, 0); // the cache keeps it
                 }
             }
@@ -180,15 +195,21 @@ impl Kernel {
     }
 
     /// `folio_free_swap`: drop a page's swap slot when no PTE refers to it any more (the page
-    /// stays as plain anonymous memory). Returns whether it did.
+    /// stays as plain anonymous memory). Returns whether it did. Under the page lock, taken
+    /// with a trylock: reclaim holds it while it works on the page's swap entry.
     pub(crate) fn try_to_free_swap(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
-        match self.page_swap_entry(page) {
+        if !page.trylock() {
+            return false;
+        }
+        let freed = match self.page_swap_entry(page) {
             Some(e) if self.swap_count(e) == 0 => {
                 self.delete_from_swap_cache(cpu, page);
                 true
             }
             _ => false,
-        }
+        };
+        page.unlock();
+        freed
     }
 
     /// `free_swap_and_cache`: a PTE holding `e` went away; when it was the slot's last
@@ -197,9 +218,16 @@ impl Kernel {
         let (count, cache) = self.swap_free(e);
         if count == 0 && cache {
             if let Some(p) = self.lookup_swap_cache(e) {
-                let idle = p.mapcount() == 0 && p.refcount() == 2;
-                if idle {
-                    self.delete_from_swap_cache(cpu, p);
+                // __try_to_reclaim_swap: only under the page lock, and only if the page is
+                // still this slot's, unmapped and held by nobody but the cache and us.
+                if p.trylock() {
+                    let idle = p.mapcount() == 0
+                        && p.refcount() == 2
+                        && self.page_swap_entry(p) == Some(e);
+                    if idle {
+                        self.delete_from_swap_cache(cpu, p);
+                    }
+                    p.unlock();
                 }
                 self.__free_pages(cpu, p, 0);
             }

@@ -311,6 +311,28 @@ impl Kernel {
         (count, cache)
     }
 
+    /// `swapcache_prepare`: claim slot `e` for a page about to be read into the swap cache
+    /// (set `SWAP_HAS_CACHE`), so that the slot cannot be freed or claimed twice while the
+    /// read is under way. `EEXIST` when the slot has a cache page (or one is being read),
+    /// `ENOENT` when no PTE refers to it any more.
+    pub(crate) fn swapcache_prepare(&self, e: SwpEntry) -> Result<(), Errno> {
+        let mut st = self.swap.lock();
+        let a = st
+            .areas
+            .get_mut(e.ty)
+            .and_then(|a| a.as_mut())
+            .ok_or(Errno::ENOENT)?;
+        let m = a.swap_map[e.offset as usize];
+        if m == SWAP_MAP_BAD || m & !SWAP_HAS_CACHE == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if m & SWAP_HAS_CACHE != 0 {
+            return Err(Errno::EEXIST);
+        }
+        a.swap_map[e.offset as usize] = m | SWAP_HAS_CACHE;
+        Ok(())
+    }
+
     /// `__swap_count`: PTE references to the slot.
     pub fn swap_count(&self, e: SwpEntry) -> u8 {
         let st = self.swap.lock();
@@ -415,9 +437,17 @@ impl Kernel {
                 let st = self.swap.lock();
                 st.areas[ty].as_ref().and_then(|a| a.cache.iter().next())
             };
-            let Some((_, pfn)) = next else { break };
-            let page = self.mem_map.page(pfn);
-            self.delete_from_swap_cache(cpu, page);
+            let Some((offset, _)) = next else { break };
+            let e = SwpEntry { ty, offset };
+            let Some(page) = self.lookup_swap_cache(e) else {
+                continue;
+            };
+            page.lock();
+            if self.page_swap_entry(page) == Some(e) {
+                self.delete_from_swap_cache(cpu, page);
+            }
+            page.unlock();
+            self.__free_pages(cpu, page, 0);
         }
         Ok(())
     }

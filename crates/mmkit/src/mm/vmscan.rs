@@ -15,6 +15,7 @@ use crate::mm::page::{Page, PageFlags};
 use crate::mm::rmap::page_anon;
 use crate::mm::swap::{
     page_is_file_lru, LRU_ACTIVE_ANON, LRU_ACTIVE_FILE, LRU_INACTIVE_ANON, LRU_INACTIVE_FILE,
+    PGLAZYFREED,
 };
 use crate::mm::swap_state::PG_SWAPCACHE;
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
@@ -89,6 +90,14 @@ enum Verdict {
     Activate,
     Keep,
     Reclaim,
+}
+
+/// What became of a page `shrink_folio_list` looked at.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum Shrunk {
+    Freed,
+    Activated,
+    Kept,
 }
 
 /// Integer square root (`int_sqrt`).
@@ -238,46 +247,30 @@ impl Kernel {
         let (mut anon_freed, mut file_freed) = (0u64, 0u64);
         for &pfn in pfns.iter() {
             let page = self.mem_map.page(pfn);
-            let verdict = if page.mapcount() > 0 {
-                self.page_check_references(page)
-            } else {
-                // Unmapped: only PG_referenced speaks for it.
-                let r = page.test(PageFlags::REFERENCED);
-                page.clear(PageFlags::REFERENCED);
-                if r && page.test(PageFlags::ACTIVE) {
-                    Verdict::Activate
-                } else {
-                    Verdict::Reclaim
-                }
-            };
-            match verdict {
-                Verdict::Activate => {
-                    page.set(PageFlags::ACTIVE);
-                    activated += 1;
-                    keep.push(pfn);
-                    continue;
-                }
-                Verdict::Keep => {
-                    keep.push(pfn);
-                    continue;
-                }
-                Verdict::Reclaim => {}
-            }
-            if self.reclaim_one(cpu, page, sc) {
-                reclaimed += 1;
-                if page_is_file_lru(page) {
-                    file_freed += 1;
-                } else {
-                    anon_freed += 1;
-                }
-                // The isolation reference was the last: the page is free.
-                self.__free_pages(cpu, page, 0);
-            } else {
-                if page.mapcount() > 0 && !page.test(PageFlags::UNEVICTABLE) {
-                    page.set(PageFlags::ACTIVE);
-                    activated += 1;
-                }
+            // folio_trylock: a page locked elsewhere (a fault taking it out of the swap
+            // cache, say) is kept for a later round.
+            if !page.trylock() {
                 keep.push(pfn);
+                continue;
+            }
+            let outcome = self.shrink_locked_page(cpu, page, sc);
+            page.unlock();
+            match outcome {
+                Shrunk::Freed => {
+                    reclaimed += 1;
+                    if page_is_file_lru(page) {
+                        file_freed += 1;
+                    } else {
+                        anon_freed += 1;
+                    }
+                    // The isolation reference was the last: the page is free.
+                    self.__free_pages(cpu, page, 0);
+                }
+                Shrunk::Activated => {
+                    activated += 1;
+                    keep.push(pfn);
+                }
+                Shrunk::Kept => keep.push(pfn),
             }
         }
         self.count(cpu, PGACTIVATE, activated);
@@ -287,8 +280,49 @@ impl Kernel {
         reclaimed
     }
 
-    /// Unmap, clean and detach one page so that the caller's reference is its last.
+    /// `shrink_folio_list`'s step for one locked page: check its references, then try to
+    /// reclaim it.
+    fn shrink_locked_page(&self, cpu: &CpuGuard<'_>, page: &Page, sc: &ScanControl) -> Shrunk {
+        let verdict = if page.mapcount() > 0 {
+            self.page_check_references(page)
+        } else {
+            // Unmapped: only PG_referenced speaks for it.
+            let r = page.test(PageFlags::REFERENCED);
+            page.clear(PageFlags::REFERENCED);
+            if r && page.test(PageFlags::ACTIVE) {
+                Verdict::Activate
+            } else {
+                Verdict::Reclaim
+            }
+        };
+        match verdict {
+            Verdict::Activate => {
+                page.set(PageFlags::ACTIVE);
+                Shrunk::Activated
+            }
+            Verdict::Keep => Shrunk::Kept,
+            Verdict::Reclaim if self.reclaim_one(cpu, page, sc) => Shrunk::Freed,
+            Verdict::Reclaim if page.mapcount() > 0 && !page.test(PageFlags::UNEVICTABLE) => {
+                page.set(PageFlags::ACTIVE);
+                Shrunk::Activated
+            }
+            Verdict::Reclaim => Shrunk::Kept,
+        }
+    }
+
+    /// Unmap, clean and detach one page (locked by the caller) so that the caller's
+    /// reference is its last.
     fn reclaim_one(&self, cpu: &CpuGuard<'_>, page: &Page, sc: &ScanControl) -> bool {
+        if page_anon(page) && !page.test(PageFlags::SWAPBACKED) {
+            // MADV_FREE: a clean lazily freed page is dropped as it is; one written again
+            // has become swap-backed and is kept (reclaimed as anonymous memory later).
+            let unmapped = page.mapcount() == 0 || self.try_to_unmap(cpu, page, None);
+            if !unmapped || page.test(PageFlags::SWAPBACKED) || page.refcount() != 1 {
+                return false;
+            }
+            self.count(cpu, PGLAZYFREED, 1);
+            return true;
+        }
         let anon = page_anon(page) || page.test(PageFlags::SWAPBACKED);
         if anon
             && !page.test(PG_SWAPCACHE)

@@ -1,0 +1,241 @@
+//! `madvise` (`mm/madvise.c`): `MADV_DONTNEED` (`madvise_dontneed_single_vma` →
+//! `zap_page_range`), `MADV_WILLNEED` (`madvise_willneed` → `vfs_fadvise` readahead) and
+//! `MADV_FREE` (`madvise_free_single_vma` → `madvise_free_pte_range`, `folio_mark_lazyfree`).
+//!
+//! `MADV_FREE` makes private anonymous pages *lazily freed*: their PTEs are cleaned and made
+//! old, the pages lose `PG_dirty` and `PG_swapbacked` and move to the inactive file LRU
+//! (`pglazyfree`). Reclaim then drops a page that is still clean without writing it anywhere
+//! (`pglazyfreed`), so a later read finds zeroes; a page written again before that is dirty
+//! in its PTE, so `try_to_unmap` makes it swap-backed again and it keeps its bytes. Pages
+//! another process maps too, and swap-cache pages whose slot cannot be given up, are left
+//! alone; swap entries in the range are freed.
+
+use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::x86_64::pgtable::{Pte, PteFlags};
+use crate::cpu::CpuGuard;
+use crate::errno::Errno;
+use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_SWAPENTS, TASK_SIZE};
+use crate::mm::page::{Page, PageFlags};
+use crate::mm::rmap::page_anon;
+use crate::mm::swap_state::PG_SWAPCACHE;
+use crate::mm::swapfile::SwpEntry;
+use crate::Kernel;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+/// `MADV_WILLNEED`.
+pub const MADV_WILLNEED: u32 = 3;
+/// `MADV_DONTNEED`.
+pub const MADV_DONTNEED: u32 = 4;
+/// `MADV_FREE`.
+pub const MADV_FREE: u32 = 8;
+
+/// `madvise`'s argument check: a page-aligned start and a range inside user space (`EINVAL`
+/// otherwise); returns the page-aligned end.
+pub(crate) fn madvise_range(start: u64, len: u64) -> Result<u64, Errno> {
+    if start & (PAGE_SIZE - 1) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    start
+        .checked_add(align_up(len, PAGE_SIZE))
+        .filter(|&e| e <= TASK_SIZE)
+        .ok_or(Errno::EINVAL)
+}
+
+impl Kernel {
+    /// `madvise(start, len, advice)` for the advice this kernel implements; `EINVAL` for
+    /// any other, as Linux answers advice it does not know.
+    pub fn madvise(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+        advice: u32,
+    ) -> Result<(), Errno> {
+        match advice {
+            MADV_DONTNEED => self.madvise_dontneed(cpu, mm, start, len),
+            MADV_WILLNEED => self.madvise_willneed(cpu, mm, start, len),
+            MADV_FREE => self.madvise_free(cpu, mm, start, len),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// `madvise(MADV_DONTNEED)`: drop the pages of `[start, start + len)` — private memory
+    /// reads back as zeroes (or the file's bytes) afterwards. `EINVAL` for an unaligned start
+    /// or locked/PFN-mapped memory, `ENOMEM` when the range is not fully mapped (after
+    /// zapping what is).
+    pub fn madvise_dontneed(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        let end = madvise_range(start, len)?;
+        let mut hole = false;
+        let mut a = start;
+        let vmas: Vec<VmArea> = mm
+            .vmas
+            .iter_from(start + 1)
+            .take_while(|v| v.vm_start < end)
+            .cloned()
+            .collect();
+        for v in &vmas {
+            if v.vm_flags
+                .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
+            {
+                return Err(Errno::EINVAL);
+            }
+        }
+        for v in vmas {
+            if v.vm_start > a {
+                hole = true;
+            }
+            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
+            self.zap_page_range(cpu, mm, lo, hi);
+            a = hi;
+        }
+        if a < end {
+            hole = true;
+        }
+        if hole {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `madvise(MADV_WILLNEED)`: read the file pages behind `[start, start + len)` into the
+    /// page cache (without mapping them). `EINVAL` for an unaligned start, `EBADF` for
+    /// anonymous memory (whose swap-in readahead comes with swap), `ENOMEM` at a hole.
+    pub fn madvise_willneed(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        let end = madvise_range(start, len)?;
+        let mut cur = start;
+        while cur < end {
+            let Some(v) = mm.vma_lookup(cur).cloned() else {
+                return Err(Errno::ENOMEM);
+            };
+            let hi = v.vm_end.min(end);
+            let Some(f) = &v.vm_file else {
+                return Err(Errno::EBADF);
+            };
+            let first = v.linear_page_index(cur);
+            let n = (hi - cur) >> PAGE_SHIFT;
+            self.page_cache_readahead(cpu, &f.inode, first, n)?;
+            cur = hi;
+        }
+        Ok(())
+    }
+
+    /// `madvise(MADV_FREE)`: mark the private anonymous pages of `[start, start + len)` lazily
+    /// freed (see the module doc). `EINVAL` for an unaligned start or a VMA that is not
+    /// private anonymous memory or is locked; `ENOMEM` when the range is not fully mapped
+    /// (after doing what is).
+    pub fn madvise_free(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
+        let end = madvise_range(start, len)?;
+        let vmas: Vec<VmArea> = mm
+            .vmas
+            .iter_from(start + 1)
+            .take_while(|v| v.vm_start < end)
+            .cloned()
+            .collect();
+        // madvise_free_single_vma / can_madv_lru_vma.
+        for v in &vmas {
+            if !v.is_anonymous()
+                || v.vm_special.is_some()
+                || v.vm_flags
+                    .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
+            {
+                return Err(Errno::EINVAL);
+            }
+        }
+        // Pages still in this CPU's LRU add batch must be on their lists to be moved.
+        self.lru_add_drain(cpu);
+        let mut a = start;
+        let mut hole = false;
+        for v in vmas {
+            hole |= v.vm_start > a;
+            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
+            self.madvise_free_pte_range(cpu, mm, lo, hi);
+            a = hi;
+        }
+        if hole || a < end {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `madvise_free_pte_range`: free the swap entries of `[lo, hi)`; clean and age the PTEs
+    /// of pages only this mapping has, then mark those pages lazily freed.
+    fn madvise_free_pte_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, lo: u64, hi: u64) {
+        let mut swap: Vec<SwpEntry> = Vec::new();
+        let mut pages: Vec<&Page> = Vec::new();
+        let mut cleaned = false;
+        {
+            let _ptl = mm.pt.lock.lock();
+            self.for_each_pte(&mm.pt, lo, hi, |_, slot| {
+                let pte = Pte(slot.load(Ordering::Acquire));
+                if pte.is_none() {
+                    return;
+                }
+                if !pte.is_present() {
+                    if let Some(e) = SwpEntry::from_pte(pte) {
+                        slot.store(0, Ordering::Release);
+                        swap.push(e);
+                    }
+                    return;
+                }
+                let Some(page) = self.vm_normal_page(pte) else {
+                    return;
+                };
+                if !page_anon(page) || page.mapcount() != 1 {
+                    return;
+                }
+                let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
+                if pte.0 & ad != 0 {
+                    // The MMU may set A/D meanwhile: clear them on what is there now.
+                    slot.fetch_and(!ad, Ordering::AcqRel);
+                    cleaned = true;
+                }
+                page.get();
+                pages.push(page);
+            });
+        }
+        if cleaned {
+            self.flush_tlb_range(&mm.pt, lo, hi);
+        }
+        if !swap.is_empty() {
+            mm.add_counter(MM_SWAPENTS, -(swap.len() as i64));
+            for e in swap {
+                self.free_swap_and_cache(cpu, e);
+            }
+        }
+        // A swap-cache page gives its slot up first, or is left as it is.
+        let mut lazy: Vec<&Page> = Vec::with_capacity(pages.len());
+        for &p in &pages {
+            if p.test(PG_SWAPCACHE) && !self.try_to_free_swap(cpu, p) {
+                continue;
+            }
+            p.clear(PageFlags::DIRTY);
+            lazy.push(p);
+        }
+        self.mark_pages_lazyfree(cpu, &lazy);
+        for p in pages {
+            self.__free_pages(cpu, p, 0);
+        }
+    }
+}
