@@ -954,3 +954,130 @@ fn writeback_then_write_again_reaches_the_file() {
         k.evict_inode(cpu, &inode).unwrap();
     });
 }
+
+/// The pattern of `pagemap_flags_equal_the_host_kernels`, run on the host: the flag bits
+/// (55–63) of each page's `/proc/self/pagemap` entry.
+fn host_pagemap_flags(file: &std::path::Path) -> Vec<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(file).unwrap();
+    let mut out = Vec::new();
+    // SAFETY: private mappings of our own, touched and unmapped here; the forked child
+    // only blocks on a pipe and exits.
+    unsafe {
+        let a = libc::mmap(
+            std::ptr::null_mut(),
+            8 << 12,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        ) as *mut u8;
+        assert!(a as *mut libc::c_void != libc::MAP_FAILED);
+        for i in 0..4 {
+            std::ptr::write_volatile(a.add(i << 12), 1);
+        }
+        for i in 4..6 {
+            std::ptr::read_volatile(a.add(i << 12));
+        }
+        let mut fds = [0i32; 2];
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        if pid == 0 {
+            let mut b = [0u8; 1];
+            libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+        for i in 0..2 {
+            std::ptr::write_volatile(a.add(i << 12), 2);
+        }
+        let x = libc::mmap(
+            std::ptr::null_mut(),
+            2 << 12,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        ) as *const u8;
+        for i in 0..2 {
+            std::ptr::read_volatile(x.add(i << 12));
+        }
+        let mut pm = std::fs::File::open("/proc/self/pagemap").unwrap();
+        for base in [a as u64, x as u64] {
+            let n = if base == a as u64 { 8 } else { 2 };
+            let mut buf = vec![0u8; n * 8];
+            pm.seek(SeekFrom::Start((base >> 12) * 8)).unwrap();
+            pm.read_exact(&mut buf).unwrap();
+            out.extend(
+                buf.chunks(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()) >> 55),
+            );
+        }
+        libc::write(fds[1], b"x".as_ptr().cast(), 1);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        libc::munmap(a.cast(), 8 << 12);
+        libc::munmap(x as *mut libc::c_void, 2 << 12);
+    }
+    out
+}
+
+/// `/proc/PID/pagemap` gives the same flags as the host kernel's for the same pattern:
+/// written pages (exclusive, or shared with a forked child), zero-page reads, untouched
+/// pages, and a private file mapping read through; present entries carry the pfn the PTE
+/// maps, swapped ones their slot.
+#[test]
+fn pagemap_flags_equal_the_host_kernels() {
+    use mmkit::fs::proc::task_mmu::{pagemap_read, PM_PFRAME_MASK, PM_PRESENT};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, pattern(3, 8192)).unwrap();
+    let host = host_pagemap_flags(&path);
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 8 << 12, RW, ANON, 0).unwrap();
+        for i in 0..4 {
+            k.user_write(cpu, &mut mm, a + (i << 12), &[1]).unwrap();
+        }
+        for i in 4..6 {
+            read(k, cpu, &mut mm, a + (i << 12), 1);
+        }
+        let child = k.dup_mmap(cpu, &mm).unwrap();
+        for i in 0..2 {
+            k.user_write(cpu, &mut mm, a + (i << 12), &[2]).unwrap();
+        }
+        let inode = m.hostfs.inode(k, &path).unwrap();
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let x = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, 8192, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        for i in 0..2 {
+            read(k, cpu, &mut mm, x + (i << 12), 1);
+        }
+        let entries = |base: u64, n: usize| -> Vec<u64> {
+            pagemap_read(k, &mm, (base >> 12) * 8, n * 8)
+                .unwrap()
+                .chunks(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let ours: Vec<u64> = entries(a, 8).into_iter().chain(entries(x, 2)).collect();
+        let flags: Vec<u64> = ours.iter().map(|e| e >> 55).collect();
+        assert_eq!(flags, host, "pagemap flags, ours vs the host kernel's");
+        for (i, e) in ours[..8].iter().enumerate() {
+            if e & PM_PRESENT != 0 {
+                let pfn = pfn_at(k, &mm, a + ((i as u64) << 12)).unwrap();
+                assert_eq!(e & PM_PFRAME_MASK, pfn);
+            }
+        }
+        assert_eq!(pagemap_read(k, &mm, 4, 8), Err(Errno::EINVAL));
+        assert_eq!(pagemap_read(k, &mm, 8, 12), Err(Errno::EINVAL));
+        k.exit_mmap(cpu, child);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+    });
+}

@@ -1,7 +1,7 @@
 //! `/proc/PID/maps` and `/proc/PID/smaps` (`fs/proc/task_mmu.c`: `show_map_vma`,
 //! `get_vma_name`, `show_smap`, `smaps_pte_entry`/`smaps_account`, `show_smap_vma_flags`),
 //! byte for byte in Linux 6.18's format, including the `[vsyscall]` gate area x86-64 prints
-//! last.
+//! last; and `/proc/PID/pagemap` (`pagemap_read`, `pte_to_pagemap_entry`).
 
 use crate::addr::PAGE_SHIFT;
 use crate::arch::x86_64::pgtable::Pte;
@@ -270,4 +270,77 @@ fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags) {
         }
     }
     s.push('\n');
+}
+
+/// `PM_PRESENT`: the page is in memory.
+pub const PM_PRESENT: u64 = 1 << 63;
+/// `PM_SWAP`: the page is on swap.
+pub const PM_SWAP: u64 = 1 << 62;
+/// `PM_FILE`: a page-cache page (or shared anonymous memory).
+pub const PM_FILE: u64 = 1 << 61;
+/// `PM_MMAP_EXCLUSIVE`: the page is mapped by this PTE only.
+pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+/// `PM_SOFT_DIRTY`.
+pub const PM_SOFT_DIRTY: u64 = 1 << 55;
+/// `PM_PFRAME_MASK`: the pfn (or swap type and offset) field.
+pub const PM_PFRAME_MASK: u64 = (1 << 55) - 1;
+/// `MAX_SWAPFILES_SHIFT`: where the swap offset starts in a swapped entry's frame field.
+const MAX_SWAPFILES_SHIFT: u32 = 5;
+
+/// `pte_to_pagemap_entry` for `va` (`pagemap_pte_hole` where no PTE is set).
+fn pagemap_entry(k: &Kernel, mm: &MmStruct, va: u64) -> u64 {
+    let Some(v) = mm.vma_lookup(va) else {
+        return 0;
+    };
+    let soft_dirty = if v.vm_flags.contains(VmFlags::VM_SOFTDIRTY) {
+        PM_SOFT_DIRTY
+    } else {
+        0
+    };
+    let Some(pte) = k.pte_lookup(&mm.pt, va).filter(|p| !p.is_none()) else {
+        return soft_dirty;
+    };
+    if !pte.is_present() {
+        return match crate::mm::swapfile::SwpEntry::from_pte(pte) {
+            Some(e) => {
+                let frame = e.ty as u64 | (e.offset << MAX_SWAPFILES_SHIFT);
+                PM_SWAP | soft_dirty | (frame & PM_PFRAME_MASK)
+            }
+            None => soft_dirty,
+        };
+    }
+    // The tasks run as root (CAP_SYS_ADMIN), so the pfn is shown.
+    let mut entry = PM_PRESENT | soft_dirty | (pte.pfn() & PM_PFRAME_MASK);
+    if let Some(page) = k.vm_normal_page(pte) {
+        if !page_anon(page) {
+            entry |= PM_FILE;
+        }
+        if page.mapcount() == 1 {
+            entry |= PM_MMAP_EXCLUSIVE;
+        }
+    }
+    entry
+}
+
+/// `pagemap_read`: `/proc/PID/pagemap` from byte `offset`, `len` bytes — one little-endian
+/// 64-bit entry per virtual page (entry `n` describes the page at `n << PAGE_SHIFT`: present
+/// with its pfn, or swapped with its type and offset, plus the exclusive/file/soft-dirty
+/// bits). `EINVAL` when `offset` or `len` is not a multiple of 8; the read stops at the end of
+/// user space.
+pub fn pagemap_read(
+    k: &Kernel,
+    mm: &MmStruct,
+    offset: u64,
+    len: usize,
+) -> Result<alloc::vec::Vec<u8>, crate::Errno> {
+    if !offset.is_multiple_of(8) || !len.is_multiple_of(8) {
+        return Err(crate::Errno::EINVAL);
+    }
+    let first = offset / 8;
+    let end = (first + (len / 8) as u64).min(crate::mm::mm_types::TASK_SIZE >> PAGE_SHIFT);
+    let mut out = alloc::vec::Vec::with_capacity(len);
+    for vpn in first..end {
+        out.extend_from_slice(&pagemap_entry(k, mm, vpn << PAGE_SHIFT).to_le_bytes());
+    }
+    Ok(out)
 }
