@@ -73,37 +73,13 @@ impl Kernel {
         len: u64,
     ) -> Result<(), Errno> {
         let end = madvise_range(start, len)?;
-        let mut hole = false;
-        let mut a = start;
-        let vmas: Vec<VmArea> = mm
-            .vmas
-            .iter_from(start + 1)
-            .take_while(|v| v.vm_start < end)
-            .cloned()
-            .collect();
-        for v in &vmas {
-            if v.vm_flags
+        let allowed = |v: &VmArea| {
+            !v.vm_flags
                 .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
-            {
-                return Err(Errno::EINVAL);
-            }
-        }
-        for v in vmas {
-            if v.vm_start > a {
-                hole = true;
-            }
-            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
-            self.zap_page_range(cpu, mm, lo, hi);
-            a = hi;
-        }
-        if a < end {
-            hole = true;
-        }
-        if hole {
-            Err(Errno::ENOMEM)
-        } else {
-            Ok(())
-        }
+        };
+        self.madvise_walk_vmas(mm, start, end, allowed, |k, mm, lo, hi| {
+            k.zap_page_range(cpu, mm, lo, hi)
+        })
     }
 
     /// `madvise(MADV_WILLNEED)`: read the file pages behind `[start, start + len)` into the
@@ -146,30 +122,45 @@ impl Kernel {
         len: u64,
     ) -> Result<(), Errno> {
         let end = madvise_range(start, len)?;
-        let vmas: Vec<VmArea> = mm
+        // madvise_free_single_vma / can_madv_lru_vma.
+        let allowed = |v: &VmArea| {
+            v.is_anonymous()
+                && v.vm_special.is_none()
+                && !v
+                    .vm_flags
+                    .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
+        };
+        // Pages still in this CPU's LRU add batch must be on their lists to be moved.
+        self.lru_add_drain(cpu);
+        self.madvise_walk_vmas(mm, start, end, allowed, |k, mm, lo, hi| {
+            k.madvise_free_pte_range(cpu, mm, lo, hi)
+        })
+    }
+
+    /// `madvise_walk_vmas`: every VMA meeting `[start, end)` must pass `allowed` (else
+    /// `EINVAL`, nothing done); then `visit(lo, hi)` runs on each one's part of the range, and
+    /// a hole in the range is `ENOMEM` afterwards.
+    fn madvise_walk_vmas(
+        &self,
+        mm: &mut MmStruct,
+        start: u64,
+        end: u64,
+        allowed: impl Fn(&VmArea) -> bool,
+        mut visit: impl FnMut(&Self, &mut MmStruct, u64, u64),
+    ) -> Result<(), Errno> {
+        let vmas: Vec<(u64, u64)> = mm
             .vmas
             .iter_from(start + 1)
             .take_while(|v| v.vm_start < end)
-            .cloned()
-            .collect();
-        // madvise_free_single_vma / can_madv_lru_vma.
-        for v in &vmas {
-            if !v.is_anonymous()
-                || v.vm_special.is_some()
-                || v.vm_flags
-                    .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
-            {
-                return Err(Errno::EINVAL);
-            }
-        }
-        // Pages still in this CPU's LRU add batch must be on their lists to be moved.
-        self.lru_add_drain(cpu);
+            .map(|v| allowed(v).then_some((v.vm_start, v.vm_end)))
+            .collect::<Option<_>>()
+            .ok_or(Errno::EINVAL)?;
         let mut a = start;
         let mut hole = false;
-        for v in vmas {
-            hole |= v.vm_start > a;
-            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
-            self.madvise_free_pte_range(cpu, mm, lo, hi);
+        for (vs, ve) in vmas {
+            hole |= vs > a;
+            let (lo, hi) = (vs.max(start), ve.min(end));
+            visit(self, mm, lo, hi);
             a = hi;
         }
         if hole || a < end {
