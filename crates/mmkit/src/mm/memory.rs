@@ -325,7 +325,7 @@ impl Kernel {
             return false;
         };
         let first = vma.linear_page_index(start);
-        let mut found: [Option<&Page>; FAULT_AROUND_PAGES as usize] =
+        let mut found: [Option<(u64, &Page)>; FAULT_AROUND_PAGES as usize] =
             [None; FAULT_AROUND_PAGES as usize];
         {
             let pages = file.inode.i_pages.lock();
@@ -339,7 +339,7 @@ impl Kernel {
                 let page = self.mem_map.page(pfn);
                 if !page.test(crate::mm::readahead::PG_READAHEAD) {
                     page.get();
-                    *f = Some(page);
+                    *f = Some((pfn, page));
                 }
             }
         }
@@ -347,14 +347,13 @@ impl Kernel {
         {
             let _ptl = mm.pt.lock.lock();
             for (i, f) in found.iter().enumerate().take(n) {
-                let Some(page) = *f else { continue };
+                let Some((pfn, page)) = *f else { continue };
                 if slots[i].load(Ordering::Acquire) != 0 {
                     self.__free_pages(cpu, page, 0);
                     continue;
                 }
                 self.page_add_rmap(cpu, page);
-                let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
-                slots[i].store(pte.0, Ordering::Release);
+                slots[i].store(Pte::new(pfn, vma.vm_page_prot).0, Ordering::Release);
                 mapped += 1;
                 hit |= start + ((i as u64) << PAGE_SHIFT) == va;
             }

@@ -114,7 +114,8 @@ impl CpuVmStats {
 }
 
 impl Kernel {
-    /// `__mod_node_page_state` for the node of `page`, on this CPU.
+    /// `__mod_node_page_state` for the node of `page`: this CPU's differential takes
+    /// `delta`; past the node's threshold it is folded into the node's counter.
     #[inline]
     pub(crate) fn mod_node_page_state(
         &self,
@@ -123,13 +124,7 @@ impl Kernel {
         item: usize,
         delta: i64,
     ) {
-        self.mod_node_state(cpu, page.nid(), item, delta);
-    }
-
-    /// `__mod_node_page_state`: this CPU's differential takes `delta`; past the node's
-    /// threshold it is folded into the node's counter.
-    #[inline]
-    pub(crate) fn mod_node_state(&self, cpu: &CpuGuard<'_>, nid: usize, item: usize, delta: i64) {
+        let nid = page.nid();
         let d = &cpu.state().vmstat.node_diff[nid].0[item];
         let x = d.load(Relaxed) + delta;
         let node = &self.nodes[nid];
