@@ -626,7 +626,7 @@ pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
                     black_box(mm.find_vma(black_box(a)));
                 }
             });
-            let n = mm.map_count;
+            let n = mm.map_count();
             k.exit_mmap(cpu, mm);
             (r, n)
         });
@@ -655,7 +655,7 @@ pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
             let hit = measure(N, || {
                 for _ in 0..N {
                     black_box(
-                        k.mmu_translate(cpu, pt, black_box(va.0), Access::KERNEL_READ)
+                        k.mmu_access(cpu, pt, black_box(va.0), Access::KERNEL_READ, |pa| pa)
                             .ok(),
                     );
                 }
@@ -665,7 +665,7 @@ pub fn vm_rows(filter: &str) -> Result<Vec<Row>> {
                 for i in 0..N {
                     let a = va.0 + ((i & 1) * 64 + (i >> 1) % 2 * 128) * 4096;
                     black_box(
-                        k.mmu_translate(cpu, pt, black_box(a), Access::KERNEL_READ)
+                        k.mmu_access(cpu, pt, black_box(a), Access::KERNEL_READ, |pa| pa)
                             .ok(),
                     );
                 }

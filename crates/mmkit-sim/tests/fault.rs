@@ -8,7 +8,7 @@ mod common;
 use common::{boot_mem, free_and_pcp};
 use mmkit::arch::x86_64::fault::{BUS_ADRERR, SEGV_ACCERR, SEGV_MAPERR, SIGBUS, SIGSEGV};
 use mmkit::fs::inode::{FMode, RamFile};
-use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES};
+use mmkit::mm::mm_types::{MmStruct, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
 use mmkit::mm::mmap::*;
 use mmkit::{CpuGuard, Errno, Kernel};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ const RW: u32 = PROT_READ | PROT_WRITE;
 fn pfn_at(k: &Kernel, mm: &MmStruct, va: u64) -> Option<u64> {
     k.pte_lookup(&mm.pt, va)
         .filter(|p| p.is_present())
-        .map(|p| p.pfn())
+        .map(|p| p.pfn().0)
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -46,7 +46,7 @@ fn anonymous_read_maps_zero_page_write_allocates() {
         let a = k.mmap(cpu, &mut mm, 0, 16 << 12, RW, ANON, 0).unwrap();
         assert_eq!(read(k, cpu, &mut mm, a, 16 << 12), vec![0; 16 << 12]);
         for i in 0..16 {
-            assert_eq!(pfn_at(k, &mm, a + (i << 12)), Some(k.zero_pfn()));
+            assert_eq!(pfn_at(k, &mm, a + (i << 12)), Some(k.zero_pfn().0));
         }
         assert_eq!(mm.counter(MM_ANONPAGES), 0, "reads allocate nothing");
         assert_eq!(mm.faults.min_flt, 16);
@@ -55,7 +55,7 @@ fn anonymous_read_maps_zero_page_write_allocates() {
         assert_eq!(mm.counter(MM_ANONPAGES), 2, "the two pages written");
         assert_eq!(read(k, cpu, &mut mm, a + 3000, 5000), data);
         let pfn = pfn_at(k, &mm, a + 4096).unwrap();
-        assert_ne!(pfn, k.zero_pfn());
+        assert_ne!(pfn, k.zero_pfn().0);
         let page = k.pfn_to_page(mmkit::Pfn(pfn)).unwrap();
         k.lru_add_drain(cpu); // the LRU add batch holds a reference until drained
         assert_eq!((page.refcount(), page.mapcount()), (1, 1));
@@ -262,7 +262,7 @@ fn segv_and_bus_cases() {
             "user access to the direct map"
         );
         k.user_write(cpu, &mut mm, rw, b"ok").unwrap();
-        k.mprotect(&mut mm, rw, 4096, PROT_READ | PROT_EXEC)
+        k.mprotect(cpu, &mut mm, rw, 4096, PROT_READ | PROT_EXEC)
             .unwrap();
         k.user_fetch(cpu, &mut mm, rw, &mut b).unwrap();
         assert_eq!(&b[..2], b"ok");
@@ -540,7 +540,7 @@ fn shared_file_dirty_tracking() {
             pte.is_present() && !pte.writable(),
             "clean: write-protected"
         );
-        let page = k.pfn_to_page(mmkit::Pfn(pte.pfn())).unwrap();
+        let page = k.pfn_to_page(pte.pfn()).unwrap();
         assert!(!page.test(mmkit::mm::page::PageFlags::DIRTY));
         k.user_write(cpu, &mut mm, a, b"d").unwrap();
         assert!(page.test(mmkit::mm::page::PageFlags::DIRTY));
@@ -621,8 +621,8 @@ fn rmap_walk_referenced_and_unmap() {
         let pfn = pfn_at(k, &p, a).unwrap();
         let page = k.pfn_to_page(mmkit::Pfn(pfn)).unwrap();
         let mut seen = Vec::new();
-        k.rmap_walk(page, |r, addr| {
-            seen.push((Arc::as_ptr(&r.pt) as usize, addr));
+        k.rmap_walk(page, |r, c| {
+            seen.push((Arc::as_ptr(&r.pt) as usize, c.va()));
             true
         });
         seen.sort();
@@ -637,13 +637,14 @@ fn rmap_walk_referenced_and_unmap() {
             "all three mappings, the moved one at its new address"
         );
         // Accessed bits: read in two of them, then harvest.
-        k.page_referenced(page);
+        k.page_referenced(cpu, page);
         read(k, cpu, &mut p, a, 1);
         read(k, cpu, &mut c2, b, 1);
-        assert_eq!(k.page_referenced(page), (2, false));
+        let (refs, flags) = k.page_referenced(cpu, page);
+        assert_eq!((refs, flags.contains(VmFlags::VM_LOCKED)), (2, false));
         assert_eq!(
-            k.page_referenced(page),
-            (0, false),
+            k.page_referenced(cpu, page).0,
+            0,
             "cleared by the first harvest"
         );
         assert!(
@@ -670,7 +671,7 @@ fn rmap_walk_referenced_and_unmap() {
             .pfn_to_page(mmkit::Pfn(pfn_at(k, &p, x).unwrap()))
             .unwrap();
         assert_eq!((fpage.mapcount(), fpage.refcount()), (2, 3));
-        assert_eq!(k.page_referenced(fpage).0, 2);
+        assert_eq!(k.page_referenced(cpu, fpage).0, 2);
         assert!(k.try_to_unmap(cpu, fpage, None));
         assert_eq!(
             (fpage.mapcount(), fpage.refcount()),
@@ -793,14 +794,15 @@ fn neighbours_share_an_anon_vma_and_merge() {
     m.on_cpu(0, |cpu| {
         let mut mm = k.mm_alloc(cpu).unwrap();
         let a = k.mmap(cpu, &mut mm, 0, 8 << 12, RW, ANON, 0).unwrap();
-        k.mprotect(&mut mm, a + (4 << 12), 4 << 12, RW | PROT_EXEC)
+        k.mprotect(cpu, &mut mm, a + (4 << 12), 4 << 12, RW | PROT_EXEC)
             .unwrap();
         assert_eq!(mm.vmas().count(), 2);
         k.user_write(cpu, &mut mm, a, b"low").unwrap();
         k.user_write(cpu, &mut mm, a + (4 << 12), b"high").unwrap();
         let ids: Vec<_> = mm.vmas().map(|v| v.anon_vma).collect();
         assert!(ids[0].is_some() && ids[0] == ids[1], "{ids:?}");
-        k.mprotect(&mut mm, a + (4 << 12), 4 << 12, RW).unwrap();
+        k.mprotect(cpu, &mut mm, a + (4 << 12), 4 << 12, RW)
+            .unwrap();
         assert_eq!(mm.vmas().count(), 1, "merged");
         assert_eq!(read(k, cpu, &mut mm, a, 3), b"low");
         assert_eq!(read(k, cpu, &mut mm, a + (4 << 12), 4), b"high");
@@ -866,7 +868,7 @@ fn mlock_and_willneed() {
         let mut mm = k.mm_alloc(cpu).unwrap();
         let a = k.mmap(cpu, &mut mm, 0, 16 << 12, RW, ANON, 0).unwrap();
         k.mlock(cpu, &mut mm, a + (4 << 12), 4 << 12).unwrap();
-        assert_eq!(mm.map_count, 3);
+        assert_eq!(mm.map_count(), 3);
         assert_eq!(mm.locked_vm, 4);
         assert_eq!(mm.counter(MM_ANONPAGES), 4, "mlock populates");
         assert!(mm
@@ -883,7 +885,7 @@ fn mlock_and_willneed() {
         );
         assert_eq!(k.mlock(cpu, &mut mm, a, 64 << 12), Err(Errno::ENOMEM));
         k.munlock(&mut mm, a, 16 << 12).unwrap();
-        assert_eq!((mm.map_count, mm.locked_vm), (1, 0));
+        assert_eq!((mm.map_count(), mm.locked_vm), (1, 0));
         // WILLNEED
         let inode = k.new_inode(
             Box::new(RamFile::new(pattern(1, 40 << 12))),

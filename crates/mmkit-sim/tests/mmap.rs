@@ -27,16 +27,16 @@ fn top_down_layout_merging_and_splitting() {
         let b = k.mmap(cpu, &mut mm, 0, 4096, RW, ANON, 0).unwrap();
         assert_eq!(b, a - 4096);
         assert_eq!(
-            mm.map_count, 1,
+            mm.map_count(), 1,
             "adjacent anonymous mappings with the same flags merge"
         );
         let c = k.mmap(cpu, &mut mm, 0, 4096, PROT_READ, ANON, 0).unwrap();
         assert_eq!(c, b - 4096);
-        assert_eq!(mm.map_count, 2, "different protections do not merge");
-        assert_eq!(mm.total_vm, 4);
+        assert_eq!(mm.map_count(), 2, "different protections do not merge");
+        assert_eq!(mm.total_vm(), 4);
         // Unmap the middle page of the 3-page VMA: it splits.
         k.munmap(cpu, &mut mm, b + 4096, 4096).unwrap();
-        assert_eq!(mm.map_count, 3);
+        assert_eq!(mm.map_count(), 3);
         let right = mm.vma_lookup(a + 4096).unwrap();
         assert_eq!(
             (right.vm_start, right.vm_pgoff),
@@ -55,7 +55,7 @@ fn top_down_layout_merging_and_splitting() {
         // Mapping the hole again merges all three back (same flags, contiguous pgoff).
         k.mmap(cpu, &mut mm, b + 4096, 4096, RW, ANON | MAP_FIXED, 0)
             .unwrap();
-        assert_eq!(mm.map_count, 2);
+        assert_eq!(mm.map_count(), 2);
         let maps = mm.proc_maps();
         assert_eq!(
             maps,
@@ -221,7 +221,7 @@ fn max_map_count_is_enforced() {
             "a split needs one more VMA"
         );
         assert_eq!(
-            k.mprotect(&mut mm, base + 0x1000, 0x1000, RW),
+            k.mprotect(cpu, &mut mm, base + 0x1000, 0x1000, RW),
             Err(Errno::ENOMEM),
             "mprotect's split too"
         );
@@ -320,7 +320,7 @@ fn find_vma_over_100k_vmas() {
             )
             .unwrap();
         }
-        assert_eq!(mm.map_count, 100_000);
+        assert_eq!(mm.map_count(), 100_000);
         for i in (0..100_000u64).step_by(997) {
             let v = mm.find_vma(base + i * 0x2000 + 0x1800).unwrap();
             assert_eq!(
@@ -433,7 +433,7 @@ proptest! {
                     Op::Protect { page, pages, prot } => {
                         // Linux changes the VMAs before the first hole, then fails with ENOMEM.
                         let hole = (page..page + pages).find(|p| !model.contains_key(p));
-                        let r = k.mprotect(&mut mm, WIN + (page << 12), pages << 12, prot);
+                        let r = k.mprotect(cpu, &mut mm, WIN + (page << 12), pages << 12, prot);
                         prop_assert_eq!(r, if hole.is_some() { Err(Errno::ENOMEM) } else { Ok(()) });
                         for p in page..hole.unwrap_or(page + pages) {
                             let charged = model[&p].1 || prot & PROT_WRITE != 0;
@@ -466,8 +466,9 @@ fn mprotect_changes_ptes_and_checks_arguments() {
         assert!(k
             .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
             .is_ok());
-        k.mprotect(&mut mm, a + 0x1000, 0x1000, PROT_READ).unwrap();
-        assert_eq!(mm.map_count, 3, "the middle page split off");
+        k.mprotect(cpu, &mut mm, a + 0x1000, 0x1000, PROT_READ)
+            .unwrap();
+        assert_eq!(mm.map_count(), 3, "the middle page split off");
         assert!(mm.proc_maps().lines().nth(1).unwrap().contains(" r--s "));
         assert!(
             k.mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
@@ -477,22 +478,25 @@ fn mprotect_changes_ptes_and_checks_arguments() {
         assert!(k
             .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_READ)
             .is_ok());
-        k.mprotect(&mut mm, a + 0x1000, 0x1000, RW).unwrap();
-        assert_eq!(mm.map_count, 1, "merged back");
+        k.mprotect(cpu, &mut mm, a + 0x1000, 0x1000, RW).unwrap();
+        assert_eq!(mm.map_count(), 1, "merged back");
         assert!(k
             .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
             .is_ok());
         assert_eq!(
-            k.mprotect(&mut mm, a + 1, 0x1000, PROT_READ),
+            k.mprotect(cpu, &mut mm, a + 1, 0x1000, PROT_READ),
             Err(Errno::EINVAL)
         );
-        assert_eq!(k.mprotect(&mut mm, a, 0x1000, 0x80), Err(Errno::EINVAL));
         assert_eq!(
-            k.mprotect(&mut mm, a, 0x10000, PROT_READ),
+            k.mprotect(cpu, &mut mm, a, 0x1000, 0x80),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            k.mprotect(cpu, &mut mm, a, 0x10000, PROT_READ),
             Err(Errno::ENOMEM),
             "runs past the mapping"
         );
-        assert_eq!(k.mprotect(&mut mm, a, 0, PROT_READ), Ok(()));
+        assert_eq!(k.mprotect(cpu, &mut mm, a, 0, PROT_READ), Ok(()));
         k.check_mm_invariants(&mm).unwrap();
         k.munmap(cpu, &mut mm, a, 3 << 12).unwrap();
         assert_eq!((page.refcount(), page.mapcount()), (1, 0));
@@ -517,12 +521,12 @@ fn mremap_grows_moves_and_keeps_bytes() {
         let data: Vec<u8> = (0..4 << 12).map(|i| (i * 7 % 251) as u8).collect();
         k.user_write(cpu, &mut mm, a, &data).unwrap();
         let pfns: Vec<u64> = (0..4)
-            .map(|i| k.pte_lookup(&mm.pt, a + (i << 12)).unwrap().pfn())
+            .map(|i| k.pte_lookup(&mm.pt, a + (i << 12)).unwrap().pfn().0)
             .collect();
         // Grow in place: nothing after it.
         assert_eq!(k.mremap(cpu, &mut mm, a, 4 << 12, 8 << 12, 0, 0), Ok(a));
         assert_eq!(mm.vma_lookup(a).unwrap().vm_end, a + (8 << 12));
-        assert_eq!(mm.total_vm, 8);
+        assert_eq!(mm.total_vm(), 8);
         // Something right after: growing needs to move.
         k.mmap(
             cpu,
@@ -548,7 +552,7 @@ fn mremap_grows_moves_and_keeps_bytes() {
         assert_eq!(got, data, "the bytes moved with the pages");
         for i in 0..4 {
             assert_eq!(
-                k.pte_lookup(&mm.pt, b + (i << 12)).unwrap().pfn(),
+                k.pte_lookup(&mm.pt, b + (i << 12)).unwrap().pfn().0,
                 pfns[i as usize]
             );
         }

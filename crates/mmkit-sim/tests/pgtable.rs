@@ -5,16 +5,45 @@
 mod common;
 use common::boot_mem;
 use mmkit::arch::x86_64::pgtable::{
-    Pte, PteFlags, PAGE_KERNEL, PAGE_NONE, PAGE_READONLY, PAGE_READONLY_EXEC, PAGE_SHARED,
+    PgTable, Pte, PteFlags, PAGE_KERNEL, PAGE_NONE, PAGE_READONLY, PAGE_READONLY_EXEC, PAGE_SHARED,
     PROTECTION_MAP,
 };
 use mmkit::arch::x86_64::tlb::{Access, X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE};
 use mmkit::fs::proc::buddyinfo::buddyinfo;
 use mmkit::gfp::GFP_KERNEL;
+use mmkit::mm::mmu_gather::MmuGather;
+use mmkit::CpuGuard;
 use mmkit::{Kernel, Page, Pfn};
 
-fn pfn(k: &Kernel, p: &Page) -> u64 {
-    k.page_to_pfn(p).0
+fn pfn(k: &Kernel, p: &Page) -> Pfn {
+    k.page_to_pfn(p)
+}
+
+/// `set_pte_at` on an empty entry, through a cursor (tables allocated as needed).
+fn set(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    pt: &PgTable,
+    va: u64,
+    pte: Pte,
+) -> Result<(), mmkit::Errno> {
+    let mut c = k.pte_cursor(pt, va, va + 4096);
+    c.seek_alloc(cpu, va)?;
+    c.install(Pte(0), pte).map_err(|_| mmkit::Errno::EBUSY)
+}
+
+/// Clear the entry at `va` through a gather, which flushes.
+fn clear(k: &Kernel, cpu: &CpuGuard<'_>, pt: &PgTable, va: u64) -> Pte {
+    let mut tlb = MmuGather::new(k, cpu, pt);
+    let mut c = k.pte_cursor(pt, va, va + 4096);
+    let old = if c.seek(va) {
+        c.clear(&mut tlb)
+    } else {
+        Pte(0)
+    };
+    drop(c);
+    tlb.finish();
+    old
 }
 
 /// Write through a virtual address: translate, then write the physical page.
@@ -54,8 +83,14 @@ fn translations_carry_bytes_and_set_accessed_dirty() {
     let va = 0x7f12_3456_7000;
     // Linux's protection values include _PAGE_ACCESSED; start from an old entry to watch the
     // MMU set it.
-    k.set_pte_at(&cpu0, &pt, va, Pte::new(pfn(k, data), PAGE_SHARED).mkold())
-        .unwrap();
+    set(
+        k,
+        &cpu0,
+        &pt,
+        va,
+        Pte::new(pfn(k, data), PAGE_SHARED).mkold(),
+    )
+    .unwrap();
     assert_eq!(k.page_table_pages(), 4, "PGD, PUD, PMD and PTE tables");
     let pte = k.pte_lookup(&pt, va).unwrap();
     assert!(!pte.young() && !pte.dirty());
@@ -74,9 +109,12 @@ fn translations_carry_bytes_and_set_accessed_dirty() {
     let (h0, _) = k.tlb_stats(&cpu1);
     read_va(k, &cpu1, &pt, va, 1);
     assert_eq!(k.tlb_stats(&cpu1).0, h0 + 1);
-    k.pte_clear(&pt, va).unwrap();
-    k.flush_tlb_mm(&pt);
-    assert_eq!(k.free_pgd_range(&cpu1, &pt, 0, 0x0000_8000_0000_0000), 3);
+    assert!(clear(k, &cpu1, &pt, va).is_present());
+    {
+        let mut tlb = MmuGather::new(k, &cpu1, &pt);
+        assert_eq!(k.free_pgd_range(&mut tlb, 0, 0x0000_8000_0000_0000), 3);
+        tlb.finish();
+    }
     k.pgd_free(&cpu1, pt).map_err(|e| e.0).unwrap();
     assert_eq!(k.page_table_pages(), 0);
     k.__free_pages(&cpu1, data, 0);
@@ -91,14 +129,10 @@ fn faults_carry_x86_error_codes() {
     let page = k.alloc_page(&cpu, GFP_KERNEL).unwrap();
     let p = pfn(k, page);
     let (ro, rx, kern, none) = (0x40_0000u64, 0x40_1000u64, 0x40_2000u64, 0x40_3000u64);
-    k.set_pte_at(&cpu, &pt, ro, Pte::new(p, PAGE_READONLY))
-        .unwrap();
-    k.set_pte_at(&cpu, &pt, rx, Pte::new(p, PAGE_READONLY_EXEC))
-        .unwrap();
-    k.set_pte_at(&cpu, &pt, kern, Pte::new(p, PAGE_KERNEL))
-        .unwrap();
-    k.set_pte_at(&cpu, &pt, none, Pte::new(p, PAGE_NONE))
-        .unwrap();
+    set(k, &cpu, &pt, ro, Pte::new(p, PAGE_READONLY)).unwrap();
+    set(k, &cpu, &pt, rx, Pte::new(p, PAGE_READONLY_EXEC)).unwrap();
+    set(k, &cpu, &pt, kern, Pte::new(p, PAGE_KERNEL)).unwrap();
+    set(k, &cpu, &pt, none, Pte::new(p, PAGE_NONE)).unwrap();
     let code = |va, a| k.mmu_translate(&cpu, &pt, va, a).unwrap_err().error_code;
     assert_eq!(
         code(0x50_0000, Access::USER_READ),
@@ -137,9 +171,7 @@ fn faults_carry_x86_error_codes() {
         X86_PF_USER,
         "non-canonical"
     );
-    assert!(k
-        .set_pte_at(&cpu, &pt, 0x8000_0000_0000, Pte::new(p, PAGE_SHARED))
-        .is_err());
+    assert!(set(k, &cpu, &pt, 0x8000_0000_0000, Pte::new(p, PAGE_SHARED)).is_err());
     // A cached read-only entry still faults on write (the TLB checks permissions).
     assert!(k.mmu_translate(&cpu, &pt, ro, Access::USER_READ).is_ok());
     assert_eq!(
@@ -147,12 +179,11 @@ fn faults_carry_x86_error_codes() {
         X86_PF_PROT | X86_PF_WRITE | X86_PF_USER
     );
     // protection_map: private writable mappings start read-only (copy-on-write).
-    assert!(!Pte::new(1, PROTECTION_MAP[0b0011]).writable());
-    assert!(Pte::new(1, PROTECTION_MAP[0b1011]).writable());
+    assert!(!Pte::new(Pfn(1), PROTECTION_MAP[0b0011]).writable());
+    assert!(Pte::new(Pfn(1), PROTECTION_MAP[0b1011]).writable());
     for va in [ro, rx, kern, none] {
-        k.pte_clear(&pt, va);
+        clear(k, &cpu, &pt, va);
     }
-    k.flush_tlb_mm(&pt);
     k.pgd_free(&cpu, pt).map_err(|e| e.0).unwrap();
     k.__free_pages(&cpu, page, 0);
 }
@@ -169,12 +200,18 @@ fn a_missing_tlb_flush_leaves_stale_translations() {
         let b = k.alloc_page(cpu, GFP_KERNEL).unwrap();
         k.write_page(a, 0, b"page A").unwrap();
         k.write_page(b, 0, b"page B").unwrap();
-        k.set_pte_at(cpu, &pt, va, Pte::new(pfn(k, a), PAGE_SHARED))
-            .unwrap();
+        set(k, cpu, &pt, va, Pte::new(pfn(k, a), PAGE_SHARED)).unwrap();
         assert_eq!(read_va(k, cpu, &pt, va, 6), b"page A");
-        // Remap to B without flushing: this CPU still reads A.
-        k.set_pte_at(cpu, &pt, va, Pte::new(pfn(k, b), PAGE_SHARED))
+        // Remap to B and skip the gather's flush (forgetting a gather that holds no page is
+        // the one way to): this CPU still reads A.
+        let mut tlb = MmuGather::new(k, cpu, &pt);
+        let mut c = k.pte_cursor(&pt, va, va + 4096);
+        assert!(c.seek(va));
+        let orig = c.get();
+        c.replace(orig, Pte::new(pfn(k, b), PAGE_SHARED), &mut tlb)
             .unwrap();
+        drop(c);
+        std::mem::forget(tlb);
         assert_eq!(read_va(k, cpu, &pt, va, 6), b"page A", "stale translation");
         (pt, a, b)
     });
@@ -188,12 +225,17 @@ fn a_missing_tlb_flush_leaves_stale_translations() {
             "the flush reached CPU 0"
         );
         // Unmap without flushing: still translates; after the flush, it faults.
-        k.pte_clear(&pt, va).unwrap();
+        let mut tlb = MmuGather::new(k, cpu, &pt);
+        let mut c = k.pte_cursor(&pt, va, va + 4096);
+        assert!(c.seek(va));
+        c.clear(&mut tlb);
+        drop(c);
         assert!(
             k.mmu_translate(cpu, &pt, va, Access::USER_READ).is_ok(),
             "stale after unmap"
         );
-        k.flush_tlb_range(&pt, va, va + 4096);
+        tlb.finish();
+        drop(tlb);
         assert!(k.mmu_translate(cpu, &pt, va, Access::USER_READ).is_err());
         k.pgd_free(cpu, pt).map_err(|e| e.0).unwrap();
         k.__free_pages(cpu, a, 0);
@@ -215,8 +257,7 @@ fn page_tables_are_freed_with_their_range() {
             .map(|i| 0x10_0000 + i * 0x20_1000 + (i % 7) * (1 << 39))
             .collect();
         for &va in &vas {
-            k.set_pte_at(cpu, &pt, va, Pte::new(pfn(k, page), PAGE_READONLY))
-                .unwrap();
+            set(k, cpu, &pt, va, Pte::new(pfn(k, page), PAGE_READONLY)).unwrap();
         }
         assert!(k.page_table_pages() > 300);
         // Refuses to free while anything is mapped.
@@ -233,9 +274,8 @@ fn page_tables_are_freed_with_their_range() {
                 .unwrap()
                 .flags()
                 .contains(PteFlags::PRESENT));
-            k.pte_clear(&pt, va).unwrap();
+            clear(k, cpu, &pt, va);
         }
-        k.flush_tlb_mm(&pt);
         k.pgd_free(cpu, pt).map_err(|e| e.0).unwrap();
         assert_eq!(k.page_table_pages(), 0);
         k.__free_pages(cpu, page, 0);

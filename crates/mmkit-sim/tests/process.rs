@@ -141,7 +141,7 @@ fn fork_exec_exit_wait() {
     assert_eq!(tasks.get(init).unwrap().child_faults, child_faults);
     assert_eq!(tasks.wait(init, None), Err(Errno::ECHILD));
     // Exec failure leaves the task as it was.
-    let vsz = tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm;
+    let vsz = tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm();
     let r = m.on_cpu(0, |cpu| {
         with_exec_params(&m, &spec("/etc/hostname", &[]), |file, params, interp| {
             tasks.exec(k, cpu, init, file, params, interp)
@@ -150,7 +150,10 @@ fn fork_exec_exit_wait() {
     if let Ok(r) = r {
         assert_eq!(r, Err(Errno::ENOEXEC));
     }
-    assert_eq!(tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm, vsz);
+    assert_eq!(
+        tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm(),
+        vsz
+    );
     // A shared anonymous mapping survives into a forked child and back.
     let c2 = m.on_cpu(0, |cpu| {
         let mm = tasks.get_mut(init).unwrap().mm.as_mut().unwrap();

@@ -642,11 +642,9 @@ fn madv_free_pages_are_dropped_unless_written_again() {
         k.user_write(cpu, &mut mm, a + (7 << 12), &page_bytes(7, 2))
             .unwrap();
         let p7 = k
-            .pfn_to_page(mmkit::Pfn(
-                k.pte_lookup(&mm.pt, a + (7 << 12)).unwrap().pfn(),
-            ))
+            .pfn_to_page(k.pte_lookup(&mm.pt, a + (7 << 12)).unwrap().pfn())
             .unwrap();
-        k.page_referenced(p7);
+        k.page_referenced(cpu, p7);
         let freed0 = (event(k, "pglazyfreed"), event(k, "pswpout"));
         for _ in 0..64 {
             k.try_to_free_pages(cpu, GFP_KERNEL);

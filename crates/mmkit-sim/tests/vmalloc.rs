@@ -124,28 +124,29 @@ fn vzalloc_vmalloc_user_node_and_vmap() {
     k.check_vmalloc_invariants().unwrap();
 }
 
-/// vfree unmaps at once but flushes lazily: until the purge a CPU may still hold the old
-/// translation, and the address range is not handed out again; after it, the range is free.
+/// vfree unmaps and flushes before its pages go back (flush-before-free, where Linux would
+/// leave a stale kernel translation to freed pages until its lazy flush), but the address
+/// range is not handed out again until the lazy purge; after it, the range is free.
 #[test]
-fn lazy_purge_flushes_once_per_batch() {
+fn vfree_flushes_at_once_and_purges_the_range_lazily() {
     let m = boot_mem(256, 1, "");
     let k = &m.kernel;
     m.on_cpu(0, |cpu| {
         let a = k.vmalloc(cpu, 8192).unwrap();
         k.kernel_write(cpu, a, b"cached").unwrap();
-        k.vfree(cpu, a);
-        // Stale, as Linux tolerates for vfree'd memory until the purge.
         assert!(k
             .mmu_translate(cpu, k.kernel_page_tables(), a.0, Access::KERNEL_READ)
             .is_ok());
+        k.vfree(cpu, a);
+        // The translation this CPU had cached is gone: the pages it led to are free.
+        assert!(k
+            .mmu_translate(cpu, k.kernel_page_tables(), a.0, Access::KERNEL_READ)
+            .is_err());
         assert!(k.proc_vmallocinfo().contains("unpurged vm_area"));
         let b = k.vmalloc(cpu, 8192).unwrap();
         assert_ne!(a, b, "an unpurged range is not reused");
         k.check_vmalloc_invariants().unwrap();
         k.purge_vmap_area_lazy();
-        assert!(k
-            .mmu_translate(cpu, k.kernel_page_tables(), a.0, Access::KERNEL_READ)
-            .is_err());
         let c = k.vmalloc(cpu, 8192).unwrap();
         assert_eq!(a, c, "after the purge the lowest fit is the old range");
         k.vfree(cpu, b);

@@ -80,9 +80,9 @@ pub struct Kernel {
     pub(crate) vmap: SpinLock<mm::vmalloc::VmapState>,
     pub(crate) init_mm: Option<arch::x86_64::pgtable::PgTable>,
     /// `ZERO_PAGE(0)`: a page of the kernel's bss, mapped read-only for anonymous reads.
-    pub(crate) zero_pfn: u64,
+    pub(crate) zero_pfn: Pfn,
     pub(crate) inodes: SpinLock<fs::inode::InodeTable>,
-    pub(crate) anon_vmas: SpinLock<mm::rmap::AnonVmas>,
+    pub(crate) anon_vmas: sync::RwLock<mm::rmap::AnonVmas>,
     pub(crate) swap: SpinLock<mm::swapfile::SwapState>,
     pub(crate) swappiness: AtomicU64,
 }

@@ -2,7 +2,8 @@
 //!
 //! A bare-metal kernel would implement this over its own page tables and drivers; the
 //! simulator (`mmkit-sim`) implements it over one lazily committed host mapping and threads.
-//! Later issues add the swap device and file source here.
+//! The swap device and the files the page cache reads are handed to the kernel separately
+//! (`swapon`, the inode table); this trait is what every machine needs.
 
 /// The host of a [`crate::Kernel`].
 pub trait Platform: Send + Sync {
@@ -19,4 +20,12 @@ pub trait Platform: Send + Sync {
     fn now_ns(&self) -> u64;
     /// A random number (`get_random_u64`), for address-space layout randomization.
     fn get_random_u64(&self) -> u64;
+    /// Translations were taken away: every CPU's TLB has been told (the `tlb_gen` flush) and
+    /// the frames in `flush` are about to be freed or reused. A platform whose MMU caches
+    /// translations beyond the TLB model (a shadow-paging hypervisor, or real hardware's
+    /// `invlpg`/CR3 reload) drops them here; the software MMU needs nothing, which is the
+    /// default.
+    fn flush_tlb(&self, flush: &crate::mm::mmu_gather::TlbFlush<'_>) {
+        let _ = flush;
+    }
 }

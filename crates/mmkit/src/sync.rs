@@ -1,9 +1,9 @@
-//! The library's own locks and per-CPU storage (the analogue of `include/linux/spinlock.h`
-//! and `include/linux/percpu.h`).
+//! The library's own locks and per-CPU storage (the analogue of `include/linux/spinlock.h`,
+//! `include/linux/rwlock.h` and `include/linux/percpu.h`).
 //!
-//! [`SpinLock`] spins briefly and then, with the `std` feature, yields the host thread, so a
-//! simulator with more threads than host cores still makes progress. Without `std` it only
-//! spins, as a kernel's spin lock does.
+//! [`SpinLock`] and [`RwLock`] spin briefly and then, with the `std` feature, yield the host
+//! thread, so a simulator with more threads than host cores still makes progress. Without
+//! `std` they only spin, as a kernel's locks do.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -84,6 +84,131 @@ impl<T> SpinLock<T> {
     /// Whether someone holds the lock right now (for assertions only).
     pub fn is_locked(&self) -> bool {
         self.locked.load(Ordering::Relaxed)
+    }
+}
+
+/// A reader-writer spin lock protecting a `T` (`rwlock_t`; it stands where Linux has the
+/// `anon_vma` and `i_mmap` rw-semaphores). Readers share it; a writer excludes everyone.
+/// Readers are preferred, as with `rwlock_t`: a reader that already holds it may take it again
+/// (a reverse-map walk that reclaims and walks again) even while a writer waits.
+pub struct RwLock<T> {
+    /// Readers holding the lock, or `WRITER`.
+    state: core::sync::atomic::AtomicU32,
+    data: UnsafeCell<T>,
+}
+
+const WRITER: u32 = u32::MAX;
+
+// SAFETY: readers get `&T` concurrently (so `T: Sync`), a writer `&mut T` alone (so `T: Send`).
+unsafe impl<T: Send + Sync> Sync for RwLock<T> {}
+// SAFETY: the lock owns its `T`.
+unsafe impl<T: Send> Send for RwLock<T> {}
+
+/// Shared access through an [`RwLock`].
+pub struct RwLockReadGuard<'a, T> {
+    lock: &'a RwLock<T>,
+}
+
+/// Exclusive access through an [`RwLock`].
+pub struct RwLockWriteGuard<'a, T> {
+    lock: &'a RwLock<T>,
+}
+
+impl<T> RwLock<T> {
+    /// A new, unlocked lock.
+    pub const fn new(data: T) -> Self {
+        Self {
+            state: core::sync::atomic::AtomicU32::new(0),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// `read_lock()`.
+    pub fn read(&self) -> RwLockReadGuard<'_, T> {
+        let mut spins = 0u32;
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s != WRITER
+                && s < WRITER - 1
+                && self
+                    .state
+                    .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return RwLockReadGuard { lock: self };
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(128) {
+                relax();
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// `write_lock()`.
+    pub fn write(&self) -> RwLockWriteGuard<'_, T> {
+        let mut spins = 0u32;
+        loop {
+            if self
+                .state
+                .compare_exchange_weak(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return RwLockWriteGuard { lock: self };
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(128) {
+                relax();
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Mutable access without locking, for the exclusive owner.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+}
+
+impl<T> Deref for RwLockReadGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: a read guard means no writer holds the lock, so only shared references exist.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for RwLockReadGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.state.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl<T> Deref for RwLockWriteGuard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the write guard is the only access to `data` while it lives.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for RwLockWriteGuard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only access through the guard.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for RwLockWriteGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.state.store(0, Ordering::Release);
     }
 }
 

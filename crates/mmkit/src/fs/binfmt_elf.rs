@@ -272,7 +272,7 @@ impl Kernel {
             flags |= VmFlags::VM_EXEC;
         }
         self.munmap(cpu, mm, addr, len)?;
-        if mm.map_count >= mm.max_map_count {
+        if mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         self.mmap_region(mm, addr, len, flags, addr >> PAGE_SHIFT, None, None);
@@ -353,7 +353,7 @@ impl Kernel {
         } else {
             mm_base
         };
-        self.setup_arg_pages(bprm, executable_stack)?;
+        self.setup_arg_pages(cpu, bprm, executable_stack)?;
         let mm = &mut bprm.mm;
 
         // The executable's segments.

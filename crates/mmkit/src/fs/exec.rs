@@ -203,6 +203,7 @@ impl Kernel {
     /// `RLIMIT_STACK`; `arg_start` is set.
     pub(crate) fn setup_arg_pages(
         &self,
+        cpu: &CpuGuard<'_>,
         bprm: &mut Binprm<'_>,
         executable_stack: bool,
     ) -> Result<(), Errno> {
@@ -224,11 +225,15 @@ impl Kernel {
         nv.vm_pgoff = v.vm_pgoff - grow;
         let (start, end) = (nv.vm_start, nv.vm_end);
         self.vma_link(mm, nv);
-        mm.total_vm += grow;
-        mm.vmacache.set(None);
         if executable_stack {
             use crate::mm::mmap::{PROT_EXEC, PROT_READ, PROT_WRITE};
-            self.mprotect(mm, start, end - start, PROT_READ | PROT_WRITE | PROT_EXEC)?;
+            self.mprotect(
+                cpu,
+                mm,
+                start,
+                end - start,
+                PROT_READ | PROT_WRITE | PROT_EXEC,
+            )?;
         }
         Ok(())
     }

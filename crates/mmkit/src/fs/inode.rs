@@ -105,7 +105,7 @@ pub struct Inode {
     /// `nrpages`.
     pub(crate) nrpages: AtomicU64,
     /// `i_mmap`: the VMAs mapping this file, for the reverse map.
-    pub(crate) i_mmap: SpinLock<Vec<crate::mm::rmap::RmapRecord>>,
+    pub(crate) i_mmap: crate::sync::RwLock<Vec<crate::mm::rmap::RmapRecord>>,
     /// A memory file (shmem/tmpfs): no writeback, so shared writable mappings need no
     /// write-notify faults for dirty tracking (`mapping_can_writeback` is false).
     pub shmem: bool,
@@ -225,7 +225,7 @@ impl Kernel {
             i_pages: SpinLock::new(Default::default()),
             id: slot as u32 + 1,
             nrpages: AtomicU64::new(0),
-            i_mmap: SpinLock::new(Vec::new()),
+            i_mmap: crate::sync::RwLock::new(Vec::new()),
             shmem,
             unlinked: AtomicBool::new(false),
         });

@@ -334,7 +334,7 @@ impl TaskTable {
         for t in self.tasks.values() {
             let (vsz, rss) =
                 t.mm.as_ref()
-                    .map_or((0, 0), |m| (m.total_vm * 4, m.rss() * 4));
+                    .map_or((0, 0), |m| (m.total_vm() * 4, m.rss() * 4));
             let stat = match t.state {
                 TaskState::Running => 'R',
                 TaskState::Zombie => 'Z',

@@ -15,10 +15,11 @@
 
 use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags, PTE_PFN_MASK};
 use crate::cpu::CpuGuard;
+use crate::mm::mmu_gather::MmuGather;
 use crate::mm::mmzone::Zone;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::page_alloc::{buddy, PAGEBLOCK_ORDER};
-use crate::mm::rmap::page_anon;
+use crate::mm::rmap::{page_anon, RmapRecord};
 use crate::mm::swap_state::PG_SWAPCACHE;
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
 use crate::Kernel;
@@ -129,10 +130,12 @@ impl Kernel {
     }
 
     /// Move `src` (isolated, one reference ours) to the free page `dst`. On success `src` is
-    /// left holding only our reference (the caller frees it) and `dst` is on the LRU.
-    fn migrate_page(&self, src: &Page, dst: &Page) -> bool {
-        let spfn = self.page_to_pfn(src).0;
-        let dpfn = self.page_to_pfn(dst).0;
+    /// left holding only our reference (the caller frees it) and `dst` is on the LRU. The
+    /// reverse map stays locked for reading from the first write-protect to the last
+    /// repointed PTE, so no mapping's tables go away in between.
+    fn migrate_page(&self, cpu: &CpuGuard<'_>, src: &Page, dst: &Page) -> bool {
+        let spfn = self.page_to_pfn(src);
+        let dpfn = self.page_to_pfn(dst);
         let file = !page_anon(src);
         let inode = if file { self.inode_of_page(src) } else { None };
         if file && inode.is_none() {
@@ -143,76 +146,76 @@ impl Kernel {
         if src.refcount() != expected {
             return false;
         }
-        // Write-protect every mapping (remembering its permission) so no write is lost
-        // between the copy and the switch.
-        let mut ptes: Vec<(Arc<PgTable>, u64, bool)> = Vec::new();
-        self.rmap_walk(src, |r, a| {
-            let old = self.pte_update(&r.pt, a, |p| Pte(p.0 & !PteFlags::RW.bits()));
-            if let Some(o) = old {
-                self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
-                ptes.push((r.pt.clone(), a, o.writable()));
-            }
-            true
-        });
-        let restore = |ptes: &[(Arc<PgTable>, u64, bool)]| {
-            for (pt, a, rw) in ptes {
-                if *rw {
-                    self.pte_update(pt, *a, |p| {
-                        if p.is_present() && p.pfn() == spfn {
-                            Pte(p.0 | PteFlags::RW.bits())
-                        } else {
-                            p
-                        }
-                    });
-                }
-            }
-        };
-        if ptes.len() as i32 != mapcount {
-            restore(&ptes);
-            return false;
-        }
-        self.copy_highpage(dpfn, spfn);
-        if src.refcount() != expected || src.mapcount() != mapcount {
-            restore(&ptes);
-            return false;
-        }
-        // The page-cache slot follows the page.
-        if let Some(inode) = &inode {
-            let mut pages = inode.i_pages.lock();
-            if pages.get(src.index()) != Some(spfn) {
-                drop(pages);
-                restore(&ptes);
+        self.with_rmap_records(src, |recs| {
+            // Write-protect every mapping (remembering its permission by address space and
+            // address) so no write is lost between the copy and the switch.
+            let mut wp: Vec<(*const PgTable, u64, bool)> = Vec::new();
+            self.walk_records(recs, src, |r, c| {
+                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                let old = c.update(&mut tlb, |p| p.wrprotect());
+                tlb.finish();
+                wp.push((Arc::as_ptr(&r.pt), c.va(), old.writable()));
+                true
+            });
+            let was_rw = |r: &RmapRecord, va: u64| {
+                wp.iter()
+                    .any(|&(pt, a, rw)| rw && a == va && core::ptr::eq(pt, Arc::as_ptr(&r.pt)))
+            };
+            let restore = || {
+                self.walk_records(recs, src, |r, c| {
+                    if was_rw(r, c.va()) {
+                        c.set_flags(PteFlags::RW);
+                    }
+                    true
+                });
+            };
+            if wp.len() as i32 != mapcount {
+                restore();
                 return false;
             }
-            pages.insert(src.index(), dpfn);
-        }
-        dst.set_mapping(src.mapping());
-        dst.set_index(src.index());
-        dst.set(src.flags() & MOVED_FLAGS);
-        dst.set_mapcount(mapcount);
-        dst.set_refcount(expected - 1);
-        for (pt, a, rw) in &ptes {
-            self.pte_update(pt, *a, |p| {
-                if p.is_present() && p.pfn() == spfn {
-                    let mut n = (p.0 & !PTE_PFN_MASK) | (dpfn << crate::PAGE_SHIFT);
-                    if *rw {
-                        n |= PteFlags::RW.bits();
-                    }
-                    Pte(n)
-                } else {
-                    p
+            self.copy_highpage(dpfn, spfn);
+            if src.refcount() != expected || src.mapcount() != mapcount {
+                restore();
+                return false;
+            }
+            // The page-cache slot follows the page.
+            if let Some(inode) = &inode {
+                let mut pages = inode.i_pages.lock();
+                if pages.get(src.index()) != Some(spfn.0) {
+                    drop(pages);
+                    restore();
+                    return false;
                 }
+                pages.insert(src.index(), dpfn.0);
+            }
+            dst.set_mapping(src.mapping());
+            dst.set_index(src.index());
+            dst.set(src.flags() & MOVED_FLAGS);
+            dst.set_mapcount(mapcount);
+            dst.set_refcount(expected - 1);
+            // remove_migration_ptes: each PTE now maps the copy, with its old permission.
+            self.walk_records(recs, src, |r, c| {
+                let rw = if was_rw(r, c.va()) {
+                    PteFlags::RW.bits()
+                } else {
+                    0
+                };
+                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                c.update(&mut tlb, |p| {
+                    Pte((p.0 & !PTE_PFN_MASK) | (dpfn.0 << crate::PAGE_SHIFT) | rw)
+                });
+                tlb.finish();
+                true
             });
-            self.flush_tlb_range(pt, *a, *a + crate::PAGE_SIZE);
-        }
-        src.set_mapcount(0);
-        src.set_mapping(0);
-        src.set_index(0);
-        src.clear(MOVED_FLAGS);
-        src.set_refcount(1);
-        let mut lru = self.nodes[dst.nid()].lru.lock();
-        self.lru_add_locked(&mut lru, dst);
-        true
+            src.set_mapcount(0);
+            src.set_mapping(0);
+            src.set_index(0);
+            src.clear(MOVED_FLAGS);
+            src.set_refcount(1);
+            let mut lru = self.nodes[dst.nid()].lru.lock();
+            self.lru_add_locked(&mut lru, dst);
+            true
+        })
     }
 
     /// `compact_zone`: migrate movable pages from the bottom of `zone` to free pages at its
@@ -261,7 +264,7 @@ impl Kernel {
                 let ok = match free.pop() {
                     Some(d) => {
                         let dst = self.mem_map.page(d);
-                        if self.migrate_page(src, dst) {
+                        if self.migrate_page(cpu, src, dst) {
                             true
                         } else {
                             free.push(d);

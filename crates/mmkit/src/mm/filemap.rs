@@ -169,11 +169,20 @@ impl Kernel {
         }
     }
 
-    /// Write one dirty page back to the store and clear `PG_dirty` (`folio_clear_dirty_for_io`
-    /// + `writepage`). Its PTEs are cleaned and write-protected first (`folio_mkclean`), so a
-    ///   later write through a mapping faults and dirties the page again.
+    /// Write one dirty page back to the store (`folio_clear_dirty_for_io` + `writepage`): its
+    /// PTEs are cleaned and write-protected first (`folio_mkclean`, a Dirty bit found there
+    /// dirties the page), then `PG_dirty` is cleared, and only then are the bytes read — so a
+    /// write that lands after the read faults (or sets a PTE's Dirty bit) and leaves the page
+    /// dirty for the next writeback instead of being lost.
     fn writeback_page(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) -> Result<(), Errno> {
-        self.page_mkclean(page);
+        if self.page_mkclean(cpu, page) {
+            self.set_page_dirty(cpu, page);
+        }
+        if page.test(PageFlags::DIRTY) {
+            page.clear(PageFlags::DIRTY);
+            self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
+            self.mod_node_page_state(cpu, page, NR_WRITTEN, 1);
+        }
         let index = page.index();
         let size = inode.size();
         let off = index << PAGE_SHIFT;
@@ -182,12 +191,11 @@ impl Kernel {
         // Only the part inside the file is written (the tail page is not extended).
         let n = (size.saturating_sub(off)).min(PAGE_SIZE) as usize;
         if n > 0 {
-            inode.data.write_at(off, &buf[..n])?;
-        }
-        if page.test(PageFlags::DIRTY) {
-            page.clear(PageFlags::DIRTY);
-            self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
-            self.mod_node_page_state(cpu, page, NR_WRITTEN, 1);
+            if let Err(e) = inode.data.write_at(off, &buf[..n]) {
+                // mapping_set_error: the page stays dirty for another try.
+                self.set_page_dirty(cpu, page);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -229,7 +237,7 @@ impl Kernel {
             .into_iter()
             .filter(|&pfn| {
                 let p = self.mem_map.page(pfn);
-                p.test(PageFlags::DIRTY) || (p.mapcount() > 0 && self.page_mkclean(p))
+                p.test(PageFlags::DIRTY) || (p.mapcount() > 0 && self.page_mkclean(cpu, p))
             })
             .collect();
         let mut res = Ok(());

@@ -608,9 +608,9 @@ impl Kernel {
             next_ctx_id: AtomicU64::new(0),
             vmap: SpinLock::new(crate::mm::vmalloc::VmapState::new()),
             init_mm: None,
-            zero_pfn: image.bss.0 >> PAGE_SHIFT,
+            zero_pfn: crate::Pfn(image.bss.0 >> PAGE_SHIFT),
             inodes: SpinLock::new(Default::default()),
-            anon_vmas: SpinLock::new(Default::default()),
+            anon_vmas: crate::sync::RwLock::new(Default::default()),
             swap: SpinLock::new(Default::default()),
             swappiness: AtomicU64::new(60),
         };
@@ -634,7 +634,7 @@ impl Kernel {
         k.init_per_zone_wmark_min();
 
         // The kernel page tables (init_mm) on the static PGD.
-        k.init_mm = Some(k.pgd_static(init_pgd_pa >> PAGE_SHIFT));
+        k.init_mm = Some(k.pgd_static(crate::Pfn(init_pgd_pa >> PAGE_SHIFT)));
 
         // kmem_cache_init: the kmalloc caches.
         k.slab.debug_all.store(k.config.slab_debug, Relaxed);

@@ -15,13 +15,13 @@ use crate::arch::x86_64::pgtable::{Pte, PteFlags};
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_SWAPENTS, TASK_SIZE};
+use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::rmap::page_anon;
 use crate::mm::swap_state::PG_SWAPCACHE;
 use crate::mm::swapfile::SwpEntry;
 use crate::Kernel;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
 
 /// `MADV_WILLNEED`.
 pub const MADV_WILLNEED: u32 = 3;
@@ -175,39 +175,31 @@ impl Kernel {
     fn madvise_free_pte_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, lo: u64, hi: u64) {
         let mut swap: Vec<SwpEntry> = Vec::new();
         let mut pages: Vec<&Page> = Vec::new();
-        let mut cleaned = false;
         {
-            let _ptl = mm.pt.lock.lock();
-            self.for_each_pte(&mm.pt, lo, hi, |_, slot| {
-                let pte = Pte(slot.load(Ordering::Acquire));
-                if pte.is_none() {
-                    return;
-                }
+            let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+            let mut c = self.pte_cursor(&mm.pt, lo, hi);
+            while let Some((_, pte)) = c.next_entry() {
                 if !pte.is_present() {
                     if let Some(e) = SwpEntry::from_pte(pte) {
-                        slot.store(0, Ordering::Release);
+                        c.clear(&mut tlb);
                         swap.push(e);
                     }
-                    return;
+                    continue;
                 }
                 let Some(page) = self.vm_normal_page(pte) else {
-                    return;
+                    continue;
                 };
                 if !page_anon(page) || page.mapcount() != 1 {
-                    return;
+                    continue;
                 }
+                // Clean and old, on whatever the MMU set meanwhile.
                 let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
-                if pte.0 & ad != 0 {
-                    // The MMU may set A/D meanwhile: clear them on what is there now.
-                    slot.fetch_and(!ad, Ordering::AcqRel);
-                    cleaned = true;
-                }
+                c.update(&mut tlb, |p| Pte(p.0 & !ad));
                 page.get();
                 pages.push(page);
-            });
-        }
-        if cleaned {
-            self.flush_tlb_range(&mm.pt, lo, hi);
+            }
+            drop(c);
+            tlb.finish();
         }
         if !swap.is_empty() {
             mm.add_counter(MM_SWAPENTS, -(swap.len() as i64));

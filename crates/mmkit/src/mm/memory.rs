@@ -1,27 +1,34 @@
 //! Page faults and the PTE-level work around them (`mm/memory.c`): `handle_mm_fault` →
 //! `handle_pte_fault` → `do_anonymous_page` / `do_read_fault` (with `do_fault_around`) /
-//! `do_cow_fault` / `do_shared_fault` / `do_wp_page` (`wp_page_reuse`, `wp_page_copy`,
-//! `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and `copy_page_range` for fork.
+//! `do_cow_fault` / `do_shared_fault` / `do_swap_page` / `do_wp_page` (`wp_page_reuse`,
+//! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and
+//! `copy_page_range` for fork.
+//!
+//! A fault is described by a [`VmFault`] (`struct vm_fault`): the VMA, the address, the
+//! access, the page offset and `orig_pte`, the entry as the fault first saw it, read without
+//! the page-table lock. Every handler does its slow work (allocation, I/O, copying) without the
+//! lock, then takes the PTE table's lock through a cursor and installs its entry only if the
+//! entry still holds `orig_pte` (`pte_same`); if it changed (another CPU, reclaim, `swapoff`),
+//! the handler backs out and the access is retried, as Linux's handlers return 0.
 //!
 //! Page accounting follows Linux: an anonymous page has refcount 1 and one mapping per PTE;
 //! a page-cache page has one reference for the cache plus one per PTE. The shared zero page
 //! (`ZERO_PAGE(0)`, a page of the kernel's bss) is mapped read-only with `_PAGE_SPECIAL`
 //! and never counted. `pgfault` counts every fault, `pgmajfault` those that read the file.
 
-use crate::addr::{PAGE_SHIFT, PAGE_SIZE};
-use crate::arch::x86_64::pgtable::{PgProt, Pte, PteFlags, PAGE_SPECIAL};
+use crate::addr::{Pfn, PAGE_MASK, PAGE_SIZE};
+use crate::arch::x86_64::pgtable::{PgProt, Pte, PteCursor, PteFlags, PAGE_SPECIAL};
 use crate::arch::x86_64::tlb::Access;
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
 use crate::mm::filemap::PGMAJFAULT;
-use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::Page;
 use crate::mm::rmap::page_anon;
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
-use crate::{Kernel, Pfn};
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::Kernel;
 
 /// `PGFAULT`.
 pub const PGFAULT: usize = index_of(VM_EVENT_NAMES, "pgfault");
@@ -29,9 +36,10 @@ pub const PGFAULT: usize = index_of(VM_EVENT_NAMES, "pgfault");
 /// `fault_around_bytes` default (64 KiB) in pages.
 pub const FAULT_AROUND_PAGES: u64 = 16;
 
-/// Why a fault could not be handled (`VM_FAULT_OOM`, `VM_FAULT_SIGBUS`, `VM_FAULT_SIGSEGV`).
+/// Why a fault could not be handled (`vm_fault_t`'s `VM_FAULT_OOM`, `VM_FAULT_SIGBUS`,
+/// `VM_FAULT_SIGSEGV`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum VmFault {
+pub enum VmFaultError {
     /// No memory for the page or a page table.
     Oom,
     /// Access beyond the end of the mapped file, or the file could not be read.
@@ -45,13 +53,32 @@ pub enum VmFault {
 pub enum FaultKind {
     /// Satisfied from memory.
     Minor,
-    /// Needed a read from the file (or, later, swap).
+    /// Needed a read from the file or swap.
     Major,
 }
 
+/// `struct vm_fault`: what a fault handler works from.
+pub struct VmFault<'a> {
+    /// The VMA the address lies in.
+    pub vma: &'a VmArea,
+    /// The faulting address, page aligned.
+    pub address: u64,
+    /// The access (`FAULT_FLAG_WRITE`, `FAULT_FLAG_USER`, `FAULT_FLAG_INSTRUCTION`).
+    pub flags: Access,
+    /// `linear_page_index(vma, address)`.
+    pub pgoff: u64,
+    /// The entry when the fault started, read without the lock (`ptep_get_lockless`).
+    pub orig_pte: Pte,
+    /// A cursor on the fault's entry (`vmf->pte` and `vmf->ptl`): its table is populated,
+    /// its lock taken only when a handler installs.
+    pub pte: PteCursor<'a>,
+}
+
+type FaultResult = Result<FaultKind, VmFaultError>;
+
 impl Kernel {
     /// `my_zero_pfn`: the shared zero page.
-    pub fn zero_pfn(&self) -> u64 {
+    pub fn zero_pfn(&self) -> Pfn {
         self.zero_pfn
     }
 
@@ -61,95 +88,140 @@ impl Kernel {
         if pte.flags().contains(PAGE_SPECIAL) {
             return None;
         }
-        self.pfn_to_page(Pfn(pte.pfn()))
+        self.pfn_to_page(pte.pfn())
     }
 
-    /// `handle_mm_fault` for `addr` in `vma` (which the caller found and checked with
-    /// `access_error`): install what the access needs, or say why it cannot.
+    /// `handle_mm_fault` for `addr` in the VMA `vma` (which the caller found and checked
+    /// with `access_error`): install what the access needs, or say why it cannot.
     pub fn handle_mm_fault(
         &self,
         cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
-        vma: &mut VmArea,
+        vma: VmaId,
         addr: u64,
         access: Access,
-    ) -> Result<FaultKind, VmFault> {
+    ) -> FaultResult {
         cpu.state().vmstat.count(PGFAULT, 1);
-        let va = addr & !(PAGE_SIZE - 1);
-        // __handle_mm_fault: allocate the table levels down to the PTE.
-        let slot = self
-            .pte_alloc_slot(cpu, &mm.pt, va)
-            .map_err(|_| VmFault::Oom)?;
-        let pte = Pte(slot.load(Ordering::Acquire));
+        // anon_vma_prepare, which Linux calls first thing in the handlers that may create an
+        // anonymous page (a write to a private mapping), is done before the address space is
+        // borrowed for the walk: it is the one change a fault makes to the VMA.
+        {
+            let v = mm.vma(vma);
+            if access.write
+                && !v.vm_flags.contains(VmFlags::VM_SHARED)
+                && v.anon_vma.is_none()
+                && v.vm_special.is_none()
+            {
+                self.anon_vma_prepare(mm, vma);
+            }
+        }
+        let mm: &MmStruct = mm;
+        let v = mm.vma(vma);
+        let address = addr & PAGE_MASK;
+        // __handle_mm_fault: the table levels down to the PTE table, allocated as needed.
+        // They stay while we hold the address space (only its owner frees tables).
+        let Ok(pte) = self.pte_cursor_alloc(cpu, &mm.pt, address, address + PAGE_SIZE) else {
+            return Err(VmFaultError::Oom);
+        };
+        let mut vmf = VmFault {
+            vma: v,
+            address,
+            flags: access,
+            pgoff: v.linear_page_index(address),
+            orig_pte: pte.peek(),
+            pte,
+        };
+        self.handle_pte_fault(cpu, mm, &mut vmf)
+    }
+
+    /// `handle_pte_fault`: dispatch on `orig_pte`.
+    fn handle_pte_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vmf: &mut VmFault<'_>,
+    ) -> FaultResult {
+        let pte = vmf.orig_pte;
         if pte.is_none() {
-            if let Some(base) = vma.vm_special {
-                // special_mapping_fault / vvar_fault: the kernel's page, shared, uncounted.
-                let pfn = base + ((va - vma.vm_start) >> PAGE_SHIFT);
-                let pte = Pte(Pte::new(pfn, vma.vm_page_prot).0 | PAGE_SPECIAL.bits());
-                self.install_pte(cpu, mm, va, pte, None)?;
-                return Ok(FaultKind::Minor);
+            if let Some(base) = vmf.vma.vm_special {
+                return self.special_mapping_fault(vmf, base);
             }
-            if vma.is_anonymous() {
-                return self.do_anonymous_page(cpu, mm, vma, va, access.write, slot);
+            if vmf.vma.is_anonymous() {
+                return self.do_anonymous_page(cpu, mm, vmf);
             }
-            return self.do_fault(cpu, mm, vma, va, access.write);
+            return self.do_fault(cpu, mm, vmf);
         }
         if !pte.is_present() {
             // Nothing but swap entries are non-present and non-none in user page tables.
-            return self.do_swap_page(cpu, mm, vma, va, pte, access.write, slot);
+            return self.do_swap_page(cpu, mm, vmf);
         }
-        if access.write && !pte.writable() {
-            return self.do_wp_page(cpu, mm, vma, va, pte);
+        if vmf.flags.write && !pte.writable() {
+            return self.do_wp_page(cpu, mm, vmf);
         }
-        // Spurious (another CPU fixed it, or a stale TLB entry): make the entry young and
-        // let the access retry.
-        self.pte_update(&mm.pt, va, |p| Pte(p.0 | PteFlags::ACCESSED.bits()));
-        self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+        // Spurious (another CPU fixed it, or the MMU held a narrower entry): make the entry
+        // young and let the access retry; an MMU that faulted dropped what it held.
+        vmf.pte.lock();
+        if vmf.pte.get() == pte {
+            vmf.pte.set_flags(PteFlags::ACCESSED);
+        }
+        Ok(FaultKind::Minor)
+    }
+
+    /// `special_mapping_fault` / `vvar_fault`: the kernel's page, shared and uncounted.
+    fn special_mapping_fault(&self, vmf: &mut VmFault<'_>, base: Pfn) -> FaultResult {
+        let pfn = Pfn(base.0 + ((vmf.address - vmf.vma.vm_start) >> crate::PAGE_SHIFT));
+        let pte = Pte(Pte::new(pfn, vmf.vma.vm_page_prot).0 | PAGE_SPECIAL.bits());
+        vmf.pte.lock();
+        let _ = vmf.pte.install(vmf.orig_pte, pte);
         Ok(FaultKind::Minor)
     }
 
     /// `do_swap_page`: bring the page of a swap entry back (from the swap cache, or read
-    /// with readahead: a major fault), map it, and drop the PTE's swap reference; a write
-    /// fault on a page no other PTE shares frees its slot and maps it writable.
-    #[allow(clippy::too_many_arguments)]
+    /// with readahead: a major fault) and map it if the entry is still there — `swapoff` or
+    /// another fault may have mapped it first, and then this one backs out. The PTE's swap
+    /// reference is dropped; a write fault on a page no other PTE shares frees its slot and
+    /// maps it writable.
     fn do_swap_page(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        vma: &mut VmArea,
-        va: u64,
-        pte: Pte,
-        write: bool,
-        slot: &AtomicU64,
-    ) -> Result<FaultKind, VmFault> {
-        let Some(entry) = crate::mm::swapfile::SwpEntry::from_pte(pte) else {
-            return Err(VmFault::Sigbus);
+        mm: &MmStruct,
+        vmf: &mut VmFault<'_>,
+    ) -> FaultResult {
+        let Some(entry) = crate::mm::swapfile::SwpEntry::from_pte(vmf.orig_pte) else {
+            return Err(VmFaultError::Sigbus);
         };
         let (page, major) = match self.swapin_readahead(cpu, entry) {
             Ok(x) => x,
-            Err(Errno::ENOMEM) => return Err(VmFault::Oom),
-            Err(_) => return Err(VmFault::Sigbus),
+            Err(Errno::ENOMEM) => return Err(VmFaultError::Oom),
+            Err(_) => return Err(VmFaultError::Sigbus),
         };
         if major {
             cpu.state().vmstat.count(PGMAJFAULT, 1);
         }
-        // Someone else may have swapped it in for this PTE meanwhile (not in our model: the
-        // mm is ours alone), so the entry is still ours to replace.
         // Other VMAs of the family may map the page too: it joins the root anon_vma.
-        let av = self.anon_vma_prepare(mm, vma);
+        let Some(av) = vmf.vma.anon_vma else {
+            self.__free_pages(cpu, page, 0);
+            return Err(VmFaultError::Sigbus);
+        };
         let root = self.anon_vma_root(av);
-        self.page_add_anon_rmap(cpu, page, root, vma.linear_page_index(va));
+        vmf.pte.lock();
+        if vmf.pte.get() != vmf.orig_pte {
+            // pte_same failed: someone else swapped it in. Our reference goes.
+            vmf.pte.unlock();
+            self.__free_pages(cpu, page, 0);
+            return Ok(FaultKind::Minor);
+        }
+        self.page_add_anon_rmap(cpu, page, root, vmf.pgoff);
         mm.add_counter(MM_ANONPAGES, 1);
         mm.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
         self.swap_free(entry);
         // should_try_to_free_swap: on a write, an exclusive page gives its slot up.
-        let exclusive = write && page.mapcount() == 1 && self.try_to_free_swap(cpu, page);
-        let mut new = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
-        if exclusive {
-            new = Self::mk_pte(self.page_to_pfn(page).0, vma.vm_page_prot, vma, true);
-        }
-        slot.store(new.0, Ordering::Release);
-        self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+        let exclusive = vmf.flags.write && page.mapcount() == 1 && self.try_to_free_swap(cpu, page);
+        let pfn = self.page_to_pfn(page);
+        let new = Self::mk_pte(pfn, vmf.vma.vm_page_prot, vmf.vma, exclusive);
+        vmf.pte
+            .install(vmf.orig_pte, new)
+            .expect("a swap entry under our lock does not change");
         // The reference swapin_readahead returned becomes the mapping's.
         Ok(if major {
             FaultKind::Major
@@ -159,7 +231,7 @@ impl Kernel {
     }
 
     /// `maybe_mkwrite` + `pte_mkdirty` on a fresh entry for a write fault.
-    fn mk_pte(pfn: u64, prot: PgProt, vma: &VmArea, write: bool) -> Pte {
+    fn mk_pte(pfn: Pfn, prot: PgProt, vma: &VmArea, write: bool) -> Pte {
         let mut pte = Pte::new(pfn, prot);
         if write {
             pte = Pte(pte.0 | PteFlags::DIRTY.bits());
@@ -170,35 +242,14 @@ impl Kernel {
         pte
     }
 
-    /// A zeroed page for user memory (`vma_alloc_zeroed_movable_folio`).
-    fn alloc_user_page(&self, cpu: &CpuGuard<'_>, zeroed: bool) -> Result<&Page, VmFault> {
+    /// A page for user memory (`vma_alloc_zeroed_movable_folio`, or unzeroed for a copy).
+    fn alloc_user_page(&self, cpu: &CpuGuard<'_>, zeroed: bool) -> Result<&Page, VmFaultError> {
         let gfp = if zeroed {
             GFP_HIGHUSER_MOVABLE | Gfp::__GFP_ZERO
         } else {
             GFP_HIGHUSER_MOVABLE
         };
-        self.alloc_pages(cpu, gfp, 0).ok_or(VmFault::Oom)
-    }
-
-    /// Install `pte` at `va`; on failure (no memory for a table) undo the page's mapping.
-    fn install_pte(
-        &self,
-        cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
-        va: u64,
-        pte: Pte,
-        page: Option<&Page>,
-    ) -> Result<(), VmFault> {
-        match self.set_pte_at(cpu, &mm.pt, va, pte) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                if let Some(p) = page {
-                    self.page_remove_rmap(cpu, p);
-                    self.__free_pages(cpu, p, 0);
-                }
-                Err(VmFault::Oom)
-            }
-        }
+        self.alloc_pages(cpu, gfp, 0).ok_or(VmFaultError::Oom)
     }
 
     /// `do_anonymous_page`: a read maps the zero page read-only; a write maps a new zeroed
@@ -206,64 +257,64 @@ impl Kernel {
     fn do_anonymous_page(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        vma: &mut VmArea,
-        va: u64,
-        write: bool,
-        slot: &AtomicU64,
-    ) -> Result<FaultKind, VmFault> {
-        if !write {
+        mm: &MmStruct,
+        vmf: &mut VmFault<'_>,
+    ) -> FaultResult {
+        let vma = vmf.vma;
+        if !vmf.flags.write {
             let prot = PgProt(vma.vm_page_prot.0 & !PteFlags::RW.bits());
             let pte = Pte(Pte::new(self.zero_pfn, prot).0 | PAGE_SPECIAL.bits());
-            slot.store(pte.0, Ordering::Release);
+            vmf.pte.lock();
+            let _ = vmf.pte.install(vmf.orig_pte, pte);
             return Ok(FaultKind::Minor);
         }
-        let av = self.anon_vma_prepare(mm, vma);
+        let Some(av) = vma.anon_vma else {
+            return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
+        };
         let page = self.alloc_user_page(cpu, true)?;
-        self.page_add_new_anon_rmap(cpu, page, av, vma.linear_page_index(va));
-        let pfn = self.page_to_pfn(page).0;
-        // set_pte_at into the slot the fault walked to (the mm is ours alone: no race).
-        slot.store(
-            Self::mk_pte(pfn, vma.vm_page_prot, vma, true).0,
-            Ordering::Release,
-        );
+        let pfn = self.page_to_pfn(page);
+        vmf.pte.lock();
+        if vmf
+            .pte
+            .install(vmf.orig_pte, Self::mk_pte(pfn, vma.vm_page_prot, vma, true))
+            .is_err()
+        {
+            // Someone mapped something here first: ours was never seen.
+            vmf.pte.unlock();
+            self.__free_pages(cpu, page, 0);
+            return Ok(FaultKind::Minor);
+        }
+        self.page_add_new_anon_rmap(cpu, page, av, vmf.pgoff);
         mm.add_counter(MM_ANONPAGES, 1);
         self.lru_cache_add(cpu, page);
         Ok(FaultKind::Minor)
     }
 
     /// `do_fault`: a fault on a file mapping with no PTE yet.
-    fn do_fault(
-        &self,
-        cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        vma: &mut VmArea,
-        va: u64,
-        write: bool,
-    ) -> Result<FaultKind, VmFault> {
-        if !write {
-            self.do_read_fault(cpu, mm, vma, va)
-        } else if !vma.vm_flags.contains(VmFlags::VM_SHARED) {
-            self.do_cow_fault(cpu, mm, vma, va)
+    fn do_fault(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> FaultResult {
+        if !vmf.flags.write {
+            self.do_read_fault(cpu, mm, vmf)
+        } else if !vmf.vma.vm_flags.contains(VmFlags::VM_SHARED) {
+            self.do_cow_fault(cpu, mm, vmf)
         } else {
-            self.do_shared_fault(cpu, mm, vma, va)
+            self.do_shared_fault(cpu, mm, vmf)
         }
     }
 
-    /// `__do_fault` → `filemap_fault`: the page-cache page for `va`, with a reference. A
-    /// page found cached is a minor fault (and may start async readahead); a miss is a major
-    /// fault that reads around the page first.
+    /// `__do_fault` → `filemap_fault`: the page-cache page for the fault, with a reference.
+    /// A page found cached is a minor fault (and may start async readahead); a miss is a
+    /// major fault that reads around the page first.
     fn file_page(
         &self,
         cpu: &CpuGuard<'_>,
-        vma: &VmArea,
-        va: u64,
-    ) -> Result<(&Page, FaultKind), VmFault> {
-        let file = vma.vm_file.as_ref().ok_or(VmFault::Sigbus)?;
+        vmf: &mut VmFault<'_>,
+    ) -> Result<(&Page, FaultKind), VmFaultError> {
+        let vma = vmf.vma;
+        let file = vma.vm_file.as_ref().ok_or(VmFaultError::Sigbus)?;
         let inode = &file.inode;
-        let index = vma.linear_page_index(va);
+        let index = vmf.pgoff;
         if index >= inode.size().div_ceil(PAGE_SIZE) {
-            return Err(VmFault::Sigbus);
+            return Err(VmFaultError::Sigbus);
         }
         let rand = vma.vm_flags.contains(VmFlags::VM_RAND_READ);
         if let Some(p) = self.find_get_page(inode, index) {
@@ -273,11 +324,34 @@ impl Kernel {
         cpu.state().vmstat.count(PGMAJFAULT, 1);
         match self.do_sync_mmap_readahead(cpu, file, index, rand) {
             Ok(()) => {}
-            Err(Errno::ENOMEM) => return Err(VmFault::Oom),
-            Err(_) => return Err(VmFault::Sigbus),
+            Err(Errno::ENOMEM) => return Err(VmFaultError::Oom),
+            Err(_) => return Err(VmFaultError::Sigbus),
         }
-        let p = self.find_get_page(inode, index).ok_or(VmFault::Sigbus)?;
+        let p = self
+            .find_get_page(inode, index)
+            .ok_or(VmFaultError::Sigbus)?;
         Ok((p, FaultKind::Major))
+    }
+
+    /// `finish_fault` for a page-cache page: map `page` (whose reference the caller holds)
+    /// with `pte` if the entry is still what the fault saw; otherwise drop the reference.
+    fn finish_file_fault(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vmf: &mut VmFault<'_>,
+        page: &Page,
+        pte: Pte,
+    ) -> bool {
+        vmf.pte.lock();
+        if vmf.pte.install(vmf.orig_pte, pte).is_err() {
+            vmf.pte.unlock();
+            self.__free_pages(cpu, page, 0);
+            return false;
+        }
+        self.page_add_rmap(cpu, page);
+        mm.add_counter(MM_FILEPAGES, 1);
+        true
     }
 
     /// `do_read_fault`: first `do_fault_around` maps what is cached in the 64 KiB window
@@ -288,74 +362,68 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         mm: &MmStruct,
-        vma: &VmArea,
-        va: u64,
-    ) -> Result<FaultKind, VmFault> {
-        if self.do_fault_around(cpu, mm, vma, va) {
+        vmf: &mut VmFault<'_>,
+    ) -> FaultResult {
+        if self.do_fault_around(cpu, mm, vmf) {
             return Ok(FaultKind::Minor);
         }
-        let (page, kind) = self.file_page(cpu, vma, va)?;
-        self.page_add_rmap(cpu, page);
-        let pte = Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
-        self.install_pte(cpu, mm, va, pte, Some(page))?;
-        mm.add_counter(MM_FILEPAGES, 1);
+        let (page, kind) = self.file_page(cpu, vmf)?;
+        let pte = Pte::new(self.page_to_pfn(page), vmf.vma.vm_page_prot);
+        self.finish_file_fault(cpu, mm, vmf, page, pte);
         Ok(kind)
     }
 
     /// `do_fault_around` / `filemap_map_pages`: map the pages of the aligned
     /// `fault_around_bytes` window (inside the VMA and the same page table) that are cached,
-    /// up to date and not readahead markers, without I/O. Returns whether the page at `va`
-    /// was among them.
-    fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vma: &VmArea, va: u64) -> bool {
+    /// up to date and not readahead markers, without I/O. Returns whether the page at the
+    /// fault's address was among them.
+    fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> bool {
+        let vma = vmf.vma;
+        let va = vmf.address;
         let Some(file) = vma.vm_file.as_ref() else {
             return false;
         };
-        let win = FAULT_AROUND_PAGES << PAGE_SHIFT;
+        let win = FAULT_AROUND_PAGES << crate::PAGE_SHIFT;
         let pmd = 1u64 << 21;
         let start = (va & !(win - 1)).max(vma.vm_start).max(va & !(pmd - 1));
         let end = ((va & !(win - 1)) + win)
             .min(vma.vm_end)
             .min((va & !(pmd - 1)) + pmd);
-        // filemap_map_pages: one PTE table for the window (it stays inside one PMD), the
-        // cached pages of the window collected with a reference in one pass over the cache
-        // (readahead markers left for their own fault), then mapped under the table lock
-        // where no PTE is yet.
-        let n = ((end - start) >> PAGE_SHIFT) as usize;
-        let Ok(slots) = self.pte_alloc_run(cpu, &mm.pt, start, n) else {
-            return false;
-        };
+        // filemap_map_pages: the cached pages of the window collected with a reference in
+        // one pass over the cache (readahead markers left for their own fault), then mapped
+        // in one round of the PTE table's lock where the entry is still none. The window
+        // stays inside one PTE table, which the fault populated.
+        let n = ((end - start) >> crate::PAGE_SHIFT) as usize;
         let first = vma.linear_page_index(start);
-        let mut found: [Option<(u64, &Page)>; FAULT_AROUND_PAGES as usize] =
+        let mut found: [Option<&Page>; FAULT_AROUND_PAGES as usize] =
             [None; FAULT_AROUND_PAGES as usize];
         {
             let pages = file.inode.i_pages.lock();
             for (i, f) in found.iter_mut().enumerate().take(n) {
-                if slots[i].load(Ordering::Acquire) != 0 {
-                    continue;
-                }
                 let Some(pfn) = pages.get(first + i as u64) else {
                     continue;
                 };
                 let page = self.mem_map.page(pfn);
                 if !page.test(crate::mm::readahead::PG_READAHEAD) {
                     page.get();
-                    *f = Some((pfn, page));
+                    *f = Some(page);
                 }
             }
         }
         let (mut hit, mut mapped) = (false, 0u32);
         {
-            let _ptl = mm.pt.lock.lock();
+            let mut c = self.pte_cursor(&mm.pt, start, end);
             for (i, f) in found.iter().enumerate().take(n) {
-                let Some((pfn, page)) = *f else { continue };
-                if slots[i].load(Ordering::Acquire) != 0 {
+                let Some(page) = *f else { continue };
+                let a = start + ((i as u64) << crate::PAGE_SHIFT);
+                let pte = Pte::new(self.page_to_pfn(page), vma.vm_page_prot);
+                if !c.seek(a) || c.install(Pte(0), pte).is_err() {
                     self.__free_pages(cpu, page, 0);
                     continue;
                 }
                 self.page_add_rmap(cpu, page);
-                slots[i].store(Pte::new(pfn, vma.vm_page_prot).0, Ordering::Release);
                 mapped += 1;
-                hit |= start + ((i as u64) << PAGE_SHIFT) == va;
+                hit |= a == va;
             }
         }
         if mapped > 0 {
@@ -370,12 +438,15 @@ impl Kernel {
     fn do_cow_fault(
         &self,
         cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        vma: &mut VmArea,
-        va: u64,
-    ) -> Result<FaultKind, VmFault> {
-        let av = self.anon_vma_prepare(mm, vma);
-        let (src, kind) = self.file_page(cpu, vma, va)?;
+        mm: &MmStruct,
+        vmf: &mut VmFault<'_>,
+    ) -> FaultResult {
+        let vma = vmf.vma;
+        let Some(av) = vma.anon_vma else {
+            return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
+        };
+        let (src, kind) = self.file_page(cpu, vmf)?;
+        // vmf->cow_page
         let new = match self.alloc_user_page(cpu, false) {
             Ok(p) => p,
             Err(e) => {
@@ -383,17 +454,20 @@ impl Kernel {
                 return Err(e);
             }
         };
-        let pfn = self.page_to_pfn(new).0;
-        self.copy_highpage(pfn, self.page_to_pfn(src).0);
+        let pfn = self.page_to_pfn(new);
+        self.copy_highpage(pfn, self.page_to_pfn(src));
         self.__free_pages(cpu, src, 0);
-        self.page_add_new_anon_rmap(cpu, new, av, vma.linear_page_index(va));
-        self.install_pte(
-            cpu,
-            mm,
-            va,
-            Self::mk_pte(pfn, vma.vm_page_prot, vma, true),
-            Some(new),
-        )?;
+        vmf.pte.lock();
+        if vmf
+            .pte
+            .install(vmf.orig_pte, Self::mk_pte(pfn, vma.vm_page_prot, vma, true))
+            .is_err()
+        {
+            vmf.pte.unlock();
+            self.__free_pages(cpu, new, 0);
+            return Ok(FaultKind::Minor);
+        }
+        self.page_add_new_anon_rmap(cpu, new, av, vmf.pgoff);
         mm.add_counter(MM_ANONPAGES, 1);
         self.lru_cache_add(cpu, new);
         Ok(kind)
@@ -405,35 +479,35 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         mm: &MmStruct,
-        vma: &VmArea,
-        va: u64,
-    ) -> Result<FaultKind, VmFault> {
-        let (page, kind) = self.file_page(cpu, vma, va)?;
-        self.page_add_rmap(cpu, page);
+        vmf: &mut VmFault<'_>,
+    ) -> FaultResult {
+        let (page, kind) = self.file_page(cpu, vmf)?;
+        // Dirty before the writable entry exists, so writeback that cleans the page first
+        // write-protects every mapping, and a write after it faults and dirties it again.
         self.set_page_dirty(cpu, page);
-        let pte = Self::mk_pte(self.page_to_pfn(page).0, vma.vm_page_prot, vma, true);
-        self.install_pte(cpu, mm, va, pte, Some(page))?;
-        mm.add_counter(MM_FILEPAGES, 1);
+        let pte = Self::mk_pte(self.page_to_pfn(page), vmf.vma.vm_page_prot, vmf.vma, true);
+        self.finish_file_fault(cpu, mm, vmf, page, pte);
         Ok(kind)
     }
 
     /// `do_wp_page`: a write to a present read-only PTE in a writable VMA.
-    fn do_wp_page(
-        &self,
-        cpu: &CpuGuard<'_>,
-        mm: &mut MmStruct,
-        vma: &mut VmArea,
-        va: u64,
-        pte: Pte,
-    ) -> Result<FaultKind, VmFault> {
-        let old = self.vm_normal_page(pte);
+    fn do_wp_page(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> FaultResult {
+        let vma = vmf.vma;
+        let old = self.vm_normal_page(vmf.orig_pte);
+        // wp_page_reuse: ptep_set_access_flags on the entry the fault saw.
+        let reuse = |vmf: &mut VmFault<'_>| {
+            vmf.pte.lock();
+            if vmf.pte.get() == vmf.orig_pte {
+                vmf.pte
+                    .set_flags(PteFlags::RW | PteFlags::DIRTY | PteFlags::ACCESSED);
+            }
+        };
         if vma.vm_flags.contains(VmFlags::VM_SHARED) {
             // wp_page_shared: the page cache learns the page is dirty; map it writable.
             if let Some(p) = old {
                 self.set_page_dirty(cpu, p);
             }
-            self.pte_update(&mm.pt, va, |p| p.mkwrite_dirty());
-            self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+            reuse(vmf);
             return Ok(FaultKind::Minor);
         }
         // wp_can_reuse_anon_folio: an anonymous page nobody else maps or holds (a reference
@@ -448,15 +522,28 @@ impl Kernel {
             }
             if page_anon(p) && p.mapcount() == 1 && p.refcount() == 1 {
                 self.page_move_anon_rmap(p, vma);
-                self.pte_update(&mm.pt, va, |e| e.mkwrite_dirty());
-                self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+                reuse(vmf);
                 return Ok(FaultKind::Minor);
             }
         }
-        // wp_page_copy: a private copy (a zeroed page in place of the zero page). The old
-        // page is pinned while the new one is allocated (allocation may reclaim, and
-        // reclaim may unmap the old page); the PTE is replaced only if it is unchanged.
-        let av = self.anon_vma_prepare(mm, vma);
+        self.wp_page_copy(cpu, mm, vmf, old)
+    }
+
+    /// `wp_page_copy`: a private copy (a zeroed page in place of the zero page). The old
+    /// page is pinned while the new one is allocated (allocation may reclaim, and reclaim
+    /// may unmap the old page); the entry is replaced only if it is unchanged, through a
+    /// gather, so the old page's mapping reference goes only after every TLB let it go.
+    fn wp_page_copy(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vmf: &mut VmFault<'_>,
+        old: Option<&Page>,
+    ) -> FaultResult {
+        let vma = vmf.vma;
+        let Some(av) = vma.anon_vma else {
+            return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
+        };
         if let Some(p) = old {
             p.get();
         }
@@ -469,129 +556,118 @@ impl Kernel {
                 return Err(e);
             }
         };
-        let pfn = self.page_to_pfn(new).0;
+        let pfn = self.page_to_pfn(new);
         if let Some(p) = old {
-            self.copy_highpage(pfn, self.page_to_pfn(p).0);
+            self.copy_highpage(pfn, self.page_to_pfn(p));
         }
-        self.page_add_new_anon_rmap(cpu, new, av, vma.linear_page_index(va));
         let entry = Self::mk_pte(pfn, vma.vm_page_prot, vma, true);
-        // ptep_clear_flush + set_pte_at: every CPU must stop using the old page first.
-        let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
-        let unchanged = |cur: Pte| cur.0 & !ad == pte.0 & !ad;
-        let same = self
-            .pte_update(&mm.pt, va, |cur| if unchanged(cur) { entry } else { cur })
-            .is_some_and(unchanged);
-        if let Some(p) = old {
-            self.__free_pages(cpu, p, 0); // the pin
-        }
-        if !same {
-            // Reclaim got there first: let the access retry against the new entry.
-            self.page_remove_rmap(cpu, new);
+        let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+        vmf.pte.lock();
+        // ptep_clear_flush + set_pte_at, if pte_same.
+        if vmf.pte.replace(vmf.orig_pte, entry, &mut tlb).is_err() {
+            // Reclaim or another fault got there first: let the access retry.
+            vmf.pte.unlock();
+            tlb.finish();
             self.__free_pages(cpu, new, 0);
+            if let Some(p) = old {
+                self.__free_pages(cpu, p, 0); // the pin
+            }
             return Ok(FaultKind::Minor);
         }
-        self.flush_tlb_range(&mm.pt, va, va + PAGE_SIZE);
+        self.page_add_new_anon_rmap(cpu, new, av, vmf.pgoff);
         mm.add_counter(MM_ANONPAGES, 1);
         self.lru_cache_add(cpu, new);
         if let Some(p) = old {
-            if !page_anon(p) {
-                mm.add_counter(MM_FILEPAGES, -1);
-            } else {
-                mm.add_counter(MM_ANONPAGES, -1);
-            }
+            mm.add_counter(
+                if page_anon(p) {
+                    MM_ANONPAGES
+                } else {
+                    MM_FILEPAGES
+                },
+                -1,
+            );
             self.page_remove_rmap(cpu, p);
-            self.__free_pages(cpu, p, 0);
+            tlb.remove_page(p);
+        }
+        vmf.pte.unlock();
+        tlb.finish();
+        if let Some(p) = old {
+            self.__free_pages(cpu, p, 0); // the pin
         }
         Ok(FaultKind::Minor)
     }
 
-    /// `zap_page_range` / `zap_pte_range`: clear every PTE in `[start, end)`; each page loses
-    /// the mapping and the reference it held (a dirty PTE dirties its file page first), and
-    /// the owner's RSS counters drop. Pages are gathered in batches (`mmu_gather`): each batch
-    /// is freed only after a TLB flush, so no CPU can still write a freed page.
+    /// `zap_page_range` / `unmap_page_range` with its own gather, for callers that free no
+    /// page tables (`MADV_DONTNEED`).
     pub(crate) fn zap_page_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, start: u64, end: u64) {
-        const BATCH: usize = 256;
-        let mut batch = [Pte(0); BATCH];
-        let mut n = 0;
-        let mut flushed_any = false;
-        let _g = mm.pt.lock.lock();
-        let mut swap_entries: Vec<crate::mm::swapfile::SwpEntry> = Vec::new();
-        self.for_each_pte(&mm.pt, start, end, |_, slot| {
-            let old = Pte(slot.swap(0, Ordering::AcqRel));
-            if !old.is_present() {
-                if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(old) {
-                    swap_entries.push(e);
+        let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+        self.unmap_page_range(&mut tlb, mm, start, end);
+        tlb.finish();
+    }
+
+    /// `unmap_page_range` → `zap_pte_range`: clear every PTE in `[start, end)`; each page
+    /// loses the mapping (a dirty PTE dirties its file page first) and its reference goes to
+    /// the gather, to be dropped after the flush; the owner's RSS counters drop; swap entries
+    /// give their slot reference back.
+    pub(crate) fn unmap_page_range<'k>(
+        &'k self,
+        tlb: &mut MmuGather<'k>,
+        mm: &MmStruct,
+        start: u64,
+        end: u64,
+    ) {
+        let cpu = tlb.cpu();
+        let (mut anon, mut file, mut swapents) = (0i64, 0i64, 0i64);
+        let mut swap_entries: alloc::vec::Vec<crate::mm::swapfile::SwpEntry> =
+            alloc::vec::Vec::new();
+        {
+            let mut c = self.pte_cursor(&mm.pt, start, end);
+            while c.next_entry().is_some() {
+                let old = c.clear(tlb);
+                if !old.is_present() {
+                    if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(old) {
+                        swap_entries.push(e);
+                        swapents += 1;
+                    }
+                    continue;
                 }
-                return;
+                let Some(page) = self.vm_normal_page(old) else {
+                    continue;
+                };
+                if page.mapcount() <= 0 {
+                    continue; // not a counted mapping (never happens for pages we installed)
+                }
+                if page_anon(page) {
+                    anon += 1;
+                } else {
+                    if old.dirty() && self.page_is_file(page) {
+                        self.set_page_dirty(cpu, page);
+                    }
+                    file += 1;
+                }
+                self.page_remove_rmap(cpu, page);
+                tlb.remove_page(page);
             }
-            batch[n] = old;
-            n += 1;
-            if n == BATCH {
-                self.tlb_flush_and_free(cpu, mm, start, end, &batch[..n]);
-                flushed_any = true;
-                n = 0;
-            }
-        });
-        if n > 0 || !flushed_any {
-            self.tlb_flush_and_free(cpu, mm, start, end, &batch[..n]);
         }
-        drop(_g);
-        mm.add_counter(
-            crate::mm::mm_types::MM_SWAPENTS,
-            -(swap_entries.len() as i64),
-        );
+        for (member, n) in [
+            (MM_ANONPAGES, anon),
+            (MM_FILEPAGES, file),
+            (crate::mm::mm_types::MM_SWAPENTS, swapents),
+        ] {
+            if n != 0 {
+                mm.add_counter(member, -n);
+            }
+        }
         for e in swap_entries {
             self.free_swap_and_cache(cpu, e);
         }
     }
 
-    /// `tlb_flush_mmu`: flush the range from every TLB, then release the gathered pages.
-    fn tlb_flush_and_free(
-        &self,
-        cpu: &CpuGuard<'_>,
-        mm: &MmStruct,
-        start: u64,
-        end: u64,
-        ptes: &[Pte],
-    ) {
-        if ptes.is_empty() {
-            return;
-        }
-        self.flush_tlb_range(&mm.pt, start, end);
-        let (mut anon, mut file) = (0, 0);
-        let mut put: Vec<&Page> = Vec::with_capacity(ptes.len());
-        for &pte in ptes {
-            let Some(page) = self.vm_normal_page(pte) else {
-                continue;
-            };
-            if page.mapcount() <= 0 {
-                continue; // not a counted mapping (never happens for pages we installed)
-            }
-            if page_anon(page) {
-                anon += 1;
-            } else {
-                if pte.dirty() && self.page_is_file(page) {
-                    self.set_page_dirty(cpu, page);
-                }
-                file += 1;
-            }
-            self.page_remove_rmap(cpu, page);
-            // free_swap_cache: an unmapped swap-cache page whose slot no PTE uses any more
-            // leaves the swap cache with it.
-            if page.mapcount() == 0 && page.test(crate::mm::swap_state::PG_SWAPCACHE) {
-                self.try_to_free_swap(cpu, page);
-            }
-            put.push(page);
-        }
-        self.release_pages(cpu, &put);
-        mm.add_counter(MM_ANONPAGES, -anon);
-        mm.add_counter(MM_FILEPAGES, -file);
-    }
-
     /// `copy_page_range` for fork: the child gets the parent's PTEs of `vma`; each page gains
     /// a mapping and a reference, and in a COW mapping writable entries are write-protected in
-    /// both parent and child (`copy_present_pte`). Shared mappings are not copied: the child
-    /// faults them in from the page cache, as Linux skips VMAs without anonymous pages.
+    /// the parent (and so in the child) (`copy_present_pte`). Shared mappings are not copied:
+    /// the child faults them in from the page cache, as Linux skips VMAs without anonymous
+    /// pages.
     pub(crate) fn copy_page_range(
         &self,
         cpu: &CpuGuard<'_>,
@@ -603,52 +679,56 @@ impl Kernel {
             return Ok(());
         }
         let cow = vma.is_cow_mapping();
-        let mut entries: Vec<(u64, Pte)> = Vec::new();
+        let mut entries: alloc::vec::Vec<(u64, Pte)> = alloc::vec::Vec::new();
         {
-            let _g = src.pt.lock.lock();
-            self.for_each_pte(&src.pt, vma.vm_start, vma.vm_end, |va, slot| {
-                let mut v = Pte(slot.load(Ordering::Acquire));
-                if !v.is_present() {
+            let mut tlb = MmuGather::new(self, cpu, &src.pt);
+            let mut c = self.pte_cursor(&src.pt, vma.vm_start, vma.vm_end);
+            while let Some((va, pte)) = c.next_entry() {
+                if !pte.is_present() {
                     // copy_nonpresent_pte: the child shares the swap slot.
-                    if crate::mm::swapfile::SwpEntry::from_pte(v).is_some() {
-                        entries.push((va, v));
+                    if crate::mm::swapfile::SwpEntry::from_pte(pte).is_some() {
+                        entries.push((va, pte));
                     }
-                    return;
+                    continue;
                 }
-                if cow && v.writable() {
-                    v = Pte(slot.fetch_and(!PteFlags::RW.bits(), Ordering::AcqRel)).wrprotect();
-                }
+                let v = if cow && pte.writable() {
+                    // ptep_set_wrprotect: whatever Dirty the MMU set comes along.
+                    c.update(&mut tlb, |p| p.wrprotect()).wrprotect()
+                } else {
+                    pte
+                };
                 // Pin the page while the table lock keeps reclaim from unmapping it.
                 if let Some(p) = self.vm_normal_page(v) {
                     p.get();
                 }
                 entries.push((va, v));
-            });
-        }
-        if cow {
-            self.flush_tlb_range(&src.pt, vma.vm_start, vma.vm_end);
+            }
+            drop(c);
+            tlb.finish();
         }
         let unpin_rest = |rest: &[(u64, Pte)]| {
             for &(_, pte) in rest {
-                if let Some(p) = self.vm_normal_page(pte) {
-                    self.__free_pages(cpu, p, 0);
+                if pte.is_present() {
+                    if let Some(p) = self.vm_normal_page(pte) {
+                        self.__free_pages(cpu, p, 0);
+                    }
                 }
             }
         };
+        let mut d = self.pte_cursor(&dst.pt, vma.vm_start, vma.vm_end);
         for (i, &(va, pte)) in entries.iter().enumerate() {
+            if let Err(err) = d.seek_alloc(cpu, va) {
+                unpin_rest(&entries[i..]);
+                return Err(err);
+            }
             if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(pte) {
                 self.swap_duplicate(e, 1);
                 dst.add_counter(crate::mm::mm_types::MM_SWAPENTS, 1);
-                if let Err(err) = self.set_pte_at(cpu, &dst.pt, va, pte) {
-                    self.swap_free(e);
-                    dst.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
-                    unpin_rest(&entries[i + 1..]);
-                    return Err(err);
-                }
+                d.install(Pte(0), pte)
+                    .expect("a new address space's entry is none");
                 continue;
             }
-            let page = self.vm_normal_page(pte);
-            if let Some(p) = page {
+            if let Some(p) = self.vm_normal_page(pte) {
                 self.page_add_rmap(cpu, p);
                 dst.add_counter(
                     if page_anon(p) {
@@ -660,23 +740,10 @@ impl Kernel {
                 );
             }
             // The child's entry starts old, as pte_mkold in copy_present_pte does for the
-            // child of a COW mapping (the Accessed bit belongs to the parent's history).
-            if let Err(e) = self.set_pte_at(cpu, &dst.pt, va, pte.mkold()) {
-                if let Some(p) = page {
-                    self.page_remove_rmap(cpu, p);
-                    self.__free_pages(cpu, p, 0);
-                    dst.add_counter(
-                        if page_anon(p) {
-                            MM_ANONPAGES
-                        } else {
-                            MM_FILEPAGES
-                        },
-                        -1,
-                    );
-                }
-                unpin_rest(&entries[i + 1..]);
-                return Err(e);
-            }
+            // child of a COW mapping (the Accessed bit belongs to the parent's history). The
+            // pin becomes the child's mapping reference.
+            d.install(Pte(0), pte.mkold())
+                .expect("a new address space's entry is none");
         }
         Ok(())
     }

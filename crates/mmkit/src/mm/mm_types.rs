@@ -8,12 +8,13 @@
 //!
 //! Invariants (`check_invariants`): VMAs are page-aligned, non-empty, sorted and disjoint, lie
 //! inside `[mmap_min_addr, TASK_SIZE)`; no two adjacent VMAs could have been merged
-//! (`vma_merge`'s rules); `map_count` is the number of VMAs and `total_vm` their pages; every
-//! present PTE lies inside a VMA.
+//! (`vma_merge`'s rules); `total_vm` is the pages they span (`map_count` and `total_vm` are
+//! the VMA index's own counts, so no caller keeps them); every present PTE lies inside a VMA.
 
 use crate::addr::PAGE_SHIFT;
 use crate::arch::x86_64::pgtable::{PgProt, PgTable, PROTECTION_MAP};
 use crate::fs::inode::File;
+pub use crate::mm::vma_tree::VmaId;
 use crate::mm::vma_tree::VmaTree;
 use alloc::format;
 use alloc::string::String;
@@ -95,7 +96,7 @@ pub struct VmArea {
     pub anon_vma: Option<u32>,
     /// For a special mapping (`_install_special_mapping`, `VM_PFNMAP`): the first pfn of the
     /// kernel pages it shows; faults map `vm_special + page offset` without refcounting.
-    pub vm_special: Option<u64>,
+    pub vm_special: Option<crate::addr::Pfn>,
 }
 
 impl VmArea {
@@ -169,12 +170,8 @@ pub type RssStat = [AtomicI64; NR_MM_COUNTERS];
 pub struct MmStruct {
     /// Page tables (`pgd`), shared with the reverse map.
     pub pt: Arc<PgTable>,
-    /// VMAs ordered by `vm_end`.
+    /// VMAs ordered by `vm_end` (they also keep `map_count` and `total_vm`).
     pub(crate) vmas: VmaTree,
-    /// `map_count`.
-    pub map_count: usize,
-    /// `total_vm` in pages.
-    pub total_vm: u64,
     /// `locked_vm` in pages.
     pub locked_vm: u64,
     /// `hiwater_vm`: the most pages `total_vm` reached before an unmap.
@@ -218,8 +215,9 @@ pub struct MmStruct {
     /// Faults taken by the task owning this mm (`min_flt`/`maj_flt` live in `task_struct` in
     /// Linux; a simulated process has one thread, so its mm carries them).
     pub faults: crate::mm::uaccess::FaultCounts,
-    /// `mmap_cache`: the last VMA `find_vma` found (Linux's per-thread vmacache), by end.
-    pub(crate) vmacache: core::cell::Cell<Option<(u64, u64)>>,
+    /// `mmap_cache`: the last VMA `find_vma` found (Linux's per-thread vmacache): its bounds
+    /// and id.
+    pub(crate) vmacache: core::cell::Cell<Option<(u64, u64, VmaId)>>,
 }
 
 impl MmStruct {
@@ -236,7 +234,19 @@ impl MmStruct {
     /// `update_hiwater_rss` + `update_hiwater_vm`, before an unmap shrinks them.
     pub(crate) fn update_hiwater(&mut self) {
         self.hiwater_rss = self.hiwater_rss.max(self.rss());
-        self.hiwater_vm = self.hiwater_vm.max(self.total_vm);
+        self.hiwater_vm = self.hiwater_vm.max(self.total_vm());
+    }
+
+    /// `mm->map_count`: the number of VMAs.
+    #[inline]
+    pub fn map_count(&self) -> usize {
+        self.vmas.len()
+    }
+
+    /// `mm->total_vm`: pages mapped by all VMAs.
+    #[inline]
+    pub fn total_vm(&self) -> u64 {
+        self.vmas.total_pages()
     }
 
     /// `vm_stat_account`'s classes, from the VMAs: (`exec_vm`, `stack_vm`, `data_vm`) pages.
@@ -263,18 +273,29 @@ impl MmStruct {
     }
 
     /// `find_vma(mm, addr)`: the first VMA with `vm_end > addr`.
+    #[inline]
     pub fn find_vma(&self, addr: u64) -> Option<&VmArea> {
-        // The cache holds the bounds, so a miss costs no extra lookup.
-        if let Some((start, end)) = self.vmacache.get() {
+        self.find_vma_id(addr).map(|id| self.vmas.by_id(id))
+    }
+
+    /// `find_vma`, returning the VMA's id (stable while it stays linked).
+    #[inline]
+    pub fn find_vma_id(&self, addr: u64) -> Option<VmaId> {
+        // The cache holds the bounds and the id, so a hit reads neither index nor VMA.
+        if let Some((start, end, id)) = self.vmacache.get() {
             if start <= addr && addr < end {
-                if let Some(v) = self.vmas.get(end) {
-                    return Some(v);
-                }
+                return Some(id);
             }
         }
-        let (start, end, v) = self.vmas.first_from_bounds(addr.saturating_add(1))?;
-        self.vmacache.set(Some((start, end)));
-        Some(v)
+        let (start, end, id) = self.vmas.first_from_id(addr.saturating_add(1))?;
+        self.vmacache.set(Some((start, end, id)));
+        Some(id)
+    }
+
+    /// The VMA `id` names.
+    #[inline]
+    pub fn vma(&self, id: VmaId) -> &VmArea {
+        self.vmas.by_id(id)
     }
 
     /// `find_vma_prev`-style: the last VMA with `vm_end <= addr`.
@@ -347,17 +368,10 @@ impl MmStruct {
             pages += v.pages();
             prev = Some(v);
         }
-        if self.map_count != self.vmas.len() {
-            return Err(format!(
-                "map_count {} but {} VMAs",
-                self.map_count,
-                self.vmas.len()
-            ));
-        }
-        if self.total_vm != pages {
+        if self.total_vm() != pages {
             return Err(format!(
                 "total_vm {} but VMAs span {pages} pages",
-                self.total_vm
+                self.total_vm()
             ));
         }
         Ok(())

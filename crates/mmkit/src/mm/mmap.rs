@@ -12,9 +12,10 @@ use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::fs::inode::{FMode, File};
 use crate::mm::mm_types::{
-    MmStruct, VmArea, VmFlags, DEFAULT_MAX_MAP_COUNT, DEFAULT_RLIMIT_STACK, MMAP_MIN_ADDR,
+    MmStruct, VmArea, VmFlags, VmaId, DEFAULT_MAX_MAP_COUNT, DEFAULT_RLIMIT_STACK, MMAP_MIN_ADDR,
     TASK_SIZE,
 };
+use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{Page, PageFlags};
 use crate::Kernel;
 use alloc::string::String;
@@ -148,8 +149,6 @@ impl Kernel {
         Ok(MmStruct {
             pt: Arc::new(pt),
             vmas: Default::default(),
-            map_count: 0,
-            total_vm: 0,
             locked_vm: 0,
             hiwater_vm: 0,
             hiwater_rss: 0,
@@ -316,7 +315,7 @@ impl Kernel {
         if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 && addr & (PAGE_SIZE - 1) != 0 {
             return Err(Errno::EINVAL);
         }
-        if mm.map_count >= mm.max_map_count {
+        if mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         let addr = self.get_unmapped_area(mm, addr, len, flags)?;
@@ -383,8 +382,7 @@ impl Kernel {
             anon_vma: None,
             vm_special: None,
         };
-        self.insert_vma_merged(mm, new);
-        mm.total_vm += len >> PAGE_SHIFT;
+        self.vma_merge_new_range(mm, new);
         if vm_flags.contains(VmFlags::VM_LOCKED) {
             mm.locked_vm += len >> PAGE_SHIFT;
         }
@@ -399,9 +397,9 @@ impl Kernel {
         len: u64,
         vm_flags: VmFlags,
         name: &'static str,
-        pfn: u64,
+        pfn: crate::addr::Pfn,
     ) {
-        self.insert_vma_merged(
+        self.vma_merge_new_range(
             mm,
             VmArea {
                 vm_start: addr,
@@ -415,7 +413,6 @@ impl Kernel {
                 vm_special: Some(pfn),
             },
         );
-        mm.total_vm += len >> PAGE_SHIFT;
     }
 
     /// `populate_vma_page_range` over `[start, start + len)` (`MAP_POPULATE`, `mlock`): fault
@@ -427,9 +424,10 @@ impl Kernel {
         let end = start + len;
         let mut a = start;
         while a < end {
-            let Some(mut v) = mm.vma_lookup(a).cloned() else {
+            let Some(id) = mm.find_vma_id(a).filter(|&id| mm.vma(id).vm_start <= a) else {
                 return;
             };
+            let v = mm.vma(id);
             if !v
                 .vm_flags
                 .intersects(VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC)
@@ -449,7 +447,7 @@ impl Kernel {
                     .pte_lookup(&mm.pt, a)
                     .is_some_and(|p| p.is_present() && (!write || p.writable()));
                 if !done {
-                    match self.handle_mm_fault(cpu, mm, &mut v, a, access) {
+                    match self.handle_mm_fault(cpu, mm, id, a, access) {
                         Ok(k) => mm.faults.add(k),
                         Err(_) => return,
                     }
@@ -460,13 +458,13 @@ impl Kernel {
     }
 
     /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
-    /// starting at its end where `can_merge` allows.
-    pub(crate) fn insert_vma_merged(&self, mm: &mut MmStruct, mut new: VmArea) {
+    /// starting at its end where `can_merge` allows (`vma_merge_new_range`, else
+    /// `vma_link`). Returns the id of the VMA now covering `new`'s range.
+    pub(crate) fn vma_merge_new_range(&self, mm: &mut MmStruct, mut new: VmArea) -> VmaId {
         let mut absorbed = Vec::new();
         if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
             if can_merge(&prev, &new) {
                 self.vma_unlink(mm, prev.vm_end);
-                mm.map_count -= 1;
                 new.vm_start = prev.vm_start;
                 new.vm_pgoff = prev.vm_pgoff;
                 new.anon_vma = new.anon_vma.or(prev.anon_vma);
@@ -477,19 +475,18 @@ impl Kernel {
             let nend = next.vm_end;
             if next.vm_start == new.vm_end && can_merge(&new, next) {
                 let next = self.vma_unlink(mm, nend).expect("just found");
-                mm.map_count -= 1;
                 new.vm_end = nend;
                 new.anon_vma = new.anon_vma.or(next.anon_vma);
                 absorbed.extend(next.anon_vma);
             }
         }
-        self.vma_link(mm, new);
-        mm.map_count += 1;
+        let id = self.vma_link(mm, new);
         // can_merge lets only one anon_vma through, now the merged VMA's: a no-op unless
         // that rule changes, kept so a merged-away VMA is unlinked like any other.
-        for id in absorbed {
-            self.unlink_anon_vmas(id);
+        for av in absorbed {
+            self.unlink_anon_vmas(av);
         }
+        id
     }
 
     /// `munmap`: `EINVAL` for an unaligned address, a zero length or a range leaving user
@@ -532,7 +529,7 @@ impl Kernel {
         if hit.len() == 1
             && hit[0].vm_start < start
             && hit[0].vm_end > end
-            && mm.map_count >= mm.max_map_count
+            && mm.map_count() >= mm.max_map_count
         {
             return Err(Errno::ENOMEM);
         }
@@ -540,9 +537,7 @@ impl Kernel {
         let mut gone = Vec::new();
         for v in hit {
             self.vma_unlink(mm, v.vm_end);
-            mm.map_count -= 1;
             let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
-            mm.total_vm -= (hi - lo) >> PAGE_SHIFT;
             if v.vm_flags.contains(VmFlags::VM_LOCKED) {
                 mm.locked_vm -= (hi - lo) >> PAGE_SHIFT;
             }
@@ -552,7 +547,6 @@ impl Kernel {
                     ..v.clone()
                 };
                 self.vma_link(mm, left);
-                mm.map_count += 1;
             }
             if v.vm_end > end {
                 let right = VmArea {
@@ -561,24 +555,25 @@ impl Kernel {
                     ..v.clone()
                 };
                 self.vma_link(mm, right);
-                mm.map_count += 1;
             }
             gone.extend(v.anon_vma);
             if let Some(f) = v.vm_file {
                 files.push(f);
             }
         }
-        mm.vmacache.set(None);
-        self.zap_page_range(cpu, mm, start, end);
-        for f in files {
-            self.fput(cpu, f);
-        }
-        self.flush_tlb_range(&mm.pt, start, end);
+        // unmap_region: one gather for the PTEs and the tables, flushed before anything it
+        // holds is freed.
         let floor = mm.find_vma_prev(start).map_or(0, |v| v.vm_end);
         let ceiling = mm
             .find_vma(end)
             .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
-        self.free_pgtables(cpu, &mm.pt, start, end, floor, ceiling);
+        let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+        self.unmap_page_range(&mut tlb, mm, start, end);
+        self.free_pgtables(&mut tlb, start, end, floor, ceiling);
+        tlb.finish();
+        for f in files {
+            self.fput(cpu, f);
+        }
         for id in gone {
             self.unlink_anon_vmas(id);
         }
@@ -598,11 +593,10 @@ impl Kernel {
         new_flags: VmFlags,
     ) -> Result<VmArea, Errno> {
         let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
-        if extra > 0 && mm.map_count + extra > mm.max_map_count {
+        if extra > 0 && mm.map_count() + extra > mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         self.vma_unlink(mm, v.vm_end);
-        mm.map_count -= 1;
         if v.vm_start < lo {
             self.vma_link(
                 mm,
@@ -611,7 +605,6 @@ impl Kernel {
                     ..v.clone()
                 },
             );
-            mm.map_count += 1;
         }
         if hi < v.vm_end {
             self.vma_link(
@@ -622,7 +615,6 @@ impl Kernel {
                     ..v.clone()
                 },
             );
-            mm.map_count += 1;
         }
         let changed = VmArea {
             vm_start: lo,
@@ -632,7 +624,7 @@ impl Kernel {
             vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
             ..v.clone()
         };
-        self.insert_vma_merged(mm, changed.clone());
+        self.vma_merge_new_range(mm, changed.clone());
         Ok(changed)
     }
 
@@ -656,18 +648,13 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let va = addr & !(PAGE_SIZE - 1);
-        if self.pte_lookup(&mm.pt, va).is_some_and(|p| !p.is_none()) {
-            return Err(Errno::EBUSY);
-        }
+        let pte = crate::arch::x86_64::pgtable::Pte::new(self.page_to_pfn(page), vma.vm_page_prot);
+        let mut c = self.pte_cursor(&mm.pt, va, va + PAGE_SIZE);
+        c.seek_alloc(cpu, va)?;
+        c.install(crate::arch::x86_64::pgtable::Pte(0), pte)
+            .map_err(|_| Errno::EBUSY)?;
         page.get();
         self.page_add_rmap(cpu, page);
-        let pte =
-            crate::arch::x86_64::pgtable::Pte::new(self.page_to_pfn(page).0, vma.vm_page_prot);
-        if let Err(e) = self.set_pte_at(cpu, &mm.pt, va, pte) {
-            self.page_remove_rmap(cpu, page);
-            self.__free_pages(cpu, page, 0);
-            return Err(e);
-        }
         mm.add_counter(crate::mm::mm_types::MM_FILEPAGES, 1);
         Ok(())
     }
@@ -705,8 +692,7 @@ impl Kernel {
             } else {
                 self.anon_vma_fork(v)
             };
-            mm.total_vm += nv.pages();
-            self.insert_vma_merged(&mut mm, nv);
+            self.vma_merge_new_range(&mut mm, nv);
             if v.vm_flags.contains(VmFlags::VM_WIPEONFORK) {
                 continue;
             }
@@ -744,7 +730,7 @@ impl Kernel {
                 return mm.brk;
             }
         }
-        if mm.map_count >= mm.max_map_count {
+        if mm.map_count() >= mm.max_map_count {
             return mm.brk;
         }
         let flags = VmFlags::VM_READ
@@ -774,9 +760,14 @@ impl Kernel {
             MMAP_MIN_ADDR.min(PAGE_SIZE),
             TASK_SIZE - PAGE_SIZE,
         );
-        self.free_pgd_range(cpu, &mm.pt, 0, TASK_SIZE + PAGE_SIZE);
-        // Every VMA is unlinked, so only a reverse-map walk already under way (kswapd on
-        // another CPU) can still hold the tables: wait for it to finish.
+        {
+            let mut tlb = MmuGather::new_fullmm(self, cpu, &mm.pt);
+            self.free_pgd_range(&mut tlb, 0, TASK_SIZE + PAGE_SIZE);
+            tlb.finish();
+        }
+        // Every VMA is unlinked, and reverse-map walks hold the lock their records are under
+        // for as long as they look, so no walk holds the tables now; the records' references
+        // to them went with the VMAs.
         let mut pt_arc = mm.pt;
         let pt = loop {
             match Arc::try_unwrap(pt_arc) {
@@ -804,29 +795,28 @@ impl Kernel {
     pub fn check_mm_invariants(&self, mm: &MmStruct) -> Result<(), String> {
         mm.check_invariants()?;
         let chains: alloc::collections::BTreeMap<u64, Vec<u32>> = {
-            let avs = self.anon_vmas.lock();
+            let avs = self.anon_vmas.read();
             mm.vmas()
                 .filter_map(|v| Some((v.vm_start, avs.chain(v.anon_vma?))))
                 .collect()
         };
         let mut bad = None;
-        // Under the page-table lock: reclaim on another CPU unmaps (and may free) pages
+        // Under each PTE table's lock: reclaim on another CPU unmaps (and may free) pages
         // only under it, so a present entry's page stays what it maps while it is checked.
-        let ptl = mm.pt.lock.lock();
-        self.for_each_pte(&mm.pt, 0, TASK_SIZE, |va, slot| {
+        let mut c = self.pte_cursor(&mm.pt, 0, TASK_SIZE);
+        while let Some((va, pte)) = c.next_entry() {
             if bad.is_some() {
-                return;
+                break;
             }
             let Some(v) = mm.vma_lookup(va) else {
                 bad = Some(alloc::format!("PTE at {va:#x} outside every VMA"));
-                return;
+                break;
             };
-            let pte = crate::arch::x86_64::pgtable::Pte(slot.load(Ordering::Acquire));
             if !pte.is_present() {
-                return;
+                continue;
             }
             let Some(page) = self.vm_normal_page(pte) else {
-                return;
+                continue;
             };
             let index = v.linear_page_index(va);
             if crate::mm::rmap::page_anon(page) {
@@ -849,8 +839,8 @@ impl Kernel {
                     bad = Some(alloc::format!("file page at {va:#x} does not belong there"));
                 }
             }
-        });
-        drop(ptl);
+        }
+        drop(c);
         if let Some(b) = bad {
             return Err(b);
         }
@@ -862,7 +852,7 @@ impl Kernel {
                 })
             };
             if v.anon_vma.is_some() {
-                let avs = self.anon_vmas.lock();
+                let avs = self.anon_vmas.read();
                 let chain = chains.get(&v.vm_start).map_or(&[][..], |c| c);
                 if chain.is_empty() {
                     return Err(alloc::format!(
@@ -883,7 +873,7 @@ impl Kernel {
                 }
             }
             if let Some(f) = &v.vm_file {
-                if !recorded(&f.inode.i_mmap.lock()) {
+                if !recorded(&f.inode.i_mmap.read()) {
                     return Err(alloc::format!(
                         "VMA {:#x}-{:#x} missing from its file's i_mmap",
                         v.vm_start,

@@ -11,6 +11,7 @@ pub mod mempool;
 pub mod mlock;
 pub mod mm_types;
 pub mod mmap;
+pub mod mmu_gather;
 pub mod mmzone;
 pub mod mprotect;
 pub mod mremap;

@@ -1,14 +1,14 @@
 //! `mprotect` (`mm/mprotect.c`: `do_mprotect_pkey`, `mprotect_fixup`, `change_protection`).
 
 use crate::addr::{align_up, PAGE_SIZE};
-use crate::arch::x86_64::pgtable::Pte;
+use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::mm::mm_types::{MmStruct, VmFlags, TASK_SIZE};
 use crate::mm::mmap::{
     accountable, vm_flags_for, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_SEM, PROT_WRITE,
 };
+use crate::mm::mmu_gather::MmuGather;
 use crate::Kernel;
-use core::sync::atomic::Ordering;
 
 impl Kernel {
     /// `mprotect` (`do_mprotect_pkey` + `mprotect_fixup`): new `VM_READ|VM_WRITE|VM_EXEC` for
@@ -17,7 +17,14 @@ impl Kernel {
     /// neighbours. `EINVAL` for an unaligned address or unknown bits, `ENOMEM` when the range
     /// is not fully mapped (VMAs before the hole keep their new protection, as in Linux),
     /// `EACCES` for a permission the mapping may never have (`VM_MAY*`).
-    pub fn mprotect(&self, mm: &mut MmStruct, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
+    pub fn mprotect(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        addr: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<(), Errno> {
         if addr & (PAGE_SIZE - 1) != 0
             || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0
         {
@@ -57,19 +64,22 @@ impl Kernel {
             }
             if new_flags != v.vm_flags {
                 let changed = self.vma_modify_flags(mm, &v, lo, hi, new_flags)?;
-                // change_protection: present PTEs get the new bits, keeping A/D.
+                // change_protection: present PTEs get the new bits, keeping the Accessed and
+                // Dirty bits the MMU may be setting meanwhile; what lost a permission is
+                // flushed.
                 let prot_bits = changed.vm_page_prot;
-                let _g = mm.pt.lock.lock();
-                self.for_each_pte(&mm.pt, lo, hi, |_, slot| {
-                    let old = Pte(slot.load(Ordering::Acquire));
-                    if old.is_present() {
-                        slot.store(old.modify(prot_bits).0, Ordering::Release);
+                let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+                let mut c = self.pte_cursor(&mm.pt, lo, hi);
+                while let Some((_, pte)) = c.next_entry() {
+                    if pte.is_present() {
+                        c.update(&mut tlb, |p| p.modify(prot_bits));
                     }
-                });
+                }
+                drop(c);
+                tlb.finish();
             }
             cur = hi;
         }
-        self.flush_tlb_range(&mm.pt, addr, end);
         Ok(())
     }
 }

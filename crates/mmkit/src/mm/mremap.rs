@@ -11,9 +11,9 @@ use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, TASK_SIZE};
 use crate::mm::mmap::{MAP_FIXED, MAP_PRIVATE, MAP_SHARED, VM_SPECIAL};
+use crate::mm::mmu_gather::MmuGather;
 use crate::Kernel;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
 
 /// `MREMAP_MAYMOVE`.
 pub const MREMAP_MAYMOVE: u32 = 1;
@@ -70,15 +70,12 @@ impl Kernel {
         {
             let delta = new_len - old_len;
             self.vma_unlink(mm, vma.vm_end);
-            mm.map_count -= 1;
             let mut grown = vma.clone();
             grown.vm_end += delta;
-            mm.total_vm += delta >> PAGE_SHIFT;
             if vma.vm_flags.contains(VmFlags::VM_LOCKED) {
                 mm.locked_vm += delta >> PAGE_SHIFT;
             }
-            mm.vmacache.set(None);
-            self.insert_vma_merged(mm, grown);
+            self.vma_merge_new_range(mm, grown);
             return Ok(addr);
         }
         if flags & MREMAP_MAYMOVE == 0 {
@@ -112,7 +109,7 @@ impl Kernel {
         if addr + old_len > new_addr && new_addr + new_len > addr {
             return Err(Errno::EINVAL);
         }
-        if mm.map_count + 2 >= mm.max_map_count {
+        if mm.map_count() + 2 >= mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         self.munmap(cpu, mm, new_addr, new_len)?;
@@ -177,7 +174,7 @@ impl Kernel {
         new_addr: u64,
         flags: u32,
     ) -> Result<u64, Errno> {
-        if mm.map_count + 3 > mm.max_map_count {
+        if mm.map_count() + 3 > mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         let moved = old_len.min(new_len);
@@ -188,8 +185,7 @@ impl Kernel {
             vm_pgoff: vma.linear_page_index(old_addr),
             ..vma.clone()
         };
-        self.insert_vma_merged(mm, new);
-        mm.total_vm += new_len >> PAGE_SHIFT;
+        self.vma_merge_new_range(mm, new);
         if vma.vm_flags.contains(VmFlags::VM_LOCKED) {
             mm.locked_vm += new_len >> PAGE_SHIFT;
         }
@@ -210,26 +206,42 @@ impl Kernel {
         new: u64,
         len: u64,
     ) -> Result<(), Errno> {
+        // The target's tables first, so a failure leaves everything where it was.
         let mut entries: Vec<(u64, Pte)> = Vec::new();
         {
-            let _g = mm.pt.lock.lock();
-            self.for_each_pte(&mm.pt, old, old + len, |va, slot| {
-                entries.push((va, Pte(slot.swap(0, Ordering::AcqRel))));
-            });
-        }
-        self.flush_tlb_range(&mm.pt, old, old + len);
-        for (i, &(va, pte)) in entries.iter().enumerate() {
-            if let Err(e) = self.set_pte_at(cpu, &mm.pt, new + (va - old), pte) {
-                for &(va, pte) in &entries[..i] {
-                    self.pte_clear(&mm.pt, new + (va - old));
-                    let _ = self.set_pte_at(cpu, &mm.pt, va, pte);
-                }
-                for &(va, pte) in &entries[i..] {
-                    let _ = self.set_pte_at(cpu, &mm.pt, va, pte);
-                }
-                return Err(e);
+            let mut c = self.pte_cursor(&mm.pt, old, old + len);
+            while let Some(e) = c.next_entry() {
+                entries.push(e);
             }
         }
+        let mut to = self.pte_cursor(&mm.pt, new, new + len);
+        for &(va, _) in &entries {
+            to.seek_alloc(cpu, new + (va - old))?;
+        }
+        drop(to);
+        // move_ptes: take each entry out (an exchange keeps the MMU's Accessed/Dirty bits),
+        // then put them at the new address (one table lock at a time: the two ranges may share
+        // a table); the old translations are flushed at the end. The pages stay mapped
+        // throughout, so nothing is freed.
+        let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+        let mut from = self.pte_cursor(&mm.pt, old, old + len);
+        for e in entries.iter_mut() {
+            e.1 = if from.seek(e.0) {
+                from.clear(&mut tlb)
+            } else {
+                Pte(0)
+            };
+        }
+        drop(from);
+        let mut to = self.pte_cursor(&mm.pt, new, new + len);
+        for &(va, pte) in entries.iter().filter(|e| !e.1.is_none()) {
+            let there = to.seek(new + (va - old));
+            debug_assert!(there, "target table allocated above");
+            to.install(Pte(0), pte)
+                .expect("mremap's target range was unmapped");
+        }
+        drop(to);
+        tlb.finish();
         Ok(())
     }
 }

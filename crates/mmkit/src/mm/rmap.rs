@@ -11,8 +11,15 @@
 //! VMA with an `anon_vma` or a file is recorded, while it is linked into its address space
 //! (`vma_link`/`vma_unlink`: every VMA change goes through them), as an [`RmapRecord`] — the
 //! page tables, the RSS counters, the range and the page offset. `rmap_walk` turns a page's
-//! index into an address in each recorded VMA and checks the PTE there (`page_vma_mapped_walk`);
-//! `page_referenced` harvests and clears Accessed bits, `try_to_unmap` removes every mapping.
+//! index into an address in each recorded VMA and checks the PTE there (`page_vma_mapped_walk`)
+//! with a page-table cursor on it; `page_referenced` harvests and clears Accessed bits,
+//! `try_to_unmap` removes every mapping.
+//!
+//! Locking, as Linux's `anon_vma->root->rwsem` and `mapping->i_mmap_rwsem`: the `anon_vma`s
+//! and each file's `i_mmap` are reader-writer locks. A walk holds the read side for its whole
+//! length (no copy of the record list is made), and a VMA is unlinked only under the write
+//! side, before its page tables can be freed — so the tables a walk's cursor reaches stay
+//! while it looks at them.
 //!
 //! Anonymous memory is chained across fork as in Linux since 2.6.34: `anon_vma_fork` gives
 //! each forked VMA an `anon_vma` of its own whose parent is the one it was forked from, and
@@ -28,10 +35,11 @@
 //! (`folio_move_anon_rmap`). Not done: `anon_vma_clone`'s reuse of an `anon_vma` whose VMAs
 //! are all gone, which bounds chain length for long fork-and-exit chains.
 
-use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags};
+use crate::arch::x86_64::pgtable::{PgTable, Pte, PteCursor, PteFlags};
 use crate::cpu::CpuGuard;
 use crate::mm::filemap::{NR_ANON_MAPPED, NR_FILE_MAPPED};
-use crate::mm::mm_types::{MmStruct, RssStat, VmArea, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::mm_types::{MmStruct, RssStat, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{Page, PageFlags};
 use crate::Kernel;
 use alloc::collections::BTreeMap;
@@ -230,10 +238,10 @@ impl Kernel {
     }
 
     /// `vma_link`: put `v` into `mm`'s tree and the reverse map (chained to its `anon_vma`
-    /// and each ancestor, and in its file's `i_mmap`).
-    pub(crate) fn vma_link(&self, mm: &mut MmStruct, v: VmArea) {
+    /// and each ancestor, and in its file's `i_mmap`). Returns its id.
+    pub(crate) fn vma_link(&self, mm: &mut MmStruct, v: VmArea) -> VmaId {
         if let Some(id) = v.anon_vma {
-            let mut avs = self.anon_vmas.lock();
+            let mut avs = self.anon_vmas.write();
             let rec = Self::record_for(mm, &v);
             for a in avs.chain(id) {
                 if let Some(av) = avs.map.get_mut(&a) {
@@ -242,10 +250,10 @@ impl Kernel {
             }
         }
         if let Some(f) = &v.vm_file {
-            f.inode.i_mmap.lock().push(Self::record_for(mm, &v));
+            f.inode.i_mmap.write().push(Self::record_for(mm, &v));
         }
-        mm.vmas.insert(v);
         mm.vmacache.set(None);
+        mm.vmas.insert(v)
     }
 
     /// `vma_unlink`: take the VMA ending at `end` out of `mm`'s tree and the reverse map. Its
@@ -255,7 +263,7 @@ impl Kernel {
         let v = mm.vmas.remove(end)?;
         mm.vmacache.set(None);
         if let Some(id) = v.anon_vma {
-            let mut avs = self.anon_vmas.lock();
+            let mut avs = self.anon_vmas.write();
             for a in avs.chain(id) {
                 if let Some(av) = avs.map.get_mut(&a) {
                     av.avcs.retain(|r| !r.same(&mm.pt, v.vm_start));
@@ -265,7 +273,7 @@ impl Kernel {
         if let Some(f) = &v.vm_file {
             f.inode
                 .i_mmap
-                .lock()
+                .write()
                 .retain(|r| !r.same(&mm.pt, v.vm_start));
         }
         Some(v)
@@ -275,7 +283,7 @@ impl Kernel {
     /// good (and any pieces of it relinked): free that `anon_vma`, then each ancestor, while
     /// no VMA is chained to it and no child `anon_vma` is left.
     pub(crate) fn unlink_anon_vmas(&self, id: u32) {
-        let mut avs = self.anon_vmas.lock();
+        let mut avs = self.anon_vmas.write();
         let mut cur = id;
         while let Some(av) = avs.map.get(&cur) {
             if !av.avcs.is_empty() || av.num_children > 0 {
@@ -297,7 +305,7 @@ impl Kernel {
     /// the VMA's (none when the parent VMA has none: it has no anonymous pages).
     pub(crate) fn anon_vma_fork(&self, parent: &VmArea) -> Option<u32> {
         let id = parent.anon_vma?;
-        Some(self.anon_vmas.lock().alloc(Some(id)))
+        Some(self.anon_vmas.write().alloc(Some(id)))
     }
 
     /// `find_mergeable_anon_vma`: the `anon_vma` of a neighbour `vma` could share — adjacent,
@@ -314,7 +322,7 @@ impl Kernel {
                 && (a.vm_flags ^ b.vm_flags) - ignore == VmFlags::empty()
                 && b.vm_pgoff == a.vm_pgoff + a.pages()
         };
-        let avs = self.anon_vmas.lock();
+        let avs = self.anon_vmas.read();
         let singular = |old: &VmArea| {
             old.anon_vma
                 .filter(|id| avs.map.get(id).is_some_and(|a| a.parent == *id))
@@ -331,26 +339,35 @@ impl Kernel {
         })
     }
 
-    /// `anon_vma_prepare`: give the VMA at `vma` (a copy of the linked one) an `anon_vma`
-    /// before its first anonymous page; returns the id.
-    pub(crate) fn anon_vma_prepare(&self, mm: &mut MmStruct, vma: &mut VmArea) -> u32 {
-        // The linked VMA may have got one since the caller copied it.
-        if let Some(id) = vma
-            .anon_vma
-            .or_else(|| mm.vma_lookup(vma.vm_start).and_then(|v| v.anon_vma))
+    /// `anon_vma_prepare`: give the VMA `id` an `anon_vma` before its first anonymous page
+    /// (in place: the VMA keeps its identity); returns the `anon_vma`'s id.
+    pub(crate) fn anon_vma_prepare(&self, mm: &mut MmStruct, id: VmaId) -> u32 {
+        if let Some(av) = mm.vma(id).anon_vma {
+            return av;
+        }
+        let av = self
+            .find_mergeable_anon_vma(mm, mm.vma(id))
+            .unwrap_or_else(|| self.anon_vmas.write().alloc(None));
+        let v = mm.vmas.by_id_mut(id);
+        v.anon_vma = Some(av);
+        let rec = Self::record_for(mm, mm.vma(id));
         {
-            vma.anon_vma = Some(id);
-            return id;
+            let mut avs = self.anon_vmas.write();
+            for a in avs.chain(av) {
+                if let Some(x) = avs.map.get_mut(&a) {
+                    x.avcs.push(rec.clone());
+                }
+            }
         }
-        let id = self
-            .find_mergeable_anon_vma(mm, vma)
-            .unwrap_or_else(|| self.anon_vmas.lock().alloc(None));
-        if let Some(mut v) = self.vma_unlink(mm, vma.vm_end) {
-            v.anon_vma = Some(id);
-            self.vma_link(mm, v);
+        if let Some(f) = &mm.vma(id).vm_file {
+            // The file's record of this VMA learns its anon_vma too.
+            for r in f.inode.i_mmap.write().iter_mut() {
+                if r.same(&mm.pt, rec.start) {
+                    r.anon_vma = Some(av);
+                }
+            }
         }
-        vma.anon_vma = Some(id);
-        id
+        av
     }
 
     /// `folio_move_anon_rmap`: a page this VMA alone maps (a write fault reuses it) moves to
@@ -364,12 +381,12 @@ impl Kernel {
     /// The `anon_vma` a page that may be shared takes when it is mapped again (from swap):
     /// the root of the VMA's family, which every VMA that can map it is chained to.
     pub(crate) fn anon_vma_root(&self, id: u32) -> u32 {
-        self.anon_vmas.lock().root(id)
+        self.anon_vmas.read().root(id)
     }
 
     /// The number of live `anon_vma`s.
     pub fn nr_anon_vmas(&self) -> usize {
-        self.anon_vmas.lock().map.len()
+        self.anon_vmas.read().map.len()
     }
 
     /// The `anon_vma`s' invariants: parents and roots exist and agree, `num_children` counts
@@ -377,7 +394,7 @@ impl Kernel {
     /// `anon_vma` lives with nothing chained to it and no child (a leak).
     pub fn check_anon_vma_invariants(&self) -> Result<(), alloc::string::String> {
         use alloc::format;
-        let avs = self.anon_vmas.lock();
+        let avs = self.anon_vmas.read();
         for (&id, av) in &avs.map {
             let children = avs
                 .map
@@ -421,81 +438,104 @@ impl Kernel {
         Ok(())
     }
 
-    /// The records of the VMAs that may map `page`, with its address in each.
-    fn rmap_candidates(&self, page: &Page) -> Vec<(RmapRecord, u64)> {
-        let index = page.index();
-        let records: Vec<RmapRecord> = if page_anon(page) {
+    /// Run `f` on the records of the VMAs that may map `page` (its `anon_vma`'s chain
+    /// entries, or its file's `i_mmap`), with their lock held for reading for as long as `f`
+    /// runs (`rmap_walk_anon`/`rmap_walk_file`'s `anon_vma_lock_read`/`i_mmap_lock_read`).
+    pub(crate) fn with_rmap_records<R>(
+        &self,
+        page: &Page,
+        f: impl FnOnce(&[RmapRecord]) -> R,
+    ) -> R {
+        if page_anon(page) {
             let id = page.mapping() & !PAGE_MAPPING_ANON;
-            self.anon_vmas
-                .lock()
-                .map
-                .get(&id)
-                .map(|a| a.avcs.clone())
-                .unwrap_or_default()
+            let avs = self.anon_vmas.read();
+            let list = avs.map.get(&id).map_or(&[][..], |a| &a.avcs[..]);
+            f(list)
         } else if let Some(inode) = self.inode_of_page(page) {
-            inode.i_mmap.lock().clone()
+            let list = inode.i_mmap.read();
+            f(&list)
         } else {
-            Vec::new()
-        };
-        records
-            .into_iter()
-            .filter_map(|r| r.address(index).map(|a| (r, a)))
-            .collect()
+            f(&[])
+        }
     }
 
-    /// How many VMAs a reverse-map walk of `page` examines: those chained to its `anon_vma`
-    /// (or in its file's `i_mmap`) whose range covers its index, mapping it or not.
-    pub fn rmap_vma_count(&self, page: &Page) -> usize {
-        self.rmap_candidates(page).len()
-    }
-
-    /// `rmap_walk`: call `f(record, address)` for every PTE mapping `page` (checked against
-    /// the page's pfn, `page_vma_mapped_walk`); `f` returns false to stop.
-    pub fn rmap_walk(&self, page: &Page, mut f: impl FnMut(&RmapRecord, u64) -> bool) {
-        let pfn = self.page_to_pfn(page).0;
-        for (r, a) in self.rmap_candidates(page) {
-            let mapped = self
-                .pte_lookup(&r.pt, a)
-                .is_some_and(|p| p.is_present() && p.pfn() == pfn);
-            if mapped && !f(&r, a) {
+    /// `page_vma_mapped_walk` over `records`: for each VMA whose range covers `page`'s index,
+    /// a cursor on the PTE at its address (locked), passed to `f` when that PTE maps the page.
+    /// `f` returns false to stop.
+    pub(crate) fn walk_records(
+        &self,
+        records: &[RmapRecord],
+        page: &Page,
+        mut f: impl FnMut(&RmapRecord, &mut PteCursor<'_>) -> bool,
+    ) {
+        let pfn = self.page_to_pfn(page);
+        let index = page.index();
+        for r in records {
+            let Some(a) = r.address(index) else {
+                continue;
+            };
+            let mut c = self.pte_cursor(&r.pt, a, a + crate::PAGE_SIZE);
+            if !c.seek(a) {
+                continue;
+            }
+            let pte = c.get();
+            if pte.is_present() && pte.pfn() == pfn && !f(r, &mut c) {
                 return;
             }
         }
     }
 
+    /// How many VMAs a reverse-map walk of `page` examines: those chained to its `anon_vma`
+    /// (or in its file's `i_mmap`) whose range covers its index, mapping it or not.
+    pub fn rmap_vma_count(&self, page: &Page) -> usize {
+        let index = page.index();
+        self.with_rmap_records(page, |recs| {
+            recs.iter().filter(|r| r.address(index).is_some()).count()
+        })
+    }
+
+    /// `rmap_walk`: call `f(record, cursor)` for every PTE mapping `page` (checked against the
+    /// page's pfn, `page_vma_mapped_walk`), the cursor locked on that PTE (its address is
+    /// `cursor.va()`); `f` returns false to stop. The reverse map is locked for reading
+    /// throughout.
+    pub fn rmap_walk(&self, page: &Page, f: impl FnMut(&RmapRecord, &mut PteCursor<'_>) -> bool) {
+        self.with_rmap_records(page, |recs| self.walk_records(recs, page, f));
+    }
+
     /// `folio_referenced`: how many PTEs mapping `page` had their Accessed bit set; the bits
-    /// are cleared (and the TLBs flushed) so the next scan sees only new references. Also
-    /// reports whether a mapping is `VM_LOCKED`.
-    pub fn page_referenced(&self, page: &Page) -> (usize, bool) {
-        let (mut n, mut locked) = (0, false);
-        self.rmap_walk(page, |r, a| {
+    /// are cleared (`ptep_clear_flush_young`: the TLBs, and the platform's translations, are
+    /// flushed so the MMU sets them again on the next access) so the next scan sees only new
+    /// references. Also returns the union of the `vm_flags` of the VMAs that referenced it
+    /// (`VM_EXEC` for code) — and of every mapping's `VM_LOCKED`, where the walk stops.
+    pub fn page_referenced(&self, cpu: &CpuGuard<'_>, page: &Page) -> (usize, VmFlags) {
+        let (mut n, mut vm_flags) = (0, VmFlags::empty());
+        self.rmap_walk(page, |r, c| {
             if r.flags.contains(VmFlags::VM_LOCKED) {
-                locked = true;
+                vm_flags |= VmFlags::VM_LOCKED;
+                return false;
             }
-            let old = self.pte_update(&r.pt, a, |p| p.mkold());
-            if old.is_some_and(|p| p.young()) {
-                self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
+            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            if c.update(&mut tlb, |p| p.mkold()).young() {
                 n += 1;
+                vm_flags |= r.flags;
             }
+            tlb.finish();
             true
         });
-        (n, locked)
+        (n, vm_flags)
     }
 
     /// `folio_mkclean`: write-protect and clean every PTE mapping `page` (before writeback),
     /// so the next write faults and dirties the page again. Returns whether a PTE was dirty.
-    pub fn page_mkclean(&self, page: &Page) -> bool {
+    pub fn page_mkclean(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
         let mut dirty = false;
-        self.rmap_walk(page, |r, a| {
-            let old = self.pte_update(&r.pt, a, |p| {
+        self.rmap_walk(page, |r, c| {
+            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let old = c.update(&mut tlb, |p| {
                 Pte(p.0 & !(PteFlags::RW | PteFlags::DIRTY).bits())
             });
-            if let Some(o) = old {
-                dirty |= o.dirty();
-                if o.writable() || o.dirty() {
-                    self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
-                }
-            }
+            dirty |= old.dirty();
+            tlb.finish();
             true
         });
         dirty
@@ -507,9 +547,8 @@ impl Kernel {
     /// again: the page becomes swap-backed anonymous memory once more and stays mapped.
     /// True when no PTE maps it any more.
     fn try_to_unmap_lazyfree(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
-        let pfn = self.page_to_pfn(page).0;
         let mut redirtied = false;
-        self.rmap_walk(page, |r, a| {
+        self.rmap_walk(page, |r, c| {
             // Our caller's reference and one per mapping: anything else is a user we must
             // not pull the page from under.
             let extra = page.refcount() != page.mapcount() + 1;
@@ -517,24 +556,17 @@ impl Kernel {
                 redirtied = true;
                 return false;
             }
-            let old = self.pte_update(&r.pt, a, |p| {
-                if p.is_present() && p.pfn() == pfn && !p.dirty() {
-                    Pte(0)
-                } else {
-                    p
-                }
-            });
-            let Some(old) = old.filter(|p| p.is_present() && p.pfn() == pfn) else {
-                return true;
-            };
+            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            // Cleared only while clean: the exchange lands on a value without Dirty.
+            let old = c.update(&mut tlb, |p| if p.dirty() { p } else { Pte(0) });
             if old.dirty() {
                 redirtied = true;
                 return false;
             }
-            self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
             r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
             self.page_remove_rmap(cpu, page);
-            self.__free_pages(cpu, page, 0);
+            tlb.remove_page(page);
+            tlb.finish();
             true
         });
         if redirtied {
@@ -562,50 +594,45 @@ impl Kernel {
         if anon && swap.is_none() {
             return false;
         }
-        let mut locked = false;
-        self.rmap_walk(page, |r, _| {
-            locked |= r.flags.contains(VmFlags::VM_LOCKED);
-            !locked
-        });
-        if locked {
-            return false;
-        }
-        let pfn = self.page_to_pfn(page).0;
         let swap_pte = swap.map(|e| e.to_pte()).unwrap_or_default();
-        self.rmap_walk(page, |r, a| {
-            if let Some(e) = swap {
-                self.swap_duplicate(e, 1);
-            }
-            let old = self.pte_update(&r.pt, a, |p| {
-                if p.is_present() && p.pfn() == pfn {
-                    swap_pte
-                } else {
-                    p
-                }
+        self.with_rmap_records(page, |recs| {
+            let mut locked = false;
+            self.walk_records(recs, page, |r, _| {
+                locked |= r.flags.contains(VmFlags::VM_LOCKED);
+                !locked
             });
-            let Some(old) = old.filter(|p| p.is_present() && p.pfn() == pfn) else {
+            if locked {
+                return;
+            }
+            self.walk_records(recs, page, |r, c| {
                 if let Some(e) = swap {
-                    self.swap_free(e);
+                    self.swap_duplicate(e, 1);
                 }
-                return true;
-            };
-            self.flush_tlb_range(&r.pt, a, a + crate::PAGE_SIZE);
-            if old.dirty() || old.0 & PteFlags::DIRTY.bits() != 0 {
+                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                // The cursor checked that the entry maps the page, under its lock.
+                let old = c.clear(&mut tlb);
+                if swap.is_some() {
+                    c.install(Pte(0), swap_pte)
+                        .expect("a cleared entry under our lock stays none");
+                }
+                if old.dirty() {
+                    if anon {
+                        page.set(PageFlags::DIRTY);
+                    } else {
+                        self.set_page_dirty(cpu, page);
+                    }
+                }
                 if anon {
-                    page.set(PageFlags::DIRTY);
+                    r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
+                    r.rss[crate::mm::mm_types::MM_SWAPENTS].fetch_add(1, Ordering::Relaxed);
                 } else {
-                    self.set_page_dirty(cpu, page);
+                    r.rss[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
                 }
-            }
-            if anon {
-                r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
-                r.rss[crate::mm::mm_types::MM_SWAPENTS].fetch_add(1, Ordering::Relaxed);
-            } else {
-                r.rss[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
-            }
-            self.page_remove_rmap(cpu, page);
-            self.__free_pages(cpu, page, 0);
-            true
+                self.page_remove_rmap(cpu, page);
+                tlb.remove_page(page);
+                tlb.finish();
+                true
+            });
         });
         page.mapcount() == 0
     }

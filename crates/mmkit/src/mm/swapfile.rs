@@ -390,47 +390,46 @@ impl Kernel {
         use crate::mm::mm_types::{MM_ANONPAGES, MM_SWAPENTS};
         use core::sync::atomic::Ordering;
         // Every VMA with anonymous memory, once (it is chained to each anon_vma of its
-        // chain), with the root anon_vma its swapped-in pages join.
-        let records: Vec<(u32, crate::mm::rmap::RmapRecord)> = {
-            let avs = self.anon_vmas.lock();
-            avs.map
-                .iter()
-                .flat_map(|(&id, a)| a.avcs.iter().filter(move |r| r.anon_vma == Some(id)))
-                .map(|r| (avs.root(r.anon_vma.unwrap_or(0)), r.clone()))
-                .collect()
-        };
-        for (id, r) in records {
-            let mut found: Vec<(u64, SwpEntry)> = Vec::new();
-            self.for_each_pte(&r.pt, r.start, r.end, |va, slot| {
-                if let Some(e) = SwpEntry::from_pte(Pte(slot.load(Ordering::Acquire))) {
-                    if e.ty == ty {
-                        found.push((va, e));
+        // chain), with the root anon_vma its swapped-in pages join. The anon_vmas stay locked
+        // for reading throughout (unuse_vma holds the mmap_lock for reading in Linux), so no
+        // VMA walked here is unmapped and its tables freed meanwhile; swap-in I/O and the
+        // reclaim it may start take the same lock for reading, which a reader may.
+        let avs = self.anon_vmas.read();
+        for (&id, a) in avs.map.iter() {
+            for r in a.avcs.iter().filter(|r| r.anon_vma == Some(id)) {
+                let root = avs.root(id);
+                let mut found: Vec<(u64, SwpEntry)> = Vec::new();
+                {
+                    let mut c = self.pte_cursor(&r.pt, r.start, r.end);
+                    while let Some((va, pte)) = c.next_entry() {
+                        if let Some(e) = SwpEntry::from_pte(pte).filter(|e| e.ty == ty) {
+                            found.push((va, e));
+                        }
                     }
                 }
-            });
-            for (va, e) in found {
-                let (page, _) = self.swapin_readahead(cpu, e)?;
-                let pfn = self.page_to_pfn(page).0;
-                let new = Pte::new(pfn, r.prot);
-                let swapped = self
-                    .pte_update(&r.pt, va, |cur| if cur == e.to_pte() { new } else { cur })
-                    .is_some_and(|old| old == e.to_pte());
-                if !swapped {
-                    self.__free_pages(cpu, page, 0);
-                    continue;
+                for (va, e) in found {
+                    let (page, _) = self.swapin_readahead(cpu, e)?;
+                    // unuse_pte: map it only if the entry is still this swap entry (a fault
+                    // may have swapped it in first: then ours is just a reference to drop).
+                    let mut c = self.pte_cursor(&r.pt, va, va + crate::PAGE_SIZE);
+                    if !c.seek(va) || c.get() != e.to_pte() {
+                        drop(c);
+                        self.__free_pages(cpu, page, 0);
+                        continue;
+                    }
+                    let index = r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT);
+                    self.page_add_anon_rmap(cpu, page, root, index);
+                    r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
+                    r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
+                    self.swap_free(e);
+                    let new = Pte::new(self.page_to_pfn(page), r.prot).mkold();
+                    c.install(e.to_pte(), new)
+                        .expect("a swap entry under our lock does not change");
+                    // The swapin reference is the new mapping's.
                 }
-                self.page_add_anon_rmap(
-                    cpu,
-                    page,
-                    id,
-                    r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT),
-                );
-                r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
-                r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
-                self.swap_free(e);
-                // The swapin reference is the new mapping's.
             }
         }
+        drop(avs);
         // What is left in the swap cache has no PTE referring to it any more.
         loop {
             let next = {

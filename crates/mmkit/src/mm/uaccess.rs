@@ -4,8 +4,8 @@
 //! simulated task's own loads, stores and instruction fetches (a fault it cannot resolve is
 //! the signal the task receives).
 //!
-//! Every access goes page by page through `mmu_translate` on the calling CPU (its TLB, then
-//! a table walk); a fault goes to `do_user_addr_fault` and the access is retried, exactly the
+//! Every access goes page by page through `mmu_access` on the calling CPU (its TLB, then a
+//! table walk; the copy inside the access window a flush waits for); a fault goes to `do_user_addr_fault` and the access is retried, exactly the
 //! loop the hardware and the exception-table fixup make.
 
 use crate::addr::PAGE_SIZE;
@@ -59,9 +59,9 @@ impl Kernel {
             // A fault is handled and the access retried; a handler that keeps succeeding
             // without making the access possible would be a bug, so the retries are bounded.
             let mut tries = 0;
-            let pa = loop {
-                match self.mmu_translate(cpu, &mm.pt, va, access) {
-                    Ok(pa) => break pa,
+            loop {
+                match self.mmu_access(cpu, &mm.pt, va, access, |pa| f(self, pa, done, n)) {
+                    Ok(()) => break,
                     Err(pf) => {
                         tries += 1;
                         assert!(tries < 8, "fault at {va:#x} not resolved by its handler");
@@ -69,8 +69,7 @@ impl Kernel {
                         mm.faults.add(k);
                     }
                 }
-            };
-            f(self, pa, done, n);
+            }
             done += n;
         }
         Ok(())

@@ -7,13 +7,21 @@
 //! VMAs; an insert or remove moves at most one block's keys.
 //!
 //! Invariants: blocks are non-empty and sorted, each block's keys are below the next block's,
-//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, and
-//! `len` counts the keys.
+//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, `len`
+//! counts the keys and `pages` the pages they span (so `map_count` and `total_vm` are kept
+//! here, in one place).
 
 use crate::mm::mm_types::VmArea;
 use alloc::vec::Vec;
 
 const BLOCK: usize = 128;
+
+/// A VMA's identity (Linux's `struct vm_area_struct *`): its slab slot, stable from the moment
+/// it is linked into the tree until it is removed. Splitting or merging makes new VMAs (new
+/// ids); the fields that do not move it in the index (`anon_vma`, flags, protection) change in
+/// place.
+#[derive(Copy, Clone, PartialEq, Eq, Debug, Hash)]
+pub struct VmaId(u32);
 
 /// One index entry: the VMA's bounds and its slab slot.
 #[derive(Copy, Clone)]
@@ -52,6 +60,8 @@ pub struct VmaTree {
     slab: Vec<VmArea>,
     free: Vec<u32>,
     len: usize,
+    /// Pages the VMAs span (`total_vm`).
+    pages: u64,
 }
 
 impl VmaTree {
@@ -63,6 +73,41 @@ impl VmaTree {
     /// No VMAs.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Pages the VMAs span.
+    pub fn total_pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The VMA `id` names (which must be linked).
+    #[inline]
+    pub fn by_id(&self, id: VmaId) -> &VmArea {
+        let v = &self.slab[id.0 as usize];
+        debug_assert!(v.vm_end != 0, "BUG: VmaId of an unlinked VMA");
+        v
+    }
+
+    /// The VMA `id` names, to change in place. The caller must not move it (`vm_start`,
+    /// `vm_end`): the index would not know; `check` catches it.
+    #[inline]
+    pub(crate) fn by_id_mut(&mut self, id: VmaId) -> &mut VmArea {
+        &mut self.slab[id.0 as usize]
+    }
+
+    /// The id of the VMA with `vm_end == end`.
+    pub fn id_of(&self, end: u64) -> Option<VmaId> {
+        let (b, i) = self.lower_bound(end)?;
+        let e = self.blocks[b].ents[i];
+        (e.end == end).then_some(VmaId(e.slot))
+    }
+
+    /// The first VMA with `vm_end >= key`: its bounds and id, from the index alone.
+    #[inline]
+    pub fn first_from_id(&self, key: u64) -> Option<(u64, u64, VmaId)> {
+        let (b, i) = self.lower_bound(key)?;
+        let e = self.blocks[b].ents[i];
+        Some((e.start, e.end, VmaId(e.slot)))
     }
 
     #[inline]
@@ -134,10 +179,11 @@ impl VmaTree {
             .map(|e| self.vma(e.slot))
     }
 
-    /// Insert a VMA (its `vm_end` must not be present).
-    pub fn insert(&mut self, v: VmArea) {
+    /// Insert a VMA (its `vm_end` must not be present); returns its id.
+    pub fn insert(&mut self, v: VmArea) -> VmaId {
         let key = v.vm_end;
         let start = v.vm_start;
+        self.pages += v.pages();
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slab[s as usize] = v;
@@ -159,7 +205,7 @@ impl VmaTree {
                 ents: alloc::vec![ent],
             });
             self.maxes.push(key);
-            return;
+            return VmaId(slot);
         }
         let b = self
             .maxes
@@ -178,6 +224,7 @@ impl VmaTree {
                 .insert(b + 1, right.ents.last().expect("non-empty").end);
             self.blocks.insert(b + 1, right);
         }
+        VmaId(slot)
     }
 
     /// Remove and return the VMA with `vm_end == end`.
@@ -196,10 +243,9 @@ impl VmaTree {
         }
         self.len -= 1;
         self.free.push(slot);
-        Some(core::mem::replace(
-            &mut self.slab[slot as usize],
-            tombstone(),
-        ))
+        let v = core::mem::replace(&mut self.slab[slot as usize], tombstone());
+        self.pages -= v.pages();
+        Some(v)
     }
 
     /// Check the invariants in the module doc.
@@ -232,6 +278,9 @@ impl VmaTree {
         }
         if n != self.len {
             return Err("vma index: len is wrong");
+        }
+        if self.iter().map(|v| v.pages()).sum::<u64>() != self.pages {
+            return Err("vma index: page total is wrong");
         }
         Ok(())
     }

@@ -4,10 +4,12 @@
 //!
 //! Areas are carved from `[VMALLOC_START, VMALLOC_END]` by the augmented free tree of
 //! [`crate::mm::vmap_tree`] (lowest fit), each followed by a guard page, and mapped with
-//! `PAGE_KERNEL` into the kernel page tables (`init_mm`). `vfree` unmaps and frees the pages at
-//! once but keeps the address range out of use until a purge, which flushes the TLB once for
-//! the whole batch — when more than `lazy_max_pages` are pending, as Linux does. Busy areas are
-//! kept in an address-ordered map (`vmap_area_root`).
+//! `PAGE_KERNEL` into the kernel page tables (`init_mm`) through a page-table cursor. `vfree`
+//! unmaps through a gather, which flushes the TLBs before the pages go back — where Linux
+//! frees vmalloc pages before its lazy flush, trusting that nothing touches a freed area, here
+//! flush-before-free holds for kernel mappings as for user ones — and keeps the address range
+//! out of use until a purge, when more than `lazy_max_pages` are pending, as Linux does. Busy
+//! areas are kept in an address-ordered map (`vmap_area_root`).
 //!
 //! Invariants: busy areas and free ranges and pending-purge ranges never overlap and together
 //! cover the vmalloc space; every page of a `vmalloc` area is mapped at its address.
@@ -109,22 +111,61 @@ impl Kernel {
         })
     }
 
-    /// `__purge_vmap_area_lazy`: one kernel TLB flush over every pending range, then their
-    /// addresses become free.
+    /// `__purge_vmap_area_lazy`: every pending range's addresses become free. (Their
+    /// translations were flushed when they were unmapped.)
     pub fn purge_vmap_area_lazy(&self) {
         let pending: Vec<(u64, u64)> = core::mem::take(&mut self.vmap.lock().purge);
         if pending.is_empty() {
             return;
         }
-        let lo = pending.iter().map(|r| r.0).min().unwrap_or(VMALLOC_START);
-        let hi = pending.iter().map(|r| r.1).max().unwrap_or(VMALLOC_START);
-        self.flush_tlb_kernel_range(self.init_mm(), lo, hi);
         let mut v = self.vmap.lock();
         for (s, e) in pending {
             let ok = v.free.free(s, e);
             debug_assert!(ok, "purged range overlapped free space");
         }
         v.lazy_pages = 0;
+    }
+
+    /// `vmap_pages_range`: map `pages` at `start` in the kernel page tables (tables allocated
+    /// as needed). False when a table cannot be allocated (the caller unmaps what was mapped).
+    fn vmap_pages_range(
+        &self,
+        cpu: &CpuGuard<'_>,
+        start: u64,
+        pages: &[&Page],
+        prot: PgProt,
+    ) -> bool {
+        let end = start + ((pages.len() as u64) << PAGE_SHIFT);
+        let Ok(mut c) = self.pte_cursor_alloc(cpu, self.init_mm(), start, end) else {
+            return false;
+        };
+        for (i, p) in pages.iter().enumerate() {
+            let va = start + ((i as u64) << PAGE_SHIFT);
+            let pte = Pte::new(self.page_to_pfn(p), prot);
+            if !c.seek(va) || c.install(Pte(0), pte).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `vunmap_range`: clear the kernel PTEs of `[start, end)` through a gather, which flushes
+    /// every TLB before it drops the pages' references when `free_pages` (a `vmalloc` area,
+    /// which owns them).
+    fn vunmap_range(&self, cpu: &CpuGuard<'_>, start: u64, end: u64, free_pages: bool) {
+        let pt = self.init_mm();
+        let mut tlb = crate::mm::mmu_gather::MmuGather::new(self, cpu, pt);
+        let mut c = self.pte_cursor(pt, start, end);
+        while c.next_entry().is_some() {
+            let old = c.clear(&mut tlb);
+            if free_pages {
+                if let Some(page) = self.pfn_to_page(old.pfn()) {
+                    tlb.remove_page(page);
+                }
+            }
+        }
+        drop(c);
+        tlb.finish();
     }
 
     /// `__vmalloc_node`: `size` bytes of virtually contiguous memory from `nid` (or the local
@@ -167,22 +208,13 @@ impl Kernel {
                 None => break,
             }
         }
-        let mapped = pages.len() == nr
-            && pages.iter().enumerate().all(|(i, p)| {
-                self.set_pte_at(
-                    cpu,
-                    self.init_mm(),
-                    start + ((i as u64) << PAGE_SHIFT),
-                    Pte::new(self.page_to_pfn(p).0, PAGE_KERNEL),
-                )
-                .is_ok()
-            });
+        let mapped = pages.len() == nr && self.vmap_pages_range(cpu, start, &pages, PAGE_KERNEL);
         if !mapped {
-            for (i, p) in pages.iter().enumerate() {
-                self.pte_clear(self.init_mm(), start + ((i as u64) << PAGE_SHIFT));
+            // What was mapped is unmapped (and flushed) before the pages go back.
+            self.vunmap_range(cpu, start, start + bytes, false);
+            for p in &pages {
                 self.__free_pages(cpu, p, 0);
             }
-            self.flush_tlb_kernel_range(self.init_mm(), start, start + bytes);
             self.vmap.lock().free.free(start, start + bytes + PAGE_SIZE);
             if !gfp.contains(Gfp::__GFP_NOWARN) {
                 self.printk(&format!("vmalloc error: size {bytes}, page order 0, failed to allocate pages, mode:{gfp}"));
@@ -235,24 +267,10 @@ impl Kernel {
         }
         let bytes = (pages.len() as u64) << PAGE_SHIFT;
         let start = self.alloc_vmap_area(bytes + PAGE_SIZE, PAGE_SIZE)?;
-        for (i, p) in pages.iter().enumerate() {
-            let va = start + ((i as u64) << PAGE_SHIFT);
-            if self
-                .set_pte_at(
-                    cpu,
-                    self.init_mm(),
-                    va,
-                    Pte::new(self.page_to_pfn(p).0, prot),
-                )
-                .is_err()
-            {
-                for j in 0..i {
-                    self.pte_clear(self.init_mm(), start + ((j as u64) << PAGE_SHIFT));
-                }
-                self.flush_tlb_kernel_range(self.init_mm(), start, start + bytes);
-                self.vmap.lock().free.free(start, start + bytes + PAGE_SIZE);
-                return None;
-            }
+        if !self.vmap_pages_range(cpu, start, pages, prot) {
+            self.vunmap_range(cpu, start, start + bytes, false);
+            self.vmap.lock().free.free(start, start + bytes + PAGE_SIZE);
+            return None;
         }
         let area = VmArea {
             start,
@@ -291,14 +309,9 @@ impl Kernel {
             ));
             return Err(Errno::EINVAL);
         };
-        for (i, _) in area.pages.iter().enumerate() {
-            self.pte_clear(self.init_mm(), area.start + ((i as u64) << PAGE_SHIFT));
-        }
-        if let AreaKind::Alloc { .. } = area.kind {
-            for &pfn in &area.pages {
-                self.__free_pages(cpu, self.mem_map.page(pfn), 0);
-            }
-        }
+        let owned = matches!(area.kind, AreaKind::Alloc { .. });
+        let end = area.start + ((area.pages.len() as u64) << PAGE_SHIFT);
+        self.vunmap_range(cpu, area.start, end, owned);
         let purge_now = {
             let mut v = self.vmap.lock();
             if let AreaKind::Alloc { .. } = area.kind {
@@ -342,7 +355,7 @@ impl Kernel {
         if !pte.is_present() {
             return None;
         }
-        self.pfn_to_page(crate::Pfn(pte.pfn()))
+        self.pfn_to_page(pte.pfn())
     }
 
     /// `kvmalloc_node`: kmalloc first (quietly, without retrying hard, for more than a page),
@@ -427,23 +440,25 @@ impl Kernel {
         let mut done = 0;
         while done < len {
             let a = va.0.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-            let pa = if self.is_vmalloc_addr(VirtAddr(a)) {
+            let off = (a & (PAGE_SIZE - 1)) as usize;
+            let n = (PAGE_SIZE as usize - off).min(len - done);
+            let mut copy = |pa: u64| {
+                let page = self
+                    .pfn_to_page(crate::Pfn(pa >> PAGE_SHIFT))
+                    .ok_or(Errno::EFAULT)?;
+                f(page, off, done..done + n)
+            };
+            if self.is_vmalloc_addr(VirtAddr(a)) {
                 let acc = if write {
                     Access::KERNEL_WRITE
                 } else {
                     Access::KERNEL_READ
                 };
-                self.mmu_translate(cpu, self.init_mm(), a, acc)
-                    .map_err(|_| Errno::EFAULT)?
+                self.mmu_access(cpu, self.init_mm(), a, acc, copy)
+                    .map_err(|_| Errno::EFAULT)??;
             } else {
-                a.checked_sub(PAGE_OFFSET).ok_or(Errno::EFAULT)?
-            };
-            let page = self
-                .pfn_to_page(crate::Pfn(pa >> PAGE_SHIFT))
-                .ok_or(Errno::EFAULT)?;
-            let off = (pa & (PAGE_SIZE - 1)) as usize;
-            let n = (PAGE_SIZE as usize - off).min(len - done);
-            f(page, off, done..done + n)?;
+                copy(a.checked_sub(PAGE_OFFSET).ok_or(Errno::EFAULT)?)?;
+            }
             done += n;
         }
         Ok(())
@@ -535,7 +550,7 @@ impl Kernel {
             for (i, &pfn) in a.pages.iter().enumerate() {
                 let va = a.start + ((i as u64) << PAGE_SHIFT);
                 match self.pte_lookup(self.init_mm(), va) {
-                    Some(p) if p.pfn() == pfn => {}
+                    Some(p) if p.pfn().0 == pfn => {}
                     other => {
                         return Err(format!(
                             "vmalloc {va:#x}: expected pfn {pfn:#x}, page table has {other:?}"

@@ -10,6 +10,7 @@
 
 use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
+use crate::mm::mm_types::VmFlags;
 use crate::mm::mmzone::Wmark;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::rmap::page_anon;
@@ -205,12 +206,17 @@ impl Kernel {
         let mut deactivated = 0;
         for &pfn in &pages {
             let page = self.mem_map.page(pfn);
-            let (refs, locked) = self.page_referenced(page);
-            if locked {
+            let (refs, vm_flags) = self.page_referenced(cpu, page);
+            if vm_flags.contains(VmFlags::VM_LOCKED) {
                 page.set(PageFlags::UNEVICTABLE);
                 continue;
             }
-            let _ = refs; // only VM_EXEC file pages would stay: we keep that policy below
+            // Referenced executable file pages get another trip around the active list:
+            // code is easy to evict and expensive to fault back, and a burst of streaming
+            // I/O should not push it out.
+            if refs > 0 && vm_flags.contains(VmFlags::VM_EXEC) && page_is_file_lru(page) {
+                continue;
+            }
             page.clear(PageFlags::ACTIVE);
             deactivated += 1;
         }
@@ -219,9 +225,9 @@ impl Kernel {
     }
 
     /// `folio_check_references`.
-    fn page_check_references(&self, page: &Page) -> Verdict {
-        let (refs, locked) = self.page_referenced(page);
-        if locked {
+    fn page_check_references(&self, cpu: &CpuGuard<'_>, page: &Page) -> Verdict {
+        let (refs, vm_flags) = self.page_referenced(cpu, page);
+        if vm_flags.contains(VmFlags::VM_LOCKED) {
             page.set(PageFlags::UNEVICTABLE);
             return Verdict::Keep;
         }
@@ -229,6 +235,10 @@ impl Kernel {
         page.clear(PageFlags::REFERENCED);
         if refs > 0 {
             if referenced_page || refs > 1 {
+                return Verdict::Activate;
+            }
+            // Activate file-backed executable pages after the first use.
+            if vm_flags.contains(VmFlags::VM_EXEC) && page_is_file_lru(page) {
                 return Verdict::Activate;
             }
             // Referenced once through a PTE: give it another trip around the inactive list.
@@ -284,7 +294,7 @@ impl Kernel {
     /// reclaim it.
     fn shrink_locked_page(&self, cpu: &CpuGuard<'_>, page: &Page, sc: &ScanControl) -> Shrunk {
         let verdict = if page.mapcount() > 0 {
-            self.page_check_references(page)
+            self.page_check_references(cpu, page)
         } else {
             // Unmapped: only PG_referenced speaks for it.
             let r = page.test(PageFlags::REFERENCED);

@@ -7,7 +7,7 @@
 use crate::arch::x86_64::tlb::Access;
 use crate::arch::x86_64::tlb::{PageFault, X86_PF_INSTR, X86_PF_PROT, X86_PF_WRITE};
 use crate::cpu::CpuGuard;
-use crate::mm::memory::{FaultKind, VmFault};
+use crate::mm::memory::{FaultKind, VmFaultError};
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, STACK_GUARD_GAP, TASK_SIZE};
 use crate::Kernel;
 
@@ -108,8 +108,6 @@ impl Kernel {
                 ..v
             },
         );
-        mm.total_vm += grow;
-        mm.vmacache.set(None);
         true
     }
 
@@ -127,20 +125,21 @@ impl Kernel {
             // A user-space access to a kernel address (`do_kern_addr_fault` → bad_area).
             return Err(Signal::segv(addr, SEGV_MAPERR));
         }
-        let Some(vma) = mm.find_vma(addr).cloned() else {
+        let Some(mut id) = mm.find_vma_id(addr) else {
             return Err(Signal::segv(addr, SEGV_MAPERR));
         };
-        let mut vma = if vma.vm_start > addr {
-            if !vma.vm_flags.contains(VmFlags::VM_GROWSDOWN)
-                || !self.expand_stack(mm, vma.vm_end, addr)
+        if mm.vma(id).vm_start > addr {
+            let v = mm.vma(id);
+            if !v.vm_flags.contains(VmFlags::VM_GROWSDOWN) || !self.expand_stack(mm, v.vm_end, addr)
             {
                 return Err(Signal::segv(addr, SEGV_MAPERR));
             }
-            mm.vma_lookup(addr).cloned().expect("just expanded")
-        } else {
-            vma
-        };
-        if access_error(pf.error_code, &vma) {
+            match mm.find_vma_id(addr) {
+                Some(grown) => id = grown,
+                None => return Err(Signal::segv(addr, SEGV_MAPERR)),
+            }
+        }
+        if access_error(pf.error_code, mm.vma(id)) {
             return Err(Signal::segv(addr, SEGV_ACCERR));
         }
         let access = Access {
@@ -148,15 +147,15 @@ impl Kernel {
             user: pf.error_code & crate::arch::x86_64::tlb::X86_PF_USER != 0,
             exec: pf.error_code & X86_PF_INSTR != 0,
         };
-        match self.handle_mm_fault(cpu, mm, &mut vma, addr, access) {
+        match self.handle_mm_fault(cpu, mm, id, addr, access) {
             Ok(k) => Ok(k),
-            Err(VmFault::Sigbus) => Err(Signal {
+            Err(VmFaultError::Sigbus) => Err(Signal {
                 signo: SIGBUS,
                 code: BUS_ADRERR,
                 addr,
             }),
-            Err(VmFault::Sigsegv) => Err(Signal::segv(addr, SEGV_ACCERR)),
-            Err(VmFault::Oom) => Err(Signal {
+            Err(VmFaultError::Sigsegv) => Err(Signal::segv(addr, SEGV_ACCERR)),
+            Err(VmFaultError::Oom) => Err(Signal {
                 signo: SIGKILL,
                 code: 0,
                 addr,

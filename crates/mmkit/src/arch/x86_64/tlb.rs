@@ -8,16 +8,23 @@
 //! without interrupting any. Until a flush, a CPU keeps using what it cached, so a missing
 //! flush is a real, observable bug (stale translations), as on hardware.
 //!
-//! A miss walks the four levels with atomic loads, checks present/write/user/NX at every
-//! level, sets Accessed on every entry it uses and Dirty on the PTE for a write (as the
-//! hardware walker does), and raises [`PageFault`] with the hardware error code.
+//! An access ([`Kernel::mmu_access`]: translate, then load or store) is atomic with respect to
+//! a flush, as on hardware, where a store completes with the TLB entry it used and a TLB
+//! shootdown waits for every CPU's acknowledgement: while a CPU is inside an access in an
+//! address space, a flush of that address space waits for it to finish (the analogue of the
+//! IPI `flush_tlb_mm_range` sends and waits for). So once a flush returns, no access that
+//! could have used the old translation is still in flight, and every later one re-walks.
+//!
+//! A miss walks the four levels (the page-table module's hardware walker: atomic loads,
+//! present/write/user/NX checked across levels, Accessed set on every entry used and Dirty on
+//! the PTE for a write) and raises [`PageFault`] with the hardware error code.
 
-use crate::arch::x86_64::pgtable::{table_index, PgTable, Pte, PteFlags, PTE_PFN_MASK};
+use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags, PTE_PFN_MASK};
 use crate::cpu::CpuGuard;
 use crate::sync::{CachePadded, PerCpu};
 use crate::Kernel;
 use core::cell::UnsafeCell;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// TLB entries per CPU (direct mapped by virtual page number).
 pub const TLB_ENTRIES: usize = 64;
@@ -151,8 +158,12 @@ impl Tlb {
     }
 }
 
-/// The per-CPU TLBs, each touched only by the holder of that CPU's handle.
-pub struct Tlbs(PerCpu<CachePadded<UnsafeCell<Tlb>>>);
+/// The per-CPU TLBs, each touched only by the holder of that CPU's handle, and what address
+/// space each CPU is inside an access of (`0`: none), which flushes read.
+pub struct Tlbs(
+    PerCpu<CachePadded<UnsafeCell<Tlb>>>,
+    PerCpu<CachePadded<AtomicU64>>,
+);
 
 // SAFETY: slot `c` is only accessed through a `CpuGuard` of CPU `c` of the owning kernel
 // (checked in `Kernel::tlb`), which is exclusive and not `Send`.
@@ -162,9 +173,10 @@ unsafe impl Send for Tlbs {}
 
 impl Tlbs {
     pub(crate) fn new(nr_cpus: usize) -> Self {
-        Tlbs(PerCpu::new(nr_cpus, |_| {
-            CachePadded(UnsafeCell::new(Tlb::new()))
-        }))
+        Tlbs(
+            PerCpu::new(nr_cpus, |_| CachePadded(UnsafeCell::new(Tlb::new()))),
+            PerCpu::new(nr_cpus, |_| CachePadded(AtomicU64::new(0))),
+        )
     }
 }
 
@@ -216,41 +228,10 @@ impl Kernel {
             address: va,
             error_code: access.error_code(present),
         };
-        if !crate::arch::x86_64::pgtable::is_canonical(va) {
-            return Err(fault(false));
-        }
-        let mut table = pt.pgd;
-        let mut eff = u64::MAX; // intersection of RW/USER, union of NX, across levels
-        let mut nx = 0;
-        let mut slots = [None; 4];
-        for (level, slot_out) in slots.iter_mut().enumerate() {
-            let slot = self.table_entry(table, table_index(va, level));
-            let v = slot.load(Ordering::Acquire);
-            if v & PteFlags::PRESENT.bits() == 0 {
-                return Err(fault(false));
-            }
-            eff &= v | !(PteFlags::RW | PteFlags::USER).bits();
-            nx |= v & PteFlags::NX.bits();
-            *slot_out = Some((slot, v));
-            table = (v & PTE_PFN_MASK) >> 12;
-        }
-        let leaf = (eff & !PteFlags::NX.bits()) | nx;
-        if !permitted(leaf, access) {
-            return Err(fault(true));
-        }
-        // Set Accessed on every level, Dirty on the PTE for writes — with a locked update
-        // only where the bit is not set yet, as the hardware walker does.
-        for &(s, v) in slots.iter().flatten() {
-            if v & PteFlags::ACCESSED.bits() == 0 {
-                s.fetch_or(PteFlags::ACCESSED.bits(), Ordering::AcqRel);
-            }
-        }
-        let (pte_slot, mut pte) = slots[3].expect("four levels walked");
-        pte |= PteFlags::ACCESSED.bits();
-        if access.write && pte & PteFlags::DIRTY.bits() == 0 {
-            pte = pte_slot.fetch_or(PteFlags::DIRTY.bits(), Ordering::AcqRel)
-                | PteFlags::DIRTY.bits();
-        }
+        let walk = self
+            .hw_walk(pt, va, access.write, |perms| permitted(perms, access))
+            .map_err(fault)?;
+        let (pte, leaf) = (walk.pte, walk.perms);
         let kept = (PteFlags::PRESENT | PteFlags::ACCESSED | PteFlags::DIRTY).bits();
         let cached = (pte & (PTE_PFN_MASK | kept))
             | (leaf & (PteFlags::RW | PteFlags::USER | PteFlags::NX).bits());
@@ -262,10 +243,37 @@ impl Kernel {
         Ok((pte & PTE_PFN_MASK) | (va & 0xfff))
     }
 
+    /// An access by this CPU to `va` in `pt`: translate (through the TLB, walking on a miss)
+    /// and call `f` with the physical address, all inside the access window a flush of `pt`
+    /// waits for (see the module doc). A fault comes back before `f` runs.
+    pub fn mmu_access<R>(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        va: u64,
+        access: Access,
+        f: impl FnOnce(u64) -> R,
+    ) -> Result<R, PageFault> {
+        let window = &self.tlbs.1.get(cpu.id()).0;
+        // Publish the window before reading the generation (the flusher bumps it before it
+        // reads the windows): either this access sees the new generation, or the flush sees
+        // the window and waits.
+        window.store(pt.ctx_id, Ordering::SeqCst);
+        let r = self.mmu_translate(cpu, pt, va, access).map(f);
+        window.store(0, Ordering::Release);
+        r
+    }
+
     /// `flush_tlb_mm_range` for the whole address space (`flush_tlb_mm`): every CPU drops its
-    /// entries for `pt` before its next translation in it.
+    /// entries for `pt` before its next translation in it, and an access in flight on another
+    /// CPU finishes before this returns.
     pub fn flush_tlb_mm(&self, pt: &PgTable) {
-        pt.tlb_gen.fetch_add(1, Ordering::AcqRel);
+        pt.tlb_gen.fetch_add(1, Ordering::SeqCst);
+        for w in self.tlbs.1.iter() {
+            while w.0.load(Ordering::SeqCst) == pt.ctx_id {
+                core::hint::spin_loop();
+            }
+        }
     }
 
     /// `flush_tlb_range`. Like Linux above `tlb_single_page_flush_ceiling`, this flushes the

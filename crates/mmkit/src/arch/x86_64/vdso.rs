@@ -60,7 +60,7 @@ impl Kernel {
         let mut at = addr;
         for (pages, flags, name, pfn) in parts {
             let len = pages * PAGE_SIZE;
-            self.install_special_mapping(mm, at, len, flags, name, pfn);
+            self.install_special_mapping(mm, at, len, flags, name, crate::Pfn(pfn));
             at += len;
         }
         Ok(addr + ((VVAR_PAGES + VVAR_VCLOCK_PAGES) << PAGE_SHIFT))

@@ -40,8 +40,8 @@ pub fn proc_pid_status(k: &Kernel, t: &Task) -> String {
             .saturating_sub(mm.start_code & !(crate::PAGE_SIZE - 1)))
         .min(exec_vm * crate::PAGE_SIZE);
         let lib_bytes = exec_vm * crate::PAGE_SIZE - text_bytes;
-        kb(&mut s, "VmPeak:", mm.hiwater_vm.max(mm.total_vm));
-        kb(&mut s, "VmSize:", mm.total_vm);
+        kb(&mut s, "VmPeak:", mm.hiwater_vm.max(mm.total_vm()));
+        kb(&mut s, "VmSize:", mm.total_vm());
         kb(&mut s, "VmLck:", mm.locked_vm);
         kb(&mut s, "VmPin:", 0);
         kb(&mut s, "VmHWM:", mm.hiwater_rss.max(rss));

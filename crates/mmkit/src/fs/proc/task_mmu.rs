@@ -4,14 +4,12 @@
 //! last; and `/proc/PID/pagemap` (`pagemap_read`, `pte_to_pagemap_entry`).
 
 use crate::addr::PAGE_SHIFT;
-use crate::arch::x86_64::pgtable::Pte;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags};
 use crate::mm::page::PageFlags;
 use crate::mm::rmap::page_anon;
 use crate::Kernel;
 use alloc::string::String;
 use core::fmt::Write;
-use core::sync::atomic::Ordering;
 
 /// The `[vsyscall]` page (`VSYSCALL_ADDR`), shown execute-only (`vsyscall=xonly`).
 pub const VSYSCALL_ADDR: u64 = 0xffff_ffff_ff60_0000;
@@ -194,13 +192,15 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
         vma_header(&mut s, mm, v);
         let mut mss = MemSizeStats::default();
         let locked = v.vm_flags.contains(VmFlags::VM_LOCKED);
-        k.for_each_pte(&mm.pt, v.vm_start, v.vm_end, |_, slot| {
-            let pte = Pte(slot.load(Ordering::Acquire));
+        // smaps_pte_range: under each PTE table's lock, so the counts of a mapped page hold
+        // still while they are read.
+        let mut c = k.pte_cursor(&mm.pt, v.vm_start, v.vm_end);
+        while let Some((_, pte)) = c.next_entry() {
             if !pte.is_present() {
-                return;
+                continue;
             }
             let Some(page) = k.vm_normal_page(pte) else {
-                return;
+                continue;
             };
             let size = crate::PAGE_SIZE;
             mss.resident += size;
@@ -213,7 +213,7 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
             let dirty = pte.dirty() || page.test(PageFlags::DIRTY);
             if page.refcount() == 1 {
                 mss.accumulate(size, size << PSS_SHIFT, dirty, locked, true);
-                return;
+                continue;
             }
             let mapcount = page.mapcount().max(1) as u64;
             let mut pss = size << PSS_SHIFT;
@@ -221,7 +221,7 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
                 pss /= mapcount;
             }
             mss.accumulate(size, pss, dirty, locked, mapcount < 2);
-        });
+        }
         write_smap(&mut s, v.vm_end - v.vm_start, &mss, v.vm_flags);
     }
     gate_header(&mut s);
@@ -310,7 +310,7 @@ fn pagemap_entry(k: &Kernel, mm: &MmStruct, va: u64) -> u64 {
         };
     }
     // The tasks run as root (CAP_SYS_ADMIN), so the pfn is shown.
-    let mut entry = PM_PRESENT | soft_dirty | (pte.pfn() & PM_PFRAME_MASK);
+    let mut entry = PM_PRESENT | soft_dirty | (pte.pfn().0 & PM_PFRAME_MASK);
     if let Some(page) = k.vm_normal_page(pte) {
         if !page_anon(page) {
             entry |= PM_FILE;
