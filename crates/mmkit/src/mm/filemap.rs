@@ -174,15 +174,22 @@ impl Kernel {
     /// dirties the page), then `PG_dirty` is cleared, and only then are the bytes read — so a
     /// write that lands after the read faults (or sets a PTE's Dirty bit) and leaves the page
     /// dirty for the next writeback instead of being lost.
+    /// The caller holds the page lock (`PG_locked`), which keeps two writebacks of one page
+    /// from crossing. A page found clean everywhere is not written.
     fn writeback_page(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) -> Result<(), Errno> {
+        debug_assert!(
+            page.test(PageFlags::LOCKED),
+            "writeback of an unlocked page"
+        );
         if self.page_mkclean(cpu, page) {
             self.set_page_dirty(cpu, page);
         }
-        if page.test(PageFlags::DIRTY) {
-            page.clear(PageFlags::DIRTY);
-            self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
-            self.mod_node_page_state(cpu, page, NR_WRITTEN, 1);
+        if !page.test(PageFlags::DIRTY) {
+            return Ok(());
         }
+        page.clear(PageFlags::DIRTY);
+        self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
+        self.mod_node_page_state(cpu, page, NR_WRITTEN, 1);
         let index = page.index();
         let size = inode.size();
         let off = index << PAGE_SHIFT;
@@ -231,21 +238,35 @@ impl Kernel {
     /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
     /// back to its store. The first error is returned after trying every page.
     pub fn write_inode_now(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> Result<(), Errno> {
-        // Dirty PTEs of mapped pages count too (what msync finds through the page tables).
-        let pfns: Vec<u64> = inode.i_pages.lock().values().collect();
-        let dirty: Vec<u64> = pfns
-            .into_iter()
-            .filter(|&pfn| {
+        // The cached pages, each with a reference so that none is freed under us.
+        let pages: Vec<&Page> = inode
+            .i_pages
+            .lock()
+            .values()
+            .map(|pfn| {
                 let p = self.mem_map.page(pfn);
-                p.test(PageFlags::DIRTY) || (p.mapcount() > 0 && self.page_mkclean(cpu, p))
+                p.get();
+                p
             })
             .collect();
         let mut res = Ok(());
-        for pfn in dirty {
-            let page = self.mem_map.page(pfn);
-            if let Err(e) = self.writeback_page(cpu, inode, page) {
-                res = res.and(Err(e));
+        for page in pages {
+            // write_cache_pages' folio_lock: one writeback of a page at a time — a second
+            // one racing it could write older bytes after newer ones. A page that left the
+            // file meanwhile (reclaim, truncation) is skipped.
+            page.lock();
+            if page.mapping() == inode.id
+                && (page.test(PageFlags::DIRTY)
+                    // Dirty PTEs of mapped pages count too (what msync finds through the
+                    // page tables); writeback_page moves them to the page.
+                    || page.mapcount() > 0)
+            {
+                if let Err(e) = self.writeback_page(cpu, inode, page) {
+                    res = res.and(Err(e));
+                }
             }
+            page.unlock();
+            self.__free_pages(cpu, page, 0);
         }
         res
     }

@@ -192,8 +192,18 @@ impl Kernel {
         };
         let (page, major) = match self.swapin_readahead(cpu, entry) {
             Ok(x) => x,
-            Err(Errno::ENOMEM) => return Err(VmFaultError::Oom),
-            Err(_) => return Err(VmFaultError::Sigbus),
+            Err(e) => {
+                // Back out if somebody else mapped this entry meanwhile (swapoff took the
+                // slot, or another fault): the access retries against what is there now.
+                vmf.pte.lock();
+                let changed = vmf.pte.get() != vmf.orig_pte;
+                vmf.pte.unlock();
+                return match e {
+                    _ if changed => Ok(FaultKind::Minor),
+                    Errno::ENOMEM => Err(VmFaultError::Oom),
+                    _ => Err(VmFaultError::Sigbus),
+                };
+            }
         };
         if major {
             cpu.state().vmstat.count(PGMAJFAULT, 1);
@@ -317,20 +327,31 @@ impl Kernel {
             return Err(VmFaultError::Sigbus);
         }
         let rand = vma.vm_flags.contains(VmFlags::VM_RAND_READ);
-        if let Some(p) = self.find_get_page(inode, index) {
-            self.do_async_mmap_readahead(cpu, file, p, index, rand);
-            return Ok((p, FaultKind::Minor));
+        let mut major = false;
+        loop {
+            if let Some(p) = self.find_get_page(inode, index) {
+                if major {
+                    return Ok((p, FaultKind::Major));
+                }
+                self.do_async_mmap_readahead(cpu, file, p, index, rand);
+                return Ok((p, FaultKind::Minor));
+            }
+            let read = if !major {
+                major = true;
+                cpu.state().vmstat.count(PGMAJFAULT, 1);
+                self.do_sync_mmap_readahead(cpu, file, index, rand)
+            } else {
+                // page_cache_read + retry_find: reclaim took the page back before we held a
+                // reference to it; read it alone again.
+                self.page_cache_ra_unbounded(cpu, inode, index, 1, 0)
+                    .map(|_| ())
+            };
+            match read {
+                Ok(()) => {}
+                Err(Errno::ENOMEM) => return Err(VmFaultError::Oom),
+                Err(_) => return Err(VmFaultError::Sigbus),
+            }
         }
-        cpu.state().vmstat.count(PGMAJFAULT, 1);
-        match self.do_sync_mmap_readahead(cpu, file, index, rand) {
-            Ok(()) => {}
-            Err(Errno::ENOMEM) => return Err(VmFaultError::Oom),
-            Err(_) => return Err(VmFaultError::Sigbus),
-        }
-        let p = self
-            .find_get_page(inode, index)
-            .ok_or(VmFaultError::Sigbus)?;
-        Ok((p, FaultKind::Major))
     }
 
     /// `finish_fault` for a page-cache page: map `page` (whose reference the caller holds)

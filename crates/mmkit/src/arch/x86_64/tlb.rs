@@ -23,7 +23,7 @@ use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags, PTE_PFN_MASK};
 use crate::cpu::CpuGuard;
 use crate::sync::{CachePadded, PerCpu};
 use crate::Kernel;
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// TLB entries per CPU (direct mapped by virtual page number).
@@ -158,15 +158,21 @@ impl Tlb {
     }
 }
 
+/// One CPU's TLB and the flag that makes a second, nested borrow of it a panic instead of
+/// two `&mut` to the same TLB.
+struct TlbSlot {
+    busy: Cell<bool>,
+    tlb: UnsafeCell<Tlb>,
+}
+
 /// The per-CPU TLBs, each touched only by the holder of that CPU's handle, and what address
 /// space each CPU is inside an access of (`0`: none), which flushes read.
-pub struct Tlbs(
-    PerCpu<CachePadded<UnsafeCell<Tlb>>>,
-    PerCpu<CachePadded<AtomicU64>>,
-);
+pub struct Tlbs(PerCpu<CachePadded<TlbSlot>>, PerCpu<CachePadded<AtomicU64>>);
 
-// SAFETY: slot `c` is only accessed through a `CpuGuard` of CPU `c` of the owning kernel
-// (checked in `Kernel::tlb`), which is exclusive and not `Send`.
+// SAFETY: slot `c` (its `busy` flag and its TLB) is only accessed through a `CpuGuard` of CPU
+// `c` of the owning kernel (checked in `Kernel::with_tlb`), which is exclusive across threads
+// and not `Send`; so only one thread ever touches a slot at a time, and `busy` makes the
+// borrow within that thread exclusive. The access windows are atomics.
 unsafe impl Sync for Tlbs {}
 // SAFETY: the TLBs hold plain data.
 unsafe impl Send for Tlbs {}
@@ -174,29 +180,82 @@ unsafe impl Send for Tlbs {}
 impl Tlbs {
     pub(crate) fn new(nr_cpus: usize) -> Self {
         Tlbs(
-            PerCpu::new(nr_cpus, |_| CachePadded(UnsafeCell::new(Tlb::new()))),
+            PerCpu::new(nr_cpus, |_| {
+                CachePadded(TlbSlot {
+                    busy: Cell::new(false),
+                    tlb: UnsafeCell::new(Tlb::new()),
+                })
+            }),
             PerCpu::new(nr_cpus, |_| CachePadded(AtomicU64::new(0))),
         )
     }
 }
 
 impl Kernel {
+    /// Run `f` on this CPU's TLB. Exclusive: the CPU handle keeps other threads out, and a
+    /// nested call (which would alias the `&mut`) panics.
     #[inline]
-    #[allow(clippy::mut_from_ref)] // exclusive through the CPU handle; see the SAFETY note
-    fn tlb(&self, cpu: &CpuGuard<'_>) -> &mut Tlb {
+    fn with_tlb<R>(&self, cpu: &CpuGuard<'_>, f: impl FnOnce(&mut Tlb) -> R) -> R {
         assert!(
             core::ptr::eq(cpu.kernel, self),
             "BUG: a CPU handle of another machine was used"
         );
-        // SAFETY: `cpu` is this machine's exclusive, non-`Send` handle on CPU `cpu.id()`; only
-        // its holder reaches this slot, and no caller keeps the reference across another call.
-        unsafe { &mut *self.tlbs.0.get(cpu.id()).0.get() }
+        let slot = &self.tlbs.0.get(cpu.id()).0;
+        assert!(!slot.busy.replace(true), "BUG: nested use of a CPU's TLB");
+        // SAFETY: `cpu` is this machine's exclusive handle on CPU `cpu.id()`, so no other
+        // thread reaches this slot, and `busy` was false: no other borrow of this TLB exists
+        // on this thread. The borrow ends before `busy` is cleared.
+        let r = f(unsafe { &mut *slot.tlb.get() });
+        slot.busy.set(false);
+        r
     }
 
     /// This CPU's TLB hit and miss counts.
     pub fn tlb_stats(&self, cpu: &CpuGuard<'_>) -> (u64, u64) {
-        let t = self.tlb(cpu);
-        (t.hits, t.misses)
+        self.with_tlb(cpu, |t| (t.hits, t.misses))
+    }
+
+    /// The TLBs' invariant, for the address spaces in `spaces`: a translation a CPU can
+    /// still use (it was cached at its address space's current flush generation) agrees with
+    /// the page tables — the entry is present and maps the same frame — and that frame is
+    /// in use. A live entry pointing elsewhere is a missing flush; one pointing to a free
+    /// page is a use-after-free through a stale translation. Entries of other address spaces
+    /// are not judged. Takes each CPU in turn (call without holding one), at a quiet point
+    /// (no gather half done).
+    pub fn check_tlb_invariants(&self, spaces: &[&PgTable]) -> Result<(), alloc::string::String> {
+        for c in 0..self.nr_cpus() {
+            let cpu = self.get_cpu_id(c).map_err(|_| "no such CPU")?;
+            self.with_tlb(&cpu, |t| {
+                for e in t.entries.iter().filter(|e| e.ctx != 0) {
+                    let Some(pt) = spaces.iter().find(|p| p.ctx_id == e.ctx) else {
+                        continue;
+                    };
+                    let gen = pt.tlb_gen.load(Ordering::Acquire);
+                    if !t.gens.iter().any(|&(ctx, g)| ctx == e.ctx && g == gen) {
+                        continue; // dropped at its next use
+                    }
+                    let va = e.vpn << 12;
+                    let pfn = crate::Pfn((e.pte & PTE_PFN_MASK) >> 12);
+                    if self.pfn_to_page(pfn).is_some_and(|p| p.refcount() <= 0) {
+                        return Err(alloc::format!(
+                            "CPU {c}: a live TLB entry translates {va:#x} (context {}) to {pfn:?}, \
+                             a free page: a use-after-free through a stale translation",
+                            e.ctx
+                        ));
+                    }
+                    let now = self.pte_lookup(pt, va).filter(|p| p.hw_present());
+                    if now.is_none_or(|p| p.pfn() != pfn) {
+                        return Err(alloc::format!(
+                            "CPU {c}: a live TLB entry translates {va:#x} (context {}) to {pfn:?}, \
+                             but the page table has {now:?}: a missing TLB flush",
+                            e.ctx
+                        ));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// The MMU: translate `va` in `pt` for `access` on this CPU, through its TLB; a miss walks
@@ -208,7 +267,18 @@ impl Kernel {
         va: u64,
         access: Access,
     ) -> Result<u64, PageFault> {
-        let tlb = self.tlb(cpu);
+        self.with_tlb(cpu, |tlb| self.translate_in(tlb, pt, va, access))
+    }
+
+    /// [`Kernel::mmu_translate`] on a borrowed TLB.
+    #[inline]
+    fn translate_in(
+        &self,
+        tlb: &mut Tlb,
+        pt: &PgTable,
+        va: u64,
+        access: Access,
+    ) -> Result<u64, PageFault> {
         tlb.sync(pt);
         let vpn = va >> 12;
         let e = &mut tlb.entries[vpn as usize % TLB_ENTRIES];

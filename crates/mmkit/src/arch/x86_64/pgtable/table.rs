@@ -388,10 +388,12 @@ impl Kernel {
     }
 
     /// The hardware page walker: the four levels for `va`, with atomic loads, setting
-    /// Accessed on every entry it uses and Dirty on the PTE for a write, each with a locked
-    /// update only where the bit is not set yet (as the walker does). `Err(present)` when a
-    /// level is not present (`false`) or `permitted` refuses the effective permissions
-    /// (`true`).
+    /// Accessed on every entry it uses and Dirty on the PTE for a write. As the hardware
+    /// does, each bit is set with a locked compare-exchange against the value the walk read,
+    /// only where the bit is not set yet — an entry that changed meanwhile (cleared, made
+    /// read-only) makes the walk start over instead of getting a bit OR-ed into a value that
+    /// is no longer a live entry. `Err(present)` when a level is not present (`false`) or
+    /// `permitted` refuses the effective permissions (`true`).
     pub(crate) fn hw_walk(
         &self,
         pt: &PgTable,
@@ -402,40 +404,45 @@ impl Kernel {
         if !is_canonical(va) {
             return Err(false);
         }
-        let mut table = pt.pgd;
-        let mut eff = u64::MAX; // intersection of RW/USER, union of NX, across levels
-        let mut nx = 0;
-        let mut slots: [Option<(&AtomicU64, u64)>; 4] = [None; 4];
-        for (level, slot_out) in slots.iter_mut().enumerate() {
-            // SAFETY: `table` is the live PGD (the CPU runs this address space) or was read
-            // from a present entry above it; a table is freed only after a flush that makes
-            // every CPU drop this walk's results before its next access.
-            let slot = unsafe { self.entry(table, table_index(va, level)) };
-            let v = slot.load(Ordering::Acquire);
-            if v & P == 0 {
-                return Err(false);
+        'walk: loop {
+            let mut table = pt.pgd;
+            let mut eff = u64::MAX; // intersection of RW/USER, union of NX, across levels
+            let mut nx = 0;
+            let mut slots: [Option<(&AtomicU64, u64)>; 4] = [None; 4];
+            for (level, slot_out) in slots.iter_mut().enumerate() {
+                // SAFETY: `table` is the live PGD (the CPU runs this address space) or was
+                // read from a present entry above it; a table is freed only after a flush
+                // that makes every CPU drop this walk's results before its next access.
+                let slot = unsafe { self.entry(table, table_index(va, level)) };
+                let v = slot.load(Ordering::Acquire);
+                if v & P == 0 {
+                    return Err(false);
+                }
+                eff &= v | !(PteFlags::RW | PteFlags::USER).bits();
+                nx |= v & PteFlags::NX.bits();
+                *slot_out = Some((slot, v));
+                table = Pfn((v & PTE_PFN_MASK) >> PAGE_SHIFT);
             }
-            eff &= v | !(PteFlags::RW | PteFlags::USER).bits();
-            nx |= v & PteFlags::NX.bits();
-            *slot_out = Some((slot, v));
-            table = Pfn((v & PTE_PFN_MASK) >> PAGE_SHIFT);
-        }
-        let perms = (eff & !PteFlags::NX.bits()) | nx;
-        if !permitted(perms) {
-            return Err(true);
-        }
-        for &(s, v) in slots.iter().flatten() {
-            if v & PteFlags::ACCESSED.bits() == 0 {
-                s.fetch_or(PteFlags::ACCESSED.bits(), Ordering::AcqRel);
+            let perms = (eff & !PteFlags::NX.bits()) | nx;
+            if !permitted(perms) {
+                return Err(true);
             }
+            let mut pte = 0;
+            for (level, &(s, v)) in slots.iter().flatten().enumerate() {
+                let mut want = v | PteFlags::ACCESSED.bits();
+                if level == 3 && write {
+                    want |= PteFlags::DIRTY.bits();
+                }
+                if want != v
+                    && s.compare_exchange(v, want, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                {
+                    continue 'walk;
+                }
+                pte = want;
+            }
+            return Ok(HwTranslation { pte, perms });
         }
-        let (pte_slot, mut pte) = slots[3].expect("four levels walked");
-        pte |= PteFlags::ACCESSED.bits();
-        if write && pte & PteFlags::DIRTY.bits() == 0 {
-            pte = pte_slot.fetch_or(PteFlags::DIRTY.bits(), Ordering::AcqRel)
-                | PteFlags::DIRTY.bits();
-        }
-        Ok(HwTranslation { pte, perms })
     }
 
     /// The entry mapping `va` as it is now, for a reader that needs no lock (an MMU-like
