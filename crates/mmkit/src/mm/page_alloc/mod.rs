@@ -5,10 +5,17 @@
 //! `__free_pages_ok` (buddy). Bad frees are caught by `free_page_is_bad` and reported as
 //! `bad_page` does, without touching allocator state; failures print `warn_alloc`'s report.
 //!
-//! Not here yet (they come with reclaim): waking kswapd, direct reclaim and compaction,
-//! watermark boosting, `ALLOC_NOFRAGMENT`. A blocking allocation that fails after draining
-//! the per-CPU lists and the HighAtomic reserve fails (or, with `__GFP_NOFAIL`, waits for
-//! another CPU to free memory).
+//! The slow path follows Linux's order: wake kswapd (`wake_all_kswapds`), retry at the min
+//! watermark with the reserves the mask allows (`gfp_to_alloc_flags`), `__GFP_MEMALLOC`'s
+//! no-watermark attempt, release of the per-CPU lists and the HighAtomic reserve, direct
+//! compaction for higher orders (`__alloc_pages_direct_compact`, `mm/compaction.rs`), then
+//! direct reclaim (`__alloc_pages_direct_reclaim` → `try_to_free_pages`, `mm/vmscan.rs`)
+//! retried while it makes progress up to `MAX_RECLAIM_RETRIES` rounds without any (a
+//! simplified `should_reclaim_retry`), and one more compaction. `__GFP_NORETRY` stops after
+//! the first round of reclaim and compaction; costly orders are not retried. The allocator
+//! never calls the OOM killer itself: a fault that cannot get memory returns the OOM outcome
+//! and the task table kills (see `kernel/task.rs`). Not built: watermark boosting,
+//! `ALLOC_NOFRAGMENT`, compaction deferral.
 
 pub mod buddy;
 pub mod check;
@@ -450,9 +457,11 @@ impl Kernel {
         Some(pfn)
     }
 
-    /// `__alloc_pages_slowpath` without reclaim: the min watermark and the reserves the GFP
-    /// mask allows, then (for blocking allocations) draining the per-CPU lists and the
-    /// HighAtomic reserve and trying once more.
+    /// `__alloc_pages_slowpath`: the min watermark and the reserves the GFP mask allows,
+    /// then (for blocking allocations) draining the per-CPU lists and the HighAtomic reserve,
+    /// direct compaction and direct reclaim (see the module doc). With `__GFP_NORETRY` one
+    /// round of reclaim and compaction is all: the allocation then fails (quietly with
+    /// `__GFP_NOWARN`) so the caller can fall back, as `kvmalloc` does.
     #[cold]
     fn alloc_pages_slowpath(
         &self,
@@ -498,9 +507,7 @@ impl Kernel {
                 return Some(p);
             }
         }
-        // __alloc_pages_direct_reclaim, retried while it makes progress
-        // (should_reclaim_retry, MAX_RECLAIM_RETRIES); never from inside reclaim
-        // (PF_MEMALLOC).
+        // Direct compaction and reclaim, never from inside reclaim (PF_MEMALLOC).
         let may_compact = order > 0 && gfp.contains(Gfp::__GFP_DIRECT_RECLAIM);
         // __alloc_pages_direct_compact before reclaim for higher orders.
         if may_compact && !cpu.state().in_reclaim.get() {
@@ -522,8 +529,12 @@ impl Kernel {
                 if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                     return Some(p);
                 }
+                // "Do not loop if specifically requested"; costly orders are not retried.
+                if gfp.contains(Gfp::__GFP_NORETRY) || order > PAGE_ALLOC_COSTLY_ORDER {
+                    break;
+                }
                 no_progress = if freed == 0 { no_progress + 1 } else { 0 };
-                if no_progress >= MAX_RECLAIM_RETRIES || order > PAGE_ALLOC_COSTLY_ORDER {
+                if no_progress >= MAX_RECLAIM_RETRIES {
                     break;
                 }
             }
@@ -540,8 +551,9 @@ impl Kernel {
             }
         }
         if gfp.contains(Gfp::__GFP_NOFAIL) {
-            // Without reclaim and OOM (a later issue) the only way forward is another CPU
-            // freeing memory: keep trying with the min reserve, as Linux's NOFAIL loop does.
+            // nopage with __GFP_NOFAIL (which overrides __GFP_NORETRY, as in Linux): the
+            // allocator does not call the OOM killer here, so the way forward is another CPU
+            // freeing memory; keep trying with the min reserve, as Linux's NOFAIL loop does.
             loop {
                 self.drain_all_pages(cpu);
                 if let Some(p) = self.get_page_from_freelist(
