@@ -158,6 +158,17 @@ impl Kernel {
         }
     }
 
+    /// `read_swap_cache_async`: the page of slot `e` in the swap cache, read into it if it is
+    /// not there yet; with a reference. `None` when the slot is no longer in use, is being
+    /// read by someone else right now (it is on its way into the cache: unlike Linux this
+    /// does not wait for it), or the page cannot be allocated or read.
+    pub(crate) fn read_swap_cache_async(&self, cpu: &CpuGuard<'_>, e: SwpEntry) -> Option<&Page> {
+        if let Some(p) = self.lookup_swap_cache(e) {
+            return Some(p);
+        }
+        self.swap_read_new(cpu, e).ok()
+    }
+
     /// `swap_cluster_readahead`: read slot `e` and the in-use, uncached slots of its aligned
     /// window into the swap cache; returns the page of `e` with a reference (and whether it
     /// had to be read: a major fault).
