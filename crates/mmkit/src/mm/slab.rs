@@ -339,6 +339,54 @@ impl Kernel {
         r
     }
 
+    /// `calculate_slab_order`: the smallest slab order (up to `KMALLOC_MAX_ORDER`) whose
+    /// objects of `size` bytes, with the freelist on or off the slab, fit at most
+    /// `SLAB_OBJ_MAX_NUM` to a slab and waste at most an eighth of it — or reach
+    /// `slab_max_order` (1 above 32 MiB of RAM, else 0) or are `SLAB_RECLAIM_ACCOUNT`.
+    /// An off-slab freelist must come from a kmalloc cache that is itself on-slab and of
+    /// at most half this object size (Linux's recursion guard). Returns the order, the
+    /// objects per slab and the bytes left over; `None` when no order fits one object.
+    fn calculate_slab_order(
+        &self,
+        size: u32,
+        flags: SlabFlags,
+        off_slab: bool,
+    ) -> Option<(u32, u32, u32)> {
+        let slab_max_order = if self.totalram_pages() > (32 << 20) >> PAGE_SHIFT {
+            1
+        } else {
+            0
+        };
+        let mut found = None;
+        for order in 0..=KMALLOC_MAX_ORDER {
+            let (num, left) = cache_estimate(order, size, off_slab);
+            if num == 0 {
+                continue;
+            }
+            if num > SLAB_OBJ_MAX_NUM {
+                break;
+            }
+            if off_slab {
+                let fl = num * 2;
+                match self
+                    .kmalloc_cache_for(fl as usize, false)
+                    .and_then(|id| self.cache(id))
+                {
+                    Some(fc) if !fc.off_slab && fc.size <= size / 2 => {}
+                    _ => continue,
+                }
+            }
+            found = Some((order, num, left));
+            if flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT)
+                || order >= slab_max_order
+                || left * 8 <= (PAGE_SIZE << order) as u32
+            {
+                break;
+            }
+        }
+        found
+    }
+
     pub(crate) fn create_cache(
         &self,
         spec: CacheSpec<'_>,
@@ -376,45 +424,10 @@ impl Kernel {
 
         // Where the freelist goes: off-slab for large objects (size >= PAGE_SIZE / 8, as the
         // seeds say) unless the left-over space holds it anyway; on-slab otherwise.
-        let try_order = |off_slab: bool| -> Option<(u32, u32, u32)> {
-            let slab_max_order = if self.totalram_pages() > (32 << 20) >> PAGE_SHIFT {
-                1
-            } else {
-                0
-            };
-            let mut found = None;
-            for order in 0..=KMALLOC_MAX_ORDER {
-                let (num, left) = cache_estimate(order, size, off_slab);
-                if num == 0 {
-                    continue;
-                }
-                if num > SLAB_OBJ_MAX_NUM {
-                    break;
-                }
-                if off_slab {
-                    let fl = num * 2;
-                    match self
-                        .kmalloc_cache_for(fl as usize, false)
-                        .and_then(|id| self.cache(id))
-                    {
-                        Some(fc) if !fc.off_slab && fc.size <= size / 2 => {}
-                        _ => continue,
-                    }
-                }
-                found = Some((order, num, left));
-                if flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT)
-                    || order >= slab_max_order
-                    || left * 8 <= (PAGE_SIZE << order) as u32
-                {
-                    break;
-                }
-            }
-            found
-        };
         let mut off_slab = false;
         let mut est = None;
         if size as u64 >= PAGE_SIZE >> 3 {
-            if let Some((order, num, left)) = try_order(true) {
+            if let Some((order, num, left)) = self.calculate_slab_order(size, flags, true) {
                 if left < num * 2 {
                     off_slab = true;
                     est = Some((order, num, left));
@@ -423,7 +436,9 @@ impl Kernel {
         }
         let (gfporder, num, left) = match est {
             Some(e) => e,
-            None => try_order(false).ok_or(Errno::EINVAL)?,
+            None => self
+                .calculate_slab_order(size, flags, false)
+                .ok_or(Errno::EINVAL)?,
         };
         let freelist_size = num * 2;
         let freelist_cache = if off_slab {

@@ -47,9 +47,10 @@ pub enum AreaKind {
     Map,
 }
 
-/// `struct vm_struct` + `struct vmap_area`.
+/// `struct vm_struct` (with its `struct vmap_area`: the range and the guard page): one
+/// vmalloc or vmap area. Not to be confused with a process VMA, [`crate::mm::mm_types::VmArea`].
 #[derive(Clone, Debug)]
-pub struct VmArea {
+pub struct VmStruct {
     /// First address.
     pub start: u64,
     /// Size including the guard page.
@@ -64,7 +65,7 @@ pub struct VmArea {
 
 /// The vmalloc space.
 pub struct VmapState {
-    busy: BTreeMap<u64, VmArea>,
+    busy: BTreeMap<u64, VmStruct>,
     free: FreeTree,
     purge: Vec<(u64, u64)>,
     lazy_pages: u64,
@@ -221,7 +222,7 @@ impl Kernel {
             }
             return None;
         }
-        let area = VmArea {
+        let area = VmStruct {
             start,
             size: bytes + PAGE_SIZE,
             pages: pages.iter().map(|p| self.page_to_pfn(p).0).collect(),
@@ -272,7 +273,7 @@ impl Kernel {
             self.vmap.lock().free.free(start, start + bytes + PAGE_SIZE);
             return None;
         }
-        let area = VmArea {
+        let area = VmStruct {
             start,
             size: bytes + PAGE_SIZE,
             pages: pages.iter().map(|p| self.page_to_pfn(p).0).collect(),

@@ -8,6 +8,7 @@
 //! until `SWAP_CLUSTER_MAX` pages are freed) and kswapd's `balance_pgdat` (until every zone of
 //! the node is above its high watermark). Reclaimable slab goes back through `cache_reap`.
 
+use crate::addr::int_sqrt;
 use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
 use crate::mm::mm_types::VmFlags;
@@ -99,21 +100,6 @@ enum Shrunk {
     Freed,
     Activated,
     Kept,
-}
-
-/// Integer square root (`int_sqrt`).
-fn int_sqrt(x: u64) -> u64 {
-    // Newton's method on integers (no floating point in the core library).
-    if x < 2 {
-        return x;
-    }
-    let mut r = x;
-    let mut y = r.div_ceil(2);
-    while y < r {
-        r = y;
-        y = (r + x / r) / 2;
-    }
-    r
 }
 
 impl Kernel {
@@ -250,7 +236,7 @@ impl Kernel {
 
     /// `shrink_folio_list`: decide and act on each isolated page; returns how many were
     /// freed. Survivors keep their isolation reference for the putback.
-    fn shrink_page_list(&self, cpu: &CpuGuard<'_>, pfns: &mut Vec<u64>, sc: &ScanControl) -> u64 {
+    fn shrink_folio_list(&self, cpu: &CpuGuard<'_>, pfns: &mut Vec<u64>, sc: &ScanControl) -> u64 {
         let mut reclaimed = 0;
         let mut activated = 0;
         let mut keep = Vec::new();
@@ -405,7 +391,7 @@ impl Kernel {
             },
             scanned,
         );
-        let freed = self.shrink_page_list(cpu, &mut pages, sc);
+        let freed = self.shrink_folio_list(cpu, &mut pages, sc);
         sc.nr_reclaimed += freed;
         self.count(
             cpu,
