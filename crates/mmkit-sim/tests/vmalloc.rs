@@ -218,8 +218,9 @@ fn kvmalloc_falls_back_quietly_when_memory_is_fragmented() {
         // free page's buddy is held, so no free block is larger than one page.
         let mut held = common::exhaust(k, cpu, GFP_KERNEL | Gfp::__GFP_MEMALLOC, 0);
         held.sort_by_key(|p| k.page_to_pfn(p).0);
-        let (give, keep): (Vec<_>, Vec<_>) =
-            held.into_iter().partition(|p| k.page_to_pfn(p).0 % 4 == 0);
+        let (give, keep): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|p| k.page_to_pfn(p).0.is_multiple_of(4));
         common::free_all(k, cpu, give, 0);
         k.drain_all_pages(cpu);
         assert!(k

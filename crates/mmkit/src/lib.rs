@@ -55,7 +55,7 @@ pub(crate) struct LogBuf {
 /// One machine's memory-management state.
 pub struct Kernel {
     platform: Box<dyn Platform>,
-    direct_map: *mut u8,
+    direct_map: platform::DirectMap,
     pub(crate) mem_map: MemMap,
     /// The NUMA nodes (`NODE_DATA(nid)`).
     pub nodes: Vec<PglistData>,
@@ -87,12 +87,13 @@ pub struct Kernel {
     pub(crate) swappiness: AtomicU64,
 }
 
-// SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through
-// `platform` for its whole life; all shared state behind it is reached through atomics and
-// locks (struct pages) or through allocations the caller owns (page contents).
-unsafe impl Send for Kernel {}
-// SAFETY: as above.
-unsafe impl Sync for Kernel {}
+// `Kernel` is `Send + Sync` from its parts, with no claim of its own: the unsafe claims are
+// made, each with its argument, by the types that need one (`DirectMap`, `MemMap`,
+// `KmemCache`, `Tlbs`, the locks).
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Kernel>();
+};
 
 impl Kernel {
     /// `printk`: append a line to the kernel log with a `[    s.micros]` timestamp. The log

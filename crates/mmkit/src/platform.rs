@@ -29,3 +29,39 @@ pub trait Platform: Send + Sync {
         let _ = flush;
     }
 }
+
+/// The direct map as the kernel holds it (`__va`/`__pa` on x86-64): the host address of
+/// physical address 0 in the platform's mapping of RAM. Only addresses are computed from
+/// it here; the code that reads or writes the bytes says why that access is sound.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct DirectMap(*mut u8);
+
+// SAFETY: a `DirectMap` is an address, never dereferenced through this type. It points at
+// the mapping of the machine's RAM that the `Platform` (itself `Send + Sync`, owned by the
+// same `Kernel`) keeps alive as long as the kernel lives, from any thread. The bytes behind
+// it are simulated RAM, shared between CPUs as on hardware: `struct page`s are atomics,
+// page contents belong to whoever allocated them, and the helpers that copy bytes in or
+// out state their own conditions. Moving or sharing the address between threads adds no
+// access the owning thread could not already make.
+unsafe impl Send for DirectMap {}
+// SAFETY: as above; the type has no interior mutability.
+unsafe impl Sync for DirectMap {}
+
+impl DirectMap {
+    /// The direct map whose physical address 0 is at host address `base`.
+    pub(crate) fn new(base: *mut u8) -> Self {
+        Self(base)
+    }
+
+    /// The host address of physical address `pa` (not checked against the end of RAM).
+    #[inline]
+    pub(crate) fn ptr(self, pa: u64) -> *mut u8 {
+        self.0.wrapping_add(pa as usize)
+    }
+
+    /// The physical address of host address `host` (wrapping for an address below the map).
+    #[inline]
+    pub(crate) fn pa(self, host: usize) -> u64 {
+        host.wrapping_sub(self.0 as usize) as u64
+    }
+}

@@ -432,7 +432,7 @@ impl Kernel {
         }
         let section_bytes = PAGES_PER_SECTION * core::mem::size_of::<Page>() as u64;
         let mut memmap_pages = 0;
-        let direct_map = platform.direct_map_base();
+        let direct_map = crate::platform::DirectMap::new(platform.direct_map_base());
         for (k, secs) in sections_by_node.iter().enumerate() {
             if secs.is_empty() {
                 continue;
@@ -446,8 +446,7 @@ impl Kernel {
             })?;
             memmap_pages += bytes >> PAGE_SHIFT;
             for (i, &nr) in secs.iter().enumerate() {
-                let host =
-                    direct_map.wrapping_add((pa + i as u64 * section_bytes) as usize) as *mut Page;
+                let host = direct_map.ptr(pa + i as u64 * section_bytes) as *mut Page;
                 // SAFETY: [pa, pa + bytes) is RAM below max_pfn (memblock allocated it from the
                 // e820 usable ranges), the platform maps it (checked ram_end above), it is
                 // page-aligned, and memblock reserved it so nothing else will use it.
@@ -460,13 +459,7 @@ impl Kernel {
             BootError::Machine(String::from("no memory for the kernel page tables"))
         })?;
         // SAFETY: memblock just reserved this page of RAM below max_pfn for us alone.
-        unsafe {
-            core::ptr::write_bytes(
-                direct_map.wrapping_add(init_pgd_pa as usize),
-                0,
-                PAGE_SIZE as usize,
-            )
-        };
+        unsafe { core::ptr::write_bytes(direct_map.ptr(init_pgd_pa), 0, PAGE_SIZE as usize) };
 
         // memmap_init's report of holes inside present sections.
         {
@@ -573,7 +566,7 @@ impl Kernel {
             node: c % n_nodes,
             vmstat: CpuVmStats::new(nr_zones_total, n_nodes),
             lru_add: SpinLock::new(crate::mm::swap::FolioBatch::new()),
-            in_reclaim: core::cell::Cell::new(false),
+            in_reclaim: core::sync::atomic::AtomicBool::new(false),
         });
 
         let boot = BootInfo {

@@ -248,15 +248,24 @@ fn calculate_alignment(flags: SlabFlags, align: u32, size: u32) -> u32 {
 }
 
 impl KmemCache {
+    /// This CPU's array cache (`cpu_cache_get`): per-CPU data reached without a lock, as
+    /// only the holder of a CPU's handle touches it.
+    ///
+    /// # Safety
+    ///
+    /// `cpu` must be a handle of the machine this cache belongs to (the public entry points
+    /// check that with `check_cpu`; internal callers pass on the handle they were given),
+    /// and the returned reference must not overlap any other reference to the same array:
+    /// while it is live the caller makes no second `cpu_ac`/`array_of` call for this cache
+    /// and CPU, and calls nothing that could (this cache's allocation, free, refill, flush,
+    /// reap and drain paths).
     #[inline]
-    #[allow(clippy::mut_from_ref)] // exclusive through the CPU handle; see the SAFETY note
-    fn cpu_ac(&self, cpu: &CpuGuard<'_>) -> &mut ArrayCache {
-        // SAFETY: `cpu` is the exclusive handle on this CPU of this cache's machine (the
-        // kernel's entry points check that: `check_cpu`, and internal callers take handles
-        // from the same kernel) and is not `Send`; only its holder reaches
-        // `cpu_cache[cpu.id()]`, and no caller keeps the reference across a call that could
-        // reach the same array. `cpu_cache` has one slot per CPU of the machine, and a
-        // handle's id is below that count, so the index is in range.
+    #[allow(clippy::mut_from_ref)] // exclusive by the contract above
+    unsafe fn cpu_ac(&self, cpu: &CpuGuard<'_>) -> &mut ArrayCache {
+        // SAFETY: a handle's id is below its machine's CPU count, which is the length of
+        // `cpu_cache` (one slot per CPU of the machine); the handle is exclusive and not
+        // `Send`, so no other thread reaches this slot while it is held, and the caller
+        // promises no other reference to it on this thread (the contract above).
         unsafe { &mut *self.cpu_cache.get_unchecked(cpu.id()).0.get() }
     }
 
@@ -266,9 +275,16 @@ impl KmemCache {
         (off * self.reciprocal) >> 32
     }
 
-    /// This CPU's array cache (for the invariant checker; the handle must be this machine's).
-    pub(crate) fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
-        self.cpu_ac(cpu)
+    /// This CPU's array cache, for the invariant checker.
+    ///
+    /// # Safety
+    ///
+    /// As [`KmemCache::cpu_ac`]: a handle of this cache's machine, and nothing on this
+    /// thread may change the array (no allocation from or free to this cache) while the
+    /// returned reference is live.
+    pub(crate) unsafe fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
+        // SAFETY: the caller's contract is cpu_ac's.
+        unsafe { self.cpu_ac(cpu) }
     }
 
     /// Whether this cache does any debugging.
@@ -301,7 +317,8 @@ impl Kernel {
     /// Objects in `cpu`'s array cache of `id` (`ac->avail`), for inspection.
     pub fn kmem_cache_cpu_avail(&self, cpu: &CpuGuard<'_>, id: CacheId) -> Option<u32> {
         self.check_cpu(cpu);
-        Some(self.cache(id)?.cpu_ac(cpu).avail)
+        // SAFETY: `cpu` is this machine's (checked above); the reference ends here.
+        Some(unsafe { self.cache(id)?.cpu_ac(cpu) }.avail)
     }
 
     /// The cache behind a handle, for inspection (`None` once destroyed).
@@ -574,7 +591,9 @@ impl Kernel {
         caller: Caller,
     ) -> Option<NonNull<u8>> {
         self.check_cpu(cpu);
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: `cpu` is this machine's (checked above); `ac` is last used before the
+        // refill, which takes the array itself.
+        let ac = unsafe { c.cpu_ac(cpu) };
         let objp = if ac.avail > 0 {
             ac.touched = true;
             ac.avail -= 1;
@@ -597,7 +616,9 @@ impl Kernel {
         caller: Caller,
     ) -> Option<NonNull<u8>> {
         let obj = if c.debug() {
-            slab_debug::alloc_debugcheck_after(self, c, objp, caller)
+            // SAFETY: `objp` (every caller's) is a buffer of `c` this CPU just took off its
+            // array or a slab of `c`: nobody else reaches it until we hand it out.
+            unsafe { slab_debug::alloc_debugcheck_after(self, c, objp, caller) }
         } else {
             objp
         };
@@ -681,13 +702,19 @@ impl Kernel {
     #[cold]
     fn cache_alloc_refill(&self, cpu: &CpuGuard<'_>, c: &KmemCache, gfp: Gfp) -> Option<usize> {
         let node = cpu.node();
-        let mut batch = c.cpu_ac(cpu).batchcount;
-        if !c.cpu_ac(cpu).touched && batch > BATCHREFILL_LIMIT {
+        // SAFETY (every `cpu_ac` below): `cpu` is the handle our caller was given for this
+        // machine, and each reference is dead before the next is made; moving objects
+        // between the array and the node's slabs (`alloc_block`) does not reach the array
+        // any other way, and growing the cache is done with no reference live.
+        let ac = unsafe { c.cpu_ac(cpu) };
+        let mut batch = ac.batchcount;
+        if !ac.touched && batch > BATCHREFILL_LIMIT {
             batch = BATCHREFILL_LIMIT;
         }
         {
             let mut n = c.nodes[node].lock();
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: see above.
+            let ac = unsafe { c.cpu_ac(cpu) };
             let moved = match n.shared.as_mut() {
                 Some(sh) if sh.avail > 0 => {
                     let k = batch.min(sh.avail);
@@ -712,11 +739,13 @@ impl Kernel {
                 n.free_objects -= (batch - left) as u64;
             }
         }
-        if c.cpu_ac(cpu).avail == 0 {
+        // SAFETY: see above.
+        if unsafe { c.cpu_ac(cpu) }.avail == 0 {
             let pfn = self.cache_grow_begin(cpu, c, gfp, node)?;
             let page = self.mem_map.page(pfn);
             let mut n = c.nodes[page.nid()].lock();
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: see above.
+            let ac = unsafe { c.cpu_ac(cpu) };
             let left = Self::alloc_block_unlisted(self, c, ac, pfn, batch);
             n.total_slabs += 1;
             n.free_objects += (c.num - (batch - left)) as u64;
@@ -725,7 +754,8 @@ impl Kernel {
             }
             Self::list_slab(c, &mut n, self, pfn);
         }
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: see above.
+        let ac = unsafe { c.cpu_ac(cpu) };
         if ac.avail == 0 {
             return None;
         }
@@ -898,7 +928,7 @@ impl Kernel {
         page.set_nonatomic(PageFlags::SLAB);
         page.set_index(c as *const KmemCache as u64);
         if c.off_slab {
-            let fl_pa = freelist_addr - self.direct_map as usize;
+            let fl_pa = self.direct_map.pa(freelist_addr) as usize;
             page.set_mapping((fl_pa >> PAGE_SHIFT) as u32);
             page.set_private(offset | (((fl_pa & (PAGE_SIZE as usize - 1)) as u32) << 16));
         } else {
@@ -910,7 +940,9 @@ impl Kernel {
         for i in 0..c.num as usize {
             let obj = s_mem + i * c.size as usize;
             if c.debug() {
-                slab_debug::init_obj(c, obj);
+                // SAFETY: `obj` is the i-th buffer of the slab being set up, which is ours
+                // alone until it is listed.
+                unsafe { slab_debug::init_obj(c, obj) };
             }
             if let Some(ctor) = c.ctor {
                 if !c.flags.contains(SlabFlags::SLAB_POISON) {
@@ -957,7 +989,9 @@ impl Kernel {
         self.__free_pages(cpu, page, c.gfporder);
         if c.off_slab {
             if let Some(fc) = c.freelist_cache.and_then(|f| self.cache(f)) {
-                self.slab_free(cpu, fc, fl, Caller::none());
+                // SAFETY: `fl` is the freelist object cache_grow_begin allocated from `fc`
+                // for this slab, which is being destroyed: nobody else has it.
+                unsafe { self.slab_free(cpu, fc, fl, Caller::none()) };
             }
         }
     }
@@ -966,7 +1000,7 @@ impl Kernel {
     #[inline]
     pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &Page, &KmemCache), &'static str> {
         // An address outside the direct map lands on a pfn without a struct page.
-        let mut pfn = (addr.wrapping_sub(self.direct_map as usize) as u64) >> PAGE_SHIFT;
+        let mut pfn = self.direct_map.pa(addr) >> PAGE_SHIFT;
         let page = self
             .mem_map
             .pfn_to_page(crate::Pfn(pfn))
@@ -1032,14 +1066,23 @@ impl Kernel {
             ));
             return;
         }
-        self.slab_free(cpu, c, addr, caller);
+        // SAFETY: `addr` was just verified to be an object start of `c`; the caller frees
+        // it (a double free is what the debug checks report).
+        unsafe { self.slab_free(cpu, c, addr, caller) };
     }
 
     /// `___cache_free`: push on this CPU's array, flushing a batch when it is full.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is an object start of `c` that the caller owns and gives up (an allocation it
+    /// made, or an address `slab_free_checked` verified): with debugging on, its buffer is
+    /// checked and written.
     #[inline]
-    pub(crate) fn slab_free(&self, cpu: &CpuGuard<'_>, c: &KmemCache, addr: usize, caller: Caller) {
+    unsafe fn slab_free(&self, cpu: &CpuGuard<'_>, c: &KmemCache, addr: usize, caller: Caller) {
         let objp = if c.debug() {
-            match slab_debug::free_debugcheck(self, c, addr, caller) {
+            // SAFETY: this function's contract is free_debugcheck's.
+            match unsafe { slab_debug::free_debugcheck(self, c, addr, caller) } {
                 Some(o) => o,
                 None => return,
             }
@@ -1047,7 +1090,9 @@ impl Kernel {
             addr
         };
         self.check_cpu(cpu);
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: `cpu` is this machine's (checked above); `ac` is last used before the
+        // flush, which takes the array itself.
+        let ac = unsafe { c.cpu_ac(cpu) };
         if ac.avail < ac.limit {
             // SAFETY: `avail < limit == entry.len()`.
             unsafe { *ac.entry.get_unchecked_mut(ac.avail as usize) = objp };
@@ -1055,7 +1100,8 @@ impl Kernel {
             return;
         }
         self.cache_flusharray(cpu, c);
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: as above; the flush's reference is gone.
+        let ac = unsafe { c.cpu_ac(cpu) };
         ac.entry[ac.avail as usize] = objp;
         ac.avail += 1;
     }
@@ -1068,7 +1114,10 @@ impl Kernel {
         let mut to_destroy = Vec::new();
         {
             let mut n = c.nodes[node].lock();
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: `cpu` is the handle our caller was given for this machine; `ac` is
+            // last used before the objects go back to their slabs, and nothing in this
+            // block reaches the array another way.
+            let ac = unsafe { c.cpu_ac(cpu) };
             let mut batch = ac.batchcount;
             let mut done = false;
             if let Some(sh) = n.shared.as_mut() {
@@ -1162,7 +1211,9 @@ impl Kernel {
         let node = cpu.node();
         let now = self.platform().now_ns();
         for c in self.live_caches() {
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: `cpu` is this machine's (checked above); `ac` is last used before its
+            // objects go back to their slabs.
+            let ac = unsafe { c.cpu_ac(cpu) };
             if ac.avail > 0 {
                 if ac.touched {
                     ac.touched = false;
@@ -1234,7 +1285,9 @@ impl Kernel {
     fn drain_cache(&self, c: &KmemCache) -> Result<(), Errno> {
         for cpu_id in 0..self.nr_cpus() {
             let cpu = self.get_cpu_id(cpu_id)?;
-            let ac = c.cpu_ac(&cpu);
+            // SAFETY: a handle this kernel just gave out; `ac` is last used before its
+            // objects go back to their slabs.
+            let ac = unsafe { c.cpu_ac(&cpu) };
             let objs = ac.take_bottom(ac.avail);
             self.drain_entries(&cpu, c, objs);
         }
@@ -1307,7 +1360,8 @@ impl Kernel {
                 None => {
                     for o in out[..i].iter_mut() {
                         if let Some(p) = o.take() {
-                            self.slab_free(cpu, c, p.as_ptr() as usize, caller);
+                            // SAFETY: an object this call allocated from `c` above.
+                            unsafe { self.slab_free(cpu, c, p.as_ptr() as usize, caller) };
                         }
                     }
                     return 0;

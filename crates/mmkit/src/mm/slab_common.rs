@@ -241,7 +241,7 @@ impl Kernel {
 
     /// The order of a `kmalloc_large` block starting at `addr`.
     fn large_head(&self, addr: usize) -> Option<u32> {
-        let pa = addr.wrapping_sub(self.direct_map as usize) as u64;
+        let pa = self.direct_map.pa(addr);
         if pa >= self.boot.max_pfn << PAGE_SHIFT || pa & (PAGE_SIZE - 1) != 0 {
             return None;
         }
@@ -312,8 +312,7 @@ impl Kernel {
             Err(why) => match self.large_head(a) {
                 Some(order) => {
                     let page = self.virt_to_page(crate::VirtAddr(
-                        crate::arch::x86_64::layout::PAGE_OFFSET
-                            + (a - self.direct_map as usize) as u64,
+                        crate::arch::x86_64::layout::PAGE_OFFSET + self.direct_map.pa(a),
                     ));
                     if let Some(p) = page {
                         self.__free_pages(cpu, p, order);

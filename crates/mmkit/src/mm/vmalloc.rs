@@ -377,7 +377,7 @@ impl Kernel {
                 return None;
             }
             return Some(VirtAddr(
-                PAGE_OFFSET + (p.as_ptr() as usize - self.direct_map as usize) as u64,
+                PAGE_OFFSET + self.direct_map.pa(p.as_ptr() as usize),
             ));
         }
         if size <= PAGE_SIZE as usize || !gfp.allows_blocking() {
@@ -394,8 +394,8 @@ impl Kernel {
         if self.is_vmalloc_addr(va) {
             self.vfree(cpu, va);
         } else {
-            let host = va.0.wrapping_sub(PAGE_OFFSET) as usize + self.direct_map as usize;
-            self.kfree(cpu, NonNull::new(host as *mut u8));
+            let host = self.direct_map.ptr(va.0.wrapping_sub(PAGE_OFFSET));
+            self.kfree(cpu, NonNull::new(host));
         }
     }
 

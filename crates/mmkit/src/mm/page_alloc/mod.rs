@@ -510,22 +510,22 @@ impl Kernel {
         // Direct compaction and reclaim, never from inside reclaim (PF_MEMALLOC).
         let may_compact = order > 0 && gfp.contains(Gfp::__GFP_DIRECT_RECLAIM);
         // __alloc_pages_direct_compact before reclaim for higher orders.
-        if may_compact && !cpu.state().in_reclaim.get() {
-            cpu.state().in_reclaim.set(true);
+        if may_compact && !cpu.state().in_reclaim() {
+            cpu.state().set_in_reclaim(true);
             let ok = self.try_to_compact_pages(cpu, ac.nid, ac.highest, order);
-            cpu.state().in_reclaim.set(false);
+            cpu.state().set_in_reclaim(false);
             if ok {
                 if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                     return Some(p);
                 }
             }
         }
-        if gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !cpu.state().in_reclaim.get() {
+        if gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !cpu.state().in_reclaim() {
             let mut no_progress = 0;
             loop {
-                cpu.state().in_reclaim.set(true);
+                cpu.state().set_in_reclaim(true);
                 let freed = self.try_to_free_pages(cpu, gfp);
-                cpu.state().in_reclaim.set(false);
+                cpu.state().set_in_reclaim(false);
                 if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                     return Some(p);
                 }
@@ -540,9 +540,9 @@ impl Kernel {
             }
             // Reclaim freed pages; compaction may now assemble the block.
             if may_compact {
-                cpu.state().in_reclaim.set(true);
+                cpu.state().set_in_reclaim(true);
                 let ok = self.try_to_compact_pages(cpu, ac.nid, ac.highest, order);
-                cpu.state().in_reclaim.set(false);
+                cpu.state().set_in_reclaim(false);
                 if ok {
                     if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                         return Some(p);
@@ -916,7 +916,7 @@ impl Kernel {
     /// Host pointer to the first byte of frame `pfn` (the simulator's direct map).
     #[inline]
     pub(crate) fn pfn_ptr(&self, pfn: u64) -> *mut u8 {
-        self.direct_map.wrapping_add((pfn << PAGE_SHIFT) as usize)
+        self.direct_map.ptr(pfn << PAGE_SHIFT)
     }
 
     /// The bytes of an allocated block, for the caller that owns it.
