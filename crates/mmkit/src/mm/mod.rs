@@ -24,6 +24,7 @@ pub mod slab;
 pub mod slab_check;
 pub mod slab_common;
 pub mod slab_debug;
+pub mod slab_page;
 pub mod swap;
 pub mod swap_state;
 pub mod swapfile;

@@ -7,10 +7,12 @@
 //!
 //! Functions mirror `kmem_cache_create` (`__kmem_cache_create`, `calculate_slab_order`,
 //! `cache_estimate`, `set_off_slab_cache`, `enable_cpucache`), `kmem_cache_alloc`
-//! (`____cache_alloc`, `cache_alloc_refill`, `alloc_block`, `cache_grow_begin/end`,
-//! `alloc_slabmgmt`, `cache_init_objs`), `kmem_cache_free` (`___cache_free`,
-//! `cache_flusharray`, `free_block`, `slab_destroy`), `cache_reap`/`drain_array`/
-//! `drain_freelist`, `kmem_cache_shrink` and `kmem_cache_destroy`.
+//! (`____cache_alloc`, `cache_alloc_refill`, `alloc_block`, `cache_grow_end`),
+//! `kmem_cache_free` (`___cache_free`, `cache_flusharray`, `free_block`),
+//! `cache_reap`/`drain_array`/`drain_freelist`, `kmem_cache_shrink` and
+//! `kmem_cache_destroy`. One slab's own page and objects — `struct slab`, `cache_grow_begin`,
+//! `alloc_slabmgmt`, `cache_init_objs`, `slab_get_obj`/`slab_put_obj`, `slab_destroy` — are
+//! in [`crate::mm::slab_page`].
 //!
 //! Concurrency: a per-CPU `array_cache` is touched only by the thread holding that CPU's
 //! [`CpuGuard`] — the fast path (array hit) takes no lock. Node lists and the shared array sit
@@ -29,8 +31,8 @@ use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::Gfp;
 use crate::mm::list::PageList;
-use crate::mm::page::{Page, PageFlags};
 use crate::mm::slab_debug::{self, Caller};
+use crate::mm::slab_page::Slab;
 use crate::sync::{CachePadded, SpinLock};
 use crate::Kernel;
 use alloc::boxed::Box;
@@ -271,7 +273,7 @@ impl KmemCache {
 
     /// Index of the object at `off` bytes from `s_mem` (`obj_to_index`, via a reciprocal).
     #[inline]
-    fn obj_to_index(&self, off: u64) -> u64 {
+    pub(crate) fn obj_to_index(&self, off: u64) -> u64 {
         (off * self.reciprocal) >> 32
     }
 
@@ -648,12 +650,12 @@ impl Kernel {
             let mut n = c.nodes[nid].lock();
             match n.slabs_partial.first().or(n.slabs_free.first()) {
                 Some(pfn) => {
-                    let page = self.mem_map.page(pfn);
-                    if page.mapcount() == 0 {
+                    let slab = self.slab_at(pfn);
+                    if slab.active() == 0 {
                         n.free_slabs -= 1;
                     }
                     Self::unlist_slab(c, &mut n, self, pfn);
-                    let obj = self.slab_get_obj(c, pfn, page);
+                    let obj = self.slab_get_obj(c, pfn, slab);
                     n.free_objects -= 1;
                     Self::list_slab(c, &mut n, self, pfn);
                     Some(obj)
@@ -672,9 +674,9 @@ impl Kernel {
                 ) else {
                     return self.slab_alloc(cpu, c, gfp, caller);
                 };
-                let page = self.mem_map.page(pfn);
-                let obj = self.slab_get_obj(c, pfn, page);
-                let mut n = c.nodes[page.nid()].lock();
+                let slab = self.slab_at(pfn);
+                let obj = self.slab_get_obj(c, pfn, slab);
+                let mut n = c.nodes[slab.nid()].lock();
                 n.total_slabs += 1;
                 n.free_objects += (c.num - 1) as u64;
                 Self::list_slab(c, &mut n, self, pfn);
@@ -742,14 +744,14 @@ impl Kernel {
         // SAFETY: see above.
         if unsafe { c.cpu_ac(cpu) }.avail == 0 {
             let pfn = self.cache_grow_begin(cpu, c, gfp, node)?;
-            let page = self.mem_map.page(pfn);
-            let mut n = c.nodes[page.nid()].lock();
+            let slab = self.slab_at(pfn);
+            let mut n = c.nodes[slab.nid()].lock();
             // SAFETY: see above.
             let ac = unsafe { c.cpu_ac(cpu) };
             let left = Self::alloc_block_unlisted(self, c, ac, pfn, batch);
             n.total_slabs += 1;
             n.free_objects += (c.num - (batch - left)) as u64;
-            if page.mapcount() == 0 {
+            if slab.active() == 0 {
                 n.free_slabs += 1;
             }
             Self::list_slab(c, &mut n, self, pfn);
@@ -774,15 +776,15 @@ impl Kernel {
         pfn: u64,
         want: u32,
     ) -> u32 {
-        let page = self.mem_map.page(pfn);
-        let was_free = page.mapcount() == 0;
+        let slab = self.slab_at(pfn);
+        let was_free = slab.active() == 0;
         Self::unlist_slab(c, n, self, pfn);
         if was_free {
             n.free_slabs -= 1;
         }
         let left = self.alloc_block_unlisted(c, ac, pfn, want);
         Self::list_slab(c, n, self, pfn);
-        if page.mapcount() == 0 {
+        if slab.active() == 0 {
             n.free_slabs += 1;
         }
         left
@@ -795,9 +797,9 @@ impl Kernel {
         pfn: u64,
         mut want: u32,
     ) -> u32 {
-        let page = self.mem_map.page(pfn);
-        while want > 0 && (page.mapcount() as u32) < c.num && ac.avail < ac.limit {
-            let obj = self.slab_get_obj(c, pfn, page);
+        let slab = self.slab_at(pfn);
+        while want > 0 && slab.active() < c.num && ac.avail < ac.limit {
+            let obj = self.slab_get_obj(c, pfn, slab);
             ac.entry[ac.avail as usize] = obj;
             ac.avail += 1;
             want -= 1;
@@ -807,7 +809,7 @@ impl Kernel {
 
     /// The list a slab belongs on by its fill level (`fixup_slab_list` / `cache_grow_end`).
     fn list_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
-        let active = k.mem_map.page(pfn).mapcount() as u32;
+        let active = k.slab_at(pfn).active();
         if active == 0 {
             n.slabs_free.push_back(&k.mem_map, pfn);
         } else if active == c.num {
@@ -818,7 +820,7 @@ impl Kernel {
     }
 
     fn unlist_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
-        let active = k.mem_map.page(pfn).mapcount() as u32;
+        let active = k.slab_at(pfn).active();
         let list = if active == 0 {
             &mut n.slabs_free
         } else if active == c.num {
@@ -827,199 +829,6 @@ impl Kernel {
             &mut n.slabs_partial
         };
         list.remove(&k.mem_map, pfn);
-    }
-
-    /// Host address of the first byte of frame `pfn`.
-    #[inline]
-    pub(crate) fn pfn_addr(&self, pfn: u64) -> usize {
-        self.pfn_ptr(pfn) as usize
-    }
-
-    /// `page->s_mem`.
-    #[inline]
-    pub(crate) fn s_mem(&self, pfn: u64, page: &Page, c: &KmemCache) -> usize {
-        self.pfn_addr(pfn) + (page.private() & 0xffff) as usize * c.colour_off as usize
-    }
-
-    /// `page->freelist`: the index array's host address.
-    #[inline]
-    pub(crate) fn freelist(&self, pfn: u64, page: &Page, c: &KmemCache) -> *mut u16 {
-        if c.off_slab {
-            (self.pfn_addr(page.mapping() as u64) + (page.private() >> 16) as usize) as *mut u16
-        } else {
-            (self.pfn_addr(pfn) + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize)
-                as *mut u16
-        }
-    }
-
-    /// `slab_get_obj`.
-    fn slab_get_obj(&self, c: &KmemCache, pfn: u64, page: &Page) -> usize {
-        let active = page.mapcount() as usize;
-        // SAFETY: the freelist has `num` u16 entries in memory this slab owns (on the slab or
-        // in an off-slab object), `active < num`, and the node lock serializes access.
-        let idx = unsafe { self.freelist(pfn, page, c).add(active).read_unaligned() } as usize;
-        page.set_mapcount(active as i32 + 1);
-        self.s_mem(pfn, page, c) + idx * c.size as usize
-    }
-
-    /// `slab_put_obj`.
-    fn slab_put_obj(&self, c: &KmemCache, pfn: u64, page: &Page, obj: usize) {
-        let idx = c.obj_to_index((obj - self.s_mem(pfn, page, c)) as u64);
-        let active = page.mapcount() as usize - 1;
-        // SAFETY: as in `slab_get_obj`; `active < num`.
-        unsafe {
-            self.freelist(pfn, page, c)
-                .add(active)
-                .write_unaligned(idx as u16)
-        };
-        page.set_mapcount(active as i32);
-    }
-
-    /// `cache_grow_begin`: a new slab, its freelist and its objects constructed; not yet on a
-    /// list (the caller puts it on one under the node lock).
-    fn cache_grow_begin(
-        &self,
-        cpu: &CpuGuard<'_>,
-        c: &KmemCache,
-        gfp: Gfp,
-        node: usize,
-    ) -> Option<u64> {
-        let flags = (gfp
-            & (Gfp::__GFP_HIGH
-                | Gfp::__GFP_RECLAIM
-                | Gfp::__GFP_IO
-                | Gfp::__GFP_FS
-                | Gfp::__GFP_NOWARN
-                | Gfp::__GFP_NOFAIL
-                | Gfp::__GFP_NORETRY
-                | Gfp::__GFP_THISNODE
-                | Gfp::__GFP_NOMEMALLOC
-                | Gfp::__GFP_MEMALLOC))
-            | c.allocflags;
-        let page = self.alloc_pages_node(cpu, node, flags, c.gfporder)?;
-        let pfn = self.page_to_pfn(page).0;
-        let offset = {
-            let mut n = c.nodes[page.nid()].lock();
-            let o = n.colour_next;
-            n.colour_next += 1;
-            if n.colour_next >= c.colour {
-                n.colour_next = 0;
-            }
-            o
-        };
-        let base = self.pfn_addr(pfn);
-        let freelist_addr = if c.off_slab {
-            let fc = c.freelist_cache.and_then(|f| self.cache(f));
-            match fc
-                .and_then(|fc| self.slab_alloc(cpu, fc, flags & !Gfp::__GFP_ZERO, Caller::none()))
-            {
-                Some(p) => p.as_ptr() as usize,
-                None => {
-                    self.__free_pages(cpu, page, c.gfporder);
-                    return None;
-                }
-            }
-        } else {
-            base + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize
-        };
-        // The slab's struct page: `index` is `page->slab_cache`; `private` holds the colour
-        // (low 16 bits) and, off-slab, the freelist's offset in its page (high 16), whose pfn
-        // is in `mapping`; `_mapcount` is `page->active`.
-        page.set_nonatomic(PageFlags::SLAB);
-        page.set_index(c as *const KmemCache as u64);
-        if c.off_slab {
-            let fl_pa = self.direct_map.pa(freelist_addr) as usize;
-            page.set_mapping((fl_pa >> PAGE_SHIFT) as u32);
-            page.set_private(offset | (((fl_pa & (PAGE_SIZE as usize - 1)) as u32) << 16));
-        } else {
-            page.set_private(offset);
-        }
-        page.set_mapcount(0);
-        // cache_init_objs.
-        let s_mem = base + (offset * c.colour_off) as usize;
-        for i in 0..c.num as usize {
-            let obj = s_mem + i * c.size as usize;
-            if c.debug() {
-                // SAFETY: `obj` is the i-th buffer of the slab being set up, which is ours
-                // alone until it is listed.
-                unsafe { slab_debug::init_obj(c, obj) };
-            }
-            if let Some(ctor) = c.ctor {
-                if !c.flags.contains(SlabFlags::SLAB_POISON) {
-                    // SAFETY: the object's bytes lie inside the slab we just allocated.
-                    let bytes = unsafe {
-                        core::slice::from_raw_parts_mut(
-                            (obj + c.obj_offset as usize) as *mut u8,
-                            c.object_size as usize,
-                        )
-                    };
-                    ctor(bytes);
-                    c.ctor_calls.fetch_add(1, Relaxed);
-                }
-            }
-            // SAFETY: index `i < num` of the freelist this slab owns.
-            unsafe { (freelist_addr as *mut u16).add(i).write_unaligned(i as u16) };
-        }
-        let item = if c.flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
-            NR_SLAB_RECLAIMABLE
-        } else {
-            NR_SLAB_UNRECLAIMABLE
-        };
-        self.mod_node_page_state(cpu, page, item, 1 << c.gfporder);
-        Some(pfn)
-    }
-
-    /// `slab_destroy`: give a free slab's pages (and off-slab freelist) back.
-    fn slab_destroy(&self, cpu: &CpuGuard<'_>, c: &KmemCache, pfn: u64) {
-        let page = self.mem_map.page(pfn);
-        let fl = self.freelist(pfn, page, c) as usize;
-        page.clear_nonatomic(PageFlags::SLAB);
-        page.set_mapping(0);
-        page.set_mapcount(0);
-        page.set_private(0);
-        page.set_index(0);
-        let item = if c.flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
-            NR_SLAB_RECLAIMABLE
-        } else {
-            NR_SLAB_UNRECLAIMABLE
-        };
-        self.mod_node_page_state(cpu, page, item, -(1 << c.gfporder));
-        // Restore the compound head's order, which `private` held as the colour offset.
-        page.set_private(c.gfporder);
-        self.__free_pages(cpu, page, c.gfporder);
-        if c.off_slab {
-            if let Some(fc) = c.freelist_cache.and_then(|f| self.cache(f)) {
-                // SAFETY: `fl` is the freelist object cache_grow_begin allocated from `fc`
-                // for this slab, which is being destroyed: nobody else has it.
-                unsafe { self.slab_free(cpu, fc, fl, Caller::none()) };
-            }
-        }
-    }
-
-    /// The slab (head pfn) and cache of a slab object address, or why it is not one.
-    #[inline]
-    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &Page, &KmemCache), &'static str> {
-        // An address outside the direct map lands on a pfn without a struct page.
-        let mut pfn = self.direct_map.pa(addr) >> PAGE_SHIFT;
-        let page = self
-            .mem_map
-            .pfn_to_page(crate::Pfn(pfn))
-            .ok_or("not a direct-map address of RAM")?;
-        let page = if page.test(PageFlags::TAIL) {
-            pfn -= page.private() as u64;
-            self.mem_map.page(pfn)
-        } else {
-            page
-        };
-        if !page.test(PageFlags::SLAB) {
-            return Err("Object is not a Slab page!");
-        }
-        // SAFETY: a PG_slab page's `index` is `page->slab_cache`, set by cache_grow_begin to a
-        // cache whose box lives as long as the kernel (caches are never freed, and a cache is
-        // only destroyed once it has no slabs).
-        let c = unsafe { (page.index() as *const KmemCache).as_ref() }
-            .ok_or("slab page without a cache")?;
-        Ok((pfn, page, c))
     }
 
     /// `kmem_cache_free(cache, obj)`. Freeing into the wrong cache, a pointer that is not an
@@ -1032,8 +841,8 @@ impl Kernel {
             return;
         };
         match self.obj_slab(obj.as_ptr() as usize) {
-            Ok((pfn, page, oc)) if oc.id == c.id => {
-                self.slab_free_checked(cpu, c, pfn, page, obj.as_ptr() as usize, Caller::here())
+            Ok((pfn, slab, oc)) if oc.id == c.id => {
+                self.slab_free_checked(cpu, c, pfn, slab, obj.as_ptr() as usize, Caller::here())
             }
             Ok((_, _, oc)) => self.printk(&format!(
                 "kmem_cache_free: Wrong slab cache. {} but object is from {}",
@@ -1053,11 +862,11 @@ impl Kernel {
         cpu: &CpuGuard<'_>,
         c: &KmemCache,
         pfn: u64,
-        page: &Page,
+        slab: &Slab,
         addr: usize,
         caller: Caller,
     ) {
-        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, page, c)) as u64;
+        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, slab, c)) as u64;
         let idx = c.obj_to_index(off);
         if off >= (c.num as u64) * c.size as u64 || idx * c.size as u64 != off {
             self.printk(&format!(
@@ -1079,7 +888,13 @@ impl Kernel {
     /// made, or an address `slab_free_checked` verified): with debugging on, its buffer is
     /// checked and written.
     #[inline]
-    unsafe fn slab_free(&self, cpu: &CpuGuard<'_>, c: &KmemCache, addr: usize, caller: Caller) {
+    pub(crate) unsafe fn slab_free(
+        &self,
+        cpu: &CpuGuard<'_>,
+        c: &KmemCache,
+        addr: usize,
+        caller: Caller,
+    ) {
         let objp = if c.debug() {
             // SAFETY: this function's contract is free_debugcheck's.
             match unsafe { slab_debug::free_debugcheck(self, c, addr, caller) } {
@@ -1147,14 +962,14 @@ impl Kernel {
     /// free slabs beyond the node's `free_limit` in `to_destroy`.
     fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<u64>) {
         for &o in objs {
-            let Ok((pfn, page, _)) = self.obj_slab(o) else {
+            let Ok((pfn, slab, _)) = self.obj_slab(o) else {
                 continue;
             };
-            let mut n = c.nodes[page.nid()].lock();
+            let mut n = c.nodes[slab.nid()].lock();
             Self::unlist_slab(c, &mut n, self, pfn);
-            self.slab_put_obj(c, pfn, page, o);
+            self.slab_put_obj(c, pfn, slab, o);
             n.free_objects += 1;
-            if page.mapcount() == 0 {
+            if slab.active() == 0 {
                 n.slabs_free.push_front(&self.mem_map, pfn);
                 n.free_slabs += 1;
             } else {

@@ -308,7 +308,7 @@ impl Kernel {
             return;
         }
         match self.obj_slab(a) {
-            Ok((pfn, page, c)) => self.slab_free_checked(cpu, c, pfn, page, a, caller),
+            Ok((pfn, slab, c)) => self.slab_free_checked(cpu, c, pfn, slab, a, caller),
             Err(why) => match self.large_head(a) {
                 Some(order) => {
                     let page = self.virt_to_page(crate::VirtAddr(
