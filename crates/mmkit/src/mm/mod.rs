@@ -23,6 +23,7 @@ pub mod rmap;
 pub mod slab;
 pub mod slab_check;
 pub mod slab_common;
+pub mod slab_create;
 pub mod slab_debug;
 pub mod slab_page;
 pub mod swap;
