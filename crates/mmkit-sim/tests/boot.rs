@@ -270,7 +270,7 @@ fn mem_map_is_40_bytes_a_page_in_reserved_ram() {
         vmstat.contains(&format!("\nnr_memmap_boot_pages {}\n", k.boot.memmap_pages)),
         "{vmstat}"
     );
-    let addr = |pfn: u64| k.mem_map().page(pfn) as *const mmkit::Page as usize;
+    let addr = |pfn: u64| k.mem_map().page(mmkit::Pfn(pfn)) as *const mmkit::Page as usize;
     for &nr in &sections {
         let first = nr as u64 * PAGES_PER_SECTION;
         for pfn in [
@@ -285,7 +285,7 @@ fn mem_map_is_40_bytes_a_page_in_reserved_ram() {
         assert_eq!(hi - lo, (PAGES_PER_SECTION * 40) as usize);
         assert!(lo >= base && hi <= ram_end, "section {nr} outside RAM");
         for frame in ((lo - base) >> 12)..=((hi - 1 - base) >> 12) {
-            let p = k.mem_map().page(frame as u64);
+            let p = k.mem_map().page(mmkit::Pfn(frame as u64));
             assert!(p.test(PageFlags::RESERVED), "mem_map frame {frame:#x}");
         }
     }

@@ -363,7 +363,7 @@ fn highatomic_reserve() {
         assert_eq!(z.nr_reserved_highatomic.load(Relaxed), 512);
         let pfn = k.page_to_pfn(p).0;
         assert_eq!(
-            z.pageblock_migratetype(pfn),
+            z.pageblock_migratetype(mmkit::Pfn(pfn)),
             mmkit::mm::page_alloc::MigrateType::HighAtomic
         );
         let q = k.alloc_pages(cpu, GFP_ATOMIC, 2).unwrap();

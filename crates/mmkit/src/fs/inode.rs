@@ -127,7 +127,7 @@ impl Inode {
 
     /// The cached page at `index`, if any (`filemap_get_folio` without a reference: for
     /// tests and `/proc`).
-    pub fn cached_pfn(&self, index: u64) -> Option<u64> {
+    pub fn cached_pfn(&self, index: u64) -> Option<crate::addr::Pfn> {
         self.i_pages.lock().get(index)
     }
 

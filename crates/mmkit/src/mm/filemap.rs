@@ -8,7 +8,7 @@
 //! one. `page->mapping` is the inode's handle and `page->index` the page's offset in the file.
 //! `NR_FILE_PAGES` and `NR_FILE_DIRTY` (`nr_file_pages`, `nr_dirty`) count them per node.
 
-use crate::addr::{PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::fs::inode::Inode;
@@ -68,7 +68,7 @@ impl Kernel {
         let page = self
             .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
             .ok_or(Errno::ENOMEM)?;
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let mut buf = [0u8; PAGE_SIZE as usize];
         let n = match inode.data.read_at(index << PAGE_SHIFT, &mut buf) {
             Ok(n) => n,
@@ -78,7 +78,7 @@ impl Kernel {
             }
         };
         buf[n..].fill(0); // the tail past EOF reads as zeroes
-        self.phys_write(pfn << PAGE_SHIFT, &buf);
+        self.phys_write(pfn.phys(), &buf);
         let mut pages = inode.i_pages.lock();
         if pages.contains_key(index) {
             drop(pages);
@@ -151,7 +151,7 @@ impl Kernel {
             let chunk = (PAGE_SIZE as usize - in_page).min(n - done);
             let (page, _) =
                 self.filemap_get_page(cpu, inode, pos >> PAGE_SHIFT, VM_READAHEAD_PAGES)?;
-            let pa = (self.page_to_pfn(page).0 << PAGE_SHIFT) + in_page as u64;
+            let pa = PhysAddr(self.page_to_pfn(page).phys().0 + in_page as u64);
             self.phys_read(pa, &mut buf[done..done + chunk]);
             self.mark_page_accessed(page);
             self.__free_pages(cpu, page, 0);
@@ -187,7 +187,7 @@ impl Kernel {
         let size = inode.size();
         let off = index << PAGE_SHIFT;
         let mut buf = [0u8; PAGE_SIZE as usize];
-        self.phys_read(self.page_to_pfn(page).0 << PAGE_SHIFT, &mut buf);
+        self.phys_read(self.page_to_pfn(page).phys(), &mut buf);
         // Only the part inside the file is written (the tail page is not extended).
         let n = (size.saturating_sub(off)).min(PAGE_SIZE) as usize;
         if n > 0 {
@@ -232,8 +232,8 @@ impl Kernel {
     /// back to its store. The first error is returned after trying every page.
     pub fn write_inode_now(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> Result<(), Errno> {
         // Dirty PTEs of mapped pages count too (what msync finds through the page tables).
-        let pfns: Vec<u64> = inode.i_pages.lock().values().collect();
-        let dirty: Vec<u64> = pfns
+        let pfns: Vec<Pfn> = inode.i_pages.lock().values().collect();
+        let dirty: Vec<Pfn> = pfns
             .into_iter()
             .filter(|&pfn| {
                 let p = self.mem_map.page(pfn);

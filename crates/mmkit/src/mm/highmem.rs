@@ -2,7 +2,7 @@
 //! byte access to a physical page through the direct map, for the fault and user-copy paths.
 //! On x86-64 every page is in the direct map, so "kmap" is the direct-map address.
 
-use crate::addr::{Pfn, PAGE_SIZE};
+use crate::addr::{Pfn, PhysAddr, PAGE_SIZE};
 use crate::arch::x86_64::clear_page::clear_pages;
 use crate::Kernel;
 
@@ -11,7 +11,7 @@ impl Kernel {
     /// below; callers have a `struct page` for it).
     #[inline]
     fn ram_pfn(&self, pfn: Pfn) -> bool {
-        self.mem_map.pfn_valid(pfn.0)
+        self.mem_map.pfn_valid(pfn)
     }
 
     /// `clear_highpage`: zero the page at `pfn`.
@@ -19,7 +19,7 @@ impl Kernel {
         assert!(self.ram_pfn(pfn), "clear_highpage of {pfn:?} outside RAM");
         // SAFETY: `pfn` is RAM inside the direct map (asserted), so the 4 KiB range is valid
         // for writes; the caller owns the page (just allocated, not yet mapped anywhere).
-        unsafe { clear_pages(self.pfn_ptr(pfn.0), PAGE_SIZE as usize) };
+        unsafe { clear_pages(self.pfn_ptr(pfn), PAGE_SIZE as usize) };
     }
 
     /// `copy_user_highpage`: copy the page at `src` to the page at `dst`.
@@ -33,37 +33,29 @@ impl Kernel {
         // Another CPU may write `src` meanwhile through a shared mapping, as on hardware; the
         // copy then sees either byte, which is what the architecture promises too.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.pfn_ptr(src.0),
-                self.pfn_ptr(dst.0),
-                PAGE_SIZE as usize,
-            )
+            core::ptr::copy_nonoverlapping(self.pfn_ptr(src), self.pfn_ptr(dst), PAGE_SIZE as usize)
         };
     }
 
     /// Copy `buf.len()` bytes out of physical memory at `pa` (within one page).
-    pub(crate) fn phys_read(&self, pa: u64, buf: &mut [u8]) {
-        let (pfn, off) = (Pfn(pa >> 12), (pa & 0xfff) as usize);
+    pub(crate) fn phys_read(&self, pa: PhysAddr, buf: &mut [u8]) {
+        let (pfn, off) = (pa.pfn_down(), (pa.0 & (PAGE_SIZE - 1)) as usize);
         assert!(self.ram_pfn(pfn) && off + buf.len() <= PAGE_SIZE as usize);
         // SAFETY: the range lies inside one RAM page of the direct map (asserted); the page is
         // mapped by the translation the caller just made, so it is allocated.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.pfn_ptr(pfn.0).add(off),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
+            core::ptr::copy_nonoverlapping(self.pfn_ptr(pfn).add(off), buf.as_mut_ptr(), buf.len())
         };
     }
 
     /// Copy `buf` into physical memory at `pa` (within one page).
-    pub(crate) fn phys_write(&self, pa: u64, buf: &[u8]) {
-        let (pfn, off) = (Pfn(pa >> 12), (pa & 0xfff) as usize);
+    pub(crate) fn phys_write(&self, pa: PhysAddr, buf: &[u8]) {
+        let (pfn, off) = (pa.pfn_down(), (pa.0 & (PAGE_SIZE - 1)) as usize);
         assert!(self.ram_pfn(pfn) && off + buf.len() <= PAGE_SIZE as usize);
         // SAFETY: as in `phys_read`; the translation allowed a write, so the page belongs to
         // the mapping being written.
         unsafe {
-            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.pfn_ptr(pfn.0).add(off), buf.len())
+            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.pfn_ptr(pfn).add(off), buf.len())
         };
     }
 }

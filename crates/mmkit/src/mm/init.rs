@@ -10,7 +10,7 @@
 //! interleaving; `kernelcore=`/`movablecore=` spread the kernel part evenly over nodes in
 //! one pass.
 
-use crate::addr::{align_up, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{align_up, Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::x86_64::e820::{E820Error, E820Table, E820Type, MAX_ARCH_PFN};
 use crate::arch::x86_64::layout::{ImagePlacement, KernelImage, PHYSICAL_ALIGN, PHYSICAL_START};
 use crate::cmdline::{BootConfig, CmdlineError, SizeOrPercent};
@@ -466,7 +466,8 @@ impl Kernel {
             let mut hole = 0u64;
             let mut last_zone = (0usize, ZoneType::Dma);
             let mut last_end = 0;
-            let count_valid = |a: u64, b: u64| (a..b).filter(|&p| mem_map.pfn_valid(p)).count();
+            let count_valid =
+                |a: u64, b: u64| (a..b).filter(|&p| mem_map.pfn_valid(Pfn(p))).count();
             for r in &mb.memory.regions {
                 let (s, e) = (PhysAddr(r.base).pfn_up().0, PhysAddr(r.end()).pfn_down().0);
                 for (t, z) in plans[r.nid].iter().enumerate() {
@@ -601,7 +602,7 @@ impl Kernel {
             next_ctx_id: AtomicU64::new(0),
             vmap: SpinLock::new(crate::mm::vmalloc::VmapState::new()),
             init_mm: None,
-            zero_pfn: crate::Pfn(image.bss.0 >> PAGE_SHIFT),
+            zero_pfn: PhysAddr(image.bss.0).pfn_down(),
             inodes: SpinLock::new(Default::default()),
             anon_vmas: crate::sync::RwLock::new(Default::default()),
             swap: SpinLock::new(Default::default()),
@@ -627,7 +628,7 @@ impl Kernel {
         k.init_per_zone_wmark_min();
 
         // The kernel page tables (init_mm) on the static PGD.
-        k.init_mm = Some(k.pgd_static(crate::Pfn(init_pgd_pa >> PAGE_SHIFT)));
+        k.init_mm = Some(k.pgd_static(PhysAddr(init_pgd_pa).pfn_down()));
 
         // kmem_cache_init: the kmalloc caches.
         k.slab.debug_all.store(k.config.slab_debug, Relaxed);
@@ -666,7 +667,7 @@ impl Kernel {
                     while a + (1 << order) > b {
                         order -= 1;
                     }
-                    self.free_pages_core(nid, zt, a, order);
+                    self.free_pages_core(nid, zt, Pfn(a), order);
                     a += 1 << order;
                 }
             }
@@ -674,7 +675,7 @@ impl Kernel {
     }
 
     /// `__free_pages_core`: a boot-reserved block becomes managed and free.
-    fn free_pages_core(&self, nid: usize, zt: ZoneType, pfn: u64, order: u32) {
+    fn free_pages_core(&self, nid: usize, zt: ZoneType, pfn: Pfn, order: u32) {
         for i in 0..(1u64 << order) {
             let p = self.mem_map.page(pfn + i);
             p.clear_nonatomic(PageFlags::RESERVED);

@@ -409,9 +409,9 @@ impl MemMap {
 
     /// `pfn_valid()`: whether `pfn` has a `struct page`.
     #[inline]
-    pub fn pfn_valid(&self, pfn: u64) -> bool {
+    pub fn pfn_valid(&self, pfn: Pfn) -> bool {
         matches!(
-            self.sections.get((pfn >> PFN_SECTION_SHIFT) as usize),
+            self.sections.get((pfn.0 >> PFN_SECTION_SHIFT) as usize),
             Some(Some(_))
         )
     }
@@ -431,10 +431,10 @@ impl MemMap {
     /// `pfn_to_page()` for a pfn the caller knows is valid (free-list links, buddies inside
     /// a zone). A pfn without a page here is a kernel bug.
     #[inline]
-    pub fn page(&self, pfn: u64) -> &Page {
-        match self.pfn_to_page(Pfn(pfn)) {
+    pub fn page(&self, pfn: Pfn) -> &Page {
+        match self.pfn_to_page(pfn) {
             Some(p) => p,
-            None => panic!("BUG: pfn {pfn:#x} has no struct page"),
+            None => panic!("BUG: {pfn:?} has no struct page"),
         }
     }
 

@@ -26,6 +26,7 @@
 //! to its node's lists under that node's lock), no cache merging. `kmem_cache` descriptors and
 //! array caches live on the library heap, not in slab caches of their own.
 
+use crate::addr::Pfn;
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::Gfp;
@@ -510,7 +511,7 @@ impl Kernel {
         c: &KmemCache,
         n: &mut KmemCacheNode,
         ac: &mut ArrayCache,
-        pfn: u64,
+        pfn: Pfn,
         want: u32,
     ) -> u32 {
         let slab = self.slab_at(pfn);
@@ -531,7 +532,7 @@ impl Kernel {
         &self,
         c: &KmemCache,
         ac: &mut ArrayCache,
-        pfn: u64,
+        pfn: Pfn,
         mut want: u32,
     ) -> u32 {
         let slab = self.slab_at(pfn);
@@ -545,7 +546,7 @@ impl Kernel {
     }
 
     /// The list a slab belongs on by its fill level (`fixup_slab_list` / `cache_grow_end`).
-    fn list_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
+    fn list_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: Pfn) {
         let active = k.slab_at(pfn).active();
         if active == 0 {
             n.slabs_free.push_back(&k.mem_map, pfn);
@@ -556,7 +557,7 @@ impl Kernel {
         }
     }
 
-    fn unlist_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
+    fn unlist_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: Pfn) {
         let active = k.slab_at(pfn).active();
         let list = if active == 0 {
             &mut n.slabs_free
@@ -598,7 +599,7 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         c: &KmemCache,
-        pfn: u64,
+        pfn: Pfn,
         slab: &Slab,
         addr: usize,
         caller: Caller,
@@ -697,7 +698,7 @@ impl Kernel {
 
     /// `free_block`: return objects to their slabs (each under its node's lock), collecting
     /// free slabs beyond the node's `free_limit` in `to_destroy`.
-    fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<u64>) {
+    fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<Pfn>) {
         for &o in objs {
             let Ok((pfn, slab, _)) = self.obj_slab(o) else {
                 continue;

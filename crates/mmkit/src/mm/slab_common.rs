@@ -177,7 +177,7 @@ impl Kernel {
         if size > KMALLOC_MAX_CACHE_SIZE {
             let order = self.large_order(size, gfp)?;
             let p = self.alloc_pages_node(cpu, nid, gfp | Gfp::__GFP_COMP, order)?;
-            return NonNull::new(self.pfn_addr(self.page_to_pfn(p).0) as *mut u8);
+            return NonNull::new(self.pfn_addr(self.page_to_pfn(p)) as *mut u8);
         }
         if size == 0 {
             return NonNull::new(ZERO_SIZE_PTR as *mut u8);
@@ -202,7 +202,7 @@ impl Kernel {
     fn kmalloc_large(&self, cpu: &CpuGuard<'_>, size: usize, gfp: Gfp) -> Option<NonNull<u8>> {
         let order = self.large_order(size, gfp)?;
         let p = self.alloc_pages(cpu, gfp | Gfp::__GFP_COMP, order)?;
-        NonNull::new(self.pfn_addr(self.page_to_pfn(p).0) as *mut u8)
+        NonNull::new(self.pfn_addr(self.page_to_pfn(p)) as *mut u8)
     }
 
     /// `kzalloc`.
@@ -246,7 +246,7 @@ impl Kernel {
         if pa >= self.boot.max_pfn << PAGE_SHIFT || pa & (PAGE_SIZE - 1) != 0 {
             return None;
         }
-        let p = self.mem_map.pfn_to_page(crate::Pfn(pa >> PAGE_SHIFT))?;
+        let p = self.mem_map.pfn_to_page(crate::PhysAddr(pa).pfn_down())?;
         (p.test(PageFlags::HEAD) && p.refcount() > 0 && !p.test(PageFlags::SLAB))
             .then(|| p.private())
     }

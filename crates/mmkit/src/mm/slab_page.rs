@@ -22,7 +22,7 @@
 //! two more words, so they are kept as the offsets above and turned into addresses on use.
 //! An on-slab freelist needs no field: it is the last `freelist_size` bytes of the slab.
 
-use crate::addr::{Pfn, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
 use crate::mm::page::{Page, PageFlags};
@@ -152,7 +152,7 @@ impl Kernel {
     /// The slab whose head page is `pfn`, which is on one of a cache's lists (or was just
     /// made a slab by `cache_grow_begin`).
     #[inline]
-    pub(crate) fn slab_at(&self, pfn: u64) -> &Slab {
+    pub(crate) fn slab_at(&self, pfn: Pfn) -> &Slab {
         let page = self.mem_map.page(pfn);
         // SAFETY: the pfns the slab allocator keeps (list entries, new slabs) are slab head
         // pages: see `Slab::from_page_unchecked`.
@@ -161,22 +161,22 @@ impl Kernel {
 
     /// Host address of the first byte of frame `pfn`.
     #[inline]
-    pub(crate) fn pfn_addr(&self, pfn: u64) -> usize {
+    pub(crate) fn pfn_addr(&self, pfn: Pfn) -> usize {
         self.pfn_ptr(pfn) as usize
     }
 
     /// `slab->s_mem`: the host address of the slab's first object.
     #[inline]
-    pub(crate) fn s_mem(&self, pfn: u64, slab: &Slab, c: &KmemCache) -> usize {
+    pub(crate) fn s_mem(&self, pfn: Pfn, slab: &Slab, c: &KmemCache) -> usize {
         self.pfn_addr(pfn) + slab.colour() as usize * c.colour_off as usize
     }
 
     /// `slab->freelist`: the host address of the slab's index array.
     #[inline]
-    pub(crate) fn freelist(&self, pfn: u64, slab: &Slab, c: &KmemCache) -> *mut u16 {
+    pub(crate) fn freelist(&self, pfn: Pfn, slab: &Slab, c: &KmemCache) -> *mut u16 {
         if c.off_slab {
             let (fpfn, off) = slab.off_slab_freelist();
-            (self.pfn_addr(fpfn.0) + off as usize) as *mut u16
+            (self.pfn_addr(fpfn) + off as usize) as *mut u16
         } else {
             (self.pfn_addr(pfn) + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize)
                 as *mut u16
@@ -184,7 +184,7 @@ impl Kernel {
     }
 
     /// `slab_get_obj`: hand out the next free object of the slab (under the node lock).
-    pub(crate) fn slab_get_obj(&self, c: &KmemCache, pfn: u64, slab: &Slab) -> usize {
+    pub(crate) fn slab_get_obj(&self, c: &KmemCache, pfn: Pfn, slab: &Slab) -> usize {
         let active = slab.active() as usize;
         // SAFETY: the freelist has `num` u16 entries in memory this slab owns (on the slab or
         // in an off-slab object), `active < num`, and the node lock serializes access.
@@ -194,7 +194,7 @@ impl Kernel {
     }
 
     /// `slab_put_obj`: take back object `obj` of the slab (under the node lock).
-    pub(crate) fn slab_put_obj(&self, c: &KmemCache, pfn: u64, slab: &Slab, obj: usize) {
+    pub(crate) fn slab_put_obj(&self, c: &KmemCache, pfn: Pfn, slab: &Slab, obj: usize) {
         let idx = c.obj_to_index((obj - self.s_mem(pfn, slab, c)) as u64);
         let active = slab.active() as usize - 1;
         // SAFETY: as in `slab_get_obj`; `active < num`.
@@ -214,7 +214,7 @@ impl Kernel {
         c: &KmemCache,
         gfp: Gfp,
         node: usize,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let flags = (gfp
             & (Gfp::__GFP_HIGH
                 | Gfp::__GFP_RECLAIM
@@ -228,7 +228,7 @@ impl Kernel {
                 | Gfp::__GFP_MEMALLOC))
             | c.allocflags;
         let page = self.alloc_pages_node(cpu, node, flags, c.gfporder)?;
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let colour = {
             let mut n = c.nodes[page.nid()].lock();
             let o = n.colour_next;
@@ -289,7 +289,7 @@ impl Kernel {
     }
 
     /// `slab_destroy`: give a free slab's pages (and off-slab freelist) back.
-    pub(crate) fn slab_destroy(&self, cpu: &CpuGuard<'_>, c: &KmemCache, pfn: u64) {
+    pub(crate) fn slab_destroy(&self, cpu: &CpuGuard<'_>, c: &KmemCache, pfn: Pfn) {
         let slab = self.slab_at(pfn);
         let fl = self.freelist(pfn, slab, c) as usize;
         let page = slab.reset(c.gfporder);
@@ -307,12 +307,12 @@ impl Kernel {
     /// `virt_to_slab` + `slab->slab_cache`: the slab (head pfn) and cache of a slab object
     /// address, or why it is not one.
     #[inline]
-    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &Slab, &KmemCache), &'static str> {
+    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(Pfn, &Slab, &KmemCache), &'static str> {
         // An address outside the direct map lands on a pfn without a struct page.
-        let mut pfn = self.direct_map.pa(addr) >> PAGE_SHIFT;
+        let mut pfn = PhysAddr(self.direct_map.pa(addr)).pfn_down();
         let page = self
             .mem_map
-            .pfn_to_page(Pfn(pfn))
+            .pfn_to_page(pfn)
             .ok_or("not a direct-map address of RAM")?;
         let page = if page.test(PageFlags::TAIL) {
             pfn -= page.private() as u64;

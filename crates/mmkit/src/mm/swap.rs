@@ -8,6 +8,7 @@
 //! A page is "file" for the LRU when it is not swap-backed (`page_is_file_lru`). The lists'
 //! sizes are the node counters `nr_inactive_anon` … `nr_unevictable`.
 
+use crate::addr::Pfn;
 use crate::cpu::CpuGuard;
 use crate::mm::list::PageList;
 use crate::mm::page::{Page, PageFlags};
@@ -39,7 +40,7 @@ pub const LRU_BATCH: usize = 31;
 #[derive(Clone, Copy)]
 pub struct FolioBatch {
     nr: usize,
-    pfns: [u64; LRU_BATCH],
+    pfns: [Pfn; LRU_BATCH],
 }
 
 impl Default for FolioBatch {
@@ -53,19 +54,19 @@ impl FolioBatch {
     pub const fn new() -> Self {
         Self {
             nr: 0,
-            pfns: [0; LRU_BATCH],
+            pfns: [Pfn(0); LRU_BATCH],
         }
     }
 
     /// `folio_batch_add`: append `pfn` (there must be room); returns the room left.
-    pub fn add(&mut self, pfn: u64) -> usize {
+    pub fn add(&mut self, pfn: Pfn) -> usize {
         self.pfns[self.nr] = pfn;
         self.nr += 1;
         LRU_BATCH - self.nr
     }
 
     /// The pages in the batch.
-    pub fn pfns(&self) -> &[u64] {
+    pub fn pfns(&self) -> &[Pfn] {
         &self.pfns[..self.nr]
     }
 
@@ -109,7 +110,7 @@ pub fn page_lru(page: &Page) -> usize {
 impl Kernel {
     /// `lruvec_add_folio` with the node's `lru_lock` held: onto the head of its list.
     pub(crate) fn lru_add_locked(&self, lru: &mut Lruvec, page: &Page) {
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let l = page_lru(page);
         lru.lists[l].push_front(&self.mem_map, pfn);
         lru.nr[l] += 1;
@@ -119,7 +120,7 @@ impl Kernel {
 
     /// `lruvec_del_folio` with the lock held.
     pub(crate) fn lru_del_locked(&self, lru: &mut Lruvec, page: &Page) {
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let l = page_lru(page);
         lru.lists[l].remove(&self.mem_map, pfn);
         lru.nr[l] -= 1;
@@ -139,7 +140,7 @@ impl Kernel {
     /// reference the drain drops); a full batch is drained.
     pub fn lru_cache_add(&self, cpu: &CpuGuard<'_>, page: &Page) {
         page.get();
-        let full = cpu.state().lru_add.lock().add(self.page_to_pfn(page).0) == 0;
+        let full = cpu.state().lru_add.lock().add(self.page_to_pfn(page)) == 0;
         if full {
             self.lru_add_drain(cpu);
         }

@@ -44,7 +44,7 @@ impl Kernel {
         if a.cache.contains_key(e.offset) {
             return false;
         }
-        a.cache.insert(e.offset, self.page_to_pfn(page).0);
+        a.cache.insert(e.offset, self.page_to_pfn(page));
         page.get();
         page.set(PG_SWAPCACHE | PageFlags::SWAPBACKED);
         page.set_private(e.pack());
@@ -104,7 +104,7 @@ impl Kernel {
         }
         .ok_or(Errno::ENODEV)?;
         let mut buf = [0u8; PAGE_SIZE as usize];
-        self.phys_read(self.page_to_pfn(page).0 << 12, &mut buf);
+        self.phys_read(self.page_to_pfn(page).phys(), &mut buf);
         if file.write_at(e.offset * PAGE_SIZE, &buf)? != buf.len() {
             return Err(Errno::EIO);
         }
@@ -137,7 +137,7 @@ impl Kernel {
                 self.__free_pages(cpu, page, 0);
                 return Err(Errno::EIO);
             }
-            self.phys_write(self.page_to_pfn(page).0 << 12, &buf);
+            self.phys_write(self.page_to_pfn(page).phys(), &buf);
             page.set(PageFlags::UPTODATE);
             cpu.state().vmstat.count(PSWPIN, 1);
             if !self.cache_insert(cpu, e, page) {

@@ -14,7 +14,7 @@
 //! Invariants: busy areas and free ranges and pending-purge ranges never overlap and together
 //! cover the vmalloc space; every page of a `vmalloc` area is mapped at its address.
 
-use crate::addr::{VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::x86_64::layout::{PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
 use crate::arch::x86_64::pgtable::{PgProt, Pte, PAGE_KERNEL};
 use crate::arch::x86_64::tlb::Access;
@@ -56,7 +56,7 @@ pub struct VmStruct {
     /// Size including the guard page.
     pub size: u64,
     /// The mapped pages' pfns.
-    pub pages: Vec<u64>,
+    pub pages: Vec<Pfn>,
     /// What kind of area.
     pub kind: AreaKind,
     /// Who created it.
@@ -225,7 +225,7 @@ impl Kernel {
         let area = VmStruct {
             start,
             size: bytes + PAGE_SIZE,
-            pages: pages.iter().map(|p| self.page_to_pfn(p).0).collect(),
+            pages: pages.iter().map(|p| self.page_to_pfn(p)).collect(),
             kind: AreaKind::Alloc { user },
             caller: Some(caller),
         };
@@ -276,7 +276,7 @@ impl Kernel {
         let area = VmStruct {
             start,
             size: bytes + PAGE_SIZE,
-            pages: pages.iter().map(|p| self.page_to_pfn(p).0).collect(),
+            pages: pages.iter().map(|p| self.page_to_pfn(p)).collect(),
             kind: AreaKind::Map,
             caller: Some(caller),
         };
@@ -445,7 +445,7 @@ impl Kernel {
             let n = (PAGE_SIZE as usize - off).min(len - done);
             let mut copy = |pa: u64| {
                 let page = self
-                    .pfn_to_page(crate::Pfn(pa >> PAGE_SHIFT))
+                    .pfn_to_page(crate::PhysAddr(pa).pfn_down())
                     .ok_or(Errno::EFAULT)?;
                 f(page, off, done..done + n)
             };
@@ -551,7 +551,7 @@ impl Kernel {
             for (i, &pfn) in a.pages.iter().enumerate() {
                 let va = a.start + ((i as u64) << PAGE_SHIFT);
                 match self.pte_lookup(self.init_mm(), va) {
-                    Some(p) if p.pfn().0 == pfn => {}
+                    Some(p) if p.pfn() == pfn => {}
                     other => {
                         return Err(format!(
                             "vmalloc {va:#x}: expected pfn {pfn:#x}, page table has {other:?}"

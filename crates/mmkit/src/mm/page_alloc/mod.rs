@@ -21,7 +21,7 @@ pub mod buddy;
 pub mod check;
 pub mod pcp;
 
-use crate::addr::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::x86_64::clear_page::clear_pages;
 use crate::arch::x86_64::layout::PAGE_OFFSET;
 use crate::cpu::CpuGuard;
@@ -340,7 +340,7 @@ impl Kernel {
         order: u32,
         flags: AllocFlags,
         ac: &AllocContext,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let zl = self.zonelist(ac);
         let preferred = zl
             .iter()
@@ -408,7 +408,7 @@ impl Kernel {
         order: u32,
         mt: MigrateType,
         flags: AllocFlags,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         if pcp_allowed_order(order) && (mt as usize) < MIGRATE_PCPTYPES {
             if let Some(p) = self.rmqueue_pcplist(cpu, zone, order, mt, flags) {
                 return Some(p);
@@ -428,7 +428,7 @@ impl Kernel {
         order: u32,
         mt: MigrateType,
         flags: AllocFlags,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let mut pcp = zone.pcp.get(cpu.id()).try_lock()?;
         let idx = order_to_pindex(mt, order);
         pcp.free_count >>= 1;
@@ -469,7 +469,7 @@ impl Kernel {
         gfp: Gfp,
         order: u32,
         ac: &AllocContext,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let flags = gfp_to_alloc_flags(gfp, order);
         // wake_all_kswapds: the fast path found the zones below their low watermark.
         if gfp.contains(Gfp::__GFP_KSWAPD_RECLAIM) {
@@ -591,7 +591,7 @@ impl Kernel {
 
     /// `post_alloc_hook` + `prep_new_page`: refcount 1, checks, zeroing, compound setup.
     #[inline]
-    fn post_alloc_hook(&self, pfn: u64, page: &Page, gfp: Gfp, order: u32) {
+    fn post_alloc_hook(&self, pfn: Pfn, page: &Page, gfp: Gfp, order: u32) {
         page.set_private(0);
         page.set_index(0);
         page.set_refcount(1);
@@ -622,8 +622,8 @@ impl Kernel {
             ));
             return;
         }
-        let pfn = self.mem_map.page_to_pfn(page).0;
-        if order > MAX_PAGE_ORDER || pfn & ((1 << order) - 1) != 0 {
+        let pfn = self.mem_map.page_to_pfn(page);
+        if order > MAX_PAGE_ORDER || pfn.0 & ((1 << order) - 1) != 0 {
             self.bad_page(
                 cpu,
                 page,
@@ -695,11 +695,11 @@ impl Kernel {
     /// Free an order-0 page whose last reference the caller already dropped (and which is
     /// off the LRU): `free_unref_folios`' per-page step.
     pub(crate) fn free_unref_page(&self, cpu: &CpuGuard<'_>, page: &Page) {
-        let pfn = self.mem_map.page_to_pfn(page).0;
+        let pfn = self.mem_map.page_to_pfn(page);
         self.free_the_page(cpu, page, pfn, 0);
     }
 
-    fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) {
+    fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) {
         if page
             .flags()
             .intersects(PageFlags::LRU | PageFlags::ACTIVE | PageFlags::UNEVICTABLE)
@@ -741,7 +741,7 @@ impl Kernel {
 
     /// `free_pages_prepare` + `free_page_is_bad`: true when the block may be freed.
     #[inline]
-    fn free_pages_prepare(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) -> bool {
+    fn free_pages_prepare(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) -> bool {
         let compound = page.test(PageFlags::HEAD);
         if compound {
             if page.private() != order {
@@ -865,7 +865,7 @@ impl Kernel {
 
     /// `bad_page`: Linux's report, then leave the page alone (it is leaked, as Linux does).
     #[cold]
-    fn bad_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, reason: &str) {
+    fn bad_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, reason: &str) {
         let mut s = String::new();
         let _ = write!(
             s,
@@ -900,7 +900,7 @@ impl Kernel {
     /// `page_address()`: the page's address in the direct map (`PAGE_OFFSET + phys`).
     #[inline]
     pub fn page_address(&self, page: &Page) -> VirtAddr {
-        VirtAddr(PAGE_OFFSET + (self.page_to_pfn(page).0 << PAGE_SHIFT))
+        VirtAddr(PAGE_OFFSET + self.page_to_pfn(page).phys().0)
     }
 
     /// `virt_to_page()`: `None` unless `va` is a direct-map address of a page with a
@@ -910,13 +910,13 @@ impl Kernel {
         if pa >= self.mem_map.max_pfn() << PAGE_SHIFT {
             return None;
         }
-        self.mem_map.pfn_to_page(Pfn(pa >> PAGE_SHIFT))
+        self.mem_map.pfn_to_page(PhysAddr(pa).pfn_down())
     }
 
     /// Host pointer to the first byte of frame `pfn` (the simulator's direct map).
     #[inline]
-    pub(crate) fn pfn_ptr(&self, pfn: u64) -> *mut u8 {
-        self.direct_map.ptr(pfn << PAGE_SHIFT)
+    pub(crate) fn pfn_ptr(&self, pfn: Pfn) -> *mut u8 {
+        self.direct_map.ptr(pfn.phys().0)
     }
 
     /// The bytes of an allocated block, for the caller that owns it.
@@ -926,7 +926,7 @@ impl Kernel {
     /// freed, and the caller must not create two live slices of the same bytes.
     #[allow(clippy::mut_from_ref)] // the bytes are simulated RAM, not part of `self`; see Safety
     pub unsafe fn page_bytes_mut(&self, page: &Page, order: u32) -> &mut [u8] {
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         // SAFETY: the block is RAM inside the direct map and owned by the caller (contract).
         unsafe { core::slice::from_raw_parts_mut(self.pfn_ptr(pfn), (PAGE_SIZE << order) as usize) }
     }
@@ -962,7 +962,7 @@ impl Kernel {
         Ok(())
     }
 
-    fn check_allocated(&self, page: &Page, offset: usize, len: usize) -> Result<u64, crate::Errno> {
+    fn check_allocated(&self, page: &Page, offset: usize, len: usize) -> Result<Pfn, crate::Errno> {
         if !self.mem_map.owns(page) || page.test(PageFlags::RESERVED) || page.test(PageFlags::BUDDY)
         {
             return Err(crate::Errno::EFAULT);
@@ -970,7 +970,7 @@ impl Kernel {
         // A compound block's tail pages hold no reference; the head holds it for all.
         let head = if page.test(PageFlags::TAIL) {
             self.mem_map
-                .page(self.page_to_pfn(page).0 - page.private() as u64)
+                .page(self.page_to_pfn(page) - page.private() as u64)
         } else {
             page
         };
@@ -983,12 +983,12 @@ impl Kernel {
         {
             return Err(crate::Errno::EFAULT);
         }
-        Ok(self.page_to_pfn(page).0)
+        Ok(self.page_to_pfn(page))
     }
 }
 
 /// `dump_page`: `page:… refcount:… mapcount:… mapping:… index:… pfn:…` and the flags.
-pub fn dump_page(page: &Page, pfn: u64) -> String {
+pub fn dump_page(page: &Page, pfn: Pfn) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
