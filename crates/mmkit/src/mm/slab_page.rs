@@ -1,6 +1,6 @@
 //! `struct slab` (`mm/slab.h`): how the slab allocator reads and writes the `struct page` at
 //! the head of each slab, and the `mm/slab.c` functions that work on one slab through it —
-//! `virt_to_slab`/`virt_to_cache` ([`Kernel::obj_slab`]), `index_to_obj`/`obj_to_index`,
+//! `virt_to_slab`/`virt_to_cache` (`Kernel::obj_slab`), `index_to_obj`/`obj_to_index`,
 //! `slab_get_obj`/`slab_put_obj`, `alloc_slabmgmt` + `cache_init_objs` inside
 //! `cache_grow_begin`, and `slab_destroy`.
 //!

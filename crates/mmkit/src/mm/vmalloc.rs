@@ -74,12 +74,11 @@ pub struct VmapState {
 }
 
 impl VmapState {
+    /// No vmalloc space yet: `vmalloc_init` hands it out.
     pub(crate) fn new() -> Self {
-        let mut free = FreeTree::new();
-        free.free(VMALLOC_START, VMALLOC_LIMIT);
         Self {
             busy: BTreeMap::new(),
-            free,
+            free: FreeTree::new(),
             purge: Vec::new(),
             lazy_pages: 0,
             nr_vmalloc_pages: 0,
@@ -88,6 +87,15 @@ impl VmapState {
 }
 
 impl Kernel {
+    /// `vmalloc_init` → `vmap_init_free_space`: the whole vmalloc range
+    /// `[VMALLOC_START, VMALLOC_LIMIT)` becomes free space (boot calls this once, after
+    /// `kmem_cache_init`, as Linux's `mm_core_init` does).
+    pub(crate) fn vmalloc_init(&self) {
+        let mut v = self.vmap.lock();
+        let ok = v.free.free(VMALLOC_START, VMALLOC_LIMIT);
+        debug_assert!(ok, "vmalloc_init ran twice");
+    }
+
     /// `lazy_max_pages`: `fls(num_online_cpus) * 32 MiB` of pages.
     fn lazy_max_pages(&self) -> u64 {
         crate::addr::fls(self.nr_cpus() as u64) as u64 * ((32 << 20) >> PAGE_SHIFT)
