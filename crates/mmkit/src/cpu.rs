@@ -6,7 +6,7 @@
 //! TLBs) is reached through it.
 
 use crate::errno::Errno;
-use crate::mm::vmstat::CpuVmStats;
+use crate::mm::vmstat_names::CpuVmStats;
 use crate::Kernel;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ pub struct CpuState {
     /// Event and NUMA counters.
     pub vmstat: CpuVmStats,
     /// `cpu_fbatches.lru_add`: pages waiting to go onto the LRU lists (each holds a ref).
-    pub(crate) lru_add: crate::sync::SpinLock<crate::mm::swap::FolioBatch>,
+    pub(crate) lru_add: crate::sync::SpinLock<crate::mm::pagevec::FolioBatch>,
     /// The CPU is in reclaim (`PF_MEMALLOC`): its allocations do not reclaim again. Only the
     /// CPU's holder reads or writes it; an atomic (with relaxed ordering, a plain load and
     /// store on x86) keeps `CpuState` `Sync` without an unsafe claim.

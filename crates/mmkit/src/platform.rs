@@ -3,7 +3,9 @@
 //! A bare-metal kernel would implement this over its own page tables and drivers; the
 //! simulator (`mmkit-sim`) implements it over one lazily committed host mapping and threads.
 //! The swap device and the files the page cache reads are handed to the kernel separately
-//! (`swapon`, the inode table); this trait is what every machine needs.
+//! (`swapon`, the inode table) as [`FileData`]; [`Platform`] is what every machine needs.
+
+use crate::errno::Errno;
 
 /// The host of a [`crate::Kernel`].
 pub trait Platform: Send + Sync {
@@ -27,6 +29,26 @@ pub trait Platform: Send + Sync {
     /// default.
     fn flush_tlb(&self, flush: &crate::mm::mmu_gather::TlbFlush<'_>) {
         let _ = flush;
+    }
+}
+
+/// `VM_READAHEAD_PAGES` (`include/linux/mm.h`): the default `ra_pages` of a backing device
+/// (128 KiB).
+pub const VM_READAHEAD_PAGES: u64 = 32;
+
+/// A file's contents: the backing store the page cache reads from and writes back to.
+pub trait FileData: Send + Sync {
+    /// Current size in bytes (`i_size`).
+    fn size(&self) -> u64;
+    /// Read up to `buf.len()` bytes at `off`; fewer at end of file. `EIO` on a device error.
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// Write `buf` at `off` (writeback). `EROFS` for read-only backing stores.
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno>;
+    /// Whether `write_at` can succeed (a file may be opened for writing only then).
+    fn writable(&self) -> bool;
+    /// Readahead window of the backing device in pages (`bdi->ra_pages`).
+    fn ra_pages(&self) -> u64 {
+        VM_READAHEAD_PAGES
     }
 }
 
@@ -63,5 +85,12 @@ impl DirectMap {
     #[inline]
     pub(crate) fn pa(self, host: usize) -> u64 {
         host.wrapping_sub(self.0 as usize) as u64
+    }
+}
+
+impl crate::Kernel {
+    /// The platform this kernel runs on.
+    pub fn platform(&self) -> &dyn Platform {
+        &*self.platform
     }
 }

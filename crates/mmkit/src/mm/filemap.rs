@@ -34,8 +34,7 @@ pub const NR_WRITTEN: usize = index_of(NODE_STAT_NAMES, "nr_written");
 /// `PGMAJFAULT`.
 pub const PGMAJFAULT: usize = index_of(VM_EVENT_NAMES, "pgmajfault");
 
-/// `VM_READAHEAD_PAGES`: the default `ra_pages` (128 KiB).
-pub const VM_READAHEAD_PAGES: u64 = 32;
+pub use crate::platform::VM_READAHEAD_PAGES;
 
 impl Kernel {
     /// Pages a file of `inode`'s size spans.

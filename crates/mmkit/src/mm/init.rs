@@ -771,7 +771,7 @@ impl Kernel {
             boot,
             tunables: SpinLock::new(config.wmark.clone()),
             min_free_kbytes: AtomicU64::new(0),
-            log: SpinLock::new(crate::LogBuf::default()),
+            log: SpinLock::new(crate::printk::LogBuf::default()),
             bad_pages: AtomicU64::new(0),
             slab: crate::mm::slab::SlabState::new(),
             slab_reports: AtomicU64::new(0),
@@ -872,23 +872,5 @@ impl Kernel {
         let mt = z.pageblock_migratetype(pfn);
         let mut fa = z.free_area.lock();
         buddy::free_one_page(&self.mem_map, z, &mut fa, pfn, order, mt, true);
-    }
-
-    /// Free pages in the buddy lists of every zone (`global_zone_page_state(NR_FREE_PAGES)`).
-    pub fn global_free_pages(&self) -> u64 {
-        self.nodes
-            .iter()
-            .flat_map(|n| n.zones.iter())
-            .map(|z| z.free_pages().max(0) as u64)
-            .sum()
-    }
-
-    /// `totalram_pages()`.
-    pub fn totalram_pages(&self) -> u64 {
-        self.nodes
-            .iter()
-            .flat_map(|n| n.zones.iter())
-            .map(|z| z.managed())
-            .sum()
     }
 }

@@ -266,7 +266,7 @@ pub struct PglistData {
     /// `per_cpu_nodestats.stat_threshold`: how far a CPU's differential may drift.
     pub stat_threshold: AtomicI64,
     /// The LRU lists (`lruvec`) under `lru_lock`.
-    pub lru: crate::sync::SpinLock<crate::mm::swap::Lruvec>,
+    pub lru: crate::sync::SpinLock<Lruvec>,
     /// kswapd has been woken (`kswapd_wait` with work pending).
     pub kswapd_wait: core::sync::atomic::AtomicBool,
     /// Times kswapd was woken.
@@ -459,4 +459,25 @@ pub fn totalreserve_pages(nodes: &[PglistData]) -> u64 {
             max.min(z.managed())
         })
         .sum()
+}
+
+/// `LRU_INACTIVE_ANON` … `LRU_UNEVICTABLE`, also the indices of their node counters.
+pub const LRU_INACTIVE_ANON: usize = 0;
+/// `LRU_ACTIVE_ANON`.
+pub const LRU_ACTIVE_ANON: usize = 1;
+/// `LRU_INACTIVE_FILE`.
+pub const LRU_INACTIVE_FILE: usize = 2;
+/// `LRU_ACTIVE_FILE`.
+pub const LRU_ACTIVE_FILE: usize = 3;
+/// `LRU_UNEVICTABLE`.
+pub const LRU_UNEVICTABLE: usize = 4;
+/// `NR_LRU_LISTS`.
+pub const NR_LRU_LISTS: usize = 5;
+/// `struct lruvec` of a node.
+#[derive(Default)]
+pub struct Lruvec {
+    /// The lists, by `LRU_*` index; the head is the young end.
+    pub lists: [PageList; NR_LRU_LISTS],
+    /// Pages on each list.
+    pub nr: [u64; NR_LRU_LISTS],
 }

@@ -52,6 +52,19 @@ pub const PFN_SECTION_SHIFT: u32 = SECTION_SIZE_BITS - crate::addr::PAGE_SHIFT;
 pub const PAGES_PER_SECTION: u64 = 1 << PFN_SECTION_SHIFT;
 /// The "no page" value of a pfn link.
 pub const NIL: u32 = u32::MAX;
+/// `PAGE_MAPPING_ANON` (`include/linux/page-flags.h`): the bit of `page->mapping` that marks
+/// an anonymous page (the rest is its `anon_vma` id).
+pub const PAGE_MAPPING_ANON: u32 = 0x8000_0000;
+
+/// Whether a page is anonymous (`PageAnon`).
+#[inline]
+pub fn page_anon(page: &Page) -> bool {
+    page.mapping() & PAGE_MAPPING_ANON != 0
+}
+
+/// `PG_swapcache` (`PG_owner_priv_1` on an anonymous page): the page is in the swap cache,
+/// its entry in `private`.
+pub const PG_SWAPCACHE: PageFlags = PageFlags::OWNER_PRIV_1;
 
 pub use self::flag_defs::*;
 #[allow(missing_docs)] // the flag names are Linux's own; see the kernel headers named above
@@ -472,5 +485,12 @@ impl MemMap {
             .enumerate()
             .filter(|(_, s)| s.is_some())
             .map(|(i, _)| i)
+    }
+}
+
+impl crate::Kernel {
+    /// `mem_map` access.
+    pub fn mem_map(&self) -> &MemMap {
+        &self.mem_map
     }
 }

@@ -16,8 +16,7 @@ use crate::mm::swapfile::SwpEntry;
 use crate::mm::vmstat::{index_of, NODE_STAT_NAMES, VM_EVENT_NAMES};
 use crate::Kernel;
 
-/// `PG_swapcache`.
-pub const PG_SWAPCACHE: PageFlags = PageFlags::OWNER_PRIV_1;
+pub use crate::mm::page::PG_SWAPCACHE;
 /// `NR_SWAPCACHE`.
 pub const NR_SWAPCACHE: usize = index_of(NODE_STAT_NAMES, "nr_swapcached");
 /// `PSWPIN`.
@@ -127,7 +126,7 @@ impl Kernel {
                 .and_then(|a| a.as_ref())
                 .map(|a| a.file.clone())
         };
-        let read = |file: Option<alloc::sync::Arc<dyn crate::fs::inode::FileData>>| {
+        let read = |file: Option<alloc::sync::Arc<dyn crate::platform::FileData>>| {
             let file = file.ok_or(Errno::ENODEV)?;
             let page = self
                 .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)

@@ -137,6 +137,39 @@ impl AllocFlags {
     }
 }
 
+/// The allocator's readings of a GFP mask (`include/linux/gfp.h`).
+impl Gfp {
+    /// `gfp_zone()`: the highest zone this mask may allocate from, or `None` for the
+    /// combinations Linux's `GFP_ZONE_BAD` table rejects (e.g. `__GFP_DMA | __GFP_DMA32`).
+    /// x86-64 has no highmem, so `__GFP_HIGHMEM` means NORMAL (MOVABLE with `__GFP_MOVABLE`).
+    pub fn zone(self) -> Option<ZoneType> {
+        let dma = self.contains(Gfp::__GFP_DMA);
+        let dma32 = self.contains(Gfp::__GFP_DMA32);
+        let high = self.contains(Gfp::__GFP_HIGHMEM);
+        let movable = self.contains(Gfp::__GFP_MOVABLE);
+        match (dma, dma32, high) {
+            (false, false, false) => Some(ZoneType::Normal),
+            (true, false, false) => Some(ZoneType::Dma),
+            (false, true, false) => Some(ZoneType::Dma32),
+            (false, false, true) if movable => Some(ZoneType::Movable),
+            (false, false, true) => Some(ZoneType::Normal),
+            _ => None,
+        }
+    }
+
+    /// `gfp_migratetype()`: the free lists an allocation with this mask prefers.
+    pub fn migratetype(self) -> MigrateType {
+        let m = self.contains(Gfp::__GFP_MOVABLE);
+        let r = self.contains(Gfp::__GFP_RECLAIMABLE);
+        match (m, r) {
+            (true, false) => MigrateType::Movable,
+            (false, true) => MigrateType::Reclaimable,
+            // Both set is a caller bug Linux only VM_WARNs about; treat it as unmovable.
+            _ => MigrateType::Unmovable,
+        }
+    }
+}
+
 /// `gfp_to_alloc_flags`: what the slow path may dip into.
 pub fn gfp_to_alloc_flags(gfp: Gfp, order: u32) -> AllocFlags {
     let mut f = AllocFlags::CPUSET; // WMARK_MIN is 0
@@ -574,6 +607,11 @@ impl Kernel {
         None
     }
 
+    /// Number of bad-page reports so far.
+    pub fn bad_page_reports(&self) -> u64 {
+        self.bad_pages.load(Relaxed)
+    }
+
     /// `warn_alloc` + `show_free_areas`: Linux's page allocation failure report.
     #[cold]
     fn warn_alloc(&self, cpu: &CpuGuard<'_>, gfp: Gfp, order: u32) {
@@ -584,7 +622,7 @@ impl Kernel {
             gfp
         ));
         self.printk("Mem-Info:");
-        for line in crate::fs::proc::meminfo::show_free_areas(self).lines() {
+        for line in crate::mm::show_mem::show_free_areas(self).lines() {
             self.printk(line);
         }
     }
@@ -770,7 +808,7 @@ impl Kernel {
         }
         // An anonymous page's mapping (the anon bit) is cleared at free, as Linux clears
         // PageMappingFlags; any other mapping is a page still in a file's cache.
-        if page.mapping() & crate::mm::rmap::PAGE_MAPPING_ANON != 0 {
+        if page.mapping() & crate::mm::page::PAGE_MAPPING_ANON != 0 {
             page.set_mapping(0);
         }
         if page.mapping() != 0 {
