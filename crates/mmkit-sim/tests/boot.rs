@@ -245,9 +245,50 @@ fn movablecore_creates_zone_movable() {
     k.check_invariants().unwrap();
 }
 
+/// `mem_map` as boot laid it out in the machine's RAM (the type's size is a compile-time
+/// assertion in `mm/page.rs`): 40 bytes a page, section after section, 320 pages of
+/// memblock per 128 MiB section (what `nr_memmap_boot_pages` shows), in frames that are
+/// reserved RAM the buddy allocator never hands out.
 #[test]
-fn struct_page_is_40_bytes() {
-    assert!(std::mem::size_of::<mmkit::Page>() <= 40);
+fn mem_map_is_40_bytes_a_page_in_reserved_ram() {
+    use mmkit::mm::page::{PageFlags, PAGES_PER_SECTION};
+    let m = common::boot_mem(1024, 1, "numa=fake=2");
+    let k = &m.kernel;
+    let base = k.platform().direct_map_base() as usize;
+    let ram_end = base + (k.boot.max_pfn << 12) as usize;
+    let sections: Vec<usize> = k.mem_map().present_sections().collect();
+    assert_eq!(
+        sections.len() as u64,
+        k.boot.max_pfn.div_ceil(PAGES_PER_SECTION)
+    );
+    assert_eq!(
+        k.boot.memmap_pages,
+        sections.len() as u64 * PAGES_PER_SECTION * 40 / 4096
+    );
+    let vmstat = mmkit::fs::proc::vmstat::vmstat(k);
+    assert!(
+        vmstat.contains(&format!("\nnr_memmap_boot_pages {}\n", k.boot.memmap_pages)),
+        "{vmstat}"
+    );
+    let addr = |pfn: u64| k.mem_map().page(mmkit::Pfn(pfn)) as *const mmkit::Page as usize;
+    for &nr in &sections {
+        let first = nr as u64 * PAGES_PER_SECTION;
+        for pfn in [
+            first,
+            first + 1,
+            first + 4095,
+            first + PAGES_PER_SECTION - 2,
+        ] {
+            assert_eq!(addr(pfn + 1) - addr(pfn), 40, "pfn {pfn:#x}");
+        }
+        let (lo, hi) = (addr(first), addr(first + PAGES_PER_SECTION - 1) + 40);
+        assert_eq!(hi - lo, (PAGES_PER_SECTION * 40) as usize);
+        assert!(lo >= base && hi <= ram_end, "section {nr} outside RAM");
+        for frame in ((lo - base) >> 12)..=((hi - 1 - base) >> 12) {
+            let p = k.mem_map().page(mmkit::Pfn(frame as u64));
+            assert!(p.test(PageFlags::RESERVED), "mem_map frame {frame:#x}");
+        }
+    }
 }
 
 /// A 64 GiB machine with 4 fake nodes: every node gets a quarter of RAM (on section

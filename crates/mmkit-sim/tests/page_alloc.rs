@@ -363,7 +363,7 @@ fn highatomic_reserve() {
         assert_eq!(z.nr_reserved_highatomic.load(Relaxed), 512);
         let pfn = k.page_to_pfn(p).0;
         assert_eq!(
-            z.pageblock_migratetype(pfn),
+            z.pageblock_migratetype(mmkit::Pfn(pfn)),
             mmkit::mm::page_alloc::MigrateType::HighAtomic
         );
         let q = k.alloc_pages(cpu, GFP_ATOMIC, 2).unwrap();
@@ -453,4 +453,67 @@ fn pcp_batching_and_remote_drain() {
     assert_eq!(z.pcp.get(1).lock().count, 0);
     k.check_invariants().unwrap();
     let _ = GFP_DMA;
+}
+
+/// `__GFP_NORETRY` (`__alloc_pages_slowpath`'s "do not loop if specifically requested"):
+/// with nothing reclaimable, a blocking allocation with the flag runs direct reclaim once
+/// (with compaction before and after it for a higher order) and fails; without the flag
+/// reclaim is retried `MAX_RECLAIM_RETRIES` times first. `__GFP_NOWARN` keeps the failure
+/// out of the log; without it the report names the mask.
+#[test]
+fn noretry_reclaims_once_then_fails() {
+    use mmkit::fs::proc::vmstat::vm_event;
+    use mmkit::mm::page_alloc::MAX_RECLAIM_RETRIES;
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    let ev = |name: &str| vm_event(k, name).unwrap();
+    m.on_cpu(0, |cpu| {
+        // Only unmovable kernel pages in use: reclaim and compaction find nothing to do.
+        let held = exhaust(k, cpu, GFP_KERNEL, 0);
+        let (_, seq) = k.dmesg_since(0);
+        let noretry = GFP_KERNEL | Gfp::__GFP_NORETRY | Gfp::__GFP_NOWARN;
+
+        let stalls = ev("allocstall_normal");
+        assert!(k.alloc_pages(cpu, noretry, 0).is_none());
+        assert_eq!(ev("allocstall_normal") - stalls, 1, "one reclaim round");
+
+        let (stalls, compact) = (ev("allocstall_normal"), ev("compact_stall"));
+        assert!(k.alloc_pages(cpu, noretry, 2).is_none());
+        assert_eq!(ev("allocstall_normal") - stalls, 1, "one reclaim round");
+        assert_eq!(
+            ev("compact_stall") - compact,
+            2,
+            "compaction before and after it"
+        );
+
+        let stalls = ev("allocstall_normal");
+        assert!(k
+            .alloc_pages(cpu, GFP_KERNEL | Gfp::__GFP_NOWARN, 0)
+            .is_none());
+        assert_eq!(
+            ev("allocstall_normal") - stalls,
+            MAX_RECLAIM_RETRIES as u64,
+            "without __GFP_NORETRY reclaim is retried"
+        );
+        let (quiet, seq) = k.dmesg_since(seq);
+        assert!(
+            quiet.iter().all(|l| !l.contains("page allocation failure")),
+            "{quiet:?}"
+        );
+
+        assert!(k
+            .alloc_pages(cpu, GFP_KERNEL | Gfp::__GFP_NORETRY, 1)
+            .is_none());
+        let (log, _) = k.dmesg_since(seq);
+        let report = log
+            .iter()
+            .find(|l| l.contains("page allocation failure: order:1, mode:"))
+            .expect("warn_alloc's report");
+        assert!(
+            report.ends_with("(GFP_KERNEL|__GFP_NORETRY), nodemask=(null)"),
+            "{report}"
+        );
+        free_all(k, cpu, held, 0);
+    });
+    k.check_invariants().unwrap();
 }

@@ -703,3 +703,71 @@ fn madv_free_pages_are_dropped_unless_written_again() {
     });
     teardown_check(&m, before);
 }
+
+/// MADV_WILLNEED on anonymous memory (`madvise_willneed` → `swapin_walk_pmd_entry`): the
+/// swapped-out pages of the range are read into the swap cache without being mapped, so
+/// touching them afterwards is a minor fault that reads nothing; a hole in the range is
+/// `ENOMEM`, after the pages beyond it have been read too.
+#[test]
+fn madv_willneed_reads_swapped_out_anonymous_pages() {
+    use mmkit::gfp::GFP_KERNEL;
+    use mmkit::mm::madvise::MADV_WILLNEED;
+    use mmkit::mm::swap_state::NR_SWAPCACHE;
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let path = swapon(&m, dir.path(), 64);
+    m.on_cpu(0, |cpu| {
+        const N: u64 = 256;
+        const HOLE: u64 = 100;
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, N << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, &mut mm, a, N, 6);
+        k.munmap(cpu, &mut mm, a + (HOLE << 12), 4096).unwrap();
+        for _ in 0..500 {
+            if mm.counter(MM_SWAPENTS) == N - 1 {
+                break;
+            }
+            k.try_to_free_pages(cpu, GFP_KERNEL);
+        }
+        let swapped = mm.counter(MM_SWAPENTS);
+        assert_eq!(swapped, N - 1, "every page of the range is on swap");
+        let anon = mm.counter(MM_ANONPAGES);
+        let (cached0, pswpin0) = (k.global_node_page_state(NR_SWAPCACHE), event(k, "pswpin"));
+        assert_eq!(
+            k.madvise(cpu, &mut mm, a, N << 12, MADV_WILLNEED),
+            Err(mmkit::Errno::ENOMEM)
+        );
+        let read = event(k, "pswpin") - pswpin0;
+        let cached = k.global_node_page_state(NR_SWAPCACHE);
+        assert_eq!(
+            cached,
+            cached0 + read,
+            "every page read is in the swap cache"
+        );
+        assert!(
+            cached >= swapped,
+            "the whole range, past the hole: {cached}"
+        );
+        assert_eq!(mm.counter(MM_SWAPENTS), swapped, "nothing was mapped");
+        assert_eq!(mm.counter(MM_ANONPAGES), anon);
+        k.check_swap_invariants().unwrap();
+        k.check_lru_invariants().unwrap();
+        let (maj0, pswpin1) = (event(k, "pgmajfault"), event(k, "pswpin"));
+        let mut got = [0u8; 64];
+        for i in (0..N).filter(|&i| i != HOLE) {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut got).unwrap();
+            assert_eq!(got, page_bytes(i, 6), "page {i}");
+        }
+        assert_eq!(event(k, "pgmajfault"), maj0, "only minor faults");
+        assert_eq!(event(k, "pswpin"), pswpin1, "nothing read again");
+        assert_eq!(mm.counter(MM_SWAPENTS), 0);
+        verify(k, cpu, &mut mm, a, HOLE, |_| 6);
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+        k.swapoff(cpu, &path).unwrap();
+    });
+    teardown_check(&m, before);
+}

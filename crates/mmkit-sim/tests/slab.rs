@@ -472,8 +472,7 @@ fn destroy_refuses_live_objects_and_reclaim_account() {
     // Slabs come from Reclaimable pageblocks.
     let (page, _) = page_of(k, v[0]);
     assert_eq!(
-        k.page_zone(page)
-            .pageblock_migratetype(k.page_to_pfn(page).0),
+        k.page_zone(page).pageblock_migratetype(k.page_to_pfn(page)),
         mmkit::mm::page_alloc::MigrateType::Reclaimable
     );
     assert_eq!(k.kmem_cache_destroy(id), Err(mmkit::Errno::EBUSY));

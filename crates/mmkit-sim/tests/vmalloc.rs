@@ -203,6 +203,53 @@ fn kvmalloc_prefers_kmalloc_and_falls_back_to_vmalloc() {
     k.check_slab_invariants().unwrap();
 }
 
+/// kvmalloc of more than a page when free memory is all single pages: its kmalloc try
+/// (`__GFP_NORETRY | __GFP_NOWARN`) runs one round of reclaim between two of compaction,
+/// fails without a report, and vmalloc builds the area from single pages.
+#[test]
+fn kvmalloc_falls_back_quietly_when_memory_is_fragmented() {
+    use mmkit::fs::proc::vmstat::vm_event;
+    use mmkit::gfp::Gfp;
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    let ev = |name: &str| vm_event(k, name).unwrap();
+    m.on_cpu(0, |cpu| {
+        // Take every free page (no watermarks), then give back every fourth by pfn: each
+        // free page's buddy is held, so no free block is larger than one page.
+        let mut held = common::exhaust(k, cpu, GFP_KERNEL | Gfp::__GFP_MEMALLOC, 0);
+        held.sort_by_key(|p| k.page_to_pfn(p).0);
+        let (give, keep): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|p| k.page_to_pfn(p).0.is_multiple_of(4));
+        common::free_all(k, cpu, give, 0);
+        k.drain_all_pages(cpu);
+        assert!(k
+            .alloc_pages(cpu, GFP_ATOMIC | Gfp::__GFP_NOWARN, 1)
+            .is_none());
+        let (_, seq) = k.dmesg_since(0);
+        let (stalls, compact) = (ev("allocstall_normal"), ev("compact_stall"));
+        let va = k
+            .kvmalloc(cpu, 16 << 10, GFP_KERNEL)
+            .expect("vmalloc's pages");
+        assert!(k.is_vmalloc_addr(va), "{va:?}");
+        assert_eq!(ev("allocstall_normal") - stalls, 1, "one reclaim round");
+        assert_eq!(ev("compact_stall") - compact, 2);
+        let (log, _) = k.dmesg_since(seq);
+        assert!(
+            log.iter().all(|l| !l.contains("page allocation failure")),
+            "{log:?}"
+        );
+        k.kernel_write(cpu, va, &pattern(16 << 10, 5)).unwrap();
+        let mut b = vec![0; 16 << 10];
+        k.kernel_read(cpu, va, &mut b).unwrap();
+        assert_eq!(b, pattern(16 << 10, 5));
+        k.kvfree(cpu, va);
+        common::free_all(k, cpu, keep, 0);
+    });
+    k.check_vmalloc_invariants().unwrap();
+    k.check_invariants().unwrap();
+}
+
 /// Random vmalloc/vfree: invariants after every step, every byte intact, every page back.
 #[test]
 fn random_vmalloc_sequences_keep_invariants() {

@@ -31,6 +31,49 @@ impl Pfn {
     }
 }
 
+/// `pfn + n`: the frame `n` frames further on.
+impl core::ops::Add<u64> for Pfn {
+    type Output = Pfn;
+    #[inline]
+    fn add(self, n: u64) -> Pfn {
+        Pfn(self.0 + n)
+    }
+}
+
+/// `pfn += n`.
+impl core::ops::AddAssign<u64> for Pfn {
+    #[inline]
+    fn add_assign(&mut self, n: u64) {
+        self.0 += n;
+    }
+}
+
+/// `pfn -= n`.
+impl core::ops::SubAssign<u64> for Pfn {
+    #[inline]
+    fn sub_assign(&mut self, n: u64) {
+        self.0 -= n;
+    }
+}
+
+/// `pfn - n`: the frame `n` frames back.
+impl core::ops::Sub<u64> for Pfn {
+    type Output = Pfn;
+    #[inline]
+    fn sub(self, n: u64) -> Pfn {
+        Pfn(self.0 - n)
+    }
+}
+
+/// `a - b`: how many frames `b` lies below `a`.
+impl core::ops::Sub<Pfn> for Pfn {
+    type Output = u64;
+    #[inline]
+    fn sub(self, b: Pfn) -> u64 {
+        self.0 - b.0
+    }
+}
+
 impl PhysAddr {
     /// `PFN_DOWN`: the frame containing this address.
     pub const fn pfn_down(self) -> Pfn {
@@ -45,6 +88,12 @@ impl PhysAddr {
 impl fmt::Debug for Pfn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pfn:{:#x}", self.0)
+    }
+}
+/// The frame number alone, so `{pfn:#x}` prints as Linux's `pfn:%#lx` does.
+impl fmt::LowerHex for Pfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
     }
 }
 impl fmt::Debug for PhysAddr {

@@ -6,7 +6,7 @@
 //! TLBs) is reached through it.
 
 use crate::errno::Errno;
-use crate::mm::vmstat::CpuVmStats;
+use crate::mm::vmstat_names::CpuVmStats;
 use crate::Kernel;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -20,9 +20,25 @@ pub struct CpuState {
     /// Event and NUMA counters.
     pub vmstat: CpuVmStats,
     /// `cpu_fbatches.lru_add`: pages waiting to go onto the LRU lists (each holds a ref).
-    pub(crate) lru_add: crate::sync::SpinLock<crate::mm::swap::FolioBatch>,
-    /// The CPU is in reclaim (`PF_MEMALLOC`): its allocations do not reclaim again.
-    pub(crate) in_reclaim: core::cell::Cell<bool>,
+    pub(crate) lru_add: crate::sync::SpinLock<crate::mm::pagevec::FolioBatch>,
+    /// The CPU is in reclaim (`PF_MEMALLOC`): its allocations do not reclaim again. Only the
+    /// CPU's holder reads or writes it; an atomic (with relaxed ordering, a plain load and
+    /// store on x86) keeps `CpuState` `Sync` without an unsafe claim.
+    pub(crate) in_reclaim: AtomicBool,
+}
+
+impl CpuState {
+    /// Whether this CPU is in direct reclaim or compaction (`current->flags & PF_MEMALLOC`).
+    #[inline]
+    pub(crate) fn in_reclaim(&self) -> bool {
+        self.in_reclaim.load(Ordering::Relaxed)
+    }
+
+    /// Enter (`memalloc_noreclaim_save`) or leave (`memalloc_noreclaim_restore`) reclaim.
+    #[inline]
+    pub(crate) fn set_in_reclaim(&self, on: bool) {
+        self.in_reclaim.store(on, Ordering::Relaxed);
+    }
 }
 
 /// An exclusive handle on one CPU. Dropping it is `put_cpu()`.

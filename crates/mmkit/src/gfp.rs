@@ -1,9 +1,8 @@
-//! GFP ("get free pages") flags, as `include/linux/gfp_types.h` defines them for Linux 6.x,
-//! and the two derivations the allocator makes from them: `gfp_zone()` (the highest zone an
-//! allocation may use) and `gfp_migratetype()` (which free lists it prefers).
+//! GFP ("get free pages") flags, as `include/linux/gfp_types.h` defines them for Linux 6.x.
+//! The two derivations the allocator makes from them — `gfp_zone()` (the highest zone an
+//! allocation may use) and `gfp_migratetype()` (which free lists it prefers) — are methods
+//! defined with the allocator (`mm/page_alloc`), which owns zones and migrate types.
 
-use crate::mm::mmzone::ZoneType;
-use crate::mm::page_alloc::MigrateType;
 use core::fmt;
 
 pub use self::flag_defs::*;
@@ -73,36 +72,6 @@ const ZONE_MASK: u32 = Gfp::__GFP_DMA.bits()
     | Gfp::__GFP_MOVABLE.bits();
 
 impl Gfp {
-    /// `gfp_zone()`: the highest zone this mask may allocate from, or `None` for the
-    /// combinations Linux's `GFP_ZONE_BAD` table rejects (e.g. `__GFP_DMA | __GFP_DMA32`).
-    /// x86-64 has no highmem, so `__GFP_HIGHMEM` means NORMAL (MOVABLE with `__GFP_MOVABLE`).
-    pub fn zone(self) -> Option<ZoneType> {
-        let dma = self.contains(Gfp::__GFP_DMA);
-        let dma32 = self.contains(Gfp::__GFP_DMA32);
-        let high = self.contains(Gfp::__GFP_HIGHMEM);
-        let movable = self.contains(Gfp::__GFP_MOVABLE);
-        match (dma, dma32, high) {
-            (false, false, false) => Some(ZoneType::Normal),
-            (true, false, false) => Some(ZoneType::Dma),
-            (false, true, false) => Some(ZoneType::Dma32),
-            (false, false, true) if movable => Some(ZoneType::Movable),
-            (false, false, true) => Some(ZoneType::Normal),
-            _ => None,
-        }
-    }
-
-    /// `gfp_migratetype()`: the free lists an allocation with this mask prefers.
-    pub fn migratetype(self) -> MigrateType {
-        let m = self.contains(Gfp::__GFP_MOVABLE);
-        let r = self.contains(Gfp::__GFP_RECLAIMABLE);
-        match (m, r) {
-            (true, false) => MigrateType::Movable,
-            (false, true) => MigrateType::Reclaimable,
-            // Both set is a caller bug Linux only VM_WARNs about; treat it as unmovable.
-            _ => MigrateType::Unmovable,
-        }
-    }
-
     /// Whether the zone-modifier bits form a valid combination (see [`Gfp::zone`]).
     pub fn zone_bits(self) -> u32 {
         self.bits() & ZONE_MASK
@@ -178,6 +147,8 @@ impl fmt::Display for Gfp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mm::mmzone::ZoneType;
+    use crate::mm::page_alloc::MigrateType;
     extern crate std;
     use std::format;
 

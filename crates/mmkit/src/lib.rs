@@ -19,6 +19,7 @@ pub mod gfp;
 pub mod kernel;
 pub mod mm;
 pub mod platform;
+pub mod printk;
 pub mod sync;
 
 pub use addr::{Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
@@ -28,34 +29,23 @@ pub use gfp::Gfp;
 pub use mm::init::{BootError, BootInfo};
 pub use mm::page::Page;
 pub use platform::Platform;
+pub use printk::LOG_LINES;
 
 use alloc::boxed::Box;
-use alloc::string::String;
 use alloc::vec::Vec;
 use arch::x86_64::e820::E820Table;
 use cmdline::BootConfig;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::AtomicU64;
 use cpu::CpuState;
 use mm::memblock::Memblock;
 use mm::mmzone::{NumaDistance, PglistData};
 use mm::page::MemMap;
 use sync::{PerCpu, SpinLock};
 
-/// Lines the kernel log ring keeps.
-pub const LOG_LINES: usize = 16384;
-
-/// The kernel log ring.
-#[derive(Default)]
-pub(crate) struct LogBuf {
-    lines: alloc::collections::VecDeque<String>,
-    /// Lines ever logged.
-    seq: u64,
-}
-
 /// One machine's memory-management state.
 pub struct Kernel {
     platform: Box<dyn Platform>,
-    direct_map: *mut u8,
+    direct_map: platform::DirectMap,
     pub(crate) mem_map: MemMap,
     /// The NUMA nodes (`NODE_DATA(nid)`).
     pub nodes: Vec<PglistData>,
@@ -71,7 +61,7 @@ pub struct Kernel {
     pub boot: BootInfo,
     pub(crate) tunables: SpinLock<mm::mmzone::WmarkTunables>,
     pub(crate) min_free_kbytes: AtomicU64,
-    log: SpinLock<LogBuf>,
+    pub(crate) log: SpinLock<printk::LogBuf>,
     pub(crate) bad_pages: AtomicU64,
     pub(crate) slab: mm::slab::SlabState,
     pub(crate) slab_reports: AtomicU64,
@@ -87,58 +77,10 @@ pub struct Kernel {
     pub(crate) swappiness: AtomicU64,
 }
 
-// SAFETY: `direct_map` points at the platform's RAM mapping, which the kernel owns through
-// `platform` for its whole life; all shared state behind it is reached through atomics and
-// locks (struct pages) or through allocations the caller owns (page contents).
-unsafe impl Send for Kernel {}
-// SAFETY: as above.
-unsafe impl Sync for Kernel {}
-
-impl Kernel {
-    /// `printk`: append a line to the kernel log with a `[    s.micros]` timestamp. The log
-    /// is a ring of `LOG_LINES` lines, like Linux's `log_buf`: the oldest lines go first.
-    pub fn printk(&self, line: &str) {
-        let ns = self.platform.now_ns();
-        let s = alloc::format!(
-            "[{:5}.{:06}] {}",
-            ns / 1_000_000_000,
-            (ns / 1000) % 1_000_000,
-            line
-        );
-        let mut log = self.log.lock();
-        if log.lines.len() == LOG_LINES {
-            log.lines.pop_front();
-        }
-        log.lines.push_back(s);
-        log.seq += 1;
-    }
-
-    /// The kernel log still in the ring (`dmesg`).
-    pub fn dmesg(&self) -> Vec<String> {
-        self.log.lock().lines.iter().cloned().collect()
-    }
-
-    /// Lines with sequence number `from` and later that are still in the ring, and the next
-    /// sequence number (for following the log: pass it back as `from`).
-    pub fn dmesg_since(&self, from: u64) -> (Vec<String>, u64) {
-        let log = self.log.lock();
-        let first = log.seq - log.lines.len() as u64;
-        let skip = from.saturating_sub(first) as usize;
-        (log.lines.iter().skip(skip).cloned().collect(), log.seq)
-    }
-
-    /// Number of bad-page reports so far.
-    pub fn bad_page_reports(&self) -> u64 {
-        self.bad_pages.load(Relaxed)
-    }
-
-    /// The platform this kernel runs on.
-    pub fn platform(&self) -> &dyn Platform {
-        &*self.platform
-    }
-
-    /// `mem_map` access.
-    pub fn mem_map(&self) -> &MemMap {
-        &self.mem_map
-    }
-}
+// `Kernel` is `Send + Sync` from its parts, with no claim of its own: the unsafe claims are
+// made, each with its argument, by the types that need one (`DirectMap`, `MemMap`,
+// `KmemCache`, `Tlbs`, the locks).
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Kernel>();
+};

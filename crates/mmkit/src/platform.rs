@@ -3,7 +3,9 @@
 //! A bare-metal kernel would implement this over its own page tables and drivers; the
 //! simulator (`mmkit-sim`) implements it over one lazily committed host mapping and threads.
 //! The swap device and the files the page cache reads are handed to the kernel separately
-//! (`swapon`, the inode table); this trait is what every machine needs.
+//! (`swapon`, the inode table) as [`FileData`]; [`Platform`] is what every machine needs.
+
+use crate::errno::Errno;
 
 /// The host of a [`crate::Kernel`].
 pub trait Platform: Send + Sync {
@@ -27,5 +29,68 @@ pub trait Platform: Send + Sync {
     /// default.
     fn flush_tlb(&self, flush: &crate::mm::mmu_gather::TlbFlush<'_>) {
         let _ = flush;
+    }
+}
+
+/// `VM_READAHEAD_PAGES` (`include/linux/mm.h`): the default `ra_pages` of a backing device
+/// (128 KiB).
+pub const VM_READAHEAD_PAGES: u64 = 32;
+
+/// A file's contents: the backing store the page cache reads from and writes back to.
+pub trait FileData: Send + Sync {
+    /// Current size in bytes (`i_size`).
+    fn size(&self) -> u64;
+    /// Read up to `buf.len()` bytes at `off`; fewer at end of file. `EIO` on a device error.
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno>;
+    /// Write `buf` at `off` (writeback). `EROFS` for read-only backing stores.
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno>;
+    /// Whether `write_at` can succeed (a file may be opened for writing only then).
+    fn writable(&self) -> bool;
+    /// Readahead window of the backing device in pages (`bdi->ra_pages`).
+    fn ra_pages(&self) -> u64 {
+        VM_READAHEAD_PAGES
+    }
+}
+
+/// The direct map as the kernel holds it (`__va`/`__pa` on x86-64): the host address of
+/// physical address 0 in the platform's mapping of RAM. Only addresses are computed from
+/// it here; the code that reads or writes the bytes says why that access is sound.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct DirectMap(*mut u8);
+
+// SAFETY: a `DirectMap` is an address, never dereferenced through this type. It points at
+// the mapping of the machine's RAM that the `Platform` (itself `Send + Sync`, owned by the
+// same `Kernel`) keeps alive as long as the kernel lives, from any thread. The bytes behind
+// it are simulated RAM, shared between CPUs as on hardware: `struct page`s are atomics,
+// page contents belong to whoever allocated them, and the helpers that copy bytes in or
+// out state their own conditions. Moving or sharing the address between threads adds no
+// access the owning thread could not already make.
+unsafe impl Send for DirectMap {}
+// SAFETY: as above; the type has no interior mutability.
+unsafe impl Sync for DirectMap {}
+
+impl DirectMap {
+    /// The direct map whose physical address 0 is at host address `base`.
+    pub(crate) fn new(base: *mut u8) -> Self {
+        Self(base)
+    }
+
+    /// The host address of physical address `pa` (not checked against the end of RAM).
+    #[inline]
+    pub(crate) fn ptr(self, pa: u64) -> *mut u8 {
+        self.0.wrapping_add(pa as usize)
+    }
+
+    /// The physical address of host address `host` (wrapping for an address below the map).
+    #[inline]
+    pub(crate) fn pa(self, host: usize) -> u64 {
+        host.wrapping_sub(self.0 as usize) as u64
+    }
+}
+
+impl crate::Kernel {
+    /// The platform this kernel runs on.
+    pub fn platform(&self) -> &dyn Platform {
+        &*self.platform
     }
 }

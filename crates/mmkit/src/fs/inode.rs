@@ -20,21 +20,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-/// A file's contents: the backing store the page cache reads from and writes back to.
-pub trait FileData: Send + Sync {
-    /// Current size in bytes (`i_size`).
-    fn size(&self) -> u64;
-    /// Read up to `buf.len()` bytes at `off`; fewer at end of file. `EIO` on a device error.
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno>;
-    /// Write `buf` at `off` (writeback). `EROFS` for read-only backing stores.
-    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno>;
-    /// Whether `write_at` can succeed (a file may be opened for writing only then).
-    fn writable(&self) -> bool;
-    /// Readahead window of the backing device in pages (`bdi->ra_pages`).
-    fn ra_pages(&self) -> u64 {
-        crate::mm::filemap::VM_READAHEAD_PAGES
-    }
-}
+pub use crate::platform::FileData;
 
 /// A writable file whose backing store is host memory (what tmpfs gives a test): shared
 /// mappings of it are written back here.
@@ -127,7 +113,7 @@ impl Inode {
 
     /// The cached page at `index`, if any (`filemap_get_folio` without a reference: for
     /// tests and `/proc`).
-    pub fn cached_pfn(&self, index: u64) -> Option<u64> {
+    pub fn cached_pfn(&self, index: u64) -> Option<crate::addr::Pfn> {
         self.i_pages.lock().get(index)
     }
 

@@ -13,6 +13,7 @@
 //! racing write fault copies it away) is left where it was. Anonymous pages and page-cache
 //! pages move; swap-cache, unevictable and unmapped-anonymous pages are skipped.
 
+use crate::addr::Pfn;
 use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags, PTE_PFN_MASK};
 use crate::cpu::CpuGuard;
 use crate::mm::mmu_gather::MmuGather;
@@ -62,10 +63,10 @@ impl Kernel {
 
     /// `isolate_migratepages_block`: movable LRU pages of `[lo, hi)`, each off its list with
     /// a reference held.
-    fn isolate_migratepages(&self, cpu: &CpuGuard<'_>, lo: u64, hi: u64, out: &mut Vec<u64>) {
+    fn isolate_migratepages(&self, cpu: &CpuGuard<'_>, lo: Pfn, hi: Pfn, out: &mut Vec<Pfn>) {
         let mut scanned = 0;
-        for pfn in lo..hi {
-            let Some(page) = self.pfn_to_page(crate::Pfn(pfn)) else {
+        for pfn in (lo.0..hi.0).map(Pfn) {
+            let Some(page) = self.pfn_to_page(pfn) else {
                 continue;
             };
             scanned += 1;
@@ -98,15 +99,15 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         zone: &Zone,
-        lo: u64,
-        hi: u64,
-        out: &mut Vec<u64>,
+        lo: Pfn,
+        hi: Pfn,
+        out: &mut Vec<Pfn>,
     ) {
         let mut fa = zone.free_area.lock();
         let mut pfn = lo;
         let mut scanned = 0;
         while pfn < hi {
-            let Some(page) = self.pfn_to_page(crate::Pfn(pfn)) else {
+            let Some(page) = self.pfn_to_page(pfn) else {
                 pfn += 1;
                 continue;
             };
@@ -117,7 +118,7 @@ impl Kernel {
             }
             let order = page.buddy_order();
             buddy::del_from_free_list(&self.mem_map, zone, &mut fa, pfn, order);
-            for p in pfn..pfn + (1 << order) {
+            for p in (pfn.0..pfn.0 + (1 << order)).map(Pfn) {
                 let pg = self.mem_map.page(p);
                 pg.set_private(0);
                 pg.set_index(0);
@@ -181,12 +182,12 @@ impl Kernel {
             // The page-cache slot follows the page.
             if let Some(inode) = &inode {
                 let mut pages = inode.i_pages.lock();
-                if pages.get(src.index()) != Some(spfn.0) {
+                if pages.get(src.index()) != Some(spfn) {
                     drop(pages);
                     restore();
                     return false;
                 }
-                pages.insert(src.index(), dpfn.0);
+                pages.insert(src.index(), dpfn);
             }
             dst.set_mapping(src.mapping());
             dst.set_index(src.index());
@@ -224,18 +225,18 @@ impl Kernel {
         if zone.managed() == 0 {
             return false;
         }
-        let start = zone.zone_start_pfn;
-        let end = zone.end_pfn();
+        let start = Pfn(zone.zone_start_pfn);
+        let end = Pfn(zone.end_pfn());
         let mut migrate_pfn = start;
-        let mut free_pfn = (end - 1) & !(PAGEBLOCK - 1);
-        let mut free: Vec<u64> = Vec::new();
+        let mut free_pfn = Pfn((end.0 - 1) & !(PAGEBLOCK - 1));
+        let mut free: Vec<Pfn> = Vec::new();
         let (mut moved, mut failed) = (0u64, 0u64);
         self.lru_add_drain_all(cpu);
         while migrate_pfn < free_pfn {
             if self.zone_has_order(zone, order) {
                 break;
             }
-            let block_end = ((migrate_pfn | (PAGEBLOCK - 1)) + 1).min(free_pfn);
+            let block_end = Pfn((migrate_pfn.0 | (PAGEBLOCK - 1)) + 1).min(free_pfn);
             let mut isolated = Vec::new();
             self.isolate_migratepages(cpu, migrate_pfn, block_end, &mut isolated);
             migrate_pfn = if isolated.len() >= COMPACT_CLUSTER_MAX {
@@ -254,7 +255,7 @@ impl Kernel {
                     (free_pfn + PAGEBLOCK).min(end),
                     &mut free,
                 );
-                if free_pfn < PAGEBLOCK {
+                if free_pfn.0 < PAGEBLOCK {
                     break;
                 }
                 free_pfn -= PAGEBLOCK;

@@ -8,7 +8,7 @@
 //! one. `page->mapping` is the inode's handle and `page->index` the page's offset in the file.
 //! `NR_FILE_PAGES` and `NR_FILE_DIRTY` (`nr_file_pages`, `nr_dirty`) count them per node.
 
-use crate::addr::{PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::fs::inode::Inode;
@@ -34,8 +34,7 @@ pub const NR_WRITTEN: usize = index_of(NODE_STAT_NAMES, "nr_written");
 /// `PGMAJFAULT`.
 pub const PGMAJFAULT: usize = index_of(VM_EVENT_NAMES, "pgmajfault");
 
-/// `VM_READAHEAD_PAGES`: the default `ra_pages` (128 KiB).
-pub const VM_READAHEAD_PAGES: u64 = 32;
+pub use crate::platform::VM_READAHEAD_PAGES;
 
 impl Kernel {
     /// Pages a file of `inode`'s size spans.
@@ -68,7 +67,7 @@ impl Kernel {
         let page = self
             .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
             .ok_or(Errno::ENOMEM)?;
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let mut buf = [0u8; PAGE_SIZE as usize];
         let n = match inode.data.read_at(index << PAGE_SHIFT, &mut buf) {
             Ok(n) => n,
@@ -78,7 +77,7 @@ impl Kernel {
             }
         };
         buf[n..].fill(0); // the tail past EOF reads as zeroes
-        self.phys_write(pfn << PAGE_SHIFT, &buf);
+        self.phys_write(pfn.phys(), &buf);
         let mut pages = inode.i_pages.lock();
         if pages.contains_key(index) {
             drop(pages);
@@ -151,7 +150,7 @@ impl Kernel {
             let chunk = (PAGE_SIZE as usize - in_page).min(n - done);
             let (page, _) =
                 self.filemap_get_page(cpu, inode, pos >> PAGE_SHIFT, VM_READAHEAD_PAGES)?;
-            let pa = (self.page_to_pfn(page).0 << PAGE_SHIFT) + in_page as u64;
+            let pa = PhysAddr(self.page_to_pfn(page).phys().0 + in_page as u64);
             self.phys_read(pa, &mut buf[done..done + chunk]);
             self.mark_page_accessed(page);
             self.__free_pages(cpu, page, 0);
@@ -194,7 +193,7 @@ impl Kernel {
         let size = inode.size();
         let off = index << PAGE_SHIFT;
         let mut buf = [0u8; PAGE_SIZE as usize];
-        self.phys_read(self.page_to_pfn(page).0 << PAGE_SHIFT, &mut buf);
+        self.phys_read(self.page_to_pfn(page).phys(), &mut buf);
         // Only the part inside the file is written (the tail page is not extended).
         let n = (size.saturating_sub(off)).min(PAGE_SIZE) as usize;
         if n > 0 {

@@ -1,16 +1,19 @@
 //! Boot: from the firmware's e820 map to a running page allocator, in the order and with the
-//! log lines of Linux x86-64 (`arch/x86/kernel/setup.c`'s `setup_arch`, `e820.c`,
-//! `arch/x86/mm/numa.c` and `numa_emulation.c`, `mm/sparse.c`'s `sparse_init`,
-//! `mm/mm_init.c`'s `free_area_init`, `memmap_init`, `find_zone_movable_pfns_for_nodes`,
-//! `mem_init`/`memblock_free_all`, `mm/page_alloc.c`'s `build_all_zonelists` and
-//! `init_per_zone_wmark_min`).
+//! log lines of Linux x86-64 (`arch/x86/kernel/setup.c`'s `setup_arch`, `e820.c`'s
+//! `e820__memory_setup` and `e820__memblock_setup`, `arch/x86/mm/numa.c` and
+//! `numa_emulation.c`, `arch/x86/mm/init.c`'s `zone_sizes_init` and `init_mem_mapping`,
+//! `mm/sparse.c`'s `sparse_init`, `mm/mm_init.c`'s `free_area_init`, `memmap_init`,
+//! `find_zone_movable_pfns_for_nodes` and `mm_core_init`, `mem_init`/`memblock_free_all`,
+//! `mm/page_alloc.c`'s `build_all_zonelists` and `init_per_zone_wmark_min`). Each phase is a
+//! function of that name: the early ones work on an `EarlyBoot` (Linux's globals of the
+//! time) until the `Kernel` can be built, the later ones on the `Kernel`.
 //!
 //! Simplifications, each documented where it is made: `numa=fake=N` splits memory into N
 //! contiguous nodes of about equal RAM on 128 MiB (section) boundaries rather than
 //! interleaving; `kernelcore=`/`movablecore=` spread the kernel part evenly over nodes in
 //! one pass.
 
-use crate::addr::{align_up, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{align_up, Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::x86_64::e820::{E820Error, E820Table, E820Type, MAX_ARCH_PFN};
 use crate::arch::x86_64::layout::{ImagePlacement, KernelImage, PHYSICAL_ALIGN, PHYSICAL_START};
 use crate::cmdline::{BootConfig, CmdlineError, SizeOrPercent};
@@ -20,7 +23,7 @@ use crate::mm::mmzone::{self, NumaDistance, PglistData, Zone, ZoneType, MAX_NR_Z
 use crate::mm::page::{MemMap, Page, PageFlags, PAGES_PER_SECTION, PFN_SECTION_SHIFT};
 use crate::mm::page_alloc::{buddy, MAX_PAGE_ORDER};
 use crate::mm::vmstat::{CpuVmStats, PGFREE};
-use crate::platform::Platform;
+use crate::platform::{DirectMap, Platform};
 use crate::sync::{PerCpu, SpinLock};
 use crate::Kernel;
 use alloc::boxed::Box;
@@ -143,45 +146,79 @@ fn size_pages(s: SizeOrPercent, total: u64) -> u64 {
     }
 }
 
-impl Kernel {
-    /// Boot a machine: sanitize `firmware_e820`, set up memblock, nodes, zones and `mem_map`,
-    /// free memory into the buddy allocator and compute watermarks; the dmesg lines Linux
-    /// prints go to the kernel log.
-    pub fn boot(
-        platform: Box<dyn Platform>,
+/// What the early boot phases build before the [`Kernel`] exists. Linux keeps these in
+/// globals that `setup_arch` and `mm_core_init` fill in turn (`e820_table`, `memblock`,
+/// `max_pfn`, `numa_meminfo`, `arch_zone_{lowest,highest}_possible_pfn`,
+/// `zone_movable_pfn[]`); here they are one value handed from phase to phase, and the log
+/// lines the phases print wait in `log` until the kernel's log ring exists.
+struct EarlyBoot {
+    config: BootConfig,
+    nr_cpus: usize,
+    log: Vec<String>,
+    /// The sanitized and trimmed e820 table (`e820_table`).
+    e820: E820Table,
+    max_pfn: u64,
+    max_low_pfn: u64,
+    /// Usable RAM in page-trimmed pfn ranges.
+    ranges: Vec<(u64, u64)>,
+    memblock: Memblock,
+    image_sizes: KernelImage,
+    image: ImagePlacement,
+    n_nodes: usize,
+    /// Each node's usable pfn ranges (after `numa_init`).
+    node_ranges: Vec<Vec<(u64, u64)>>,
+    /// `arch_zone_lowest/highest_possible_pfn` for DMA, DMA32, Normal.
+    limits: [(u64, u64); 3],
+    /// The highest zone with RAM below ZONE_MOVABLE (`movable_zone`).
+    movable_from: usize,
+    zone_movable_pfn: Vec<u64>,
+    /// Each node's zone spans and present pages (after `free_area_init`'s sizing).
+    plans: Vec<[ZonePlan; MAX_NR_ZONES]>,
+    /// `(start, end, nid, zone)` of every zone with RAM, by start.
+    spans: Vec<(u64, u64, usize, ZoneType)>,
+}
+
+impl EarlyBoot {
+    fn say(&mut self, line: String) {
+        self.log.push(line);
+    }
+
+    /// `setup_arch`'s memory part up to memblock: `e820__memory_setup` (sanitize the
+    /// firmware's map and print it), `trim_bios_range` (page 0 is BIOS data, the legacy
+    /// BIOS area is never RAM) and `e820__end_of_ram_pfn`/`e820__end_of_low_ram_pfn`, with
+    /// the limits this kernel has (32-bit pfn links, 16-bit section numbers, the platform's
+    /// RAM mapping).
+    fn setup_arch(
+        platform: &dyn Platform,
         firmware_e820: &E820Table,
-        cmdline: &str,
-    ) -> Result<Kernel, BootError> {
-        let config = BootConfig::parse(cmdline)?;
+        config: BootConfig,
+    ) -> Result<EarlyBoot, BootError> {
         let mut log: Vec<String> = Vec::new();
-        let mut say = |s: String| log.push(s);
         let nr_cpus = platform.nr_cpus().max(1);
-        say(format!(
+        log.push(format!(
             "mmkit version {} (mmkit-sim) #1 SMP",
             env!("CARGO_PKG_VERSION")
         ));
-        say(format!("Command line: {}", config.cmdline));
+        log.push(format!("Command line: {}", config.cmdline));
 
         // e820__memory_setup: sanitize and print the firmware map.
         let mut e820 = firmware_e820.clone();
         e820.sanitize();
-        say(String::from("BIOS-provided physical RAM map:"));
-        for l in e820.print_lines("BIOS-e820") {
-            say(l);
-        }
+        log.push(String::from("BIOS-provided physical RAM map:"));
+        log.extend(e820.print_lines("BIOS-e820"));
         // trim_bios_range: page 0 is BIOS data; the legacy BIOS area is never RAM.
-        say(e820.range_update(0, PAGE_SIZE, E820Type::Ram, E820Type::Reserved));
-        say(e820.range_remove(0xa0000, 0x60000, E820Type::Ram));
+        log.push(e820.range_update(0, PAGE_SIZE, E820Type::Ram, E820Type::Reserved));
+        log.push(e820.range_remove(0xa0000, 0x60000, E820Type::Ram));
         let max_pfn = e820.end_pfn(MAX_ARCH_PFN).0;
         if max_pfn == 0 || e820.usable_pfn_ranges().is_empty() {
             return Err(E820Error::NoUsableRam.into());
         }
-        say(format!(
+        log.push(format!(
             "last_pfn = {:#x} max_arch_pfn = {:#x}",
             max_pfn, MAX_ARCH_PFN
         ));
         let max_low_pfn = e820.end_pfn(1 << (32 - PAGE_SHIFT)).0;
-        say(format!(
+        log.push(format!(
             "last_pfn = {:#x} max_arch_pfn = {:#x}",
             max_low_pfn, MAX_ARCH_PFN
         ));
@@ -201,19 +238,47 @@ impl Kernel {
                 have: platform.ram_end(),
             });
         }
-
-        // e820__memblock_setup, with the page-trimmed usable ranges.
-        let mut mb = Memblock::default();
         let ranges = e820.usable_pfn_ranges();
-        for &(s, e) in &ranges {
-            mb.memory.add(s << PAGE_SHIFT, (e - s) << PAGE_SHIFT, 0);
-        }
-        // Always reserve the first 1 MiB (real-mode trampoline, BIOS corruption).
-        mb.reserve(0, 1 << 20);
-        // The kernel image at CONFIG_PHYSICAL_START, or relocated to the first 2 MiB-aligned
-        // place that holds it.
         let image_sizes = KernelImage::default();
-        let img_len = image_sizes.place(0).whole().1;
+        Ok(EarlyBoot {
+            n_nodes: config.numa_fake,
+            config,
+            nr_cpus,
+            log,
+            e820,
+            max_pfn,
+            max_low_pfn,
+            ranges,
+            memblock: Memblock::default(),
+            image: image_sizes.place(PHYSICAL_START),
+            image_sizes,
+            node_ranges: Vec::new(),
+            limits: arch_zone_limits(max_pfn),
+            movable_from: 0,
+            zone_movable_pfn: Vec::new(),
+            plans: Vec::new(),
+            spans: Vec::new(),
+        })
+    }
+
+    /// `e820__memblock_setup`: memblock's memory is the page-trimmed usable e820 ranges;
+    /// the first 1 MiB is always reserved (real-mode trampoline, BIOS corruption).
+    #[allow(non_snake_case)] // Linux's name, double underscore and all
+    fn e820__memblock_setup(&mut self) {
+        for &(s, e) in &self.ranges {
+            self.memblock
+                .memory
+                .add(s << PAGE_SHIFT, (e - s) << PAGE_SHIFT, 0);
+        }
+        self.memblock.reserve(0, 1 << 20);
+    }
+
+    /// `early_reserve_memory`'s reservation of the kernel image: at
+    /// `CONFIG_PHYSICAL_START`, or where the decompressor would have relocated it (the
+    /// first 2 MiB-aligned place in RAM that holds it).
+    fn early_reserve_memory(&mut self) -> Result<(), BootError> {
+        let mb = &self.memblock;
+        let img_len = self.image_sizes.place(0).whole().1;
         let base = core::iter::once(PHYSICAL_START)
             .chain(
                 mb.memory
@@ -233,15 +298,22 @@ impl Kernel {
                     img_len >> 10
                 ))
             })?;
-        let image = image_sizes.place(base);
-        mb.reserve(image.whole().0, image.whole().1 - image.whole().0);
+        self.image = self.image_sizes.place(base);
+        let (s, e) = self.image.whole();
+        self.memblock.reserve(s, e - s);
+        Ok(())
+    }
 
-        // NUMA: numa=fake=N or one node.
-        let n_nodes = config.numa_fake;
-        let bounds = split_nodes(&ranges, n_nodes, max_pfn)?;
+    /// `x86_numa_init`: `numa_emulation` for `numa=fake=N` (N contiguous nodes of about
+    /// equal RAM on section boundaries, where Linux interleaves), else `dummy_numa_init`'s
+    /// one node; memblock's regions get their node ids.
+    fn numa_init(&mut self) -> Result<(), BootError> {
+        let n_nodes = self.n_nodes;
+        let max_pfn = self.max_pfn;
+        let bounds = split_nodes(&self.ranges, n_nodes, max_pfn)?;
         if n_nodes == 1 {
-            say(String::from("No NUMA configuration found"));
-            say(format!(
+            self.say(String::from("No NUMA configuration found"));
+            self.say(format!(
                 "Faking a node at [mem {:#018x}-{:#018x}]",
                 0,
                 (max_pfn << PAGE_SHIFT) - 1
@@ -249,7 +321,7 @@ impl Kernel {
         } else {
             for k in 0..n_nodes {
                 let (s, e) = (bounds[k], bounds[k + 1]);
-                say(format!(
+                self.say(format!(
                     "Faking node {k} at [mem {:#018x}-{:#018x}] ({}MB)",
                     s << PAGE_SHIFT,
                     (e << PAGE_SHIFT) - 1,
@@ -258,13 +330,14 @@ impl Kernel {
             }
         }
         for k in 0..n_nodes {
-            mb.memory.set_node(
+            self.memblock.memory.set_node(
                 bounds[k] << PAGE_SHIFT,
                 (bounds[k + 1] - bounds[k]) << PAGE_SHIFT,
                 k,
             );
         }
-        let node_ranges: Vec<Vec<(u64, u64)>> = (0..n_nodes)
+        let mb = &self.memblock;
+        self.node_ranges = (0..n_nodes)
             .map(|k| {
                 mb.memory
                     .regions
@@ -274,10 +347,17 @@ impl Kernel {
                     .collect()
             })
             .collect();
-        let total_present: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
+        Ok(())
+    }
 
-        // find_zone_movable_pfns_for_nodes.
-        let limits = arch_zone_limits(max_pfn);
+    /// `find_zone_movable_pfns_for_nodes`: where ZONE_MOVABLE starts on each node for
+    /// `kernelcore=`/`movablecore=` (the kernel part spread evenly over nodes in one pass).
+    fn find_zone_movable_pfns_for_nodes(&mut self) {
+        let config = &self.config;
+        let ranges = &self.ranges;
+        let limits = self.limits;
+        let n_nodes = self.n_nodes;
+        let total_present: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
         let mut zone_movable_pfn = alloc::vec![0u64; n_nodes];
         let required_kernelcore = match (config.kernelcore, config.movablecore) {
             (Some(k), _) => Some(size_pages(k, total_present)),
@@ -293,7 +373,7 @@ impl Kernel {
         if let Some(req) = required_kernelcore.filter(|&r| r > 0 && r < total_present) {
             let usable_start = limits[movable_from].0;
             let per_node = req.div_ceil(n_nodes as u64);
-            for (k, nr) in node_ranges.iter().enumerate() {
+            for (k, nr) in self.node_ranges.iter().enumerate() {
                 let mut remaining = per_node;
                 let mut mpfn = 0;
                 for &(mut s, e) in nr {
@@ -317,14 +397,22 @@ impl Kernel {
                 zone_movable_pfn[k] = if mpfn > 0 && mpfn < node_end { mpfn } else { 0 };
             }
         }
+        self.movable_from = movable_from;
+        self.zone_movable_pfn = zone_movable_pfn;
+    }
 
-        // Zone spans and present pages per node (zone_spanned_pages_in_node with
-        // adjust_zone_range_for_zone_movable, zone_absent_pages_in_node).
+    /// `zone_sizes_init` → `free_area_init`: each node's zone spans and present pages
+    /// (`zone_spanned_pages_in_node` with `adjust_zone_range_for_zone_movable`,
+    /// `zone_absent_pages_in_node`), and the report Linux prints.
+    fn zone_sizes_init(&mut self) {
+        self.find_zone_movable_pfns_for_nodes();
+        let limits = self.limits;
+        let movable_from = self.movable_from;
         let mut plans: Vec<[ZonePlan; MAX_NR_ZONES]> = Vec::new();
-        for (k, nr) in node_ranges.iter().enumerate() {
+        for (k, nr) in self.node_ranges.iter().enumerate() {
             let node_start = nr.first().map_or(0, |r| r.0);
             let node_end = nr.last().map_or(0, |r| r.1);
-            let mpfn = zone_movable_pfn[k];
+            let mpfn = self.zone_movable_pfn[k];
             let plan: [ZonePlan; MAX_NR_ZONES] = core::array::from_fn(|t| {
                 let (mut s, mut e) = match t {
                     0..=2 => (node_start.max(limits[t].0), node_end.min(limits[t].1)),
@@ -354,16 +442,17 @@ impl Kernel {
             });
             plans.push(plan);
         }
+        self.plans = plans;
 
         // free_area_init's report.
-        say(String::from("Zone ranges:"));
-        let first_pfn = ranges[0].0;
+        self.say(String::from("Zone ranges:"));
+        let first_pfn = self.ranges[0].0;
         for (t, &(lo, hi)) in limits.iter().enumerate() {
             let lo = lo.max(if t == 0 { first_pfn } else { 0 });
             if lo >= hi {
-                say(format!("  {:<8} empty", ZONE_TYPES[t].name()));
+                self.say(format!("  {:<8} empty", ZONE_TYPES[t].name()));
             } else {
-                say(format!(
+                self.say(format!(
                     "  {:<8} [mem {:#018x}-{:#018x}]",
                     ZONE_TYPES[t].name(),
                     lo << PAGE_SHIFT,
@@ -371,35 +460,42 @@ impl Kernel {
                 ));
             }
         }
-        say(format!("  {:<8} empty", "Device"));
-        say(String::from("Movable zone start for each node"));
-        for (k, &m) in zone_movable_pfn.iter().enumerate() {
+        self.say(format!("  {:<8} empty", "Device"));
+        self.say(String::from("Movable zone start for each node"));
+        for k in 0..self.n_nodes {
+            let m = self.zone_movable_pfn[k];
             if m != 0 {
-                say(format!("  Node {k}: {:#018x}", m << PAGE_SHIFT));
+                self.say(format!("  Node {k}: {:#018x}", m << PAGE_SHIFT));
             }
         }
-        say(String::from("Early memory node ranges"));
-        for r in &mb.memory.regions {
-            say(format!(
-                "  node {:>3}: [mem {:#018x}-{:#018x}]",
-                r.nid,
-                r.base,
-                r.end() - 1
-            ));
-        }
-        for (k, nr) in node_ranges.iter().enumerate() {
-            let (s, e) = (nr.first().map_or(0, |r| r.0), nr.last().map_or(0, |r| r.1));
-            say(format!(
-                "Initmem setup node {k} [mem {:#018x}-{:#018x}]",
-                s << PAGE_SHIFT,
-                (e << PAGE_SHIFT) - 1
-            ));
-        }
+        self.say(String::from("Early memory node ranges"));
+        let lines: Vec<String> = self
+            .memblock
+            .memory
+            .regions
+            .iter()
+            .map(|r| {
+                format!(
+                    "  node {:>3}: [mem {:#018x}-{:#018x}]",
+                    r.nid,
+                    r.base,
+                    r.end() - 1
+                )
+            })
+            .chain(self.node_ranges.iter().enumerate().map(|(k, nr)| {
+                let (s, e) = (nr.first().map_or(0, |r| r.0), nr.last().map_or(0, |r| r.1));
+                format!(
+                    "Initmem setup node {k} [mem {:#018x}-{:#018x}]",
+                    s << PAGE_SHIFT,
+                    (e << PAGE_SHIFT) - 1
+                )
+            }))
+            .collect();
+        self.log.extend(lines);
 
-        // Which (node, zone) a pfn's struct page belongs to: the zone spanning it, or for a
-        // hole, the zone of the RAM after it (the last zone for a trailing hole).
+        // Which (node, zone) a pfn's struct page belongs to (see `zone_of`).
         let mut spans: Vec<(u64, u64, usize, ZoneType)> = Vec::new();
-        for (k, plan) in plans.iter().enumerate() {
+        for (k, plan) in self.plans.iter().enumerate() {
             for (t, z) in plan.iter().enumerate() {
                 if z.present > 0 {
                     spans.push((z.start, z.end, k, ZONE_TYPES[t]));
@@ -407,137 +503,163 @@ impl Kernel {
             }
         }
         spans.sort_by_key(|s| s.0);
-        let zone_of = |pfn: u64| -> (usize, ZoneType) {
-            let i = spans.partition_point(|s| s.1 <= pfn);
-            let s = spans
-                .get(i)
-                .or(spans.last())
-                .copied()
-                .unwrap_or((0, 0, 0, ZoneType::Dma));
-            (s.2, s.3)
-        };
+        self.spans = spans;
+    }
 
-        // sparse_init: a mem_map for every section with RAM, from memblock on its node.
+    /// The (node, zone) a pfn's struct page belongs to: the zone spanning it, or for a hole,
+    /// the zone of the RAM after it (the last zone for a trailing hole).
+    fn zone_of(&self, pfn: u64) -> (usize, ZoneType) {
+        let spans = &self.spans;
+        let i = spans.partition_point(|s| s.1 <= pfn);
+        let s = spans
+            .get(i)
+            .or(spans.last())
+            .copied()
+            .unwrap_or((0, 0, 0, ZoneType::Dma));
+        (s.2, s.3)
+    }
+
+    /// `sparse_init`: a `mem_map` for every section with RAM, allocated from memblock on
+    /// its node (so it counts as reserved memory, as in Linux), its pages initialized as
+    /// reserved pages of their zone (`memmap_init`'s `__init_single_page`). Returns the map
+    /// and the pages it took.
+    fn sparse_init(&mut self, direct_map: DirectMap) -> Result<(MemMap, u64), BootError> {
+        let max_pfn = self.max_pfn;
         let mut mem_map = MemMap::new(max_pfn);
-        let mut sections_by_node: Vec<Vec<usize>> = alloc::vec![Vec::new(); n_nodes];
+        let mut sections_by_node: Vec<Vec<usize>> = alloc::vec![Vec::new(); self.n_nodes];
         let nsec = max_pfn.div_ceil(PAGES_PER_SECTION) as usize;
         for nr in 0..nsec {
             let (s, e) = (
                 nr as u64 * PAGES_PER_SECTION,
                 (nr as u64 + 1) * PAGES_PER_SECTION,
             );
-            if let Some(&(rs, _)) = ranges.iter().find(|&&r| overlap(r, (s, e)) > 0) {
-                sections_by_node[zone_of(rs.max(s)).0].push(nr);
+            if let Some(&(rs, _)) = self.ranges.iter().find(|&&r| overlap(r, (s, e)) > 0) {
+                sections_by_node[self.zone_of(rs.max(s)).0].push(nr);
             }
         }
         let section_bytes = PAGES_PER_SECTION * core::mem::size_of::<Page>() as u64;
         let mut memmap_pages = 0;
-        let direct_map = platform.direct_map_base();
         for (k, secs) in sections_by_node.iter().enumerate() {
             if secs.is_empty() {
                 continue;
             }
             let bytes = align_up(secs.len() as u64 * section_bytes, PAGE_SIZE);
-            let pa = mb.alloc_try_nid(bytes, PAGE_SIZE, k).ok_or_else(|| {
-                BootError::Machine(format!(
-                    "cannot allocate {} KiB of mem_map for node {k}",
-                    bytes >> 10
-                ))
-            })?;
+            let pa = self
+                .memblock
+                .alloc_try_nid(bytes, PAGE_SIZE, k)
+                .ok_or_else(|| {
+                    BootError::Machine(format!(
+                        "cannot allocate {} KiB of mem_map for node {k}",
+                        bytes >> 10
+                    ))
+                })?;
             memmap_pages += bytes >> PAGE_SHIFT;
             for (i, &nr) in secs.iter().enumerate() {
-                let host =
-                    direct_map.wrapping_add((pa + i as u64 * section_bytes) as usize) as *mut Page;
+                let host = direct_map.ptr(pa + i as u64 * section_bytes) as *mut Page;
                 // SAFETY: [pa, pa + bytes) is RAM below max_pfn (memblock allocated it from the
-                // e820 usable ranges), the platform maps it (checked ram_end above), it is
-                // page-aligned, and memblock reserved it so nothing else will use it.
-                unsafe { mem_map.install_section(nr, host, zone_of) };
+                // e820 usable ranges), the platform maps it (`setup_arch` checked ram_end), it
+                // is page-aligned, and memblock reserved it so nothing else will use it.
+                unsafe { mem_map.install_section(nr, host, |pfn| self.zone_of(pfn)) };
             }
         }
+        Ok((mem_map, memmap_pages))
+    }
 
-        // init_top_pgt: the kernel's PGD is a page of the kernel image, not a buddy page.
-        let init_pgd_pa = mb.alloc_try_nid(PAGE_SIZE, PAGE_SIZE, 0).ok_or_else(|| {
-            BootError::Machine(String::from("no memory for the kernel page tables"))
-        })?;
+    /// `init_mem_mapping`'s page-table allocation: the kernel's top-level table
+    /// (`init_top_pgt`) is a zeroed page of memblock, not a buddy page. Returns its pfn.
+    fn init_mem_mapping(&mut self, direct_map: DirectMap) -> Result<Pfn, BootError> {
+        let pa = self
+            .memblock
+            .alloc_try_nid(PAGE_SIZE, PAGE_SIZE, 0)
+            .ok_or_else(|| {
+                BootError::Machine(String::from("no memory for the kernel page tables"))
+            })?;
         // SAFETY: memblock just reserved this page of RAM below max_pfn for us alone.
-        unsafe {
-            core::ptr::write_bytes(
-                direct_map.wrapping_add(init_pgd_pa as usize),
-                0,
-                PAGE_SIZE as usize,
-            )
-        };
+        unsafe { core::ptr::write_bytes(direct_map.ptr(pa), 0, PAGE_SIZE as usize) };
+        Ok(PhysAddr(pa).pfn_down())
+    }
 
-        // memmap_init's report of holes inside present sections.
-        {
-            let mut hole = 0u64;
-            let mut last_zone = (0usize, ZoneType::Dma);
-            let mut last_end = 0;
-            let count_valid = |a: u64, b: u64| (a..b).filter(|&p| mem_map.pfn_valid(p)).count();
-            for r in &mb.memory.regions {
-                let (s, e) = (PhysAddr(r.base).pfn_up().0, PhysAddr(r.end()).pfn_down().0);
-                for (t, z) in plans[r.nid].iter().enumerate() {
-                    if z.present == 0 {
-                        continue;
-                    }
-                    last_zone = (r.nid, ZONE_TYPES[t]);
-                    let (cs, ce) = (s.clamp(z.start, z.end), e.clamp(z.start, z.end));
-                    if cs >= ce {
-                        continue;
-                    }
-                    if hole < cs {
-                        let n = count_valid(hole, cs);
-                        if n > 0 {
-                            say(format!(
-                                "On node {}, zone {}: {} pages in unavailable ranges",
-                                r.nid,
-                                ZONE_TYPES[t].name(),
-                                n
-                            ));
-                        }
-                    }
-                    hole = ce;
+    /// `memmap_init`'s report of the holes inside present sections (`init_unavailable_range`:
+    /// their struct pages stay reserved).
+    fn memmap_init(&mut self, mem_map: &MemMap) {
+        let mut lines = Vec::new();
+        let mut hole = 0u64;
+        let mut last_zone = (0usize, ZoneType::Dma);
+        let mut last_end = 0;
+        let count_valid = |a: u64, b: u64| (a..b).filter(|&p| mem_map.pfn_valid(Pfn(p))).count();
+        for r in &self.memblock.memory.regions {
+            let (s, e) = (PhysAddr(r.base).pfn_up().0, PhysAddr(r.end()).pfn_down().0);
+            for (t, z) in self.plans[r.nid].iter().enumerate() {
+                if z.present == 0 {
+                    continue;
                 }
-                last_end = e;
+                last_zone = (r.nid, ZONE_TYPES[t]);
+                let (cs, ce) = (s.clamp(z.start, z.end), e.clamp(z.start, z.end));
+                if cs >= ce {
+                    continue;
+                }
+                if hole < cs {
+                    let n = count_valid(hole, cs);
+                    if n > 0 {
+                        lines.push(format!(
+                            "On node {}, zone {}: {} pages in unavailable ranges",
+                            r.nid,
+                            ZONE_TYPES[t].name(),
+                            n
+                        ));
+                    }
+                }
+                hole = ce;
             }
-            let end = align_up(last_end, PAGES_PER_SECTION);
-            if hole < end {
-                let n = count_valid(hole, end);
-                if n > 0 {
-                    say(format!(
-                        "On node {}, zone {}: {} pages in unavailable ranges",
-                        last_zone.0,
-                        last_zone.1.name(),
-                        n
-                    ));
-                }
+            last_end = e;
+        }
+        let end = align_up(last_end, PAGES_PER_SECTION);
+        if hole < end {
+            let n = count_valid(hole, end);
+            if n > 0 {
+                lines.push(format!(
+                    "On node {}, zone {}: {} pages in unavailable ranges",
+                    last_zone.0,
+                    last_zone.1.name(),
+                    n
+                ));
             }
         }
+        self.log.extend(lines);
+    }
 
-        // Nodes and zones.
-        let mut nodes: Vec<PglistData> = Vec::new();
-        for (k, plan) in plans.iter().enumerate() {
-            let zones = plan
-                .iter()
-                .enumerate()
-                .map(|(t, z)| {
-                    Zone::new(
-                        k,
-                        ZONE_TYPES[t],
-                        z.start,
-                        z.end - z.start,
-                        z.present,
-                        nr_cpus,
-                    )
-                })
-                .collect();
-            nodes.push(PglistData::new(k, zones));
-        }
+    /// `free_area_init_node` for every node: its `pglist_data` and zones as sized.
+    fn free_area_init_nodes(&self) -> Vec<PglistData> {
+        self.plans
+            .iter()
+            .enumerate()
+            .map(|(k, plan)| {
+                let zones = plan
+                    .iter()
+                    .enumerate()
+                    .map(|(t, z)| {
+                        Zone::new(
+                            k,
+                            ZONE_TYPES[t],
+                            z.start,
+                            z.end - z.start,
+                            z.present,
+                            self.nr_cpus,
+                        )
+                    })
+                    .collect();
+                PglistData::new(k, zones)
+            })
+            .collect()
+    }
 
-        // Zonelists: nodes by distance, then zones from the highest down.
-        let dist = NumaDistance::uniform(n_nodes);
+    /// `build_all_zonelists`: each node's fallback list — nodes by distance, then zones
+    /// from the highest down — and its own-node list, with Linux's report. Returns the
+    /// present pages.
+    fn build_all_zonelists(&mut self, nodes: &mut [PglistData], dist: &NumaDistance) -> u64 {
+        let n_nodes = self.n_nodes;
         for k in 0..n_nodes {
-            let order = mmzone::node_order(&dist, k);
+            let order = mmzone::node_order(dist, k);
             let mut fb = Vec::new();
             for &n in &order {
                 for t in (0..MAX_NR_ZONES).rev() {
@@ -552,10 +674,10 @@ impl Kernel {
             for n in order {
                 line.push_str(&format!("{n} "));
             }
-            say(line);
+            self.say(line);
         }
         let physpages: u64 = nodes.iter().map(|n| n.node_present_pages).sum();
-        say(format!(
+        self.say(format!(
             "Built {n_nodes} zonelists, mobility grouping on.  Total pages: {physpages}"
         ));
         let policy = if nodes.iter().any(|n| n.zone(ZoneType::Normal).populated()) {
@@ -563,19 +685,68 @@ impl Kernel {
         } else {
             "DMA32"
         };
-        say(format!("Policy zone: {policy}"));
-        say(format!("Kernel command line: {}", config.cmdline));
+        self.say(format!("Policy zone: {policy}"));
+        let cmdline = self.config.cmdline.clone();
+        self.say(format!("Kernel command line: {cmdline}"));
+        physpages
+    }
 
-        // CPUs: round-robin over nodes, as numa=fake hands them out.
+    /// `setup_per_cpu_areas`: each CPU's state, CPUs round-robin over nodes as `numa=fake`
+    /// hands them out.
+    fn setup_per_cpu_areas(&self) -> PerCpu<CpuState> {
+        let n_nodes = self.n_nodes;
         let nr_zones_total = n_nodes * MAX_NR_ZONES;
-        let cpus = PerCpu::new(nr_cpus, |c| CpuState {
+        PerCpu::new(self.nr_cpus, |c| CpuState {
             held: AtomicBool::new(false),
             node: c % n_nodes,
             vmstat: CpuVmStats::new(nr_zones_total, n_nodes),
             lru_add: SpinLock::new(crate::mm::swap::FolioBatch::new()),
-            in_reclaim: core::cell::Cell::new(false),
-        });
+            in_reclaim: AtomicBool::new(false),
+        })
+    }
+}
 
+impl Kernel {
+    /// Boot a machine, in Linux's phases: `setup_arch` (the e820 map),
+    /// `e820__memblock_setup`, `early_reserve_memory`, `numa_init`, `zone_sizes_init`
+    /// (`free_area_init`'s sizing), `sparse_init`, `init_mem_mapping`, `memmap_init`,
+    /// `free_area_init_node`s, `build_all_zonelists`, `setup_per_cpu_areas`; then, with the
+    /// `Kernel` built, `mm_core_init`'s `mem_init` (`memblock_free_all`),
+    /// `mem_init_print_info`, `kmem_cache_init` and `vmalloc_init`, and the
+    /// `init_per_zone_wmark_min` initcall. The dmesg lines Linux prints go to the kernel log.
+    pub fn boot(
+        platform: Box<dyn Platform>,
+        firmware_e820: &E820Table,
+        cmdline: &str,
+    ) -> Result<Kernel, BootError> {
+        let config = BootConfig::parse(cmdline)?;
+        let mut eb = EarlyBoot::setup_arch(&*platform, firmware_e820, config)?;
+        eb.e820__memblock_setup();
+        eb.early_reserve_memory()?;
+        eb.numa_init()?;
+        eb.zone_sizes_init();
+        let direct_map = DirectMap::new(platform.direct_map_base());
+        let (mem_map, memmap_pages) = eb.sparse_init(direct_map)?;
+        let init_pgd = eb.init_mem_mapping(direct_map)?;
+        eb.memmap_init(&mem_map);
+        let mut nodes = eb.free_area_init_nodes();
+        let dist = NumaDistance::uniform(eb.n_nodes);
+        let physpages = eb.build_all_zonelists(&mut nodes, &dist);
+        let cpus = eb.setup_per_cpu_areas();
+
+        let EarlyBoot {
+            config,
+            nr_cpus,
+            log,
+            e820,
+            max_pfn,
+            max_low_pfn,
+            memblock,
+            image_sizes,
+            image,
+            zone_movable_pfn,
+            ..
+        } = eb;
         let boot = BootInfo {
             max_pfn,
             max_low_pfn,
@@ -595,12 +766,12 @@ impl Kernel {
             cpus,
             numa_distance: dist,
             e820,
-            memblock: SpinLock::new(mb),
+            memblock: SpinLock::new(memblock),
             config: config.clone(),
             boot,
             tunables: SpinLock::new(config.wmark.clone()),
             min_free_kbytes: AtomicU64::new(0),
-            log: SpinLock::new(crate::LogBuf::default()),
+            log: SpinLock::new(crate::printk::LogBuf::default()),
             bad_pages: AtomicU64::new(0),
             slab: crate::mm::slab::SlabState::new(),
             slab_reports: AtomicU64::new(0),
@@ -608,7 +779,7 @@ impl Kernel {
             next_ctx_id: AtomicU64::new(0),
             vmap: SpinLock::new(crate::mm::vmalloc::VmapState::new()),
             init_mm: None,
-            zero_pfn: crate::Pfn(image.bss.0 >> PAGE_SHIFT),
+            zero_pfn: PhysAddr(image.bss.0).pfn_down(),
             inodes: SpinLock::new(Default::default()),
             anon_vmas: crate::sync::RwLock::new(Default::default()),
             swap: SpinLock::new(Default::default()),
@@ -620,40 +791,48 @@ impl Kernel {
             k.printk(&l);
         }
 
-        // mem_init → memblock_free_all: every free range into the buddy allocator.
-        k.memblock_free_all();
-        let totalram: u64 = k
-            .nodes
-            .iter()
-            .flat_map(|n| n.zones.iter())
-            .map(|z| z.managed())
-            .sum();
-        k.boot.totalram_at_boot = totalram;
-
-        // init_per_zone_wmark_min.
-        k.init_per_zone_wmark_min();
-
         // The kernel page tables (init_mm) on the static PGD.
-        k.init_mm = Some(k.pgd_static(crate::Pfn(init_pgd_pa >> PAGE_SHIFT)));
+        k.init_mm = Some(k.pgd_static(init_pgd));
+        // mm_core_init.
+        k.mem_init();
+        k.mem_init_print_info();
+        k.kmem_cache_init();
+        k.vmalloc_init();
+        // core_initcall(init_per_zone_wmark_min).
+        k.init_per_zone_wmark_min();
+        Ok(k)
+    }
 
-        // kmem_cache_init: the kmalloc caches.
-        k.slab.debug_all.store(k.config.slab_debug, Relaxed);
-        k.create_kmalloc_caches();
+    /// `mem_init` → `memblock_free_all`: every free range into the buddy allocator; what
+    /// the zones then manage is `totalram_pages` at boot.
+    fn mem_init(&mut self) {
+        self.memblock_free_all();
+        self.boot.totalram_at_boot = self.totalram_pages();
+    }
 
-        let s = &k.boot.image_sizes;
+    /// `kmem_cache_init`: the kmalloc caches (with `slab_debug` on every cache when the
+    /// command line asks).
+    fn kmem_cache_init(&self) {
+        self.slab.debug_all.store(self.config.slab_debug, Relaxed);
+        self.create_kmalloc_caches();
+    }
+
+    /// `mem_init_print_info`: the `Memory: …K/…K available (…)` line.
+    fn mem_init_print_info(&self) {
+        let s = &self.boot.image_sizes;
         let kb = |b: u64| b >> 10;
-        k.printk(&format!(
+        let physpages = self.boot.physpages;
+        self.printk(&format!(
             "Memory: {}K/{}K available ({}K kernel code, {}K rwdata, {}K rodata, {}K init, {}K bss, {}K reserved, 0K cma-reserved)",
-            k.global_free_pages() << (PAGE_SHIFT - 10),
+            self.global_free_pages() << (PAGE_SHIFT - 10),
             physpages << (PAGE_SHIFT - 10),
             kb(s.code),
             kb(s.rwdata),
             kb(s.rodata),
             kb(s.init),
             kb(s.bss),
-            (physpages - totalram) << (PAGE_SHIFT - 10)
+            (physpages - self.boot.totalram_at_boot) << (PAGE_SHIFT - 10)
         ));
-        Ok(k)
     }
 
     /// `memblock_free_all`: hand every page of `memory - reserved` to the buddy allocator in
@@ -673,7 +852,7 @@ impl Kernel {
                     while a + (1 << order) > b {
                         order -= 1;
                     }
-                    self.free_pages_core(nid, zt, a, order);
+                    self.free_pages_core(nid, zt, Pfn(a), order);
                     a += 1 << order;
                 }
             }
@@ -681,7 +860,7 @@ impl Kernel {
     }
 
     /// `__free_pages_core`: a boot-reserved block becomes managed and free.
-    fn free_pages_core(&self, nid: usize, zt: ZoneType, pfn: u64, order: u32) {
+    fn free_pages_core(&self, nid: usize, zt: ZoneType, pfn: Pfn, order: u32) {
         for i in 0..(1u64 << order) {
             let p = self.mem_map.page(pfn + i);
             p.clear_nonatomic(PageFlags::RESERVED);
@@ -693,23 +872,5 @@ impl Kernel {
         let mt = z.pageblock_migratetype(pfn);
         let mut fa = z.free_area.lock();
         buddy::free_one_page(&self.mem_map, z, &mut fa, pfn, order, mt, true);
-    }
-
-    /// Free pages in the buddy lists of every zone (`global_zone_page_state(NR_FREE_PAGES)`).
-    pub fn global_free_pages(&self) -> u64 {
-        self.nodes
-            .iter()
-            .flat_map(|n| n.zones.iter())
-            .map(|z| z.free_pages().max(0) as u64)
-            .sum()
-    }
-
-    /// `totalram_pages()`.
-    pub fn totalram_pages(&self) -> u64 {
-        self.nodes
-            .iter()
-            .flat_map(|n| n.zones.iter())
-            .map(|z| z.managed())
-            .sum()
     }
 }

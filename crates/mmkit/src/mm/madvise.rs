@@ -1,6 +1,8 @@
 //! `madvise` (`mm/madvise.c`): `MADV_DONTNEED` (`madvise_dontneed_single_vma` →
-//! `zap_page_range`), `MADV_WILLNEED` (`madvise_willneed` → `vfs_fadvise` readahead) and
-//! `MADV_FREE` (`madvise_free_single_vma` → `madvise_free_pte_range`, `folio_mark_lazyfree`).
+//! `zap_page_range`), `MADV_WILLNEED` (`madvise_willneed`: `vfs_fadvise` readahead for file
+//! mappings, `swapin_walk_pmd_entry` → `read_swap_cache_async` for the swapped-out pages of
+//! anonymous ones) and `MADV_FREE` (`madvise_free_single_vma` → `madvise_free_pte_range`,
+//! `folio_mark_lazyfree`).
 //!
 //! `MADV_FREE` makes private anonymous pages *lazily freed*: their PTEs are cleaned and made
 //! old, the pages lose `PG_dirty` and `PG_swapbacked` and move to the inactive file LRU
@@ -78,13 +80,16 @@ impl Kernel {
                 .intersects(VmFlags::VM_LOCKED | VmFlags::VM_PFNMAP)
         };
         self.madvise_walk_vmas(mm, start, end, allowed, |k, mm, lo, hi| {
-            k.zap_page_range(cpu, mm, lo, hi)
+            k.zap_page_range(cpu, mm, lo, hi);
+            Ok(())
         })
     }
 
-    /// `madvise(MADV_WILLNEED)`: read the file pages behind `[start, start + len)` into the
-    /// page cache (without mapping them). `EINVAL` for an unaligned start, `EBADF` for
-    /// anonymous memory (whose swap-in readahead comes with swap), `ENOMEM` at a hole.
+    /// `madvise(MADV_WILLNEED)`: start reading what `[start, start + len)` will need,
+    /// without mapping it: the file pages behind a file mapping into the page cache, the
+    /// swapped-out pages of anonymous memory into the swap cache (so touching them later is
+    /// a minor fault). `EINVAL` for an unaligned start, `ENOMEM` when the range is not fully
+    /// mapped (after doing what is).
     pub fn madvise_willneed(
         &self,
         cpu: &CpuGuard<'_>,
@@ -93,21 +98,51 @@ impl Kernel {
         len: u64,
     ) -> Result<(), Errno> {
         let end = madvise_range(start, len)?;
-        let mut cur = start;
-        while cur < end {
-            let Some(v) = mm.vma_lookup(cur).cloned() else {
-                return Err(Errno::ENOMEM);
-            };
-            let hi = v.vm_end.min(end);
-            let Some(f) = &v.vm_file else {
-                return Err(Errno::EBADF);
-            };
-            let first = v.linear_page_index(cur);
-            let n = (hi - cur) >> PAGE_SHIFT;
-            self.page_cache_readahead(cpu, &f.inode, first, n)?;
-            cur = hi;
+        self.madvise_walk_vmas(
+            mm,
+            start,
+            end,
+            |_| true,
+            |k, mm, lo, hi| {
+                let Some(v) = mm.vma_lookup(lo) else {
+                    return Ok(());
+                };
+                match &v.vm_file {
+                    Some(f) => {
+                        let inode = f.inode.clone();
+                        let first = v.linear_page_index(lo);
+                        k.page_cache_readahead(cpu, &inode, first, (hi - lo) >> PAGE_SHIFT)?;
+                    }
+                    None => {
+                        k.swapin_walk_range(cpu, mm, lo, hi);
+                        // Push the new pages onto the LRU now.
+                        k.lru_add_drain(cpu);
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// `swapin_walk_pmd_entry`: read every swap entry among the PTEs of `[lo, hi)` into the
+    /// swap cache (`read_swap_cache_async`). The entries are collected under the table
+    /// locks and read after them, as Linux drops the lock around each read; a slot freed or
+    /// already being read meanwhile is skipped.
+    fn swapin_walk_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, lo: u64, hi: u64) {
+        let mut entries: Vec<SwpEntry> = Vec::new();
+        {
+            let mut c = self.pte_cursor(&mm.pt, lo, hi);
+            while let Some((_, pte)) = c.next_entry() {
+                if !pte.is_present() {
+                    entries.extend(SwpEntry::from_pte(pte));
+                }
+            }
         }
-        Ok(())
+        for e in entries {
+            if let Some(page) = self.read_swap_cache_async(cpu, e) {
+                self.__free_pages(cpu, page, 0); // the swap cache keeps it
+            }
+        }
     }
 
     /// `madvise(MADV_FREE)`: mark the private anonymous pages of `[start, start + len)` lazily
@@ -133,20 +168,22 @@ impl Kernel {
         // Pages still in this CPU's LRU add batch must be on their lists to be moved.
         self.lru_add_drain(cpu);
         self.madvise_walk_vmas(mm, start, end, allowed, |k, mm, lo, hi| {
-            k.madvise_free_pte_range(cpu, mm, lo, hi)
+            k.madvise_free_pte_range(cpu, mm, lo, hi);
+            Ok(())
         })
     }
 
     /// `madvise_walk_vmas`: every VMA meeting `[start, end)` must pass `allowed` (else
-    /// `EINVAL`, nothing done); then `visit(lo, hi)` runs on each one's part of the range, and
-    /// a hole in the range is `ENOMEM` afterwards.
+    /// `EINVAL`, nothing done); then `visit(lo, hi)` runs on each one's part of the range (an
+    /// error from it ends the walk with that error), and a hole in the range is `ENOMEM`
+    /// afterwards.
     fn madvise_walk_vmas(
         &self,
         mm: &mut MmStruct,
         start: u64,
         end: u64,
         allowed: impl Fn(&VmArea) -> bool,
-        mut visit: impl FnMut(&Self, &mut MmStruct, u64, u64),
+        mut visit: impl FnMut(&Self, &mut MmStruct, u64, u64) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
         let vmas: Vec<(u64, u64)> = mm
             .vmas
@@ -160,7 +197,7 @@ impl Kernel {
         for (vs, ve) in vmas {
             hole |= vs > a;
             let (lo, hi) = (vs.max(start), ve.min(end));
-            visit(self, mm, lo, hi);
+            visit(self, mm, lo, hi)?;
             a = hi;
         }
         if hole || a < end {

@@ -313,11 +313,6 @@ impl MmStruct {
         self.vmas.iter()
     }
 
-    /// `/proc/PID/maps` for this address space (see `fs::proc::task_mmu`).
-    pub fn proc_maps(&self) -> String {
-        crate::fs::proc::task_mmu::proc_pid_maps(self)
-    }
-
     /// `mmap_base()` for a given `RLIMIT_STACK` without randomization (`norandmaps`): the
     /// gap below `TASK_SIZE` is the stack limit plus the guard gap, clamped to [128 MiB,
     /// 5/6 of the address space].

@@ -7,7 +7,7 @@
 //! its per-CPU page lists and its counters. A [`PglistData`] (node) owns `MAX_NR_ZONES` zones
 //! and its zonelists.
 
-use crate::addr::{fls, int_sqrt, PAGE_SHIFT};
+use crate::addr::{fls, int_sqrt, Pfn, PAGE_SHIFT};
 use crate::mm::list::PageList;
 use crate::mm::page_alloc::pcp::PerCpuPages;
 use crate::mm::page_alloc::{MigrateType, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_ORDER};
@@ -182,8 +182,8 @@ impl Zone {
     }
     /// `zone_spans_pfn()`.
     #[inline]
-    pub fn spans(&self, pfn: u64) -> bool {
-        pfn >= self.zone_start_pfn && pfn < self.end_pfn()
+    pub fn spans(&self, pfn: Pfn) -> bool {
+        pfn.0 >= self.zone_start_pfn && pfn.0 < self.end_pfn()
     }
     /// `populated_zone()`.
     #[inline]
@@ -218,14 +218,14 @@ impl Zone {
     }
     /// `get_pageblock_migratetype()`.
     #[inline]
-    pub fn pageblock_migratetype(&self, pfn: u64) -> MigrateType {
-        let i = (pfn >> PAGEBLOCK_ORDER) - (self.zone_start_pfn >> PAGEBLOCK_ORDER);
+    pub fn pageblock_migratetype(&self, pfn: Pfn) -> MigrateType {
+        let i = (pfn.0 >> PAGEBLOCK_ORDER) - (self.zone_start_pfn >> PAGEBLOCK_ORDER);
         MigrateType::from_index(self.pageblock_mt[i as usize].load(Relaxed) as usize)
     }
     /// `set_pageblock_migratetype()`.
     #[inline]
-    pub fn set_pageblock_migratetype(&self, pfn: u64, mt: MigrateType) {
-        let i = (pfn >> PAGEBLOCK_ORDER) - (self.zone_start_pfn >> PAGEBLOCK_ORDER);
+    pub fn set_pageblock_migratetype(&self, pfn: Pfn, mt: MigrateType) {
+        let i = (pfn.0 >> PAGEBLOCK_ORDER) - (self.zone_start_pfn >> PAGEBLOCK_ORDER);
         self.pageblock_mt[i as usize].store(mt as u8, Relaxed);
     }
     /// `calculate_normal_threshold()`: the per-CPU vmstat fold threshold Linux would use.
@@ -266,7 +266,7 @@ pub struct PglistData {
     /// `per_cpu_nodestats.stat_threshold`: how far a CPU's differential may drift.
     pub stat_threshold: AtomicI64,
     /// The LRU lists (`lruvec`) under `lru_lock`.
-    pub lru: crate::sync::SpinLock<crate::mm::swap::Lruvec>,
+    pub lru: crate::sync::SpinLock<Lruvec>,
     /// kswapd has been woken (`kswapd_wait` with work pending).
     pub kswapd_wait: core::sync::atomic::AtomicBool,
     /// Times kswapd was woken.
@@ -459,4 +459,25 @@ pub fn totalreserve_pages(nodes: &[PglistData]) -> u64 {
             max.min(z.managed())
         })
         .sum()
+}
+
+/// `LRU_INACTIVE_ANON` … `LRU_UNEVICTABLE`, also the indices of their node counters.
+pub const LRU_INACTIVE_ANON: usize = 0;
+/// `LRU_ACTIVE_ANON`.
+pub const LRU_ACTIVE_ANON: usize = 1;
+/// `LRU_INACTIVE_FILE`.
+pub const LRU_INACTIVE_FILE: usize = 2;
+/// `LRU_ACTIVE_FILE`.
+pub const LRU_ACTIVE_FILE: usize = 3;
+/// `LRU_UNEVICTABLE`.
+pub const LRU_UNEVICTABLE: usize = 4;
+/// `NR_LRU_LISTS`.
+pub const NR_LRU_LISTS: usize = 5;
+/// `struct lruvec` of a node.
+#[derive(Default)]
+pub struct Lruvec {
+    /// The lists, by `LRU_*` index; the head is the young end.
+    pub lists: [PageList; NR_LRU_LISTS],
+    /// Pages on each list.
+    pub nr: [u64; NR_LRU_LISTS],
 }

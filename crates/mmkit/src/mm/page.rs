@@ -16,8 +16,25 @@
 //! has any RAM gets a full `mem_map` slice, allocated from memblock in simulated RAM, so its cost
 //! shows in the accounting as Linux's does; sections without RAM cost nothing.
 //!
-//! List links (`lru_next`, `lru_prev`) are pfns, `NIL` for none: free lists, pcp lists and
-//! (later) LRU and slab lists are intrusive lists threaded through the pages.
+//! List links (`lru_next`, `lru_prev`) are pfns, `NIL` for none: free lists, pcp lists, LRU
+//! lists and slab lists are intrusive lists threaded through the pages.
+//!
+//! What the words mean depends on what the page is, as in Linux's unions (`flags`, which
+//! says what the page is, and `_refcount` mean the same for every page):
+//!
+//! | page | `index` | `mapping` | `private` | `_mapcount` | links |
+//! |---|---|---|---|---|---|
+//! | free block head (`PG_buddy`) | its migrate type | 0 | order | 0 | free list |
+//! | on a per-CPU list | its migrate type | 0 | 0 | 0 | pcp list |
+//! | compound head (`PG_head`) | as its use below | as below | order (slabs: see below) | as below | as below |
+//! | compound tail (`PG_tail`) | 0 | 0 | pages from its head | 0 | none |
+//! | anonymous | page offset in its `anon_vma` (`linear_page_index`) | `PAGE_MAPPING_ANON` + `anon_vma` id | swap entry while `PG_swapcache` | PTEs mapping it | LRU list |
+//! | page cache | page index in the file | the inode's id | 0 | PTEs mapping it | LRU list |
+//! | slab head (`PG_slab`) | `slab_cache` | off-slab freelist's pfn | colour + off-slab freelist offset | `active` | slab list |
+//! | page table | 0 | 0 | 0 | 0 | none; `PG_locked` is its split PTE lock |
+//!
+//! A slab's page is read and written only through the `struct slab` overlay
+//! ([`crate::mm::slab_page::Slab`]), whose accessors name those fields.
 
 use crate::addr::Pfn;
 use crate::mm::mmzone::ZoneType;
@@ -35,6 +52,19 @@ pub const PFN_SECTION_SHIFT: u32 = SECTION_SIZE_BITS - crate::addr::PAGE_SHIFT;
 pub const PAGES_PER_SECTION: u64 = 1 << PFN_SECTION_SHIFT;
 /// The "no page" value of a pfn link.
 pub const NIL: u32 = u32::MAX;
+/// `PAGE_MAPPING_ANON` (`include/linux/page-flags.h`): the bit of `page->mapping` that marks
+/// an anonymous page (the rest is its `anon_vma` id).
+pub const PAGE_MAPPING_ANON: u32 = 0x8000_0000;
+
+/// Whether a page is anonymous (`PageAnon`).
+#[inline]
+pub fn page_anon(page: &Page) -> bool {
+    page.mapping() & PAGE_MAPPING_ANON != 0
+}
+
+/// `PG_swapcache` (`PG_owner_priv_1` on an anonymous page): the page is in the swap cache,
+/// its entry in `private`.
+pub const PG_SWAPCACHE: PageFlags = PageFlags::OWNER_PRIV_1;
 
 pub use self::flag_defs::*;
 #[allow(missing_docs)] // the flag names are Linux's own; see the kernel headers named above
@@ -102,18 +132,21 @@ pub const MAX_SECTIONS: u64 = SECTIONS_MASK + 1;
 #[repr(C)]
 pub struct Page {
     flags: AtomicU64,
-    /// `page->index`: offset in the mapping (later issues), pcp migratetype while on a pcp list.
+    /// `page->index`: the page's offset in its file or `anon_vma`; the migrate type of a free
+    /// or per-CPU page; `slab->slab_cache` of a slab (see the table above).
     index: AtomicU64,
     /// `page->_refcount`.
     refcount: AtomicI32,
-    /// `page->_mapcount + 1`: the number of page-table mappings.
+    /// `page->_mapcount + 1`: the number of page-table mappings; a slab's `active`.
     mapcount: AtomicI32,
     lru_next: AtomicU32,
     lru_prev: AtomicU32,
     /// `page->private`: buddy order while free, compound order on a head page, head pfn
-    /// offset on a tail page.
+    /// offset on a tail page, the swap entry of a swap-cache page; a slab's colour and
+    /// off-slab freelist offset.
     private: AtomicU32,
-    /// `page->mapping`, as a handle (later issues: address_space, anon_vma, slab cache).
+    /// `page->mapping`, as a handle: the inode id of a page-cache page, `PAGE_MAPPING_ANON`
+    /// plus the `anon_vma` id of an anonymous one; a slab's off-slab freelist pfn.
     mapping: AtomicU32,
 }
 
@@ -132,12 +165,12 @@ impl Page {
     }
     /// Atomic `SetPageX`.
     #[inline]
-    pub fn set(&self, f: PageFlags) {
+    pub(crate) fn set(&self, f: PageFlags) {
         self.flags.fetch_or(f.bits(), Relaxed);
     }
     /// Atomic `ClearPageX`.
     #[inline]
-    pub fn clear(&self, f: PageFlags) {
+    pub(crate) fn clear(&self, f: PageFlags) {
         self.flags.fetch_and(!f.bits(), Relaxed);
     }
     /// `trylock_page` / `folio_trylock`: take `PG_locked` unless someone holds it.
@@ -159,13 +192,13 @@ impl Page {
     }
     /// Non-atomic `__SetPageX`: for pages nobody else can see (under the zone lock, owned).
     #[inline]
-    pub fn set_nonatomic(&self, f: PageFlags) {
+    pub(crate) fn set_nonatomic(&self, f: PageFlags) {
         self.flags
             .store(self.flags.load(Relaxed) | f.bits(), Relaxed);
     }
     /// Non-atomic `__ClearPageX`.
     #[inline]
-    pub fn clear_nonatomic(&self, f: PageFlags) {
+    pub(crate) fn clear_nonatomic(&self, f: PageFlags) {
         self.flags
             .store(self.flags.load(Relaxed) & !f.bits(), Relaxed);
     }
@@ -190,7 +223,7 @@ impl Page {
     }
     /// `set_page_count()`.
     #[inline]
-    pub fn set_refcount(&self, v: i32) {
+    pub(crate) fn set_refcount(&self, v: i32) {
         self.refcount.store(v, Relaxed);
     }
     /// `get_page()`: take a reference.
@@ -234,7 +267,7 @@ impl Page {
     }
     /// `set_page_private()`.
     #[inline]
-    pub fn set_private(&self, v: u32) {
+    pub(crate) fn set_private(&self, v: u32) {
         self.private.store(v, Relaxed);
     }
     /// `page->index`.
@@ -244,7 +277,7 @@ impl Page {
     }
     /// Set `page->index`.
     #[inline]
-    pub fn set_index(&self, v: u64) {
+    pub(crate) fn set_index(&self, v: u64) {
         self.index.store(v, Relaxed);
     }
     /// `page->mapping` handle (0 for none).
@@ -271,7 +304,7 @@ impl Page {
             .fetch_sub(1, core::sync::atomic::Ordering::AcqRel)
             - 1
     }
-    /// Set the `page->mapping` handle (for slab pages: the cache id + 1).
+    /// Set the `page->mapping` handle (for slab pages: the off-slab freelist's pfn).
     #[inline]
     pub(crate) fn set_mapping(&self, v: u32) {
         self.mapping.store(v, Relaxed);
@@ -389,9 +422,9 @@ impl MemMap {
 
     /// `pfn_valid()`: whether `pfn` has a `struct page`.
     #[inline]
-    pub fn pfn_valid(&self, pfn: u64) -> bool {
+    pub fn pfn_valid(&self, pfn: Pfn) -> bool {
         matches!(
-            self.sections.get((pfn >> PFN_SECTION_SHIFT) as usize),
+            self.sections.get((pfn.0 >> PFN_SECTION_SHIFT) as usize),
             Some(Some(_))
         )
     }
@@ -411,10 +444,10 @@ impl MemMap {
     /// `pfn_to_page()` for a pfn the caller knows is valid (free-list links, buddies inside
     /// a zone). A pfn without a page here is a kernel bug.
     #[inline]
-    pub fn page(&self, pfn: u64) -> &Page {
-        match self.pfn_to_page(Pfn(pfn)) {
+    pub fn page(&self, pfn: Pfn) -> &Page {
+        match self.pfn_to_page(pfn) {
             Some(p) => p,
-            None => panic!("BUG: pfn {pfn:#x} has no struct page"),
+            None => panic!("BUG: {pfn:?} has no struct page"),
         }
     }
 
@@ -452,5 +485,12 @@ impl MemMap {
             .enumerate()
             .filter(|(_, s)| s.is_some())
             .map(|(i, _)| i)
+    }
+}
+
+impl crate::Kernel {
+    /// `mem_map` access.
+    pub fn mem_map(&self) -> &MemMap {
+        &self.mem_map
     }
 }

@@ -149,14 +149,7 @@ impl AnonVmas {
     }
 }
 
-/// `PAGE_MAPPING_ANON`: the mapping handle of an anonymous page.
-pub const PAGE_MAPPING_ANON: u32 = 0x8000_0000;
-
-/// Whether a page is anonymous (`PageAnon`).
-#[inline]
-pub fn page_anon(page: &Page) -> bool {
-    page.mapping() & PAGE_MAPPING_ANON != 0
-}
+pub use crate::mm::page::{page_anon, PAGE_MAPPING_ANON};
 
 impl Kernel {
     /// `folio_add_new_anon_rmap`: a page just allocated for a fault becomes anonymous memory

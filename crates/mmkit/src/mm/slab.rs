@@ -5,12 +5,14 @@
 //! when a slab is created, and the freelist index array kept on the slab (small objects) or
 //! off it in a kmalloc cache (large objects).
 //!
-//! Functions mirror `kmem_cache_create` (`__kmem_cache_create`, `calculate_slab_order`,
-//! `cache_estimate`, `set_off_slab_cache`, `enable_cpucache`), `kmem_cache_alloc`
-//! (`____cache_alloc`, `cache_alloc_refill`, `alloc_block`, `cache_grow_begin/end`,
-//! `alloc_slabmgmt`, `cache_init_objs`), `kmem_cache_free` (`___cache_free`,
-//! `cache_flusharray`, `free_block`, `slab_destroy`), `cache_reap`/`drain_array`/
-//! `drain_freelist`, `kmem_cache_shrink` and `kmem_cache_destroy`.
+//! Functions mirror `kmem_cache_alloc` (`____cache_alloc`, `cache_alloc_refill`,
+//! `alloc_block`, `cache_grow_end`), `kmem_cache_free` (`___cache_free`, `cache_flusharray`,
+//! `free_block`), `cache_reap`/`drain_array`/`drain_freelist`, `kmem_cache_shrink` and
+//! `kmem_cache_destroy`. One slab's own page and objects — `struct slab`, `cache_grow_begin`,
+//! `alloc_slabmgmt`, `cache_init_objs`, `slab_get_obj`/`slab_put_obj`, `slab_destroy` — are
+//! in [`crate::mm::slab_page`]; creating a cache (`kmem_cache_create`,
+//! `__kmem_cache_create`, `calculate_slab_order`, `cache_estimate`, `enable_cpucache`) in
+//! [`crate::mm::slab_create`].
 //!
 //! Concurrency: a per-CPU `array_cache` is touched only by the thread holding that CPU's
 //! [`CpuGuard`] — the fast path (array hit) takes no lock. Node lists and the shared array sit
@@ -24,13 +26,13 @@
 //! to its node's lists under that node's lock), no cache merging. `kmem_cache` descriptors and
 //! array caches live on the library heap, not in slab caches of their own.
 
-use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::Pfn;
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::Gfp;
 use crate::mm::list::PageList;
-use crate::mm::page::{Page, PageFlags};
 use crate::mm::slab_debug::{self, Caller};
+use crate::mm::slab_page::Slab;
 use crate::sync::{CachePadded, SpinLock};
 use crate::Kernel;
 use alloc::boxed::Box;
@@ -75,11 +77,11 @@ pub const CACHE_LINE: u32 = 64;
 /// `BATCHREFILL_LIMIT`.
 const BATCHREFILL_LIMIT: u32 = 16;
 /// `REAPTIMEOUT_NODE`: 4 s.
-const REAPTIMEOUT_NODE_NS: u64 = 4_000_000_000;
+pub(super) const REAPTIMEOUT_NODE_NS: u64 = 4_000_000_000;
 /// `SLAB_OBJ_MAX_NUM` with 16-bit freelist indices.
-const SLAB_OBJ_MAX_NUM: u32 = 0xffff;
+pub(super) const SLAB_OBJ_MAX_NUM: u32 = 0xffff;
 /// `KMALLOC_MAX_ORDER`.
-const KMALLOC_MAX_ORDER: u32 = 10;
+pub(super) const KMALLOC_MAX_ORDER: u32 = 10;
 
 /// A slab cache's handle (`struct kmem_cache *`).
 #[derive(Copy, Clone, PartialEq, Eq, Debug, Hash)]
@@ -99,7 +101,7 @@ pub struct ArrayCache {
 }
 
 impl ArrayCache {
-    fn new(limit: u32, batchcount: u32) -> Self {
+    pub(super) fn new(limit: u32, batchcount: u32) -> Self {
         Self {
             avail: 0,
             limit,
@@ -180,13 +182,13 @@ pub struct KmemCache {
     pub(crate) allocflags: Gfp,
     /// `limit`, `batchcount`, `shared` tunables.
     pub tunables: [AtomicU32; 3],
-    cpu_cache: Box<[CachePadded<UnsafeCell<ArrayCache>>]>,
+    pub(super) cpu_cache: Box<[CachePadded<UnsafeCell<ArrayCache>>]>,
     /// Per-node lists, each behind its `list_lock`.
     pub nodes: Box<[SpinLock<KmemCacheNode>]>,
     pub(crate) dead: AtomicBool,
     /// Constructor calls so far.
     pub ctor_calls: AtomicU64,
-    reciprocal: u64,
+    pub(super) reciprocal: u64,
 }
 
 // SAFETY: `cpu_cache[c]` is only accessed by the holder of CPU c's `CpuGuard` (exclusive,
@@ -227,48 +229,44 @@ impl SlabState {
     }
 }
 
-/// `cache_estimate`: objects per slab of `order` and the bytes left over.
-fn cache_estimate(order: u32, size: u32, off_slab: bool) -> (u32, u32) {
-    let slab = (PAGE_SIZE << order) as u32;
-    let per = if off_slab { size } else { size + 2 };
-    (slab / per, slab % per)
-}
-
-/// `calculate_alignment`.
-fn calculate_alignment(flags: SlabFlags, align: u32, size: u32) -> u32 {
-    let mut align = align;
-    if flags.contains(SlabFlags::SLAB_HWCACHE_ALIGN) {
-        let mut ralign = CACHE_LINE;
-        while size <= ralign / 2 {
-            ralign /= 2;
-        }
-        align = align.max(ralign);
-    }
-    align.max(8).next_multiple_of(8)
-}
-
 impl KmemCache {
+    /// This CPU's array cache (`cpu_cache_get`): per-CPU data reached without a lock, as
+    /// only the holder of a CPU's handle touches it.
+    ///
+    /// # Safety
+    ///
+    /// `cpu` must be a handle of the machine this cache belongs to (the public entry points
+    /// check that with `check_cpu`; internal callers pass on the handle they were given),
+    /// and the returned reference must not overlap any other reference to the same array:
+    /// while it is live the caller makes no second `cpu_ac`/`array_of` call for this cache
+    /// and CPU, and calls nothing that could (this cache's allocation, free, refill, flush,
+    /// reap and drain paths).
     #[inline]
-    #[allow(clippy::mut_from_ref)] // exclusive through the CPU handle; see the SAFETY note
-    fn cpu_ac(&self, cpu: &CpuGuard<'_>) -> &mut ArrayCache {
-        // SAFETY: `cpu` is the exclusive handle on this CPU of this cache's machine (the
-        // kernel's entry points check that: `check_cpu`, and internal callers take handles
-        // from the same kernel) and is not `Send`; only its holder reaches
-        // `cpu_cache[cpu.id()]`, and no caller keeps the reference across a call that could
-        // reach the same array. `cpu_cache` has one slot per CPU of the machine, and a
-        // handle's id is below that count, so the index is in range.
+    #[allow(clippy::mut_from_ref)] // exclusive by the contract above
+    unsafe fn cpu_ac(&self, cpu: &CpuGuard<'_>) -> &mut ArrayCache {
+        // SAFETY: a handle's id is below its machine's CPU count, which is the length of
+        // `cpu_cache` (one slot per CPU of the machine); the handle is exclusive and not
+        // `Send`, so no other thread reaches this slot while it is held, and the caller
+        // promises no other reference to it on this thread (the contract above).
         unsafe { &mut *self.cpu_cache.get_unchecked(cpu.id()).0.get() }
     }
 
     /// Index of the object at `off` bytes from `s_mem` (`obj_to_index`, via a reciprocal).
     #[inline]
-    fn obj_to_index(&self, off: u64) -> u64 {
+    pub(crate) fn obj_to_index(&self, off: u64) -> u64 {
         (off * self.reciprocal) >> 32
     }
 
-    /// This CPU's array cache (for the invariant checker; the handle must be this machine's).
-    pub(crate) fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
-        self.cpu_ac(cpu)
+    /// This CPU's array cache, for the invariant checker.
+    ///
+    /// # Safety
+    ///
+    /// As [`KmemCache::cpu_ac`]: a handle of this cache's machine, and nothing on this
+    /// thread may change the array (no allocation from or free to this cache) while the
+    /// returned reference is live.
+    pub(crate) unsafe fn array_of(&self, cpu: &CpuGuard<'_>) -> &ArrayCache {
+        // SAFETY: the caller's contract is cpu_ac's.
+        unsafe { self.cpu_ac(cpu) }
     }
 
     /// Whether this cache does any debugging.
@@ -276,16 +274,6 @@ impl KmemCache {
     pub fn debug(&self) -> bool {
         self.flags.intersects(SLAB_DEBUG_FLAGS)
     }
-}
-
-/// What `kmem_cache_create` is asked for.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct CacheSpec<'a> {
-    pub name: &'a str,
-    pub size: u32,
-    pub align: u32,
-    pub flags: SlabFlags,
-    pub ctor: Option<Ctor>,
 }
 
 impl Kernel {
@@ -301,229 +289,13 @@ impl Kernel {
     /// Objects in `cpu`'s array cache of `id` (`ac->avail`), for inspection.
     pub fn kmem_cache_cpu_avail(&self, cpu: &CpuGuard<'_>, id: CacheId) -> Option<u32> {
         self.check_cpu(cpu);
-        Some(self.cache(id)?.cpu_ac(cpu).avail)
+        // SAFETY: `cpu` is this machine's (checked above); the reference ends here.
+        Some(unsafe { self.cache(id)?.cpu_ac(cpu) }.avail)
     }
 
     /// The cache behind a handle, for inspection (`None` once destroyed).
     pub fn kmem_cache(&self, id: CacheId) -> Option<&KmemCache> {
         self.cache(id)
-    }
-
-    /// `kmem_cache_create(name, size, align, flags, ctor)`. `EINVAL` for a size of 0 or above
-    /// what a slab of `KMALLOC_MAX_ORDER` holds, an alignment that is not a power of two, or
-    /// an empty name; `ENOMEM` when no slot is left. With `SLAB_PANIC` a failure is reported
-    /// as Linux's panic message (the simulated machine keeps running).
-    pub fn kmem_cache_create(
-        &self,
-        name: &str,
-        size: usize,
-        align: usize,
-        flags: SlabFlags,
-        ctor: Option<Ctor>,
-    ) -> Result<CacheId, Errno> {
-        let r = self.create_cache(
-            CacheSpec {
-                name,
-                size: size.min(u32::MAX as usize) as u32,
-                align: align.min(1 << 16) as u32,
-                flags,
-                ctor,
-            },
-            size,
-        );
-        if let Err(e) = r {
-            if flags.contains(SlabFlags::SLAB_PANIC) {
-                self.printk(&format!("Kernel panic - not syncing: kmem_cache_create: Failed to create slab '{name}'. Error {}", -e.code()));
-            }
-        }
-        r
-    }
-
-    pub(crate) fn create_cache(
-        &self,
-        spec: CacheSpec<'_>,
-        raw_size: usize,
-    ) -> Result<CacheId, Errno> {
-        if spec.name.is_empty()
-            || raw_size == 0
-            || raw_size > (PAGE_SIZE << KMALLOC_MAX_ORDER) as usize
-            || (spec.align != 0 && !spec.align.is_power_of_two())
-        {
-            self.printk(&format!(
-                "kmem_cache_create({}) failed with error -22",
-                spec.name
-            ));
-            return Err(Errno::EINVAL);
-        }
-        let mut flags = spec.flags;
-        if self.slab.debug_all.load(Relaxed) {
-            flags |= SLAB_DEBUG_FLAGS;
-        }
-        let object_size = spec.size;
-        // __kmem_cache_create: word-align, then add the debug words, then align.
-        let mut size = align_up(object_size as u64, 8) as u32;
-        let align = calculate_alignment(flags, spec.align.max(1), size);
-        let mut obj_offset = 0;
-        if flags.contains(SlabFlags::SLAB_RED_ZONE) {
-            obj_offset = 8;
-            size += 16;
-        }
-        if flags.contains(SlabFlags::SLAB_STORE_USER) {
-            size += 8;
-        }
-        let size = align_up(size as u64, align as u64) as u32;
-        let colour_off = CACHE_LINE.max(align);
-
-        // Where the freelist goes: off-slab for large objects (size >= PAGE_SIZE / 8, as the
-        // seeds say) unless the left-over space holds it anyway; on-slab otherwise.
-        let try_order = |off_slab: bool| -> Option<(u32, u32, u32)> {
-            let slab_max_order = if self.totalram_pages() > (32 << 20) >> PAGE_SHIFT {
-                1
-            } else {
-                0
-            };
-            let mut found = None;
-            for order in 0..=KMALLOC_MAX_ORDER {
-                let (num, left) = cache_estimate(order, size, off_slab);
-                if num == 0 {
-                    continue;
-                }
-                if num > SLAB_OBJ_MAX_NUM {
-                    break;
-                }
-                if off_slab {
-                    let fl = num * 2;
-                    match self
-                        .kmalloc_cache_for(fl as usize, false)
-                        .and_then(|id| self.cache(id))
-                    {
-                        Some(fc) if !fc.off_slab && fc.size <= size / 2 => {}
-                        _ => continue,
-                    }
-                }
-                found = Some((order, num, left));
-                if flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT)
-                    || order >= slab_max_order
-                    || left * 8 <= (PAGE_SIZE << order) as u32
-                {
-                    break;
-                }
-            }
-            found
-        };
-        let mut off_slab = false;
-        let mut est = None;
-        if size as u64 >= PAGE_SIZE >> 3 {
-            if let Some((order, num, left)) = try_order(true) {
-                if left < num * 2 {
-                    off_slab = true;
-                    est = Some((order, num, left));
-                }
-            }
-        }
-        let (gfporder, num, left) = match est {
-            Some(e) => e,
-            None => try_order(false).ok_or(Errno::EINVAL)?,
-        };
-        let freelist_size = num * 2;
-        let freelist_cache = if off_slab {
-            self.kmalloc_cache_for(freelist_size as usize, false)
-        } else {
-            None
-        };
-        let mut allocflags = Gfp::__GFP_COMP;
-        if flags.contains(SlabFlags::SLAB_CACHE_DMA) {
-            allocflags |= Gfp::__GFP_DMA;
-        }
-        if flags.contains(SlabFlags::SLAB_CACHE_DMA32) {
-            allocflags |= Gfp::__GFP_DMA32;
-        }
-        if flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
-            allocflags |= Gfp::__GFP_RECLAIMABLE;
-        }
-
-        // enable_cpucache: the array sizes by object size.
-        let mut limit: u32 = match size {
-            s if s > 131_072 => 1,
-            s if s as u64 > PAGE_SIZE => 8,
-            s if s > 1024 => 24,
-            s if s > 256 => 54,
-            _ => 120,
-        };
-        let shared = if size as u64 <= PAGE_SIZE && self.nr_cpus() > 1 {
-            8
-        } else {
-            0
-        };
-        if flags.intersects(SLAB_DEBUG_FLAGS) && limit > 32 {
-            limit = 32;
-        }
-        let batchcount = limit.div_ceil(2);
-
-        let mut owned = self.slab.owned.lock();
-        let id = owned.len() as u32;
-        if id as usize >= MAX_CACHES {
-            return Err(Errno::ENOMEM);
-        }
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|n| {
-                let cpus = (0..self.nr_cpus())
-                    .filter(|&c| self.cpus.get(c).node == n.node_id)
-                    .count() as u64;
-                SpinLock::new(KmemCacheNode {
-                    slabs_partial: PageList::new(),
-                    slabs_full: PageList::new(),
-                    slabs_free: PageList::new(),
-                    total_slabs: 0,
-                    free_slabs: 0,
-                    free_objects: 0,
-                    free_limit: (1 + cpus) * batchcount as u64 + num as u64,
-                    colour_next: 0,
-                    shared: (shared > 0).then(|| ArrayCache::new(shared * batchcount, 0xbaad_f00d)),
-                    free_touched: false,
-                    next_reap: self.platform().now_ns()
-                        + REAPTIMEOUT_NODE_NS
-                        + n.node_id as u64 * 1_000_000,
-                })
-            })
-            .collect();
-        let cache = Box::new(KmemCache {
-            name: String::from(spec.name),
-            id,
-            object_size,
-            size,
-            align,
-            flags,
-            num,
-            gfporder,
-            colour: (left / colour_off).min(0xffff),
-            colour_off,
-            freelist_size,
-            off_slab,
-            freelist_cache,
-            obj_offset,
-            ctor: spec.ctor,
-            allocflags,
-            tunables: [
-                AtomicU32::new(limit),
-                AtomicU32::new(batchcount),
-                AtomicU32::new(shared),
-            ],
-            cpu_cache: (0..self.nr_cpus())
-                .map(|_| CachePadded(UnsafeCell::new(ArrayCache::new(limit, batchcount))))
-                .collect(),
-            nodes,
-            dead: AtomicBool::new(false),
-            ctor_calls: AtomicU64::new(0),
-            reciprocal: (1u64 << 32).div_ceil(size as u64),
-        });
-        let ptr = &*cache as *const KmemCache as *mut KmemCache;
-        owned.push(cache);
-        self.slab.table[id as usize].store(ptr, Relaxed);
-        self.slab.order.lock().push(id);
-        Ok(CacheId(id))
     }
 
     /// `kmem_cache_alloc(cache, gfp)`: an object, or `None` when the page allocator fails
@@ -559,7 +331,9 @@ impl Kernel {
         caller: Caller,
     ) -> Option<NonNull<u8>> {
         self.check_cpu(cpu);
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: `cpu` is this machine's (checked above); `ac` is last used before the
+        // refill, which takes the array itself.
+        let ac = unsafe { c.cpu_ac(cpu) };
         let objp = if ac.avail > 0 {
             ac.touched = true;
             ac.avail -= 1;
@@ -582,7 +356,9 @@ impl Kernel {
         caller: Caller,
     ) -> Option<NonNull<u8>> {
         let obj = if c.debug() {
-            slab_debug::alloc_debugcheck_after(self, c, objp, caller)
+            // SAFETY: `objp` (every caller's) is a buffer of `c` this CPU just took off its
+            // array or a slab of `c`: nobody else reaches it until we hand it out.
+            unsafe { slab_debug::alloc_debugcheck_after(self, c, objp, caller) }
         } else {
             objp
         };
@@ -612,12 +388,12 @@ impl Kernel {
             let mut n = c.nodes[nid].lock();
             match n.slabs_partial.first().or(n.slabs_free.first()) {
                 Some(pfn) => {
-                    let page = self.mem_map.page(pfn);
-                    if page.mapcount() == 0 {
+                    let slab = self.slab_at(pfn);
+                    if slab.active() == 0 {
                         n.free_slabs -= 1;
                     }
                     Self::unlist_slab(c, &mut n, self, pfn);
-                    let obj = self.slab_get_obj(c, pfn, page);
+                    let obj = self.slab_get_obj(c, pfn, slab);
                     n.free_objects -= 1;
                     Self::list_slab(c, &mut n, self, pfn);
                     Some(obj)
@@ -636,9 +412,9 @@ impl Kernel {
                 ) else {
                     return self.slab_alloc(cpu, c, gfp, caller);
                 };
-                let page = self.mem_map.page(pfn);
-                let obj = self.slab_get_obj(c, pfn, page);
-                let mut n = c.nodes[page.nid()].lock();
+                let slab = self.slab_at(pfn);
+                let obj = self.slab_get_obj(c, pfn, slab);
+                let mut n = c.nodes[slab.nid()].lock();
                 n.total_slabs += 1;
                 n.free_objects += (c.num - 1) as u64;
                 Self::list_slab(c, &mut n, self, pfn);
@@ -666,13 +442,19 @@ impl Kernel {
     #[cold]
     fn cache_alloc_refill(&self, cpu: &CpuGuard<'_>, c: &KmemCache, gfp: Gfp) -> Option<usize> {
         let node = cpu.node();
-        let mut batch = c.cpu_ac(cpu).batchcount;
-        if !c.cpu_ac(cpu).touched && batch > BATCHREFILL_LIMIT {
+        // SAFETY (every `cpu_ac` below): `cpu` is the handle our caller was given for this
+        // machine, and each reference is dead before the next is made; moving objects
+        // between the array and the node's slabs (`alloc_block`) does not reach the array
+        // any other way, and growing the cache is done with no reference live.
+        let ac = unsafe { c.cpu_ac(cpu) };
+        let mut batch = ac.batchcount;
+        if !ac.touched && batch > BATCHREFILL_LIMIT {
             batch = BATCHREFILL_LIMIT;
         }
         {
             let mut n = c.nodes[node].lock();
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: see above.
+            let ac = unsafe { c.cpu_ac(cpu) };
             let moved = match n.shared.as_mut() {
                 Some(sh) if sh.avail > 0 => {
                     let k = batch.min(sh.avail);
@@ -697,20 +479,23 @@ impl Kernel {
                 n.free_objects -= (batch - left) as u64;
             }
         }
-        if c.cpu_ac(cpu).avail == 0 {
+        // SAFETY: see above.
+        if unsafe { c.cpu_ac(cpu) }.avail == 0 {
             let pfn = self.cache_grow_begin(cpu, c, gfp, node)?;
-            let page = self.mem_map.page(pfn);
-            let mut n = c.nodes[page.nid()].lock();
-            let ac = c.cpu_ac(cpu);
+            let slab = self.slab_at(pfn);
+            let mut n = c.nodes[slab.nid()].lock();
+            // SAFETY: see above.
+            let ac = unsafe { c.cpu_ac(cpu) };
             let left = Self::alloc_block_unlisted(self, c, ac, pfn, batch);
             n.total_slabs += 1;
             n.free_objects += (c.num - (batch - left)) as u64;
-            if page.mapcount() == 0 {
+            if slab.active() == 0 {
                 n.free_slabs += 1;
             }
             Self::list_slab(c, &mut n, self, pfn);
         }
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: see above.
+        let ac = unsafe { c.cpu_ac(cpu) };
         if ac.avail == 0 {
             return None;
         }
@@ -726,18 +511,18 @@ impl Kernel {
         c: &KmemCache,
         n: &mut KmemCacheNode,
         ac: &mut ArrayCache,
-        pfn: u64,
+        pfn: Pfn,
         want: u32,
     ) -> u32 {
-        let page = self.mem_map.page(pfn);
-        let was_free = page.mapcount() == 0;
+        let slab = self.slab_at(pfn);
+        let was_free = slab.active() == 0;
         Self::unlist_slab(c, n, self, pfn);
         if was_free {
             n.free_slabs -= 1;
         }
         let left = self.alloc_block_unlisted(c, ac, pfn, want);
         Self::list_slab(c, n, self, pfn);
-        if page.mapcount() == 0 {
+        if slab.active() == 0 {
             n.free_slabs += 1;
         }
         left
@@ -747,12 +532,12 @@ impl Kernel {
         &self,
         c: &KmemCache,
         ac: &mut ArrayCache,
-        pfn: u64,
+        pfn: Pfn,
         mut want: u32,
     ) -> u32 {
-        let page = self.mem_map.page(pfn);
-        while want > 0 && (page.mapcount() as u32) < c.num && ac.avail < ac.limit {
-            let obj = self.slab_get_obj(c, pfn, page);
+        let slab = self.slab_at(pfn);
+        while want > 0 && slab.active() < c.num && ac.avail < ac.limit {
+            let obj = self.slab_get_obj(c, pfn, slab);
             ac.entry[ac.avail as usize] = obj;
             ac.avail += 1;
             want -= 1;
@@ -761,8 +546,8 @@ impl Kernel {
     }
 
     /// The list a slab belongs on by its fill level (`fixup_slab_list` / `cache_grow_end`).
-    fn list_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
-        let active = k.mem_map.page(pfn).mapcount() as u32;
+    fn list_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: Pfn) {
+        let active = k.slab_at(pfn).active();
         if active == 0 {
             n.slabs_free.push_back(&k.mem_map, pfn);
         } else if active == c.num {
@@ -772,8 +557,8 @@ impl Kernel {
         }
     }
 
-    fn unlist_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: u64) {
-        let active = k.mem_map.page(pfn).mapcount() as u32;
+    fn unlist_slab(c: &KmemCache, n: &mut KmemCacheNode, k: &Kernel, pfn: Pfn) {
+        let active = k.slab_at(pfn).active();
         let list = if active == 0 {
             &mut n.slabs_free
         } else if active == c.num {
@@ -782,195 +567,6 @@ impl Kernel {
             &mut n.slabs_partial
         };
         list.remove(&k.mem_map, pfn);
-    }
-
-    /// Host address of the first byte of frame `pfn`.
-    #[inline]
-    pub(crate) fn pfn_addr(&self, pfn: u64) -> usize {
-        self.pfn_ptr(pfn) as usize
-    }
-
-    /// `page->s_mem`.
-    #[inline]
-    pub(crate) fn s_mem(&self, pfn: u64, page: &Page, c: &KmemCache) -> usize {
-        self.pfn_addr(pfn) + (page.private() & 0xffff) as usize * c.colour_off as usize
-    }
-
-    /// `page->freelist`: the index array's host address.
-    #[inline]
-    pub(crate) fn freelist(&self, pfn: u64, page: &Page, c: &KmemCache) -> *mut u16 {
-        if c.off_slab {
-            (self.pfn_addr(page.mapping() as u64) + (page.private() >> 16) as usize) as *mut u16
-        } else {
-            (self.pfn_addr(pfn) + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize)
-                as *mut u16
-        }
-    }
-
-    /// `slab_get_obj`.
-    fn slab_get_obj(&self, c: &KmemCache, pfn: u64, page: &Page) -> usize {
-        let active = page.mapcount() as usize;
-        // SAFETY: the freelist has `num` u16 entries in memory this slab owns (on the slab or
-        // in an off-slab object), `active < num`, and the node lock serializes access.
-        let idx = unsafe { self.freelist(pfn, page, c).add(active).read_unaligned() } as usize;
-        page.set_mapcount(active as i32 + 1);
-        self.s_mem(pfn, page, c) + idx * c.size as usize
-    }
-
-    /// `slab_put_obj`.
-    fn slab_put_obj(&self, c: &KmemCache, pfn: u64, page: &Page, obj: usize) {
-        let idx = c.obj_to_index((obj - self.s_mem(pfn, page, c)) as u64);
-        let active = page.mapcount() as usize - 1;
-        // SAFETY: as in `slab_get_obj`; `active < num`.
-        unsafe {
-            self.freelist(pfn, page, c)
-                .add(active)
-                .write_unaligned(idx as u16)
-        };
-        page.set_mapcount(active as i32);
-    }
-
-    /// `cache_grow_begin`: a new slab, its freelist and its objects constructed; not yet on a
-    /// list (the caller puts it on one under the node lock).
-    fn cache_grow_begin(
-        &self,
-        cpu: &CpuGuard<'_>,
-        c: &KmemCache,
-        gfp: Gfp,
-        node: usize,
-    ) -> Option<u64> {
-        let flags = (gfp
-            & (Gfp::__GFP_HIGH
-                | Gfp::__GFP_RECLAIM
-                | Gfp::__GFP_IO
-                | Gfp::__GFP_FS
-                | Gfp::__GFP_NOWARN
-                | Gfp::__GFP_NOFAIL
-                | Gfp::__GFP_NORETRY
-                | Gfp::__GFP_THISNODE
-                | Gfp::__GFP_NOMEMALLOC
-                | Gfp::__GFP_MEMALLOC))
-            | c.allocflags;
-        let page = self.alloc_pages_node(cpu, node, flags, c.gfporder)?;
-        let pfn = self.page_to_pfn(page).0;
-        let offset = {
-            let mut n = c.nodes[page.nid()].lock();
-            let o = n.colour_next;
-            n.colour_next += 1;
-            if n.colour_next >= c.colour {
-                n.colour_next = 0;
-            }
-            o
-        };
-        let base = self.pfn_addr(pfn);
-        let freelist_addr = if c.off_slab {
-            let fc = c.freelist_cache.and_then(|f| self.cache(f));
-            match fc
-                .and_then(|fc| self.slab_alloc(cpu, fc, flags & !Gfp::__GFP_ZERO, Caller::none()))
-            {
-                Some(p) => p.as_ptr() as usize,
-                None => {
-                    self.__free_pages(cpu, page, c.gfporder);
-                    return None;
-                }
-            }
-        } else {
-            base + (PAGE_SIZE << c.gfporder) as usize - c.freelist_size as usize
-        };
-        // The slab's struct page: `index` is `page->slab_cache`; `private` holds the colour
-        // (low 16 bits) and, off-slab, the freelist's offset in its page (high 16), whose pfn
-        // is in `mapping`; `_mapcount` is `page->active`.
-        page.set_nonatomic(PageFlags::SLAB);
-        page.set_index(c as *const KmemCache as u64);
-        if c.off_slab {
-            let fl_pa = freelist_addr - self.direct_map as usize;
-            page.set_mapping((fl_pa >> PAGE_SHIFT) as u32);
-            page.set_private(offset | (((fl_pa & (PAGE_SIZE as usize - 1)) as u32) << 16));
-        } else {
-            page.set_private(offset);
-        }
-        page.set_mapcount(0);
-        // cache_init_objs.
-        let s_mem = base + (offset * c.colour_off) as usize;
-        for i in 0..c.num as usize {
-            let obj = s_mem + i * c.size as usize;
-            if c.debug() {
-                slab_debug::init_obj(c, obj);
-            }
-            if let Some(ctor) = c.ctor {
-                if !c.flags.contains(SlabFlags::SLAB_POISON) {
-                    // SAFETY: the object's bytes lie inside the slab we just allocated.
-                    let bytes = unsafe {
-                        core::slice::from_raw_parts_mut(
-                            (obj + c.obj_offset as usize) as *mut u8,
-                            c.object_size as usize,
-                        )
-                    };
-                    ctor(bytes);
-                    c.ctor_calls.fetch_add(1, Relaxed);
-                }
-            }
-            // SAFETY: index `i < num` of the freelist this slab owns.
-            unsafe { (freelist_addr as *mut u16).add(i).write_unaligned(i as u16) };
-        }
-        let item = if c.flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
-            NR_SLAB_RECLAIMABLE
-        } else {
-            NR_SLAB_UNRECLAIMABLE
-        };
-        self.mod_node_page_state(cpu, page, item, 1 << c.gfporder);
-        Some(pfn)
-    }
-
-    /// `slab_destroy`: give a free slab's pages (and off-slab freelist) back.
-    fn slab_destroy(&self, cpu: &CpuGuard<'_>, c: &KmemCache, pfn: u64) {
-        let page = self.mem_map.page(pfn);
-        let fl = self.freelist(pfn, page, c) as usize;
-        page.clear_nonatomic(PageFlags::SLAB);
-        page.set_mapping(0);
-        page.set_mapcount(0);
-        page.set_private(0);
-        page.set_index(0);
-        let item = if c.flags.contains(SlabFlags::SLAB_RECLAIM_ACCOUNT) {
-            NR_SLAB_RECLAIMABLE
-        } else {
-            NR_SLAB_UNRECLAIMABLE
-        };
-        self.mod_node_page_state(cpu, page, item, -(1 << c.gfporder));
-        // Restore the compound head's order, which `private` held as the colour offset.
-        page.set_private(c.gfporder);
-        self.__free_pages(cpu, page, c.gfporder);
-        if c.off_slab {
-            if let Some(fc) = c.freelist_cache.and_then(|f| self.cache(f)) {
-                self.slab_free(cpu, fc, fl, Caller::none());
-            }
-        }
-    }
-
-    /// The slab (head pfn) and cache of a slab object address, or why it is not one.
-    #[inline]
-    pub(crate) fn obj_slab(&self, addr: usize) -> Result<(u64, &Page, &KmemCache), &'static str> {
-        // An address outside the direct map lands on a pfn without a struct page.
-        let mut pfn = (addr.wrapping_sub(self.direct_map as usize) as u64) >> PAGE_SHIFT;
-        let page = self
-            .mem_map
-            .pfn_to_page(crate::Pfn(pfn))
-            .ok_or("not a direct-map address of RAM")?;
-        let page = if page.test(PageFlags::TAIL) {
-            pfn -= page.private() as u64;
-            self.mem_map.page(pfn)
-        } else {
-            page
-        };
-        if !page.test(PageFlags::SLAB) {
-            return Err("Object is not a Slab page!");
-        }
-        // SAFETY: a PG_slab page's `index` is `page->slab_cache`, set by cache_grow_begin to a
-        // cache whose box lives as long as the kernel (caches are never freed, and a cache is
-        // only destroyed once it has no slabs).
-        let c = unsafe { (page.index() as *const KmemCache).as_ref() }
-            .ok_or("slab page without a cache")?;
-        Ok((pfn, page, c))
     }
 
     /// `kmem_cache_free(cache, obj)`. Freeing into the wrong cache, a pointer that is not an
@@ -983,8 +579,8 @@ impl Kernel {
             return;
         };
         match self.obj_slab(obj.as_ptr() as usize) {
-            Ok((pfn, page, oc)) if oc.id == c.id => {
-                self.slab_free_checked(cpu, c, pfn, page, obj.as_ptr() as usize, Caller::here())
+            Ok((pfn, slab, oc)) if oc.id == c.id => {
+                self.slab_free_checked(cpu, c, pfn, slab, obj.as_ptr() as usize, Caller::here())
             }
             Ok((_, _, oc)) => self.printk(&format!(
                 "kmem_cache_free: Wrong slab cache. {} but object is from {}",
@@ -1003,12 +599,12 @@ impl Kernel {
         &self,
         cpu: &CpuGuard<'_>,
         c: &KmemCache,
-        pfn: u64,
-        page: &Page,
+        pfn: Pfn,
+        slab: &Slab,
         addr: usize,
         caller: Caller,
     ) {
-        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, page, c)) as u64;
+        let off = (addr - c.obj_offset as usize).wrapping_sub(self.s_mem(pfn, slab, c)) as u64;
         let idx = c.obj_to_index(off);
         if off >= (c.num as u64) * c.size as u64 || idx * c.size as u64 != off {
             self.printk(&format!(
@@ -1017,14 +613,29 @@ impl Kernel {
             ));
             return;
         }
-        self.slab_free(cpu, c, addr, caller);
+        // SAFETY: `addr` was just verified to be an object start of `c`; the caller frees
+        // it (a double free is what the debug checks report).
+        unsafe { self.slab_free(cpu, c, addr, caller) };
     }
 
     /// `___cache_free`: push on this CPU's array, flushing a batch when it is full.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is an object start of `c` that the caller owns and gives up (an allocation it
+    /// made, or an address `slab_free_checked` verified): with debugging on, its buffer is
+    /// checked and written.
     #[inline]
-    pub(crate) fn slab_free(&self, cpu: &CpuGuard<'_>, c: &KmemCache, addr: usize, caller: Caller) {
+    pub(crate) unsafe fn slab_free(
+        &self,
+        cpu: &CpuGuard<'_>,
+        c: &KmemCache,
+        addr: usize,
+        caller: Caller,
+    ) {
         let objp = if c.debug() {
-            match slab_debug::free_debugcheck(self, c, addr, caller) {
+            // SAFETY: this function's contract is free_debugcheck's.
+            match unsafe { slab_debug::free_debugcheck(self, c, addr, caller) } {
                 Some(o) => o,
                 None => return,
             }
@@ -1032,7 +643,9 @@ impl Kernel {
             addr
         };
         self.check_cpu(cpu);
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: `cpu` is this machine's (checked above); `ac` is last used before the
+        // flush, which takes the array itself.
+        let ac = unsafe { c.cpu_ac(cpu) };
         if ac.avail < ac.limit {
             // SAFETY: `avail < limit == entry.len()`.
             unsafe { *ac.entry.get_unchecked_mut(ac.avail as usize) = objp };
@@ -1040,7 +653,8 @@ impl Kernel {
             return;
         }
         self.cache_flusharray(cpu, c);
-        let ac = c.cpu_ac(cpu);
+        // SAFETY: as above; the flush's reference is gone.
+        let ac = unsafe { c.cpu_ac(cpu) };
         ac.entry[ac.avail as usize] = objp;
         ac.avail += 1;
     }
@@ -1053,7 +667,10 @@ impl Kernel {
         let mut to_destroy = Vec::new();
         {
             let mut n = c.nodes[node].lock();
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: `cpu` is the handle our caller was given for this machine; `ac` is
+            // last used before the objects go back to their slabs, and nothing in this
+            // block reaches the array another way.
+            let ac = unsafe { c.cpu_ac(cpu) };
             let mut batch = ac.batchcount;
             let mut done = false;
             if let Some(sh) = n.shared.as_mut() {
@@ -1081,16 +698,16 @@ impl Kernel {
 
     /// `free_block`: return objects to their slabs (each under its node's lock), collecting
     /// free slabs beyond the node's `free_limit` in `to_destroy`.
-    fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<u64>) {
+    fn free_block(&self, c: &KmemCache, objs: &[usize], to_destroy: &mut Vec<Pfn>) {
         for &o in objs {
-            let Ok((pfn, page, _)) = self.obj_slab(o) else {
+            let Ok((pfn, slab, _)) = self.obj_slab(o) else {
                 continue;
             };
-            let mut n = c.nodes[page.nid()].lock();
+            let mut n = c.nodes[slab.nid()].lock();
             Self::unlist_slab(c, &mut n, self, pfn);
-            self.slab_put_obj(c, pfn, page, o);
+            self.slab_put_obj(c, pfn, slab, o);
             n.free_objects += 1;
-            if page.mapcount() == 0 {
+            if slab.active() == 0 {
                 n.slabs_free.push_front(&self.mem_map, pfn);
                 n.free_slabs += 1;
             } else {
@@ -1147,7 +764,9 @@ impl Kernel {
         let node = cpu.node();
         let now = self.platform().now_ns();
         for c in self.live_caches() {
-            let ac = c.cpu_ac(cpu);
+            // SAFETY: `cpu` is this machine's (checked above); `ac` is last used before its
+            // objects go back to their slabs.
+            let ac = unsafe { c.cpu_ac(cpu) };
             if ac.avail > 0 {
                 if ac.touched {
                     ac.touched = false;
@@ -1219,7 +838,9 @@ impl Kernel {
     fn drain_cache(&self, c: &KmemCache) -> Result<(), Errno> {
         for cpu_id in 0..self.nr_cpus() {
             let cpu = self.get_cpu_id(cpu_id)?;
-            let ac = c.cpu_ac(&cpu);
+            // SAFETY: a handle this kernel just gave out; `ac` is last used before its
+            // objects go back to their slabs.
+            let ac = unsafe { c.cpu_ac(&cpu) };
             let objs = ac.take_bottom(ac.avail);
             self.drain_entries(&cpu, c, objs);
         }
@@ -1292,7 +913,8 @@ impl Kernel {
                 None => {
                     for o in out[..i].iter_mut() {
                         if let Some(p) = o.take() {
-                            self.slab_free(cpu, c, p.as_ptr() as usize, caller);
+                            // SAFETY: an object this call allocated from `c` above.
+                            unsafe { self.slab_free(cpu, c, p.as_ptr() as usize, caller) };
                         }
                     }
                     return 0;

@@ -12,8 +12,8 @@
 //!   slabs.
 
 use crate::mm::list::PageList;
-use crate::mm::page::PageFlags;
 use crate::mm::slab::{KmemCache, SlabFlags};
+use crate::mm::slab_page::Slab;
 use crate::Kernel;
 use alloc::collections::BTreeSet;
 use alloc::format;
@@ -59,16 +59,15 @@ impl Kernel {
             ];
             for (list, kind) in lists {
                 for pfn in list.iter(&self.mem_map) {
-                    let p = self.mem_map.page(pfn);
-                    if !p.test(PageFlags::SLAB)
-                        || p.index() != c as *const KmemCache as u64
-                        || p.nid() != nid
-                    {
-                        return Err(format!(
-                            "slab {pfn:#x} on node {nid}'s {kind} list is not this cache's"
-                        ));
-                    }
-                    let active = p.mapcount() as u32;
+                    let p = match Slab::from_page(self.mem_map.page(pfn)) {
+                        Some(s) if core::ptr::eq(s.slab_cache(), c) && s.nid() == nid => s,
+                        _ => {
+                            return Err(format!(
+                                "slab {pfn:#x} on node {nid}'s {kind} list is not this cache's"
+                            ))
+                        }
+                    };
+                    let active = p.active();
                     let ok = match kind {
                         "full" => active == c.num,
                         "partial" => active > 0 && active < c.num,
@@ -117,7 +116,9 @@ impl Kernel {
         let mut arrays: Vec<(String, Vec<usize>, u32)> = Vec::new();
         for cpu in 0..self.nr_cpus() {
             let g = self.get_cpu_id(cpu).map_err(|e| format!("{e}"))?;
-            let ac = c.array_of(&g);
+            // SAFETY: a handle this kernel just gave out; the array is only read, and
+            // copied before anything else runs on this CPU.
+            let ac = unsafe { c.array_of(&g) };
             arrays.push((format!("cpu {cpu} array"), ac.entries().to_vec(), ac.limit));
         }
         for (nid, node) in c.nodes.iter().enumerate() {

@@ -9,7 +9,8 @@ use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
 use crate::mm::page::PageFlags;
 use crate::mm::page_alloc::MAX_PAGE_ORDER;
-use crate::mm::slab::{CacheId, CacheSpec, SlabFlags};
+use crate::mm::slab::{CacheId, SlabFlags};
+use crate::mm::slab_create::CacheSpec;
 use crate::mm::slab_debug::Caller;
 use crate::Kernel;
 use alloc::format;
@@ -176,7 +177,7 @@ impl Kernel {
         if size > KMALLOC_MAX_CACHE_SIZE {
             let order = self.large_order(size, gfp)?;
             let p = self.alloc_pages_node(cpu, nid, gfp | Gfp::__GFP_COMP, order)?;
-            return NonNull::new(self.pfn_addr(self.page_to_pfn(p).0) as *mut u8);
+            return NonNull::new(self.pfn_addr(self.page_to_pfn(p)) as *mut u8);
         }
         if size == 0 {
             return NonNull::new(ZERO_SIZE_PTR as *mut u8);
@@ -201,7 +202,7 @@ impl Kernel {
     fn kmalloc_large(&self, cpu: &CpuGuard<'_>, size: usize, gfp: Gfp) -> Option<NonNull<u8>> {
         let order = self.large_order(size, gfp)?;
         let p = self.alloc_pages(cpu, gfp | Gfp::__GFP_COMP, order)?;
-        NonNull::new(self.pfn_addr(self.page_to_pfn(p).0) as *mut u8)
+        NonNull::new(self.pfn_addr(self.page_to_pfn(p)) as *mut u8)
     }
 
     /// `kzalloc`.
@@ -241,11 +242,11 @@ impl Kernel {
 
     /// The order of a `kmalloc_large` block starting at `addr`.
     fn large_head(&self, addr: usize) -> Option<u32> {
-        let pa = addr.wrapping_sub(self.direct_map as usize) as u64;
+        let pa = self.direct_map.pa(addr);
         if pa >= self.boot.max_pfn << PAGE_SHIFT || pa & (PAGE_SIZE - 1) != 0 {
             return None;
         }
-        let p = self.mem_map.pfn_to_page(crate::Pfn(pa >> PAGE_SHIFT))?;
+        let p = self.mem_map.pfn_to_page(crate::PhysAddr(pa).pfn_down())?;
         (p.test(PageFlags::HEAD) && p.refcount() > 0 && !p.test(PageFlags::SLAB))
             .then(|| p.private())
     }
@@ -308,12 +309,11 @@ impl Kernel {
             return;
         }
         match self.obj_slab(a) {
-            Ok((pfn, page, c)) => self.slab_free_checked(cpu, c, pfn, page, a, caller),
+            Ok((pfn, slab, c)) => self.slab_free_checked(cpu, c, pfn, slab, a, caller),
             Err(why) => match self.large_head(a) {
                 Some(order) => {
                     let page = self.virt_to_page(crate::VirtAddr(
-                        crate::arch::x86_64::layout::PAGE_OFFSET
-                            + (a - self.direct_map as usize) as u64,
+                        crate::arch::x86_64::layout::PAGE_OFFSET + self.direct_map.pa(a),
                     ));
                     if let Some(p) = page {
                         self.__free_pages(cpu, p, order);

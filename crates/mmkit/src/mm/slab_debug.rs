@@ -50,62 +50,94 @@ impl Caller {
     }
 }
 
-fn rd(addr: usize) -> u64 {
-    // SAFETY: callers pass addresses of debug words inside a slab object this cache owns.
-    unsafe { (addr as *const u64).read_unaligned() }
-}
-fn wr(addr: usize, v: u64) {
-    // SAFETY: as in `rd`.
-    unsafe { (addr as *mut u64).write_unaligned(v) }
-}
-
-fn redzone1(_c: &KmemCache, objp: usize) -> usize {
-    objp
-}
-fn redzone2(c: &KmemCache, objp: usize) -> usize {
-    let user = if c.flags.contains(SlabFlags::SLAB_STORE_USER) {
-        8
-    } else {
-        0
-    };
-    objp + c.size as usize - 8 - user
-}
-fn user_word(c: &KmemCache, objp: usize) -> usize {
-    objp + c.size as usize - 8
+/// One buffer of a debugging cache — `[redzone1][object][pad][redzone2][user]` at `objp` —
+/// which the holder has exclusive use of. Every debug word and object byte is reached
+/// through it, within the buffer and no longer than the value lives.
+struct DebugBuf<'c> {
+    c: &'c KmemCache,
+    objp: usize,
 }
 
-fn object<'a>(c: &KmemCache, objp: usize) -> &'a mut [u8] {
-    // SAFETY: the object area lies inside the buffer at `objp`, which the cache owns and the
-    // caller (alloc/free path of this object) has exclusive use of.
-    unsafe {
-        core::slice::from_raw_parts_mut(
-            (objp + c.obj_offset as usize) as *mut u8,
-            c.object_size as usize,
-        )
+impl<'c> DebugBuf<'c> {
+    /// # Safety
+    ///
+    /// `objp` is the start of one of `c`'s buffers (`c.size` bytes at a multiple of
+    /// `c.size` from a slab's first object, in RAM the kernel maps), and for as long as the
+    /// returned value lives nothing else reads or writes that buffer.
+    unsafe fn new(c: &'c KmemCache, objp: usize) -> Self {
+        Self { c, objp }
     }
-}
 
-fn poison(c: &KmemCache, objp: usize, val: u8) {
-    let o = object(c, objp);
-    o.fill(val);
-    if val == POISON_FREE {
-        if let Some(l) = o.last_mut() {
-            *l = POISON_END;
+    fn redzone1(&self) -> usize {
+        0
+    }
+    fn redzone2(&self) -> usize {
+        let user = if self.c.flags.contains(SlabFlags::SLAB_STORE_USER) {
+            8
+        } else {
+            0
+        };
+        self.c.size as usize - 8 - user
+    }
+    fn user_word(&self) -> usize {
+        self.c.size as usize - 8
+    }
+
+    /// The 8-byte debug word at `off` bytes into the buffer.
+    fn rd(&self, off: usize) -> u64 {
+        assert!(off + 8 <= self.c.size as usize);
+        // SAFETY: `off + 8` is within the buffer (asserted), which `new`'s contract gives
+        // us; debug words are not aligned in general.
+        unsafe { ((self.objp + off) as *const u64).read_unaligned() }
+    }
+    fn wr(&mut self, off: usize, v: u64) {
+        assert!(off + 8 <= self.c.size as usize);
+        // SAFETY: as in `rd`, and the buffer is ours alone (`new`'s contract).
+        unsafe { ((self.objp + off) as *mut u64).write_unaligned(v) }
+    }
+
+    /// The object's bytes, borrowed from this value.
+    fn object(&mut self) -> &mut [u8] {
+        // SAFETY: `[obj_offset, obj_offset + object_size)` lies inside the buffer (the cache
+        // sized it so), which is ours alone while `self` lives (`new`'s contract); the slice
+        // cannot outlive `self`.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                (self.objp + self.c.obj_offset as usize) as *mut u8,
+                self.c.object_size as usize,
+            )
+        }
+    }
+
+    fn poison(&mut self, val: u8) {
+        let o = self.object();
+        o.fill(val);
+        if val == POISON_FREE {
+            if let Some(l) = o.last_mut() {
+                *l = POISON_END;
+            }
         }
     }
 }
 
 /// `cache_init_objs`' debug part: a new object is free.
-pub(crate) fn init_obj(c: &KmemCache, objp: usize) {
+///
+/// # Safety
+///
+/// `objp` is the start of one of `c`'s buffers in a slab being set up, which nothing else
+/// reaches yet.
+pub(crate) unsafe fn init_obj(c: &KmemCache, objp: usize) {
+    // SAFETY: the caller's contract is DebugBuf::new's.
+    let mut b = unsafe { DebugBuf::new(c, objp) };
     if c.flags.contains(SlabFlags::SLAB_RED_ZONE) {
-        wr(redzone1(c, objp), RED_INACTIVE);
-        wr(redzone2(c, objp), RED_INACTIVE);
+        b.wr(b.redzone1(), RED_INACTIVE);
+        b.wr(b.redzone2(), RED_INACTIVE);
     }
     if c.flags.contains(SlabFlags::SLAB_STORE_USER) {
-        wr(user_word(c, objp), 0);
+        b.wr(b.user_word(), 0);
     }
     if c.flags.contains(SlabFlags::SLAB_POISON) {
-        poison(c, objp, POISON_FREE);
+        b.poison(POISON_FREE);
     }
 }
 
@@ -130,14 +162,14 @@ fn caller_name(k: &Kernel, id: u32) -> String {
 }
 
 fn va(k: &Kernel, addr: usize) -> u64 {
-    PAGE_OFFSET + (addr - k.direct_map as usize) as u64
+    PAGE_OFFSET + k.direct_map.pa(addr)
 }
 
-fn last_users(k: &Kernel, c: &KmemCache, objp: usize) -> String {
-    if !c.flags.contains(SlabFlags::SLAB_STORE_USER) {
+fn last_users(k: &Kernel, b: &DebugBuf<'_>) -> String {
+    if !b.c.flags.contains(SlabFlags::SLAB_STORE_USER) {
         return String::new();
     }
-    let w = rd(user_word(c, objp));
+    let w = b.rd(b.user_word());
     format!(
         "Last user: allocated at {}, freed at {}",
         caller_name(k, w as u32),
@@ -145,23 +177,24 @@ fn last_users(k: &Kernel, c: &KmemCache, objp: usize) -> String {
     )
 }
 
-fn record(k: &Kernel, c: &KmemCache, objp: usize, caller: Caller, free: bool) {
-    if !c.flags.contains(SlabFlags::SLAB_STORE_USER) {
+fn record(k: &Kernel, b: &mut DebugBuf<'_>, caller: Caller, free: bool) {
+    if !b.c.flags.contains(SlabFlags::SLAB_STORE_USER) {
         return;
     }
     let id = intern(k, caller) as u64;
-    let w = rd(user_word(c, objp));
+    let w = b.rd(b.user_word());
     let w = if free {
         (w & 0xffff_ffff) | (id << 32)
     } else {
         id
     };
-    wr(user_word(c, objp), w);
+    b.wr(b.user_word(), w);
 }
 
 /// `check_poison_obj`: report the lines of a free object whose poison changed.
-fn check_poison(k: &Kernel, c: &KmemCache, objp: usize) {
-    let o = object(c, objp);
+fn check_poison(k: &Kernel, b: &mut DebugBuf<'_>) {
+    let c = b.c;
+    let o = b.object().to_vec();
     let n = o.len();
     let bad = |i: usize, b: u8| b != if i + 1 == n { POISON_END } else { POISON_FREE };
     let Some(first) = o.iter().enumerate().position(|(i, &b)| bad(i, b)) else {
@@ -170,17 +203,17 @@ fn check_poison(k: &Kernel, c: &KmemCache, objp: usize) {
     k.printk(&format!(
         "Slab corruption (Not tainted): {} start={:#x}, len={}",
         c.name,
-        va(k, objp + c.obj_offset as usize),
+        va(k, b.objp + c.obj_offset as usize),
         c.object_size
     ));
     if c.flags.contains(SlabFlags::SLAB_RED_ZONE) {
         k.printk(&format!(
             "Redzone: {:#x}/{:#x}",
-            rd(redzone1(c, objp)),
-            rd(redzone2(c, objp))
+            b.rd(b.redzone1()),
+            b.rd(b.redzone2())
         ));
     }
-    let lu = last_users(k, c, objp);
+    let lu = last_users(k, b);
     if !lu.is_empty() {
         k.printk(&lu);
     }
@@ -200,10 +233,11 @@ fn check_poison(k: &Kernel, c: &KmemCache, objp: usize) {
     k.slab_reports
         .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     // Repair, so the next check reports only new damage.
-    poison(c, objp, POISON_FREE);
+    b.poison(POISON_FREE);
 }
 
-fn slab_error(k: &Kernel, c: &KmemCache, func: &str, msg: &str, objp: usize) {
+fn slab_error(k: &Kernel, b: &DebugBuf<'_>, func: &str, msg: &str) {
+    let c = b.c;
     k.printk(&format!(
         "slab error in {func}(): cache `{}': {msg}",
         c.name
@@ -211,12 +245,12 @@ fn slab_error(k: &Kernel, c: &KmemCache, func: &str, msg: &str, objp: usize) {
     if c.flags.contains(SlabFlags::SLAB_RED_ZONE) {
         k.printk(&format!(
             "{:#x}: redzone 1:{:#x}, redzone 2:{:#x}",
-            va(k, objp),
-            rd(redzone1(c, objp)),
-            rd(redzone2(c, objp))
+            va(k, b.objp),
+            b.rd(b.redzone1()),
+            b.rd(b.redzone2())
         ));
     }
-    let lu = last_users(k, c, objp);
+    let lu = last_users(k, b);
     if !lu.is_empty() {
         k.printk(&lu);
     }
@@ -226,32 +260,38 @@ fn slab_error(k: &Kernel, c: &KmemCache, func: &str, msg: &str, objp: usize) {
 
 /// `cache_alloc_debugcheck_after`: check the poison and red zones of an object being handed
 /// out, mark it allocated, record the caller; returns the caller's pointer.
-pub(crate) fn alloc_debugcheck_after(
+///
+/// # Safety
+///
+/// `objp` is the start of one of `c`'s buffers, just taken off a per-CPU array or a slab by
+/// this CPU: nothing else reaches it until it is handed out.
+pub(crate) unsafe fn alloc_debugcheck_after(
     k: &Kernel,
     c: &KmemCache,
     objp: usize,
     caller: Caller,
 ) -> usize {
+    // SAFETY: the caller's contract is DebugBuf::new's.
+    let mut b = unsafe { DebugBuf::new(c, objp) };
     if c.flags.contains(SlabFlags::SLAB_POISON) {
-        check_poison(k, c, objp);
-        poison(c, objp, POISON_INUSE);
+        check_poison(k, &mut b);
+        b.poison(POISON_INUSE);
     }
     if c.flags.contains(SlabFlags::SLAB_RED_ZONE) {
-        if rd(redzone1(c, objp)) != RED_INACTIVE || rd(redzone2(c, objp)) != RED_INACTIVE {
+        if b.rd(b.redzone1()) != RED_INACTIVE || b.rd(b.redzone2()) != RED_INACTIVE {
             slab_error(
                 k,
-                c,
+                &b,
                 "cache_alloc_debugcheck_after",
                 "double free, or memory outside object was overwritten",
-                objp,
             );
         }
-        wr(redzone1(c, objp), RED_ACTIVE);
-        wr(redzone2(c, objp), RED_ACTIVE);
+        b.wr(b.redzone1(), RED_ACTIVE);
+        b.wr(b.redzone2(), RED_ACTIVE);
     }
-    record(k, c, objp, caller, false);
+    record(k, &mut b, caller, false);
     if let (Some(ctor), true) = (c.ctor, c.flags.contains(SlabFlags::SLAB_POISON)) {
-        ctor(object(c, objp));
+        ctor(b.object());
         c.ctor_calls
             .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
@@ -260,35 +300,44 @@ pub(crate) fn alloc_debugcheck_after(
 
 /// `cache_free_debugcheck`: verify the red zones of an object being freed. `None` means a
 /// double free: reported, and the free is dropped.
-pub(crate) fn free_debugcheck(
+///
+/// # Safety
+///
+/// `addr` is an object start of `c` (`slab_free_checked` verified it), being freed by its
+/// owner, so nothing else reaches its buffer during the check. A double free of an object
+/// that another CPU has meanwhile allocated again breaks this, as it corrupts memory in
+/// Linux: the red zones are there to report the double frees that do not race.
+pub(crate) unsafe fn free_debugcheck(
     k: &Kernel,
     c: &KmemCache,
     addr: usize,
     caller: Caller,
 ) -> Option<usize> {
     let objp = addr - c.obj_offset as usize;
+    // SAFETY: `objp` is the buffer of the object at `addr`; the caller's contract gives us
+    // exclusive use of it.
+    let mut b = unsafe { DebugBuf::new(c, objp) };
     if c.flags.contains(SlabFlags::SLAB_RED_ZONE) {
-        let (r1, r2) = (rd(redzone1(c, objp)), rd(redzone2(c, objp)));
+        let (r1, r2) = (b.rd(b.redzone1()), b.rd(b.redzone2()));
         if r1 == RED_INACTIVE && r2 == RED_INACTIVE {
-            record(k, c, objp, caller, true);
-            slab_error(k, c, "verify_redzone_free", "double free detected", objp);
+            record(k, &mut b, caller, true);
+            slab_error(k, &b, "verify_redzone_free", "double free detected");
             return None;
         }
         if r1 != RED_ACTIVE || r2 != RED_ACTIVE {
             slab_error(
                 k,
-                c,
+                &b,
                 "verify_redzone_free",
                 "memory outside object was overwritten",
-                objp,
             );
         }
-        wr(redzone1(c, objp), RED_INACTIVE);
-        wr(redzone2(c, objp), RED_INACTIVE);
+        b.wr(b.redzone1(), RED_INACTIVE);
+        b.wr(b.redzone2(), RED_INACTIVE);
     }
-    record(k, c, objp, caller, true);
+    record(k, &mut b, caller, true);
     if c.flags.contains(SlabFlags::SLAB_POISON) {
-        poison(c, objp, POISON_FREE);
+        b.poison(POISON_FREE);
     }
     Some(objp)
 }

@@ -1,6 +1,6 @@
 //! The LRU lists (`mm/swap.c`, `include/linux/mm_inline.h`, `include/linux/mmzone.h`'s
 //! `lruvec`): per node, inactive/active × anon/file plus unevictable, threaded through
-//! `page->lru`; `folio_add_lru` with a per-CPU batch of `PAGEVEC_SIZE` (15) pages that holds a
+//! `page->lru`; `folio_add_lru` with a per-CPU batch of `LRU_BATCH` (31) pages that holds a
 //! reference on each until it is drained under the node's `lru_lock`; `folio_mark_accessed`'s
 //! PG_referenced → PG_active promotion; `lru_add_drain(_all)`; and removal when the last
 //! reference to a page goes (`__page_cache_release`).
@@ -9,82 +9,21 @@
 //! sizes are the node counters `nr_inactive_anon` … `nr_unevictable`.
 
 use crate::cpu::CpuGuard;
-use crate::mm::list::PageList;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
 use crate::Kernel;
 use core::sync::atomic::Ordering::Relaxed;
 
-/// `LRU_INACTIVE_ANON` … `LRU_UNEVICTABLE`, also the indices of their node counters.
-pub const LRU_INACTIVE_ANON: usize = 0;
-/// `LRU_ACTIVE_ANON`.
-pub const LRU_ACTIVE_ANON: usize = 1;
-/// `LRU_INACTIVE_FILE`.
-pub const LRU_INACTIVE_FILE: usize = 2;
-/// `LRU_ACTIVE_FILE`.
-pub const LRU_ACTIVE_FILE: usize = 3;
-/// `LRU_UNEVICTABLE`.
-pub const LRU_UNEVICTABLE: usize = 4;
-/// `NR_LRU_LISTS`.
-pub const NR_LRU_LISTS: usize = 5;
+pub use crate::mm::mmzone::{
+    Lruvec, LRU_ACTIVE_ANON, LRU_ACTIVE_FILE, LRU_INACTIVE_ANON, LRU_INACTIVE_FILE,
+    LRU_UNEVICTABLE, NR_LRU_LISTS,
+};
+pub use crate::mm::pagevec::{FolioBatch, LRU_BATCH};
+
 /// `PGLAZYFREE`: pages `MADV_FREE` marked lazily freed.
 pub const PGLAZYFREE: usize = index_of(VM_EVENT_NAMES, "pglazyfree");
 /// `PGLAZYFREED`: lazily freed pages reclaim dropped.
 pub const PGLAZYFREED: usize = index_of(VM_EVENT_NAMES, "pglazyfreed");
-
-/// `PAGEVEC_SIZE`, the per-CPU add batch: 31 in current kernels (15 until 2024).
-pub const LRU_BATCH: usize = 31;
-
-/// `struct folio_batch`: up to [`LRU_BATCH`] pages (by pfn) in a fixed array, as in Linux.
-#[derive(Clone, Copy)]
-pub struct FolioBatch {
-    nr: usize,
-    pfns: [u64; LRU_BATCH],
-}
-
-impl Default for FolioBatch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl FolioBatch {
-    /// An empty batch.
-    pub const fn new() -> Self {
-        Self {
-            nr: 0,
-            pfns: [0; LRU_BATCH],
-        }
-    }
-
-    /// `folio_batch_add`: append `pfn` (there must be room); returns the room left.
-    pub fn add(&mut self, pfn: u64) -> usize {
-        self.pfns[self.nr] = pfn;
-        self.nr += 1;
-        LRU_BATCH - self.nr
-    }
-
-    /// The pages in the batch.
-    pub fn pfns(&self) -> &[u64] {
-        &self.pfns[..self.nr]
-    }
-
-    /// Move the contents out, leaving the batch empty (`folio_batch_reinit`).
-    pub fn take(&mut self) -> Self {
-        let b = *self;
-        self.nr = 0;
-        b
-    }
-}
-
-/// `struct lruvec` of a node.
-#[derive(Default)]
-pub struct Lruvec {
-    /// The lists, by `LRU_*` index; the head is the young end.
-    pub lists: [PageList; NR_LRU_LISTS],
-    /// Pages on each list.
-    pub nr: [u64; NR_LRU_LISTS],
-}
 
 /// `page_is_file_lru`.
 #[inline]
@@ -109,7 +48,7 @@ pub fn page_lru(page: &Page) -> usize {
 impl Kernel {
     /// `lruvec_add_folio` with the node's `lru_lock` held: onto the head of its list.
     pub(crate) fn lru_add_locked(&self, lru: &mut Lruvec, page: &Page) {
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let l = page_lru(page);
         lru.lists[l].push_front(&self.mem_map, pfn);
         lru.nr[l] += 1;
@@ -119,7 +58,7 @@ impl Kernel {
 
     /// `lruvec_del_folio` with the lock held.
     pub(crate) fn lru_del_locked(&self, lru: &mut Lruvec, page: &Page) {
-        let pfn = self.page_to_pfn(page).0;
+        let pfn = self.page_to_pfn(page);
         let l = page_lru(page);
         lru.lists[l].remove(&self.mem_map, pfn);
         lru.nr[l] -= 1;
@@ -139,7 +78,7 @@ impl Kernel {
     /// reference the drain drops); a full batch is drained.
     pub fn lru_cache_add(&self, cpu: &CpuGuard<'_>, page: &Page) {
         page.get();
-        let full = cpu.state().lru_add.lock().add(self.page_to_pfn(page).0) == 0;
+        let full = cpu.state().lru_add.lock().add(self.page_to_pfn(page)) == 0;
         if full {
             self.lru_add_drain(cpu);
         }
@@ -219,9 +158,9 @@ impl Kernel {
     pub(crate) fn mark_pages_lazyfree(&self, cpu: &CpuGuard<'_>, pages: &[&Page]) {
         let mut moved = 0;
         for &p in pages {
-            let candidate = crate::mm::rmap::page_anon(p)
+            let candidate = crate::mm::page::page_anon(p)
                 && p.test(PageFlags::SWAPBACKED)
-                && !p.test(crate::mm::swap_state::PG_SWAPCACHE)
+                && !p.test(crate::mm::page::PG_SWAPCACHE)
                 && !p.test(PageFlags::UNEVICTABLE);
             if !candidate {
                 continue;

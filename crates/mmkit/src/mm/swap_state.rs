@@ -16,8 +16,7 @@ use crate::mm::swapfile::SwpEntry;
 use crate::mm::vmstat::{index_of, NODE_STAT_NAMES, VM_EVENT_NAMES};
 use crate::Kernel;
 
-/// `PG_swapcache`.
-pub const PG_SWAPCACHE: PageFlags = PageFlags::OWNER_PRIV_1;
+pub use crate::mm::page::PG_SWAPCACHE;
 /// `NR_SWAPCACHE`.
 pub const NR_SWAPCACHE: usize = index_of(NODE_STAT_NAMES, "nr_swapcached");
 /// `PSWPIN`.
@@ -44,7 +43,7 @@ impl Kernel {
         if a.cache.contains_key(e.offset) {
             return false;
         }
-        a.cache.insert(e.offset, self.page_to_pfn(page).0);
+        a.cache.insert(e.offset, self.page_to_pfn(page));
         page.get();
         page.set(PG_SWAPCACHE | PageFlags::SWAPBACKED);
         page.set_private(e.pack());
@@ -104,7 +103,7 @@ impl Kernel {
         }
         .ok_or(Errno::ENODEV)?;
         let mut buf = [0u8; PAGE_SIZE as usize];
-        self.phys_read(self.page_to_pfn(page).0 << 12, &mut buf);
+        self.phys_read(self.page_to_pfn(page).phys(), &mut buf);
         if file.write_at(e.offset * PAGE_SIZE, &buf)? != buf.len() {
             return Err(Errno::EIO);
         }
@@ -127,7 +126,7 @@ impl Kernel {
                 .and_then(|a| a.as_ref())
                 .map(|a| a.file.clone())
         };
-        let read = |file: Option<alloc::sync::Arc<dyn crate::fs::inode::FileData>>| {
+        let read = |file: Option<alloc::sync::Arc<dyn crate::platform::FileData>>| {
             let file = file.ok_or(Errno::ENODEV)?;
             let page = self
                 .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
@@ -137,7 +136,7 @@ impl Kernel {
                 self.__free_pages(cpu, page, 0);
                 return Err(Errno::EIO);
             }
-            self.phys_write(self.page_to_pfn(page).0 << 12, &buf);
+            self.phys_write(self.page_to_pfn(page).phys(), &buf);
             page.set(PageFlags::UPTODATE);
             cpu.state().vmstat.count(PSWPIN, 1);
             if !self.cache_insert(cpu, e, page) {
@@ -156,6 +155,17 @@ impl Kernel {
                 Err(err)
             }
         }
+    }
+
+    /// `read_swap_cache_async`: the page of slot `e` in the swap cache, read into it if it is
+    /// not there yet; with a reference. `None` when the slot is no longer in use, is being
+    /// read by someone else right now (it is on its way into the cache: unlike Linux this
+    /// does not wait for it), or the page cannot be allocated or read.
+    pub(crate) fn read_swap_cache_async(&self, cpu: &CpuGuard<'_>, e: SwpEntry) -> Option<&Page> {
+        if let Some(p) = self.lookup_swap_cache(e) {
+            return Some(p);
+        }
+        self.swap_read_new(cpu, e).ok()
     }
 
     /// `swap_cluster_readahead`: read slot `e` and the in-use, uncached slots of its aligned

@@ -8,7 +8,7 @@
 //! table walk; the copy inside the access window a flush waits for); a fault goes to `do_user_addr_fault` and the access is retried, exactly the
 //! loop the hardware and the exception-table fixup make.
 
-use crate::addr::PAGE_SIZE;
+use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::arch::x86_64::fault::Signal;
 use crate::arch::x86_64::tlb::Access;
 use crate::cpu::CpuGuard;
@@ -50,7 +50,7 @@ impl Kernel {
         addr: u64,
         len: usize,
         access: Access,
-        mut f: impl FnMut(&Self, u64, usize, usize),
+        mut f: impl FnMut(&Self, PhysAddr, usize, usize),
     ) -> Result<(), Signal> {
         let mut done = 0usize;
         while done < len {
@@ -60,7 +60,8 @@ impl Kernel {
             // without making the access possible would be a bug, so the retries are bounded.
             let mut tries = 0;
             loop {
-                match self.mmu_access(cpu, &mm.pt, va, access, |pa| f(self, pa, done, n)) {
+                match self.mmu_access(cpu, &mm.pt, va, access, |pa| f(self, PhysAddr(pa), done, n))
+                {
                     Ok(()) => break,
                     Err(pf) => {
                         tries += 1;

@@ -14,7 +14,7 @@
 //! Invariants: busy areas and free ranges and pending-purge ranges never overlap and together
 //! cover the vmalloc space; every page of a `vmalloc` area is mapped at its address.
 
-use crate::addr::{VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::x86_64::layout::{PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
 use crate::arch::x86_64::pgtable::{PgProt, Pte, PAGE_KERNEL};
 use crate::arch::x86_64::tlb::Access;
@@ -47,15 +47,16 @@ pub enum AreaKind {
     Map,
 }
 
-/// `struct vm_struct` + `struct vmap_area`.
+/// `struct vm_struct` (with its `struct vmap_area`: the range and the guard page): one
+/// vmalloc or vmap area. Not to be confused with a process VMA, [`crate::mm::mm_types::VmArea`].
 #[derive(Clone, Debug)]
-pub struct VmArea {
+pub struct VmStruct {
     /// First address.
     pub start: u64,
     /// Size including the guard page.
     pub size: u64,
     /// The mapped pages' pfns.
-    pub pages: Vec<u64>,
+    pub pages: Vec<Pfn>,
     /// What kind of area.
     pub kind: AreaKind,
     /// Who created it.
@@ -64,7 +65,7 @@ pub struct VmArea {
 
 /// The vmalloc space.
 pub struct VmapState {
-    busy: BTreeMap<u64, VmArea>,
+    busy: BTreeMap<u64, VmStruct>,
     free: FreeTree,
     purge: Vec<(u64, u64)>,
     lazy_pages: u64,
@@ -73,12 +74,11 @@ pub struct VmapState {
 }
 
 impl VmapState {
+    /// No vmalloc space yet: `vmalloc_init` hands it out.
     pub(crate) fn new() -> Self {
-        let mut free = FreeTree::new();
-        free.free(VMALLOC_START, VMALLOC_LIMIT);
         Self {
             busy: BTreeMap::new(),
-            free,
+            free: FreeTree::new(),
             purge: Vec::new(),
             lazy_pages: 0,
             nr_vmalloc_pages: 0,
@@ -87,6 +87,15 @@ impl VmapState {
 }
 
 impl Kernel {
+    /// `vmalloc_init` → `vmap_init_free_space`: the whole vmalloc range
+    /// `[VMALLOC_START, VMALLOC_LIMIT)` becomes free space (boot calls this once, after
+    /// `kmem_cache_init`, as Linux's `mm_core_init` does).
+    pub(crate) fn vmalloc_init(&self) {
+        let mut v = self.vmap.lock();
+        let ok = v.free.free(VMALLOC_START, VMALLOC_LIMIT);
+        debug_assert!(ok, "vmalloc_init ran twice");
+    }
+
     /// `lazy_max_pages`: `fls(num_online_cpus) * 32 MiB` of pages.
     fn lazy_max_pages(&self) -> u64 {
         crate::addr::fls(self.nr_cpus() as u64) as u64 * ((32 << 20) >> PAGE_SHIFT)
@@ -221,10 +230,10 @@ impl Kernel {
             }
             return None;
         }
-        let area = VmArea {
+        let area = VmStruct {
             start,
             size: bytes + PAGE_SIZE,
-            pages: pages.iter().map(|p| self.page_to_pfn(p).0).collect(),
+            pages: pages.iter().map(|p| self.page_to_pfn(p)).collect(),
             kind: AreaKind::Alloc { user },
             caller: Some(caller),
         };
@@ -272,10 +281,10 @@ impl Kernel {
             self.vmap.lock().free.free(start, start + bytes + PAGE_SIZE);
             return None;
         }
-        let area = VmArea {
+        let area = VmStruct {
             start,
             size: bytes + PAGE_SIZE,
-            pages: pages.iter().map(|p| self.page_to_pfn(p).0).collect(),
+            pages: pages.iter().map(|p| self.page_to_pfn(p)).collect(),
             kind: AreaKind::Map,
             caller: Some(caller),
         };
@@ -376,7 +385,7 @@ impl Kernel {
                 return None;
             }
             return Some(VirtAddr(
-                PAGE_OFFSET + (p.as_ptr() as usize - self.direct_map as usize) as u64,
+                PAGE_OFFSET + self.direct_map.pa(p.as_ptr() as usize),
             ));
         }
         if size <= PAGE_SIZE as usize || !gfp.allows_blocking() {
@@ -393,8 +402,8 @@ impl Kernel {
         if self.is_vmalloc_addr(va) {
             self.vfree(cpu, va);
         } else {
-            let host = va.0.wrapping_sub(PAGE_OFFSET) as usize + self.direct_map as usize;
-            self.kfree(cpu, NonNull::new(host as *mut u8));
+            let host = self.direct_map.ptr(va.0.wrapping_sub(PAGE_OFFSET));
+            self.kfree(cpu, NonNull::new(host));
         }
     }
 
@@ -444,7 +453,7 @@ impl Kernel {
             let n = (PAGE_SIZE as usize - off).min(len - done);
             let mut copy = |pa: u64| {
                 let page = self
-                    .pfn_to_page(crate::Pfn(pa >> PAGE_SHIFT))
+                    .pfn_to_page(crate::PhysAddr(pa).pfn_down())
                     .ok_or(Errno::EFAULT)?;
                 f(page, off, done..done + n)
             };
@@ -550,7 +559,7 @@ impl Kernel {
             for (i, &pfn) in a.pages.iter().enumerate() {
                 let va = a.start + ((i as u64) << PAGE_SHIFT);
                 match self.pte_lookup(self.init_mm(), va) {
-                    Some(p) if p.pfn().0 == pfn => {}
+                    Some(p) if p.pfn() == pfn => {}
                     other => {
                         return Err(format!(
                             "vmalloc {va:#x}: expected pfn {pfn:#x}, page table has {other:?}"

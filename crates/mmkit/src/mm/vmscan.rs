@@ -8,6 +8,7 @@
 //! until `SWAP_CLUSTER_MAX` pages are freed) and kswapd's `balance_pgdat` (until every zone of
 //! the node is above its high watermark). Reclaimable slab goes back through `cache_reap`.
 
+use crate::addr::{int_sqrt, Pfn};
 use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
 use crate::mm::mm_types::VmFlags;
@@ -101,21 +102,6 @@ enum Shrunk {
     Kept,
 }
 
-/// Integer square root (`int_sqrt`).
-fn int_sqrt(x: u64) -> u64 {
-    // Newton's method on integers (no floating point in the core library).
-    if x < 2 {
-        return x;
-    }
-    let mut r = x;
-    let mut y = r.div_ceil(2);
-    while y < r {
-        r = y;
-        y = (r + x / r) / 2;
-    }
-    r
-}
-
 impl Kernel {
     /// `vm.swappiness`.
     pub fn swappiness(&self) -> u64 {
@@ -139,7 +125,7 @@ impl Kernel {
 
     /// `isolate_lru_folios`: take up to `nr` pages from the cold end of list `l`, each with a
     /// reference and off the list.
-    fn isolate_lru_pages(&self, nid: usize, l: usize, nr: u64) -> Vec<u64> {
+    fn isolate_lru_pages(&self, nid: usize, l: usize, nr: u64) -> Vec<Pfn> {
         let mut out = Vec::new();
         let mut lru = self.nodes[nid].lru.lock();
         let mut skipped = Vec::new();
@@ -164,7 +150,7 @@ impl Kernel {
 
     /// `move_folios_to_lru`: put isolated pages back on the lists their flags name and drop
     /// the isolation reference (a page nobody else holds is freed instead).
-    fn putback_lru_pages(&self, cpu: &CpuGuard<'_>, pfns: &[u64]) {
+    fn putback_lru_pages(&self, cpu: &CpuGuard<'_>, pfns: &[Pfn]) {
         for &pfn in pfns {
             let page = self.mem_map.page(pfn);
             {
@@ -250,7 +236,7 @@ impl Kernel {
 
     /// `shrink_folio_list`: decide and act on each isolated page; returns how many were
     /// freed. Survivors keep their isolation reference for the putback.
-    fn shrink_page_list(&self, cpu: &CpuGuard<'_>, pfns: &mut Vec<u64>, sc: &ScanControl) -> u64 {
+    fn shrink_folio_list(&self, cpu: &CpuGuard<'_>, pfns: &mut Vec<Pfn>, sc: &ScanControl) -> u64 {
         let mut reclaimed = 0;
         let mut activated = 0;
         let mut keep = Vec::new();
@@ -405,7 +391,7 @@ impl Kernel {
             },
             scanned,
         );
-        let freed = self.shrink_page_list(cpu, &mut pages, sc);
+        let freed = self.shrink_folio_list(cpu, &mut pages, sc);
         sc.nr_reclaimed += freed;
         self.count(
             cpu,

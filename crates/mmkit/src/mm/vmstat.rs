@@ -20,40 +20,9 @@
 pub use super::vmstat_names::*;
 use crate::cpu::CpuGuard;
 use crate::mm::page::Page;
-use crate::sync::CachePadded;
 use crate::Kernel;
-use alloc::boxed::Box;
-use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
 
-const fn name_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// Index of `name` in `list`; compile error if absent (used in consts).
-pub const fn index_of(list: &[&str], name: &str) -> usize {
-    let mut i = 0;
-    while i < list.len() {
-        if name_eq(list[i], name) {
-            return i;
-        }
-        i += 1;
-    }
-    panic!("no such vmstat name")
-}
-
-/// Number of VM events.
-pub const NR_VM_EVENTS: usize = VM_EVENT_NAMES.len();
 /// `PGALLOC_DMA`: `pgalloc_<zone>` is this plus the zone index.
 pub const PGALLOC_DMA: usize = index_of(VM_EVENT_NAMES, "pgalloc_dma");
 /// `ALLOCSTALL_DMA`.
@@ -70,48 +39,6 @@ pub const NUMA_FOREIGN: usize = 2;
 pub const NUMA_LOCAL: usize = 4;
 /// `NUMA_OTHER`.
 pub const NUMA_OTHER: usize = 5;
-
-/// One CPU's counters.
-pub struct CpuVmStats {
-    /// `vm_event_states.event[]`, on cache lines of its own.
-    pub events: Box<CachePadded<[AtomicU64; NR_VM_EVENTS]>>,
-    /// NUMA statistics per zone (`node * MAX_NR_ZONES + zone`), `NUMA_STAT_NAMES` order,
-    /// a cache line per zone.
-    pub numa: Box<[CachePadded<[AtomicU64; 6]>]>,
-    /// `per_cpu_nodestats.vm_node_stat_diff[]`, per node, `NODE_STAT_NAMES` order.
-    pub node_diff: Box<[CachePadded<[AtomicI64; NR_NODE_STATS]>]>,
-}
-
-/// Number of node counters.
-pub const NR_NODE_STATS: usize = NODE_STAT_NAMES.len();
-
-impl CpuVmStats {
-    pub(crate) fn new(nr_zones_total: usize, nr_nodes: usize) -> Self {
-        Self {
-            events: Box::new(CachePadded(core::array::from_fn(|_| AtomicU64::new(0)))),
-            numa: (0..nr_zones_total)
-                .map(|_| CachePadded(Default::default()))
-                .collect(),
-            node_diff: (0..nr_nodes)
-                .map(|_| CachePadded(core::array::from_fn(|_| AtomicI64::new(0))))
-                .collect(),
-        }
-    }
-
-    /// `__count_vm_events` by the owning CPU.
-    #[inline]
-    pub(crate) fn count(&self, item: usize, n: u64) {
-        let e = &self.events.0[item];
-        e.store(e.load(Relaxed) + n, Relaxed);
-    }
-
-    /// `__count_numa_event` by the owning CPU.
-    #[inline]
-    pub(crate) fn count_numa(&self, zone_idx: usize, item: usize) {
-        let e = &self.numa[zone_idx].0[item];
-        e.store(e.load(Relaxed) + 1, Relaxed);
-    }
-}
 
 impl Kernel {
     /// `__mod_node_page_state` for the node of `page`: this CPU's differential takes

@@ -1,4 +1,5 @@
-//! A radix tree from page index to pfn, shaped like Linux's XArray (`lib/xarray.c`,
+//! A radix tree from page index to an entry (a pfn for the page and swap caches), shaped
+//! like Linux's XArray (`lib/xarray.c`,
 //! `include/linux/xarray.h`): 64-slot nodes (`XA_CHUNK_SHIFT` = 6), a height that grows when
 //! an index needs more levels and shrinks when the top node is left with only slot 0, and
 //! nodes freed as they empty. A lookup is one array step per 6 bits of the index — a 64 MiB
@@ -8,6 +9,7 @@
 //! slots; `len` is the number of entries; the root is shrunk (height minimal for the largest
 //! index present).
 
+use crate::addr::Pfn;
 use alloc::boxed::Box;
 
 /// `XA_CHUNK_SHIFT`.
@@ -15,18 +17,18 @@ const SHIFT: u32 = 6;
 const SLOTS: usize = 1 << SHIFT;
 const MASK: u64 = SLOTS as u64 - 1;
 
-enum Slot {
+enum Slot<V> {
     Empty,
-    Node(Box<Node>),
-    Value(u64),
+    Node(Box<Node<V>>),
+    Value(V),
 }
 
-struct Node {
-    slots: [Slot; SLOTS],
+struct Node<V> {
+    slots: [Slot<V>; SLOTS],
     count: u32,
 }
 
-impl Node {
+impl<V> Node<V> {
     fn new() -> Box<Self> {
         Box::new(Node {
             slots: core::array::from_fn(|_| Slot::Empty),
@@ -35,16 +37,16 @@ impl Node {
     }
 }
 
-/// Page index → pfn.
-pub struct XArray {
-    root: Slot,
+/// Index → entry of type `V` (page index → pfn by default: the page cache and swap cache).
+pub struct XArray<V: Copy = Pfn> {
+    root: Slot<V>,
     /// Levels below the root: the root covers indices `< 64^height` (height 0: only index 0
     /// can be a value at the root).
     height: u32,
     len: usize,
 }
 
-impl Default for XArray {
+impl<V: Copy> Default for XArray<V> {
     fn default() -> Self {
         Self {
             root: Slot::Empty,
@@ -62,7 +64,7 @@ fn max_index(height: u32) -> u64 {
     }
 }
 
-impl XArray {
+impl<V: Copy> XArray<V> {
     /// Entries stored.
     pub fn len(&self) -> usize {
         self.len
@@ -74,7 +76,7 @@ impl XArray {
     }
 
     /// `xa_load`.
-    pub fn get(&self, index: u64) -> Option<u64> {
+    pub fn get(&self, index: u64) -> Option<V> {
         if index > max_index(self.height) {
             return None;
         }
@@ -98,7 +100,7 @@ impl XArray {
     }
 
     /// `xa_store`: set `index` to `value`; returns the old value.
-    pub fn insert(&mut self, index: u64, value: u64) -> Option<u64> {
+    pub fn insert(&mut self, index: u64, value: V) -> Option<V> {
         // xas_expand: add levels on top until the index fits (an empty tree just starts
         // tall enough).
         if matches!(self.root, Slot::Empty) {
@@ -144,11 +146,11 @@ impl XArray {
 
     /// `xa_erase`: remove `index`; returns its value. Emptied nodes are freed and the tree
     /// shrinks.
-    pub fn remove(&mut self, index: u64) -> Option<u64> {
+    pub fn remove(&mut self, index: u64) -> Option<V> {
         if index > max_index(self.height) {
             return None;
         }
-        fn rec(slot: &mut Slot, index: u64, level: u32) -> Option<u64> {
+        fn rec<V>(slot: &mut Slot<V>, index: u64, level: u32) -> Option<V> {
             if level == 0 {
                 return match core::mem::replace(slot, Slot::Empty) {
                     Slot::Value(v) => Some(v),
@@ -201,8 +203,13 @@ impl XArray {
     }
 
     /// Entries in index order (`xa_for_each`).
-    pub fn iter(&self) -> alloc::vec::IntoIter<(u64, u64)> {
-        fn rec(slot: &Slot, base: u64, level: u32, out: &mut alloc::vec::Vec<(u64, u64)>) {
+    pub fn iter(&self) -> alloc::vec::IntoIter<(u64, V)> {
+        fn rec<V: Copy>(
+            slot: &Slot<V>,
+            base: u64,
+            level: u32,
+            out: &mut alloc::vec::Vec<(u64, V)>,
+        ) {
             match slot {
                 Slot::Empty => {}
                 Slot::Value(v) => out.push((base, *v)),
@@ -220,12 +227,12 @@ impl XArray {
     }
 
     /// The values in index order.
-    pub fn values(&self) -> impl Iterator<Item = u64> {
+    pub fn values(&self) -> impl Iterator<Item = V> {
         self.iter().map(|(_, v)| v)
     }
 
     /// Keep the entries for which `keep(index, value)` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(u64, u64) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, V) -> bool) {
         let gone: alloc::vec::Vec<u64> = self
             .iter()
             .filter(|&(i, v)| !keep(i, v))
@@ -238,7 +245,7 @@ impl XArray {
 
     /// Check the invariants in the module doc.
     pub fn check(&self) -> Result<(), &'static str> {
-        fn rec(slot: &Slot, level: u32) -> Result<usize, &'static str> {
+        fn rec<V>(slot: &Slot<V>, level: u32) -> Result<usize, &'static str> {
             match slot {
                 Slot::Empty => Ok(0),
                 Slot::Value(_) if level == 0 => Ok(1),

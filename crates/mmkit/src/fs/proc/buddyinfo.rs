@@ -79,7 +79,7 @@ pub fn pagetypeinfo(k: &Kernel) -> String {
         while pfn < z.end_pfn() {
             if let Some(p) = k.pfn_to_page(crate::Pfn(pfn)) {
                 if p.zonenum() == z.zone_type && p.nid() == z.node {
-                    count[z.pageblock_migratetype(pfn) as usize] += 1;
+                    count[z.pageblock_migratetype(crate::Pfn(pfn)) as usize] += 1;
                 }
             }
             pfn += PAGEBLOCK_NR_PAGES;

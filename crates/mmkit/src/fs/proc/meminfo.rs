@@ -1,10 +1,9 @@
 //! `/proc/meminfo` (`fs/proc/meminfo.c`'s `meminfo_proc_show`, `mm/show_mem.c`'s
-//! `si_mem_available` and `show_free_areas`). Fields for subsystems that do not exist yet
+//! `si_mem_available`; `show_free_areas` is in `mm/show_mem.rs`). Fields for subsystems that do not exist yet
 //! (page cache, swap, slab, …) are present and 0, as on a kernel without them.
 
 use crate::arch::x86_64::layout::{VMALLOC_END, VMALLOC_START};
 use crate::mm::mmzone::{totalreserve_pages, Wmark};
-use crate::mm::page_alloc::NR_PAGE_ORDERS;
 use crate::{Kernel, PAGE_SHIFT};
 use alloc::string::String;
 use core::fmt::Write;
@@ -164,55 +163,5 @@ pub fn meminfo(k: &Kernel) -> String {
     kb_raw(&mut s, "DirectMap4k:    ", k4);
     kb_raw(&mut s, "DirectMap2M:    ", m2);
     kb_raw(&mut s, "DirectMap1G:    ", g1);
-    s
-}
-
-/// `show_free_areas`: the per-zone summary and per-order breakdown printed with an
-/// allocation failure.
-pub fn show_free_areas(k: &Kernel) -> String {
-    let mut s = String::new();
-    let k4 = |p: u64| p << (PAGE_SHIFT - 10);
-    for z in k
-        .nodes
-        .iter()
-        .flat_map(|n| n.zones.iter())
-        .filter(|z| z.populated())
-    {
-        let pcp: u64 = z.pcp.iter().map(|p| p.lock().count as u64).sum();
-        let _ = writeln!(
-            s,
-            "Node {} {} free:{}kB boost:0kB min:{}kB low:{}kB high:{}kB reserved_highatomic:{}KB present:{}kB managed:{}kB free_pcp:{}kB",
-            z.node,
-            z.zone_type.name(),
-            k4(z.free_pages().max(0) as u64),
-            k4(z.wmark(Wmark::Min)),
-            k4(z.wmark(Wmark::Low)),
-            k4(z.wmark(Wmark::High)),
-            k4(z.nr_reserved_highatomic.load(core::sync::atomic::Ordering::Relaxed)),
-            k4(z.present_pages),
-            k4(z.managed()),
-            k4(pcp)
-        );
-        let _ = write!(s, "lowmem_reserve[]:");
-        for r in &z.lowmem_reserve {
-            let _ = write!(s, " {}", r.load(core::sync::atomic::Ordering::Relaxed));
-        }
-        s.push('\n');
-    }
-    for z in k
-        .nodes
-        .iter()
-        .flat_map(|n| n.zones.iter())
-        .filter(|z| z.populated())
-    {
-        let nr = super::buddyinfo::zone_nr_free(z);
-        let _ = write!(s, "Node {} {}:", z.node, z.zone_type.name());
-        let mut total = 0;
-        for (o, n) in nr.iter().enumerate().take(NR_PAGE_ORDERS) {
-            let _ = write!(s, " {}*{}kB", n, 4u64 << o);
-            total += n * (4 << o);
-        }
-        let _ = writeln!(s, " = {total}kB");
-    }
     s
 }

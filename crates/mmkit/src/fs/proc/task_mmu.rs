@@ -344,3 +344,11 @@ pub fn pagemap_read(
     }
     Ok(out)
 }
+
+impl MmStruct {
+    /// `/proc/PID/maps` for this address space ([`proc_pid_maps`]). Defined here, with the
+    /// view, so the address-space layer does not call up into `/proc`.
+    pub fn proc_maps(&self) -> String {
+        proc_pid_maps(self)
+    }
+}

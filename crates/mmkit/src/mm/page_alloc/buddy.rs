@@ -13,6 +13,7 @@ use super::{
     AllocFlags, MigrateType, MAX_PAGE_ORDER, MIGRATE_PCPTYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES,
     PAGEBLOCK_ORDER,
 };
+use crate::addr::Pfn;
 use crate::mm::mmzone::{FreeArea, Zone, NR_FREE_PAGES, NR_FREE_PAGES_BLOCKS};
 use crate::mm::page::{MemMap, PageFlags};
 use core::sync::atomic::Ordering::Relaxed;
@@ -40,7 +41,7 @@ pub fn add_to_free_list(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    pfn: u64,
+    pfn: Pfn,
     order: u32,
     mt: MigrateType,
     tail: bool,
@@ -65,7 +66,7 @@ pub fn del_from_free_list(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    pfn: u64,
+    pfn: Pfn,
     order: u32,
 ) -> MigrateType {
     let page = mm.page(pfn);
@@ -84,7 +85,7 @@ pub fn move_to_free_list(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    pfn: u64,
+    pfn: Pfn,
     order: u32,
     to: MigrateType,
 ) {
@@ -99,7 +100,7 @@ pub fn expand(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    pfn: u64,
+    pfn: Pfn,
     low: u32,
     mut high: u32,
     mt: MigrateType,
@@ -118,7 +119,7 @@ pub fn rmqueue_smallest(
     fa: &mut FreeArea,
     order: u32,
     mt: MigrateType,
-) -> Option<u64> {
+) -> Option<Pfn> {
     for cur in order..NR_PAGE_ORDERS as u32 {
         if let Some(pfn) = fa.lists[cur as usize][mt as usize].first() {
             del_from_free_list(mm, zone, fa, pfn, cur);
@@ -131,7 +132,7 @@ pub fn rmqueue_smallest(
 
 /// `page_is_buddy`: `buddy_pfn` heads a free block of exactly `order` in the same zone.
 #[inline]
-fn is_buddy(mm: &MemMap, zone: &Zone, buddy_pfn: u64, order: u32) -> bool {
+fn is_buddy(mm: &MemMap, zone: &Zone, buddy_pfn: Pfn, order: u32) -> bool {
     if !zone.spans(buddy_pfn) || !mm.pfn_valid(buddy_pfn) {
         return false;
     }
@@ -149,13 +150,13 @@ pub fn free_one_page(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    mut pfn: u64,
+    mut pfn: Pfn,
     mut order: u32,
     mt: MigrateType,
     to_tail: bool,
 ) {
     while order < MAX_PAGE_ORDER {
-        let buddy_pfn = pfn ^ (1 << order);
+        let buddy_pfn = Pfn(pfn.0 ^ (1 << order));
         if !is_buddy(mm, zone, buddy_pfn, order) {
             break;
         }
@@ -166,15 +167,15 @@ pub fn free_one_page(
             }
         }
         del_from_free_list(mm, zone, fa, buddy_pfn, order);
-        pfn &= buddy_pfn;
+        pfn = Pfn(pfn.0 & buddy_pfn.0);
         order += 1;
     }
     // buddy_merge_likely: if the next-larger buddy is free, put this block at the tail so it
     // stays free longer and can merge.
     let tail = to_tail || {
         order < MAX_PAGE_ORDER - 1 && {
-            let higher = pfn & !(1 << order);
-            is_buddy(mm, zone, higher ^ (1 << (order + 1)), order + 1)
+            let higher = pfn.0 & !(1 << order);
+            is_buddy(mm, zone, Pfn(higher ^ (1 << (order + 1))), order + 1)
         }
     };
     add_to_free_list(mm, zone, fa, pfn, order, mt, tail);
@@ -211,10 +212,10 @@ pub fn move_freepages_block(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    pfn: u64,
+    pfn: Pfn,
     to: MigrateType,
 ) -> Option<(u64, u64)> {
-    let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
+    let start = Pfn(pfn.0 & !(PAGEBLOCK_NR_PAGES - 1));
     let end = start + PAGEBLOCK_NR_PAGES;
     if !zone.spans(start) || !zone.spans(end - 1) {
         return None;
@@ -248,7 +249,7 @@ fn steal_suitable_fallback(
     mm: &MemMap,
     zone: &Zone,
     fa: &mut FreeArea,
-    pfn: u64,
+    pfn: Pfn,
     start: MigrateType,
     whole_block: bool,
 ) {
@@ -322,7 +323,7 @@ pub fn rmqueue(
     fa: &mut FreeArea,
     order: u32,
     mt: MigrateType,
-) -> Option<u64> {
+) -> Option<Pfn> {
     loop {
         if let Some(p) = rmqueue_smallest(mm, zone, fa, order, mt) {
             return Some(p);
@@ -343,7 +344,7 @@ pub fn rmqueue_buddy_locked(
     order: u32,
     mt: MigrateType,
     flags: AllocFlags,
-) -> Option<u64> {
+) -> Option<Pfn> {
     let mut page = None;
     if flags.contains(AllocFlags::HIGHATOMIC) {
         page = rmqueue_smallest(mm, zone, fa, order, MigrateType::HighAtomic);
@@ -359,7 +360,7 @@ pub fn rmqueue_buddy_locked(
 
 /// `reserve_highatomic_pageblock`: turn `pfn`'s pageblock into a HighAtomic reserve, up to
 /// about 1% of the zone.
-pub fn reserve_highatomic_pageblock(mm: &MemMap, zone: &Zone, pfn: u64) {
+pub fn reserve_highatomic_pageblock(mm: &MemMap, zone: &Zone, pfn: Pfn) {
     let max = zone.managed() / 100 + PAGEBLOCK_NR_PAGES;
     if zone.nr_reserved_highatomic.load(Relaxed) >= max {
         return;

@@ -14,6 +14,7 @@
 //! - `nr_reserved_highatomic` is a pageblock per HighAtomic pageblock.
 
 use super::{MigrateType, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER};
+use crate::addr::Pfn;
 use crate::mm::mmzone::{Zone, NR_FREE_PAGES, NR_FREE_PAGES_BLOCKS};
 use crate::mm::page::{MemMap, PageFlags};
 use crate::mm::page_alloc::pcp::pindex_to_order;
@@ -54,7 +55,7 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
             let mut prev = None;
             for pfn in list.iter(mm) {
                 let p = mm.page(pfn);
-                if !z.spans(pfn) || pfn & ((1 << o) - 1) != 0 {
+                if !z.spans(pfn) || pfn.0 & ((1 << o) - 1) != 0 {
                     return Err(format!(
                         "free block {pfn:#x} order {o} misaligned or outside the zone"
                     ));
@@ -71,7 +72,7 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
                 let back = if p.prev() == crate::mm::page::NIL {
                     None
                 } else {
-                    Some(p.prev() as u64)
+                    Some(Pfn(p.prev() as u64))
                 };
                 if back != prev {
                     return Err(format!("free list link broken at {pfn:#x}"));
@@ -113,8 +114,8 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
     }
     // Scan mem_map: buddy heads match the lists; free blocks do not overlap.
     let mut seen = 0u64;
-    let mut pfn = z.zone_start_pfn;
-    while pfn < z.end_pfn() {
+    let mut pfn = Pfn(z.zone_start_pfn);
+    while pfn.0 < z.end_pfn() {
         if !mm.pfn_valid(pfn) {
             pfn += 1;
             continue;
@@ -162,7 +163,7 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
                 if !z.spans(pfn)
                     || p.test(PageFlags::BUDDY)
                     || p.refcount() != 0
-                    || pfn & ((1 << o) - 1) != 0
+                    || pfn.0 & ((1 << o) - 1) != 0
                 {
                     return Err(format!("cpu {cpu} pcp list {i}: bad page {pfn:#x}"));
                 }

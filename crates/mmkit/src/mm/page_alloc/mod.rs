@@ -5,16 +5,23 @@
 //! `__free_pages_ok` (buddy). Bad frees are caught by `free_page_is_bad` and reported as
 //! `bad_page` does, without touching allocator state; failures print `warn_alloc`'s report.
 //!
-//! Not here yet (they come with reclaim): waking kswapd, direct reclaim and compaction,
-//! watermark boosting, `ALLOC_NOFRAGMENT`. A blocking allocation that fails after draining
-//! the per-CPU lists and the HighAtomic reserve fails (or, with `__GFP_NOFAIL`, waits for
-//! another CPU to free memory).
+//! The slow path follows Linux's order: wake kswapd (`wake_all_kswapds`), retry at the min
+//! watermark with the reserves the mask allows (`gfp_to_alloc_flags`), `__GFP_MEMALLOC`'s
+//! no-watermark attempt, release of the per-CPU lists and the HighAtomic reserve, direct
+//! compaction for higher orders (`__alloc_pages_direct_compact`, `mm/compaction.rs`), then
+//! direct reclaim (`__alloc_pages_direct_reclaim` → `try_to_free_pages`, `mm/vmscan.rs`)
+//! retried while it makes progress up to `MAX_RECLAIM_RETRIES` rounds without any (a
+//! simplified `should_reclaim_retry`), and one more compaction. `__GFP_NORETRY` stops after
+//! the first round of reclaim and compaction; costly orders are not retried. The allocator
+//! never calls the OOM killer itself: a fault that cannot get memory returns the OOM outcome
+//! and the task table kills (see `kernel/task.rs`). Not built: watermark boosting,
+//! `ALLOC_NOFRAGMENT`, compaction deferral.
 
 pub mod buddy;
 pub mod check;
 pub mod pcp;
 
-use crate::addr::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::x86_64::clear_page::clear_pages;
 use crate::arch::x86_64::layout::PAGE_OFFSET;
 use crate::cpu::CpuGuard;
@@ -126,6 +133,39 @@ impl AllocFlags {
             0 => Wmark::Min,
             1 => Wmark::Low,
             _ => Wmark::High,
+        }
+    }
+}
+
+/// The allocator's readings of a GFP mask (`include/linux/gfp.h`).
+impl Gfp {
+    /// `gfp_zone()`: the highest zone this mask may allocate from, or `None` for the
+    /// combinations Linux's `GFP_ZONE_BAD` table rejects (e.g. `__GFP_DMA | __GFP_DMA32`).
+    /// x86-64 has no highmem, so `__GFP_HIGHMEM` means NORMAL (MOVABLE with `__GFP_MOVABLE`).
+    pub fn zone(self) -> Option<ZoneType> {
+        let dma = self.contains(Gfp::__GFP_DMA);
+        let dma32 = self.contains(Gfp::__GFP_DMA32);
+        let high = self.contains(Gfp::__GFP_HIGHMEM);
+        let movable = self.contains(Gfp::__GFP_MOVABLE);
+        match (dma, dma32, high) {
+            (false, false, false) => Some(ZoneType::Normal),
+            (true, false, false) => Some(ZoneType::Dma),
+            (false, true, false) => Some(ZoneType::Dma32),
+            (false, false, true) if movable => Some(ZoneType::Movable),
+            (false, false, true) => Some(ZoneType::Normal),
+            _ => None,
+        }
+    }
+
+    /// `gfp_migratetype()`: the free lists an allocation with this mask prefers.
+    pub fn migratetype(self) -> MigrateType {
+        let m = self.contains(Gfp::__GFP_MOVABLE);
+        let r = self.contains(Gfp::__GFP_RECLAIMABLE);
+        match (m, r) {
+            (true, false) => MigrateType::Movable,
+            (false, true) => MigrateType::Reclaimable,
+            // Both set is a caller bug Linux only VM_WARNs about; treat it as unmovable.
+            _ => MigrateType::Unmovable,
         }
     }
 }
@@ -333,7 +373,7 @@ impl Kernel {
         order: u32,
         flags: AllocFlags,
         ac: &AllocContext,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let zl = self.zonelist(ac);
         let preferred = zl
             .iter()
@@ -401,7 +441,7 @@ impl Kernel {
         order: u32,
         mt: MigrateType,
         flags: AllocFlags,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         if pcp_allowed_order(order) && (mt as usize) < MIGRATE_PCPTYPES {
             if let Some(p) = self.rmqueue_pcplist(cpu, zone, order, mt, flags) {
                 return Some(p);
@@ -421,7 +461,7 @@ impl Kernel {
         order: u32,
         mt: MigrateType,
         flags: AllocFlags,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let mut pcp = zone.pcp.get(cpu.id()).try_lock()?;
         let idx = order_to_pindex(mt, order);
         pcp.free_count >>= 1;
@@ -450,9 +490,11 @@ impl Kernel {
         Some(pfn)
     }
 
-    /// `__alloc_pages_slowpath` without reclaim: the min watermark and the reserves the GFP
-    /// mask allows, then (for blocking allocations) draining the per-CPU lists and the
-    /// HighAtomic reserve and trying once more.
+    /// `__alloc_pages_slowpath`: the min watermark and the reserves the GFP mask allows,
+    /// then (for blocking allocations) draining the per-CPU lists and the HighAtomic reserve,
+    /// direct compaction and direct reclaim (see the module doc). With `__GFP_NORETRY` one
+    /// round of reclaim and compaction is all: the allocation then fails (quietly with
+    /// `__GFP_NOWARN`) so the caller can fall back, as `kvmalloc` does.
     #[cold]
     fn alloc_pages_slowpath(
         &self,
@@ -460,7 +502,7 @@ impl Kernel {
         gfp: Gfp,
         order: u32,
         ac: &AllocContext,
-    ) -> Option<u64> {
+    ) -> Option<Pfn> {
         let flags = gfp_to_alloc_flags(gfp, order);
         // wake_all_kswapds: the fast path found the zones below their low watermark.
         if gfp.contains(Gfp::__GFP_KSWAPD_RECLAIM) {
@@ -498,40 +540,42 @@ impl Kernel {
                 return Some(p);
             }
         }
-        // __alloc_pages_direct_reclaim, retried while it makes progress
-        // (should_reclaim_retry, MAX_RECLAIM_RETRIES); never from inside reclaim
-        // (PF_MEMALLOC).
+        // Direct compaction and reclaim, never from inside reclaim (PF_MEMALLOC).
         let may_compact = order > 0 && gfp.contains(Gfp::__GFP_DIRECT_RECLAIM);
         // __alloc_pages_direct_compact before reclaim for higher orders.
-        if may_compact && !cpu.state().in_reclaim.get() {
-            cpu.state().in_reclaim.set(true);
+        if may_compact && !cpu.state().in_reclaim() {
+            cpu.state().set_in_reclaim(true);
             let ok = self.try_to_compact_pages(cpu, ac.nid, ac.highest, order);
-            cpu.state().in_reclaim.set(false);
+            cpu.state().set_in_reclaim(false);
             if ok {
                 if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                     return Some(p);
                 }
             }
         }
-        if gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !cpu.state().in_reclaim.get() {
+        if gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !cpu.state().in_reclaim() {
             let mut no_progress = 0;
             loop {
-                cpu.state().in_reclaim.set(true);
+                cpu.state().set_in_reclaim(true);
                 let freed = self.try_to_free_pages(cpu, gfp);
-                cpu.state().in_reclaim.set(false);
+                cpu.state().set_in_reclaim(false);
                 if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                     return Some(p);
                 }
+                // "Do not loop if specifically requested"; costly orders are not retried.
+                if gfp.contains(Gfp::__GFP_NORETRY) || order > PAGE_ALLOC_COSTLY_ORDER {
+                    break;
+                }
                 no_progress = if freed == 0 { no_progress + 1 } else { 0 };
-                if no_progress >= MAX_RECLAIM_RETRIES || order > PAGE_ALLOC_COSTLY_ORDER {
+                if no_progress >= MAX_RECLAIM_RETRIES {
                     break;
                 }
             }
             // Reclaim freed pages; compaction may now assemble the block.
             if may_compact {
-                cpu.state().in_reclaim.set(true);
+                cpu.state().set_in_reclaim(true);
                 let ok = self.try_to_compact_pages(cpu, ac.nid, ac.highest, order);
-                cpu.state().in_reclaim.set(false);
+                cpu.state().set_in_reclaim(false);
                 if ok {
                     if let Some(p) = self.get_page_from_freelist(cpu, gfp, order, flags, ac) {
                         return Some(p);
@@ -540,8 +584,9 @@ impl Kernel {
             }
         }
         if gfp.contains(Gfp::__GFP_NOFAIL) {
-            // Without reclaim and OOM (a later issue) the only way forward is another CPU
-            // freeing memory: keep trying with the min reserve, as Linux's NOFAIL loop does.
+            // nopage with __GFP_NOFAIL (which overrides __GFP_NORETRY, as in Linux): the
+            // allocator does not call the OOM killer here, so the way forward is another CPU
+            // freeing memory; keep trying with the min reserve, as Linux's NOFAIL loop does.
             loop {
                 self.drain_all_pages(cpu);
                 if let Some(p) = self.get_page_from_freelist(
@@ -562,6 +607,11 @@ impl Kernel {
         None
     }
 
+    /// Number of bad-page reports so far.
+    pub fn bad_page_reports(&self) -> u64 {
+        self.bad_pages.load(Relaxed)
+    }
+
     /// `warn_alloc` + `show_free_areas`: Linux's page allocation failure report.
     #[cold]
     fn warn_alloc(&self, cpu: &CpuGuard<'_>, gfp: Gfp, order: u32) {
@@ -572,14 +622,14 @@ impl Kernel {
             gfp
         ));
         self.printk("Mem-Info:");
-        for line in crate::fs::proc::meminfo::show_free_areas(self).lines() {
+        for line in crate::mm::show_mem::show_free_areas(self).lines() {
             self.printk(line);
         }
     }
 
     /// `post_alloc_hook` + `prep_new_page`: refcount 1, checks, zeroing, compound setup.
     #[inline]
-    fn post_alloc_hook(&self, pfn: u64, page: &Page, gfp: Gfp, order: u32) {
+    fn post_alloc_hook(&self, pfn: Pfn, page: &Page, gfp: Gfp, order: u32) {
         page.set_private(0);
         page.set_index(0);
         page.set_refcount(1);
@@ -610,8 +660,8 @@ impl Kernel {
             ));
             return;
         }
-        let pfn = self.mem_map.page_to_pfn(page).0;
-        if order > MAX_PAGE_ORDER || pfn & ((1 << order) - 1) != 0 {
+        let pfn = self.mem_map.page_to_pfn(page);
+        if order > MAX_PAGE_ORDER || pfn.0 & ((1 << order) - 1) != 0 {
             self.bad_page(
                 cpu,
                 page,
@@ -683,11 +733,11 @@ impl Kernel {
     /// Free an order-0 page whose last reference the caller already dropped (and which is
     /// off the LRU): `free_unref_folios`' per-page step.
     pub(crate) fn free_unref_page(&self, cpu: &CpuGuard<'_>, page: &Page) {
-        let pfn = self.mem_map.page_to_pfn(page).0;
+        let pfn = self.mem_map.page_to_pfn(page);
         self.free_the_page(cpu, page, pfn, 0);
     }
 
-    fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) {
+    fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) {
         if page
             .flags()
             .intersects(PageFlags::LRU | PageFlags::ACTIVE | PageFlags::UNEVICTABLE)
@@ -729,7 +779,7 @@ impl Kernel {
 
     /// `free_pages_prepare` + `free_page_is_bad`: true when the block may be freed.
     #[inline]
-    fn free_pages_prepare(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, order: u32) -> bool {
+    fn free_pages_prepare(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) -> bool {
         let compound = page.test(PageFlags::HEAD);
         if compound {
             if page.private() != order {
@@ -758,7 +808,7 @@ impl Kernel {
         }
         // An anonymous page's mapping (the anon bit) is cleared at free, as Linux clears
         // PageMappingFlags; any other mapping is a page still in a file's cache.
-        if page.mapping() & crate::mm::rmap::PAGE_MAPPING_ANON != 0 {
+        if page.mapping() & crate::mm::page::PAGE_MAPPING_ANON != 0 {
             page.set_mapping(0);
         }
         if page.mapping() != 0 {
@@ -853,7 +903,7 @@ impl Kernel {
 
     /// `bad_page`: Linux's report, then leave the page alone (it is leaked, as Linux does).
     #[cold]
-    fn bad_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: u64, reason: &str) {
+    fn bad_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, reason: &str) {
         let mut s = String::new();
         let _ = write!(
             s,
@@ -888,7 +938,7 @@ impl Kernel {
     /// `page_address()`: the page's address in the direct map (`PAGE_OFFSET + phys`).
     #[inline]
     pub fn page_address(&self, page: &Page) -> VirtAddr {
-        VirtAddr(PAGE_OFFSET + (self.page_to_pfn(page).0 << PAGE_SHIFT))
+        VirtAddr(PAGE_OFFSET + self.page_to_pfn(page).phys().0)
     }
 
     /// `virt_to_page()`: `None` unless `va` is a direct-map address of a page with a
@@ -898,85 +948,18 @@ impl Kernel {
         if pa >= self.mem_map.max_pfn() << PAGE_SHIFT {
             return None;
         }
-        self.mem_map.pfn_to_page(Pfn(pa >> PAGE_SHIFT))
+        self.mem_map.pfn_to_page(PhysAddr(pa).pfn_down())
     }
 
     /// Host pointer to the first byte of frame `pfn` (the simulator's direct map).
     #[inline]
-    pub(crate) fn pfn_ptr(&self, pfn: u64) -> *mut u8 {
-        self.direct_map.wrapping_add((pfn << PAGE_SHIFT) as usize)
-    }
-
-    /// The bytes of an allocated block, for the caller that owns it.
-    ///
-    /// # Safety
-    /// `page` must head a block of 2^`order` pages that the caller allocated and has not
-    /// freed, and the caller must not create two live slices of the same bytes.
-    #[allow(clippy::mut_from_ref)] // the bytes are simulated RAM, not part of `self`; see Safety
-    pub unsafe fn page_bytes_mut(&self, page: &Page, order: u32) -> &mut [u8] {
-        let pfn = self.page_to_pfn(page).0;
-        // SAFETY: the block is RAM inside the direct map and owned by the caller (contract).
-        unsafe { core::slice::from_raw_parts_mut(self.pfn_ptr(pfn), (PAGE_SIZE << order) as usize) }
-    }
-
-    /// Copy `buf` into the allocated page `page` at `offset` (the kernel's `memcpy` to
-    /// `page_address(page) + offset`). `EFAULT` if the range leaves the page or the page is
-    /// not allocated (free, reserved, or not ours).
-    pub fn write_page(&self, page: &Page, offset: usize, buf: &[u8]) -> Result<(), crate::Errno> {
-        let pfn = self.check_allocated(page, offset, buf.len())?;
-        // SAFETY: checked that the page is an allocated RAM page and the range is inside it.
-        unsafe {
-            core::ptr::copy_nonoverlapping(buf.as_ptr(), self.pfn_ptr(pfn).add(offset), buf.len())
-        };
-        Ok(())
-    }
-
-    /// Copy bytes out of the allocated page `page` at `offset`; errors as [`Kernel::write_page`].
-    pub fn read_page(
-        &self,
-        page: &Page,
-        offset: usize,
-        buf: &mut [u8],
-    ) -> Result<(), crate::Errno> {
-        let pfn = self.check_allocated(page, offset, buf.len())?;
-        // SAFETY: as in `write_page`.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.pfn_ptr(pfn).add(offset),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        Ok(())
-    }
-
-    fn check_allocated(&self, page: &Page, offset: usize, len: usize) -> Result<u64, crate::Errno> {
-        if !self.mem_map.owns(page) || page.test(PageFlags::RESERVED) || page.test(PageFlags::BUDDY)
-        {
-            return Err(crate::Errno::EFAULT);
-        }
-        // A compound block's tail pages hold no reference; the head holds it for all.
-        let head = if page.test(PageFlags::TAIL) {
-            self.mem_map
-                .page(self.page_to_pfn(page).0 - page.private() as u64)
-        } else {
-            page
-        };
-        if head.refcount() <= 0 {
-            return Err(crate::Errno::EFAULT);
-        }
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > PAGE_SIZE as usize)
-        {
-            return Err(crate::Errno::EFAULT);
-        }
-        Ok(self.page_to_pfn(page).0)
+    pub(crate) fn pfn_ptr(&self, pfn: Pfn) -> *mut u8 {
+        self.direct_map.ptr(pfn.phys().0)
     }
 }
 
 /// `dump_page`: `page:… refcount:… mapcount:… mapping:… index:… pfn:…` and the flags.
-pub fn dump_page(page: &Page, pfn: u64) -> String {
+pub fn dump_page(page: &Page, pfn: Pfn) -> String {
     let mut s = String::new();
     let _ = write!(
         s,

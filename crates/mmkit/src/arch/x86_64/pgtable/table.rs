@@ -91,7 +91,7 @@ impl Kernel {
         debug_assert!(idx < PTRS_PER_TABLE as usize);
         // SAFETY: per the contract the page is a table page: RAM inside the direct map,
         // 8-byte aligned entries, only ever accessed as atomics.
-        unsafe { &*(self.pfn_ptr(table.0).add(idx * 8) as *const AtomicU64) }
+        unsafe { &*(self.pfn_ptr(table).add(idx * 8) as *const AtomicU64) }
     }
 
     /// The value of entry `idx` of `table` (same contract as [`Kernel::entry`]).
@@ -104,7 +104,7 @@ impl Kernel {
     /// `pte_lockptr` + `spin_lock`: the split lock of the PTE table `table`, a bit lock in
     /// its `struct page` (`PG_locked`, which a page-table page has no other use for).
     pub(super) fn ptl_lock(&self, table: Pfn) -> PtlGuard<'_> {
-        let page = self.mem_map.page(table.0);
+        let page = self.mem_map.page(table);
         page.lock();
         PtlGuard { page }
     }
@@ -122,7 +122,7 @@ impl Kernel {
     /// `pagetable_dtor` + free: only [`MmuGather`] calls this, after its flush (or for a table
     /// no MMU ever saw).
     pub(crate) fn table_free(&self, cpu: &CpuGuard<'_>, pfn: Pfn) {
-        let page = self.mem_map.page(pfn.0);
+        let page = self.mem_map.page(pfn);
         self.mod_node_page_state(cpu, page, NR_PAGETABLE, -1);
         self.__free_pages(cpu, page, 0);
     }
