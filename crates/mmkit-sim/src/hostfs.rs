@@ -25,11 +25,37 @@ fn pread_full(file: &std::fs::File, off: u64, buf: &mut [u8]) -> Result<usize, E
     Ok(done)
 }
 
-/// A host file opened read-only; its size is fixed when it is opened.
+/// A host file as the backing store of an mmkit inode: read with `pread`; written back with
+/// `pwrite` once some descriptor with write access to it has been seen (a read-only one
+/// first, as exec opens files, is replaced then). Its size is the host file's, as last seen
+/// or changed through mmkit.
 pub struct HostFile {
-    file: std::fs::File,
-    size: u64,
+    file: std::sync::RwLock<std::fs::File>,
+    writable: std::sync::atomic::AtomicBool,
+    size: std::sync::atomic::AtomicU64,
     ra_pages: u64,
+}
+
+impl HostFile {
+    /// Use `file` (a descriptor with write access) for writeback from now on.
+    pub fn upgrade(&self, file: std::fs::File) {
+        *self.file.write().expect("hostfile lock") = file;
+        self.writable
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Re-read the size from the host (another descriptor may have changed the file).
+    pub fn refresh_size(&self) {
+        if let Ok(md) = self.file.read().expect("hostfile lock").metadata() {
+            self.size
+                .store(md.len(), std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The size is now `size` (a write or truncate through this machine).
+    pub fn set_size(&self, size: u64) {
+        self.size.store(size, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The readahead window of the host block device holding a file, in pages
@@ -46,16 +72,27 @@ pub fn device_ra_pages(dev: u64) -> u64 {
 
 impl FileData for HostFile {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Acquire)
     }
     fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        pread_full(&self.file, off, buf)
+        pread_full(&self.file.read().expect("hostfile lock"), off, buf)
     }
-    fn write_at(&self, _off: u64, _buf: &[u8]) -> Result<usize, Errno> {
-        Err(Errno::EROFS)
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        if !self.writable() {
+            return Err(Errno::EROFS);
+        }
+        // Writeback writes whole pages but never past the end of the file.
+        let end = off.saturating_add(buf.len() as u64).min(self.size());
+        let n = end.saturating_sub(off) as usize;
+        self.file
+            .read()
+            .expect("hostfile lock")
+            .write_all_at(&buf[..n], off)
+            .map_err(|_| Errno::EIO)?;
+        Ok(buf.len())
     }
     fn writable(&self) -> bool {
-        false
+        self.writable.load(std::sync::atomic::Ordering::Acquire)
     }
     fn ra_pages(&self) -> u64 {
         self.ra_pages
@@ -122,10 +159,34 @@ pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
     HostFileRw::open(path)
 }
 
-/// The host files a machine has opened, by (device, inode).
+/// A registered host file: the kernel's inode and its backing file.
+type HostEntry = (Arc<Inode>, Arc<HostFile>);
+
+/// The host files a machine has opened, by (device, inode): the inode and its backing file.
 #[derive(Default)]
 pub struct HostFs {
-    inodes: Mutex<HashMap<(u64, u64), Arc<Inode>>>,
+    inodes: Mutex<HashMap<(u64, u64), HostEntry>>,
+}
+
+/// A shared `HostFile` as an inode's data.
+struct SharedHostFile(Arc<HostFile>);
+
+impl FileData for SharedHostFile {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.0.read_at(off, buf)
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        self.0.write_at(off, buf)
+    }
+    fn writable(&self) -> bool {
+        self.0.writable()
+    }
+    fn ra_pages(&self) -> u64 {
+        self.0.ra_pages
+    }
 }
 
 /// `MAJOR()`/`MINOR()` of a host `st_dev` (glibc's encoding).
@@ -143,27 +204,56 @@ impl HostFs {
             .with_context(|| format!("cannot open {}", path.display()))?;
         let file = std::fs::File::open(&real)
             .with_context(|| format!("cannot open {}", real.display()))?;
+        self.inode_of(k, file, &real.to_string_lossy(), false)
+            .map(|(i, _)| i)
+    }
+
+    /// The inode of the host file open as `file` (`path` is what `/proc/PID/maps` shows),
+    /// registering it on first use; a `file` with write access (`writable`) becomes the one
+    /// writeback uses. `ENODEV`-like error for anything but a regular file.
+    pub fn inode_of(
+        &self,
+        k: &Kernel,
+        file: std::fs::File,
+        path: &str,
+        writable: bool,
+    ) -> Result<(Arc<Inode>, Arc<HostFile>)> {
         let md = file.metadata()?;
         if !md.is_file() {
-            anyhow::bail!("{} is not a regular file", real.display());
+            anyhow::bail!("{path} is not a regular file");
         }
         let key = (md.dev(), md.ino());
         let mut map = self.inodes.lock().expect("hostfs lock");
-        if let Some(i) = map.get(&key) {
-            return Ok(i.clone());
+        if let Some((i, h)) = map.get(&key) {
+            if writable && !h.writable() {
+                h.upgrade(file);
+            }
+            h.set_size(md.len());
+            return Ok((i.clone(), h.clone()));
         }
+        let host = Arc::new(HostFile {
+            file: std::sync::RwLock::new(file),
+            writable: std::sync::atomic::AtomicBool::new(writable),
+            size: std::sync::atomic::AtomicU64::new(md.len()),
+            ra_pages: device_ra_pages(md.dev()),
+        });
         let inode = k.new_inode(
-            Box::new(HostFile {
-                file,
-                size: md.len(),
-                ra_pages: device_ra_pages(md.dev()),
-            }),
+            Box::new(SharedHostFile(host.clone())),
             dev_major_minor(md.dev()),
             md.ino(),
-            &real.to_string_lossy(),
+            path,
         );
-        map.insert(key, inode.clone());
-        Ok(inode)
+        map.insert(key, (inode.clone(), host.clone()));
+        Ok((inode, host))
+    }
+
+    /// The backing file of a registered inode, by host (device, inode).
+    pub fn host_file(&self, dev: u64, ino: u64) -> Option<(Arc<Inode>, Arc<HostFile>)> {
+        self.inodes
+            .lock()
+            .expect("hostfs lock")
+            .get(&(dev, ino))
+            .cloned()
     }
 
     /// Open the host file at `path` read-only.

@@ -1,6 +1,13 @@
-//! The simulated computer: [`SimPlatform`] implements `mmkit::Platform` over an anonymous
-//! `MAP_NORESERVE` host mapping (so a 64 GiB machine costs only the pages it touches) and
-//! host threads; [`Machine`] boots a `Kernel` on it from a [`MachineSpec`].
+//! The simulated computer: [`SimPlatform`] implements `mmkit::Platform` over one shared
+//! mapping of a `memfd` (so a 64 GiB machine costs only the pages it touches, and the same
+//! bytes can be guest-physical memory of a `/dev/kvm` virtual machine) and host threads;
+//! [`Machine`] boots a `Kernel` on it from a [`MachineSpec`].
+//!
+//! When programs run on a real (virtual) CPU ([`crate::kvm`]), its MMU caches translations
+//! the software TLB model cannot reach — here a shadow-paging hypervisor's. The platform's
+//! `flush_tlb` hook then drops them: for every frame that lost a translation it zaps the
+//! host mapping of that frame (`MADV_DONTNEED`, which keeps the data: the memfd holds it),
+//! and the hypervisor, notified of that, drops every shadow entry pointing at the frame.
 
 use anyhow::{bail, Context, Result};
 use mmkit::arch::x86_64::e820::E820Table;
@@ -21,34 +28,56 @@ pub fn bind_cpu(cpu: usize) {
     CURRENT_CPU.with(|c| c.set(cpu));
 }
 
-/// RAM and CPUs of a simulated machine.
-pub struct SimPlatform {
+/// The machine's RAM: one shared, lazily committed mapping of a memfd.
+pub struct Ram {
     base: *mut u8,
     len: usize,
-    cpus: usize,
-    start: Instant,
+    fd: std::os::fd::OwnedFd,
+    /// Zap frames' host mappings on `flush_tlb` (set while a hardware MMU uses the tables).
+    zap: std::sync::atomic::AtomicBool,
+    zapped: std::sync::atomic::AtomicU64,
 }
 
-// SAFETY: `base` is a private anonymous mapping owned by this value; the kernel coordinates
-// all access to its bytes.
-unsafe impl Send for SimPlatform {}
+// SAFETY: `base` is a shared mapping owned by this value (unmapped on drop); the kernel
+// coordinates all access to its bytes, and the rest is an fd and atomics.
+unsafe impl Send for Ram {}
 // SAFETY: as above.
-unsafe impl Sync for SimPlatform {}
+unsafe impl Sync for Ram {}
 
-impl SimPlatform {
-    /// Map `ram_end` bytes of lazily committed, zero-filled memory.
-    pub fn new(ram_end: u64, cpus: usize) -> Result<Self> {
-        let len =
-            usize::try_from(ram_end).context("RAM size does not fit the host address space")?;
-        // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing;
+impl Ram {
+    /// `len` bytes of zero-filled memory in a memfd, mapped shared.
+    pub fn new(len: u64) -> Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let len = usize::try_from(len)
+            .context("RAM size does not fit the host address space")?
+            .max(mmkit::PAGE_SIZE as usize);
+        // SAFETY: memfd_create with a NUL-terminated name; the fd is owned below.
+        let raw = unsafe { libc::memfd_create(c"mmkit-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            bail!(
+                "memfd_create for simulated RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ftruncate of our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            bail!(
+                "cannot size {} MiB of simulated RAM: {}",
+                len >> 20,
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: a fresh shared mapping of our memfd at an address of the kernel's choosing;
         // no existing memory is affected.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len.max(1),
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
                 0,
             )
         };
@@ -61,14 +90,116 @@ impl SimPlatform {
         }
         Ok(Self {
             base: p as *mut u8,
-            len: len.max(1),
-            cpus,
-            start: Instant::now(),
+            len,
+            fd,
+            zap: Default::default(),
+            zapped: Default::default(),
         })
+    }
+
+    /// Host address of physical address 0.
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Bytes of RAM.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never empty (at least a page); here for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memfd behind it.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Copy `buf.len()` bytes at physical address `pa` out of RAM. `EFAULT`-style error when
+    /// the range leaves RAM.
+    pub fn read(&self, pa: u64, buf: &mut [u8]) -> Result<()> {
+        let off = self.check(pa, buf.len())?;
+        // SAFETY: the range lies inside our mapping (checked); RAM is plain bytes that the
+        // kernel or a guest may be writing concurrently, which a byte copy tolerates.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copy `buf` into RAM at physical address `pa`.
+    pub fn write(&self, pa: u64, buf: &[u8]) -> Result<()> {
+        let off = self.check(pa, buf.len())?;
+        // SAFETY: as in `read`; the caller owns the bytes it writes (an exception frame on an
+        // entry stack, which only the stopped vCPU uses).
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.add(off), buf.len()) };
+        Ok(())
+    }
+
+    fn check(&self, pa: u64, len: usize) -> Result<usize> {
+        usize::try_from(pa)
+            .ok()
+            .filter(|&o| o.checked_add(len).is_some_and(|e| e <= self.len))
+            .with_context(|| format!("physical range {pa:#x}+{len} outside RAM"))
+    }
+
+    /// Start (or stop) zapping frames' host mappings on every TLB flush.
+    pub fn set_zap_on_flush(&self, on: bool) {
+        self.zap.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Frames zapped so far.
+    pub fn frames_zapped(&self) -> u64 {
+        self.zapped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drop the host mapping of `[pfn, pfn + n)` (the data stays in the memfd): a hypervisor
+    /// mirroring guest page tables drops its entries for those frames.
+    pub fn zap_frames(&self, pfn: u64, n: u64) {
+        let off = (pfn << mmkit::PAGE_SHIFT) as usize;
+        let len = (n << mmkit::PAGE_SHIFT) as usize;
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return;
+        }
+        // SAFETY: the range lies inside our own mapping; MADV_DONTNEED on a shared mapping
+        // only drops page-table entries of this process (the memfd keeps the bytes).
+        unsafe {
+            libc::madvise(
+                self.base.add(off) as *mut libc::c_void,
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        self.zapped
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn flush(&self, flush: &mmkit::mm::mmu_gather::TlbFlush<'_>) {
+        if !self.zap.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut frames: Vec<u64> = flush
+            .frames
+            .iter()
+            .chain(flush.tables.iter())
+            .map(|p| p.0)
+            .collect();
+        frames.sort_unstable();
+        frames.dedup();
+        let mut i = 0;
+        while i < frames.len() {
+            let mut j = i + 1;
+            while j < frames.len() && frames[j] == frames[j - 1] + 1 {
+                j += 1;
+            }
+            self.zap_frames(frames[i], (j - i) as u64);
+            i = j;
+        }
     }
 }
 
-impl Drop for SimPlatform {
+impl Drop for Ram {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping `new` created; the kernel that used it is
         // being dropped (it owns this platform), so nothing refers to it any more.
@@ -76,12 +207,35 @@ impl Drop for SimPlatform {
     }
 }
 
+/// RAM and CPUs of a simulated machine.
+pub struct SimPlatform {
+    ram: std::sync::Arc<Ram>,
+    cpus: usize,
+    start: Instant,
+}
+
+impl SimPlatform {
+    /// `ram_end` bytes of lazily committed, zero-filled memory and `cpus` CPUs.
+    pub fn new(ram_end: u64, cpus: usize) -> Result<Self> {
+        Ok(Self {
+            ram: std::sync::Arc::new(Ram::new(ram_end)?),
+            cpus,
+            start: Instant::now(),
+        })
+    }
+
+    /// The RAM (shared with a virtual machine that uses it as guest-physical memory).
+    pub fn ram(&self) -> &std::sync::Arc<Ram> {
+        &self.ram
+    }
+}
+
 impl Platform for SimPlatform {
     fn direct_map_base(&self) -> *mut u8 {
-        self.base
+        self.ram.base
     }
     fn ram_end(&self) -> u64 {
-        self.len as u64
+        self.ram.len as u64
     }
     fn nr_cpus(&self) -> usize {
         self.cpus
@@ -94,6 +248,9 @@ impl Platform for SimPlatform {
     }
     fn get_random_u64(&self) -> u64 {
         rand::random()
+    }
+    fn flush_tlb(&self, flush: &mmkit::mm::mmu_gather::TlbFlush<'_>) {
+        self.ram.flush(flush);
     }
 }
 
@@ -134,6 +291,8 @@ pub const REAP_INTERVAL_NS: u64 = 2_000_000_000;
 pub struct Machine {
     /// The kernel.
     pub kernel: Kernel,
+    /// Its RAM.
+    pub ram: std::sync::Arc<Ram>,
     /// The host files the machine has opened.
     pub hostfs: crate::hostfs::HostFs,
     next_reap: Vec<std::sync::atomic::AtomicU64>,
@@ -149,12 +308,14 @@ impl Machine {
         sanitized.sanitize();
         let end = sanitized.end_pfn(mmkit::arch::x86_64::e820::MAX_ARCH_PFN).0 << mmkit::PAGE_SHIFT;
         let platform = SimPlatform::new(end.max(mmkit::PAGE_SIZE), spec.cpus)?;
+        let ram = platform.ram().clone();
         let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
         let next_reap = (0..spec.cpus)
             .map(|_| std::sync::atomic::AtomicU64::new(REAP_INTERVAL_NS))
             .collect();
         Ok(Self {
             kernel,
+            ram,
             hostfs: Default::default(),
             next_reap,
         })

@@ -52,29 +52,48 @@ enum Cmd {
         #[arg(long, default_value = "pressure.svg")]
         svg: PathBuf,
     },
-    /// Exec a host executable in a fresh address space and print its memory map as the
-    /// kernel left it (before the program runs), as `/proc/PID/maps` shows it.
+    /// Run a host executable on mmkit (under /dev/kvm): every page it touches is mmkit's,
+    /// its faults and memory system calls are handled by mmkit, the rest go to the host.
+    /// Options come before PROG; everything after it is the program's.
     Exec {
         #[command(flatten)]
         machine: MachineArgs,
         /// Disable address-space randomization (as `setarch -R`).
         #[arg(long)]
         no_aslr: bool,
-        /// Print /proc/PID/maps (the default view).
+        /// Do not run: print /proc/PID/maps as exec left it.
         #[arg(long)]
         maps: bool,
-        /// Print /proc/PID/smaps.
+        /// Do not run: print /proc/PID/smaps as exec left it.
         #[arg(long)]
         smaps: bool,
         /// An environment string NAME=value (repeatable); without any, the caller's
         /// environment is passed.
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
-        /// The executable.
-        path: String,
-        /// Its arguments (argv[0] is the path).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Print every system call as strace does (to stderr).
+        #[arg(long)]
+        strace: bool,
+        /// Print every page fault: address, ip, error code, kind, minor/major (to stderr).
+        #[arg(long)]
+        trace_faults: bool,
+        /// Kill the program after this long (e.g. 2s, 500ms, 1m).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// At exit, print faults, VmHWM, RSS, system calls, VM exits and where time went.
+        #[arg(long)]
+        stat: bool,
+        /// Also run the program natively (ASLR off on both sides) and compare.
+        #[arg(long)]
+        compare: bool,
+        /// The program and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PROG [ARGS]"
+        )]
+        cmd: Vec<String>,
     },
     /// Time the hot paths beside their anchors (filter: a group such as `page`, or a row name).
     Bench {
@@ -103,6 +122,27 @@ struct MachineArgs {
     /// Extra kernel command line (movablecore=, kernelcore=, sysctl.vm.*=).
     #[arg(long, default_value = "")]
     cmdline: String,
+}
+
+/// A duration like `2s`, `500ms`, `1m` or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 2s or 500ms"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 impl MachineArgs {
@@ -294,37 +334,36 @@ fn main() -> Result<()> {
             maps,
             smaps,
             env,
-            path,
-            args,
+            strace,
+            trace_faults,
+            timeout,
+            stat,
+            compare,
+            cmd,
         } => {
-            let m = Machine::boot(&machine.spec()?)?;
-            let mut argv = vec![path.clone()];
-            argv.extend(args);
             let envp = if env.is_empty() {
                 std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
             } else {
                 env
             };
-            let spec = mmkit_sim::exec::ExecSpec {
-                path: &path,
-                argv,
+            let opts = mmkit_sim::kvm::RunOptions {
+                strace,
+                trace_faults,
+                timeout,
+                stdout: None,
+            };
+            let code = mmkit_sim::exec_cmd::exec(
+                &machine.spec()?,
+                &cmd,
                 envp,
                 no_aslr,
-            };
-            m.on_cpu(0, |cpu| -> Result<()> {
-                let img = mmkit_sim::exec::exec_host(&m, cpu, &spec)?;
-                if maps || !smaps {
-                    print!("{}", mmkit::fs::proc::task_mmu::proc_pid_maps(&img.mm));
-                }
-                if smaps {
-                    print!(
-                        "{}",
-                        mmkit::fs::proc::task_mmu::proc_pid_smaps(&m.kernel, &img.mm)
-                    );
-                }
-                m.kernel.exit_mmap(cpu, img.mm);
-                Ok(())
-            })?;
+                maps,
+                smaps,
+                &opts,
+                stat,
+                compare,
+            )?;
+            std::process::exit(code);
         }
         Cmd::Bench { filter, json } => {
             let rows = bench::run(filter.as_deref().unwrap_or(""))?;

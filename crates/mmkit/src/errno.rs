@@ -13,9 +13,15 @@ pub enum Errno {
     /// No such process.
     #[error("ESRCH: no such process")]
     ESRCH = 3,
+    /// Interrupted system call.
+    #[error("EINTR: interrupted system call")]
+    EINTR = 4,
     /// Input/output error.
     #[error("EIO: input/output error")]
     EIO = 5,
+    /// No such device or address.
+    #[error("ENXIO: no such device or address")]
+    ENXIO = 6,
     /// Argument list too long.
     #[error("E2BIG: argument list too long")]
     E2BIG = 7,
@@ -49,18 +55,54 @@ pub enum Errno {
     /// No such device.
     #[error("ENODEV: no such device")]
     ENODEV = 19,
+    /// Not a directory.
+    #[error("ENOTDIR: not a directory")]
+    ENOTDIR = 20,
+    /// Is a directory.
+    #[error("EISDIR: is a directory")]
+    EISDIR = 21,
     /// Invalid argument.
     #[error("EINVAL: invalid argument")]
     EINVAL = 22,
+    /// Too many open files in system.
+    #[error("ENFILE: too many open files in system")]
+    ENFILE = 23,
+    /// Too many open files.
+    #[error("EMFILE: too many open files")]
+    EMFILE = 24,
+    /// Inappropriate ioctl for device.
+    #[error("ENOTTY: inappropriate ioctl for device")]
+    ENOTTY = 25,
     /// Text file busy.
     #[error("ETXTBSY: text file busy")]
     ETXTBSY = 26,
     /// File too large.
     #[error("EFBIG: file too large")]
     EFBIG = 27,
+    /// No space left on device.
+    #[error("ENOSPC: no space left on device")]
+    ENOSPC = 28,
+    /// Illegal seek.
+    #[error("ESPIPE: illegal seek")]
+    ESPIPE = 29,
     /// Read-only file system.
     #[error("EROFS: read-only file system")]
     EROFS = 30,
+    /// Broken pipe.
+    #[error("EPIPE: broken pipe")]
+    EPIPE = 32,
+    /// Numerical result out of range.
+    #[error("ERANGE: numerical result out of range")]
+    ERANGE = 34,
+    /// File name too long.
+    #[error("ENAMETOOLONG: file name too long")]
+    ENAMETOOLONG = 36,
+    /// Function not implemented.
+    #[error("ENOSYS: function not implemented")]
+    ENOSYS = 38,
+    /// Too many levels of symbolic links.
+    #[error("ELOOP: too many levels of symbolic links")]
+    ELOOP = 40,
     /// Value too large for defined data type.
     #[error("EOVERFLOW: value too large for defined data type")]
     EOVERFLOW = 75,

@@ -159,6 +159,26 @@ impl Kernel {
         Ok(n)
     }
 
+    /// A write reached the backing store of `inode` past the cache (the host file, written by
+    /// a forwarded `write`): bring the cached pages covering `[off, off + data.len())` up to
+    /// date with it, so mappings and reads through the cache see what was written, as
+    /// `generic_perform_write` would have put it there.
+    pub fn update_cached_range(&self, cpu: &CpuGuard<'_>, inode: &Inode, off: u64, data: &[u8]) {
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = off + done as u64;
+            let in_page = (pos & (PAGE_SIZE - 1)) as usize;
+            let n = (PAGE_SIZE as usize - in_page).min(data.len() - done);
+            // A reference keeps reclaim from freeing the page under the copy.
+            if let Some(page) = self.find_get_page(inode, pos >> PAGE_SHIFT) {
+                let pa = (self.page_to_pfn(page).0 << PAGE_SHIFT) + in_page as u64;
+                self.phys_write(PhysAddr(pa), &data[done..done + n]);
+                self.__free_pages(cpu, page, 0);
+            }
+            done += n;
+        }
+    }
+
     /// `folio_mark_dirty` for a page-cache page: set `PG_dirty`, count it.
     pub fn set_page_dirty(&self, cpu: &CpuGuard<'_>, page: &Page) {
         if !page.test(PageFlags::DIRTY) {

@@ -3,7 +3,8 @@
 //!
 //! Locked VMAs carry `VM_LOCKED` (split off and merged back like any flag change) and are
 //! faulted in at once (`__mm_populate`); the reverse map refuses to unmap their pages.
-//! `RLIMIT_MEMLOCK` is not enforced: the simulated tasks run as root (`CAP_IPC_LOCK`).
+//! `RLIMIT_MEMLOCK` bounds `locked_vm` unless the owner has `CAP_IPC_LOCK` (root);
+//! `mlockall(MCL_FUTURE)` makes `VM_LOCKED` a default flag of new mappings (`def_flags`).
 
 use crate::addr::{align_down, align_up, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
@@ -47,6 +48,12 @@ impl Kernel {
         Ok(())
     }
 
+    /// `can_do_mlock` + the `RLIMIT_MEMLOCK` check of `do_mlock`: may `npages` more be
+    /// locked?
+    pub(crate) fn mlock_allowed(&self, mm: &MmStruct, npages: u64) -> bool {
+        mm.cap_ipc_lock || mm.locked_vm.saturating_add(npages) <= mm.rlimit_memlock >> PAGE_SHIFT
+    }
+
     fn lock_range(start: u64, len: u64) -> Result<(u64, u64), Errno> {
         let end = align_up(start.checked_add(len).ok_or(Errno::EINVAL)?, PAGE_SIZE);
         let start = align_down(start, PAGE_SIZE);
@@ -66,8 +73,78 @@ impl Kernel {
         len: u64,
     ) -> Result<(), Errno> {
         let (start, end) = Self::lock_range(start, len)?;
+        // count_mm_mlocked_page_nr: pages of the range already locked do not count again.
+        let already: u64 = mm
+            .vmas()
+            .filter(|v| v.vm_flags.contains(VmFlags::VM_LOCKED))
+            .map(|v| (v.vm_end.min(end).saturating_sub(v.vm_start.max(start))) >> PAGE_SHIFT)
+            .sum();
+        if !self.mlock_allowed(mm, ((end - start) >> PAGE_SHIFT) - already) {
+            return Err(Errno::ENOMEM);
+        }
         self.apply_vma_lock_flags(mm, start, end, true)?;
         self.mm_populate(cpu, mm, start, end - start);
+        Ok(())
+    }
+
+    /// `mlockall(flags)`: `MCL_CURRENT` locks every mapping now, `MCL_FUTURE` every later one
+    /// (`def_flags`), `MCL_ONFAULT` without faulting in. `EINVAL` for unknown bits or
+    /// `MCL_ONFAULT` alone, `ENOMEM` past `RLIMIT_MEMLOCK`.
+    pub fn mlockall(&self, cpu: &CpuGuard<'_>, mm: &mut MmStruct, flags: u32) -> Result<(), Errno> {
+        const MCL_CURRENT: u32 = 1;
+        const MCL_FUTURE: u32 = 2;
+        const MCL_ONFAULT: u32 = 4;
+        if flags == 0
+            || flags & !(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0
+            || flags == MCL_ONFAULT
+        {
+            return Err(Errno::EINVAL);
+        }
+        if flags & MCL_CURRENT != 0
+            && !mm.cap_ipc_lock
+            && mm.total_vm() > mm.rlimit_memlock >> PAGE_SHIFT
+        {
+            return Err(Errno::ENOMEM);
+        }
+        mm.def_flags -= VmFlags::VM_LOCKED | VmFlags::VM_LOCKONFAULT;
+        if flags & MCL_FUTURE != 0 {
+            mm.def_flags |= VmFlags::VM_LOCKED;
+            if flags & MCL_ONFAULT != 0 {
+                mm.def_flags |= VmFlags::VM_LOCKONFAULT;
+            }
+        }
+        if flags & MCL_CURRENT != 0 {
+            let ranges: alloc::vec::Vec<(u64, u64)> =
+                mm.vmas().map(|v| (v.vm_start, v.vm_end)).collect();
+            for (lo, hi) in ranges {
+                // Special mappings are skipped inside; a hole cannot happen here.
+                self.apply_vma_lock_flags(mm, lo, hi, true)?;
+            }
+            if flags & MCL_ONFAULT == 0 {
+                let ranges: alloc::vec::Vec<(u64, u64)> = mm
+                    .vmas()
+                    .filter(|v| v.vm_flags.contains(VmFlags::VM_LOCKED))
+                    .map(|v| (v.vm_start, v.vm_end))
+                    .collect();
+                for (lo, hi) in ranges {
+                    self.mm_populate(cpu, mm, lo, hi - lo);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `munlockall`: unlock everything and stop locking new mappings.
+    pub fn munlockall(&self, mm: &mut MmStruct) -> Result<(), Errno> {
+        mm.def_flags -= VmFlags::VM_LOCKED | VmFlags::VM_LOCKONFAULT;
+        let ranges: alloc::vec::Vec<(u64, u64)> = mm
+            .vmas()
+            .filter(|v| v.vm_flags.contains(VmFlags::VM_LOCKED))
+            .map(|v| (v.vm_start, v.vm_end))
+            .collect();
+        for (lo, hi) in ranges {
+            self.apply_vma_lock_flags(mm, lo, hi, false)?;
+        }
         Ok(())
     }
 

@@ -73,6 +73,10 @@ pub const STACK_GUARD_GAP: u64 = 256 << PAGE_SHIFT;
 pub const DEFAULT_MAX_MAP_COUNT: usize = 65530;
 /// Default `RLIMIT_STACK` (8 MiB).
 pub const DEFAULT_RLIMIT_STACK: u64 = 8 << 20;
+/// `RLIM_INFINITY`.
+pub const RLIM_INFINITY: u64 = u64::MAX;
+/// `MLOCK_LIMIT`: the default `RLIMIT_MEMLOCK` (8 MiB since Linux 5.16).
+pub const MLOCK_LIMIT: u64 = 8 << 20;
 
 /// `struct vm_area_struct`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +196,17 @@ pub struct MmStruct {
     pub max_map_count: usize,
     /// `RLIMIT_STACK` (soft limit) of the owner: bounds stack growth and places `mmap_base`.
     pub rlimit_stack: u64,
+    /// `RLIMIT_AS` (soft limit): bounds `total_vm` (`may_expand_vm`).
+    pub rlimit_as: u64,
+    /// `RLIMIT_DATA` (soft limit): bounds `data_vm` and the heap (`may_expand_vm`,
+    /// `check_data_rlimit`).
+    pub rlimit_data: u64,
+    /// `RLIMIT_MEMLOCK` (soft limit): bounds `locked_vm` unless `cap_ipc_lock`.
+    pub rlimit_memlock: u64,
+    /// The owner has `CAP_IPC_LOCK` (root): `RLIMIT_MEMLOCK` does not apply.
+    pub cap_ipc_lock: bool,
+    /// `mm->def_flags`: `VM_LOCKED` (and `VM_LOCKONFAULT`) after `mlockall(MCL_FUTURE)`.
+    pub def_flags: VmFlags,
     /// `rss_stat[NR_MM_COUNTERS]`: resident pages by kind, updated by faults and zaps.
     pub rss_stat: Arc<RssStat>,
     /// `start_code`, `end_code`, `start_data`, `end_data` (set by exec).
@@ -247,6 +262,25 @@ impl MmStruct {
     #[inline]
     pub fn total_vm(&self) -> u64 {
         self.vmas.total_pages()
+    }
+
+    /// `may_expand_vm`: whether `npages` more of a mapping with `flags` stay within
+    /// `RLIMIT_AS` and, for private writable non-stack memory (`is_data_mapping`),
+    /// `RLIMIT_DATA`.
+    pub fn may_expand_vm(&self, flags: VmFlags, npages: u64) -> bool {
+        let pages = |limit: u64| limit >> PAGE_SHIFT;
+        if self.total_vm().saturating_add(npages) > pages(self.rlimit_as) {
+            return false;
+        }
+        let data = flags & (VmFlags::VM_WRITE | VmFlags::VM_SHARED | VmFlags::VM_GROWSDOWN)
+            == VmFlags::VM_WRITE;
+        if data {
+            let (_, _, data_vm) = self.vm_classes();
+            if data_vm.saturating_add(npages) > pages(self.rlimit_data) {
+                return false;
+            }
+        }
+        true
     }
 
     /// `vm_stat_account`'s classes, from the VMAs: (`exec_vm`, `stack_vm`, `data_vm`) pages.

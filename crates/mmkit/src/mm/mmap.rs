@@ -159,6 +159,11 @@ impl Kernel {
             start_stack: 0,
             max_map_count: DEFAULT_MAX_MAP_COUNT,
             rlimit_stack: DEFAULT_RLIMIT_STACK,
+            rlimit_as: crate::mm::mm_types::RLIM_INFINITY,
+            rlimit_data: crate::mm::mm_types::RLIM_INFINITY,
+            rlimit_memlock: crate::mm::mm_types::MLOCK_LIMIT,
+            cap_ipc_lock: true,
+            def_flags: VmFlags::empty(),
             rss_stat: Arc::new(Default::default()),
             start_code: 0,
             end_code: 0,
@@ -298,7 +303,8 @@ impl Kernel {
         } else {
             Some(file.ok_or(Errno::EBADF)?)
         };
-        let mut vm_flags = vm_flags_for(prot, flags);
+        // mm->def_flags: mlockall(MCL_FUTURE) locks every new mapping.
+        let mut vm_flags = vm_flags_for(prot, flags) | mm.def_flags;
         if let Some(f) = file {
             if !f.f_mode.contains(FMode::READ) {
                 return Err(Errno::EACCES);
@@ -326,6 +332,19 @@ impl Kernel {
             && mm.find_vma(addr).is_some_and(|v| v.vm_start < addr + len)
         {
             return Err(Errno::EEXIST);
+        }
+        // mmap_region: the limits count what the mapping adds beyond what it replaces.
+        let replaced: u64 = mm
+            .vmas
+            .iter_from(addr + 1)
+            .take_while(|v| v.vm_start < addr + len)
+            .map(|v| (v.vm_end.min(addr + len) - v.vm_start.max(addr)) >> PAGE_SHIFT)
+            .sum();
+        if !mm.may_expand_vm(vm_flags, (len >> PAGE_SHIFT) - replaced) {
+            return Err(Errno::ENOMEM);
+        }
+        if vm_flags.contains(VmFlags::VM_LOCKED) && !self.mlock_allowed(mm, len >> PAGE_SHIFT) {
+            return Err(Errno::EAGAIN);
         }
         if flags & MAP_FIXED != 0 {
             self.do_munmap(cpu, mm, addr, len)?;
@@ -672,6 +691,10 @@ impl Kernel {
         mm.start_stack = old.start_stack;
         mm.max_map_count = old.max_map_count;
         mm.rlimit_stack = old.rlimit_stack;
+        mm.rlimit_as = old.rlimit_as;
+        mm.rlimit_data = old.rlimit_data;
+        mm.rlimit_memlock = old.rlimit_memlock;
+        mm.cap_ipc_lock = old.cap_ipc_lock;
         mm.start_code = old.start_code;
         mm.end_code = old.end_code;
         mm.start_data = old.start_data;
@@ -731,6 +754,15 @@ impl Kernel {
             }
         }
         if mm.map_count() >= mm.max_map_count {
+            return mm.brk;
+        }
+        // check_data_rlimit: the heap plus the data segment within RLIMIT_DATA.
+        let data = (brk - mm.start_brk).saturating_add(mm.end_data - mm.start_data);
+        if mm.rlimit_data != crate::mm::mm_types::RLIM_INFINITY && data > mm.rlimit_data {
+            return mm.brk;
+        }
+        let heap = VmFlags::VM_READ | VmFlags::VM_WRITE;
+        if !mm.may_expand_vm(heap, (newbrk - oldbrk) >> PAGE_SHIFT) {
             return mm.brk;
         }
         let flags = VmFlags::VM_READ

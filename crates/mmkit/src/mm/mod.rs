@@ -8,6 +8,7 @@ pub mod madvise;
 pub mod memblock;
 pub mod memory;
 pub mod mempool;
+pub mod mincore;
 pub mod mlock;
 pub mod mm_types;
 pub mod mmap;

@@ -148,6 +148,13 @@ impl Kernel {
         {
             return Err(Errno::EINVAL);
         }
+        let grow = new_len.saturating_sub(old_len) >> crate::PAGE_SHIFT;
+        if vma.vm_flags.contains(VmFlags::VM_LOCKED) && !self.mlock_allowed(mm, grow) {
+            return Err(Errno::EAGAIN);
+        }
+        if !mm.may_expand_vm(vma.vm_flags, grow) {
+            return Err(Errno::ENOMEM);
+        }
         Ok(vma)
     }
 

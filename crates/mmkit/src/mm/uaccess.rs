@@ -27,7 +27,8 @@ pub struct FaultCounts {
 }
 
 impl FaultCounts {
-    pub(crate) fn add(&mut self, k: FaultKind) {
+    /// Count one more fault of kind `k`.
+    pub fn add(&mut self, k: FaultKind) {
         match k {
             FaultKind::Minor => self.min_flt += 1,
             FaultKind::Major => self.maj_flt += 1,

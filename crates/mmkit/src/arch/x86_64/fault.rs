@@ -99,6 +99,9 @@ impl Kernel {
             return false;
         }
         let grow = (v.vm_start - new_start) >> crate::PAGE_SHIFT;
+        if !mm.may_expand_vm(v.vm_flags, grow) {
+            return false;
+        }
         self.vma_unlink(mm, v.vm_end);
         self.vma_link(
             mm,

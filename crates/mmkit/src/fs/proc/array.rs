@@ -70,3 +70,95 @@ pub fn proc_pid_oom_score(k: &Kernel, t: &Task) -> String {
 pub fn proc_pid_oom_score_adj(t: &Task) -> String {
     alloc::format!("{}\n", t.oom_score_adj)
 }
+
+/// `/proc/PID/statm` (`proc_pid_statm` with `task_statm`): size, resident, shared, text,
+/// lib (always 0), data, dt (always 0), in pages.
+pub fn proc_pid_statm(t: &Task) -> String {
+    let Some(mm) = &t.mm else {
+        return String::from("0 0 0 0 0 0 0\n");
+    };
+    let (anon, file, shmem, _) = rss_parts(mm);
+    let shared = file + shmem;
+    let text = (crate::addr::align_up(mm.end_code, crate::PAGE_SIZE)
+        .saturating_sub(mm.start_code & !(crate::PAGE_SIZE - 1)))
+        >> crate::PAGE_SHIFT;
+    let (_, stack_vm, data_vm) = mm.vm_classes();
+    alloc::format!(
+        "{} {} {} {} 0 {} 0\n",
+        mm.total_vm(),
+        shared + anon,
+        shared,
+        text,
+        data_vm + stack_vm
+    )
+}
+
+/// The times `/proc/PID/stat` shows, which the scheduler (the host) keeps: in clock ticks
+/// (`USER_HZ`, 100).
+#[derive(Copy, Clone, Debug, Default)]
+pub struct TaskTimes {
+    /// `utime`.
+    pub utime: u64,
+    /// `stime`.
+    pub stime: u64,
+    /// `start_time` since boot.
+    pub start_time: u64,
+    /// The CPU it last ran on.
+    pub processor: u32,
+}
+
+/// `/proc/PID/stat` (`do_task_stat`): the 52 fields, with the memory ones from the task's
+/// address space and the fault counts, as `ps` and `top` read them.
+pub fn proc_pid_stat(t: &Task, times: TaskTimes) -> String {
+    let state = match t.state {
+        TaskState::Running => 'R',
+        TaskState::Zombie => 'Z',
+    };
+    let f = t.fault_counts();
+    let cf = t.child_faults;
+    let (vsize, rss, start_code, end_code, start_stack) = match &t.mm {
+        Some(mm) => (
+            mm.total_vm() * crate::PAGE_SIZE,
+            mm.rss(),
+            mm.start_code,
+            mm.end_code,
+            mm.start_stack,
+        ),
+        None => (0, 0, 0, 0, 0),
+    };
+    let (sd, ed, sb, ab, ae, eb, ee) = match &t.mm {
+        Some(mm) => (
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+        ),
+        None => (0, 0, 0, 0, 0, 0, 0),
+    };
+    let rsslim = u64::MAX;
+    let exit_code = if t.state == TaskState::Zombie {
+        t.exit_code
+    } else {
+        0
+    };
+    alloc::format!(
+        "{pid} ({comm}) {state} {ppid} {pid} {pid} 0 -1 4194304 {minflt} {cminflt} {majflt} {cmajflt} \
+         {utime} {stime} 0 0 20 0 1 0 {start} {vsize} {rss} {rsslim} {start_code} {end_code} \
+         {start_stack} 0 0 0 0 0 0 0 0 0 17 {cpu} 0 0 0 0 0 {sd} {ed} {sb} {ab} {ae} {eb} {ee} \
+         {exit_code}\n",
+        pid = t.pid,
+        comm = t.comm,
+        ppid = t.ppid,
+        minflt = f.min_flt,
+        cminflt = cf.min_flt,
+        majflt = f.maj_flt,
+        cmajflt = cf.maj_flt,
+        utime = times.utime,
+        stime = times.stime,
+        start = times.start_time,
+        cpu = times.processor,
+    )
+}

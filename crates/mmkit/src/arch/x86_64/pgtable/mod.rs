@@ -102,6 +102,8 @@ pub const PAGE_KERNEL: PgProt = PgProt(P | W | A | D | G | X);
 pub const PAGE_KERNEL_EXEC: PgProt = PgProt(P | W | A | D | G);
 /// `PAGE_KERNEL_RO`.
 pub const PAGE_KERNEL_RO: PgProt = PgProt(P | A | D | G | X);
+/// `PAGE_KERNEL_ROX`: kernel text.
+pub const PAGE_KERNEL_ROX: PgProt = PgProt(P | A | D | G);
 
 /// `protection_map[]`, indexed by `VM_READ | VM_WRITE | VM_EXEC | VM_SHARED` (bits 0..3):
 /// private writable mappings get read-only entries, so the first write faults (copy-on-write).

@@ -22,6 +22,8 @@ use crate::Kernel;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const P: u64 = PteFlags::PRESENT.bits();
+/// `KERNEL_PGD_BOUNDARY`: the first PGD entry of the kernel half.
+const KERNEL_PGD_BOUNDARY: usize = 256;
 const PSE: u64 = PteFlags::PSE.bits();
 
 /// An upper-level entry pointing to a user table (`_PAGE_TABLE`: P|RW|U|A).
@@ -139,9 +141,23 @@ impl Kernel {
         }
     }
 
-    /// `pgd_alloc`: a new, empty address space (user, or kernel for `init_mm`).
+    /// `pgd_alloc`: a new, empty address space (user, or kernel for `init_mm`). A user PGD
+    /// gets the kernel half of `init_mm`'s (`pgd_ctor`'s `clone_pgd_range`): the same
+    /// upper tables, shared, so what the kernel maps there (the CPU entry area) is in every
+    /// address space. They stay `init_mm`'s: `pgd_free` never frees them.
     pub fn pgd_alloc(&self, cpu: &CpuGuard<'_>, user: bool) -> Result<PgTable, Errno> {
         let pgd = self.table_alloc(cpu)?;
+        if let (true, Some(init)) = (user, self.init_mm.as_ref()) {
+            let _g = init.lock.lock();
+            for i in KERNEL_PGD_BOUNDARY..PTRS_PER_TABLE as usize {
+                // SAFETY: both are live PGDs (ours is new, init_mm's never goes).
+                let v = unsafe { self.load(init.pgd, i) };
+                if v != 0 {
+                    // SAFETY: as above; nobody else sees the new PGD yet.
+                    unsafe { self.entry(pgd, i) }.store(v, Ordering::Release);
+                }
+            }
+        }
         Ok(PgTable {
             pgd,
             ctx_id: self.next_ctx_id.fetch_add(1, Ordering::Relaxed) + 1,
@@ -369,7 +385,16 @@ impl Kernel {
         {
             let mut tlb = MmuGather::new_fullmm(self, cpu, &pt);
             self.free_pgd_range(&mut tlb, 0, 0x0000_8000_0000_0000);
-            self.free_pgd_range(&mut tlb, 0xffff_8000_0000_0000, u64::MAX);
+            if pt.user {
+                // The kernel half is init_mm's tables (pgd_ctor): let go, free nothing.
+                let _g = pt.lock.lock();
+                for i in KERNEL_PGD_BOUNDARY..PTRS_PER_TABLE as usize {
+                    // SAFETY: the PGD is live until freed below.
+                    unsafe { self.entry(pt.pgd, i) }.store(0, Ordering::Release);
+                }
+            } else {
+                self.free_pgd_range(&mut tlb, 0xffff_8000_0000_0000, u64::MAX);
+            }
             tlb.finish();
         }
         // SAFETY: the PGD is live until freed below.

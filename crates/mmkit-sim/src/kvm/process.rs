@@ -1,0 +1,473 @@
+//! Running one program to its end: exec with mmkit (`execve` builds the address space), a
+//! vCPU entered in ring 3 at the entry point, and the exit loop — page faults to
+//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to the signal
+//! whose default action ends the process (`exit status 128 + signal`, and the kernel's log
+//! line for a segfault) — until `exit_group`.
+
+use super::syscall::{self, FdTable};
+use super::vcpu::{Exit, Vcpu};
+use super::vm::{SyscallEntry, Vm};
+use crate::exec::{spawn_host, ExecSpec};
+use crate::machine::Machine;
+use anyhow::{anyhow, Result};
+use mmkit::arch::x86_64::cpu_entry_area::{
+    X86_TRAP_AC, X86_TRAP_BP, X86_TRAP_DB, X86_TRAP_DE, X86_TRAP_GP, X86_TRAP_MF, X86_TRAP_PF,
+    X86_TRAP_UD, X86_TRAP_XF,
+};
+use mmkit::arch::x86_64::fault::{Signal, SIGBUS, SIGKILL, SIGSEGV};
+use mmkit::arch::x86_64::tlb::PageFault;
+use mmkit::kernel::task::{Pid, TaskTable};
+use mmkit::mm::mm_types::MmStruct;
+use mmkit::{CpuGuard, Kernel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `SIGILL`.
+pub const SIGILL: i32 = 4;
+/// `SIGTRAP`.
+pub const SIGTRAP: i32 = 5;
+/// `SIGFPE`.
+pub const SIGFPE: i32 = 8;
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Print every system call as strace does.
+    pub strace: bool,
+    /// Print every page fault: address, ip, error code, kind, minor/major.
+    pub trace_faults: bool,
+    /// Kill the program after this long.
+    pub timeout: Option<Duration>,
+    /// Where the program's standard output goes instead of ours (for `--compare`).
+    pub stdout: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+/// How a program ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// `exit_group(code)`.
+    Exited(i32),
+    /// Killed by a signal (its default action).
+    Signaled(i32),
+}
+
+impl Status {
+    /// The shell's `$?`: the code, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Status::Exited(c) => c & 0xff,
+            Status::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// The pid it ran as.
+    pub pid: Pid,
+    /// Minor and major faults.
+    pub min_flt: u64,
+    /// Major faults (read from a file or swap).
+    pub maj_flt: u64,
+    /// Faults by what they installed: anonymous, zero page, file, copy-on-write, swap-in.
+    pub faults_by_kind: [u64; 5],
+    /// System calls made.
+    pub syscalls: u64,
+    /// VM exits (`KVM_RUN` returns).
+    pub exits: u64,
+    /// Time in the guest (inside `KVM_RUN`).
+    pub guest: Duration,
+    /// Time in the VMM (handling exits).
+    pub vmm: Duration,
+    /// `VmHWM` in KiB.
+    pub vm_hwm_kb: u64,
+    /// RSS parts at exit in KiB: anonymous, file, shmem.
+    pub rss_kb: (u64, u64, u64),
+    /// `/proc/PID/maps` at `exit_group`, before the address space went.
+    pub maps_at_exit: String,
+    /// Kernel log lines printed during the run (segfault reports, the OOM report).
+    pub log: Vec<String>,
+}
+
+/// The process the exit loop serves.
+pub struct Proc<'m> {
+    /// The machine.
+    pub m: &'m Machine,
+    /// Its kernel.
+    pub k: &'m Kernel,
+    /// The task table (one process in this scope).
+    pub tasks: TaskTable,
+    /// The running process.
+    pub pid: Pid,
+    /// Its file descriptors.
+    pub fds: FdTable,
+    /// How to run.
+    pub opts: RunOptions,
+    /// Set by `exit_group` or a fatal signal.
+    pub exit: Option<Status>,
+    /// System calls so far.
+    pub syscalls: u64,
+    /// Faults by kind (see [`Outcome::faults_by_kind`]).
+    pub faults_by_kind: [u64; 5],
+    /// The executable's path (`/proc/self/exe`).
+    pub exe: String,
+    /// `argv` (`/proc/self/cmdline`).
+    pub argv: Vec<String>,
+    /// `rt_sigaction`s set, by signal (`struct kernel_sigaction`'s bytes).
+    pub sigactions: Vec<[u8; 32]>,
+    /// The blocked-signal mask.
+    pub sigmask: u64,
+    /// The `sigaltstack` (`stack_t`'s bytes; zero: none).
+    pub sigaltstack: [u8; 24],
+}
+
+impl Proc<'_> {
+    /// The process's address space.
+    pub fn mm(&mut self) -> &mut MmStruct {
+        self.tasks
+            .mm_mut(self.pid)
+            .expect("the running process has an address space")
+    }
+}
+
+/// Install the no-op handler of the signal that kicks a vCPU out of `KVM_RUN` (once).
+fn kick_signal() -> i32 {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let sig = vmm_sys_util::signal::SIGRTMIN() + 1;
+    ONCE.call_once(|| {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        let _ = vmm_sys_util::signal::register_signal_handler(sig, noop);
+    });
+    sig
+}
+
+/// Run `spec` on `vm` to its end.
+pub fn run_program(
+    m: &Machine,
+    vm: &Vm,
+    spec: &ExecSpec<'_>,
+    opts: &RunOptions,
+) -> Result<Outcome> {
+    let k = &m.kernel;
+    let log_from = k.dmesg_since(u64::MAX).1;
+    m.on_cpu(0, |cpu| {
+        let mut tasks = TaskTable::default();
+        let pid = spawn_host(m, &mut tasks, cpu, spec)?;
+        let (entry, sp, pgd) = {
+            let t = tasks.get(pid).expect("just spawned");
+            let mm = t.mm.as_ref().expect("exec'd");
+            (t.entry, t.sp, mm.pt.pgd_pfn())
+        };
+        let mut vcpu = vm.take_vcpu(0)?;
+        vcpu.enter_user(vm, pgd, entry, sp)?;
+        let mut p = Proc {
+            m,
+            k,
+            tasks,
+            pid,
+            fds: FdTable::with_stdio(opts.stdout.as_deref()),
+            opts: opts.clone(),
+            exit: None,
+            syscalls: 0,
+            faults_by_kind: [0; 5],
+            exe: spec.path.to_string(),
+            argv: spec.argv.clone(),
+            sigactions: vec![[0; 32]; 65],
+            sigmask: 0,
+            sigaltstack: [0; 24],
+        };
+        // The timeout: a watchdog marks it and kicks the vCPU thread out of KVM_RUN (again
+        // every 10 ms, in case the kick landed between two runs).
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let watchdog = opts.timeout.map(|t| {
+            let sig = kick_signal();
+            // SAFETY: pthread_self of the calling thread, valid while it lives (the watchdog
+            // is joined before this thread returns).
+            let me = unsafe { libc::pthread_self() };
+            let (timed_out, done) = (timed_out.clone(), done.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + t;
+                while !done.load(Ordering::Acquire) {
+                    if Instant::now() >= deadline {
+                        timed_out.store(true, Ordering::Release);
+                        // SAFETY: signalling a thread that is alive until `done` is set.
+                        unsafe { libc::pthread_kill(me, sig) };
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        });
+        let (mut guest, mut vmm) = (Duration::ZERO, Duration::ZERO);
+        let mut stats = None;
+        let r = (|| -> Result<()> {
+            while p.exit.is_none() {
+                if timed_out.load(Ordering::Acquire) {
+                    p.k.printk(&format!(
+                        "{}[{}]: killed after the --timeout of {:?}",
+                        comm(&p),
+                        p.pid,
+                        opts.timeout.unwrap_or_default()
+                    ));
+                    p.exit = Some(Status::Signaled(SIGKILL));
+                    break;
+                }
+                let t0 = Instant::now();
+                let exit = vcpu.run(vm)?;
+                let t1 = Instant::now();
+                guest += t1 - t0;
+                handle_exit(&mut p, cpu, vm, &mut vcpu, exit)?;
+                if p.exit.is_some() {
+                    // exit_group: what the process looked like before its memory went.
+                    stats = Some(exit_stats(&mut p));
+                }
+                vmm += t1.elapsed();
+            }
+            Ok(())
+        })();
+        done.store(true, Ordering::Release);
+        if let Some(w) = watchdog {
+            let _ = w.join();
+        }
+        let status = p.exit.unwrap_or(Status::Signaled(SIGKILL));
+        let (min_flt, maj_flt, vm_hwm_kb, rss_kb, maps) =
+            stats.unwrap_or_else(|| exit_stats(&mut p));
+        let exits = vcpu.exits;
+        vm.put_vcpu(vcpu);
+        p.fds.close_all();
+        let _ = p.tasks.exit(k, cpu, p.pid, status.code());
+        r?;
+        Ok(Outcome {
+            status,
+            pid,
+            min_flt,
+            maj_flt,
+            faults_by_kind: p.faults_by_kind,
+            syscalls: p.syscalls,
+            exits,
+            guest,
+            vmm,
+            vm_hwm_kb,
+            rss_kb,
+            maps_at_exit: maps,
+            log: k.dmesg_since(log_from).0,
+        })
+    })
+}
+
+type ExitStats = (u64, u64, u64, (u64, u64, u64), String);
+
+fn exit_stats(p: &mut Proc<'_>) -> ExitStats {
+    let t = p.tasks.get(p.pid).expect("the running process");
+    let f = t.fault_counts();
+    let Some(mm) = t.mm.as_ref() else {
+        return (f.min_flt, f.maj_flt, 0, (0, 0, 0), String::new());
+    };
+    let (anon, file, shmem, _) = mmkit::kernel::task::rss_parts(mm);
+    let hwm = mm.hiwater_rss.max(mm.rss()) * 4;
+    (
+        f.min_flt,
+        f.maj_flt,
+        hwm,
+        (anon * 4, file * 4, shmem * 4),
+        mm.proc_maps(),
+    )
+}
+
+fn comm(p: &Proc<'_>) -> String {
+    p.tasks
+        .get(p.pid)
+        .map(|t| t.comm.clone())
+        .unwrap_or_default()
+}
+
+/// Handle one exit.
+fn handle_exit(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    exit: Exit,
+) -> Result<()> {
+    match exit {
+        Exit::Interrupted => Ok(()),
+        Exit::Syscall => {
+            syscall::handle(p, cpu, vm, vcpu)?;
+            Ok(())
+        }
+        Exit::Exception { vector, frame }
+            if vector == X86_TRAP_PF && vm.syscall_entry == SyscallEntry::FaultAtLstar =>
+        {
+            let cr2 = vcpu.cr2()?;
+            if cr2 == vm.entry.lstar && frame[1] == vm.entry.lstar {
+                // SYSCALL that stayed in ring 3: return through the exception frame to
+                // the instruction after it (RCX) with the flags it saved (R11).
+                syscall::handle(p, cpu, vm, vcpu)?;
+                let regs = vcpu.regs()?;
+                let mut f = frame;
+                f[1] = regs.rcx;
+                f[3] = regs.r11;
+                vcpu.set_frame(vm, &f)?;
+                return Ok(());
+            }
+            page_fault(p, cpu, vcpu, cr2, frame)
+        }
+        Exit::Exception { vector, frame } if vector == X86_TRAP_PF => {
+            let cr2 = vcpu.cr2()?;
+            page_fault(p, cpu, vcpu, cr2, frame)
+        }
+        Exit::Exception { vector, frame } => {
+            let sig = match vector {
+                X86_TRAP_DE | X86_TRAP_MF | X86_TRAP_XF => SIGFPE,
+                X86_TRAP_UD => SIGILL,
+                X86_TRAP_DB | X86_TRAP_BP => SIGTRAP,
+                X86_TRAP_AC => SIGBUS,
+                X86_TRAP_GP => SIGSEGV,
+                _ => SIGSEGV,
+            };
+            let name = match vector {
+                X86_TRAP_DE => "divide error",
+                X86_TRAP_UD => "invalid opcode",
+                X86_TRAP_GP => "general protection fault",
+                X86_TRAP_BP => "int3",
+                _ => "trap",
+            };
+            // do_trap's report (show_unhandled_signals).
+            p.k.printk(&format!(
+                "traps: {}[{}] {name} ip:{:x} sp:{:x} error:{:x}",
+                comm(p),
+                p.pid,
+                frame[1],
+                frame[4],
+                frame[0]
+            ));
+            p.exit = Some(Status::Signaled(sig));
+            Ok(())
+        }
+    }
+}
+
+fn page_fault(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vcpu: &mut Vcpu,
+    cr2: u64,
+    frame: [u64; 6],
+) -> Result<()> {
+    let error_code = frame[0] as u32;
+    let k = p.k;
+    let kind_probe = k.pte_lookup(&p.mm().pt, cr2 & !0xfff);
+    let r = k.do_user_addr_fault(
+        cpu,
+        p.mm(),
+        PageFault {
+            address: cr2,
+            error_code,
+        },
+    );
+    let _ = vcpu;
+    match r {
+        Ok(kind) => {
+            p.mm().faults.add(kind);
+            let after = k.pte_lookup(&p.mm().pt, cr2 & !0xfff);
+            let class = classify(k, kind_probe, after, error_code);
+            p.faults_by_kind[class] += 1;
+            if p.opts.trace_faults {
+                const NAMES: [&str; 5] = ["anon", "zero", "file", "cow", "swap"];
+                eprintln!(
+                    "[fault] addr {cr2:#x} ip {:#x} error {error_code:#x} {} {}",
+                    frame[1],
+                    NAMES[class],
+                    if kind == mmkit::mm::memory::FaultKind::Major {
+                        "major"
+                    } else {
+                        "minor"
+                    }
+                );
+            }
+            Ok(())
+        }
+        Err(sig) => {
+            fatal_fault(p, cpu, sig, frame);
+            Ok(())
+        }
+    }
+}
+
+/// What a fault installed: 0 anonymous, 1 zero page, 2 file, 3 copy-on-write, 4 swap-in.
+fn classify(
+    k: &Kernel,
+    before: Option<mmkit::arch::x86_64::pgtable::Pte>,
+    after: Option<mmkit::arch::x86_64::pgtable::Pte>,
+    error_code: u32,
+) -> usize {
+    let before = before.unwrap_or_default();
+    if !before.is_none() && !before.is_present() {
+        return 4;
+    }
+    if before.is_present() && error_code & mmkit::arch::x86_64::tlb::X86_PF_WRITE != 0 {
+        return 3;
+    }
+    match after {
+        Some(a) if a.is_present() && a.pfn() == k.zero_pfn() => 1,
+        Some(a) if a.is_present() => match k.pfn_to_page(a.pfn()) {
+            Some(pg) if mmkit::mm::page::page_anon(pg) => 0,
+            Some(_) => 2,
+            None => 2,
+        },
+        _ => 0,
+    }
+}
+
+/// The default action of the signal a fault raised, with `show_signal_msg`'s line for a
+/// segfault (`prog[pid]: segfault at ADDR ip IP sp SP error E in FILE[START+SIZE]`).
+fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6]) {
+    let ip = frame[1];
+    if sig.signo == SIGSEGV {
+        let vma = p
+            .mm()
+            .vma_lookup(ip)
+            .map(|v| {
+                let name = v
+                    .vm_file
+                    .as_ref()
+                    .map(|f| {
+                        f.inode
+                            .path
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "anon".into());
+                format!(" in {name}[{:x},{:x}]", v.vm_start, v.vm_end - v.vm_start)
+            })
+            .unwrap_or_default();
+        p.k.printk(&format!(
+            "{}[{}]: segfault at {:x} ip {:016x} sp {:016x} error {:x}{vma}",
+            comm(p),
+            p.pid,
+            sig.addr,
+            ip,
+            frame[4],
+            frame[0]
+        ));
+    }
+    if sig.signo == SIGKILL {
+        // VM_FAULT_OOM: pagefault_out_of_memory → the OOM killer picks a victim (here the
+        // only process, which it kills).
+        let gfp = mmkit::gfp::GFP_HIGHUSER_MOVABLE;
+        let _ = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
+    }
+    p.exit = Some(Status::Signaled(sig.signo));
+}
+
+/// Run a whole program and say what became of it; the error when `/dev/kvm` cannot be used
+/// names it.
+pub fn check_kvm() -> Result<()> {
+    super::vm::kvm_usable().map_err(|e| anyhow!("{e} (mmkit exec --maps still works)"))
+}

@@ -1,0 +1,737 @@
+//! File system calls, forwarded to the host (`fs/read_write.c`, `fs/open.c`, `fs/stat.c`,
+//! `fs/namei.c`, `fs/fcntl.c`, `fs/readdir.c`, `fs/ioctl.c`): the guest's descriptors map to
+//! host descriptors the VMM owns; user buffers go through mmkit's `copy_from_user`/
+//! `copy_to_user` in bounded chunks; `/proc` paths open mmkit's own views.
+//!
+//! Coherence with the page cache: a `write` to a regular file is also copied into the
+//! file's cached pages in mmkit (if any), so a mapping of the file sees it, as Linux's
+//! writes go through the page cache; a shared writable mapping's pages reach the host file
+//! by writeback (`msync`, reclaim, exit).
+
+use super::fd::{Fd, FdKind};
+use super::{Proc, SysResult, EBADF, EFAULT, EINVAL, MAX_RW_CHUNK};
+use mmkit::CpuGuard;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// The host's `-errno` of the last failed call.
+fn last_err() -> i64 {
+    -(std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO) as i64)
+}
+
+/// A host call's result as a syscall result.
+fn host(r: i64) -> SysResult {
+    if r < 0 {
+        Err(last_err())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Proc<'_> {
+    /// The host descriptor of guest descriptor `fd` (`EBADF`; `AT_FDCWD` passes through).
+    fn host_fd(&self, fd: i64) -> Result<RawFd, i64> {
+        if fd as i32 == libc::AT_FDCWD {
+            return Ok(libc::AT_FDCWD);
+        }
+        self.fds.get(fd).and_then(|f| f.host()).ok_or(EBADF)
+    }
+
+    /// `write` just went to the host file behind `fd` at `off` (`data`): copy it into the
+    /// pages of that file mmkit has cached, and tell mmkit the file's new size.
+    fn write_through_cache(&mut self, cpu: &CpuGuard<'_>, hfd: RawFd, off: u64, data: &[u8]) {
+        // SAFETY: fstat of our own descriptor into our own struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(hfd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        let Some((inode, host)) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
+            return;
+        };
+        host.set_size(st.st_size as u64);
+        self.k.update_cached_range(cpu, &inode, off, data);
+    }
+}
+
+/// `read(fd, buf, count)`.
+pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, buf, count) = (a[0] as i64, a[1], a[2] as usize);
+    let n = count.min(MAX_RW_CHUNK);
+    let f = p.fds.get_mut(fd).ok_or(EBADF)?;
+    let data = match &mut f.kind {
+        FdKind::Mem { data, pos } => {
+            let end = (*pos + n).min(data.len());
+            let out = data[(*pos).min(end)..end].to_vec();
+            *pos = end;
+            out
+        }
+        FdKind::Host(h) => {
+            let h = std::os::fd::AsRawFd::as_raw_fd(h);
+            let mut tmp = vec![0u8; n];
+            // SAFETY: reading into our own buffer of `n` bytes.
+            let r = host(unsafe { libc::read(h, tmp.as_mut_ptr().cast(), n) } as i64)?;
+            tmp.truncate(r as usize);
+            tmp
+        }
+    };
+    p.write_user(cpu, buf, &data)?;
+    Ok(data.len() as i64)
+}
+
+/// `write(fd, buf, count)`.
+pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, buf, count) = (a[0] as i64, a[1], a[2] as usize);
+    let h = p.host_fd(fd)?;
+    let data = p.read_user(cpu, buf, count.min(MAX_RW_CHUNK))?;
+    // SAFETY: lseek of our own descriptor (to know where the bytes land in the file).
+    let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+    // SAFETY: writing our own buffer.
+    let r = host(unsafe { libc::write(h, data.as_ptr().cast(), data.len()) } as i64)?;
+    if off >= 0 && r > 0 {
+        // An O_APPEND write lands at the end: ask where it ended.
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+        let start = if end >= r as i64 { end - r } else { off };
+        p.write_through_cache(cpu, h, start as u64, &data[..r as usize]);
+    }
+    Ok(r)
+}
+
+/// `pread64`.
+pub fn sys_pread64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, buf, count, off) = (a[0] as i64, a[1], a[2] as usize, a[3] as i64);
+    if off < 0 {
+        return Err(EINVAL);
+    }
+    let n = count.min(MAX_RW_CHUNK);
+    let data = match &p.fds.get(fd).ok_or(EBADF)?.kind {
+        FdKind::Mem { data, .. } => {
+            let s = (off as usize).min(data.len());
+            data[s..(s + n).min(data.len())].to_vec()
+        }
+        FdKind::Host(h) => {
+            let h = std::os::fd::AsRawFd::as_raw_fd(h);
+            let mut tmp = vec![0u8; n];
+            // SAFETY: into our own buffer.
+            let r = host(unsafe { libc::pread(h, tmp.as_mut_ptr().cast(), n, off) } as i64)?;
+            tmp.truncate(r as usize);
+            tmp
+        }
+    };
+    p.write_user(cpu, buf, &data)?;
+    Ok(data.len() as i64)
+}
+
+/// `pwrite64`.
+pub fn sys_pwrite64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, buf, count, off) = (a[0] as i64, a[1], a[2] as usize, a[3] as i64);
+    if off < 0 {
+        return Err(EINVAL);
+    }
+    let h = p.host_fd(fd)?;
+    let data = p.read_user(cpu, buf, count.min(MAX_RW_CHUNK))?;
+    // SAFETY: from our own buffer.
+    let r = host(unsafe { libc::pwrite(h, data.as_ptr().cast(), data.len(), off) } as i64)?;
+    p.write_through_cache(cpu, h, off as u64, &data[..r as usize]);
+    Ok(r)
+}
+
+/// `UIO_MAXIOV`.
+const UIO_MAXIOV: u64 = 1024;
+
+/// The iovecs of `readv`/`writev`.
+fn iovecs(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    iov: u64,
+    cnt: u64,
+) -> Result<Vec<(u64, u64)>, i64> {
+    if cnt > UIO_MAXIOV {
+        return Err(EINVAL);
+    }
+    let raw = p.read_user(cpu, iov, (cnt * 16) as usize)?;
+    Ok(raw
+        .chunks(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().expect("8")),
+                u64::from_le_bytes(c[8..].try_into().expect("8")),
+            )
+        })
+        .collect())
+}
+
+/// `readv`: one `read` per vector until a short one.
+pub fn sys_readv(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let mut total = 0i64;
+    for (base, len) in iovecs(p, cpu, a[1], a[2])? {
+        if len == 0 {
+            continue;
+        }
+        let r = match sys_read(p, cpu, [a[0], base, len, 0, 0, 0]) {
+            Ok(r) => r,
+            Err(e) if total == 0 => return Err(e),
+            Err(_) => break,
+        };
+        total += r;
+        if (r as u64) < len {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// `writev`: the vectors gathered into one host `write` (atomic for a pipe, as Linux's).
+pub fn sys_writev(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.host_fd(a[0] as i64)?;
+    let mut data = Vec::new();
+    for (base, len) in iovecs(p, cpu, a[1], a[2])? {
+        let room = MAX_RW_CHUNK.saturating_sub(data.len());
+        if room == 0 {
+            break;
+        }
+        let chunk = p.read_user(cpu, base, (len as usize).min(room))?;
+        data.extend_from_slice(&chunk);
+    }
+    // SAFETY: lseek of our own descriptor.
+    let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+    // SAFETY: from our own buffer.
+    let r = host(unsafe { libc::write(h, data.as_ptr().cast(), data.len()) } as i64)?;
+    if off >= 0 && r > 0 {
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+        p.write_through_cache(cpu, h, (end - r).max(0) as u64, &data[..r as usize]);
+    }
+    Ok(r)
+}
+
+/// `openat(dirfd, path, flags, mode)`: a `/proc` path opens mmkit's view; anything else the
+/// host file.
+pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (dirfd, flags, mode) = (a[0] as i64, a[2] as i32, a[3] as u32);
+    let path = p.read_path(cpu, a[1])?;
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    if let Some(data) = super::procfs::open(p, cpu, &text)? {
+        let f = Fd {
+            kind: FdKind::Mem { data, pos: 0 },
+            cloexec,
+            path: Some(text),
+        };
+        return p.fds.install(f, 0);
+    }
+    let d = p.host_fd(dirfd)?;
+    // SAFETY: a NUL-terminated path; the new descriptor is owned below.
+    let r = host(unsafe { libc::openat(d, path.as_ptr(), flags | libc::O_CLOEXEC, mode) } as i64)?;
+    // SAFETY: `r` is a fresh descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+    let shown = if text.starts_with('/') || dirfd as i32 != libc::AT_FDCWD {
+        text
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(&text).to_string_lossy().into_owned())
+            .unwrap_or(text)
+    };
+    p.fds.install(
+        Fd {
+            kind: FdKind::Host(owned),
+            cloexec,
+            path: Some(shown),
+        },
+        0,
+    )
+}
+
+/// `close`.
+pub fn sys_close(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    p.fds.close(a[0] as i64).map(|_| 0)
+}
+
+/// `lseek`.
+pub fn sys_lseek(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, off, whence) = (a[0] as i64, a[1] as i64, a[2] as i32);
+    let f = p.fds.get_mut(fd).ok_or(EBADF)?;
+    match &mut f.kind {
+        FdKind::Mem { data, pos } => {
+            let base = match whence {
+                libc::SEEK_SET => 0,
+                libc::SEEK_CUR => *pos as i64,
+                libc::SEEK_END => data.len() as i64,
+                _ => return Err(EINVAL),
+            };
+            let n = base.checked_add(off).filter(|&n| n >= 0).ok_or(EINVAL)?;
+            *pos = n as usize;
+            Ok(n)
+        }
+        FdKind::Host(h) => {
+            let h = std::os::fd::AsRawFd::as_raw_fd(h);
+            // SAFETY: lseek of our own descriptor.
+            host(unsafe { libc::lseek(h, off, whence) })
+        }
+    }
+}
+
+/// A `struct stat` for a generated file: a regular file of its length.
+fn mem_stat(len: usize) -> libc::stat {
+    // SAFETY: zeroed stat is valid plain data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_mode = libc::S_IFREG | 0o444;
+    st.st_nlink = 1;
+    st.st_size = 0; // as /proc files report
+    st.st_blksize = 4096;
+    let _ = len;
+    st
+}
+
+fn copy_stat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, addr: u64, st: &libc::stat) -> SysResult {
+    // SAFETY: plain data.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            st as *const _ as *const u8,
+            std::mem::size_of::<libc::stat>(),
+        )
+    };
+    p.write_user(cpu, addr, bytes)?;
+    Ok(0)
+}
+
+/// `fstat`.
+pub fn sys_fstat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let f = p.fds.get(a[0] as i64).ok_or(EBADF)?;
+    let st = match &f.kind {
+        FdKind::Mem { data, .. } => mem_stat(data.len()),
+        FdKind::Host(h) => {
+            let h = std::os::fd::AsRawFd::as_raw_fd(h);
+            // SAFETY: fstat into our own struct.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            host(unsafe { libc::fstat(h, &mut st) } as i64)?;
+            st
+        }
+    };
+    copy_stat(p, cpu, a[1], &st)
+}
+
+/// `newfstatat(dirfd, path, buf, flags)` (and `stat`, `lstat`).
+pub fn sys_newfstatat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (dirfd, flags) = (a[0] as i64, a[3] as i32);
+    let path = p.read_path(cpu, a[1])?;
+    if path.as_bytes().is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+        return sys_fstat(p, cpu, [a[0], a[2], 0, 0, 0, 0]);
+    }
+    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    if let Some(data) = super::procfs::open(p, cpu, &text)? {
+        return copy_stat(p, cpu, a[2], &mem_stat(data.len()));
+    }
+    let d = p.host_fd(dirfd)?;
+    // SAFETY: fstatat into our own struct with a NUL-terminated path.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    host(unsafe { libc::fstatat(d, path.as_ptr(), &mut st, flags) } as i64)?;
+    copy_stat(p, cpu, a[2], &st)
+}
+
+/// `statx(dirfd, path, flags, mask, buf)`.
+pub fn sys_statx(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (dirfd, flags, mask) = (a[0] as i64, a[2] as i32, a[3] as u32);
+    let path = p.read_path(cpu, a[1])?;
+    let mut buf = [0u8; 256];
+    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    let d = if path.as_bytes().is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+        match p.fds.get(dirfd) {
+            Some(f) if f.host().is_none() => return Err(-(libc::ENOSYS as i64)),
+            _ => p.host_fd(dirfd)?,
+        }
+    } else if super::procfs::open(p, cpu, &text)?.is_some() {
+        // Let the caller fall back to fstat/newfstatat, which know generated files.
+        return Err(-(libc::ENOSYS as i64));
+    } else {
+        p.host_fd(dirfd)?
+    };
+    // SAFETY: statx into our own 256-byte buffer (sizeof(struct statx)).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            d,
+            path.as_ptr(),
+            flags,
+            mask,
+            buf.as_mut_ptr(),
+        )
+    };
+    host(r)?;
+    p.write_user(cpu, a[4], &buf)?;
+    Ok(0)
+}
+
+/// `faccessat2(dirfd, path, mode, flags)` (and `access`, `faccessat`).
+pub fn sys_faccessat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[1])?;
+    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    if super::procfs::open(p, cpu, &text)?.is_some() {
+        return Ok(0);
+    }
+    let d = p.host_fd(a[0] as i64)?;
+    // SAFETY: a NUL-terminated path.
+    host(unsafe { libc::faccessat(d, path.as_ptr(), a[2] as i32, a[3] as i32) } as i64)
+}
+
+/// `dup`.
+pub fn sys_dup(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let f = p.fds.dup_of(a[0] as i64)?;
+    p.fds.install(f, 0)
+}
+
+/// `dup3(old, new, flags)` (and `dup2`, where `old == new` is not an error).
+pub fn sys_dup3(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6], dup2: bool) -> SysResult {
+    let (old, new, flags) = (a[0] as i64, a[1] as i64, a[2] as i32);
+    if flags & !libc::O_CLOEXEC != 0 || new < 0 {
+        return Err(EINVAL);
+    }
+    if old == new {
+        return if dup2 && p.fds.get(old).is_some() {
+            Ok(new)
+        } else if dup2 {
+            Err(EBADF)
+        } else {
+            Err(EINVAL)
+        };
+    }
+    let mut f = p.fds.dup_of(old)?;
+    f.cloexec = flags & libc::O_CLOEXEC != 0;
+    p.fds.install_at(new as usize, f)?;
+    Ok(new)
+}
+
+/// `fcntl`.
+pub fn sys_fcntl(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, cmd, arg) = (a[0] as i64, a[1] as i32, a[2]);
+    match cmd {
+        libc::F_GETFD => Ok(i64::from(p.fds.get(fd).ok_or(EBADF)?.cloexec)),
+        libc::F_SETFD => {
+            p.fds.get_mut(fd).ok_or(EBADF)?.cloexec = arg & libc::FD_CLOEXEC as u64 != 0;
+            Ok(0)
+        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let mut f = p.fds.dup_of(fd)?;
+            f.cloexec = cmd == libc::F_DUPFD_CLOEXEC;
+            p.fds.install(f, arg as usize)
+        }
+        _ => {
+            let f = p.fds.get(fd).ok_or(EBADF)?;
+            match f.host() {
+                // F_GETFL, F_SETFL, locks on numbers: the host's.
+                Some(h) if matches!(cmd, libc::F_GETFL | libc::F_SETFL) => {
+                    // SAFETY: fcntl with an integer argument on our own descriptor.
+                    host(unsafe { libc::fcntl(h, cmd, arg as libc::c_long) } as i64)
+                }
+                Some(_) => Err(EINVAL),
+                None if cmd == libc::F_GETFL => Ok(libc::O_RDONLY as i64),
+                None => Err(EINVAL),
+            }
+        }
+    }
+}
+
+/// `ioctl`: the terminal queries programs make (`TCGETS`, `TIOCGWINSZ`, `TIOCGPGRP`,
+/// `FIONREAD`), forwarded with their argument structure copied; others are `ENOTTY`.
+pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, req, arg) = (a[0] as i64, a[1], a[2]);
+    let h = match p.fds.get(fd).ok_or(EBADF)?.host() {
+        Some(h) => h,
+        None => return Err(-(libc::ENOTTY as i64)),
+    };
+    let size = match req {
+        r if r == libc::TCGETS => std::mem::size_of::<libc::termios>(),
+        r if r == libc::TIOCGWINSZ => std::mem::size_of::<libc::winsize>(),
+        r if r == libc::TIOCGPGRP || r == libc::FIONREAD => 4,
+        _ => return Err(-(libc::ENOTTY as i64)),
+    };
+    let mut buf = vec![0u8; size];
+    // SAFETY: a read-only query filling `size` bytes of our own buffer.
+    host(unsafe { libc::ioctl(h, req as _, buf.as_mut_ptr()) } as i64)?;
+    p.write_user(cpu, arg, &buf)?;
+    Ok(0)
+}
+
+/// `fsync`/`fdatasync`.
+pub fn sys_fsync(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    match p.fds.get(a[0] as i64).ok_or(EBADF)?.host() {
+        // SAFETY: fsync of our own descriptor.
+        Some(h) => host(unsafe { libc::fsync(h) } as i64),
+        None => Err(EINVAL),
+    }
+}
+
+/// `ftruncate`.
+pub fn sys_ftruncate(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.host_fd(a[0] as i64)?;
+    // SAFETY: ftruncate of our own descriptor.
+    host(unsafe { libc::ftruncate(h, a[1] as i64) } as i64)?;
+    p.write_through_cache(cpu, h, a[1], &[]);
+    Ok(0)
+}
+
+/// `getcwd`.
+pub fn sys_getcwd(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let cwd = std::env::current_dir().map_err(|_| -(libc::ENOENT as i64))?;
+    let mut b = cwd.to_string_lossy().into_owned().into_bytes();
+    b.push(0);
+    if b.len() as u64 > a[1] {
+        return Err(-(libc::ERANGE as i64));
+    }
+    p.write_user(cpu, a[0], &b)?;
+    Ok(b.len() as i64)
+}
+
+/// `chdir`: the VMM's own working directory is the process's.
+pub fn sys_chdir(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[0])?;
+    // SAFETY: a NUL-terminated path.
+    host(unsafe { libc::chdir(path.as_ptr()) } as i64)
+}
+
+/// `renameat2(olddir, old, newdir, new, flags)`.
+pub fn sys_renameat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let old = p.read_path(cpu, a[1])?;
+    let new = p.read_path(cpu, a[3])?;
+    let (od, nd) = (p.host_fd(a[0] as i64)?, p.host_fd(a[2] as i64)?);
+    // SAFETY: NUL-terminated paths.
+    host(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            od,
+            old.as_ptr(),
+            nd,
+            new.as_ptr(),
+            a[4],
+        )
+    })
+}
+
+/// `mkdirat`.
+pub fn sys_mkdirat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[1])?;
+    let d = p.host_fd(a[0] as i64)?;
+    // SAFETY: a NUL-terminated path.
+    host(unsafe { libc::mkdirat(d, path.as_ptr(), a[2] as u32) } as i64)
+}
+
+/// `unlinkat` (and `unlink`, `rmdir`).
+pub fn sys_unlinkat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[1])?;
+    let d = p.host_fd(a[0] as i64)?;
+    // SAFETY: a NUL-terminated path.
+    host(unsafe { libc::unlinkat(d, path.as_ptr(), a[2] as i32) } as i64)
+}
+
+/// `readlinkat` (and `readlink`): `/proc/self/exe` is the program mmkit exec'd.
+pub fn sys_readlinkat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[1])?;
+    let (buf, size) = (a[2], a[3] as usize);
+    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    if let Some(target) = super::procfs::readlink(p, &text) {
+        let b = target.as_bytes();
+        let n = b.len().min(size);
+        p.write_user(cpu, buf, &b[..n])?;
+        return Ok(n as i64);
+    }
+    let d = p.host_fd(a[0] as i64)?;
+    let mut tmp = vec![0u8; size.min(super::PATH_MAX)];
+    // SAFETY: into our own buffer.
+    let r = host(
+        unsafe { libc::readlinkat(d, path.as_ptr(), tmp.as_mut_ptr().cast(), tmp.len()) } as i64,
+    )?;
+    p.write_user(cpu, buf, &tmp[..r as usize])?;
+    Ok(r)
+}
+
+/// `getdents64(fd, dirp, count)`.
+pub fn sys_getdents64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.host_fd(a[0] as i64)?;
+    let mut tmp = vec![0u8; (a[2] as usize).min(MAX_RW_CHUNK)];
+    // SAFETY: into our own buffer of its length.
+    let r = host(unsafe { libc::syscall(libc::SYS_getdents64, h, tmp.as_mut_ptr(), tmp.len()) })?;
+    p.write_user(cpu, a[1], &tmp[..r as usize])?;
+    Ok(r)
+}
+
+/// `statfs`.
+pub fn sys_statfs(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[0])?;
+    // SAFETY: into our own struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    host(unsafe { libc::statfs(path.as_ptr(), &mut st) } as i64)?;
+    // SAFETY: plain data.
+    let b = unsafe {
+        std::slice::from_raw_parts(
+            &st as *const _ as *const u8,
+            std::mem::size_of::<libc::statfs>(),
+        )
+    };
+    p.write_user(cpu, a[1], b)?;
+    Ok(0)
+}
+
+/// `fstatfs`.
+pub fn sys_fstatfs(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.host_fd(a[0] as i64)?;
+    // SAFETY: into our own struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    host(unsafe { libc::fstatfs(h, &mut st) } as i64)?;
+    // SAFETY: plain data.
+    let b = unsafe {
+        std::slice::from_raw_parts(
+            &st as *const _ as *const u8,
+            std::mem::size_of::<libc::statfs>(),
+        )
+    };
+    p.write_user(cpu, a[1], b)?;
+    Ok(0)
+}
+
+/// `fadvise64`: advice only; checked and accepted.
+pub fn sys_fadvise64(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    p.host_fd(a[0] as i64)?;
+    if a[3] > 5 {
+        return Err(EINVAL);
+    }
+    Ok(0)
+}
+
+/// `pipe2(fds, flags)`: a host pipe (the next issue gives pipes mmkit's pages).
+pub fn sys_pipe2(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let flags = a[1] as i32;
+    let mut ends = [0i32; 2];
+    // SAFETY: into our own array; both descriptors are owned below.
+    host(unsafe {
+        libc::pipe2(
+            ends.as_mut_ptr(),
+            (flags & !libc::O_CLOEXEC) | libc::O_CLOEXEC,
+        )
+    } as i64)?;
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let mut out = [0i32; 2];
+    for (i, &e) in ends.iter().enumerate() {
+        // SAFETY: fresh descriptors nobody else owns.
+        let f = Fd {
+            kind: FdKind::Host(unsafe { OwnedFd::from_raw_fd(e) }),
+            cloexec,
+            path: None,
+        };
+        out[i] = p.fds.install(f, 0)? as i32;
+    }
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&out[0].to_le_bytes());
+    b[4..].copy_from_slice(&out[1].to_le_bytes());
+    if p.write_user(cpu, a[0], &b).is_err() {
+        let _ = p.fds.close(out[0] as i64);
+        let _ = p.fds.close(out[1] as i64);
+        return Err(EFAULT);
+    }
+    Ok(0)
+}
+
+/// `poll(fds, nfds, timeout)` on host descriptors.
+pub fn sys_poll(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (ufds, nfds, timeout) = (a[0], a[1] as usize, a[2] as i32);
+    if nfds > super::fd::NR_OPEN_DEFAULT {
+        return Err(EINVAL);
+    }
+    let raw = p.read_user(cpu, ufds, nfds * 8)?;
+    let mut pfds: Vec<libc::pollfd> = raw
+        .chunks(8)
+        .map(|c| {
+            let fd = i32::from_le_bytes(c[..4].try_into().expect("4"));
+            libc::pollfd {
+                fd: p.fds.get(fd as i64).and_then(|f| f.host()).unwrap_or(-1),
+                events: i16::from_le_bytes(c[4..6].try_into().expect("2")),
+                revents: 0,
+            }
+        })
+        .collect();
+    // SAFETY: our own array of `nfds` pollfds.
+    let r = host(unsafe { libc::poll(pfds.as_mut_ptr(), nfds as u64, timeout) } as i64)?;
+    let mut out = raw.clone();
+    for (i, pf) in pfds.iter().enumerate() {
+        out[i * 8 + 6..i * 8 + 8].copy_from_slice(&pf.revents.to_le_bytes());
+    }
+    p.write_user(cpu, ufds, &out)?;
+    Ok(r)
+}
+
+/// `getxattr`/`lgetxattr`/`fgetxattr`/`listxattr`/`llistxattr`/`flistxattr`, forwarded.
+pub fn sys_xattr(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> SysResult {
+    const XATTR_NAME_MAX: usize = 255;
+    const XATTR_SIZE_MAX: usize = 65536;
+    let list = matches!(nr, 194..=196);
+    let by_fd = matches!(nr, 193 | 196);
+    let (buf, size) = if list { (a[1], a[2]) } else { (a[2], a[3]) };
+    let size = (size as usize).min(XATTR_SIZE_MAX);
+    let mut out = vec![0u8; size];
+    let name = if list {
+        None
+    } else {
+        let n = p.read_cstr(cpu, a[1], XATTR_NAME_MAX + 1)?;
+        Some(std::ffi::CString::new(n).map_err(|_| EINVAL)?)
+    };
+    let target = if by_fd {
+        (None, Some(p.host_fd(a[0] as i64)?))
+    } else {
+        (Some(p.read_path(cpu, a[0])?), None)
+    };
+    let dst = if size == 0 {
+        std::ptr::null_mut()
+    } else {
+        out.as_mut_ptr().cast()
+    };
+    // SAFETY: NUL-terminated names and paths; `dst` is our buffer of `size` bytes (or null
+    // with size 0, the size query).
+    let r = unsafe {
+        match (nr, &target, &name) {
+            (191, (Some(path), _), Some(n)) => libc::getxattr(path.as_ptr(), n.as_ptr(), dst, size),
+            (192, (Some(path), _), Some(n)) => {
+                libc::lgetxattr(path.as_ptr(), n.as_ptr(), dst, size)
+            }
+            (193, (_, Some(fd)), Some(n)) => libc::fgetxattr(*fd, n.as_ptr(), dst, size),
+            (194, (Some(path), _), _) => libc::listxattr(path.as_ptr(), dst.cast(), size),
+            (195, (Some(path), _), _) => libc::llistxattr(path.as_ptr(), dst.cast(), size),
+            (196, (_, Some(fd)), _) => libc::flistxattr(*fd, dst.cast(), size),
+            _ => return Err(EINVAL),
+        }
+    };
+    let r = host(r as i64)?;
+    if size > 0 {
+        p.write_user(cpu, buf, &out[..r as usize])?;
+    }
+    Ok(r)
+}
+
+/// `socket`: a host socket (name lookups talk to local daemons).
+pub fn sys_socket(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let ty = a[1] as i32;
+    // SAFETY: socket with integer arguments; the descriptor is owned below.
+    let r =
+        host(unsafe { libc::socket(a[0] as i32, ty | libc::SOCK_CLOEXEC, a[2] as i32) } as i64)?;
+    // SAFETY: fresh descriptor.
+    let owned = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+    p.fds.install(
+        Fd {
+            kind: FdKind::Host(owned),
+            cloexec: ty & libc::SOCK_CLOEXEC != 0,
+            path: None,
+        },
+        0,
+    )
+}
+
+/// `connect`: the address copied in (at most `sizeof(struct sockaddr_storage)`).
+pub fn sys_connect(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.host_fd(a[0] as i64)?;
+    let len = a[2] as usize;
+    if len > std::mem::size_of::<libc::sockaddr_storage>() {
+        return Err(EINVAL);
+    }
+    let addr = p.read_user(cpu, a[1], len)?;
+    // SAFETY: `addr` holds `len` bytes of the guest's sockaddr.
+    host(unsafe { libc::connect(h, addr.as_ptr().cast(), len as u32) } as i64)
+}

@@ -1,0 +1,344 @@
+//! The rest a single-threaded program needs (`kernel/sys.c`, `kernel/time/`, `kernel/signal.c`,
+//! `arch/x86/kernel/process_64.c`'s `arch_prctl`, `kernel/futex/`): exit, identity and time
+//! (the host's), the FS/GS base, and the signal and futex calls as far as one thread with no
+//! handler running needs them (handlers are the next issue's).
+
+use super::super::process::Status;
+use super::super::vcpu::Vcpu;
+use super::{Proc, SysResult, EFAULT, EINVAL};
+use mmkit::CpuGuard;
+
+fn host(r: i64) -> SysResult {
+    if r < 0 {
+        Err(-(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as i64))
+    } else {
+        Ok(r)
+    }
+}
+
+fn bytes_of<T>(v: &T) -> &[u8] {
+    // SAFETY: a plain-data value viewed as its bytes for copying out.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+/// `exit`/`exit_group`: the process ends with `status & 0xff`.
+pub fn sys_exit_group(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    p.exit = Some(Status::Exited((a[0] & 0xff) as i32));
+    Ok(0)
+}
+
+/// `uname`: the host's, as the program would see natively.
+pub fn sys_uname(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    // SAFETY: into our own struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    host(unsafe { libc::uname(&mut u) } as i64)?;
+    p.write_user(cpu, a[0], bytes_of(&u))?;
+    Ok(0)
+}
+
+/// `umask`: the VMM's umask is the process's.
+pub fn sys_umask(_p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    // SAFETY: umask cannot fail.
+    Ok(unsafe { libc::umask((a[0] & 0o777) as libc::mode_t) } as i64)
+}
+
+/// `gettimeofday`.
+pub fn sys_gettimeofday(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: into our own struct.
+    host(unsafe { libc::gettimeofday(&mut tv, std::ptr::null_mut()) } as i64)?;
+    if a[0] != 0 {
+        p.write_user(cpu, a[0], bytes_of(&tv))?;
+    }
+    if a[1] != 0 {
+        p.write_user(cpu, a[1], &[0u8; 8])?;
+    }
+    Ok(0)
+}
+
+/// `time`.
+pub fn sys_time(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    // SAFETY: time with a null pointer cannot fail.
+    let t = unsafe { libc::time(std::ptr::null_mut()) };
+    if a[0] != 0 {
+        p.write_user(cpu, a[0], &t.to_le_bytes())?;
+    }
+    Ok(t)
+}
+
+/// `clock_gettime`.
+pub fn sys_clock_gettime(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: into our own struct; an invalid clock id is the host's EINVAL.
+    host(unsafe { libc::clock_gettime(a[0] as libc::clockid_t, &mut ts) } as i64)?;
+    p.write_user(cpu, a[1], bytes_of(&ts))?;
+    Ok(0)
+}
+
+/// `clock_getres`.
+pub fn sys_clock_getres(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: into our own struct.
+    host(unsafe { libc::clock_getres(a[0] as libc::clockid_t, &mut ts) } as i64)?;
+    if a[1] != 0 {
+        p.write_user(cpu, a[1], bytes_of(&ts))?;
+    }
+    Ok(0)
+}
+
+fn read_timespec(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, addr: u64) -> Result<libc::timespec, i64> {
+    let b = p.read_user(cpu, addr, 16)?;
+    let ts = libc::timespec {
+        tv_sec: i64::from_le_bytes(b[..8].try_into().expect("8")),
+        tv_nsec: i64::from_le_bytes(b[8..].try_into().expect("8")),
+    };
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return Err(EINVAL);
+    }
+    Ok(ts)
+}
+
+/// `nanosleep` (the vCPU's thread sleeps; nothing else runs on it meanwhile).
+pub fn sys_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let ts = read_timespec(p, cpu, a[0])?;
+    std::thread::sleep(std::time::Duration::new(
+        ts.tv_sec as u64,
+        ts.tv_nsec as u32,
+    ));
+    Ok(0)
+}
+
+/// `clock_nanosleep(clock, flags, req, rem)`.
+pub fn sys_clock_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let ts = read_timespec(p, cpu, a[2])?;
+    let rem = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut rem = rem;
+    // SAFETY: our own structs; the host sleeps this thread.
+    let r = unsafe { libc::clock_nanosleep(a[0] as libc::clockid_t, a[1] as i32, &ts, &mut rem) };
+    if r != 0 {
+        return Err(-(r as i64));
+    }
+    Ok(0)
+}
+
+/// `getrandom`: the host's entropy, up to a page per call (short counts are allowed).
+pub fn sys_getrandom(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let n = (a[1] as usize).min(4096);
+    let mut b = vec![0u8; n];
+    // SAFETY: into our own buffer.
+    let r = host(unsafe { libc::getrandom(b.as_mut_ptr().cast(), n, a[2] as u32) } as i64)?;
+    p.write_user(cpu, a[0], &b[..r as usize])?;
+    Ok(r)
+}
+
+/// `rt_sigaction`: remembered (a handler runs once signals are delivered, in the next
+/// issue); the old action reads back as set.
+pub fn sys_rt_sigaction(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (sig, act, oact, size) = (a[0] as usize, a[1], a[2], a[3]);
+    if !(1..=64).contains(&sig) || sig == 9 || sig == 19 && act != 0 || size != 8 {
+        return Err(EINVAL);
+    }
+    if oact != 0 {
+        let old = p.sigactions.get(sig).copied().unwrap_or([0; 32]);
+        p.write_user(cpu, oact, &old)?;
+    }
+    if act != 0 {
+        let new: [u8; 32] = p.read_user(cpu, act, 32)?.try_into().map_err(|_| EFAULT)?;
+        p.sigactions[sig] = new;
+    }
+    Ok(0)
+}
+
+/// `rt_sigprocmask`: the mask is kept (nothing is delivered yet).
+pub fn sys_rt_sigprocmask(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (how, set, oset, size) = (a[0] as i32, a[1], a[2], a[3]);
+    if size != 8 {
+        return Err(EINVAL);
+    }
+    if oset != 0 {
+        let m = p.sigmask;
+        p.write_user(cpu, oset, &m.to_le_bytes())?;
+    }
+    if set != 0 {
+        let s = p.read_u64(cpu, set)? & !((1 << 8) | (1 << 18)); // SIGKILL, SIGSTOP
+        p.sigmask = match how {
+            libc::SIG_BLOCK => p.sigmask | s,
+            libc::SIG_UNBLOCK => p.sigmask & !s,
+            libc::SIG_SETMASK => s,
+            _ => return Err(EINVAL),
+        };
+    }
+    Ok(0)
+}
+
+/// `sigaltstack`: kept; reported back.
+pub fn sys_sigaltstack(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    const SS_DISABLE: u32 = 2;
+    if a[1] != 0 {
+        let old = if p.sigaltstack == [0; 24] {
+            let mut d = [0u8; 24];
+            d[8..12].copy_from_slice(&SS_DISABLE.to_le_bytes());
+            d
+        } else {
+            p.sigaltstack
+        };
+        p.write_user(cpu, a[1], &old)?;
+    }
+    if a[0] != 0 {
+        p.sigaltstack = p.read_user(cpu, a[0], 24)?.try_into().map_err(|_| EFAULT)?;
+    }
+    Ok(0)
+}
+
+/// `arch_prctl`: `ARCH_SET_FS`/`ARCH_GET_FS`/`ARCH_SET_GS`/`ARCH_GET_GS`, the segment bases in
+/// the vCPU's registers.
+pub fn sys_arch_prctl(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vcpu: &mut Vcpu,
+    a: [u64; 6],
+) -> SysResult {
+    const ARCH_SET_GS: u64 = 0x1001;
+    const ARCH_SET_FS: u64 = 0x1002;
+    const ARCH_GET_FS: u64 = 0x1003;
+    const ARCH_GET_GS: u64 = 0x1004;
+    let (code, addr) = (a[0], a[1]);
+    let mut s = vcpu.sregs().map_err(|_| EINVAL)?;
+    match code {
+        ARCH_SET_FS | ARCH_SET_GS => {
+            if addr >= mmkit::mm::mm_types::TASK_SIZE {
+                return Err(-(libc::EPERM as i64));
+            }
+            if code == ARCH_SET_FS {
+                s.fs.base = addr;
+            } else {
+                s.gs.base = addr;
+            }
+            vcpu.set_sregs(&s).map_err(|_| EINVAL)?;
+            Ok(0)
+        }
+        ARCH_GET_FS | ARCH_GET_GS => {
+            let v = if code == ARCH_GET_FS {
+                s.fs.base
+            } else {
+                s.gs.base
+            };
+            p.write_user(cpu, addr, &v.to_le_bytes())?;
+            Ok(0)
+        }
+        _ => Err(EINVAL),
+    }
+}
+
+/// `prctl`: `PR_SET_NAME`/`PR_GET_NAME` (the task's `comm`); the rest `EINVAL`.
+pub fn sys_prctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    const PR_SET_NAME: u64 = 15;
+    const PR_GET_NAME: u64 = 16;
+    match a[0] {
+        PR_SET_NAME => {
+            let name = p.read_cstr(cpu, a[1], 16).or_else(|e| {
+                if e == -(libc::ENAMETOOLONG as i64) {
+                    p.read_user(cpu, a[1], 15)
+                } else {
+                    Err(e)
+                }
+            })?;
+            let n = String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned();
+            if let Some(t) = p.tasks.get_mut(p.pid) {
+                t.comm = n;
+            }
+            Ok(0)
+        }
+        PR_GET_NAME => {
+            let mut b = [0u8; 16];
+            if let Some(t) = p.tasks.get(p.pid) {
+                let c = t.comm.as_bytes();
+                b[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
+            }
+            p.write_user(cpu, a[1], &b)?;
+            Ok(0)
+        }
+        _ => Err(EINVAL),
+    }
+}
+
+/// `sched_getaffinity`: the machine's CPUs.
+pub fn sys_sched_getaffinity(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let len = a[1] as usize;
+    let n = p.k.nr_cpus();
+    let bytes = n.div_ceil(64) * 8;
+    if len < bytes || !len.is_multiple_of(8) {
+        return Err(EINVAL);
+    }
+    let mut mask = vec![0u8; bytes];
+    for c in 0..n {
+        mask[c / 8] |= 1 << (c % 8);
+    }
+    p.write_user(cpu, a[2], &mask)?;
+    Ok(bytes as i64)
+}
+
+/// `futex`: with one thread, `FUTEX_WAIT` on a value that matches would sleep forever and
+/// `FUTEX_WAKE` wakes nobody; the value check is done as Linux does it.
+pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    const FUTEX_WAIT: u64 = 0;
+    const FUTEX_WAKE: u64 = 1;
+    const FUTEX_WAIT_BITSET: u64 = 9;
+    const FUTEX_WAKE_BITSET: u64 = 10;
+    let op = a[1] & 0x7f;
+    match op {
+        FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
+        FUTEX_WAIT | FUTEX_WAIT_BITSET => {
+            let b = p.read_user(cpu, a[0], 4)?;
+            if u32::from_le_bytes(b.try_into().expect("4")) != a[2] as u32 {
+                return Err(-(libc::EAGAIN as i64));
+            }
+            // Nobody else can wake us: this is a deadlock in the program.
+            Err(-(libc::EDEADLK as i64))
+        }
+        _ => Err(-(libc::ENOSYS as i64)),
+    }
+}
+
+/// `kill`/`tkill`/`tgkill` to itself: the signal's default action (handlers come with the
+/// next issue); to others, `ESRCH`.
+pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> SysResult {
+    let (target, sig) = match nr {
+        234 => (a[1] as i64, a[2] as i32),
+        _ => (a[0] as i64, a[1] as i32),
+    };
+    if !(0..=64).contains(&sig) {
+        return Err(EINVAL);
+    }
+    let me = p.pid as i64;
+    if target != me && !(nr == 62 && (target == 0 || target == -1)) {
+        return Err(-(libc::ESRCH as i64));
+    }
+    if sig == 0 {
+        return Ok(0);
+    }
+    // Default actions: these are ignored, the rest terminate.
+    const IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT];
+    let handled = p
+        .sigactions
+        .get(sig as usize)
+        .is_some_and(|s| s[..8] != [0; 8]);
+    if !IGNORED.contains(&sig) && !handled {
+        p.exit = Some(Status::Signaled(sig));
+    }
+    Ok(0)
+}

@@ -1,0 +1,101 @@
+//! `/proc` seen from inside: a program that opens `/proc/self/maps`, `/proc/meminfo` and the
+//! like reads mmkit's views (generated when opened, as `seq_file`s are), so `cat
+//! /proc/meminfo`, `free` or `grep VmRSS /proc/self/status` run on mmkit report mmkit. Paths
+//! that are not memory views (`/proc/cpuinfo`, `/proc/sys/...`) are the host's.
+
+use super::Proc;
+use mmkit::fs::proc;
+use mmkit::CpuGuard;
+
+/// The clock ticks per second `/proc/PID/stat` counts in (`USER_HZ`).
+const USER_HZ: u64 = 100;
+
+/// What `/proc/PID/...` names: our pid or `self`.
+fn own_pid_path<'a>(p: &Proc<'_>, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (who, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let ours = who == "self" || who == "thread-self" || who.parse::<u32>().ok() == Some(p.pid);
+    ours.then_some(tail)
+}
+
+/// The contents of `/proc` file `path` if it is one of mmkit's views, generated now.
+pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<Vec<u8>>, i64> {
+    let k = p.k;
+    if let Some(tail) = own_pid_path(p, path) {
+        let t = p.tasks.get(p.pid).ok_or(-(libc::ESRCH as i64))?;
+        let text = match tail {
+            "maps" => t.mm.as_ref().map(proc::task_mmu::proc_pid_maps),
+            "smaps" => {
+                t.mm.as_ref()
+                    .map(|mm| proc::task_mmu::proc_pid_smaps(k, mm))
+            }
+            "status" => Some(proc::array::proc_pid_status(k, t)),
+            "statm" => Some(proc::array::proc_pid_statm(t)),
+            "stat" => Some(proc::array::proc_pid_stat(t, times())),
+            "oom_score" => Some(proc::array::proc_pid_oom_score(k, t)),
+            "oom_score_adj" => Some(proc::array::proc_pid_oom_score_adj(t)),
+            "comm" => Some(format!("{}\n", t.comm)),
+            "cmdline" => {
+                let mut b = Vec::new();
+                for a in &p.argv {
+                    b.extend_from_slice(a.as_bytes());
+                    b.push(0);
+                }
+                return Ok(Some(b));
+            }
+            _ => None,
+        };
+        return Ok(text.map(String::into_bytes));
+    }
+    let text = match path {
+        "/proc/meminfo" => proc::meminfo::meminfo(k),
+        "/proc/vmstat" => proc::vmstat::vmstat(k),
+        "/proc/buddyinfo" => proc::buddyinfo::buddyinfo(k),
+        "/proc/pagetypeinfo" => proc::buddyinfo::pagetypeinfo(k),
+        "/proc/zoneinfo" => proc::zoneinfo::zoneinfo(k),
+        "/proc/slabinfo" => k.proc_slabinfo(),
+        "/proc/vmallocinfo" => k.proc_vmallocinfo(),
+        "/proc/swaps" => k.proc_swaps(),
+        "/proc/iomem" => proc::iomem::iomem(k),
+        _ => return Ok(None),
+    };
+    Ok(Some(text.into_bytes()))
+}
+
+/// The target of a `/proc` symbolic link that is ours (`/proc/self/exe`, `/proc/self/fd/N`).
+pub fn readlink(p: &Proc<'_>, path: &str) -> Option<String> {
+    let tail = own_pid_path(p, path)?;
+    if tail == "exe" {
+        return Some(
+            std::fs::canonicalize(&p.exe)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.exe.clone()),
+        );
+    }
+    let n: i64 = tail.strip_prefix("fd/")?.parse().ok()?;
+    let f = p.fds.get(n)?;
+    Some(f.path.clone().unwrap_or_else(|| {
+        match f.host() {
+            Some(h) => std::fs::read_link(format!("/proc/self/fd/{h}"))
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            None => String::new(),
+        }
+    }))
+}
+
+/// The calling (vCPU) thread's CPU times and the process's start, in clock ticks.
+fn times() -> proc::array::TaskTimes {
+    // SAFETY: into our own struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let ticks =
+        |tv: libc::timeval| tv.tv_sec as u64 * USER_HZ + tv.tv_usec as u64 * USER_HZ / 1_000_000;
+    proc::array::TaskTimes {
+        utime: ticks(ru.ru_utime),
+        stime: ticks(ru.ru_stime),
+        start_time: 0,
+        // SAFETY: sched_getcpu has no preconditions.
+        processor: unsafe { libc::sched_getcpu() }.max(0) as u32,
+    }
+}

@@ -1,0 +1,317 @@
+//! One virtual CPU: put in 64-bit long mode directly in ring 3 on the library's GDT, IDT and
+//! TSS, with CR3 on an mmkit address space; run until the next exit, decoded into what the
+//! kernel handles: an exception (vector, and the frame the CPU pushed on the entry stack), a
+//! system call, or an interruption by the host.
+//!
+//! Registers come with each exit through `KVM_CAP_SYNC_REGS` where KVM offers it (no ioctl
+//! on the exit path), or through `KVM_GET_REGS`/`KVM_GET_SREGS` otherwise; changes go back
+//! the same way (marked dirty for the next `KVM_RUN`).
+
+use super::vm::Vm;
+use anyhow::{anyhow, bail, Result};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcrs, Msrs};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use mmkit::arch::x86_64::cpu_entry_area::{
+    EXCEPTION_PORT_BASE, INTERRUPT_PORT, MSR_STAR_VALUE, SYSCALL_MASK, SYSCALL_PORT, TSS_SELECTOR,
+    USER_CS, USER_DS,
+};
+use mmkit::Pfn;
+
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// CR0: PE, MP, ET, NE, WP, AM, PG.
+const CR0: u64 = 0x8005_0033;
+/// CR4: PAE, OSFXSR, OSXMMEXCPT, OSXSAVE.
+const CR4: u64 = 0x20 | 0x200 | 0x400 | 0x4_0000;
+/// EFER: SCE, LME, LMA, NXE.
+const EFER: u64 = 0x1 | 0x100 | 0x400 | 0x800;
+
+/// Why the guest stopped.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Exception `vector` taken from user mode; `frame` is what the CPU pushed (with the
+    /// error code, 0 where it pushes none): error code, RIP, CS, RFLAGS, RSP, SS.
+    Exception {
+        /// The vector (`X86_TRAP_*`).
+        vector: u8,
+        /// The exception frame.
+        frame: [u64; 6],
+    },
+    /// `SYSCALL` entered ring 0 at `LSTAR` (registers as the program left them).
+    Syscall,
+    /// `KVM_RUN` was interrupted by the host (a timer, a timeout).
+    Interrupted,
+}
+
+/// A virtual CPU of a [`Vm`].
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: usize,
+    sync: bool,
+    /// Exits so far.
+    pub exits: u64,
+}
+
+fn user_segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 11 } else { 3 },
+        present: 1,
+        dpl: 3,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    /// vCPU `id` (also the CPU whose GDT, TSS and entry stack it uses): CPUID first (only
+    /// then does `KVM_SET_XCRS` take), then the MSRs for `SYSCALL`, `XCR0`, an initialized
+    /// FPU, and `KVM_CAP_SYNC_REGS` when the host has it.
+    pub fn new(vm: &Vm, id: usize) -> Result<Self> {
+        if id >= vm.entry.gdt.len() {
+            bail!("vCPU {id}: the machine has {} CPUs", vm.entry.gdt.len());
+        }
+        let fd = vm
+            .vm
+            .create_vcpu(id as u64)
+            .map_err(|e| anyhow!("KVM_CREATE_VCPU {id}: {e}"))?;
+        fd.set_cpuid2(&vm.cpuid)
+            .map_err(|e| anyhow!("KVM_SET_CPUID2: {e}"))?;
+        let msr = |index, data| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        };
+        let msrs = Msrs::from_entries(&[
+            msr(MSR_STAR, MSR_STAR_VALUE),
+            msr(MSR_LSTAR, vm.entry.lstar),
+            msr(MSR_CSTAR, 0),
+            msr(MSR_SYSCALL_MASK, SYSCALL_MASK),
+            msr(MSR_KERNEL_GS_BASE, 0),
+        ])
+        .map_err(|e| anyhow!("MSR list: {e:?}"))?;
+        let n = fd
+            .set_msrs(&msrs)
+            .map_err(|e| anyhow!("KVM_SET_MSRS: {e}"))?;
+        if n != msrs.as_slice().len() {
+            bail!("KVM_SET_MSRS set {n} of {} MSRs", msrs.as_slice().len());
+        }
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = vm.xcr0;
+        fd.set_xcrs(&xcrs)
+            .map_err(|e| anyhow!("KVM_SET_XCRS (XCR0 {:#x}): {e}", vm.xcr0))?;
+        // FNINIT state and the default MXCSR, as a new task's FPU (fpstate_init).
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu).map_err(|e| anyhow!("KVM_SET_FPU: {e}"))?;
+        let mut v = Self {
+            fd,
+            id,
+            sync: vm.sync_regs,
+            exits: 0,
+        };
+        if v.sync {
+            v.fd.set_sync_valid_reg(SyncReg::Register);
+            v.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
+        Ok(v)
+    }
+
+    /// Put the CPU in ring 3 of the address space whose PGD is `pgd`, at `rip` with stack
+    /// `rsp`, all other general registers zero (`start_thread`), FS and GS bases zero.
+    pub fn enter_user(&mut self, vm: &Vm, pgd: Pfn, rip: u64, rsp: u64) -> Result<()> {
+        let mut s: kvm_sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| anyhow!("KVM_GET_SREGS: {e}"))?;
+        s.cr0 = CR0;
+        s.cr4 = CR4;
+        s.efer = EFER;
+        s.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
+        s.cs = user_segment(USER_CS, true);
+        s.ss = user_segment(USER_DS, false);
+        s.ds = user_segment(USER_DS, false);
+        s.es = user_segment(USER_DS, false);
+        s.fs = user_segment(0, false);
+        s.gs = user_segment(0, false);
+        s.fs.unusable = 0;
+        s.gs.unusable = 0;
+        let (gdt, gdt_limit) = vm.entry.gdt[self.id];
+        s.gdt.base = gdt;
+        s.gdt.limit = gdt_limit;
+        s.idt.base = vm.entry.idt.0;
+        s.idt.limit = vm.entry.idt.1;
+        s.tr = kvm_segment {
+            base: vm.entry.tss[self.id],
+            limit: 0x67,
+            selector: TSS_SELECTOR,
+            type_: 11, // busy 64-bit TSS
+            present: 1,
+            ..Default::default()
+        };
+        s.ldt = kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        };
+        self.fd
+            .set_sregs(&s)
+            .map_err(|e| anyhow!("KVM_SET_SREGS: {e}"))?;
+        let regs = kvm_regs {
+            rip,
+            rsp,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| anyhow!("KVM_SET_REGS: {e}"))?;
+        Ok(())
+    }
+
+    /// This vCPU's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Run until the next exit the kernel handles.
+    pub fn run(&mut self, vm: &Vm) -> Result<Exit> {
+        loop {
+            let exit = self.fd.run();
+            self.exits += 1;
+            let port = match exit {
+                Ok(VcpuExit::IoOut(port, _)) => port,
+                Ok(VcpuExit::Hlt) => bail!("vCPU {}: the guest halted", self.id),
+                Ok(VcpuExit::Shutdown) => {
+                    bail!("vCPU {}: triple fault (shutdown)", self.id)
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    bail!(
+                        "vCPU {}: entry failed, reason {reason:#x} on cpu {cpu}",
+                        self.id
+                    )
+                }
+                Ok(VcpuExit::InternalError) => bail!("vCPU {}: KVM internal error", self.id),
+                Ok(VcpuExit::Intr) => return Ok(Exit::Interrupted),
+                Ok(other) => bail!("vCPU {}: unexpected exit {other:?}", self.id),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    return Ok(Exit::Interrupted);
+                }
+                Err(e) => bail!("KVM_RUN: {e}"),
+            };
+            if port == SYSCALL_PORT {
+                return Ok(Exit::Syscall);
+            }
+            if port == INTERRUPT_PORT {
+                continue; // a stray interrupt: nothing raises one; resume
+            }
+            let Some(vector) = port
+                .checked_sub(EXCEPTION_PORT_BASE)
+                .filter(|v| *v < 32)
+                .map(|v| v as u8)
+            else {
+                bail!("vCPU {}: exit on unknown port {port:#x}", self.id);
+            };
+            let rsp = self.regs()?.rsp;
+            let pa = vm.entry.stack_phys(self.id, rsp).ok_or_else(|| {
+                anyhow!("exception {vector}: entry stack pointer {rsp:#x} off the stack")
+            })?;
+            let mut bytes = [0u8; 48];
+            vm.ram.read(pa.0, &mut bytes)?;
+            let mut frame = [0u64; 6];
+            for (i, f) in frame.iter_mut().enumerate() {
+                *f = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            }
+            return Ok(Exit::Exception { vector, frame });
+        }
+    }
+
+    /// Rewrite the exception frame the CPU will `iretq` through (`frame` as [`Exit`] has it):
+    /// where an exception returns to.
+    pub fn set_frame(&mut self, vm: &Vm, frame: &[u64; 6]) -> Result<()> {
+        let rsp = self.regs()?.rsp;
+        let pa = vm
+            .entry
+            .stack_phys(self.id, rsp)
+            .ok_or_else(|| anyhow!("entry stack pointer {rsp:#x} off the stack"))?;
+        let mut bytes = [0u8; 48];
+        for (i, f) in frame.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
+        }
+        vm.ram.write(pa.0, &bytes)
+    }
+
+    /// The general registers.
+    pub fn regs(&mut self) -> Result<kvm_regs> {
+        if self.sync {
+            Ok(self.fd.sync_regs().regs)
+        } else {
+            self.fd.get_regs().map_err(|e| anyhow!("KVM_GET_REGS: {e}"))
+        }
+    }
+
+    /// Change the general registers (applied at the next `KVM_RUN`).
+    pub fn set_regs(&mut self, regs: &kvm_regs) -> Result<()> {
+        if self.sync {
+            self.fd.sync_regs_mut().regs = *regs;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            Ok(())
+        } else {
+            self.fd
+                .set_regs(regs)
+                .map_err(|e| anyhow!("KVM_SET_REGS: {e}"))
+        }
+    }
+
+    /// The special registers.
+    pub fn sregs(&mut self) -> Result<kvm_sregs> {
+        if self.sync {
+            Ok(self.fd.sync_regs().sregs)
+        } else {
+            self.fd
+                .get_sregs()
+                .map_err(|e| anyhow!("KVM_GET_SREGS: {e}"))
+        }
+    }
+
+    /// Change the special registers (applied at the next `KVM_RUN`).
+    pub fn set_sregs(&mut self, sregs: &kvm_sregs) -> Result<()> {
+        if self.sync {
+            self.fd.sync_regs_mut().sregs = *sregs;
+            self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            Ok(())
+        } else {
+            self.fd
+                .set_sregs(sregs)
+                .map_err(|e| anyhow!("KVM_SET_SREGS: {e}"))
+        }
+    }
+
+    /// CR2 of the last page fault.
+    pub fn cr2(&mut self) -> Result<u64> {
+        Ok(self.sregs()?.cr2)
+    }
+
+    /// Make the next (or current) `KVM_RUN` return at once (a host timer's kick).
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+}
