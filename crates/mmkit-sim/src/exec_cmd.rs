@@ -6,7 +6,6 @@ use crate::exec::{exec_host, ExecSpec};
 use crate::kvm::{run_program, Outcome, RunOptions, Vm};
 use crate::machine::{Machine, MachineSpec};
 use anyhow::{bail, Context, Result};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,69 +101,132 @@ pub fn exec(
     Ok(out.status.code())
 }
 
-/// What a native run of the same command did.
+/// What a native run of the same command did, seen by ptrace: from its exec stop to its exit
+/// stop (`PTRACE_O_TRACEEXIT`, where the address space is still there).
 pub struct Native {
     /// Exit status as the shell sees it.
     pub code: i32,
     /// Its standard output.
     pub stdout: Vec<u8>,
-    /// Minor and major faults (`getrusage` of the child).
+    /// Minor and major faults from exec to exit (`/proc/PID/stat` at both stops).
     pub faults: (u64, u64),
-    /// `ru_maxrss` in KiB.
-    pub maxrss_kb: u64,
-    /// Wall time.
+    /// `VmHWM` in KiB at the exit stop.
+    pub vm_hwm_kb: u64,
+    /// `/proc/PID/maps` at the exit stop.
+    pub maps_at_exit: String,
+    /// Wall time from exec to exit.
     pub wall: Duration,
 }
 
-/// Run `cmd` natively with ASLR off (`ADDR_NO_RANDOMIZE`) and the same environment.
+fn stat_faults(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ") " that ends comm: state ppid pgrp session tty tpgid flags minflt
+    // cminflt majflt.
+    let rest = s.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.get(7).copied().unwrap_or(0), f.get(9).copied().unwrap_or(0))
+}
+
+fn status_kb(pid: i32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run `cmd` natively with ASLR off (`ADDR_NO_RANDOMIZE`), the same environment and
+/// standard input, its output captured, under ptrace to see it at exec and at exit.
+/// `ENOSYS`-style error when ptrace is not allowed here.
 pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native> {
-    use std::os::unix::process::ExitStatusExt;
-    let mut c = std::process::Command::new(path);
-    c.arg0(&cmd[0]).args(&cmd[1..]).env_clear();
-    for e in envp {
-        if let Some((k, v)) = e.split_once('=') {
-            c.env(k, v);
+    use std::ffi::CString;
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let args: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()?;
+    let envs: Vec<CString> = envp
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envv: Vec<*const libc::c_char> = envs.iter().map(|a| a.as_ptr()).collect();
+    envv.push(std::ptr::null());
+    let mut out = tempfile::tempfile()?;
+    let out_fd = out.as_raw_fd();
+    // SAFETY: the child calls only async-signal-safe functions (dup2, personality, ptrace,
+    // execve, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::dup2(out_fd, 1);
+            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::execve(cpath.as_ptr(), argv.as_ptr(), envv.as_ptr());
+            libc::_exit(127);
         }
     }
-    // SAFETY: personality() in the child before exec; no allocation or locking.
-    unsafe {
-        c.pre_exec(|| {
-            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
-            Ok(())
-        });
-    }
-    c.stdin(std::process::Stdio::inherit())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
-    let t0 = Instant::now();
-    let child = c
-        .spawn()
-        .with_context(|| format!("running {} natively", path.display()))?;
-    let pid = child.id() as i32;
-    let mut child = child;
-    let mut stdout = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        use std::io::Read;
-        o.read_to_end(&mut stdout)?;
-    }
+    let wait = |status: &mut i32| {
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, status, 0) }
+    };
     let mut status = 0;
-    // SAFETY: waiting for our own child into our own structs.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    if r != pid {
-        bail!(
-            "wait4 of the native run: {}",
-            std::io::Error::last_os_error()
-        );
+    wait(&mut status);
+    if !libc::WIFSTOPPED(status) {
+        bail!("the native run did not stop at exec (is ptrace allowed here?)");
     }
-    let es = std::process::ExitStatus::from_raw(status);
-    let code = es.code().unwrap_or_else(|| 128 + es.signal().unwrap_or(0));
+    let t0 = Instant::now();
+    let start = stat_faults(pid);
+    // SAFETY: our own stopped tracee.
+    unsafe {
+        libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, libc::PTRACE_O_TRACEEXIT);
+        libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
+    }
+    let (mut faults, mut hwm, mut maps) = ((0, 0), 0, String::new());
+    loop {
+        wait(&mut status);
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            break;
+        }
+        let mut sig = 0;
+        if status >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8) {
+            let end = stat_faults(pid);
+            faults = (end.0 - start.0, end.1 - start.1);
+            hwm = status_kb(pid, "VmHWM:");
+            maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        } else if libc::WIFSTOPPED(status) {
+            sig = libc::WSTOPSIG(status);
+        }
+        // SAFETY: continue our own tracee, passing on a signal it got.
+        unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig) };
+    }
+    let wall = t0.elapsed();
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    let mut stdout = Vec::new();
+    out.rewind()?;
+    out.read_to_end(&mut stdout)?;
     Ok(Native {
         code,
         stdout,
-        faults: (ru.ru_minflt as u64, ru.ru_majflt as u64),
-        maxrss_kb: ru.ru_maxrss as u64,
-        wall: t0.elapsed(),
+        faults,
+        vm_hwm_kb: hwm,
+        maps_at_exit: maps,
+        wall,
     })
 }
 
@@ -232,7 +294,7 @@ fn compare_report(out: &Outcome, ours: &[u8], wall: Duration, n: &Native) -> Str
         faults.0,
         faults.1,
         out.vm_hwm_kb,
-        n.maxrss_kb,
+        n.vm_hwm_kb,
         walls.0,
         walls.1,
         wall.as_secs_f64() / n.wall.as_secs_f64().max(1e-6),

@@ -160,7 +160,7 @@ pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
 }
 
 /// A registered host file: the kernel's inode and its backing file.
-type HostEntry = (Arc<Inode>, Arc<HostFile>);
+pub type HostEntry = (Arc<Inode>, Arc<HostFile>);
 
 /// The host files a machine has opened, by (device, inode): the inode and its backing file.
 #[derive(Default)]

@@ -157,10 +157,10 @@ pub fn run_program(
     m.on_cpu(0, |cpu| {
         let mut tasks = TaskTable::default();
         let pid = spawn_host(m, &mut tasks, cpu, spec)?;
-        let (entry, sp, pgd) = {
+        let (entry, sp, pgd, exec_faults) = {
             let t = tasks.get(pid).expect("just spawned");
             let mm = t.mm.as_ref().expect("exec'd");
-            (t.entry, t.sp, mm.pt.pgd_pfn())
+            (t.entry, t.sp, mm.pt.pgd_pfn(), t.fault_counts())
         };
         let mut vcpu = vm.take_vcpu(0)?;
         vcpu.enter_user(vm, pgd, entry, sp)?;
@@ -236,6 +236,12 @@ pub fn run_program(
         let status = p.exit.unwrap_or(Status::Signaled(SIGKILL));
         let (min_flt, maj_flt, vm_hwm_kb, rss_kb, maps) =
             stats.unwrap_or_else(|| exit_stats(&mut p));
+        // The program's own faults: exec wrote the stack through the kernel's own access
+        // (Linux's get_user_pages, which no task is charged for).
+        let (min_flt, maj_flt) = (
+            min_flt.saturating_sub(exec_faults.min_flt),
+            maj_flt.saturating_sub(exec_faults.maj_flt),
+        );
         let exits = vcpu.exits;
         vm.put_vcpu(vcpu);
         p.fds.close_all();

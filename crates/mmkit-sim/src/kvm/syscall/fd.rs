@@ -30,6 +30,8 @@ pub struct Fd {
     pub cloexec: bool,
     /// The path it was opened by (for `/proc/self/fd` and mmap's file identity).
     pub path: Option<String>,
+    /// For a regular file: its inode in mmkit (reads go through its page cache).
+    pub cache: Option<crate::hostfs::HostEntry>,
 }
 
 impl Fd {
@@ -65,6 +67,7 @@ impl FdTable {
                 kind: FdKind::Host(unsafe { OwnedFd::from_raw_fd(d) }),
                 cloexec: false,
                 path: None,
+                cache: None,
             });
             t.fds.push(slot);
         }
@@ -139,6 +142,7 @@ impl FdTable {
             kind,
             cloexec: false,
             path: f.path.clone(),
+            cache: f.cache.clone(),
         })
     }
 

@@ -54,73 +54,142 @@ impl Proc<'_> {
     }
 }
 
-/// `read(fd, buf, count)`.
+/// `MAX_RW_COUNT`: the most one read or write moves (`INT_MAX & PAGE_MASK`).
+const MAX_RW_COUNT: usize = 0x7fff_f000;
+
+/// `read(fd, buf, count)`: a regular file through mmkit's page cache (in chunks of a bounce
+/// buffer, up to `count`), anything else with one host `read`.
 pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let (fd, buf, count) = (a[0] as i64, a[1], a[2] as usize);
-    let n = count.min(MAX_RW_CHUNK);
+    let (fd, buf, count) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT));
     let f = p.fds.get_mut(fd).ok_or(EBADF)?;
-    let data = match &mut f.kind {
+    match &mut f.kind {
         FdKind::Mem { data, pos } => {
-            let end = (*pos + n).min(data.len());
+            let end = (*pos + count).min(data.len());
             let out = data[(*pos).min(end)..end].to_vec();
             *pos = end;
-            out
+            p.write_user(cpu, buf, &out)?;
+            Ok(out.len() as i64)
         }
         FdKind::Host(h) => {
             let h = std::os::fd::AsRawFd::as_raw_fd(h);
+            if let Some(entry) = f.cache.clone() {
+                // SAFETY: lseek of our own descriptor.
+                let pos = host(unsafe { libc::lseek(h, 0, libc::SEEK_CUR) })?;
+                let n = cached_read(p, cpu, &entry, pos as u64, buf, count)?;
+                // SAFETY: as above.
+                host(unsafe { libc::lseek(h, pos + n, libc::SEEK_SET) })?;
+                return Ok(n);
+            }
+            let n = count.min(MAX_RW_CHUNK);
             let mut tmp = vec![0u8; n];
             // SAFETY: reading into our own buffer of `n` bytes.
             let r = host(unsafe { libc::read(h, tmp.as_mut_ptr().cast(), n) } as i64)?;
-            tmp.truncate(r as usize);
-            tmp
+            p.write_user(cpu, buf, &tmp[..r as usize])?;
+            Ok(r)
         }
-    };
-    p.write_user(cpu, buf, &data)?;
-    Ok(data.len() as i64)
+    }
 }
 
-/// `write(fd, buf, count)`.
-pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let (fd, buf, count) = (a[0] as i64, a[1], a[2] as usize);
-    let h = p.host_fd(fd)?;
-    let data = p.read_user(cpu, buf, count.min(MAX_RW_CHUNK))?;
-    // SAFETY: lseek of our own descriptor (to know where the bytes land in the file).
-    let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
-    // SAFETY: writing our own buffer.
-    let r = host(unsafe { libc::write(h, data.as_ptr().cast(), data.len()) } as i64)?;
-    if off >= 0 && r > 0 {
-        // An O_APPEND write lands at the end: ask where it ended.
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
-        let start = if end >= r as i64 { end - r } else { off };
-        p.write_through_cache(cpu, h, start as u64, &data[..r as usize]);
+/// Read `count` bytes of a regular file at `off` through mmkit's page cache into user
+/// memory at `buf`, a bounce buffer at a time (`filemap_read` → `copy_to_user`). A fault
+/// after some bytes were copied ends the read there, as Linux's does.
+fn cached_read(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    (inode, file): &crate::hostfs::HostEntry,
+    off: u64,
+    buf: u64,
+    count: usize,
+) -> SysResult {
+    file.refresh_size();
+    let mut tmp = vec![0u8; count.min(MAX_RW_CHUNK)];
+    let mut done = 0usize;
+    while done < count {
+        let want = (count - done).min(tmp.len());
+        let r = p
+            .k
+            .filemap_read(cpu, inode, off + done as u64, &mut tmp[..want])
+            .map_err(errno)?;
+        if let Err(e) = p.write_user(cpu, buf + done as u64, &tmp[..r]) {
+            return if done == 0 { Err(e) } else { Ok(done as i64) };
+        }
+        done += r;
+        if r < want {
+            break;
+        }
     }
-    Ok(r)
+    Ok(done as i64)
+}
+
+fn errno(e: mmkit::Errno) -> i64 {
+    -(e.code() as i64)
+}
+
+/// `write(fd, buf, count)`: the bytes copied from user memory a bounce buffer at a time and
+/// written to the host (all of them for a regular file; one host `write` otherwise, whose
+/// short count is the answer), then into mmkit's cached pages of the file.
+pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (fd, buf, count) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT));
+    let h = p.host_fd(fd)?;
+    let regular = p.fds.get(fd).is_some_and(|f| f.cache.is_some());
+    let mut done = 0usize;
+    loop {
+        let want = (count - done).min(MAX_RW_CHUNK);
+        let data = match p.read_user(cpu, buf + done as u64, want) {
+            Ok(d) => d,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        };
+        // SAFETY: lseek of our own descriptor (to know where the bytes land in the file).
+        let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+        // SAFETY: writing our own buffer.
+        let r = match host(unsafe { libc::write(h, data.as_ptr().cast(), data.len()) } as i64) {
+            Ok(r) => r as usize,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        };
+        if off >= 0 && r > 0 {
+            // An O_APPEND write lands at the end: ask where it ended.
+            // SAFETY: as above.
+            let end = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+            let start = if end >= r as i64 { end - r as i64 } else { off };
+            p.write_through_cache(cpu, h, start as u64, &data[..r]);
+        }
+        done += r;
+        if !regular || r < want || done == count {
+            break;
+        }
+    }
+    Ok(done as i64)
 }
 
 /// `pread64`.
 pub fn sys_pread64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let (fd, buf, count, off) = (a[0] as i64, a[1], a[2] as usize, a[3] as i64);
+    let (fd, buf, count, off) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT), a[3] as i64);
     if off < 0 {
         return Err(EINVAL);
     }
-    let n = count.min(MAX_RW_CHUNK);
-    let data = match &p.fds.get(fd).ok_or(EBADF)?.kind {
+    let f = p.fds.get(fd).ok_or(EBADF)?;
+    match &f.kind {
         FdKind::Mem { data, .. } => {
             let s = (off as usize).min(data.len());
-            data[s..(s + n).min(data.len())].to_vec()
+            let out = data[s..(s + count).min(data.len())].to_vec();
+            p.write_user(cpu, buf, &out)?;
+            Ok(out.len() as i64)
         }
         FdKind::Host(h) => {
             let h = std::os::fd::AsRawFd::as_raw_fd(h);
+            if let Some(entry) = f.cache.clone() {
+                return cached_read(p, cpu, &entry, off as u64, buf, count);
+            }
+            let n = count.min(MAX_RW_CHUNK);
             let mut tmp = vec![0u8; n];
             // SAFETY: into our own buffer.
             let r = host(unsafe { libc::pread(h, tmp.as_mut_ptr().cast(), n, off) } as i64)?;
-            tmp.truncate(r as usize);
-            tmp
+            p.write_user(cpu, buf, &tmp[..r as usize])?;
+            Ok(r)
         }
-    };
-    p.write_user(cpu, buf, &data)?;
-    Ok(data.len() as i64)
+    }
 }
 
 /// `pwrite64`.
@@ -218,6 +287,7 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
             kind: FdKind::Mem { data, pos: 0 },
             cloexec,
             path: Some(text),
+            cache: None,
         };
         return p.fds.install(f, 0);
     }
@@ -233,14 +303,39 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
             .map(|c| c.join(&text).to_string_lossy().into_owned())
             .unwrap_or(text)
     };
+    let cache = page_cache_of(p, r as RawFd, &shown, flags);
     p.fds.install(
         Fd {
             kind: FdKind::Host(owned),
             cloexec,
             path: Some(shown),
+            cache,
         },
         0,
     )
+}
+
+/// The mmkit inode of a regular file just opened as host descriptor `fd` (its page cache
+/// serves the reads); `None` for anything else.
+fn page_cache_of(p: &Proc<'_>, fd: RawFd, path: &str, flags: i32) -> Option<crate::hostfs::HostEntry> {
+    // SAFETY: fstat of our own descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    // A descriptor of its own for the inode: the guest may close this one.
+    // SAFETY: dup of our own descriptor, owned by the File below.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if d < 0 {
+        return None;
+    }
+    // SAFETY: fresh descriptor.
+    let file = unsafe { std::fs::File::from_raw_fd(d) };
+    let shown = std::fs::canonicalize(path)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string());
+    let writable = flags & libc::O_ACCMODE == libc::O_RDWR;
+    p.m.hostfs.inode_of(p.k, file, &shown, writable).ok()
 }
 
 /// `close`.
@@ -617,6 +712,7 @@ pub fn sys_pipe2(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
             kind: FdKind::Host(unsafe { OwnedFd::from_raw_fd(e) }),
             cloexec,
             path: None,
+            cache: None,
         };
         out[i] = p.fds.install(f, 0)? as i32;
     }
@@ -719,6 +815,7 @@ pub fn sys_socket(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
             kind: FdKind::Host(owned),
             cloexec: ty & libc::SOCK_CLOEXEC != 0,
             path: None,
+            cache: None,
         },
         0,
     )
@@ -734,4 +831,85 @@ pub fn sys_connect(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
     let addr = p.read_user(cpu, a[1], len)?;
     // SAFETY: `addr` holds `len` bytes of the guest's sockaddr.
     host(unsafe { libc::connect(h, addr.as_ptr().cast(), len as u32) } as i64)
+}
+
+impl Proc<'_> {
+    /// The host wrote `[off, off + n)` of the file behind `hfd` by itself (`copy_file_range`,
+    /// `sendfile`): re-read the pages of that range mmkit has cached, so the cache and the
+    /// file stay one.
+    fn refresh_cached_range(&mut self, cpu: &CpuGuard<'_>, hfd: RawFd, off: u64, n: u64) {
+        // SAFETY: fstat of our own descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(hfd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        let Some((inode, host)) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
+            return;
+        };
+        host.set_size(st.st_size as u64);
+        let mut page = [0u8; 4096];
+        let end = off.saturating_add(n);
+        let mut idx = off >> 12;
+        while idx << 12 < end {
+            if inode.cached_pfn(idx).is_some() {
+                let lo = (idx << 12).max(off);
+                let hi = ((idx + 1) << 12).min(end);
+                let len = (hi - lo) as usize;
+                // SAFETY: into our own buffer.
+                let r = unsafe { libc::pread(hfd, page.as_mut_ptr().cast(), len, lo as i64) };
+                if r > 0 {
+                    self.k.update_cached_range(cpu, &inode, lo, &page[..r as usize]);
+                }
+            }
+            idx += 1;
+        }
+    }
+
+    fn read_off(&mut self, cpu: &CpuGuard<'_>, ptr: u64) -> Result<Option<i64>, i64> {
+        if ptr == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.read_u64(cpu, ptr)? as i64))
+    }
+}
+
+/// `copy_file_range(fd_in, off_in, fd_out, off_out, len, flags)`: the host copies.
+pub fn sys_copy_file_range(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (hin, hout) = (p.host_fd(a[0] as i64)?, p.host_fd(a[2] as i64)?);
+    let mut oin = p.read_off(cpu, a[1])?;
+    let mut oout = p.read_off(cpu, a[3])?;
+    // SAFETY: lseek of our own descriptor.
+    let out_pos = oout.unwrap_or_else(|| unsafe { libc::lseek(hout, 0, libc::SEEK_CUR) });
+    let pin = oin.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    let pout = oout.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    // SAFETY: our own offsets (or null) and descriptors.
+    let r = host(unsafe { libc::copy_file_range(hin, pin, hout, pout, a[4] as usize, a[5] as u32) } as i64)?;
+    if let Some(o) = oin {
+        p.write_user(cpu, a[1], &o.to_le_bytes())?;
+    }
+    if let Some(o) = oout {
+        p.write_user(cpu, a[3], &o.to_le_bytes())?;
+    }
+    if r > 0 && out_pos >= 0 {
+        p.refresh_cached_range(cpu, hout, out_pos as u64, r as u64);
+    }
+    Ok(r)
+}
+
+/// `sendfile(out_fd, in_fd, offset, count)`: the host copies.
+pub fn sys_sendfile(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (hout, hin) = (p.host_fd(a[0] as i64)?, p.host_fd(a[1] as i64)?);
+    let mut off = p.read_off(cpu, a[2])?;
+    // SAFETY: lseek of our own descriptor.
+    let out_pos = unsafe { libc::lseek(hout, 0, libc::SEEK_CUR) };
+    let po = off.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    // SAFETY: our own offset (or null) and descriptors.
+    let r = host(unsafe { libc::sendfile(hout, hin, po, a[3] as usize) } as i64)?;
+    if let Some(o) = off {
+        p.write_user(cpu, a[2], &o.to_le_bytes())?;
+    }
+    if r > 0 && out_pos >= 0 {
+        p.refresh_cached_range(cpu, hout, out_pos as u64, r as u64);
+    }
+    Ok(r)
 }
