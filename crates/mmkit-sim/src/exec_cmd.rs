@@ -127,7 +127,10 @@ fn stat_faults(pid: i32) -> (u64, u64) {
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    (f.get(7).copied().unwrap_or(0), f.get(9).copied().unwrap_or(0))
+    (
+        f.get(7).copied().unwrap_or(0),
+        f.get(9).copied().unwrap_or(0),
+    )
 }
 
 fn status_kb(pid: i32, key: &str) -> u64 {

@@ -34,6 +34,7 @@ pub struct HostFile {
     writable: std::sync::atomic::AtomicBool,
     size: std::sync::atomic::AtomicU64,
     ra_pages: u64,
+    thp_area: bool,
 }
 
 impl HostFile {
@@ -97,6 +98,43 @@ impl FileData for HostFile {
     fn ra_pages(&self) -> u64 {
         self.ra_pages
     }
+    fn thp_get_unmapped_area(&self) -> bool {
+        self.thp_area
+    }
+}
+
+/// Whether the host places mappings of files on `file`'s filesystem for huge pages (its
+/// `get_unmapped_area` is `thp_get_unmapped_area`): map 4 MiB of the file twice without a
+/// hint (beyond its end is allowed until touched) and see whether both land on 2 MiB
+/// boundaries — by chance that is 1 in 2^18.
+fn host_thp_aligns(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    const LEN: usize = 4 << 20;
+    let mut maps = [libc::MAP_FAILED; 2];
+    for m in &mut maps {
+        // SAFETY: a new private read-only mapping chosen by the kernel; never accessed, and
+        // unmapped below.
+        *m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+    }
+    let aligned = maps
+        .iter()
+        .all(|&m| m != libc::MAP_FAILED && (m as usize).is_multiple_of(2 << 20));
+    for m in maps {
+        if m != libc::MAP_FAILED {
+            // SAFETY: unmapping exactly the mapping made above.
+            unsafe { libc::munmap(m, LEN) };
+        }
+    }
+    aligned
 }
 
 /// A host file opened for reading and writing, for swap areas: pages go to it with
@@ -166,6 +204,8 @@ pub type HostEntry = (Arc<Inode>, Arc<HostFile>);
 #[derive(Default)]
 pub struct HostFs {
     inodes: Mutex<HashMap<(u64, u64), HostEntry>>,
+    /// [`host_thp_aligns`] by host device.
+    thp_area: Mutex<HashMap<u64, bool>>,
 }
 
 /// A shared `HostFile` as an inode's data.
@@ -186,6 +226,9 @@ impl FileData for SharedHostFile {
     }
     fn ra_pages(&self) -> u64 {
         self.0.ra_pages
+    }
+    fn thp_get_unmapped_area(&self) -> bool {
+        self.0.thp_area
     }
 }
 
@@ -231,11 +274,18 @@ impl HostFs {
             h.set_size(md.len());
             return Ok((i.clone(), h.clone()));
         }
+        let thp_area = *self
+            .thp_area
+            .lock()
+            .expect("hostfs lock")
+            .entry(md.dev())
+            .or_insert_with(|| host_thp_aligns(&file));
         let host = Arc::new(HostFile {
             file: std::sync::RwLock::new(file),
             writable: std::sync::atomic::AtomicBool::new(writable),
             size: std::sync::atomic::AtomicU64::new(md.len()),
             ra_pages: device_ra_pages(md.dev()),
+            thp_area,
         });
         let inode = k.new_inode(
             Box::new(SharedHostFile(host.clone())),

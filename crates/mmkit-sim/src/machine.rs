@@ -33,6 +33,8 @@ pub struct Ram {
     base: *mut u8,
     len: usize,
     fd: std::os::fd::OwnedFd,
+    /// A hardware MMU (a virtual machine) uses the tables: page-table frees are deferred.
+    mmu: std::sync::atomic::AtomicBool,
     /// Zap frames' host mappings on `flush_tlb` (set while a hardware MMU uses the tables).
     zap: std::sync::atomic::AtomicBool,
     zapped: std::sync::atomic::AtomicU64,
@@ -92,6 +94,7 @@ impl Ram {
             base: p as *mut u8,
             len,
             fd,
+            mmu: Default::default(),
             zap: Default::default(),
             zapped: Default::default(),
         })
@@ -144,7 +147,23 @@ impl Ram {
             .with_context(|| format!("physical range {pa:#x}+{len} outside RAM"))
     }
 
-    /// Start (or stop) zapping frames' host mappings on every TLB flush.
+    /// A hardware MMU (a virtual machine) starts using this RAM's page tables: from now on
+    /// every TLB flush zaps the frames' host mappings and freed page tables are deferred.
+    /// Returns whether one was attached already.
+    pub fn attach_mmu(&self) -> bool {
+        let was = self.mmu.swap(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_zap_on_flush(true);
+        was
+    }
+
+    /// The virtual machine is gone.
+    pub fn detach_mmu(&self) {
+        self.set_zap_on_flush(false);
+        self.mmu.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Zap frames on flushes or not (on from [`Ram::attach_mmu`]; off only as a test's
+    /// negative control, to show what a hypervisor's stale translations do).
     pub fn set_zap_on_flush(&self, on: bool) {
         self.zap.store(on, std::sync::atomic::Ordering::SeqCst);
     }
@@ -251,6 +270,9 @@ impl Platform for SimPlatform {
     }
     fn flush_tlb(&self, flush: &mmkit::mm::mmu_gather::TlbFlush<'_>) {
         self.ram.flush(flush);
+    }
+    fn defer_table_free(&self) -> bool {
+        self.ram.mmu.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

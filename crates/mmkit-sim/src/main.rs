@@ -351,6 +351,7 @@ fn main() -> Result<()> {
                 trace_faults,
                 timeout,
                 stdout: None,
+                syscall_hook: None,
             };
             let code = mmkit_sim::exec_cmd::exec(
                 &machine.spec()?,

@@ -73,6 +73,77 @@ fn top_down_layout_merging_and_splitting() {
     });
 }
 
+/// THP-era placement: an anonymous mapping whose length is a multiple of 2 MiB lands on a
+/// 2 MiB boundary — the highest one that fits below the last mapping — while other lengths
+/// and usable hints are placed as before.
+#[test]
+fn pmd_sized_anonymous_mappings_are_pmd_aligned() {
+    const PMD: u64 = 2 << 20;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 4096, RW, ANON, 0).unwrap();
+        let big = k.mmap(cpu, &mut mm, 0, 2 * PMD, RW, ANON, 0).unwrap();
+        assert_eq!(big % PMD, 0, "{big:#x} is not 2 MiB-aligned");
+        assert_eq!(big, (a - 2 * PMD) & !(PMD - 1), "the highest aligned place");
+        let odd = k.mmap(cpu, &mut mm, 0, PMD + 4096, RW, ANON, 0).unwrap();
+        assert_eq!(odd, big - PMD - 4096, "other lengths go right below");
+        let hint = odd - 16 * PMD + 4096;
+        let hinted = k.mmap(cpu, &mut mm, hint, PMD, RW, ANON, 0).unwrap();
+        assert_eq!(hinted, hint, "a usable hint is kept");
+        // The bytes are there, through the MMU.
+        k.copy_to_user(cpu, &mut mm, big + PMD - 3, b"thp").unwrap();
+        let mut back = [0u8; 3];
+        k.copy_from_user(cpu, &mut mm, &mut back, big + PMD - 3)
+            .unwrap();
+        assert_eq!(&back, b"thp");
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}
+
+/// `brk` grows the heap VMA from `start_brk` on and never merges it into the `.bss` mapping
+/// that ends there (`do_brk_flags` looks no lower than `start_brk`), as `/proc/PID/maps` on
+/// Linux shows: the bss unnamed, `[heap]` its own line.
+#[test]
+fn brk_does_not_merge_the_heap_into_bss() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let bss = 0x5555_5557_9000;
+        k.mmap(cpu, &mut mm, bss, 4096, RW, ANON | MAP_FIXED, 0)
+            .unwrap();
+        mm.start_brk = bss + 4096;
+        mm.brk = mm.start_brk;
+        assert_eq!(
+            k.brk(cpu, &mut mm, bss + 4096 + 10_000),
+            bss + 4096 + 10_000
+        );
+        assert_eq!(
+            k.brk(cpu, &mut mm, bss + 4096 + 20_000),
+            bss + 4096 + 20_000
+        );
+        let maps = mm.proc_maps();
+        let lines: Vec<&str> = maps.lines().collect();
+        assert_eq!(lines[0], "555555579000-55555557a000 rw-p 00000000 00:00 0 ");
+        assert!(
+            lines[1].starts_with("55555557a000-55555557f000 rw-p 00000000 00:00 0 ")
+                && lines[1].ends_with("[heap]"),
+            "{maps}"
+        );
+        k.copy_to_user(cpu, &mut mm, bss + 4096 + 19_999, b"h")
+            .unwrap();
+        // Shrinking gives the pages back; the bss stays.
+        let start = mm.start_brk;
+        assert_eq!(k.brk(cpu, &mut mm, start), start);
+        assert_eq!(mm.map_count(), 1);
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}
+
 #[test]
 fn mmap_errnos() {
     let m = boot_mem(128, 1, "");

@@ -284,3 +284,65 @@ fn page_tables_are_freed_with_their_range() {
     k.check_invariants().unwrap();
     assert_eq!(buddyinfo(k), boot);
 }
+
+/// With a platform whose MMU caches page tables beyond the TLB flush (a virtual machine's
+/// shadow pages), freed tables are parked, not freed: they leave `PageTables:` at once, no
+/// allocation can get them until the platform's grace period (`tlb_remove_table_sync`),
+/// and then every one of them comes back. Without such an MMU they are freed at once.
+#[test]
+fn deferred_table_free_waits_for_the_platforms_grace_period() {
+    use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let free = |k: &Kernel, cpu: &CpuGuard<'_>| {
+        k.lru_add_drain_all(cpu);
+        k.drain_all_pages(cpu);
+        common::free_and_pcp(k)
+    };
+    for deferred in [false, true] {
+        if deferred {
+            assert!(!m.ram.attach_mmu());
+        }
+        m.on_cpu(0, |cpu| {
+            let before = free(k, cpu);
+            let mut mm = k.mm_alloc(cpu).unwrap();
+            // Three pages 1 GiB apart: a PUD table each side of the first, and PMD and PTE
+            // tables under each.
+            let base = 0x7f00_0000_0000u64;
+            for i in 0..3u64 {
+                let a = base + (i << 30);
+                k.mmap(
+                    cpu,
+                    &mut mm,
+                    a,
+                    4096,
+                    PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | mmkit::mm::mmap::MAP_FIXED,
+                    0,
+                )
+                .unwrap();
+                k.copy_to_user(cpu, &mut mm, a, b"x").unwrap();
+            }
+            let tables = k.page_table_pages();
+            assert!(tables >= 7, "{tables} tables");
+            k.exit_mmap(cpu, mm);
+            assert_eq!(k.page_table_pages(), 0, "the tables left PageTables");
+            let parked = k.nr_deferred_tables();
+            if deferred {
+                assert_eq!(parked, tables, "every table waits");
+                assert_eq!(
+                    free(k, cpu) + parked,
+                    before,
+                    "only the parked tables are missing"
+                );
+                k.check_invariants().unwrap();
+                assert_eq!(k.tlb_remove_table_sync(cpu), parked);
+            } else {
+                assert_eq!(parked, 0);
+            }
+            assert_eq!(k.nr_deferred_tables(), 0);
+            assert_eq!(free(k, cpu), before, "every page is back");
+        });
+    }
+    m.ram.detach_mmu();
+}

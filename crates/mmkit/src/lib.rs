@@ -67,6 +67,8 @@ pub struct Kernel {
     pub(crate) slab_reports: AtomicU64,
     pub(crate) tlbs: arch::x86_64::tlb::Tlbs,
     pub(crate) next_ctx_id: AtomicU64,
+    /// Page tables freed while the platform defers table frees, waiting for its grace period.
+    pub(crate) deferred_tables: SpinLock<mm::mmu_gather::DeferredTables>,
     pub(crate) vmap: SpinLock<mm::vmalloc::VmapState>,
     pub(crate) init_mm: Option<arch::x86_64::pgtable::PgTable>,
     /// `ZERO_PAGE(0)`: a page of the kernel's bss, mapped read-only for anonymous reads.

@@ -30,6 +30,17 @@ pub trait Platform: Send + Sync {
     fn flush_tlb(&self, flush: &crate::mm::mmu_gather::TlbFlush<'_>) {
         let _ = flush;
     }
+    /// Whether a page table taken out of the tables must outlive the TLB flush
+    /// (`CONFIG_MMU_GATHER_RCU_TABLE_FREE`'s reason): a walker the flush does not reach may
+    /// still cache it — a shadow-paging hypervisor keeps a shadow of every guest table it has
+    /// seen, linked from its parent's shadow, and never learns of writes the host makes to
+    /// the guest tables, so a table frame reused as another table would alias the old
+    /// shadow. When true, the kernel parks freed tables until the platform calls
+    /// [`Kernel::tlb_remove_table_sync`](crate::Kernel::tlb_remove_table_sync) (its grace
+    /// period). The software MMU caches no table, which is the default.
+    fn defer_table_free(&self) -> bool {
+        false
+    }
 }
 
 /// `VM_READAHEAD_PAGES` (`include/linux/mm.h`): the default `ra_pages` of a backing device
@@ -49,6 +60,12 @@ pub trait FileData: Send + Sync {
     /// Readahead window of the backing device in pages (`bdi->ra_pages`).
     fn ra_pages(&self) -> u64 {
         VM_READAHEAD_PAGES
+    }
+    /// Whether the filesystem places mappings of its files for huge pages
+    /// (`file_operations.get_unmapped_area = thp_get_unmapped_area`, as ext4 and xfs do):
+    /// see [`crate::mm::unmapped_area`]. No by default.
+    fn thp_get_unmapped_area(&self) -> bool {
+        false
     }
 }
 

@@ -183,6 +183,12 @@ impl Vcpu {
         self.fd
             .set_regs(&regs)
             .map_err(|e| anyhow!("KVM_SET_REGS: {e}"))?;
+        if self.sync {
+            // A change the last program left marked dirty in the shared run area would be
+            // loaded over these at the next KVM_RUN: drop it.
+            self.fd.clear_sync_dirty_reg(SyncReg::Register);
+            self.fd.clear_sync_dirty_reg(SyncReg::SystemRegister);
+        }
         Ok(())
     }
 

@@ -777,6 +777,7 @@ impl Kernel {
             slab_reports: AtomicU64::new(0),
             tlbs: crate::arch::x86_64::tlb::Tlbs::new(nr_cpus),
             next_ctx_id: AtomicU64::new(0),
+            deferred_tables: SpinLock::new(Default::default()),
             vmap: SpinLock::new(crate::mm::vmalloc::VmapState::new()),
             init_mm: None,
             zero_pfn: PhysAddr(image.bss.0).pfn_down(),

@@ -1,8 +1,7 @@
-//! Process address spaces: `mm/mmap.c` and `mm/vma.c` — `get_unmapped_area` (top-down below
-//! `mmap_base`, with the stack guard gap, falling back to bottom-up), `do_mmap`/`mmap_region`
+//! Process address spaces: `mm/mmap.c` and `mm/vma.c` — `do_mmap`/`mmap_region`
 //! for anonymous and file mappings with `vma_merge`, `do_munmap` with VMA splitting, zapping
 //! and `free_pgtables`, `mprotect` (`mm/mprotect.c`), `brk`, `vm_insert_page`, `mm_populate`
-//! (`MAP_POPULATE`, `MAP_LOCKED`), `exit_mmap`.
+//! (`MAP_POPULATE`, `MAP_LOCKED`), `exit_mmap`. Placement is [`crate::mm::unmapped_area`]'s.
 //!
 //! A shared anonymous mapping is backed by an unlinked memory file, as `shmem_zero_setup`
 //! backs it with `/dev/zero (deleted)`, so that fork shares its pages through the page cache.
@@ -179,70 +178,6 @@ impl Kernel {
         })
     }
 
-    /// `get_unmapped_area` for anonymous memory: `MAP_FIXED` as given; a usable hint as
-    /// given; otherwise the highest gap below `mmap_base` (`vm_unmapped_area` top-down,
-    /// keeping the guard gap below stacks), or bottom-up from `TASK_SIZE / 3` when that
-    /// fails. `ENOMEM` when nothing fits.
-    pub fn get_unmapped_area(
-        &self,
-        mm: &MmStruct,
-        addr: u64,
-        len: u64,
-        flags: u32,
-    ) -> Result<u64, Errno> {
-        if len > TASK_SIZE - MMAP_MIN_ADDR {
-            return Err(Errno::ENOMEM);
-        }
-        if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-            if addr > TASK_SIZE - len {
-                return Err(Errno::ENOMEM);
-            }
-            return Ok(addr);
-        }
-        if addr != 0 {
-            let a = align_up(addr, PAGE_SIZE);
-            let next_ok = mm.find_vma(a).is_none_or(|v| a + len <= v.start_gap());
-            let prev_ok = mm.find_vma_prev(a).is_none_or(|p| p.vm_end <= a);
-            if a <= TASK_SIZE - len && a >= MMAP_MIN_ADDR && next_ok && prev_ok {
-                return Ok(a);
-            }
-        }
-        let low = MMAP_MIN_ADDR.max(PAGE_SIZE);
-        let mut gap_end = mm.mmap_base;
-        for v in mm.vmas.iter().rev() {
-            if v.vm_end > gap_end {
-                gap_end = gap_end.min(v.start_gap());
-                continue;
-            }
-            if gap_end >= v.vm_end + len {
-                return Ok(gap_end - len);
-            }
-            gap_end = v.start_gap();
-            if gap_end < low + len {
-                break;
-            }
-        }
-        // Below the lowest VMA (or with none at all) the gap reaches down to `low`.
-        if gap_end >= low + len {
-            return Ok(gap_end - len);
-        }
-        // Bottom-up fallback from TASK_UNMAPPED_BASE.
-        let mut start = align_up(TASK_SIZE / 3, PAGE_SIZE);
-        for v in mm.vmas.iter() {
-            if v.vm_end <= start {
-                continue;
-            }
-            if v.start_gap() >= start + len {
-                return Ok(start);
-            }
-            start = start.max(v.vm_end);
-        }
-        if start + len <= TASK_SIZE {
-            return Ok(start);
-        }
-        Err(Errno::ENOMEM)
-    }
-
     /// `mmap` without a file (`fd` = -1): `MAP_ANONYMOUS` memory. See [`Kernel::do_mmap`].
     #[allow(clippy::too_many_arguments)] // mmap(2)'s own argument list, plus the CPU and the mm
     pub fn mmap(
@@ -324,7 +259,14 @@ impl Kernel {
         if mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
-        let addr = self.get_unmapped_area(mm, addr, len, flags)?;
+        let addr = self.get_unmapped_area(
+            mm,
+            file.map(|f| &**f),
+            addr,
+            len,
+            offset >> PAGE_SHIFT,
+            flags,
+        )?;
         if addr < MMAP_MIN_ADDR {
             return Err(Errno::EPERM);
         }
@@ -728,7 +670,8 @@ impl Kernel {
     }
 
     /// `brk`: move the program break. Shrinking unmaps; growing maps anonymous pages after the
-    /// old break (merging with the heap VMA) unless that would come within a page of the next
+    /// old break (expanding the heap VMA, never merging into the `.bss` below `start_brk`
+    /// or into the next mapping, as `do_brk_flags`) unless that would come within a page of the next
     /// mapping's guard gap. Never below `start_brk`. Returns the break now in effect — the
     /// old one when the request fails, as the system call does.
     pub fn brk(&self, cpu: &CpuGuard<'_>, mm: &mut MmStruct, brk: u64) -> u64 {
@@ -770,17 +713,38 @@ impl Kernel {
             | VmFlags::VM_MAYREAD
             | VmFlags::VM_MAYWRITE
             | VmFlags::VM_MAYEXEC
-            | VmFlags::VM_ACCOUNT;
-        self.mmap_region(
-            mm,
-            oldbrk,
-            newbrk - oldbrk,
-            flags,
-            oldbrk >> PAGE_SHIFT,
-            None,
-            None,
-        );
+            | VmFlags::VM_ACCOUNT
+            | mm.def_flags;
+        // do_brk_flags: expand the heap VMA — the one ending at the old break that starts at
+        // or above start_brk (`vma_prev_limit`), never the .bss below it — or add a new one.
+        let new = VmArea {
+            vm_start: oldbrk,
+            vm_end: newbrk,
+            vm_flags: flags,
+            vm_page_prot: VmArea::prot_for(flags, false),
+            vm_pgoff: oldbrk >> PAGE_SHIFT,
+            vm_file: None,
+            name: None,
+            anon_vma: None,
+            vm_special: None,
+        };
+        let heap = mm
+            .vmas
+            .get(oldbrk)
+            .filter(|v| v.vm_start >= mm.start_brk && can_merge(v, &new));
+        if heap.is_some() {
+            self.vma_merge_new_range(mm, new);
+        } else {
+            self.vma_link(mm, new);
+        }
         mm.brk = brk;
+        if flags.contains(VmFlags::VM_LOCKED) {
+            // mlockall(MCL_FUTURE): the new heap is locked and populated.
+            mm.locked_vm += (newbrk - oldbrk) >> PAGE_SHIFT;
+            if !flags.contains(VmFlags::VM_LOCKONFAULT) {
+                self.mm_populate(cpu, mm, oldbrk, newbrk - oldbrk);
+            }
+        }
         brk
     }
 

@@ -17,10 +17,17 @@
 //! taken out of a PTE reaches the allocator only through a gather, so no CPU and no MMU can
 //! still reach a frame when it is freed. [`MmuGather::finish`] (`tlb_finish_mmu`) flushes what
 //! is left; dropping an unfinished gather finishes it too.
+//!
+//! A platform whose MMU caches page tables themselves beyond the flush (a shadow-paging
+//! hypervisor, see [`Platform::defer_table_free`](crate::Platform::defer_table_free)) gets
+//! Linux's `MMU_GATHER_RCU_TABLE_FREE` treatment: step 3 parks the tables (`tlb_remove_table`)
+//! and [`Kernel::tlb_remove_table_sync`] frees them once the platform has dropped what it
+//! cached (its grace period, where Linux waits for RCU or an IPI round).
 
 use crate::addr::Pfn;
 use crate::arch::x86_64::pgtable::{PgTable, Pte};
 use crate::cpu::CpuGuard;
+use crate::mm::list::PageList;
 use crate::mm::page::Page;
 use crate::mm::swap_state::PG_SWAPCACHE;
 use crate::Kernel;
@@ -239,8 +246,15 @@ impl<'a> MmuGather<'a> {
             self.k.release_pages(self.cpu, self.gathered_pages());
         }
         self.nr_pages = 0;
-        for &t in &self.tables[..self.nr_tables] {
-            self.k.table_free(self.cpu, t);
+        let tables = &self.tables[..self.nr_tables];
+        if !tables.is_empty() {
+            if self.k.platform().defer_table_free() {
+                self.k.tlb_remove_table(self.cpu, tables);
+            } else {
+                for &t in tables {
+                    self.k.table_free(self.cpu, t);
+                }
+            }
         }
         self.nr_tables = 0;
     }
@@ -268,5 +282,53 @@ impl Drop for MmuGather<'_> {
     fn drop(&mut self) {
         // An unfinished gather still flushes before it frees.
         self.flush();
+    }
+}
+
+/// Page tables out of every address space, waiting for the platform's grace period: a list
+/// through their `struct page`s (nothing is allocated to park one).
+#[derive(Debug, Default)]
+pub struct DeferredTables {
+    list: PageList,
+    nr: u64,
+}
+
+impl Kernel {
+    /// `tlb_remove_table` under `MMU_GATHER_RCU_TABLE_FREE`: the tables' destructor runs now
+    /// (they leave `NR_PAGETABLE`, as `pagetable_dtor` does before the RCU free), the frames
+    /// wait for [`Kernel::tlb_remove_table_sync`].
+    fn tlb_remove_table(&self, cpu: &CpuGuard<'_>, tables: &[Pfn]) {
+        for &t in tables {
+            self.mod_node_page_state(
+                cpu,
+                self.mem_map.page(t),
+                crate::arch::x86_64::pgtable::NR_PAGETABLE,
+                -1,
+            );
+        }
+        let mut q = self.deferred_tables.lock();
+        for &t in tables {
+            q.list.push_back(&self.mem_map, t);
+        }
+        q.nr += tables.len() as u64;
+    }
+
+    /// The grace period of deferred table frees has passed (the platform's MMU caches no
+    /// table any more): free every parked table. Returns how many.
+    pub fn tlb_remove_table_sync(&self, cpu: &CpuGuard<'_>) -> u64 {
+        let (mut list, nr) = {
+            let mut q = self.deferred_tables.lock();
+            let nr = core::mem::take(&mut q.nr);
+            (core::mem::take(&mut q.list), nr)
+        };
+        while let Some(t) = list.pop_front(&self.mem_map) {
+            self.__free_pages(cpu, self.mem_map.page(t), 0);
+        }
+        nr
+    }
+
+    /// Page tables parked by deferred table frees (out of `NR_PAGETABLE`, not yet free).
+    pub fn nr_deferred_tables(&self) -> u64 {
+        self.deferred_tables.lock().nr
     }
 }

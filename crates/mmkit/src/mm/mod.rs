@@ -35,6 +35,7 @@ pub mod swapfile;
 pub mod swapoff;
 pub mod sysctl;
 pub mod uaccess;
+pub mod unmapped_area;
 pub mod vma_tree;
 pub mod vmalloc;
 pub mod vmap_tree;

@@ -86,7 +86,9 @@ impl Kernel {
         } else {
             MAP_PRIVATE
         };
-        let to = self.get_unmapped_area(mm, 0, new_len, map_flags)?;
+        let pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> crate::addr::PAGE_SHIFT);
+        let to =
+            self.get_unmapped_area(mm, vma.vm_file.as_deref(), 0, new_len, pgoff, map_flags)?;
         self.move_vma(cpu, mm, &vma, addr, old_len, new_len, to, flags)
     }
 
@@ -118,7 +120,7 @@ impl Kernel {
             old_len = new_len;
         }
         let vma = self.vma_to_resize(mm, addr, old_len, new_len, flags)?;
-        self.get_unmapped_area(mm, new_addr, new_len, MAP_FIXED)?;
+        self.get_unmapped_area(mm, None, new_addr, new_len, 0, MAP_FIXED)?;
         self.move_vma(cpu, mm, &vma, addr, old_len, new_len, new_addr, flags)
     }
 

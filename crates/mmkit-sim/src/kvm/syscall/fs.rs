@@ -106,10 +106,9 @@ fn cached_read(
     let mut done = 0usize;
     while done < count {
         let want = (count - done).min(tmp.len());
-        let r = p
-            .k
-            .filemap_read(cpu, inode, off + done as u64, &mut tmp[..want])
-            .map_err(errno)?;
+        let r =
+            p.k.filemap_read(cpu, inode, off + done as u64, &mut tmp[..want])
+                .map_err(errno)?;
         if let Err(e) = p.write_user(cpu, buf + done as u64, &tmp[..r]) {
             return if done == 0 { Err(e) } else { Ok(done as i64) };
         }
@@ -165,7 +164,12 @@ pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
 
 /// `pread64`.
 pub fn sys_pread64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let (fd, buf, count, off) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT), a[3] as i64);
+    let (fd, buf, count, off) = (
+        a[0] as i64,
+        a[1],
+        (a[2] as usize).min(MAX_RW_COUNT),
+        a[3] as i64,
+    );
     if off < 0 {
         return Err(EINVAL);
     }
@@ -317,7 +321,12 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
 
 /// The mmkit inode of a regular file just opened as host descriptor `fd` (its page cache
 /// serves the reads); `None` for anything else.
-fn page_cache_of(p: &Proc<'_>, fd: RawFd, path: &str, flags: i32) -> Option<crate::hostfs::HostEntry> {
+fn page_cache_of(
+    p: &Proc<'_>,
+    fd: RawFd,
+    path: &str,
+    flags: i32,
+) -> Option<crate::hostfs::HostEntry> {
     // SAFETY: fstat of our own descriptor.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -858,7 +867,8 @@ impl Proc<'_> {
                 // SAFETY: into our own buffer.
                 let r = unsafe { libc::pread(hfd, page.as_mut_ptr().cast(), len, lo as i64) };
                 if r > 0 {
-                    self.k.update_cached_range(cpu, &inode, lo, &page[..r as usize]);
+                    self.k
+                        .update_cached_range(cpu, &inode, lo, &page[..r as usize]);
                 }
             }
             idx += 1;
@@ -881,9 +891,13 @@ pub fn sys_copy_file_range(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) ->
     // SAFETY: lseek of our own descriptor.
     let out_pos = oout.unwrap_or_else(|| unsafe { libc::lseek(hout, 0, libc::SEEK_CUR) });
     let pin = oin.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut i64);
-    let pout = oout.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    let pout = oout
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |o| o as *mut i64);
     // SAFETY: our own offsets (or null) and descriptors.
-    let r = host(unsafe { libc::copy_file_range(hin, pin, hout, pout, a[4] as usize, a[5] as u32) } as i64)?;
+    let r = host(
+        unsafe { libc::copy_file_range(hin, pin, hout, pout, a[4] as usize, a[5] as u32) } as i64,
+    )?;
     if let Some(o) = oin {
         p.write_user(cpu, a[1], &o.to_le_bytes())?;
     }

@@ -225,6 +225,9 @@ pub fn handle(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, vm: &Vm, vcpu: &mut Vcpu) ->
     let nr = regs.rax;
     let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
     p.syscalls += 1;
+    if let Some(hook) = p.opts.syscall_hook.clone() {
+        hook(p, cpu, nr, args);
+    }
     let shown = p.opts.strace.then(|| strace_call(p, cpu, nr, &args));
     let r = dispatch(p, cpu, vm, vcpu, nr, args);
     let ret = match r {
