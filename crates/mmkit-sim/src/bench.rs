@@ -733,6 +733,14 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
             if filter == "reclaim" { "" } else { filter },
         )?);
     }
+    let exec = ["exec-", "fault-exit", "syscall-exit"];
+    if filter.is_empty() || filter == "exec" || exec.iter().any(|p| filter.starts_with(p)) {
+        rows.extend(crate::bench_exec::exec_rows(if filter == "exec" {
+            ""
+        } else {
+            filter
+        })?);
+    }
     Ok(rows)
 }
 

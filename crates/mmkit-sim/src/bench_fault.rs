@@ -25,7 +25,7 @@ const LEN: u64 = 16 << 20;
 const PAGES: u64 = LEN >> 12;
 
 /// Host: mmap `len` anonymous bytes, write a byte per page, munmap.
-fn host_anon_touch(len: usize) {
+pub(crate) fn host_anon_touch(len: usize) {
     // SAFETY: a private anonymous mapping we touch and unmap ourselves.
     unsafe {
         let p = libc::mmap(

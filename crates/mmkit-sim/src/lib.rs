@@ -2,8 +2,10 @@
 //! mapping, CPUs are host threads bound to a CPU id, and the clock is the host's.
 
 pub mod bench;
+pub mod bench_exec;
 pub mod bench_fault;
 pub mod bench_reclaim;
+pub mod demo;
 pub mod exec;
 pub mod exec_cmd;
 pub mod fault_counts;

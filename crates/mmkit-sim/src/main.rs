@@ -46,7 +46,7 @@ enum Cmd {
         seed: u64,
         /// The scenario: `alloc` (page and kmalloc workloads) or `pressure` (a process
         /// writing 1.5x RAM through swap while kswapd runs; draws an SVG chart).
-        #[arg(long, default_value = "alloc")]
+        #[arg(long, visible_alias = "workload", default_value = "alloc")]
         scenario: String,
         /// Where the pressure scenario writes its chart.
         #[arg(long, default_value = "pressure.svg")]
@@ -197,6 +197,15 @@ fn main() -> Result<()> {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    if cli.cmd.is_none() {
+        // The main job: a real program on mmkit, or the synthetic load where it cannot run.
+        match mmkit_sim::demo::available() {
+            Ok(()) => return mmkit_sim::demo::run(&MachineSpec::default()),
+            Err(e) => println!(
+                "mmkit: no real program can run here ({e:#}); running the synthetic workload instead (mmkit run --workload alloc)"
+            ),
+        }
+    }
     let cmd = cli.cmd.unwrap_or(Cmd::Run {
         machine: MachineArgs::default(),
         ops: 200_000,
@@ -370,7 +379,7 @@ fn main() -> Result<()> {
             let rows = bench::run(filter.as_deref().unwrap_or(""))?;
             if rows.is_empty() {
                 bail!(
-                    "no benchmark matches `{}` (groups: page, slab, vm, fault, reclaim)",
+                    "no benchmark matches `{}` (groups: page, slab, vm, fault, reclaim, exec)",
                     filter.unwrap_or_default()
                 );
             }

@@ -610,3 +610,66 @@ fn date_matches_the_host_clock() {
         .as_secs();
     assert!(host.abs_diff(ours) <= 2, "{ours} vs {host}");
 }
+
+/// Exactly one VM exit per guest fault and per system call, and no other: a static program
+/// that writes to 3,000 fresh pages and exits takes its text page's file fault, 3,000
+/// anonymous faults and one syscall; one that calls `getpid` 3,000 times takes the text
+/// fault and 3,000 + 1 syscalls; the bytes it wrote are mmkit's (read back through the page
+/// tables at exit_group).
+#[test]
+fn one_exit_per_fault_and_per_syscall() {
+    use mmkit_sim::bench_exec::{getpid_code, tiny_elf, touch_pages_code};
+    use std::os::unix::fs::PermissionsExt;
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let before = settled(&m);
+    let write = |name: &str, elf: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, elf).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let touch = write("touch", tiny_elf(&touch_pages_code(3000), 3000 << 12));
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let log = seen.clone();
+    let hook = Arc::new(
+        move |p: &mut Proc<'_>, cpu: &mmkit::CpuGuard<'_>, nr: u64, _: [u64; 6]| {
+            if nr == libc::SYS_exit_group as u64 {
+                let mut b = vec![0u8; 3000];
+                for (i, x) in b.iter_mut().enumerate() {
+                    let mut one = [0u8];
+                    p.k.copy_from_user(cpu, p.mm(), &mut one, 0x1000_0000 + (i as u64) * 4096)
+                        .unwrap();
+                    *x = one[0];
+                }
+                *log.lock().unwrap() = b;
+            }
+        },
+    );
+    let r = run(
+        &m,
+        &vm,
+        &[&touch],
+        RunOptions {
+            syscall_hook: Some(hook),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.out.status, Status::Exited(0));
+    assert_eq!((r.out.user_faults, r.out.syscalls), (3001, 1));
+    assert_eq!(r.out.faults_by_kind[0], 3000, "anonymous faults");
+    assert_eq!(r.out.faults_by_kind[2], 1, "the text page");
+    assert_eq!(r.out.exits, 3002);
+    assert!(
+        seen.lock().unwrap().iter().all(|&b| b == 1),
+        "every page holds its byte"
+    );
+    let pid = write("getpid", tiny_elf(&getpid_code(3000), 4096));
+    let r = run(&m, &vm, &[&pid], RunOptions::default());
+    assert_eq!(r.out.status, Status::Exited(0));
+    assert_eq!(
+        (r.out.user_faults, r.out.syscalls, r.out.exits),
+        (1, 3001, 3002)
+    );
+    assert_clean(&m, before, "tiny programs");
+}

@@ -88,6 +88,9 @@ pub enum Wmark {
 
 /// Index of `NR_FREE_PAGES` in the zone counters.
 pub const NR_FREE_PAGES: usize = 0;
+/// `NR_ZONE_LRU_BASE`: `nr_zone_inactive_anon`, the first of the zone's five LRU counters
+/// (in `enum lru_list` order, as the node's `nr_inactive_anon`..).
+pub const NR_ZONE_LRU_BASE: usize = 2;
 /// Index of `NR_FREE_PAGES_BLOCKS` (free pages in blocks of at least pageblock order).
 pub const NR_FREE_PAGES_BLOCKS: usize = 1;
 

@@ -66,12 +66,16 @@ impl Kernel {
         page.clear(PageFlags::LRU);
     }
 
-    /// `update_lru_size`: the node's `nr_inactive_anon`.. counters change only under its
-    /// `lru_lock`, which the caller holds, so a plain load and store do.
+    /// `update_lru_size`: the node's `nr_inactive_anon`.. and the page's zone's
+    /// `nr_zone_inactive_anon`.. counters change only under the node's `lru_lock`, which the
+    /// caller holds, so a plain load and store do.
     #[inline]
     fn mod_lru_size_locked(&self, page: &Page, l: usize, delta: i64) {
-        let s = &self.nodes[page.nid()].vm_stat[l];
+        let node = &self.nodes[page.nid()];
+        let s = &node.vm_stat[l];
         s.store(s.load(Relaxed) + delta, Relaxed);
+        let z = &node.zone(page.zonenum()).vm_stat[crate::mm::mmzone::NR_ZONE_LRU_BASE + l];
+        z.store(z.load(Relaxed) + delta, Relaxed);
     }
 
     /// `folio_add_lru`: queue a new page for its LRU list on this CPU's batch (taking a
@@ -234,9 +238,17 @@ impl Kernel {
                     }
                     count += 1;
                 }
-                if count != lru.nr[l] || n.vm_stat[l].load(Relaxed) != count as i64 {
+                let zones: i64 = n
+                    .zones
+                    .iter()
+                    .map(|z| z.stat(crate::mm::mmzone::NR_ZONE_LRU_BASE + l))
+                    .sum();
+                if count != lru.nr[l]
+                    || n.vm_stat[l].load(Relaxed) != count as i64
+                    || zones != count as i64
+                {
                     return Err(alloc::format!(
-                        "node {}: list {l} has {count} pages, counted {} / {}",
+                        "node {}: list {l} has {count} pages, counted {} / node {} / zones {zones}",
                         n.node_id,
                         lru.nr[l],
                         n.vm_stat[l].load(Relaxed)

@@ -51,24 +51,162 @@ pub(crate) enum Arg {
     X,
     /// A NUL-terminated user string.
     S,
+    /// `PROT_*` bits.
+    P,
+    /// `MAP_*` flags.
+    M,
+    /// `O_*` flags.
+    O,
+    /// A `MADV_*` advice.
+    A,
 }
 
-use Arg::{D, I, S, X};
+use Arg::{A, D, I, M, O, P, S, X};
+
+/// `A|B|…` for the bits of `v` named in `names`, the rest in hex; `zero` when `v` is 0.
+fn flag_names(v: u64, names: &[(u64, &str)], zero: &str) -> String {
+    if v == 0 {
+        return zero.into();
+    }
+    let mut left = v;
+    let mut parts = Vec::new();
+    for &(bit, name) in names {
+        if bit != 0 && left & bit == bit {
+            parts.push(name.to_string());
+            left &= !bit;
+        }
+    }
+    if left != 0 {
+        parts.push(format!("{left:#x}"));
+    }
+    parts.join("|")
+}
+
+/// How strace shows one argument of kind `k`.
+fn show_flags(k: Arg, v: u64) -> String {
+    use libc as c;
+    let b = |x: i32| x as u32 as u64;
+    match k {
+        Arg::P => flag_names(
+            v,
+            &[
+                (b(c::PROT_READ), "PROT_READ"),
+                (b(c::PROT_WRITE), "PROT_WRITE"),
+                (b(c::PROT_EXEC), "PROT_EXEC"),
+                (0x0100_0000, "PROT_GROWSDOWN"),
+                (0x0200_0000, "PROT_GROWSUP"),
+            ],
+            "PROT_NONE",
+        ),
+        Arg::M => {
+            let kind = match v & 0xf {
+                1 => "MAP_SHARED",
+                2 => "MAP_PRIVATE",
+                3 => "MAP_SHARED_VALIDATE",
+                _ => "",
+            };
+            let rest = flag_names(
+                v & !0xf,
+                &[
+                    (b(c::MAP_FIXED), "MAP_FIXED"),
+                    (b(c::MAP_ANONYMOUS), "MAP_ANONYMOUS"),
+                    (b(c::MAP_32BIT), "MAP_32BIT"),
+                    (b(c::MAP_GROWSDOWN), "MAP_GROWSDOWN"),
+                    (b(c::MAP_DENYWRITE), "MAP_DENYWRITE"),
+                    (b(c::MAP_EXECUTABLE), "MAP_EXECUTABLE"),
+                    (b(c::MAP_LOCKED), "MAP_LOCKED"),
+                    (b(c::MAP_NORESERVE), "MAP_NORESERVE"),
+                    (b(c::MAP_POPULATE), "MAP_POPULATE"),
+                    (b(c::MAP_NONBLOCK), "MAP_NONBLOCK"),
+                    (b(c::MAP_STACK), "MAP_STACK"),
+                    (b(c::MAP_HUGETLB), "MAP_HUGETLB"),
+                    (b(c::MAP_SYNC), "MAP_SYNC"),
+                    (b(c::MAP_FIXED_NOREPLACE), "MAP_FIXED_NOREPLACE"),
+                ],
+                "",
+            );
+            match (kind.is_empty(), rest.is_empty()) {
+                (false, false) => format!("{kind}|{rest}"),
+                (false, true) => kind.into(),
+                (true, false) => format!("{:#x}|{rest}", v & 0xf),
+                (true, true) => format!("{:#x}", v & 0xf),
+            }
+        }
+        Arg::O => {
+            let acc = match v & 3 {
+                0 => "O_RDONLY",
+                1 => "O_WRONLY",
+                2 => "O_RDWR",
+                _ => "O_ACCMODE",
+            };
+            let rest = flag_names(
+                v & !3,
+                &[
+                    (b(c::O_CREAT), "O_CREAT"),
+                    (b(c::O_EXCL), "O_EXCL"),
+                    (b(c::O_NOCTTY), "O_NOCTTY"),
+                    (b(c::O_TRUNC), "O_TRUNC"),
+                    (b(c::O_APPEND), "O_APPEND"),
+                    (b(c::O_NONBLOCK), "O_NONBLOCK"),
+                    (b(c::O_DSYNC), "O_DSYNC"),
+                    (b(c::O_DIRECT), "O_DIRECT"),
+                    (b(c::O_LARGEFILE), "O_LARGEFILE"),
+                    (b(c::O_DIRECTORY), "O_DIRECTORY"),
+                    (b(c::O_NOFOLLOW), "O_NOFOLLOW"),
+                    (b(c::O_NOATIME), "O_NOATIME"),
+                    (b(c::O_CLOEXEC), "O_CLOEXEC"),
+                    (b(c::O_PATH), "O_PATH"),
+                    (b(c::O_TMPFILE) & !b(c::O_DIRECTORY), "O_TMPFILE"),
+                ],
+                "",
+            );
+            if rest.is_empty() {
+                acc.into()
+            } else {
+                format!("{acc}|{rest}")
+            }
+        }
+        Arg::A => match v as i32 {
+            c::MADV_NORMAL => "MADV_NORMAL".into(),
+            c::MADV_RANDOM => "MADV_RANDOM".into(),
+            c::MADV_SEQUENTIAL => "MADV_SEQUENTIAL".into(),
+            c::MADV_WILLNEED => "MADV_WILLNEED".into(),
+            c::MADV_DONTNEED => "MADV_DONTNEED".into(),
+            c::MADV_FREE => "MADV_FREE".into(),
+            c::MADV_REMOVE => "MADV_REMOVE".into(),
+            c::MADV_DONTFORK => "MADV_DONTFORK".into(),
+            c::MADV_DOFORK => "MADV_DOFORK".into(),
+            c::MADV_MERGEABLE => "MADV_MERGEABLE".into(),
+            c::MADV_HUGEPAGE => "MADV_HUGEPAGE".into(),
+            c::MADV_NOHUGEPAGE => "MADV_NOHUGEPAGE".into(),
+            c::MADV_DONTDUMP => "MADV_DONTDUMP".into(),
+            c::MADV_DODUMP => "MADV_DODUMP".into(),
+            c::MADV_WIPEONFORK => "MADV_WIPEONFORK".into(),
+            c::MADV_KEEPONFORK => "MADV_KEEPONFORK".into(),
+            c::MADV_COLD => "MADV_COLD".into(),
+            c::MADV_PAGEOUT => "MADV_PAGEOUT".into(),
+            c::MADV_POPULATE_READ => "MADV_POPULATE_READ".into(),
+            c::MADV_POPULATE_WRITE => "MADV_POPULATE_WRITE".into(),
+            other => other.to_string(),
+        },
+        _ => format!("{v:#x}"),
+    }
+}
 
 /// Name and argument kinds of each call strace shows.
 pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
     match nr {
         0 => ("read", &[I, X, D]),
         1 => ("write", &[I, X, D]),
-        2 => ("open", &[S, X, X]),
+        2 => ("open", &[S, O, X]),
         3 => ("close", &[I]),
         4 => ("stat", &[S, X]),
         5 => ("fstat", &[I, X]),
         6 => ("lstat", &[S, X]),
         7 => ("poll", &[X, D, D]),
         8 => ("lseek", &[I, D, D]),
-        9 => ("mmap", &[X, D, X, X, D, X]),
-        10 => ("mprotect", &[X, D, X]),
+        9 => ("mmap", &[X, D, P, M, I, X]),
+        10 => ("mprotect", &[X, D, P]),
         11 => ("munmap", &[X, D]),
         12 => ("brk", &[X]),
         13 => ("rt_sigaction", &[I, X, X, D]),
@@ -83,7 +221,7 @@ pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
         25 => ("mremap", &[X, D, D, X, X]),
         26 => ("msync", &[X, D, X]),
         27 => ("mincore", &[X, D, X]),
-        28 => ("madvise", &[X, D, D]),
+        28 => ("madvise", &[X, D, A]),
         32 => ("dup", &[I]),
         33 => ("dup2", &[I, D]),
         35 => ("nanosleep", &[X, X]),
@@ -148,7 +286,7 @@ pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
         229 => ("clock_getres", &[I, X]),
         230 => ("clock_nanosleep", &[I, D, X, X]),
         231 => ("exit_group", &[I]),
-        257 => ("openat", &[I, S, X, X]),
+        257 => ("openat", &[I, S, O, X]),
         258 => ("mkdirat", &[I, S, X]),
         262 => ("newfstatat", &[I, S, X, X]),
         263 => ("unlinkat", &[I, S, X]),
@@ -266,6 +404,7 @@ fn strace_call(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, nr: u64, args: &[u64; 6]) -
                 Ok(s) => format!("{:?}", String::from_utf8_lossy(&s)),
                 Err(_) => format!("{:#x}", args[i]),
             },
+            &k => show_flags(k, args[i]),
         });
     }
     if name == "syscall" {
@@ -453,4 +592,22 @@ fn dispatch(
 fn unsafe_id(f: unsafe extern "C" fn() -> u32) -> i64 {
     // SAFETY: getuid/getgid and friends cannot fail and have no preconditions.
     unsafe { f() as i64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strace_decodes_flags_as_strace_does() {
+        assert_eq!(show_flags(P, 0), "PROT_NONE");
+        assert_eq!(show_flags(P, 5), "PROT_READ|PROT_EXEC");
+        assert_eq!(show_flags(M, 0x22), "MAP_PRIVATE|MAP_ANONYMOUS");
+        assert_eq!(show_flags(M, 0x812), "MAP_PRIVATE|MAP_FIXED|MAP_DENYWRITE");
+        assert_eq!(show_flags(M, 0x8000_0001), "MAP_SHARED|0x80000000");
+        assert_eq!(show_flags(O, 0x80000), "O_RDONLY|O_CLOEXEC");
+        assert_eq!(show_flags(O, 0o1102), "O_RDWR|O_CREAT|O_TRUNC");
+        assert_eq!(show_flags(A, 4), "MADV_DONTNEED");
+        assert_eq!(show_flags(A, 999), "999");
+    }
 }
