@@ -325,7 +325,10 @@ fn zone_ranges_when_ram_starts_above_16m() {
     })
     .unwrap();
     let log = m.kernel.dmesg();
-    let at = log.iter().position(|l| l.ends_with("] Zone ranges:")).unwrap();
+    let at = log
+        .iter()
+        .position(|l| l.ends_with("] Zone ranges:"))
+        .unwrap();
     let tail = |l: &String| l.split_once("] ").unwrap().1.to_string();
     let got: Vec<String> = log[at + 1..at + 5].iter().map(tail).collect();
     assert_eq!(
@@ -401,5 +404,8 @@ fn soft_reserved_is_printed_by_name() {
     );
     assert!(!log.contains("type 4026531839"));
     let iomem = mmkit::fs::proc::iomem::iomem(&m.kernel);
-    assert!(iomem.contains("40000000-4fffffff : Soft Reserved"), "{iomem}");
+    assert!(
+        iomem.contains("40000000-4fffffff : Soft Reserved"),
+        "{iomem}"
+    );
 }

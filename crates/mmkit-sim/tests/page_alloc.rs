@@ -4,7 +4,9 @@
 mod common;
 use common::{boot_mem, exhaust, free_all, free_and_pcp};
 use mmkit::fs::proc::buddyinfo::{buddyinfo, pagetypeinfo};
-use mmkit::gfp::{Gfp, GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL, GFP_NOWAIT};
+use mmkit::gfp::{
+    Gfp, GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL, GFP_NOWAIT,
+};
 use mmkit::mm::mmzone::Wmark;
 use mmkit::mm::mmzone::ZoneType;
 use mmkit::mm::page::PageFlags;

@@ -271,7 +271,8 @@ mod tests {
     fn sysctl_values_are_bounded_as_linux_does() {
         let e = BootConfig::parse("sysctl.vm.min_free_kbytes=999999999999").unwrap_err();
         assert!(
-            e.to_string().contains("sysctl.vm.min_free_kbytes=999999999999"),
+            e.to_string()
+                .contains("sysctl.vm.min_free_kbytes=999999999999"),
             "{e}"
         );
         assert!(BootConfig::parse("sysctl.vm.min_free_kbytes=-1").is_err());

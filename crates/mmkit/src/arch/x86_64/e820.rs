@@ -612,7 +612,11 @@ mod tests {
         assert_eq!(SoftReserved.iomem_name(), "Soft Reserved");
         let mut s = m.clone();
         s.sanitize();
-        assert_eq!(s.entries.len(), 2, "e820_nomerge keeps soft reserved ranges apart");
+        assert_eq!(
+            s.entries.len(),
+            2,
+            "e820_nomerge keeps soft reserved ranges apart"
+        );
         assert_eq!(
             s.print_lines("BIOS-e820"),
             [
@@ -625,7 +629,11 @@ mod tests {
         m.sanitize();
         assert_eq!(
             m,
-            t(&[(0, 0x1000, Ram), (0x1000, 0x2000, SoftReserved), (0x2000, 0x4000, Ram)])
+            t(&[
+                (0, 0x1000, Ram),
+                (0x1000, 0x2000, SoftReserved),
+                (0x2000, 0x4000, Ram)
+            ])
         );
     }
 
@@ -639,10 +647,26 @@ mod tests {
         for i in 0..n {
             let a = 0x10_0000 + i * 0x1_0000;
             let typ = if i % 2 == 0 { Ram } else { Reserved };
-            v.push(E820Entry { addr: a, size: 0x1_0000, typ });
-            v.push(E820Entry { addr: a, size: 0x1_0000, typ });
-            v.push(E820Entry { addr: a + 0x8000, size: 0x1000, typ: Reserved });
-            v.push(E820Entry { addr: a, size: 0, typ: Acpi });
+            v.push(E820Entry {
+                addr: a,
+                size: 0x1_0000,
+                typ,
+            });
+            v.push(E820Entry {
+                addr: a,
+                size: 0x1_0000,
+                typ,
+            });
+            v.push(E820Entry {
+                addr: a + 0x8000,
+                size: 0x1000,
+                typ: Reserved,
+            });
+            v.push(E820Entry {
+                addr: a,
+                size: 0,
+                typ: Acpi,
+            });
         }
         // A deterministic shuffle.
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -659,7 +683,11 @@ mod tests {
         let mut want: Vec<E820Entry> = Vec::new();
         let mut push = |addr: u64, end: u64, typ| match want.last_mut() {
             Some(l) if l.typ == typ && l.end() == addr => l.size = end - l.addr,
-            _ => want.push(E820Entry { addr, size: end - addr, typ }),
+            _ => want.push(E820Entry {
+                addr,
+                size: end - addr,
+                typ,
+            }),
         };
         for i in 0..n {
             let a = 0x10_0000 + i * 0x1_0000;
