@@ -16,6 +16,9 @@ pub enum Errno {
     /// Input/output error.
     #[error("EIO: input/output error")]
     EIO = 5,
+    /// No such device or address.
+    #[error("ENXIO: no such device or address")]
+    ENXIO = 6,
     /// Argument list too long.
     #[error("E2BIG: argument list too long")]
     E2BIG = 7,
@@ -49,9 +52,21 @@ pub enum Errno {
     /// No such device.
     #[error("ENODEV: no such device")]
     ENODEV = 19,
+    /// Not a directory.
+    #[error("ENOTDIR: not a directory")]
+    ENOTDIR = 20,
+    /// Is a directory.
+    #[error("EISDIR: is a directory")]
+    EISDIR = 21,
     /// Invalid argument.
     #[error("EINVAL: invalid argument")]
     EINVAL = 22,
+    /// Too many open files in the system.
+    #[error("ENFILE: too many open files in system")]
+    ENFILE = 23,
+    /// Too many open files.
+    #[error("EMFILE: too many open files")]
+    EMFILE = 24,
     /// Text file busy.
     #[error("ETXTBSY: text file busy")]
     ETXTBSY = 26,
@@ -61,17 +76,78 @@ pub enum Errno {
     /// Read-only file system.
     #[error("EROFS: read-only file system")]
     EROFS = 30,
+    /// File name too long.
+    #[error("ENAMETOOLONG: file name too long")]
+    ENAMETOOLONG = 36,
+    /// Too many levels of symbolic links (or of binary format rewrites in exec).
+    #[error("ELOOP: too many levels of symbolic links")]
+    ELOOP = 40,
     /// Value too large for defined data type.
     #[error("EOVERFLOW: value too large for defined data type")]
     EOVERFLOW = 75,
+    /// Accessing a corrupted shared library (a bad ELF interpreter).
+    #[error("ELIBBAD: accessing a corrupted shared library")]
+    ELIBBAD = 80,
     /// Operation not supported.
     #[error("EOPNOTSUPP: operation not supported")]
     EOPNOTSUPP = 95,
 }
 
+/// Every error number this type names, for [`Errno::from_code`].
+const ALL: [Errno; 29] = [
+    Errno::EPERM,
+    Errno::ENOENT,
+    Errno::ESRCH,
+    Errno::EIO,
+    Errno::E2BIG,
+    Errno::ENOEXEC,
+    Errno::EBADF,
+    Errno::ECHILD,
+    Errno::EAGAIN,
+    Errno::ENOMEM,
+    Errno::EACCES,
+    Errno::EFAULT,
+    Errno::EBUSY,
+    Errno::EEXIST,
+    Errno::ENODEV,
+    Errno::ENOTDIR,
+    Errno::EISDIR,
+    Errno::EINVAL,
+    Errno::ETXTBSY,
+    Errno::EFBIG,
+    Errno::EROFS,
+    Errno::ENAMETOOLONG,
+    Errno::ELOOP,
+    Errno::EOVERFLOW,
+    Errno::ELIBBAD,
+    Errno::EOPNOTSUPP,
+    Errno::ENXIO,
+    Errno::ENFILE,
+    Errno::EMFILE,
+];
+
 impl Errno {
     /// The positive error number.
     pub const fn code(self) -> i32 {
         self as i32
+    }
+
+    /// The `Errno` with Linux's number `code`, if this type names it.
+    pub fn from_code(code: i32) -> Option<Self> {
+        ALL.iter().copied().find(|e| e.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for e in ALL {
+            assert_eq!(Errno::from_code(e.code()), Some(e));
+        }
+        assert_eq!(Errno::from_code(40), Some(Errno::ELOOP));
+        assert_eq!(Errno::from_code(9999), None);
     }
 }

@@ -28,4 +28,10 @@ pub trait Platform: Send + Sync {
     fn flush_tlb(&self, flush: &crate::mm::mmu_gather::TlbFlush<'_>) {
         let _ = flush;
     }
+    /// The CPU's features as the kernel sees them after `identify_cpu` (CPUID words, what it
+    /// enabled in CR4/XCR0). A bare-metal kernel reads them from the CPU; the simulator gives
+    /// the host's or a named model's. The default is a baseline x86-64 CPU with AVX.
+    fn cpu_features(&self) -> crate::arch::x86_64::cpufeature::CpuFeatures {
+        crate::arch::x86_64::cpufeature::CpuFeatures::default()
+    }
 }

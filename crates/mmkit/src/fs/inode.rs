@@ -20,6 +20,58 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+/// `S_IFMT` and the file types (`include/uapi/linux/stat.h`).
+pub mod mode {
+    #![allow(missing_docs)]
+    pub const S_IFMT: u32 = 0o170000;
+    pub const S_IFSOCK: u32 = 0o140000;
+    pub const S_IFLNK: u32 = 0o120000;
+    pub const S_IFREG: u32 = 0o100000;
+    pub const S_IFBLK: u32 = 0o060000;
+    pub const S_IFDIR: u32 = 0o040000;
+    pub const S_IFCHR: u32 = 0o020000;
+    pub const S_IFIFO: u32 = 0o010000;
+    pub const S_ISUID: u32 = 0o4000;
+    pub const S_ISGID: u32 = 0o2000;
+    pub const S_IXUGO: u32 = 0o111;
+    pub const S_IXGRP: u32 = 0o010;
+}
+
+/// What exec and `mmap` need to know about a file besides its bytes: the inode's mode and
+/// owner, the mount's `noexec`/`nosuid`, and whether the file system places mappings with
+/// `thp_get_unmapped_area` (its `file_operations.get_unmapped_area`: ext2/ext4, xfs, erofs,
+/// fuse, … in Linux 6.x).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FileAttr {
+    /// `i_mode`: type and permission bits.
+    pub mode: u32,
+    /// `i_uid`.
+    pub uid: u32,
+    /// `i_gid`.
+    pub gid: u32,
+    /// The mount is `noexec` (`path_noexec`).
+    pub noexec: bool,
+    /// The mount is `nosuid` (`mnt_may_suid` fails).
+    pub nosuid: bool,
+    /// `f_op->get_unmapped_area == thp_get_unmapped_area`.
+    pub thp_unmapped_area: bool,
+}
+
+impl Default for FileAttr {
+    /// A regular root-owned `rwxr-xr-x` file on an ordinary mount of a file system without
+    /// its own placement rule.
+    fn default() -> Self {
+        Self {
+            mode: mode::S_IFREG | 0o755,
+            uid: 0,
+            gid: 0,
+            noexec: false,
+            nosuid: false,
+            thp_unmapped_area: false,
+        }
+    }
+}
+
 /// A file's contents: the backing store the page cache reads from and writes back to.
 pub trait FileData: Send + Sync {
     /// Current size in bytes (`i_size`).
@@ -34,19 +86,30 @@ pub trait FileData: Send + Sync {
     fn ra_pages(&self) -> u64 {
         crate::mm::filemap::VM_READAHEAD_PAGES
     }
+    /// The inode's attributes (see [`FileAttr`]).
+    fn attr(&self) -> FileAttr {
+        FileAttr::default()
+    }
 }
 
 /// A writable file whose backing store is host memory (what tmpfs gives a test): shared
 /// mappings of it are written back here.
 pub struct RamFile {
     bytes: SpinLock<Vec<u8>>,
+    attr: FileAttr,
 }
 
 impl RamFile {
     /// A file holding `bytes`.
     pub fn new(bytes: Vec<u8>) -> Self {
+        Self::with_attr(bytes, FileAttr::default())
+    }
+
+    /// A file holding `bytes`, with the given mode, owner and mount flags.
+    pub fn with_attr(bytes: Vec<u8>, attr: FileAttr) -> Self {
         Self {
             bytes: SpinLock::new(bytes),
+            attr,
         }
     }
 
@@ -85,6 +148,9 @@ impl FileData for RamFile {
     }
     fn writable(&self) -> bool {
         true
+    }
+    fn attr(&self) -> FileAttr {
+        self.attr
     }
 }
 

@@ -142,6 +142,9 @@ pub(crate) fn accountable(f: VmFlags) -> bool {
 
 const MAP_TYPE_MASK: u32 = 0x0f;
 
+/// `PMD_SIZE`: what one page-middle-directory entry maps, the size of a huge page (2 MiB).
+const PMD_SIZE: u64 = 1 << 21;
+
 impl Kernel {
     /// `mm_alloc`: an empty address space with fresh page tables and the no-ASLR layout.
     pub fn mm_alloc(&self, cpu: &CpuGuard<'_>) -> Result<MmStruct, Errno> {
@@ -154,6 +157,8 @@ impl Kernel {
             hiwater_rss: 0,
             mmap_base: MmStruct::mmap_base_for(DEFAULT_RLIMIT_STACK),
             task_size: TASK_SIZE,
+            compat: false,
+            read_implies_exec: false,
             start_brk: 0,
             brk: 0,
             start_stack: 0,
@@ -174,10 +179,12 @@ impl Kernel {
         })
     }
 
-    /// `get_unmapped_area` for anonymous memory: `MAP_FIXED` as given; a usable hint as
-    /// given; otherwise the highest gap below `mmap_base` (`vm_unmapped_area` top-down,
-    /// keeping the guard gap below stacks), or bottom-up from `TASK_SIZE / 3` when that
-    /// fails. `ENOMEM` when nothing fits.
+    /// `mm_get_unmapped_area` (`arch_get_unmapped_area_topdown`): `MAP_FIXED` as given; a
+    /// usable hint as given; otherwise the highest gap below `mmap_base` (`vm_unmapped_area`
+    /// top-down, keeping the guard gap below stacks), or bottom-up from
+    /// `TASK_UNMAPPED_BASE` (a third of the address space) when that fails. The limits are
+    /// the address space's own (`task_size`: 4 GiB for a 32-bit task). `ENOMEM` when
+    /// nothing fits.
     pub fn get_unmapped_area(
         &self,
         mm: &MmStruct,
@@ -185,11 +192,12 @@ impl Kernel {
         len: u64,
         flags: u32,
     ) -> Result<u64, Errno> {
-        if len > TASK_SIZE - MMAP_MIN_ADDR {
+        let task_size = mm.task_size;
+        if len > task_size.saturating_sub(MMAP_MIN_ADDR) {
             return Err(Errno::ENOMEM);
         }
         if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-            if addr > TASK_SIZE - len {
+            if addr > task_size - len {
                 return Err(Errno::ENOMEM);
             }
             return Ok(addr);
@@ -198,12 +206,12 @@ impl Kernel {
             let a = align_up(addr, PAGE_SIZE);
             let next_ok = mm.find_vma(a).is_none_or(|v| a + len <= v.start_gap());
             let prev_ok = mm.find_vma_prev(a).is_none_or(|p| p.vm_end <= a);
-            if a <= TASK_SIZE - len && a >= MMAP_MIN_ADDR && next_ok && prev_ok {
+            if a <= task_size - len && a >= MMAP_MIN_ADDR && next_ok && prev_ok {
                 return Ok(a);
             }
         }
         let low = MMAP_MIN_ADDR.max(PAGE_SIZE);
-        let mut gap_end = mm.mmap_base;
+        let mut gap_end = mm.mmap_base.min(task_size);
         for v in mm.vmas.iter().rev() {
             if v.vm_end > gap_end {
                 gap_end = gap_end.min(v.start_gap());
@@ -222,7 +230,7 @@ impl Kernel {
             return Ok(gap_end - len);
         }
         // Bottom-up fallback from TASK_UNMAPPED_BASE.
-        let mut start = align_up(TASK_SIZE / 3, PAGE_SIZE);
+        let mut start = align_up(task_size / 3, PAGE_SIZE);
         for v in mm.vmas.iter() {
             if v.vm_end <= start {
                 continue;
@@ -232,10 +240,89 @@ impl Kernel {
             }
             start = start.max(v.vm_end);
         }
-        if start + len <= TASK_SIZE {
+        if start + len <= task_size {
             return Ok(start);
         }
         Err(Errno::ENOMEM)
+    }
+
+    /// `__get_unmapped_area` (`mm/mmap.c`): the placement rule of the file's file system
+    /// (`thp_get_unmapped_area` where its `file_operations` name it), Linux 6.x's
+    /// THP alignment of private anonymous mappings that are a multiple of 2 MiB and have no
+    /// hint, otherwise [`Kernel::get_unmapped_area`]; then the result is checked against the
+    /// address space (`ENOMEM` past `task_size`, `EINVAL` unaligned).
+    pub fn get_unmapped_area_vmflags(
+        &self,
+        mm: &MmStruct,
+        file: Option<&Arc<File>>,
+        addr: u64,
+        len: u64,
+        pgoff: u64,
+        flags: u32,
+    ) -> Result<u64, Errno> {
+        let shared = matches!(flags & MAP_TYPE_MASK, MAP_SHARED | MAP_SHARED_VALIDATE);
+        let addr = match file {
+            Some(f) if f.inode.data().attr().thp_unmapped_area => {
+                self.thp_get_unmapped_area(mm, addr, len, pgoff, flags)?
+            }
+            // Shared anonymous memory goes through shmem_get_unmapped_area, which aligns
+            // only for shmem THP (off by default).
+            None if !shared && addr == 0 && len.is_multiple_of(PMD_SIZE) => {
+                self.thp_get_unmapped_area(mm, addr, len, 0, flags)?
+            }
+            _ => self.get_unmapped_area(mm, addr, len, flags)?,
+        };
+        if addr > mm.task_size.saturating_sub(len) {
+            return Err(Errno::ENOMEM);
+        }
+        if addr & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(addr)
+    }
+
+    /// `thp_get_unmapped_area_vmflags` / `__thp_get_unmapped_area` (`mm/huge_memory.c`,
+    /// Linux 6.7+): for a mapping covering at least one whole 2 MiB-aligned stretch of its
+    /// file offsets, ask for 2 MiB more than needed and place the mapping so that file
+    /// offset and address agree modulo 2 MiB — in a top-down layout, the highest such place
+    /// (`ret + PMD_SIZE` when the found area is already aligned). Not for 32-bit tasks, not
+    /// when a hint was honoured; otherwise (or when the padded area does not fit) the
+    /// ordinary placement.
+    fn thp_get_unmapped_area(
+        &self,
+        mm: &MmStruct,
+        addr: u64,
+        len: u64,
+        pgoff: u64,
+        flags: u32,
+    ) -> Result<u64, Errno> {
+        let off = pgoff.wrapping_shl(PAGE_SHIFT);
+        let aligned = (|| {
+            if mm.compat {
+                return None;
+            }
+            let off_end = off.checked_add(len)?;
+            let off_align = off.checked_next_multiple_of(PMD_SIZE)?;
+            if off_end <= off_align || off_end - off_align < PMD_SIZE {
+                return None;
+            }
+            let len_pad = len.checked_add(PMD_SIZE)?;
+            off.checked_add(len_pad)?;
+            let ret = self.get_unmapped_area(mm, addr, len_pad, flags).ok()?;
+            if ret == addr {
+                return Some(addr);
+            }
+            let off_sub = off.wrapping_sub(ret) & (PMD_SIZE - 1);
+            if off_sub == 0 {
+                // MMF_TOPDOWN: every layout here is top-down.
+                return Some(ret + PMD_SIZE);
+            }
+            Some(ret + off_sub)
+        })();
+        match aligned {
+            Some(a) => Ok(a),
+            None => self.get_unmapped_area(mm, addr, len, flags),
+        }
     }
 
     /// `mmap` without a file (`fd` = -1): `MAP_ANONYMOUS` memory. See [`Kernel::do_mmap`].
@@ -274,7 +361,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let len = align_up(len, PAGE_SIZE);
-        if len == 0 || len > TASK_SIZE {
+        if len == 0 || len > mm.task_size {
             return Err(Errno::ENOMEM);
         }
         if offset & (PAGE_SIZE - 1) != 0 {
@@ -298,6 +385,14 @@ impl Kernel {
         } else {
             Some(file.ok_or(Errno::EBADF)?)
         };
+        // READ_IMPLIES_EXEC: readable is executable, except from a noexec mount.
+        let mut prot = prot;
+        if prot & PROT_READ != 0
+            && mm.read_implies_exec
+            && !file.is_some_and(|f| f.inode.data().attr().noexec)
+        {
+            prot |= PROT_EXEC;
+        }
         let mut vm_flags = vm_flags_for(prot, flags);
         if let Some(f) = file {
             if !f.f_mode.contains(FMode::READ) {
@@ -318,7 +413,8 @@ impl Kernel {
         if mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
-        let addr = self.get_unmapped_area(mm, addr, len, flags)?;
+        let addr =
+            self.get_unmapped_area_vmflags(mm, file, addr, len, offset >> PAGE_SHIFT, flags)?;
         if addr < MMAP_MIN_ADDR {
             return Err(Errno::EPERM);
         }
@@ -667,6 +763,8 @@ impl Kernel {
         let mut mm = self.mm_alloc(cpu)?;
         mm.mmap_base = old.mmap_base;
         mm.task_size = old.task_size;
+        mm.compat = old.compat;
+        mm.read_implies_exec = old.read_implies_exec;
         mm.start_brk = old.start_brk;
         mm.brk = old.brk;
         mm.start_stack = old.start_stack;

@@ -706,7 +706,7 @@ mod tests {
     fn generated_map_sizes_are_checked() {
         assert_eq!(
             E820Table::for_mem_size(u64::MAX).unwrap_err(),
-            E820Error::TooLarge(u64::MAX & !0xfff)
+            E820Error::TooLarge(!0xfff)
         );
         assert!(E820Table::for_mem_size((1 << 46) - (1 << 30)).is_ok());
         assert!(E820Table::for_mem_size((1 << 46) - (1 << 30) + 4096).is_err());
