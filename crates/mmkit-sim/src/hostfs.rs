@@ -1,13 +1,24 @@
 //! Host files as the simulated machine's files: read-only, read with `pread`, identified by
 //! the host's device and inode numbers and canonical path (what `/proc/PID/maps` shows), one
 //! `Inode` — one page cache — per host file, as a real kernel keeps one inode per file.
+//!
+//! Opening is the VFS side of exec (`do_open_execat`): the path is looked up with `stat`
+//! (its errors are the lookup's: `ENOENT`, `ENOTDIR`, `ELOOP`, `EACCES` on a directory, …),
+//! the inode's type, mode and mount flags are checked by the library's `may_open_exec`
+//! before anything is opened — so a FIFO, a device or a directory is refused without
+//! blocking — and only then is the file opened, non-blocking, and checked to be the same
+//! regular file. Each file's attributes (mode, owner, `noexec`/`nosuid`, whether its file
+//! system places mappings with `thp_get_unmapped_area`) come from the host.
 
 use anyhow::{Context, Result};
 use mmkit::errno::Errno;
-use mmkit::fs::inode::{FMode, File, FileData, Inode};
+use mmkit::fs::inode::{FMode, File, FileAttr, FileData, Inode};
+use mmkit::fs::namei::Cred;
 use mmkit::Kernel;
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,13 +36,6 @@ fn pread_full(file: &std::fs::File, off: u64, buf: &mut [u8]) -> Result<usize, E
     Ok(done)
 }
 
-/// A host file opened read-only; its size is fixed when it is opened.
-pub struct HostFile {
-    file: std::fs::File,
-    size: u64,
-    ra_pages: u64,
-}
-
 /// The readahead window of the host block device holding a file, in pages
 /// (`/sys/dev/block/MAJ:MIN/queue/read_ahead_kb`; Linux's 128 KiB default otherwise).
 pub fn device_ra_pages(dev: u64) -> u64 {
@@ -42,6 +46,14 @@ pub fn device_ra_pages(dev: u64) -> u64 {
     .ok()
     .and_then(|s| s.trim().parse::<u64>().ok())
     .map_or(mmkit::mm::filemap::VM_READAHEAD_PAGES, |kb| kb / 4)
+}
+
+/// A host file opened read-only; its size is fixed when it is opened.
+pub struct HostFile {
+    file: std::fs::File,
+    size: u64,
+    ra_pages: u64,
+    attr: FileAttr,
 }
 
 impl FileData for HostFile {
@@ -60,6 +72,9 @@ impl FileData for HostFile {
     fn ra_pages(&self) -> u64 {
         self.ra_pages
     }
+    fn attr(&self) -> FileAttr {
+        self.attr
+    }
 }
 
 /// A host file opened for reading and writing, for swap areas: pages go to it with
@@ -70,11 +85,12 @@ pub struct HostFileRw {
 }
 
 impl HostFileRw {
-    /// Open `path` read-write.
+    /// Open `path` read-write, not through a symlink.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .with_context(|| format!("cannot open {} for writing", path.display()))?;
         let size = file.metadata()?.len();
@@ -90,7 +106,10 @@ impl FileData for HostFileRw {
         pread_full(&self.file, off, buf)
     }
     fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
-        if off + buf.len() as u64 > self.size {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
             return Err(Errno::EFBIG);
         }
         self.file.write_all_at(buf, off).map_err(|_| Errno::EIO)?;
@@ -102,10 +121,18 @@ impl FileData for HostFileRw {
 }
 
 /// Create a swap file of `bytes` at `path` the way `mkswap` does (util-linux's `mkswap` when
-/// it is installed, else the same header written here), and open it read-write.
+/// it is installed, else the same header written here), and open it read-write. The file
+/// must not exist (`O_EXCL`, which also refuses a symlink planted there): make it in a
+/// [`crate::tempfiles::PrivateDir`].
 pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
-    let f = std::fs::File::create(path)?;
-    f.set_len(bytes)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create swap file {}", path.display()))?;
+    f.set_len(bytes)
+        .with_context(|| format!("cannot size swap file {}", path.display()))?;
     drop(f);
     let made = std::process::Command::new("mkswap")
         .arg(path)
@@ -114,10 +141,7 @@ pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
         .unwrap_or(false);
     if !made {
         let hdr = mmkit::mm::swapfile::mkswap_header(bytes / 4096);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .write_all_at(&hdr, 0)?;
+        HostFileRw::open(path)?.file.write_all_at(&hdr, 0)?;
     }
     HostFileRw::open(path)
 }
@@ -135,28 +159,124 @@ pub fn dev_major_minor(dev: u64) -> (u32, u32) {
     (major as u32, minor as u32)
 }
 
+/// The errno of a host I/O error (`EIO` when it has none this library names).
+pub fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error()
+        .and_then(Errno::from_code)
+        .unwrap_or(Errno::EIO)
+}
+
+/// File-system magic numbers (`statfs.f_type`) of the file systems whose
+/// `file_operations.get_unmapped_area` is `thp_get_unmapped_area` in Linux 6.x: ext2/3/4,
+/// XFS, btrfs, bcachefs, EROFS and FUSE. (tmpfs has its own rule, which aligns only with
+/// the `huge=` mount option; overlayfs has none.)
+const THP_FILESYSTEMS: [i64; 6] = [
+    0xEF53,      // EXT2/3/4_SUPER_MAGIC
+    0x5846_5342, // XFS_SB_MAGIC
+    0x9123_683E, // BTRFS_SUPER_MAGIC
+    0xCA45_1A4E, // BCACHEFS_SUPER_MAGIC
+    0xE0F5_E1E2, // EROFS_SUPER_MAGIC_V1
+    0x6573_5546, // FUSE_SUPER_MAGIC
+];
+
+/// The attributes of the host file at `path` with metadata `md`: mode and owner from `stat`,
+/// `noexec`/`nosuid` from `statvfs`, the placement rule from `statfs`.
+fn host_attr(path: &Path, md: &std::fs::Metadata) -> FileAttr {
+    let mut attr = FileAttr {
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        ..FileAttr::default()
+    };
+    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: `c` is a NUL-terminated path; `sv` and `sf` are plain structs the calls
+        // fill in, read only when the calls succeed.
+        unsafe {
+            let mut sv: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut sv) == 0 {
+                attr.noexec = sv.f_flag & libc::ST_NOEXEC != 0;
+                attr.nosuid = sv.f_flag & libc::ST_NOSUID != 0;
+            }
+            let mut sf: libc::statfs = std::mem::zeroed();
+            if libc::statfs(c.as_ptr(), &mut sf) == 0 {
+                attr.thp_unmapped_area = THP_FILESYSTEMS.contains(&(sf.f_type as i64));
+            }
+        }
+    }
+    attr
+}
+
+/// The calling process's credentials, as the host kernel checks them (effective ids,
+/// supplementary groups, `CAP_DAC_OVERRIDE` from `/proc/self/status`'s `CapEff`).
+pub fn host_cred() -> Cred {
+    // SAFETY: plain id queries without arguments.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: `groups` has room for 256 entries and we pass that size.
+    let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+    groups.truncate(n.max(0) as usize);
+    let cap_dac_override = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .map_or(euid == 0, |caps| caps & (1 << 1) != 0);
+    Cred {
+        fsuid: euid,
+        fsgid: egid,
+        groups,
+        cap_dac_override,
+    }
+}
+
 impl HostFs {
-    /// The inode of the host file at `path` (following symlinks), registering it with the
-    /// kernel on first use.
+    /// The inode of the regular host file at `path` (following symlinks), registering it
+    /// with the kernel on first use. Anything but a regular file is refused before it is
+    /// opened (opening a FIFO would block).
     pub fn inode(&self, k: &Kernel, path: &Path) -> Result<Arc<Inode>> {
-        let real: PathBuf = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let file = std::fs::File::open(&real)
-            .with_context(|| format!("cannot open {}", real.display()))?;
-        let md = file.metadata()?;
+        let md =
+            std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
         if !md.is_file() {
-            anyhow::bail!("{} is not a regular file", real.display());
+            anyhow::bail!("{} is not a regular file", path.display());
+        }
+        let attr = host_attr(path, &md);
+        self.inode_with(k, path, attr)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))
+    }
+
+    /// Open a checked regular file without blocking, make sure it is the file that was
+    /// checked, and find or make its inode.
+    fn inode_with(&self, k: &Kernel, path: &Path, attr: FileAttr) -> Result<Arc<Inode>, Errno> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io_errno(&e))?;
+        let md = file.metadata().map_err(|e| io_errno(&e))?;
+        if !md.is_file() {
+            // Replaced between the check and the open.
+            return Err(Errno::EACCES);
         }
         let key = (md.dev(), md.ino());
-        let mut map = self.inodes.lock().expect("hostfs lock");
+        let mut map = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = map.get(&key) {
             return Ok(i.clone());
         }
+        let real: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let inode = k.new_inode(
             Box::new(HostFile {
                 file,
                 size: md.len(),
                 ra_pages: device_ra_pages(md.dev()),
+                // The opened file's own mode and owner; the mount's flags as checked.
+                attr: FileAttr {
+                    mode: md.mode(),
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    ..attr
+                },
             }),
             dev_major_minor(md.dev()),
             md.ino(),
@@ -166,9 +286,29 @@ impl HostFs {
         Ok(inode)
     }
 
-    /// Open the host file at `path` read-only.
+    /// Open the host file at `path` read-only (not for exec: no execute check).
     pub fn open(&self, k: &Kernel, path: &Path) -> Result<Arc<File>> {
         let inode = self.inode(k, path)?;
         Ok(k.open(&inode, FMode::READ)?)
+    }
+
+    /// `open_exec` on the host file system: look `path` up, refuse what `may_open` with
+    /// `MAY_EXEC` refuses for `cred` (`EACCES` for directories, FIFOs, devices, sockets, a
+    /// `noexec` mount or no execute permission) before opening anything, then open it.
+    /// An empty path is the current directory, as the kernel's own lookup of "" is.
+    pub fn open_exec(&self, k: &Kernel, path: &[u8], cred: &Cred) -> Result<Arc<File>, Errno> {
+        if path.contains(&0) {
+            return Err(Errno::ENOENT);
+        }
+        let p = if path.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(path))
+        };
+        let md = std::fs::metadata(p).map_err(|e| io_errno(&e))?;
+        let attr = host_attr(p, &md);
+        mmkit::fs::namei::may_open_exec(&attr, cred)?;
+        let inode = self.inode_with(k, p, attr)?;
+        k.open(&inode, FMode::READ)
     }
 }

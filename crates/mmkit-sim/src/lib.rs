@@ -4,12 +4,15 @@
 pub mod bench;
 pub mod bench_fault;
 pub mod bench_reclaim;
+pub mod cpu;
 pub mod exec;
 pub mod fault_counts;
 pub mod hostfs;
+pub mod hostview;
 pub mod machine;
 pub mod pressure;
 pub mod procfs;
+pub mod tempfiles;
 pub mod workload;
 
 pub use machine::{Machine, MachineSpec};

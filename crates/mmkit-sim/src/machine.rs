@@ -27,6 +27,7 @@ pub struct SimPlatform {
     len: usize,
     cpus: usize,
     start: Instant,
+    cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
 }
 
 // SAFETY: `base` is a private anonymous mapping owned by this value; the kernel coordinates
@@ -36,8 +37,18 @@ unsafe impl Send for SimPlatform {}
 unsafe impl Sync for SimPlatform {}
 
 impl SimPlatform {
-    /// Map `ram_end` bytes of lazily committed, zero-filled memory.
+    /// Map `ram_end` bytes of lazily committed, zero-filled memory; the CPUs are the host's
+    /// (see [`crate::cpu::host_features`]).
     pub fn new(ram_end: u64, cpus: usize) -> Result<Self> {
+        Self::with_cpu(ram_end, cpus, crate::cpu::host_features())
+    }
+
+    /// [`SimPlatform::new`] with CPUs of the given features.
+    pub fn with_cpu(
+        ram_end: u64,
+        cpus: usize,
+        cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
+    ) -> Result<Self> {
         let len =
             usize::try_from(ram_end).context("RAM size does not fit the host address space")?;
         // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing;
@@ -64,6 +75,7 @@ impl SimPlatform {
             len: len.max(1),
             cpus,
             start: Instant::now(),
+            cpu,
         })
     }
 }
@@ -94,6 +106,9 @@ impl Platform for SimPlatform {
     }
     fn get_random_u64(&self) -> u64 {
         rand::random()
+    }
+    fn cpu_features(&self) -> mmkit::arch::x86_64::cpufeature::CpuFeatures {
+        self.cpu
     }
 }
 
@@ -140,15 +155,23 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Boot `spec`.
+    /// Boot `spec` on CPUs like the host's.
     pub fn boot(spec: &MachineSpec) -> Result<Self> {
+        Self::boot_with_cpu(spec, crate::cpu::host_features())
+    }
+
+    /// Boot `spec` on CPUs with the given features (`--cpu`).
+    pub fn boot_with_cpu(
+        spec: &MachineSpec,
+        cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
+    ) -> Result<Self> {
         if spec.cpus == 0 || spec.cpus > 256 {
             bail!("--cpus must be 1..=256, not {}", spec.cpus);
         }
         let mut sanitized = spec.e820.clone();
         sanitized.sanitize();
         let end = sanitized.end_pfn(mmkit::arch::x86_64::e820::MAX_ARCH_PFN).0 << mmkit::PAGE_SHIFT;
-        let platform = SimPlatform::new(end.max(mmkit::PAGE_SIZE), spec.cpus)?;
+        let platform = SimPlatform::with_cpu(end.max(mmkit::PAGE_SIZE), spec.cpus, cpu)?;
         let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
         let next_reap = (0..spec.cpus)
             .map(|_| std::sync::atomic::AtomicU64::new(REAP_INTERVAL_NS))

@@ -274,7 +274,7 @@ fn main() -> Result<()> {
             println!(
                 "######## after kmem_cache_shrink of every cache and drain_all_pages ########"
             );
-            print_views(&m, &["buddyinfo", "vmstat"]);
+            print_views(&m, &["buddyinfo", "pagetypeinfo", "vmstat"]);
             let after = mmkit::fs::proc::buddyinfo::buddyinfo(&m.kernel);
             m.kernel
                 .check_invariants()

@@ -9,6 +9,7 @@ use mmkit::kernel::task::{TaskState, TaskTable};
 use mmkit::mm::mmap::*;
 use mmkit::Errno;
 use mmkit_sim::exec::{spawn_host, with_exec_params, ExecSpec};
+use mmkit_sim::hostfs::host_cred;
 use mmkit_sim::Machine;
 use std::ffi::CString;
 
@@ -118,9 +119,12 @@ fn fork_exec_exit_wait() {
     // The child execs bash: new image, same pid, counts kept.
     let before_exec = tasks.get(child).unwrap().fault_counts();
     m.on_cpu(1, |cpu| {
-        with_exec_params(&m, &spec("/usr/bin/bash", &[]), |file, params, interp| {
-            tasks.exec(k, cpu, child, file, params, interp)
-        })
+        with_exec_params(
+            &m,
+            &spec("/usr/bin/bash", &[]),
+            &host_cred(),
+            |file, params, interp| tasks.exec(k, cpu, child, file, params, interp),
+        )
         .unwrap()
         .unwrap()
     });
@@ -142,14 +146,27 @@ fn fork_exec_exit_wait() {
     assert_eq!(tasks.wait(init, None), Err(Errno::ECHILD));
     // Exec failure leaves the task as it was.
     let vsz = tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm();
-    let r = m.on_cpu(0, |cpu| {
-        with_exec_params(&m, &spec("/etc/hostname", &[]), |file, params, interp| {
-            tasks.exec(k, cpu, init, file, params, interp)
+    // A file without execute permission is refused before it is opened (EACCES, as the
+    // host kernel does); an executable file no format takes is ENOEXEC.
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text");
+    std::fs::write(&text, "not a program\n").unwrap();
+    let exec_text = |tasks: &mut TaskTable| {
+        m.on_cpu(0, |cpu| {
+            with_exec_params(
+                &m,
+                &spec(text.to_str().unwrap(), &[]),
+                &host_cred(),
+                |file, params, interp| tasks.exec(k, cpu, init, file, params, interp),
+            )
         })
-    });
-    if let Ok(r) = r {
-        assert_eq!(r, Err(Errno::ENOEXEC));
-    }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(exec_text(&mut tasks), Err(Errno::EACCES));
+    std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = exec_text(&mut tasks);
+    assert_eq!(r, Ok(Err(Errno::ENOEXEC)));
     assert_eq!(
         tasks.get(init).unwrap().mm.as_ref().unwrap().total_vm(),
         vsz

@@ -15,10 +15,11 @@ pub const HWCAP2_RING3MWAIT: u64 = 1 << 0;
 /// `HWCAP2_FSGSBASE`.
 pub const HWCAP2_FSGSBASE: u64 = 1 << 1;
 
-/// `sizeof(struct sigframe_ia32)`: pretcode, sig, `sigcontext_32` (88), the unused
-/// `_fpstate_32` (624), extramask, retcode (the largest signal frame with `CONFIG_IA32_EMULATION`,
-/// `MAX_FRAME_SIGINFO_UCTXT_SIZE`).
-const SIGFRAME_IA32_SIZE: u64 = 732;
+/// `sizeof(struct sigframe_ia32)` as a 64-bit kernel lays it out: pretcode, sig,
+/// `sigcontext_32` (88), the unused `_fpstate_32` (624, 8-byte aligned for its `u64`),
+/// extramask, retcode: 732 bytes padded to 736 (the largest signal frame with
+/// `CONFIG_IA32_EMULATION`, `MAX_FRAME_SIGINFO_UCTXT_SIZE`).
+const SIGFRAME_IA32_SIZE: u64 = 736;
 /// `MAX_FRAME_PADDING` (`FRAME_ALIGNMENT - 1`).
 const MAX_FRAME_PADDING: u64 = 15;
 /// `MAX_XSAVE_PADDING`.
@@ -100,17 +101,17 @@ mod tests {
     use super::*;
 
     /// The frame sizes Linux 6.x reports for known XSAVE sizes (`max sigframe size` in the
-    /// boot log, `AT_MINSIGSTKSZ`): AVX-512 with PKRU (2696 bytes) gives 3632, as a Sapphire
-    /// Rapids host reports; AVX (832) gives 1760.
+    /// boot log, `AT_MINSIGSTKSZ`): AVX-512 without PKRU (2688 bytes) gives 3632, as a
+    /// Sapphire Rapids guest without protection keys reports; AVX (832) gives 1776.
     #[test]
     fn sigframe_sizes() {
         let mut c = CpuFeatures {
-            xstate_size: 2696,
+            xstate_size: 2688,
             ..CpuFeatures::default()
         };
         assert_eq!(c.sigframe_size(), 3632);
         c.xstate_size = 832;
-        assert_eq!(c.sigframe_size(), 1760);
+        assert_eq!(c.sigframe_size(), 1776);
         assert_eq!(c.elf_hwcap2(), HWCAP2_FSGSBASE);
     }
 }
