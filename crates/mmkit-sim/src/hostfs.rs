@@ -150,6 +150,7 @@ pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
 #[derive(Default)]
 pub struct HostFs {
     inodes: Mutex<HashMap<(u64, u64), Arc<Inode>>>,
+    nosuid: std::sync::atomic::AtomicBool,
 }
 
 /// `MAJOR()`/`MINOR()` of a host `st_dev` (glibc's encoding).
@@ -206,6 +207,13 @@ fn host_attr(path: &Path, md: &std::fs::Metadata) -> FileAttr {
     attr
 }
 
+/// Open `inode` read-only under the name `path` resolves to (symlinks followed, the last
+/// component kept: a hard link shows its own name, as `d_path` does).
+fn open_by_name(k: &Kernel, inode: &Arc<Inode>, path: &Path) -> Result<Arc<File>, Errno> {
+    let name = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    k.open_path(inode, FMode::READ, &name.to_string_lossy())
+}
+
 /// The calling process's credentials, as the host kernel checks them (effective ids,
 /// supplementary groups, `CAP_DAC_OVERRIDE` from `/proc/self/status`'s `CapEff`).
 pub fn host_cred() -> Cred {
@@ -232,6 +240,18 @@ pub fn host_cred() -> Cred {
 }
 
 impl HostFs {
+    /// See the host file system as mounted `nosuid` (or not): the set-user-ID bits of files
+    /// opened from now on are ignored by exec, as on such a mount.
+    pub fn set_nosuid(&self, on: bool) {
+        self.nosuid.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn attr_of(&self, path: &Path, md: &std::fs::Metadata) -> FileAttr {
+        let mut a = host_attr(path, md);
+        a.nosuid |= self.nosuid.load(std::sync::atomic::Ordering::Relaxed);
+        a
+    }
+
     /// The inode of the regular host file at `path` (following symlinks), registering it
     /// with the kernel on first use. Anything but a regular file is refused before it is
     /// opened (opening a FIFO would block).
@@ -241,7 +261,7 @@ impl HostFs {
         if !md.is_file() {
             anyhow::bail!("{} is not a regular file", path.display());
         }
-        let attr = host_attr(path, &md);
+        let attr = self.attr_of(path, &md);
         self.inode_with(k, path, attr)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))
     }
@@ -289,7 +309,7 @@ impl HostFs {
     /// Open the host file at `path` read-only (not for exec: no execute check).
     pub fn open(&self, k: &Kernel, path: &Path) -> Result<Arc<File>> {
         let inode = self.inode(k, path)?;
-        Ok(k.open(&inode, FMode::READ)?)
+        Ok(open_by_name(k, &inode, path)?)
     }
 
     /// `open_exec` on the host file system: look `path` up, refuse what `may_open` with
@@ -306,9 +326,9 @@ impl HostFs {
             Path::new(OsStr::from_bytes(path))
         };
         let md = std::fs::metadata(p).map_err(|e| io_errno(&e))?;
-        let attr = host_attr(p, &md);
+        let attr = self.attr_of(p, &md);
         mmkit::fs::namei::may_open_exec(&attr, cred)?;
         let inode = self.inode_with(k, p, attr)?;
-        k.open(&inode, FMode::READ)
+        open_by_name(k, &inode, p)
     }
 }

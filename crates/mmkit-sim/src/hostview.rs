@@ -45,6 +45,24 @@ pub fn host_exec(
     env: &[&str],
     no_aslr: bool,
 ) -> Result<HostExec, String> {
+    host_exec_in(path, argv, env, no_aslr, false)
+}
+
+/// [`host_exec`] with the file seen through a `nosuid` bind mount of itself in a private
+/// mount namespace (needs `CAP_SYS_ADMIN`): its set-user-ID and set-group-ID bits are
+/// ignored, so the exec keeps `ADDR_NO_RANDOMIZE` and its layout can be compared byte for
+/// byte.
+pub fn host_exec_nosuid(path: &[u8], argv: &[&[u8]], env: &[&str]) -> Result<HostExec, String> {
+    host_exec_in(path, argv, env, true, true)
+}
+
+fn host_exec_in(
+    path: &[u8],
+    argv: &[&[u8]],
+    env: &[&str],
+    no_aslr: bool,
+    nosuid: bool,
+) -> Result<HostExec, String> {
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| String::from("a NUL in a path or argument"));
     let cpath = cstr(path)?;
     let cargs: Vec<CString> = argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
@@ -75,8 +93,39 @@ pub fn host_exec(
     }
     if pid == 0 {
         // SAFETY: see above. Messages to the parent: [0, errno] ptrace failed, [1, errno]
-        // execve failed. The pipe closes on a successful exec (O_CLOEXEC).
+        // execve failed, [2, step] the nosuid mount failed. The pipe closes on a successful
+        // exec (O_CLOEXEC).
         unsafe {
+            if nosuid {
+                let fail = |step: i32| {
+                    let msg = [2i32, step];
+                    libc::write(fds[1], msg.as_ptr().cast(), 8);
+                    libc::_exit(125);
+                };
+                let null = std::ptr::null();
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    fail(1);
+                }
+                let root = c"/".as_ptr();
+                if libc::mount(
+                    null,
+                    root,
+                    null,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    null.cast(),
+                ) != 0
+                {
+                    fail(2);
+                }
+                let p = cpath.as_ptr();
+                if libc::mount(p, p, null, libc::MS_BIND, null.cast()) != 0 {
+                    fail(3);
+                }
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+                if libc::mount(null, p, null, flags, null.cast()) != 0 {
+                    fail(4);
+                }
+            }
             if no_aslr {
                 libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
             }
@@ -121,6 +170,12 @@ pub fn host_exec(
         return Err(format!(
             "ptrace(PTRACE_TRACEME) is refused here ({})",
             std::io::Error::from_raw_os_error(msg[1])
+        ));
+    }
+    if n == 8 && msg[0] == 2 {
+        return Err(format!(
+            "a private nosuid bind mount cannot be made here (step {}): it needs CAP_SYS_ADMIN",
+            msg[1]
         ));
     }
     if n == 8 && msg[0] == 1 {

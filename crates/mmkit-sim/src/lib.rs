@@ -6,12 +6,14 @@ pub mod bench_fault;
 pub mod bench_reclaim;
 pub mod cpu;
 pub mod exec;
+pub mod exec_sweep;
 pub mod fault_counts;
 pub mod hostfs;
 pub mod hostview;
 pub mod machine;
 pub mod pressure;
 pub mod procfs;
+pub mod progress;
 pub mod tempfiles;
 pub mod workload;
 

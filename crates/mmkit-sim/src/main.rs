@@ -76,6 +76,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Exec every program in some directories on the host kernel and on the machine, and
+    /// compare the outcomes and the maps at the exec stop (default: /usr/bin and /usr/sbin).
+    ExecSweep {
+        #[command(flatten)]
+        machine: MachineArgs,
+        /// One JSON object per program instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// The directories.
+        dirs: Vec<PathBuf>,
+    },
     /// Time the hot paths beside their anchors (filter: a group such as `page`, or a row name).
     Bench {
         /// Only rows whose name or group matches.
@@ -325,6 +336,26 @@ fn main() -> Result<()> {
                 m.kernel.exit_mmap(cpu, img.mm);
                 Ok(())
             })?;
+        }
+        Cmd::ExecSweep {
+            machine,
+            json,
+            dirs,
+        } => {
+            let dirs = if dirs.is_empty() {
+                mmkit_sim::exec_sweep::default_dirs()
+            } else {
+                dirs
+            };
+            let progs = mmkit_sim::exec_sweep::programs(&dirs)?;
+            let r = mmkit_sim::exec_sweep::sweep(&machine.spec()?, &progs)?;
+            if json {
+                for row in &r.rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                print!("{}", r.summary());
+            }
         }
         Cmd::Bench { filter, json } => {
             let rows = bench::run(filter.as_deref().unwrap_or(""))?;

@@ -224,6 +224,9 @@ bitflags::bitflags! {
 pub struct File {
     /// The file's inode.
     pub inode: Arc<Inode>,
+    /// `f_path`: the name it was opened by, when that differs from the inode's (a hard
+    /// link): `/proc/PID/maps` shows the name of the open file, not of the inode.
+    pub f_path: Option<String>,
     /// `f_mode`.
     pub f_mode: FMode,
     /// `f_ra`: the file's readahead state.
@@ -237,9 +240,16 @@ impl PartialEq for File {
 }
 impl Eq for File {}
 
+impl File {
+    /// `d_path(&file->f_path)`: the name the file was opened by.
+    pub fn path(&self) -> &str {
+        self.f_path.as_deref().unwrap_or(&self.inode.path)
+    }
+}
+
 impl core::fmt::Debug for File {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "File({}, {:?})", self.inode.path, self.f_mode)
+        write!(f, "File({}, {:?})", self.path(), self.f_mode)
     }
 }
 
@@ -326,12 +336,30 @@ impl Kernel {
         }
     }
 
+    /// `dentry_open` of `inode` through the name `path` (a hard link of it): the open file
+    /// is shown under that name.
+    pub fn open_path(
+        &self,
+        inode: &Arc<Inode>,
+        mode: FMode,
+        path: &str,
+    ) -> Result<Arc<File>, Errno> {
+        let f = self.open(inode, mode)?;
+        if path == inode.path {
+            return Ok(f);
+        }
+        let mut f = Arc::into_inner(f).expect("a file just opened has one reference");
+        f.f_path = Some(String::from(path));
+        Ok(Arc::new(f))
+    }
+
     /// `dentry_open`: open `inode` with `mode`. `EACCES` for writing a read-only store.
     pub fn open(&self, inode: &Arc<Inode>, mode: FMode) -> Result<Arc<File>, Errno> {
         if mode.contains(FMode::WRITE) && !inode.data.writable() {
             return Err(Errno::EACCES);
         }
         Ok(Arc::new(File {
+            f_path: None,
             inode: inode.clone(),
             f_mode: mode,
             f_ra: SpinLock::new(crate::mm::readahead::FileRaState {

@@ -18,7 +18,7 @@ pub const VSYSCALL_ADDR: u64 = 0xffff_ffff_ff60_0000;
 /// holding the initial heap and stack.
 pub fn vma_name<'a>(mm: &MmStruct, v: &'a VmArea) -> Option<&'a str> {
     if let Some(f) = &v.vm_file {
-        return Some(f.inode.path.as_str());
+        return Some(f.path());
     }
     if let Some(n) = v.name {
         return Some(n);
