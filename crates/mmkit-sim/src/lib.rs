@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_fault;
 pub mod bench_reclaim;
+pub mod cli;
 pub mod cpu;
 pub mod exec;
 pub mod exec_sweep;

@@ -135,9 +135,9 @@ impl Default for MachineSpec {
 
 impl MachineSpec {
     /// The map from `--e820 FILE`.
+    /// The file is read with a bound ([`crate::cli::MAX_E820_FILE`]).
     pub fn from_e820_file(path: &Path) -> Result<E820Table> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading e820 map {}", path.display()))?;
+        let text = crate::cli::read_e820_file(path)?;
         E820Table::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 }
