@@ -447,7 +447,7 @@ fn large_images_are_placed_as_the_host_kernel_places_them() {
         let h = same(&m, &f);
         if let Outcome::Runs(maps) = h {
             let first = u64::from_str_radix(maps.split('-').next().unwrap(), 16).unwrap();
-            seen_aligned |= first % (2 << 20) == 0;
+            seen_aligned |= first.is_multiple_of(2 << 20);
         }
     }
     if !seen_aligned {
@@ -477,7 +477,7 @@ fn large_images_are_placed_as_the_host_kernel_places_them() {
         );
         assert_ne!(p, libc::MAP_FAILED);
         libc::munmap(p, 4 << 20);
-        p as u64 % (2 << 20) == 0
+        (p as u64).is_multiple_of(2 << 20)
     };
     let ours_aligned = m.on_cpu(0, |cpu| {
         let k = &m.kernel;
@@ -511,7 +511,7 @@ fn large_images_are_placed_as_the_host_kernel_places_them() {
             0,
             "3 MiB is not a multiple of 2 MiB: not aligned"
         );
-        a % (2 << 20) == 0
+        a.is_multiple_of(2 << 20)
     });
     assert_eq!(ours_aligned, host_aligned);
 }
