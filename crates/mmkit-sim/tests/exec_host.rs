@@ -378,6 +378,49 @@ fn ia32_programs_as_the_host_kernel() {
             assert_eq!(comparable(o), comparable(host(f)), "{}", f.display());
         }
     }
+    // The 32-bit auxiliary vector: AT_SYSINFO (the vDSO's __kernel_vsyscall, whose
+    // offset is the kernel build's) first, then as the 64-bit one, in 4-byte words.
+    if host_caps().ia32 {
+        for f in &files {
+            let pb = f.as_os_str().as_encoded_bytes();
+            let HostExec::Runs(h) = host_exec(pb, &[pb], ENV, true).unwrap() else {
+                panic!("the host runs {}", f.display());
+            };
+            let host: Vec<(u64, u64)> = h
+                .auxv
+                .chunks_exact(8)
+                .map(|c| {
+                    (
+                        u64::from(u32::from_le_bytes(c[..4].try_into().unwrap())),
+                        u64::from(u32::from_le_bytes(c[4..].try_into().unwrap())),
+                    )
+                })
+                .take_while(|e| e.0 != 0)
+                .collect();
+            let p = f.to_str().unwrap();
+            let spec = ExecSpec {
+                path: p,
+                argv: vec![p.to_string()],
+                envp: ENV.iter().map(|s| s.to_string()).collect(),
+                no_aslr: true,
+            };
+            let ours = m.on_cpu(0, |cpu| {
+                let img = exec_outcome(&m, cpu, &spec, &host_cred()).unwrap();
+                assert!(img.compat);
+                let a = img.auxv.clone();
+                m.kernel.exit_mmap(cpu, img.mm);
+                a
+            });
+            let root = host_caps().root;
+            let keep = |v: &[(u64, u64)]| -> Vec<(u64, u64)> {
+                v.iter()
+                    .map(|&(k, v)| if k == 32 { (k, 0) } else { (k, v) })
+                    .filter(|e| root || !(11..=14).contains(&e.0))
+                    .collect()
+            };
+            assert_eq!(keep(&ours), keep(&host), "{} auxv", f.display());
+        }
+    }
     // READ_IMPLIES_EXEC without PT_GNU_STACK: the data and bss are executable.
     let Outcome::Runs(rie) = ours(&m, &files[0]) else {
         unreachable!()
