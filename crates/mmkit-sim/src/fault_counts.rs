@@ -59,14 +59,20 @@ pub fn random_pages() -> Vec<u64> {
     (0..READS).map(|_| rng.random_range(0..LEN >> 12)).collect()
 }
 
-/// Write a 64 MiB file of pseudo-random bytes in `dir` and return its path.
+/// Write a 64 MiB file of pseudo-random bytes in `dir` (a new file: `O_EXCL`, so nothing
+/// planted there is followed) and return its path.
 pub fn make_file(dir: &Path) -> Result<std::path::PathBuf> {
+    use std::io::Write;
     let path = dir.join("fault-pattern.dat");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let mut data = vec![0u8; LEN as usize];
     rng.fill(&mut data[..]);
-    std::fs::write(&path, &data)?;
-    std::fs::File::open(&path)?.sync_all()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    f.write_all(&data)?;
+    f.sync_all()?;
     Ok(path)
 }
 
