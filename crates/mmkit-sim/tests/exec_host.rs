@@ -522,6 +522,74 @@ fn large_images_are_placed_as_the_host_kernel_places_them() {
         libc::munmap(p, 4 << 20);
         (p as u64).is_multiple_of(2 << 20)
     };
+    // mremap moving an anonymous mapping to 4 MiB places it by the same rule.
+    // SAFETY: anonymous mappings of our own, unmapped right away.
+    let host_moved_aligned = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        // A neighbour right above, so the mapping cannot grow in place.
+        let guard = libc::mmap(
+            (p as *mut u8).add(1 << 20).cast(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        let q = libc::mremap(p, 1 << 20, 4 << 20, libc::MREMAP_MAYMOVE);
+        assert_ne!(q, libc::MAP_FAILED);
+        libc::munmap(q, 4 << 20);
+        if guard != libc::MAP_FAILED {
+            libc::munmap(guard, 4096);
+        }
+        (q as u64).is_multiple_of(2 << 20)
+    };
+    let ours_moved_aligned = m.on_cpu(0, |cpu| {
+        let k = &m.kernel;
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        use mmkit::mm::mmap::*;
+        let p = k
+            .mmap(
+                cpu,
+                &mut mm,
+                0,
+                1 << 20,
+                PROT_READ,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                0,
+            )
+            .unwrap();
+        k.mmap(
+            cpu,
+            &mut mm,
+            p + (1 << 20),
+            4096,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            0,
+        )
+        .unwrap();
+        let q = k
+            .mremap(
+                cpu,
+                &mut mm,
+                p,
+                1 << 20,
+                4 << 20,
+                mmkit::mm::mremap::MREMAP_MAYMOVE,
+                0,
+            )
+            .unwrap();
+        k.exit_mmap(cpu, mm);
+        q.is_multiple_of(2 << 20)
+    });
+    assert_eq!(ours_moved_aligned, host_moved_aligned, "mremap's placement");
     let ours_aligned = m.on_cpu(0, |cpu| {
         let k = &m.kernel;
         let mut mm = k.mm_alloc(cpu).unwrap();

@@ -86,7 +86,11 @@ impl Kernel {
         } else {
             MAP_PRIVATE
         };
-        let to = self.get_unmapped_area(mm, 0, new_len, map_flags)?;
+        // get_unmapped_area(vma->vm_file, 0, new_len, pgoff of addr, map_flags): the file's
+        // placement rule (and anonymous THP alignment) applies to the moved range too.
+        let pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT);
+        let to =
+            self.get_unmapped_area_vmflags(mm, vma.vm_file.as_ref(), 0, new_len, pgoff, map_flags)?;
         self.move_vma(cpu, mm, &vma, addr, old_len, new_len, to, flags)
     }
 
