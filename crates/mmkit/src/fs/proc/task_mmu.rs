@@ -349,8 +349,11 @@ pub fn pagemap_read(
         return Err(crate::Errno::EINVAL);
     }
     let first = offset / 8;
-    let end = (first + (len / 8) as u64).min(crate::mm::mm_types::TASK_SIZE >> PAGE_SHIFT);
-    let mut out = alloc::vec::Vec::with_capacity(len);
+    let end = first
+        .saturating_add((len / 8) as u64)
+        .min(mm.task_size >> PAGE_SHIFT);
+    // Sized by what will be written, not by the caller's length.
+    let mut out = alloc::vec::Vec::with_capacity((end.saturating_sub(first) * 8) as usize);
     for vpn in first..end {
         out.extend_from_slice(&pagemap_entry(k, mm, vpn << PAGE_SHIFT).to_le_bytes());
     }
