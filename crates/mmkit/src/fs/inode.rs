@@ -154,6 +154,71 @@ impl FileData for RamFile {
     }
 }
 
+/// A memory file of a fixed size whose bytes cost memory only once written (what tmpfs
+/// gives a shared anonymous mapping, `shmem_zero_setup`: a mapping of any size is a file of
+/// that size, zeroes until touched). Writes beyond the size are `EFBIG`.
+pub struct SparseFile {
+    size: u64,
+    pages: SpinLock<alloc::collections::BTreeMap<u64, Box<[u8; 4096]>>>,
+}
+
+impl SparseFile {
+    /// A file of `size` zero bytes.
+    pub fn new(size: u64) -> Self {
+        Self {
+            size,
+            pages: SpinLock::new(alloc::collections::BTreeMap::new()),
+        }
+    }
+}
+
+impl FileData for SparseFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        if off >= self.size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.size - off) as usize;
+        let pages = self.pages.lock();
+        let mut done = 0;
+        while done < n {
+            let pos = off + done as u64;
+            let (idx, in_page) = (pos >> 12, (pos & 4095) as usize);
+            let chunk = (4096 - in_page).min(n - done);
+            match pages.get(&idx) {
+                Some(p) => buf[done..done + chunk].copy_from_slice(&p[in_page..in_page + chunk]),
+                None => buf[done..done + chunk].fill(0),
+            }
+            done += chunk;
+        }
+        Ok(n)
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(Errno::EFBIG);
+        }
+        let mut pages = self.pages.lock();
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let (idx, in_page) = (pos >> 12, (pos & 4095) as usize);
+            let chunk = (4096 - in_page).min(buf.len() - done);
+            let p = pages.entry(idx).or_insert_with(|| Box::new([0u8; 4096]));
+            p[in_page..in_page + chunk].copy_from_slice(&buf[done..done + chunk]);
+            done += chunk;
+        }
+        Ok(buf.len())
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
 /// `struct inode` with its `struct address_space`.
 pub struct Inode {
     /// `i_ino`.

@@ -447,8 +447,8 @@ impl Kernel {
 
     /// `shmem_zero_setup`: the unlinked memory file behind a shared anonymous mapping.
     fn shmem_zero_setup(&self, len: u64) -> Result<Arc<File>, Errno> {
-        let size = usize::try_from(len).map_err(|_| Errno::ENOMEM)?;
-        let data = crate::fs::inode::RamFile::new(alloc::vec![0; size]);
+        // Sparse: a huge shared anonymous mapping costs nothing until it is touched.
+        let data = crate::fs::inode::SparseFile::new(len);
         let inode = self.new_shmem_inode(alloc::boxed::Box::new(data), "/dev/zero (deleted)");
         inode.unlinked.store(true, Ordering::Relaxed);
         self.open(&inode, FMode::READ | FMode::WRITE)
