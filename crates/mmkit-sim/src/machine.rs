@@ -142,6 +142,34 @@ impl MachineSpec {
     }
 }
 
+/// Boot writes every `struct page` of the machine (40 bytes per 4 KiB page, in the
+/// simulated RAM, which is host memory once touched): refuse a machine whose `mem_map` would
+/// not fit in half of what the host has available, rather than let the host run out of
+/// memory.
+fn check_host_memory(map: &E820Table) -> Result<()> {
+    let pages: u64 = map.usable_pfn_ranges().iter().map(|(s, e)| e - s).sum();
+    let need = pages.saturating_mul(std::mem::size_of::<mmkit::Page>() as u64);
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb << 10);
+    if let Some(avail) = avail {
+        if need > avail / 2 {
+            bail!(
+                "a machine with {} GiB of RAM needs {} MiB of struct pages in host memory; this host has {} MiB available",
+                (pages << 12) >> 30,
+                need >> 20,
+                avail >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `REAPTIMEOUT_AC`: how often each CPU runs `cache_reap` (2 s, as Linux's delayed work).
 pub const REAP_INTERVAL_NS: u64 = 2_000_000_000;
 
@@ -171,6 +199,7 @@ impl Machine {
         let mut sanitized = spec.e820.clone();
         sanitized.sanitize();
         let end = sanitized.end_pfn(mmkit::arch::x86_64::e820::MAX_ARCH_PFN).0 << mmkit::PAGE_SHIFT;
+        check_host_memory(&sanitized)?;
         let platform = SimPlatform::with_cpu(end.max(mmkit::PAGE_SIZE), spec.cpus, cpu)?;
         let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
         let next_reap = (0..spec.cpus)

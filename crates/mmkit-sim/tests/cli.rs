@@ -43,6 +43,12 @@ fn sizes_that_wrap_are_errors() {
     assert_user_error(&o, "--mem 16E");
     let o = run(&["boot", "--mem", "12X"]);
     assert_user_error(&o, "--mem 12X");
+    // Too big for this host or for the machine: an error, not the host running out of memory.
+    for big in ["4T", "60T"] {
+        let o = run(&["boot", "--mem", big]);
+        assert_eq!(o.status.code(), Some(1), "{big}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    }
 }
 
 #[test]
