@@ -167,6 +167,15 @@ impl MachineArgs {
     fn boot(&self, spec: &MachineSpec) -> Result<Machine> {
         Machine::boot_with_cpu(spec, mmkit_sim::cpu::parse_cpu(&self.cpu)?)
     }
+
+    /// `--cpu` changes only what a program sees of the CPU (its auxv, smaps): refuse it
+    /// where nothing shows it.
+    fn no_cpu(&self, what: &str) -> Result<()> {
+        if self.cpu != "host" {
+            bail!("--cpu changes only what exec shows (auxv, smaps); {what} would ignore it");
+        }
+        Ok(())
+    }
 }
 
 fn print_views(m: &Machine, which: &[&str]) {
@@ -231,6 +240,7 @@ fn real_main(cli: Cli) -> Result<()> {
     mmkit_sim::tempfiles::install_signal_cleanup()?;
     match cli.cmd.unwrap_or(Cmd::Run(cli.run)) {
         Cmd::Boot { machine, proc_dir } => {
+            machine.no_cpu("boot")?;
             if let Some(d) = &proc_dir {
                 cli::check_proc_dir(d)?;
             }
@@ -259,6 +269,7 @@ fn real_main(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Run(r) => {
+            r.machine.no_cpu("run")?;
             check_run_options(&r)?;
             match r.scenario {
                 Scenario::Pressure => run_pressure(&r)?,
@@ -313,9 +324,7 @@ fn real_main(cli: Cli) -> Result<()> {
             } else {
                 dirs
             };
-            if machine.cpu != "host" {
-                bail!("--cpu is not used by exec-sweep: it compares with the host kernel, on the host's CPU");
-            }
+            machine.no_cpu("exec-sweep (it compares with the host kernel, on the host's CPU)")?;
             let progs = mmkit_sim::exec_sweep::programs(&dirs)?;
             let r = mmkit_sim::exec_sweep::sweep(&machine.spec()?, &progs)?;
             if json {

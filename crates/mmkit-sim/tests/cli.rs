@@ -126,8 +126,14 @@ fn run_refuses_options_its_scenario_ignores() {
         assert_eq!(o.status.code(), Some(2));
         assert!(stderr(&o).contains(bad[1]), "{}", stderr(&o));
     }
-    let o = run(&["exec-sweep", "--cpu", "+pku", "/nonexistent"]);
-    assert_user_error(&o, "--cpu");
+    for sub in ["exec-sweep", "boot", "run"] {
+        let o = run(&[sub, "--cpu", "+pku"]);
+        assert_user_error(&o, "--cpu");
+    }
+    // exec shows it: smaps gets ProtectionKey: lines.
+    let o = run(&["exec", "--mem", "128M", "--cpu", "+pku", "--smaps", "/bin/true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ProtectionKey:"));
 }
 
 #[test]
