@@ -131,7 +131,15 @@ fn run_refuses_options_its_scenario_ignores() {
         assert_user_error(&o, "--cpu");
     }
     // exec shows it: smaps gets ProtectionKey: lines.
-    let o = run(&["exec", "--mem", "128M", "--cpu", "+pku", "--smaps", "/bin/true"]);
+    let o = run(&[
+        "exec",
+        "--mem",
+        "128M",
+        "--cpu",
+        "+pku",
+        "--smaps",
+        "/bin/true",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("ProtectionKey:"));
 }
