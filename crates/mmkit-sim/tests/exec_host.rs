@@ -104,7 +104,8 @@ fn write_exec(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
 /// header table over 64 KiB, the wrong entry size, a PT_INTERP without its NUL; a version
 /// byte, class byte or data byte Linux does not check, no PT_LOAD at all, a NUL-padded
 /// interpreter path; interpreters that are a directory, a FIFO (this hung), not executable,
-/// a script or empty.
+/// a script or empty; and a FIFO, a directory, a device, a file without execute permission,
+/// an empty file and a missing path exec'd directly.
 #[test]
 fn bad_headers_and_interpreters_as_the_host_kernel() {
     const TEST: &str = "bad_headers_and_interpreters_as_the_host_kernel";
@@ -209,6 +210,8 @@ fn bad_headers_and_interpreters_as_the_host_kernel() {
         }));
     }
     cases.extend([fifo, d.to_path_buf(), d.join("nox"), d.join("empty")]);
+    // A character device and a missing path.
+    cases.extend([PathBuf::from("/dev/null"), d.join("missing")]);
     let m = boot_mem(256, 1, "");
     for c in &cases {
         same(&m, c);
