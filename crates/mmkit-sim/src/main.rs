@@ -359,6 +359,15 @@ fn real_main(cli: Cli) -> Result<()> {
 /// swap file in a private temporary directory, the chart checked up front.
 fn run_pressure(r: &RunArgs) -> Result<()> {
     let svg = cli::create_svg(r.svg.as_deref().unwrap_or("pressure.svg".as_ref()))?;
+    let res = pressure_chart(r, &svg);
+    if res.is_err() {
+        // Do not leave the empty chart file made up front behind.
+        let _ = std::fs::remove_file(&svg);
+    }
+    res
+}
+
+fn pressure_chart(r: &RunArgs, svg: &std::path::Path) -> Result<()> {
     let spec = r.machine.spec_or(Some(256 << 20))?;
     let m = r.machine.boot(&spec)?;
     let ram = m.kernel.totalram_pages() << 12;
@@ -379,7 +388,7 @@ fn run_pressure(r: &RunArgs) -> Result<()> {
     for (n, v) in &res.stats {
         println!("{n:<32} {v}");
     }
-    mmkit_sim::pressure::draw_svg(&res, &svg)
+    mmkit_sim::pressure::draw_svg(&res, svg)
         .with_context(|| format!("--svg {}: cannot write the chart", svg.display()))?;
     println!(
         "chart: {} (free pages of node 0's largest zone against its min/low/high watermarks over time; ticks: kswapd runs)",

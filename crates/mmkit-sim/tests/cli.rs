@@ -112,10 +112,42 @@ fn run_refuses_options_its_scenario_ignores() {
             "--cpus 2",
         ),
         (vec!["run", "--svg", "x.svg"], "--svg"),
+        // The pressure scenario boots the machine the options describe (it used to ignore
+        // --cmdline, --e820, --cpus and --nodes): their mistakes are its errors.
+        (
+            vec!["run", "--scenario", "pressure", "--cmdline", "nonsense=1"],
+            "nonsense=1",
+        ),
+        (
+            vec![
+                "run",
+                "--scenario",
+                "pressure",
+                "--e820",
+                "/nonexistent/map",
+            ],
+            "/nonexistent/map",
+        ),
+        (
+            vec![
+                "run",
+                "--scenario",
+                "pressure",
+                "--mem",
+                "128M",
+                "--nodes",
+                "9",
+            ],
+            "numa=fake=9",
+        ),
     ] {
         let o = run(&args);
         assert_user_error(&o, named);
     }
+    assert!(
+        !std::path::Path::new("pressure.svg").exists(),
+        "a failed run leaves no empty chart behind"
+    );
     // Out-of-range counts are the parser's errors (exit 2), naming the option.
     for bad in [
         ["run", "--ops", "0"],
