@@ -707,31 +707,32 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
         x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
     }
     let mut rows = Vec::new();
-    let page = ["order", "alloc1000", "boot"];
-    let slab = ["kmalloc", "cache192"];
-    if filter.is_empty() || filter == "page" || page.iter().any(|p| filter.starts_with(p)) {
-        rows.extend(page_rows(if filter == "page" { "" } else { filter })?);
-    }
-    if filter.is_empty() || filter == "slab" || slab.iter().any(|p| filter.starts_with(p)) {
-        rows.extend(slab_rows(if filter == "slab" { "" } else { filter })?);
-    }
-    let vm = ["vmalloc", "translate", "mmap", "find-vma"];
-    if filter.is_empty() || filter == "vm" || vm.iter().any(|p| filter.starts_with(p)) {
-        rows.extend(vm_rows(if filter == "vm" { "" } else { filter })?);
-    }
-    let fault = ["anon-fault", "cow-fault", "file-read-fault", "fault-count"];
-    if filter.is_empty() || filter == "fault" || fault.iter().any(|p| filter.starts_with(p)) {
-        rows.extend(crate::bench_fault::fault_rows(if filter == "fault" {
-            ""
-        } else {
-            filter
-        })?);
-    }
-    let reclaim = ["swap-out-in", "reclaim-scan"];
-    if filter.is_empty() || filter == "reclaim" || reclaim.iter().any(|p| filter.starts_with(p)) {
-        rows.extend(crate::bench_reclaim::reclaim_rows(
-            if filter == "reclaim" { "" } else { filter },
-        )?);
+    type Group = fn(&str) -> Result<Vec<Row>>;
+    let groups: [(&str, &[&str], Group); 5] = [
+        ("page", &["order", "alloc1000", "boot"], page_rows),
+        ("slab", &["kmalloc", "cache192"], slab_rows),
+        ("vm", &["vmalloc", "translate", "mmap", "find-vma"], vm_rows),
+        (
+            "fault",
+            &["anon-fault", "cow-fault", "file-read-fault", "fault-count"],
+            crate::bench_fault::fault_rows,
+        ),
+        (
+            "reclaim",
+            &["swap-out-in", "reclaim-scan"],
+            crate::bench_reclaim::reclaim_rows,
+        ),
+    ];
+    for (group, prefixes, f) in groups {
+        if filter.is_empty() || filter == group || prefixes.iter().any(|p| filter.starts_with(p)) {
+            let sp = crate::progress::spinner(format!(
+                "bench {group}: timing each row beside its anchor ({} rows so far)",
+                rows.len()
+            ));
+            let got = f(if filter == group { "" } else { filter });
+            sp.finish_and_clear();
+            rows.extend(got?);
+        }
     }
     let exec = ["exec-", "fault-exit", "syscall-exit"];
     if filter.is_empty() || filter == "exec" || exec.iter().any(|p| filter.starts_with(p)) {

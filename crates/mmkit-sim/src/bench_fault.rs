@@ -187,7 +187,7 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
         ));
     }
     if want("file-read-fault") {
-        let dir = tempfile::tempdir()?;
+        let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
         let path = dir.path().join("file");
         let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data)?;
@@ -239,7 +239,7 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
         ));
     }
     if want("fault-count") {
-        let dir = tempfile::tempdir_in(std::env::temp_dir())?;
+        let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
         for c in crate::fault_counts::compare(&m, dir.path())? {
             let faults = |f: mmkit::mm::uaccess::FaultCounts| (f.min_flt + f.maj_flt).max(1);
             let per = c.ours_ns as f64 / faults(c.ours) as f64;

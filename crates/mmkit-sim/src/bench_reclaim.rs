@@ -35,7 +35,7 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     if want("swap-out-in") {
         let mut best = (f64::MAX, 0.0, 0u64);
-        let dir = tempfile::tempdir()?;
+        let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
         for _ in 0..3 {
             let m = small_machine()?;
             let k = &m.kernel;
@@ -155,7 +155,7 @@ pub fn reclaim_rows(filter: &str) -> Result<Vec<Row>> {
             k.evict_inode(cpu, &inode)?;
             Ok(el / scanned.max(1) as f64)
         })?;
-        let dir = tempfile::tempdir()?;
+        let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
         let path = dir.path().join("cached");
         std::fs::write(&path, vec![1u8; 16 << 20])?;
         let file = std::fs::File::open(&path)?;

@@ -4,7 +4,7 @@
 
 use crate::exec::{exec_host, ExecSpec};
 use crate::kvm::{run_program, Outcome, RunOptions, Vm};
-use crate::machine::{Machine, MachineSpec};
+use crate::machine::Machine;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub fn resolve(prog: &str) -> Result<PathBuf> {
 /// Run `cmd` as `mmkit exec` does; returns the exit status to leave with.
 #[allow(clippy::too_many_arguments)]
 pub fn exec(
-    spec: &MachineSpec,
+    m: &Machine,
     cmd: &[String],
     envp: Vec<String>,
     no_aslr: bool,
@@ -42,7 +42,6 @@ pub fn exec(
 ) -> Result<i32> {
     let path = resolve(&cmd[0])?;
     let path_s = path.to_string_lossy().into_owned();
-    let m = Machine::boot(spec)?;
     let espec = ExecSpec {
         path: &path_s,
         argv: cmd.to_vec(),
@@ -51,7 +50,7 @@ pub fn exec(
     };
     if maps || smaps {
         m.on_cpu(0, |cpu| -> Result<()> {
-            let img = exec_host(&m, cpu, &espec)?;
+            let img = exec_host(m, cpu, &espec)?;
             if maps || !smaps {
                 print!("{}", mmkit::fs::proc::task_mmu::proc_pid_maps(&img.mm));
             }
@@ -67,14 +66,14 @@ pub fn exec(
         return Ok(0);
     }
     crate::kvm::process::check_kvm()?;
-    let vm = Vm::new(&m).context("setting up the virtual machine")?;
+    let vm = Vm::new(m).context("setting up the virtual machine")?;
     let captured = compare.then(tempfile::tempfile).transpose()?;
     let mut opts = opts.clone();
     if let Some(f) = &captured {
         opts.stdout = Some(std::sync::Arc::new(f.try_clone()?.into()));
     }
     let t0 = Instant::now();
-    let out = run_program(&m, &vm, &espec, &opts)?;
+    let out = run_program(m, &vm, &espec, &opts)?;
     let wall = t0.elapsed();
     for l in &out.log {
         // The kernel's lines about this run (a segfault, the OOM report), as dmesg shows.

@@ -59,14 +59,20 @@ pub fn random_pages() -> Vec<u64> {
     (0..READS).map(|_| rng.random_range(0..LEN >> 12)).collect()
 }
 
-/// Write a 64 MiB file of pseudo-random bytes in `dir` and return its path.
+/// Write a 64 MiB file of pseudo-random bytes in `dir` (a new file: `O_EXCL`, so nothing
+/// planted there is followed) and return its path.
 pub fn make_file(dir: &Path) -> Result<std::path::PathBuf> {
+    use std::io::Write;
     let path = dir.join("fault-pattern.dat");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let mut data = vec![0u8; LEN as usize];
     rng.fill(&mut data[..]);
-    std::fs::write(&path, &data)?;
-    std::fs::File::open(&path)?.sync_all()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    f.write_all(&data)?;
+    f.sync_all()?;
     Ok(path)
 }
 
@@ -88,6 +94,9 @@ fn host(path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
         if p == libc::MAP_FAILED {
             bail!("host mmap failed");
         }
+        // The simulator has no THP: keep the host's faults 4 KiB too, whatever its
+        // transparent_hugepage setting (with `always` it would fault 2 MiB at a time).
+        libc::madvise(p, len, libc::MADV_NOHUGEPAGE);
         for i in (0..len).step_by(4096) {
             std::ptr::write_volatile((p as *mut u8).add(i), 1);
         }

@@ -1,13 +1,24 @@
 //! Host files as the simulated machine's files: read-only, read with `pread`, identified by
 //! the host's device and inode numbers and canonical path (what `/proc/PID/maps` shows), one
 //! `Inode` — one page cache — per host file, as a real kernel keeps one inode per file.
+//!
+//! Opening is the VFS side of exec (`do_open_execat`): the path is looked up with `stat`
+//! (its errors are the lookup's: `ENOENT`, `ENOTDIR`, `ELOOP`, `EACCES` on a directory, …),
+//! the inode's type, mode and mount flags are checked by the library's `may_open_exec`
+//! before anything is opened — so a FIFO, a device or a directory is refused without
+//! blocking — and only then is the file opened, non-blocking, and checked to be the same
+//! regular file. Each file's attributes (mode, owner, `noexec`/`nosuid`, whether its file
+//! system places mappings with `thp_get_unmapped_area`) come from the host.
 
 use anyhow::{Context, Result};
 use mmkit::errno::Errno;
-use mmkit::fs::inode::{FMode, File, FileData, Inode};
+use mmkit::fs::inode::{FMode, File, FileAttr, FileData, Inode};
+use mmkit::fs::namei::Cred;
 use mmkit::Kernel;
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +36,18 @@ fn pread_full(file: &std::fs::File, off: u64, buf: &mut [u8]) -> Result<usize, E
     Ok(done)
 }
 
+/// The readahead window of the host block device holding a file, in pages
+/// (`/sys/dev/block/MAJ:MIN/queue/read_ahead_kb`; Linux's 128 KiB default otherwise).
+pub fn device_ra_pages(dev: u64) -> u64 {
+    let (major, minor) = dev_major_minor(dev);
+    std::fs::read_to_string(format!(
+        "/sys/dev/block/{major}:{minor}/queue/read_ahead_kb"
+    ))
+    .ok()
+    .and_then(|s| s.trim().parse::<u64>().ok())
+    .map_or(mmkit::mm::filemap::VM_READAHEAD_PAGES, |kb| kb / 4)
+}
+
 /// A host file as the backing store of an mmkit inode: read with `pread`; written back with
 /// `pwrite` once some descriptor with write access to it has been seen (a read-only one
 /// first, as exec opens files, is replaced then). Its size is the host file's, as last seen
@@ -34,10 +57,26 @@ pub struct HostFile {
     writable: std::sync::atomic::AtomicBool,
     size: std::sync::atomic::AtomicU64,
     ra_pages: u64,
-    thp_area: bool,
+    attr: FileAttr,
 }
 
 impl HostFile {
+    fn new(file: std::fs::File, writable: bool, md: &std::fs::Metadata, attr: FileAttr) -> Self {
+        Self {
+            file: std::sync::RwLock::new(file),
+            writable: std::sync::atomic::AtomicBool::new(writable),
+            size: std::sync::atomic::AtomicU64::new(md.len()),
+            ra_pages: device_ra_pages(md.dev()),
+            // The opened file's own mode and owner; the mount's flags as checked.
+            attr: FileAttr {
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                ..attr
+            },
+        }
+    }
+
     /// Use `file` (a descriptor with write access) for writeback from now on.
     pub fn upgrade(&self, file: std::fs::File) {
         *self.file.write().expect("hostfile lock") = file;
@@ -57,18 +96,6 @@ impl HostFile {
     pub fn set_size(&self, size: u64) {
         self.size.store(size, std::sync::atomic::Ordering::Release);
     }
-}
-
-/// The readahead window of the host block device holding a file, in pages
-/// (`/sys/dev/block/MAJ:MIN/queue/read_ahead_kb`; Linux's 128 KiB default otherwise).
-pub fn device_ra_pages(dev: u64) -> u64 {
-    let (major, minor) = dev_major_minor(dev);
-    std::fs::read_to_string(format!(
-        "/sys/dev/block/{major}:{minor}/queue/read_ahead_kb"
-    ))
-    .ok()
-    .and_then(|s| s.trim().parse::<u64>().ok())
-    .map_or(mmkit::mm::filemap::VM_READAHEAD_PAGES, |kb| kb / 4)
 }
 
 impl FileData for HostFile {
@@ -98,15 +125,41 @@ impl FileData for HostFile {
     fn ra_pages(&self) -> u64 {
         self.ra_pages
     }
-    fn thp_get_unmapped_area(&self) -> bool {
-        self.thp_area
+    fn attr(&self) -> FileAttr {
+        self.attr
     }
 }
 
-/// Whether the host places mappings of files on `file`'s filesystem for huge pages (its
+/// A shared `HostFile` as an inode's data (the inode and the [`HostFs`] table hold it).
+struct SharedHostFile(Arc<HostFile>);
+
+impl FileData for SharedHostFile {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.0.read_at(off, buf)
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        self.0.write_at(off, buf)
+    }
+    fn writable(&self) -> bool {
+        self.0.writable()
+    }
+    fn ra_pages(&self) -> u64 {
+        self.0.ra_pages
+    }
+    fn attr(&self) -> FileAttr {
+        self.0.attr
+    }
+}
+
+/// Whether the host places mappings of files on `file`'s file system for huge pages (its
 /// `get_unmapped_area` is `thp_get_unmapped_area`): map 4 MiB of the file twice without a
 /// hint (beyond its end is allowed until touched) and see whether both land on 2 MiB
-/// boundaries — by chance that is 1 in 2^18.
+/// boundaries — by chance that is 1 in 2^18. Probed rather than looked up by file-system
+/// type because the answer is the host kernel's too: before Linux 5.18 only DAX files were
+/// aligned, and which file systems use the rule has changed since.
 fn host_thp_aligns(file: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
     const LEN: usize = 4 << 20;
@@ -145,11 +198,12 @@ pub struct HostFileRw {
 }
 
 impl HostFileRw {
-    /// Open `path` read-write.
+    /// Open `path` read-write, not through a symlink.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .with_context(|| format!("cannot open {} for writing", path.display()))?;
         let size = file.metadata()?.len();
@@ -165,7 +219,10 @@ impl FileData for HostFileRw {
         pread_full(&self.file, off, buf)
     }
     fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
-        if off + buf.len() as u64 > self.size {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
             return Err(Errno::EFBIG);
         }
         self.file.write_all_at(buf, off).map_err(|_| Errno::EIO)?;
@@ -177,10 +234,18 @@ impl FileData for HostFileRw {
 }
 
 /// Create a swap file of `bytes` at `path` the way `mkswap` does (util-linux's `mkswap` when
-/// it is installed, else the same header written here), and open it read-write.
+/// it is installed, else the same header written here), and open it read-write. The file
+/// must not exist (`O_EXCL`, which also refuses a symlink planted there): make it in a
+/// [`crate::tempfiles::PrivateDir`].
 pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
-    let f = std::fs::File::create(path)?;
-    f.set_len(bytes)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create swap file {}", path.display()))?;
+    f.set_len(bytes)
+        .with_context(|| format!("cannot size swap file {}", path.display()))?;
     drop(f);
     let made = std::process::Command::new("mkswap")
         .arg(path)
@@ -189,10 +254,7 @@ pub fn make_swap_file(path: &Path, bytes: u64) -> Result<HostFileRw> {
         .unwrap_or(false);
     if !made {
         let hdr = mmkit::mm::swapfile::mkswap_header(bytes / 4096);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .write_all_at(&hdr, 0)?;
+        HostFileRw::open(path)?.file.write_all_at(&hdr, 0)?;
     }
     HostFileRw::open(path)
 }
@@ -204,32 +266,9 @@ pub type HostEntry = (Arc<Inode>, Arc<HostFile>);
 #[derive(Default)]
 pub struct HostFs {
     inodes: Mutex<HashMap<(u64, u64), HostEntry>>,
+    nosuid: std::sync::atomic::AtomicBool,
     /// [`host_thp_aligns`] by host device.
     thp_area: Mutex<HashMap<u64, bool>>,
-}
-
-/// A shared `HostFile` as an inode's data.
-struct SharedHostFile(Arc<HostFile>);
-
-impl FileData for SharedHostFile {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        self.0.read_at(off, buf)
-    }
-    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
-        self.0.write_at(off, buf)
-    }
-    fn writable(&self) -> bool {
-        self.0.writable()
-    }
-    fn ra_pages(&self) -> u64 {
-        self.0.ra_pages
-    }
-    fn thp_get_unmapped_area(&self) -> bool {
-        self.0.thp_area
-    }
 }
 
 /// `MAJOR()`/`MINOR()` of a host `st_dev` (glibc's encoding).
@@ -239,34 +278,126 @@ pub fn dev_major_minor(dev: u64) -> (u32, u32) {
     (major as u32, minor as u32)
 }
 
+/// The errno of a host I/O error (`EIO` when it has none this library names).
+pub fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error()
+        .and_then(Errno::from_code)
+        .unwrap_or(Errno::EIO)
+}
+
+/// The attributes of the host file at `path` with metadata `md`: mode and owner from `stat`,
+/// `noexec`/`nosuid` from `statvfs` (the placement rule is [`HostFs`]'s probe).
+fn host_attr(path: &Path, md: &std::fs::Metadata) -> FileAttr {
+    let mut attr = FileAttr {
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        ..FileAttr::default()
+    };
+    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: `c` is a NUL-terminated path; `sv` is a plain struct the call fills in,
+        // read only when the call succeeds.
+        unsafe {
+            let mut sv: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut sv) == 0 {
+                attr.noexec = sv.f_flag & libc::ST_NOEXEC != 0;
+                attr.nosuid = sv.f_flag & libc::ST_NOSUID != 0;
+            }
+        }
+    }
+    attr
+}
+
+/// Open `inode` read-only under the name `path` resolves to (symlinks followed, the last
+/// component kept: a hard link shows its own name, as `d_path` does).
+fn open_by_name(k: &Kernel, inode: &Arc<Inode>, path: &Path) -> Result<Arc<File>, Errno> {
+    let name = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    k.open_path(inode, FMode::READ, &name.to_string_lossy())
+}
+
+/// The calling process's credentials, as the host kernel checks them (effective ids,
+/// supplementary groups, `CAP_DAC_OVERRIDE` from `/proc/self/status`'s `CapEff`).
+pub fn host_cred() -> Cred {
+    // SAFETY: plain id queries without arguments.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: `groups` has room for 256 entries and we pass that size.
+    let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+    groups.truncate(n.max(0) as usize);
+    let cap_dac_override = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .map_or(euid == 0, |caps| caps & (1 << 1) != 0);
+    Cred {
+        fsuid: euid,
+        fsgid: egid,
+        groups,
+        cap_dac_override,
+    }
+}
+
 impl HostFs {
-    /// The inode of the host file at `path` (following symlinks), registering it with the
-    /// kernel on first use.
+    /// See the host file system as mounted `nosuid` (or not): the set-user-ID bits of files
+    /// opened from now on are ignored by exec, as on such a mount.
+    pub fn set_nosuid(&self, on: bool) {
+        self.nosuid.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn attr_of(&self, path: &Path, md: &std::fs::Metadata) -> FileAttr {
+        let mut a = host_attr(path, md);
+        a.nosuid |= self.nosuid.load(std::sync::atomic::Ordering::Relaxed);
+        a
+    }
+
+    /// The inode of the regular host file at `path` (following symlinks), registering it
+    /// with the kernel on first use. Anything but a regular file is refused before it is
+    /// opened (opening a FIFO would block).
     pub fn inode(&self, k: &Kernel, path: &Path) -> Result<Arc<Inode>> {
-        let real: PathBuf = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let file = std::fs::File::open(&real)
-            .with_context(|| format!("cannot open {}", real.display()))?;
-        self.inode_of(k, file, &real.to_string_lossy(), false)
+        let md =
+            std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if !md.is_file() {
+            anyhow::bail!("{} is not a regular file", path.display());
+        }
+        let attr = self.attr_of(path, &md);
+        self.inode_with(k, path, attr)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))
+    }
+
+    /// Open a checked regular file without blocking, make sure it is the file that was
+    /// checked, and find or make its inode.
+    fn inode_with(&self, k: &Kernel, path: &Path, attr: FileAttr) -> Result<Arc<Inode>, Errno> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| io_errno(&e))?;
+        let md = file.metadata().map_err(|e| io_errno(&e))?;
+        if !md.is_file() {
+            // Replaced between the check and the open.
+            return Err(Errno::EACCES);
+        }
+        self.register(k, file, &md, path, attr, false)
             .map(|(i, _)| i)
     }
 
-    /// The inode of the host file open as `file` (`path` is what `/proc/PID/maps` shows),
-    /// registering it on first use; a `file` with write access (`writable`) becomes the one
-    /// writeback uses. `ENODEV`-like error for anything but a regular file.
-    pub fn inode_of(
+    /// Find or make the inode of the open host file `file` (metadata `md`, reached as
+    /// `path`): one inode per (device, inode number). A descriptor with write access
+    /// (`writable`) becomes the one writeback uses.
+    fn register(
         &self,
         k: &Kernel,
         file: std::fs::File,
-        path: &str,
+        md: &std::fs::Metadata,
+        path: &Path,
+        attr: FileAttr,
         writable: bool,
-    ) -> Result<(Arc<Inode>, Arc<HostFile>)> {
-        let md = file.metadata()?;
-        if !md.is_file() {
-            anyhow::bail!("{path} is not a regular file");
-        }
+    ) -> Result<HostEntry, Errno> {
         let key = (md.dev(), md.ino());
-        let mut map = self.inodes.lock().expect("hostfs lock");
+        let mut map = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((i, h)) = map.get(&key) {
             if writable && !h.writable() {
                 h.upgrade(file);
@@ -274,41 +405,79 @@ impl HostFs {
             h.set_size(md.len());
             return Ok((i.clone(), h.clone()));
         }
-        let thp_area = *self
+        let thp = *self
             .thp_area
             .lock()
-            .expect("hostfs lock")
+            .unwrap_or_else(|e| e.into_inner())
             .entry(md.dev())
             .or_insert_with(|| host_thp_aligns(&file));
-        let host = Arc::new(HostFile {
-            file: std::sync::RwLock::new(file),
-            writable: std::sync::atomic::AtomicBool::new(writable),
-            size: std::sync::atomic::AtomicU64::new(md.len()),
-            ra_pages: device_ra_pages(md.dev()),
-            thp_area,
-        });
+        let attr = FileAttr {
+            thp_unmapped_area: thp,
+            ..attr
+        };
+        let real: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let host = Arc::new(HostFile::new(file, writable, md, attr));
         let inode = k.new_inode(
             Box::new(SharedHostFile(host.clone())),
             dev_major_minor(md.dev()),
             md.ino(),
-            path,
+            &real.to_string_lossy(),
         );
         map.insert(key, (inode.clone(), host.clone()));
         Ok((inode, host))
     }
 
+    /// The inode of the host file open as `file` (`path` is what `/proc/PID/maps` shows),
+    /// registering it on first use; a `file` with write access (`writable`) becomes the one
+    /// writeback uses. An error for anything but a regular file.
+    pub fn inode_of(
+        &self,
+        k: &Kernel,
+        file: std::fs::File,
+        path: &str,
+        writable: bool,
+    ) -> Result<HostEntry> {
+        let md = file.metadata()?;
+        if !md.is_file() {
+            anyhow::bail!("{path} is not a regular file");
+        }
+        let attr = self.attr_of(Path::new(path), &md);
+        self.register(k, file, &md, Path::new(path), attr, writable)
+            .map_err(|e| anyhow::anyhow!("cannot open {path}: {e}"))
+    }
+
     /// The backing file of a registered inode, by host (device, inode).
-    pub fn host_file(&self, dev: u64, ino: u64) -> Option<(Arc<Inode>, Arc<HostFile>)> {
+    pub fn host_file(&self, dev: u64, ino: u64) -> Option<HostEntry> {
         self.inodes
             .lock()
-            .expect("hostfs lock")
+            .unwrap_or_else(|e| e.into_inner())
             .get(&(dev, ino))
             .cloned()
     }
 
-    /// Open the host file at `path` read-only.
+    /// Open the host file at `path` read-only (not for exec: no execute check).
     pub fn open(&self, k: &Kernel, path: &Path) -> Result<Arc<File>> {
         let inode = self.inode(k, path)?;
-        Ok(k.open(&inode, FMode::READ)?)
+        Ok(open_by_name(k, &inode, path)?)
+    }
+
+    /// `open_exec` on the host file system: look `path` up, refuse what `may_open` with
+    /// `MAY_EXEC` refuses for `cred` (`EACCES` for directories, FIFOs, devices, sockets, a
+    /// `noexec` mount or no execute permission) before opening anything, then open it.
+    /// An empty path is the current directory, as the kernel's own lookup of "" is.
+    pub fn open_exec(&self, k: &Kernel, path: &[u8], cred: &Cred) -> Result<Arc<File>, Errno> {
+        if path.contains(&0) {
+            return Err(Errno::ENOENT);
+        }
+        let p = if path.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(path))
+        };
+        let md = std::fs::metadata(p).map_err(|e| io_errno(&e))?;
+        let attr = self.attr_of(p, &md);
+        mmkit::fs::namei::may_open_exec(&attr, cred)?;
+        let inode = self.inode_with(k, p, attr)?;
+        open_by_name(k, &inode, p)
     }
 }

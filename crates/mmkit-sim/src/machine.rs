@@ -231,15 +231,27 @@ pub struct SimPlatform {
     ram: std::sync::Arc<Ram>,
     cpus: usize,
     start: Instant,
+    cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
 }
 
 impl SimPlatform {
-    /// `ram_end` bytes of lazily committed, zero-filled memory and `cpus` CPUs.
+    /// `ram_end` bytes of lazily committed, zero-filled memory and `cpus` CPUs like the
+    /// host's (see [`crate::cpu::host_features`]).
     pub fn new(ram_end: u64, cpus: usize) -> Result<Self> {
+        Self::with_cpu(ram_end, cpus, crate::cpu::host_features())
+    }
+
+    /// [`SimPlatform::new`] with CPUs of the given features.
+    pub fn with_cpu(
+        ram_end: u64,
+        cpus: usize,
+        cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
+    ) -> Result<Self> {
         Ok(Self {
             ram: std::sync::Arc::new(Ram::new(ram_end)?),
             cpus,
             start: Instant::now(),
+            cpu,
         })
     }
 
@@ -274,6 +286,9 @@ impl Platform for SimPlatform {
     fn defer_table_free(&self) -> bool {
         self.ram.mmu.load(std::sync::atomic::Ordering::Relaxed)
     }
+    fn cpu_features(&self) -> mmkit::arch::x86_64::cpufeature::CpuFeatures {
+        self.cpu
+    }
 }
 
 /// What machine to build.
@@ -299,11 +314,39 @@ impl Default for MachineSpec {
 
 impl MachineSpec {
     /// The map from `--e820 FILE`.
+    /// The file is read with a bound ([`crate::cli::MAX_E820_FILE`]).
     pub fn from_e820_file(path: &Path) -> Result<E820Table> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading e820 map {}", path.display()))?;
+        let text = crate::cli::read_e820_file(path)?;
         E820Table::parse(&text).with_context(|| format!("in {}", path.display()))
     }
+}
+
+/// Boot writes every `struct page` of the machine (40 bytes per 4 KiB page, in the
+/// simulated RAM, which is host memory once touched): refuse a machine whose `mem_map` would
+/// not fit in half of what the host has available, rather than let the host run out of
+/// memory.
+fn check_host_memory(map: &E820Table) -> Result<()> {
+    let pages: u64 = map.usable_pfn_ranges().iter().map(|(s, e)| e - s).sum();
+    let need = pages.saturating_mul(std::mem::size_of::<mmkit::Page>() as u64);
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb << 10);
+    if let Some(avail) = avail {
+        if need > avail / 2 {
+            bail!(
+                "a machine with {} GiB of RAM needs {} MiB of struct pages in host memory; this host has {} MiB available",
+                (pages << 12) >> 30,
+                need >> 20,
+                avail >> 20
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `REAPTIMEOUT_AC`: how often each CPU runs `cache_reap` (2 s, as Linux's delayed work).
@@ -321,15 +364,24 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Boot `spec`.
+    /// Boot `spec` on CPUs like the host's.
     pub fn boot(spec: &MachineSpec) -> Result<Self> {
+        Self::boot_with_cpu(spec, crate::cpu::host_features())
+    }
+
+    /// Boot `spec` on CPUs with the given features (`--cpu`).
+    pub fn boot_with_cpu(
+        spec: &MachineSpec,
+        cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
+    ) -> Result<Self> {
         if spec.cpus == 0 || spec.cpus > 256 {
             bail!("--cpus must be 1..=256, not {}", spec.cpus);
         }
         let mut sanitized = spec.e820.clone();
         sanitized.sanitize();
         let end = sanitized.end_pfn(mmkit::arch::x86_64::e820::MAX_ARCH_PFN).0 << mmkit::PAGE_SHIFT;
-        let platform = SimPlatform::new(end.max(mmkit::PAGE_SIZE), spec.cpus)?;
+        check_host_memory(&sanitized)?;
+        let platform = SimPlatform::with_cpu(end.max(mmkit::PAGE_SIZE), spec.cpus, cpu)?;
         let ram = platform.ram().clone();
         let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
         let next_reap = (0..spec.cpus)

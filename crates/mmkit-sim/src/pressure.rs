@@ -1,14 +1,18 @@
 //! The pressure scenario (`mmkit run --scenario pressure`): a process exec'd on a small
 //! machine with a swap file writes one and a half times RAM and reads it back, on CPU 0,
-//! while node 0's kswapd runs on CPU 1 whenever the allocator wakes it. Free pages and the
-//! zone's min/low/high watermarks are sampled over time and drawn, with kswapd's wake-ups
-//! marked, as an SVG chart.
+//! while kswapd runs on CPU 1 whenever the allocator wakes it (for every node). Free pages and
+//! node 0's largest zone's min/low/high watermarks are sampled over time and drawn, with
+//! kswapd's wake-ups marked, as an SVG chart.
+//!
+//! The swap file (twice RAM) lives in a private temporary directory
+//! ([`crate::tempfiles::PrivateDir`]): never a fixed path another user could plant a symlink
+//! at or another run could share, and removed when the run ends or is interrupted.
 
 use crate::exec::{spawn_host, true_spec};
 use crate::hostfs::make_swap_file;
 use crate::machine::{Machine, MachineSpec};
+use crate::tempfiles::PrivateDir;
 use anyhow::{bail, Context, Result};
-use mmkit::arch::x86_64::e820::E820Table;
 use mmkit::fs::proc::vmstat::vm_event;
 use mmkit::kernel::task::TaskTable;
 use mmkit::mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
@@ -41,17 +45,31 @@ pub struct Report {
     pub stats: Vec<(String, u64)>,
 }
 
-/// Run the scenario on a machine of `mem` bytes with a swap file under `dir`.
-pub fn run(mem: u64, dir: &Path) -> Result<Report> {
+/// Run the scenario on a machine of `mem` bytes, with its swap file in a private directory
+/// under `parent` (see [`run_spec`]).
+pub fn run(mem: u64, parent: &Path) -> Result<Report> {
     let spec = MachineSpec {
-        e820: E820Table::for_mem_size(mem)?,
+        e820: mmkit::arch::x86_64::e820::E820Table::for_mem_size(mem)?,
         cpus: 2,
         cmdline: String::new(),
     };
-    let m = Machine::boot(&spec)?;
+    run_spec(&Machine::boot(&spec)?, parent)
+}
+
+/// Run the scenario on the booted machine `m` (at least 2 CPUs: the process on CPU 0,
+/// kswapd on CPU 1), with a swap file of twice its RAM in a new private directory under
+/// `parent`, removed when the run ends.
+pub fn run_spec(m: &Machine, parent: &Path) -> Result<Report> {
     let k = &m.kernel;
-    let swap_path = dir.join("mmkit-pressure.swap");
-    let swap = make_swap_file(&swap_path, mem * 2)?;
+    if k.nr_cpus() < 2 {
+        bail!(
+            "the pressure scenario needs at least 2 CPUs (the process on CPU 0, kswapd on CPU 1)"
+        );
+    }
+    let dir = PrivateDir::new_in(parent, "mmkit-pressure.")?;
+    let swap_path = dir.path().join("swap");
+    let ram = k.totalram_pages() << 12;
+    let swap = make_swap_file(&swap_path, (ram * 2).max(1 << 20))?;
     k.swapon(std::sync::Arc::new(swap), &swap_path.to_string_lossy(), -2)?;
     let zone = k.nodes[0]
         .zones
@@ -71,23 +89,29 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
         });
     };
     let mut tasks = TaskTable::default();
+    let bar = crate::progress::bar(pages * 2, "pressure: pages");
     let result: Result<()> = std::thread::scope(|s| {
         s.spawn(|| {
             m.on_cpu(1, |cpu| {
                 while !done.load(Ordering::Relaxed) {
-                    if k.kswapd_woken(0) {
-                        runs.lock()
-                            .expect("runs")
-                            .push(start.elapsed().as_secs_f64() * 1e3);
-                        k.balance_pgdat(cpu, 0);
-                    } else {
+                    let mut ran = false;
+                    for nid in 0..k.nodes.len() {
+                        if k.kswapd_woken(nid) {
+                            runs.lock()
+                                .expect("runs")
+                                .push(start.elapsed().as_secs_f64() * 1e3);
+                            k.balance_pgdat(cpu, nid);
+                            ran = true;
+                        }
+                    }
+                    if !ran {
                         std::thread::sleep(std::time::Duration::from_micros(100));
                     }
                 }
             })
         });
         let r = m.on_cpu(0, |cpu| -> Result<()> {
-            let pid = spawn_host(&m, &mut tasks, cpu, &true_spec())?;
+            let pid = spawn_host(m, &mut tasks, cpu, &true_spec())?;
             let mm = tasks.mm_mut(pid)?;
             let a = k.mmap(
                 cpu,
@@ -104,6 +128,7 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
                     .map_err(|s| anyhow::anyhow!("{s}"))?;
                 if i % 64 == 0 {
                     sample();
+                    bar.inc(64);
                 }
             }
             let mut b = [0u8; 4];
@@ -115,6 +140,7 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
                 }
                 if i % 64 == 0 {
                     sample();
+                    bar.inc(64);
                 }
             }
             tasks.exit(k, cpu, pid, 0)?;
@@ -123,9 +149,10 @@ pub fn run(mem: u64, dir: &Path) -> Result<Report> {
         done.store(true, Ordering::Relaxed);
         r
     });
+    bar.finish_and_clear();
     result?;
     m.on_cpu(0, |cpu| k.swapoff(cpu, &swap_path.to_string_lossy()))?;
-    let _ = std::fs::remove_file(&swap_path);
+    drop(dir);
     let stats = [
         "pswpout",
         "pswpin",

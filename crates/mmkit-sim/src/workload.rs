@@ -73,6 +73,7 @@ fn drive<T>(
     ops: usize,
     max_live: usize,
     tick: &dyn Fn(&CpuGuard<'_>),
+    progress: &indicatif::ProgressBar,
     r: &mut CpuReport,
     mut alloc: impl FnMut(&mut SmallRng, usize, &mut CpuReport) -> Option<T>,
     mut free: impl FnMut(T, &mut CpuReport) -> Result<()>,
@@ -81,6 +82,9 @@ fn drive<T>(
     let mut live: Vec<T> = Vec::new();
     for n in 0..ops {
         tick(cpu);
+        if n % 4096 == 4095 {
+            progress.inc(4096);
+        }
         if live.len() < max_live && (live.is_empty() || rng.random_bool(0.55)) {
             match alloc(rng, n, r) {
                 Some(x) => {
@@ -110,6 +114,7 @@ pub fn run_on_cpu(
     max_live: usize,
     seed: u64,
     tick: &dyn Fn(&CpuGuard<'_>),
+    progress: &indicatif::ProgressBar,
 ) -> Result<CpuReport> {
     let mut rng = SmallRng::seed_from_u64(seed ^ (cpu.id() as u64) << 32);
     let mut r = CpuReport::default();
@@ -119,6 +124,7 @@ pub fn run_on_cpu(
         ops,
         max_live,
         tick,
+        progress,
         &mut r,
         |rng, n, r| {
             let (gfp, order) = pick(rng);
@@ -153,6 +159,7 @@ pub fn run_kmalloc_on_cpu(
     max_live: usize,
     seed: u64,
     tick: &dyn Fn(&CpuGuard<'_>),
+    progress: &indicatif::ProgressBar,
 ) -> Result<CpuReport> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x51ab ^ (cpu.id() as u64) << 32);
     let mut r = CpuReport::default();
@@ -162,6 +169,7 @@ pub fn run_kmalloc_on_cpu(
         ops,
         max_live,
         tick,
+        progress,
         &mut r,
         |rng, _, _| {
             let size = match rng.random_range(0..100) {
@@ -206,17 +214,27 @@ pub fn run_kmalloc_on_cpu(
     Ok(r)
 }
 
-/// Run the kmalloc workload on every CPU of `m` at once, one host thread per CPU.
+/// Run the kmalloc workload on every CPU of `m` at once, one host thread per CPU (a
+/// progress bar on a terminal).
 pub fn run_kmalloc_all_cpus(
     m: &Machine,
     ops: usize,
     max_live: usize,
     seed: u64,
 ) -> Result<Vec<CpuReport>> {
-    m.on_all_cpus(|k, cpu| run_kmalloc_on_cpu(k, cpu, ops, max_live, seed, &|c| m.tick(c)))
+    let bar = crate::progress::bar((ops * m.kernel.nr_cpus()) as u64, "kmalloc/kfree ops");
+    let r = m.on_all_cpus(|k, cpu| {
+        run_kmalloc_on_cpu(k, cpu, ops, max_live, seed, &|c| m.tick(c), &bar)
+    });
+    bar.finish_and_clear();
+    r
 }
 
-/// Run the page workload on every CPU of `m` at once, one host thread per CPU.
+/// Run the page workload on every CPU of `m` at once, one host thread per CPU (a progress
+/// bar on a terminal).
 pub fn run_all_cpus(m: &Machine, ops: usize, max_live: usize, seed: u64) -> Result<Vec<CpuReport>> {
-    m.on_all_cpus(|k, cpu| run_on_cpu(k, cpu, ops, max_live, seed, &|c| m.tick(c)))
+    let bar = crate::progress::bar((ops * m.kernel.nr_cpus()) as u64, "page ops");
+    let r = m.on_all_cpus(|k, cpu| run_on_cpu(k, cpu, ops, max_live, seed, &|c| m.tick(c), &bar));
+    bar.finish_and_clear();
+    r
 }

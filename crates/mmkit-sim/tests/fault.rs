@@ -338,6 +338,54 @@ fn stack_grows_to_the_rlimit() {
     });
 }
 
+/// A growsdown mapping's page offset moves down with its start and never below 0
+/// (`expand_downwards`: grow only while `grow <= vm_pgoff`): a file mapping made at page 2
+/// of its file grows over pages 1 and 0 (reading them), and an access below that is SIGSEGV.
+/// The subtraction used to underflow and panic (found by the mm_ops fuzzer).
+#[test]
+fn growsdown_file_mapping_stops_at_offset_zero() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let bytes: Vec<u8> = (0..4u8).flat_map(|p| vec![b'a' + p; 4096]).collect();
+    let inode = k.new_inode(Box::new(RamFile::new(bytes)), (0, 5), 55, "/growsdown");
+    m.on_cpu(0, |cpu| {
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let at = 0x6000_0000_0000u64;
+        let a = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                at,
+                4096,
+                PROT_READ,
+                MAP_PRIVATE | MAP_GROWSDOWN | MAP_FIXED,
+                2 << 12,
+            )
+            .unwrap();
+        assert_eq!(read(k, cpu, &mut mm, a, 1), vec![b'c']);
+        assert_eq!(
+            read(k, cpu, &mut mm, a - 4096, 1),
+            vec![b'b'],
+            "grew over page 1"
+        );
+        assert_eq!(read(k, cpu, &mut mm, a - 8192, 1), vec![b'a'], "and page 0");
+        let mut b = [0u8];
+        let e = k.user_read(cpu, &mut mm, a - 3 * 4096, &mut b).unwrap_err();
+        assert_eq!(
+            (e.signo, e.code),
+            (SIGSEGV, SEGV_MAPERR),
+            "no page offset below 0"
+        );
+        assert_eq!(mm.vma_lookup(a).unwrap().vm_pgoff, 0);
+        k.check_mm_invariants(&mm).unwrap();
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}
+
 /// brk grows and shrinks the heap VMA ([heap] in maps), never below start_brk and never into
 /// the next mapping; MADV_DONTNEED drops pages so they read back as zeroes; MAP_POPULATE
 /// faults everything in up front.

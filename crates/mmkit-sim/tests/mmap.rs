@@ -700,3 +700,37 @@ fn mremap_grows_moves_and_keeps_bytes() {
         k.exit_mmap(cpu, mm);
     });
 }
+
+/// A shared anonymous mapping is a memory file of its size that costs nothing until touched
+/// (it allocated the whole size up front: 1 TiB aborted the process).
+#[test]
+fn huge_shared_anonymous_mapping_is_sparse() {
+    let m = common::boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let len = 1u64 << 40;
+        let a = k
+            .mmap(
+                cpu,
+                &mut mm,
+                0,
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_SHARED | MAP_ANONYMOUS,
+                0,
+            )
+            .unwrap();
+        for off in [0, len / 2, len - 4096] {
+            k.user_write(cpu, &mut mm, a + off, b"sparse").unwrap();
+            let mut b = [0u8; 6];
+            k.user_read(cpu, &mut mm, a + off, &mut b).unwrap();
+            assert_eq!(&b, b"sparse");
+            let mut z = [0xffu8; 16];
+            k.user_read(cpu, &mut mm, a + off + 4096 * 7, &mut z).ok();
+        }
+        k.check_mm_invariants(&mm).unwrap();
+        k.munmap(cpu, &mut mm, a, len).unwrap();
+        k.exit_mmap(cpu, mm);
+    });
+}

@@ -4,7 +4,10 @@
 mod common;
 use common::{boot_mem, exhaust, free_all, free_and_pcp};
 use mmkit::fs::proc::buddyinfo::{buddyinfo, pagetypeinfo};
-use mmkit::gfp::{Gfp, GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
+use mmkit::gfp::{
+    Gfp, GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL, GFP_NOWAIT,
+};
+use mmkit::mm::mmzone::Wmark;
 use mmkit::mm::mmzone::ZoneType;
 use mmkit::mm::page::PageFlags;
 use mmkit::Page;
@@ -380,6 +383,48 @@ fn highatomic_reserve() {
         k.drain_all_pages(cpu);
     });
     k.check_invariants().unwrap();
+}
+
+/// Only __GFP_HIGH requests are high-order atomic ones: a non-blocking order-2 allocation
+/// without it (GFP_NOWAIT, or a bare GFP_DMA32 zone modifier) reaches the slow path under the
+/// same pressure but reserves no HighAtomic pageblock, so when everything is freed every
+/// pageblock merges back (`mmkit run --mem 128M` found this: its GFP_DMA32 requests left
+/// HighAtomic pageblocks that never merged with their buddies).
+#[test]
+fn nowait_reserves_no_highatomic_block() {
+    let m = boot_mem(512, 1, "");
+    let k = &m.kernel;
+    let before = mmkit::fs::proc::buddyinfo::buddyinfo(k);
+    m.on_cpu(0, |cpu| {
+        // Between the min and low watermarks: the fast path (low) fails, the slow path (min)
+        // succeeds.
+        let z = k.nodes[0].zone(ZoneType::Dma32);
+        let (min, low) = (z.wmark(Wmark::Min) as i64, z.wmark(Wmark::Low) as i64);
+        let mut pressure = Vec::new();
+        while z.free_pages() > (min + low) / 2 {
+            pressure.push(k.alloc_pages(cpu, GFP_KERNEL, 0).unwrap());
+        }
+        let mut got = Vec::new();
+        for gfp in [GFP_NOWAIT, GFP_DMA32] {
+            let p = k
+                .alloc_pages(cpu, gfp | Gfp::__GFP_NOWARN, 2)
+                .expect("served by the slow path above min");
+            assert!(std::ptr::eq(k.page_zone(p), z));
+            assert_eq!(z.nr_reserved_highatomic.load(Relaxed), 0, "{gfp:?}");
+            assert_ne!(
+                z.pageblock_migratetype(k.page_to_pfn(p)),
+                mmkit::mm::page_alloc::MigrateType::HighAtomic
+            );
+            got.push(p);
+        }
+        for p in got {
+            k.__free_pages(cpu, p, 2);
+        }
+        free_all(k, cpu, pressure, 0);
+        k.drain_all_pages(cpu);
+    });
+    k.check_invariants().unwrap();
+    assert_eq!(mmkit::fs::proc::buddyinfo::buddyinfo(k), before);
 }
 
 /// __GFP_THISNODE stays on the node; without it, an exhausted node falls back to the next

@@ -771,3 +771,45 @@ fn madv_willneed_reads_swapped_out_anonymous_pages() {
     });
     teardown_check(&m, before);
 }
+
+/// A page swap readahead brought into the swap cache (still in this CPU's LRU add batch)
+/// gives its slot back when the last swap PTE that referred to it goes (here at munmap and
+/// at exit): `free_swap_and_cache`
+/// reclaims an unmapped swap-cache page whatever else holds a reference to it, as
+/// `__try_to_reclaim_swap(TTRS_UNMAPPED)` does. (It required no other reference, so such
+/// pages kept their slots after the process unmapped everything.)
+#[test]
+fn unmapping_frees_readahead_swap_cache() {
+    let m = boot_mem(96, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let path = swapon(&m, dir.path(), 256);
+    let mut tasks = TaskTable::default();
+    let pid = spawn_true(&m, &mut tasks);
+    m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+        let pages = k.totalram_pages() * 3 / 2;
+        let a = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, mm, a, pages, 5);
+        assert!(event(k, "pswpout") > 0, "pages went to swap");
+        // The first pages were written first and are on swap: reading one swaps it in with
+        // its readahead window; nothing drains the LRU add batch before the unmap.
+        let mut b = [0u8; 8];
+        k.user_read(cpu, mm, a, &mut b).unwrap();
+        assert!(
+            k.swap_totals().2 > 1,
+            "readahead put several pages in the swap cache"
+        );
+        k.munmap(cpu, mm, a, pages << 12).unwrap();
+        // The readahead window also holds pages of the process's other mappings (its
+        // stack, its data): they go with the process.
+        tasks.exit(k, cpu, pid, 0).unwrap();
+        let (total, free, cached) = k.swap_totals();
+        assert_eq!(
+            (free, cached),
+            (total, 0),
+            "every slot and swap-cache page let go"
+        );
+        k.swapoff(cpu, &path).unwrap();
+    });
+}

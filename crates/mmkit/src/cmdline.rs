@@ -6,6 +6,14 @@
 //! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `slab_debug`, `norandmaps`, `quiet`, `loglevel=N`.
 //! Linux passes unknown parameters on to init with a warning; a simulator has no init to pass
 //! them to, so an unknown parameter is an error naming it (a typo should not be silent).
+//!
+//! Bounds, as Linux's: the whole line is shorter than x86's `COMMAND_LINE_SIZE` (2048 bytes,
+//! where Linux would cut it silently, this refuses it); `sysctl.vm.*` values are C `int`s
+//! parsed as `proc_dointvec_minmax` does (decimal, `0x` hex or `0` octal), and a value
+//! outside the sysctl's range is refused, as writing it to `/proc/sys` fails with `EINVAL`:
+//! `min_free_kbytes` 0..=INT_MAX, `watermark_scale_factor` 1..=3000. `lowmem_reserve_ratio`
+//! values below 1 are clamped to 0 (disabled), as `lowmem_reserve_ratio_sysctl_handler`
+//! does; above INT_MAX they are refused.
 
 use crate::mm::mmzone::{WmarkTunables, MAX_NR_ZONES};
 use alloc::string::{String, ToString};
@@ -38,12 +46,23 @@ pub struct BootConfig {
     pub slab_debug: bool,
 }
 
+/// x86's `COMMAND_LINE_SIZE`: the command line with its NUL fits in this many bytes.
+pub const COMMAND_LINE_SIZE: usize = 2048;
+
+/// `INT_MAX`: the largest value an `int` sysctl holds.
+pub const INT_MAX: i64 = i32::MAX as i64;
+
 /// A command-line parameter that could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {
     /// Not a parameter we know.
     #[error("unknown kernel command line parameter `{0}`")]
     Unknown(String),
+    /// The whole line is longer than `COMMAND_LINE_SIZE` allows.
+    #[error(
+        "kernel command line is {0} bytes; it must be shorter than COMMAND_LINE_SIZE ({COMMAND_LINE_SIZE})"
+    )]
+    TooLong(usize),
     /// A known parameter with a value that does not parse or is out of range.
     #[error("bad value in kernel command line parameter `{param}`: {why}")]
     BadValue {
@@ -72,6 +91,29 @@ pub fn memparse(s: &str) -> Option<u64> {
         num.parse().ok()?
     };
     v.checked_mul(1u64 << shift)
+}
+
+/// `proc_get_long` + the `int` range check of `proc_dointvec`: an optionally signed number
+/// in base 0 (decimal, `0x` hex, leading-`0` octal) that fits a C `int`.
+fn parse_int(v: &str) -> Option<i64> {
+    let v = v.trim();
+    let (neg, digits) = match v.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, v),
+    };
+    let n = if let Some(h) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        u64::from_str_radix(h, 16).ok()?
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        u64::from_str_radix(&digits[1..], 8).ok()?
+    } else {
+        digits.parse::<u64>().ok()?
+    };
+    let n = i64::try_from(n).ok()?;
+    let n = if neg { -n } else { n };
+    (-INT_MAX - 1..=INT_MAX).contains(&n).then_some(n)
 }
 
 fn size_or_percent(param: &str, v: &str) -> Result<SizeOrPercent, CmdlineError> {
@@ -123,6 +165,9 @@ fn split(cmdline: &str) -> impl Iterator<Item = String> + '_ {
 impl BootConfig {
     /// Parse a command line.
     pub fn parse(cmdline: &str) -> Result<Self, CmdlineError> {
+        if cmdline.len() >= COMMAND_LINE_SIZE {
+            return Err(CmdlineError::TooLong(cmdline.len()));
+        }
         let mut c = BootConfig {
             cmdline: cmdline.trim().to_string(),
             numa_fake: 1,
@@ -137,7 +182,7 @@ impl BootConfig {
                 Some((k, v)) => (k, Some(v)),
                 None => (param.as_str(), None),
             };
-            let num = |v: Option<&str>| v.and_then(|v| v.trim().parse::<u64>().ok());
+            let int = |v: Option<&str>| v.and_then(parse_int);
             match (key, val) {
                 ("numa", Some(v)) => {
                     let n = v
@@ -154,14 +199,18 @@ impl BootConfig {
                 ("movablecore", Some(v)) => c.movablecore = Some(size_or_percent(&param, v)?),
                 ("kernelcore", Some(v)) => c.kernelcore = Some(size_or_percent(&param, v)?),
                 ("sysctl.vm.min_free_kbytes", v) => {
-                    c.wmark.min_free_kbytes = Some(num(v).ok_or_else(|| bad("not a number"))?);
+                    let f = int(v).ok_or_else(|| bad("not an int"))?;
+                    if f < 0 {
+                        return Err(bad("must be 0..=2147483647"));
+                    }
+                    c.wmark.min_free_kbytes = Some(f as u64);
                 }
                 ("sysctl.vm.watermark_scale_factor", v) => {
-                    let f = num(v).ok_or_else(|| bad("not a number"))?;
+                    let f = int(v).ok_or_else(|| bad("not an int"))?;
                     if !(1..=3000).contains(&f) {
                         return Err(bad("must be 1..=3000"));
                     }
-                    c.wmark.watermark_scale_factor = f;
+                    c.wmark.watermark_scale_factor = f as u64;
                 }
                 ("sysctl.vm.lowmem_reserve_ratio", Some(v)) => {
                     let mut r = [0u64; MAX_NR_ZONES];
@@ -170,7 +219,9 @@ impl BootConfig {
                         if i >= MAX_NR_ZONES {
                             return Err(bad("more ratios than zones"));
                         }
-                        r[i] = part.parse().map_err(|_| bad("ratios must be numbers"))?;
+                        let v = parse_int(part).ok_or_else(|| bad("ratios must be ints"))?;
+                        // lowmem_reserve_ratio_sysctl_handler: below 1 means disabled.
+                        r[i] = v.max(0) as u64;
                         n = i + 1;
                     }
                     if n == 0 {
@@ -214,5 +265,39 @@ mod tests {
         assert_eq!(memparse("64M"), Some(64 << 20));
         assert_eq!(memparse("0x1000"), Some(0x1000));
         assert_eq!(memparse("99999999999E"), None);
+    }
+
+    #[test]
+    fn sysctl_values_are_bounded_as_linux_does() {
+        let e = BootConfig::parse("sysctl.vm.min_free_kbytes=999999999999").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sysctl.vm.min_free_kbytes=999999999999"),
+            "{e}"
+        );
+        assert!(BootConfig::parse("sysctl.vm.min_free_kbytes=-1").is_err());
+        assert!(BootConfig::parse("sysctl.vm.min_free_kbytes=2147483648").is_err());
+        let c = BootConfig::parse("sysctl.vm.min_free_kbytes=2147483647").unwrap();
+        assert_eq!(c.wmark.min_free_kbytes, Some(2147483647));
+        let c = BootConfig::parse("sysctl.vm.min_free_kbytes=0x400").unwrap();
+        assert_eq!(c.wmark.min_free_kbytes, Some(1024));
+        assert_eq!(
+            BootConfig::parse("sysctl.vm.min_free_kbytes=010")
+                .unwrap()
+                .wmark
+                .min_free_kbytes,
+            Some(8),
+            "octal, as proc_dointvec reads it"
+        );
+        assert!(BootConfig::parse("sysctl.vm.watermark_scale_factor=3001").is_err());
+        let c = BootConfig::parse("sysctl.vm.lowmem_reserve_ratio=-5,0,7").unwrap();
+        assert_eq!(c.wmark.lowmem_reserve_ratio, [0, 0, 7, 0, 0]);
+        assert!(BootConfig::parse("sysctl.vm.lowmem_reserve_ratio=1,99999999999").is_err());
+        let long = alloc::format!("quiet {}", "loglevel=7 ".repeat(200));
+        assert_eq!(
+            BootConfig::parse(&long).unwrap_err(),
+            CmdlineError::TooLong(long.len())
+        );
+        assert!(BootConfig::parse(&"quiet ".repeat(300)).is_ok());
     }
 }

@@ -100,20 +100,75 @@ pub enum Errno {
     /// Function not implemented.
     #[error("ENOSYS: function not implemented")]
     ENOSYS = 38,
-    /// Too many levels of symbolic links.
+    /// Too many levels of symbolic links (or of binary format rewrites in exec).
     #[error("ELOOP: too many levels of symbolic links")]
     ELOOP = 40,
     /// Value too large for defined data type.
     #[error("EOVERFLOW: value too large for defined data type")]
     EOVERFLOW = 75,
+    /// Accessing a corrupted shared library (a bad ELF interpreter).
+    #[error("ELIBBAD: accessing a corrupted shared library")]
+    ELIBBAD = 80,
     /// Operation not supported.
     #[error("EOPNOTSUPP: operation not supported")]
     EOPNOTSUPP = 95,
 }
 
+/// Every error number this type names, for [`Errno::from_code`].
+const ALL: [Errno; 29] = [
+    Errno::EPERM,
+    Errno::ENOENT,
+    Errno::ESRCH,
+    Errno::EIO,
+    Errno::E2BIG,
+    Errno::ENOEXEC,
+    Errno::EBADF,
+    Errno::ECHILD,
+    Errno::EAGAIN,
+    Errno::ENOMEM,
+    Errno::EACCES,
+    Errno::EFAULT,
+    Errno::EBUSY,
+    Errno::EEXIST,
+    Errno::ENODEV,
+    Errno::ENOTDIR,
+    Errno::EISDIR,
+    Errno::EINVAL,
+    Errno::ETXTBSY,
+    Errno::EFBIG,
+    Errno::EROFS,
+    Errno::ENAMETOOLONG,
+    Errno::ELOOP,
+    Errno::EOVERFLOW,
+    Errno::ELIBBAD,
+    Errno::EOPNOTSUPP,
+    Errno::ENXIO,
+    Errno::ENFILE,
+    Errno::EMFILE,
+];
+
 impl Errno {
     /// The positive error number.
     pub const fn code(self) -> i32 {
         self as i32
+    }
+
+    /// The `Errno` with Linux's number `code`, if this type names it.
+    pub fn from_code(code: i32) -> Option<Self> {
+        ALL.iter().copied().find(|e| e.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for e in ALL {
+            assert_eq!(Errno::from_code(e.code()), Some(e));
+        }
+        assert_eq!(Errno::from_code(40), Some(Errno::ELOOP));
+        assert_eq!(Errno::from_code(9999), None);
     }
 }

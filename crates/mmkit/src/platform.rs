@@ -41,6 +41,12 @@ pub trait Platform: Send + Sync {
     fn defer_table_free(&self) -> bool {
         false
     }
+    /// The CPU's features as the kernel sees them after `identify_cpu` (CPUID words, what it
+    /// enabled in CR4/XCR0). A bare-metal kernel reads them from the CPU; the simulator gives
+    /// the host's or a named model's. The default is a baseline x86-64 CPU with AVX.
+    fn cpu_features(&self) -> crate::arch::x86_64::cpufeature::CpuFeatures {
+        crate::arch::x86_64::cpufeature::CpuFeatures::default()
+    }
 }
 
 /// `VM_READAHEAD_PAGES` (`include/linux/mm.h`): the default `ra_pages` of a backing device
@@ -61,11 +67,11 @@ pub trait FileData: Send + Sync {
     fn ra_pages(&self) -> u64 {
         VM_READAHEAD_PAGES
     }
-    /// Whether the filesystem places mappings of its files for huge pages
-    /// (`file_operations.get_unmapped_area = thp_get_unmapped_area`, as ext4 and xfs do):
-    /// see [`crate::mm::unmapped_area`]. No by default.
-    fn thp_get_unmapped_area(&self) -> bool {
-        false
+    /// The inode's attributes: mode, owner, mount flags, and whether its file system places
+    /// mappings for huge pages (see [`FileAttr`](crate::fs::inode::FileAttr) and
+    /// [`crate::mm::unmapped_area`]).
+    fn attr(&self) -> crate::fs::inode::FileAttr {
+        crate::fs::inode::FileAttr::default()
     }
 }
 

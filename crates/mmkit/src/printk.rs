@@ -36,9 +36,25 @@ impl Kernel {
         log.seq += 1;
     }
 
-    /// The kernel log still in the ring (`dmesg`).
+    /// The kernel log still in the ring (`dmesg`). When older lines were pushed out, the
+    /// first line says how many, as Linux's console does (`** N printk messages dropped **`,
+    /// with the timestamp of the oldest line kept).
     pub fn dmesg(&self) -> Vec<String> {
-        self.log.lock().lines.iter().cloned().collect()
+        let log = self.log.lock();
+        let dropped = log.seq - log.lines.len() as u64;
+        let mut out = Vec::with_capacity(log.lines.len() + 1);
+        if dropped > 0 {
+            let stamp = log
+                .lines
+                .front()
+                .and_then(|l| l.split_once("] "))
+                .map_or("", |(t, _)| t);
+            out.push(alloc::format!(
+                "{stamp}] ** {dropped} printk messages dropped **"
+            ));
+        }
+        out.extend(log.lines.iter().cloned());
+        out
     }
 
     /// Lines with sequence number `from` and later that are still in the ring, and the next

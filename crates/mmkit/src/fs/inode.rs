@@ -20,19 +20,78 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+/// `S_IFMT` and the file types (`include/uapi/linux/stat.h`).
+pub mod mode {
+    #![allow(missing_docs)]
+    pub const S_IFMT: u32 = 0o170000;
+    pub const S_IFSOCK: u32 = 0o140000;
+    pub const S_IFLNK: u32 = 0o120000;
+    pub const S_IFREG: u32 = 0o100000;
+    pub const S_IFBLK: u32 = 0o060000;
+    pub const S_IFDIR: u32 = 0o040000;
+    pub const S_IFCHR: u32 = 0o020000;
+    pub const S_IFIFO: u32 = 0o010000;
+    pub const S_ISUID: u32 = 0o4000;
+    pub const S_ISGID: u32 = 0o2000;
+    pub const S_IXUGO: u32 = 0o111;
+    pub const S_IXGRP: u32 = 0o010;
+}
+
+/// What exec and `mmap` need to know about a file besides its bytes: the inode's mode and
+/// owner, the mount's `noexec`/`nosuid`, and whether the file system places mappings with
+/// `thp_get_unmapped_area` (its `file_operations.get_unmapped_area`: ext2/ext4, xfs, erofs,
+/// fuse, … in Linux 6.x).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FileAttr {
+    /// `i_mode`: type and permission bits.
+    pub mode: u32,
+    /// `i_uid`.
+    pub uid: u32,
+    /// `i_gid`.
+    pub gid: u32,
+    /// The mount is `noexec` (`path_noexec`).
+    pub noexec: bool,
+    /// The mount is `nosuid` (`mnt_may_suid` fails).
+    pub nosuid: bool,
+    /// `f_op->get_unmapped_area == thp_get_unmapped_area`.
+    pub thp_unmapped_area: bool,
+}
+
+impl Default for FileAttr {
+    /// A regular root-owned `rwxr-xr-x` file on an ordinary mount of a file system without
+    /// its own placement rule.
+    fn default() -> Self {
+        Self {
+            mode: mode::S_IFREG | 0o755,
+            uid: 0,
+            gid: 0,
+            noexec: false,
+            nosuid: false,
+            thp_unmapped_area: false,
+        }
+    }
+}
+
 pub use crate::platform::FileData;
 
 /// A writable file whose backing store is host memory (what tmpfs gives a test): shared
 /// mappings of it are written back here.
 pub struct RamFile {
     bytes: SpinLock<Vec<u8>>,
+    attr: FileAttr,
 }
 
 impl RamFile {
     /// A file holding `bytes`.
     pub fn new(bytes: Vec<u8>) -> Self {
+        Self::with_attr(bytes, FileAttr::default())
+    }
+
+    /// A file holding `bytes`, with the given mode, owner and mount flags.
+    pub fn with_attr(bytes: Vec<u8>, attr: FileAttr) -> Self {
         Self {
             bytes: SpinLock::new(bytes),
+            attr,
         }
     }
 
@@ -67,6 +126,74 @@ impl FileData for RamFile {
             b.resize(end, 0);
         }
         b[off..end].copy_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn attr(&self) -> FileAttr {
+        self.attr
+    }
+}
+
+/// A memory file of a fixed size whose bytes cost memory only once written (what tmpfs
+/// gives a shared anonymous mapping, `shmem_zero_setup`: a mapping of any size is a file of
+/// that size, zeroes until touched). Writes beyond the size are `EFBIG`.
+pub struct SparseFile {
+    size: u64,
+    pages: SpinLock<alloc::collections::BTreeMap<u64, Box<[u8; 4096]>>>,
+}
+
+impl SparseFile {
+    /// A file of `size` zero bytes.
+    pub fn new(size: u64) -> Self {
+        Self {
+            size,
+            pages: SpinLock::new(alloc::collections::BTreeMap::new()),
+        }
+    }
+}
+
+impl FileData for SparseFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        if off >= self.size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.size - off) as usize;
+        let pages = self.pages.lock();
+        let mut done = 0;
+        while done < n {
+            let pos = off + done as u64;
+            let (idx, in_page) = (pos >> 12, (pos & 4095) as usize);
+            let chunk = (4096 - in_page).min(n - done);
+            match pages.get(&idx) {
+                Some(p) => buf[done..done + chunk].copy_from_slice(&p[in_page..in_page + chunk]),
+                None => buf[done..done + chunk].fill(0),
+            }
+            done += chunk;
+        }
+        Ok(n)
+    }
+    fn write_at(&self, off: u64, buf: &[u8]) -> Result<usize, Errno> {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(Errno::EFBIG);
+        }
+        let mut pages = self.pages.lock();
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let (idx, in_page) = (pos >> 12, (pos & 4095) as usize);
+            let chunk = (4096 - in_page).min(buf.len() - done);
+            let p = pages.entry(idx).or_insert_with(|| Box::new([0u8; 4096]));
+            p[in_page..in_page + chunk].copy_from_slice(&buf[done..done + chunk]);
+            done += chunk;
+        }
         Ok(buf.len())
     }
     fn writable(&self) -> bool {
@@ -144,6 +271,9 @@ bitflags::bitflags! {
 pub struct File {
     /// The file's inode.
     pub inode: Arc<Inode>,
+    /// `f_path`: the name it was opened by, when that differs from the inode's (a hard
+    /// link): `/proc/PID/maps` shows the name of the open file, not of the inode.
+    pub f_path: Option<String>,
     /// `f_mode`.
     pub f_mode: FMode,
     /// `f_ra`: the file's readahead state.
@@ -157,9 +287,16 @@ impl PartialEq for File {
 }
 impl Eq for File {}
 
+impl File {
+    /// `d_path(&file->f_path)`: the name the file was opened by.
+    pub fn path(&self) -> &str {
+        self.f_path.as_deref().unwrap_or(&self.inode.path)
+    }
+}
+
 impl core::fmt::Debug for File {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "File({}, {:?})", self.inode.path, self.f_mode)
+        write!(f, "File({}, {:?})", self.path(), self.f_mode)
     }
 }
 
@@ -246,12 +383,30 @@ impl Kernel {
         }
     }
 
+    /// `dentry_open` of `inode` through the name `path` (a hard link of it): the open file
+    /// is shown under that name.
+    pub fn open_path(
+        &self,
+        inode: &Arc<Inode>,
+        mode: FMode,
+        path: &str,
+    ) -> Result<Arc<File>, Errno> {
+        let f = self.open(inode, mode)?;
+        if path == inode.path {
+            return Ok(f);
+        }
+        let mut f = Arc::into_inner(f).expect("a file just opened has one reference");
+        f.f_path = Some(String::from(path));
+        Ok(Arc::new(f))
+    }
+
     /// `dentry_open`: open `inode` with `mode`. `EACCES` for writing a read-only store.
     pub fn open(&self, inode: &Arc<Inode>, mode: FMode) -> Result<Arc<File>, Errno> {
         if mode.contains(FMode::WRITE) && !inode.data.writable() {
             return Err(Errno::EACCES);
         }
         Ok(Arc::new(File {
+            f_path: None,
             inode: inode.clone(),
             f_mode: mode,
             f_ra: SpinLock::new(crate::mm::readahead::FileRaState {

@@ -448,7 +448,7 @@ impl EarlyBoot {
         self.say(String::from("Zone ranges:"));
         let first_pfn = self.ranges[0].0;
         for (t, &(lo, hi)) in limits.iter().enumerate() {
-            let lo = lo.max(if t == 0 { first_pfn } else { 0 });
+            let lo = lo.max(first_pfn); // zones below the first RAM are empty, the next starts there
             if lo >= hi {
                 self.say(format!("  {:<8} empty", ZONE_TYPES[t].name()));
             } else {

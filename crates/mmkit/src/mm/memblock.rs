@@ -35,40 +35,59 @@ pub struct MemblockType {
 }
 
 impl MemblockType {
-    /// `memblock_add_range`: add `[base, base + size)`, merging with neighbours.
+    /// `memblock_add_range`: add `[base, base + size)`, merging with neighbours. The parts
+    /// already covered keep their node. Finding the place is a binary search and merging
+    /// looks only at the neighbours of what was inserted, so adding ranges in ascending
+    /// order (as boot does from the e820 map) costs O(log n) each.
     pub fn add(&mut self, base: u64, size: u64, nid: usize) {
         if size == 0 {
             return;
         }
-        let end = base + size;
-        // Cut out whatever already covers part of the range, then insert the pieces.
+        let end = base.saturating_add(size);
+        // Regions [first, last) overlap the range; cut them out of it.
+        let first = self.regions.partition_point(|r| r.end() <= base);
+        let last = first + self.regions[first..].partition_point(|r| r.base < end);
         let mut pieces = Vec::new();
         let mut cur = base;
-        for r in self
-            .regions
-            .iter()
-            .filter(|r| r.end() > base && r.base < end)
-        {
+        for r in &self.regions[first..last] {
             if r.base > cur {
-                pieces.push((cur, r.base));
+                pieces.push(MemblockRegion {
+                    base: cur,
+                    size: r.base - cur,
+                    nid,
+                });
             }
             cur = cur.max(r.end());
         }
         if cur < end {
-            pieces.push((cur, end));
+            pieces.push(MemblockRegion {
+                base: cur,
+                size: end - cur,
+                nid,
+            });
         }
-        for (s, e) in pieces {
-            let pos = self.regions.partition_point(|r| r.base < s);
-            self.regions.insert(
-                pos,
-                MemblockRegion {
-                    base: s,
-                    size: e - s,
-                    nid,
-                },
-            );
+        if pieces.is_empty() {
+            return;
         }
-        self.merge();
+        // The pieces fill the gaps between the overlapping regions: sort them together,
+        // then merge the span from the region before `first` to the one after `last`.
+        let mut span: Vec<MemblockRegion> = self.regions[first..last].to_vec();
+        span.extend_from_slice(&pieces);
+        span.sort_unstable_by_key(|r| r.base);
+        let lo = first.saturating_sub(1);
+        let hi = (last + 1).min(self.regions.len());
+        let mut merged: Vec<MemblockRegion> = Vec::with_capacity(span.len() + 2);
+        for r in self.regions[lo..first]
+            .iter()
+            .chain(span.iter())
+            .chain(self.regions[last..hi].iter())
+        {
+            match merged.last_mut() {
+                Some(l) if l.end() == r.base && l.nid == r.nid => l.size += r.size,
+                _ => merged.push(*r),
+            }
+        }
+        self.regions.splice(lo..hi, merged);
     }
 
     /// `memblock_remove_range`: remove `[base, base + size)`, splitting regions.
@@ -292,6 +311,36 @@ mod tests {
         t.remove(0x2000, 0x1000);
         assert_eq!(t.regions.len(), 2);
         assert_eq!(t.total_size(), 0x2000);
+    }
+
+    #[test]
+    fn add_fills_holes_keeps_nodes_and_scales() {
+        let mut t = MemblockType::default();
+        t.add(0x3000, 0x1000, 1);
+        t.add(0x1000, 0x1000, 0);
+        // Covers both and the holes around them: the holes take node 2.
+        t.add(0, 0x6000, 2);
+        let got: Vec<(u64, u64, usize)> =
+            t.regions.iter().map(|r| (r.base, r.end(), r.nid)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0x1000, 2),
+                (0x1000, 0x2000, 0),
+                (0x2000, 0x3000, 2),
+                (0x3000, 0x4000, 1),
+                (0x4000, 0x6000, 2)
+            ]
+        );
+        // 100,000 disjoint ranges in ascending order, then one range across all of them.
+        let mut t = MemblockType::default();
+        for i in 0..100_000u64 {
+            t.add(i * 0x2000, 0x1000, 0);
+        }
+        assert_eq!(t.regions.len(), 100_000);
+        t.add(0, 100_000 * 0x2000, 0);
+        assert_eq!(t.regions.len(), 1);
+        assert_eq!(t.total_size(), 100_000 * 0x2000);
     }
 
     #[test]

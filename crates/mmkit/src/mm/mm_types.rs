@@ -184,8 +184,16 @@ pub struct MmStruct {
     pub hiwater_rss: u64,
     /// `mmap_base`: where top-down allocation starts.
     pub mmap_base: u64,
-    /// `task_size`.
+    /// `task_size`: `TASK_SIZE` for 64-bit tasks, `IA32_PAGE_OFFSET` for 32-bit ones.
     pub task_size: u64,
+    /// A 32-bit (ia32 compat) address space: `TIF_ADDR32`, every system call a compat one
+    /// (`in_32bit_syscall`: mappings go below `mmap_compat_base` and are never THP-aligned),
+    /// no `[vsyscall]` gate (`MM_CONTEXT_HAS_VSYSCALL` unset).
+    pub compat: bool,
+    /// The owner's personality has `READ_IMPLIES_EXEC`: readable mappings are executable
+    /// (`do_mmap`, `VM_DATA_DEFAULT_FLAGS`); set by exec for 32-bit programs without
+    /// `PT_GNU_STACK` (`elf_read_implies_exec`).
+    pub read_implies_exec: bool,
     /// `start_brk` / `brk`.
     pub start_brk: u64,
     /// Current break.
@@ -351,12 +359,23 @@ impl MmStruct {
     /// gap below `TASK_SIZE` is the stack limit plus the guard gap, clamped to [128 MiB,
     /// 5/6 of the address space].
     pub fn mmap_base_for(rlimit_stack: u64) -> u64 {
+        Self::mmap_base(0, TASK_SIZE, rlimit_stack, 0)
+    }
+
+    /// `mmap_base(rnd, task_size, rlim_stack)` (`arch/x86/mm/mmap.c`): the top of the
+    /// mmap area, below the stack's reach — `RLIMIT_STACK` plus `stack_rnd_pad` (the most
+    /// the stack may be randomized down, `stack_maxrandom_size`) plus the guard gap, at least
+    /// 128 MiB and at most 5/6 of `task_size` — and `rnd` lower still.
+    pub fn mmap_base(rnd: u64, task_size: u64, rlimit_stack: u64, stack_rnd_pad: u64) -> u64 {
         const MIN_GAP: u64 = 128 << 20;
-        let max_gap = TASK_SIZE / 6 * 5;
+        let max_gap = task_size / 6 * 5;
+        let pad = stack_rnd_pad + STACK_GUARD_GAP;
+        // "Values close to RLIM_INFINITY can overflow": then the pad is left out.
         let gap = rlimit_stack
-            .saturating_add(STACK_GUARD_GAP)
+            .checked_add(pad)
+            .unwrap_or(rlimit_stack)
             .clamp(MIN_GAP, max_gap);
-        crate::addr::align_up(TASK_SIZE - gap, crate::addr::PAGE_SIZE)
+        crate::addr::align_up(task_size - gap - rnd, crate::addr::PAGE_SIZE)
     }
 
     /// The invariants in the module doc (page tables checked by the caller holding a kernel).

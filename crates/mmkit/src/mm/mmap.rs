@@ -139,7 +139,7 @@ pub(crate) fn accountable(f: VmFlags) -> bool {
     f & (VmFlags::VM_NORESERVE | VmFlags::VM_SHARED | VmFlags::VM_WRITE) == VmFlags::VM_WRITE
 }
 
-const MAP_TYPE_MASK: u32 = 0x0f;
+pub(crate) const MAP_TYPE_MASK: u32 = 0x0f;
 
 impl Kernel {
     /// `mm_alloc`: an empty address space with fresh page tables and the no-ASLR layout.
@@ -153,6 +153,8 @@ impl Kernel {
             hiwater_rss: 0,
             mmap_base: MmStruct::mmap_base_for(DEFAULT_RLIMIT_STACK),
             task_size: TASK_SIZE,
+            compat: false,
+            read_implies_exec: false,
             start_brk: 0,
             brk: 0,
             start_stack: 0,
@@ -214,7 +216,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let len = align_up(len, PAGE_SIZE);
-        if len == 0 || len > TASK_SIZE {
+        if len == 0 || len > mm.task_size {
             return Err(Errno::ENOMEM);
         }
         if offset & (PAGE_SIZE - 1) != 0 {
@@ -238,6 +240,14 @@ impl Kernel {
         } else {
             Some(file.ok_or(Errno::EBADF)?)
         };
+        // READ_IMPLIES_EXEC: readable is executable, except from a noexec mount.
+        let mut prot = prot;
+        if prot & PROT_READ != 0
+            && mm.read_implies_exec
+            && !file.is_some_and(|f| f.inode.data().attr().noexec)
+        {
+            prot |= PROT_EXEC;
+        }
         // mm->def_flags: mlockall(MCL_FUTURE) locks every new mapping.
         let mut vm_flags = vm_flags_for(prot, flags) | mm.def_flags;
         if let Some(f) = file {
@@ -259,14 +269,8 @@ impl Kernel {
         if mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
-        let addr = self.get_unmapped_area(
-            mm,
-            file.map(|f| &**f),
-            addr,
-            len,
-            offset >> PAGE_SHIFT,
-            flags,
-        )?;
+        let addr =
+            self.get_unmapped_area_vmflags(mm, file, addr, len, offset >> PAGE_SHIFT, flags)?;
         if addr < MMAP_MIN_ADDR {
             return Err(Errno::EPERM);
         }
@@ -312,8 +316,8 @@ impl Kernel {
 
     /// `shmem_zero_setup`: the unlinked memory file behind a shared anonymous mapping.
     fn shmem_zero_setup(&self, len: u64) -> Result<Arc<File>, Errno> {
-        let size = usize::try_from(len).map_err(|_| Errno::ENOMEM)?;
-        let data = crate::fs::inode::RamFile::new(alloc::vec![0; size]);
+        // Sparse: a huge shared anonymous mapping costs nothing until it is touched.
+        let data = crate::fs::inode::SparseFile::new(len);
         let inode = self.new_shmem_inode(alloc::boxed::Box::new(data), "/dev/zero (deleted)");
         inode.unlinked.store(true, Ordering::Relaxed);
         self.open(&inode, FMode::READ | FMode::WRITE)
@@ -628,6 +632,8 @@ impl Kernel {
         let mut mm = self.mm_alloc(cpu)?;
         mm.mmap_base = old.mmap_base;
         mm.task_size = old.task_size;
+        mm.compat = old.compat;
+        mm.read_implies_exec = old.read_implies_exec;
         mm.start_brk = old.start_brk;
         mm.brk = old.brk;
         mm.start_stack = old.start_stack;

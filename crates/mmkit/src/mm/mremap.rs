@@ -86,9 +86,11 @@ impl Kernel {
         } else {
             MAP_PRIVATE
         };
-        let pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> crate::addr::PAGE_SHIFT);
+        // get_unmapped_area(vma->vm_file, 0, new_len, pgoff of addr, map_flags): the file's
+        // placement rule (and anonymous THP alignment) applies to the moved range too.
+        let pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT);
         let to =
-            self.get_unmapped_area(mm, vma.vm_file.as_deref(), 0, new_len, pgoff, map_flags)?;
+            self.get_unmapped_area_vmflags(mm, vma.vm_file.as_ref(), 0, new_len, pgoff, map_flags)?;
         self.move_vma(cpu, mm, &vma, addr, old_len, new_len, to, flags)
     }
 
@@ -120,7 +122,7 @@ impl Kernel {
             old_len = new_len;
         }
         let vma = self.vma_to_resize(mm, addr, old_len, new_len, flags)?;
-        self.get_unmapped_area(mm, None, new_addr, new_len, 0, MAP_FIXED)?;
+        self.get_unmapped_area(mm, new_addr, new_len, MAP_FIXED)?;
         self.move_vma(cpu, mm, &vma, addr, old_len, new_len, new_addr, flags)
     }
 

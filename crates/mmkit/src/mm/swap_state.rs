@@ -223,17 +223,19 @@ impl Kernel {
     }
 
     /// `free_swap_and_cache`: a PTE holding `e` went away; when it was the slot's last
-    /// reference, an unmapped, otherwise unreferenced swap-cache page goes too.
+    /// reference, an unmapped swap-cache page for it leaves the swap cache too.
     pub(crate) fn free_swap_and_cache(&self, cpu: &CpuGuard<'_>, e: SwpEntry) {
         let (count, cache) = self.swap_free(e);
         if count == 0 && cache {
             if let Some(p) = self.lookup_swap_cache(e) {
-                // __try_to_reclaim_swap: only under the page lock, and only if the page is
-                // still this slot's, unmapped and held by nobody but the cache and us.
+                // __try_to_reclaim_swap(TTRS_UNMAPPED | TTRS_FULL): under the page lock, if
+                // the page is still this slot's and unmapped (folio_mapped), whatever else
+                // holds a reference. Other references (an LRU add batch's) keep the page,
+                // not the slot. (Requiring none left a readahead page in the swap cache, its
+                // slot taken, after its process had exited; seen while investigating a
+                // swap-slot report of the mm_ops fuzzer.)
                 if p.trylock() {
-                    let idle = p.mapcount() == 0
-                        && p.refcount() == 2
-                        && self.page_swap_entry(p) == Some(e);
+                    let idle = p.mapcount() == 0 && self.page_swap_entry(p) == Some(e);
                     if idle {
                         self.delete_from_swap_cache(cpu, p);
                     }

@@ -159,31 +159,67 @@ pub struct SwapState {
     pub(crate) areas: Vec<Option<SwapInfo>>,
 }
 
-/// A parsed swap header.
+/// `MAX_SWAP_BADPAGES`: the `badpages[]` slots between the header fields and the signature.
+pub const MAX_SWAP_BADPAGES: usize = (4086 - 1536) / 4;
+
+/// What `read_swap_header` decided: how many pages of the area to use (`maxpages`), and
+/// the warning Linux prints when the header asks for more than a swap area can hold.
+#[derive(Debug)]
 struct SwapHeader {
-    last_page: u64,
-    bad: Vec<u64>,
+    maxpages: u64,
+    warning: Option<String>,
 }
 
-fn parse_header(page: &[u8]) -> Result<SwapHeader, Errno> {
+/// `read_swap_header` for a regular swap file of `file_pages` pages: the `SWAPSPACE2`
+/// signature, version 1 (byte-swapped headers from the other endianness are swapped back),
+/// a non-zero `last_page`, an area no longer than the file, and no bad pages (Linux refuses
+/// bad pages in a swap file; only block devices may list them). `maxpages` is at most
+/// `last_page + 1` and at most what a swap entry can address (larger headers are truncated
+/// with Linux's warning). Every failure is `EINVAL`, with Linux's message.
+fn read_swap_header(
+    page: &[u8; 4096],
+    file_pages: u64,
+) -> Result<SwapHeader, (Errno, &'static str)> {
     if &page[4086..4096] != b"SWAPSPACE2" {
-        return Err(Errno::EINVAL);
+        return Err((Errno::EINVAL, "Unable to find swap-space signature"));
     }
     let u32_at = |o: usize| u32::from_le_bytes([page[o], page[o + 1], page[o + 2], page[o + 3]]);
-    if u32_at(1024) != 1 {
-        return Err(Errno::EINVAL);
+    let (mut version, mut last_page, mut nr_badpages) = (u32_at(1024), u32_at(1028), u32_at(1032));
+    // The swap partition endianness hack.
+    if version.swap_bytes() == 1 {
+        version = version.swap_bytes();
+        last_page = last_page.swap_bytes();
+        nr_badpages = nr_badpages.swap_bytes();
+        if nr_badpages as usize > MAX_SWAP_BADPAGES {
+            return Err((Errno::EINVAL, "too many bad pages"));
+        }
     }
-    let last_page = u64::from(u32_at(1028));
-    let nr_bad = u32_at(1032) as usize;
-    // badpages[] follows version, last_page, nr_badpages, uuid[16], label[16], padding[117].
-    let first_bad = 1024 + 12 + 32 + 117 * 4;
-    if nr_bad > (4086 - first_bad) / 4 {
-        return Err(Errno::EINVAL);
+    if version != 1 {
+        return Err((Errno::EINVAL, "Unable to handle swap header version"));
     }
-    let bad = (0..nr_bad)
-        .map(|i| u64::from(u32_at(first_bad + 4 * i)))
-        .collect();
-    Ok(SwapHeader { last_page, bad })
+    let last_page = u64::from(last_page);
+    if last_page == 0 {
+        return Err((Errno::EINVAL, "Empty swap-file"));
+    }
+    let mut maxpages = MAX_SWAP_OFFSET + 1;
+    let warning = (last_page > maxpages).then(|| {
+        alloc::format!(
+            "Truncating oversized swap area, only using {}k out of {}k",
+            maxpages * 4,
+            last_page * 4
+        )
+    });
+    if maxpages > last_page {
+        maxpages = last_page + 1;
+    }
+    if file_pages != 0 && maxpages > file_pages {
+        return Err((Errno::EINVAL, "Swap area shorter than signature indicates"));
+    }
+    if nr_badpages != 0 {
+        // S_ISREG: bad pages make sense on a block device only.
+        return Err((Errno::EINVAL, "bad pages listed in a swap file"));
+    }
+    Ok(SwapHeader { maxpages, warning })
 }
 
 /// Write Linux's swap header for a file of `pages` pages (what `mkswap` does), for tests and
@@ -204,22 +240,29 @@ impl Kernel {
     pub fn swapon(&self, file: Arc<dyn FileData>, path: &str, prio: i32) -> Result<usize, Errno> {
         let mut hdr = [0u8; 4096];
         if file.read_at(0, &mut hdr)? < 4096 {
+            self.printk("Unable to find swap-space signature");
             return Err(Errno::EINVAL);
         }
-        let h = parse_header(&hdr)?;
-        let max = (h.last_page + 1)
-            .min(file.size() / 4096)
-            .min(MAX_SWAP_OFFSET + 1);
+        // The header is untrusted: it sizes swap_map only after read_swap_header has bounded
+        // it by the file's own size.
+        let h = match read_swap_header(&hdr, file.size() / 4096) {
+            Ok(h) => h,
+            Err((e, why)) => {
+                self.printk(why);
+                return Err(e);
+            }
+        };
+        if let Some(w) = &h.warning {
+            self.printk(w);
+        }
+        let max = h.maxpages;
+        // The header page itself is the only unusable slot; an area of nothing else is empty.
         if max < 2 {
+            self.printk("Empty swap-file");
             return Err(Errno::EINVAL);
         }
         let mut swap_map = vec![0u8; max as usize];
         swap_map[0] = SWAP_MAP_BAD;
-        for &b in &h.bad {
-            if b > 0 && b < max {
-                swap_map[b as usize] = SWAP_MAP_BAD;
-            }
-        }
         let bad = swap_map.iter().filter(|&&m| m == SWAP_MAP_BAD).count() as u64;
         let nclusters = max.div_ceil(SWAPFILE_CLUSTER);
         let cluster_free = (0..nclusters)
@@ -430,5 +473,63 @@ impl Kernel {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(f: impl FnOnce(&mut [u8; 4096])) -> [u8; 4096] {
+        let mut p = [0u8; 4096];
+        p.copy_from_slice(&mkswap_header(256));
+        f(&mut p);
+        p
+    }
+
+    #[test]
+    fn swap_headers_are_bounded_as_linux_does() {
+        let ok = read_swap_header(&page(|_| ()), 256).unwrap();
+        assert_eq!(ok.maxpages, 256);
+        assert!(ok.warning.is_none());
+        // No signature; another version.
+        let e = read_swap_header(&page(|p| p[4090] = b'X'), 256).unwrap_err();
+        assert_eq!(e.1, "Unable to find swap-space signature");
+        let e = read_swap_header(&page(|p| p[1024] = 2), 256).unwrap_err();
+        assert_eq!(e.1, "Unable to handle swap header version");
+        // last_page 0; an area longer than the file (the header would size swap_map by it).
+        let e = read_swap_header(&page(|p| p[1028..1032].fill(0)), 256).unwrap_err();
+        assert_eq!(e.1, "Empty swap-file");
+        let e = read_swap_header(&page(|p| p[1028..1032].fill(0xff)), 256).unwrap_err();
+        assert_eq!(
+            (e.0, e.1),
+            (Errno::EINVAL, "Swap area shorter than signature indicates")
+        );
+        // A huge last_page on a file that is big enough is truncated with Linux's warning.
+        let big = read_swap_header(&page(|p| p[1028..1032].fill(0xff)), u64::MAX >> 12).unwrap();
+        assert_eq!(big.maxpages, MAX_SWAP_OFFSET + 1);
+        assert!(big
+            .warning
+            .unwrap()
+            .starts_with("Truncating oversized swap area"));
+        // A shorter area than the file is fine: only last_page + 1 pages are used.
+        assert_eq!(read_swap_header(&page(|_| ()), 1000).unwrap().maxpages, 256);
+        // Bad pages in a swap file are refused; so is a byte-swapped count beyond the array.
+        let e = read_swap_header(&page(|p| p[1032] = 1), 256).unwrap_err();
+        assert_eq!(e.0, Errno::EINVAL);
+        let swapped = page(|p| {
+            p[1024..1028].copy_from_slice(&1u32.to_be_bytes());
+            p[1028..1032].copy_from_slice(&255u32.to_be_bytes());
+            p[1032..1036].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+        });
+        assert_eq!(
+            read_swap_header(&swapped, 256).unwrap_err().1,
+            "too many bad pages"
+        );
+        let swapped_ok = page(|p| {
+            p[1024..1028].copy_from_slice(&1u32.to_be_bytes());
+            p[1028..1032].copy_from_slice(&255u32.to_be_bytes());
+        });
+        assert_eq!(read_swap_header(&swapped_ok, 256).unwrap().maxpages, 256);
     }
 }

@@ -65,9 +65,10 @@ impl Kernel {
     }
 
     /// Write `vm.min_free_kbytes` (as `min_free_kbytes_sysctl_handler`): recompute
-    /// watermarks. `EINVAL` for 0.
+    /// watermarks. The sysctl is an `int` with a floor of 0 (`proc_dointvec_minmax`,
+    /// `extra1 = SYSCTL_ZERO`): `EINVAL` above `INT_MAX`, and 0 is accepted as Linux does.
     pub fn set_min_free_kbytes(&self, kbytes: u64) -> Result<(), Errno> {
-        if kbytes == 0 {
+        if kbytes > crate::cmdline::INT_MAX as u64 {
             return Err(Errno::EINVAL);
         }
         self.tunables.lock().min_free_kbytes = Some(kbytes);
@@ -86,9 +87,13 @@ impl Kernel {
         Ok(())
     }
 
-    /// Write `vm.lowmem_reserve_ratio`.
-    pub fn set_lowmem_reserve_ratio(&self, ratio: [u64; MAX_NR_ZONES]) {
+    /// Write `vm.lowmem_reserve_ratio` (each an `int`; `EINVAL` above `INT_MAX`).
+    pub fn set_lowmem_reserve_ratio(&self, ratio: [u64; MAX_NR_ZONES]) -> Result<(), Errno> {
+        if ratio.iter().any(|&r| r > crate::cmdline::INT_MAX as u64) {
+            return Err(Errno::EINVAL);
+        }
         self.tunables.lock().lowmem_reserve_ratio = ratio;
         mmzone::setup_per_zone_lowmem_reserve(&self.nodes, &ratio);
+        Ok(())
     }
 }

@@ -77,8 +77,8 @@ fn access_error(error_code: u32, vma: &VmArea) -> bool {
 
 impl Kernel {
     /// `expand_stack` → `expand_downwards`: grow the `VM_GROWSDOWN` VMA ending at `vm_end` down
-    /// to the page of `addr`, unless that brings it within the guard gap of the VMA below or
-    /// past `RLIMIT_STACK`.
+    /// to the page of `addr`, unless that brings it within the guard gap of the VMA below,
+    /// past `RLIMIT_STACK`, or its page offset below 0.
     fn expand_stack(&self, mm: &mut MmStruct, vm_end: u64, addr: u64) -> bool {
         let Some(v) = mm.vmas.get(vm_end).cloned() else {
             return false;
@@ -94,11 +94,17 @@ impl Kernel {
                 return false;
             }
         }
+        let grow = (v.vm_start - new_start) >> crate::PAGE_SHIFT;
+        // The offset moves down with the start and cannot go below 0 (`grow <= vm_pgoff`: a
+        // growsdown file mapping near the start of its file, or an anonymous one mremap'd
+        // above where it was made, cannot grow further).
+        if grow > v.vm_pgoff {
+            return false;
+        }
         // acct_stack_growth: the size limit and the address-space size.
         if v.vm_end - new_start > mm.rlimit_stack {
             return false;
         }
-        let grow = (v.vm_start - new_start) >> crate::PAGE_SHIFT;
         if !mm.may_expand_vm(v.vm_flags, grow) {
             return false;
         }

@@ -43,7 +43,7 @@ impl Kernel {
     /// (`mm->context.vdso`, `AT_SYSINFO_EHDR`).
     pub fn map_vdso(&self, _cpu: &CpuGuard<'_>, mm: &mut MmStruct) -> Result<u64, Errno> {
         let total = (VVAR_PAGES + VVAR_VCLOCK_PAGES + VDSO_IMAGE_PAGES) << PAGE_SHIFT;
-        let addr = self.get_unmapped_area(mm, None, 0, total, 0, 0)?;
+        let addr = self.get_unmapped_area(mm, 0, total, 0)?;
         let image = self.boot.image;
         let data_pfn = image.data.0 >> PAGE_SHIFT;
         let text_pfn = image.rodata.0 >> PAGE_SHIFT;

@@ -1,7 +1,7 @@
 //! `/proc/PID/maps` and `/proc/PID/smaps` (`fs/proc/task_mmu.c`: `show_map_vma`,
 //! `get_vma_name`, `show_smap`, `smaps_pte_entry`/`smaps_account`, `show_smap_vma_flags`),
 //! byte for byte in Linux 6.18's format, including the `[vsyscall]` gate area x86-64 prints
-//! last; and `/proc/PID/pagemap` (`pagemap_read`, `pte_to_pagemap_entry`).
+//! last for 64-bit tasks and the `ProtectionKey:` line of CPUs with protection keys; and `/proc/PID/pagemap` (`pagemap_read`, `pte_to_pagemap_entry`).
 
 use crate::addr::PAGE_SHIFT;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags};
@@ -18,7 +18,7 @@ pub const VSYSCALL_ADDR: u64 = 0xffff_ffff_ff60_0000;
 /// holding the initial heap and stack.
 pub fn vma_name<'a>(mm: &MmStruct, v: &'a VmArea) -> Option<&'a str> {
     if let Some(f) = &v.vm_file {
-        return Some(f.inode.path.as_str());
+        return Some(f.path());
     }
     if let Some(n) = v.name {
         return Some(n);
@@ -102,7 +102,9 @@ pub fn proc_pid_maps(mm: &MmStruct) -> String {
     for v in mm.vmas() {
         vma_header(&mut s, mm, v);
     }
-    gate_header(&mut s);
+    if !mm.compat {
+        gate_header(&mut s);
+    }
     s
 }
 
@@ -187,6 +189,7 @@ fn kb_line(s: &mut String, label: &str, bytes: u64) {
 /// `/proc/PID/smaps`: each VMA's header, its memory figures from walking its PTEs, and its
 /// flags; then the gate area.
 pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
+    let pkeys = k.platform().cpu_features().pkeys_enabled();
     let mut s = String::new();
     for v in mm.vmas() {
         vma_header(&mut s, mm, v);
@@ -222,19 +225,25 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
             }
             mss.accumulate(size, pss, dirty, locked, mapcount < 2);
         }
-        write_smap(&mut s, v.vm_end - v.vm_start, &mss, v.vm_flags);
+        write_smap(&mut s, v.vm_end - v.vm_start, &mss, v.vm_flags, pkeys);
     }
-    gate_header(&mut s);
-    write_smap(
-        &mut s,
-        crate::PAGE_SIZE,
-        &MemSizeStats::default(),
-        VmFlags::VM_EXEC,
-    );
+    if !mm.compat {
+        gate_header(&mut s);
+        write_smap(
+            &mut s,
+            crate::PAGE_SIZE,
+            &MemSizeStats::default(),
+            VmFlags::VM_EXEC,
+            pkeys,
+        );
+    }
     s
 }
 
-fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags) {
+/// `__show_smap` + `THPeligible` + `arch_show_smap` (`ProtectionKey:`, the VMA's key — always
+/// 0 here, as no `pkey_mprotect` exists — when the CPU has protection keys enabled) +
+/// `show_smap_vma_flags`.
+fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags, pkeys: bool) {
     kb_line(s, "Size:", size);
     kb_line(s, "KernelPageSize:", crate::PAGE_SIZE);
     kb_line(s, "MMUPageSize:", crate::PAGE_SIZE);
@@ -262,6 +271,9 @@ fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags) {
     }
     kb_line(s, "Locked:", mss.pss_locked >> PSS_SHIFT);
     let _ = writeln!(s, "THPeligible:    {:>8}", 0);
+    if pkeys {
+        let _ = writeln!(s, "ProtectionKey:  {:>8}", 0);
+    }
     s.push_str("VmFlags: ");
     for (bit, m) in MNEMONICS {
         if flags.bits() & (1 << bit) != 0 {
@@ -337,8 +349,11 @@ pub fn pagemap_read(
         return Err(crate::Errno::EINVAL);
     }
     let first = offset / 8;
-    let end = (first + (len / 8) as u64).min(crate::mm::mm_types::TASK_SIZE >> PAGE_SHIFT);
-    let mut out = alloc::vec::Vec::with_capacity(len);
+    let end = first
+        .saturating_add((len / 8) as u64)
+        .min(mm.task_size >> PAGE_SHIFT);
+    // Sized by what will be written, not by the caller's length.
+    let mut out = alloc::vec::Vec::with_capacity((end.saturating_sub(first) * 8) as usize);
     for vpn in first..end {
         out.extend_from_slice(&pagemap_entry(k, mm, vpn << PAGE_SHIFT).to_le_bytes());
     }

@@ -179,11 +179,13 @@ pub fn gfp_to_alloc_flags(gfp: Gfp, order: u32) -> AllocFlags {
     if gfp.contains(Gfp::__GFP_KSWAPD_RECLAIM) {
         f |= AllocFlags::KSWAPD;
     }
-    if !gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) {
-        if !gfp.contains(Gfp::__GFP_NOMEMALLOC) {
-            f |= AllocFlags::NON_BLOCK;
-        }
-        if order > 0 {
+    if !gfp.contains(Gfp::__GFP_DIRECT_RECLAIM) && !gfp.contains(Gfp::__GFP_NOMEMALLOC) {
+        f |= AllocFlags::NON_BLOCK;
+        // Only a high-order request that may dip into the reserves (`__GFP_HIGH`: GFP_ATOMIC)
+        // is a "high-order atomic" one; a GFP_NOWAIT or bare zone-modifier request must not
+        // turn a pageblock into a HighAtomic reserve (Linux 6.17's 6a204d4b14c9, "only set
+        // ALLOC_HIGHATOMIC for __GFP_HIGH allocations").
+        if order > 0 && f.contains(AllocFlags::MIN_RESERVE) {
             f |= AllocFlags::HIGHATOMIC;
         }
     }
