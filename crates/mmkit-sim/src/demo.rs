@@ -28,21 +28,6 @@ pub fn available() -> Result<()> {
     kvm_usable()
 }
 
-/// Pages free once the LRU batches and per-CPU lists are drained and the page cache dropped.
-fn settled(m: &Machine) -> u64 {
-    let k = &m.kernel;
-    m.on_cpu(0, |cpu| {
-        k.lru_add_drain_all(cpu);
-        k.drop_pagecache(cpu);
-        k.drain_all_pages(cpu);
-    });
-    k.nodes
-        .iter()
-        .flat_map(|n| n.zones.iter())
-        .map(|z| z.free_pages() as u64)
-        .sum()
-}
-
 /// The `zoneinfo` figures of each populated zone: name and (free, anon inactive/active,
 /// file inactive/active) pages.
 fn zone_rows(zoneinfo: &str) -> Vec<(String, [u64; 5])> {
@@ -124,7 +109,7 @@ pub fn run(spec: &MachineSpec) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let free_before = settled(&m);
+    let free_before = m.settle();
     let buddy_before = buddyinfo(k);
     let slab_before = k.proc_slabinfo();
     let at_exit: Arc<Mutex<AtExit>> = Arc::default();
@@ -231,7 +216,7 @@ pub fn run(spec: &MachineSpec) -> Result<()> {
     }
     drop(s);
     println!("\n######## buddyinfo before the program ########\n{buddy_before}");
-    let free_after = settled(&m);
+    let free_after = m.settle();
     println!(
         "######## buddyinfo after it exited and the page cache was dropped ########\n{}",
         buddyinfo(k)

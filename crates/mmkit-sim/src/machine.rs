@@ -437,6 +437,23 @@ impl Machine {
         })
     }
 
+    /// Give back what needs no reclaim — drain the LRU add batches, drop the page cache
+    /// (`drop_caches`), drain the per-CPU page lists — and return the free pages then: what
+    /// the machine must come back to after every program.
+    pub fn settle(&self) -> u64 {
+        let k = &self.kernel;
+        self.on_cpu(0, |cpu| {
+            k.lru_add_drain_all(cpu);
+            k.drop_pagecache(cpu);
+            k.drain_all_pages(cpu);
+        });
+        k.nodes
+            .iter()
+            .flat_map(|n| n.zones.iter())
+            .map(|z| z.free_pages() as u64)
+            .sum()
+    }
+
     /// Run `f` on simulated CPU `cpu` in the calling thread.
     pub fn on_cpu<R>(&self, cpu: usize, f: impl FnOnce(&mmkit::CpuGuard<'_>) -> R) -> R {
         bind_cpu(cpu);

@@ -8,7 +8,6 @@
 //! set (CI sets it when /dev/kvm exists) that is a failure instead.
 
 mod common;
-use common::free_and_pcp;
 use mmkit_sim::exec::ExecSpec;
 use mmkit_sim::exec_cmd::{resolve, run_native};
 use mmkit_sim::kvm::process::{Proc, Status};
@@ -73,22 +72,10 @@ fn run(m: &Machine, vm: &Vm, argv: &[&str], opts: RunOptions) -> Ran {
     Ran { out, stdout }
 }
 
-/// Free pages once the page cache is dropped and the per-CPU lists drained: what the machine
-/// must come back to after every run.
-fn settled(m: &Machine) -> u64 {
-    let k = &m.kernel;
-    m.on_cpu(0, |cpu| {
-        k.lru_add_drain_all(cpu);
-        k.drop_pagecache(cpu);
-        k.drain_all_pages(cpu);
-    });
-    free_and_pcp(k)
-}
-
 /// Every checker passes and every page is back.
 fn assert_clean(m: &Machine, before: u64, what: &str) {
     let k = &m.kernel;
-    assert_eq!(settled(m), before, "{what}: pages leaked");
+    assert_eq!(m.settle(), before, "{what}: pages leaked");
     k.check_invariants().unwrap();
     k.check_lru_invariants().unwrap();
     k.check_anon_vma_invariants().unwrap();
@@ -145,7 +132,7 @@ fn outputs_equal_the_native_runs() {
         .map(|c| format!("{}\n", u32::from_le_bytes(c.try_into().unwrap())))
         .collect();
     std::fs::write(&lines, text).unwrap();
-    let before = settled(&m);
+    let before = m.settle();
     let py = "import json, hashlib; print(hashlib.sha256(json.dumps(list(range(200000))).encode()).hexdigest())";
     let (f10, f20, lines) = (
         f10.to_str().unwrap(),
@@ -283,7 +270,7 @@ int main(void) {
 }"#,
         &["-static"],
     );
-    let before = settled(&m);
+    let before = m.settle();
     let ours = run(&m, &vm, &[big.to_str().unwrap()], RunOptions::default());
     let native = run_native(&big, &[big.to_string_lossy().into_owned()], &env()).unwrap();
     assert_eq!(ours.out.status, Status::Exited(0));
@@ -433,7 +420,7 @@ int main(void) {
 }"#,
         &[],
     );
-    let before = settled(&m);
+    let before = m.settle();
     for _ in 0..3 {
         let r = run(&m, &vm, &[prog.to_str().unwrap()], RunOptions::default());
         assert_eq!(
@@ -460,7 +447,7 @@ int main(void) {
 fn guest_tlb_follows_page_table_changes() {
     let Some((m, vm)) = machine(None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let before = settled(&m);
+    let before = m.settle();
     let ro = cc(
         dir.path(),
         "ro",
@@ -557,7 +544,7 @@ int main(int argc, char **argv) {
 fn bad_programs_end_as_on_linux() {
     let Some((m, vm)) = machine(None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let before = settled(&m);
+    let before = m.settle();
     let cases: &[(&str, &str, i32, &str)] = &[
         ("ud2", "int main(void) { __asm__ volatile(\"ud2\"); return 0; }", 132, "invalid opcode"),
         (
@@ -622,7 +609,7 @@ fn one_exit_per_fault_and_per_syscall() {
     use std::os::unix::fs::PermissionsExt;
     let Some((m, vm)) = machine(None) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let before = settled(&m);
+    let before = m.settle();
     let write = |name: &str, elf: Vec<u8>| {
         let p = dir.path().join(name);
         std::fs::write(&p, elf).unwrap();
