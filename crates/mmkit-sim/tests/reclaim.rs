@@ -813,3 +813,62 @@ fn unmapping_frees_readahead_swap_cache() {
         k.swapoff(cpu, &path).unwrap();
     });
 }
+
+/// A freed page keeps none of its flags: `free_pages_prepare` clears every flag
+/// (`PAGE_FLAGS_CHECK_AT_PREP` is all of them but `PG_hwpoison`). Pages that had been
+/// anonymous memory kept `PG_swapbacked`; handed out again as a shared anonymous mapping's
+/// page cache, reclaim took them for anonymous memory and put them in the swap cache while
+/// they were still in the page cache, where they kept their swap slots after every process
+/// had gone (found by the mm_ops fuzzer with long operation sequences).
+#[test]
+fn recycled_pages_carry_no_stale_flags() {
+    use mmkit::addr::Pfn;
+    use mmkit::mm::page::PageFlags;
+    let m = boot_mem(96, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let path = swapon(&m, dir.path(), 256);
+    let mut tasks = TaskTable::default();
+    let pid = spawn_true(&m, &mut tasks);
+    m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+        let ram = k.totalram_pages();
+        // Anonymous memory through swap, then gone: its pages are free again.
+        let a = k
+            .mmap(cpu, mm, 0, (ram * 3 / 2) << 12, RW, ANON, 0)
+            .unwrap();
+        fill(k, cpu, mm, a, ram * 3 / 2, 1);
+        assert!(event(k, "pswpout") > 0, "pages went to swap");
+        k.munmap(cpu, mm, a, (ram * 3 / 2) << 12).unwrap();
+        // A shared anonymous mapping takes them for its page cache.
+        let n = ram / 4;
+        let s = k
+            .mmap(cpu, mm, 0, n << 12, RW, MAP_SHARED | MAP_ANONYMOUS, 0)
+            .unwrap();
+        fill(k, cpu, mm, s, n, 2);
+        let stale = (0..n)
+            .filter_map(|i| k.pte_lookup(&mm.pt, s + (i << 12)))
+            .filter(|p| p.is_present())
+            .map(|p| k.pfn_to_page(Pfn(p.pfn().0)).unwrap().flags())
+            .filter(|f| f.intersects(PageFlags::SWAPBACKED | PageFlags::OWNER_PRIV_1))
+            .count();
+        assert_eq!(
+            stale, 0,
+            "page-cache pages marked swap-backed or swap cache"
+        );
+        // Pressure again: reclaim must treat them as the memory file's pages.
+        let b = k.mmap(cpu, mm, 0, ram << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, mm, b, ram, 3);
+        verify(k, cpu, mm, s, n, |_| 2);
+        k.munmap(cpu, mm, b, ram << 12).unwrap();
+        k.munmap(cpu, mm, s, n << 12).unwrap();
+        tasks.exit(k, cpu, pid, 0).unwrap();
+        let (total, free, cached) = k.swap_totals();
+        assert_eq!(
+            (free, cached),
+            (total, 0),
+            "every slot and swap-cache page let go"
+        );
+        k.swapoff(cpu, &path).unwrap();
+    });
+}

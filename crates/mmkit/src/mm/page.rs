@@ -114,8 +114,11 @@ pub const PAGE_FLAGS_CHECK_AT_FREE: PageFlags = PageFlags::LOCKED
     .union(PageFlags::SLAB)
     .union(PageFlags::RESERVED);
 
-/// Flags that must be clear when a page is handed out (`PAGE_FLAGS_CHECK_AT_PREP`).
-pub const PAGE_FLAGS_CHECK_AT_PREP: PageFlags = PAGE_FLAGS_CHECK_AT_FREE.union(PageFlags::DIRTY);
+/// Flags that must be clear when a page is handed out (`PAGE_FLAGS_CHECK_AT_PREP`): every
+/// page flag (Linux keeps only `PG_hwpoison`, which is not modelled). `free_pages_prepare`
+/// clears them all, so nothing a page was (`PG_swapbacked`, `PG_workingset`, …) carries
+/// over to its next user.
+pub const PAGE_FLAGS_CHECK_AT_PREP: PageFlags = PageFlags::all();
 
 const FLAG_BITS: u64 = (1 << 22) - 1;
 const ZONES_SHIFT: u32 = 61;

@@ -69,6 +69,10 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
                 if p.refcount() != 0 {
                     return Err(format!("free block {pfn:#x} has refcount {}", p.refcount()));
                 }
+                // free_pages_prepare cleared every flag; only the buddy marker is set since.
+                if p.flags() != PageFlags::BUDDY {
+                    return Err(format!("free block {pfn:#x} has flags {:?}", p.flags()));
+                }
                 let back = if p.prev() == crate::mm::page::NIL {
                     None
                 } else {

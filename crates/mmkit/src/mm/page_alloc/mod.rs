@@ -824,12 +824,13 @@ impl Kernel {
             self.bad_page(cpu, page, pfn, "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
             return false;
         }
-        page.reset_flags(
-            page.flags()
-                & !PAGE_FLAGS_CHECK_AT_PREP
-                & !PageFlags::REFERENCED
-                & !PageFlags::UPTODATE,
-        );
+        // Every flag goes, on every page of the block, so that nothing the pages were
+        // (swap-backed anonymous memory, say) is seen by their next user.
+        page.reset_flags(page.flags() & !PAGE_FLAGS_CHECK_AT_PREP);
+        for i in 1..(1u64 << order) {
+            let t = self.mem_map.page(pfn + i);
+            t.reset_flags(t.flags() & !PAGE_FLAGS_CHECK_AT_PREP);
+        }
         page.set_private(0);
         true
     }
