@@ -736,7 +736,7 @@ fn rmap_walk_referenced_and_unmap() {
         // mlock pins: try_to_unmap refuses.
         k.mlock(cpu, &mut c1, y, 8192).unwrap();
         assert!(!k.try_to_unmap(cpu, fpage, None));
-        k.munlock(&mut c1, y, 8192).unwrap();
+        k.munlock(cpu, &mut c1, y, 8192).unwrap();
         assert!(k.try_to_unmap(cpu, fpage, None));
         for mm in [p, c1, c2] {
             k.check_mm_invariants(&mm).unwrap();
@@ -932,7 +932,7 @@ fn mlock_and_willneed() {
             "an unaligned start rounds out to two more pages"
         );
         assert_eq!(k.mlock(cpu, &mut mm, a, 64 << 12), Err(Errno::ENOMEM));
-        k.munlock(&mut mm, a, 16 << 12).unwrap();
+        k.munlock(cpu, &mut mm, a, 16 << 12).unwrap();
         assert_eq!((mm.map_count(), mm.locked_vm), (1, 0));
         // WILLNEED
         let inode = k.new_inode(

@@ -23,6 +23,7 @@ use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
 use crate::mm::filemap::PGMAJFAULT;
+use crate::mm::huge_memory::HugeFault;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::Page;
@@ -107,7 +108,7 @@ impl Kernel {
         // borrowed for the walk: it is the one change a fault makes to the VMA.
         {
             let v = mm.vma(vma);
-            if access.write
+            if (access.write || self.thp_vma_allowable(v))
                 && !v.vm_flags.contains(VmFlags::VM_SHARED)
                 && v.anon_vma.is_none()
                 && v.vm_special.is_none()
@@ -118,6 +119,10 @@ impl Kernel {
         let mm: &MmStruct = mm;
         let v = mm.vma(vma);
         let address = addr & PAGE_MASK;
+        // __handle_mm_fault's PMD level: a huge entry, or a new THP where the VMA allows one.
+        if let HugeFault::Done(r) = self.huge_pmd_fault(cpu, mm, v, address, access) {
+            return r;
+        }
         // __handle_mm_fault: the table levels down to the PTE table, allocated as needed.
         // They stay while we hold the address space (only its owner frees tables).
         let Ok(pte) = self.pte_cursor_alloc(cpu, &mm.pt, address, address + PAGE_SIZE) else {
@@ -641,6 +646,8 @@ impl Kernel {
         let (mut anon, mut file, mut swapents) = (0i64, 0i64, 0i64);
         let mut swap_entries: alloc::vec::Vec<crate::mm::swapfile::SwpEntry> =
             alloc::vec::Vec::new();
+        // zap_pmd_range: huge entries first (whole ones zapped, partial ones split).
+        self.zap_huge_pmds(tlb, mm, start, end);
         {
             let mut c = self.pte_cursor(&mm.pt, start, end);
             while c.next_entry().is_some() {
@@ -700,6 +707,8 @@ impl Kernel {
             return Ok(());
         }
         let cow = vma.is_cow_mapping();
+        // copy_pmd_range: huge entries as huge entries (copy_huge_pmd).
+        self.copy_huge_pmds(cpu, dst, src, vma)?;
         let mut entries: alloc::vec::Vec<(u64, Pte)> = alloc::vec::Vec::new();
         {
             let mut tlb = MmuGather::new(self, cpu, &src.pt);

@@ -409,7 +409,7 @@ impl Kernel {
             let stop = v.vm_end.min(end);
             while a < stop {
                 let done = self
-                    .pte_lookup(&mm.pt, a)
+                    .translation_lookup(&mm.pt, a)
                     .is_some_and(|p| p.is_present() && (!write || p.writable()));
                 if !done {
                     match self.handle_mm_fault(cpu, mm, id, a, access) {
@@ -551,6 +551,7 @@ impl Kernel {
     /// updated part as inserted, before merging.
     pub(crate) fn vma_modify_flags(
         &self,
+        cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
         v: &VmArea,
         lo: u64,
@@ -560,6 +561,13 @@ impl Kernel {
         let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
         if extra > 0 && mm.map_count() + extra > mm.max_map_count {
             return Err(Errno::ENOMEM);
+        }
+        // vma_adjust_trans_huge: no huge entry may straddle the new VMA edges.
+        if v.vm_start < lo {
+            self.split_huge_pmd_edges(cpu, mm, lo, lo);
+        }
+        if hi < v.vm_end {
+            self.split_huge_pmd_edges(cpu, mm, hi, hi);
         }
         self.vma_unlink(mm, v.vm_end);
         if v.vm_start < lo {
@@ -846,6 +854,7 @@ impl Kernel {
         if let Some(b) = bad {
             return Err(b);
         }
+        self.check_huge_pmds(mm, &chains)?;
         for v in mm.vmas() {
             let recorded = |list: &[crate::mm::rmap::RmapRecord]| {
                 list.iter().any(|r| {

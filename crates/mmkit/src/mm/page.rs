@@ -244,6 +244,12 @@ impl Page {
     pub fn get(&self) {
         self.refcount.fetch_add(1, Relaxed);
     }
+    /// `folio_ref_add()`: take (or, negative, give back) `n` references at once.
+    #[inline]
+    pub(crate) fn ref_add(&self, n: i32) {
+        self.refcount
+            .fetch_add(n, core::sync::atomic::Ordering::AcqRel);
+    }
     /// `folio_try_get()`: take a reference unless the page is already being freed.
     #[inline]
     pub fn try_get(&self) -> bool {
@@ -414,6 +420,16 @@ impl Page {
             return 0;
         }
         self.first_tail().index.load(Relaxed) as i64 as i32
+    }
+
+    /// One more (`delta` 1) or one fewer (`-1`) PMD maps this large folio; the new count.
+    #[inline]
+    pub(crate) fn add_entire_mapcount(&self, delta: i32) -> i32 {
+        let t = self.first_tail();
+        let old = t
+            .index
+            .fetch_add(delta as i64 as u64, core::sync::atomic::Ordering::AcqRel);
+        (old as i64 as i32) + delta
     }
 
     /// `folio_mapcount()` of a folio whose head this is: its PMD mappings plus the PTE
