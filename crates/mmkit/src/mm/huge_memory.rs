@@ -662,13 +662,17 @@ impl Kernel {
         let mut list = list;
         for i in 1..HPAGE_PMD_NR {
             let t = self.subpage(folio, i);
-            t.clear_nonatomic(PageFlags::TAIL);
-            t.set_private(0);
+            // The page's own references first: an MMU may be storing through a PTE that maps
+            // it, and whoever looks at the page meanwhile (as a tail, through its head, or
+            // as itself) finds it referenced.
+            let refs = t.mapcount();
+            t.set_refcount(refs);
             t.set_index(index + i);
             t.set_mapping(folio.mapping());
             t.set(keep);
-            let refs = t.mapcount();
-            t.set_refcount(refs);
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+            t.clear(PageFlags::TAIL);
+            t.set_private(0);
             moved += refs;
         }
         folio.clear_nonatomic(PageFlags::HEAD);
