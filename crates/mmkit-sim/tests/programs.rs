@@ -316,6 +316,56 @@ int main(int argc, char **argv) {
     assert_clean(&m, before, "shared");
 }
 
+/// A program maps 16 MiB with `MADV_HUGEPAGE` and writes one byte per page: the guest's MMU
+/// walks 2 MiB PMD entries (8 faults, not 4,096); it then unmaps 4 KiB inside one THP and
+/// write-protects half of another (both split, every other byte kept), and its checksum
+/// equals the native run's.
+#[test]
+fn madv_hugepage_program_runs_on_2mib_entries() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "thp",
+        r#"#include <stdint.h>
+#include <stdio.h>
+#include <sys/mman.h>
+int main(void) {
+    size_t n = 16u << 20, huge = 2u << 20, hole = (5u << 20) + 3 * 4096;
+    unsigned char *raw = mmap(0, n + huge, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return 2;
+    unsigned char *p = (unsigned char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (madvise(p, n, MADV_HUGEPAGE) != 0) return 3;
+    for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)(i >> 12) ^ 0x5a;
+    if (munmap(p + hole, 4096) != 0) return 4;
+    if (mprotect(p + (8u << 20), 1u << 20, PROT_READ) != 0) return 5;
+    unsigned long long s = 0;
+    for (size_t i = 0; i < n; i += 4096)
+        if (i != hole) s = s * 31 + p[i];
+    printf("%llx\n", s);
+    return 0;
+}"#,
+        &["-static"],
+    );
+    let k = &m.kernel;
+    let before = m.settle();
+    let event = |name| mmkit::fs::proc::vmstat::vm_event(k, name).unwrap();
+    let (alloc0, split0) = (event("thp_fault_alloc"), event("thp_split_pmd"));
+    let ours = run(&m, &vm, &[prog.to_str().unwrap()], RunOptions::default());
+    let native = run_native(&prog, &[prog.to_string_lossy().into_owned()], &env()).unwrap();
+    assert_eq!(ours.out.status, Status::Exited(0), "{:?}", ours.out.log);
+    assert_eq!(ours.stdout, native.stdout, "the checksum");
+    assert_eq!(event("thp_fault_alloc") - alloc0, 8, "one fault per 2 MiB");
+    assert_eq!(event("thp_split_pmd") - split0, 2);
+    assert!(
+        ours.out.min_flt < 200,
+        "{} faults: the 16 MiB took 8",
+        ours.out.min_flt
+    );
+    assert_clean(&m, before, "thp");
+}
+
 /// The hardware's Accessed bits: after a program touched 64 pages, reclaim's
 /// `folio_referenced` clears their bits (the gather's flush zaps the frames, so the
 /// hypervisor drops its translations); the program then reads every third page; asked again,
