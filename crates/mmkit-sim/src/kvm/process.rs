@@ -9,6 +9,7 @@ use super::vcpu::{Exit, Vcpu};
 use super::vm::{SyscallEntry, Vm};
 use crate::exec::{spawn_host, ExecSpec};
 use crate::machine::Machine;
+use anyhow::bail;
 use anyhow::{anyhow, Result};
 use mmkit::arch::x86_64::cpu_entry_area::{
     X86_TRAP_AC, X86_TRAP_BP, X86_TRAP_DB, X86_TRAP_DE, X86_TRAP_GP, X86_TRAP_MF, X86_TRAP_PF,
@@ -72,6 +73,14 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status `wait4` reports (`WIFEXITED`: code << 8; `WIFSIGNALED`: the signal).
+    pub fn wait_status(self) -> i32 {
+        match self {
+            Status::Exited(c) => (c & 0xff) << 8,
+            Status::Signaled(s) => s & 0x7f,
+        }
+    }
+
     /// The shell's `$?`: the code, or 128 + the signal.
     pub fn code(self) -> i32 {
         match self {
@@ -114,6 +123,8 @@ pub struct Outcome {
     pub maps_at_exit: String,
     /// Kernel log lines printed during the run (segfault reports, the OOM report).
     pub log: Vec<String>,
+    /// Context switches between the run's tasks.
+    pub switches: u64,
 }
 
 /// The process the exit loop serves.
@@ -148,9 +159,316 @@ pub struct Proc<'m> {
     pub sigmask: u64,
     /// The `sigaltstack` (`stack_t`'s bytes; zero: none).
     pub sigaltstack: [u8; 24],
+    /// Bytes an interrupted call already moved (a pipe write that waits for room).
+    pub progress: usize,
+    /// Set by a call that must wait: the task sleeps and the call is made again when it
+    /// is woken (`-ERESTARTSYS` with a wait queue, in Linux).
+    pub blocked: bool,
+    /// `vfork`: the child this task waits for (it runs in this task's address space).
+    pub vfork_wait: Option<Pid>,
+    /// `CLONE_VFORK` child: the parent whose address space this task runs in until it
+    /// execs or exits.
+    pub vfork_parent: Option<Pid>,
+    /// `set_tid_address`/`CLONE_CHILD_CLEARTID`: cleared at exit.
+    pub clear_child_tid: u64,
+    /// A child `clone` just made, to be given this task's registers once the call returns.
+    pub new_child: Option<super::syscall::proc::NewChild>,
+    /// `execve` replaced the image: the task starts at its entry point.
+    pub exec_done: bool,
+    /// Whether exec randomizes (`--no-aslr` turns it off for every exec of the run).
+    pub randomize: bool,
+    /// The scheduler: tasks that are not on the CPU, pipes, process groups.
+    pub sched: Sched,
+}
+
+/// The scheduler's state (`struct rq` of the one CPU programs run on, and the wait queues
+/// as one counter): events that may wake a sleeping task are counted (a system call
+/// completed, a task exited), and a task that went to sleep at event `n` is tried again
+/// only once the count moved past `n`.
+#[derive(Default)]
+pub struct Sched {
+    /// Tasks not on the CPU.
+    pub parked: std::collections::BTreeMap<Pid, Parked>,
+    /// Pipes with an open end (their pages are freed once no reader is left).
+    pub pipes: Vec<Arc<super::pipe::Pipe>>,
+    /// Process group and session of every task, zombies included.
+    pub pgrp: std::collections::BTreeMap<Pid, (Pid, Pid)>,
+    /// Wake-up events so far.
+    pub events: u64,
+    /// Context switches.
+    pub switches: u64,
+}
+
+/// How a task off the CPU waits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Ready to run.
+    Runnable,
+    /// Asleep in a system call since event `n`; tried again after a later event.
+    Blocked(u64),
+    /// Waiting for its `vfork` child to exec or exit.
+    Vfork(Pid),
+}
+
+/// A task off the CPU: what `Proc` holds for the running one, and its CPU state.
+pub struct Parked {
+    pid: Pid,
+    fds: FdTable,
+    exe: String,
+    argv: Vec<String>,
+    sigactions: Vec<[u8; 32]>,
+    sigmask: u64,
+    sigaltstack: [u8; 24],
+    exit: Option<Status>,
+    progress: usize,
+    vfork_parent: Option<Pid>,
+    clear_child_tid: u64,
+    /// Its registers (`None` before it first ran: a child gets them when `clone`
+    /// returns).
+    ctx: Option<super::vcpu::CpuContext>,
+    /// How it waits.
+    pub run: RunState,
+}
+
+impl Parked {
+    /// A task off the CPU with no registers yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        pid: Pid,
+        fds: FdTable,
+        exe: String,
+        argv: Vec<String>,
+        sigactions: Vec<[u8; 32]>,
+        sigmask: u64,
+        sigaltstack: [u8; 24],
+        vfork_parent: Option<Pid>,
+        clear_child_tid: u64,
+        run: RunState,
+    ) -> Parked {
+        Parked {
+            pid,
+            fds,
+            exe,
+            argv,
+            sigactions,
+            sigmask,
+            sigaltstack,
+            exit: None,
+            progress: 0,
+            vfork_parent,
+            clear_child_tid,
+            ctx: None,
+            run,
+        }
+    }
+
+    /// Whether a `sig` sent to it ends it (its default action, no handler, not ignored).
+    fn dies_of(&self, sig: i32) -> bool {
+        dies_of(&self.sigactions, sig)
+    }
+}
+
+/// `sig_kernel_ignore` plus the stop signals (no job control here): signals whose default
+/// action does nothing.
+const DEFAULT_IGNORED: [i32; 8] = [
+    libc::SIGCHLD,
+    libc::SIGURG,
+    libc::SIGWINCH,
+    libc::SIGCONT,
+    libc::SIGSTOP,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// Whether signal `sig` ends a task with these `sigaction`s: `SIGKILL` always; otherwise
+/// when its handler is `SIG_DFL` and the default action terminates. (Handlers are not yet
+/// delivered: a caught signal is dropped.)
+fn dies_of(sigactions: &[[u8; 32]], sig: i32) -> bool {
+    if sig == libc::SIGKILL {
+        return true;
+    }
+    let handler = sigactions
+        .get(sig as usize)
+        .map_or(0, |s| u64::from_le_bytes(s[..8].try_into().expect("8")));
+    handler == 0 && !DEFAULT_IGNORED.contains(&sig)
 }
 
 impl Proc<'_> {
+    /// The running task must wait: its call is made again once something happened.
+    pub fn block(&mut self) -> Result<i64, i64> {
+        self.blocked = true;
+        Err(super::syscall::ERESTARTSYS)
+    }
+
+    /// Something other tasks may wait for happened.
+    pub fn wake_all(&mut self) {
+        self.sched.events += 1;
+    }
+
+    /// `send_sig` to the running task: its default action ends it.
+    pub fn raise(&mut self, sig: i32) {
+        if self.exit.is_none() && dies_of(&self.sigactions, sig) {
+            self.exit = Some(Status::Signaled(sig));
+        }
+    }
+
+    /// `kill_pid_info` to task `pid` (running or not): `ESRCH` if there is none.
+    pub fn signal_task(&mut self, pid: Pid, sig: i32) -> Result<(), i64> {
+        if pid == self.pid {
+            if sig != 0 {
+                self.raise(sig);
+            }
+            return Ok(());
+        }
+        let t = self
+            .sched
+            .parked
+            .get_mut(&pid)
+            .ok_or(-(libc::ESRCH as i64))?;
+        if sig != 0 && t.exit.is_none() && t.dies_of(sig) {
+            t.exit = Some(Status::Signaled(sig));
+        }
+        self.sched.events += 1;
+        Ok(())
+    }
+
+    /// Process group and session of `pid`.
+    pub fn pgrp_of(&self, pid: Pid) -> Option<(Pid, Pid)> {
+        self.sched.pgrp.get(&pid).copied()
+    }
+
+    /// Every live task (running or not).
+    pub fn live_pids(&self) -> Vec<Pid> {
+        let mut v: Vec<Pid> = self.sched.parked.keys().copied().collect();
+        if self.exit.is_none() || !v.contains(&self.pid) {
+            v.push(self.pid);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Put the running task off the CPU (its registers saved unless it has exited).
+    fn park(&mut self, vm: &Vm, vcpu: &mut Vcpu, run: RunState) -> Result<()> {
+        let ctx = if self.exit.is_none() {
+            Some(vcpu.save(vm)?)
+        } else {
+            None
+        };
+        let t = Parked {
+            pid: self.pid,
+            fds: std::mem::take(&mut self.fds),
+            exe: std::mem::take(&mut self.exe),
+            argv: std::mem::take(&mut self.argv),
+            sigactions: std::mem::take(&mut self.sigactions),
+            sigmask: self.sigmask,
+            sigaltstack: self.sigaltstack,
+            exit: self.exit.take(),
+            progress: std::mem::take(&mut self.progress),
+            vfork_parent: self.vfork_parent.take(),
+            clear_child_tid: self.clear_child_tid,
+            ctx,
+            run,
+        };
+        self.sched.parked.insert(self.pid, t);
+        self.blocked = false;
+        self.vfork_wait = None;
+        Ok(())
+    }
+
+    /// Make parked task `pid` the running one (its registers are loaded by the caller).
+    fn unpark(&mut self, pid: Pid) -> Option<Parked> {
+        let mut t = self.sched.parked.remove(&pid)?;
+        self.pid = t.pid;
+        self.fds = std::mem::take(&mut t.fds);
+        self.exe = std::mem::take(&mut t.exe);
+        self.argv = std::mem::take(&mut t.argv);
+        self.sigactions = std::mem::take(&mut t.sigactions);
+        self.sigmask = t.sigmask;
+        self.sigaltstack = t.sigaltstack;
+        self.exit = t.exit.take();
+        self.progress = t.progress;
+        self.vfork_parent = t.vfork_parent.take();
+        self.clear_child_tid = t.clear_child_tid;
+        self.blocked = false;
+        self.sched.switches += 1;
+        Some(t)
+    }
+
+    /// The next task to run after the current one, round robin by pid: one ready to run,
+    /// or asleep since an earlier event, or killed while off the CPU.
+    fn pick_next(&self) -> Option<Pid> {
+        let ready = |t: &Parked| {
+            t.exit.is_some()
+                || match t.run {
+                    RunState::Runnable => true,
+                    RunState::Blocked(since) => since != self.sched.events,
+                    RunState::Vfork(_) => false,
+                }
+        };
+        let after = self
+            .sched
+            .parked
+            .range(self.pid + 1..)
+            .chain(self.sched.parked.range(..=self.pid));
+        after.filter(|(_, t)| ready(t)).map(|(&p, _)| p).next()
+    }
+
+    /// Free the pages of pipes nobody can read any more and forget pipes with no end open.
+    fn sweep_pipes(&mut self, cpu: &CpuGuard<'_>) {
+        let k = self.k;
+        self.sched.pipes.retain(|pp| {
+            pp.release_if_unread(k, cpu);
+            let (r, w) = pp.ends();
+            r + w > 0
+        });
+    }
+
+    /// Hand a `vfork` child's borrowed address space back to its parent and wake the
+    /// parent (`mm_release` → `complete_vfork_done`). A parent that has gone meanwhile
+    /// leaves the address space to nobody: it is torn down.
+    pub fn vfork_done(&mut self, cpu: &CpuGuard<'_>) {
+        let Some(parent) = self.vfork_parent.take() else {
+            return;
+        };
+        let k = self.k;
+        let mm = self.tasks.get_mut(self.pid).and_then(|t| t.mm.take());
+        let alive = self
+            .tasks
+            .get(parent)
+            .is_some_and(|t| t.state == mmkit::kernel::task::TaskState::Running);
+        match (mm, alive) {
+            (Some(mm), true) => {
+                if let Some(t) = self.tasks.get_mut(parent) {
+                    t.mm = Some(mm);
+                }
+            }
+            (Some(mm), false) => k.exit_mmap(cpu, mm),
+            (None, _) => {}
+        }
+        if let Some(t) = self.sched.parked.get_mut(&parent) {
+            if t.run == RunState::Vfork(self.pid) {
+                t.run = RunState::Runnable;
+            }
+        }
+        self.sched.events += 1;
+    }
+
+    /// `do_exit` of the running task: its descriptors closed, a `vfork` parent released,
+    /// then a zombie for its parent to reap.
+    fn exit_current(&mut self, cpu: &CpuGuard<'_>) {
+        let status = self.exit.unwrap_or(Status::Signaled(SIGKILL));
+        self.vfork_done(cpu);
+        self.fds.close_all();
+        self.sweep_pipes(cpu);
+        let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
+        if self.tasks.get(self.pid).is_none() {
+            self.sched.pgrp.remove(&self.pid);
+        }
+        self.sched.events += 1;
+    }
+
     /// The process's address space.
     pub fn mm(&mut self) -> &mut MmStruct {
         self.tasks
@@ -210,33 +528,84 @@ pub fn run_program(
             sigactions: vec![[0; 32]; 65],
             sigmask: 0,
             sigaltstack: [0; 24],
+            progress: 0,
+            blocked: false,
+            vfork_wait: None,
+            vfork_parent: None,
+            clear_child_tid: 0,
+            new_child: None,
+            exec_done: false,
+            randomize: !spec.no_aslr,
+            sched: Sched::default(),
         };
-        // The timeout: a watchdog marks it and kicks the vCPU thread out of KVM_RUN (again
-        // every 10 ms, in case the kick landed between two runs).
+        p.sched.pgrp.insert(pid, (pid, pid));
+        // The watchdog: marks the timeout, and while several tasks share the CPU ends a
+        // time slice every 10 ms (the scheduler tick), by kicking the vCPU thread out of
+        // KVM_RUN — only while it is in there, so no host call of the VMM is interrupted.
         let timed_out = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        let watchdog = opts.timeout.map(|t| {
+        let shared = Arc::new(AtomicBool::new(false));
+        let in_guest = Arc::new(AtomicBool::new(false));
+        let watchdog = {
             let sig = kick_signal();
             // SAFETY: pthread_self of the calling thread, valid while it lives (the watchdog
             // is joined before this thread returns).
             let me = unsafe { libc::pthread_self() };
-            let (timed_out, done) = (timed_out.clone(), done.clone());
+            let (timed_out, done, shared, in_guest) = (
+                timed_out.clone(),
+                done.clone(),
+                shared.clone(),
+                in_guest.clone(),
+            );
+            let deadline = opts.timeout.map(|t| Instant::now() + t);
             std::thread::spawn(move || {
-                let deadline = Instant::now() + t;
                 while !done.load(Ordering::Acquire) {
-                    if Instant::now() >= deadline {
+                    std::thread::sleep(TICK);
+                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
+                    if expired {
                         timed_out.store(true, Ordering::Release);
+                    }
+                    if expired
+                        || (shared.load(Ordering::Acquire) && in_guest.load(Ordering::Acquire))
+                    {
                         // SAFETY: signalling a thread that is alive until `done` is set.
                         unsafe { libc::pthread_kill(me, sig) };
                     }
-                    std::thread::sleep(Duration::from_millis(10));
                 }
             })
-        });
+        };
         let (mut guest, mut vmm) = (Duration::ZERO, Duration::ZERO);
         let mut stats = None;
+        let mut status = None;
         let r = (|| -> Result<()> {
-            while p.exit.is_none() {
+            loop {
+                if p.exit.is_some() {
+                    if p.pid == pid {
+                        // The first process: what it looked like before its memory went.
+                        stats = Some(exit_stats(&mut p));
+                        status = p.exit;
+                    }
+                    p.exit_current(cpu);
+                    if !switch(&mut p, cpu, vm, &mut vcpu, None)? {
+                        break;
+                    }
+                    continue;
+                }
+                if p.blocked || p.vfork_wait.is_some() {
+                    let run = match p.vfork_wait {
+                        Some(c) => RunState::Vfork(c),
+                        None => RunState::Blocked(p.sched.events),
+                    };
+                    if !switch(&mut p, cpu, vm, &mut vcpu, Some(run))? {
+                        // Every task waits for another: nothing can ever wake them.
+                        p.k.printk(&format!(
+                            "mmkit: tasks {:?} wait for each other forever: killed",
+                            p.live_pids()
+                        ));
+                        kill_all(&mut p);
+                    }
+                    continue;
+                }
                 if timed_out.load(Ordering::Acquire) {
                     p.k.printk(&format!(
                         "{}[{}]: killed after the --timeout of {:?}",
@@ -244,32 +613,57 @@ pub fn run_program(
                         p.pid,
                         opts.timeout.unwrap_or_default()
                     ));
-                    p.exit = Some(Status::Signaled(SIGKILL));
-                    break;
+                    kill_all(&mut p);
+                    continue;
                 }
+                shared.store(!p.sched.parked.is_empty(), Ordering::Release);
                 let t0 = Instant::now();
-                let exit = vcpu.run(vm)?;
+                in_guest.store(true, Ordering::Release);
+                let exit = vcpu.run(vm);
+                in_guest.store(false, Ordering::Release);
+                let exit = exit?;
                 let t1 = Instant::now();
                 guest += t1 - t0;
                 handle_exit(&mut p, cpu, vm, &mut vcpu, exit)?;
+                after_syscall(&mut p, vm, &mut vcpu)?;
                 if k.nr_deferred_tables() >= DEFERRED_TABLES_MAX {
                     vm.sync_tables(k, cpu)?;
                 }
-                if p.exit.is_some() {
-                    // exit_group: what the process looked like before its memory went.
-                    stats = Some(exit_stats(&mut p));
+                if exit == Exit::Interrupted
+                    && p.exit.is_none()
+                    && !p.blocked
+                    && p.pick_next().is_some()
+                {
+                    // The time slice is over.
+                    switch(&mut p, cpu, vm, &mut vcpu, Some(RunState::Runnable))?;
                 }
                 vmm += t1.elapsed();
             }
             Ok(())
         })();
         done.store(true, Ordering::Release);
-        if let Some(w) = watchdog {
-            let _ = w.join();
+        let _ = watchdog.join();
+        if r.is_err() {
+            // The VMM failed: end every task so every page comes back.
+            kill_all(&mut p);
+            while p.exit.is_some() {
+                p.exit_current(cpu);
+                let Some(next) = p.sched.parked.keys().next().copied() else {
+                    break;
+                };
+                p.unpark(next);
+                p.exit.get_or_insert(Status::Signaled(SIGKILL));
+            }
         }
-        let status = p.exit.unwrap_or(Status::Signaled(SIGKILL));
+        p.sweep_pipes(cpu);
+        // Zombies nobody reaped (their parent exited first) go now, as init reaps them.
+        for z in p.tasks.pids() {
+            let ppid = p.tasks.get(z).map_or(0, |t| t.ppid);
+            let _ = p.tasks.wait(ppid, Some(z));
+        }
+        let status = status.unwrap_or(Status::Signaled(SIGKILL));
         let (min_flt, maj_flt, vm_hwm_kb, rss_kb, maps) =
-            stats.unwrap_or_else(|| exit_stats(&mut p));
+            stats.unwrap_or((0, 0, 0, (0, 0, 0), String::new()));
         // The program's own faults: exec wrote the stack through the kernel's own access
         // (Linux's get_user_pages, which no task is charged for).
         let (min_flt, maj_flt) = (
@@ -278,9 +672,7 @@ pub fn run_program(
         );
         let exits = vcpu.exits - exits_before;
         vm.put_vcpu(vcpu);
-        p.fds.close_all();
-        let _ = p.tasks.exit(k, cpu, p.pid, status.code());
-        // The address space is gone: its tables leave the hypervisor's shadow and the
+        // The address spaces are gone: their tables leave the hypervisor's shadow and the
         // allocator gets them back.
         let synced = vm.sync_tables(k, cpu);
         r?;
@@ -300,8 +692,123 @@ pub fn run_program(
             rss_kb,
             maps_at_exit: maps,
             log: k.dmesg_since(log_from).0,
+            switches: p.sched.switches,
         })
     })
+}
+
+/// The scheduler tick while several tasks share the CPU.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Mark every task killed (`SIGKILL`): the loop then ends them one by one.
+fn kill_all(p: &mut Proc<'_>) {
+    p.exit.get_or_insert(Status::Signaled(SIGKILL));
+    for t in p.sched.parked.values_mut() {
+        t.exit.get_or_insert(Status::Signaled(SIGKILL));
+    }
+}
+
+/// `schedule()`: put the running task off the CPU (`run`; `None` when it has exited) and
+/// load the next one. A task woken in a system call makes it again now. `false` when no
+/// task can run: none is left (the run is over) or every one waits.
+fn switch(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    run: Option<RunState>,
+) -> Result<bool> {
+    match run {
+        Some(run) => p.park(vm, vcpu, run)?,
+        None => {
+            // The exited task is gone from the CPU; its pid may still be a zombie.
+        }
+    }
+    loop {
+        let Some(next) = p.pick_next() else {
+            if run.is_some() {
+                // Nobody can run: put the current one back so the caller sees it.
+                let me = p.pid;
+                let t = p.unpark(me);
+                if let Some(t) = t {
+                    if let Some(ctx) = &t.ctx {
+                        vcpu.restore(vm, ctx)?;
+                    }
+                }
+            }
+            return Ok(false);
+        };
+        let t = p.unpark(next).expect("picked from the parked tasks");
+        if p.exit.is_some() {
+            return Ok(true); // killed while off the CPU: the loop ends it
+        }
+        let Some(ctx) = t.ctx else {
+            bail!("task {next} has no registers");
+        };
+        vcpu.restore(vm, &ctx)?;
+        if let RunState::Blocked(_) = t.run {
+            // Make the call again; if it must still wait, back to sleep.
+            syscall_exit(p, cpu, vm, vcpu, ctx.frame)?;
+            after_syscall(p, vm, vcpu)?;
+            if p.blocked {
+                let since = p.sched.events;
+                p.park(vm, vcpu, RunState::Blocked(since))?;
+                if p.pick_next().is_none() {
+                    let me = next;
+                    let t = p.unpark(me).expect("just parked");
+                    if let Some(ctx) = &t.ctx {
+                        vcpu.restore(vm, ctx)?;
+                    }
+                    p.blocked = true;
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
+        return Ok(true);
+    }
+}
+
+/// What follows a system call that completed: a new child gets the parent's registers
+/// (with its own return value, stack and TLS), an `execve` starts the new image, and
+/// every sleeping task may try again.
+fn after_syscall(p: &mut Proc<'_>, vm: &Vm, vcpu: &mut Vcpu) -> Result<()> {
+    if p.blocked {
+        return Ok(());
+    }
+    if let Some(c) = p.new_child.take() {
+        let mut ctx = vcpu.save(vm)?;
+        ctx.regs.rax = 0;
+        let pgd = p
+            .tasks
+            .get(c.pid)
+            .and_then(|t| t.mm.as_ref())
+            .map(|mm| mm.pt.pgd_pfn());
+        if let Some(pgd) = pgd {
+            ctx.sregs.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
+        }
+        if c.stack != 0 {
+            match &mut ctx.frame {
+                Some(f) => f[4] = c.stack,
+                None => ctx.regs.rsp = c.stack,
+            }
+        }
+        if let Some(tls) = c.tls {
+            ctx.sregs.fs.base = tls;
+        }
+        if let Some(t) = p.sched.parked.get_mut(&c.pid) {
+            t.ctx = Some(ctx);
+        }
+    }
+    if p.exec_done {
+        p.exec_done = false;
+        let t = p.tasks.get(p.pid).expect("the running task");
+        let (entry, sp) = (t.entry, t.sp);
+        let pgd = t.mm.as_ref().expect("exec'd").pt.pgd_pfn();
+        vcpu.start_thread(pgd, entry, sp)?;
+    }
+    p.sched.events += 1;
+    Ok(())
 }
 
 type ExitStats = (u64, u64, u64, (u64, u64, u64), String);
@@ -340,24 +847,13 @@ fn handle_exit(
 ) -> Result<()> {
     match exit {
         Exit::Interrupted => Ok(()),
-        Exit::Syscall => {
-            syscall::handle(p, cpu, vm, vcpu)?;
-            Ok(())
-        }
+        Exit::Syscall => syscall_exit(p, cpu, vm, vcpu, None),
         Exit::Exception { vector, frame }
             if vector == X86_TRAP_PF && vm.syscall_entry == SyscallEntry::FaultAtLstar =>
         {
             let cr2 = vcpu.cr2()?;
             if cr2 == vm.entry.lstar && frame[1] == vm.entry.lstar {
-                // SYSCALL that stayed in ring 3: return through the exception frame to
-                // the instruction after it (RCX) with the flags it saved (R11).
-                syscall::handle(p, cpu, vm, vcpu)?;
-                let regs = vcpu.regs()?;
-                let mut f = frame;
-                f[1] = regs.rcx;
-                f[3] = regs.r11;
-                vcpu.set_frame(vm, &f)?;
-                return Ok(());
+                return syscall_exit(p, cpu, vm, vcpu, Some(frame));
             }
             page_fault(p, cpu, vcpu, cr2, frame)
         }
@@ -394,6 +890,30 @@ fn handle_exit(
             Ok(())
         }
     }
+}
+
+/// A system call: handled, then the return to user mode. `frame` is the exception frame
+/// when `SYSCALL` arrived as a fault at `LSTAR` (the return goes through it, to the
+/// instruction after the `SYSCALL` (RCX) with the flags it saved (R11)). A call that must
+/// wait returns nowhere yet: it is made again when the task is woken.
+fn syscall_exit(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    frame: Option<[u64; 6]>,
+) -> Result<()> {
+    syscall::handle(p, cpu, vm, vcpu)?;
+    if p.blocked || p.exec_done || p.exit.is_some() {
+        return Ok(());
+    }
+    if let Some(mut f) = frame {
+        let regs = vcpu.regs()?;
+        f[1] = regs.rcx;
+        f[3] = regs.r11;
+        vcpu.set_frame(vm, &f)?;
+    }
+    Ok(())
 }
 
 fn page_fault(

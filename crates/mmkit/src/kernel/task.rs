@@ -201,6 +201,37 @@ impl TaskTable {
         Ok(pid)
     }
 
+    /// `fork` with `CLONE_VM | CLONE_VFORK` (`vfork`, `posix_spawn`): a child that runs in
+    /// `parent`'s own address space while the parent waits for it to exec or exit. The
+    /// address space moves to the child (the parent runs nothing meanwhile); whoever runs
+    /// the tasks moves it back at the child's exec or exit (`mm_release`).
+    pub fn vfork(&mut self, parent: Pid) -> Result<Pid, Errno> {
+        let p = self.tasks.get(&parent).ok_or(Errno::ESRCH)?;
+        if p.mm.is_none() {
+            return Err(Errno::ESRCH);
+        }
+        let (comm, entry, sp, adj) = (p.comm.clone(), p.entry, p.sp, p.oom_score_adj);
+        let pid = self.alloc_pid()?;
+        let mm = self.tasks.get_mut(&parent).and_then(|p| p.mm.take());
+        self.tasks.insert(
+            pid,
+            Task {
+                pid,
+                ppid: parent,
+                comm,
+                mm,
+                state: TaskState::Running,
+                exit_code: 0,
+                faults: FaultCounts::default(),
+                child_faults: FaultCounts::default(),
+                entry,
+                sp,
+                oom_score_adj: adj,
+            },
+        );
+        Ok(pid)
+    }
+
     /// `execve` in task `pid`: on success its old address space is released (`exec_mmap`
     /// + `mmput`) and its name becomes the file's; on failure nothing changes.
     pub fn exec(

@@ -313,32 +313,3 @@ pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         _ => Err(-(libc::ENOSYS as i64)),
     }
 }
-
-/// `kill`/`tkill`/`tgkill` to itself: the signal's default action (handlers come with the
-/// next issue); to others, `ESRCH`.
-pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> SysResult {
-    let (target, sig) = match nr {
-        234 => (a[1] as i64, a[2] as i32),
-        _ => (a[0] as i64, a[1] as i32),
-    };
-    if !(0..=64).contains(&sig) {
-        return Err(EINVAL);
-    }
-    let me = p.pid as i64;
-    if target != me && !(nr == 62 && (target == 0 || target == -1)) {
-        return Err(-(libc::ESRCH as i64));
-    }
-    if sig == 0 {
-        return Ok(0);
-    }
-    // Default actions: these are ignored, the rest terminate.
-    const IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT];
-    let handled = p
-        .sigactions
-        .get(sig as usize)
-        .is_some_and(|s| s[..8] != [0; 8]);
-    if !IGNORED.contains(&sig) && !handled {
-        p.exit = Some(Status::Signaled(sig));
-    }
-    Ok(0)
-}
