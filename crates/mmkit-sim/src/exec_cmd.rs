@@ -163,8 +163,8 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
     envv.push(std::ptr::null());
     let mut out = tempfile::tempfile()?;
     let out_fd = out.as_raw_fd();
-    // SAFETY: the child calls only async-signal-safe functions (dup2, personality, ptrace,
-    // execve, _exit) on memory prepared before the fork.
+    // SAFETY: the child calls only async-signal-safe functions (dup2, signal, personality,
+    // ptrace, execve, _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         bail!("fork: {}", std::io::Error::last_os_error());
@@ -173,6 +173,10 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
         // SAFETY: see above.
         unsafe {
             libc::dup2(out_fd, 1);
+            // The Rust runtime ignores SIGPIPE and an ignored signal stays ignored across
+            // exec: give the program the default action a shell would (and mmkit's first
+            // task has).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
             libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
             libc::execve(cpath.as_ptr(), argv.as_ptr(), envv.as_ptr());

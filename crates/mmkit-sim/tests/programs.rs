@@ -660,3 +660,198 @@ fn one_exit_per_fault_and_per_syscall() {
     );
     assert_clean(&m, before, "tiny programs");
 }
+
+/// Run `argv` on mmkit and natively (a plain child of this process with the same
+/// environment, `SIGPIPE` at its default action as a shell gives it): the same standard
+/// output and status.
+fn same_as_native(m: &Machine, vm: &Vm, argv: &[&str]) -> Ran {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let ours = run(m, vm, argv, RunOptions::default());
+    let mut cmd = std::process::Command::new(resolve(argv[0]).unwrap());
+    cmd.args(&argv[1..]).env_clear();
+    for e in env() {
+        let (k, v) = e.split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let native = cmd.stderr(std::process::Stdio::null()).output().unwrap();
+    let code = native
+        .status
+        .code()
+        .unwrap_or_else(|| 128 + native.status.signal().unwrap_or(0));
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "{argv:?}: stdout (native status {code})"
+    );
+    assert_eq!(ours.out.status.code(), code, "{argv:?}: status");
+    ours
+}
+
+/// Shells, pipelines and subprocesses: `fork`, `vfork`/`posix_spawn`, `execve` from inside
+/// the program, `wait4`, pipes whose buffers are mmkit pages, `SIGPIPE` — output and status
+/// equal to the native runs, and every page (pipe buffers, every child's address space)
+/// back after each.
+#[test]
+fn processes_and_pipes_match_the_native_runs() {
+    let Some((m, vm)) = machine(None) else { return };
+    let cmds: [&[&str]; 5] = [
+        &[
+            "python3",
+            "-c",
+            "import subprocess; r = subprocess.run(['ls', '/'], capture_output=True); \
+             print(sorted(r.stdout.split())[:3], r.returncode)",
+        ],
+        &["bash", "-c", "seq 1 100000 | sort -rn | head -5"],
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 20); do /bin/echo -n \"$i \"; done; echo; exit 7",
+        ],
+        &["bash", "-c", "yes | head -1; echo \"${PIPESTATUS[@]}\""],
+        &[
+            "bash",
+            "-c",
+            "f() { echo $$ $BASHPID >/dev/null; echo sub; }; x=$(f); echo \"$x\"; \
+             (exit 3); echo $?; false | true; echo $?",
+        ],
+    ];
+    for argv in cmds {
+        let before = m.settle();
+        let r = same_as_native(&m, &vm, argv);
+        assert!(r.out.switches > 0, "{argv:?}: ran more than one task");
+        assert_clean(&m, before, &argv.join(" "));
+    }
+}
+
+/// Fork's copy-on-write and shared memory seen from a real program: 8 children each write
+/// their own pattern into a `MAP_SHARED|MAP_ANONYMOUS` region and all of a private one; the
+/// parent sees every child's shared bytes and its private copy untouched.
+#[test]
+fn forked_children_share_and_copy_memory() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "forks",
+        r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define N 8
+#define SZ (1 << 20)
+int main(void) {
+    unsigned char *shared = mmap(0, N * SZ, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    unsigned char *priv = mmap(0, N * SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(priv, 0xee, N * SZ);
+    for (int i = 0; i < N; i++) {
+        if (fork() == 0) {
+            memset(shared + i * SZ, i + 1, SZ);
+            memset(priv, i + 0x10, N * SZ);
+            for (int j = 0; j < N * SZ; j++) if (priv[j] != i + 0x10) _exit(99);
+            _exit(i);
+        }
+    }
+    int sum = 0;
+    for (int i = 0; i < N; i++) { int st; if (wait(&st) > 0 && WIFEXITED(st)) sum += WEXITSTATUS(st); }
+    for (int i = 0; i < N; i++) for (int j = 0; j < SZ; j++) if (shared[i * SZ + j] != i + 1) { printf("shared %d bad\n", i); return 1; }
+    for (int j = 0; j < N * SZ; j++) if (priv[j] != 0xee) { printf("private bad\n"); return 1; }
+    printf("exit codes sum %d, shared and private intact\n", sum);
+    return 0;
+}"#,
+        &[],
+    );
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "exit codes sum 28, shared and private intact\n"
+    );
+    assert_clean(&m, before, "forks");
+}
+
+/// Signals reach handlers on a real `rt_sigframe`: a SIGSEGV handler sees `si_addr`,
+/// `mprotect`s the page and returns, the access is retried and succeeds; `kill` to itself
+/// runs a handler; the FPU state survives the handlers; a caught SIGPIPE (sort's) ends as
+/// natively.
+#[test]
+fn signal_handlers_run_and_return() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "segv",
+        r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+static char *volatile page;
+static volatile int hits;
+static void on_segv(int sig, siginfo_t *si, void *uc) {
+    hits++;
+    if ((char *)si->si_addr != page + 100 || si->si_code != SEGV_ACCERR) _exit(10);
+    volatile double x = 7.25; x *= 3;
+    mprotect(page, 4096, PROT_READ | PROT_WRITE);
+}
+static void on_usr1(int sig) { hits += 100; }
+int main(void) {
+    struct sigaction sa; memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv; sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, 0);
+    signal(SIGUSR1, on_usr1);
+    page = mmap(0, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    volatile double d = 1.5;
+    *(volatile char *)(page + 100) = 42;
+    kill(getpid(), SIGUSR1);
+    printf("hits=%d byte=%d d=%.2f\n", hits, *(volatile char *)(page + 100), d * 2);
+    return 0;
+}"#,
+        &[],
+    );
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "hits=101 byte=42 d=3.00\n"
+    );
+    assert_clean(&m, before, "segv handler");
+}
+
+/// `gcc hello.c -o hello` on mmkit (the driver spawning cc1, as and ld through
+/// `posix_spawn`) makes a program that runs on the host and on mmkit.
+#[test]
+fn gcc_on_mmkit_builds_a_working_program() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void) { puts(\"hello from a compiler on mmkit\"); return 0; }\n",
+    )
+    .unwrap();
+    let exe = dir.path().join("hello");
+    let before = m.settle();
+    let r = run(
+        &m,
+        &vm,
+        &["gcc", src.to_str().unwrap(), "-o", exe.to_str().unwrap()],
+        RunOptions::default(),
+    );
+    assert_eq!(r.out.status, Status::Exited(0), "gcc on mmkit");
+    assert!(r.out.switches > 0);
+    assert_clean(&m, before, "gcc");
+    let native = std::process::Command::new(&exe).output().unwrap();
+    assert_eq!(native.stdout, b"hello from a compiler on mmkit\n");
+    let ours = run(&m, &vm, &[exe.to_str().unwrap()], RunOptions::default());
+    assert_eq!(ours.stdout, b"hello from a compiler on mmkit\n");
+}

@@ -4,6 +4,7 @@
 //! whose default action ends the process (`exit status 128 + signal`, and the kernel's log
 //! line for a segfault) — until `exit_group`.
 
+use super::signal::{self, SigInfo};
 use super::syscall::{self, FdTable};
 use super::vcpu::{Exit, Vcpu};
 use super::vm::{SyscallEntry, Vm};
@@ -177,6 +178,14 @@ pub struct Proc<'m> {
     pub exec_done: bool,
     /// Whether exec randomizes (`--no-aslr` turns it off for every exec of the run).
     pub randomize: bool,
+    /// Signals waiting for delivery.
+    pub pending: super::signal::Pending,
+    /// When a sleeping call with a timeout gives up (`poll`).
+    pub deadline: Option<Instant>,
+    /// The error code of the last page fault (`sigcontext.err` of a fault's signal).
+    pub fault_error: u32,
+    /// The call loaded the user registers itself (`rt_sigreturn`): no result to set.
+    pub regs_set: bool,
     /// The scheduler: tasks that are not on the CPU, pipes, process groups.
     pub sched: Sched,
 }
@@ -223,6 +232,8 @@ pub struct Parked {
     progress: usize,
     vfork_parent: Option<Pid>,
     clear_child_tid: u64,
+    pending: super::signal::Pending,
+    deadline: Option<Instant>,
     /// Its registers (`None` before it first ran: a child gets them when `clone`
     /// returns).
     ctx: Option<super::vcpu::CpuContext>,
@@ -257,41 +268,12 @@ impl Parked {
             progress: 0,
             vfork_parent,
             clear_child_tid,
+            pending: Default::default(),
+            deadline: None,
             ctx: None,
             run,
         }
     }
-
-    /// Whether a `sig` sent to it ends it (its default action, no handler, not ignored).
-    fn dies_of(&self, sig: i32) -> bool {
-        dies_of(&self.sigactions, sig)
-    }
-}
-
-/// `sig_kernel_ignore` plus the stop signals (no job control here): signals whose default
-/// action does nothing.
-const DEFAULT_IGNORED: [i32; 8] = [
-    libc::SIGCHLD,
-    libc::SIGURG,
-    libc::SIGWINCH,
-    libc::SIGCONT,
-    libc::SIGSTOP,
-    libc::SIGTSTP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-];
-
-/// Whether signal `sig` ends a task with these `sigaction`s: `SIGKILL` always; otherwise
-/// when its handler is `SIG_DFL` and the default action terminates. (Handlers are not yet
-/// delivered: a caught signal is dropped.)
-fn dies_of(sigactions: &[[u8; 32]], sig: i32) -> bool {
-    if sig == libc::SIGKILL {
-        return true;
-    }
-    let handler = sigactions
-        .get(sig as usize)
-        .map_or(0, |s| u64::from_le_bytes(s[..8].try_into().expect("8")));
-    handler == 0 && !DEFAULT_IGNORED.contains(&sig)
 }
 
 impl Proc<'_> {
@@ -306,18 +288,31 @@ impl Proc<'_> {
         self.sched.events += 1;
     }
 
-    /// `send_sig` to the running task: its default action ends it.
+    /// `send_sig` to the running task by the kernel (`SIGPIPE`).
     pub fn raise(&mut self, sig: i32) {
-        if self.exit.is_none() && dies_of(&self.sigactions, sig) {
-            self.exit = Some(Status::Signaled(sig));
-        }
+        let pid = self.pid;
+        let _ = self.signal_task(
+            pid,
+            SigInfo {
+                signo: sig,
+                code: 0x80, // SI_KERNEL
+                addr: 0,
+                pid: 0,
+            },
+        );
     }
 
-    /// `kill_pid_info` to task `pid` (running or not): `ESRCH` if there is none.
-    pub fn signal_task(&mut self, pid: Pid, sig: i32) -> Result<(), i64> {
-        if pid == self.pid {
-            if sig != 0 {
-                self.raise(sig);
+    /// `send_signal` to task `pid` (running or not): `ESRCH` if there is none.
+    pub fn signal_task(&mut self, pid: Pid, info: SigInfo) -> Result<(), i64> {
+        if pid == self.pid && self.exit.is_none() {
+            if info.signo != 0 {
+                signal::send(
+                    &self.sigactions,
+                    self.sigmask,
+                    &mut self.pending,
+                    &mut self.exit,
+                    info,
+                );
             }
             return Ok(());
         }
@@ -326,8 +321,8 @@ impl Proc<'_> {
             .parked
             .get_mut(&pid)
             .ok_or(-(libc::ESRCH as i64))?;
-        if sig != 0 && t.exit.is_none() && t.dies_of(sig) {
-            t.exit = Some(Status::Signaled(sig));
+        if info.signo != 0 {
+            signal::send(&t.sigactions, t.sigmask, &mut t.pending, &mut t.exit, info);
         }
         self.sched.events += 1;
         Ok(())
@@ -368,6 +363,8 @@ impl Proc<'_> {
             progress: std::mem::take(&mut self.progress),
             vfork_parent: self.vfork_parent.take(),
             clear_child_tid: self.clear_child_tid,
+            pending: std::mem::take(&mut self.pending),
+            deadline: self.deadline.take(),
             ctx,
             run,
         };
@@ -391,6 +388,8 @@ impl Proc<'_> {
         self.progress = t.progress;
         self.vfork_parent = t.vfork_parent.take();
         self.clear_child_tid = t.clear_child_tid;
+        self.pending = std::mem::take(&mut t.pending);
+        self.deadline = t.deadline.take();
         self.blocked = false;
         self.sched.switches += 1;
         Some(t)
@@ -401,9 +400,13 @@ impl Proc<'_> {
     fn pick_next(&self) -> Option<Pid> {
         let ready = |t: &Parked| {
             t.exit.is_some()
+                || t.pending.set & !t.sigmask != 0
                 || match t.run {
                     RunState::Runnable => true,
-                    RunState::Blocked(since) => since != self.sched.events,
+                    RunState::Blocked(since) => {
+                        since != self.sched.events
+                            || t.deadline.is_some_and(|d| Instant::now() >= d)
+                    }
                     RunState::Vfork(_) => false,
                 }
         };
@@ -460,6 +463,22 @@ impl Proc<'_> {
     fn exit_current(&mut self, cpu: &CpuGuard<'_>) {
         let status = self.exit.unwrap_or(Status::Signaled(SIGKILL));
         self.vfork_done(cpu);
+        // SIGCHLD to the parent (do_notify_parent), dropped unless it catches it.
+        if let Some(ppid) = self.tasks.get(self.pid).map(|t| t.ppid) {
+            let code = match status {
+                Status::Exited(_) => 1,   // CLD_EXITED
+                Status::Signaled(_) => 2, // CLD_KILLED
+            };
+            let _ = self.signal_task(
+                ppid,
+                SigInfo {
+                    signo: libc::SIGCHLD,
+                    code,
+                    addr: 0,
+                    pid: self.pid,
+                },
+            );
+        }
         self.fds.close_all();
         self.sweep_pipes(cpu);
         let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
@@ -529,6 +548,10 @@ pub fn run_program(
             sigmask: 0,
             sigaltstack: [0; 24],
             progress: 0,
+            pending: Default::default(),
+            deadline: None,
+            fault_error: 0,
+            regs_set: false,
             blocked: false,
             vfork_wait: None,
             vfork_parent: None,
@@ -616,6 +639,12 @@ pub fn run_program(
                     kill_all(&mut p);
                     continue;
                 }
+                if let Some(sig) = signal::next_signal(&p) {
+                    let info = signal::take_info(&mut p.pending, sig);
+                    let user = signal::user_regs(vm, &mut vcpu)?;
+                    signal::deliver(&mut p, cpu, vm, &mut vcpu, info, user)?;
+                    continue;
+                }
                 shared.store(!p.sched.parked.is_empty(), Ordering::Release);
                 let t0 = Instant::now();
                 in_guest.store(true, Ordering::Release);
@@ -656,6 +685,9 @@ pub fn run_program(
             }
         }
         p.sweep_pipes(cpu);
+        // Every descriptor is closed: the host files written are written back and no
+        // longer held open for writing.
+        m.hostfs.release_writers(k, cpu);
         // Zombies nobody reaped (their parent exited first) go now, as init reaps them.
         for z in p.tasks.pids() {
             let ppid = p.tasks.get(z).map_or(0, |t| t.ppid);
@@ -726,6 +758,12 @@ fn switch(
     }
     loop {
         let Some(next) = p.pick_next() else {
+            // Nothing can run before a sleeping call's timeout: wait for it.
+            let soonest = p.sched.parked.values().filter_map(|t| t.deadline).min();
+            if let Some(d) = soonest {
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                continue;
+            }
             if run.is_some() {
                 // Nobody can run: put the current one back so the caller sees it.
                 let me = p.pid;
@@ -746,6 +784,13 @@ fn switch(
             bail!("task {next} has no registers");
         };
         vcpu.restore(vm, &ctx)?;
+        if let (RunState::Blocked(_), Some(sig)) = (t.run, signal::next_signal(p)) {
+            // A signal ends the wait: EINTR, or the call again after the handler.
+            let user = signal::syscall_user_regs(vm, vcpu)?;
+            let user = signal::interrupted_call(p, sig, user);
+            vcpu.resume_user(&user)?;
+            return Ok(true);
+        }
         if let RunState::Blocked(_) = t.run {
             // Make the call again; if it must still wait, back to sleep.
             syscall_exit(p, cpu, vm, vcpu, ctx.frame)?;
@@ -753,7 +798,8 @@ fn switch(
             if p.blocked {
                 let since = p.sched.events;
                 p.park(vm, vcpu, RunState::Blocked(since))?;
-                if p.pick_next().is_none() {
+                let timed = p.sched.parked.values().any(|t| t.deadline.is_some());
+                if p.pick_next().is_none() && !timed {
                     let me = next;
                     let t = p.unpark(me).expect("just parked");
                     if let Some(ctx) = &t.ctx {
@@ -877,6 +923,17 @@ fn handle_exit(
                 X86_TRAP_BP => "int3",
                 _ => "trap",
             };
+            if catches(p, sig) {
+                // force_sig: the handler runs (it may fix what trapped, or longjmp away).
+                let info = SigInfo {
+                    signo: sig,
+                    code: 0x80, // SI_KERNEL
+                    addr: frame[1],
+                    pid: 0,
+                };
+                let _ = p.signal_task(p.pid, info);
+                return Ok(());
+            }
             // do_trap's report (show_unhandled_signals).
             p.k.printk(&format!(
                 "traps: {}[{}] {name} ip:{:x} sp:{:x} error:{:x}",
@@ -904,7 +961,7 @@ fn syscall_exit(
     frame: Option<[u64; 6]>,
 ) -> Result<()> {
     syscall::handle(p, cpu, vm, vcpu)?;
-    if p.blocked || p.exec_done || p.exit.is_some() {
+    if std::mem::take(&mut p.regs_set) || p.blocked || p.exec_done || p.exit.is_some() {
         return Ok(());
     }
     if let Some(mut f) = frame {
@@ -993,6 +1050,18 @@ fn classify(
 /// segfault (`prog[pid]: segfault at ADDR ip IP sp SP error E in FILE[START+SIZE]`).
 fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6]) {
     let ip = frame[1];
+    if sig.signo != SIGKILL && catches(p, sig.signo) {
+        // force_sig_fault with a handler: it runs with si_addr and si_code.
+        p.fault_error = frame[0] as u32;
+        let info = SigInfo {
+            signo: sig.signo,
+            code: sig.code,
+            addr: sig.addr,
+            pid: 0,
+        };
+        let _ = p.signal_task(p.pid, info);
+        return;
+    }
     if sig.signo == SIGSEGV {
         let vma = p
             .mm()
@@ -1030,6 +1099,13 @@ fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6
         let _ = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
     }
     p.exit = Some(Status::Signaled(sig.signo));
+}
+
+/// Whether the running task catches `sig` and does not block it: a signal the kernel
+/// forces (a fault, a trap) otherwise takes its default action (`force_sig_info_to_task`
+/// unblocks it and resets the handler when it is blocked or ignored).
+fn catches(p: &Proc<'_>, sig: i32) -> bool {
+    signal::SigAction::of(&p.sigactions[sig as usize]).caught() && p.sigmask & signal::bit(sig) == 0
 }
 
 /// Run a whole program and say what became of it; the error when `/dev/kvm` cannot be used

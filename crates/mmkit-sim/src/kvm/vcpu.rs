@@ -239,6 +239,54 @@ impl Vcpu {
             .map_err(|e| anyhow!("KVM_SET_FPU: {e}"))
     }
 
+    /// Enter ring 3 with the registers `r` (a signal handler, the return of
+    /// `rt_sigreturn`): CS and SS become the user segments, the FS/GS bases stay.
+    pub fn resume_user(&mut self, r: &kvm_regs) -> Result<()> {
+        let mut s = self.sregs()?;
+        s.cs = user_segment(USER_CS, true);
+        s.ss = user_segment(USER_DS, false);
+        self.set_sregs(&s)?;
+        self.set_regs(r)
+    }
+
+    /// The FPU and vector state as its XSAVE image (`KVM_GET_XSAVE`'s 4 KiB region).
+    pub fn xsave_image(&mut self) -> Result<Vec<u8>> {
+        let x = self
+            .fd
+            .get_xsave()
+            .map_err(|e| anyhow!("KVM_GET_XSAVE: {e}"))?;
+        Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+
+    /// Load the first `img.len()` bytes of an XSAVE image (the rest of the state as it is).
+    /// The legacy area's MXCSR is masked to the bits the CPU accepts (a program's bad
+    /// value must not make `KVM_SET_XSAVE` fail), and the header keeps only the guest's
+    /// features.
+    pub fn set_xsave_image(&mut self, vm: &Vm, img: &[u8]) -> Result<()> {
+        let mut x = self
+            .fd
+            .get_xsave()
+            .map_err(|e| anyhow!("KVM_GET_XSAVE: {e}"))?;
+        let mut bytes: Vec<u8> = x.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let n = img.len().min(bytes.len());
+        bytes[..n].copy_from_slice(&img[..n]);
+        // MXCSR at 24: reserved bits zero (MXCSR_MASK of current CPUs: 0xffff).
+        bytes[28..32].copy_from_slice(&[0xff, 0xff, 0, 0]);
+        let mxcsr = u32::from_le_bytes(bytes[24..28].try_into().expect("4")) & 0xffff;
+        bytes[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        // XSTATE_BV at 512: only enabled features; XCOMP_BV zero (standard format); the
+        // reserved header bytes zero.
+        let bv = u64::from_le_bytes(bytes[512..520].try_into().expect("8")) & vm.xcr0;
+        bytes[512..520].copy_from_slice(&bv.to_le_bytes());
+        bytes[520..576].fill(0);
+        for (w, c) in x.region.iter_mut().zip(bytes.chunks(4)) {
+            *w = u32::from_le_bytes(c.try_into().expect("4"));
+        }
+        // SAFETY: as in `restore`: the image is KVM's own format for this VM, its header
+        // limited to the guest's XCR0 features, all within the 4096-byte region.
+        unsafe { self.fd.set_xsave(&x) }.map_err(|e| anyhow!("KVM_SET_XSAVE: {e}"))
+    }
+
     /// Save what the running task left on this CPU (`switch_to`'s first half): with the
     /// registers, the exception frame on the entry stack when the CPU is in ring 0 on it
     /// (stopped in an exception stub, about to `iretq` through that frame).

@@ -692,6 +692,21 @@ pub fn sys_mkdirat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
     host(unsafe { libc::mkdirat(d, path.as_ptr(), a[2] as u32) } as i64)
 }
 
+/// `fchmodat` (and `chmod`).
+pub fn sys_fchmodat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[1])?;
+    let d = p.host_fd(a[0] as i64)?;
+    // SAFETY: a NUL-terminated path.
+    host(unsafe { libc::fchmodat(d, path.as_ptr(), (a[2] & 0o7777) as u32, 0) } as i64)
+}
+
+/// `fchmod`.
+pub fn sys_fchmod(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.fds.get(a[0] as i64).and_then(|f| f.host()).ok_or(EBADF)?;
+    // SAFETY: fchmod of our own descriptor.
+    host(unsafe { libc::fchmod(h, (a[1] & 0o7777) as u32) } as i64)
+}
+
 /// `unlinkat` (and `unlink`, `rmdir`).
 pub fn sys_unlinkat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let path = p.read_path(cpu, a[1])?;
@@ -885,32 +900,87 @@ fn pipe_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, end: &Arc<PipeEnd>, data: &[
     }
 }
 
-/// `poll(fds, nfds, timeout)` on host descriptors.
+/// `poll(fds, nfds, timeout)`: pipes between the machine's tasks and generated files are
+/// polled here (`pipe_poll`), host descriptors by the host. With only host descriptors the
+/// host's `poll` waits; otherwise the task sleeps until an event or the timeout, while
+/// host descriptors among them are looked at without waiting each time it wakes.
 pub fn sys_poll(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let (ufds, nfds, timeout) = (a[0], a[1] as usize, a[2] as i32);
     if nfds > super::fd::NR_OPEN_DEFAULT {
         return Err(EINVAL);
     }
     let raw = p.read_user(cpu, ufds, nfds * 8)?;
-    let mut pfds: Vec<libc::pollfd> = raw
-        .chunks(8)
-        .map(|c| {
-            let fd = i32::from_le_bytes(c[..4].try_into().expect("4"));
-            libc::pollfd {
-                fd: p.fds.get(fd as i64).and_then(|f| f.host()).unwrap_or(-1),
-                events: i16::from_le_bytes(c[4..6].try_into().expect("2")),
-                revents: 0,
+    let (inn, out, err, hup, nval) = (
+        libc::POLLIN | libc::POLLRDNORM,
+        libc::POLLOUT | libc::POLLWRNORM,
+        libc::POLLERR,
+        libc::POLLHUP,
+        libc::POLLNVAL,
+    );
+    let mut ours = false;
+    let mut revents = vec![0i16; nfds];
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(nfds);
+    let mut host_slot = Vec::new();
+    for (i, c) in raw.chunks(8).enumerate() {
+        let fd = i32::from_le_bytes(c[..4].try_into().expect("4"));
+        let events = i16::from_le_bytes(c[4..6].try_into().expect("2"));
+        if fd < 0 {
+            continue;
+        }
+        match p.fds.get(fd as i64).map(|f| &f.kind) {
+            None => {
+                ours = true;
+                revents[i] = nval;
             }
-        })
-        .collect();
-    // SAFETY: our own array of `nfds` pollfds.
-    let r = host(unsafe { libc::poll(pfds.as_mut_ptr(), nfds as u64, timeout) } as i64)?;
-    let mut out = raw.clone();
-    for (i, pf) in pfds.iter().enumerate() {
-        out[i * 8 + 6..i * 8 + 8].copy_from_slice(&pf.revents.to_le_bytes());
+            Some(FdKind::Pipe(end)) => {
+                ours = true;
+                let (readers, writers) = end.pipe.ends();
+                revents[i] = if end.write {
+                    let room = end.pipe.pages() < super::super::pipe::PIPE_DEF_BUFFERS;
+                    (if readers == 0 { err } else { 0 }) | (if room { events & out } else { 0 })
+                } else {
+                    let data = end.pipe.available() > 0;
+                    (if data { events & inn } else { 0 }) | (if writers == 0 { hup } else { 0 })
+                };
+            }
+            Some(FdKind::Mem { .. }) => {
+                ours = true;
+                revents[i] = events & (inn | out);
+            }
+            Some(FdKind::Host(h)) => {
+                host_slot.push(i);
+                pfds.push(libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(h),
+                    events,
+                    revents: 0,
+                });
+            }
+        }
     }
-    p.write_user(cpu, ufds, &out)?;
-    Ok(r)
+    let wait = if ours { 0 } else { timeout };
+    if !pfds.is_empty() || !ours {
+        // SAFETY: our own array of pollfds.
+        host(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as u64, wait) } as i64)?;
+        for (k, pf) in host_slot.iter().zip(&pfds) {
+            revents[*k] = pf.revents;
+        }
+    }
+    let ready = revents.iter().filter(|&&r| r != 0).count();
+    let expired = p.deadline.is_some_and(|d| std::time::Instant::now() >= d);
+    if ours && ready == 0 && timeout != 0 && !expired {
+        if timeout > 0 && p.deadline.is_none() {
+            p.deadline =
+                Some(std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64));
+        }
+        return p.block();
+    }
+    p.deadline = None;
+    let mut outb = raw.clone();
+    for (i, r) in revents.iter().enumerate() {
+        outb[i * 8 + 6..i * 8 + 8].copy_from_slice(&r.to_le_bytes());
+    }
+    p.write_user(cpu, ufds, &outb)?;
+    Ok(ready as i64)
 }
 
 /// `getxattr`/`lgetxattr`/`fgetxattr`/`listxattr`/`llistxattr`/`flistxattr`, forwarded.

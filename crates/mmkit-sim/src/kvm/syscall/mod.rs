@@ -376,6 +376,13 @@ pub fn handle(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, vm: &Vm, vcpu: &mut Vcpu) ->
         p.syscalls -= 1;
         return Ok(());
     }
+    if p.regs_set {
+        // rt_sigreturn loaded every register.
+        if let Some(s) = shown {
+            eprintln!("{s} = ?");
+        }
+        return Ok(());
+    }
     let ret = match r {
         Ok(v) => v,
         Err(e) => e,
@@ -563,6 +570,9 @@ fn dispatch(
         326 => fs::sys_copy_file_range(p, cpu, a),
         42 => fs::sys_connect(p, cpu, a),
         7 => fs::sys_poll(p, cpu, a),
+        90 => fs::sys_fchmodat(p, cpu, [libc::AT_FDCWD as u64, a[0], a[1], 0, 0, 0]),
+        91 => fs::sys_fchmod(p, cpu, a),
+        268 => fs::sys_fchmodat(p, cpu, a),
         // Processes, time, identity: forwarded or answered here.
         60 | 231 => misc::sys_exit_group(p, cpu, a),
         39 | 186 => Ok(p.pid as i64),
@@ -604,6 +614,10 @@ fn dispatch(
         273 => Ok(0),
         334 => Err(ENOSYS),
         13 => misc::sys_rt_sigaction(p, cpu, a),
+        15 => {
+            crate::kvm::signal::sigreturn(p, cpu, vm, vcpu).map_err(|_| EFAULT)?;
+            Ok(0)
+        }
         14 => misc::sys_rt_sigprocmask(p, cpu, a),
         131 => misc::sys_sigaltstack(p, cpu, a),
         158 => misc::sys_arch_prctl(p, cpu, vcpu, a),

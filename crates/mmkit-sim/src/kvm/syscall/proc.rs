@@ -402,7 +402,13 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
     for t in targets {
         // A zombie still takes (and ignores) a signal.
         let zombie = p.tasks.get(t).is_some_and(|x| x.state == TaskState::Zombie);
-        if zombie || p.signal_task(t, sig).is_ok() {
+        let info = crate::kvm::signal::SigInfo {
+            signo: sig,
+            code: crate::kvm::signal::SI_USER,
+            addr: 0,
+            pid: me,
+        };
+        if zombie || p.signal_task(t, info).is_ok() {
             sent += 1;
         }
     }
