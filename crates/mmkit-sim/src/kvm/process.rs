@@ -136,8 +136,14 @@ pub struct Proc<'m> {
     pub k: &'m Kernel,
     /// The task table (one process in this scope).
     pub tasks: TaskTable,
-    /// The running process.
+    /// The running process (its thread group id).
     pub pid: Pid,
+    /// The running thread (`gettid`; the process id for its first thread).
+    pub tid: Pid,
+    /// `exit` (not `exit_group`) of one thread of several: the others go on.
+    pub thread_exit: bool,
+    /// The futex this thread sleeps on.
+    pub futex: Option<FutexWait>,
     /// Its file descriptors.
     pub fds: FdTable,
     /// How to run.
@@ -190,14 +196,51 @@ pub struct Proc<'m> {
     pub sched: Sched,
 }
 
+/// A thread asleep in `FUTEX_WAIT`: the futex's key (the process and address for a
+/// private one, the physical address for a shared one), its bitset, and whether a wake
+/// reached it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FutexWait {
+    /// The futex.
+    pub key: (u64, u64),
+    /// `FUTEX_WAIT_BITSET`'s bits.
+    pub bitset: u32,
+    /// Woken by `FUTEX_WAKE`.
+    pub woken: bool,
+}
+
+/// What the threads of a process share while none of them runs (`files_struct`,
+/// `sighand_struct`, the executable).
+#[derive(Default)]
+pub struct Shared {
+    fds: FdTable,
+    exe: String,
+    argv: Vec<String>,
+    sigactions: Vec<[u8; 32]>,
+}
+
+impl Shared {
+    /// A process's shared state.
+    pub fn new(fds: FdTable, exe: String, argv: Vec<String>, sigactions: Vec<[u8; 32]>) -> Self {
+        Shared {
+            fds,
+            exe,
+            argv,
+            sigactions,
+        }
+    }
+}
+
 /// The scheduler's state (`struct rq` of the one CPU programs run on, and the wait queues
 /// as one counter): events that may wake a sleeping task are counted (a system call
 /// completed, a task exited), and a task that went to sleep at event `n` is tried again
 /// only once the count moved past `n`.
 #[derive(Default)]
 pub struct Sched {
-    /// Tasks not on the CPU.
+    /// Threads not on the CPU, by thread id.
     pub parked: std::collections::BTreeMap<Pid, Parked>,
+    /// What the threads of each process share, for processes none of whose threads runs.
+    pub shared: std::collections::BTreeMap<Pid, Shared>,
     /// Pipes with an open end (their pages are freed once no reader is left).
     pub pipes: Vec<Arc<super::pipe::Pipe>>,
     /// Process group and session of every task, zombies included.
@@ -221,11 +264,10 @@ pub enum RunState {
 
 /// A task off the CPU: what `Proc` holds for the running one, and its CPU state.
 pub struct Parked {
-    pid: Pid,
-    fds: FdTable,
-    exe: String,
-    argv: Vec<String>,
-    sigactions: Vec<[u8; 32]>,
+    /// Its process.
+    pub pid: Pid,
+    tid: Pid,
+    futex: Option<FutexWait>,
     sigmask: u64,
     sigaltstack: [u8; 24],
     exit: Option<Status>,
@@ -243,13 +285,9 @@ pub struct Parked {
 
 impl Parked {
     /// A task off the CPU with no registers yet.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pid: Pid,
-        fds: FdTable,
-        exe: String,
-        argv: Vec<String>,
-        sigactions: Vec<[u8; 32]>,
+        tid: Pid,
         sigmask: u64,
         sigaltstack: [u8; 24],
         vfork_parent: Option<Pid>,
@@ -258,10 +296,8 @@ impl Parked {
     ) -> Parked {
         Parked {
             pid,
-            fds,
-            exe,
-            argv,
-            sigactions,
+            tid,
+            futex: None,
             sigmask,
             sigaltstack,
             exit: None,
@@ -288,11 +324,11 @@ impl Proc<'_> {
         self.sched.events += 1;
     }
 
-    /// `send_sig` to the running task by the kernel (`SIGPIPE`).
+    /// `send_sig` to the running thread by the kernel (`SIGPIPE`).
     pub fn raise(&mut self, sig: i32) {
-        let pid = self.pid;
-        let _ = self.signal_task(
-            pid,
+        let tid = self.tid;
+        let _ = self.signal_thread(
+            tid,
             SigInfo {
                 signo: sig,
                 code: 0x80, // SI_KERNEL
@@ -302,9 +338,27 @@ impl Proc<'_> {
         );
     }
 
-    /// `send_signal` to task `pid` (running or not): `ESRCH` if there is none.
+    /// `send_signal` to process `pid` (running or not): one of its threads takes it (the
+    /// running one, or the first one, or any). `ESRCH` if there is none.
     pub fn signal_task(&mut self, pid: Pid, info: SigInfo) -> Result<(), i64> {
-        if pid == self.pid && self.exit.is_none() {
+        let tid = if pid == self.pid && self.exit.is_none() {
+            self.tid
+        } else if self.sched.parked.get(&pid).is_some_and(|t| t.pid == pid) {
+            pid
+        } else {
+            self.sched
+                .parked
+                .values()
+                .find(|t| t.pid == pid)
+                .map(|t| t.tid)
+                .ok_or(-(libc::ESRCH as i64))?
+        };
+        self.signal_thread(tid, info)
+    }
+
+    /// `send_signal` to thread `tid`: `ESRCH` if there is none.
+    pub fn signal_thread(&mut self, tid: Pid, info: SigInfo) -> Result<(), i64> {
+        if tid == self.tid && self.exit.is_none() {
             if info.signo != 0 {
                 signal::send(
                     &self.sigactions,
@@ -319,13 +373,52 @@ impl Proc<'_> {
         let t = self
             .sched
             .parked
-            .get_mut(&pid)
+            .get_mut(&tid)
             .ok_or(-(libc::ESRCH as i64))?;
         if info.signo != 0 {
-            signal::send(&t.sigactions, t.sigmask, &mut t.pending, &mut t.exit, info);
+            let acts = if t.pid == self.pid {
+                &self.sigactions
+            } else {
+                match self.sched.shared.get(&t.pid) {
+                    Some(s) => &s.sigactions,
+                    None => return Err(-(libc::ESRCH as i64)),
+                }
+            };
+            signal::send(acts, t.sigmask, &mut t.pending, &mut t.exit, info);
         }
         self.sched.events += 1;
         Ok(())
+    }
+
+    /// The process thread `tid` belongs to.
+    pub fn thread_group(&self, tid: Pid) -> Option<Pid> {
+        if tid == self.tid {
+            return Some(self.pid);
+        }
+        self.sched.parked.get(&tid).map(|t| t.pid)
+    }
+
+    /// Whether the running thread is the last live one of its process.
+    pub fn last_thread(&self) -> bool {
+        !self.sched.parked.values().any(|t| t.pid == self.pid)
+    }
+
+    /// `FUTEX_WAKE`: wake up to `n` threads asleep on `key` whose bitset meets `bitset`.
+    pub fn futex_wake(&mut self, key: (u64, u64), n: usize, bitset: u32) -> usize {
+        let mut woken = 0;
+        for t in self.sched.parked.values_mut() {
+            if woken == n {
+                break;
+            }
+            if let Some(f) = &mut t.futex {
+                if f.key == key && !f.woken && f.bitset & bitset != 0 {
+                    f.woken = true;
+                    woken += 1;
+                }
+            }
+        }
+        self.sched.events += 1;
+        woken
     }
 
     /// Process group and session of `pid`.
@@ -335,7 +428,7 @@ impl Proc<'_> {
 
     /// Every live task (running or not).
     pub fn live_pids(&self) -> Vec<Pid> {
-        let mut v: Vec<Pid> = self.sched.parked.keys().copied().collect();
+        let mut v: Vec<Pid> = self.sched.parked.values().map(|t| t.pid).collect();
         if self.exit.is_none() || !v.contains(&self.pid) {
             v.push(self.pid);
         }
@@ -351,12 +444,11 @@ impl Proc<'_> {
         } else {
             None
         };
+        self.stash_shared();
         let t = Parked {
             pid: self.pid,
-            fds: std::mem::take(&mut self.fds),
-            exe: std::mem::take(&mut self.exe),
-            argv: std::mem::take(&mut self.argv),
-            sigactions: std::mem::take(&mut self.sigactions),
+            tid: self.tid,
+            futex: self.futex.take(),
             sigmask: self.sigmask,
             sigaltstack: self.sigaltstack,
             exit: self.exit.take(),
@@ -368,20 +460,37 @@ impl Proc<'_> {
             ctx,
             run,
         };
-        self.sched.parked.insert(self.pid, t);
+        self.sched.parked.insert(self.tid, t);
         self.blocked = false;
         self.vfork_wait = None;
         Ok(())
     }
 
-    /// Make parked task `pid` the running one (its registers are loaded by the caller).
-    fn unpark(&mut self, pid: Pid) -> Option<Parked> {
-        let mut t = self.sched.parked.remove(&pid)?;
+    /// Leave the running process's shared state (descriptors, signal actions, executable)
+    /// for the next of its threads to run.
+    fn stash_shared(&mut self) {
+        let sh = Shared {
+            fds: std::mem::take(&mut self.fds),
+            exe: std::mem::take(&mut self.exe),
+            argv: std::mem::take(&mut self.argv),
+            sigactions: std::mem::take(&mut self.sigactions),
+        };
+        self.sched.shared.insert(self.pid, sh);
+    }
+
+    /// Make parked thread `tid` the running one (its registers are loaded by the caller).
+    fn unpark(&mut self, tid: Pid) -> Option<Parked> {
+        let mut t = self.sched.parked.remove(&tid)?;
+        if let Some(sh) = self.sched.shared.remove(&t.pid) {
+            self.fds = sh.fds;
+            self.exe = sh.exe;
+            self.argv = sh.argv;
+            self.sigactions = sh.sigactions;
+        }
         self.pid = t.pid;
-        self.fds = std::mem::take(&mut t.fds);
-        self.exe = std::mem::take(&mut t.exe);
-        self.argv = std::mem::take(&mut t.argv);
-        self.sigactions = std::mem::take(&mut t.sigactions);
+        self.tid = t.tid;
+        self.futex = t.futex;
+        self.thread_exit = false;
         self.sigmask = t.sigmask;
         self.sigaltstack = t.sigaltstack;
         self.exit = t.exit.take();
@@ -413,8 +522,8 @@ impl Proc<'_> {
         let after = self
             .sched
             .parked
-            .range(self.pid + 1..)
-            .chain(self.sched.parked.range(..=self.pid));
+            .range(self.tid + 1..)
+            .chain(self.sched.parked.range(..=self.tid));
         after.filter(|(_, t)| ready(t)).map(|(&p, _)| p).next()
     }
 
@@ -462,6 +571,24 @@ impl Proc<'_> {
     /// then a zombie for its parent to reap.
     fn exit_current(&mut self, cpu: &CpuGuard<'_>) {
         let status = self.exit.unwrap_or(Status::Signaled(SIGKILL));
+        if !std::mem::take(&mut self.thread_exit) {
+            // exit_group, or a fatal signal: every thread of the process ends with it.
+            let me = self.pid;
+            for t in self.sched.parked.values_mut().filter(|t| t.pid == me) {
+                t.exit.get_or_insert(status);
+            }
+        }
+        if !self.last_thread() {
+            // One thread of several ends; the process and its address space stay.
+            self.clear_child_tid(cpu);
+            if self.tid != self.pid {
+                self.tasks.free_tid(self.tid);
+            }
+            self.stash_shared();
+            self.sched.events += 1;
+            return;
+        }
+        self.sched.shared.remove(&self.pid);
         self.vfork_done(cpu);
         // SIGCHLD to the parent (do_notify_parent), dropped unless it catches it.
         if let Some(ppid) = self.tasks.get(self.pid).map(|t| t.ppid) {
@@ -486,6 +613,54 @@ impl Proc<'_> {
             self.sched.pgrp.remove(&self.pid);
         }
         self.sched.events += 1;
+    }
+
+    /// `mm_release`: a thread's `clear_child_tid` (glibc's `pd->tid`) becomes 0 and a
+    /// thread joining it wakes (a shared futex wake of one waiter, as Linux does).
+    fn clear_child_tid(&mut self, cpu: &CpuGuard<'_>) {
+        let addr = std::mem::take(&mut self.clear_child_tid);
+        if addr == 0 || self.write_user(cpu, addr, &0u32.to_le_bytes()).is_err() {
+            return;
+        }
+        let key = self.futex_key(addr, false);
+        self.futex_wake(key, 1, u32::MAX);
+    }
+
+    /// The key of the futex at `uaddr`: the process and address for a private one; the
+    /// physical address for a shared one (the same word seen by every mapping of it).
+    pub fn futex_key(&mut self, uaddr: u64, private: bool) -> (u64, u64) {
+        if !private {
+            let k = self.k;
+            if let Some(pte) = k.pte_lookup(&self.mm().pt, uaddr & !0xfff) {
+                if pte.is_present() {
+                    return (pte.pfn().0, uaddr & 0xfff);
+                }
+            }
+        }
+        ((1 << 63) | self.pid as u64, uaddr)
+    }
+
+    /// `de_thread` at exec: the process's other threads go.
+    pub fn end_other_threads(&mut self) {
+        let me = self.pid;
+        let others: Vec<Pid> = self
+            .sched
+            .parked
+            .values()
+            .filter(|t| t.pid == me)
+            .map(|t| t.tid)
+            .collect();
+        for tid in others {
+            self.sched.parked.remove(&tid);
+            if tid != me {
+                self.tasks.free_tid(tid);
+            }
+        }
+        if self.tid != me {
+            // The exec'ing thread takes over the process id, as de_thread's exchange_tids.
+            self.tasks.free_tid(self.tid);
+            self.tid = me;
+        }
     }
 
     /// The process's address space.
@@ -536,6 +711,9 @@ pub fn run_program(
             k,
             tasks,
             pid,
+            tid: pid,
+            thread_exit: false,
+            futex: None,
             fds: FdTable::with_stdio(opts.stdout.as_deref()),
             opts: opts.clone(),
             exit: None,
@@ -603,7 +781,7 @@ pub fn run_program(
         let r = (|| -> Result<()> {
             loop {
                 if p.exit.is_some() {
-                    if p.pid == pid {
+                    if p.pid == pid && p.last_thread() {
                         // The first process: what it looked like before its memory went.
                         stats = Some(exit_stats(&mut p));
                         status = p.exit;
@@ -788,6 +966,7 @@ fn switch(
             // A signal ends the wait: EINTR, or the call again after the handler.
             let user = signal::syscall_user_regs(vm, vcpu)?;
             let user = signal::interrupted_call(p, sig, user);
+            (p.futex, p.progress, p.deadline) = (None, 0, None);
             vcpu.resume_user(&user)?;
             return Ok(true);
         }

@@ -70,6 +70,9 @@ impl Task {
 #[derive(Default)]
 pub struct TaskTable {
     tasks: BTreeMap<Pid, Task>,
+    /// Ids of threads other than the leaders (`alloc_pid` for a `CLONE_THREAD` task): taken
+    /// from the same space as process ids.
+    threads: alloc::collections::BTreeSet<Pid>,
     last_pid: Pid,
 }
 
@@ -113,11 +116,24 @@ impl TaskTable {
             } else {
                 self.last_pid + 1
             };
-            if !self.tasks.contains_key(&self.last_pid) {
+            if !self.tasks.contains_key(&self.last_pid) && !self.threads.contains(&self.last_pid) {
                 return Ok(self.last_pid);
             }
         }
         Err(Errno::EAGAIN)
+    }
+
+    /// A thread id for a new `CLONE_THREAD` task of some process (its address space and
+    /// accounting stay the process's; the id is reserved until [`TaskTable::free_tid`]).
+    pub fn alloc_tid(&mut self) -> Result<Pid, Errno> {
+        let tid = self.alloc_pid()?;
+        self.threads.insert(tid);
+        Ok(tid)
+    }
+
+    /// A thread that exited gives its id back.
+    pub fn free_tid(&mut self, tid: Pid) {
+        self.threads.remove(&tid);
     }
 
     /// The first task: `execve` of `file` in a new process with no parent.

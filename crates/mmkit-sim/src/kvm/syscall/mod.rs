@@ -574,8 +574,10 @@ fn dispatch(
         91 => fs::sys_fchmod(p, cpu, a),
         268 => fs::sys_fchmodat(p, cpu, a),
         // Processes, time, identity: forwarded or answered here.
-        60 | 231 => misc::sys_exit_group(p, cpu, a),
-        39 | 186 => Ok(p.pid as i64),
+        231 => misc::sys_exit_group(p, cpu, a),
+        60 => proc::sys_exit(p, cpu, a),
+        39 => Ok(p.pid as i64),
+        186 => Ok(p.tid as i64),
         110 => proc::sys_getppid(p, cpu, a),
         111 => proc::sys_getpgid(p, cpu, [0; 6]),
         121 => proc::sys_getpgid(p, cpu, a),
@@ -624,7 +626,7 @@ fn dispatch(
         157 => misc::sys_prctl(p, cpu, a),
         204 => misc::sys_sched_getaffinity(p, cpu, a),
         24 => Ok(0),
-        202 => misc::sys_futex(p, cpu, a),
+        202 => proc::sys_futex(p, cpu, a),
         62 | 200 | 234 => proc::sys_kill(p, cpu, nr, a),
         // clone3: glibc falls back to clone.
         435 => Err(ENOSYS),

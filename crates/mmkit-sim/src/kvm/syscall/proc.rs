@@ -4,13 +4,14 @@
 //! mmkit (`dup_mmap` for `fork`, `execve` for exec), scheduled on one vCPU by
 //! [`crate::kvm::process`].
 //!
-//! Not yet: threads (`CLONE_VM` without `CLONE_VFORK`, `CLONE_THREAD`) are `ENOSYS`, as is
-//! `clone3`, after which glibc falls back to `clone`; signal handlers are recorded but not
-//! delivered (a signal a task catches is dropped).
+//! Threads (`CLONE_THREAD`) share their process's address space, descriptors and signal
+//! actions and take turns on the one vCPU; `futex` puts them to sleep and wakes them.
+//! Not yet: a process sharing memory without being a thread (`CLONE_VM` alone), and
+//! `clone3`, after which glibc falls back to `clone`.
 
 use super::{Proc, SysResult, EFAULT, EINVAL};
 use crate::exec::{with_exec_params, ExecSpec};
-use crate::kvm::process::{Parked, RunState};
+use crate::kvm::process::{FutexWait, Parked, RunState, Shared};
 use mmkit::kernel::task::{Pid, TaskState};
 use mmkit::CpuGuard;
 
@@ -47,11 +48,11 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         | libc::CLONE_CHILD_SETTID
         | libc::CLONE_CHILD_CLEARTID
         | 0xff;
-    if f(libc::CLONE_THREAD)
-        || f(libc::CLONE_SIGHAND)
-        || (f(libc::CLONE_VM) && !f(libc::CLONE_VFORK))
-    {
-        // Threads share one address space between running tasks: not yet.
+    if f(libc::CLONE_THREAD) {
+        return clone_thread(p, cpu, a);
+    }
+    if f(libc::CLONE_SIGHAND) || (f(libc::CLONE_VM) && !f(libc::CLONE_VFORK)) {
+        // Memory or signal actions shared between processes (not threads): not yet.
         return Err(super::ENOSYS);
     }
     if flags & !(KNOWN as u64) != 0 {
@@ -84,18 +85,24 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     }
     let grp = p.pgrp_of(parent).unwrap_or((parent, parent));
     p.sched.pgrp.insert(child, grp);
+    p.sched.shared.insert(
+        child,
+        Shared::new(fds, p.exe.clone(), p.argv.clone(), p.sigactions.clone()),
+    );
     p.sched.parked.insert(
         child,
-        Parked::child_of(
-            p,
+        Parked::new(
             child,
-            fds,
+            child,
+            p.sigmask,
+            p.sigaltstack,
             vfork.then_some(parent),
             if f(libc::CLONE_CHILD_CLEARTID) {
                 ctid
             } else {
                 0
             },
+            RunState::Runnable,
         ),
     );
     p.new_child = Some(NewChild {
@@ -228,6 +235,7 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     }
     p.sigaltstack = [0; 24];
     p.clear_child_tid = 0;
+    p.end_other_threads();
     p.exec_done = true;
     Ok(0)
 }
@@ -392,7 +400,21 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
             .into_iter()
             .filter(|x| p.pgrp_of(*x).is_some_and(|g| g.0 == (-t) as Pid))
             .collect(),
-        (_, t) if t > 0 => vec![t as Pid],
+        (62, t) if t > 0 => vec![t as Pid],
+        (_, t) if t > 0 => {
+            // tkill/tgkill: to one thread.
+            if nr == 234 && p.thread_group(t as Pid) != Some(a[0] as Pid) {
+                return Err(-(libc::ESRCH as i64));
+            }
+            let info = crate::kvm::signal::SigInfo {
+                signo: sig,
+                code: -6, // SI_TKILL
+                addr: 0,
+                pid: me,
+            };
+            p.signal_thread(t as Pid, info)?;
+            return Ok(0);
+        }
         _ => return Err(EINVAL),
     };
     if targets.is_empty() {
@@ -418,27 +440,173 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
     Ok(0)
 }
 
-impl Parked {
-    /// The parked state of a new child of the running task: its descriptors, its signal
-    /// actions and mask, ready to run once it has registers.
-    pub(crate) fn child_of(
-        p: &Proc<'_>,
-        pid: Pid,
-        fds: super::FdTable,
-        vfork_parent: Option<Pid>,
-        clear_child_tid: u64,
-    ) -> Parked {
-        Parked::new(
-            pid,
-            fds,
-            p.exe.clone(),
-            p.argv.clone(),
-            p.sigactions.clone(),
-            p.sigmask,
-            p.sigaltstack,
-            vfork_parent,
-            clear_child_tid,
-            RunState::Runnable,
-        )
+/// `clone` of a thread (glibc's `pthread_create`: `CLONE_VM | CLONE_FS | CLONE_FILES |
+/// CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_SETTLS | CLONE_PARENT_SETTID |
+/// CLONE_CHILD_CLEARTID`): a new thread of the running process on the stack and TLS it
+/// was given, sharing everything but its registers, signal mask and pending signals.
+fn clone_thread(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (flags, newsp, ptid, ctid, tls) = (a[0], a[1], a[2], a[3], a[4]);
+    let f = |c: i32| flags & c as u64 != 0;
+    // copy_process's rules: a thread shares signal actions, which need shared memory.
+    if !f(libc::CLONE_SIGHAND) || !f(libc::CLONE_VM) {
+        return Err(EINVAL);
+    }
+    const KNOWN: i32 = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS
+        | libc::CLONE_PARENT_SETTID
+        | libc::CLONE_CHILD_SETTID
+        | libc::CLONE_CHILD_CLEARTID
+        | libc::CLONE_DETACHED;
+    if flags & !(KNOWN as u64) != 0 || !f(libc::CLONE_FILES) || !f(libc::CLONE_FS) {
+        // Threads with their own descriptor table or root: not yet.
+        return Err(EINVAL);
+    }
+    let tid = p.tasks.alloc_tid().map_err(errno)?;
+    let bytes = tid.to_le_bytes();
+    if (f(libc::CLONE_PARENT_SETTID) && p.write_user(cpu, ptid, &bytes).is_err())
+        || (f(libc::CLONE_CHILD_SETTID) && p.write_user(cpu, ctid, &bytes).is_err())
+    {
+        p.tasks.free_tid(tid);
+        return Err(EFAULT);
+    }
+    let t = Parked::new(
+        p.pid,
+        tid,
+        p.sigmask,
+        [0; 24], // a new thread has no alternate stack
+        None,
+        if f(libc::CLONE_CHILD_CLEARTID) {
+            ctid
+        } else {
+            0
+        },
+        RunState::Runnable,
+    );
+    p.sched.parked.insert(tid, t);
+    p.new_child = Some(NewChild {
+        pid: tid,
+        stack: newsp,
+        tls: f(libc::CLONE_SETTLS).then_some(tls),
+    });
+    Ok(tid as i64)
+}
+
+/// `exit`: the calling thread ends; the process with it when it is the last one.
+pub fn sys_exit(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    p.thread_exit = !p.last_thread();
+    p.exit = Some(crate::kvm::process::Status::Exited((a[0] & 0xff) as i32));
+    Ok(0)
+}
+
+/// A `struct timespec` from user memory, checked as `timespec64_valid`.
+fn read_timespec(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, addr: u64) -> Result<(i64, i64), i64> {
+    let b = p.read_user(cpu, addr, 16)?;
+    let sec = i64::from_le_bytes(b[..8].try_into().expect("8"));
+    let nsec = i64::from_le_bytes(b[8..].try_into().expect("8"));
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return Err(EINVAL);
+    }
+    Ok((sec, nsec))
+}
+
+/// `futex(uaddr, op, val, timeout, uaddr2, val3)`: `FUTEX_WAIT`/`FUTEX_WAIT_BITSET` sleep
+/// while the word still holds `val` (checked once, when the call starts), until a
+/// `FUTEX_WAKE`/`FUTEX_WAKE_BITSET` on the same futex, a signal, or the timeout (relative
+/// for `FUTEX_WAIT`, absolute on `CLOCK_MONOTONIC` or, with `FUTEX_CLOCK_REALTIME`,
+/// `CLOCK_REALTIME` for the bitset form). Private futexes are keyed by process and
+/// address, shared ones by physical address. Other operations are `ENOSYS`.
+pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    const FUTEX_WAIT: u64 = 0;
+    const FUTEX_WAKE: u64 = 1;
+    const FUTEX_WAIT_BITSET: u64 = 9;
+    const FUTEX_WAKE_BITSET: u64 = 10;
+    const FUTEX_PRIVATE_FLAG: u64 = 128;
+    const FUTEX_CLOCK_REALTIME: u64 = 256;
+    let (uaddr, op, val) = (a[0], a[1], a[2] as u32);
+    let cmd = op & 0x7f;
+    let private = op & FUTEX_PRIVATE_FLAG != 0;
+    if uaddr & 3 != 0 {
+        return Err(EINVAL);
+    }
+    match cmd {
+        FUTEX_WAKE | FUTEX_WAKE_BITSET => {
+            let bitset = if cmd == FUTEX_WAKE {
+                u32::MAX
+            } else {
+                a[5] as u32
+            };
+            if bitset == 0 {
+                return Err(EINVAL);
+            }
+            let key = p.futex_key(uaddr, private);
+            Ok(p.futex_wake(key, (val as usize).min(i32::MAX as usize), bitset) as i64)
+        }
+        FUTEX_WAIT | FUTEX_WAIT_BITSET => {
+            if let Some(w) = p.futex {
+                // Made again after sleeping: woken, or timed out, or back to sleep.
+                if w.woken {
+                    (p.futex, p.deadline) = (None, None);
+                    return Ok(0);
+                }
+                if p.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    (p.futex, p.deadline) = (None, None);
+                    return Err(-(libc::ETIMEDOUT as i64));
+                }
+                return p.block();
+            }
+            let bitset = if cmd == FUTEX_WAIT {
+                u32::MAX
+            } else {
+                a[5] as u32
+            };
+            if bitset == 0 {
+                return Err(EINVAL);
+            }
+            let deadline = if a[3] != 0 {
+                let (sec, nsec) = read_timespec(p, cpu, a[3])?;
+                let wait = if cmd == FUTEX_WAIT {
+                    std::time::Duration::new(sec as u64, nsec as u32)
+                } else {
+                    let clock = if op & FUTEX_CLOCK_REALTIME != 0 {
+                        libc::CLOCK_REALTIME
+                    } else {
+                        libc::CLOCK_MONOTONIC
+                    };
+                    let mut now = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    // SAFETY: into our own struct.
+                    unsafe { libc::clock_gettime(clock, &mut now) };
+                    let left = (sec as i128 * 1_000_000_000 + nsec as i128)
+                        - (now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128);
+                    std::time::Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64)
+                };
+                Some(std::time::Instant::now() + wait)
+            } else {
+                None
+            };
+            let b = p.read_user(cpu, uaddr, 4)?;
+            if u32::from_le_bytes(b.try_into().expect("4")) != val {
+                return Err(-(libc::EAGAIN as i64));
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(-(libc::ETIMEDOUT as i64));
+            }
+            let key = p.futex_key(uaddr, private);
+            p.futex = Some(FutexWait {
+                key,
+                bitset,
+                woken: false,
+            });
+            p.deadline = deadline;
+            p.block()
+        }
+        _ => Err(super::ENOSYS),
     }
 }
