@@ -1,10 +1,12 @@
-//! Running one program to its end: exec with mmkit (`execve` builds the address space), a
+//! Running a program and every process and thread it starts to their end (`kernel/sched/`
+//! for one CPU, `kernel/exit.c`): exec with mmkit (`execve` builds the address space), a
 //! vCPU entered in ring 3 at the entry point, and the exit loop — page faults to
-//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to the signal
-//! whose default action ends the process (`exit status 128 + signal`, and the kernel's log
-//! line for a segfault) — until `exit_group`.
+//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to their
+//! signal — with the scheduler: tasks take turns on vCPU 0 (context switch = registers,
+//! CR3, XSAVE image, the entry-stack frame), sleep in calls that must wait and are tried
+//! again after the next event, and are preempted by a 10 ms tick while several can run.
+//! The run ends when the last task has exited; its status is the first process's.
 
-use super::signal::{self, SigInfo};
 use super::syscall::{self, FdTable};
 use super::vcpu::{Exit, Vcpu};
 use super::vm::{SyscallEntry, Vm};

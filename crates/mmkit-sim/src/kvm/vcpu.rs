@@ -91,6 +91,17 @@ fn user_segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
+/// The flat 64-bit user segments a new program starts with: CS, SS, DS, ES the user's,
+/// FS and GS null selectors with base 0.
+fn flat_user_segments(s: &mut kvm_sregs) {
+    s.cs = user_segment(USER_CS, true);
+    s.ss = user_segment(USER_DS, false);
+    s.ds = user_segment(USER_DS, false);
+    s.es = user_segment(USER_DS, false);
+    s.fs = user_segment(0, false);
+    s.gs = user_segment(0, false);
+}
+
 impl Vcpu {
     /// vCPU `id` (also the CPU whose GDT, TSS and entry stack it uses): CPUID first (only
     /// then does `KVM_SET_XCRS` take), then the MSRs for `SYSCALL`, `XCR0`, an initialized
@@ -163,14 +174,7 @@ impl Vcpu {
         s.cr4 = CR4;
         s.efer = EFER;
         s.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
-        s.cs = user_segment(USER_CS, true);
-        s.ss = user_segment(USER_DS, false);
-        s.ds = user_segment(USER_DS, false);
-        s.es = user_segment(USER_DS, false);
-        s.fs = user_segment(0, false);
-        s.gs = user_segment(0, false);
-        s.fs.unusable = 0;
-        s.gs.unusable = 0;
+        flat_user_segments(&mut s);
         let (gdt, gdt_limit) = vm.entry.gdt[self.id];
         s.gdt.base = gdt;
         s.gdt.limit = gdt_limit;
@@ -216,12 +220,7 @@ impl Vcpu {
     pub fn start_thread(&mut self, pgd: Pfn, rip: u64, rsp: u64) -> Result<()> {
         let mut s = self.sregs()?;
         s.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
-        s.cs = user_segment(USER_CS, true);
-        s.ss = user_segment(USER_DS, false);
-        s.ds = user_segment(USER_DS, false);
-        s.es = user_segment(USER_DS, false);
-        s.fs = user_segment(0, false);
-        s.gs = user_segment(0, false);
+        flat_user_segments(&mut s);
         self.set_sregs(&s)?;
         self.set_regs(&kvm_regs {
             rip,
