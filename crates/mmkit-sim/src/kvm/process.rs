@@ -7,6 +7,7 @@
 //! again after the next event, and are preempted by a 10 ms tick while several can run.
 //! The run ends when the last task has exited; its status is the first process's.
 
+use super::signal::{self, SigInfo};
 use super::syscall::{self, FdTable};
 use super::vcpu::{Exit, Vcpu};
 use super::vm::{SyscallEntry, Vm};
