@@ -31,6 +31,7 @@
 
 pub mod pipe;
 pub mod process;
+pub mod sched;
 pub mod signal;
 pub mod syscall;
 pub mod vcpu;

@@ -13,6 +13,7 @@ pub mod fd;
 pub mod fs;
 pub mod misc;
 pub mod mm;
+pub mod pipe;
 pub mod proc;
 pub mod procfs;
 
@@ -562,14 +563,14 @@ fn dispatch(
         137 => fs::sys_statfs(p, cpu, a),
         138 => fs::sys_fstatfs(p, cpu, a),
         221 => fs::sys_fadvise64(p, cpu, a),
-        293 => fs::sys_pipe2(p, cpu, a),
-        22 => fs::sys_pipe2(p, cpu, [a[0], 0, 0, 0, 0, 0]),
+        293 => pipe::sys_pipe2(p, cpu, a),
+        22 => pipe::sys_pipe2(p, cpu, [a[0], 0, 0, 0, 0, 0]),
         191..=196 => fs::sys_xattr(p, cpu, nr, a),
         41 => fs::sys_socket(p, cpu, a),
         40 => fs::sys_sendfile(p, cpu, a),
         326 => fs::sys_copy_file_range(p, cpu, a),
         42 => fs::sys_connect(p, cpu, a),
-        7 => fs::sys_poll(p, cpu, a),
+        7 => pipe::sys_poll(p, cpu, a),
         90 => fs::sys_fchmodat(p, cpu, [libc::AT_FDCWD as u64, a[0], a[1], 0, 0, 0]),
         91 => fs::sys_fchmod(p, cpu, a),
         268 => fs::sys_fchmodat(p, cpu, a),

@@ -11,7 +11,7 @@
 
 use super::{Proc, SysResult, EFAULT, EINVAL};
 use crate::exec::{with_exec_params, ExecSpec};
-use crate::kvm::process::{FutexWait, Parked, RunState, Shared};
+use crate::kvm::sched::{FutexWait, Parked, RunState, Shared};
 use mmkit::kernel::task::{Pid, TaskState};
 use mmkit::CpuGuard;
 
