@@ -367,6 +367,7 @@ pub fn run_program(
                     && p.exit.is_none()
                     && !p.blocked
                     && p.pick_next().is_some()
+                    && vcpu.preemptible()?
                 {
                     // The time slice is over.
                     switch(&mut p, cpu, vm, &mut vcpu, Some(RunState::Runnable))?;

@@ -238,6 +238,26 @@ impl Vcpu {
             .map_err(|e| anyhow!("KVM_SET_FPU: {e}"))
     }
 
+    /// Whether the CPU stopped at a point where its task may leave it: in ring 3 (not inside
+    /// an entry stub) with no exception or interrupt being delivered (KVM keeps those
+    /// outside the registers, so a task switched out then would get them in another task's
+    /// context). An interrupted `KVM_RUN` can stop anywhere; exits from the stubs are
+    /// switch points by construction.
+    pub fn preemptible(&mut self) -> Result<bool> {
+        if self.sregs()?.cs.selector & 3 != 3 {
+            return Ok(false);
+        }
+        let e = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| anyhow!("KVM_GET_VCPU_EVENTS: {e}"))?;
+        Ok(e.exception.injected == 0
+            && e.exception.pending == 0
+            && e.interrupt.injected == 0
+            && e.nmi.injected == 0
+            && e.nmi.pending == 0)
+    }
+
     /// Enter ring 3 with the registers `r` (a signal handler, the return of
     /// `rt_sigreturn`): CS and SS become the user segments, the FS/GS bases stay.
     pub fn resume_user(&mut self, r: &kvm_regs) -> Result<()> {
