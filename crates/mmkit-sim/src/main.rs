@@ -72,6 +72,14 @@ enum Cmd {
         /// Also run the program natively (ASLR off on both sides) and compare.
         #[arg(long)]
         compare: bool,
+        /// Swap: a swap file of this size (e.g. 512M), made as mkswap does in a private
+        /// temporary directory, swapped on for the run, removed after it (even on Ctrl-C).
+        #[arg(long, value_name = "SIZE")]
+        swap: Option<String>,
+        /// Draw the run as an SVG chart: free pages against the watermarks, anon and file
+        /// LRU sizes, swap used, kswapd's runs, the process's start and exit.
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(
             required = true,
@@ -336,8 +344,27 @@ fn real_main(cli: Cli) -> Result<()> {
             timeout,
             stat,
             compare,
+            swap,
+            chart,
             cmd,
         } => {
+            let swap = swap.as_deref().map(cli::parse_swap).transpose()?;
+            if maps || smaps {
+                let what = if maps { "--maps" } else { "--smaps" };
+                if swap.is_some() {
+                    bail!("--swap is for a run; {what} does not run the program");
+                }
+                if chart.is_some() {
+                    bail!("--chart draws a run; {what} does not run the program");
+                }
+            }
+            if (swap.is_some() || chart.is_some()) && machine.cpus < 2 {
+                bail!("--swap and --chart need --cpus 2 or more (the program on CPU 0, kswapd on CPU 1)");
+            }
+            let chart = chart
+                .as_deref()
+                .map(|p| cli::create_chart("--chart", p))
+                .transpose()?;
             let m = machine.boot(&machine.spec()?)?;
             let envp = if env.is_empty() {
                 std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
@@ -351,10 +378,20 @@ fn real_main(cli: Cli) -> Result<()> {
                 stdout: None,
                 syscall_hook: None,
             };
+            let pressure = mmkit_sim::exec_cmd::Pressure {
+                swap,
+                chart: chart.clone(),
+            };
             let code = mmkit_sim::exec_cmd::exec(
-                &m, &cmd, envp, no_aslr, maps, smaps, &opts, stat, compare,
-            )?;
-            std::process::exit(code);
+                &m, &cmd, envp, no_aslr, maps, smaps, &opts, stat, compare, &pressure,
+            );
+            if code.is_err() {
+                // Do not leave the empty chart file made up front behind.
+                if let Some(c) = &chart {
+                    let _ = std::fs::remove_file(c);
+                }
+            }
+            std::process::exit(code?);
         }
         Cmd::ExecSweep {
             machine,
