@@ -113,7 +113,7 @@ pub fn exec(
     }
     if let Some(svg) = &pressure.chart {
         let title = format!(
-            "mmkit exec {}: {} MiB RAM, {} MiB swap",
+            "mmkit exec {}: MemTotal {} MiB, swap {} MiB",
             cmd.join(" ").chars().take(60).collect::<String>(),
             m.kernel.totalram_pages() >> 8,
             pressure.swap.unwrap_or(0) >> 20

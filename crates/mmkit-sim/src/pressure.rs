@@ -415,11 +415,17 @@ pub fn draw_svg_titled(r: &Report, path: &Path, title: &str) -> Result<()> {
             .map(move |(t, _)| PathElement::new(vec![(*t, 0.0), (*t, y1)], BLACK.mix(0.5)))
     };
     chart.draw_series(marks(y_max))?;
-    chart.draw_series(
-        r.marks
-            .iter()
-            .map(|(t, what)| Text::new(what.clone(), (*t, y_max * 0.97), ("sans-serif", 13))),
-    )?;
+    // Each mark's label beside its line: on the right of it, or on the left near the end.
+    chart.draw_series(r.marks.iter().map(|(t, what)| {
+        use plotters::style::text_anchor::{HPos, Pos, VPos};
+        let h = if *t > t_max * 0.8 {
+            HPos::Right
+        } else {
+            HPos::Left
+        };
+        let style = TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(h, VPos::Bottom));
+        Text::new(format!(" {what} "), (*t, y_max * 0.06), style)
+    }))?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
