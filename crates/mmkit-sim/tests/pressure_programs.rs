@@ -26,16 +26,8 @@ use std::sync::Arc;
 
 /// 320 chunks of 1 MiB (as many small mappings, which Linux's heuristic overcommit lets
 /// through one by one even where one 320 MiB mapping would be refused), each filled with a
-/// pattern, then a CRC-32 over all of them.
-const FILL_320M: &str = "\
-import zlib
-pat = bytes(range(256)) * 16
-chunks = [bytearray(pat) * 256 for _ in range(320)]
-crc = 0
-for c in chunks:
-    crc = zlib.crc32(c, crc)
-print(len(chunks), sum(map(len, chunks)), crc)
-";
+/// pattern, then a CRC-32 over all of them: the README's program.
+const FILL_320M: &str = include_str!("../../../docs/fill320.py");
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -239,4 +231,104 @@ fn python_larger_than_ram_without_swap_is_oom_killed_and_the_machine_goes_on() {
     assert_eq!(vmstat["oom_kill"], 1);
     assert_eq!(vmstat["pswpout"], 0);
     assert_clean(&m, before, "cat /proc/vmstat");
+}
+
+fn mmkit() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mmkit"));
+    c.env("RUST_BACKTRACE", "1");
+    c
+}
+
+/// Bad `--swap` values and options that cannot go together are one-line errors naming the
+/// problem, before any work (no KVM needed to see them).
+#[test]
+fn bad_swap_and_chart_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("c.svg");
+    let chart = chart.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["--swap", "12Q"],
+            "--swap 12Q: not a size like 512M or 1G",
+        ),
+        (vec!["--swap", "-1"], "--swap -1: not a size"),
+        (vec!["--swap", "4K"], "--swap 4K: too small"),
+        (vec!["--swap", "17T"], "--swap 17T: too large"),
+        (
+            vec!["--swap", "64M", "--maps"],
+            "--swap is for a run; --maps does not run the program",
+        ),
+        (
+            vec!["--chart", chart, "--smaps"],
+            "--chart draws a run; --smaps does not run the program",
+        ),
+        (
+            vec!["--swap", "64M", "--cpus", "1"],
+            "--swap and --chart need --cpus 2 or more",
+        ),
+        (vec!["--chart", "/"], "--chart /: is a folder"),
+    ] {
+        let o = mmkit()
+            .arg("exec")
+            .args(&args)
+            .arg("/bin/true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.starts_with("mmkit: error: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !Path::new(chart).exists(),
+        "no chart file made for a refused run"
+    );
+}
+
+/// `mmkit exec --mem --swap --chart`: the program runs, the chart is drawn with its parts,
+/// and the swap file's private directory is gone afterwards.
+#[test]
+fn exec_with_swap_draws_the_chart_and_leaves_no_swap_file() {
+    if machine().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let chart = tmp.path().join("run.svg");
+    let o = mmkit()
+        .args([
+            "exec", "--mem", "160M", "--swap", "64M", "--stat", "--chart",
+        ])
+        .arg(&chart)
+        .args([PYTHON, "-c", "print(len(bytearray(8 << 20)))"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "8388608\n");
+    assert!(err.contains("reclaim:     kswapd ran"), "{err}");
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    for part in [
+        "<svg",
+        "free",
+        "min",
+        "high",
+        "kswapd runs",
+        "anon LRU",
+        "file LRU",
+        "swap used",
+        "python3 starts",
+        "exit 0",
+    ] {
+        assert!(svg.contains(part), "no `{part}` in the chart");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p != &chart)
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
