@@ -365,26 +365,28 @@ fn real_main(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(|p| cli::create_chart("--chart", p))
                 .transpose()?;
-            let m = machine.boot(&machine.spec()?)?;
-            let envp = if env.is_empty() {
-                std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
-            } else {
-                env
-            };
-            let opts = mmkit_sim::kvm::RunOptions {
-                strace,
-                trace_faults,
-                timeout,
-                stdout: None,
-                syscall_hook: None,
-            };
-            let pressure = mmkit_sim::exec_cmd::Pressure {
-                swap,
-                chart: chart.clone(),
-            };
-            let code = mmkit_sim::exec_cmd::exec(
-                &m, &cmd, envp, no_aslr, maps, smaps, &opts, stat, compare, &pressure,
-            );
+            let code = (|| {
+                let m = machine.boot(&machine.spec()?)?;
+                let envp = if env.is_empty() {
+                    std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
+                } else {
+                    env
+                };
+                let opts = mmkit_sim::kvm::RunOptions {
+                    strace,
+                    trace_faults,
+                    timeout,
+                    stdout: None,
+                    syscall_hook: None,
+                };
+                let pressure = mmkit_sim::exec_cmd::Pressure {
+                    swap,
+                    chart: chart.clone(),
+                };
+                mmkit_sim::exec_cmd::exec(
+                    &m, &cmd, envp, no_aslr, maps, smaps, &opts, stat, compare, &pressure,
+                )
+            })();
             if code.is_err() {
                 // Do not leave the empty chart file made up front behind.
                 if let Some(c) = &chart {

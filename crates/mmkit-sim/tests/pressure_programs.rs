@@ -332,3 +332,50 @@ fn exec_with_swap_draws_the_chart_and_leaves_no_swap_file() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM while a program runs with `--swap` removes the swap file's
+/// private directory and ends mmkit by that signal.
+#[test]
+fn interrupted_exec_with_swap_removes_its_swap_file() {
+    if machine().is_none() {
+        return;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = mmkit()
+            .args(["exec", "--mem", "160M", "--swap", "64M", PYTHON, "-c"])
+            .arg("import time; time.sleep(60)")
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let swap = loop {
+            let found = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .filter_map(|d| Some(d.ok()?.path().join("swap")))
+                .find(|p| p.exists());
+            if let Some(f) = found {
+                break f;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "mmkit ended early");
+            assert!(start.elapsed().as_secs() < 60, "no swap file appeared");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Let the program start, then interrupt it.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(sig),
+            "ended by the signal: {status:?}"
+        );
+        assert!(!swap.exists());
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind after signal {sig}: {left:?}");
+    }
+}
