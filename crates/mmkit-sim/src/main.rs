@@ -472,7 +472,7 @@ fn pressure_chart(r: &RunArgs, svg: &std::path::Path) -> Result<()> {
     mmkit_sim::pressure::draw_svg(&res, svg)
         .with_context(|| format!("--svg {}: cannot write the chart", svg.display()))?;
     println!(
-        "chart: {} (free pages of node 0's largest zone against its min/low/high watermarks over time; ticks: kswapd runs)",
+        "chart: {} (above: free pages of node 0's largest zone against its min/low/high watermarks over time, ticks for kswapd runs; below: anon and file LRU sizes and swap used)",
         svg.display()
     );
     Ok(())
