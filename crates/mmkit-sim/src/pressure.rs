@@ -188,24 +188,24 @@ impl<'m> Watch<'m> {
     }
 
     /// kswapd on simulated CPU `cpu` until `done`: whenever the allocator has woken a node's
-    /// kswapd, one `balance_pgdat` of that node (each run timed), else a 100 µs nap.
+    /// kswapd, one `balance_pgdat` of that node (each run timed), else a 100 µs nap. It
+    /// holds the CPU only while it reclaims, as a kthread scheduled there would, so a task
+    /// running on that CPU waits only for the runs.
     pub fn kswapd(&self, cpu: usize, done: &AtomicBool) {
         let k = &self.m.kernel;
-        self.m.on_cpu(cpu, |cpu| {
-            while !done.load(Ordering::Acquire) {
-                let mut ran = false;
-                for nid in 0..k.nodes.len() {
-                    if k.kswapd_woken(nid) {
-                        self.runs.lock().expect("runs").push(self.ms());
-                        k.balance_pgdat(cpu, nid);
-                        ran = true;
-                    }
-                }
-                if !ran {
-                    std::thread::sleep(Duration::from_micros(100));
+        while !done.load(Ordering::Acquire) {
+            let mut ran = false;
+            for nid in 0..k.nodes.len() {
+                if k.kswapd_woken(nid) {
+                    self.runs.lock().expect("runs").push(self.ms());
+                    self.m.on_cpu(cpu, |c| k.balance_pgdat(c, nid));
+                    ran = true;
                 }
             }
-        })
+            if !ran {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
     }
 
     /// Run `f` with kswapd on CPU `kswapd_cpu` and, with `period`, a sampler beside it;
