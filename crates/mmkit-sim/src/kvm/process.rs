@@ -438,7 +438,10 @@ pub fn run_program(
 type ExitStats = (u64, u64, u64, (u64, u64, u64), String);
 
 fn exit_stats(p: &mut Proc<'_>) -> ExitStats {
-    let t = p.tasks.get(p.pid).expect("the running process");
+    // The OOM killer may have taken the task already (its memory with it).
+    let Some(t) = p.tasks.get(p.pid) else {
+        return (0, 0, 0, (0, 0, 0), String::new());
+    };
     let f = t.fault_counts();
     let Some(mm) = t.mm.as_ref() else {
         return (f.min_flt, f.maj_flt, 0, (0, 0, 0), String::new());
