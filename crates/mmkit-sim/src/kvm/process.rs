@@ -674,10 +674,16 @@ fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6
         ));
     }
     if sig.signo == SIGKILL {
-        // VM_FAULT_OOM: pagefault_out_of_memory → the OOM killer picks a victim (here the
-        // only process, which it kills).
+        // VM_FAULT_OOM: pagefault_out_of_memory → the OOM killer picks a victim and kills
+        // it (its memory is freed at once). Another process's threads end when they are
+        // next scheduled, and the faulting access is made again; the faulting process
+        // itself, or no victim at all, ends here.
         let gfp = mmkit::gfp::GFP_HIGHUSER_MOVABLE;
-        let _ = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
+        let victim = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
+        if let Some(v) = victim.filter(|&v| v != p.pid) {
+            p.kill_parked(v);
+            return;
+        }
     }
     p.exit = Some(Status::Signaled(sig.signo));
 }

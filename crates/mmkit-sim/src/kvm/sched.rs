@@ -222,6 +222,15 @@ impl Proc<'_> {
         self.sched.parked.get(&tid).map(|t| t.pid)
     }
 
+    /// End every thread of process `pid` that is off the CPU (`SIGKILL`): each ends when
+    /// it is next picked.
+    pub fn kill_parked(&mut self, pid: Pid) {
+        for t in self.sched.parked.values_mut().filter(|t| t.pid == pid) {
+            t.exit.get_or_insert(Status::Signaled(SIGKILL));
+        }
+        self.sched.events += 1;
+    }
+
     /// Whether the running thread is the last live one of its process.
     pub fn last_thread(&self) -> bool {
         !self.sched.parked.values().any(|t| t.pid == self.pid)
