@@ -163,7 +163,7 @@ fn gcc_on_mmkit_builds_a_working_program() {
         &["gcc", src.to_str().unwrap(), "-o", exe.to_str().unwrap()],
         RunOptions::default(),
     );
-    assert_eq!(r.out.status, Status::Exited(0), "gcc on mmkit");
+    assert_eq!(r.out.status, Status::Exited(0), "gcc on mmkit: {:?}", r.out.log);
     assert!(r.out.switches > 0);
     assert_clean(&m, before, "gcc");
     let native = std::process::Command::new(&exe).output().unwrap();
