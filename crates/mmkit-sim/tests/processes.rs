@@ -35,7 +35,8 @@ fn processes_and_pipes_match_the_native_runs() {
             "bash",
             "-c",
             "f() { echo $$ $BASHPID >/dev/null; echo sub; }; x=$(f); echo \"$x\"; \
-             (exit 3); echo $?; false | true; echo $?",
+             (exit 3); echo $?; false | true; echo $?; \
+             cat /proc/$$/comm; test -s /proc/$$/maps && echo maps; cat /proc/99999/stat; echo $?",
         ],
     ];
     for argv in cmds {
@@ -163,7 +164,12 @@ fn gcc_on_mmkit_builds_a_working_program() {
         &["gcc", src.to_str().unwrap(), "-o", exe.to_str().unwrap()],
         RunOptions::default(),
     );
-    assert_eq!(r.out.status, Status::Exited(0), "gcc on mmkit: {:?}", r.out.log);
+    assert_eq!(
+        r.out.status,
+        Status::Exited(0),
+        "gcc on mmkit: {:?}",
+        r.out.log
+    );
     assert!(r.out.switches > 0);
     assert_clean(&m, before, "gcc");
     let native = std::process::Command::new(&exe).output().unwrap();

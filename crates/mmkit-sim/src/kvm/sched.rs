@@ -44,6 +44,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The process's `argv` (`/proc/PID/cmdline`).
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
     /// A process's shared state.
     pub fn new(fds: FdTable, exe: String, argv: Vec<String>, sigactions: Vec<[u8; 32]>) -> Self {
         Shared {
