@@ -321,3 +321,50 @@ int main(void) {
     let (a, b) = (faults(&ours), faults(&native));
     assert!(within(a, b, 10), "child minor faults: ours {a}, host {b}");
 }
+
+/// Timers: `setitimer(ITIMER_REAL)` wakes a `pause` with a SIGALRM handler (`EINTR`, not
+/// restarted), an interval timer interrupts a busy loop six times (the tick preempts the
+/// guest), and `alarm` reports what the previous alarm had left — as natively.
+#[test]
+fn alarm_signals_reach_their_handler() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "alrm",
+        r#"#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <errno.h>
+static volatile int ticks;
+static void on_alrm(int s) { ticks++; }
+int main(void) {
+    signal(SIGALRM, on_alrm);
+    struct itimerval it = {{0, 0}, {0, 50000}};
+    setitimer(ITIMER_REAL, &it, 0);
+    int r = pause();
+    printf("pause %d errno %s ticks %d\n", r, strerror(errno), ticks);
+    struct itimerval iv = {{0, 10000}, {0, 10000}};
+    setitimer(ITIMER_REAL, &iv, 0);
+    while (ticks < 6) ;
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, 0);
+    alarm(5);
+    int enough = ticks >= 6;
+    printf("busy loop saw six ticks: %d, alarm left %u\n", enough, alarm(0));
+    return 0;
+}
+"#,
+        &[],
+    );
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.starts_with("pause -1 errno Interrupted system call ticks 1\n"),
+        "{out}"
+    );
+    assert_clean(&m, before, "alarm");
+}

@@ -190,6 +190,9 @@ pub struct Proc<'m> {
     pub pending: super::signal::Pending,
     /// When a sleeping call with a timeout gives up (`poll`).
     pub deadline: Option<Instant>,
+    /// The sleeping call is not made again after a handler even with `SA_RESTART`
+    /// (`pause`, `poll`: `-ERESTARTNOHAND`).
+    pub no_restart: bool,
     /// The error code of the last page fault (`sigcontext.err` of a fault's signal).
     pub fault_error: u32,
     /// The call loaded the user registers itself (`rt_sigreturn`): no result to set.
@@ -255,6 +258,7 @@ pub fn run_program(
             progress: 0,
             pending: Default::default(),
             deadline: None,
+            no_restart: false,
             fault_error: 0,
             regs_set: false,
             blocked: false,
@@ -350,7 +354,11 @@ pub fn run_program(
                     signal::deliver(&mut p, cpu, vm, &mut vcpu, info, user)?;
                     continue;
                 }
-                shared.store(!p.sched.parked.is_empty(), Ordering::Release);
+                p.fire_alarms();
+                shared.store(
+                    !p.sched.parked.is_empty() || !p.sched.alarms.is_empty(),
+                    Ordering::Release,
+                );
                 let t0 = Instant::now();
                 in_guest.store(true, Ordering::Release);
                 let exit = vcpu.run(vm);

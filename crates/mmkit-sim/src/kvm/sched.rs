@@ -72,6 +72,8 @@ pub struct Sched {
     pub shared: std::collections::BTreeMap<Pid, Shared>,
     /// Pipes with an open end (their pages are freed once no reader is left).
     pub pipes: Vec<Arc<super::pipe::Pipe>>,
+    /// `ITIMER_REAL` of each process that has one armed: when it fires and its interval.
+    pub alarms: std::collections::BTreeMap<Pid, (Instant, Duration)>,
     /// Process group and session of every task, zombies included.
     pub pgrp: std::collections::BTreeMap<Pid, (Pid, Pid)>,
     /// Wake-up events so far.
@@ -105,6 +107,7 @@ pub struct Parked {
     clear_child_tid: u64,
     pending: super::signal::Pending,
     deadline: Option<Instant>,
+    no_restart: bool,
     /// Its registers (`None` before it first ran: a child gets them when `clone`
     /// returns).
     ctx: Option<super::vcpu::CpuContext>,
@@ -135,6 +138,7 @@ impl Parked {
             clear_child_tid,
             pending: Default::default(),
             deadline: None,
+            no_restart: false,
             ctx: None,
             run,
         }
@@ -170,7 +174,8 @@ impl Proc<'_> {
     /// `send_signal` to process `pid` (running or not): one of its threads takes it (the
     /// running one, or the first one, or any). `ESRCH` if there is none.
     pub fn signal_task(&mut self, pid: Pid, info: SigInfo) -> Result<(), i64> {
-        let tid = if pid == self.pid && self.exit.is_none() {
+        let running = !self.sched.parked.contains_key(&self.tid);
+        let tid = if pid == self.pid && self.exit.is_none() && running {
             self.tid
         } else if self.sched.parked.get(&pid).is_some_and(|t| t.pid == pid) {
             pid
@@ -187,7 +192,7 @@ impl Proc<'_> {
 
     /// `send_signal` to thread `tid`: `ESRCH` if there is none.
     pub fn signal_thread(&mut self, tid: Pid, info: SigInfo) -> Result<(), i64> {
-        if tid == self.tid && self.exit.is_none() {
+        if tid == self.tid && self.exit.is_none() && !self.sched.parked.contains_key(&tid) {
             if info.signo != 0 {
                 signal::send(
                     &self.sigactions,
@@ -205,13 +210,11 @@ impl Proc<'_> {
             .get_mut(&tid)
             .ok_or(-(libc::ESRCH as i64))?;
         if info.signo != 0 {
-            let acts = if t.pid == self.pid {
-                &self.sigactions
-            } else {
-                match self.sched.shared.get(&t.pid) {
-                    Some(s) => &s.sigactions,
-                    None => return Err(-(libc::ESRCH as i64)),
-                }
+            // The process's actions: parked with it, or with its running thread.
+            let acts = match self.sched.shared.get(&t.pid) {
+                Some(s) => &s.sigactions,
+                None if t.pid == self.pid => &self.sigactions,
+                None => return Err(-(libc::ESRCH as i64)),
             };
             signal::send(acts, t.sigmask, &mut t.pending, &mut t.exit, info);
         }
@@ -234,6 +237,33 @@ impl Proc<'_> {
             t.exit.get_or_insert(Status::Signaled(SIGKILL));
         }
         self.sched.events += 1;
+    }
+
+    /// `it_real_fn`: every process whose `ITIMER_REAL` is due gets `SIGALRM` (and an
+    /// interval timer is armed again).
+    pub fn fire_alarms(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(Pid, Duration)> = self
+            .sched
+            .alarms
+            .iter()
+            .filter(|(_, a)| a.0 <= now)
+            .map(|(&p, a)| (p, a.1))
+            .collect();
+        for (pid, interval) in due {
+            if interval.is_zero() {
+                self.sched.alarms.remove(&pid);
+            } else {
+                self.sched.alarms.insert(pid, (now + interval, interval));
+            }
+            let info = SigInfo {
+                signo: libc::SIGALRM,
+                code: 0x80, // SI_KERNEL
+                addr: 0,
+                pid: 0,
+            };
+            let _ = self.signal_task(pid, info);
+        }
     }
 
     /// Whether the running thread is the last live one of its process.
@@ -295,6 +325,7 @@ impl Proc<'_> {
             clear_child_tid: self.clear_child_tid,
             pending: std::mem::take(&mut self.pending),
             deadline: self.deadline.take(),
+            no_restart: std::mem::take(&mut self.no_restart),
             ctx,
             run,
         };
@@ -337,6 +368,7 @@ impl Proc<'_> {
         self.clear_child_tid = t.clear_child_tid;
         self.pending = std::mem::take(&mut t.pending);
         self.deadline = t.deadline.take();
+        self.no_restart = t.no_restart;
         self.blocked = false;
         self.sched.switches += 1;
         Some(t)
@@ -538,15 +570,22 @@ pub(super) fn switch(
     }
     loop {
         let Some(next) = p.pick_next() else {
-            // Nothing can run before a sleeping call's timeout: wait for it.
-            let soonest = p.sched.parked.values().filter_map(|t| t.deadline).min();
+            // Nothing can run before a sleeping call's timeout or an alarm: wait for it.
+            let soonest = p
+                .sched
+                .parked
+                .values()
+                .filter_map(|t| t.deadline)
+                .chain(p.sched.alarms.values().map(|a| a.0))
+                .min();
             if let Some(d) = soonest {
                 std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                p.fire_alarms();
                 continue;
             }
             if run.is_some() {
                 // Nobody can run: put the current one back so the caller sees it.
-                let me = p.pid;
+                let me = p.tid;
                 let t = p.unpark(me);
                 if let Some(t) = t {
                     if let Some(ctx) = &t.ctx {
@@ -568,7 +607,7 @@ pub(super) fn switch(
             // A signal ends the wait: EINTR, or the call again after the handler.
             let user = signal::syscall_user_regs(vm, vcpu)?;
             let user = signal::interrupted_call(p, sig, user);
-            (p.futex, p.progress, p.deadline) = (None, 0, None);
+            (p.futex, p.progress, p.deadline, p.no_restart) = (None, 0, None, false);
             vcpu.resume_user(&user)?;
             return Ok(true);
         }

@@ -323,7 +323,7 @@ pub fn sigreturn(
 /// `rax` still its number). Returns the registers to deliver the signal over.
 pub fn interrupted_call(p: &Proc<'_>, sig: i32, mut user: kvm_regs) -> kvm_regs {
     let act = SigAction::of(&p.sigactions[sig as usize]);
-    if act.flags & SA_RESTART != 0 {
+    if act.flags & SA_RESTART != 0 && !p.no_restart {
         user.rip = user.rip.wrapping_sub(2);
     } else {
         user.rax = -(libc::EINTR as i64) as u64;
@@ -372,7 +372,7 @@ pub fn send(
         exit.get_or_insert(super::process::Status::Signaled(sig));
         return;
     }
-    let act = SigAction::of(&sigactions[sig as usize]);
+    let act = SigAction::of(sigactions.get(sig as usize).unwrap_or(&[0; 32]));
     let ignored = act.handler == 1 || (act.handler == 0 && default_ignored(sig));
     if ignored && mask & bit(sig) == 0 {
         return;

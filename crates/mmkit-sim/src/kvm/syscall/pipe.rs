@@ -198,9 +198,10 @@ pub fn sys_poll(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
             p.deadline =
                 Some(std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64));
         }
+        p.no_restart = true;
         return p.block();
     }
-    p.deadline = None;
+    (p.deadline, p.no_restart) = (None, false);
     let mut outb = raw.clone();
     for (i, r) in revents.iter().enumerate() {
         outb[i * 8 + 6..i * 8 + 8].copy_from_slice(&r.to_le_bytes());

@@ -610,3 +610,89 @@ pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         _ => Err(super::ENOSYS),
     }
 }
+
+/// What is left of process `pid`'s `ITIMER_REAL` (zero when disarmed).
+fn alarm_left(p: &Proc<'_>, pid: Pid) -> (std::time::Duration, std::time::Duration) {
+    p.sched.alarms.get(&pid).map_or(Default::default(), |a| {
+        (
+            a.0.saturating_duration_since(std::time::Instant::now()),
+            a.1,
+        )
+    })
+}
+
+/// Arm (or with a zero value, disarm) process `pid`'s `ITIMER_REAL`.
+fn arm_alarm(
+    p: &mut Proc<'_>,
+    pid: Pid,
+    value: std::time::Duration,
+    interval: std::time::Duration,
+) {
+    if value.is_zero() {
+        p.sched.alarms.remove(&pid);
+    } else {
+        p.sched
+            .alarms
+            .insert(pid, (std::time::Instant::now() + value, interval));
+    }
+}
+
+/// `alarm(seconds)`: `SIGALRM` after that many seconds (0 cancels); returns the seconds
+/// the previous alarm had left, rounded as Linux rounds them (up from half a second).
+pub fn sys_alarm(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let pid = p.pid;
+    let (left, _) = alarm_left(p, pid);
+    let secs = a[0] as u32;
+    arm_alarm(
+        p,
+        pid,
+        std::time::Duration::from_secs(secs as u64),
+        Default::default(),
+    );
+    let mut old = left.as_secs();
+    if left.subsec_micros() >= 500_000 || (old == 0 && !left.is_zero()) {
+        old += 1;
+    }
+    Ok(old as i64)
+}
+
+/// `setitimer(which, new, old)` for `ITIMER_REAL` (the other timers count CPU time, which
+/// the machine does not keep per task: `EINVAL`).
+pub fn sys_setitimer(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    if a[0] as i32 != libc::ITIMER_REAL {
+        return Err(EINVAL);
+    }
+    let pid = p.pid;
+    if a[2] != 0 {
+        let (left, interval) = alarm_left(p, pid);
+        let tv = |d: std::time::Duration| {
+            let mut b = (d.as_secs() as i64).to_le_bytes().to_vec();
+            b.extend_from_slice(&(d.subsec_micros() as i64).to_le_bytes());
+            b
+        };
+        let mut old = tv(interval);
+        old.extend(tv(left));
+        p.write_user(cpu, a[2], &old)?;
+    }
+    if a[1] != 0 {
+        let b = p.read_user(cpu, a[1], 32)?;
+        let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"));
+        let (isec, iusec, vsec, vusec) = (w(0), w(1), w(2), w(3));
+        if isec < 0
+            || vsec < 0
+            || !(0..1_000_000).contains(&iusec)
+            || !(0..1_000_000).contains(&vusec)
+        {
+            return Err(EINVAL);
+        }
+        let d = |s: i64, u: i64| std::time::Duration::new(s as u64, (u * 1000) as u32);
+        arm_alarm(p, pid, d(vsec, vusec), d(isec, iusec));
+    }
+    Ok(0)
+}
+
+/// `pause`: sleep until a signal is delivered (then `EINTR`, never restarted).
+pub fn sys_pause(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, _a: [u64; 6]) -> SysResult {
+    p.no_restart = true;
+    p.block()
+}
