@@ -368,3 +368,49 @@ int main(void) {
     );
     assert_clean(&m, before, "alarm");
 }
+
+/// Bad arguments to the process calls get Linux's errors, never a VMM panic: `kill` and
+/// `wait4` of `INT_MIN` (ESRCH), `wait4` without children (ECHILD), unknown `clone` flags,
+/// an unaligned futex (EINVAL), bad pointers to `futex`, `execve`, its `argv` and `pipe2`
+/// (EFAULT), unknown `pipe2` flags and timers (EINVAL), and `rt_sigreturn` without a frame
+/// (SIGSEGV, 139) — line for line as natively.
+#[test]
+fn bad_process_calls_fail_as_on_linux() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "badsys",
+        r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <limits.h>
+#include <errno.h>
+#include <string.h>
+int main(void) {
+    long r; setvbuf(stdout, 0, _IONBF, 0);
+    r = syscall(SYS_kill, INT_MIN, 0); printf("kill(INT_MIN) %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_wait4, INT_MIN, 0, 0, 0); printf("wait4(INT_MIN) %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_wait4, -1, (void *)1, 0, 0); printf("wait4 no child %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_clone, 0x12345678UL, 0, 0, 0, 0); printf("clone bad %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_futex, (void *)3, 0, 0, 0, 0, 0); printf("futex unaligned %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_futex, (void *)0x1000, 0, 0, 0, 0, 0); printf("futex bad addr %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_execve, (void *)1, 0, 0); printf("execve bad path %ld %d\n", r, r < 0 ? errno : 0);
+    char *argv[] = {"x", (char *)8, 0};
+    r = syscall(SYS_execve, "/bin/true", argv, 0); printf("execve bad argv %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_pipe2, (void *)8, 0); printf("pipe2 bad %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_pipe2, 0, 0x12345); printf("pipe2 flags %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_setitimer, 5, 0, 0); printf("setitimer which %ld %d\n", r, r < 0 ? errno : 0);
+    r = syscall(SYS_rt_sigreturn); printf("unreached %ld\n", r);
+    return 0;
+}
+"#,
+        &[],
+    );
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    assert_eq!(r.out.status.code(), 139);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("setitimer which -1 22"));
+    assert_clean(&m, before, "bad process calls");
+}

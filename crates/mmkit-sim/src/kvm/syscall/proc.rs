@@ -261,7 +261,7 @@ pub fn sys_wait4(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     let matches = |pid: Pid, pgid: Pid| match want {
         -1 => true,
         0 => pgid == my_pgid,
-        w if w < -1 => pgid == (-w) as Pid,
+        w if w < -1 => pgid == w.unsigned_abs(),
         w => pid == w as Pid,
     };
     let mut any = false;
@@ -398,7 +398,7 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
         (62, -1) => live.into_iter().filter(|&t| t != me).collect(),
         (62, t) if t < -1 => live
             .into_iter()
-            .filter(|x| p.pgrp_of(*x).is_some_and(|g| g.0 == (-t) as Pid))
+            .filter(|x| p.pgrp_of(*x).is_some_and(|g| g.0 == t.unsigned_abs()))
             .collect(),
         (62, t) if t > 0 => vec![t as Pid],
         (_, t) if t > 0 => {
