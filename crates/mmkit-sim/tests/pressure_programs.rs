@@ -34,12 +34,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// A 160 MiB machine with 2 CPUs (the program on 0, kswapd on 1) and its VM, or `None`
 /// (with the reason printed) where /dev/kvm or python3 cannot be used.
 fn machine() -> Option<(Machine, Vm)> {
-    if let Err(e) = mmkit_sim::kvm::kvm_usable() {
-        assert!(
-            std::env::var_os("MMKIT_REQUIRE_KVM").is_none(),
-            "MMKIT_REQUIRE_KVM is set but /dev/kvm cannot be used: {e:#}"
-        );
-        eprintln!("SKIPPED: /dev/kvm cannot be used here: {e:#}");
+    if !common::kvm::kvm_usable_or_skip() {
         return None;
     }
     if !Path::new(PYTHON).exists() {

@@ -8,14 +8,23 @@ use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A machine and its VM, or `None` (with the reason printed) where /dev/kvm is unusable.
-pub fn machine(mem: Option<u64>) -> Option<(Machine, Vm)> {
+/// Whether /dev/kvm can be used; where it cannot, the reason is printed (a skip) — or,
+/// with `MMKIT_REQUIRE_KVM` set (CI sets it when /dev/kvm exists), the test fails.
+pub fn kvm_usable_or_skip() -> bool {
     if let Err(e) = mmkit_sim::kvm::kvm_usable() {
         assert!(
             std::env::var_os("MMKIT_REQUIRE_KVM").is_none(),
             "MMKIT_REQUIRE_KVM is set but /dev/kvm cannot be used: {e:#}"
         );
         eprintln!("SKIPPED: /dev/kvm cannot be used here: {e:#}");
+        return false;
+    }
+    true
+}
+
+/// A machine and its VM, or `None` (with the reason printed) where /dev/kvm is unusable.
+pub fn machine(mem: Option<u64>) -> Option<(Machine, Vm)> {
+    if !kvm_usable_or_skip() {
         return None;
     }
     let spec = match mem {
