@@ -618,7 +618,8 @@ pub(super) fn switch(
             if p.blocked {
                 let since = p.sched.events;
                 p.park(vm, vcpu, RunState::Blocked(since))?;
-                let timed = p.sched.parked.values().any(|t| t.deadline.is_some());
+                let timed = !p.sched.alarms.is_empty()
+                    || p.sched.parked.values().any(|t| t.deadline.is_some());
                 if p.pick_next().is_none() && !timed {
                     let me = next;
                     let t = p.unpark(me).expect("just parked");
