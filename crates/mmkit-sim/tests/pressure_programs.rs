@@ -115,12 +115,7 @@ fn vmstat_on_mmkit(m: &Machine, vm: &Vm) -> std::collections::HashMap<String, u6
 /// slot is in use.
 fn assert_clean(m: &Machine, before: u64, what: &str) {
     let k = &m.kernel;
-    assert_eq!(m.settle(), before, "{what}: pages leaked");
-    k.check_invariants().unwrap();
-    k.check_lru_invariants().unwrap();
-    k.check_anon_vma_invariants().unwrap();
-    k.check_swap_invariants().unwrap();
-    assert_eq!(k.nr_anon_vmas(), 0, "{what}: anon_vmas leaked");
+    common::kvm::assert_clean(m, before, what);
     let (total, free, cached) = k.swap_totals();
     assert_eq!(
         (free, cached),

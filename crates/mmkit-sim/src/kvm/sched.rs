@@ -152,7 +152,9 @@ impl Proc<'_> {
         Err(super::syscall::ERESTARTSYS)
     }
 
-    /// Something other tasks may wait for happened.
+    /// Something other tasks may wait for happened, inside a call that may itself still go
+    /// to sleep (a pipe write that moved some bytes and waits for room): a completed call
+    /// counts as an event anyway.
     pub fn wake_all(&mut self) {
         self.sched.events += 1;
     }
