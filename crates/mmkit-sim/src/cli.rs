@@ -57,12 +57,36 @@ pub fn check_proc_dir(dir: &Path) -> Result<()> {
 /// `--svg PATH`: create the file now (so a bad path fails before the run, naming it), and
 /// return it for the chart to be written into at the end.
 pub fn create_svg(path: &Path) -> Result<PathBuf> {
+    create_chart("--svg", path)
+}
+
+/// [`create_svg`] for the option `opt` (`--svg`, `--chart`), named in its errors.
+pub fn create_chart(opt: &str, path: &Path) -> Result<PathBuf> {
     if path.is_dir() {
-        bail!("--svg {}: is a folder; give a file name", path.display());
+        bail!("{opt} {}: is a folder; give a file name", path.display());
     }
     std::fs::File::create(path)
-        .with_context(|| format!("--svg {}: cannot create the chart file", path.display()))?;
+        .with_context(|| format!("{opt} {}: cannot create the chart file", path.display()))?;
     Ok(path.to_path_buf())
+}
+
+/// The smallest swap file `mkswap` makes: 40 KiB (ten pages).
+pub const MIN_SWAP: u64 = 40 << 10;
+/// The largest: the header's `last_page` is 32 bits.
+pub const MAX_SWAP: u64 = (u32::MAX as u64) << 12;
+
+/// `--swap SIZE`: a size like `512M`, from [`MIN_SWAP`] to [`MAX_SWAP`], rounded down to
+/// whole pages; the error names the problem.
+pub fn parse_swap(s: &str) -> Result<u64> {
+    let bytes = mmkit::cmdline::memparse(s)
+        .with_context(|| format!("--swap {s}: not a size like 512M or 1G"))?;
+    if bytes < MIN_SWAP {
+        bail!("--swap {s}: too small; mkswap needs at least 40K (ten pages)");
+    }
+    if bytes > MAX_SWAP {
+        bail!("--swap {s}: too large; a swap header counts at most 2^32 pages (16T)");
+    }
+    Ok(bytes & !4095)
 }
 
 /// Read an `--e820` file (or FIFO, as `<(dmesg)` gives) of at most [`MAX_E820_FILE`] bytes.

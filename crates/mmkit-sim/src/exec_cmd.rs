@@ -3,8 +3,9 @@
 //! program run natively.
 
 use crate::exec::{exec_host, ExecSpec};
-use crate::kvm::{run_program, Outcome, RunOptions, Vm};
+use crate::kvm::{Outcome, RunOptions, Vm};
 use crate::machine::Machine;
+use crate::pressure_exec::run_watched;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,6 +28,17 @@ pub fn resolve(prog: &str) -> Result<PathBuf> {
     bail!("{prog}: command not found in PATH")
 }
 
+/// Memory pressure for `mmkit exec`: a swap file, a chart of the run.
+#[derive(Clone, Debug, Default)]
+pub struct Pressure {
+    /// `--swap SIZE`: a swap file of this many bytes, made as `mkswap` does in a private
+    /// temporary directory, swapped on for the run and removed after it.
+    pub swap: Option<u64>,
+    /// `--chart FILE.svg`: where to draw the run (already created, see
+    /// [`crate::cli::create_svg`]).
+    pub chart: Option<PathBuf>,
+}
+
 /// Run `cmd` as `mmkit exec` does; returns the exit status to leave with.
 #[allow(clippy::too_many_arguments)]
 pub fn exec(
@@ -39,6 +51,7 @@ pub fn exec(
     opts: &RunOptions,
     stat: bool,
     compare: bool,
+    pressure: &Pressure,
 ) -> Result<i32> {
     let path = resolve(&cmd[0])?;
     let path_s = path.to_string_lossy().into_owned();
@@ -72,21 +85,41 @@ pub fn exec(
     if let Some(f) = &captured {
         opts.stdout = Some(std::sync::Arc::new(f.try_clone()?.into()));
     }
+    let swap = match pressure.swap {
+        Some(bytes) => Some(crate::pressure::SwapFile::on(
+            m,
+            bytes,
+            &std::env::temp_dir(),
+        )?),
+        None => None,
+    };
     let t0 = Instant::now();
-    let out = run_program(m, &vm, &espec, &opts)?;
+    let ran = run_watched(m, &vm, &espec, &opts);
     let wall = t0.elapsed();
+    // Swap off (every slot is free again once the program is gone) and remove the file,
+    // whatever the run did.
+    let off = swap.map(|s| s.off(m)).transpose();
+    let (out, report) = ran?;
+    off?;
     for l in &out.log {
         // The kernel's lines about this run (a segfault, the OOM report), as dmesg shows.
-        if l.contains("segfault")
-            || l.contains("traps:")
-            || l.contains("Killed process")
-            || l.contains("--timeout")
-        {
-            eprintln!("{l}");
-        }
+        eprintln!("{l}");
     }
     if stat {
         eprint!("{}", stat_report(&out, &vm, wall));
+        if pressure.swap.is_some() || pressure.chart.is_some() {
+            eprint!("{}", pressure_report(&report));
+        }
+    }
+    if let Some(svg) = &pressure.chart {
+        let title = format!(
+            "mmkit exec {}: MemTotal {} MiB, swap {} MiB",
+            cmd.join(" ").chars().take(60).collect::<String>(),
+            m.kernel.totalram_pages() >> 8,
+            pressure.swap.unwrap_or(0) >> 20
+        );
+        crate::pressure::draw_svg_titled(&report, svg, &title)
+            .with_context(|| format!("--chart {}: cannot write the chart", svg.display()))?;
     }
     if let Some(mut f) = captured {
         use std::io::{Read, Seek, Write};
@@ -163,8 +196,8 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
     envv.push(std::ptr::null());
     let mut out = tempfile::tempfile()?;
     let out_fd = out.as_raw_fd();
-    // SAFETY: the child calls only async-signal-safe functions (dup2, personality, ptrace,
-    // execve, _exit) on memory prepared before the fork.
+    // SAFETY: the child calls only async-signal-safe functions (dup2, signal, personality,
+    // ptrace, execve, _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         bail!("fork: {}", std::io::Error::last_os_error());
@@ -173,6 +206,10 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
         // SAFETY: see above.
         unsafe {
             libc::dup2(out_fd, 1);
+            // The Rust runtime ignores SIGPIPE and an ignored signal stays ignored across
+            // exec: give the program the default action a shell would (and mmkit's first
+            // task has).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
             libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
             libc::execve(cpath.as_ptr(), argv.as_ptr(), envv.as_ptr());
@@ -265,6 +302,26 @@ fn stat_report(out: &Outcome, vm: &Vm, wall: Duration) -> String {
         vm.syscall_entry,
         if vm.sync_regs { "yes" } else { "no" },
     )
+}
+
+/// The reclaim side of a watched run: kswapd's runs, the low point of free memory, swap's
+/// high point, and the `/proc/vmstat` counters of [`crate::pressure::STATS`].
+fn pressure_report(r: &crate::pressure::Report) -> String {
+    let low = r.samples.iter().map(|s| s.free).min().unwrap_or(0);
+    let swap = r.samples.iter().map(|s| s.swap_used).max().unwrap_or(0);
+    let wm = r.samples.first().map_or([0; 3], |s| s.wmarks);
+    let mut s = format!(
+        "reclaim:     kswapd ran {} times; free pages fell to {low} (min {}, low {}, high {}); swap used at most {} MiB\n",
+        r.kswapd_runs.len(),
+        wm[0],
+        wm[1],
+        wm[2],
+        swap >> 8
+    );
+    for (n, v) in &r.stats {
+        s.push_str(&format!("             {n:<30} {v}\n"));
+    }
+    s
 }
 
 fn compare_report(out: &Outcome, ours: &[u8], wall: Duration, n: &Native) -> String {

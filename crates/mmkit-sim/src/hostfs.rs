@@ -84,6 +84,19 @@ impl HostFile {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Go back to a read-only descriptor (opened anew through `/proc/self/fd`), so the
+    /// host sees no writer of the file (`ETXTBSY` for a native exec of it otherwise).
+    /// Dirty pages must have been written back first. Nothing changes if the reopen fails.
+    fn downgrade(&self) {
+        let mut f = self.file.write().expect("hostfile lock");
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*f));
+        if let Ok(ro) = std::fs::File::open(path) {
+            *f = ro;
+            self.writable
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// Re-read the size from the host (another descriptor may have changed the file).
     pub fn refresh_size(&self) {
         if let Ok(md) = self.file.read().expect("hostfile lock").metadata() {
@@ -444,6 +457,26 @@ impl HostFs {
         let attr = self.attr_of(Path::new(path), &md);
         self.register(k, file, &md, Path::new(path), attr, writable)
             .map_err(|e| anyhow::anyhow!("cannot open {path}: {e}"))
+    }
+
+    /// After a program: write back every dirty page of the host files it wrote
+    /// (`write_inode_now`) and hold them read-only again, as a process that closed its
+    /// descriptors leaves the file without a writer. A file that cannot be written back
+    /// keeps its writable descriptor (and its dirty pages) for a later try.
+    pub fn release_writers(&self, k: &Kernel, cpu: &mmkit::CpuGuard<'_>) {
+        let entries: Vec<HostEntry> = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|(_, h)| h.writable())
+            .cloned()
+            .collect();
+        for (inode, host) in entries {
+            if k.write_inode_now(cpu, &inode).is_ok() {
+                host.downgrade();
+            }
+        }
     }
 
     /// The backing file of a registered inode, by host (device, inode).

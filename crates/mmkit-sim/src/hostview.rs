@@ -45,7 +45,23 @@ pub fn host_exec(
     env: &[&str],
     no_aslr: bool,
 ) -> Result<HostExec, String> {
-    host_exec_in(path, argv, env, no_aslr, false)
+    retry_busy(|| host_exec_in(path, argv, env, no_aslr, false))
+}
+
+/// `ETXTBSY` from the host's exec of a file a test just wrote is this process's doing, not
+/// the file's: another thread forked while the file was still open for writing, and the
+/// child holds that descriptor until its own exec closes it. Such an exec is tried again
+/// (a few times, 10 ms apart) before the answer stands.
+fn retry_busy(mut exec: impl FnMut() -> Result<HostExec, String>) -> Result<HostExec, String> {
+    let mut r = exec();
+    for _ in 0..20 {
+        if !matches!(r, Ok(HostExec::Failed(e)) if e == libc::ETXTBSY) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        r = exec();
+    }
+    r
 }
 
 /// [`host_exec`] with the file seen through a `nosuid` bind mount of itself in a private
@@ -53,7 +69,7 @@ pub fn host_exec(
 /// ignored, so the exec keeps `ADDR_NO_RANDOMIZE` and its layout can be compared byte for
 /// byte.
 pub fn host_exec_nosuid(path: &[u8], argv: &[&[u8]], env: &[&str]) -> Result<HostExec, String> {
-    host_exec_in(path, argv, env, true, true)
+    retry_busy(|| host_exec_in(path, argv, env, true, true))
 }
 
 fn host_exec_in(

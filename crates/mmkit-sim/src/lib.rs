@@ -17,6 +17,7 @@ pub mod hostview;
 pub mod kvm;
 pub mod machine;
 pub mod pressure;
+pub mod pressure_exec;
 pub mod procfs;
 pub mod progress;
 pub mod tempfiles;

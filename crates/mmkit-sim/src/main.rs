@@ -72,6 +72,14 @@ enum Cmd {
         /// Also run the program natively (ASLR off on both sides) and compare.
         #[arg(long)]
         compare: bool,
+        /// Swap: a swap file of this size (e.g. 512M), made as mkswap does in a private
+        /// temporary directory, swapped on for the run, removed after it (even on Ctrl-C).
+        #[arg(long, value_name = "SIZE")]
+        swap: Option<String>,
+        /// Draw the run as an SVG chart: free pages against the watermarks, anon and file
+        /// LRU sizes, swap used, kswapd's runs, the process's start and exit.
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(
             required = true,
@@ -336,25 +344,56 @@ fn real_main(cli: Cli) -> Result<()> {
             timeout,
             stat,
             compare,
+            swap,
+            chart,
             cmd,
         } => {
-            let m = machine.boot(&machine.spec()?)?;
-            let envp = if env.is_empty() {
-                std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
-            } else {
-                env
-            };
-            let opts = mmkit_sim::kvm::RunOptions {
-                strace,
-                trace_faults,
-                timeout,
-                stdout: None,
-                syscall_hook: None,
-            };
-            let code = mmkit_sim::exec_cmd::exec(
-                &m, &cmd, envp, no_aslr, maps, smaps, &opts, stat, compare,
-            )?;
-            std::process::exit(code);
+            let swap = swap.as_deref().map(cli::parse_swap).transpose()?;
+            if maps || smaps {
+                let what = if maps { "--maps" } else { "--smaps" };
+                if swap.is_some() {
+                    bail!("--swap is for a run; {what} does not run the program");
+                }
+                if chart.is_some() {
+                    bail!("--chart draws a run; {what} does not run the program");
+                }
+            }
+            if (swap.is_some() || chart.is_some()) && machine.cpus < 2 {
+                bail!("--swap and --chart need --cpus 2 or more (the program on CPU 0, kswapd on CPU 1)");
+            }
+            let chart = chart
+                .as_deref()
+                .map(|p| cli::create_chart("--chart", p))
+                .transpose()?;
+            let code = (|| {
+                let m = machine.boot(&machine.spec()?)?;
+                let envp = if env.is_empty() {
+                    std::env::vars().map(|(k, v)| format!("{k}={v}")).collect()
+                } else {
+                    env
+                };
+                let opts = mmkit_sim::kvm::RunOptions {
+                    strace,
+                    trace_faults,
+                    timeout,
+                    stdout: None,
+                    syscall_hook: None,
+                };
+                let pressure = mmkit_sim::exec_cmd::Pressure {
+                    swap,
+                    chart: chart.clone(),
+                };
+                mmkit_sim::exec_cmd::exec(
+                    &m, &cmd, envp, no_aslr, maps, smaps, &opts, stat, compare, &pressure,
+                )
+            })();
+            if code.is_err() {
+                // Do not leave the empty chart file made up front behind.
+                if let Some(c) = &chart {
+                    let _ = std::fs::remove_file(c);
+                }
+            }
+            std::process::exit(code?);
         }
         Cmd::ExecSweep {
             machine,
@@ -433,7 +472,7 @@ fn pressure_chart(r: &RunArgs, svg: &std::path::Path) -> Result<()> {
     mmkit_sim::pressure::draw_svg(&res, svg)
         .with_context(|| format!("--svg {}: cannot write the chart", svg.display()))?;
     println!(
-        "chart: {} (free pages of node 0's largest zone against its min/low/high watermarks over time; ticks: kswapd runs)",
+        "chart: {} (above: free pages of node 0's largest zone against its min/low/high watermarks over time, ticks for kswapd runs; below: anon and file LRU sizes and swap used)",
         svg.display()
     );
     Ok(())

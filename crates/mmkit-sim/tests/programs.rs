@@ -8,102 +8,12 @@
 //! set (CI sets it when /dev/kvm exists) that is a failure instead.
 
 mod common;
-use mmkit_sim::exec::ExecSpec;
+use common::kvm::{assert_clean, cc, env, machine, run, within};
 use mmkit_sim::exec_cmd::{resolve, run_native};
 use mmkit_sim::kvm::process::{Proc, Status};
-use mmkit_sim::kvm::{run_program, Outcome, RunOptions, Vm};
-use mmkit_sim::{Machine, MachineSpec};
-use std::io::{Read, Seek};
-use std::path::{Path, PathBuf};
+use mmkit_sim::kvm::RunOptions;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-
-/// A machine and its VM, or `None` (with the reason printed) where /dev/kvm is unusable.
-fn machine(mem: Option<u64>) -> Option<(Machine, Vm)> {
-    if let Err(e) = mmkit_sim::kvm::kvm_usable() {
-        assert!(
-            std::env::var_os("MMKIT_REQUIRE_KVM").is_none(),
-            "MMKIT_REQUIRE_KVM is set but /dev/kvm cannot be used: {e:#}"
-        );
-        eprintln!("SKIPPED: /dev/kvm cannot be used here: {e:#}");
-        return None;
-    }
-    let spec = match mem {
-        Some(mib) => MachineSpec {
-            e820: mmkit::arch::x86_64::e820::E820Table::for_mem_size(mib << 20).unwrap(),
-            ..Default::default()
-        },
-        None => MachineSpec::default(),
-    };
-    let m = Machine::boot(&spec).unwrap();
-    let vm = Vm::new(&m).unwrap();
-    Some((m, vm))
-}
-
-/// The environment both runs get.
-fn env() -> Vec<String> {
-    vec![
-        "PATH=/usr/local/bin:/usr/bin:/bin".into(),
-        "LANG=C".into(),
-        "HOME=/nonexistent".into(),
-    ]
-}
-
-struct Ran {
-    out: Outcome,
-    stdout: Vec<u8>,
-}
-
-/// Run `argv` on `m` with ASLR off, its standard output captured.
-fn run(m: &Machine, vm: &Vm, argv: &[&str], opts: RunOptions) -> Ran {
-    let path = resolve(argv[0]).unwrap().to_string_lossy().into_owned();
-    let spec = ExecSpec {
-        path: &path,
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        envp: env(),
-        no_aslr: true,
-    };
-    let mut f = tempfile::tempfile().unwrap();
-    let mut opts = opts;
-    opts.stdout = Some(Arc::new(f.try_clone().unwrap().into()));
-    let out = run_program(m, vm, &spec, &opts).unwrap();
-    let mut stdout = Vec::new();
-    f.rewind().unwrap();
-    f.read_to_end(&mut stdout).unwrap();
-    Ran { out, stdout }
-}
-
-/// Every checker passes and every page is back.
-fn assert_clean(m: &Machine, before: u64, what: &str) {
-    let k = &m.kernel;
-    assert_eq!(m.settle(), before, "{what}: pages leaked");
-    k.check_invariants().unwrap();
-    k.check_lru_invariants().unwrap();
-    k.check_anon_vma_invariants().unwrap();
-    k.check_swap_invariants().unwrap();
-    assert_eq!(k.nr_anon_vmas(), 0, "{what}: anon_vmas leaked");
-}
-
-/// Build a C program with the host's compiler.
-fn cc(dir: &Path, name: &str, src: &str, flags: &[&str]) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, src).unwrap();
-    let exe = dir.join(name);
-    let st = std::process::Command::new("cc")
-        .args(flags)
-        .arg("-O2")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&c)
-        .status()
-        .expect("a C compiler (cc) to build the test programs");
-    assert!(st.success(), "cc {name}.c failed");
-    exe
-}
-
-fn within(ours: u64, host: u64, pct: u64) -> bool {
-    let d = ours.abs_diff(host);
-    d * 100 <= host.max(1) * pct
-}
 
 /// stdout and status equal to the native run, byte for byte, for coreutils and python3
 /// (and the files the test writes); after each, every page is back.

@@ -29,7 +29,10 @@
 //!   of the frames it names ([`crate::machine::Ram`]'s zap), so changing a live PTE from the
 //!   host side is seen by the guest.
 
+pub mod pipe;
 pub mod process;
+pub mod sched;
+pub mod signal;
 pub mod syscall;
 pub mod vcpu;
 pub mod vm;

@@ -1,9 +1,14 @@
-//! Running one program to its end: exec with mmkit (`execve` builds the address space), a
+//! Running a program and every process and thread it starts to their end (`kernel/sched/`
+//! for one CPU, `kernel/exit.c`): exec with mmkit (`execve` builds the address space), a
 //! vCPU entered in ring 3 at the entry point, and the exit loop — page faults to
-//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to the signal
-//! whose default action ends the process (`exit status 128 + signal`, and the kernel's log
-//! line for a segfault) — until `exit_group`.
+//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to their
+//! signal — with the scheduler: tasks take turns on vCPU 0 (context switch = registers,
+//! CR3, XSAVE image, the entry-stack frame), sleep in calls that must wait and are tried
+//! again after the next event, and are preempted by a 10 ms tick while several can run.
+//! The run ends when the last task has exited; its status is the first process's.
 
+use super::sched::{after_syscall, kill_all, switch, FutexWait, RunState, Sched, TICK};
+use super::signal::{self, SigInfo};
 use super::syscall::{self, FdTable};
 use super::vcpu::{Exit, Vcpu};
 use super::vm::{SyscallEntry, Vm};
@@ -17,7 +22,6 @@ use mmkit::arch::x86_64::cpu_entry_area::{
 use mmkit::arch::x86_64::fault::{Signal, SIGBUS, SIGKILL, SIGSEGV};
 use mmkit::arch::x86_64::tlb::PageFault;
 use mmkit::kernel::task::{Pid, TaskTable};
-use mmkit::mm::mm_types::MmStruct;
 use mmkit::{CpuGuard, Kernel};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +76,14 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status `wait4` reports (`WIFEXITED`: code << 8; `WIFSIGNALED`: the signal).
+    pub fn wait_status(self) -> i32 {
+        match self {
+            Status::Exited(c) => (c & 0xff) << 8,
+            Status::Signaled(s) => s & 0x7f,
+        }
+    }
+
     /// The shell's `$?`: the code, or 128 + the signal.
     pub fn code(self) -> i32 {
         match self {
@@ -114,6 +126,8 @@ pub struct Outcome {
     pub maps_at_exit: String,
     /// Kernel log lines printed during the run (segfault reports, the OOM report).
     pub log: Vec<String>,
+    /// Context switches between the run's tasks.
+    pub switches: u64,
 }
 
 /// The process the exit loop serves.
@@ -124,8 +138,14 @@ pub struct Proc<'m> {
     pub k: &'m Kernel,
     /// The task table (one process in this scope).
     pub tasks: TaskTable,
-    /// The running process.
+    /// The running process (its thread group id).
     pub pid: Pid,
+    /// The running thread (`gettid`; the process id for its first thread).
+    pub tid: Pid,
+    /// `exit` (not `exit_group`) of one thread of several: the others go on.
+    pub thread_exit: bool,
+    /// The futex this thread sleeps on.
+    pub futex: Option<FutexWait>,
     /// Its file descriptors.
     pub fds: FdTable,
     /// How to run.
@@ -148,15 +168,37 @@ pub struct Proc<'m> {
     pub sigmask: u64,
     /// The `sigaltstack` (`stack_t`'s bytes; zero: none).
     pub sigaltstack: [u8; 24],
-}
-
-impl Proc<'_> {
-    /// The process's address space.
-    pub fn mm(&mut self) -> &mut MmStruct {
-        self.tasks
-            .mm_mut(self.pid)
-            .expect("the running process has an address space")
-    }
+    /// Bytes an interrupted call already moved (a pipe write that waits for room).
+    pub progress: usize,
+    /// Set by a call that must wait: the task sleeps and the call is made again when it
+    /// is woken (`-ERESTARTSYS` with a wait queue, in Linux).
+    pub blocked: bool,
+    /// `vfork`: the child this task waits for (it runs in this task's address space).
+    pub vfork_wait: Option<Pid>,
+    /// `CLONE_VFORK` child: the parent whose address space this task runs in until it
+    /// execs or exits.
+    pub vfork_parent: Option<Pid>,
+    /// `set_tid_address`/`CLONE_CHILD_CLEARTID`: cleared at exit.
+    pub clear_child_tid: u64,
+    /// A child `clone` just made, to be given this task's registers once the call returns.
+    pub new_child: Option<super::syscall::proc::NewChild>,
+    /// `execve` replaced the image: the task starts at its entry point.
+    pub exec_done: bool,
+    /// Whether exec randomizes (`--no-aslr` turns it off for every exec of the run).
+    pub randomize: bool,
+    /// Signals waiting for delivery.
+    pub pending: super::signal::Pending,
+    /// When a sleeping call with a timeout gives up (`poll`).
+    pub deadline: Option<Instant>,
+    /// The sleeping call is not made again after a handler even with `SA_RESTART`
+    /// (`pause`, `poll`: `-ERESTARTNOHAND`).
+    pub no_restart: bool,
+    /// The error code of the last page fault (`sigcontext.err` of a fault's signal).
+    pub fault_error: u32,
+    /// The call loaded the user registers itself (`rt_sigreturn`): no result to set.
+    pub regs_set: bool,
+    /// The scheduler: tasks that are not on the CPU, pipes, process groups.
+    pub sched: Sched,
 }
 
 /// Install the no-op handler of the signal that kicks a vCPU out of `KVM_RUN` (once).
@@ -199,6 +241,9 @@ pub fn run_program(
             k,
             tasks,
             pid,
+            tid: pid,
+            thread_exit: false,
+            futex: None,
             fds: FdTable::with_stdio(opts.stdout.as_deref()),
             opts: opts.clone(),
             exit: None,
@@ -210,33 +255,89 @@ pub fn run_program(
             sigactions: vec![[0; 32]; 65],
             sigmask: 0,
             sigaltstack: [0; 24],
+            progress: 0,
+            pending: Default::default(),
+            deadline: None,
+            no_restart: false,
+            fault_error: 0,
+            regs_set: false,
+            blocked: false,
+            vfork_wait: None,
+            vfork_parent: None,
+            clear_child_tid: 0,
+            new_child: None,
+            exec_done: false,
+            randomize: !spec.no_aslr,
+            sched: Sched::default(),
         };
-        // The timeout: a watchdog marks it and kicks the vCPU thread out of KVM_RUN (again
-        // every 10 ms, in case the kick landed between two runs).
+        p.sched.pgrp.insert(pid, (pid, pid));
+        // The watchdog: marks the timeout, and while several tasks share the CPU ends a
+        // time slice every 10 ms (the scheduler tick), by kicking the vCPU thread out of
+        // KVM_RUN — only while it is in there, so no host call of the VMM is interrupted.
         let timed_out = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        let watchdog = opts.timeout.map(|t| {
+        let shared = Arc::new(AtomicBool::new(false));
+        let in_guest = Arc::new(AtomicBool::new(false));
+        let watchdog = {
             let sig = kick_signal();
             // SAFETY: pthread_self of the calling thread, valid while it lives (the watchdog
             // is joined before this thread returns).
             let me = unsafe { libc::pthread_self() };
-            let (timed_out, done) = (timed_out.clone(), done.clone());
+            let (timed_out, done, shared, in_guest) = (
+                timed_out.clone(),
+                done.clone(),
+                shared.clone(),
+                in_guest.clone(),
+            );
+            let deadline = opts.timeout.map(|t| Instant::now() + t);
             std::thread::spawn(move || {
-                let deadline = Instant::now() + t;
                 while !done.load(Ordering::Acquire) {
-                    if Instant::now() >= deadline {
+                    std::thread::sleep(TICK);
+                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
+                    if expired {
                         timed_out.store(true, Ordering::Release);
+                    }
+                    if expired
+                        || (shared.load(Ordering::Acquire) && in_guest.load(Ordering::Acquire))
+                    {
                         // SAFETY: signalling a thread that is alive until `done` is set.
                         unsafe { libc::pthread_kill(me, sig) };
                     }
-                    std::thread::sleep(Duration::from_millis(10));
                 }
             })
-        });
+        };
         let (mut guest, mut vmm) = (Duration::ZERO, Duration::ZERO);
         let mut stats = None;
+        let mut status = None;
         let r = (|| -> Result<()> {
-            while p.exit.is_none() {
+            loop {
+                if p.exit.is_some() {
+                    if p.pid == pid && p.last_thread() {
+                        // The first process: what it looked like before its memory went.
+                        stats = Some(exit_stats(&mut p));
+                        status = p.exit;
+                    }
+                    p.exit_current(cpu);
+                    if !switch(&mut p, cpu, vm, &mut vcpu, None)? {
+                        break;
+                    }
+                    continue;
+                }
+                if p.blocked || p.vfork_wait.is_some() {
+                    let run = match p.vfork_wait {
+                        Some(c) => RunState::Vfork(c),
+                        None => RunState::Blocked(p.sched.events),
+                    };
+                    if !switch(&mut p, cpu, vm, &mut vcpu, Some(run))? {
+                        // Every task waits for another: nothing can ever wake them.
+                        p.k.printk(&format!(
+                            "mmkit: tasks {:?} wait for each other forever: killed",
+                            p.live_pids()
+                        ));
+                        kill_all(&mut p);
+                    }
+                    continue;
+                }
                 if timed_out.load(Ordering::Acquire) {
                     p.k.printk(&format!(
                         "{}[{}]: killed after the --timeout of {:?}",
@@ -244,32 +345,71 @@ pub fn run_program(
                         p.pid,
                         opts.timeout.unwrap_or_default()
                     ));
-                    p.exit = Some(Status::Signaled(SIGKILL));
-                    break;
+                    kill_all(&mut p);
+                    continue;
                 }
+                if let Some(sig) = signal::next_signal(&p) {
+                    let info = signal::take_info(&mut p.pending, sig);
+                    let user = signal::user_regs(vm, &mut vcpu)?;
+                    signal::deliver(&mut p, cpu, vm, &mut vcpu, info, user)?;
+                    continue;
+                }
+                p.fire_alarms();
+                shared.store(
+                    !p.sched.parked.is_empty() || !p.sched.alarms.is_empty(),
+                    Ordering::Release,
+                );
                 let t0 = Instant::now();
-                let exit = vcpu.run(vm)?;
+                in_guest.store(true, Ordering::Release);
+                let exit = vcpu.run(vm);
+                in_guest.store(false, Ordering::Release);
+                let exit = exit?;
                 let t1 = Instant::now();
                 guest += t1 - t0;
                 handle_exit(&mut p, cpu, vm, &mut vcpu, exit)?;
+                after_syscall(&mut p, vm, &mut vcpu)?;
                 if k.nr_deferred_tables() >= DEFERRED_TABLES_MAX {
                     vm.sync_tables(k, cpu)?;
                 }
-                if p.exit.is_some() {
-                    // exit_group: what the process looked like before its memory went.
-                    stats = Some(exit_stats(&mut p));
+                if exit == Exit::Interrupted
+                    && p.exit.is_none()
+                    && !p.blocked
+                    && p.pick_next().is_some()
+                    && vcpu.preemptible()?
+                {
+                    // The time slice is over.
+                    switch(&mut p, cpu, vm, &mut vcpu, Some(RunState::Runnable))?;
                 }
                 vmm += t1.elapsed();
             }
             Ok(())
         })();
         done.store(true, Ordering::Release);
-        if let Some(w) = watchdog {
-            let _ = w.join();
+        let _ = watchdog.join();
+        if r.is_err() {
+            // The VMM failed: end every task so every page comes back.
+            kill_all(&mut p);
+            while p.exit.is_some() {
+                p.exit_current(cpu);
+                let Some(next) = p.sched.parked.keys().next().copied() else {
+                    break;
+                };
+                p.unpark(next);
+                p.exit.get_or_insert(Status::Signaled(SIGKILL));
+            }
         }
-        let status = p.exit.unwrap_or(Status::Signaled(SIGKILL));
+        p.sweep_pipes(cpu);
+        // Every descriptor is closed: the host files written are written back and no
+        // longer held open for writing.
+        m.hostfs.release_writers(k, cpu);
+        // Zombies nobody reaped (their parent exited first) go now, as init reaps them.
+        for z in p.tasks.pids() {
+            let ppid = p.tasks.get(z).map_or(0, |t| t.ppid);
+            let _ = p.tasks.wait(ppid, Some(z));
+        }
+        let status = status.unwrap_or(Status::Signaled(SIGKILL));
         let (min_flt, maj_flt, vm_hwm_kb, rss_kb, maps) =
-            stats.unwrap_or_else(|| exit_stats(&mut p));
+            stats.unwrap_or((0, 0, 0, (0, 0, 0), String::new()));
         // The program's own faults: exec wrote the stack through the kernel's own access
         // (Linux's get_user_pages, which no task is charged for).
         let (min_flt, maj_flt) = (
@@ -278,9 +418,7 @@ pub fn run_program(
         );
         let exits = vcpu.exits - exits_before;
         vm.put_vcpu(vcpu);
-        p.fds.close_all();
-        let _ = p.tasks.exit(k, cpu, p.pid, status.code());
-        // The address space is gone: its tables leave the hypervisor's shadow and the
+        // The address spaces are gone: their tables leave the hypervisor's shadow and the
         // allocator gets them back.
         let synced = vm.sync_tables(k, cpu);
         r?;
@@ -300,6 +438,7 @@ pub fn run_program(
             rss_kb,
             maps_at_exit: maps,
             log: k.dmesg_since(log_from).0,
+            switches: p.sched.switches,
         })
     })
 }
@@ -307,7 +446,10 @@ pub fn run_program(
 type ExitStats = (u64, u64, u64, (u64, u64, u64), String);
 
 fn exit_stats(p: &mut Proc<'_>) -> ExitStats {
-    let t = p.tasks.get(p.pid).expect("the running process");
+    // The OOM killer may have taken the task already (its memory with it).
+    let Some(t) = p.tasks.get(p.pid) else {
+        return (0, 0, 0, (0, 0, 0), String::new());
+    };
     let f = t.fault_counts();
     let Some(mm) = t.mm.as_ref() else {
         return (f.min_flt, f.maj_flt, 0, (0, 0, 0), String::new());
@@ -340,24 +482,13 @@ fn handle_exit(
 ) -> Result<()> {
     match exit {
         Exit::Interrupted => Ok(()),
-        Exit::Syscall => {
-            syscall::handle(p, cpu, vm, vcpu)?;
-            Ok(())
-        }
+        Exit::Syscall => syscall_exit(p, cpu, vm, vcpu, None),
         Exit::Exception { vector, frame }
             if vector == X86_TRAP_PF && vm.syscall_entry == SyscallEntry::FaultAtLstar =>
         {
             let cr2 = vcpu.cr2()?;
             if cr2 == vm.entry.lstar && frame[1] == vm.entry.lstar {
-                // SYSCALL that stayed in ring 3: return through the exception frame to
-                // the instruction after it (RCX) with the flags it saved (R11).
-                syscall::handle(p, cpu, vm, vcpu)?;
-                let regs = vcpu.regs()?;
-                let mut f = frame;
-                f[1] = regs.rcx;
-                f[3] = regs.r11;
-                vcpu.set_frame(vm, &f)?;
-                return Ok(());
+                return syscall_exit(p, cpu, vm, vcpu, Some(frame));
             }
             page_fault(p, cpu, vcpu, cr2, frame)
         }
@@ -381,6 +512,17 @@ fn handle_exit(
                 X86_TRAP_BP => "int3",
                 _ => "trap",
             };
+            if catches(p, sig) {
+                // force_sig: the handler runs (it may fix what trapped, or longjmp away).
+                let info = SigInfo {
+                    signo: sig,
+                    code: 0x80, // SI_KERNEL
+                    addr: frame[1],
+                    pid: 0,
+                };
+                let _ = p.signal_task(p.pid, info);
+                return Ok(());
+            }
             // do_trap's report (show_unhandled_signals).
             p.k.printk(&format!(
                 "traps: {}[{}] {name} ip:{:x} sp:{:x} error:{:x}",
@@ -394,6 +536,30 @@ fn handle_exit(
             Ok(())
         }
     }
+}
+
+/// A system call: handled, then the return to user mode. `frame` is the exception frame
+/// when `SYSCALL` arrived as a fault at `LSTAR` (the return goes through it, to the
+/// instruction after the `SYSCALL` (RCX) with the flags it saved (R11)). A call that must
+/// wait returns nowhere yet: it is made again when the task is woken.
+pub(super) fn syscall_exit(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    frame: Option<[u64; 6]>,
+) -> Result<()> {
+    syscall::handle(p, cpu, vm, vcpu)?;
+    if std::mem::take(&mut p.regs_set) || p.blocked || p.exec_done || p.exit.is_some() {
+        return Ok(());
+    }
+    if let Some(mut f) = frame {
+        let regs = vcpu.regs()?;
+        f[1] = regs.rcx;
+        f[3] = regs.r11;
+        vcpu.set_frame(vm, &f)?;
+    }
+    Ok(())
 }
 
 fn page_fault(
@@ -473,6 +639,18 @@ fn classify(
 /// segfault (`prog[pid]: segfault at ADDR ip IP sp SP error E in FILE[START+SIZE]`).
 fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6]) {
     let ip = frame[1];
+    if sig.signo != SIGKILL && catches(p, sig.signo) {
+        // force_sig_fault with a handler: it runs with si_addr and si_code.
+        p.fault_error = frame[0] as u32;
+        let info = SigInfo {
+            signo: sig.signo,
+            code: sig.code,
+            addr: sig.addr,
+            pid: 0,
+        };
+        let _ = p.signal_task(p.pid, info);
+        return;
+    }
     if sig.signo == SIGSEGV {
         let vma = p
             .mm()
@@ -504,12 +682,25 @@ fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6
         ));
     }
     if sig.signo == SIGKILL {
-        // VM_FAULT_OOM: pagefault_out_of_memory → the OOM killer picks a victim (here the
-        // only process, which it kills).
+        // VM_FAULT_OOM: pagefault_out_of_memory → the OOM killer picks a victim and kills
+        // it (its memory is freed at once). Another process's threads end when they are
+        // next scheduled, and the faulting access is made again; the faulting process
+        // itself, or no victim at all, ends here.
         let gfp = mmkit::gfp::GFP_HIGHUSER_MOVABLE;
-        let _ = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
+        let victim = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
+        if let Some(v) = victim.filter(|&v| v != p.pid) {
+            p.kill_parked(v);
+            return;
+        }
     }
     p.exit = Some(Status::Signaled(sig.signo));
+}
+
+/// Whether the running task catches `sig` and does not block it: a signal the kernel
+/// forces (a fault, a trap) otherwise takes its default action (`force_sig_info_to_task`
+/// unblocks it and resets the handler when it is blocked or ignored).
+fn catches(p: &Proc<'_>, sig: i32) -> bool {
+    signal::SigAction::of(&p.sigactions[sig as usize]).caught() && p.sigmask & signal::bit(sig) == 0
 }
 
 /// Run a whole program and say what became of it; the error when `/dev/kvm` cannot be used

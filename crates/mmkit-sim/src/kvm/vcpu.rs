@@ -9,7 +9,9 @@
 
 use super::vm::Vm;
 use anyhow::{anyhow, bail, Result};
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcrs, Msrs};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcrs, kvm_xsave, Msrs,
+};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use mmkit::arch::x86_64::cpu_entry_area::{
     EXCEPTION_PORT_BASE, INTERRUPT_PORT, MSR_STAR_VALUE, SYSCALL_MASK, SYSCALL_PORT, TSS_SELECTOR,
@@ -47,6 +49,21 @@ pub enum Exit {
     Interrupted,
 }
 
+/// What a task leaves on the CPU when it is switched out (`struct thread_struct` with the
+/// registers `pt_regs` holds and the FPU state `fpu__save` keeps): the general and special
+/// registers (CR3 among them), the x87/SSE/AVX/AVX-512 state, and the exception frame on the
+/// entry stack that an exception exit will `iretq` through.
+pub struct CpuContext {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Special registers (segments with the FS/GS bases, CR3).
+    pub sregs: kvm_sregs,
+    /// The extended state (`XSAVE` image).
+    pub xsave: Box<kvm_xsave>,
+    /// The exception frame (`Some` when the task left the CPU in an exception stub).
+    pub frame: Option<[u64; 6]>,
+}
+
 /// A virtual CPU of a [`Vm`].
 pub struct Vcpu {
     fd: VcpuFd,
@@ -72,6 +89,17 @@ fn user_segment(selector: u16, code: bool) -> kvm_segment {
         unusable: 0,
         padding: 0,
     }
+}
+
+/// The flat 64-bit user segments a new program starts with: CS, SS, DS, ES the user's,
+/// FS and GS null selectors with base 0.
+fn flat_user_segments(s: &mut kvm_sregs) {
+    s.cs = user_segment(USER_CS, true);
+    s.ss = user_segment(USER_DS, false);
+    s.ds = user_segment(USER_DS, false);
+    s.es = user_segment(USER_DS, false);
+    s.fs = user_segment(0, false);
+    s.gs = user_segment(0, false);
 }
 
 impl Vcpu {
@@ -146,14 +174,7 @@ impl Vcpu {
         s.cr4 = CR4;
         s.efer = EFER;
         s.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
-        s.cs = user_segment(USER_CS, true);
-        s.ss = user_segment(USER_DS, false);
-        s.ds = user_segment(USER_DS, false);
-        s.es = user_segment(USER_DS, false);
-        s.fs = user_segment(0, false);
-        s.gs = user_segment(0, false);
-        s.fs.unusable = 0;
-        s.gs.unusable = 0;
+        flat_user_segments(&mut s);
         let (gdt, gdt_limit) = vm.entry.gdt[self.id];
         s.gdt.base = gdt;
         s.gdt.limit = gdt_limit;
@@ -188,6 +209,148 @@ impl Vcpu {
             // loaded over these at the next KVM_RUN: drop it.
             self.fd.clear_sync_dirty_reg(SyncReg::Register);
             self.fd.clear_sync_dirty_reg(SyncReg::SystemRegister);
+        }
+        Ok(())
+    }
+
+    /// Put the CPU in ring 3 at `rip` with stack `rsp` on the address space `pgd`, with a
+    /// fresh FPU and zero FS/GS bases: what `execve` leaves (`start_thread`). Unlike
+    /// [`Vcpu::enter_user`] it keeps the descriptor tables of the running CPU and goes
+    /// through the synced registers, so it may follow an exit's handling.
+    pub fn start_thread(&mut self, pgd: Pfn, rip: u64, rsp: u64) -> Result<()> {
+        let mut s = self.sregs()?;
+        s.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
+        flat_user_segments(&mut s);
+        self.set_sregs(&s)?;
+        self.set_regs(&kvm_regs {
+            rip,
+            rsp,
+            rflags: 0x202,
+            ..Default::default()
+        })?;
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        self.fd
+            .set_fpu(&fpu)
+            .map_err(|e| anyhow!("KVM_SET_FPU: {e}"))
+    }
+
+    /// Whether the CPU stopped at a point where its task may leave it: in ring 3 (not inside
+    /// an entry stub) with no exception or interrupt being delivered (KVM keeps those
+    /// outside the registers, so a task switched out then would get them in another task's
+    /// context). An interrupted `KVM_RUN` can stop anywhere; exits from the stubs are
+    /// switch points by construction.
+    pub fn preemptible(&mut self) -> Result<bool> {
+        if self.sregs()?.cs.selector & 3 != 3 {
+            return Ok(false);
+        }
+        let e = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| anyhow!("KVM_GET_VCPU_EVENTS: {e}"))?;
+        Ok(e.exception.injected == 0
+            && e.exception.pending == 0
+            && e.interrupt.injected == 0
+            && e.nmi.injected == 0
+            && e.nmi.pending == 0)
+    }
+
+    /// Enter ring 3 with the registers `r` (a signal handler, the return of
+    /// `rt_sigreturn`): CS and SS become the user segments, the FS/GS bases stay.
+    pub fn resume_user(&mut self, r: &kvm_regs) -> Result<()> {
+        let mut s = self.sregs()?;
+        s.cs = user_segment(USER_CS, true);
+        s.ss = user_segment(USER_DS, false);
+        self.set_sregs(&s)?;
+        self.set_regs(r)
+    }
+
+    /// The FPU and vector state as its XSAVE image (`KVM_GET_XSAVE`'s 4 KiB region).
+    pub fn xsave_image(&mut self) -> Result<Vec<u8>> {
+        let x = self
+            .fd
+            .get_xsave()
+            .map_err(|e| anyhow!("KVM_GET_XSAVE: {e}"))?;
+        Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+
+    /// Load the first `img.len()` bytes of an XSAVE image (the rest of the state as it is).
+    /// The legacy area's MXCSR is masked to the bits the CPU accepts (a program's bad
+    /// value must not make `KVM_SET_XSAVE` fail), and the header keeps only the guest's
+    /// features.
+    pub fn set_xsave_image(&mut self, vm: &Vm, img: &[u8]) -> Result<()> {
+        let mut x = self
+            .fd
+            .get_xsave()
+            .map_err(|e| anyhow!("KVM_GET_XSAVE: {e}"))?;
+        let mut bytes: Vec<u8> = x.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let n = img.len().min(bytes.len());
+        bytes[..n].copy_from_slice(&img[..n]);
+        // MXCSR at 24: reserved bits zero (MXCSR_MASK of current CPUs: 0xffff).
+        bytes[28..32].copy_from_slice(&[0xff, 0xff, 0, 0]);
+        let mxcsr = u32::from_le_bytes(bytes[24..28].try_into().expect("4")) & 0xffff;
+        bytes[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        // XSTATE_BV at 512: only enabled features; XCOMP_BV zero (standard format); the
+        // reserved header bytes zero.
+        let bv = u64::from_le_bytes(bytes[512..520].try_into().expect("8")) & vm.xcr0;
+        bytes[512..520].copy_from_slice(&bv.to_le_bytes());
+        bytes[520..576].fill(0);
+        for (w, c) in x.region.iter_mut().zip(bytes.chunks(4)) {
+            *w = u32::from_le_bytes(c.try_into().expect("4"));
+        }
+        // SAFETY: as in `restore`: the image is KVM's own format for this VM, its header
+        // limited to the guest's XCR0 features, all within the 4096-byte region.
+        unsafe { self.fd.set_xsave(&x) }.map_err(|e| anyhow!("KVM_SET_XSAVE: {e}"))
+    }
+
+    /// Save what the running task left on this CPU (`switch_to`'s first half): with the
+    /// registers, the exception frame on the entry stack when the CPU is in ring 0 on it
+    /// (stopped in an exception stub, about to `iretq` through that frame).
+    pub fn save(&mut self, vm: &Vm) -> Result<CpuContext> {
+        let regs = self.regs()?;
+        let sregs = self.sregs()?;
+        let frame = if sregs.cs.selector & 3 == 0 {
+            match vm.entry.stack_phys(self.id, regs.rsp) {
+                Some(pa) => {
+                    let mut bytes = [0u8; 48];
+                    vm.ram.read(pa.0, &mut bytes)?;
+                    let mut f = [0u64; 6];
+                    for (i, v) in f.iter_mut().enumerate() {
+                        *v = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
+                    }
+                    Some(f)
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(CpuContext {
+            regs,
+            sregs,
+            xsave: Box::new(
+                self.fd
+                    .get_xsave()
+                    .map_err(|e| anyhow!("KVM_GET_XSAVE: {e}"))?,
+            ),
+            frame,
+        })
+    }
+
+    /// Load a saved task onto this CPU (`switch_to`'s second half; CR3 comes with the
+    /// special registers, which is `switch_mm`: without PCIDs the load flushes the TLB).
+    pub fn restore(&mut self, vm: &Vm, c: &CpuContext) -> Result<()> {
+        self.set_sregs(&c.sregs)?;
+        self.set_regs(&c.regs)?;
+        // SAFETY: the image came from KVM_GET_XSAVE on a vCPU of the same VM; the guest's
+        // XCR0 holds x87, SSE, AVX and AVX-512 state only (no dynamically enabled
+        // features such as AMX), all of which fit the 4096-byte `kvm_xsave`.
+        unsafe { self.fd.set_xsave(&c.xsave) }.map_err(|e| anyhow!("KVM_SET_XSAVE: {e}"))?;
+        if let Some(f) = &c.frame {
+            self.set_frame(vm, f)?;
         }
         Ok(())
     }

@@ -50,6 +50,8 @@ pub struct Vm {
     pub(crate) cpuid: CpuId,
     /// The `XCR0` the guest runs with (the x87, SSE, AVX and AVX-512 states KVM supports).
     pub xcr0: u64,
+    /// Bytes of the XSAVE image of the `XCR0` features (the FPU state in a signal frame).
+    pub xsave_size: usize,
     /// `KVM_CAP_SYNC_REGS`: registers come with the exit, no ioctl needed.
     pub sync_regs: bool,
     /// How `SYSCALL` enters (probed at creation).
@@ -118,12 +120,24 @@ impl Vm {
                 (e.eax as u64 | ((e.edx as u64) << 32)) & xsave_mask
             });
         let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        // The end of the highest enabled component (CPUID.(0DH, i): size EAX at offset
+        // EBX), at least the legacy area and the XSAVE header.
+        let xsave_size = (2..8)
+            .filter(|i| xcr0 & (1 << i) != 0)
+            .map(|i| {
+                let c = core::arch::x86_64::__cpuid_count(0xd, i);
+                (c.ebx + c.eax) as usize
+            })
+            .max()
+            .unwrap_or(0)
+            .clamp(576, 4096);
         let mut vm = Self {
             ram: m.ram.clone(),
             vm,
             entry,
             cpuid,
             xcr0,
+            xsave_size,
             sync_regs,
             syscall_entry: SyscallEntry::Lstar,
             vcpus: std::sync::Mutex::new(Vec::new()),

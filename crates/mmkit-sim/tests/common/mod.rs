@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod kvm;
+
 use mmkit::arch::x86_64::e820::E820Table;
 use mmkit::gfp::Gfp;
 use mmkit::{CpuGuard, Kernel, Page};

@@ -70,6 +70,9 @@ impl Task {
 #[derive(Default)]
 pub struct TaskTable {
     tasks: BTreeMap<Pid, Task>,
+    /// Ids of threads other than the leaders (`alloc_pid` for a `CLONE_THREAD` task): taken
+    /// from the same space as process ids.
+    threads: alloc::collections::BTreeSet<Pid>,
     last_pid: Pid,
 }
 
@@ -113,11 +116,24 @@ impl TaskTable {
             } else {
                 self.last_pid + 1
             };
-            if !self.tasks.contains_key(&self.last_pid) {
+            if !self.tasks.contains_key(&self.last_pid) && !self.threads.contains(&self.last_pid) {
                 return Ok(self.last_pid);
             }
         }
         Err(Errno::EAGAIN)
+    }
+
+    /// A thread id for a new `CLONE_THREAD` task of some process (its address space and
+    /// accounting stay the process's; the id is reserved until [`TaskTable::free_tid`]).
+    pub fn alloc_tid(&mut self) -> Result<Pid, Errno> {
+        let tid = self.alloc_pid()?;
+        self.threads.insert(tid);
+        Ok(tid)
+    }
+
+    /// A thread that exited gives its id back.
+    pub fn free_tid(&mut self, tid: Pid) {
+        self.threads.remove(&tid);
     }
 
     /// The first task: `execve` of `file` in a new process with no parent.
@@ -173,32 +189,47 @@ impl TaskTable {
     pub fn fork(&mut self, k: &Kernel, cpu: &CpuGuard<'_>, parent: Pid) -> Result<Pid, Errno> {
         let p = self.tasks.get(&parent).ok_or(Errno::ESRCH)?;
         let mm = k.dup_mmap(cpu, p.mm.as_ref().ok_or(Errno::ESRCH)?)?;
-        let comm = p.comm.clone();
-        let (entry, sp, adj) = (p.entry, p.sp, p.oom_score_adj);
-        let pid = match self.alloc_pid() {
-            Ok(pid) => pid,
+        match self.alloc_pid() {
+            Ok(pid) => Ok(self.insert_child(parent, pid, Some(mm))),
             Err(e) => {
                 k.exit_mmap(cpu, mm);
-                return Err(e);
+                Err(e)
             }
-        };
-        self.tasks.insert(
+        }
+    }
+
+    /// `fork` with `CLONE_VM | CLONE_VFORK` (`vfork`, `posix_spawn`): a child that runs in
+    /// `parent`'s own address space while the parent waits for it to exec or exit. The
+    /// address space moves to the child (the parent runs nothing meanwhile); whoever runs
+    /// the tasks moves it back at the child's exec or exit (`mm_release`).
+    pub fn vfork(&mut self, parent: Pid) -> Result<Pid, Errno> {
+        if self.tasks.get(&parent).ok_or(Errno::ESRCH)?.mm.is_none() {
+            return Err(Errno::ESRCH);
+        }
+        let pid = self.alloc_pid()?;
+        let mm = self.tasks.get_mut(&parent).and_then(|p| p.mm.take());
+        Ok(self.insert_child(parent, pid, mm))
+    }
+
+    /// `copy_process`'s task: `pid`, a child of `parent` with its name, entry point and
+    /// `oom_score_adj`, running in `mm`.
+    fn insert_child(&mut self, parent: Pid, pid: Pid, mm: Option<MmStruct>) -> Pid {
+        let p = &self.tasks[&parent];
+        let task = Task {
             pid,
-            Task {
-                pid,
-                ppid: parent,
-                comm,
-                mm: Some(mm),
-                state: TaskState::Running,
-                exit_code: 0,
-                faults: FaultCounts::default(),
-                child_faults: FaultCounts::default(),
-                entry,
-                sp,
-                oom_score_adj: adj,
-            },
-        );
-        Ok(pid)
+            ppid: parent,
+            comm: p.comm.clone(),
+            mm,
+            state: TaskState::Running,
+            exit_code: 0,
+            faults: FaultCounts::default(),
+            child_faults: FaultCounts::default(),
+            entry: p.entry,
+            sp: p.sp,
+            oom_score_adj: p.oom_score_adj,
+        };
+        self.tasks.insert(pid, task);
+        pid
     }
 
     /// `execve` in task `pid`: on success its old address space is released (`exec_mmap`

@@ -12,7 +12,6 @@ use crate::addr::{PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::fs::inode::Inode;
-use crate::gfp::GFP_HIGHUSER_MOVABLE;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::vmstat::{index_of, NODE_STAT_NAMES, VM_EVENT_NAMES};
 use crate::Kernel;
@@ -51,22 +50,21 @@ impl Kernel {
         Some(page)
     }
 
-    /// Read the page at `index` from the backing store into a new page and add it to the
-    /// cache (`filemap_add_folio` + `read_folio`). Returns the page (no reference taken: the
-    /// cache holds it), or `None` when it was cached already; `EIO` when the store fails
-    /// (nothing is cached then), `ENOMEM`.
+    /// Read the page at `index` from the backing store into a new page allocated with `gfp`
+    /// and add it to the cache (`filemap_add_folio` + `read_folio`). Returns the page (no
+    /// reference taken: the cache holds it), or `None` when it was cached already; `EIO`
+    /// when the store fails (nothing is cached then), `ENOMEM`.
     pub(crate) fn page_cache_read_one(
         &self,
         cpu: &CpuGuard<'_>,
         inode: &Inode,
         index: u64,
+        gfp: crate::Gfp,
     ) -> Result<Option<&Page>, Errno> {
         if inode.i_pages.lock().contains_key(index) {
             return Ok(None);
         }
-        let page = self
-            .alloc_pages(cpu, GFP_HIGHUSER_MOVABLE, 0)
-            .ok_or(Errno::ENOMEM)?;
+        let page = self.alloc_pages(cpu, gfp, 0).ok_or(Errno::ENOMEM)?;
         let pfn = self.page_to_pfn(page);
         let mut buf = [0u8; PAGE_SIZE as usize];
         let n = match inode.data.read_at(index << PAGE_SHIFT, &mut buf) {

@@ -75,6 +75,11 @@ impl Kernel {
             "{} invoked oom-killer: gfp_mask={}, order={order}, oom_score_adj={}",
             trigger.comm, gfp, trigger.oom_score_adj
         ));
+        // dump_header's show_mem: the zones' free memory against their watermarks.
+        self.printk("Mem-Info:");
+        for line in crate::mm::show_mem::show_free_areas(self).lines() {
+            self.printk(line);
+        }
         self.printk("Tasks state (memory values in pages):");
         self.printk("[  pid  ]   uid  tgid total_vm      rss rss_anon rss_file rss_shmem pgtables_bytes swapents oom_score_adj name");
         let mut lines: Vec<String> = Vec::new();

@@ -12,6 +12,7 @@
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::fs::inode::{File, Inode};
+use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
 use crate::mm::page::{Page, PageFlags};
 use crate::Kernel;
 
@@ -62,7 +63,16 @@ impl Kernel {
         let mark = (lookahead > 0).then(|| index + nr - lookahead);
         let mut read = 0;
         for i in index..end {
-            match self.page_cache_read_one(cpu, inode, i) {
+            // The page the caller needs gets the mapping's mask; the ones read ahead of it
+            // `readahead_gfp_mask`'s (`__GFP_NORETRY | __GFP_NOWARN`): under pressure they
+            // are skipped quietly instead of reclaiming hard and warning for pages nobody
+            // asked for yet.
+            let gfp = if i == index {
+                GFP_HIGHUSER_MOVABLE
+            } else {
+                GFP_HIGHUSER_MOVABLE | Gfp::__GFP_NORETRY | Gfp::__GFP_NOWARN
+            };
+            match self.page_cache_read_one(cpu, inode, i, gfp) {
                 Ok(Some(page)) => {
                     read += 1;
                     if Some(i) == mark {

@@ -466,7 +466,9 @@ impl Kernel {
     /// `shrink_node`: one pass over the node's lists at `sc.priority`, in batches of
     /// `SWAP_CLUSTER_MAX`, deactivating when an inactive list runs low; then reap slab.
     pub fn shrink_node(&self, cpu: &CpuGuard<'_>, nid: usize, sc: &mut ScanControl) {
-        let mut nr = self.get_scan_count(nid, sc);
+        let targets = self.get_scan_count(nid, sc);
+        let mut nr = targets;
+        let mut scan_adjusted = false;
         while nr[LRU_INACTIVE_ANON] + nr[LRU_ACTIVE_FILE] + nr[LRU_INACTIVE_FILE] > 0 {
             for l in [
                 LRU_INACTIVE_ANON,
@@ -488,9 +490,38 @@ impl Kernel {
                     self.shrink_inactive_list(cpu, nid, file, n, sc);
                 }
             }
-            if sc.nr_reclaimed >= sc.nr_to_reclaim && !sc.kswapd {
+            if sc.nr_reclaimed < sc.nr_to_reclaim || scan_adjusted {
+                continue;
+            }
+            if !sc.kswapd {
                 break;
             }
+            // shrink_lruvec for kswapd: it reclaims at least what was asked, then keeps
+            // anon and file scanned in the proportion get_scan_count set — it stops the
+            // list type it has scanned less of and cuts the other by the same share —
+            // instead of finishing the whole pass (which at a low priority frees
+            // thousands of pages past the high watermark at once). With one type only,
+            // it stops.
+            let left = |lo: usize| nr[lo] + nr[lo + 1];
+            let (nr_anon, nr_file) = (left(LRU_INACTIVE_ANON), left(LRU_INACTIVE_FILE));
+            if nr_anon == 0 || nr_file == 0 {
+                break;
+            }
+            let (stop, other, stop_left) = if nr_file > nr_anon {
+                (LRU_INACTIVE_ANON, LRU_INACTIVE_FILE, nr_anon)
+            } else {
+                (LRU_INACTIVE_FILE, LRU_INACTIVE_ANON, nr_file)
+            };
+            let stop_target = targets[stop] + targets[stop + 1] + 1;
+            let percentage = stop_left * 100 / stop_target;
+            nr[stop] = 0;
+            nr[stop + 1] = 0;
+            for l in [other, other + 1] {
+                let scanned = targets[l] - nr[l];
+                let keep = targets[l] * (100 - percentage) / 100;
+                nr[l] = keep - scanned.min(keep);
+            }
+            scan_adjusted = true;
         }
         // The anon inactive list is refilled even when only file was scanned, as Linux's
         // shrink_node does for aging.

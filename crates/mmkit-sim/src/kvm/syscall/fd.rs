@@ -13,6 +13,8 @@ pub const NR_OPEN_DEFAULT: usize = 1024;
 pub enum FdKind {
     /// A host file descriptor (file, directory, pipe, terminal).
     Host(OwnedFd),
+    /// One end of a pipe between the machine's processes (pages from mmkit).
+    Pipe(std::sync::Arc<crate::kvm::pipe::PipeEnd>),
     /// Generated contents (a `/proc` file), with the read position.
     Mem {
         /// The bytes.
@@ -39,7 +41,7 @@ impl Fd {
     pub fn host(&self) -> Option<RawFd> {
         match &self.kind {
             FdKind::Host(f) => Some(f.as_raw_fd()),
-            FdKind::Mem { .. } => None,
+            FdKind::Mem { .. } | FdKind::Pipe(_) => None,
         }
     }
 }
@@ -137,6 +139,7 @@ impl FdTable {
                 data: data.clone(),
                 pos: *pos,
             },
+            FdKind::Pipe(end) => FdKind::Pipe(end.clone()),
         };
         Ok(Fd {
             kind,
@@ -144,6 +147,27 @@ impl FdTable {
             path: f.path.clone(),
             cache: f.cache.clone(),
         })
+    }
+
+    /// `dup_fd`: the child's table at `fork`, every descriptor referring to the same open
+    /// file as the parent's (close-on-exec flags copied).
+    pub fn fork_copy(&self) -> Result<FdTable, i64> {
+        let mut t = FdTable::default();
+        for i in self.open_fds().collect::<Vec<_>>() {
+            let mut f = self.dup_of(i as i64)?;
+            f.cloexec = self.fds[i].as_ref().is_some_and(|f| f.cloexec);
+            t.install_at(i, f)?;
+        }
+        Ok(t)
+    }
+
+    /// `do_close_on_exec`.
+    pub fn close_on_exec(&mut self) {
+        for slot in &mut self.fds {
+            if slot.as_ref().is_some_and(|f| f.cloexec) {
+                *slot = None;
+            }
+        }
     }
 
     /// Close everything (the process exits).

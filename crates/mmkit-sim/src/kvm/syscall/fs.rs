@@ -9,9 +9,11 @@
 //! by writeback (`msync`, reclaim, exit).
 
 use super::fd::{Fd, FdKind};
-use super::{Proc, SysResult, EBADF, EFAULT, EINVAL, MAX_RW_CHUNK};
+use super::{Proc, SysResult, EBADF, EINVAL, MAX_RW_CHUNK};
+use crate::kvm::pipe::PipeEnd;
 use mmkit::CpuGuard;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 /// The host's `-errno` of the last failed call.
 fn last_err() -> i64 {
@@ -21,7 +23,7 @@ fn last_err() -> i64 {
 }
 
 /// A host call's result as a syscall result.
-fn host(r: i64) -> SysResult {
+pub(super) fn host(r: i64) -> SysResult {
     if r < 0 {
         Err(last_err())
     } else {
@@ -30,6 +32,14 @@ fn host(r: i64) -> SysResult {
 }
 
 impl Proc<'_> {
+    /// The pipe end behind guest descriptor `fd`, if it is one.
+    pub(crate) fn pipe_end(&self, fd: i64) -> Option<Arc<PipeEnd>> {
+        match &self.fds.get(fd)?.kind {
+            FdKind::Pipe(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
     /// The host descriptor of guest descriptor `fd` (`EBADF`; `AT_FDCWD` passes through).
     fn host_fd(&self, fd: i64) -> Result<RawFd, i64> {
         if fd as i32 == libc::AT_FDCWD {
@@ -63,6 +73,10 @@ pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
     let (fd, buf, count) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT));
     let f = p.fds.get_mut(fd).ok_or(EBADF)?;
     match &mut f.kind {
+        FdKind::Pipe(end) => {
+            let end = end.clone();
+            super::pipe::pipe_read(p, cpu, &end, buf, count)
+        }
         FdKind::Mem { data, pos } => {
             let end = (*pos + count).min(data.len());
             let out = data[(*pos).min(end)..end].to_vec();
@@ -129,6 +143,10 @@ fn errno(e: mmkit::Errno) -> i64 {
 /// short count is the answer), then into mmkit's cached pages of the file.
 pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let (fd, buf, count) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT));
+    if let Some(end) = p.pipe_end(fd) {
+        let data = p.read_user(cpu, buf, count.min(MAX_RW_CHUNK))?;
+        return super::pipe::pipe_write(p, cpu, &end, &data);
+    }
     let h = p.host_fd(fd)?;
     let regular = p.fds.get(fd).is_some_and(|f| f.cache.is_some());
     let mut done = 0usize;
@@ -175,6 +193,7 @@ pub fn sys_pread64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
     }
     let f = p.fds.get(fd).ok_or(EBADF)?;
     match &f.kind {
+        FdKind::Pipe(_) => Err(-(libc::ESPIPE as i64)),
         FdKind::Mem { data, .. } => {
             let s = (off as usize).min(data.len());
             let out = data[s..(s + count).min(data.len())].to_vec();
@@ -257,7 +276,11 @@ pub fn sys_readv(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
 
 /// `writev`: the vectors gathered into one host `write` (atomic for a pipe, as Linux's).
 pub fn sys_writev(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let h = p.host_fd(a[0] as i64)?;
+    let pipe = p.pipe_end(a[0] as i64);
+    let h = match pipe {
+        Some(_) => -1,
+        None => p.host_fd(a[0] as i64)?,
+    };
     let mut data = Vec::new();
     for (base, len) in iovecs(p, cpu, a[1], a[2])? {
         let room = MAX_RW_CHUNK.saturating_sub(data.len());
@@ -266,6 +289,9 @@ pub fn sys_writev(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
         }
         let chunk = p.read_user(cpu, base, (len as usize).min(room))?;
         data.extend_from_slice(&chunk);
+    }
+    if let Some(end) = pipe {
+        return super::pipe::pipe_write(p, cpu, &end, &data);
     }
     // SAFETY: lseek of our own descriptor.
     let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
@@ -357,6 +383,7 @@ pub fn sys_lseek(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     let (fd, off, whence) = (a[0] as i64, a[1] as i64, a[2] as i32);
     let f = p.fds.get_mut(fd).ok_or(EBADF)?;
     match &mut f.kind {
+        FdKind::Pipe(_) => Err(-(libc::ESPIPE as i64)),
         FdKind::Mem { data, pos } => {
             let base = match whence {
                 libc::SEEK_SET => 0,
@@ -404,6 +431,17 @@ fn copy_stat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, addr: u64, st: &libc::stat) -
 pub fn sys_fstat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let f = p.fds.get(a[0] as i64).ok_or(EBADF)?;
     let st = match &f.kind {
+        FdKind::Pipe(_) => {
+            // pipefs: a FIFO of mode 0600 owned by the caller, one page of block size.
+            // SAFETY: zeroed stat is valid plain data.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            st.st_mode = libc::S_IFIFO | 0o600;
+            st.st_nlink = 1;
+            st.st_blksize = 4096;
+            // SAFETY: getuid/getgid cannot fail.
+            (st.st_uid, st.st_gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            st
+        }
         FdKind::Mem { data, .. } => mem_stat(data.len()),
         FdKind::Host(h) => {
             let h = std::os::fd::AsRawFd::as_raw_fd(h);
@@ -522,6 +560,32 @@ pub fn sys_fcntl(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
         }
         _ => {
             let f = p.fds.get(fd).ok_or(EBADF)?;
+            if let FdKind::Pipe(end) = &f.kind {
+                return match cmd {
+                    libc::F_GETFL => {
+                        let mode = if end.write {
+                            libc::O_WRONLY
+                        } else {
+                            libc::O_RDONLY
+                        };
+                        let nb = if end.nonblocking() {
+                            libc::O_NONBLOCK
+                        } else {
+                            0
+                        };
+                        Ok((mode | nb) as i64)
+                    }
+                    libc::F_SETFL => {
+                        end.nonblock.store(
+                            arg & libc::O_NONBLOCK as u64 != 0,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        Ok(0)
+                    }
+                    libc::F_GETPIPE_SZ => Ok((super::super::pipe::PIPE_DEF_BUFFERS * 4096) as i64),
+                    _ => Err(EINVAL),
+                };
+            }
             match f.host() {
                 // F_GETFL, F_SETFL, locks on numbers: the host's.
                 Some(h) if matches!(cmd, libc::F_GETFL | libc::F_SETFL) => {
@@ -540,6 +604,14 @@ pub fn sys_fcntl(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
 /// `FIONREAD`), forwarded with their argument structure copied; others are `ENOTTY`.
 pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let (fd, req, arg) = (a[0] as i64, a[1], a[2]);
+    if let Some(end) = p.pipe_end(fd) {
+        if req != libc::FIONREAD {
+            return Err(-(libc::ENOTTY as i64));
+        }
+        let n = end.pipe.available() as i32;
+        p.write_user(cpu, arg, &n.to_le_bytes())?;
+        return Ok(0);
+    }
     let h = match p.fds.get(fd).ok_or(EBADF)?.host() {
         Some(h) => h,
         None => return Err(-(libc::ENOTTY as i64)),
@@ -618,6 +690,21 @@ pub fn sys_mkdirat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
     let d = p.host_fd(a[0] as i64)?;
     // SAFETY: a NUL-terminated path.
     host(unsafe { libc::mkdirat(d, path.as_ptr(), a[2] as u32) } as i64)
+}
+
+/// `fchmodat` (and `chmod`).
+pub fn sys_fchmodat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let path = p.read_path(cpu, a[1])?;
+    let d = p.host_fd(a[0] as i64)?;
+    // SAFETY: a NUL-terminated path.
+    host(unsafe { libc::fchmodat(d, path.as_ptr(), (a[2] & 0o7777) as u32, 0) } as i64)
+}
+
+/// `fchmod`.
+pub fn sys_fchmod(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let h = p.fds.get(a[0] as i64).and_then(|f| f.host()).ok_or(EBADF)?;
+    // SAFETY: fchmod of our own descriptor.
+    host(unsafe { libc::fchmod(h, (a[1] & 0o7777) as u32) } as i64)
 }
 
 /// `unlinkat` (and `unlink`, `rmdir`).
@@ -700,68 +787,6 @@ pub fn sys_fadvise64(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysR
         return Err(EINVAL);
     }
     Ok(0)
-}
-
-/// `pipe2(fds, flags)`: a host pipe (the next issue gives pipes mmkit's pages).
-pub fn sys_pipe2(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let flags = a[1] as i32;
-    let mut ends = [0i32; 2];
-    // SAFETY: into our own array; both descriptors are owned below.
-    host(unsafe {
-        libc::pipe2(
-            ends.as_mut_ptr(),
-            (flags & !libc::O_CLOEXEC) | libc::O_CLOEXEC,
-        )
-    } as i64)?;
-    let cloexec = flags & libc::O_CLOEXEC != 0;
-    let mut out = [0i32; 2];
-    for (i, &e) in ends.iter().enumerate() {
-        // SAFETY: fresh descriptors nobody else owns.
-        let f = Fd {
-            kind: FdKind::Host(unsafe { OwnedFd::from_raw_fd(e) }),
-            cloexec,
-            path: None,
-            cache: None,
-        };
-        out[i] = p.fds.install(f, 0)? as i32;
-    }
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&out[0].to_le_bytes());
-    b[4..].copy_from_slice(&out[1].to_le_bytes());
-    if p.write_user(cpu, a[0], &b).is_err() {
-        let _ = p.fds.close(out[0] as i64);
-        let _ = p.fds.close(out[1] as i64);
-        return Err(EFAULT);
-    }
-    Ok(0)
-}
-
-/// `poll(fds, nfds, timeout)` on host descriptors.
-pub fn sys_poll(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let (ufds, nfds, timeout) = (a[0], a[1] as usize, a[2] as i32);
-    if nfds > super::fd::NR_OPEN_DEFAULT {
-        return Err(EINVAL);
-    }
-    let raw = p.read_user(cpu, ufds, nfds * 8)?;
-    let mut pfds: Vec<libc::pollfd> = raw
-        .chunks(8)
-        .map(|c| {
-            let fd = i32::from_le_bytes(c[..4].try_into().expect("4"));
-            libc::pollfd {
-                fd: p.fds.get(fd as i64).and_then(|f| f.host()).unwrap_or(-1),
-                events: i16::from_le_bytes(c[4..6].try_into().expect("2")),
-                revents: 0,
-            }
-        })
-        .collect();
-    // SAFETY: our own array of `nfds` pollfds.
-    let r = host(unsafe { libc::poll(pfds.as_mut_ptr(), nfds as u64, timeout) } as i64)?;
-    let mut out = raw.clone();
-    for (i, pf) in pfds.iter().enumerate() {
-        out[i * 8 + 6..i * 8 + 8].copy_from_slice(&pf.revents.to_le_bytes());
-    }
-    p.write_user(cpu, ufds, &out)?;
-    Ok(r)
 }
 
 /// `getxattr`/`lgetxattr`/`fgetxattr`/`listxattr`/`llistxattr`/`flistxattr`, forwarded.

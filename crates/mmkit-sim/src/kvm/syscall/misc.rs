@@ -1,6 +1,6 @@
 //! The rest a single-threaded program needs (`kernel/sys.c`, `kernel/time/`, `kernel/signal.c`,
 //! `arch/x86/kernel/process_64.c`'s `arch_prctl`, `kernel/futex/`): exit, identity and time
-//! (the host's), the FS/GS base, and the signal and futex calls as far as one thread with no
+//! (the host's), the FS/GS base, and the signal calls as far as one thread with no
 //! handler running needs them (handlers are the next issue's).
 
 use super::super::process::Status;
@@ -290,55 +290,4 @@ pub fn sys_sched_getaffinity(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) 
     }
     p.write_user(cpu, a[2], &mask)?;
     Ok(bytes as i64)
-}
-
-/// `futex`: with one thread, `FUTEX_WAIT` on a value that matches would sleep forever and
-/// `FUTEX_WAKE` wakes nobody; the value check is done as Linux does it.
-pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    const FUTEX_WAIT: u64 = 0;
-    const FUTEX_WAKE: u64 = 1;
-    const FUTEX_WAIT_BITSET: u64 = 9;
-    const FUTEX_WAKE_BITSET: u64 = 10;
-    let op = a[1] & 0x7f;
-    match op {
-        FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
-        FUTEX_WAIT | FUTEX_WAIT_BITSET => {
-            let b = p.read_user(cpu, a[0], 4)?;
-            if u32::from_le_bytes(b.try_into().expect("4")) != a[2] as u32 {
-                return Err(-(libc::EAGAIN as i64));
-            }
-            // Nobody else can wake us: this is a deadlock in the program.
-            Err(-(libc::EDEADLK as i64))
-        }
-        _ => Err(-(libc::ENOSYS as i64)),
-    }
-}
-
-/// `kill`/`tkill`/`tgkill` to itself: the signal's default action (handlers come with the
-/// next issue); to others, `ESRCH`.
-pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> SysResult {
-    let (target, sig) = match nr {
-        234 => (a[1] as i64, a[2] as i32),
-        _ => (a[0] as i64, a[1] as i32),
-    };
-    if !(0..=64).contains(&sig) {
-        return Err(EINVAL);
-    }
-    let me = p.pid as i64;
-    if target != me && !(nr == 62 && (target == 0 || target == -1)) {
-        return Err(-(libc::ESRCH as i64));
-    }
-    if sig == 0 {
-        return Ok(0);
-    }
-    // Default actions: these are ignored, the rest terminate.
-    const IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT];
-    let handled = p
-        .sigactions
-        .get(sig as usize)
-        .is_some_and(|s| s[..8] != [0; 8]);
-    if !IGNORED.contains(&sig) && !handled {
-        p.exit = Some(Status::Signaled(sig));
-    }
-    Ok(0)
 }

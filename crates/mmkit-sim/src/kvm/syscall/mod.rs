@@ -13,6 +13,8 @@ pub mod fd;
 pub mod fs;
 pub mod misc;
 pub mod mm;
+pub mod pipe;
+pub mod proc;
 pub mod procfs;
 
 pub use fd::FdTable;
@@ -29,6 +31,8 @@ pub const ENOSYS: i64 = -(libc::ENOSYS as i64);
 pub const EFAULT: i64 = -(libc::EFAULT as i64);
 /// `EINVAL`.
 pub const EINVAL: i64 = -(libc::EINVAL as i64);
+/// `ERESTARTSYS`: the call must wait and will be made again (never seen by the program).
+pub const ERESTARTSYS: i64 = -512;
 /// `EBADF`.
 pub const EBADF: i64 = -(libc::EBADF as i64);
 /// `PATH_MAX`.
@@ -368,6 +372,18 @@ pub fn handle(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, vm: &Vm, vcpu: &mut Vcpu) ->
     }
     let shown = p.opts.strace.then(|| strace_call(p, cpu, nr, &args));
     let r = dispatch(p, cpu, vm, vcpu, nr, args);
+    if p.blocked {
+        // It waits: no result yet (the call is made again, and counted once).
+        p.syscalls -= 1;
+        return Ok(());
+    }
+    if p.regs_set {
+        // rt_sigreturn loaded every register.
+        if let Some(s) = shown {
+            eprintln!("{s} = ?");
+        }
+        return Ok(());
+    }
     let ret = match r {
         Ok(v) => v,
         Err(e) => e,
@@ -547,19 +563,48 @@ fn dispatch(
         137 => fs::sys_statfs(p, cpu, a),
         138 => fs::sys_fstatfs(p, cpu, a),
         221 => fs::sys_fadvise64(p, cpu, a),
-        293 => fs::sys_pipe2(p, cpu, a),
-        22 => fs::sys_pipe2(p, cpu, [a[0], 0, 0, 0, 0, 0]),
+        293 => pipe::sys_pipe2(p, cpu, a),
+        22 => pipe::sys_pipe2(p, cpu, [a[0], 0, 0, 0, 0, 0]),
         191..=196 => fs::sys_xattr(p, cpu, nr, a),
         41 => fs::sys_socket(p, cpu, a),
         40 => fs::sys_sendfile(p, cpu, a),
         326 => fs::sys_copy_file_range(p, cpu, a),
         42 => fs::sys_connect(p, cpu, a),
-        7 => fs::sys_poll(p, cpu, a),
+        7 => pipe::sys_poll(p, cpu, a),
+        34 => proc::sys_pause(p, cpu, a),
+        37 => proc::sys_alarm(p, cpu, a),
+        38 => proc::sys_setitimer(p, cpu, a),
+        90 => fs::sys_fchmodat(p, cpu, [libc::AT_FDCWD as u64, a[0], a[1], 0, 0, 0]),
+        91 => fs::sys_fchmod(p, cpu, a),
+        268 => fs::sys_fchmodat(p, cpu, a),
         // Processes, time, identity: forwarded or answered here.
-        60 | 231 => misc::sys_exit_group(p, cpu, a),
-        39 | 186 => Ok(p.pid as i64),
-        110 => Ok(1),
-        111 => Ok(p.pid as i64),
+        231 => misc::sys_exit_group(p, cpu, a),
+        60 => proc::sys_exit(p, cpu, a),
+        39 => Ok(p.pid as i64),
+        186 => Ok(p.tid as i64),
+        110 => proc::sys_getppid(p, cpu, a),
+        111 => proc::sys_getpgid(p, cpu, [0; 6]),
+        121 => proc::sys_getpgid(p, cpu, a),
+        109 => proc::sys_setpgid(p, cpu, a),
+        112 => proc::sys_setsid(p, cpu, a),
+        124 => proc::sys_getsid(p, cpu, a),
+        56 => proc::sys_clone(p, cpu, a),
+        57 => proc::sys_clone(p, cpu, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]),
+        58 => proc::sys_clone(
+            p,
+            cpu,
+            [
+                (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        ),
+        59 => proc::sys_execve(p, cpu, [libc::AT_FDCWD as u64, a[0], a[1], a[2], 0, 0]),
+        322 => proc::sys_execve(p, cpu, a),
+        61 => proc::sys_wait4(p, cpu, a),
         102 | 107 => Ok(unsafe_id(libc::getuid)),
         104 | 108 => Ok(unsafe_id(libc::getgid)),
         63 => misc::sys_uname(p, cpu, a),
@@ -571,20 +616,24 @@ fn dispatch(
         35 => misc::sys_nanosleep(p, cpu, a),
         230 => misc::sys_clock_nanosleep(p, cpu, a),
         318 => misc::sys_getrandom(p, cpu, a),
-        218 => Ok(p.pid as i64),
+        218 => proc::sys_set_tid_address(p, cpu, a),
         273 => Ok(0),
         334 => Err(ENOSYS),
         13 => misc::sys_rt_sigaction(p, cpu, a),
+        15 => {
+            crate::kvm::signal::sigreturn(p, cpu, vm, vcpu).map_err(|_| EFAULT)?;
+            Ok(0)
+        }
         14 => misc::sys_rt_sigprocmask(p, cpu, a),
         131 => misc::sys_sigaltstack(p, cpu, a),
         158 => misc::sys_arch_prctl(p, cpu, vcpu, a),
         157 => misc::sys_prctl(p, cpu, a),
         204 => misc::sys_sched_getaffinity(p, cpu, a),
         24 => Ok(0),
-        202 => misc::sys_futex(p, cpu, a),
-        62 | 200 | 234 => misc::sys_kill(p, cpu, nr, a),
-        // Processes are the next issue's: refused for now, as the issue says.
-        56 | 57 | 58 | 59 | 61 | 435 => Err(ENOSYS),
+        202 => proc::sys_futex(p, cpu, a),
+        62 | 200 | 234 => proc::sys_kill(p, cpu, nr, a),
+        // clone3: glibc falls back to clone.
+        435 => Err(ENOSYS),
         _ => Err(ENOSYS),
     }
 }

@@ -10,25 +10,38 @@ use mmkit::CpuGuard;
 /// The clock ticks per second `/proc/PID/stat` counts in (`USER_HZ`).
 const USER_HZ: u64 = 100;
 
-/// What `/proc/PID/...` names: our pid or `self`.
-fn own_pid_path<'a>(p: &Proc<'_>, path: &'a str) -> Option<&'a str> {
+/// What `/proc/PID/...` names: `self`/`thread-self` (the caller), or a pid — the machine's
+/// task of that id, or `ESRCH` when the machine has none (a host pid means nothing here).
+fn pid_path<'a>(p: &Proc<'_>, path: &'a str) -> Option<Result<(u32, &'a str), i64>> {
     let rest = path.strip_prefix("/proc/")?;
     let (who, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let ours = who == "self" || who == "thread-self" || who.parse::<u32>().ok() == Some(p.pid);
-    ours.then_some(tail)
+    if who == "self" || who == "thread-self" {
+        return Some(Ok((p.pid, tail)));
+    }
+    let pid = who.parse::<u32>().ok()?;
+    Some(match p.tasks.get(pid) {
+        Some(_) => Ok((pid, tail)),
+        None => Err(-(libc::ENOENT as i64)),
+    })
 }
 
 /// The contents of `/proc` file `path` if it is one of mmkit's views, generated now.
 pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<Vec<u8>>, i64> {
     let k = p.k;
-    if let Some(tail) = own_pid_path(p, path) {
-        let t = p.tasks.get(p.pid).ok_or(-(libc::ESRCH as i64))?;
+    if let Some(r) = pid_path(p, path) {
+        let (pid, tail) = r?;
+        let t = p.tasks.get(pid).ok_or(-(libc::ESRCH as i64))?;
         let text = match tail {
-            "maps" => t.mm.as_ref().map(proc::task_mmu::proc_pid_maps),
-            "smaps" => {
+            "maps" => Some(
+                t.mm.as_ref()
+                    .map(proc::task_mmu::proc_pid_maps)
+                    .unwrap_or_default(),
+            ),
+            "smaps" => Some(
                 t.mm.as_ref()
                     .map(|mm| proc::task_mmu::proc_pid_smaps(k, mm))
-            }
+                    .unwrap_or_default(),
+            ),
             "status" => Some(proc::array::proc_pid_status(k, t)),
             "statm" => Some(proc::array::proc_pid_statm(t)),
             "stat" => Some(proc::array::proc_pid_stat(t, times())),
@@ -36,8 +49,16 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
             "oom_score_adj" => Some(proc::array::proc_pid_oom_score_adj(t)),
             "comm" => Some(format!("{}\n", t.comm)),
             "cmdline" => {
+                let argv = if pid == p.pid {
+                    &p.argv
+                } else {
+                    match p.sched.shared.get(&pid) {
+                        Some(sh) => sh.argv(),
+                        None => return Ok(Some(Vec::new())), // a zombie's is empty
+                    }
+                };
                 let mut b = Vec::new();
-                for a in &p.argv {
+                for a in argv {
                     b.extend_from_slice(a.as_bytes());
                     b.push(0);
                 }
@@ -64,7 +85,10 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
 
 /// The target of a `/proc` symbolic link that is ours (`/proc/self/exe`, `/proc/self/fd/N`).
 pub fn readlink(p: &Proc<'_>, path: &str) -> Option<String> {
-    let tail = own_pid_path(p, path)?;
+    let (pid, tail) = pid_path(p, path)?.ok()?;
+    if pid != p.pid {
+        return None;
+    }
     if tail == "exe" {
         return Some(
             std::fs::canonicalize(&p.exe)

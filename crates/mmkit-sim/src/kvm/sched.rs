@@ -1,0 +1,681 @@
+//! The scheduler of a run's tasks (`kernel/sched/core.c`'s `schedule`/`context_switch`
+//! for the one CPU programs run on, `kernel/exit.c`'s `do_exit`, `kernel/futex/`'s wait
+//! queues): every process and thread of a run takes turns on vCPU 0. A context switch
+//! saves and loads the registers, CR3, the XSAVE image and the entry-stack frame; a call
+//! that must wait sleeps and is made again after the next event; a 10 ms tick preempts
+//! while several tasks can run. What the threads of a process share (descriptors, signal
+//! actions, the executable) stays with the running thread and is parked per process while
+//! none of them runs.
+
+use super::process::{syscall_exit, Proc, Status};
+use super::signal::{self, SigInfo};
+use super::syscall::FdTable;
+use super::vcpu::Vcpu;
+use super::vm::Vm;
+use anyhow::{bail, Result};
+use mmkit::arch::x86_64::fault::SIGKILL;
+use mmkit::kernel::task::Pid;
+use mmkit::mm::mm_types::MmStruct;
+use mmkit::CpuGuard;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A thread asleep in `FUTEX_WAIT`: the futex's key (the process and address for a
+/// private one, the physical address for a shared one), its bitset, and whether a wake
+/// reached it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FutexWait {
+    /// The futex.
+    pub key: (u64, u64),
+    /// `FUTEX_WAIT_BITSET`'s bits.
+    pub bitset: u32,
+    /// Woken by `FUTEX_WAKE`.
+    pub woken: bool,
+}
+
+/// What the threads of a process share while none of them runs (`files_struct`,
+/// `sighand_struct`, the executable).
+#[derive(Default)]
+pub struct Shared {
+    fds: FdTable,
+    exe: String,
+    argv: Vec<String>,
+    sigactions: Vec<[u8; 32]>,
+}
+
+impl Shared {
+    /// The process's `argv` (`/proc/PID/cmdline`).
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// A process's shared state.
+    pub fn new(fds: FdTable, exe: String, argv: Vec<String>, sigactions: Vec<[u8; 32]>) -> Self {
+        Shared {
+            fds,
+            exe,
+            argv,
+            sigactions,
+        }
+    }
+}
+
+/// The scheduler's state (`struct rq` of the one CPU programs run on, and the wait queues
+/// as one counter): events that may wake a sleeping task are counted (a system call
+/// completed, a task exited), and a task that went to sleep at event `n` is tried again
+/// only once the count moved past `n`.
+#[derive(Default)]
+pub struct Sched {
+    /// Threads not on the CPU, by thread id.
+    pub parked: std::collections::BTreeMap<Pid, Parked>,
+    /// What the threads of each process share, for processes none of whose threads runs.
+    pub shared: std::collections::BTreeMap<Pid, Shared>,
+    /// Pipes with an open end (their pages are freed once no reader is left).
+    pub pipes: Vec<Arc<super::pipe::Pipe>>,
+    /// `ITIMER_REAL` of each process that has one armed: when it fires and its interval.
+    pub alarms: std::collections::BTreeMap<Pid, (Instant, Duration)>,
+    /// Process group and session of every task, zombies included.
+    pub pgrp: std::collections::BTreeMap<Pid, (Pid, Pid)>,
+    /// Wake-up events so far.
+    pub events: u64,
+    /// Context switches.
+    pub switches: u64,
+}
+
+/// How a task off the CPU waits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Ready to run.
+    Runnable,
+    /// Asleep in a system call since event `n`; tried again after a later event.
+    Blocked(u64),
+    /// Waiting for its `vfork` child to exec or exit.
+    Vfork(Pid),
+}
+
+/// A task off the CPU: what `Proc` holds for the running one, and its CPU state.
+pub struct Parked {
+    /// Its process.
+    pub pid: Pid,
+    tid: Pid,
+    futex: Option<FutexWait>,
+    sigmask: u64,
+    sigaltstack: [u8; 24],
+    exit: Option<Status>,
+    progress: usize,
+    vfork_parent: Option<Pid>,
+    clear_child_tid: u64,
+    pending: super::signal::Pending,
+    deadline: Option<Instant>,
+    no_restart: bool,
+    /// Its registers (`None` before it first ran: a child gets them when `clone`
+    /// returns).
+    ctx: Option<super::vcpu::CpuContext>,
+    /// How it waits.
+    pub run: RunState,
+}
+
+impl Parked {
+    /// A task off the CPU with no registers yet.
+    pub(crate) fn new(
+        pid: Pid,
+        tid: Pid,
+        sigmask: u64,
+        sigaltstack: [u8; 24],
+        vfork_parent: Option<Pid>,
+        clear_child_tid: u64,
+        run: RunState,
+    ) -> Parked {
+        Parked {
+            pid,
+            tid,
+            futex: None,
+            sigmask,
+            sigaltstack,
+            exit: None,
+            progress: 0,
+            vfork_parent,
+            clear_child_tid,
+            pending: Default::default(),
+            deadline: None,
+            no_restart: false,
+            ctx: None,
+            run,
+        }
+    }
+}
+
+impl Proc<'_> {
+    /// The running task must wait: its call is made again once something happened.
+    pub fn block(&mut self) -> Result<i64, i64> {
+        self.blocked = true;
+        Err(super::syscall::ERESTARTSYS)
+    }
+
+    /// Something other tasks may wait for happened, inside a call that may itself still go
+    /// to sleep (a pipe write that moved some bytes and waits for room): a completed call
+    /// counts as an event anyway.
+    pub fn wake_all(&mut self) {
+        self.sched.events += 1;
+    }
+
+    /// `send_sig` to the running thread by the kernel (`SIGPIPE`).
+    pub fn raise(&mut self, sig: i32) {
+        let tid = self.tid;
+        let _ = self.signal_thread(
+            tid,
+            SigInfo {
+                signo: sig,
+                code: 0x80, // SI_KERNEL
+                addr: 0,
+                pid: 0,
+            },
+        );
+    }
+
+    /// `send_signal` to process `pid` (running or not): one of its threads takes it (the
+    /// running one, or the first one, or any). `ESRCH` if there is none.
+    pub fn signal_task(&mut self, pid: Pid, info: SigInfo) -> Result<(), i64> {
+        let running = !self.sched.parked.contains_key(&self.tid);
+        let tid = if pid == self.pid && self.exit.is_none() && running {
+            self.tid
+        } else if self.sched.parked.get(&pid).is_some_and(|t| t.pid == pid) {
+            pid
+        } else {
+            self.sched
+                .parked
+                .values()
+                .find(|t| t.pid == pid)
+                .map(|t| t.tid)
+                .ok_or(-(libc::ESRCH as i64))?
+        };
+        self.signal_thread(tid, info)
+    }
+
+    /// `send_signal` to thread `tid`: `ESRCH` if there is none.
+    pub fn signal_thread(&mut self, tid: Pid, info: SigInfo) -> Result<(), i64> {
+        if tid == self.tid && self.exit.is_none() && !self.sched.parked.contains_key(&tid) {
+            if info.signo != 0 {
+                signal::send(
+                    &self.sigactions,
+                    self.sigmask,
+                    &mut self.pending,
+                    &mut self.exit,
+                    info,
+                );
+            }
+            return Ok(());
+        }
+        let t = self
+            .sched
+            .parked
+            .get_mut(&tid)
+            .ok_or(-(libc::ESRCH as i64))?;
+        if info.signo != 0 {
+            // The process's actions: parked with it, or with its running thread.
+            let acts = match self.sched.shared.get(&t.pid) {
+                Some(s) => &s.sigactions,
+                None if t.pid == self.pid => &self.sigactions,
+                None => return Err(-(libc::ESRCH as i64)),
+            };
+            signal::send(acts, t.sigmask, &mut t.pending, &mut t.exit, info);
+        }
+        self.sched.events += 1;
+        Ok(())
+    }
+
+    /// The process thread `tid` belongs to.
+    pub fn thread_group(&self, tid: Pid) -> Option<Pid> {
+        if tid == self.tid {
+            return Some(self.pid);
+        }
+        self.sched.parked.get(&tid).map(|t| t.pid)
+    }
+
+    /// End every thread of process `pid` that is off the CPU (`SIGKILL`): each ends when
+    /// it is next picked.
+    pub fn kill_parked(&mut self, pid: Pid) {
+        for t in self.sched.parked.values_mut().filter(|t| t.pid == pid) {
+            t.exit.get_or_insert(Status::Signaled(SIGKILL));
+        }
+        self.sched.events += 1;
+    }
+
+    /// `it_real_fn`: every process whose `ITIMER_REAL` is due gets `SIGALRM` (and an
+    /// interval timer is armed again).
+    pub fn fire_alarms(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(Pid, Duration)> = self
+            .sched
+            .alarms
+            .iter()
+            .filter(|(_, a)| a.0 <= now)
+            .map(|(&p, a)| (p, a.1))
+            .collect();
+        for (pid, interval) in due {
+            if interval.is_zero() {
+                self.sched.alarms.remove(&pid);
+            } else {
+                self.sched.alarms.insert(pid, (now + interval, interval));
+            }
+            let info = SigInfo {
+                signo: libc::SIGALRM,
+                code: 0x80, // SI_KERNEL
+                addr: 0,
+                pid: 0,
+            };
+            let _ = self.signal_task(pid, info);
+        }
+    }
+
+    /// Whether the running thread is the last live one of its process.
+    pub fn last_thread(&self) -> bool {
+        !self.sched.parked.values().any(|t| t.pid == self.pid)
+    }
+
+    /// `FUTEX_WAKE`: wake up to `n` threads asleep on `key` whose bitset meets `bitset`.
+    pub fn futex_wake(&mut self, key: (u64, u64), n: usize, bitset: u32) -> usize {
+        let mut woken = 0;
+        for t in self.sched.parked.values_mut() {
+            if woken == n {
+                break;
+            }
+            if let Some(f) = &mut t.futex {
+                if f.key == key && !f.woken && f.bitset & bitset != 0 {
+                    f.woken = true;
+                    woken += 1;
+                }
+            }
+        }
+        self.sched.events += 1;
+        woken
+    }
+
+    /// Process group and session of `pid`.
+    pub fn pgrp_of(&self, pid: Pid) -> Option<(Pid, Pid)> {
+        self.sched.pgrp.get(&pid).copied()
+    }
+
+    /// Every live task (running or not).
+    pub fn live_pids(&self) -> Vec<Pid> {
+        let mut v: Vec<Pid> = self.sched.parked.values().map(|t| t.pid).collect();
+        if self.exit.is_none() || !v.contains(&self.pid) {
+            v.push(self.pid);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Put the running task off the CPU (its registers saved unless it has exited).
+    pub(super) fn park(&mut self, vm: &Vm, vcpu: &mut Vcpu, run: RunState) -> Result<()> {
+        let ctx = if self.exit.is_none() {
+            Some(vcpu.save(vm)?)
+        } else {
+            None
+        };
+        self.stash_shared();
+        let t = Parked {
+            pid: self.pid,
+            tid: self.tid,
+            futex: self.futex.take(),
+            sigmask: self.sigmask,
+            sigaltstack: self.sigaltstack,
+            exit: self.exit.take(),
+            progress: std::mem::take(&mut self.progress),
+            vfork_parent: self.vfork_parent.take(),
+            clear_child_tid: self.clear_child_tid,
+            pending: std::mem::take(&mut self.pending),
+            deadline: self.deadline.take(),
+            no_restart: std::mem::take(&mut self.no_restart),
+            ctx,
+            run,
+        };
+        self.sched.parked.insert(self.tid, t);
+        self.blocked = false;
+        self.vfork_wait = None;
+        Ok(())
+    }
+
+    /// Leave the running process's shared state (descriptors, signal actions, executable)
+    /// for the next of its threads to run.
+    pub(super) fn stash_shared(&mut self) {
+        let sh = Shared {
+            fds: std::mem::take(&mut self.fds),
+            exe: std::mem::take(&mut self.exe),
+            argv: std::mem::take(&mut self.argv),
+            sigactions: std::mem::take(&mut self.sigactions),
+        };
+        self.sched.shared.insert(self.pid, sh);
+    }
+
+    /// Make parked thread `tid` the running one (its registers are loaded by the caller).
+    pub(super) fn unpark(&mut self, tid: Pid) -> Option<Parked> {
+        let mut t = self.sched.parked.remove(&tid)?;
+        if let Some(sh) = self.sched.shared.remove(&t.pid) {
+            self.fds = sh.fds;
+            self.exe = sh.exe;
+            self.argv = sh.argv;
+            self.sigactions = sh.sigactions;
+        }
+        self.pid = t.pid;
+        self.tid = t.tid;
+        self.futex = t.futex;
+        self.thread_exit = false;
+        self.sigmask = t.sigmask;
+        self.sigaltstack = t.sigaltstack;
+        self.exit = t.exit.take();
+        self.progress = t.progress;
+        self.vfork_parent = t.vfork_parent.take();
+        self.clear_child_tid = t.clear_child_tid;
+        self.pending = std::mem::take(&mut t.pending);
+        self.deadline = t.deadline.take();
+        self.no_restart = t.no_restart;
+        self.blocked = false;
+        self.sched.switches += 1;
+        Some(t)
+    }
+
+    /// The next task to run after the current one, round robin by pid: one ready to run,
+    /// or asleep since an earlier event, or killed while off the CPU.
+    pub(super) fn pick_next(&self) -> Option<Pid> {
+        let ready = |t: &Parked| {
+            t.exit.is_some()
+                || t.pending.set & !t.sigmask != 0
+                || match t.run {
+                    RunState::Runnable => true,
+                    RunState::Blocked(since) => {
+                        since != self.sched.events
+                            || t.deadline.is_some_and(|d| Instant::now() >= d)
+                    }
+                    RunState::Vfork(_) => false,
+                }
+        };
+        let after = self
+            .sched
+            .parked
+            .range(self.tid + 1..)
+            .chain(self.sched.parked.range(..=self.tid));
+        after.filter(|(_, t)| ready(t)).map(|(&p, _)| p).next()
+    }
+
+    /// Free the pages of pipes nobody can read any more and forget pipes with no end open.
+    pub(super) fn sweep_pipes(&mut self, cpu: &CpuGuard<'_>) {
+        let k = self.k;
+        self.sched.pipes.retain(|pp| {
+            pp.release_if_unread(k, cpu);
+            let (r, w) = pp.ends();
+            r + w > 0
+        });
+    }
+
+    /// Hand a `vfork` child's borrowed address space back to its parent and wake the
+    /// parent (`mm_release` → `complete_vfork_done`). A parent that has gone meanwhile
+    /// leaves the address space to nobody: it is torn down.
+    pub fn vfork_done(&mut self, cpu: &CpuGuard<'_>) {
+        let Some(parent) = self.vfork_parent.take() else {
+            return;
+        };
+        let k = self.k;
+        let mm = self.tasks.get_mut(self.pid).and_then(|t| t.mm.take());
+        let alive = self
+            .tasks
+            .get(parent)
+            .is_some_and(|t| t.state == mmkit::kernel::task::TaskState::Running);
+        match (mm, alive) {
+            (Some(mm), true) => {
+                if let Some(t) = self.tasks.get_mut(parent) {
+                    t.mm = Some(mm);
+                }
+            }
+            (Some(mm), false) => k.exit_mmap(cpu, mm),
+            (None, _) => {}
+        }
+        if let Some(t) = self.sched.parked.get_mut(&parent) {
+            if t.run == RunState::Vfork(self.pid) {
+                t.run = RunState::Runnable;
+            }
+        }
+        self.sched.events += 1;
+    }
+
+    /// `do_exit` of the running task: its descriptors closed, a `vfork` parent released,
+    /// then a zombie for its parent to reap.
+    pub(super) fn exit_current(&mut self, cpu: &CpuGuard<'_>) {
+        let status = self.exit.unwrap_or(Status::Signaled(SIGKILL));
+        if !std::mem::take(&mut self.thread_exit) {
+            // exit_group, or a fatal signal: every thread of the process ends with it.
+            let me = self.pid;
+            for t in self.sched.parked.values_mut().filter(|t| t.pid == me) {
+                t.exit.get_or_insert(status);
+            }
+        }
+        if !self.last_thread() {
+            // One thread of several ends; the process and its address space stay.
+            self.clear_child_tid(cpu);
+            if self.tid != self.pid {
+                self.tasks.free_tid(self.tid);
+            }
+            self.stash_shared();
+            self.sched.events += 1;
+            return;
+        }
+        self.sched.shared.remove(&self.pid);
+        self.vfork_done(cpu);
+        // SIGCHLD to the parent (do_notify_parent), dropped unless it catches it.
+        if let Some(ppid) = self.tasks.get(self.pid).map(|t| t.ppid) {
+            let code = match status {
+                Status::Exited(_) => 1,   // CLD_EXITED
+                Status::Signaled(_) => 2, // CLD_KILLED
+            };
+            let _ = self.signal_task(
+                ppid,
+                SigInfo {
+                    signo: libc::SIGCHLD,
+                    code,
+                    addr: 0,
+                    pid: self.pid,
+                },
+            );
+        }
+        self.fds.close_all();
+        self.sweep_pipes(cpu);
+        let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
+        if self.tasks.get(self.pid).is_none() {
+            self.sched.pgrp.remove(&self.pid);
+        }
+        self.sched.events += 1;
+    }
+
+    /// `mm_release`: a thread's `clear_child_tid` (glibc's `pd->tid`) becomes 0 and a
+    /// thread joining it wakes (a shared futex wake of one waiter, as Linux does).
+    fn clear_child_tid(&mut self, cpu: &CpuGuard<'_>) {
+        let addr = std::mem::take(&mut self.clear_child_tid);
+        if addr == 0 || self.write_user(cpu, addr, &0u32.to_le_bytes()).is_err() {
+            return;
+        }
+        let key = self.futex_key(addr, false);
+        self.futex_wake(key, 1, u32::MAX);
+    }
+
+    /// The key of the futex at `uaddr`: the process and address for a private one; the
+    /// physical address for a shared one (the same word seen by every mapping of it).
+    pub fn futex_key(&mut self, uaddr: u64, private: bool) -> (u64, u64) {
+        if !private {
+            let k = self.k;
+            if let Some(pte) = k.pte_lookup(&self.mm().pt, uaddr & !0xfff) {
+                if pte.is_present() {
+                    return (pte.pfn().0, uaddr & 0xfff);
+                }
+            }
+        }
+        ((1 << 63) | self.pid as u64, uaddr)
+    }
+
+    /// `de_thread` at exec: the process's other threads go.
+    pub fn end_other_threads(&mut self) {
+        let me = self.pid;
+        let others: Vec<Pid> = self
+            .sched
+            .parked
+            .values()
+            .filter(|t| t.pid == me)
+            .map(|t| t.tid)
+            .collect();
+        for tid in others {
+            self.sched.parked.remove(&tid);
+            if tid != me {
+                self.tasks.free_tid(tid);
+            }
+        }
+        if self.tid != me {
+            // The exec'ing thread takes over the process id, as de_thread's exchange_tids.
+            self.tasks.free_tid(self.tid);
+            self.tid = me;
+        }
+    }
+
+    /// The process's address space.
+    pub fn mm(&mut self) -> &mut MmStruct {
+        self.tasks
+            .mm_mut(self.pid)
+            .expect("the running process has an address space")
+    }
+}
+
+/// The scheduler tick while several tasks share the CPU.
+pub(super) const TICK: Duration = Duration::from_millis(10);
+
+/// Mark every task killed (`SIGKILL`): the loop then ends them one by one.
+pub(super) fn kill_all(p: &mut Proc<'_>) {
+    p.exit.get_or_insert(Status::Signaled(SIGKILL));
+    for t in p.sched.parked.values_mut() {
+        t.exit.get_or_insert(Status::Signaled(SIGKILL));
+    }
+}
+
+/// `schedule()`: put the running task off the CPU (`run`; `None` when it has exited) and
+/// load the next one. A task woken in a system call makes it again now. `false` when no
+/// task can run: none is left (the run is over) or every one waits.
+pub(super) fn switch(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    run: Option<RunState>,
+) -> Result<bool> {
+    match run {
+        Some(run) => p.park(vm, vcpu, run)?,
+        None => {
+            // The exited task is gone from the CPU; its pid may still be a zombie.
+        }
+    }
+    loop {
+        let Some(next) = p.pick_next() else {
+            // Nothing can run before a sleeping call's timeout or an alarm: wait for it.
+            let soonest = p
+                .sched
+                .parked
+                .values()
+                .filter_map(|t| t.deadline)
+                .chain(p.sched.alarms.values().map(|a| a.0))
+                .min();
+            if let Some(d) = soonest {
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                p.fire_alarms();
+                continue;
+            }
+            if run.is_some() {
+                // Nobody can run: put the current one back so the caller sees it.
+                let me = p.tid;
+                let t = p.unpark(me);
+                if let Some(t) = t {
+                    if let Some(ctx) = &t.ctx {
+                        vcpu.restore(vm, ctx)?;
+                    }
+                }
+            }
+            return Ok(false);
+        };
+        let t = p.unpark(next).expect("picked from the parked tasks");
+        if p.exit.is_some() {
+            return Ok(true); // killed while off the CPU: the loop ends it
+        }
+        let Some(ctx) = t.ctx else {
+            bail!("task {next} has no registers");
+        };
+        vcpu.restore(vm, &ctx)?;
+        if let (RunState::Blocked(_), Some(sig)) = (t.run, signal::next_signal(p)) {
+            // A signal ends the wait: EINTR, or the call again after the handler.
+            let user = signal::syscall_user_regs(vm, vcpu)?;
+            let user = signal::interrupted_call(p, sig, user);
+            (p.futex, p.progress, p.deadline, p.no_restart) = (None, 0, None, false);
+            vcpu.resume_user(&user)?;
+            return Ok(true);
+        }
+        if let RunState::Blocked(_) = t.run {
+            // Make the call again; if it must still wait, back to sleep.
+            syscall_exit(p, cpu, vm, vcpu, ctx.frame)?;
+            after_syscall(p, vm, vcpu)?;
+            if p.blocked {
+                let since = p.sched.events;
+                p.park(vm, vcpu, RunState::Blocked(since))?;
+                let timed = !p.sched.alarms.is_empty()
+                    || p.sched.parked.values().any(|t| t.deadline.is_some());
+                if p.pick_next().is_none() && !timed {
+                    let me = next;
+                    let t = p.unpark(me).expect("just parked");
+                    if let Some(ctx) = &t.ctx {
+                        vcpu.restore(vm, ctx)?;
+                    }
+                    p.blocked = true;
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
+        return Ok(true);
+    }
+}
+
+/// What follows a system call that completed: a new child gets the parent's registers
+/// (with its own return value, stack and TLS), an `execve` starts the new image, and
+/// every sleeping task may try again.
+pub(super) fn after_syscall(p: &mut Proc<'_>, vm: &Vm, vcpu: &mut Vcpu) -> Result<()> {
+    if p.blocked {
+        return Ok(());
+    }
+    if let Some(c) = p.new_child.take() {
+        let mut ctx = vcpu.save(vm)?;
+        ctx.regs.rax = 0;
+        let pgd = p
+            .tasks
+            .get(c.pid)
+            .and_then(|t| t.mm.as_ref())
+            .map(|mm| mm.pt.pgd_pfn());
+        if let Some(pgd) = pgd {
+            ctx.sregs.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
+        }
+        if c.stack != 0 {
+            match &mut ctx.frame {
+                Some(f) => f[4] = c.stack,
+                None => ctx.regs.rsp = c.stack,
+            }
+        }
+        if let Some(tls) = c.tls {
+            ctx.sregs.fs.base = tls;
+        }
+        if let Some(t) = p.sched.parked.get_mut(&c.pid) {
+            t.ctx = Some(ctx);
+        }
+    }
+    if p.exec_done {
+        p.exec_done = false;
+        let t = p.tasks.get(p.pid).expect("the running task");
+        let (entry, sp) = (t.entry, t.sp);
+        let pgd = t.mm.as_ref().expect("exec'd").pt.pgd_pfn();
+        vcpu.start_thread(pgd, entry, sp)?;
+    }
+    p.sched.events += 1;
+    Ok(())
+}
