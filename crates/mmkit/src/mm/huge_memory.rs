@@ -556,61 +556,74 @@ impl Kernel {
 
     /// `split_huge_pmd` + `split_huge_page`: if a huge entry maps `address` in `pt`, replace
     /// it by 512 PTEs and split its folio into order-0 pages (every other PMD mapping it is
-    /// split first, through the reverse map). True if there was a huge entry.
+    /// split with it, through the reverse map). True if there was a huge entry.
+    ///
+    /// A large folio is only ever mapped by PMDs here: the PMD split and the folio split are
+    /// one step under the folio lock, with the new PTE tables locked until the pages are
+    /// order-0 pages, so no PTE-level user (a fault taking a reference, a zap dropping one)
+    /// ever meets a tail page through a PTE.
     pub(crate) fn split_huge_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, address: u64) -> bool {
-        let Some(folio) = self.__split_huge_pmd(cpu, pt, address) else {
-            return false;
-        };
-        // The reference taken under the PMD lock keeps the folio while it is split.
-        folio.lock();
-        if folio.folio_test_large() {
-            self.split_huge_page_locked(cpu, folio, None);
+        let mut split = false;
+        loop {
+            // The folio the huge entry maps, with a reference taken under the PMD lock.
+            let folio = {
+                let Some(g) = self.pmd_lock(pt, address) else {
+                    return split;
+                };
+                let h = g.get();
+                if !h.is_huge() {
+                    return split;
+                }
+                match self.huge_folio(h) {
+                    Some(f) => {
+                        f.get();
+                        f
+                    }
+                    None => {
+                        drop(g);
+                        // No folio behind it (nothing to split but the entry).
+                        return self.__split_huge_pmd(cpu, pt, address) || split;
+                    }
+                }
+            };
+            folio.lock();
+            if folio.folio_test_large() {
+                self.split_huge_page_locked(cpu, folio, None);
+            }
+            folio.unlock();
+            self.folio_put(cpu, folio);
+            split = true;
+            // Split by us or by someone else meanwhile; a new THP faulted in at `address`
+            // since (another thread of the address space) is split in turn.
         }
-        folio.unlock();
-        self.folio_put(cpu, folio);
-        true
     }
 
-    /// `__split_huge_pmd`: replace the huge entry mapping `address` by a PTE table mapping
-    /// the same 512 pages with the same bits; the folio's PMD mapping and reference become
-    /// one mapping and one reference per page. Returns the folio, with a reference for the
-    /// caller, or `None` if no huge entry maps `address`.
-    fn __split_huge_pmd<'a>(
-        &'a self,
-        cpu: &CpuGuard<'_>,
-        pt: &PgTable,
-        address: u64,
-    ) -> Option<&'a Page> {
+    /// `__split_huge_pmd` of an entry with no folio behind it: replace the huge entry mapping
+    /// `address` by a PTE table mapping the same 512 frames with the same bits. True if
+    /// there was a huge entry.
+    fn __split_huge_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, address: u64) -> bool {
         let mut tlb = MmuGather::new(self, cpu, pt);
-        let mut g = self.pmd_lock(pt, address)?;
-        let old = g.split_to_table(&mut tlb, huge_to_pte)?;
-        let folio = self.huge_folio(old);
-        if let Some(folio) = folio {
-            folio.get();
-            // Each page gains a PTE mapping while the PMD mapping still counts, so each stays
-            // counted in nr_anon_pages (a page is counted while a PMD or a PTE maps it).
-            for i in 0..HPAGE_PMD_NR {
-                self.subpage(folio, i).inc_mapcount();
-            }
-            // The PMD's reference becomes the 512 PTEs' references.
-            folio.ref_add(HPAGE_PMD_NR as i32 - 1);
-            if folio.add_entire_mapcount(-1) == 0 {
-                self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
-            }
-        }
+        let Some(mut g) = self.pmd_lock(pt, address) else {
+            return false;
+        };
+        let done = g.split_to_table(&mut tlb, huge_to_pte).is_some();
         drop(g);
         tlb.finish();
-        cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
-        folio
+        if done {
+            cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
+        }
+        done
     }
 
     /// `split_huge_page` of the large folio `folio` (locked by the caller, who holds a
-    /// reference): split every PMD mapping it (`unmap_folio`'s `TTU_SPLIT_HUGE_PMD`, through
-    /// the reverse map), then make its 512 pages order-0 pages: each keeps the references of
-    /// the PTEs mapping it, the head keeps every other reference; flags, `mapping` and
-    /// consecutive `index`es are copied from the head, and the pages join the LRU next to
-    /// it — or, with `list` (a caller that isolated the folio: reclaim), are isolated onto
-    /// `list` with a reference each.
+    /// reference): replace every PMD mapping it by a PTE table (`unmap_folio`'s
+    /// `TTU_SPLIT_HUGE_PMD`, through the reverse map), each new table locked before it is
+    /// published and kept locked until the folio is split, then make its 512 pages order-0
+    /// pages: each keeps the references of the PTEs mapping it, the head keeps every other
+    /// reference; flags, `mapping` and consecutive `index`es are copied from the head, and
+    /// the pages join the LRU next to it — or, with `list` (a caller that isolated the
+    /// folio: reclaim), are isolated onto `list` with a reference each. Only then are the
+    /// tables unlocked and the huge translations flushed (they map the same frames).
     pub(crate) fn split_huge_page_locked(
         &self,
         cpu: &CpuGuard<'_>,
@@ -618,30 +631,51 @@ impl Kernel {
         list: Option<&mut Vec<crate::Pfn>>,
     ) {
         debug_assert!(folio.folio_test_large() && folio.test(PageFlags::LOCKED));
-        // unmap_folio: every PMD mapping of the folio becomes PTEs.
+        // unmap_folio: every PMD mapping of the folio becomes PTEs. Again until none is
+        // left: a fork may copy a huge PMD we have not reached yet into a child whose
+        // record we already passed (the PMD it copies from is one we split later).
         let index = folio.index();
         let pfn = self.page_to_pfn(folio);
-        let targets: Vec<(alloc::sync::Arc<PgTable>, u64)> =
-            self.with_rmap_records(folio, |recs| {
-                recs.iter()
-                    .filter_map(|r| Some((r.pt.clone(), r.address(index)?)))
-                    .collect()
-            });
-        for (pt, a) in targets {
-            if self
-                .pmd_entry_lookup(&pt, a)
-                .is_some_and(|h| h.is_huge() && h.pfn() == pfn)
-            {
-                if let Some(f) = self.__split_huge_pmd(cpu, &pt, a) {
-                    self.folio_put(cpu, f);
+        let mut held = Vec::new();
+        while folio.entire_mapcount() > 0 {
+            let before = held.len();
+            let targets: Vec<(alloc::sync::Arc<PgTable>, u64)> =
+                self.with_rmap_records(folio, |recs| {
+                    recs.iter()
+                        .filter_map(|r| Some((r.pt.clone(), r.address(index)?)))
+                        .collect()
+                });
+            for (pt, a) in targets {
+                let Some(mut g) = self.pmd_lock(&pt, a) else {
+                    continue;
+                };
+                let h = g.get();
+                if !h.is_huge() || h.pfn() != pfn {
+                    continue;
                 }
+                let haddr = g.haddr();
+                let Some((old, ptl)) = g.split_to_table_locked(self, huge_to_pte) else {
+                    continue;
+                };
+                // Each page gains a PTE mapping while the PMD mapping still counts, so each
+                // stays counted in nr_anon_pages (a page is counted while a PMD or a PTE
+                // maps it). The PMD's reference becomes the 512 PTEs' references.
+                for i in 0..HPAGE_PMD_NR {
+                    self.subpage(folio, i).inc_mapcount();
+                }
+                folio.ref_add(HPAGE_PMD_NR as i32 - 1);
+                if folio.add_entire_mapcount(-1) == 0 {
+                    self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
+                }
+                drop(g);
+                cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
+                held.push((pt, haddr, old, ptl));
             }
+            assert!(
+                held.len() > before,
+                "BUG: a PMD mapping of folio {pfn:?} the reverse map does not know"
+            );
         }
-        debug_assert_eq!(
-            folio.entire_mapcount(),
-            0,
-            "a PMD mapping survived the split"
-        );
         // __split_huge_page: the references of each page's PTEs go with it.
         let nid = folio.nid();
         let mut lru = self.nodes[nid].lru.lock();
@@ -704,6 +738,15 @@ impl Kernel {
         }
         drop(lru);
         cpu.state().vmstat.count(THP_SPLIT_PAGE, 1);
+        // The pages are order-0 pages: the tables may be seen, and the huge translations go.
+        for (pt, haddr, old, ptl) in held {
+            drop(ptl);
+            if old.is_present() {
+                let mut tlb = MmuGather::new(self, cpu, &pt);
+                tlb.record_huge(&pt, haddr, old);
+                tlb.finish();
+            }
+        }
     }
 
     /// Pages of `vma` mapped by huge entries in `pt` (smaps' `AnonHugePages`).
@@ -729,6 +772,10 @@ impl Kernel {
         chains: &alloc::collections::BTreeMap<u64, Vec<u32>>,
     ) -> Result<u64, alloc::string::String> {
         use alloc::format;
+        // Under the PMD lock (the page_table_lock): reclaim may be splitting a THP of this
+        // address space through the reverse map, and a split withdraws the deposited table
+        // before it replaces the huge entry.
+        let _ptl = mm.pt.lock.lock();
         let mut nr = 0;
         let mut from = 0;
         while let Some((haddr, pmd)) =

@@ -19,6 +19,7 @@
 //! flushed. An access in between uses either the huge entry or the PTEs, which map the same
 //! frames with the same bits.
 
+use super::table::PtlGuard;
 use super::{table_index, PgTable, Pte, PteFlags, LEVEL_SHIFTS, PTE_PFN_MASK, PTRS_PER_TABLE};
 use crate::addr::{Pfn, PAGE_SHIFT};
 use crate::cpu::CpuGuard;
@@ -207,6 +208,37 @@ impl<'a> PmdGuard<'a> {
         tlb: &mut MmuGather<'_>,
         pte_of: impl Fn(Pte, u64) -> Pte,
     ) -> Option<Pte> {
+        let k = self.k;
+        let (cur, ptl) = self.fill_and_publish(k, pte_of)?;
+        drop(ptl);
+        if cur.is_present() {
+            tlb.record_huge(self.pt, self.haddr, cur);
+        }
+        Some(cur)
+    }
+
+    /// [`PmdGuard::split_to_table`] for `split_huge_page`: the new PTE table's lock is taken
+    /// before the table is published and handed to the caller, so no PTE-level user sees the
+    /// table until the caller lets go (the folio's pages become order-0 pages meanwhile).
+    /// The huge translation is not recorded: the caller flushes it (`old`, at `haddr`) after
+    /// releasing the lock. Returns the huge value replaced and the held lock.
+    /// `k` is this guard's kernel: the lock outlives the borrow of the address space.
+    pub(crate) fn split_to_table_locked<'k>(
+        &mut self,
+        k: &'k Kernel,
+        pte_of: impl Fn(Pte, u64) -> Pte,
+    ) -> Option<(Pte, PtlGuard<'k>)> {
+        debug_assert!(core::ptr::eq(k, self.k));
+        self.fill_and_publish(k, pte_of)
+    }
+
+    /// Fill the deposited table from the huge value and swap it in; the table's lock is
+    /// held (taken while nobody else can reach the table, so it never waits).
+    fn fill_and_publish<'k>(
+        &mut self,
+        k: &'k Kernel,
+        pte_of: impl Fn(Pte, u64) -> Pte,
+    ) -> Option<(Pte, PtlGuard<'k>)> {
         let mut cur = self.get();
         if !cur.is_huge() {
             return None;
@@ -215,6 +247,7 @@ impl<'a> PmdGuard<'a> {
             .k
             .pgtable_withdraw(self.pt)
             .expect("BUG: a huge PMD without its deposited page table");
+        let ptl = k.ptl_lock(table);
         loop {
             for i in 0..PTRS_PER_TABLE {
                 let v = pte_of(cur, i);
@@ -231,10 +264,7 @@ impl<'a> PmdGuard<'a> {
                 Err(v) => cur = Pte(v),
             }
         }
-        if cur.is_present() {
-            tlb.record_huge(self.pt, self.haddr, cur);
-        }
-        Some(cur)
+        Some((cur, ptl))
     }
 }
 
