@@ -168,6 +168,102 @@ fn madv_hugepage_region_faults_once_per_2mib() {
     teardown_check(&m, before);
 }
 
+/// Reads of untouched `MADV_HUGEPAGE` memory map the huge zero folio (one fault per 2 MiB,
+/// one zero folio for every mapping, no `AnonHugePages`, no RSS); fork shares the zero PMDs;
+/// `munmap` of 4 KiB inside one splits it into PTEs of the 4 KiB zero page; a write to a
+/// zero PMD gets a THP in its place (one fault per 2 MiB more); with `use_zero_page` off a
+/// read allocates the THP; the last exit frees the zero folio.
+#[test]
+fn huge_zero_page_for_reads_then_a_thp_per_write() {
+    let m = boot_mem(256, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut pm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut pm, 16 * MIB);
+        let pages = (16 * MIB) >> 12;
+        let (f0, zero0, alloc0) = (
+            pm.faults.min_flt,
+            event(k, "thp_zero_page_alloc"),
+            event(k, "thp_fault_alloc"),
+        );
+        let free0 = free_and_pcp(k);
+        let mut b = [0xffu8; 16];
+        for i in 0..pages {
+            k.user_read(cpu, &mut pm, a + (i << 12) + 100, &mut b)
+                .unwrap();
+            assert_eq!(b, [0; 16], "page {i} reads zeros");
+        }
+        assert_eq!(pm.faults.min_flt - f0, 8, "one read fault per 2 MiB");
+        assert_eq!(event(k, "thp_zero_page_alloc") - zero0, 1, "one zero folio");
+        assert_eq!(event(k, "thp_fault_alloc"), alloc0, "no THP for reads");
+        let used = free0 - free_and_pcp(k);
+        assert!(
+            (512..=512 + 16).contains(&used),
+            "the zero folio and a few tables, not 16 MiB: {used} pages"
+        );
+        assert_eq!(pm.counter(MM_ANONPAGES), 0);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 0);
+        assert_eq!(smaps_field(k, &pm, a, "Rss:"), 0);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 0);
+        check_all(k, &pm);
+        // fork: the child maps the same zero PMDs; 4 KiB unmapped in the first splits it.
+        let mut cm = k.dup_mmap(cpu, &pm).unwrap();
+        assert_eq!(event(k, "thp_zero_page_alloc") - zero0, 1);
+        let split0 = event(k, "thp_split_pmd");
+        k.munmap(cpu, &mut cm, a + 5 * 4096, 4096).unwrap();
+        assert_eq!(event(k, "thp_split_pmd") - split0, 1);
+        assert!(k.user_read(cpu, &mut cm, a + 5 * 4096, &mut b).is_err());
+        k.user_read(cpu, &mut cm, a + 6 * 4096, &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        check_all(k, &cm);
+        // The parent writes every page: a THP in place of each zero PMD.
+        let f1 = pm.faults.min_flt;
+        fill(k, cpu, &mut pm, a, pages, 3);
+        assert_eq!(pm.faults.min_flt - f1, 8, "one write fault per 2 MiB");
+        assert_eq!(event(k, "thp_fault_alloc") - alloc0, 8);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 16384);
+        assert_eq!(pm.counter(MM_ANONPAGES), pages);
+        verify(k, cpu, &mut pm, a, pages, |_| Some(3));
+        // The child still reads zeros; its writes copy 4 KiB (split PMD) or get a THP.
+        k.user_write(cpu, &mut cm, a + 7 * 4096, b"child").unwrap();
+        k.user_write(cpu, &mut cm, a + 600 * 4096, b"child")
+            .unwrap();
+        assert_eq!(event(k, "thp_fault_alloc") - alloc0, 9);
+        for i in (0..pages).filter(|&i| i != 5) {
+            k.user_read(cpu, &mut cm, a + (i << 12), &mut b[..5])
+                .unwrap();
+            let want: &[u8] = if i == 7 || i == 600 {
+                b"child"
+            } else {
+                &[0; 5]
+            };
+            assert_eq!(&b[..5], want, "child page {i}");
+        }
+        // (The hole at page 5 split the child's VMA: page 600 is in the one from page 6.)
+        assert_eq!(smaps_field(k, &cm, a + 6 * 4096, "AnonHugePages:"), 2048);
+        assert_eq!(smaps_field(k, &cm, a, "AnonHugePages:"), 0);
+        check_all(k, &pm);
+        check_all(k, &cm);
+        k.exit_mmap(cpu, cm);
+        k.exit_mmap(cpu, pm);
+        // use_zero_page off: a read fault allocates the THP.
+        k.set_thp_use_zero_page(false);
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 4 * MIB);
+        let (zero1, alloc1) = (event(k, "thp_zero_page_alloc"), event(k, "thp_fault_alloc"));
+        k.user_read(cpu, &mut mm, a, &mut b).unwrap();
+        assert_eq!(event(k, "thp_fault_alloc") - alloc1, 1);
+        assert_eq!(event(k, "thp_zero_page_alloc"), zero1);
+        assert_eq!(smaps_field(k, &mm, a, "AnonHugePages:"), 2048);
+        k.set_thp_use_zero_page(true);
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    // teardown_check counts every page: the zero folio went with its last user.
+    teardown_check(&m, before);
+}
+
 /// Without MADV_HUGEPAGE, `madvise` mode maps 4 KiB pages; `always` maps THPs anyway;
 /// `never` (on the command line or set at run time) maps none, MADV_HUGEPAGE or not; and
 /// MADV_NOHUGEPAGE refuses them under `always`.

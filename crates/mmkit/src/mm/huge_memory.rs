@@ -3,7 +3,9 @@
 //! command line), `thp_vma_allowable_order`/`thp_vma_suitable_order`,
 //! `do_huge_pmd_anonymous_page`, `huge_pmd_set_accessed`, `do_huge_pmd_wp_page`,
 //! `zap_huge_pmd`, `copy_huge_pmd`, `change_huge_pmd`, `__split_huge_pmd` and
-//! `split_huge_page` (`__split_huge_page`, `lru_add_split_folio`).
+//! `split_huge_page` (`__split_huge_page`, `lru_add_split_folio`), and the huge zero folio
+//! (`mm_get_huge_zero_folio`, `set_huge_zero_folio`, `do_huge_zero_wp_pmd`,
+//! `__split_huge_zero_page_pmd`).
 //!
 //! A THP is a folio of order [`HPAGE_PMD_ORDER`] (a compound page, see
 //! [`crate::mm::page`]) mapped by one PMD entry with PSE set. Its head holds one reference per
@@ -24,13 +26,23 @@
 //! `madvise`, `mremap`, a VMA split at an address inside one), a write to a THP shared with
 //! another process (`do_huge_pmd_wp_page` falls back to 4 KiB COW after splitting, as Linux
 //! 6.x does), and reclaim, which splits a large folio before it swaps it out (Linux without
-//! `THP_SWAP`). Not here yet: the huge zero page (a read fault allocates the THP, as with
-//! `use_zero_page` off), mTHP sizes, khugepaged, `MADV_COLLAPSE`, file THPs, migration of
+//! `THP_SWAP`).
+//!
+//! The huge zero folio: a read fault where a THP may go maps a shared zeroed order-9 folio
+//! read-only by the PMD (`use_zero_page`, on by default as in Linux); a write to it allocates
+//! a THP in its place (Linux 6.13's `do_huge_zero_wp_pmd`) or, without one, splits the entry
+//! into PTEs of the 4 KiB zero page and copies 4 KiB. It is not in the reverse map, the LRU,
+//! RSS or `AnonHugePages`; each address space that mapped it holds one reference
+//! (`MMF_HUGE_ZERO_PAGE`) until it exits, and the last reference frees it (Linux keeps it
+//! until a shrinker finds it unused; mmkit has no shrinker registry, so it goes at once).
+//!
+//! Not here yet: mTHP sizes, khugepaged, `MADV_COLLAPSE`, file THPs, migration of
 //! large folios (compaction skips them).
 
 use crate::arch::x86_64::pgtable::pmd::huge_to_pte;
 use crate::arch::x86_64::pgtable::{
-    PgTable, Pte, PteFlags, HPAGE_PMD_NR, HPAGE_PMD_ORDER, HPAGE_PMD_SIZE,
+    PgTable, Pte, PteFlags, HPAGE_PMD_NR, HPAGE_PMD_ORDER, HPAGE_PMD_SIZE, PAGE_SPECIAL,
+    PTE_PFN_MASK,
 };
 use crate::arch::x86_64::tlb::Access;
 use crate::cpu::CpuGuard;
@@ -44,7 +56,7 @@ use crate::mm::page::{Page, PageFlags, PAGE_MAPPING_ANON};
 use crate::mm::vmstat::{index_of, NODE_STAT_NAMES, VM_EVENT_NAMES};
 use crate::Kernel;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{self, Relaxed};
 
 /// `NR_ANON_THPS` (pages; `/proc/vmstat` prints it in huge pages).
 pub const NR_ANON_THPS: usize = index_of(NODE_STAT_NAMES, "nr_anon_transparent_hugepages");
@@ -56,6 +68,14 @@ pub const THP_FAULT_FALLBACK: usize = index_of(VM_EVENT_NAMES, "thp_fault_fallba
 pub const THP_SPLIT_PMD: usize = index_of(VM_EVENT_NAMES, "thp_split_pmd");
 /// `THP_SPLIT_PAGE`.
 pub const THP_SPLIT_PAGE: usize = index_of(VM_EVENT_NAMES, "thp_split_page");
+/// `THP_ZERO_PAGE_ALLOC`.
+pub const THP_ZERO_PAGE_ALLOC: usize = index_of(VM_EVENT_NAMES, "thp_zero_page_alloc");
+/// `THP_ZERO_PAGE_ALLOC_FAILED`.
+pub const THP_ZERO_PAGE_ALLOC_FAILED: usize =
+    index_of(VM_EVENT_NAMES, "thp_zero_page_alloc_failed");
+
+/// No huge zero folio (a pfn no page has).
+const NO_HUGE_ZERO: u64 = u64::MAX;
 
 /// `/sys/kernel/mm/transparent_hugepage/enabled`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -130,6 +150,13 @@ impl ThpDefrag {
 pub(crate) struct ThpState {
     enabled: core::sync::atomic::AtomicU8,
     defrag: core::sync::atomic::AtomicU8,
+    /// `use_zero_page`.
+    use_zero_page: core::sync::atomic::AtomicBool,
+    /// `huge_zero_folio` and `huge_zero_refcount` (the address spaces holding it).
+    huge_zero: crate::sync::SpinLock<(Option<crate::Pfn>, u64)>,
+    /// The huge zero folio's pfn for `is_huge_zero_pmd` (`NO_HUGE_ZERO` when there is none;
+    /// stable while any PMD maps it, since its address space holds a reference).
+    huge_zero_pfn: core::sync::atomic::AtomicU64,
 }
 
 impl ThpState {
@@ -138,6 +165,9 @@ impl ThpState {
             // CONFIG_TRANSPARENT_HUGEPAGE_MADVISE, as the distributions' kernels and the host.
             enabled: (enabled.unwrap_or(ThpEnabled::Madvise) as u8).into(),
             defrag: (ThpDefrag::Madvise as u8).into(),
+            use_zero_page: true.into(),
+            huge_zero: crate::sync::SpinLock::new((None, 0)),
+            huge_zero_pfn: NO_HUGE_ZERO.into(),
         }
     }
 }
@@ -177,6 +207,94 @@ impl Kernel {
     /// Write `defrag`.
     pub fn set_thp_defrag(&self, v: ThpDefrag) {
         self.thp.defrag.store(v as u8, Relaxed);
+    }
+
+    /// `use_zero_page`: whether read faults map the huge zero folio.
+    pub fn thp_use_zero_page(&self) -> bool {
+        self.thp.use_zero_page.load(Relaxed)
+    }
+
+    /// Write `use_zero_page` (applies to the next read fault).
+    pub fn set_thp_use_zero_page(&self, on: bool) {
+        self.thp.use_zero_page.store(on, Relaxed);
+    }
+
+    /// `is_huge_zero_pmd`.
+    pub fn is_huge_zero_pmd(&self, pmd: Pte) -> bool {
+        pmd.is_huge() && pmd.pfn().0 == self.thp.huge_zero_pfn.load(Ordering::Acquire)
+    }
+
+    /// `mm_get_huge_zero_folio`: the huge zero folio, allocated (zeroed, order 9) at its
+    /// first use; `mm` holds a reference from now until it exits. `None` when no order-9
+    /// block can be had (`thp_zero_page_alloc_failed`).
+    fn mm_get_huge_zero_folio(&self, cpu: &CpuGuard<'_>, mm: &MmStruct) -> Option<crate::Pfn> {
+        if mm.huge_zero.load(Ordering::Acquire) {
+            return Some(crate::Pfn(self.thp.huge_zero_pfn.load(Ordering::Acquire)));
+        }
+        // get_huge_zero_folio.
+        let have = {
+            let mut z = self.thp.huge_zero.lock();
+            z.0.inspect(|_| z.1 += 1)
+        };
+        let pfn = match have {
+            Some(p) => p,
+            None => {
+                let gfp = (GFP_TRANSHUGE_LIGHT | Gfp::__GFP_DIRECT_RECLAIM | Gfp::__GFP_ZERO)
+                    .difference(Gfp::__GFP_MOVABLE);
+                let Some(folio) = self.alloc_pages(cpu, gfp, HPAGE_PMD_ORDER) else {
+                    cpu.state().vmstat.count(THP_ZERO_PAGE_ALLOC_FAILED, 1);
+                    return None;
+                };
+                cpu.state().vmstat.count(THP_ZERO_PAGE_ALLOC, 1);
+                let mine = self.page_to_pfn(folio);
+                let mut z = self.thp.huge_zero.lock();
+                z.1 += 1;
+                match z.0 {
+                    Some(p) => {
+                        // Another CPU's allocation won.
+                        drop(z);
+                        self.folio_put(cpu, folio);
+                        p
+                    }
+                    None => {
+                        z.0 = Some(mine);
+                        self.thp.huge_zero_pfn.store(mine.0, Ordering::Release);
+                        mine
+                    }
+                }
+            }
+        };
+        if mm.huge_zero.swap(true, Ordering::AcqRel) {
+            // A racing fault of this address space took the reference first.
+            self.put_huge_zero_folio(cpu);
+        }
+        Some(pfn)
+    }
+
+    /// `put_huge_zero_folio`: one reference fewer; the last frees the folio.
+    fn put_huge_zero_folio(&self, cpu: &CpuGuard<'_>) {
+        let last = {
+            let mut z = self.thp.huge_zero.lock();
+            z.1 -= 1;
+            if z.1 == 0 {
+                self.thp
+                    .huge_zero_pfn
+                    .store(NO_HUGE_ZERO, Ordering::Release);
+                z.0.take()
+            } else {
+                None
+            }
+        };
+        if let Some(pfn) = last {
+            self.folio_put(cpu, self.mem_map.page(pfn));
+        }
+    }
+
+    /// `mm_put_huge_zero_folio` at exit: the address space's reference, if it took one.
+    pub(crate) fn mm_put_huge_zero_folio(&self, cpu: &CpuGuard<'_>, mm: &MmStruct) {
+        if mm.huge_zero.swap(false, Ordering::AcqRel) {
+            self.put_huge_zero_folio(cpu);
+        }
     }
 
     /// `thp_vma_allowable_order(vma, PMD_ORDER)` for anonymous memory: the policy allows a
@@ -269,6 +387,9 @@ impl Kernel {
             }
             Some(h) if !h.is_none() => HugeFault::Fallback,
             _ if self.thp_vma_allowable(vma) && Self::thp_vma_suitable(vma, haddr) => {
+                if !access.write && self.thp_use_zero_page() {
+                    return self.do_huge_zero_read(cpu, mm, vma, haddr);
+                }
                 self.do_huge_pmd_anonymous_page(cpu, mm, vma, haddr)
             }
             _ => HugeFault::Fallback,
@@ -334,6 +455,87 @@ impl Kernel {
         }
     }
 
+    /// `do_huge_pmd_anonymous_page`'s read fault: the huge zero folio mapped read-only
+    /// (`set_huge_zero_folio`, with a deposited table for a later split); without one, the
+    /// fault falls back to 4 KiB (`thp_fault_fallback`).
+    fn do_huge_zero_read(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        haddr: u64,
+    ) -> HugeFault {
+        if self.pgtable_deposit(cpu, &mm.pt).is_err() {
+            return HugeFault::Done(Err(VmFaultError::Oom));
+        }
+        let Some(zero) = self.mm_get_huge_zero_folio(cpu, mm) else {
+            self.pgtable_withdraw_free(cpu, &mm.pt);
+            cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
+            return HugeFault::Fallback;
+        };
+        let entry = Pte(Pte::new_huge(zero, vma.vm_page_prot).0 & !PteFlags::RW.bits());
+        let installed = match self.pmd_lock_alloc(cpu, &mm.pt, haddr) {
+            Ok(mut g) => Some(g.install_huge(entry).is_ok()),
+            Err(_) => None,
+        };
+        if installed != Some(true) {
+            // Someone mapped something here first (or no PMD table).
+            self.pgtable_withdraw_free(cpu, &mm.pt);
+        }
+        HugeFault::Done(match installed {
+            None => Err(VmFaultError::Oom),
+            Some(_) => Ok(FaultKind::Minor),
+        })
+    }
+
+    /// `do_huge_zero_wp_pmd`: a write to the huge zero folio gets a THP of its own in its
+    /// place (the deposited table stays for it); without one the entry is split into PTEs
+    /// of the 4 KiB zero page and the fault copies 4 KiB.
+    fn do_huge_zero_wp_pmd(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &MmStruct,
+        vma: &VmArea,
+        haddr: u64,
+        orig: Pte,
+    ) -> HugeFault {
+        let Some(av) = vma.anon_vma else {
+            return HugeFault::Done(Err(VmFaultError::Oom)); // anon_vma_prepare ran first
+        };
+        let gfp = self.vma_thp_gfp_mask(vma) | Gfp::__GFP_ZERO;
+        let Some(folio) = self.alloc_pages(cpu, gfp, HPAGE_PMD_ORDER) else {
+            cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
+            self.split_huge_pmd(cpu, &mm.pt, haddr);
+            return HugeFault::Fallback;
+        };
+        let pfn = self.page_to_pfn(folio);
+        let mut entry = Pte(Pte::new_huge(pfn, vma.vm_page_prot).0 | PteFlags::DIRTY.bits());
+        if vma.vm_flags.contains(VmFlags::VM_WRITE) {
+            entry = Pte(entry.0 | PteFlags::RW.bits());
+        }
+        let mut tlb = MmuGather::new(self, cpu, &mm.pt);
+        let replaced = match self.pmd_lock(&mm.pt, haddr) {
+            Some(mut g) if g.get() == orig => {
+                // pmdp_huge_clear_flush + set_pmd_at, under the PMD lock.
+                g.clear_huge(&mut tlb);
+                g.install_huge(entry)
+                    .expect("BUG: a PMD cleared under its lock was filled");
+                self.folio_add_new_anon_rmap_pmd(cpu, folio, av, vma.linear_page_index(haddr));
+                mm.add_counter(MM_ANONPAGES, HPAGE_PMD_NR as i64);
+                true
+            }
+            _ => false,
+        };
+        tlb.finish();
+        if replaced {
+            self.lru_cache_add(cpu, folio);
+            cpu.state().vmstat.count(THP_FAULT_ALLOC, 1);
+        } else {
+            self.folio_put(cpu, folio); // changed meanwhile: the access retries
+        }
+        HugeFault::Done(Ok(FaultKind::Minor))
+    }
+
     /// `folio_add_new_anon_rmap` for a PMD mapping: anonymous memory of `anon_vma` from
     /// linear index `index`, mapped entirely once.
     fn folio_add_new_anon_rmap_pmd(&self, cpu: &CpuGuard<'_>, folio: &Page, av: u32, index: u64) {
@@ -373,6 +575,10 @@ impl Kernel {
         address: u64,
         orig: Pte,
     ) -> HugeFault {
+        if self.is_huge_zero_pmd(orig) {
+            let haddr = address & !(HPAGE_PMD_SIZE - 1);
+            return self.do_huge_zero_wp_pmd(cpu, mm, vma, haddr, orig);
+        }
         let Some(folio) = self.huge_folio(orig) else {
             self.split_huge_pmd(cpu, &mm.pt, address);
             return HugeFault::Fallback;
@@ -412,6 +618,9 @@ impl Kernel {
         let old = g.clear_huge(tlb);
         drop(g);
         self.pgtable_withdraw_free(cpu, &mm.pt);
+        if self.is_huge_zero_pmd(old) {
+            return 0; // maps nothing of its own (the address space keeps its reference)
+        }
         let Some(folio) = self.huge_folio(old) else {
             return 0;
         };
@@ -491,8 +700,17 @@ impl Kernel {
             if haddr >= start && haddr + HPAGE_PMD_SIZE <= end {
                 let mut tlb = MmuGather::new(self, cpu, &mm.pt);
                 if let Some(mut g) = self.pmd_lock(&mm.pt, haddr) {
-                    if g.get().is_huge() {
-                        g.update_huge(&mut tlb, |p| Pte(p.modify(prot).0 | PteFlags::PSE.bits()));
+                    let h = g.get();
+                    if h.is_huge() {
+                        // The huge zero folio is never mapped writable.
+                        let keep_ro = if self.is_huge_zero_pmd(h) {
+                            !PteFlags::RW.bits()
+                        } else {
+                            !0
+                        };
+                        g.update_huge(&mut tlb, |p| {
+                            Pte((p.modify(prot).0 | PteFlags::PSE.bits()) & keep_ro)
+                        });
                     }
                 }
                 tlb.finish();
@@ -525,6 +743,15 @@ impl Kernel {
             };
             let mut tlb = MmuGather::new(self, cpu, &src.pt);
             let copied = match self.pmd_lock(&src.pt, haddr) {
+                Some(s) if self.is_huge_zero_pmd(s.get()) => {
+                    // copy_huge_pmd of the huge zero folio: the child maps it too.
+                    let v = s.get();
+                    self.mm_get_huge_zero_folio(cpu, dst)
+                        .expect("the parent's reference keeps the huge zero folio");
+                    d.install_huge(v.mkold())
+                        .expect("a new address space's PMD is none");
+                    true
+                }
                 Some(mut s) if s.get().is_huge() => {
                     let v = if cow && s.get().writable() {
                         s.update_huge(&mut tlb, |p| p.wrprotect()).wrprotect()
@@ -574,6 +801,18 @@ impl Kernel {
                 if !h.is_huge() {
                     return split;
                 }
+                if self.is_huge_zero_pmd(h) {
+                    // __split_huge_zero_page_pmd: PTEs of the 4 KiB zero page.
+                    drop(g);
+                    let zero = self.zero_pfn();
+                    return self.__split_huge_pmd(cpu, pt, address, |huge, _| {
+                        Pte(
+                            (huge.0 & !PTE_PFN_MASK & !PteFlags::PSE.bits() & !PteFlags::RW.bits())
+                                | (zero.0 << crate::PAGE_SHIFT)
+                                | PAGE_SPECIAL.bits(),
+                        )
+                    }) || split;
+                }
                 match self.huge_folio(h) {
                     Some(f) => {
                         f.get();
@@ -582,7 +821,7 @@ impl Kernel {
                     None => {
                         drop(g);
                         // No folio behind it (nothing to split but the entry).
-                        return self.__split_huge_pmd(cpu, pt, address) || split;
+                        return self.__split_huge_pmd(cpu, pt, address, huge_to_pte) || split;
                     }
                 }
             };
@@ -598,15 +837,22 @@ impl Kernel {
         }
     }
 
-    /// `__split_huge_pmd` of an entry with no folio behind it: replace the huge entry mapping
-    /// `address` by a PTE table mapping the same 512 frames with the same bits. True if
+    /// `__split_huge_pmd` of an entry with no folio of its own behind it: replace the huge
+    /// entry mapping `address` by a PTE table of what `pte_of` makes of it (the same 512
+    /// frames with the same bits; the 4 KiB zero page for the huge zero folio). True if
     /// there was a huge entry.
-    fn __split_huge_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, address: u64) -> bool {
+    fn __split_huge_pmd(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        address: u64,
+        pte_of: impl Fn(Pte, u64) -> Pte,
+    ) -> bool {
         let mut tlb = MmuGather::new(self, cpu, pt);
         let Some(mut g) = self.pmd_lock(pt, address) else {
             return false;
         };
-        let done = g.split_to_table(&mut tlb, huge_to_pte).is_some();
+        let done = g.split_to_table(&mut tlb, pte_of).is_some();
         drop(g);
         tlb.finish();
         if done {
@@ -754,7 +1000,7 @@ impl Kernel {
         let mut n = 0;
         let mut from = start & !(HPAGE_PMD_SIZE - 1);
         while let Some((haddr, pmd)) = self.next_huge_pmd(pt, from, end) {
-            if pmd.is_present() {
+            if pmd.is_present() && !self.is_huge_zero_pmd(pmd) {
                 n += HPAGE_PMD_NR;
             }
             from = haddr + HPAGE_PMD_SIZE;
@@ -789,6 +1035,16 @@ impl Kernel {
             else {
                 return Err(format!("huge PMD at {haddr:#x} not inside one VMA"));
             };
+            if self.is_huge_zero_pmd(pmd) {
+                if pmd.writable() || !mm.huge_zero.load(Ordering::Relaxed) {
+                    return Err(format!(
+                        "huge zero PMD at {haddr:#x}: writable {}, reference held {}",
+                        pmd.writable(),
+                        mm.huge_zero.load(Ordering::Relaxed)
+                    ));
+                }
+                continue;
+            }
             let Some(folio) = self.huge_folio(pmd) else {
                 return Err(format!(
                     "huge PMD at {haddr:#x} maps {:?}, not a folio head",

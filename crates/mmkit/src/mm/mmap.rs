@@ -166,6 +166,7 @@ impl Kernel {
             cap_ipc_lock: true,
             def_flags: VmFlags::empty(),
             rss_stat: Arc::new(Default::default()),
+            huge_zero: Default::default(),
             start_code: 0,
             end_code: 0,
             start_data: 0,
@@ -775,6 +776,7 @@ impl Kernel {
             self.free_pgd_range(&mut tlb, 0, TASK_SIZE + PAGE_SIZE);
             tlb.finish();
         }
+        self.mm_put_huge_zero_folio(cpu, &mm);
         // Every VMA is unlinked, and reverse-map walks hold the lock their records are under
         // for as long as they look, so no walk holds the tables now; the records' references
         // to them went with the VMAs.

@@ -194,7 +194,8 @@ fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &
         let Some(g) = k.pmd_lock(&mm.pt, haddr) else {
             continue;
         };
-        if g.get() != pmd || !pmd.is_present() {
+        // The huge zero folio is no page of the mapping's (vm_normal_page_pmd gives none).
+        if g.get() != pmd || !pmd.is_present() || k.is_huge_zero_pmd(pmd) {
             continue;
         }
         let Some(folio) = k.pfn_to_page(pmd.pfn()).filter(|p| p.folio_test_large()) else {
