@@ -298,7 +298,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     let n = procs.len();
                     let mm = &mut procs[pick(p, n)];
                     let a = addr_of(mm, addr);
-                    let _ = k.munlock(mm, a, len_of(len));
+                    let _ = k.munlock(cpu, mm, a, len_of(len));
                 }
                 Op::Msync {
                     p,

@@ -203,6 +203,12 @@ impl Ram {
             .iter()
             .chain(flush.tables.iter())
             .map(|p| p.0)
+            .chain(
+                flush
+                    .huge_frames
+                    .iter()
+                    .flat_map(|h| h.0..h.0 + mmkit::arch::x86_64::pgtable::HPAGE_PMD_NR),
+            )
             .collect();
         frames.sort_unstable();
         frames.dedup();

@@ -503,6 +503,18 @@ fn no_bytes_leak_between_processes() {
 /// after every step, and at the end every page and page table is free again.
 #[test]
 fn random_fork_cow_sequences() {
+    fork_cow_sequences(32, false);
+}
+
+/// The same over 4 MiB of `MADV_HUGEPAGE` memory: the processes share THPs through fork
+/// (`copy_huge_pmd`), a write splits them and copies 4 KiB (`do_huge_pmd_wp_page`), and
+/// every checker knows the compound pages after every step.
+#[test]
+fn random_fork_cow_sequences_on_thps() {
+    fork_cow_sequences(1024, true);
+}
+
+fn fork_cow_sequences(pages: u64, thp: bool) {
     use rand::{Rng, SeedableRng};
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
@@ -510,11 +522,22 @@ fn random_fork_cow_sequences() {
     let before = free_and_pcp(k);
     m.on_cpu(0, |cpu| {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
-        const PAGES: u64 = 32;
+        #[allow(non_snake_case)]
+        let PAGES: u64 = pages;
         let mut first = k.mm_alloc(cpu).unwrap();
         let base = k
             .mmap(cpu, &mut first, 0, PAGES << 12, RW, ANON, 0)
             .unwrap();
+        if thp {
+            k.madvise(
+                cpu,
+                &mut first,
+                base,
+                PAGES << 12,
+                mmkit::mm::madvise::MADV_HUGEPAGE,
+            )
+            .unwrap();
+        }
         // (mm, model of page -> byte value)
         let mut procs: Vec<(MmStruct, Vec<u8>)> = vec![(first, vec![0; PAGES as usize])];
         for step in 0..400 {
@@ -548,6 +571,10 @@ fn random_fork_cow_sequences() {
             }
             k.check_anon_vma_invariants().unwrap();
             k.check_invariants().unwrap();
+        }
+        if thp {
+            let ev = |n| mmkit::fs::proc::vmstat::vm_event(k, n).unwrap();
+            assert!(ev("thp_fault_alloc") > 0 && ev("thp_split_pmd") > 0);
         }
         for (mut mm, model) in procs {
             for p in 0..PAGES {
@@ -736,7 +763,7 @@ fn rmap_walk_referenced_and_unmap() {
         // mlock pins: try_to_unmap refuses.
         k.mlock(cpu, &mut c1, y, 8192).unwrap();
         assert!(!k.try_to_unmap(cpu, fpage, None));
-        k.munlock(&mut c1, y, 8192).unwrap();
+        k.munlock(cpu, &mut c1, y, 8192).unwrap();
         assert!(k.try_to_unmap(cpu, fpage, None));
         for mm in [p, c1, c2] {
             k.check_mm_invariants(&mm).unwrap();
@@ -932,7 +959,7 @@ fn mlock_and_willneed() {
             "an unaligned start rounds out to two more pages"
         );
         assert_eq!(k.mlock(cpu, &mut mm, a, 64 << 12), Err(Errno::ENOMEM));
-        k.munlock(&mut mm, a, 16 << 12).unwrap();
+        k.munlock(cpu, &mut mm, a, 16 << 12).unwrap();
         assert_eq!((mm.map_count(), mm.locked_vm), (1, 0));
         // WILLNEED
         let inode = k.new_inode(

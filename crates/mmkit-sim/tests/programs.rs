@@ -226,6 +226,150 @@ int main(int argc, char **argv) {
     assert_clean(&m, before, "shared");
 }
 
+/// A program maps 16 MiB with `MADV_HUGEPAGE` and writes one byte per page: the guest's MMU
+/// walks 2 MiB PMD entries (8 faults, not 4,096); it then unmaps 4 KiB inside one THP and
+/// write-protects half of another (both split, every other byte kept), and its checksum
+/// equals the native run's.
+#[test]
+fn madv_hugepage_program_runs_on_2mib_entries() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "thp",
+        r#"#include <stdint.h>
+#include <stdio.h>
+#include <sys/mman.h>
+int main(void) {
+    size_t n = 16u << 20, huge = 2u << 20, hole = (5u << 20) + 3 * 4096;
+    unsigned char *raw = mmap(0, n + huge, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return 2;
+    unsigned char *p = (unsigned char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (madvise(p, n, MADV_HUGEPAGE) != 0) return 3;
+    for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)(i >> 12) ^ 0x5a;
+    if (munmap(p + hole, 4096) != 0) return 4;
+    if (mprotect(p + (8u << 20), 1u << 20, PROT_READ) != 0) return 5;
+    unsigned long long s = 0;
+    for (size_t i = 0; i < n; i += 4096)
+        if (i != hole) s = s * 31 + p[i];
+    printf("%llx\n", s);
+    return 0;
+}"#,
+        &["-static"],
+    );
+    let k = &m.kernel;
+    let before = m.settle();
+    let event = |name| mmkit::fs::proc::vmstat::vm_event(k, name).unwrap();
+    let (alloc0, split0) = (event("thp_fault_alloc"), event("thp_split_pmd"));
+    let ours = run(&m, &vm, &[prog.to_str().unwrap()], RunOptions::default());
+    let native = run_native(&prog, &[prog.to_string_lossy().into_owned()], &env()).unwrap();
+    assert_eq!(ours.out.status, Status::Exited(0), "{:?}", ours.out.log);
+    assert_eq!(ours.stdout, native.stdout, "the checksum");
+    assert_eq!(event("thp_fault_alloc") - alloc0, 8, "one fault per 2 MiB");
+    assert_eq!(event("thp_split_pmd") - split0, 2);
+    assert!(
+        ours.out.min_flt < 200,
+        "{} faults: the 16 MiB took 8",
+        ours.out.min_flt
+    );
+    assert_clean(&m, before, "thp");
+}
+
+/// The same THP pattern on mmkit and on the host kernel: a program reads every page of
+/// 64 MiB of `MADV_HUGEPAGE` memory (huge zero PMDs), then writes every page (a THP in place
+/// of each), counting its minor faults for each pass with `getrusage`, and prints its own
+/// smaps' `AnonHugePages` and `THPeligible` for the region. The host's THP settings are
+/// probed (`enabled`, `use_zero_page`) and mmkit is set the same; where the host gives no
+/// THPs to `MADV_HUGEPAGE` memory (`never`) or could not get them, the host comparison is
+/// skipped with the reason and mmkit's own figures are still checked.
+#[test]
+fn thp_fault_counts_and_smaps_equal_the_host() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "thpcmp",
+        r#"#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+static long minflt(void) { struct rusage r; getrusage(RUSAGE_SELF, &r); return r.ru_minflt; }
+int main(void) {
+    size_t n = 64u << 20, huge = 2u << 20;
+    unsigned char *raw = mmap(0, n + huge, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return 2;
+    unsigned char *p = (unsigned char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (madvise(p, n, MADV_HUGEPAGE) != 0) return 3;
+    volatile unsigned char *v = p;
+    unsigned sum = 0;
+    long f0 = minflt();
+    for (size_t i = 0; i < n; i += 4096) sum += v[i];
+    long f1 = minflt();
+    for (size_t i = 0; i < n; i += 4096) v[i] = 1;
+    long f2 = minflt();
+    char line[512], want[64];
+    snprintf(want, sizeof want, "%lx-", (unsigned long)raw);
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 4;
+    int in = 0; long ahp = -1, elig = -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strchr(line, '-') && strchr(line, ' ') && line[0] != ' ' &&
+            strchr(line, '-') < strchr(line, ' '))
+            in = strncmp(line, want, strlen(want)) == 0;
+        else if (in) {
+            sscanf(line, "AnonHugePages: %ld", &ahp);
+            sscanf(line, "THPeligible: %ld", &elig);
+        }
+    }
+    printf("read-faults %ld write-faults %ld AnonHugePages %ld THPeligible %ld sum %u\n",
+           f1 - f0, f2 - f1, ahp, elig, sum);
+    return 0;
+}"#,
+        &["-static"],
+    );
+    let sys = |f: &str| std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{f}"));
+    let host_enabled = sys("enabled").ok().and_then(|s| {
+        let sel = s.split_whitespace().find(|w| w.starts_with('['))?;
+        Some(sel.trim_matches(|c| c == '[' || c == ']').to_string())
+    });
+    let host_zero = sys("use_zero_page").map_or(true, |s| s.trim() != "0");
+    let k = &m.kernel;
+    k.set_thp_use_zero_page(host_zero);
+    let before = m.settle();
+    let ours = run(&m, &vm, &[prog.to_str().unwrap()], RunOptions::default());
+    k.set_thp_use_zero_page(true);
+    assert_eq!(ours.out.status, Status::Exited(0), "{:?}", ours.out.log);
+    let want = if host_zero {
+        "read-faults 32 write-faults 32 AnonHugePages 65536 THPeligible 1 sum 0\n"
+    } else {
+        "read-faults 32 write-faults 0 AnonHugePages 65536 THPeligible 1 sum 0\n"
+    };
+    assert_eq!(String::from_utf8_lossy(&ours.stdout), want, "mmkit");
+    match host_enabled.as_deref() {
+        Some("always") | Some("madvise") => {
+            let native = run_native(&prog, &[prog.to_string_lossy().into_owned()], &env()).unwrap();
+            let host = String::from_utf8_lossy(&native.stdout).into_owned();
+            if host.contains("AnonHugePages 65536 ") {
+                assert_eq!(ours.stdout, native.stdout, "mmkit vs the host kernel");
+            } else {
+                eprintln!(
+                    "SKIPPED in thp_fault_counts_and_smaps_equal_the_host: the host kernel did \
+                     not back the region with THPs this time ({}); mmkit's figures checked alone",
+                    host.trim()
+                );
+            }
+        }
+        other => eprintln!(
+            "SKIPPED in thp_fault_counts_and_smaps_equal_the_host: the host's THP policy is \
+             {other:?}, so it maps no THP to compare; mmkit's figures checked alone"
+        ),
+    }
+    assert_clean(&m, before, "thpcmp");
+}
+
 /// The hardware's Accessed bits: after a program touched 64 pages, reclaim's
 /// `folio_referenced` clears their bits (the gather's flush zaps the frames, so the
 /// hypervisor drops its translations); the program then reads every third page; asked again,

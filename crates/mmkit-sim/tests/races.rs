@@ -1,7 +1,8 @@
 //! Races on page-table entries, run on several CPUs: a swap-in fault against `swapoff`
 //! installing the same swap entry; an MMU setting Accessed/Dirty bits while the kernel
-//! rewrites the entries (mprotect, munmap, msync, reclaim, writeback) — no Dirty bit, and so
-//! no written byte, may be lost; and the TLB checker catching a page freed without the
+//! rewrites the entries (mprotect, munmap, msync, reclaim, writeback), on PTEs and on the
+//! 2 MiB PMD entries of THPs (split under the MMU) — no Dirty bit, and so no written byte,
+//! may be lost; and the TLB checker catching a page freed without the
 //! gather's flush.
 
 mod common;
@@ -388,6 +389,129 @@ fn no_dirty_bit_set_by_the_mmu_is_lost() {
     m.on_cpu(0, |cpu| {
         k.exit_mmap(cpu, mm);
         k.fput(cpu, file);
+    });
+}
+
+/// The MMU against the PMD level: a CPU playing the hardware (CPU 2) stores through 2 MiB
+/// entries of `MADV_HUGEPAGE` memory — setting Accessed and Dirty on the huge PMDs — while the
+/// program (CPU 0) `mprotect`s whole THPs (`change_huge_pmd`) and half of one (a split), and
+/// the kernel (CPU 1) reclaims with swap (splitting every THP through the reverse map and
+/// swapping its pages out). A Dirty bit lost in a split, or a store through a translation a
+/// split forgot to flush, loses bytes: every page must end with the last store that went in.
+#[test]
+fn no_dirty_bit_set_by_the_mmu_on_a_huge_pmd_is_lost() {
+    let m = boot_mem(64, 3, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("swap");
+    let f = make_swap_file(&path, 64 << 20).unwrap();
+    let swap_path = path.to_string_lossy().into_owned();
+    k.swapon(Arc::new(f), &swap_path, -2).unwrap();
+    // Several times over, fresh THPs each time: the splits happen early in each run.
+    for _ in 0..8 {
+        huge_pmd_vs_mmu_round(&m, &swap_path);
+    }
+    m.on_cpu(0, |cpu| k.swapoff(cpu, &swap_path).unwrap());
+}
+
+fn huge_pmd_vs_mmu_round(m: &Machine, _swap: &str) {
+    use mmkit::arch::x86_64::tlb::{Access, PageFault, X86_PF_USER, X86_PF_WRITE};
+    const M: u64 = 1024; // 4 MiB: two THPs
+    const ROUNDS: u64 = 60;
+    let k = &m.kernel;
+    let alloc0 = event(k, "thp_fault_alloc");
+    let split0 = event(k, "thp_split_page");
+    let mut mm = m.on_cpu(0, |cpu| k.mm_alloc(cpu).unwrap());
+    let b = m.on_cpu(0, |cpu| {
+        let b = k
+            .mmap(cpu, &mut mm, 0x6000_0000, M << 12, RW, ANON | MAP_FIXED, 0)
+            .unwrap();
+        k.madvise(cpu, &mut mm, b, M << 12, mmkit::mm::madvise::MADV_HUGEPAGE)
+            .unwrap();
+        for i in 0..M {
+            k.user_write(cpu, &mut mm, b + (i << 12), &stamp(i, 0))
+                .unwrap();
+        }
+        b
+    });
+    assert_eq!(event(k, "thp_fault_alloc") - alloc0, 2);
+    let pt = mm.pt.clone();
+    let last: Vec<AtomicU64> = (0..M).map(|_| AtomicU64::new(0)).collect();
+    let hw_stores = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            m.on_cpu(2, |cpu| {
+                let mut seq = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for i in 0..M {
+                        seq += 1;
+                        let ok = k
+                            .mmu_access(cpu, &pt, b + (i << 12), Access::USER_WRITE, |pa| {
+                                let page = k.pfn_to_page(mmkit::Pfn(pa >> 12)).unwrap();
+                                k.write_page(page, (pa & 0xfff) as usize, &stamp(i, seq))
+                                    .unwrap();
+                            })
+                            .is_ok();
+                        if ok {
+                            last[i as usize].store(seq, Ordering::Relaxed);
+                            hw_stores.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        });
+        s.spawn(|| {
+            m.on_cpu(1, |cpu| {
+                while !stop.load(Ordering::Relaxed) {
+                    k.try_to_free_pages(cpu, GFP_KERNEL);
+                }
+            })
+        });
+        m.on_cpu(0, |cpu| {
+            // At least ROUNDS rounds, and on until the hardware got its stores in.
+            let mut r = 0;
+            while r < ROUNDS || hw_stores.load(Ordering::Relaxed) <= 4 * M {
+                r += 1;
+                for i in 0..M {
+                    let pf = PageFault {
+                        address: b + (i << 12),
+                        error_code: X86_PF_WRITE | X86_PF_USER,
+                    };
+                    k.do_user_addr_fault(cpu, &mut mm, pf).unwrap();
+                }
+                match r % 3 {
+                    0 => {
+                        k.mprotect(cpu, &mut mm, b, M << 12, PROT_READ).unwrap();
+                        k.mprotect(cpu, &mut mm, b, M << 12, RW).unwrap();
+                    }
+                    1 => {
+                        let half = b + (M << 11) + (1 << 20);
+                        k.mprotect(cpu, &mut mm, half, 1 << 20, PROT_READ).unwrap();
+                        k.mprotect(cpu, &mut mm, half, 1 << 20, RW).unwrap();
+                    }
+                    _ => k.check_mm_invariants(&mm).unwrap(),
+                }
+            }
+        });
+    });
+    drop(pt);
+    let stores = hw_stores.load(Ordering::Relaxed);
+    assert!(stores > 4 * M, "the hardware got {stores} stores in");
+    assert!(
+        event(k, "thp_split_page") > split0,
+        "THPs were split under the hardware"
+    );
+    m.on_cpu(0, |cpu| {
+        k.check_mm_invariants(&mm).unwrap();
+        let mut got = [0u8; 16];
+        for i in 0..M {
+            k.user_read(cpu, &mut mm, b + (i << 12), &mut got).unwrap();
+            let want = stamp(i, last[i as usize].load(Ordering::Relaxed));
+            assert_eq!(got, want, "page {i}: the last store went missing");
+        }
+        k.exit_mmap(cpu, mm);
     });
 }
 

@@ -453,6 +453,17 @@ fn compaction_assembles_a_high_order_block() {
 /// and every page and slot back at the end.
 #[test]
 fn random_processes_under_pressure_keep_every_invariant() {
+    processes_under_pressure(false);
+}
+
+/// The same with the memory in `MADV_HUGEPAGE` THPs: reclaim splits them before swap-out,
+/// fork copies and writes split them, and every checker passes after every step.
+#[test]
+fn random_thp_processes_under_pressure_keep_every_invariant() {
+    processes_under_pressure(true);
+}
+
+fn processes_under_pressure(thp: bool) {
     use rand::{Rng, SeedableRng};
     let m = boot_mem(96, 1, "");
     let k = &m.kernel;
@@ -465,7 +476,12 @@ fn random_processes_under_pressure_keep_every_invariant() {
     let pages = k.totalram_pages() / 2; // two processes' worth overflow RAM
     let base = m.on_cpu(0, |cpu| {
         let mm = tasks.get_mut(first).unwrap().mm.as_mut().unwrap();
-        k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap()
+        let a = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
+        if thp {
+            k.madvise(cpu, mm, a, pages << 12, mmkit::mm::madvise::MADV_HUGEPAGE)
+                .unwrap();
+        }
+        a
     });
     // pid -> model of page -> value (0 = never written: reads as zero)
     let mut model: std::collections::BTreeMap<u32, Vec<u8>> =
@@ -535,6 +551,10 @@ fn random_processes_under_pressure_keep_every_invariant() {
             k.check_invariants().unwrap();
         }
         assert!(event(k, "pswpout") > 0, "the run reached swap");
+        if thp {
+            assert!(event(k, "thp_fault_alloc") > 0, "THPs were mapped");
+            assert!(event(k, "thp_split_page") > 0, "and split");
+        }
         for pid in model.keys().copied().collect::<Vec<_>>() {
             let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
             let mut b = [0u8];

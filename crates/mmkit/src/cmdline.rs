@@ -3,7 +3,8 @@
 //!
 //! Recognised: `numa=fake=N`, `movablecore=SIZE|N%`, `kernelcore=SIZE|N%`,
 //! `sysctl.vm.min_free_kbytes=N`, `sysctl.vm.watermark_scale_factor=N`,
-//! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `slab_debug`, `norandmaps`, `quiet`, `loglevel=N`.
+//! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `slab_debug`, `norandmaps`, `quiet`, `loglevel=N`,
+//! `transparent_hugepage=always|madvise|never` (`setup_transparent_hugepage`).
 //! Linux passes unknown parameters on to init with a warning; a simulator has no init to pass
 //! them to, so an unknown parameter is an error naming it (a typo should not be silent).
 //!
@@ -44,6 +45,8 @@ pub struct BootConfig {
     pub norandmaps: bool,
     /// `slab_debug`: red zones, poisoning and caller tracking on every slab cache.
     pub slab_debug: bool,
+    /// `transparent_hugepage=` (the build's default, `madvise`, when absent).
+    pub thp_enabled: Option<crate::mm::huge_memory::ThpEnabled>,
 }
 
 /// x86's `COMMAND_LINE_SIZE`: the command line with its NUL fits in this many bytes.
@@ -229,6 +232,12 @@ impl BootConfig {
                     }
                     c.wmark.lowmem_reserve_ratio[..n].copy_from_slice(&r[..n]);
                 }
+                ("transparent_hugepage", Some(v)) => {
+                    c.thp_enabled = Some(
+                        crate::mm::huge_memory::ThpEnabled::parse(v)
+                            .ok_or_else(|| bad("expected always, madvise or never"))?,
+                    );
+                }
                 ("norandmaps", None) => c.norandmaps = true,
                 ("slab_debug", None) => c.slab_debug = true,
                 ("quiet", None) | ("loglevel", Some(_)) | ("console", Some(_)) => {}
@@ -250,6 +259,14 @@ mod tests {
         assert_eq!(c.movablecore, Some(SizeOrPercent::Percent(25)));
         assert_eq!(c.kernelcore, Some(SizeOrPercent::Bytes(2 << 30)));
         assert_eq!(c.wmark.lowmem_reserve_ratio, [128, 128, 16, 0, 0]);
+        assert_eq!(c.thp_enabled, None);
+        let c = BootConfig::parse("transparent_hugepage=never").unwrap();
+        assert_eq!(
+            c.thp_enabled,
+            Some(crate::mm::huge_memory::ThpEnabled::Never)
+        );
+        assert!(BootConfig::parse("transparent_hugepage=sometimes").is_err());
+        assert!(BootConfig::parse("transparent_hugepage").is_err());
     }
 
     #[test]

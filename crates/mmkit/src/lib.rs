@@ -77,6 +77,8 @@ pub struct Kernel {
     pub(crate) anon_vmas: sync::RwLock<mm::rmap::AnonVmas>,
     pub(crate) swap: SpinLock<mm::swapfile::SwapState>,
     pub(crate) swappiness: AtomicU64,
+    /// The transparent huge page policies.
+    pub(crate) thp: mm::huge_memory::ThpState,
 }
 
 // `Kernel` is `Send + Sync` from its parts, with no claim of its own: the unsafe claims are

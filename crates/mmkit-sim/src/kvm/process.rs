@@ -572,7 +572,7 @@ fn page_fault(
     let error_code = frame[0] as u32;
     let k = p.k;
     p.user_faults += 1;
-    let kind_probe = k.pte_lookup(&p.mm().pt, cr2 & !0xfff);
+    let kind_probe = k.translation_lookup(&p.mm().pt, cr2 & !0xfff);
     let r = k.do_user_addr_fault(
         cpu,
         p.mm(),
@@ -585,7 +585,7 @@ fn page_fault(
     match r {
         Ok(kind) => {
             p.mm().faults.add(kind);
-            let after = k.pte_lookup(&p.mm().pt, cr2 & !0xfff);
+            let after = k.translation_lookup(&p.mm().pt, cr2 & !0xfff);
             let class = classify(k, kind_probe, after, error_code);
             p.faults_by_kind[class] += 1;
             if p.opts.trace_faults {

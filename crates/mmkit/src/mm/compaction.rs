@@ -70,7 +70,11 @@ impl Kernel {
                 continue;
             };
             scanned += 1;
-            if !page.test(PageFlags::LRU) || page.test(PageFlags::UNEVICTABLE) {
+            // Large folios are not migrated here (their pages are skipped whole).
+            if !page.test(PageFlags::LRU)
+                || page.test(PageFlags::UNEVICTABLE)
+                || page.test(PageFlags::HEAD)
+            {
                 continue;
             }
             let movable = if page_anon(page) {
@@ -82,7 +86,7 @@ impl Kernel {
                 continue;
             }
             let mut lru = self.nodes[page.nid()].lru.lock();
-            if page.test(PageFlags::LRU) && page.try_get() {
+            if page.test(PageFlags::LRU) && !page.test(PageFlags::HEAD) && page.try_get() {
                 self.lru_del_locked(&mut lru, page);
                 out.push(pfn);
             }

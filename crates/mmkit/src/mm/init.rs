@@ -785,6 +785,7 @@ impl Kernel {
             anon_vmas: crate::sync::RwLock::new(Default::default()),
             swap: SpinLock::new(Default::default()),
             swappiness: AtomicU64::new(60),
+            thp: crate::mm::huge_memory::ThpState::new(config.thp_enabled),
         };
         // empty_zero_page lives in the kernel's bss, which boot clears.
         k.clear_highpage(k.zero_pfn);

@@ -31,6 +31,10 @@ pub const MADV_WILLNEED: u32 = 3;
 pub const MADV_DONTNEED: u32 = 4;
 /// `MADV_FREE`.
 pub const MADV_FREE: u32 = 8;
+/// `MADV_HUGEPAGE`.
+pub const MADV_HUGEPAGE: u32 = 14;
+/// `MADV_NOHUGEPAGE`.
+pub const MADV_NOHUGEPAGE: u32 = 15;
 
 /// `madvise`'s argument check: a page-aligned start and a range inside user space (`EINVAL`
 /// otherwise); returns the page-aligned end.
@@ -59,6 +63,9 @@ impl Kernel {
             MADV_DONTNEED => self.madvise_dontneed(cpu, mm, start, len),
             MADV_WILLNEED => self.madvise_willneed(cpu, mm, start, len),
             MADV_FREE => self.madvise_free(cpu, mm, start, len),
+            MADV_HUGEPAGE | MADV_NOHUGEPAGE => {
+                self.hugepage_madvise(cpu, mm, start, len, advice == MADV_HUGEPAGE)
+            }
             _ => Err(Errno::EINVAL),
         }
     }
@@ -173,6 +180,42 @@ impl Kernel {
         })
     }
 
+    /// `madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE)` (`hugepage_madvise` through
+    /// `madvise_update_vma`): set `VM_HUGEPAGE` (clearing `VM_NOHUGEPAGE`) or the reverse on
+    /// the VMAs of the range, splitting them at its edges. THPs already mapped stay; the
+    /// policy applies to the next faults. `EINVAL` for an unaligned start, `ENOMEM` when the
+    /// range is not fully mapped (after doing what is).
+    pub fn hugepage_madvise(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+        huge: bool,
+    ) -> Result<(), Errno> {
+        let end = madvise_range(start, len)?;
+        self.madvise_walk_vmas(
+            mm,
+            start,
+            end,
+            |_| true,
+            |k, mm, lo, hi| {
+                let Some(v) = mm.vma_lookup(lo).cloned() else {
+                    return Ok(());
+                };
+                let new = if huge {
+                    (v.vm_flags - VmFlags::VM_NOHUGEPAGE) | VmFlags::VM_HUGEPAGE
+                } else {
+                    (v.vm_flags - VmFlags::VM_HUGEPAGE) | VmFlags::VM_NOHUGEPAGE
+                };
+                if new != v.vm_flags {
+                    k.vma_modify_flags(cpu, mm, &v, lo, hi, new)?;
+                }
+                Ok(())
+            },
+        )
+    }
+
     /// `madvise_walk_vmas`: every VMA meeting `[start, end)` must pass `allowed` (else
     /// `EINVAL`, nothing done); then `visit(lo, hi)` runs on each one's part of the range (an
     /// error from it ends the walk with that error), and a hole in the range is `ENOMEM`
@@ -210,6 +253,9 @@ impl Kernel {
     /// `madvise_free_pte_range`: free the swap entries of `[lo, hi)`; clean and age the PTEs
     /// of pages only this mapping has, then mark those pages lazily freed.
     fn madvise_free_pte_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, lo: u64, hi: u64) {
+        // madvise_free_huge_pmd is not done: huge entries are split, their pages freed lazily
+        // as small pages.
+        self.split_huge_pmd_range(cpu, mm, lo, hi);
         let mut swap: Vec<SwpEntry> = Vec::new();
         let mut pages: Vec<&Page> = Vec::new();
         {

@@ -23,6 +23,7 @@ use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
 use crate::mm::filemap::PGMAJFAULT;
+use crate::mm::huge_memory::HugeFault;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::Page;
@@ -107,7 +108,7 @@ impl Kernel {
         // borrowed for the walk: it is the one change a fault makes to the VMA.
         {
             let v = mm.vma(vma);
-            if access.write
+            if (access.write || self.thp_vma_allowable(v))
                 && !v.vm_flags.contains(VmFlags::VM_SHARED)
                 && v.anon_vma.is_none()
                 && v.vm_special.is_none()
@@ -118,6 +119,10 @@ impl Kernel {
         let mm: &MmStruct = mm;
         let v = mm.vma(vma);
         let address = addr & PAGE_MASK;
+        // __handle_mm_fault's PMD level: a huge entry, or a new THP where the VMA allows one.
+        if let HugeFault::Done(r) = self.huge_pmd_fault(cpu, mm, v, address, access) {
+            return r;
+        }
         // __handle_mm_fault: the table levels down to the PTE table, allocated as needed.
         // They stay while we hold the address space (only its owner frees tables).
         let Ok(pte) = self.pte_cursor_alloc(cpu, &mm.pt, address, address + PAGE_SIZE) else {
@@ -514,22 +519,29 @@ impl Kernel {
     /// `do_wp_page`: a write to a present read-only PTE in a writable VMA.
     fn do_wp_page(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> FaultResult {
         let vma = vmf.vma;
+        // handle_pte_fault takes the PTE lock and re-checks the entry before do_wp_page: the
+        // page behind `orig_pte` is looked at (and pinned) only while the entry still maps
+        // it, or reclaim could free it under us (a pin taken on a free page, then the very
+        // frame handed back as the copy's, was seen under THP splits and reclaim).
+        vmf.pte.lock();
+        if vmf.pte.get() != vmf.orig_pte {
+            vmf.pte.unlock();
+            return Ok(FaultKind::Minor);
+        }
         let old = self.vm_normal_page(vmf.orig_pte);
-        // wp_page_reuse: ptep_set_access_flags on the entry the fault saw.
+        // wp_page_reuse: ptep_set_access_flags on the entry the fault saw (lock held).
         let reuse = |vmf: &mut VmFault<'_>| {
-            vmf.pte.lock();
-            if vmf.pte.get() == vmf.orig_pte {
-                vmf.pte
-                    .set_flags(PteFlags::RW | PteFlags::DIRTY | PteFlags::ACCESSED);
-            }
+            vmf.pte
+                .set_flags(PteFlags::RW | PteFlags::DIRTY | PteFlags::ACCESSED);
+            vmf.pte.unlock();
+            Ok(FaultKind::Minor)
         };
         if vma.vm_flags.contains(VmFlags::VM_SHARED) {
             // wp_page_shared: the page cache learns the page is dirty; map it writable.
             if let Some(p) = old {
                 self.set_page_dirty(cpu, p);
             }
-            reuse(vmf);
-            return Ok(FaultKind::Minor);
+            return reuse(vmf);
         }
         // wp_can_reuse_anon_folio: an anonymous page nobody else maps or holds (a reference
         // from this CPU's LRU add batch does not count: drain it first, as Linux does).
@@ -543,15 +555,18 @@ impl Kernel {
             }
             if page_anon(p) && p.mapcount() == 1 && p.refcount() == 1 {
                 self.page_move_anon_rmap(p, vma);
-                reuse(vmf);
-                return Ok(FaultKind::Minor);
+                return reuse(vmf);
             }
+            // The pin wp_page_copy copies from, taken while the entry maps the page.
+            p.get();
         }
+        vmf.pte.unlock();
         self.wp_page_copy(cpu, mm, vmf, old)
     }
 
     /// `wp_page_copy`: a private copy (a zeroed page in place of the zero page). The old
-    /// page is pinned while the new one is allocated (allocation may reclaim, and reclaim
+    /// page comes pinned by the caller (taken under the PTE lock) and stays pinned while the
+    /// new one is allocated (allocation may reclaim, and reclaim
     /// may unmap the old page); the entry is replaced only if it is unchanged, through a
     /// gather, so the old page's mapping reference goes only after every TLB let it go.
     fn wp_page_copy(
@@ -563,11 +578,11 @@ impl Kernel {
     ) -> FaultResult {
         let vma = vmf.vma;
         let Some(av) = vma.anon_vma else {
+            if let Some(p) = old {
+                self.__free_pages(cpu, p, 0); // the pin
+            }
             return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
         };
-        if let Some(p) = old {
-            p.get();
-        }
         let new = match self.alloc_user_page(cpu, old.is_none()) {
             Ok(n) => n,
             Err(e) => {
@@ -641,6 +656,8 @@ impl Kernel {
         let (mut anon, mut file, mut swapents) = (0i64, 0i64, 0i64);
         let mut swap_entries: alloc::vec::Vec<crate::mm::swapfile::SwpEntry> =
             alloc::vec::Vec::new();
+        // zap_pmd_range: huge entries first (whole ones zapped, partial ones split).
+        self.zap_huge_pmds(tlb, mm, start, end);
         {
             let mut c = self.pte_cursor(&mm.pt, start, end);
             while c.next_entry().is_some() {
@@ -700,6 +717,8 @@ impl Kernel {
             return Ok(());
         }
         let cow = vma.is_cow_mapping();
+        // copy_pmd_range: huge entries as huge entries (copy_huge_pmd).
+        self.copy_huge_pmds(cpu, dst, src, vma)?;
         let mut entries: alloc::vec::Vec<(u64, Pte)> = alloc::vec::Vec::new();
         {
             let mut tlb = MmuGather::new(self, cpu, &src.pt);

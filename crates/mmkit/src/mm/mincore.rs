@@ -43,7 +43,12 @@ impl Kernel {
                 } else {
                     Default::default()
                 };
-                out[i] = u8::from(if pte.is_present() {
+                // mincore_pmd_range: a huge entry is resident as a whole.
+                let huge = pte.is_none()
+                    && self
+                        .huge_pmd_lookup(&mm.pt, a)
+                        .is_some_and(|h| h.is_present());
+                out[i] = u8::from(if pte.is_present() || huge {
                     true
                 } else if let Some(e) = SwpEntry::from_pte(pte) {
                     self.lookup_swap_cache(e).is_some_and(|p| {

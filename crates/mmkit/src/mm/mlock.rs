@@ -17,6 +17,7 @@ impl Kernel {
     /// `ENOMEM` at the first hole (after changing what precedes it, as Linux).
     fn apply_vma_lock_flags(
         &self,
+        cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
         start: u64,
         end: u64,
@@ -35,7 +36,7 @@ impl Kernel {
             };
             // mlock_fixup leaves special mappings alone.
             if new_flags != v.vm_flags && !v.vm_flags.intersects(crate::mm::mmap::VM_SPECIAL) {
-                self.vma_modify_flags(mm, &v, lo, hi, new_flags)?;
+                self.vma_modify_flags(cpu, mm, &v, lo, hi, new_flags)?;
                 let pages = (hi - lo) >> PAGE_SHIFT;
                 if lock {
                     mm.locked_vm += pages;
@@ -82,7 +83,7 @@ impl Kernel {
         if !self.mlock_allowed(mm, ((end - start) >> PAGE_SHIFT) - already) {
             return Err(Errno::ENOMEM);
         }
-        self.apply_vma_lock_flags(mm, start, end, true)?;
+        self.apply_vma_lock_flags(cpu, mm, start, end, true)?;
         self.mm_populate(cpu, mm, start, end - start);
         Ok(())
     }
@@ -118,7 +119,7 @@ impl Kernel {
                 mm.vmas().map(|v| (v.vm_start, v.vm_end)).collect();
             for (lo, hi) in ranges {
                 // Special mappings are skipped inside; a hole cannot happen here.
-                self.apply_vma_lock_flags(mm, lo, hi, true)?;
+                self.apply_vma_lock_flags(cpu, mm, lo, hi, true)?;
             }
             if flags & MCL_ONFAULT == 0 {
                 let ranges: alloc::vec::Vec<(u64, u64)> = mm
@@ -135,7 +136,7 @@ impl Kernel {
     }
 
     /// `munlockall`: unlock everything and stop locking new mappings.
-    pub fn munlockall(&self, mm: &mut MmStruct) -> Result<(), Errno> {
+    pub fn munlockall(&self, cpu: &CpuGuard<'_>, mm: &mut MmStruct) -> Result<(), Errno> {
         mm.def_flags -= VmFlags::VM_LOCKED | VmFlags::VM_LOCKONFAULT;
         let ranges: alloc::vec::Vec<(u64, u64)> = mm
             .vmas()
@@ -143,15 +144,21 @@ impl Kernel {
             .map(|v| (v.vm_start, v.vm_end))
             .collect();
         for (lo, hi) in ranges {
-            self.apply_vma_lock_flags(mm, lo, hi, false)?;
+            self.apply_vma_lock_flags(cpu, mm, lo, hi, false)?;
         }
         Ok(())
     }
 
     /// `munlock(start, len)`.
-    pub fn munlock(&self, mm: &mut MmStruct, start: u64, len: u64) -> Result<(), Errno> {
+    pub fn munlock(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        start: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
         let (start, end) = Self::lock_range(start, len)?;
-        self.apply_vma_lock_flags(mm, start, end, false)
+        self.apply_vma_lock_flags(cpu, mm, start, end, false)
     }
 
     /// `msync(start, len, flags)` (`mm/msync.c`): with `MS_SYNC` or `MS_ASYNC`, write back

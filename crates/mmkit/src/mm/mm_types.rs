@@ -217,6 +217,9 @@ pub struct MmStruct {
     pub def_flags: VmFlags,
     /// `rss_stat[NR_MM_COUNTERS]`: resident pages by kind, updated by faults and zaps.
     pub rss_stat: Arc<RssStat>,
+    /// `MMF_HUGE_ZERO_PAGE`: this address space holds a reference on the huge zero folio
+    /// (taken at its first huge zero PMD, given back at exit).
+    pub(crate) huge_zero: core::sync::atomic::AtomicBool,
     /// `start_code`, `end_code`, `start_data`, `end_data` (set by exec).
     pub start_code: u64,
     /// End of the text segment.

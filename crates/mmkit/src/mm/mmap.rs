@@ -166,6 +166,7 @@ impl Kernel {
             cap_ipc_lock: true,
             def_flags: VmFlags::empty(),
             rss_stat: Arc::new(Default::default()),
+            huge_zero: Default::default(),
             start_code: 0,
             end_code: 0,
             start_data: 0,
@@ -409,7 +410,7 @@ impl Kernel {
             let stop = v.vm_end.min(end);
             while a < stop {
                 let done = self
-                    .pte_lookup(&mm.pt, a)
+                    .translation_lookup(&mm.pt, a)
                     .is_some_and(|p| p.is_present() && (!write || p.writable()));
                 if !done {
                     match self.handle_mm_fault(cpu, mm, id, a, access) {
@@ -551,6 +552,7 @@ impl Kernel {
     /// updated part as inserted, before merging.
     pub(crate) fn vma_modify_flags(
         &self,
+        cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
         v: &VmArea,
         lo: u64,
@@ -560,6 +562,13 @@ impl Kernel {
         let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
         if extra > 0 && mm.map_count() + extra > mm.max_map_count {
             return Err(Errno::ENOMEM);
+        }
+        // vma_adjust_trans_huge: no huge entry may straddle the new VMA edges.
+        if v.vm_start < lo {
+            self.split_huge_pmd_edges(cpu, mm, lo, lo);
+        }
+        if hi < v.vm_end {
+            self.split_huge_pmd_edges(cpu, mm, hi, hi);
         }
         self.vma_unlink(mm, v.vm_end);
         if v.vm_start < lo {
@@ -767,6 +776,7 @@ impl Kernel {
             self.free_pgd_range(&mut tlb, 0, TASK_SIZE + PAGE_SIZE);
             tlb.finish();
         }
+        self.mm_put_huge_zero_folio(cpu, &mm);
         // Every VMA is unlinked, and reverse-map walks hold the lock their records are under
         // for as long as they look, so no walk holds the tables now; the records' references
         // to them went with the VMAs.
@@ -846,6 +856,7 @@ impl Kernel {
         if let Some(b) = bad {
             return Err(b);
         }
+        self.check_huge_pmds(mm, &chains)?;
         for v in mm.vmas() {
             let recorded = |list: &[crate::mm::rmap::RmapRecord]| {
                 list.iter().any(|r| {

@@ -13,6 +13,11 @@
 //!    translations the generation cannot reach (a shadow-paging hypervisor) drops them there,
 //! 3. only then drops the gathered pages' references and frees the gathered tables.
 //!
+//! A huge (2 MiB PMD) translation is recorded as one (`tlb_remove_pmd_tlb_entry`): the flush
+//! covers its 2 MiB and tells the platform its first frame in [`TlbFlush::huge_frames`]; the
+//! large folio it mapped is gathered as one page and freed whole, at its order, after the
+//! flush.
+//!
 //! The batches are fixed arrays (Linux's `mmu_gather_batch`); a full one flushes early. A page
 //! taken out of a PTE reaches the allocator only through a gather, so no CPU and no MMU can
 //! still reach a frame when it is freed. [`MmuGather::finish`] (`tlb_finish_mmu`) flushes what
@@ -37,6 +42,8 @@ use core::mem::MaybeUninit;
 const BATCH: usize = 256;
 /// Page tables gathered before an early flush.
 const TABLE_BATCH: usize = 32;
+/// Huge (2 MiB) translations gathered before an early flush.
+const HUGE_BATCH: usize = 16;
 
 /// What a flush tells the platform: the address space, the range flushed, and the frames
 /// whose translations in it were taken away (data frames from PTEs, and page tables freed).
@@ -53,6 +60,9 @@ pub struct TlbFlush<'a> {
     pub end: u64,
     /// Frames some translation in the range pointed to before the change.
     pub frames: &'a [Pfn],
+    /// First frames of 2 MiB (huge PMD) translations taken away: each stands for itself and
+    /// the 511 frames after it.
+    pub huge_frames: &'a [Pfn],
     /// Page-table pages taken out of the tables (freed once this returns).
     pub tables: &'a [Pfn],
     /// The whole address space is going away (`tlb->fullmm`).
@@ -73,6 +83,9 @@ pub struct MmuGather<'a> {
     /// uninitialized so that a gather costs nothing to set up on a fault path).
     frames: [MaybeUninit<Pfn>; BATCH],
     nr_frames: usize,
+    /// First frames of huge translations recorded.
+    huge: [Pfn; HUGE_BATCH],
+    nr_huge: usize,
     /// Pages to put; the first `nr_pages` are initialized.
     pages: [MaybeUninit<&'a Page>; BATCH],
     nr_pages: usize,
@@ -107,6 +120,8 @@ impl<'a> MmuGather<'a> {
             need_flush: false,
             frames: [const { MaybeUninit::uninit() }; BATCH],
             nr_frames: 0,
+            huge: [Pfn(0); HUGE_BATCH],
+            nr_huge: 0,
             pages: [const { MaybeUninit::uninit() }; BATCH],
             nr_pages: 0,
             tables: [Pfn(0); TABLE_BATCH],
@@ -153,6 +168,24 @@ impl<'a> MmuGather<'a> {
         self.extend(va, va.saturating_add(crate::PAGE_SIZE));
         self.frames[self.nr_frames].write(old.pfn());
         self.nr_frames += 1;
+    }
+
+    /// `tlb_remove_pmd_tlb_entry`: the huge entry for the 2 MiB at `haddr` held `old`.
+    /// Called by the PMD guard.
+    pub(crate) fn record_huge(&mut self, pt: &PgTable, haddr: u64, old: Pte) {
+        debug_assert!(
+            core::ptr::eq(pt, self.pt),
+            "BUG: a gather of one address space used on another's PMDs"
+        );
+        if self.nr_huge == HUGE_BATCH {
+            self.flush();
+        }
+        self.extend(
+            haddr,
+            haddr.saturating_add(crate::arch::x86_64::pgtable::HPAGE_PMD_SIZE),
+        );
+        self.huge[self.nr_huge] = old.pfn();
+        self.nr_huge += 1;
     }
 
     /// `__tlb_remove_page`: drop the mapping's reference on `page` after the flush. The
@@ -208,6 +241,7 @@ impl<'a> MmuGather<'a> {
             start: self.start,
             end: self.end,
             frames: self.recorded_frames(),
+            huge_frames: &self.huge[..self.nr_huge],
             tables: &self.tables[..self.nr_tables],
             fullmm: self.fullmm,
         });
@@ -216,6 +250,7 @@ impl<'a> MmuGather<'a> {
         self.start = u64::MAX;
         self.end = 0;
         self.nr_frames = 0;
+        self.nr_huge = 0;
     }
 
     fn recorded_frames(&self) -> &[Pfn] {
@@ -274,6 +309,7 @@ impl<'a> MmuGather<'a> {
     pub fn finish_without_flush(&mut self) {
         self.need_flush = false;
         self.nr_frames = 0;
+        self.nr_huge = 0;
         self.release();
     }
 }

@@ -2,6 +2,7 @@
 pub mod compaction;
 pub mod filemap;
 pub mod highmem;
+pub mod huge_memory;
 pub mod init;
 pub mod list;
 pub mod madvise;

@@ -63,11 +63,12 @@ impl Kernel {
                 new_flags |= VmFlags::VM_ACCOUNT;
             }
             if new_flags != v.vm_flags {
-                let changed = self.vma_modify_flags(mm, &v, lo, hi, new_flags)?;
+                let changed = self.vma_modify_flags(cpu, mm, &v, lo, hi, new_flags)?;
                 // change_protection: present PTEs get the new bits, keeping the Accessed and
                 // Dirty bits the MMU may be setting meanwhile; what lost a permission is
                 // flushed.
                 let prot_bits = changed.vm_page_prot;
+                self.change_huge_pmds(cpu, mm, lo, hi, prot_bits);
                 let mut tlb = MmuGather::new(self, cpu, &mm.pt);
                 let mut c = self.pte_cursor(&mm.pt, lo, hi);
                 while let Some((_, pte)) = c.next_entry() {

@@ -217,6 +217,8 @@ impl Kernel {
         new: u64,
         len: u64,
     ) -> Result<(), Errno> {
+        // move_huge_pmd is not done: huge entries are split and move as PTEs.
+        self.split_huge_pmd_range(cpu, mm, old, old + len);
         // The target's tables first, so a failure leaves everything where it was.
         let mut entries: Vec<(u64, Pte)> = Vec::new();
         {

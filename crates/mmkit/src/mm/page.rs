@@ -27,7 +27,7 @@
 //! | free block head (`PG_buddy`) | its migrate type | 0 | order | 0 | free list |
 //! | on a per-CPU list | its migrate type | 0 | 0 | 0 | pcp list |
 //! | compound head (`PG_head`) | as its use below | as below | order (slabs: see below) | as below | as below |
-//! | compound tail (`PG_tail`) | 0 | 0 | pages from its head | 0 | none |
+//! | compound tail (`PG_tail`) | 0 (first tail of a folio: `_entire_mapcount`) | 0 | pages from its head | PTEs mapping this page | none |
 //! | anonymous | page offset in its `anon_vma` (`linear_page_index`) | `PAGE_MAPPING_ANON` + `anon_vma` id | swap entry while `PG_swapcache` | PTEs mapping it | LRU list |
 //! | page cache | page index in the file | the inode's id | 0 | PTEs mapping it | LRU list |
 //! | slab head (`PG_slab`) | `slab_cache` | off-slab freelist's pfn | colour + off-slab freelist offset | `active` | slab list |
@@ -35,6 +35,16 @@
 //!
 //! A slab's page is read and written only through the `struct slab` overlay
 //! ([`crate::mm::slab_page::Slab`]), whose accessors name those fields.
+//!
+//! Compound pages and folios (`include/linux/mm.h`'s `compound_head`, `folio_order`,
+//! `folio_nr_pages`, `folio_entire_mapcount`): a block of `2^order` pages allocated with
+//! `__GFP_COMP` is one unit, its head carrying `PG_head`, the order in `private`, and every
+//! folio-wide field (flags, `_refcount`, `mapping`, `index`, LRU links); each tail carries
+//! `PG_tail` and its distance from the head, no reference of its own. A large folio mapped
+//! by PMDs counts those mappings in `_entire_mapcount`, which lives in the first tail page
+//! (Linux's `folio->_entire_mapcount` overlays `page[1]` too); the `_mapcount` of each page
+//! counts only the PTEs that map that page. A folio's total mapcount (`folio_mapcount`) is
+//! the sum of both.
 
 use crate::addr::Pfn;
 use crate::mm::mmzone::ZoneType;
@@ -234,6 +244,12 @@ impl Page {
     pub fn get(&self) {
         self.refcount.fetch_add(1, Relaxed);
     }
+    /// `folio_ref_add()`: take (or, negative, give back) `n` references at once.
+    #[inline]
+    pub(crate) fn ref_add(&self, n: i32) {
+        self.refcount
+            .fetch_add(n, core::sync::atomic::Ordering::AcqRel);
+    }
     /// `folio_try_get()`: take a reference unless the page is already being freed.
     #[inline]
     pub fn try_get(&self) -> bool {
@@ -348,6 +364,86 @@ impl Page {
         self.lru_prev.store(NIL, Relaxed);
         self.private.store(0, Relaxed);
         self.mapping.store(0, Relaxed);
+    }
+
+    /// `compound_head()`: the head of the compound block this page is a tail of, or the page
+    /// itself.
+    #[inline]
+    pub fn compound_head(&self) -> &Page {
+        if !self.test(PageFlags::TAIL) {
+            return self;
+        }
+        let off = self.private() as usize;
+        // SAFETY: a tail page's `private` is its distance from its head (set by
+        // `prep_compound_page` and cleared only when the block is freed). A compound block is
+        // naturally aligned and at most MAX_PAGE_ORDER (< PFN_SECTION_SHIFT), so it lies in
+        // one section, whose `struct page`s are one contiguous array: the head is `off`
+        // entries before this one, initialized and alive as long as this one is.
+        unsafe { &*(self as *const Page).sub(off) }
+    }
+
+    /// `folio_order()`: the order of the folio whose head this is (0 for a single page).
+    #[inline]
+    pub fn folio_order(&self) -> u32 {
+        if self.test(PageFlags::HEAD) {
+            self.private()
+        } else {
+            0
+        }
+    }
+
+    /// `folio_nr_pages()`.
+    #[inline]
+    pub fn folio_nr_pages(&self) -> u64 {
+        1 << self.folio_order()
+    }
+
+    /// `folio_test_large()`.
+    #[inline]
+    pub fn folio_test_large(&self) -> bool {
+        self.test(PageFlags::HEAD)
+    }
+
+    /// The first tail page of a large folio (whose head this is).
+    #[inline]
+    fn first_tail(&self) -> &Page {
+        debug_assert!(self.test(PageFlags::HEAD));
+        // SAFETY: this is the head of a compound block of at least two pages, which lie in
+        // one section's contiguous `struct page` array (see `compound_head`).
+        unsafe { &*(self as *const Page).add(1) }
+    }
+
+    /// `folio_entire_mapcount()`: the PMDs mapping this large folio (0 for a small one).
+    #[inline]
+    pub fn entire_mapcount(&self) -> i32 {
+        if !self.test(PageFlags::HEAD) {
+            return 0;
+        }
+        self.first_tail().index.load(Relaxed) as i64 as i32
+    }
+
+    /// One more (`delta` 1) or one fewer (`-1`) PMD maps this large folio; the new count.
+    #[inline]
+    pub(crate) fn add_entire_mapcount(&self, delta: i32) -> i32 {
+        let t = self.first_tail();
+        let old = t
+            .index
+            .fetch_add(delta as i64 as u64, core::sync::atomic::Ordering::AcqRel);
+        (old as i64 as i32) + delta
+    }
+
+    /// `folio_mapcount()` of a folio whose head this is: its PMD mappings plus the PTE
+    /// mappings of each of its pages.
+    pub fn folio_mapcount(&self) -> i32 {
+        if !self.test(PageFlags::HEAD) {
+            return self.mapcount();
+        }
+        let mut n = self.entire_mapcount() + self.mapcount();
+        for i in 1..self.folio_nr_pages() as usize {
+            // SAFETY: pages 1..nr of a compound block whose head this is (see `first_tail`).
+            n += unsafe { &*(self as *const Page).add(i) }.mapcount();
+        }
+        n
     }
 
     /// Reset the flag bits to `f`, keeping the zone/node/section links.

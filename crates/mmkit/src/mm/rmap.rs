@@ -70,7 +70,7 @@ pub struct RmapRecord {
 
 impl RmapRecord {
     /// `vma_address`: where `index` is mapped in this VMA, if inside it.
-    fn address(&self, index: u64) -> Option<u64> {
+    pub(crate) fn address(&self, index: u64) -> Option<u64> {
         let off = index.checked_sub(self.pgoff)?;
         let a = self.start.checked_add(off.checked_mul(crate::PAGE_SIZE)?)?;
         (a < self.end).then_some(a)
@@ -502,6 +502,36 @@ impl Kernel {
     /// (`VM_EXEC` for code) — and of every mapping's `VM_LOCKED`, where the walk stops.
     pub fn page_referenced(&self, cpu: &CpuGuard<'_>, page: &Page) -> (usize, VmFlags) {
         let (mut n, mut vm_flags) = (0, VmFlags::empty());
+        if page.folio_test_large() {
+            // A large folio is mapped by PMDs (see huge_memory): pmdp_clear_flush_young.
+            let (index, pfn) = (page.index(), self.page_to_pfn(page));
+            self.with_rmap_records(page, |recs| {
+                for r in recs {
+                    let Some(a) = r.address(index) else {
+                        continue;
+                    };
+                    let Some(mut g) = self.pmd_lock(&r.pt, a) else {
+                        continue;
+                    };
+                    let h = g.get();
+                    if !h.is_huge() || h.pfn() != pfn {
+                        continue;
+                    }
+                    if r.flags.contains(VmFlags::VM_LOCKED) {
+                        vm_flags |= VmFlags::VM_LOCKED;
+                        return;
+                    }
+                    let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                    if g.update_huge(&mut tlb, |p| p.mkold()).young() {
+                        n += 1;
+                        vm_flags |= r.flags;
+                    }
+                    drop(g);
+                    tlb.finish();
+                }
+            });
+            return (n, vm_flags);
+        }
         self.rmap_walk(page, |r, c| {
             if r.flags.contains(VmFlags::VM_LOCKED) {
                 vm_flags |= VmFlags::VM_LOCKED;

@@ -51,8 +51,9 @@ impl Kernel {
         let pfn = self.page_to_pfn(page);
         let l = page_lru(page);
         lru.lists[l].push_front(&self.mem_map, pfn);
-        lru.nr[l] += 1;
-        self.mod_lru_size_locked(page, l, 1);
+        let nr = page.folio_nr_pages();
+        lru.nr[l] += nr;
+        self.mod_lru_size_locked(page, l, nr as i64);
         page.set(PageFlags::LRU);
     }
 
@@ -61,8 +62,9 @@ impl Kernel {
         let pfn = self.page_to_pfn(page);
         let l = page_lru(page);
         lru.lists[l].remove(&self.mem_map, pfn);
-        lru.nr[l] -= 1;
-        self.mod_lru_size_locked(page, l, -1);
+        let nr = page.folio_nr_pages();
+        lru.nr[l] -= nr;
+        self.mod_lru_size_locked(page, l, -(nr as i64));
         page.clear(PageFlags::LRU);
     }
 
@@ -83,7 +85,8 @@ impl Kernel {
     pub fn lru_cache_add(&self, cpu: &CpuGuard<'_>, page: &Page) {
         page.get();
         let full = cpu.state().lru_add.lock().add(self.page_to_pfn(page)) == 0;
-        if full {
+        // folio_batch_add_and_move: a large folio is moved onto its list at once.
+        if full || page.folio_test_large() {
             self.lru_add_drain(cpu);
         }
     }
@@ -107,7 +110,7 @@ impl Kernel {
             }
         }
         for &pfn in pfns {
-            self.__free_pages(cpu, self.mem_map.page(pfn), 0);
+            self.folio_put(cpu, self.mem_map.page(pfn));
         }
     }
 
@@ -118,7 +121,7 @@ impl Kernel {
         for &p in pages {
             if p.refcount() <= 0 {
                 // A bad put: let __free_pages report it.
-                self.__free_pages(cpu, p, 0);
+                self.folio_put(cpu, p);
             } else if p.put_testzero() {
                 last.push(p);
             }
@@ -219,8 +222,9 @@ impl Kernel {
         self.nodes[nid].lru.lock().nr[l]
     }
 
-    /// The LRU invariants: each list's length matches its count and counter, and every page
-    /// on it is flagged LRU, belongs on that list and is referenced.
+    /// The LRU invariants: each list's pages (a large folio counts `folio_nr_pages`) match
+    /// its count and counters, and every folio on it is flagged LRU, belongs on that list, is
+    /// referenced and is a folio head (never a tail page).
     pub fn check_lru_invariants(&self) -> Result<(), alloc::string::String> {
         for n in &self.nodes {
             let lru = n.lru.lock();
@@ -228,7 +232,11 @@ impl Kernel {
                 let mut count = 0;
                 for pfn in lru.lists[l].iter(&self.mem_map) {
                     let p = self.mem_map.page(pfn);
-                    if !p.test(PageFlags::LRU) || page_lru(p) != l || p.refcount() < 1 {
+                    if !p.test(PageFlags::LRU)
+                        || page_lru(p) != l
+                        || p.refcount() < 1
+                        || p.test(PageFlags::TAIL)
+                    {
                         return Err(alloc::format!(
                             "node {}: pfn {pfn:#x} on list {l} with flags {:?} refcount {}",
                             n.node_id,
@@ -236,7 +244,7 @@ impl Kernel {
                             p.refcount()
                         ));
                     }
-                    count += 1;
+                    count += p.folio_nr_pages();
                 }
                 let zones: i64 = n
                     .zones

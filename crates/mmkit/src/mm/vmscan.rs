@@ -159,7 +159,7 @@ impl Kernel {
                     self.lru_add_locked(&mut lru, page);
                 }
             }
-            self.__free_pages(cpu, page, 0);
+            self.folio_put(cpu, page);
         }
     }
 
@@ -241,13 +241,22 @@ impl Kernel {
         let mut activated = 0;
         let mut keep = Vec::new();
         let (mut anon_freed, mut file_freed) = (0u64, 0u64);
-        for &pfn in pfns.iter() {
+        let mut work = core::mem::take(pfns);
+        let mut i = 0;
+        while i < work.len() {
+            let pfn = work[i];
+            i += 1;
             let page = self.mem_map.page(pfn);
             // folio_trylock: a page locked elsewhere (a fault taking it out of the swap
             // cache, say) is kept for a later round.
             if !page.trylock() {
                 keep.push(pfn);
                 continue;
+            }
+            if page.folio_test_large() {
+                // split_folio_to_list: a large folio is split before it is reclaimed (no
+                // THP_SWAP); its other pages join this list, isolated.
+                self.split_huge_page_locked(cpu, page, Some(&mut work));
             }
             let outcome = self.shrink_locked_page(cpu, page, sc);
             page.unlock();

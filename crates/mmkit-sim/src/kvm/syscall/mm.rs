@@ -105,9 +105,9 @@ pub fn sys_mlock(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
 }
 
 /// `munlock`.
-pub fn sys_munlock(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+pub fn sys_munlock(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let k = p.k;
-    k.munlock(p.mm(), a[0], a[1]).map(|_| 0).map_err(errno)
+    k.munlock(cpu, p.mm(), a[0], a[1]).map(|_| 0).map_err(errno)
 }
 
 /// `mlockall`.
@@ -119,9 +119,9 @@ pub fn sys_mlockall(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysRes
 }
 
 /// `munlockall`.
-pub fn sys_munlockall(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, _a: [u64; 6]) -> SysResult {
+pub fn sys_munlockall(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, _a: [u64; 6]) -> SysResult {
     let k = p.k;
-    k.munlockall(p.mm()).map(|_| 0).map_err(errno)
+    k.munlockall(cpu, p.mm()).map(|_| 0).map_err(errno)
 }
 
 /// `getrusage(who, ru)`: faults and `ru_maxrss` from mmkit, times from the host thread.

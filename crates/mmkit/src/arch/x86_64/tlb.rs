@@ -17,7 +17,10 @@
 //!
 //! A miss walks the four levels (the page-table module's hardware walker: atomic loads,
 //! present/write/user/NX checked across levels, Accessed set on every entry used and Dirty on
-//! the PTE for a write) and raises [`PageFault`] with the hardware error code.
+//! the leaf for a write) and raises [`PageFault`] with the hardware error code. A 2 MiB leaf
+//! (a PMD entry with PSE) ends the walk a level early; the TLB then caches the 4 KiB piece of
+//! it that the access used (splintering, as x86 CPUs may do), so a flush of the address
+//! space — every flush here is one — drops it like any other entry.
 
 use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags, PTE_PFN_MASK};
 use crate::cpu::CpuGuard;
@@ -236,14 +239,17 @@ impl Kernel {
                     }
                     let va = e.vpn << 12;
                     let pfn = crate::Pfn((e.pte & PTE_PFN_MASK) >> 12);
-                    if self.pfn_to_page(pfn).is_some_and(|p| p.refcount() <= 0) {
+                    if self
+                        .pfn_to_page(pfn)
+                        .is_some_and(|p| p.compound_head().refcount() <= 0)
+                    {
                         return Err(alloc::format!(
                             "CPU {c}: a live TLB entry translates {va:#x} (context {}) to {pfn:?}, \
                              a free page: a use-after-free through a stale translation",
                             e.ctx
                         ));
                     }
-                    let now = self.pte_lookup(pt, va).filter(|p| p.hw_present());
+                    let now = self.translation_lookup(pt, va).filter(|p| p.hw_present());
                     if now.is_none_or(|p| p.pfn() != pfn) {
                         return Err(alloc::format!(
                             "CPU {c}: a live TLB entry translates {va:#x} (context {}) to {pfn:?}, \

@@ -143,8 +143,12 @@ pub fn meminfo(k: &Kernel) -> String {
     kb(&mut s, "VmallocUsed:    ", k.vmalloc_nr_pages());
     kb(&mut s, "VmallocChunk:   ", 0);
     kb(&mut s, "Percpu:         ", 0);
-    for l in [
+    kb(
+        &mut s,
         "AnonHugePages:  ",
+        k.global_node_page_state(crate::mm::huge_memory::NR_ANON_THPS),
+    );
+    for l in [
         "ShmemHugePages: ",
         "ShmemPmdMapped: ",
         "FileHugePages:  ",

@@ -153,6 +153,7 @@ struct MemSizeStats {
     private_dirty: u64,
     referenced: u64,
     anonymous: u64,
+    anonymous_thp: u64,
     pss: u64,
     pss_dirty: u64,
     pss_locked: u64,
@@ -178,6 +179,40 @@ impl MemSizeStats {
             self.private_clean += size;
         } else {
             self.shared_clean += size;
+        }
+    }
+}
+
+/// `smaps_pmd_entry`: each huge entry of `v` counts its 2 MiB as resident anonymous THP
+/// memory, shared among the PMDs mapping the folio.
+fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &mut MemSizeStats) {
+    let huge = crate::arch::x86_64::pgtable::HPAGE_PMD_SIZE;
+    let mut from = v.vm_start;
+    while let Some((haddr, pmd)) = k.next_huge_pmd(&mm.pt, from, v.vm_end) {
+        from = haddr + huge;
+        // Under the PMD lock, so the folio's counts hold still while they are read.
+        let Some(g) = k.pmd_lock(&mm.pt, haddr) else {
+            continue;
+        };
+        // The huge zero folio is no page of the mapping's (vm_normal_page_pmd gives none).
+        if g.get() != pmd || !pmd.is_present() || k.is_huge_zero_pmd(pmd) {
+            continue;
+        }
+        let Some(folio) = k.pfn_to_page(pmd.pfn()).filter(|p| p.folio_test_large()) else {
+            continue;
+        };
+        mss.resident += huge;
+        mss.anonymous += huge;
+        mss.anonymous_thp += huge;
+        if pmd.young() || folio.test(PageFlags::REFERENCED) {
+            mss.referenced += huge;
+        }
+        let dirty = pmd.dirty() || folio.test(PageFlags::DIRTY);
+        let mapcount = folio.entire_mapcount().max(1) as u64;
+        if folio.refcount() == 1 || mapcount < 2 {
+            mss.accumulate(huge, huge << PSS_SHIFT, dirty, locked, true);
+        } else {
+            mss.accumulate(huge, (huge << PSS_SHIFT) / mapcount, dirty, locked, false);
         }
     }
 }
@@ -225,7 +260,17 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
             }
             mss.accumulate(size, pss, dirty, locked, mapcount < 2);
         }
-        write_smap(&mut s, v.vm_end - v.vm_start, &mss, v.vm_flags, pkeys);
+        drop(c);
+        smaps_pmd_entries(k, mm, v, locked, &mut mss);
+        let eligible = k.thp_vma_eligible(v);
+        write_smap(
+            &mut s,
+            v.vm_end - v.vm_start,
+            &mss,
+            v.vm_flags,
+            pkeys,
+            eligible,
+        );
     }
     if !mm.compat {
         gate_header(&mut s);
@@ -235,6 +280,7 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
             &MemSizeStats::default(),
             VmFlags::VM_EXEC,
             pkeys,
+            false,
         );
     }
     s
@@ -243,7 +289,14 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
 /// `__show_smap` + `THPeligible` + `arch_show_smap` (`ProtectionKey:`, the VMA's key — always
 /// 0 here, as no `pkey_mprotect` exists — when the CPU has protection keys enabled) +
 /// `show_smap_vma_flags`.
-fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags, pkeys: bool) {
+fn write_smap(
+    s: &mut String,
+    size: u64,
+    mss: &MemSizeStats,
+    flags: VmFlags,
+    pkeys: bool,
+    thp_eligible: bool,
+) {
     kb_line(s, "Size:", size);
     kb_line(s, "KernelPageSize:", crate::PAGE_SIZE);
     kb_line(s, "MMUPageSize:", crate::PAGE_SIZE);
@@ -256,10 +309,10 @@ fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags, pke
     kb_line(s, "Private_Dirty:", mss.private_dirty);
     kb_line(s, "Referenced:", mss.referenced);
     kb_line(s, "Anonymous:", mss.anonymous);
+    kb_line(s, "KSM:", 0);
+    kb_line(s, "LazyFree:", 0);
+    kb_line(s, "AnonHugePages:", mss.anonymous_thp);
     for l in [
-        "KSM:",
-        "LazyFree:",
-        "AnonHugePages:",
         "ShmemPmdMapped:",
         "FilePmdMapped:",
         "Shared_Hugetlb:",
@@ -270,7 +323,7 @@ fn write_smap(s: &mut String, size: u64, mss: &MemSizeStats, flags: VmFlags, pke
         kb_line(s, l, 0);
     }
     kb_line(s, "Locked:", mss.pss_locked >> PSS_SHIFT);
-    let _ = writeln!(s, "THPeligible:    {:>8}", 0);
+    let _ = writeln!(s, "THPeligible:    {:>8}", u8::from(thp_eligible));
     if pkeys {
         let _ = writeln!(s, "ProtectionKey:  {:>8}", 0);
     }
@@ -309,7 +362,8 @@ fn pagemap_entry(k: &Kernel, mm: &MmStruct, va: u64) -> u64 {
     } else {
         0
     };
-    let Some(pte) = k.pte_lookup(&mm.pt, va).filter(|p| !p.is_none()) else {
+    // pagemap_pmd_range: a huge entry gives the pfn of each 4 KiB page it maps.
+    let Some(pte) = k.translation_lookup(&mm.pt, va).filter(|p| !p.is_none()) else {
         return soft_dirty;
     };
     if !pte.is_present() {
@@ -324,10 +378,11 @@ fn pagemap_entry(k: &Kernel, mm: &MmStruct, va: u64) -> u64 {
     // The tasks run as root (CAP_SYS_ADMIN), so the pfn is shown.
     let mut entry = PM_PRESENT | soft_dirty | (pte.pfn().0 & PM_PFRAME_MASK);
     if let Some(page) = k.vm_normal_page(pte) {
-        if !page_anon(page) {
+        let folio = page.compound_head();
+        if !page_anon(folio) {
             entry |= PM_FILE;
         }
-        if page.mapcount() == 1 {
+        if page.mapcount() + folio.entire_mapcount() == 1 {
             entry |= PM_MMAP_EXCLUSIVE;
         }
     }

@@ -46,7 +46,18 @@ pub fn vmstat(k: &Kernel) -> String {
         let _ = writeln!(s, "{name} {v}");
     }
     for (i, name) in NODE_STAT_NAMES.iter().enumerate() {
-        let v: i64 = (0..k.nodes.len()).map(|n| k.node_page_state(n, i)).sum();
+        let mut v: i64 = (0..k.nodes.len()).map(|n| k.node_page_state(n, i)).sum();
+        // vmstat_item_print_in_thp: these count pages but print huge pages.
+        if matches!(
+            *name,
+            "nr_anon_transparent_hugepages"
+                | "nr_shmem_hugepages"
+                | "nr_shmem_pmdmapped"
+                | "nr_file_hugepages"
+                | "nr_file_pmdmapped"
+        ) {
+            v /= crate::arch::x86_64::pgtable::HPAGE_PMD_NR as i64;
+        }
         let _ = writeln!(s, "{name} {}", v.max(0));
     }
     for name in GLOBAL_STAT_NAMES {

@@ -9,6 +9,9 @@
 //!   least pageblock order;
 //! - scanning `mem_map`, every `PG_buddy` page heads a listed block, no page inside a free
 //!   block is `PG_buddy` or referenced, and free blocks never overlap;
+//! - every compound head (`PG_head`) is followed by exactly `2^order - 1` tail pages, each
+//!   `PG_tail` with its distance from the head, unreferenced (the head holds the folio's
+//!   references), off every list and not `PG_buddy`; no tail page stands without its head;
 //! - each pcp list holds pages of its order that are not `PG_buddy` and have no references,
 //!   and `count` equals the pages on the lists;
 //! - `nr_reserved_highatomic` is a pageblock per HighAtomic pageblock.
@@ -138,6 +141,10 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
                 }
             }
             pfn += 1 << o;
+        } else if p.test(PageFlags::HEAD) {
+            pfn = check_compound(mm, z, pfn)?;
+        } else if p.test(PageFlags::TAIL) {
+            return Err(format!("tail page {pfn:#x} without its compound head"));
         } else {
             pfn += 1;
         }
@@ -182,4 +189,39 @@ fn check_zone(mm: &MemMap, z: &Zone) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The tails of the compound block headed at `head`; returns the pfn after the block.
+fn check_compound(mm: &MemMap, z: &Zone, head: Pfn) -> Result<Pfn, String> {
+    let h = mm.page(head);
+    let mut n = 1u64;
+    while z.spans(head + n) && mm.pfn_valid(head + n) {
+        let t = mm.page(head + n);
+        if !t.test(PageFlags::TAIL) || t.private() as u64 != n {
+            break;
+        }
+        if t.refcount() != 0
+            || t.flags()
+                .intersects(PageFlags::BUDDY | PageFlags::LRU | PageFlags::HEAD)
+        {
+            return Err(format!(
+                "tail page {:#x} of compound page {head:#x} has refcount {} flags {:?}",
+                head + n,
+                t.refcount(),
+                t.flags()
+            ));
+        }
+        n += 1;
+    }
+    // A slab's head word `private` is the slab's own; any other head's is the order.
+    let order_ok = n.is_power_of_two()
+        && head.0 & (n - 1) == 0
+        && (h.test(PageFlags::SLAB) || 1u64 << h.private().min(63) == n);
+    if n < 2 || !order_ok {
+        return Err(format!(
+            "compound page {head:#x}: order {} in its head but {n} pages in the block",
+            h.private()
+        ));
+    }
+    Ok(head + n)
 }

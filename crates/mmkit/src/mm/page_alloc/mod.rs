@@ -647,6 +647,8 @@ impl Kernel {
                 let t = self.mem_map.page(pfn + i);
                 t.set_nonatomic(PageFlags::TAIL);
                 t.set_private(i as u32);
+                // prep_compound_head: the first tail's word is the folio's entire mapcount.
+                t.set_index(0);
             }
         }
     }
@@ -732,11 +734,18 @@ impl Kernel {
         }
     }
 
-    /// Free an order-0 page whose last reference the caller already dropped (and which is
-    /// off the LRU): `free_unref_folios`' per-page step.
+    /// Free a folio whose last reference the caller already dropped (and which is off the
+    /// LRU): `free_unref_folios`' per-folio step, at the folio's order.
     pub(crate) fn free_unref_page(&self, cpu: &CpuGuard<'_>, page: &Page) {
         let pfn = self.mem_map.page_to_pfn(page);
-        self.free_the_page(cpu, page, pfn, 0);
+        self.free_the_page(cpu, page, pfn, page.folio_order());
+    }
+
+    /// `folio_put` / `put_page`: drop a reference on the folio `page` belongs to, freeing
+    /// the whole folio (at its order) when it was the last.
+    pub fn folio_put(&self, cpu: &CpuGuard<'_>, page: &Page) {
+        let head = page.compound_head();
+        self.__free_pages(cpu, head, head.folio_order());
     }
 
     fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) {
@@ -794,7 +803,11 @@ impl Kernel {
                 if !t.test(PageFlags::TAIL) || t.private() != i as u32 {
                     self.bad_page(cpu, t, pfn + i, "corrupted compound tail page");
                     ok = false;
+                } else if t.mapcount() != 0 || (i == 1 && t.index() != 0) {
+                    self.bad_page(cpu, t, pfn + i, "nonzero mapcount in a compound page");
+                    ok = false;
                 }
+                t.set_index(0);
                 t.clear_nonatomic(PageFlags::TAIL);
                 t.set_private(0);
             }

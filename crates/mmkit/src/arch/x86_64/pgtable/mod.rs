@@ -30,9 +30,11 @@ use crate::addr::{Pfn, PAGE_SHIFT, PAGE_SIZE};
 use core::fmt;
 
 pub mod cursor;
+pub mod pmd;
 pub mod table;
 
 pub use cursor::PteCursor;
+pub use pmd::{PmdGuard, HPAGE_PMD_NR, HPAGE_PMD_ORDER, HPAGE_PMD_SIZE};
 pub use table::{PgTable, NR_PAGETABLE};
 
 pub use self::flag_defs::*;

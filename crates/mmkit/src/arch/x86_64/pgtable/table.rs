@@ -43,6 +43,9 @@ pub struct PgTable {
     pub(crate) tlb_gen: AtomicU64,
     /// `mm->page_table_lock`: serializes populating and clearing upper-level entries.
     pub(crate) lock: SpinLock<()>,
+    /// `pmd_huge_pte`: PTE tables deposited for the huge entries (one each), waiting for a
+    /// split, and how many.
+    pub(crate) deposit: SpinLock<(crate::mm::list::PageList, u64)>,
     user: bool,
 }
 
@@ -98,7 +101,7 @@ impl Kernel {
 
     /// The value of entry `idx` of `table` (same contract as [`Kernel::entry`]).
     #[inline]
-    unsafe fn load(&self, table: Pfn, idx: usize) -> u64 {
+    pub(super) unsafe fn load(&self, table: Pfn, idx: usize) -> u64 {
         // SAFETY: forwarded contract.
         unsafe { self.entry(table, idx) }.load(Ordering::Acquire)
     }
@@ -113,7 +116,7 @@ impl Kernel {
 
     /// `pagetable_alloc` + `pagetable_pte_ctor`: a zeroed table page, counted in
     /// `nr_page_table_pages`.
-    fn table_alloc(&self, cpu: &CpuGuard<'_>) -> Result<Pfn, Errno> {
+    pub(super) fn table_alloc(&self, cpu: &CpuGuard<'_>) -> Result<Pfn, Errno> {
         let page = self
             .alloc_page(cpu, Gfp::GFP_KERNEL | Gfp::__GFP_ZERO)
             .ok_or(Errno::ENOMEM)?;
@@ -137,6 +140,7 @@ impl Kernel {
             ctx_id: self.next_ctx_id.fetch_add(1, Ordering::Relaxed) + 1,
             tlb_gen: AtomicU64::new(1),
             lock: SpinLock::new(()),
+            deposit: SpinLock::new(Default::default()),
             user: false,
         }
     }
@@ -163,6 +167,7 @@ impl Kernel {
             ctx_id: self.next_ctx_id.fetch_add(1, Ordering::Relaxed) + 1,
             tlb_gen: AtomicU64::new(1),
             lock: SpinLock::new(()),
+            deposit: SpinLock::new(Default::default()),
             user,
         })
     }
@@ -223,19 +228,106 @@ impl Kernel {
     /// `__pte_alloc` and the levels above: the PTE table mapping `va`, allocating missing
     /// levels. The page comes from the allocator with no lock held (allocation may reclaim,
     /// and reclaim takes page-table locks) and is installed under the `page_table_lock` unless
-    /// another walker got there first, as `pmd_install` does.
+    /// another walker got there first, as `pmd_install` does. `EINVAL` where a huge (PMD)
+    /// entry maps `va`: its caller must split it first.
     pub(super) fn pte_table_alloc(
         &self,
         cpu: &CpuGuard<'_>,
         pt: &PgTable,
         va: u64,
     ) -> Result<Pfn, Errno> {
+        self.table_alloc_to(cpu, pt, va, 3)
+    }
+
+    /// `pud_alloc` + `pmd_alloc`: the PMD table holding `va`'s PMD entry, allocating the
+    /// levels above it (not the PTE table).
+    pub(super) fn pmd_table_alloc(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        va: u64,
+    ) -> Result<Pfn, Errno> {
+        self.table_alloc_to(cpu, pt, va, 2)
+    }
+
+    /// The PMD table holding `va`'s PMD entry, if the levels above exist (`pmd_offset`).
+    pub(super) fn pmd_table(&self, pt: &PgTable, va: u64) -> Option<Pfn> {
+        if !is_canonical(va) {
+            return None;
+        }
+        let mut table = pt.pgd;
+        for level in 0..2 {
+            // SAFETY: `table` is the live PGD or was read from a present entry above it.
+            let v = unsafe { self.load(table, table_index(va, level)) };
+            if v & P == 0 || v & PSE != 0 {
+                return None;
+            }
+            table = Pfn((v & PTE_PFN_MASK) >> PAGE_SHIFT);
+        }
+        Some(table)
+    }
+
+    /// The PMD entry mapping `va` as it is now, without a lock: a huge entry, a table entry or
+    /// none; `None` when the levels above it are missing.
+    pub fn pmd_entry_lookup(&self, pt: &PgTable, va: u64) -> Option<Pte> {
+        let table = self.pmd_table(pt, va)?;
+        // SAFETY: `table` comes from a walk of live tables.
+        Some(Pte(unsafe { self.load(table, table_index(va, 2)) }))
+    }
+
+    /// The first huge (PSE) PMD entry at or after `from` and below `end`, with the address
+    /// it maps from, read without a lock (the caller re-checks under the PMD lock). Skips
+    /// missing PGD/PUD ranges whole, as [`Kernel::next_pte_table`] does.
+    pub fn next_huge_pmd(&self, pt: &PgTable, mut from: u64, end: u64) -> Option<(u64, Pte)> {
+        let pmd_span = 1u64 << LEVEL_SHIFTS[2];
+        from &= !(pmd_span - 1);
+        'outer: while from < end {
+            if !is_canonical(from) {
+                return None;
+            }
+            let mut table = pt.pgd;
+            for (level, &shift) in LEVEL_SHIFTS[..2].iter().enumerate() {
+                // SAFETY: as in `pte_table`.
+                let v = unsafe { self.load(table, table_index(from, level)) };
+                if v & P == 0 || v & PSE != 0 {
+                    let span = 1u64 << shift;
+                    match (from & !(span - 1)).checked_add(span) {
+                        Some(n) if n > from => from = n,
+                        _ => return None,
+                    }
+                    continue 'outer;
+                }
+                table = Pfn((v & PTE_PFN_MASK) >> PAGE_SHIFT);
+            }
+            // Scan this PMD table from `from` to its end (or `end`).
+            let pud_span = 1u64 << LEVEL_SHIFTS[1];
+            let table_end = (from & !(pud_span - 1)).saturating_add(pud_span).min(end);
+            while from < table_end {
+                // SAFETY: `table` is a PMD table reached from the live PGD.
+                let v = unsafe { self.load(table, table_index(from, 2)) };
+                if v & PSE != 0 {
+                    return Some((from, Pte(v)));
+                }
+                from += pmd_span;
+            }
+        }
+        None
+    }
+
+    /// The table of level `depth` (2: PMD, 3: PTE) for `va`, allocating missing levels above.
+    fn table_alloc_to(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        va: u64,
+        depth: usize,
+    ) -> Result<Pfn, Errno> {
         if !is_canonical(va) {
             return Err(Errno::EFAULT);
         }
         let mut table = pt.pgd;
         let mut level = 0;
-        while level < 3 {
+        while level < depth {
             let idx = table_index(va, level);
             // SAFETY: `table` is the live PGD or was read from a present entry above it.
             let v = unsafe { self.load(table, idx) };
@@ -252,7 +344,7 @@ impl Kernel {
                 let _g = pt.lock.lock();
                 // SAFETY: as above; the entry is re-read under the lock.
                 let e = unsafe { self.entry(table, idx) };
-                if e.load(Ordering::Acquire) & P == 0 {
+                if e.load(Ordering::Acquire) == 0 {
                     let flags = if pt.user {
                         TABLE_ENTRY
                     } else {
@@ -375,7 +467,7 @@ impl Kernel {
             }
             n
         }
-        count(self, pt.pgd, 0, 0, 255)
+        count(self, pt.pgd, 0, 0, 255) + self.deposited_tables(pt)
     }
 
     /// `pgd_free`: free every table of an address space whose pages are all unmapped (the
@@ -434,6 +526,7 @@ impl Kernel {
             let mut eff = u64::MAX; // intersection of RW/USER, union of NX, across levels
             let mut nx = 0;
             let mut slots: [Option<(&AtomicU64, u64)>; 4] = [None; 4];
+            let mut leaf = 3;
             for (level, slot_out) in slots.iter_mut().enumerate() {
                 // SAFETY: `table` is the live PGD (the CPU runs this address space) or was
                 // read from a present entry above it; a table is freed only after a flush
@@ -447,6 +540,11 @@ impl Kernel {
                 nx |= v & PteFlags::NX.bits();
                 *slot_out = Some((slot, v));
                 table = Pfn((v & PTE_PFN_MASK) >> PAGE_SHIFT);
+                if level == 2 && v & PSE != 0 {
+                    // A 2 MiB leaf: the walk ends at the PMD.
+                    leaf = 2;
+                    break;
+                }
             }
             let perms = (eff & !PteFlags::NX.bits()) | nx;
             if !permitted(perms) {
@@ -455,7 +553,7 @@ impl Kernel {
             let mut pte = 0;
             for (level, &(s, v)) in slots.iter().flatten().enumerate() {
                 let mut want = v | PteFlags::ACCESSED.bits();
-                if level == 3 && write {
+                if level == leaf && write {
                     want |= PteFlags::DIRTY.bits();
                 }
                 if want != v
@@ -465,6 +563,10 @@ impl Kernel {
                     continue 'walk;
                 }
                 pte = want;
+            }
+            if leaf == 2 {
+                // The 4 KiB piece of the 2 MiB page `va` lies in, as a PTE would map it.
+                pte = huge_splinter(pte, va);
             }
             return Ok(HwTranslation { pte, perms });
         }
@@ -478,4 +580,27 @@ impl Kernel {
         // SAFETY: `table` comes from a walk of live tables.
         Some(Pte(unsafe { self.load(table, table_index(va, 3)) }))
     }
+
+    /// The translation of `va` as the MMU would use it, whatever level maps it: the PTE, or
+    /// for a 2 MiB (PMD) mapping the 4 KiB piece of it `va` lies in, as a PTE would map it
+    /// (pfn of that page, the PMD's bits without PSE). `None` where nothing is mapped at
+    /// either level (a PTE table with a none entry gives `Some(Pte(0))`, as
+    /// [`Kernel::pte_lookup`]).
+    pub fn translation_lookup(&self, pt: &PgTable, va: u64) -> Option<Pte> {
+        if let Some(p) = self.pte_lookup(pt, va) {
+            return Some(p);
+        }
+        let pmd = self.pmd_table(pt, va)?;
+        // SAFETY: `pmd` comes from a walk of live tables.
+        let v = unsafe { self.load(pmd, table_index(va, 2)) };
+        (v & PSE != 0 && Pte(v).is_present()).then(|| Pte(huge_splinter(v, va)))
+    }
+}
+
+/// The 4 KiB piece of the huge (PMD) entry `pmd` that `va` lies in, as a PTE: the pfn of
+/// that page and the PMD's bits without PSE.
+pub(crate) const fn huge_splinter(pmd: u64, va: u64) -> u64 {
+    let base = pmd & PTE_PFN_MASK & !((1u64 << LEVEL_SHIFTS[2]) - 1);
+    let off = va & ((1u64 << LEVEL_SHIFTS[2]) - 1) & !((1u64 << PAGE_SHIFT) - 1);
+    (pmd & !PTE_PFN_MASK & !PSE) | base | off
 }

@@ -1,0 +1,706 @@
+//! Transparent huge pages (issue 15): 2 MiB PMD mappings of order-9 folios in
+//! `MADV_HUGEPAGE` (or, under `always`, any eligible) anonymous memory — one fault per 2 MiB,
+//! `AnonHugePages` in smaps and meminfo, the `thp_*` counters; the split of a PMD on partial
+//! munmap, mprotect and MADV_DONTNEED with every other byte kept; fork copying PMDs and COW of
+//! 4 KiB after it; reclaim splitting before swap-out with every byte back; the `never` policy;
+//! the fallback to 4 KiB without an order-9 block; and every page back at the end.
+
+mod common;
+use common::{boot_mem, free_and_pcp};
+use mmkit::arch::x86_64::pgtable::{HPAGE_PMD_NR, HPAGE_PMD_SIZE};
+use mmkit::arch::x86_64::tlb::Access;
+use mmkit::fs::proc::task_mmu::proc_pid_smaps;
+use mmkit::gfp::{Gfp, GFP_KERNEL};
+use mmkit::kernel::task::TaskTable;
+use mmkit::mm::huge_memory::{ThpDefrag, ThpEnabled};
+use mmkit::mm::madvise::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE};
+use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_SWAPENTS};
+use mmkit::mm::mmap::*;
+use mmkit::{CpuGuard, Kernel};
+use mmkit_sim::exec::{spawn_host, true_spec};
+use mmkit_sim::hostfs::make_swap_file;
+use mmkit_sim::Machine;
+use std::sync::Arc;
+
+const RW: u32 = PROT_READ | PROT_WRITE;
+const ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
+const MIB: u64 = 1 << 20;
+
+fn event(k: &Kernel, name: &str) -> u64 {
+    mmkit::fs::proc::vmstat::vm_event(k, name).expect("a vmstat event name")
+}
+
+/// 8 bytes naming page `i` under `seed`.
+fn tag(i: u64, seed: u64) -> [u8; 8] {
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed).to_le_bytes()
+}
+
+/// Write `tag(i, seed)` at the start and the end of each page of `[base, base + pages)`.
+fn fill(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, base: u64, pages: u64, seed: u64) {
+    for i in 0..pages {
+        k.user_write(cpu, mm, base + (i << 12), &tag(i, seed))
+            .unwrap();
+        k.user_write(cpu, mm, base + (i << 12) + 4088, &tag(i, seed))
+            .unwrap();
+    }
+}
+
+/// Check what `fill` wrote, with `seed_of(i)` per page (`None`: the page reads as zeroes).
+fn verify(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    mm: &mut MmStruct,
+    base: u64,
+    pages: u64,
+    seed_of: impl Fn(u64) -> Option<u64>,
+) {
+    let mut got = [0u8; 8];
+    for i in 0..pages {
+        let want = seed_of(i).map_or([0; 8], |s| tag(i, s));
+        for off in [0, 4088] {
+            k.user_read(cpu, mm, base + (i << 12) + off, &mut got)
+                .unwrap();
+            assert_eq!(got, want, "page {i} offset {off}");
+        }
+    }
+}
+
+/// The smaps field `name` (kB) of the VMA starting at `start`.
+fn smaps_field(k: &Kernel, mm: &MmStruct, start: u64, name: &str) -> u64 {
+    let smaps = proc_pid_smaps(k, mm);
+    let head = format!("{start:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+    lines.next().expect("the VMA is in smaps");
+    let l = lines
+        .find(|l| l.starts_with(name))
+        .expect("the field is in smaps");
+    l[name.len()..]
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn meminfo_field(k: &Kernel, name: &str) -> u64 {
+    let m = mmkit::fs::proc::meminfo::meminfo(k);
+    let l = m.lines().find(|l| l.starts_with(name)).unwrap();
+    l[name.len()..]
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every invariant checker that knows compound pages.
+fn check_all(k: &Kernel, mm: &MmStruct) {
+    k.check_mm_invariants(mm).unwrap();
+    k.check_invariants().unwrap();
+    k.check_lru_invariants().unwrap();
+    k.check_anon_vma_invariants().unwrap();
+}
+
+/// An anonymous mapping of `len` bytes whose start is 2 MiB aligned, advised `MADV_HUGEPAGE`.
+fn huge_region(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, len: u64) -> u64 {
+    let a = k.mmap(cpu, mm, 0, len, RW, ANON, 0).unwrap();
+    assert_eq!(a % HPAGE_PMD_SIZE, 0, "thp_get_unmapped_area aligns it");
+    k.madvise(cpu, mm, a, len, MADV_HUGEPAGE).unwrap();
+    a
+}
+
+fn teardown_check(m: &Machine, before: u64) {
+    let k = &m.kernel;
+    m.settle();
+    k.check_invariants().unwrap();
+    k.check_lru_invariants().unwrap();
+    k.check_anon_vma_invariants().unwrap();
+    assert_eq!(k.nr_anon_vmas(), 0, "anon_vmas leaked");
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+    assert_eq!(k.page_table_pages(), 0);
+    assert_eq!(meminfo_field(k, "AnonHugePages:"), 0);
+}
+
+fn before(m: &Machine) -> u64 {
+    m.settle();
+    free_and_pcp(&m.kernel)
+}
+
+/// A 64 MiB MADV_HUGEPAGE region written page by page takes 32 faults, not 16,384; smaps and
+/// meminfo show `AnonHugePages: 65536 kB`; every byte reads back; exit gives every page back.
+#[test]
+fn madv_hugepage_region_faults_once_per_2mib() {
+    let m = boot_mem(256, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    let mm = m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 64 * MIB);
+        assert_eq!(smaps_field(k, &mm, a, "THPeligible:"), 1);
+        let (f0, alloc0) = (mm.faults.min_flt, event(k, "thp_fault_alloc"));
+        let pages = (64 * MIB) >> 12;
+        fill(k, cpu, &mut mm, a, pages, 1);
+        assert_eq!(mm.faults.min_flt - f0, 32, "one fault per 2 MiB");
+        assert_eq!(event(k, "thp_fault_alloc") - alloc0, 32);
+        assert_eq!(mm.counter(MM_ANONPAGES), pages);
+        assert_eq!(smaps_field(k, &mm, a, "AnonHugePages:"), 65536);
+        assert_eq!(smaps_field(k, &mm, a, "Rss:"), 65536);
+        assert_eq!(smaps_field(k, &mm, a, "Anonymous:"), 65536);
+        assert_eq!(smaps_field(k, &mm, a, "Private_Dirty:"), 65536);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 65536);
+        let vmstat = mmkit::fs::proc::vmstat::vmstat(k);
+        assert!(vmstat.contains("\nnr_anon_transparent_hugepages 32\n"));
+        // The MMU translates through the 2 MiB entries: pfns are consecutive within one.
+        let p0 = k.mmu_translate(cpu, &mm.pt, a, Access::USER_READ).unwrap();
+        let p1 = k
+            .mmu_translate(cpu, &mm.pt, a + 0x1f_f123, Access::USER_READ)
+            .unwrap();
+        assert_eq!(p1 - p0, 0x1f_f123);
+        assert_eq!(p0 % HPAGE_PMD_SIZE, 0, "an order-9 block");
+        verify(k, cpu, &mut mm, a, pages, |_| Some(1));
+        check_all(k, &mm);
+        mm
+    });
+    // The TLB entries the accesses left (4 KiB pieces of the 2 MiB entries) agree with the
+    // tables (checked with no CPU held).
+    k.check_tlb_invariants(&[&mm.pt]).unwrap();
+    m.on_cpu(0, |cpu| k.exit_mmap(cpu, mm));
+    teardown_check(&m, before);
+}
+
+/// Reads of untouched `MADV_HUGEPAGE` memory map the huge zero folio (one fault per 2 MiB,
+/// one zero folio for every mapping, no `AnonHugePages`, no RSS); fork shares the zero PMDs;
+/// `munmap` of 4 KiB inside one splits it into PTEs of the 4 KiB zero page; a write to a
+/// zero PMD gets a THP in its place (one fault per 2 MiB more); with `use_zero_page` off a
+/// read allocates the THP; the last exit frees the zero folio.
+#[test]
+fn huge_zero_page_for_reads_then_a_thp_per_write() {
+    let m = boot_mem(256, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut pm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut pm, 16 * MIB);
+        let pages = (16 * MIB) >> 12;
+        let (f0, zero0, alloc0) = (
+            pm.faults.min_flt,
+            event(k, "thp_zero_page_alloc"),
+            event(k, "thp_fault_alloc"),
+        );
+        let free0 = free_and_pcp(k);
+        let mut b = [0xffu8; 16];
+        for i in 0..pages {
+            k.user_read(cpu, &mut pm, a + (i << 12) + 100, &mut b)
+                .unwrap();
+            assert_eq!(b, [0; 16], "page {i} reads zeros");
+        }
+        assert_eq!(pm.faults.min_flt - f0, 8, "one read fault per 2 MiB");
+        assert_eq!(event(k, "thp_zero_page_alloc") - zero0, 1, "one zero folio");
+        assert_eq!(event(k, "thp_fault_alloc"), alloc0, "no THP for reads");
+        let used = free0 - free_and_pcp(k);
+        assert!(
+            (512..=512 + 16).contains(&used),
+            "the zero folio and a few tables, not 16 MiB: {used} pages"
+        );
+        assert_eq!(pm.counter(MM_ANONPAGES), 0);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 0);
+        assert_eq!(smaps_field(k, &pm, a, "Rss:"), 0);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 0);
+        check_all(k, &pm);
+        // fork: the child maps the same zero PMDs; 4 KiB unmapped in the first splits it.
+        let mut cm = k.dup_mmap(cpu, &pm).unwrap();
+        assert_eq!(event(k, "thp_zero_page_alloc") - zero0, 1);
+        let split0 = event(k, "thp_split_pmd");
+        k.munmap(cpu, &mut cm, a + 5 * 4096, 4096).unwrap();
+        assert_eq!(event(k, "thp_split_pmd") - split0, 1);
+        assert!(k.user_read(cpu, &mut cm, a + 5 * 4096, &mut b).is_err());
+        k.user_read(cpu, &mut cm, a + 6 * 4096, &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        check_all(k, &cm);
+        // The parent writes every page: a THP in place of each zero PMD.
+        let f1 = pm.faults.min_flt;
+        fill(k, cpu, &mut pm, a, pages, 3);
+        assert_eq!(pm.faults.min_flt - f1, 8, "one write fault per 2 MiB");
+        assert_eq!(event(k, "thp_fault_alloc") - alloc0, 8);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 16384);
+        assert_eq!(pm.counter(MM_ANONPAGES), pages);
+        verify(k, cpu, &mut pm, a, pages, |_| Some(3));
+        // The child still reads zeros; its writes copy 4 KiB (split PMD) or get a THP.
+        k.user_write(cpu, &mut cm, a + 7 * 4096, b"child").unwrap();
+        k.user_write(cpu, &mut cm, a + 600 * 4096, b"child")
+            .unwrap();
+        assert_eq!(event(k, "thp_fault_alloc") - alloc0, 9);
+        for i in (0..pages).filter(|&i| i != 5) {
+            k.user_read(cpu, &mut cm, a + (i << 12), &mut b[..5])
+                .unwrap();
+            let want: &[u8] = if i == 7 || i == 600 {
+                b"child"
+            } else {
+                &[0; 5]
+            };
+            assert_eq!(&b[..5], want, "child page {i}");
+        }
+        // (The hole at page 5 split the child's VMA: page 600 is in the one from page 6.)
+        assert_eq!(smaps_field(k, &cm, a + 6 * 4096, "AnonHugePages:"), 2048);
+        assert_eq!(smaps_field(k, &cm, a, "AnonHugePages:"), 0);
+        check_all(k, &pm);
+        check_all(k, &cm);
+        k.exit_mmap(cpu, cm);
+        k.exit_mmap(cpu, pm);
+        // use_zero_page off: a read fault allocates the THP.
+        k.set_thp_use_zero_page(false);
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 4 * MIB);
+        let (zero1, alloc1) = (event(k, "thp_zero_page_alloc"), event(k, "thp_fault_alloc"));
+        k.user_read(cpu, &mut mm, a, &mut b).unwrap();
+        assert_eq!(event(k, "thp_fault_alloc") - alloc1, 1);
+        assert_eq!(event(k, "thp_zero_page_alloc"), zero1);
+        assert_eq!(smaps_field(k, &mm, a, "AnonHugePages:"), 2048);
+        k.set_thp_use_zero_page(true);
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    // teardown_check counts every page: the zero folio went with its last user.
+    teardown_check(&m, before);
+}
+
+/// Without MADV_HUGEPAGE, `madvise` mode maps 4 KiB pages; `always` maps THPs anyway;
+/// `never` (on the command line or set at run time) maps none, MADV_HUGEPAGE or not; and
+/// MADV_NOHUGEPAGE refuses them under `always`.
+#[test]
+fn policies_always_madvise_never() {
+    for (cmdline, advice, want_thp) in [
+        ("", None, false),
+        ("transparent_hugepage=always", None, true),
+        ("transparent_hugepage=always", Some(MADV_NOHUGEPAGE), false),
+        ("transparent_hugepage=never", Some(MADV_HUGEPAGE), false),
+        ("transparent_hugepage=madvise", Some(MADV_HUGEPAGE), true),
+    ] {
+        let m = boot_mem(128, 1, cmdline);
+        let k = &m.kernel;
+        let before = before(&m);
+        m.on_cpu(0, |cpu| {
+            let mut mm = k.mm_alloc(cpu).unwrap();
+            let a = k.mmap(cpu, &mut mm, 0, 8 * MIB, RW, ANON, 0).unwrap();
+            if let Some(adv) = advice {
+                k.madvise(cpu, &mut mm, a, 8 * MIB, adv).unwrap();
+            }
+            let f0 = mm.faults.min_flt;
+            fill(k, cpu, &mut mm, a, 2048, 3);
+            let faults = mm.faults.min_flt - f0;
+            let thp = smaps_field(k, &mm, a, "AnonHugePages:");
+            assert_eq!(
+                smaps_field(k, &mm, a, "THPeligible:"),
+                u64::from(want_thp),
+                "{cmdline} {advice:?}"
+            );
+            if want_thp {
+                assert_eq!((faults, thp), (4, 8192), "{cmdline} {advice:?}");
+            } else {
+                assert_eq!((faults, thp), (2048, 0), "{cmdline} {advice:?}");
+            }
+            verify(k, cpu, &mut mm, a, 2048, |_| Some(3));
+            check_all(k, &mm);
+            k.exit_mmap(cpu, mm);
+        });
+        teardown_check(&m, before);
+    }
+    // At run time: `never` stops new THPs; those mapped stay until unmapped.
+    let m = boot_mem(128, 1, "transparent_hugepage=always");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 8 * MIB, RW, ANON, 0).unwrap();
+        fill(k, cpu, &mut mm, a, 512, 4);
+        k.set_thp_enabled(ThpEnabled::Never);
+        fill(k, cpu, &mut mm, a + 2 * MIB, 512, 4);
+        assert_eq!(smaps_field(k, &mm, a, "AnonHugePages:"), 2048);
+        assert_eq!(smaps_field(k, &mm, a, "THPeligible:"), 0);
+        verify(k, cpu, &mut mm, a, 512, |_| Some(4));
+        verify(k, cpu, &mut mm, a + 2 * MIB, 512, |_| Some(4));
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+}
+
+/// munmap of 4 KiB in the middle of a THP region splits exactly that one PMD (and its folio),
+/// keeps every other byte, and the other PMDs stay huge.
+#[test]
+fn munmap_of_4k_splits_exactly_one_pmd() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 8 * MIB);
+        let pages = (8 * MIB) >> 12;
+        fill(k, cpu, &mut mm, a, pages, 5);
+        let (pmd0, page0) = (event(k, "thp_split_pmd"), event(k, "thp_split_page"));
+        let hole = a + 3 * MIB + 0x5000; // inside the second PMD
+        k.munmap(cpu, &mut mm, hole, 4096).unwrap();
+        assert_eq!(event(k, "thp_split_pmd") - pmd0, 1);
+        assert_eq!(event(k, "thp_split_page") - page0, 1);
+        assert_eq!(mm.counter(MM_ANONPAGES), pages - 1);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 6 * 1024);
+        let hole_page = (hole - a) >> 12;
+        // Every other byte is there; the hole faults.
+        let mut b = [0u8; 1];
+        assert!(k.user_read(cpu, &mut mm, hole, &mut b).is_err());
+        for i in (0..pages).filter(|&i| i != hole_page) {
+            let mut got = [0u8; 8];
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut got).unwrap();
+            assert_eq!(got, tag(i, 5), "page {i}");
+        }
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}
+
+/// mprotect of half a THP splits it (and its VMA); mprotect of whole THPs keeps them huge;
+/// a write through the read-only half faults with SIGSEGV's access error, the bytes stay.
+#[test]
+fn mprotect_of_half_a_thp_splits_it() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 8 * MIB);
+        let pages = (8 * MIB) >> 12;
+        fill(k, cpu, &mut mm, a, pages, 6);
+        let pmd0 = event(k, "thp_split_pmd");
+        // Whole PMDs: change_huge_pmd, no split.
+        k.mprotect(cpu, &mut mm, a + 4 * MIB, 4 * MIB, PROT_READ)
+            .unwrap();
+        assert_eq!(event(k, "thp_split_pmd"), pmd0);
+        assert!(k
+            .mmu_translate(cpu, &mm.pt, a + 5 * MIB, Access::USER_WRITE)
+            .is_err());
+        // Half of the first PMD.
+        k.mprotect(cpu, &mut mm, a, MIB, PROT_READ).unwrap();
+        assert_eq!(event(k, "thp_split_pmd") - pmd0, 1);
+        assert!(k
+            .mmu_translate(cpu, &mm.pt, a + 0x1000, Access::USER_WRITE)
+            .is_err());
+        assert!(k
+            .mmu_translate(cpu, &mm.pt, a + MIB + 0x1000, Access::USER_WRITE)
+            .is_ok());
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 6 * 1024);
+        verify(k, cpu, &mut mm, a, pages, |_| Some(6));
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}
+
+/// MADV_DONTNEED of part of a THP splits it and zeroes only that part; of a whole one frees
+/// the folio at once.
+#[test]
+fn madv_dontneed_splits_or_zaps() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 4 * MIB);
+        let pages = (4 * MIB) >> 12;
+        fill(k, cpu, &mut mm, a, pages, 7);
+        let pmd0 = event(k, "thp_split_pmd");
+        k.madvise(cpu, &mut mm, a + 0x10000, 0x4000, MADV_DONTNEED)
+            .unwrap();
+        k.madvise(cpu, &mut mm, a + 2 * MIB, 2 * MIB, MADV_DONTNEED)
+            .unwrap();
+        assert_eq!(event(k, "thp_split_pmd") - pmd0, 1);
+        assert_eq!(mm.counter(MM_ANONPAGES), 512 - 4);
+        verify(k, cpu, &mut mm, a, pages, |i| {
+            (!(16..20).contains(&i) && i < 512).then_some(7)
+        });
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}
+
+/// fork copies the PMDs (both write-protected); a child write gets the child copies of the
+/// 4 KiB pages written only (the folio is split, the rest stays shared), and the parent's
+/// bytes are intact; a write by a sole owner reuses the THP in place.
+#[test]
+fn fork_then_child_write_copies_only_4k() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut pm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut pm, 4 * MIB);
+        let pages = (4 * MIB) >> 12;
+        fill(k, cpu, &mut pm, a, pages, 8);
+        let mut cm = k.dup_mmap(cpu, &pm).unwrap();
+        assert_eq!(cm.counter(MM_ANONPAGES), pages);
+        assert_eq!(smaps_field(k, &cm, a, "AnonHugePages:"), 4096);
+        assert_eq!(
+            meminfo_field(k, "AnonHugePages:"),
+            4096,
+            "shared, counted once"
+        );
+        assert_eq!(smaps_field(k, &pm, a, "Pss:"), 2048);
+        check_all(k, &pm);
+        check_all(k, &cm);
+        let free0 = free_and_pcp(k);
+        // The child writes 3 pages of the first THP.
+        for i in [0u64, 100, 511] {
+            k.user_write(cpu, &mut cm, a + (i << 12) + 8, b"child!!!")
+                .unwrap();
+        }
+        k.lru_add_drain(cpu);
+        let used = free0 - free_and_pcp(k);
+        assert!(
+            (3..=6).contains(&used),
+            "3 copies (and a page table or two), not 2 MiB: {used}"
+        );
+        assert_eq!(event(k, "thp_split_page"), 1);
+        // The second THP is still shared by PMDs in both.
+        assert_eq!(smaps_field(k, &cm, a, "AnonHugePages:"), 2048);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 2048);
+        verify(k, cpu, &mut pm, a, pages, |_| Some(8));
+        let mut got = [0u8; 8];
+        for i in 0..pages {
+            k.user_read(cpu, &mut cm, a + (i << 12) + 8, &mut got)
+                .unwrap();
+            let want: [u8; 8] = if [0, 100, 511].contains(&i) {
+                *b"child!!!"
+            } else {
+                [0; 8]
+            };
+            assert_eq!(got, want, "child page {i}");
+        }
+        check_all(k, &pm);
+        check_all(k, &cm);
+        k.exit_mmap(cpu, cm);
+        // The parent alone: a write to the second THP reuses it (no split, no copy).
+        let split0 = event(k, "thp_split_pmd");
+        k.user_write(cpu, &mut pm, a + 3 * MIB, b"parent").unwrap();
+        assert_eq!(event(k, "thp_split_pmd"), split0);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 2048);
+        check_all(k, &pm);
+        k.exit_mmap(cpu, pm);
+    });
+    teardown_check(&m, before);
+}
+
+/// Reclaim of a THP-backed region splits the folios and swaps their pages out; every byte
+/// comes back on access.
+#[test]
+fn reclaim_splits_and_swaps_a_thp_region() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let before = before(&m);
+    let path = dir.path().join("swapfile");
+    let f = make_swap_file(&path, 64 << 20).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    k.swapon(Arc::new(f), &p, -2).unwrap();
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 8 * MIB);
+        let pages = (8 * MIB) >> 12;
+        fill(k, cpu, &mut mm, a, pages, 9);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 8192);
+        for _ in 0..2000 {
+            if mm.counter(MM_SWAPENTS) == pages {
+                break;
+            }
+            k.try_to_free_pages(cpu, GFP_KERNEL);
+        }
+        assert_eq!(mm.counter(MM_SWAPENTS), pages, "all of it went to swap");
+        assert_eq!(event(k, "thp_split_page"), 4);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 0);
+        check_all(k, &mm);
+        verify(k, cpu, &mut mm, a, pages, |_| Some(9));
+        assert_eq!(mm.counter(MM_SWAPENTS), 0);
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        k.swapoff(cpu, &p).unwrap();
+    });
+    teardown_check(&m, before);
+}
+
+/// With memory fragmented (a pinned page in every pageblock) a THP fault falls back to 4 KiB
+/// pages and counts `thp_fault_fallback`, with `defrag` both `never` and `madvise` (whose
+/// compaction cannot move the pinned pages).
+#[test]
+fn fragmented_memory_falls_back_to_4k() {
+    for defrag in [ThpDefrag::Never, ThpDefrag::Madvise] {
+        let m = boot_mem(64, 1, "");
+        let k = &m.kernel;
+        k.set_thp_defrag(defrag);
+        let before = before(&m);
+        m.on_cpu(0, |cpu| {
+            // Take every free page, keep one in each 512, give the rest back.
+            let all = common::exhaust(k, cpu, GFP_KERNEL | Gfp::__GFP_NOWARN, 0);
+            let mut pinned = Vec::new();
+            for p in all {
+                if k.page_to_pfn(p).0 % 512 == 7 {
+                    pinned.push(p);
+                } else {
+                    k.__free_pages(cpu, p, 0);
+                }
+            }
+            k.drain_all_pages(cpu);
+            let mut mm = k.mm_alloc(cpu).unwrap();
+            let a = huge_region(k, cpu, &mut mm, 4 * MIB);
+            let (f0, fb0) = (mm.faults.min_flt, event(k, "thp_fault_fallback"));
+            fill(k, cpu, &mut mm, a, 1024, 10);
+            assert_eq!(mm.faults.min_flt - f0, 1024, "{defrag:?}");
+            assert_eq!(event(k, "thp_fault_fallback") - fb0, 2, "{defrag:?}");
+            assert_eq!(event(k, "thp_fault_alloc"), 0);
+            assert_eq!(smaps_field(k, &mm, a, "AnonHugePages:"), 0);
+            verify(k, cpu, &mut mm, a, 1024, |_| Some(10));
+            check_all(k, &mm);
+            k.exit_mmap(cpu, mm);
+            common::free_all(k, cpu, pinned, 0);
+        });
+        teardown_check(&m, before);
+    }
+}
+
+/// Processes with THP regions fork, write, unmap, protect, advise and exit at random with
+/// reclaim running; the bytes match a model and every invariant holds after each step.
+#[test]
+fn random_thp_operations_keep_every_invariant() {
+    use rand::{Rng, SeedableRng};
+    let m = boot_mem(96, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let before = before(&m);
+    let path = dir.path().join("swapfile");
+    let f = make_swap_file(&path, 128 << 20).unwrap();
+    let swap_path = path.to_string_lossy().into_owned();
+    k.swapon(Arc::new(f), &swap_path, -2).unwrap();
+    let mut tasks = TaskTable::default();
+    let first = m.on_cpu(0, |cpu| {
+        spawn_host(&m, &mut tasks, cpu, &true_spec()).unwrap()
+    });
+    let pages = (16 * MIB) >> 12;
+    let base = m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(first).unwrap().mm.as_mut().unwrap();
+        huge_region(k, cpu, mm, pages << 12)
+    });
+    // pid -> page -> Some(value) (0 = never written) or None (unmapped)
+    let mut model: std::collections::BTreeMap<u32, Vec<Option<u8>>> =
+        [(first, vec![Some(0); pages as usize])].into();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(15);
+    m.on_cpu(0, |cpu| {
+        for step in 0..250 {
+            let pids: Vec<u32> = model.keys().copied().collect();
+            let pid = pids[rng.random_range(0..pids.len())];
+            let p = rng.random_range(0..pages - 1);
+            let n = rng.random_range(1..1024).min(pages - p);
+            let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+            match rng.random_range(0..16) {
+                0 if model.len() < 3 => {
+                    let c = tasks.fork(k, cpu, pid).unwrap();
+                    let copy = model[&pid].clone();
+                    model.insert(c, copy);
+                }
+                1 if model.len() > 1 => {
+                    tasks.exit(k, cpu, pid, 0).unwrap();
+                    let _ = tasks.wait(tasks.get(pid).map_or(0, |t| t.ppid), Some(pid));
+                    model.remove(&pid);
+                }
+                2 => {
+                    k.madvise(cpu, mm, base + (p << 12), n << 12, MADV_DONTNEED)
+                        .ok();
+                    for x in &mut model.get_mut(&pid).unwrap()[p as usize..(p + n) as usize] {
+                        if x.is_some() {
+                            *x = Some(0);
+                        }
+                    }
+                }
+                3 => {
+                    k.munmap(cpu, mm, base + (p << 12), n << 12).unwrap();
+                    model.get_mut(&pid).unwrap()[p as usize..(p + n) as usize].fill(None);
+                }
+                4 => {
+                    // Map back what is missing there (the policy gives THPs where aligned).
+                    let mm_model = model.get_mut(&pid).unwrap();
+                    for q in p..p + n {
+                        if mm_model[q as usize].is_none() {
+                            k.mmap(cpu, mm, base + (q << 12), 4096, RW, ANON | MAP_FIXED, 0)
+                                .unwrap();
+                            mm_model[q as usize] = Some(0);
+                        }
+                    }
+                    k.madvise(cpu, mm, base, pages << 12, MADV_HUGEPAGE).ok();
+                }
+                5 => {
+                    // mprotect back and forth: the bytes stay, PMDs split at the edges.
+                    if model[&pid][p as usize..(p + n) as usize]
+                        .iter()
+                        .all(|x| x.is_some())
+                    {
+                        k.mprotect(cpu, mm, base + (p << 12), n << 12, PROT_READ)
+                            .unwrap();
+                        k.mprotect(cpu, mm, base + (p << 12), n << 12, RW).unwrap();
+                    }
+                }
+                6 => {
+                    k.try_to_free_pages(cpu, GFP_KERNEL);
+                }
+                7 => {
+                    k.madvise(cpu, mm, base + (p << 12), n << 12, MADV_HUGEPAGE)
+                        .ok();
+                }
+                8..=11 => {
+                    let v: u8 = rng.random_range(1..=255);
+                    let mm_model = model.get_mut(&pid).unwrap();
+                    for q in p..p + n {
+                        if mm_model[q as usize].is_some() {
+                            k.user_write(cpu, mm, base + (q << 12) + 9, &[v]).unwrap();
+                            mm_model[q as usize] = Some(v);
+                        }
+                    }
+                }
+                _ => {
+                    for _ in 0..64 {
+                        let q = rng.random_range(0..pages);
+                        let mut b = [0u8];
+                        let r = k.user_read(cpu, mm, base + (q << 12) + 9, &mut b);
+                        match model[&pid][q as usize] {
+                            Some(v) => {
+                                r.unwrap();
+                                assert_eq!(b[0], v, "step {step}: pid {pid} page {q}");
+                            }
+                            None => assert!(r.is_err(), "step {step}: page {q} is unmapped"),
+                        }
+                    }
+                }
+            }
+            for t in tasks.iter() {
+                if let Some(mm) = &t.mm {
+                    k.check_mm_invariants(mm).unwrap();
+                }
+            }
+            k.check_lru_invariants().unwrap();
+            k.check_swap_invariants().unwrap();
+            k.check_anon_vma_invariants().unwrap();
+            k.check_invariants().unwrap();
+        }
+        assert!(event(k, "thp_fault_alloc") > 0);
+        assert!(event(k, "thp_split_pmd") > 0);
+        for pid in model.keys().copied().collect::<Vec<_>>() {
+            let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+            let mut b = [0u8];
+            for q in 0..pages {
+                if let Some(v) = model[&pid][q as usize] {
+                    k.user_read(cpu, mm, base + (q << 12) + 9, &mut b).unwrap();
+                    assert_eq!(b[0], v, "pid {pid} page {q} at the end");
+                }
+            }
+            tasks.exit(k, cpu, pid, 0).unwrap();
+        }
+        k.swapoff(cpu, &swap_path).unwrap();
+    });
+    teardown_check(&m, before);
+    assert_eq!(HPAGE_PMD_NR, 512);
+}
