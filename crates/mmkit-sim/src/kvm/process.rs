@@ -1,11 +1,14 @@
-//! Running a program and every process and thread it starts to their end (`kernel/sched/`
-//! for one CPU, `kernel/exit.c`): exec with mmkit (`execve` builds the address space), a
-//! vCPU entered in ring 3 at the entry point, and the exit loop — page faults to
-//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to their
-//! signal — with the scheduler: tasks take turns on vCPU 0 (context switch = registers,
-//! CR3, XSAVE image, the entry-stack frame), sleep in calls that must wait and are tried
-//! again after the next event, and are preempted by a 10 ms tick while several can run.
-//! The run ends when the last task has exited; its status is the first process's.
+//! Running a program and every process and thread it starts to their end (`kernel/sched/`,
+//! `kernel/exit.c`, the exit-to-user loop of `kernel/entry/common.c`): exec with mmkit
+//! (`execve` builds the address space), vCPU 0 entered in ring 3 at the entry point, and on
+//! every vCPU (one per simulated CPU, each on its own host thread: [`super::smp`]) the exit
+//! loop — page faults to `do_user_addr_fault`, system calls to [`super::syscall`], other
+//! exceptions to their signal — with the scheduler: each vCPU picks its next task from the
+//! shared run queue (context switch = registers, CR3, XSAVE image, the entry-stack frame;
+//! a task migrating between vCPUs keeps the new one's GDT, TSS and entry stack), tasks
+//! sleep in calls that must wait and are tried again after the next event, an idle vCPU
+//! waits, and a 10 ms tick preempts while a task waits for a vCPU. The run ends when the
+//! last task has exited; its status is the first process's.
 
 use super::sched::{
     after_syscall, kill_all, next_timer, switch, FutexWait, Parked, RunState, Sched, Shared, TICK,

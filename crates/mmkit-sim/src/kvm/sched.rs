@@ -1,6 +1,9 @@
-//! The scheduler of a run's tasks (`kernel/sched/core.c`'s `schedule`/`context_switch`
-//! for the one CPU programs run on, `kernel/exit.c`'s `do_exit`, `kernel/futex/`'s wait
-//! queues): every process and thread of a run takes turns on vCPU 0. A context switch
+//! The scheduler of a run's tasks (`kernel/sched/core.c`'s `schedule`/`pick_next_task`/
+//! `context_switch`, `kernel/exit.c`'s `do_exit`, `kernel/futex/`'s wait queues): every
+//! process and thread of a run runs on the machine's vCPUs, each vCPU picking its next
+//! task from one shared run queue (round robin; a task on a vCPU has `on_cpu` set and is
+//! not picked by another; see [`super::smp`] for the threads, the kernel lock, kicks and
+//! TLB shootdowns). A context switch
 //! saves and loads the registers, CR3, the XSAVE image and the entry-stack frame; a call
 //! that must wait sleeps and is made again after the next event; a 10 ms tick preempts
 //! while several tasks can run. What the threads of a process share (descriptors, signal
@@ -60,7 +63,7 @@ impl Shared {
     }
 }
 
-/// The scheduler's state (`struct rq` of the one CPU programs run on, and the wait queues
+/// The scheduler's state (one `struct rq` shared by the vCPUs, and the wait queues
 /// as one counter): events that may wake a sleeping task are counted (a system call
 /// completed, a task exited), and a task that went to sleep at event `n` is tried again
 /// only once the count moved past `n`.
@@ -412,15 +415,21 @@ impl Proc<'_> {
     }
 
     /// `task_cpu`: the vCPU task `pid` runs on or last ran on.
+    /// (For a process, its leader's: `/proc/PID/stat` shows the thread group leader.)
     pub fn task_cpu(&self, pid: Pid) -> usize {
-        if pid == self.pid || pid == self.tid {
+        if pid == self.tid {
             return self.cpu;
         }
-        self.sched
-            .parked
-            .get(&pid)
-            .or_else(|| self.sched.parked.values().find(|t| t.pid == pid))
-            .map_or(0, |t| t.on_cpu.unwrap_or(t.last_cpu))
+        match self.sched.parked.get(&pid) {
+            Some(t) => t.on_cpu.unwrap_or(t.last_cpu),
+            None if pid == self.pid => self.cpu,
+            None => self
+                .sched
+                .parked
+                .values()
+                .find(|t| t.pid == pid)
+                .map_or(0, |t| t.on_cpu.unwrap_or(t.last_cpu)),
+        }
     }
 
     fn park_as(
