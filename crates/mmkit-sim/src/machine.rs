@@ -38,6 +38,18 @@ pub struct Ram {
     /// Zap frames' host mappings on `flush_tlb` (set while a hardware MMU uses the tables).
     zap: std::sync::atomic::AtomicBool,
     zapped: std::sync::atomic::AtomicU64,
+    /// The CPUs that run programs outside the TLB model (a virtual machine's vCPUs), told
+    /// of every flush before the frames are zapped.
+    cpus: std::sync::RwLock<Option<std::sync::Arc<dyn FlushTlbMulti>>>,
+}
+
+/// `native_flush_tlb_multi` for CPUs a platform runs outside the library's TLB model (the
+/// vCPUs of a virtual machine): called by every flush after the address space's `tlb_gen`
+/// was bumped and before any frame of it is freed, it returns once every such CPU that may
+/// hold a translation of the address space has dropped it.
+pub trait FlushTlbMulti: Send + Sync {
+    /// Flush `flush.ctx_id`'s translations from every CPU that runs it.
+    fn flush_tlb_multi(&self, flush: &mmkit::mm::mmu_gather::TlbFlush<'_>);
 }
 
 // SAFETY: `base` is a shared mapping owned by this value (unmapped on drop); the kernel
@@ -97,6 +109,7 @@ impl Ram {
             mmu: Default::default(),
             zap: Default::default(),
             zapped: Default::default(),
+            cpus: Default::default(),
         })
     }
 
@@ -194,7 +207,16 @@ impl Ram {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Register the CPUs that run programs (a virtual machine's vCPUs while it runs one;
+    /// `None` when they stop): every later flush reaches them.
+    pub fn set_flush_cpus(&self, cpus: Option<std::sync::Arc<dyn FlushTlbMulti>>) {
+        *self.cpus.write().unwrap_or_else(|e| e.into_inner()) = cpus;
+    }
+
     fn flush(&self, flush: &mmkit::mm::mmu_gather::TlbFlush<'_>) {
+        if let Some(cpus) = &*self.cpus.read().unwrap_or_else(|e| e.into_inner()) {
+            cpus.flush_tlb_multi(flush);
+        }
         if !self.zap.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }

@@ -378,6 +378,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     timeout,
                     stdout: None,
                     syscall_hook: None,
+                    no_preempt: false,
                 };
                 let pressure = mmkit_sim::exec_cmd::Pressure {
                     swap,

@@ -1,6 +1,7 @@
 //! Real programs under memory pressure (`mmkit exec --mem SIZE --swap SIZE [--chart F.svg]`):
-//! a program runs under `/dev/kvm` on vCPU 0 (simulated CPU 0) while kswapd runs on
-//! simulated CPU 1, as its own thread, whenever the allocator wakes it — and the faulting
+//! a program runs under `/dev/kvm` on the machine's vCPUs while kswapd runs on simulated
+//! CPU 1, as its own thread, whenever the allocator wakes it (holding CPU 1 only while it
+//! reclaims, so vCPU 1 does its kernel work between kswapd's runs) — and the faulting
 //! CPU reclaims directly when kswapd falls behind (`__alloc_pages_slowpath`). Without swap,
 //! when reclaim finds nothing more the fault ends in `pagefault_out_of_memory`: the OOM
 //! killer picks the largest task, prints Linux's report, and the process ends with

@@ -414,3 +414,210 @@ int main(void) {
     assert!(String::from_utf8_lossy(&r.stdout).contains("setitimer which -1 22"));
     assert_clean(&m, before, "bad process calls");
 }
+
+/// A machine of `cpus` CPUs (so `cpus` vCPUs) and its VM, or `None` without /dev/kvm.
+fn machine_with_cpus(cpus: usize) -> Option<(mmkit_sim::Machine, mmkit_sim::kvm::Vm)> {
+    if !common::kvm::kvm_usable_or_skip() {
+        return None;
+    }
+    let spec = mmkit_sim::MachineSpec {
+        cpus,
+        ..Default::default()
+    };
+    let m = mmkit_sim::Machine::boot(&spec).unwrap();
+    let vm = mmkit_sim::kvm::Vm::new(&m).unwrap();
+    Some((m, vm))
+}
+
+/// The threads of process `pid` that vCPU `c` ran user code of.
+fn threads_on(out: &mmkit_sim::kvm::Outcome, c: usize, pid: u32) -> Vec<u32> {
+    out.cpus[c]
+        .tasks
+        .keys()
+        .filter(|(p, _)| *p == pid)
+        .map(|&(_, t)| t)
+        .collect()
+}
+
+/// Four pthreads each summing a range on the default machine's two vCPUs: the native
+/// result, and both vCPUs ran user code of the program (the VMM's per-vCPU account of
+/// KVM_RUN time by thread); `/proc/self/stat`'s `processor` is a vCPU of the machine.
+#[test]
+fn pthreads_run_on_both_vcpus() {
+    let Some((m, vm)) = machine(None) else { return };
+    assert_eq!(m.kernel.nr_cpus(), 2, "the default machine has 2 CPUs");
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "sum4",
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#define N 4
+static unsigned long long part[N];
+static void *run(void *a) {
+    long i = (long)a;
+    unsigned long long s = 0, lo = i * 20000000ULL, hi = lo + 20000000ULL;
+    for (unsigned long long x = lo; x < hi; x++) s += x * x % 7;
+    part[i] = s;
+    return 0;
+}
+int main(void) {
+    pthread_t t[N];
+    for (long i = 0; i < N; i++) pthread_create(&t[i], 0, run, (void *)i);
+    unsigned long long s = 0;
+    for (int i = 0; i < N; i++) { pthread_join(t[i], 0); s += part[i]; }
+    FILE *f = fopen("/proc/self/stat", "r");
+    int cpu = -1;
+    if (f) {
+        char buf[1024]; size_t n = fread(buf, 1, sizeof buf - 1, f); buf[n] = 0;
+        char *p = buf; for (int field = 1; field < 39 && p; field++) { p = __builtin_strchr(p, ' '); if (p) p++; }
+        if (p) sscanf(p, "%d", &cpu);
+        fclose(f);
+    }
+    printf("%llu %s\n", s, cpu == 0 || cpu == 1 ? "cpu-ok" : "cpu-bad");
+    return 0;
+}"#,
+        &["-pthread"],
+    );
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    assert_eq!(r.out.cpus.len(), 2);
+    for c in 0..2 {
+        let t = threads_on(&r.out, c, r.out.pid);
+        assert!(
+            !t.is_empty(),
+            "vCPU {c} ran no thread of the program: {:?}",
+            r.out.cpus
+        );
+    }
+    assert_clean(&m, before, "pthreads on 2 vCPUs");
+}
+
+/// Two threads that can only finish if they run at the same time: they take turns
+/// through a shared counter 1000 times, spinning (no system call, no fault) until the other
+/// has moved it. Without time slices (`no_preempt`) a thread leaves its vCPU only when it
+/// calls in, so on one vCPU the spinner never lets the other run and the run ends at its
+/// timeout (the negative control); on two vCPUs both spin at once and it completes — the
+/// proof that two vCPUs ran user code of one process concurrently, with no wall-clock
+/// threshold (the timeout only bounds the control).
+#[test]
+fn two_vcpus_run_threads_of_one_process_at_once() {
+    let Some((m2, vm2)) = machine_with_cpus(2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "pingpong",
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+static volatile long turn;
+static void *other(void *a) {
+    for (long i = 1; i < 2000; i += 2) { while (turn != i) ; turn = i + 1; }
+    return a;
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, other, 0);
+    for (long i = 0; i < 2000; i += 2) { while (turn != i) ; turn = i + 1; }
+    pthread_join(t, 0);
+    printf("%ld\n", turn);
+    return 0;
+}"#,
+        &["-pthread"],
+    );
+    let path = prog.to_str().unwrap();
+    let opts = |secs| RunOptions {
+        no_preempt: true,
+        timeout: Some(std::time::Duration::from_secs(secs)),
+        ..Default::default()
+    };
+    let before = m2.settle();
+    let r = run(&m2, &vm2, &[path], opts(120));
+    assert_eq!(r.out.status, Status::Exited(0), "{:?}", r.out.log);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "2000\n");
+    for c in 0..2 {
+        assert!(
+            !threads_on(&r.out, c, r.out.pid).is_empty(),
+            "vCPU {c} ran no thread of the program"
+        );
+    }
+    assert_clean(&m2, before, "ping-pong on 2 vCPUs");
+    drop((vm2, m2));
+    let Some((m1, vm1)) = machine_with_cpus(1) else {
+        return;
+    };
+    let before = m1.settle();
+    let r = run(&m1, &vm1, &[path], opts(3));
+    assert_eq!(
+        r.out.status,
+        Status::Signaled(9),
+        "one vCPU without time slices cannot finish"
+    );
+    assert!(
+        r.out
+            .log
+            .iter()
+            .any(|l| l.contains("killed after the --timeout")),
+        "{:?}",
+        r.out.log
+    );
+    assert_eq!(r.out.cpus.len(), 1);
+    assert_clean(&m1, before, "ping-pong on 1 vCPU");
+}
+
+/// A TLB shootdown seen by a program: one thread spins reading a page while the other
+/// replaces it (`mmap(MAP_FIXED)` over it — one call, so the reader never finds a hole —
+/// then other bytes written). The reader sees the new bytes — no vCPU keeps the old
+/// translation — and the unmap's flush kicked the reader's vCPU out of guest mode (it was
+/// running that address space).
+#[test]
+fn munmap_on_one_vcpu_shoots_down_the_other() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "shootdown",
+        r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/mman.h>
+static volatile int started;
+static volatile int *page;
+static void *reader(void *a) {
+    long spins = 0;
+    started = 1;
+    while (*page != 2) spins++;
+    return (void *)spins;
+}
+int main(void) {
+    int *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p[0] = 1;
+    page = p;
+    pthread_t t;
+    pthread_create(&t, 0, reader, 0);
+    while (!started) ;
+    for (volatile long i = 0; i < 20000000; i++) ;
+    int *q = mmap(p, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    q[0] = 2;
+    pthread_join(t, 0);
+    printf("%s\n", q == p ? "replaced" : "moved");
+    return 0;
+}"#,
+        &["-pthread"],
+    );
+    let before = m.settle();
+    let opts = RunOptions {
+        no_preempt: true,
+        timeout: Some(std::time::Duration::from_secs(120)),
+        ..Default::default()
+    };
+    let r = run(&m, &vm, &[prog.to_str().unwrap()], opts);
+    assert_eq!(r.out.status, Status::Exited(0), "{:?}", r.out.log);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "replaced\n");
+    let ipis: u64 = r.out.cpus.iter().map(|c| c.tlb_ipis).sum();
+    assert!(ipis > 0, "no shootdown kicked the reader: {:?}", r.out.cpus);
+    assert_clean(&m, before, "shootdown");
+}

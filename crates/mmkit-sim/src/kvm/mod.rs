@@ -33,9 +33,10 @@ pub mod pipe;
 pub mod process;
 pub mod sched;
 pub mod signal;
+pub mod smp;
 pub mod syscall;
 pub mod vcpu;
 pub mod vm;
 
-pub use process::{run_program, Outcome, RunOptions};
+pub use process::{run_program, CpuRun, Outcome, RunOptions};
 pub use vm::{kvm_usable, Vm};

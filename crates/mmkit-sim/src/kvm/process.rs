@@ -1,14 +1,20 @@
-//! Running a program and every process and thread it starts to their end (`kernel/sched/`
-//! for one CPU, `kernel/exit.c`): exec with mmkit (`execve` builds the address space), a
-//! vCPU entered in ring 3 at the entry point, and the exit loop — page faults to
-//! `do_user_addr_fault`, system calls to [`super::syscall`], other exceptions to their
-//! signal — with the scheduler: tasks take turns on vCPU 0 (context switch = registers,
-//! CR3, XSAVE image, the entry-stack frame), sleep in calls that must wait and are tried
-//! again after the next event, and are preempted by a 10 ms tick while several can run.
-//! The run ends when the last task has exited; its status is the first process's.
+//! Running a program and every process and thread it starts to their end (`kernel/sched/`,
+//! `kernel/exit.c`, the exit-to-user loop of `kernel/entry/common.c`): exec with mmkit
+//! (`execve` builds the address space), vCPU 0 entered in ring 3 at the entry point, and on
+//! every vCPU (one per simulated CPU, each on its own host thread: [`super::smp`]) the exit
+//! loop — page faults to `do_user_addr_fault`, system calls to [`super::syscall`], other
+//! exceptions to their signal — with the scheduler: each vCPU picks its next task from the
+//! shared run queue (context switch = registers, CR3, XSAVE image, the entry-stack frame;
+//! a task migrating between vCPUs keeps the new one's GDT, TSS and entry stack), tasks
+//! sleep in calls that must wait and are tried again after the next event, an idle vCPU
+//! waits, and a 10 ms tick preempts while a task waits for a vCPU. The run ends when the
+//! last task has exited; its status is the first process's.
 
-use super::sched::{after_syscall, kill_all, switch, FutexWait, RunState, Sched, TICK};
+use super::sched::{
+    after_syscall, kill_all, next_timer, switch, FutexWait, Parked, RunState, Sched, Shared, TICK,
+};
 use super::signal::{self, SigInfo};
+use super::smp::{KernelLock, Smp};
 use super::syscall::{self, FdTable};
 use super::vcpu::{Exit, Vcpu};
 use super::vm::{SyscallEntry, Vm};
@@ -52,6 +58,10 @@ pub struct RunOptions {
     pub stdout: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// An observer called at each system call.
     pub syscall_hook: Option<SyscallHook>,
+    /// No time slices: a task leaves its vCPU only when it calls in (a system call, a
+    /// fault) — for tests that must show two tasks running at once, which without the
+    /// tick's preemption can only happen on two vCPUs.
+    pub no_preempt: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -62,6 +72,7 @@ impl std::fmt::Debug for RunOptions {
             .field("timeout", &self.timeout)
             .field("stdout", &self.stdout)
             .field("syscall_hook", &self.syscall_hook.is_some())
+            .field("no_preempt", &self.no_preempt)
             .finish()
     }
 }
@@ -128,6 +139,8 @@ pub struct Outcome {
     pub log: Vec<String>,
     /// Context switches between the run's tasks.
     pub switches: u64,
+    /// What each vCPU did.
+    pub cpus: Vec<CpuRun>,
 }
 
 /// The process the exit loop serves.
@@ -136,6 +149,8 @@ pub struct Proc<'m> {
     pub m: &'m Machine,
     /// Its kernel.
     pub k: &'m Kernel,
+    /// The vCPU (and simulated CPU) this state belongs to.
+    pub cpu: usize,
     /// The task table (one process in this scope).
     pub tasks: TaskTable,
     /// The running process (its thread group id).
@@ -216,43 +231,44 @@ fn kick_signal() -> i32 {
 /// mid-run: 2 MiB of frames, against ~5 ms for a rebuild on a nested hypervisor.
 const DEFERRED_TABLES_MAX: u64 = 512;
 
-/// Run `spec` on `vm` to its end.
-pub fn run_program(
-    m: &Machine,
-    vm: &Vm,
-    spec: &ExecSpec<'_>,
-    opts: &RunOptions,
-) -> Result<Outcome> {
-    let k = &m.kernel;
-    let log_from = k.dmesg_since(u64::MAX).1;
-    m.on_cpu(0, |cpu| {
-        let mut tasks = TaskTable::default();
-        let pid = spawn_host(m, &mut tasks, cpu, spec)?;
-        let (entry, sp, pgd, exec_faults) = {
-            let t = tasks.get(pid).expect("just spawned");
-            let mm = t.mm.as_ref().expect("exec'd");
-            (t.entry, t.sp, mm.pt.pgd_pfn(), t.fault_counts())
-        };
-        let mut vcpu = vm.take_vcpu(0)?;
-        vcpu.enter_user(vm, pgd, entry, sp)?;
-        let exits_before = vcpu.exits;
-        let mut p = Proc {
+/// What one vCPU did in a run.
+#[derive(Clone, Debug, Default)]
+pub struct CpuRun {
+    /// Time inside `KVM_RUN`.
+    pub guest: Duration,
+    /// Time in the VMM handling its exits (the kernel lock held or waited for).
+    pub vmm: Duration,
+    /// `KVM_RUN` returns.
+    pub exits: u64,
+    /// Time inside `KVM_RUN` by (process, thread) it ran.
+    pub tasks: std::collections::BTreeMap<(Pid, Pid), Duration>,
+    /// TLB shootdowns that kicked it out of guest mode.
+    pub tlb_ipis: u64,
+    /// Reschedule kicks it got (a signal or kill for its task, the tick).
+    pub resched_ipis: u64,
+}
+
+impl<'m> Proc<'m> {
+    /// The state of vCPU `cpu` with no task on it yet (the idle task).
+    fn new(m: &'m Machine, opts: &RunOptions, randomize: bool, cpu: usize) -> Self {
+        Proc {
             m,
-            k,
-            tasks,
-            pid,
-            tid: pid,
+            k: &m.kernel,
+            cpu,
+            tasks: TaskTable::default(),
+            pid: 0,
+            tid: 0,
             thread_exit: false,
             futex: None,
-            fds: FdTable::with_stdio(opts.stdout.as_deref()),
+            fds: FdTable::default(),
             opts: opts.clone(),
             exit: None,
             syscalls: 0,
             user_faults: 0,
             faults_by_kind: [0; 5],
-            exe: spec.path.to_string(),
-            argv: spec.argv.clone(),
-            sigactions: vec![[0; 32]; 65],
+            exe: String::new(),
+            argv: Vec::new(),
+            sigactions: Vec::new(),
             sigmask: 0,
             sigaltstack: [0; 24],
             progress: 0,
@@ -267,136 +283,115 @@ pub fn run_program(
             clear_child_tid: 0,
             new_child: None,
             exec_done: false,
-            randomize: !spec.no_aslr,
+            randomize,
             sched: Sched::default(),
-        };
-        p.sched.pgrp.insert(pid, (pid, pid));
-        // The watchdog: marks the timeout, and while several tasks share the CPU ends a
-        // time slice every 10 ms (the scheduler tick), by kicking the vCPU thread out of
-        // KVM_RUN — only while it is in there, so no host call of the VMM is interrupted.
-        let timed_out = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(AtomicBool::new(false));
-        let in_guest = Arc::new(AtomicBool::new(false));
-        let watchdog = {
-            let sig = kick_signal();
-            // SAFETY: pthread_self of the calling thread, valid while it lives (the watchdog
-            // is joined before this thread returns).
-            let me = unsafe { libc::pthread_self() };
-            let (timed_out, done, shared, in_guest) = (
-                timed_out.clone(),
-                done.clone(),
-                shared.clone(),
-                in_guest.clone(),
-            );
-            let deadline = opts.timeout.map(|t| Instant::now() + t);
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Acquire) {
-                    std::thread::sleep(TICK);
-                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
-                    if expired {
-                        timed_out.store(true, Ordering::Release);
-                    }
-                    if expired
-                        || (shared.load(Ordering::Acquire) && in_guest.load(Ordering::Acquire))
-                    {
-                        // SAFETY: signalling a thread that is alive until `done` is set.
-                        unsafe { libc::pthread_kill(me, sig) };
-                    }
+        }
+    }
+}
+
+/// Run `spec` on `vm` to its end, on every vCPU of the machine (one per simulated CPU,
+/// each on a host thread of its own; see [`super::smp`]).
+pub fn run_program(
+    m: &Machine,
+    vm: &Vm,
+    spec: &ExecSpec<'_>,
+    opts: &RunOptions,
+) -> Result<Outcome> {
+    let k = &m.kernel;
+    let log_from = k.dmesg_since(u64::MAX).1;
+    let randomize = !spec.no_aslr;
+    let (tasks, pid, start, exec_faults) = m.on_cpu(0, |cpu| -> Result<_> {
+        let mut tasks = TaskTable::default();
+        let pid = spawn_host(m, &mut tasks, cpu, spec)?;
+        let t = tasks.get(pid).expect("just spawned");
+        let mm = t.mm.as_ref().expect("exec'd");
+        let start = (t.entry, t.sp, mm.pt.pgd_pfn());
+        let faults = t.fault_counts();
+        Ok((tasks, pid, start, faults))
+    })?;
+    let mut sched = Sched {
+        first: pid,
+        ..Default::default()
+    };
+    sched.pgrp.insert(pid, (pid, pid));
+    sched.shared.insert(
+        pid,
+        Shared::new(
+            FdTable::with_stdio(opts.stdout.as_deref()),
+            spec.path.to_string(),
+            spec.argv.clone(),
+            vec![[0; 32]; 65],
+        ),
+    );
+    // The first task starts on vCPU 0, as if back from the guest there.
+    let mut first = Parked::new(pid, pid, 0, [0; 24], None, 0, RunState::Runnable);
+    first.on_cpu = Some(0);
+    sched.parked.insert(pid, first);
+    let nr = k.nr_cpus();
+    let smp = Smp::new(nr, tasks, sched);
+    m.ram.set_flush_cpus(Some(smp.cpus.clone()));
+    let sig = kick_signal();
+    // The watchdog: marks the timeout, and ends time slices every 10 ms (the scheduler
+    // tick) while a task waits for a vCPU or a timer is armed, by kicking vCPUs out of
+    // KVM_RUN — only while they are in there, so no host call of the VMM is interrupted.
+    let ticker_done = AtomicBool::new(false);
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let runs: Vec<Result<CpuRun>> = std::thread::scope(|s| {
+        let smp = &smp;
+        let ticker_done = &ticker_done;
+        s.spawn(move || {
+            while !ticker_done.load(Ordering::Acquire) {
+                std::thread::sleep(TICK);
+                let expired = deadline.is_some_and(|d| Instant::now() >= d);
+                if expired {
+                    smp.timed_out.store(true, Ordering::Release);
+                    smp.wake_all();
                 }
+                smp.tick(expired, !opts.no_preempt);
+            }
+        });
+        let threads: Vec<_> = (0..nr)
+            .map(|c| {
+                let start = (c == 0).then_some((pid, start));
+                s.spawn(move || vcpu_loop(m, vm, smp, opts, randomize, c, sig, start))
             })
-        };
-        let (mut guest, mut vmm) = (Duration::ZERO, Duration::ZERO);
-        let mut stats = None;
-        let mut status = None;
-        let r = (|| -> Result<()> {
-            loop {
-                if p.exit.is_some() {
-                    if p.pid == pid && p.last_thread() {
-                        // The first process: what it looked like before its memory went.
-                        stats = Some(exit_stats(&mut p));
-                        status = p.exit;
-                    }
-                    p.exit_current(cpu);
-                    if !switch(&mut p, cpu, vm, &mut vcpu, None)? {
-                        break;
-                    }
-                    continue;
-                }
-                if p.blocked || p.vfork_wait.is_some() {
-                    let run = match p.vfork_wait {
-                        Some(c) => RunState::Vfork(c),
-                        None => RunState::Blocked(p.sched.events),
-                    };
-                    if !switch(&mut p, cpu, vm, &mut vcpu, Some(run))? {
-                        // Every task waits for another: nothing can ever wake them.
-                        p.k.printk(&format!(
-                            "mmkit: tasks {:?} wait for each other forever: killed",
-                            p.live_pids()
-                        ));
-                        kill_all(&mut p);
-                    }
-                    continue;
-                }
-                if timed_out.load(Ordering::Acquire) {
-                    p.k.printk(&format!(
-                        "{}[{}]: killed after the --timeout of {:?}",
-                        comm(&p),
-                        p.pid,
-                        opts.timeout.unwrap_or_default()
-                    ));
-                    kill_all(&mut p);
-                    continue;
-                }
-                if let Some(sig) = signal::next_signal(&p) {
-                    let info = signal::take_info(&mut p.pending, sig);
-                    let user = signal::user_regs(vm, &mut vcpu)?;
-                    signal::deliver(&mut p, cpu, vm, &mut vcpu, info, user)?;
-                    continue;
-                }
-                p.fire_alarms();
-                shared.store(
-                    !p.sched.parked.is_empty() || !p.sched.alarms.is_empty(),
-                    Ordering::Release,
-                );
-                let t0 = Instant::now();
-                in_guest.store(true, Ordering::Release);
-                let exit = vcpu.run(vm);
-                in_guest.store(false, Ordering::Release);
-                let exit = exit?;
-                let t1 = Instant::now();
-                guest += t1 - t0;
-                handle_exit(&mut p, cpu, vm, &mut vcpu, exit)?;
-                after_syscall(&mut p, vm, &mut vcpu)?;
-                if k.nr_deferred_tables() >= DEFERRED_TABLES_MAX {
-                    vm.sync_tables(k, cpu)?;
-                }
-                if exit == Exit::Interrupted
-                    && p.exit.is_none()
-                    && !p.blocked
-                    && p.pick_next().is_some()
-                    && vcpu.preemptible()?
-                {
-                    // The time slice is over.
-                    switch(&mut p, cpu, vm, &mut vcpu, Some(RunState::Runnable))?;
-                }
-                vmm += t1.elapsed();
+            .collect();
+        let runs = threads
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a vCPU thread panicked")))
+            })
+            .collect();
+        ticker_done.store(true, Ordering::Release);
+        runs
+    });
+    m.ram.set_flush_cpus(None);
+    let ipis = smp.ipis();
+    let (tasks, sched) = smp.into_inner();
+    let mut p = Proc::new(m, opts, randomize, 0);
+    p.tasks = tasks;
+    p.sched = sched;
+    let mut cpus = Vec::new();
+    let mut err = None;
+    for (c, r) in runs.into_iter().enumerate() {
+        match r {
+            Ok(mut run) => {
+                (run.tlb_ipis, run.resched_ipis) = ipis[c];
+                cpus.push(run);
             }
-            Ok(())
-        })();
-        done.store(true, Ordering::Release);
-        let _ = watchdog.join();
-        if r.is_err() {
-            // The VMM failed: end every task so every page comes back.
-            kill_all(&mut p);
-            while p.exit.is_some() {
-                p.exit_current(cpu);
-                let Some(next) = p.sched.parked.keys().next().copied() else {
-                    break;
-                };
-                p.unpark(next);
-                p.exit.get_or_insert(Status::Signaled(SIGKILL));
+            Err(e) => {
+                err.get_or_insert(e);
+                cpus.push(CpuRun::default());
             }
+        }
+    }
+    m.on_cpu(0, |cpu| {
+        // Tasks left (the VMM failed): end every one so every page comes back.
+        while let Some(next) = p.sched.parked.keys().next().copied() {
+            p.unpark(next);
+            p.exit.get_or_insert(Status::Signaled(SIGKILL));
+            p.exit_current(cpu);
         }
         p.sweep_pipes(cpu);
         // Every descriptor is closed: the host files written are written back and no
@@ -407,43 +402,277 @@ pub fn run_program(
             let ppid = p.tasks.get(z).map_or(0, |t| t.ppid);
             let _ = p.tasks.wait(ppid, Some(z));
         }
-        let status = status.unwrap_or(Status::Signaled(SIGKILL));
-        let (min_flt, maj_flt, vm_hwm_kb, rss_kb, maps) =
-            stats.unwrap_or((0, 0, 0, (0, 0, 0), String::new()));
+        // The address spaces are gone: their tables leave the hypervisor's shadow and the
+        // allocator gets them back.
+        let synced = vm.sync_tables(k, cpu);
+        if let Some(e) = err {
+            return Err(e);
+        }
+        synced?;
+        let (status, stats) = p.sched.outcome.take().unwrap_or((
+            Status::Signaled(SIGKILL),
+            (0, 0, 0, (0, 0, 0), String::new()),
+        ));
+        let (min_flt, maj_flt, vm_hwm_kb, rss_kb, maps) = stats;
         // The program's own faults: exec wrote the stack through the kernel's own access
         // (Linux's get_user_pages, which no task is charged for).
         let (min_flt, maj_flt) = (
             min_flt.saturating_sub(exec_faults.min_flt),
             maj_flt.saturating_sub(exec_faults.maj_flt),
         );
-        let exits = vcpu.exits - exits_before;
-        vm.put_vcpu(vcpu);
-        // The address spaces are gone: their tables leave the hypervisor's shadow and the
-        // allocator gets them back.
-        let synced = vm.sync_tables(k, cpu);
-        r?;
-        synced?;
+        let totals = p.sched.totals;
         Ok(Outcome {
             status,
             pid,
             min_flt,
             maj_flt,
-            faults_by_kind: p.faults_by_kind,
-            syscalls: p.syscalls,
-            exits,
-            user_faults: p.user_faults,
-            guest,
-            vmm,
+            faults_by_kind: totals.faults_by_kind,
+            syscalls: totals.syscalls,
+            exits: cpus.iter().map(|c| c.exits).sum(),
+            user_faults: totals.user_faults,
+            guest: cpus.iter().map(|c| c.guest).sum(),
+            vmm: cpus.iter().map(|c| c.vmm).sum(),
             vm_hwm_kb,
             rss_kb,
             maps_at_exit: maps,
             log: k.dmesg_since(log_from).0,
             switches: p.sched.switches,
+            cpus,
         })
     })
 }
 
-type ExitStats = (u64, u64, u64, (u64, u64, u64), String);
+/// What a vCPU does after its kernel work.
+enum Next {
+    /// Enter the guest with the task loaded.
+    Run,
+    /// No task to run: wait until one may be ready or a timer is due.
+    Idle(Option<Duration>),
+    /// The run is over.
+    Done,
+}
+
+/// The exit loop of vCPU `c` on the calling thread (`start`: the first task, which starts
+/// here): take the kernel lock, handle the last exit and schedule, release the lock,
+/// `KVM_RUN`.
+#[allow(clippy::too_many_arguments)]
+fn vcpu_loop(
+    m: &Machine,
+    vm: &Vm,
+    smp: &Smp,
+    opts: &RunOptions,
+    randomize: bool,
+    c: usize,
+    sig: i32,
+    start: Option<(Pid, (u64, u64, mmkit::Pfn))>,
+) -> Result<CpuRun> {
+    crate::machine::bind_cpu(c);
+    let k = &m.kernel;
+    let mut vcpu = vm.take_vcpu(c)?;
+    smp.set_kick(c, Some(vcpu.kick_handle(sig)));
+    let mut p = Proc::new(m, opts, randomize, c);
+    let mut run = CpuRun::default();
+    let exits_before = vcpu.exits;
+    let r = (|| -> Result<()> {
+        if let Some((pid, (entry, sp, pgd))) = start {
+            vcpu.enter_user(vm, pgd, entry, sp)?;
+            (p.pid, p.tid) = (pid, pid);
+        }
+        let mut exit = None;
+        loop {
+            let t0 = Instant::now();
+            let g = smp.lock_kernel(&mut p);
+            let cpu = k.get_cpu();
+            if !p.is_idle() {
+                p.unpark_running();
+            }
+            let next = if smp.done.load(Ordering::Acquire) {
+                Ok(Next::Done)
+            } else {
+                kernel_work(&mut p, &cpu, vm, &mut vcpu, smp, &g, exit.take())
+            };
+            let next = match next {
+                Ok(n) => n,
+                Err(e) => {
+                    // The VMM failed: every vCPU stops; the task goes back for the
+                    // teardown to end.
+                    p.flush_totals();
+                    if !p.is_idle() {
+                        p.park_running();
+                    }
+                    smp.done.store(true, Ordering::Release);
+                    drop(cpu);
+                    smp.unlock_kernel(&mut p, g);
+                    smp.wake_all();
+                    smp.tick(true, true);
+                    return Err(e);
+                }
+            };
+            match next {
+                Next::Done => {
+                    if !p.is_idle() {
+                        p.park_running();
+                    }
+                    p.flush_totals();
+                    drop(cpu);
+                    smp.unlock_kernel(&mut p, g);
+                    smp.wake_all();
+                    return Ok(());
+                }
+                Next::Idle(timeout) => {
+                    p.flush_totals();
+                    drop(cpu);
+                    let g = smp.idle_wait(&mut p, g, timeout);
+                    smp.unlock_kernel(&mut p, g);
+                    run.vmm += t0.elapsed();
+                }
+                Next::Run => {
+                    let (pid, tid) = (p.pid, p.tid);
+                    let (ctx_id, gen) = {
+                        let pt = &p.mm().pt;
+                        (pt.ctx_id(), pt.tlb_gen())
+                    };
+                    smp.enter_guest(c, tid, ctx_id, gen);
+                    p.flush_totals();
+                    p.park_running();
+                    drop(cpu);
+                    smp.unlock_kernel(&mut p, g);
+                    let t1 = Instant::now();
+                    run.vmm += t1 - t0;
+                    let e = vcpu.run(vm);
+                    smp.left_guest(c);
+                    let dt = t1.elapsed();
+                    run.guest += dt;
+                    *run.tasks.entry((pid, tid)).or_default() += dt;
+                    exit = Some(e?);
+                }
+            }
+        }
+    })();
+    smp.set_kick(c, None);
+    run.exits = vcpu.exits - exits_before;
+    vm.put_vcpu(vcpu);
+    r.map(|()| run)
+}
+
+/// The kernel work of one stretch on a vCPU (the kernel lock held): the last exit of its
+/// task handled, then the loop that Linux's `exit_to_user_mode_loop` and `schedule` are
+/// — an exited task ends, a waiting one sleeps and another is picked, a pending signal is
+/// delivered — until the task may enter the guest, or the vCPU idles, or the run is over.
+fn kernel_work(
+    p: &mut Proc<'_>,
+    cpu: &CpuGuard<'_>,
+    vm: &Vm,
+    vcpu: &mut Vcpu,
+    smp: &Smp,
+    g: &KernelLock<'_>,
+    exit: Option<Exit>,
+) -> Result<Next> {
+    let k = p.k;
+    if let (Some(exit), false) = (exit, p.is_idle()) {
+        handle_exit(p, cpu, vm, vcpu, exit)?;
+        after_syscall(p, vm, vcpu)?;
+        if k.nr_deferred_tables() >= DEFERRED_TABLES_MAX {
+            smp.stop_others(g, p.cpu);
+            vm.sync_tables(k, cpu)?;
+        }
+        if exit == Exit::Interrupted
+            && !p.opts.no_preempt
+            && p.exit.is_none()
+            && !p.blocked
+            && p.pick_next().is_some()
+            && vcpu.preemptible()?
+        {
+            // The time slice is over.
+            switch(p, cpu, vm, vcpu, Some(RunState::Runnable))?;
+        }
+    }
+    loop {
+        if p.is_idle() {
+            p.fire_alarms();
+            if switch(p, cpu, vm, vcpu, None)? {
+                continue;
+            }
+            let running = p.sched.parked.values().any(|t| t.on_cpu.is_some());
+            if !running && p.sched.parked.is_empty() {
+                // The last task has exited: the run is over.
+                smp.done.store(true, Ordering::Release);
+                return Ok(Next::Done);
+            }
+            let alive = p.sched.parked.values().any(|t| !t.killed());
+            if smp.timed_out.load(Ordering::Acquire) && alive {
+                let first = p.sched.first;
+                p.k.printk(&format!(
+                    "{}[{first}]: killed after the --timeout of {:?}",
+                    comm_of(p, first),
+                    p.opts.timeout.unwrap_or_default()
+                ));
+                kill_all(p);
+                continue;
+            }
+            let timer = next_timer(p);
+            if !running && timer.is_none() {
+                // Every task waits for another: nothing can ever wake them.
+                p.k.printk(&format!(
+                    "mmkit: tasks {:?} wait for each other forever: killed",
+                    p.live_pids()
+                ));
+                kill_all(p);
+                continue;
+            }
+            return Ok(Next::Idle(
+                timer.map(|t| t.saturating_duration_since(Instant::now())),
+            ));
+        }
+        if p.exit.is_some() {
+            if p.pid == p.sched.first && p.last_thread() {
+                // The first process: what it looked like before its memory went.
+                let stats = exit_stats(p);
+                p.sched.outcome = p.exit.map(|s| (s, stats));
+            }
+            p.exit_current(cpu);
+            switch(p, cpu, vm, vcpu, None)?;
+            continue;
+        }
+        if p.blocked || p.vfork_wait.is_some() {
+            let run = match p.vfork_wait {
+                Some(c) => RunState::Vfork(c),
+                None => RunState::Blocked(p.sched.events),
+            };
+            switch(p, cpu, vm, vcpu, Some(run))?;
+            continue;
+        }
+        if smp.timed_out.load(Ordering::Acquire) {
+            p.k.printk(&format!(
+                "{}[{}]: killed after the --timeout of {:?}",
+                comm(p),
+                p.pid,
+                p.opts.timeout.unwrap_or_default()
+            ));
+            kill_all(p);
+            continue;
+        }
+        if let Some(sig) = signal::next_signal(p) {
+            let info = signal::take_info(&mut p.pending, sig);
+            let user = signal::user_regs(vm, vcpu)?;
+            signal::deliver(p, cpu, vm, vcpu, info, user)?;
+            continue;
+        }
+        p.fire_alarms();
+        if p.tasks.mm_mut(p.pid).is_err() {
+            // Its address space is gone (the OOM killer took it): it cannot run.
+            p.exit.get_or_insert(Status::Signaled(SIGKILL));
+            continue;
+        }
+        return Ok(Next::Run);
+    }
+}
+
+pub(super) type ExitStats = (u64, u64, u64, (u64, u64, u64), String);
+
+fn comm_of(p: &Proc<'_>, pid: Pid) -> String {
+    p.tasks.get(pid).map(|t| t.comm.clone()).unwrap_or_default()
+}
 
 fn exit_stats(p: &mut Proc<'_>) -> ExitStats {
     // The OOM killer may have taken the task already (its memory with it).

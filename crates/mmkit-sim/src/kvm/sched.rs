@@ -1,6 +1,9 @@
-//! The scheduler of a run's tasks (`kernel/sched/core.c`'s `schedule`/`context_switch`
-//! for the one CPU programs run on, `kernel/exit.c`'s `do_exit`, `kernel/futex/`'s wait
-//! queues): every process and thread of a run takes turns on vCPU 0. A context switch
+//! The scheduler of a run's tasks (`kernel/sched/core.c`'s `schedule`/`pick_next_task`/
+//! `context_switch`, `kernel/exit.c`'s `do_exit`, `kernel/futex/`'s wait queues): every
+//! process and thread of a run runs on the machine's vCPUs, each vCPU picking its next
+//! task from one shared run queue (round robin; a task on a vCPU has `on_cpu` set and is
+//! not picked by another; see [`super::smp`] for the threads, the kernel lock, kicks and
+//! TLB shootdowns). A context switch
 //! saves and loads the registers, CR3, the XSAVE image and the entry-stack frame; a call
 //! that must wait sleeps and is made again after the next event; a 10 ms tick preempts
 //! while several tasks can run. What the threads of a process share (descriptors, signal
@@ -60,7 +63,7 @@ impl Shared {
     }
 }
 
-/// The scheduler's state (`struct rq` of the one CPU programs run on, and the wait queues
+/// The scheduler's state (one `struct rq` shared by the vCPUs, and the wait queues
 /// as one counter): events that may wake a sleeping task are counted (a system call
 /// completed, a task exited), and a task that went to sleep at event `n` is tried again
 /// only once the count moved past `n`.
@@ -80,6 +83,26 @@ pub struct Sched {
     pub events: u64,
     /// Context switches.
     pub switches: u64,
+    /// The thread last given a CPU: the round robin goes on after it, whichever CPU picks.
+    pub last_run: Pid,
+    /// The run's first process (whose status is the run's).
+    pub first: Pid,
+    /// What every vCPU's tasks did, summed.
+    pub totals: Totals,
+    /// How the run's first process ended, and what it looked like before its memory went.
+    pub(super) outcome: Option<(Status, super::process::ExitStats)>,
+}
+
+/// Counts summed over the vCPUs (each counts in its own [`Proc`] and adds them here under
+/// the kernel lock).
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Totals {
+    /// System calls.
+    pub syscalls: u64,
+    /// Page faults the guest raised.
+    pub user_faults: u64,
+    /// Faults by kind (see [`super::process::Outcome::faults_by_kind`]).
+    pub faults_by_kind: [u64; 5],
 }
 
 /// How a task off the CPU waits.
@@ -109,10 +132,33 @@ pub struct Parked {
     deadline: Option<Instant>,
     no_restart: bool,
     /// Its registers (`None` before it first ran: a child gets them when `clone`
-    /// returns).
+    /// returns; and while a vCPU runs it: they are on that vCPU).
     ctx: Option<super::vcpu::CpuContext>,
     /// How it waits.
     pub run: RunState,
+    /// The vCPU running it (`task->on_cpu`): its registers are there, and no other vCPU
+    /// may pick it.
+    pub on_cpu: Option<usize>,
+    /// The vCPU it last ran on (`task_cpu`, `/proc/PID/stat`'s `processor`).
+    pub last_cpu: usize,
+}
+
+impl Parked {
+    /// Asleep with a timeout.
+    pub fn has_deadline(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Killed (or exited) while off the CPU: it ends when next picked.
+    pub fn killed(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Something its vCPU must handle in the kernel: it was killed, or a signal it does not
+    /// block is pending.
+    pub fn needs_kernel(&self) -> bool {
+        self.exit.is_some() || self.pending.set & !self.sigmask != 0
+    }
 }
 
 impl Parked {
@@ -141,6 +187,8 @@ impl Parked {
             no_restart: false,
             ctx: None,
             run,
+            on_cpu: None,
+            last_cpu: 0,
         }
     }
 }
@@ -314,6 +362,82 @@ impl Proc<'_> {
         } else {
             None
         };
+        self.park_as(ctx, run, None);
+        Ok(())
+    }
+
+    /// The running task enters the guest on this vCPU and the kernel lock goes: its state
+    /// becomes visible to the other vCPUs (its registers stay on the vCPU).
+    pub(super) fn park_running(&mut self) {
+        self.park_as(None, RunState::Runnable, Some(self.cpu));
+    }
+
+    /// This vCPU's task again, back from the guest: `false` if it was taken away meanwhile
+    /// (`de_thread` on another vCPU), and this vCPU is idle.
+    pub(super) fn unpark_running(&mut self) -> bool {
+        let tid = self.tid;
+        let mine = self
+            .sched
+            .parked
+            .get(&tid)
+            .is_some_and(|t| t.on_cpu == Some(self.cpu));
+        if !mine {
+            self.go_idle();
+            return false;
+        }
+        self.load_parked(tid);
+        true
+    }
+
+    /// Add this vCPU's counts to the run's totals.
+    pub(super) fn flush_totals(&mut self) {
+        let t = &mut self.sched.totals;
+        t.syscalls += std::mem::take(&mut self.syscalls);
+        t.user_faults += std::mem::take(&mut self.user_faults);
+        for (a, b) in t
+            .faults_by_kind
+            .iter_mut()
+            .zip(self.faults_by_kind.iter_mut())
+        {
+            *a += std::mem::take(b);
+        }
+    }
+
+    /// No task on this vCPU (the idle task, pid 0).
+    pub(super) fn go_idle(&mut self) {
+        self.pid = 0;
+        self.tid = 0;
+    }
+
+    /// Whether this vCPU runs no task.
+    pub fn is_idle(&self) -> bool {
+        self.tid == 0
+    }
+
+    /// `task_cpu`: the vCPU task `pid` runs on or last ran on.
+    /// (For a process, its leader's: `/proc/PID/stat` shows the thread group leader.)
+    pub fn task_cpu(&self, pid: Pid) -> usize {
+        if pid == self.tid {
+            return self.cpu;
+        }
+        match self.sched.parked.get(&pid) {
+            Some(t) => t.on_cpu.unwrap_or(t.last_cpu),
+            None if pid == self.pid => self.cpu,
+            None => self
+                .sched
+                .parked
+                .values()
+                .find(|t| t.pid == pid)
+                .map_or(0, |t| t.on_cpu.unwrap_or(t.last_cpu)),
+        }
+    }
+
+    fn park_as(
+        &mut self,
+        ctx: Option<super::vcpu::CpuContext>,
+        run: RunState,
+        on_cpu: Option<usize>,
+    ) {
         self.stash_shared();
         let t = Parked {
             pid: self.pid,
@@ -330,11 +454,12 @@ impl Proc<'_> {
             no_restart: std::mem::take(&mut self.no_restart),
             ctx,
             run,
+            on_cpu,
+            last_cpu: self.cpu,
         };
         self.sched.parked.insert(self.tid, t);
         self.blocked = false;
         self.vfork_wait = None;
-        Ok(())
     }
 
     /// Leave the running process's shared state (descriptors, signal actions, executable)
@@ -351,6 +476,13 @@ impl Proc<'_> {
 
     /// Make parked thread `tid` the running one (its registers are loaded by the caller).
     pub(super) fn unpark(&mut self, tid: Pid) -> Option<Parked> {
+        let t = self.load_parked(tid)?;
+        self.sched.switches += 1;
+        self.sched.last_run = tid;
+        Some(t)
+    }
+
+    fn load_parked(&mut self, tid: Pid) -> Option<Parked> {
         let mut t = self.sched.parked.remove(&tid)?;
         if let Some(sh) = self.sched.shared.remove(&t.pid) {
             self.fds = sh.fds;
@@ -372,30 +504,32 @@ impl Proc<'_> {
         self.deadline = t.deadline.take();
         self.no_restart = t.no_restart;
         self.blocked = false;
-        self.sched.switches += 1;
         Some(t)
     }
 
-    /// The next task to run after the current one, round robin by pid: one ready to run,
-    /// or asleep since an earlier event, or killed while off the CPU.
-    pub(super) fn pick_next(&self) -> Option<Pid> {
+    /// The next task to run after the one last given a CPU, round robin by pid: one not
+    /// on a vCPU that is ready to run, or asleep since an earlier event, or killed while
+    /// off the CPU.
+    pub fn pick_next(&self) -> Option<Pid> {
         let ready = |t: &Parked| {
-            t.exit.is_some()
-                || t.pending.set & !t.sigmask != 0
-                || match t.run {
-                    RunState::Runnable => true,
-                    RunState::Blocked(since) => {
-                        since != self.sched.events
-                            || t.deadline.is_some_and(|d| Instant::now() >= d)
-                    }
-                    RunState::Vfork(_) => false,
-                }
+            t.on_cpu.is_none()
+                && (t.exit.is_some()
+                    || t.pending.set & !t.sigmask != 0
+                    || match t.run {
+                        RunState::Runnable => true,
+                        RunState::Blocked(since) => {
+                            since != self.sched.events
+                                || t.deadline.is_some_and(|d| Instant::now() >= d)
+                        }
+                        RunState::Vfork(_) => false,
+                    })
         };
+        let last = self.sched.last_run;
         let after = self
             .sched
             .parked
-            .range(self.tid + 1..)
-            .chain(self.sched.parked.range(..=self.tid));
+            .range(last + 1..)
+            .chain(self.sched.parked.range(..=last));
         after.filter(|(_, t)| ready(t)).map(|(&p, _)| p).next()
     }
 
@@ -546,17 +680,19 @@ impl Proc<'_> {
 /// The scheduler tick while several tasks share the CPU.
 pub(super) const TICK: Duration = Duration::from_millis(10);
 
-/// Mark every task killed (`SIGKILL`): the loop then ends them one by one.
+/// Mark every task killed (`SIGKILL`): the vCPUs then end them one by one.
 pub(super) fn kill_all(p: &mut Proc<'_>) {
-    p.exit.get_or_insert(Status::Signaled(SIGKILL));
+    if !p.is_idle() {
+        p.exit.get_or_insert(Status::Signaled(SIGKILL));
+    }
     for t in p.sched.parked.values_mut() {
         t.exit.get_or_insert(Status::Signaled(SIGKILL));
     }
 }
 
-/// `schedule()`: put the running task off the CPU (`run`; `None` when it has exited) and
-/// load the next one. A task woken in a system call makes it again now. `false` when no
-/// task can run: none is left (the run is over) or every one waits.
+/// `schedule()`: put the running task off this vCPU (`run`; `None` when it has exited or
+/// there is none) and load the next one the run queue has. A task woken in a system call
+/// makes it again now. `false` when no task can run here: the vCPU is idle.
 pub(super) fn switch(
     p: &mut Proc<'_>,
     cpu: &CpuGuard<'_>,
@@ -564,37 +700,12 @@ pub(super) fn switch(
     vcpu: &mut Vcpu,
     run: Option<RunState>,
 ) -> Result<bool> {
-    match run {
-        Some(run) => p.park(vm, vcpu, run)?,
-        None => {
-            // The exited task is gone from the CPU; its pid may still be a zombie.
-        }
+    if let Some(run) = run {
+        p.park(vm, vcpu, run)?;
     }
+    p.go_idle();
     loop {
         let Some(next) = p.pick_next() else {
-            // Nothing can run before a sleeping call's timeout or an alarm: wait for it.
-            let soonest = p
-                .sched
-                .parked
-                .values()
-                .filter_map(|t| t.deadline)
-                .chain(p.sched.alarms.values().map(|a| a.0))
-                .min();
-            if let Some(d) = soonest {
-                std::thread::sleep(d.saturating_duration_since(Instant::now()));
-                p.fire_alarms();
-                continue;
-            }
-            if run.is_some() {
-                // Nobody can run: put the current one back so the caller sees it.
-                let me = p.tid;
-                let t = p.unpark(me);
-                if let Some(t) = t {
-                    if let Some(ctx) = &t.ctx {
-                        vcpu.restore(vm, ctx)?;
-                    }
-                }
-            }
             return Ok(false);
         };
         let t = p.unpark(next).expect("picked from the parked tasks");
@@ -620,22 +731,22 @@ pub(super) fn switch(
             if p.blocked {
                 let since = p.sched.events;
                 p.park(vm, vcpu, RunState::Blocked(since))?;
-                let timed = !p.sched.alarms.is_empty()
-                    || p.sched.parked.values().any(|t| t.deadline.is_some());
-                if p.pick_next().is_none() && !timed {
-                    let me = next;
-                    let t = p.unpark(me).expect("just parked");
-                    if let Some(ctx) = &t.ctx {
-                        vcpu.restore(vm, ctx)?;
-                    }
-                    p.blocked = true;
-                    return Ok(false);
-                }
+                p.go_idle();
                 continue;
             }
         }
         return Ok(true);
     }
+}
+
+/// The soonest a sleeping call times out or an alarm fires.
+pub(super) fn next_timer(p: &Proc<'_>) -> Option<Instant> {
+    p.sched
+        .parked
+        .values()
+        .filter_map(|t| t.deadline)
+        .chain(p.sched.alarms.values().map(|a| a.0))
+        .min()
 }
 
 /// What follows a system call that completed: a new child gets the parent's registers

@@ -18,6 +18,7 @@ use mmkit::arch::x86_64::cpu_entry_area::{
     USER_CS, USER_DS,
 };
 use mmkit::Pfn;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;
@@ -69,8 +70,45 @@ pub struct Vcpu {
     fd: VcpuFd,
     id: usize,
     sync: bool,
+    /// `kvm_run.immediate_exit` in the vCPU's shared run area (see [`Kick`]).
+    immediate_exit: *const AtomicU8,
     /// Exits so far.
     pub exits: u64,
+}
+
+// SAFETY: `immediate_exit` points into the `kvm_run` mapping owned by `fd`, which moves with
+// the value; it is only accessed atomically (here and through a `Kick`), and the rest of
+// `Vcpu` is `Send` (`VcpuFd` is).
+unsafe impl Send for Vcpu {}
+
+/// What another thread needs to kick a vCPU out of `KVM_RUN` (Linux's `kick_process` /
+/// `smp_send_reschedule` IPI, done the way KVM documents for userspace): set the run area's
+/// `immediate_exit` — a `KVM_RUN` about to start returns `EINTR` at once — then signal the
+/// thread running the vCPU — a `KVM_RUN` in progress returns too. Race-free either way.
+#[derive(Copy, Clone, Debug)]
+pub struct Kick {
+    immediate_exit: *const AtomicU8,
+    thread: libc::pthread_t,
+    signal: i32,
+}
+
+// SAFETY: a `Kick` is an address in a vCPU's `kvm_run` mapping (written only atomically) and a
+// thread id; whoever holds one keeps the vCPU and its thread alive while it may kick (the
+// run loop unregisters its kicks before the vCPU threads end and the vCPUs are put back).
+unsafe impl Send for Kick {}
+// SAFETY: as above.
+unsafe impl Sync for Kick {}
+
+impl Kick {
+    /// Make the vCPU leave (or not enter) `KVM_RUN`.
+    pub fn kick(&self) {
+        // SAFETY: `immediate_exit` points into the live `kvm_run` mapping (see the `Send`
+        // note); the byte is only ever accessed atomically.
+        unsafe { &*self.immediate_exit }.store(1, Ordering::SeqCst);
+        // SAFETY: the thread is alive while its kick is registered (see above); the signal
+        // has a no-op handler installed.
+        unsafe { libc::pthread_kill(self.thread, self.signal) };
+    }
 }
 
 fn user_segment(selector: u16, code: bool) -> kvm_segment {
@@ -150,10 +188,13 @@ impl Vcpu {
             ..Default::default()
         };
         fd.set_fpu(&fpu).map_err(|e| anyhow!("KVM_SET_FPU: {e}"))?;
+        let mut fd = fd;
+        let immediate_exit = &mut fd.get_kvm_run().immediate_exit as *mut u8 as *const AtomicU8;
         let mut v = Self {
             fd,
             id,
             sync: vm.sync_regs,
+            immediate_exit,
             exits: 0,
         };
         if v.sync {
@@ -342,9 +383,24 @@ impl Vcpu {
 
     /// Load a saved task onto this CPU (`switch_to`'s second half; CR3 comes with the
     /// special registers, which is `switch_mm`: without PCIDs the load flushes the TLB).
+    ///
+    /// A task saved on another vCPU migrates (`set_task_cpu`): what is per CPU stays this
+    /// CPU's — its GDT and TSS (the task register), and a stub's stack pointer on the entry
+    /// stack moves to the same place on this CPU's entry stack, where the frame is written.
     pub fn restore(&mut self, vm: &Vm, c: &CpuContext) -> Result<()> {
-        self.set_sregs(&c.sregs)?;
-        self.set_regs(&c.regs)?;
+        let mut sregs = c.sregs;
+        let mut regs = c.regs;
+        let (gdt, gdt_limit) = vm.entry.gdt[self.id];
+        sregs.gdt.base = gdt;
+        sregs.gdt.limit = gdt_limit;
+        sregs.tr.base = vm.entry.tss[self.id];
+        if let Some(from) = (0..vm.entry.stack.len())
+            .find(|&cpu| cpu != self.id && vm.entry.stack_phys(cpu, regs.rsp).is_some())
+        {
+            regs.rsp = regs.rsp - vm.entry.stack[from].0 + vm.entry.stack[self.id].0;
+        }
+        self.set_sregs(&sregs)?;
+        self.set_regs(&regs)?;
         // SAFETY: the image came from KVM_GET_XSAVE on a vCPU of the same VM; the guest's
         // XCR0 holds x87, SSE, AVX and AVX-512 state only (no dynamically enabled
         // features such as AMX), all of which fit the 4096-byte `kvm_xsave`.
@@ -381,7 +437,7 @@ impl Vcpu {
                 Ok(VcpuExit::Intr) => return Ok(Exit::Interrupted),
                 Ok(other) => bail!("vCPU {}: unexpected exit {other:?}", self.id),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.fd.set_kvm_immediate_exit(0);
+                    self.set_immediate_exit(false);
                     return Ok(Exit::Interrupted);
                 }
                 Err(e) => bail!("KVM_RUN: {e}"),
@@ -481,6 +537,18 @@ impl Vcpu {
 
     /// Make the next (or current) `KVM_RUN` return at once (a host timer's kick).
     pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
+        // SAFETY: points into `self.fd`'s live `kvm_run` mapping; accessed atomically only.
+        unsafe { &*self.immediate_exit }.store(u8::from(on), Ordering::SeqCst);
+    }
+
+    /// How the calling thread, which will run this vCPU, can be kicked out of `KVM_RUN` by
+    /// others (`signal`: the kick signal, with a no-op handler installed).
+    pub fn kick_handle(&self, signal: i32) -> Kick {
+        Kick {
+            immediate_exit: self.immediate_exit,
+            // SAFETY: pthread_self has no preconditions.
+            thread: unsafe { libc::pthread_self() },
+            signal,
+        }
     }
 }

@@ -1,11 +1,11 @@
 //! Process calls (`kernel/fork.c`: `kernel_clone`, `copy_process`; `fs/exec.c`:
 //! `do_execveat_common`; `kernel/exit.c`: `do_wait`; `kernel/sys.c`: process groups and
 //! sessions; `kernel/signal.c`: `kill`): the machine's tasks, their address spaces made by
-//! mmkit (`dup_mmap` for `fork`, `execve` for exec), scheduled on one vCPU by
+//! mmkit (`dup_mmap` for `fork`, `execve` for exec), scheduled on the machine's vCPUs by
 //! [`crate::kvm::process`].
 //!
 //! Threads (`CLONE_THREAD`) share their process's address space, descriptors and signal
-//! actions and take turns on the one vCPU; `futex` puts them to sleep and wakes them.
+//! actions and run on the machine's vCPUs; `futex` puts them to sleep and wakes them.
 //! Not yet: a process sharing memory without being a thread (`CLONE_VM` alone), and
 //! `clone3`, after which glibc falls back to `clone`.
 

@@ -44,7 +44,7 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
             ),
             "status" => Some(proc::array::proc_pid_status(k, t)),
             "statm" => Some(proc::array::proc_pid_statm(t)),
-            "stat" => Some(proc::array::proc_pid_stat(t, times())),
+            "stat" => Some(proc::array::proc_pid_stat(t, times(p.task_cpu(pid)))),
             "oom_score" => Some(proc::array::proc_pid_oom_score(k, t)),
             "oom_score_adj" => Some(proc::array::proc_pid_oom_score_adj(t)),
             "comm" => Some(format!("{}\n", t.comm)),
@@ -108,8 +108,9 @@ pub fn readlink(p: &Proc<'_>, path: &str) -> Option<String> {
     }))
 }
 
-/// The calling (vCPU) thread's CPU times and the process's start, in clock ticks.
-fn times() -> proc::array::TaskTimes {
+/// The calling (vCPU) thread's CPU times and the process's start, in clock ticks, and
+/// `processor`: the vCPU the task runs on or last ran on (`task_cpu`).
+fn times(processor: usize) -> proc::array::TaskTimes {
     // SAFETY: into our own struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
@@ -119,7 +120,6 @@ fn times() -> proc::array::TaskTimes {
         utime: ticks(ru.ru_utime),
         stime: ticks(ru.ru_stime),
         start_time: 0,
-        // SAFETY: sched_getcpu has no preconditions.
-        processor: unsafe { libc::sched_getcpu() }.max(0) as u32,
+        processor: processor as u32,
     }
 }

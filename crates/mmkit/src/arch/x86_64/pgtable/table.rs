@@ -58,6 +58,11 @@ impl PgTable {
     pub fn ctx_id(&self) -> u64 {
         self.ctx_id
     }
+    /// `mm->context.tlb_gen`: bumped by every flush of this address space; a CPU that
+    /// synced an older one must flush before it uses the address space again.
+    pub fn tlb_gen(&self) -> u64 {
+        self.tlb_gen.load(core::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Index of `nr_page_table_pages` in the node counters.
