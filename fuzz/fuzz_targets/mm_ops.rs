@@ -277,7 +277,10 @@ fuzz_target!(|ops: Vec<Op>| {
                     let n = procs.len();
                     let mm = &mut procs[pick(p, n)];
                     let a = addr_of(mm, addr);
-                    let _ = k.madvise(cpu, mm, a, len_of(len), u32::from(advice % 12));
+                    // The advice Linux has (THP ones included), and a few it does not.
+                    const ADVICE: [u32; 12] = [0, 1, 2, 3, 4, 8, 14, 15, 25, 5, 9, 12];
+                    let advice = ADVICE[usize::from(advice) % ADVICE.len()];
+                    let _ = k.madvise(cpu, mm, a, len_of(len), advice);
                 }
                 Op::Brk { p, pages } => {
                     let n = procs.len();

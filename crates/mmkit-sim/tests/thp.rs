@@ -9,10 +9,12 @@ mod common;
 use common::{boot_mem, free_and_pcp};
 use mmkit::arch::x86_64::pgtable::{HPAGE_PMD_NR, HPAGE_PMD_SIZE};
 use mmkit::arch::x86_64::tlb::Access;
+use mmkit::errno::Errno;
 use mmkit::fs::proc::task_mmu::proc_pid_smaps;
 use mmkit::gfp::{Gfp, GFP_KERNEL};
 use mmkit::kernel::task::TaskTable;
 use mmkit::mm::huge_memory::{ThpDefrag, ThpEnabled};
+use mmkit::mm::khugepaged::{KhugepagedTunables, MADV_COLLAPSE};
 use mmkit::mm::madvise::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE};
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_SWAPENTS};
 use mmkit::mm::mmap::*;
@@ -261,6 +263,126 @@ fn huge_zero_page_for_reads_then_a_thp_per_write() {
         k.exit_mmap(cpu, mm);
     });
     // teardown_check counts every page: the zero folio went with its last user.
+    teardown_check(&m, before);
+}
+
+/// 4 KiB pages made into THPs: `MADV_COLLAPSE` copies an aligned 4 MiB of 4 KiB pages
+/// (written before `MADV_HUGEPAGE`, with a hole) into 2 THPs — every byte kept, the hole
+/// zero, the old pages given back, a fork child's copies untouched; a page pinned by someone
+/// makes it `EAGAIN` and collapses nothing; khugepaged's pass collapses only what
+/// `max_ptes_none` allows, and the rest once it is raised.
+#[test]
+fn collapse_4k_pages_into_thps() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    let pages = (4 * MIB) >> 12;
+    let hole = |i: u64| (10..20).contains(&i);
+    let seed = |i: u64| (!hole(i)).then_some(5);
+    m.on_cpu(0, |cpu| {
+        let mut pm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut pm, 0, 4 * MIB, RW, ANON, 0).unwrap();
+        assert_eq!(a % HPAGE_PMD_SIZE, 0);
+        for i in (0..pages).filter(|&i| !hole(i)) {
+            k.user_write(cpu, &mut pm, a + (i << 12), &tag(i, 5))
+                .unwrap();
+            k.user_write(cpu, &mut pm, a + (i << 12) + 4088, &tag(i, 5))
+                .unwrap();
+        }
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 0, "4 KiB pages");
+        let mut cm = k.dup_mmap(cpu, &pm).unwrap();
+        // Fork left every entry read-only (a range with no writable entry is not collapsed:
+        // SCAN_PAGE_RO); the parent writes one page of each 2 MiB, the rest stays shared.
+        assert_eq!(
+            k.madvise(cpu, &mut pm, a, 2 * MIB, MADV_COLLAPSE),
+            Err(Errno::EINVAL)
+        );
+        for i in [0, 600] {
+            k.user_write(cpu, &mut pm, a + (i << 12), &tag(i, 5))
+                .unwrap();
+        }
+        // A pinned page: nothing collapses, EAGAIN.
+        let pinned = k
+            .pfn_to_page(k.pte_lookup(&pm.pt, a + 3 * 4096).unwrap().pfn())
+            .unwrap();
+        pinned.get();
+        assert_eq!(
+            k.madvise(cpu, &mut pm, a, 2 * MIB, MADV_COLLAPSE),
+            Err(Errno::EAGAIN)
+        );
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 0);
+        k.folio_put(cpu, pinned);
+        check_all(k, &pm);
+        let alloc0 = event(k, "thp_collapse_alloc");
+        k.madvise(cpu, &mut pm, a, 4 * MIB, MADV_COLLAPSE).unwrap();
+        assert_eq!(event(k, "thp_collapse_alloc") - alloc0, 2);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 4096);
+        assert_eq!(pm.counter(MM_ANONPAGES), pages);
+        assert_eq!(k.khugepaged_stats().0, 2 * HPAGE_PMD_NR);
+        verify(k, cpu, &mut pm, a, pages, seed);
+        check_all(k, &pm);
+        // The parent writes its THPs; the child's pages (copied from) stay as they were.
+        fill(k, cpu, &mut pm, a, pages, 6);
+        verify(k, cpu, &mut cm, a, pages, seed);
+        check_all(k, &cm);
+        k.exit_mmap(cpu, cm);
+        // Collapsed once more: a THP already there is success, nothing allocated.
+        k.madvise(cpu, &mut pm, a, 4 * MIB, MADV_COLLAPSE).unwrap();
+        assert_eq!(event(k, "thp_collapse_alloc") - alloc0, 2);
+        k.exit_mmap(cpu, pm);
+
+        // khugepaged, on a MADV_HUGEPAGE range filled while THPs were off.
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        k.set_thp_enabled(ThpEnabled::Never);
+        let b = huge_region(k, cpu, &mut mm, 4 * MIB);
+        for i in (0..pages).filter(|&i| !hole(i) || i >= 512) {
+            k.user_write(cpu, &mut mm, b + (i << 12), &tag(i, 7))
+                .unwrap();
+        }
+        k.set_thp_enabled(ThpEnabled::Madvise);
+        let mut t = k.khugepaged_tunables();
+        t.max_ptes_none = 0;
+        k.set_khugepaged_tunables(t).unwrap();
+        let (none0, full0) = (event(k, "thp_scan_exceed_none_pte"), k.khugepaged_stats().1);
+        let mut cursor = 0;
+        assert_eq!(
+            k.khugepaged_scan_mm(cpu, &mut mm, &mut cursor, 8 * HPAGE_PMD_NR),
+            1
+        );
+        assert_eq!(k.khugepaged_stats().1 - full0, 1, "a full scan");
+        assert_eq!(
+            event(k, "thp_scan_exceed_none_pte") - none0,
+            1,
+            "the range with the hole"
+        );
+        assert_eq!(smaps_field(k, &mm, b, "AnonHugePages:"), 2048);
+        t.max_ptes_none = 511;
+        k.set_khugepaged_tunables(t).unwrap();
+        assert_eq!(
+            k.khugepaged_scan_mm(cpu, &mut mm, &mut cursor, 8 * HPAGE_PMD_NR),
+            1
+        );
+        assert_eq!(smaps_field(k, &mm, b, "AnonHugePages:"), 4096);
+        let mut got = [0u8; 8];
+        for i in 0..pages {
+            k.user_read(cpu, &mut mm, b + (i << 12), &mut got).unwrap();
+            let want = if hole(i) && i < 512 {
+                [0; 8]
+            } else {
+                tag(i, 7)
+            };
+            assert_eq!(got, want, "page {i}");
+        }
+        check_all(k, &mm);
+        assert_eq!(
+            k.set_khugepaged_tunables(KhugepagedTunables {
+                max_ptes_none: 512,
+                ..t
+            }),
+            Err(Errno::EINVAL)
+        );
+        k.exit_mmap(cpu, mm);
+    });
     teardown_check(&m, before);
 }
 
@@ -597,7 +719,7 @@ fn random_thp_operations_keep_every_invariant() {
             let p = rng.random_range(0..pages - 1);
             let n = rng.random_range(1..1024).min(pages - p);
             let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
-            match rng.random_range(0..16) {
+            match rng.random_range(0..18) {
                 0 if model.len() < 3 => {
                     let c = tasks.fork(k, cpu, pid).unwrap();
                     let copy = model[&pid].clone();
@@ -651,6 +773,22 @@ fn random_thp_operations_keep_every_invariant() {
                     k.madvise(cpu, mm, base + (p << 12), n << 12, MADV_HUGEPAGE)
                         .ok();
                 }
+                12 => {
+                    // MADV_COLLAPSE: may refuse (a hole, no writable entry, a busy page),
+                    // never changes a byte.
+                    let r = k.madvise(cpu, mm, base + (p << 12), n << 12, MADV_COLLAPSE);
+                    assert!(
+                        matches!(
+                            r,
+                            Ok(()) | Err(Errno::EINVAL | Errno::EAGAIN | Errno::ENOMEM)
+                        ),
+                        "step {step}: {r:?}"
+                    );
+                }
+                13 => {
+                    let mut cursor = 0;
+                    k.khugepaged_scan_mm(cpu, mm, &mut cursor, 4 * HPAGE_PMD_NR);
+                }
                 8..=11 => {
                     let v: u8 = rng.random_range(1..=255);
                     let mm_model = model.get_mut(&pid).unwrap();
@@ -688,6 +826,10 @@ fn random_thp_operations_keep_every_invariant() {
         }
         assert!(event(k, "thp_fault_alloc") > 0);
         assert!(event(k, "thp_split_pmd") > 0);
+        assert!(
+            event(k, "thp_collapse_alloc") > 0,
+            "something was collapsed"
+        );
         for pid in model.keys().copied().collect::<Vec<_>>() {
             let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
             let mut b = [0u8];

@@ -36,8 +36,9 @@
 //! (`MMF_HUGE_ZERO_PAGE`) until it exits, and the last reference frees it (Linux keeps it
 //! until a shrinker finds it unused; mmkit has no shrinker registry, so it goes at once).
 //!
-//! Not here yet: mTHP sizes, khugepaged, `MADV_COLLAPSE`, file THPs, migration of
-//! large folios (compaction skips them).
+//! Collapsing 4 KiB pages into THPs (`MADV_COLLAPSE`, khugepaged) is in
+//! [`crate::mm::khugepaged`]. Not here yet: mTHP sizes, file THPs, migration of large folios
+//! (compaction skips them).
 
 use crate::arch::x86_64::pgtable::pmd::huge_to_pte;
 use crate::arch::x86_64::pgtable::{
@@ -152,6 +153,8 @@ pub(crate) struct ThpState {
     defrag: core::sync::atomic::AtomicU8,
     /// `use_zero_page`.
     use_zero_page: core::sync::atomic::AtomicBool,
+    /// khugepaged's tunables and counters.
+    pub(crate) khugepaged: crate::mm::khugepaged::Khugepaged,
     /// `huge_zero_folio` and `huge_zero_refcount` (the address spaces holding it).
     huge_zero: crate::sync::SpinLock<(Option<crate::Pfn>, u64)>,
     /// The huge zero folio's pfn for `is_huge_zero_pmd` (`NO_HUGE_ZERO` when there is none;
@@ -166,6 +169,7 @@ impl ThpState {
             enabled: (enabled.unwrap_or(ThpEnabled::Madvise) as u8).into(),
             defrag: (ThpDefrag::Madvise as u8).into(),
             use_zero_page: true.into(),
+            khugepaged: Default::default(),
             huge_zero: crate::sync::SpinLock::new((None, 0)),
             huge_zero_pfn: NO_HUGE_ZERO.into(),
         }
@@ -173,7 +177,7 @@ impl ThpState {
 }
 
 /// `GFP_TRANSHUGE_LIGHT`: movable, compound, quiet, no reserves and no reclaim.
-const GFP_TRANSHUGE_LIGHT: Gfp = GFP_HIGHUSER_MOVABLE
+pub(crate) const GFP_TRANSHUGE_LIGHT: Gfp = GFP_HIGHUSER_MOVABLE
     .union(Gfp::__GFP_COMP)
     .union(Gfp::__GFP_NOMEMALLOC)
     .union(Gfp::__GFP_NOWARN)
@@ -538,7 +542,13 @@ impl Kernel {
 
     /// `folio_add_new_anon_rmap` for a PMD mapping: anonymous memory of `anon_vma` from
     /// linear index `index`, mapped entirely once.
-    fn folio_add_new_anon_rmap_pmd(&self, cpu: &CpuGuard<'_>, folio: &Page, av: u32, index: u64) {
+    pub(crate) fn folio_add_new_anon_rmap_pmd(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        av: u32,
+        index: u64,
+    ) {
         folio.set_mapping(PAGE_MAPPING_ANON | av);
         folio.set_index(index);
         folio.set_nonatomic(PageFlags::SWAPBACKED);
@@ -827,7 +837,7 @@ impl Kernel {
             };
             folio.lock();
             if folio.folio_test_large() {
-                self.split_huge_page_locked(cpu, folio, None);
+                self.split_folio_locked(cpu, folio, None, Some((pt, address)));
             }
             folio.unlock();
             self.folio_put(cpu, folio);
@@ -876,12 +886,26 @@ impl Kernel {
         folio: &Page,
         list: Option<&mut Vec<crate::Pfn>>,
     ) {
+        self.split_folio_locked(cpu, folio, list, None);
+    }
+
+    /// [`Kernel::split_huge_page_locked`], splitting the PMD at `first` (an address space and
+    /// an address in it) before those the reverse map knows: `split_huge_pmd`'s caller may
+    /// be changing that VMA (a munmap or a split), whose reverse-map record may already say
+    /// so.
+    fn split_folio_locked(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        list: Option<&mut Vec<crate::Pfn>>,
+        first: Option<(&PgTable, u64)>,
+    ) {
         debug_assert!(folio.folio_test_large() && folio.test(PageFlags::LOCKED));
         // unmap_folio: every PMD mapping of the folio becomes PTEs. Again until none is
         // left: a fork may copy a huge PMD we have not reached yet into a child whose
         // record we already passed (the PMD it copies from is one we split later).
         let index = folio.index();
-        let pfn = self.page_to_pfn(folio);
+        let first_held = first.and_then(|(pt, a)| self.split_pmd_of_folio(cpu, pt, a, folio));
         let mut held = Vec::new();
         while folio.entire_mapcount() > 0 {
             let before = held.len();
@@ -892,34 +916,14 @@ impl Kernel {
                         .collect()
                 });
             for (pt, a) in targets {
-                let Some(mut g) = self.pmd_lock(&pt, a) else {
-                    continue;
-                };
-                let h = g.get();
-                if !h.is_huge() || h.pfn() != pfn {
-                    continue;
+                if let Some((haddr, old, ptl)) = self.split_pmd_of_folio(cpu, &pt, a, folio) {
+                    held.push((pt, haddr, old, ptl));
                 }
-                let haddr = g.haddr();
-                let Some((old, ptl)) = g.split_to_table_locked(self, huge_to_pte) else {
-                    continue;
-                };
-                // Each page gains a PTE mapping while the PMD mapping still counts, so each
-                // stays counted in nr_anon_pages (a page is counted while a PMD or a PTE
-                // maps it). The PMD's reference becomes the 512 PTEs' references.
-                for i in 0..HPAGE_PMD_NR {
-                    self.subpage(folio, i).inc_mapcount();
-                }
-                folio.ref_add(HPAGE_PMD_NR as i32 - 1);
-                if folio.add_entire_mapcount(-1) == 0 {
-                    self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
-                }
-                drop(g);
-                cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
-                held.push((pt, haddr, old, ptl));
             }
             assert!(
                 held.len() > before,
-                "BUG: a PMD mapping of folio {pfn:?} the reverse map does not know"
+                "BUG: a PMD mapping of folio {:?} the reverse map does not know",
+                self.page_to_pfn(folio)
             );
         }
         // __split_huge_page: the references of each page's PTEs go with it.
@@ -985,6 +989,14 @@ impl Kernel {
         drop(lru);
         cpu.state().vmstat.count(THP_SPLIT_PAGE, 1);
         // The pages are order-0 pages: the tables may be seen, and the huge translations go.
+        if let (Some((pt, _)), Some((haddr, old, ptl))) = (first, first_held) {
+            drop(ptl);
+            if old.is_present() {
+                let mut tlb = MmuGather::new(self, cpu, pt);
+                tlb.record_huge(pt, haddr, old);
+                tlb.finish();
+            }
+        }
         for (pt, haddr, old, ptl) in held {
             drop(ptl);
             if old.is_present() {
@@ -993,6 +1005,40 @@ impl Kernel {
                 tlb.finish();
             }
         }
+    }
+
+    /// One PMD mapping of the large folio `folio` (locked), at `a` in `pt`, replaced by a
+    /// PTE table locked before it is published (`split_to_table_locked`);
+    /// the folio's PMD mapping and reference become one per page. Returns the entry's
+    /// address, the huge value replaced and the table's lock; `None` if no huge entry
+    /// there maps the folio.
+    fn split_pmd_of_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        pt: &PgTable,
+        a: u64,
+        folio: &Page,
+    ) -> Option<(u64, Pte, crate::arch::x86_64::pgtable::table::PtlGuard<'_>)> {
+        let mut g = self.pmd_lock(pt, a)?;
+        let h = g.get();
+        if !h.is_huge() || h.pfn() != self.page_to_pfn(folio) {
+            return None;
+        }
+        let haddr = g.haddr();
+        let (old, ptl) = g.split_to_table_locked(self, huge_to_pte)?;
+        // Each page gains a PTE mapping while the PMD mapping still counts, so each stays
+        // counted in nr_anon_pages (a page is counted while a PMD or a PTE maps it). The
+        // PMD's reference becomes the 512 PTEs' references.
+        for i in 0..HPAGE_PMD_NR {
+            self.subpage(folio, i).inc_mapcount();
+        }
+        folio.ref_add(HPAGE_PMD_NR as i32 - 1);
+        if folio.add_entire_mapcount(-1) == 0 {
+            self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
+        }
+        drop(g);
+        cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
+        Some((haddr, old, ptl))
     }
 
     /// Pages of `vma` mapped by huge entries in `pt` (smaps' `AnonHugePages`).

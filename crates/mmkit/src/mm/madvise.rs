@@ -66,6 +66,7 @@ impl Kernel {
             MADV_HUGEPAGE | MADV_NOHUGEPAGE => {
                 self.hugepage_madvise(cpu, mm, start, len, advice == MADV_HUGEPAGE)
             }
+            crate::mm::khugepaged::MADV_COLLAPSE => self.madvise_collapse(cpu, mm, start, len),
             _ => Err(Errno::EINVAL),
         }
     }

@@ -220,12 +220,22 @@ impl<'a> MmuGather<'a> {
     /// gathered pages and tables.
     #[inline]
     pub fn flush(&mut self) {
-        if !self.need_flush {
-            debug_assert!(self.nr_pages == 0 && self.nr_tables == 0);
+        if self.need_flush {
+            self.flush_translations();
+        } else if self.nr_pages == 0 && self.nr_tables == 0 {
             return;
         }
-        self.flush_translations();
+        // (Pages gathered with no flush pending were covered by a `flush_tlb_only`.)
         self.release();
+    }
+
+    /// `tlb_flush_mmu_tlbonly`: flush the TLBs and the platform's translations of what was
+    /// recorded so far, keeping the gathered pages for the release (a caller that must know
+    /// no CPU can still store to the pages before it reads them: `collapse_huge_page`).
+    pub(crate) fn flush_tlb_only(&mut self) {
+        if self.need_flush {
+            self.flush_translations();
+        }
     }
 
     /// Steps 1 and 2 of the module doc.

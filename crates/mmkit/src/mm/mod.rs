@@ -4,6 +4,7 @@ pub mod filemap;
 pub mod highmem;
 pub mod huge_memory;
 pub mod init;
+pub mod khugepaged;
 pub mod list;
 pub mod madvise;
 pub mod memblock;

@@ -118,6 +118,14 @@ impl Kernel {
         Ok(())
     }
 
+    /// `pgtable_trans_huge_deposit` of a table that was in use: a collapse's emptied PTE
+    /// table set aside for the huge entry that replaced it.
+    pub(crate) fn pgtable_deposit_table(&self, pt: &PgTable, table: Pfn) {
+        let mut d = pt.deposit.lock();
+        d.0.push_back(&self.mem_map, table);
+        d.1 += 1;
+    }
+
     /// `pgtable_trans_huge_withdraw` + `pte_free`: give back a deposited table when the huge
     /// entry it was set aside for goes without a split (it never was a table an MMU saw).
     pub fn pgtable_withdraw_free(&self, cpu: &CpuGuard<'_>, pt: &PgTable) {
@@ -196,6 +204,28 @@ impl<'a> PmdGuard<'a> {
     /// `pmdp_set_access_flags`: add `bits` to a huge entry (no flush needed); the old value.
     pub fn set_flags_huge(&mut self, bits: PteFlags) -> Pte {
         Pte(self.slot.fetch_or(bits.bits(), Ordering::AcqRel))
+    }
+
+    /// `collapse_huge_page`'s `set_pmd_at`: the entry, a table whose PTEs the caller has
+    /// emptied (and flushed), becomes the huge entry `huge`. Returns the table, for the
+    /// caller to deposit; `None` (nothing changed) if the entry is no table.
+    pub(crate) fn collapse_table(&mut self, huge: Pte) -> Option<Pfn> {
+        debug_assert!(huge.is_huge());
+        let cur = self.get();
+        if cur.is_none() || cur.is_huge() {
+            return None;
+        }
+        let table = cur.pfn();
+        debug_assert!(
+            // SAFETY: `table` is the live PTE table this PMD entry points at; we hold the
+            // PMD lock, so it is not freed under us.
+            (0..PTRS_PER_TABLE).all(|i| unsafe { self.k.load(table, i as usize) } == 0),
+            "BUG: a collapse replaces a PTE table that still maps something"
+        );
+        self.slot
+            .compare_exchange(cur.0, huge.0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(table)
     }
 
     /// `__split_huge_pmd_locked`'s page-table half: replace the huge entry by a PTE table
