@@ -386,6 +386,71 @@ fn collapse_4k_pages_into_thps() {
     teardown_check(&m, before);
 }
 
+/// `/proc/PID/smaps_rollup`: the sum of every VMA's smaps figures (Rss, Pss, the Pss split
+/// by kind, AnonHugePages …), under a `[rollup]` header spanning the address space, with
+/// the host kernel's labels in the host's order (its own file is the reference).
+#[test]
+fn smaps_rollup_sums_the_vmas_in_the_hosts_layout() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 4 * MIB);
+        fill(k, cpu, &mut mm, a, 512, 1); // one THP
+        let b = k.mmap(cpu, &mut mm, 0, 64 << 12, RW, ANON, 0).unwrap();
+        fill(k, cpu, &mut mm, b, 10, 2); // 10 pages of 4 KiB
+        let rollup = mmkit::fs::proc::task_mmu::proc_pid_smaps_rollup(k, &mm);
+        let smaps = proc_pid_smaps(k, &mm);
+        let mut lines = rollup.lines();
+        let head = lines.next().unwrap();
+        assert!(head.ends_with("[rollup]") && head.contains(" ---p 00000000 00:00 0 "));
+        assert_eq!(
+            head.find("[rollup]"),
+            Some(73),
+            "padded as seq_pad does: {head}"
+        );
+        let first = mm.vmas().next().unwrap().vm_start;
+        let last = mm.vmas().last().unwrap().vm_end;
+        assert!(head.starts_with(&format!("{first:08x}-{last:08x} ")));
+        let field = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .map(|l| l[name.len()..].trim().trim_end_matches(" kB").trim())
+                .map(|v| v.parse::<u64>().unwrap())
+                .sum()
+        };
+        for name in [
+            "Rss:",
+            "Pss:",
+            "Private_Dirty:",
+            "Anonymous:",
+            "AnonHugePages:",
+        ] {
+            assert_eq!(field(&rollup, name), field(&smaps, name), "{name}");
+        }
+        assert_eq!(field(&rollup, "Rss:"), 2048 + 40);
+        assert_eq!(field(&rollup, "Pss_Anon:"), 2048 + 40);
+        assert_eq!(field(&rollup, "Pss_File:"), 0);
+        assert_eq!(field(&rollup, "AnonHugePages:"), 2048);
+        let labels = |t: &str| -> Vec<String> {
+            t.lines()
+                .skip(1)
+                .map(|l| l.split(':').next().unwrap().to_string())
+                .collect()
+        };
+        match std::fs::read_to_string("/proc/self/smaps_rollup") {
+            Ok(host) => assert_eq!(labels(&rollup), labels(&host), "the host's labels"),
+            Err(e) => eprintln!(
+                "SKIPPED in smaps_rollup_sums_the_vmas_in_the_hosts_layout: the host has no \
+                 /proc/self/smaps_rollup ({e}); labels not compared"
+            ),
+        }
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}
+
 /// Without MADV_HUGEPAGE, `madvise` mode maps 4 KiB pages; `always` maps THPs anyway;
 /// `never` (on the command line or set at run time) maps none, MADV_HUGEPAGE or not; and
 /// MADV_NOHUGEPAGE refuses them under `always`.
@@ -638,6 +703,23 @@ fn reclaim_splits_and_swaps_a_thp_region() {
         assert_eq!(event(k, "thp_split_page"), 4);
         assert_eq!(meminfo_field(k, "AnonHugePages:"), 0);
         check_all(k, &mm);
+        // smaps counts the swap entries; a fork shares each slot, so each process's SwapPss
+        // is half; the rollup sums the VMAs.
+        assert_eq!(smaps_field(k, &mm, a, "Swap:"), 8192);
+        assert_eq!(smaps_field(k, &mm, a, "SwapPss:"), 8192);
+        assert_eq!(smaps_field(k, &mm, a, "Rss:"), 0);
+        let cm = k.dup_mmap(cpu, &mm).unwrap();
+        assert_eq!(smaps_field(k, &mm, a, "Swap:"), 8192);
+        assert_eq!(smaps_field(k, &mm, a, "SwapPss:"), 4096);
+        let rollup = mmkit::fs::proc::task_mmu::proc_pid_smaps_rollup(k, &cm);
+        let has = |want: &str| {
+            rollup
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want)
+        };
+        assert!(has("Swap: 8192 kB") && has("SwapPss: 4096 kB"), "{rollup}");
+        k.exit_mmap(cpu, cm);
+        assert_eq!(smaps_field(k, &mm, a, "SwapPss:"), 8192);
         verify(k, cpu, &mut mm, a, pages, |_| Some(9));
         assert_eq!(mm.counter(MM_SWAPENTS), 0);
         check_all(k, &mm);

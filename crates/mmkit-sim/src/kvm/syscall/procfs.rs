@@ -42,6 +42,11 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
                     .map(|mm| proc::task_mmu::proc_pid_smaps(k, mm))
                     .unwrap_or_default(),
             ),
+            "smaps_rollup" => Some(
+                t.mm.as_ref()
+                    .map(|mm| proc::task_mmu::proc_pid_smaps_rollup(k, mm))
+                    .unwrap_or_default(),
+            ),
             "status" => Some(proc::array::proc_pid_status(k, t)),
             "statm" => Some(proc::array::proc_pid_statm(t)),
             "stat" => Some(proc::array::proc_pid_stat(t, times(p.task_cpu(pid)))),

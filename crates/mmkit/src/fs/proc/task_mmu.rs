@@ -7,6 +7,7 @@ use crate::addr::PAGE_SHIFT;
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags};
 use crate::mm::page::PageFlags;
 use crate::mm::rmap::page_anon;
+use crate::mm::swapfile::SwpEntry;
 use crate::Kernel;
 use alloc::string::String;
 use core::fmt::Write;
@@ -154,17 +155,54 @@ struct MemSizeStats {
     referenced: u64,
     anonymous: u64,
     anonymous_thp: u64,
+    lazyfree: u64,
+    swap: u64,
     pss: u64,
     pss_dirty: u64,
     pss_locked: u64,
+    pss_anon: u64,
+    pss_file: u64,
+    pss_shmem: u64,
+    swap_pss: u64,
 }
 
 const PSS_SHIFT: u32 = 12;
 
+/// What a page is, for the `Pss_Anon`/`Pss_File`/`Pss_Shmem` split.
+#[derive(Copy, Clone)]
+enum PageKind {
+    Anon,
+    Shmem,
+    File,
+}
+
+impl PageKind {
+    fn of(page: &crate::mm::page::Page) -> Self {
+        if page_anon(page) {
+            PageKind::Anon
+        } else if page.test(PageFlags::SWAPBACKED) {
+            PageKind::Shmem
+        } else {
+            PageKind::File
+        }
+    }
+}
+
 impl MemSizeStats {
-    /// `smaps_page_accumulate`.
-    fn accumulate(&mut self, size: u64, pss: u64, dirty: bool, locked: bool, private: bool) {
+    /// `smaps_page_accumulate` for a page of `kind`.
+    fn accumulate(
+        &mut self,
+        kind: PageKind,
+        size: u64,
+        pss: u64,
+        (dirty, locked, private): (bool, bool, bool),
+    ) {
         self.pss += pss;
+        match kind {
+            PageKind::Anon => self.pss_anon += pss,
+            PageKind::Shmem => self.pss_shmem += pss,
+            PageKind::File => self.pss_file += pss,
+        }
         if locked {
             self.pss_locked += pss;
         }
@@ -210,15 +248,69 @@ fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &
         let dirty = pmd.dirty() || folio.test(PageFlags::DIRTY);
         let mapcount = folio.entire_mapcount().max(1) as u64;
         if folio.refcount() == 1 || mapcount < 2 {
-            mss.accumulate(huge, huge << PSS_SHIFT, dirty, locked, true);
+            mss.accumulate(
+                PageKind::Anon,
+                huge,
+                huge << PSS_SHIFT,
+                (dirty, locked, true),
+            );
         } else {
-            mss.accumulate(huge, (huge << PSS_SHIFT) / mapcount, dirty, locked, false);
+            let pss = (huge << PSS_SHIFT) / mapcount;
+            mss.accumulate(PageKind::Anon, huge, pss, (dirty, locked, false));
         }
     }
 }
 
 fn kb_line(s: &mut String, label: &str, bytes: u64) {
     let _ = writeln!(s, "{label:<16}{:>8} kB", bytes >> 10);
+}
+
+/// `smap_gather_stats` of one VMA: walk its PTEs (`smaps_pte_range`, under each table's
+/// lock, so the counts of a mapped page hold still while they are read) and its huge
+/// entries.
+fn smap_gather_stats(k: &Kernel, mm: &MmStruct, v: &VmArea, mss: &mut MemSizeStats) {
+    let locked = v.vm_flags.contains(VmFlags::VM_LOCKED);
+    let mut c = k.pte_cursor(&mm.pt, v.vm_start, v.vm_end);
+    let size = crate::PAGE_SIZE;
+    while let Some((_, pte)) = c.next_entry() {
+        if !pte.is_present() {
+            // A swap entry: its share of the slot by the slot's count (`swp_swapcount`).
+            if let Some(e) = SwpEntry::from_pte(pte) {
+                mss.swap += size;
+                let count = u64::from(k.swap_count(e)).max(1);
+                mss.swap_pss += (size << PSS_SHIFT) / count;
+            }
+            continue;
+        }
+        let Some(page) = k.vm_normal_page(pte) else {
+            continue;
+        };
+        let kind = PageKind::of(page);
+        mss.resident += size;
+        let dirty = pte.dirty() || page.test(PageFlags::DIRTY);
+        if matches!(kind, PageKind::Anon) {
+            mss.anonymous += size;
+            // MADV_FREE'd and clean: reclaim may drop it without writing it.
+            if !page.test(PageFlags::SWAPBACKED) && !dirty {
+                mss.lazyfree += size;
+            }
+        }
+        if pte.young() || page.test(PageFlags::REFERENCED) {
+            mss.referenced += size;
+        }
+        if page.refcount() == 1 {
+            mss.accumulate(kind, size, size << PSS_SHIFT, (dirty, locked, true));
+            continue;
+        }
+        let mapcount = page.mapcount().max(1) as u64;
+        let mut pss = size << PSS_SHIFT;
+        if mapcount >= 2 {
+            pss /= mapcount;
+        }
+        mss.accumulate(kind, size, pss, (dirty, locked, mapcount < 2));
+    }
+    drop(c);
+    smaps_pmd_entries(k, mm, v, locked, mss);
 }
 
 /// `/proc/PID/smaps`: each VMA's header, its memory figures from walking its PTEs, and its
@@ -229,39 +321,7 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
     for v in mm.vmas() {
         vma_header(&mut s, mm, v);
         let mut mss = MemSizeStats::default();
-        let locked = v.vm_flags.contains(VmFlags::VM_LOCKED);
-        // smaps_pte_range: under each PTE table's lock, so the counts of a mapped page hold
-        // still while they are read.
-        let mut c = k.pte_cursor(&mm.pt, v.vm_start, v.vm_end);
-        while let Some((_, pte)) = c.next_entry() {
-            if !pte.is_present() {
-                continue;
-            }
-            let Some(page) = k.vm_normal_page(pte) else {
-                continue;
-            };
-            let size = crate::PAGE_SIZE;
-            mss.resident += size;
-            if page_anon(page) {
-                mss.anonymous += size;
-            }
-            if pte.young() || page.test(PageFlags::REFERENCED) {
-                mss.referenced += size;
-            }
-            let dirty = pte.dirty() || page.test(PageFlags::DIRTY);
-            if page.refcount() == 1 {
-                mss.accumulate(size, size << PSS_SHIFT, dirty, locked, true);
-                continue;
-            }
-            let mapcount = page.mapcount().max(1) as u64;
-            let mut pss = size << PSS_SHIFT;
-            if mapcount >= 2 {
-                pss /= mapcount;
-            }
-            mss.accumulate(size, pss, dirty, locked, mapcount < 2);
-        }
-        drop(c);
-        smaps_pmd_entries(k, mm, v, locked, &mut mss);
+        smap_gather_stats(k, mm, v, &mut mss);
         let eligible = k.thp_vma_eligible(v);
         write_smap(
             &mut s,
@@ -286,6 +346,31 @@ pub fn proc_pid_smaps(k: &Kernel, mm: &MmStruct) -> String {
     s
 }
 
+/// `/proc/PID/smaps_rollup` (`show_smaps_rollup`): the figures of every VMA summed, under a
+/// header spanning the first VMA's start to the last one's end; the `Pss_Anon`,
+/// `Pss_File` and `Pss_Shmem` split only the rollup shows. Empty for an address space with
+/// no VMA.
+pub fn proc_pid_smaps_rollup(k: &Kernel, mm: &MmStruct) -> String {
+    let mut s = String::new();
+    let (Some(first), Some(last)) = (mm.vmas().next(), mm.vmas().last()) else {
+        return s;
+    };
+    let mut mss = MemSizeStats::default();
+    for v in mm.vmas() {
+        smap_gather_stats(k, mm, v, &mut mss);
+    }
+    header(
+        &mut s,
+        (first.vm_start, last.vm_end),
+        VmFlags::empty(),
+        0,
+        ((0, 0), 0),
+        Some("[rollup]"),
+    );
+    write_smap_fields(&mut s, &mss, true);
+    s
+}
+
 /// `__show_smap` + `THPeligible` + `arch_show_smap` (`ProtectionKey:`, the VMA's key — always
 /// 0 here, as no `pkey_mprotect` exists — when the CPU has protection keys enabled) +
 /// `show_smap_vma_flags`.
@@ -300,29 +385,7 @@ fn write_smap(
     kb_line(s, "Size:", size);
     kb_line(s, "KernelPageSize:", crate::PAGE_SIZE);
     kb_line(s, "MMUPageSize:", crate::PAGE_SIZE);
-    kb_line(s, "Rss:", mss.resident);
-    kb_line(s, "Pss:", mss.pss >> PSS_SHIFT);
-    kb_line(s, "Pss_Dirty:", mss.pss_dirty >> PSS_SHIFT);
-    kb_line(s, "Shared_Clean:", mss.shared_clean);
-    kb_line(s, "Shared_Dirty:", mss.shared_dirty);
-    kb_line(s, "Private_Clean:", mss.private_clean);
-    kb_line(s, "Private_Dirty:", mss.private_dirty);
-    kb_line(s, "Referenced:", mss.referenced);
-    kb_line(s, "Anonymous:", mss.anonymous);
-    kb_line(s, "KSM:", 0);
-    kb_line(s, "LazyFree:", 0);
-    kb_line(s, "AnonHugePages:", mss.anonymous_thp);
-    for l in [
-        "ShmemPmdMapped:",
-        "FilePmdMapped:",
-        "Shared_Hugetlb:",
-        "Private_Hugetlb:",
-        "Swap:",
-        "SwapPss:",
-    ] {
-        kb_line(s, l, 0);
-    }
-    kb_line(s, "Locked:", mss.pss_locked >> PSS_SHIFT);
+    write_smap_fields(s, mss, false);
     let _ = writeln!(s, "THPeligible:    {:>8}", u8::from(thp_eligible));
     if pkeys {
         let _ = writeln!(s, "ProtectionKey:  {:>8}", 0);
@@ -335,6 +398,39 @@ fn write_smap(
         }
     }
     s.push('\n');
+}
+
+/// `__show_smap`'s figures (with the rollup's `Pss_Anon`/`Pss_File`/`Pss_Shmem`).
+fn write_smap_fields(s: &mut String, mss: &MemSizeStats, rollup: bool) {
+    kb_line(s, "Rss:", mss.resident);
+    kb_line(s, "Pss:", mss.pss >> PSS_SHIFT);
+    kb_line(s, "Pss_Dirty:", mss.pss_dirty >> PSS_SHIFT);
+    if rollup {
+        kb_line(s, "Pss_Anon:", mss.pss_anon >> PSS_SHIFT);
+        kb_line(s, "Pss_File:", mss.pss_file >> PSS_SHIFT);
+        kb_line(s, "Pss_Shmem:", mss.pss_shmem >> PSS_SHIFT);
+    }
+    kb_line(s, "Shared_Clean:", mss.shared_clean);
+    kb_line(s, "Shared_Dirty:", mss.shared_dirty);
+    kb_line(s, "Private_Clean:", mss.private_clean);
+    kb_line(s, "Private_Dirty:", mss.private_dirty);
+    kb_line(s, "Referenced:", mss.referenced);
+    kb_line(s, "Anonymous:", mss.anonymous);
+    // No KSM, shmem or file THPs, or hugetlbfs here: those stay 0, as on a Linux without them.
+    kb_line(s, "KSM:", 0);
+    kb_line(s, "LazyFree:", mss.lazyfree);
+    kb_line(s, "AnonHugePages:", mss.anonymous_thp);
+    for l in [
+        "ShmemPmdMapped:",
+        "FilePmdMapped:",
+        "Shared_Hugetlb:",
+        "Private_Hugetlb:",
+    ] {
+        kb_line(s, l, 0);
+    }
+    kb_line(s, "Swap:", mss.swap);
+    kb_line(s, "SwapPss:", mss.swap_pss >> PSS_SHIFT);
+    kb_line(s, "Locked:", mss.pss_locked >> PSS_SHIFT);
 }
 
 /// `PM_PRESENT`: the page is in memory.
