@@ -383,6 +383,67 @@ fn swapoff_returns_every_page() {
     teardown_check(&m, before);
 }
 
+/// `vm_swap_full`: with more than half of the swap in use, pages read back from swap give
+/// their slots up at once (until half is free again); with swap to spare they keep them.
+/// Either way every byte reads back, and again after a second round of swap-out (a page
+/// that gave its slot up is written to a new one).
+#[test]
+fn swapped_in_pages_free_their_slots_when_swap_is_half_full() {
+    for (swap_mib, full) in [(16u64, true), (128, false)] {
+        let m = boot_mem(128, 1, "");
+        let k = &m.kernel;
+        let dir = tempfile::tempdir().unwrap();
+        m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+        let before = free_and_pcp(k);
+        let path = swapon(&m, dir.path(), swap_mib);
+        let pages = (12 << 20) >> 12;
+        m.on_cpu(0, |cpu| {
+            // An address space of its own: nothing but the region goes to swap.
+            let mut own = k.mm_alloc(cpu).unwrap();
+            let mm = &mut own;
+            let a = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
+            fill(k, cpu, mm, a, pages, 11);
+            for _ in 0..4000 {
+                if mm.counter(MM_SWAPENTS) == pages {
+                    break;
+                }
+                k.try_to_free_pages(cpu, mmkit::gfp::GFP_KERNEL);
+            }
+            assert_eq!(mm.counter(MM_SWAPENTS), pages, "all of it on swap");
+            let (total, free0, _) = k.swap_totals();
+            assert_eq!(total - free0, pages);
+            assert_eq!(k.vm_swap_full(), full);
+            verify(k, cpu, mm, a, pages, |_| 11);
+            let (_, free1, _) = k.swap_totals();
+            if full {
+                // Slots went back while more than half was used: half is free now (a
+                // readahead page still in the swap cache may hold a few more).
+                assert!(
+                    free1 * 2 >= total - 64 && free1 > free0,
+                    "{free0} -> {free1} of {total}"
+                );
+            } else {
+                assert_eq!(free1, free0, "with swap to spare, the copies on swap stay");
+            }
+            k.check_swap_invariants().unwrap();
+            k.check_mm_invariants(mm).unwrap();
+            // Out and in again: the pages that gave their slots up are dirty and go to new
+            // slots; nothing is lost.
+            for _ in 0..4000 {
+                if mm.counter(MM_SWAPENTS) == pages {
+                    break;
+                }
+                k.try_to_free_pages(cpu, mmkit::gfp::GFP_KERNEL);
+            }
+            assert_eq!(mm.counter(MM_SWAPENTS), pages, "all of it on swap again");
+            verify(k, cpu, mm, a, pages, |_| 11);
+            k.exit_mmap(cpu, own);
+            k.swapoff(cpu, &path).unwrap();
+        });
+        teardown_check(&m, before);
+    }
+}
+
 /// With free memory cut into single pages between a process's pages, an order-4 allocation
 /// succeeds by compaction: pages move (their bytes, PTEs, reverse-map links and LRU places
 /// with them) and the process reads back exactly what it wrote.

@@ -230,8 +230,16 @@ impl Kernel {
         mm.add_counter(MM_ANONPAGES, 1);
         mm.add_counter(crate::mm::mm_types::MM_SWAPENTS, -1);
         self.swap_free(entry);
-        // should_try_to_free_swap: on a write, an exclusive page gives its slot up.
-        let exclusive = vmf.flags.write && page.mapcount() == 1 && self.try_to_free_swap(cpu, page);
+        // should_try_to_free_swap: with swap more than half full (vm_swap_full), in a locked
+        // VMA, or on a write by the page's only user, the page gives its slot up now (it
+        // stays, dirty, as plain anonymous memory; the slot serves the next swap-out).
+        let only_user = page.mapcount() == 1;
+        let free_slot = self.vm_swap_full()
+            || vmf.vma.vm_flags.contains(VmFlags::VM_LOCKED)
+            || page.test(crate::mm::page::PageFlags::MLOCKED)
+            || (vmf.flags.write && only_user);
+        let freed = free_slot && self.try_to_free_swap(cpu, page);
+        let exclusive = vmf.flags.write && only_user && freed;
         let pfn = self.page_to_pfn(page);
         let new = Self::mk_pte(pfn, vmf.vma.vm_page_prot, vmf.vma, exclusive);
         vmf.pte

@@ -214,6 +214,8 @@ impl Kernel {
         let freed = match self.page_swap_entry(page) {
             Some(e) if self.swap_count(e) == 0 => {
                 self.delete_from_swap_cache(cpu, page);
+                // The only copy of the bytes is the page now (folio_set_dirty).
+                page.set(PageFlags::DIRTY);
                 true
             }
             _ => false,

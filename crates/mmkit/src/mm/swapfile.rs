@@ -414,6 +414,13 @@ impl Kernel {
         )
     }
 
+    /// `vm_swap_full`: more than half of the swap space is in use, so swapped-in pages give
+    /// their slots up at once rather than keep a copy on swap.
+    pub fn vm_swap_full(&self) -> bool {
+        let (t, f, _) = self.swap_totals();
+        f * 2 < t
+    }
+
     /// Whether any swap space is free (`get_nr_swap_pages() > 0`).
     pub fn swap_available(&self) -> bool {
         let (t, f, _) = self.swap_totals();
