@@ -11,7 +11,7 @@ use mmkit::fs::inode::{FMode, RamFile};
 use mmkit::kernel::task::TaskTable;
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_SWAPENTS};
 use mmkit::mm::mmap::*;
-use mmkit::mm::mmzone::Wmark;
+use mmkit::mm::mmzone::{Wmark, ZoneType};
 use mmkit::{CpuGuard, Kernel};
 use mmkit_sim::exec::{spawn_host, true_spec};
 use mmkit_sim::hostfs::make_swap_file;
@@ -201,7 +201,7 @@ fn kswapd_keeps_free_memory_between_min_and_high() {
                 k.balance_pgdat(cpu, 0);
                 runs += 1;
                 assert!(
-                    k.pgdat_balanced(0, Wmark::High),
+                    k.pgdat_balanced(0, Wmark::High, ZoneType::Movable),
                     "kswapd stopped short of high"
                 );
             }
@@ -534,7 +534,7 @@ fn processes_under_pressure(thp: bool) {
     let path = swapon(&m, dir.path(), 128);
     let mut tasks = TaskTable::default();
     let first = spawn_true(&m, &mut tasks);
-    let pages = k.totalram_pages() / 2; // two processes' worth overflow RAM
+    let pages = k.totalram_pages() * 5 / 4; // more than RAM: it cannot all stay
     let base = m.on_cpu(0, |cpu| {
         let mm = tasks.get_mut(first).unwrap().mm.as_mut().unwrap();
         let a = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
@@ -544,9 +544,17 @@ fn processes_under_pressure(thp: bool) {
         }
         a
     });
+    // The first process writes all of it (kswapd balances a node as soon as one usable zone
+    // is, as Linux's pgdat_balanced does, so only real shortage sends pages to swap).
+    m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(first).unwrap().mm.as_mut().unwrap();
+        for p in 0..pages {
+            k.user_write(cpu, mm, base + (p << 12) + 7, &[1]).unwrap();
+        }
+    });
     // pid -> model of page -> value (0 = never written: reads as zero)
     let mut model: std::collections::BTreeMap<u32, Vec<u8>> =
-        [(first, vec![0; pages as usize])].into();
+        [(first, vec![1; pages as usize])].into();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
     m.on_cpu(0, |cpu| {
         for step in 0..300 {

@@ -274,6 +274,9 @@ pub struct PglistData {
     pub kswapd_wait: core::sync::atomic::AtomicBool,
     /// Times kswapd was woken.
     pub kswapd_wakeups: core::sync::atomic::AtomicU64,
+    /// `kswapd_highest_zoneidx`: the highest zone the allocations that woke kswapd could
+    /// use (`MAX_NR_ZONES`: none asked since its last run).
+    pub kswapd_highest_zoneidx: core::sync::atomic::AtomicUsize,
 }
 
 impl PglistData {
@@ -297,6 +300,7 @@ impl PglistData {
             lru: crate::sync::SpinLock::new(Default::default()),
             kswapd_wait: Default::default(),
             kswapd_wakeups: Default::default(),
+            kswapd_highest_zoneidx: MAX_NR_ZONES.into(),
         }
     }
 

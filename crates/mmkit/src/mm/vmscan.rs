@@ -12,7 +12,7 @@ use crate::addr::{int_sqrt, Pfn};
 use crate::cpu::CpuGuard;
 use crate::gfp::Gfp;
 use crate::mm::mm_types::VmFlags;
-use crate::mm::mmzone::Wmark;
+use crate::mm::mmzone::{Wmark, ZoneType, MAX_NR_ZONES};
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::rmap::page_anon;
 use crate::mm::swap::{
@@ -555,19 +555,36 @@ impl Kernel {
         }
     }
 
-    /// Every populated zone of `nid` is above `mark` (`pgdat_balanced`).
-    pub fn pgdat_balanced(&self, nid: usize, mark: Wmark) -> bool {
-        self.nodes[nid]
+    /// `pgdat_balanced`: a zone of `nid` that allocations limited to zones up to `highest`
+    /// can use is above `mark` plus its reserve against them — one is enough, as in Linux: those allocations fall back to
+    /// it (a node with no such zone counts as balanced).
+    pub fn pgdat_balanced(&self, nid: usize, mark: Wmark, highest: ZoneType) -> bool {
+        let mut eligible = self.nodes[nid]
             .zones
             .iter()
-            .filter(|z| z.managed() > 0)
-            .all(|z| z.free_pages().max(0) as u64 > z.wmark(mark))
+            .filter(|z| z.zone_type <= highest && z.managed() > 0)
+            .peekable();
+        // zone_watermark_ok_safe(zone, 0, mark, highest): the zone's reserve against
+        // allocations that could have used a higher zone counts too (a DMA zone nobody may
+        // allocate from does not balance a node for them).
+        let reserve =
+            |z: &crate::mm::mmzone::Zone| z.lowmem_reserve[highest as usize].load(Relaxed);
+        eligible.peek().is_none()
+            || eligible.any(|z| z.free_pages().max(0) as u64 > z.wmark(mark) + reserve(z))
     }
 
-    /// `wakeup_kswapd`: ask node `nid`'s kswapd to run (the allocator calls this when a zone
-    /// falls below its low watermark).
-    pub fn wakeup_kswapd(&self, nid: usize) {
+    /// `wakeup_kswapd`: ask node `nid`'s kswapd to run for allocations that may use zones up
+    /// to `highest` (the allocator calls this when they fall below their low watermark).
+    /// Nothing happens when such a zone is still above its high watermark.
+    pub fn wakeup_kswapd(&self, nid: usize, highest: ZoneType) {
         let n = &self.nodes[nid];
+        let cur = n.kswapd_highest_zoneidx.load(Relaxed);
+        if cur == MAX_NR_ZONES || cur < highest as usize {
+            n.kswapd_highest_zoneidx.store(highest as usize, Relaxed);
+        }
+        if self.pgdat_balanced(nid, Wmark::High, highest) {
+            return;
+        }
         if !n.kswapd_wait.swap(true, Relaxed) {
             n.kswapd_wakeups.fetch_add(1, Relaxed);
         }
@@ -584,12 +601,19 @@ impl Kernel {
     }
 
     /// One run of node `nid`'s kswapd (`kswapd` → `balance_pgdat`): reclaim at falling
-    /// priority until every zone is above its high watermark, then go back to sleep. Returns
+    /// priority until a zone the wakers could use is above its high watermark
+    /// (`pgdat_balanced`), then go back to sleep. Returns
     /// the pages reclaimed. The simulator calls this from the node's kswapd thread when woken;
     /// tests call it to step reclaim deterministically.
     pub fn balance_pgdat(&self, cpu: &CpuGuard<'_>, nid: usize) -> u64 {
-        self.nodes[nid].kswapd_wait.store(false, Relaxed);
-        if self.pgdat_balanced(nid, Wmark::High) {
+        let n = &self.nodes[nid];
+        n.kswapd_wait.store(false, Relaxed);
+        // kswapd_highest_zoneidx: what the wakers asked for (all zones if none did).
+        let highest = match n.kswapd_highest_zoneidx.swap(MAX_NR_ZONES, Relaxed) {
+            MAX_NR_ZONES => ZoneType::Device,
+            i => ZoneType::from_index(i),
+        };
+        if self.pgdat_balanced(nid, Wmark::High, highest) {
             self.count(cpu, KSWAPD_HIGH_WMARK_HIT_QUICKLY, 1);
             return 0;
         }
@@ -601,7 +625,7 @@ impl Kernel {
             let need: u64 = self.nodes[nid]
                 .zones
                 .iter()
-                .filter(|z| z.managed() > 0)
+                .filter(|z| z.zone_type <= highest && z.managed() > 0)
                 .map(|z| {
                     z.wmark(Wmark::High)
                         .saturating_sub(z.free_pages().max(0) as u64)
@@ -611,7 +635,7 @@ impl Kernel {
             sc.nr_reclaimed = 0;
             self.shrink_node(cpu, nid, &mut sc);
             total += sc.nr_reclaimed;
-            if self.pgdat_balanced(nid, Wmark::High) {
+            if self.pgdat_balanced(nid, Wmark::High, highest) {
                 break;
             }
             if sc.priority == 0 {
@@ -621,7 +645,7 @@ impl Kernel {
                 sc.priority -= 1;
             }
         }
-        if self.pgdat_balanced(nid, Wmark::Low) && total == 0 {
+        if self.pgdat_balanced(nid, Wmark::Low, highest) && total == 0 {
             self.count(cpu, KSWAPD_LOW_WMARK_HIT_QUICKLY, 1);
         }
         total

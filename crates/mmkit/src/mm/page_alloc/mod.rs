@@ -510,7 +510,7 @@ impl Kernel {
         if gfp.contains(Gfp::__GFP_KSWAPD_RECLAIM) {
             for &(nid, zt) in self.zonelist(ac) {
                 if zt <= ac.highest {
-                    self.wakeup_kswapd(nid);
+                    self.wakeup_kswapd(nid, ac.highest);
                 }
             }
         }
