@@ -633,44 +633,45 @@ impl Kernel {
         debug_assert!(folio.folio_test_large() && folio.test(PageFlags::LOCKED));
         // unmap_folio: every PMD mapping of the folio becomes PTEs. Again until none is
         // left: a fork may copy a huge PMD we have not reached yet into a child whose
-        // record we already passed (the PMD it copies from is one we split later).
+        // VMA we already passed (the PMD it copies from is one we split later).
         let index = folio.index();
         let pfn = self.page_to_pfn(folio);
         let mut held = Vec::new();
         while folio.entire_mapcount() > 0 {
             let before = held.len();
-            let targets: Vec<(alloc::sync::Arc<PgTable>, u64)> =
-                self.with_rmap_records(folio, |recs| {
-                    recs.iter()
-                        .filter_map(|r| Some((r.pt.clone(), r.address(index)?)))
-                        .collect()
-                });
-            for (pt, a) in targets {
-                let Some(mut g) = self.pmd_lock(&pt, a) else {
-                    continue;
-                };
-                let h = g.get();
-                if !h.is_huge() || h.pfn() != pfn {
-                    continue;
+            // Under the anon_vma lock (read), the list itself: each new table stays locked
+            // (the PTL is held past the walk) until the folio is split.
+            self.with_rmap_vmas(folio, |vmas| {
+                for r in vmas {
+                    let Some(a) = r.address(index) else {
+                        continue;
+                    };
+                    let Some(mut g) = self.pmd_lock(&r.pt, a) else {
+                        continue;
+                    };
+                    let h = g.get();
+                    if !h.is_huge() || h.pfn() != pfn {
+                        continue;
+                    }
+                    let haddr = g.haddr();
+                    let Some((old, ptl)) = g.split_to_table_locked(self, huge_to_pte) else {
+                        continue;
+                    };
+                    // Each page gains a PTE mapping while the PMD mapping still counts, so
+                    // each stays counted in nr_anon_pages (a page is counted while a PMD or
+                    // a PTE maps it). The PMD's reference becomes the 512 PTEs' references.
+                    for i in 0..HPAGE_PMD_NR {
+                        self.subpage(folio, i).inc_mapcount();
+                    }
+                    folio.ref_add(HPAGE_PMD_NR as i32 - 1);
+                    if folio.add_entire_mapcount(-1) == 0 {
+                        self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
+                    }
+                    drop(g);
+                    cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
+                    held.push((r.pt.clone(), haddr, old, ptl));
                 }
-                let haddr = g.haddr();
-                let Some((old, ptl)) = g.split_to_table_locked(self, huge_to_pte) else {
-                    continue;
-                };
-                // Each page gains a PTE mapping while the PMD mapping still counts, so each
-                // stays counted in nr_anon_pages (a page is counted while a PMD or a PTE
-                // maps it). The PMD's reference becomes the 512 PTEs' references.
-                for i in 0..HPAGE_PMD_NR {
-                    self.subpage(folio, i).inc_mapcount();
-                }
-                folio.ref_add(HPAGE_PMD_NR as i32 - 1);
-                if folio.add_entire_mapcount(-1) == 0 {
-                    self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
-                }
-                drop(g);
-                cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
-                held.push((pt, haddr, old, ptl));
-            }
+            });
             assert!(
                 held.len() > before,
                 "BUG: a PMD mapping of folio {pfn:?} the reverse map does not know"

@@ -422,38 +422,6 @@ impl Kernel {
         }
     }
 
-    /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
-    /// starting at its end where `can_merge` allows (`vma_merge_new_range`, else
-    /// `vma_link`). Returns the id of the VMA now covering `new`'s range.
-    pub(crate) fn vma_merge_new_range(&self, mm: &mut MmStruct, mut new: VmArea) -> VmaId {
-        let mut absorbed = Vec::new();
-        if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
-            if can_merge(&prev, &new) {
-                self.vma_unlink(mm, prev.vm_end);
-                new.vm_start = prev.vm_start;
-                new.vm_pgoff = prev.vm_pgoff;
-                new.anon_vma = new.anon_vma.or(prev.anon_vma);
-                absorbed.extend(prev.anon_vma);
-            }
-        }
-        if let Some(next) = mm.vmas.first_from(new.vm_end + 1) {
-            let nend = next.vm_end;
-            if next.vm_start == new.vm_end && can_merge(&new, next) {
-                let next = self.vma_unlink(mm, nend).expect("just found");
-                new.vm_end = nend;
-                new.anon_vma = new.anon_vma.or(next.anon_vma);
-                absorbed.extend(next.anon_vma);
-            }
-        }
-        let id = self.vma_link(mm, new);
-        // can_merge lets only one anon_vma through, now the merged VMA's: a no-op unless
-        // that rule changes, kept so a merged-away VMA is unlinked like any other.
-        for av in absorbed {
-            self.unlink_anon_vmas(av);
-        }
-        id
-    }
-
     /// `munmap`: `EINVAL` for an unaligned address, a zero length or a range leaving user
     /// space; unmapping a hole is not an error.
     pub fn munmap(
@@ -480,46 +448,37 @@ impl Kernel {
         len: u64,
     ) -> Result<(), Errno> {
         let end = start + len;
-        let hit: Vec<VmArea> = mm
-            .vmas
-            .iter_from(start + 1)
-            .take_while(|v| v.vm_start < end)
-            .cloned()
-            .collect();
-        if hit.is_empty() {
+        let Some(first) = mm
+            .find_vma_id(start)
+            .filter(|&id| mm.vma(id).vm_start < end)
+        else {
             return Ok(());
-        }
+        };
         mm.update_hiwater();
         // A split in the middle of one VMA makes one more VMA.
-        if hit.len() == 1
-            && hit[0].vm_start < start
-            && hit[0].vm_end > end
-            && mm.map_count() >= mm.max_map_count
-        {
+        let v = mm.vma(first);
+        if v.vm_start < start && v.vm_end > end && mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
+        }
+        // __split_vma at the edges: the VMAs inside [start, end) are then whole VMAs.
+        if v.vm_start < start {
+            self.split_vma(mm, first, start);
+        }
+        if let Some(last) = mm
+            .find_vma_id(end - 1)
+            .filter(|&id| mm.vma(id).vm_start < end && mm.vma(id).vm_end > end)
+        {
+            self.split_vma(mm, last, end);
         }
         let mut files = Vec::new();
         let mut gone = Vec::new();
-        for v in hit {
-            self.vma_unlink(mm, v.vm_end);
-            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
+        while let Some(id) = mm
+            .find_vma_id(start)
+            .filter(|&id| mm.vma(id).vm_start < end)
+        {
+            let v = self.vma_unlink(mm, id);
             if v.vm_flags.contains(VmFlags::VM_LOCKED) {
-                mm.locked_vm -= (hi - lo) >> PAGE_SHIFT;
-            }
-            if v.vm_start < start {
-                let left = VmArea {
-                    vm_end: start,
-                    ..v.clone()
-                };
-                self.vma_link(mm, left);
-            }
-            if v.vm_end > end {
-                let right = VmArea {
-                    vm_start: end,
-                    vm_pgoff: v.vm_pgoff + ((end - v.vm_start) >> PAGE_SHIFT),
-                    ..v.clone()
-                };
-                self.vma_link(mm, right);
+                mm.locked_vm -= v.pages();
             }
             gone.extend(v.anon_vma);
             if let Some(f) = v.vm_file {
@@ -545,60 +504,42 @@ impl Kernel {
         Ok(())
     }
 
-    /// `vma_modify_flags`: give `[lo, hi)` of the VMA `v` (which covers it) the flags
-    /// `new_flags` — splitting off the parts outside (`split_vma`, refused with `ENOMEM` at
-    /// the map_count limit), then merging with the neighbours (`vma_merge`). Returns the
-    /// updated part as inserted, before merging.
+    /// `vma_modify_flags`: give `[lo, hi)` of the VMA `id` (which covers it) the flags
+    /// `new_flags` — splitting off the parts outside (`__split_vma`, refused with `ENOMEM` at
+    /// the map_count limit), changing the part inside in place, then merging it with the
+    /// neighbours (`vma_merge_existing_range`). Returns the part's new `vm_page_prot`.
     pub(crate) fn vma_modify_flags(
         &self,
         cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
-        v: &VmArea,
+        id: VmaId,
         lo: u64,
         hi: u64,
         new_flags: VmFlags,
-    ) -> Result<VmArea, Errno> {
-        let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
+    ) -> Result<crate::arch::x86_64::pgtable::PgProt, Errno> {
+        let (start, end) = (mm.vma(id).vm_start, mm.vma(id).vm_end);
+        let extra = (start < lo) as usize + (hi < end) as usize;
         if extra > 0 && mm.map_count() + extra > mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         // vma_adjust_trans_huge: no huge entry may straddle the new VMA edges.
-        if v.vm_start < lo {
+        if start < lo {
             self.split_huge_pmd_edges(cpu, mm, lo, lo);
         }
-        if hi < v.vm_end {
+        if hi < end {
             self.split_huge_pmd_edges(cpu, mm, hi, hi);
         }
-        self.vma_unlink(mm, v.vm_end);
-        if v.vm_start < lo {
-            self.vma_link(
-                mm,
-                VmArea {
-                    vm_end: lo,
-                    ..v.clone()
-                },
-            );
+        let mut id = id;
+        if start < lo {
+            id = self.split_vma(mm, id, lo);
         }
-        if hi < v.vm_end {
-            self.vma_link(
-                mm,
-                VmArea {
-                    vm_start: hi,
-                    vm_pgoff: v.vm_pgoff + ((hi - v.vm_start) >> PAGE_SHIFT),
-                    ..v.clone()
-                },
-            );
+        if hi < end {
+            self.split_vma(mm, id, hi);
         }
-        let changed = VmArea {
-            vm_start: lo,
-            vm_end: hi,
-            vm_flags: new_flags,
-            vm_page_prot: VmArea::prot_for(new_flags, VmArea::writenotify(v.vm_file.as_ref())),
-            vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
-            ..v.clone()
-        };
-        self.vma_merge_new_range(mm, changed.clone());
-        Ok(changed)
+        self.vma_set_flags(mm, id, new_flags);
+        let prot = mm.vma(id).vm_page_prot;
+        self.vma_merge_existing_range(mm, id);
+        Ok(prot)
     }
 
     /// `vm_insert_page`: map a kernel page into a user VMA at `addr` with the VMA's
@@ -775,8 +716,8 @@ impl Kernel {
             self.free_pgd_range(&mut tlb, 0, TASK_SIZE + PAGE_SIZE);
             tlb.finish();
         }
-        // Every VMA is unlinked, and reverse-map walks hold the lock their records are under
-        // for as long as they look, so no walk holds the tables now; the records' references
+        // Every VMA is unlinked, and reverse-map walks hold the lock of the list they walk
+        // for as long as they look, so no walk holds the tables now; the VMAs' references
         // to them went with the VMAs.
         let mut pt_arc = mm.pt;
         let pt = loop {
@@ -855,13 +796,38 @@ impl Kernel {
             return Err(b);
         }
         self.check_huge_pmds(mm, &chains)?;
-        for v in mm.vmas() {
-            let recorded = |list: &[crate::mm::rmap::RmapRecord]| {
-                list.iter().any(|r| {
-                    Arc::ptr_eq(&r.pt, &mm.pt)
-                        && (r.start, r.end, r.pgoff) == (v.vm_start, v.vm_end, v.vm_pgoff)
-                })
-            };
+        // Every VMA is on each list the reverse map looks in for its pages — the VMA itself,
+        // its current range — and every entry of those lists from this address space is a
+        // VMA linked in it (no stale entry).
+        let ours = |n: &Arc<crate::mm::vma_tree::VmaNode>| Arc::ptr_eq(&n.pt, &mm.pt);
+        let linked = |n: &Arc<crate::mm::vma_tree::VmaNode>| {
+            mm.vmas
+                .id_of(n.vma().vm_end)
+                .is_some_and(|id| Arc::ptr_eq(mm.vmas.node(id), n))
+        };
+        let check_list = |list: &[Arc<crate::mm::vma_tree::VmaNode>], what: &str| match list
+            .iter()
+            .find(|n| ours(n) && !linked(n))
+        {
+            Some(n) => Err(alloc::format!(
+                "{what}: stale entry {:#x}-{:#x}, not a VMA of this address space",
+                n.vma().vm_start,
+                n.vma().vm_end
+            )),
+            None => Ok(()),
+        };
+        // Each list once (many VMAs share one).
+        let mut seen_anon = alloc::collections::BTreeSet::new();
+        let mut seen_files = alloc::collections::BTreeSet::new();
+        for node in mm.vmas.nodes() {
+            let v = node.vma();
+            if !Arc::ptr_eq(&node.pt, &mm.pt) || !Arc::ptr_eq(&node.rss, &mm.rss_stat) {
+                return Err(alloc::format!(
+                    "VMA {:#x}-{:#x}: its vm_mm is another address space",
+                    v.vm_start,
+                    v.vm_end
+                ));
+            }
             if v.anon_vma.is_some() {
                 let avs = self.anon_vmas.read();
                 let chain = chains.get(&v.vm_start).map_or(&[][..], |c| c);
@@ -874,22 +840,32 @@ impl Kernel {
                     ));
                 }
                 for id in chain {
-                    if !avs.map.get(id).is_some_and(|a| recorded(&a.avcs)) {
+                    let Some(a) = avs.map.get(id) else {
+                        return Err(alloc::format!("anon_vma {id} of a chain does not exist"));
+                    };
+                    if !a.avcs.iter().any(|n| Arc::ptr_eq(n, node)) {
                         return Err(alloc::format!(
                             "VMA {:#x}-{:#x} missing from anon_vma {id} of its chain",
                             v.vm_start,
                             v.vm_end
                         ));
                     }
+                    if seen_anon.insert(*id) {
+                        check_list(&a.avcs, &alloc::format!("anon_vma {id}"))?;
+                    }
                 }
             }
             if let Some(f) = &v.vm_file {
-                if !recorded(&f.inode.i_mmap.read()) {
+                let list = f.inode.i_mmap.read();
+                if !list.iter().any(|n| Arc::ptr_eq(n, node)) {
                     return Err(alloc::format!(
                         "VMA {:#x}-{:#x} missing from its file's i_mmap",
                         v.vm_start,
                         v.vm_end
                     ));
+                }
+                if seen_files.insert(Arc::as_ptr(&f.inode) as usize) {
+                    check_list(&list, "i_mmap")?;
                 }
             }
         }

@@ -1,25 +1,41 @@
 //! The VMA index of an address space: what Linux's maple tree does for `find_vma`, as a
-//! two-level sorted index. VMAs live in a slab; their `vm_end`s (with `vm_start` and the slab
-//! slot) sit in sorted blocks of at most `2 * BLOCK` keys, and a top-level array holds each
-//! block's largest key. A lookup is two binary searches over small, contiguous arrays (a few
-//! cache lines) and yields the VMA's bounds and address without reading the VMA itself — as
-//! the maple tree's pivots and slots do — which is what makes `find_vma` fast at 100,000
-//! VMAs; an insert or remove moves at most one block's keys.
+//! two-level sorted index. VMAs live in a slab of [`VmaNode`]s; their `vm_end`s (with
+//! `vm_start` and the slab slot) sit in sorted blocks of at most `2 * BLOCK` keys, and a
+//! top-level array holds each block's largest key. A lookup is two binary searches over small,
+//! contiguous arrays (a few cache lines) and yields the VMA's bounds and address without
+//! reading the VMA itself — as the maple tree's pivots and slots do — which is what makes
+//! `find_vma` fast at 100,000 VMAs; an insert or remove moves at most one block's keys.
+//!
+//! A slot holds the VMA itself (`struct vm_area_struct`), shared with the reverse map: the
+//! `anon_vma` chains and the file's `i_mmap` point at the same [`VmaNode`], so a VMA that
+//! grows, shrinks or changes its flags changes in one place and keeps its identity
+//! ([`VmaId`] here, the node to the reverse map).
+//!
+//! Who may read or write a node's [`VmArea`] (Linux's rules for `vm_area_struct`):
+//! - the owner of the address space: `&VmaTree` (the `mmap_lock` held) reads any linked VMA;
+//! - a reverse-map walker reads the VMAs on the list it holds locked for reading (an
+//!   `anon_vma`'s chain, a file's `i_mmap`), without the `mmap_lock`;
+//! - a change needs `&mut VmaTree` (the `mmap_lock` for writing) *and* the write side of the
+//!   reverse-map locks of every list the VMA is on (`vma_prepare`, in `mm/vma.rs`): that is
+//!   the contract of the `unsafe` [`VmaTree::by_id_mut`] and [`VmaTree::set_range`].
 //!
 //! Invariants: blocks are non-empty and sorted, each block's keys are below the next block's,
 //! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, `len`
 //! counts the keys and `pages` the pages they span (so `map_count` and `total_vm` are kept
-//! here, in one place).
+//! here, in one place: the tree's insert, remove and `set_range` are the only writers).
 
-use crate::mm::mm_types::VmArea;
+use crate::arch::x86_64::pgtable::PgTable;
+use crate::mm::mm_types::{RssStat, VmArea};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 
 const BLOCK: usize = 128;
 
-/// A VMA's identity (Linux's `struct vm_area_struct *`): its slab slot, stable from the moment
-/// it is linked into the tree until it is removed. Splitting or merging makes new VMAs (new
-/// ids); the fields that do not move it in the index (`anon_vma`, flags, protection) change in
-/// place.
+/// A VMA's identity in its address space (Linux's `struct vm_area_struct *`): its slab slot,
+/// stable from the moment it is linked into the tree until it is removed. A VMA that grows,
+/// shrinks (`vma_expand`, `vma_shrink`, the part of a split that stays) or changes its flags
+/// keeps its id; the new part of a split is a new VMA, a merged-away one is removed.
 #[derive(Copy, Clone, PartialEq, Eq, Debug, Hash)]
 pub struct VmaId(u32);
 
@@ -37,18 +53,57 @@ struct Block {
     ents: Vec<Ent>,
 }
 
-/// What a freed slab slot holds until reused.
-fn tombstone() -> VmArea {
-    VmArea {
-        vm_start: 0,
-        vm_end: 0,
-        vm_flags: crate::mm::mm_types::VmFlags::empty(),
-        vm_page_prot: crate::arch::x86_64::pgtable::PgProt(0),
-        vm_pgoff: 0,
-        vm_file: None,
-        name: None,
-        anon_vma: None,
-        vm_special: None,
+/// A linked VMA: the `struct vm_area_struct` a slot of the tree holds and the reverse map's
+/// `anon_vma_chain` entries and `i_mmap` point at, with its address space's page tables and
+/// RSS counters (what the reverse map reaches through `vma->vm_mm`).
+pub struct VmaNode {
+    vma: UnsafeCell<VmArea>,
+    /// `vma->vm_mm->pgd`: the address space's page tables.
+    pub pt: Arc<PgTable>,
+    /// `vma->vm_mm->rss_stat`.
+    pub rss: Arc<RssStat>,
+}
+
+// SAFETY: `vma` is written only through `VmaTree::by_id_mut`/`set_range`, whose callers hold
+// `&mut VmaTree` (no reference from the tree exists) and the write side of the reverse-map
+// locks of every list the node is on (no walker holds a reference from a list); every other
+// access is a shared read made under `&VmaTree` or one of those locks held for reading (see
+// the module doc). So a write never overlaps any other access, and shared reads may happen
+// from several threads as for any `Sync` data. `VmArea` itself is `Send + Sync`.
+unsafe impl Sync for VmaNode {}
+
+impl VmaNode {
+    /// A node for `v` in the address space with page tables `pt` and counters `rss`.
+    pub(crate) fn new(v: VmArea, pt: Arc<PgTable>, rss: Arc<RssStat>) -> Self {
+        Self {
+            vma: UnsafeCell::new(v),
+            pt,
+            rss,
+        }
+    }
+
+    /// The VMA. Reached from the tree (`mmap_lock` held) or from a reverse-map list locked
+    /// for reading: nobody changes it meanwhile (see the module doc).
+    #[inline]
+    pub fn vma(&self) -> &VmArea {
+        // SAFETY: writers hold `&mut VmaTree` and the write side of every reverse-map lock the
+        // node is reachable under; a `&VmaNode` exists only under `&VmaTree` or one of those
+        // locks held for reading, for at most as long as it is held (see the `Sync` impl).
+        unsafe { &*self.vma.get() }
+    }
+
+    /// The VMA, to take out of a node nobody else holds any more (unlinked everywhere).
+    pub(crate) fn into_vma(self) -> VmArea {
+        self.vma.into_inner()
+    }
+
+    /// `vma_address`: where page `index` is mapped in this VMA, if inside it.
+    #[inline]
+    pub fn address(&self, index: u64) -> Option<u64> {
+        let v = self.vma();
+        let off = index.checked_sub(v.vm_pgoff)?;
+        let a = v.vm_start.checked_add(off.checked_mul(crate::PAGE_SIZE)?)?;
+        (a < v.vm_end).then_some(a)
     }
 }
 
@@ -57,7 +112,7 @@ fn tombstone() -> VmArea {
 pub struct VmaTree {
     blocks: Vec<Block>,
     maxes: Vec<u64>,
-    slab: Vec<VmArea>,
+    slab: Vec<Option<Arc<VmaNode>>>,
     free: Vec<u32>,
     len: usize,
     /// Pages the VMAs span (`total_vm`).
@@ -83,16 +138,50 @@ impl VmaTree {
     /// The VMA `id` names (which must be linked).
     #[inline]
     pub fn by_id(&self, id: VmaId) -> &VmArea {
-        let v = &self.slab[id.0 as usize];
-        debug_assert!(v.vm_end != 0, "BUG: VmaId of an unlinked VMA");
-        v
+        self.node(id).vma()
     }
 
-    /// The VMA `id` names, to change in place. The caller must not move it (`vm_start`,
-    /// `vm_end`): the index would not know; `check` catches it.
+    /// The node of the VMA `id` names (which must be linked): what the reverse map holds.
     #[inline]
-    pub(crate) fn by_id_mut(&mut self, id: VmaId) -> &mut VmArea {
-        &mut self.slab[id.0 as usize]
+    pub(crate) fn node(&self, id: VmaId) -> &Arc<VmaNode> {
+        self.slab[id.0 as usize]
+            .as_ref()
+            .expect("BUG: VmaId of an unlinked VMA")
+    }
+
+    /// The VMA `id` names, to change in place. It must not move (`vm_start`, `vm_end`: that
+    /// is [`VmaTree::set_range`]); `check` catches it.
+    ///
+    /// # Safety
+    ///
+    /// No reverse-map walker may see the node meanwhile: the caller holds the write side of
+    /// the lock of every reverse-map list it is on (`vma_prepare`), and nobody keeps a
+    /// reference to it from the tree (`&mut self` sees to that).
+    #[inline]
+    pub(crate) unsafe fn by_id_mut(&mut self, id: VmaId) -> &mut VmArea {
+        let node = self.node(id);
+        // SAFETY: the caller's contract excludes walkers; `&mut self` excludes readers through
+        // the tree, and the returned borrow keeps it so.
+        unsafe { &mut *node.vma.get() }
+    }
+
+    /// `vma_set_range` (the index part of `vma_expand`/`vma_shrink`): the VMA `id` now spans
+    /// `[start, end)` with page offset `pgoff`; it keeps its slot. The new range may overlap
+    /// no other VMA's.
+    ///
+    /// # Safety
+    ///
+    /// As for [`VmaTree::by_id_mut`].
+    pub(crate) unsafe fn set_range(&mut self, id: VmaId, start: u64, end: u64, pgoff: u64) {
+        let old_end = self.by_id(id).vm_end;
+        let slot = self.remove_key(old_end);
+        debug_assert_eq!(slot, Some(id.0));
+        // SAFETY: the caller's contract.
+        let v = unsafe { self.by_id_mut(id) };
+        v.vm_start = start;
+        v.vm_end = end;
+        v.vm_pgoff = pgoff;
+        self.insert_key(start, end, id.0);
     }
 
     /// The id of the VMA with `vm_end == end`.
@@ -112,7 +201,7 @@ impl VmaTree {
 
     #[inline]
     fn vma(&self, slot: u32) -> &VmArea {
-        &self.slab[slot as usize]
+        self.node(VmaId(slot)).vma()
     }
 
     /// Position (block, index) of the first key `>= key`.
@@ -168,6 +257,14 @@ impl VmaTree {
             .map(|e| self.vma(e.slot))
     }
 
+    /// The VMAs' nodes in address order (what the reverse map must hold).
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Arc<VmaNode>> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.ents.iter())
+            .map(|e| self.node(VmaId(e.slot)))
+    }
+
     /// VMAs from the first with `vm_end >= key` on.
     pub fn iter_from(&self, key: u64) -> impl Iterator<Item = &VmArea> {
         let (b0, i0) = self.lower_bound(key).unwrap_or((self.blocks.len(), 0));
@@ -180,20 +277,25 @@ impl VmaTree {
     }
 
     /// Insert a VMA (its `vm_end` must not be present); returns its id.
-    pub fn insert(&mut self, v: VmArea) -> VmaId {
-        let key = v.vm_end;
-        let start = v.vm_start;
-        self.pages += v.pages();
+    pub(crate) fn insert(&mut self, node: Arc<VmaNode>) -> VmaId {
+        let (start, end) = (node.vma().vm_start, node.vma().vm_end);
         let slot = match self.free.pop() {
             Some(s) => {
-                self.slab[s as usize] = v;
+                self.slab[s as usize] = Some(node);
                 s
             }
             None => {
-                self.slab.push(v);
+                self.slab.push(Some(node));
                 (self.slab.len() - 1) as u32
             }
         };
+        self.insert_key(start, end, slot);
+        VmaId(slot)
+    }
+
+    /// Index `[start, end)` as slot `slot`.
+    fn insert_key(&mut self, start: u64, key: u64, slot: u32) {
+        self.pages += (key - start) >> crate::PAGE_SHIFT;
         let ent = Ent {
             end: key,
             start,
@@ -205,7 +307,7 @@ impl VmaTree {
                 ents: alloc::vec![ent],
             });
             self.maxes.push(key);
-            return VmaId(slot);
+            return;
         }
         let b = self
             .maxes
@@ -224,17 +326,16 @@ impl VmaTree {
                 .insert(b + 1, right.ents.last().expect("non-empty").end);
             self.blocks.insert(b + 1, right);
         }
-        VmaId(slot)
     }
 
-    /// Remove and return the VMA with `vm_end == end`.
-    pub fn remove(&mut self, end: u64) -> Option<VmArea> {
+    /// Take the key `end` out of the index (its pages too); returns its slot.
+    fn remove_key(&mut self, end: u64) -> Option<u32> {
         let (b, i) = self.lower_bound(end)?;
         if self.blocks[b].ents[i].end != end {
             return None;
         }
         let blk = &mut self.blocks[b];
-        let slot = blk.ents.remove(i).slot;
+        let ent = blk.ents.remove(i);
         if blk.ents.is_empty() {
             self.blocks.remove(b);
             self.maxes.remove(b);
@@ -242,10 +343,16 @@ impl VmaTree {
             self.maxes[b] = blk.ents.last().expect("non-empty").end;
         }
         self.len -= 1;
+        self.pages -= (ent.end - ent.start) >> crate::PAGE_SHIFT;
+        Some(ent.slot)
+    }
+
+    /// Remove the VMA with `vm_end == end`; returns its node (the reverse map may still hold
+    /// it: the caller unlinks it there).
+    pub(crate) fn remove(&mut self, end: u64) -> Option<Arc<VmaNode>> {
+        let slot = self.remove_key(end)?;
         self.free.push(slot);
-        let v = core::mem::replace(&mut self.slab[slot as usize], tombstone());
-        self.pages -= v.pages();
-        Some(v)
+        self.slab[slot as usize].take()
     }
 
     /// Check the invariants in the module doc.
@@ -267,7 +374,8 @@ impl VmaTree {
                 if self
                     .slab
                     .get(e.slot as usize)
-                    .map(|v| (v.vm_start, v.vm_end))
+                    .and_then(|n| n.as_ref())
+                    .map(|n| (n.vma().vm_start, n.vma().vm_end))
                     != Some((e.start, k))
                 {
                     return Err("vma index: slot does not hold the VMA of its key");
@@ -276,8 +384,8 @@ impl VmaTree {
                 n += 1;
             }
         }
-        if n != self.len {
-            return Err("vma index: len is wrong");
+        if n != self.len || self.slab.iter().filter(|n| n.is_some()).count() != n {
+            return Err("vma index: len is wrong, or a slot outside the index is occupied");
         }
         if self.iter().map(|v| v.pages()).sum::<u64>() != self.pages {
             return Err("vma index: page total is wrong");
