@@ -22,7 +22,7 @@ use crate::mm::page::{Page, PageFlags};
 use crate::mm::page_alloc::{buddy, PAGEBLOCK_ORDER};
 use crate::mm::rmap::page_anon;
 use crate::mm::swap_state::PG_SWAPCACHE;
-use crate::mm::vma_tree::VmaNode;
+use crate::mm::vma_tree::VmaRef;
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
 use crate::Kernel;
 use alloc::sync::Arc;
@@ -157,15 +157,15 @@ impl Kernel {
             // address) so no write is lost between the copy and the switch.
             let mut wp: Vec<(*const PgTable, u64, bool)> = Vec::new();
             self.walk_vmas(vmas, src, |r, c| {
-                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                let mut tlb = MmuGather::new(self, cpu, r.pt());
                 let old = c.update(&mut tlb, |p| p.wrprotect());
                 tlb.finish();
-                wp.push((Arc::as_ptr(&r.pt), c.va(), old.writable()));
+                wp.push((Arc::as_ptr(r.pt()), c.va(), old.writable()));
                 true
             });
-            let was_rw = |r: &VmaNode, va: u64| {
+            let was_rw = |r: &VmaRef, va: u64| {
                 wp.iter()
-                    .any(|&(pt, a, rw)| rw && a == va && core::ptr::eq(pt, Arc::as_ptr(&r.pt)))
+                    .any(|&(pt, a, rw)| rw && a == va && core::ptr::eq(pt, Arc::as_ptr(r.pt())))
             };
             let restore = || {
                 self.walk_vmas(vmas, src, |r, c| {
@@ -206,7 +206,7 @@ impl Kernel {
                 } else {
                     0
                 };
-                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                let mut tlb = MmuGather::new(self, cpu, r.pt());
                 c.update(&mut tlb, |p| {
                     Pte((p.0 & !PTE_PFN_MASK) | (dpfn.0 << crate::PAGE_SHIFT) | rw)
                 });

@@ -646,7 +646,7 @@ impl Kernel {
                     let Some(a) = r.address(index) else {
                         continue;
                     };
-                    let Some(mut g) = self.pmd_lock(&r.pt, a) else {
+                    let Some(mut g) = self.pmd_lock(r.pt(), a) else {
                         continue;
                     };
                     let h = g.get();
@@ -669,7 +669,7 @@ impl Kernel {
                     }
                     drop(g);
                     cpu.state().vmstat.count(THP_SPLIT_PMD, 1);
-                    held.push((r.pt.clone(), haddr, old, ptl));
+                    held.push((r.pt().clone(), haddr, old, ptl));
                 }
             });
             assert!(

@@ -717,8 +717,9 @@ impl Kernel {
             tlb.finish();
         }
         // Every VMA is unlinked, and reverse-map walks hold the lock of the list they walk
-        // for as long as they look, so no walk holds the tables now; the VMAs' references
-        // to them went with the VMAs.
+        // for as long as they look, so no walk holds the tables now; the VMA store's
+        // references to them (`vm_mm`) go with it.
+        drop(core::mem::take(&mut mm.vmas));
         let mut pt_arc = mm.pt;
         let pt = loop {
             match Arc::try_unwrap(pt_arc) {
@@ -797,37 +798,36 @@ impl Kernel {
         }
         self.check_huge_pmds(mm, &chains)?;
         // Every VMA is on each list the reverse map looks in for its pages — the VMA itself,
-        // its current range — and every entry of those lists from this address space is a
-        // VMA linked in it (no stale entry).
-        let ours = |n: &Arc<crate::mm::vma_tree::VmaNode>| Arc::ptr_eq(&n.pt, &mm.pt);
-        let linked = |n: &Arc<crate::mm::vma_tree::VmaNode>| {
-            mm.vmas
-                .id_of(n.vma().vm_end)
-                .is_some_and(|id| Arc::ptr_eq(mm.vmas.node(id), n))
-        };
-        let check_list = |list: &[Arc<crate::mm::vma_tree::VmaNode>], what: &str| match list
-            .iter()
-            .find(|n| ours(n) && !linked(n))
-        {
-            Some(n) => Err(alloc::format!(
-                "{what}: stale entry {:#x}-{:#x}, not a VMA of this address space",
-                n.vma().vm_start,
-                n.vma().vm_end
-            )),
-            None => Ok(()),
+        // with its current range — and the entries of those lists from this address space
+        // are exactly its VMAs that belong there, each once (no stale or doubled entry).
+        use crate::mm::vma_tree::VmaRef;
+        let check_list = |list: &[VmaRef], what: &str, belongs: &dyn Fn(&VmArea) -> bool| {
+            let mut ours = 0;
+            for r in list.iter().filter(|r| Arc::ptr_eq(r.pt(), &mm.pt)) {
+                let v = r.vma();
+                let linked = mm.vmas.id_of(v.vm_end).is_some_and(|id| mm.vmas.is(id, r));
+                if !linked || !belongs(v) {
+                    return Err(alloc::format!(
+                        "{what}: stale entry {:#x}-{:#x}, not a VMA of this address space that maps there",
+                        v.vm_start,
+                        v.vm_end
+                    ));
+                }
+                ours += 1;
+            }
+            let want = mm.vmas().filter(|v| belongs(v)).count();
+            if ours != want {
+                return Err(alloc::format!(
+                    "{what}: {ours} entries of this address space for {want} VMAs"
+                ));
+            }
+            Ok(())
         };
         // Each list once (many VMAs share one).
         let mut seen_anon = alloc::collections::BTreeSet::new();
         let mut seen_files = alloc::collections::BTreeSet::new();
-        for node in mm.vmas.nodes() {
-            let v = node.vma();
-            if !Arc::ptr_eq(&node.pt, &mm.pt) || !Arc::ptr_eq(&node.rss, &mm.rss_stat) {
-                return Err(alloc::format!(
-                    "VMA {:#x}-{:#x}: its vm_mm is another address space",
-                    v.vm_start,
-                    v.vm_end
-                ));
-            }
+        for id in mm.vmas.ids() {
+            let v = mm.vma(id);
             if v.anon_vma.is_some() {
                 let avs = self.anon_vmas.read();
                 let chain = chains.get(&v.vm_start).map_or(&[][..], |c| c);
@@ -839,25 +839,27 @@ impl Kernel {
                         v.anon_vma
                     ));
                 }
-                for id in chain {
-                    let Some(a) = avs.map.get(id) else {
-                        return Err(alloc::format!("anon_vma {id} of a chain does not exist"));
+                for av in chain {
+                    let Some(a) = avs.map.get(av) else {
+                        return Err(alloc::format!("anon_vma {av} of a chain does not exist"));
                     };
-                    if !a.avcs.iter().any(|n| Arc::ptr_eq(n, node)) {
+                    if !a.avcs.iter().any(|r| mm.vmas.is(id, r)) {
                         return Err(alloc::format!(
-                            "VMA {:#x}-{:#x} missing from anon_vma {id} of its chain",
+                            "VMA {:#x}-{:#x} missing from anon_vma {av} of its chain",
                             v.vm_start,
                             v.vm_end
                         ));
                     }
-                    if seen_anon.insert(*id) {
-                        check_list(&a.avcs, &alloc::format!("anon_vma {id}"))?;
+                    if seen_anon.insert(*av) {
+                        let belongs =
+                            |w: &VmArea| chains.get(&w.vm_start).is_some_and(|c| c.contains(av));
+                        check_list(&a.avcs, &alloc::format!("anon_vma {av}"), &belongs)?;
                     }
                 }
             }
             if let Some(f) = &v.vm_file {
                 let list = f.inode.i_mmap.read();
-                if !list.iter().any(|n| Arc::ptr_eq(n, node)) {
+                if !list.iter().any(|r| mm.vmas.is(id, r)) {
                     return Err(alloc::format!(
                         "VMA {:#x}-{:#x} missing from its file's i_mmap",
                         v.vm_start,
@@ -865,7 +867,12 @@ impl Kernel {
                     ));
                 }
                 if seen_files.insert(Arc::as_ptr(&f.inode) as usize) {
-                    check_list(&list, "i_mmap")?;
+                    let belongs = |w: &VmArea| {
+                        w.vm_file
+                            .as_ref()
+                            .is_some_and(|g| Arc::ptr_eq(&g.inode, &f.inode))
+                    };
+                    check_list(&list, "i_mmap", &belongs)?;
                 }
             }
         }

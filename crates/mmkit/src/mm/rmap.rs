@@ -9,7 +9,7 @@
 //!
 //! The reverse map itself (`anon_vma`, `anon_vma_chain` and the file's `i_mmap` tree): every
 //! VMA with an `anon_vma` or a file is on those lists while it is linked into its address
-//! space — the VMA itself ([`VmaNode`], the VMA tree's slot, with its `vm_mm`'s page tables
+//! space — the VMA itself ([`VmaRef`]: the VMA tree's slot, with its `vm_mm`'s page tables
 //! and RSS counters), not a copy of it: `mm/vma.rs` changes VMAs in place under the lists'
 //! locks. `rmap_walk` turns a page's index into an address in each VMA on its list
 //! (`vma_address`, from the VMA's current `vm_start`/`vm_pgoff`) and checks the PTE there
@@ -44,10 +44,9 @@ use crate::mm::mm_types::{VmArea, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::vma::RmapList;
-use crate::mm::vma_tree::VmaNode;
+use crate::mm::vma_tree::VmaRef;
 use crate::Kernel;
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -302,7 +301,7 @@ impl Kernel {
     /// file's `i_mmap`), with their lock held for reading for as long as `f` runs
     /// (`rmap_walk_anon`/`rmap_walk_file`'s `anon_vma_lock_read`/`i_mmap_lock_read`): the
     /// list is the reverse map's own, not a copy, and the VMAs on it do not change meanwhile.
-    pub(crate) fn with_rmap_vmas<R>(&self, page: &Page, f: impl FnOnce(&[Arc<VmaNode>]) -> R) -> R {
+    pub(crate) fn with_rmap_vmas<R>(&self, page: &Page, f: impl FnOnce(&[VmaRef]) -> R) -> R {
         if page_anon(page) {
             let id = page.mapping() & !PAGE_MAPPING_ANON;
             let avs = self.anon_vmas.read();
@@ -321,9 +320,9 @@ impl Kernel {
     /// (locked), passed to `f` when that PTE maps the page. `f` returns false to stop.
     pub(crate) fn walk_vmas(
         &self,
-        vmas: &[Arc<VmaNode>],
+        vmas: &[VmaRef],
         page: &Page,
-        mut f: impl FnMut(&VmaNode, &mut PteCursor<'_>) -> bool,
+        mut f: impl FnMut(&VmaRef, &mut PteCursor<'_>) -> bool,
     ) {
         let pfn = self.page_to_pfn(page);
         let index = page.index();
@@ -331,7 +330,7 @@ impl Kernel {
             let Some(a) = r.address(index) else {
                 continue;
             };
-            let mut c = self.pte_cursor(&r.pt, a, a + crate::PAGE_SIZE);
+            let mut c = self.pte_cursor(r.pt(), a, a + crate::PAGE_SIZE);
             if !c.seek(a) {
                 continue;
             }
@@ -355,7 +354,7 @@ impl Kernel {
     /// page's pfn, `page_vma_mapped_walk`), the cursor locked on that PTE (its address is
     /// `cursor.va()`); `f` returns false to stop. The reverse map is locked for reading
     /// throughout.
-    pub fn rmap_walk(&self, page: &Page, f: impl FnMut(&VmaNode, &mut PteCursor<'_>) -> bool) {
+    pub fn rmap_walk(&self, page: &Page, f: impl FnMut(&VmaRef, &mut PteCursor<'_>) -> bool) {
         self.with_rmap_vmas(page, |vmas| self.walk_vmas(vmas, page, f));
     }
 
@@ -374,7 +373,7 @@ impl Kernel {
                     let Some(a) = r.address(index) else {
                         continue;
                     };
-                    let Some(mut g) = self.pmd_lock(&r.pt, a) else {
+                    let Some(mut g) = self.pmd_lock(r.pt(), a) else {
                         continue;
                     };
                     let h = g.get();
@@ -385,7 +384,7 @@ impl Kernel {
                         vm_flags |= VmFlags::VM_LOCKED;
                         return;
                     }
-                    let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                    let mut tlb = MmuGather::new(self, cpu, r.pt());
                     if g.update_huge(&mut tlb, |p| p.mkold()).young() {
                         n += 1;
                         vm_flags |= r.vma().vm_flags;
@@ -401,7 +400,7 @@ impl Kernel {
                 vm_flags |= VmFlags::VM_LOCKED;
                 return false;
             }
-            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let mut tlb = MmuGather::new(self, cpu, r.pt());
             if c.update(&mut tlb, |p| p.mkold()).young() {
                 n += 1;
                 vm_flags |= r.vma().vm_flags;
@@ -417,7 +416,7 @@ impl Kernel {
     pub fn page_mkclean(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
         let mut dirty = false;
         self.rmap_walk(page, |r, c| {
-            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let mut tlb = MmuGather::new(self, cpu, r.pt());
             let old = c.update(&mut tlb, |p| {
                 Pte(p.0 & !(PteFlags::RW | PteFlags::DIRTY).bits())
             });
@@ -444,14 +443,14 @@ impl Kernel {
                 redirtied = true;
                 return false;
             }
-            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let mut tlb = MmuGather::new(self, cpu, r.pt());
             // Cleared only while clean: the exchange lands on a value without Dirty.
             let old = c.update(&mut tlb, |p| if p.dirty() { p } else { Pte(0) });
             if old.dirty() {
                 redirtied = true;
                 return false;
             }
-            r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
+            r.rss()[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
             self.page_remove_rmap(cpu, page);
             tlb.remove_page(page);
             tlb.finish();
@@ -496,7 +495,7 @@ impl Kernel {
                 if let Some(e) = swap {
                     self.swap_duplicate(e, 1);
                 }
-                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                let mut tlb = MmuGather::new(self, cpu, r.pt());
                 // The cursor checked that the entry maps the page, under its lock.
                 let old = c.clear(&mut tlb);
                 if swap.is_some() {
@@ -511,10 +510,10 @@ impl Kernel {
                     }
                 }
                 if anon {
-                    r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
-                    r.rss[crate::mm::mm_types::MM_SWAPENTS].fetch_add(1, Ordering::Relaxed);
+                    r.rss()[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
+                    r.rss()[crate::mm::mm_types::MM_SWAPENTS].fetch_add(1, Ordering::Relaxed);
                 } else {
-                    r.rss[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
+                    r.rss()[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
                 }
                 self.page_remove_rmap(cpu, page);
                 tlb.remove_page(page);

@@ -60,7 +60,7 @@ impl Kernel {
                 let v = r.vma();
                 let mut found: Vec<(u64, SwpEntry)> = Vec::new();
                 {
-                    let mut c = self.pte_cursor(&r.pt, v.vm_start, v.vm_end);
+                    let mut c = self.pte_cursor(r.pt(), v.vm_start, v.vm_end);
                     while let Some((va, pte)) = c.next_entry() {
                         if let Some(e) = SwpEntry::from_pte(pte).filter(|e| e.ty == ty) {
                             found.push((va, e));
@@ -71,7 +71,7 @@ impl Kernel {
                     let (page, _) = self.swapin_readahead(cpu, e)?;
                     // unuse_pte: map it only if the entry is still this swap entry (a fault
                     // may have swapped it in first: then ours is just a reference to drop).
-                    let mut c = self.pte_cursor(&r.pt, va, va + crate::PAGE_SIZE);
+                    let mut c = self.pte_cursor(r.pt(), va, va + crate::PAGE_SIZE);
                     if !c.seek(va) || c.get() != e.to_pte() {
                         drop(c);
                         self.__free_pages(cpu, page, 0);
@@ -79,8 +79,8 @@ impl Kernel {
                     }
                     let index = v.linear_page_index(va);
                     self.page_add_anon_rmap(cpu, page, root, index);
-                    r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
-                    r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
+                    r.rss()[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
+                    r.rss()[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
                     self.swap_free(e);
                     let new = Pte::new(self.page_to_pfn(page), v.vm_page_prot).mkold();
                     c.install(e.to_pte(), new)

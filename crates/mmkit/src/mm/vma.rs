@@ -8,7 +8,7 @@
 //! `vma_merge_new_range` and `vma_merge_existing_range` (`vma_modify`), changing its flags
 //! (`vm_flags_reset`), and `anon_vma_prepare` (`mm/rmap.c`: `find_mergeable_anon_vma`).
 //!
-//! The reverse map points at the VMAs themselves ([`VmaNode`], the VMA tree's slots): an
+//! The reverse map points at the VMAs themselves ([`VmaRef`], the VMA tree's slots): an
 //! `anon_vma` chain entry or an `i_mmap` entry is the VMA, so a VMA that grows, shrinks or
 //! changes its flags is changed in one place, under the locks, and a walker reads its current
 //! `vm_start`/`vm_end`/`vm_pgoff`/`vm_flags` — never a copy. Locking, as Linux's: walkers hold
@@ -22,14 +22,14 @@
 use crate::fs::inode::{File, Inode};
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, VmaId};
 use crate::mm::rmap::AnonVmas;
-use crate::mm::vma_tree::VmaNode;
+use crate::mm::vma_tree::VmaRef;
 use crate::sync::RwLockWriteGuard;
 use crate::Kernel;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// The VMAs on one reverse-map list (an `anon_vma`'s chain entries, a file's `i_mmap`).
-pub(crate) type RmapList = Vec<Arc<VmaNode>>;
+pub(crate) type RmapList = Vec<VmaRef>;
 
 /// `struct vma_prepare`: the reverse-map locks held for writing while VMAs change, released
 /// on drop (`vma_complete`). Every change to a VMA the reverse map can reach goes through
@@ -67,38 +67,37 @@ impl VmaLocks<'_> {
     /// and each ancestor, `anon_vma_chain_link`; in its file's `i_mmap`). Returns its id.
     pub(crate) fn link(&mut self, mm: &mut MmStruct, v: VmArea) -> VmaId {
         self.covers(&v);
-        let node = Arc::new(VmaNode::new(v, mm.pt.clone(), mm.rss_stat.clone()));
-        if let Some(av) = node.vma().anon_vma {
-            let avs = self.anon.as_mut().expect("covers checked it");
-            avs.for_chain_mut(av, |a| a.avcs.push(node.clone()));
-        }
-        if node.vma().vm_file.is_some() {
-            let (_, list) = self.i_mmap.as_mut().expect("covers checked it");
-            list.push(node.clone());
-        }
+        let (anon_vma, file) = (v.anon_vma, v.vm_file.is_some());
         mm.vmacache.set(None);
-        mm.vmas.insert(node)
+        let id = mm.vmas.insert(v, &mm.pt, &mm.rss_stat);
+        if let Some(av) = anon_vma {
+            let avs = self.anon.as_mut().expect("covers checked it");
+            avs.for_chain_mut(av, |a| a.avcs.push(mm.vmas.vma_ref(id)));
+        }
+        if file {
+            let (_, list) = self.i_mmap.as_mut().expect("covers checked it");
+            list.push(mm.vmas.vma_ref(id));
+        }
+        id
     }
 
     /// Take the VMA `id` out of `mm`'s tree and the reverse map; returns it. Its `anon_vma`s
     /// stay (the caller calls [`Kernel::unlink_anon_vmas`] once the locks are dropped).
     pub(crate) fn unlink(&mut self, mm: &mut MmStruct, id: VmaId) -> VmArea {
-        let node = mm.vmas.node(id).clone();
-        let v = node.vma();
+        let v = mm.vma(id);
         self.covers(v);
         if let Some(av) = v.anon_vma {
             let avs = self.anon.as_mut().expect("covers checked it");
-            avs.for_chain_mut(av, |a| a.avcs.retain(|n| !Arc::ptr_eq(n, &node)));
+            avs.for_chain_mut(av, |a| a.avcs.retain(|r| !mm.vmas.is(id, r)));
         }
         if v.vm_file.is_some() {
             let (_, list) = self.i_mmap.as_mut().expect("covers checked it");
-            list.retain(|n| !Arc::ptr_eq(n, &node));
+            list.retain(|r| !mm.vmas.is(id, r));
         }
-        mm.vmas.remove(v.vm_end);
         mm.vmacache.set(None);
-        // Nobody else holds the node now: the tree and the lists let it go, and walkers
-        // borrow nodes only while they hold a list's lock.
-        Arc::try_unwrap(node).map_or_else(|n| n.vma().clone(), VmaNode::into_vma)
+        // SAFETY: the VMA just left every reverse-map list it was on (`covers`: those are
+        // the lists whose locks we hold).
+        unsafe { mm.vmas.remove(id) }
     }
 
     /// `vma_set_range` (`vma_expand`, `vma_shrink`): the VMA `id` now spans `[start, end)`
@@ -133,12 +132,11 @@ impl VmaLocks<'_> {
     pub(crate) fn set_anon_vma(&mut self, mm: &mut MmStruct, id: VmaId, av: u32) {
         self.covers(mm.vma(id));
         debug_assert!(mm.vma(id).anon_vma.is_none());
-        let node = mm.vmas.node(id).clone();
         let avs = self
             .anon
             .as_mut()
             .expect("BUG: anon_vma set without its lock");
-        avs.for_chain_mut(av, |a| a.avcs.push(node.clone()));
+        avs.for_chain_mut(av, |a| a.avcs.push(mm.vmas.vma_ref(id)));
         // SAFETY: as in `set_range`; the file's lock, if any, is held (`covers`) and the
         // anon_vma lock just above.
         unsafe { mm.vmas.by_id_mut(id) }.anon_vma = Some(av);

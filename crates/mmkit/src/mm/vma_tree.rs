@@ -1,28 +1,33 @@
 //! The VMA index of an address space: what Linux's maple tree does for `find_vma`, as a
-//! two-level sorted index. VMAs live in a slab of [`VmaNode`]s; their `vm_end`s (with
-//! `vm_start` and the slab slot) sit in sorted blocks of at most `2 * BLOCK` keys, and a
-//! top-level array holds each block's largest key. A lookup is two binary searches over small,
-//! contiguous arrays (a few cache lines) and yields the VMA's bounds and address without
-//! reading the VMA itself — as the maple tree's pivots and slots do — which is what makes
-//! `find_vma` fast at 100,000 VMAs; an insert or remove moves at most one block's keys.
+//! two-level sorted index. VMAs live in a slab; their `vm_end`s (with `vm_start` and the slab
+//! slot) sit in sorted blocks of at most `2 * BLOCK` keys, and a top-level array holds each
+//! block's largest key. A lookup is two binary searches over small, contiguous arrays (a few
+//! cache lines) and yields the VMA's bounds and address without reading the VMA itself — as
+//! the maple tree's pivots and slots do — which is what makes `find_vma` fast at 100,000
+//! VMAs; an insert or remove moves at most one block's keys.
 //!
-//! A slot holds the VMA itself (`struct vm_area_struct`), shared with the reverse map: the
-//! `anon_vma` chains and the file's `i_mmap` point at the same [`VmaNode`], so a VMA that
-//! grows, shrinks or changes its flags changes in one place and keeps its identity
-//! ([`VmaId`] here, the node to the reverse map).
+//! The slab is the address space's VMA store, shared with the reverse map: chunks of
+//! `CHUNK` slots that never move, each chunk with the address space's page tables and RSS
+//! counters (what the reverse map reaches through `vma->vm_mm`). The `anon_vma` chains and
+//! the file's `i_mmap` hold a [`VmaRef`] — a chunk and a slot, the VMA itself, not a copy —
+//! so a VMA that grows, shrinks or changes its flags changes in one place and keeps its
+//! identity ([`VmaId`] here, the `VmaRef` to the reverse map). Slots are reused: a slot is
+//! emptied only after its VMA left every reverse-map list.
 //!
-//! Who may read or write a node's [`VmArea`] (Linux's rules for `vm_area_struct`):
+//! Who may read or write a slot's [`VmArea`] (Linux's rules for `vm_area_struct`):
 //! - the owner of the address space: `&VmaTree` (the `mmap_lock` held) reads any linked VMA;
 //! - a reverse-map walker reads the VMAs on the list it holds locked for reading (an
 //!   `anon_vma`'s chain, a file's `i_mmap`), without the `mmap_lock`;
 //! - a change needs `&mut VmaTree` (the `mmap_lock` for writing) *and* the write side of the
 //!   reverse-map locks of every list the VMA is on (`vma_prepare`, in `mm/vma.rs`): that is
-//!   the contract of the `unsafe` [`VmaTree::by_id_mut`] and [`VmaTree::set_range`].
+//!   the contract of the `unsafe` [`VmaTree::by_id_mut`], [`VmaTree::set_range`] and
+//!   [`VmaTree::remove`].
 //!
 //! Invariants: blocks are non-empty and sorted, each block's keys are below the next block's,
-//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, `len`
-//! counts the keys and `pages` the pages they span (so `map_count` and `total_vm` are kept
-//! here, in one place: the tree's insert, remove and `set_range` are the only writers).
+//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end` and
+//! every other slot is empty, `len` counts the keys and `pages` the pages they span (so
+//! `map_count` and `total_vm` are kept here, in one place: the tree's insert, remove and
+//! `set_range` are the only writers).
 
 use crate::arch::x86_64::pgtable::PgTable;
 use crate::mm::mm_types::{RssStat, VmArea};
@@ -53,48 +58,70 @@ struct Block {
     ents: Vec<Ent>,
 }
 
-/// A linked VMA: the `struct vm_area_struct` a slot of the tree holds and the reverse map's
-/// `anon_vma_chain` entries and `i_mmap` point at, with its address space's page tables and
-/// RSS counters (what the reverse map reaches through `vma->vm_mm`).
-pub struct VmaNode {
-    vma: UnsafeCell<VmArea>,
-    /// `vma->vm_mm->pgd`: the address space's page tables.
-    pub pt: Arc<PgTable>,
-    /// `vma->vm_mm->rss_stat`.
-    pub rss: Arc<RssStat>,
+/// Slots per chunk of the VMA store.
+const CHUNK: usize = 64;
+
+/// What an empty slot holds.
+fn tombstone() -> VmArea {
+    VmArea {
+        vm_start: 0,
+        vm_end: 0,
+        vm_flags: crate::mm::mm_types::VmFlags::empty(),
+        vm_page_prot: crate::arch::x86_64::pgtable::PgProt(0),
+        vm_pgoff: 0,
+        vm_file: None,
+        name: None,
+        anon_vma: None,
+        vm_special: None,
+    }
 }
 
-// SAFETY: `vma` is written only through `VmaTree::by_id_mut`/`set_range`, whose callers hold
-// `&mut VmaTree` (no reference from the tree exists) and the write side of the reverse-map
-// locks of every list the node is on (no walker holds a reference from a list); every other
-// access is a shared read made under `&VmaTree` or one of those locks held for reading (see
-// the module doc). So a write never overlaps any other access, and shared reads may happen
-// from several threads as for any `Sync` data. `VmArea` itself is `Send + Sync`.
-unsafe impl Sync for VmaNode {}
+/// `CHUNK` slots of an address space's VMA store (`struct vm_area_struct`s), with the
+/// address space's page tables and RSS counters (`vma->vm_mm`).
+pub struct VmaChunk {
+    slots: [UnsafeCell<VmArea>; CHUNK],
+    pt: Arc<PgTable>,
+    rss: Arc<RssStat>,
+}
 
-impl VmaNode {
-    /// A node for `v` in the address space with page tables `pt` and counters `rss`.
-    pub(crate) fn new(v: VmArea, pt: Arc<PgTable>, rss: Arc<RssStat>) -> Self {
-        Self {
-            vma: UnsafeCell::new(v),
-            pt,
-            rss,
-        }
-    }
+// SAFETY: a slot is written only through `VmaTree::by_id_mut`/`set_range`/`remove`/`insert`,
+// whose callers hold `&mut VmaTree` (no reference from the tree exists) and the write side of
+// the reverse-map locks of every list the VMA is on (no walker reads it; `insert` writes an
+// empty slot, which no list holds); every other access is a shared read made under
+// `&VmaTree` or one of those locks held for reading (see the module doc). So a write never
+// overlaps any other access, and shared reads may happen from several threads as for any
+// `Sync` data. `VmArea` itself is `Send + Sync`.
+unsafe impl Sync for VmaChunk {}
 
-    /// The VMA. Reached from the tree (`mmap_lock` held) or from a reverse-map list locked
-    /// for reading: nobody changes it meanwhile (see the module doc).
+/// A VMA as the reverse map holds it (the `struct vm_area_struct *` of an `anon_vma_chain`
+/// entry or of `i_mmap`): its chunk of the address space's VMA store and its slot there.
+#[derive(Clone)]
+pub struct VmaRef {
+    chunk: Arc<VmaChunk>,
+    slot: u32,
+}
+
+impl VmaRef {
+    /// The VMA, as it is now. A `VmaRef` is reached only on a reverse-map list locked for
+    /// reading (or from the tree): nobody changes the VMA meanwhile (see the module doc).
     #[inline]
     pub fn vma(&self) -> &VmArea {
-        // SAFETY: writers hold `&mut VmaTree` and the write side of every reverse-map lock the
-        // node is reachable under; a `&VmaNode` exists only under `&VmaTree` or one of those
-        // locks held for reading, for at most as long as it is held (see the `Sync` impl).
-        unsafe { &*self.vma.get() }
+        // SAFETY: writers hold `&mut VmaTree` and the write side of every reverse-map lock of
+        // a list the VMA is on; a `&VmaRef` is lent out only under one of those locks held
+        // for reading, for at most as long as it is held (see the `Sync` impl).
+        unsafe { &*self.chunk.slots[self.slot as usize].get() }
     }
 
-    /// The VMA, to take out of a node nobody else holds any more (unlinked everywhere).
-    pub(crate) fn into_vma(self) -> VmArea {
-        self.vma.into_inner()
+    /// `vma->vm_mm->pgd`: the page tables of the VMA's address space.
+    #[inline]
+    pub fn pt(&self) -> &Arc<PgTable> {
+        &self.chunk.pt
+    }
+
+    /// `vma->vm_mm->rss_stat`.
+    #[inline]
+    pub fn rss(&self) -> &RssStat {
+        &self.chunk.rss
     }
 
     /// `vma_address`: where page `index` is mapped in this VMA, if inside it.
@@ -112,7 +139,8 @@ impl VmaNode {
 pub struct VmaTree {
     blocks: Vec<Block>,
     maxes: Vec<u64>,
-    slab: Vec<Option<Arc<VmaNode>>>,
+    /// The VMA store: slot `i` is `chunks[i / CHUNK].slots[i % CHUNK]`.
+    chunks: Vec<Arc<VmaChunk>>,
     free: Vec<u32>,
     len: usize,
     /// Pages the VMAs span (`total_vm`).
@@ -138,15 +166,35 @@ impl VmaTree {
     /// The VMA `id` names (which must be linked).
     #[inline]
     pub fn by_id(&self, id: VmaId) -> &VmArea {
-        self.node(id).vma()
+        let v = self.slot(id.0);
+        debug_assert!(v.vm_end != 0, "BUG: VmaId of an unlinked VMA");
+        v
     }
 
-    /// The node of the VMA `id` names (which must be linked): what the reverse map holds.
     #[inline]
-    pub(crate) fn node(&self, id: VmaId) -> &Arc<VmaNode> {
-        self.slab[id.0 as usize]
-            .as_ref()
-            .expect("BUG: VmaId of an unlinked VMA")
+    fn cell(&self, slot: u32) -> &UnsafeCell<VmArea> {
+        &self.chunks[slot as usize / CHUNK].slots[slot as usize % CHUNK]
+    }
+
+    #[inline]
+    fn slot(&self, slot: u32) -> &VmArea {
+        // SAFETY: `&self` excludes the writers through the tree (they need `&mut self`), and
+        // writers under the reverse-map locks are those same writers (see `VmaChunk`'s
+        // `Sync` impl).
+        unsafe { &*self.cell(slot).get() }
+    }
+
+    /// What the reverse map holds for the VMA `id` (which must be linked).
+    pub(crate) fn vma_ref(&self, id: VmaId) -> VmaRef {
+        VmaRef {
+            chunk: self.chunks[id.0 as usize / CHUNK].clone(),
+            slot: id.0 % CHUNK as u32,
+        }
+    }
+
+    /// Whether `r` names the VMA `id`.
+    pub(crate) fn is(&self, id: VmaId, r: &VmaRef) -> bool {
+        Arc::ptr_eq(&self.chunks[id.0 as usize / CHUNK], &r.chunk) && r.slot == id.0 % CHUNK as u32
     }
 
     /// The VMA `id` names, to change in place. It must not move (`vm_start`, `vm_end`: that
@@ -154,15 +202,14 @@ impl VmaTree {
     ///
     /// # Safety
     ///
-    /// No reverse-map walker may see the node meanwhile: the caller holds the write side of
-    /// the lock of every reverse-map list it is on (`vma_prepare`), and nobody keeps a
-    /// reference to it from the tree (`&mut self` sees to that).
+    /// No reverse-map walker may see the VMA meanwhile: the caller holds the write side of
+    /// the lock of every reverse-map list it is on (`vma_prepare`); `&mut self` keeps
+    /// readers through the tree away.
     #[inline]
     pub(crate) unsafe fn by_id_mut(&mut self, id: VmaId) -> &mut VmArea {
-        let node = self.node(id);
         // SAFETY: the caller's contract excludes walkers; `&mut self` excludes readers through
         // the tree, and the returned borrow keeps it so.
-        unsafe { &mut *node.vma.get() }
+        unsafe { &mut *self.cell(id.0).get() }
     }
 
     /// `vma_set_range` (the index part of `vma_expand`/`vma_shrink`): the VMA `id` now spans
@@ -201,7 +248,7 @@ impl VmaTree {
 
     #[inline]
     fn vma(&self, slot: u32) -> &VmArea {
-        self.node(VmaId(slot)).vma()
+        self.slot(slot)
     }
 
     /// Position (block, index) of the first key `>= key`.
@@ -257,12 +304,12 @@ impl VmaTree {
             .map(|e| self.vma(e.slot))
     }
 
-    /// The VMAs' nodes in address order (what the reverse map must hold).
-    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Arc<VmaNode>> {
+    /// The VMAs' ids in address order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = VmaId> + '_ {
         self.blocks
             .iter()
             .flat_map(|b| b.ents.iter())
-            .map(|e| self.node(VmaId(e.slot)))
+            .map(|e| VmaId(e.slot))
     }
 
     /// VMAs from the first with `vm_end >= key` on.
@@ -276,19 +323,28 @@ impl VmaTree {
             .map(|e| self.vma(e.slot))
     }
 
-    /// Insert a VMA (its `vm_end` must not be present); returns its id.
-    pub(crate) fn insert(&mut self, node: Arc<VmaNode>) -> VmaId {
-        let (start, end) = (node.vma().vm_start, node.vma().vm_end);
+    /// Insert a VMA (its `vm_end` must not be present) into an empty slot of the store — a
+    /// new chunk, for the address space with page tables `pt` and counters `rss`, when none
+    /// is free; returns its id.
+    pub(crate) fn insert(&mut self, v: VmArea, pt: &Arc<PgTable>, rss: &Arc<RssStat>) -> VmaId {
+        let (start, end) = (v.vm_start, v.vm_end);
         let slot = match self.free.pop() {
-            Some(s) => {
-                self.slab[s as usize] = Some(node);
-                s
-            }
+            Some(s) => s,
             None => {
-                self.slab.push(Some(node));
-                (self.slab.len() - 1) as u32
+                let base = (self.chunks.len() * CHUNK) as u32;
+                self.chunks.push(Arc::new(VmaChunk {
+                    slots: core::array::from_fn(|_| UnsafeCell::new(tombstone())),
+                    pt: pt.clone(),
+                    rss: rss.clone(),
+                }));
+                self.free.extend((base..base + CHUNK as u32).rev());
+                self.free.pop().expect("a chunk was just added")
             }
         };
+        // SAFETY: the slot is empty, so no reverse-map list holds it (`remove` empties a slot
+        // only after its VMA left every list), and `&mut self` keeps readers through the tree
+        // away.
+        unsafe { *self.cell(slot).get() = v };
         self.insert_key(start, end, slot);
         VmaId(slot)
     }
@@ -347,12 +403,19 @@ impl VmaTree {
         Some(ent.slot)
     }
 
-    /// Remove the VMA with `vm_end == end`; returns its node (the reverse map may still hold
-    /// it: the caller unlinks it there).
-    pub(crate) fn remove(&mut self, end: u64) -> Option<Arc<VmaNode>> {
-        let slot = self.remove_key(end)?;
-        self.free.push(slot);
-        self.slab[slot as usize].take()
+    /// Remove the VMA `id` and return it; its slot is empty from now on.
+    ///
+    /// # Safety
+    ///
+    /// No reverse-map list holds the VMA any more (and `&mut self` keeps readers through the
+    /// tree away).
+    pub(crate) unsafe fn remove(&mut self, id: VmaId) -> VmArea {
+        let end = self.by_id(id).vm_end;
+        let slot = self.remove_key(end);
+        debug_assert_eq!(slot, Some(id.0));
+        self.free.push(id.0);
+        // SAFETY: the caller's contract.
+        core::mem::replace(unsafe { self.by_id_mut(id) }, tombstone())
     }
 
     /// Check the invariants in the module doc.
@@ -371,12 +434,8 @@ impl VmaTree {
                 if last.is_some_and(|l| l >= k) {
                     return Err("vma index: keys out of order");
                 }
-                if self
-                    .slab
-                    .get(e.slot as usize)
-                    .and_then(|n| n.as_ref())
-                    .map(|n| (n.vma().vm_start, n.vma().vm_end))
-                    != Some((e.start, k))
+                if (e.slot as usize) >= self.chunks.len() * CHUNK
+                    || (self.slot(e.slot).vm_start, self.slot(e.slot).vm_end) != (e.start, k)
                 {
                     return Err("vma index: slot does not hold the VMA of its key");
                 }
@@ -384,7 +443,10 @@ impl VmaTree {
                 n += 1;
             }
         }
-        if n != self.len || self.slab.iter().filter(|n| n.is_some()).count() != n {
+        let used = (0..(self.chunks.len() * CHUNK) as u32)
+            .filter(|&i| self.slot(i).vm_end != 0)
+            .count();
+        if n != self.len || used != n || used + self.free.len() != self.chunks.len() * CHUNK {
             return Err("vma index: len is wrong, or a slot outside the index is occupied");
         }
         if self.iter().map(|v| v.pages()).sum::<u64>() != self.pages {
