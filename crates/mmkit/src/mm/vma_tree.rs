@@ -93,9 +93,16 @@ pub struct VmaChunk {
 // `Sync` data. `VmArea` itself is `Send + Sync`.
 unsafe impl Sync for VmaChunk {}
 
+// What the `Sync` claim above rests on.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<VmArea>()
+};
+
 /// A VMA as the reverse map holds it (the `struct vm_area_struct *` of an `anon_vma_chain`
 /// entry or of `i_mmap`): its chunk of the address space's VMA store and its slot there.
-#[derive(Clone)]
+/// Only the VMA tree makes one, and it is lent out only while the list it is on is locked
+/// (it is not `Clone`: a copy kept past the lock could read a VMA being changed).
 pub struct VmaRef {
     chunk: Arc<VmaChunk>,
     slot: u32,
