@@ -714,7 +714,13 @@ pub fn run(filter: &str) -> Result<Vec<Row>> {
         ("vm", &["vmalloc", "translate", "mmap", "find-vma"], vm_rows),
         (
             "fault",
-            &["anon-fault", "cow-fault", "file-read-fault", "fault-count"],
+            &[
+                "anon-fault",
+                "cow-fault",
+                "fork-exit",
+                "file-read-fault",
+                "fault-count",
+            ],
             crate::bench_fault::fault_rows,
         ),
         (

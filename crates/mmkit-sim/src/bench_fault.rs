@@ -11,6 +11,9 @@
 //!   the same 16 MiB page by page (the physical limit: a THP fault zeroes 2 MiB);
 //! - `cow-fault`: after fork, the child writes every page of 16 MiB — per page, fork and exit
 //!   not timed — beside the host kernel's COW fault in a forked child;
+//! - `fork-exit`: fork (`dup_mmap`) of an address space with 16 MiB written and 32 small
+//!   written mappings, and the child's exit (`exit_mmap`) at once — per fork — beside the host
+//!   kernel forking this process with the same 16 MiB written, the child exiting at once;
 //! - `file-read-fault`: map a cached 16 MiB file privately, read every page, munmap — per page,
 //!   fault-around included — beside the host doing the same on a file in its page cache;
 //! - `fault-count-*`: the patterns of `fault_counts` (a process exec'd here vs this host
@@ -114,6 +117,44 @@ fn host_cow_per_page(len: usize) -> f64 {
     // SAFETY: our mapping.
     unsafe { libc::munmap(p, len) };
     best
+}
+
+/// Host: best-of-5 ns per fork of this process with `len` bytes of written private memory,
+/// the child exiting at once (`_exit`), the parent waiting for it.
+fn host_fork_exit(len: usize, forks: u64) -> f64 {
+    // SAFETY: a private anonymous mapping, populated here, unmapped at the end.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "host mmap");
+    for i in (0..len).step_by(4096) {
+        // SAFETY: inside our mapping.
+        unsafe { std::ptr::write_volatile((p as *mut u8).add(i), 1) };
+    }
+    let (ns, _) = measure(forks, || {
+        for _ in 0..forks {
+            // SAFETY: plain fork/_exit/waitpid; the child does nothing but exit.
+            unsafe {
+                let pid = libc::fork();
+                assert!(pid >= 0, "fork");
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                let mut st = 0;
+                libc::waitpid(pid, &mut st, 0);
+            }
+        }
+    });
+    // SAFETY: our mapping.
+    unsafe { libc::munmap(p, len) };
+    ns
 }
 
 /// The fault rows (filter `fault`, or a row name).
@@ -244,6 +285,45 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
             "host kernel: a forked child's first write to each page",
             host,
             Some(String::from("per 4 KiB page, fork not timed")),
+        ));
+    }
+    if want("fork-exit") {
+        const FORKS: u64 = 20;
+        let (ours, vmas) = m.on_cpu(0, |cpu| {
+            let mut parent = k.mm_alloc(cpu).expect("mm");
+            let a = k.mmap(cpu, &mut parent, 0, LEN, rw, anon, 0).expect("mmap");
+            for i in 0..PAGES {
+                k.user_write(cpu, &mut parent, a + (i << 12), &[1])
+                    .expect("write");
+            }
+            // Small mappings, every other one read-only so that they stay separate VMAs.
+            for j in 0..32 {
+                let s = k
+                    .mmap(cpu, &mut parent, 0, 2 << 12, rw, anon, 0)
+                    .expect("mmap");
+                k.user_write(cpu, &mut parent, s, &[1]).expect("write");
+                if j % 2 == 1 {
+                    k.mprotect(cpu, &mut parent, s, 2 << 12, PROT_READ)
+                        .expect("mprotect");
+                }
+            }
+            let r = measure(FORKS, || {
+                for _ in 0..FORKS {
+                    let child = k.dup_mmap(cpu, &parent).expect("fork");
+                    k.exit_mmap(cpu, child);
+                }
+            });
+            let vmas = parent.map_count();
+            k.exit_mmap(cpu, parent);
+            (r, vmas)
+        });
+        let host = host_fork_exit(LEN as usize, FORKS);
+        rows.push(row(
+            "fork-exit",
+            ours,
+            "host kernel: fork with 16 MiB written, the child exits at once, waitpid",
+            host,
+            Some(format!("per fork; {vmas} VMAs")),
         ));
     }
     if want("file-read-fault") {

@@ -697,7 +697,7 @@ fn rmap_walk_referenced_and_unmap() {
         let page = k.pfn_to_page(mmkit::Pfn(pfn)).unwrap();
         let mut seen = Vec::new();
         k.rmap_walk(page, |r, c| {
-            seen.push((Arc::as_ptr(&r.pt) as usize, c.va()));
+            seen.push((Arc::as_ptr(r.pt()) as usize, c.va()));
             true
         });
         seen.sort();

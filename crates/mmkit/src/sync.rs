@@ -146,6 +146,14 @@ impl<T> RwLock<T> {
         }
     }
 
+    /// `write_trylock()`: the write side if nobody holds the lock now.
+    pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
+        self.state
+            .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(RwLockWriteGuard { lock: self })
+    }
+
     /// `write_lock()`.
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         let mut spins = 0u32;

@@ -430,7 +430,8 @@ impl Kernel {
         bprm.exec = top - 8 - bprm.exec_used;
         mm.arg_start = p;
         // The initial expansion.
-        let v = mm.find_vma(p).cloned().ok_or(Errno::EFAULT)?;
+        let id = mm.find_vma_id(p).ok_or(Errno::EFAULT)?;
+        let v = mm.vma(id);
         let rlim = align_down(mm.rlimit_stack, PAGE_SIZE);
         let size = v.vm_end - v.vm_start;
         let stack_base = if size + STACK_EXPAND > rlim {
@@ -440,11 +441,8 @@ impl Kernel {
         };
         let grow = v.vm_start.saturating_sub(stack_base) >> PAGE_SHIFT;
         if grow > 0 {
-            self.vma_unlink(mm, v.vm_end);
-            let mut nv = v.clone();
-            nv.vm_start = v.vm_start.min(stack_base);
-            nv.vm_pgoff = v.vm_pgoff - grow;
-            self.vma_link(mm, nv);
+            let (start, end, pgoff) = (v.vm_start.min(stack_base), v.vm_end, v.vm_pgoff - grow);
+            self.vma_set_range(mm, id, start, end, pgoff);
         }
         Ok(())
     }

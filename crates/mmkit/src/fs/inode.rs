@@ -218,7 +218,7 @@ pub struct Inode {
     /// `nrpages`.
     pub(crate) nrpages: AtomicU64,
     /// `i_mmap`: the VMAs mapping this file, for the reverse map.
-    pub(crate) i_mmap: crate::sync::RwLock<Vec<crate::mm::rmap::RmapRecord>>,
+    pub(crate) i_mmap: crate::sync::RwLock<crate::mm::vma::RmapList>,
     /// A memory file (shmem/tmpfs): no writeback, so shared writable mappings need no
     /// write-notify faults for dirty tracking (`mapping_can_writeback` is false).
     pub shmem: bool,

@@ -20,8 +20,9 @@ use crate::mm::mmu_gather::MmuGather;
 use crate::mm::mmzone::Zone;
 use crate::mm::page::{Page, PageFlags};
 use crate::mm::page_alloc::{buddy, PAGEBLOCK_ORDER};
-use crate::mm::rmap::{page_anon, RmapRecord};
+use crate::mm::rmap::page_anon;
 use crate::mm::swap_state::PG_SWAPCACHE;
+use crate::mm::vma_tree::VmaRef;
 use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
 use crate::Kernel;
 use alloc::sync::Arc;
@@ -151,23 +152,23 @@ impl Kernel {
         if src.refcount() != expected {
             return false;
         }
-        self.with_rmap_records(src, |recs| {
+        self.with_rmap_vmas(src, |vmas| {
             // Write-protect every mapping (remembering its permission by address space and
             // address) so no write is lost between the copy and the switch.
             let mut wp: Vec<(*const PgTable, u64, bool)> = Vec::new();
-            self.walk_records(recs, src, |r, c| {
-                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            self.walk_vmas(vmas, src, |r, c| {
+                let mut tlb = MmuGather::new(self, cpu, r.pt());
                 let old = c.update(&mut tlb, |p| p.wrprotect());
                 tlb.finish();
-                wp.push((Arc::as_ptr(&r.pt), c.va(), old.writable()));
+                wp.push((Arc::as_ptr(r.pt()), c.va(), old.writable()));
                 true
             });
-            let was_rw = |r: &RmapRecord, va: u64| {
+            let was_rw = |r: &VmaRef, va: u64| {
                 wp.iter()
-                    .any(|&(pt, a, rw)| rw && a == va && core::ptr::eq(pt, Arc::as_ptr(&r.pt)))
+                    .any(|&(pt, a, rw)| rw && a == va && core::ptr::eq(pt, Arc::as_ptr(r.pt())))
             };
             let restore = || {
-                self.walk_records(recs, src, |r, c| {
+                self.walk_vmas(vmas, src, |r, c| {
                     if was_rw(r, c.va()) {
                         c.set_flags(PteFlags::RW);
                     }
@@ -199,13 +200,13 @@ impl Kernel {
             dst.set_mapcount(mapcount);
             dst.set_refcount(expected - 1);
             // remove_migration_ptes: each PTE now maps the copy, with its old permission.
-            self.walk_records(recs, src, |r, c| {
+            self.walk_vmas(vmas, src, |r, c| {
                 let rw = if was_rw(r, c.va()) {
                     PteFlags::RW.bits()
                 } else {
                     0
                 };
-                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                let mut tlb = MmuGather::new(self, cpu, r.pt());
                 c.update(&mut tlb, |p| {
                     Pte((p.0 & !PTE_PFN_MASK) | (dpfn.0 << crate::PAGE_SHIFT) | rw)
                 });

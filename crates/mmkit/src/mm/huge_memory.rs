@@ -903,23 +903,25 @@ impl Kernel {
         debug_assert!(folio.folio_test_large() && folio.test(PageFlags::LOCKED));
         // unmap_folio: every PMD mapping of the folio becomes PTEs. Again until none is
         // left: a fork may copy a huge PMD we have not reached yet into a child whose
-        // record we already passed (the PMD it copies from is one we split later).
+        // VMA we already passed (the PMD it copies from is one we split later).
         let index = folio.index();
         let first_held = first.and_then(|(pt, a)| self.split_pmd_of_folio(cpu, pt, a, folio));
         let mut held = Vec::new();
         while folio.entire_mapcount() > 0 {
             let before = held.len();
-            let targets: Vec<(alloc::sync::Arc<PgTable>, u64)> =
-                self.with_rmap_records(folio, |recs| {
-                    recs.iter()
-                        .filter_map(|r| Some((r.pt.clone(), r.address(index)?)))
-                        .collect()
-                });
-            for (pt, a) in targets {
-                if let Some((haddr, old, ptl)) = self.split_pmd_of_folio(cpu, &pt, a, folio) {
-                    held.push((pt, haddr, old, ptl));
+            // Under the anon_vma lock (read), the list itself: each new table stays locked
+            // (the PTL is held past the walk) until the folio is split.
+            self.with_rmap_vmas(folio, |vmas| {
+                for r in vmas {
+                    let Some(a) = r.address(index) else {
+                        continue;
+                    };
+                    if let Some((haddr, old, ptl)) = self.split_pmd_of_folio(cpu, r.pt(), a, folio)
+                    {
+                        held.push((r.pt().clone(), haddr, old, ptl));
+                    }
                 }
-            }
+            });
             assert!(
                 held.len() > before,
                 "BUG: a PMD mapping of folio {:?} the reverse map does not know",

@@ -201,16 +201,17 @@ impl Kernel {
             end,
             |_| true,
             |k, mm, lo, hi| {
-                let Some(v) = mm.vma_lookup(lo).cloned() else {
+                let Some(id) = mm.find_vma_id(lo).filter(|&id| mm.vma(id).vm_start <= lo) else {
                     return Ok(());
                 };
+                let v = mm.vma(id);
                 let new = if huge {
                     (v.vm_flags - VmFlags::VM_NOHUGEPAGE) | VmFlags::VM_HUGEPAGE
                 } else {
                     (v.vm_flags - VmFlags::VM_HUGEPAGE) | VmFlags::VM_NOHUGEPAGE
                 };
                 if new != v.vm_flags {
-                    k.vma_modify_flags(cpu, mm, &v, lo, hi, new)?;
+                    k.vma_modify_flags(cpu, mm, id, lo, hi, new)?;
                 }
                 Ok(())
             },

@@ -25,9 +25,10 @@ impl Kernel {
     ) -> Result<(), Errno> {
         let mut cur = start;
         while cur < end {
-            let Some(v) = mm.vma_lookup(cur).cloned() else {
+            let Some(id) = mm.find_vma_id(cur).filter(|&id| mm.vma(id).vm_start <= cur) else {
                 return Err(Errno::ENOMEM);
             };
+            let v = mm.vma(id);
             let (lo, hi) = (v.vm_start.max(cur), v.vm_end.min(end));
             let new_flags = if lock {
                 v.vm_flags | VmFlags::VM_LOCKED
@@ -36,7 +37,7 @@ impl Kernel {
             };
             // mlock_fixup leaves special mappings alone.
             if new_flags != v.vm_flags && !v.vm_flags.intersects(crate::mm::mmap::VM_SPECIAL) {
-                self.vma_modify_flags(cpu, mm, &v, lo, hi, new_flags)?;
+                self.vma_modify_flags(cpu, mm, id, lo, hi, new_flags)?;
                 let pages = (hi - lo) >> PAGE_SHIFT;
                 if lock {
                     mm.locked_vm += pages;

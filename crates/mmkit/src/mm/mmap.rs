@@ -423,38 +423,6 @@ impl Kernel {
         }
     }
 
-    /// Insert `new` into a hole, merging it with the VMA ending at its start and the one
-    /// starting at its end where `can_merge` allows (`vma_merge_new_range`, else
-    /// `vma_link`). Returns the id of the VMA now covering `new`'s range.
-    pub(crate) fn vma_merge_new_range(&self, mm: &mut MmStruct, mut new: VmArea) -> VmaId {
-        let mut absorbed = Vec::new();
-        if let Some(prev) = mm.vmas.get(new.vm_start).cloned() {
-            if can_merge(&prev, &new) {
-                self.vma_unlink(mm, prev.vm_end);
-                new.vm_start = prev.vm_start;
-                new.vm_pgoff = prev.vm_pgoff;
-                new.anon_vma = new.anon_vma.or(prev.anon_vma);
-                absorbed.extend(prev.anon_vma);
-            }
-        }
-        if let Some(next) = mm.vmas.first_from(new.vm_end + 1) {
-            let nend = next.vm_end;
-            if next.vm_start == new.vm_end && can_merge(&new, next) {
-                let next = self.vma_unlink(mm, nend).expect("just found");
-                new.vm_end = nend;
-                new.anon_vma = new.anon_vma.or(next.anon_vma);
-                absorbed.extend(next.anon_vma);
-            }
-        }
-        let id = self.vma_link(mm, new);
-        // can_merge lets only one anon_vma through, now the merged VMA's: a no-op unless
-        // that rule changes, kept so a merged-away VMA is unlinked like any other.
-        for av in absorbed {
-            self.unlink_anon_vmas(av);
-        }
-        id
-    }
-
     /// `munmap`: `EINVAL` for an unaligned address, a zero length or a range leaving user
     /// space; unmapping a hole is not an error.
     pub fn munmap(
@@ -481,46 +449,37 @@ impl Kernel {
         len: u64,
     ) -> Result<(), Errno> {
         let end = start + len;
-        let hit: Vec<VmArea> = mm
-            .vmas
-            .iter_from(start + 1)
-            .take_while(|v| v.vm_start < end)
-            .cloned()
-            .collect();
-        if hit.is_empty() {
+        let Some(first) = mm
+            .find_vma_id(start)
+            .filter(|&id| mm.vma(id).vm_start < end)
+        else {
             return Ok(());
-        }
+        };
         mm.update_hiwater();
         // A split in the middle of one VMA makes one more VMA.
-        if hit.len() == 1
-            && hit[0].vm_start < start
-            && hit[0].vm_end > end
-            && mm.map_count() >= mm.max_map_count
-        {
+        let v = mm.vma(first);
+        if v.vm_start < start && v.vm_end > end && mm.map_count() >= mm.max_map_count {
             return Err(Errno::ENOMEM);
+        }
+        // __split_vma at the edges: the VMAs inside [start, end) are then whole VMAs.
+        if v.vm_start < start {
+            self.split_vma(mm, first, start);
+        }
+        if let Some(last) = mm
+            .find_vma_id(end - 1)
+            .filter(|&id| mm.vma(id).vm_start < end && mm.vma(id).vm_end > end)
+        {
+            self.split_vma(mm, last, end);
         }
         let mut files = Vec::new();
         let mut gone = Vec::new();
-        for v in hit {
-            self.vma_unlink(mm, v.vm_end);
-            let (lo, hi) = (v.vm_start.max(start), v.vm_end.min(end));
+        while let Some(id) = mm
+            .find_vma_id(start)
+            .filter(|&id| mm.vma(id).vm_start < end)
+        {
+            let v = self.vma_unlink(mm, id);
             if v.vm_flags.contains(VmFlags::VM_LOCKED) {
-                mm.locked_vm -= (hi - lo) >> PAGE_SHIFT;
-            }
-            if v.vm_start < start {
-                let left = VmArea {
-                    vm_end: start,
-                    ..v.clone()
-                };
-                self.vma_link(mm, left);
-            }
-            if v.vm_end > end {
-                let right = VmArea {
-                    vm_start: end,
-                    vm_pgoff: v.vm_pgoff + ((end - v.vm_start) >> PAGE_SHIFT),
-                    ..v.clone()
-                };
-                self.vma_link(mm, right);
+                mm.locked_vm -= v.pages();
             }
             gone.extend(v.anon_vma);
             if let Some(f) = v.vm_file {
@@ -546,60 +505,42 @@ impl Kernel {
         Ok(())
     }
 
-    /// `vma_modify_flags`: give `[lo, hi)` of the VMA `v` (which covers it) the flags
-    /// `new_flags` — splitting off the parts outside (`split_vma`, refused with `ENOMEM` at
-    /// the map_count limit), then merging with the neighbours (`vma_merge`). Returns the
-    /// updated part as inserted, before merging.
+    /// `vma_modify_flags`: give `[lo, hi)` of the VMA `id` (which covers it) the flags
+    /// `new_flags` — splitting off the parts outside (`__split_vma`, refused with `ENOMEM` at
+    /// the map_count limit), changing the part inside in place, then merging it with the
+    /// neighbours (`vma_merge_existing_range`). Returns the part's new `vm_page_prot`.
     pub(crate) fn vma_modify_flags(
         &self,
         cpu: &CpuGuard<'_>,
         mm: &mut MmStruct,
-        v: &VmArea,
+        id: VmaId,
         lo: u64,
         hi: u64,
         new_flags: VmFlags,
-    ) -> Result<VmArea, Errno> {
-        let extra = (v.vm_start < lo) as usize + (hi < v.vm_end) as usize;
+    ) -> Result<crate::arch::x86_64::pgtable::PgProt, Errno> {
+        let (start, end) = (mm.vma(id).vm_start, mm.vma(id).vm_end);
+        let extra = (start < lo) as usize + (hi < end) as usize;
         if extra > 0 && mm.map_count() + extra > mm.max_map_count {
             return Err(Errno::ENOMEM);
         }
         // vma_adjust_trans_huge: no huge entry may straddle the new VMA edges.
-        if v.vm_start < lo {
+        if start < lo {
             self.split_huge_pmd_edges(cpu, mm, lo, lo);
         }
-        if hi < v.vm_end {
+        if hi < end {
             self.split_huge_pmd_edges(cpu, mm, hi, hi);
         }
-        self.vma_unlink(mm, v.vm_end);
-        if v.vm_start < lo {
-            self.vma_link(
-                mm,
-                VmArea {
-                    vm_end: lo,
-                    ..v.clone()
-                },
-            );
+        let mut id = id;
+        if start < lo {
+            id = self.split_vma(mm, id, lo);
         }
-        if hi < v.vm_end {
-            self.vma_link(
-                mm,
-                VmArea {
-                    vm_start: hi,
-                    vm_pgoff: v.vm_pgoff + ((hi - v.vm_start) >> PAGE_SHIFT),
-                    ..v.clone()
-                },
-            );
+        if hi < end {
+            self.split_vma(mm, id, hi);
         }
-        let changed = VmArea {
-            vm_start: lo,
-            vm_end: hi,
-            vm_flags: new_flags,
-            vm_page_prot: VmArea::prot_for(new_flags, VmArea::writenotify(v.vm_file.as_ref())),
-            vm_pgoff: v.vm_pgoff + ((lo - v.vm_start) >> PAGE_SHIFT),
-            ..v.clone()
-        };
-        self.vma_merge_new_range(mm, changed.clone());
-        Ok(changed)
+        self.vma_set_flags(mm, id, new_flags);
+        let prot = mm.vma(id).vm_page_prot;
+        self.vma_merge_existing_range(mm, id);
+        Ok(prot)
     }
 
     /// `vm_insert_page`: map a kernel page into a user VMA at `addr` with the VMA's
@@ -777,9 +718,10 @@ impl Kernel {
             tlb.finish();
         }
         self.mm_put_huge_zero_folio(cpu, &mm);
-        // Every VMA is unlinked, and reverse-map walks hold the lock their records are under
-        // for as long as they look, so no walk holds the tables now; the records' references
-        // to them went with the VMAs.
+        // Every VMA is unlinked, and reverse-map walks hold the lock of the list they walk
+        // for as long as they look, so no walk holds the tables now; the VMA store's
+        // references to them (`vm_mm`) go with it.
+        drop(core::mem::take(&mut mm.vmas));
         let mut pt_arc = mm.pt;
         let pt = loop {
             match Arc::try_unwrap(pt_arc) {
@@ -857,13 +799,37 @@ impl Kernel {
             return Err(b);
         }
         self.check_huge_pmds(mm, &chains)?;
-        for v in mm.vmas() {
-            let recorded = |list: &[crate::mm::rmap::RmapRecord]| {
-                list.iter().any(|r| {
-                    Arc::ptr_eq(&r.pt, &mm.pt)
-                        && (r.start, r.end, r.pgoff) == (v.vm_start, v.vm_end, v.vm_pgoff)
-                })
-            };
+        // Every VMA is on each list the reverse map looks in for its pages — the VMA itself,
+        // with its current range — and the entries of those lists from this address space
+        // are exactly its VMAs that belong there, each once (no stale or doubled entry).
+        use crate::mm::vma_tree::VmaRef;
+        let check_list = |list: &[VmaRef], what: &str, belongs: &dyn Fn(&VmArea) -> bool| {
+            let mut ours = 0;
+            for r in list.iter().filter(|r| Arc::ptr_eq(r.pt(), &mm.pt)) {
+                let v = r.vma();
+                let linked = mm.vmas.id_of(v.vm_end).is_some_and(|id| mm.vmas.is(id, r));
+                if !linked || !belongs(v) {
+                    return Err(alloc::format!(
+                        "{what}: stale entry {:#x}-{:#x}, not a VMA of this address space that maps there",
+                        v.vm_start,
+                        v.vm_end
+                    ));
+                }
+                ours += 1;
+            }
+            let want = mm.vmas().filter(|v| belongs(v)).count();
+            if ours != want {
+                return Err(alloc::format!(
+                    "{what}: {ours} entries of this address space for {want} VMAs"
+                ));
+            }
+            Ok(())
+        };
+        // Each list once (many VMAs share one).
+        let mut seen_anon = alloc::collections::BTreeSet::new();
+        let mut seen_files = alloc::collections::BTreeSet::new();
+        for id in mm.vmas.ids() {
+            let v = mm.vma(id);
             if v.anon_vma.is_some() {
                 let avs = self.anon_vmas.read();
                 let chain = chains.get(&v.vm_start).map_or(&[][..], |c| c);
@@ -875,23 +841,40 @@ impl Kernel {
                         v.anon_vma
                     ));
                 }
-                for id in chain {
-                    if !avs.map.get(id).is_some_and(|a| recorded(&a.avcs)) {
+                for av in chain {
+                    let Some(a) = avs.map.get(av) else {
+                        return Err(alloc::format!("anon_vma {av} of a chain does not exist"));
+                    };
+                    if !a.avcs.iter().any(|r| mm.vmas.is(id, r)) {
                         return Err(alloc::format!(
-                            "VMA {:#x}-{:#x} missing from anon_vma {id} of its chain",
+                            "VMA {:#x}-{:#x} missing from anon_vma {av} of its chain",
                             v.vm_start,
                             v.vm_end
                         ));
                     }
+                    if seen_anon.insert(*av) {
+                        let belongs =
+                            |w: &VmArea| chains.get(&w.vm_start).is_some_and(|c| c.contains(av));
+                        check_list(&a.avcs, &alloc::format!("anon_vma {av}"), &belongs)?;
+                    }
                 }
             }
             if let Some(f) = &v.vm_file {
-                if !recorded(&f.inode.i_mmap.read()) {
+                let list = f.inode.i_mmap.read();
+                if !list.iter().any(|r| mm.vmas.is(id, r)) {
                     return Err(alloc::format!(
                         "VMA {:#x}-{:#x} missing from its file's i_mmap",
                         v.vm_start,
                         v.vm_end
                     ));
+                }
+                if seen_files.insert(Arc::as_ptr(&f.inode) as usize) {
+                    let belongs = |w: &VmArea| {
+                        w.vm_file
+                            .as_ref()
+                            .is_some_and(|g| Arc::ptr_eq(&g.inode, &f.inode))
+                    };
+                    check_list(&list, "i_mmap", &belongs)?;
                 }
             }
         }

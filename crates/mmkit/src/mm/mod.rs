@@ -38,6 +38,7 @@ pub mod swapoff;
 pub mod sysctl;
 pub mod uaccess;
 pub mod unmapped_area;
+pub mod vma;
 pub mod vma_tree;
 pub mod vmalloc;
 pub mod vmap_tree;

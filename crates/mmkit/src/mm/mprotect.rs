@@ -41,9 +41,10 @@ impl Kernel {
             & (VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC);
         let mut cur = addr;
         while cur < end {
-            let Some(v) = mm.vma_lookup(cur).cloned() else {
+            let Some(id) = mm.find_vma_id(cur).filter(|&id| mm.vma(id).vm_start <= cur) else {
                 return Err(Errno::ENOMEM);
             };
+            let v = mm.vma(id);
             let may = [
                 (VmFlags::VM_READ, VmFlags::VM_MAYREAD),
                 (VmFlags::VM_WRITE, VmFlags::VM_MAYWRITE),
@@ -63,11 +64,10 @@ impl Kernel {
                 new_flags |= VmFlags::VM_ACCOUNT;
             }
             if new_flags != v.vm_flags {
-                let changed = self.vma_modify_flags(cpu, mm, &v, lo, hi, new_flags)?;
+                let prot_bits = self.vma_modify_flags(cpu, mm, id, lo, hi, new_flags)?;
                 // change_protection: present PTEs get the new bits, keeping the Accessed and
                 // Dirty bits the MMU may be setting meanwhile; what lost a permission is
                 // flushed.
-                let prot_bits = changed.vm_page_prot;
                 self.change_huge_pmds(cpu, mm, lo, hi, prot_bits);
                 let mut tlb = MmuGather::new(self, cpu, &mm.pt);
                 let mut c = self.pte_cursor(&mm.pt, lo, hi);

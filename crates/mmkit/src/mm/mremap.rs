@@ -68,14 +68,14 @@ impl Kernel {
             && vma.vm_end == addr + old_len
             && self.vma_expandable(mm, &vma, new_len - old_len)
         {
+            // vma_expand in place, then merge with what follows (vma_merge_extend).
             let delta = new_len - old_len;
-            self.vma_unlink(mm, vma.vm_end);
-            let mut grown = vma.clone();
-            grown.vm_end += delta;
+            let id = mm.vmas.id_of(vma.vm_end).ok_or(Errno::EFAULT)?;
+            self.vma_set_range(mm, id, vma.vm_start, vma.vm_end + delta, vma.vm_pgoff);
             if vma.vm_flags.contains(VmFlags::VM_LOCKED) {
                 mm.locked_vm += delta >> PAGE_SHIFT;
             }
-            self.vma_merge_new_range(mm, grown);
+            self.vma_merge_existing_range(mm, id);
             return Ok(addr);
         }
         if flags & MREMAP_MAYMOVE == 0 {

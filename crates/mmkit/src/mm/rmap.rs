@@ -8,22 +8,24 @@
 //! `page->index`. `NR_ANON_MAPPED` / `NR_FILE_MAPPED` count pages mapped at least once.
 //!
 //! The reverse map itself (`anon_vma`, `anon_vma_chain` and the file's `i_mmap` tree): every
-//! VMA with an `anon_vma` or a file is recorded, while it is linked into its address space
-//! (`vma_link`/`vma_unlink`: every VMA change goes through them), as an [`RmapRecord`] — the
-//! page tables, the RSS counters, the range and the page offset. `rmap_walk` turns a page's
-//! index into an address in each recorded VMA and checks the PTE there (`page_vma_mapped_walk`)
-//! with a page-table cursor on it; `page_referenced` harvests and clears Accessed bits,
-//! `try_to_unmap` removes every mapping.
+//! VMA with an `anon_vma` or a file is on those lists while it is linked into its address
+//! space — the VMA itself ([`VmaRef`]: the VMA tree's slot, with its `vm_mm`'s page tables
+//! and RSS counters), not a copy of it: `mm/vma.rs` changes VMAs in place under the lists'
+//! locks. `rmap_walk` turns a page's index into an address in each VMA on its list
+//! (`vma_address`, from the VMA's current `vm_start`/`vm_pgoff`) and checks the PTE there
+//! (`page_vma_mapped_walk`) with a page-table cursor on it; `page_referenced` harvests and
+//! clears Accessed bits, `try_to_unmap` removes every mapping.
 //!
 //! Locking, as Linux's `anon_vma->root->rwsem` and `mapping->i_mmap_rwsem`: the `anon_vma`s
 //! and each file's `i_mmap` are reader-writer locks. A walk holds the read side for its whole
-//! length (no copy of the record list is made), and a VMA is unlinked only under the write
-//! side, before its page tables can be freed — so the tables a walk's cursor reaches stay
-//! while it looks at them.
+//! length (it iterates the list itself, no copy is made), and a VMA is changed, split,
+//! merged or unlinked only under the write side (`vma_prepare`) — unlinked before its page
+//! tables can be freed — so the VMAs a walk reads and the tables its cursor reaches stay as
+//! they are while it looks at them.
 //!
 //! Anonymous memory is chained across fork as in Linux since 2.6.34: `anon_vma_fork` gives
 //! each forked VMA an `anon_vma` of its own whose parent is the one it was forked from, and
-//! the child VMA is chained (an `anon_vma_chain` entry, here a record in that `anon_vma`'s
+//! the child VMA is chained (an `anon_vma_chain` entry: the VMA on that `anon_vma`'s
 //! list) to its own `anon_vma` and every ancestor up to the root. A page remembers the
 //! `anon_vma` it was created in, so a page written before fork is found in the parent and
 //! every descendant, while a page a child copies on write is found in that child (and its
@@ -35,51 +37,18 @@
 //! (`folio_move_anon_rmap`). Not done: `anon_vma_clone`'s reuse of an `anon_vma` whose VMAs
 //! are all gone, which bounds chain length for long fork-and-exit chains.
 
-use crate::arch::x86_64::pgtable::{PgTable, Pte, PteCursor, PteFlags};
+use crate::arch::x86_64::pgtable::{Pte, PteCursor, PteFlags};
 use crate::cpu::CpuGuard;
 use crate::mm::filemap::{NR_ANON_MAPPED, NR_FILE_MAPPED};
-use crate::mm::mm_types::{MmStruct, RssStat, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::mm_types::{VmArea, VmFlags, MM_ANONPAGES, MM_FILEPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{Page, PageFlags};
+use crate::mm::vma::RmapList;
+use crate::mm::vma_tree::VmaRef;
 use crate::Kernel;
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
-
-/// One VMA as the reverse map sees it.
-#[derive(Clone)]
-pub struct RmapRecord {
-    /// The address space's page tables.
-    pub pt: Arc<PgTable>,
-    /// Its RSS counters.
-    pub rss: Arc<RssStat>,
-    /// `vm_start`.
-    pub start: u64,
-    /// `vm_end`.
-    pub end: u64,
-    /// `vm_pgoff`.
-    pub pgoff: u64,
-    /// `vm_flags`.
-    pub flags: VmFlags,
-    /// `vm_page_prot`.
-    pub prot: crate::arch::x86_64::pgtable::PgProt,
-    /// The VMA's own `anon_vma` (where its new anonymous pages go).
-    pub anon_vma: Option<u32>,
-}
-
-impl RmapRecord {
-    /// `vma_address`: where `index` is mapped in this VMA, if inside it.
-    pub(crate) fn address(&self, index: u64) -> Option<u64> {
-        let off = index.checked_sub(self.pgoff)?;
-        let a = self.start.checked_add(off.checked_mul(crate::PAGE_SIZE)?)?;
-        (a < self.end).then_some(a)
-    }
-
-    fn same(&self, pt: &Arc<PgTable>, start: u64) -> bool {
-        Arc::ptr_eq(&self.pt, pt) && self.start == start
-    }
-}
 
 /// `struct anon_vma`.
 pub(crate) struct AnonVma {
@@ -89,8 +58,8 @@ pub(crate) struct AnonVma {
     pub(crate) parent: u32,
     /// `num_children`: `anon_vma`s forked from this one.
     pub(crate) num_children: u32,
-    /// `rb_root`: one record per VMA chained to this `anon_vma`.
-    pub(crate) avcs: Vec<RmapRecord>,
+    /// `rb_root`: the `anon_vma_chain` entries — the VMAs chained to this `anon_vma`.
+    pub(crate) avcs: RmapList,
 }
 
 /// The kernel's `anon_vma`s by id (the id is what `page->mapping` carries).
@@ -141,6 +110,19 @@ impl AnonVmas {
             cur = av.parent;
         }
         out
+    }
+
+    /// Run `f` on `id`'s `anon_vma` and each ancestor up to the root (the `anon_vma`s a VMA
+    /// whose own is `id` is chained to).
+    pub(crate) fn for_chain_mut(&mut self, id: u32, mut f: impl FnMut(&mut AnonVma)) {
+        let mut cur = id;
+        while let Some(av) = self.map.get_mut(&cur) {
+            f(av);
+            if av.parent == cur {
+                break;
+            }
+            cur = av.parent;
+        }
     }
 
     /// The root of `id`'s family.
@@ -217,61 +199,6 @@ impl Kernel {
 }
 
 impl Kernel {
-    fn record_for(mm: &MmStruct, v: &VmArea) -> RmapRecord {
-        RmapRecord {
-            pt: mm.pt.clone(),
-            rss: mm.rss_stat.clone(),
-            start: v.vm_start,
-            end: v.vm_end,
-            pgoff: v.vm_pgoff,
-            flags: v.vm_flags,
-            prot: v.vm_page_prot,
-            anon_vma: v.anon_vma,
-        }
-    }
-
-    /// `vma_link`: put `v` into `mm`'s tree and the reverse map (chained to its `anon_vma`
-    /// and each ancestor, and in its file's `i_mmap`). Returns its id.
-    pub(crate) fn vma_link(&self, mm: &mut MmStruct, v: VmArea) -> VmaId {
-        if let Some(id) = v.anon_vma {
-            let mut avs = self.anon_vmas.write();
-            let rec = Self::record_for(mm, &v);
-            for a in avs.chain(id) {
-                if let Some(av) = avs.map.get_mut(&a) {
-                    av.avcs.push(rec.clone());
-                }
-            }
-        }
-        if let Some(f) = &v.vm_file {
-            f.inode.i_mmap.write().push(Self::record_for(mm, &v));
-        }
-        mm.vmacache.set(None);
-        mm.vmas.insert(v)
-    }
-
-    /// `vma_unlink`: take the VMA ending at `end` out of `mm`'s tree and the reverse map. Its
-    /// `anon_vma`s stay (the caller relinks the VMA or its pieces, or calls
-    /// [`Kernel::unlink_anon_vmas`] when it is gone).
-    pub(crate) fn vma_unlink(&self, mm: &mut MmStruct, end: u64) -> Option<VmArea> {
-        let v = mm.vmas.remove(end)?;
-        mm.vmacache.set(None);
-        if let Some(id) = v.anon_vma {
-            let mut avs = self.anon_vmas.write();
-            for a in avs.chain(id) {
-                if let Some(av) = avs.map.get_mut(&a) {
-                    av.avcs.retain(|r| !r.same(&mm.pt, v.vm_start));
-                }
-            }
-        }
-        if let Some(f) = &v.vm_file {
-            f.inode
-                .i_mmap
-                .write()
-                .retain(|r| !r.same(&mm.pt, v.vm_start));
-        }
-        Some(v)
-    }
-
     /// `unlink_anon_vmas` for a VMA whose own `anon_vma` was `id`, after it was unlinked for
     /// good (and any pieces of it relinked): free that `anon_vma`, then each ancestor, while
     /// no VMA is chained to it and no child `anon_vma` is left.
@@ -301,68 +228,6 @@ impl Kernel {
         Some(self.anon_vmas.write().alloc(Some(id)))
     }
 
-    /// `find_mergeable_anon_vma`: the `anon_vma` of a neighbour `vma` could share — adjacent,
-    /// compatible (`anon_vma_compatible`: same file and flags but for access bits,
-    /// contiguous offsets) and chained to nothing but its own root `anon_vma`
-    /// (`reusable_anon_vma`) — so the two can still merge later.
-    fn find_mergeable_anon_vma(&self, mm: &MmStruct, vma: &VmArea) -> Option<u32> {
-        let compatible = |a: &VmArea, b: &VmArea| {
-            let ignore =
-                VmFlags::VM_READ | VmFlags::VM_WRITE | VmFlags::VM_EXEC | VmFlags::VM_SOFTDIRTY;
-            a.vm_end == b.vm_start
-                && a.vm_file.is_none()
-                && b.vm_file.is_none()
-                && (a.vm_flags ^ b.vm_flags) - ignore == VmFlags::empty()
-                && b.vm_pgoff == a.vm_pgoff + a.pages()
-        };
-        let avs = self.anon_vmas.read();
-        let singular = |old: &VmArea| {
-            old.anon_vma
-                .filter(|id| avs.map.get(id).is_some_and(|a| a.parent == *id))
-        };
-        let next = mm
-            .vmas
-            .first_from(vma.vm_end + 1)
-            .filter(|n| compatible(vma, n))
-            .and_then(singular);
-        next.or_else(|| {
-            mm.find_vma_prev(vma.vm_start)
-                .filter(|p| compatible(p, vma))
-                .and_then(singular)
-        })
-    }
-
-    /// `anon_vma_prepare`: give the VMA `id` an `anon_vma` before its first anonymous page
-    /// (in place: the VMA keeps its identity); returns the `anon_vma`'s id.
-    pub(crate) fn anon_vma_prepare(&self, mm: &mut MmStruct, id: VmaId) -> u32 {
-        if let Some(av) = mm.vma(id).anon_vma {
-            return av;
-        }
-        let av = self
-            .find_mergeable_anon_vma(mm, mm.vma(id))
-            .unwrap_or_else(|| self.anon_vmas.write().alloc(None));
-        let v = mm.vmas.by_id_mut(id);
-        v.anon_vma = Some(av);
-        let rec = Self::record_for(mm, mm.vma(id));
-        {
-            let mut avs = self.anon_vmas.write();
-            for a in avs.chain(av) {
-                if let Some(x) = avs.map.get_mut(&a) {
-                    x.avcs.push(rec.clone());
-                }
-            }
-        }
-        if let Some(f) = &mm.vma(id).vm_file {
-            // The file's record of this VMA learns its anon_vma too.
-            for r in f.inode.i_mmap.write().iter_mut() {
-                if r.same(&mm.pt, rec.start) {
-                    r.anon_vma = Some(av);
-                }
-            }
-        }
-        av
-    }
-
     /// `folio_move_anon_rmap`: a page this VMA alone maps (a write fault reuses it) moves to
     /// the VMA's own `anon_vma`, so later walks look only where it can be.
     pub(crate) fn page_move_anon_rmap(&self, page: &Page, vma: &VmArea) {
@@ -383,7 +248,7 @@ impl Kernel {
     }
 
     /// The `anon_vma`s' invariants: parents and roots exist and agree, `num_children` counts
-    /// the children, every record is chained to each `anon_vma` of its VMA's chain, and no
+    /// the children, every VMA on an `anon_vma`'s list has it in its chain, and no
     /// `anon_vma` lives with nothing chained to it and no child (a leak).
     pub fn check_anon_vma_invariants(&self) -> Result<(), alloc::string::String> {
         use alloc::format;
@@ -419,11 +284,12 @@ impl Kernel {
                 return Err(format!("anon_vma {id}: nothing chained to it (leaked)"));
             }
             for r in &av.avcs {
-                let own = r.anon_vma.map(|o| avs.chain(o)).unwrap_or_default();
+                let v = r.vma();
+                let own = v.anon_vma.map(|o| avs.chain(o)).unwrap_or_default();
                 if !own.contains(&id) {
                     return Err(format!(
                         "VMA {:#x}-{:#x} (anon_vma {:?}) chained to anon_vma {id} outside its chain",
-                        r.start, r.end, r.anon_vma
+                        v.vm_start, v.vm_end, v.anon_vma
                     ));
                 }
             }
@@ -431,14 +297,11 @@ impl Kernel {
         Ok(())
     }
 
-    /// Run `f` on the records of the VMAs that may map `page` (its `anon_vma`'s chain
-    /// entries, or its file's `i_mmap`), with their lock held for reading for as long as `f`
-    /// runs (`rmap_walk_anon`/`rmap_walk_file`'s `anon_vma_lock_read`/`i_mmap_lock_read`).
-    pub(crate) fn with_rmap_records<R>(
-        &self,
-        page: &Page,
-        f: impl FnOnce(&[RmapRecord]) -> R,
-    ) -> R {
+    /// Run `f` on the VMAs that may map `page` (its `anon_vma`'s chain entries, or its
+    /// file's `i_mmap`), with their lock held for reading for as long as `f` runs
+    /// (`rmap_walk_anon`/`rmap_walk_file`'s `anon_vma_lock_read`/`i_mmap_lock_read`): the
+    /// list is the reverse map's own, not a copy, and the VMAs on it do not change meanwhile.
+    pub(crate) fn with_rmap_vmas<R>(&self, page: &Page, f: impl FnOnce(&[VmaRef]) -> R) -> R {
         if page_anon(page) {
             let id = page.mapping() & !PAGE_MAPPING_ANON;
             let avs = self.anon_vmas.read();
@@ -452,22 +315,22 @@ impl Kernel {
         }
     }
 
-    /// `page_vma_mapped_walk` over `records`: for each VMA whose range covers `page`'s index,
-    /// a cursor on the PTE at its address (locked), passed to `f` when that PTE maps the page.
-    /// `f` returns false to stop.
-    pub(crate) fn walk_records(
+    /// `page_vma_mapped_walk` over `vmas` (a list [`Kernel::with_rmap_vmas`] holds locked):
+    /// for each VMA whose range covers `page`'s index, a cursor on the PTE at its address
+    /// (locked), passed to `f` when that PTE maps the page. `f` returns false to stop.
+    pub(crate) fn walk_vmas(
         &self,
-        records: &[RmapRecord],
+        vmas: &[VmaRef],
         page: &Page,
-        mut f: impl FnMut(&RmapRecord, &mut PteCursor<'_>) -> bool,
+        mut f: impl FnMut(&VmaRef, &mut PteCursor<'_>) -> bool,
     ) {
         let pfn = self.page_to_pfn(page);
         let index = page.index();
-        for r in records {
+        for r in vmas {
             let Some(a) = r.address(index) else {
                 continue;
             };
-            let mut c = self.pte_cursor(&r.pt, a, a + crate::PAGE_SIZE);
+            let mut c = self.pte_cursor(r.pt(), a, a + crate::PAGE_SIZE);
             if !c.seek(a) {
                 continue;
             }
@@ -482,17 +345,17 @@ impl Kernel {
     /// (or in its file's `i_mmap`) whose range covers its index, mapping it or not.
     pub fn rmap_vma_count(&self, page: &Page) -> usize {
         let index = page.index();
-        self.with_rmap_records(page, |recs| {
-            recs.iter().filter(|r| r.address(index).is_some()).count()
+        self.with_rmap_vmas(page, |vmas| {
+            vmas.iter().filter(|r| r.address(index).is_some()).count()
         })
     }
 
-    /// `rmap_walk`: call `f(record, cursor)` for every PTE mapping `page` (checked against the
+    /// `rmap_walk`: call `f(vma, cursor)` for every PTE mapping `page` (checked against the
     /// page's pfn, `page_vma_mapped_walk`), the cursor locked on that PTE (its address is
     /// `cursor.va()`); `f` returns false to stop. The reverse map is locked for reading
     /// throughout.
-    pub fn rmap_walk(&self, page: &Page, f: impl FnMut(&RmapRecord, &mut PteCursor<'_>) -> bool) {
-        self.with_rmap_records(page, |recs| self.walk_records(recs, page, f));
+    pub fn rmap_walk(&self, page: &Page, f: impl FnMut(&VmaRef, &mut PteCursor<'_>) -> bool) {
+        self.with_rmap_vmas(page, |vmas| self.walk_vmas(vmas, page, f));
     }
 
     /// `folio_referenced`: how many PTEs mapping `page` had their Accessed bit set; the bits
@@ -505,26 +368,26 @@ impl Kernel {
         if page.folio_test_large() {
             // A large folio is mapped by PMDs (see huge_memory): pmdp_clear_flush_young.
             let (index, pfn) = (page.index(), self.page_to_pfn(page));
-            self.with_rmap_records(page, |recs| {
-                for r in recs {
+            self.with_rmap_vmas(page, |vmas| {
+                for r in vmas {
                     let Some(a) = r.address(index) else {
                         continue;
                     };
-                    let Some(mut g) = self.pmd_lock(&r.pt, a) else {
+                    let Some(mut g) = self.pmd_lock(r.pt(), a) else {
                         continue;
                     };
                     let h = g.get();
                     if !h.is_huge() || h.pfn() != pfn {
                         continue;
                     }
-                    if r.flags.contains(VmFlags::VM_LOCKED) {
+                    if r.vma().vm_flags.contains(VmFlags::VM_LOCKED) {
                         vm_flags |= VmFlags::VM_LOCKED;
                         return;
                     }
-                    let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                    let mut tlb = MmuGather::new(self, cpu, r.pt());
                     if g.update_huge(&mut tlb, |p| p.mkold()).young() {
                         n += 1;
-                        vm_flags |= r.flags;
+                        vm_flags |= r.vma().vm_flags;
                     }
                     drop(g);
                     tlb.finish();
@@ -533,14 +396,14 @@ impl Kernel {
             return (n, vm_flags);
         }
         self.rmap_walk(page, |r, c| {
-            if r.flags.contains(VmFlags::VM_LOCKED) {
+            if r.vma().vm_flags.contains(VmFlags::VM_LOCKED) {
                 vm_flags |= VmFlags::VM_LOCKED;
                 return false;
             }
-            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let mut tlb = MmuGather::new(self, cpu, r.pt());
             if c.update(&mut tlb, |p| p.mkold()).young() {
                 n += 1;
-                vm_flags |= r.flags;
+                vm_flags |= r.vma().vm_flags;
             }
             tlb.finish();
             true
@@ -553,7 +416,7 @@ impl Kernel {
     pub fn page_mkclean(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
         let mut dirty = false;
         self.rmap_walk(page, |r, c| {
-            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let mut tlb = MmuGather::new(self, cpu, r.pt());
             let old = c.update(&mut tlb, |p| {
                 Pte(p.0 & !(PteFlags::RW | PteFlags::DIRTY).bits())
             });
@@ -575,18 +438,19 @@ impl Kernel {
             // Our caller's reference and one per mapping: anything else is a user we must
             // not pull the page from under.
             let extra = page.refcount() != page.mapcount() + 1;
-            if extra || r.flags.contains(VmFlags::VM_LOCKED) || page.test(PageFlags::DIRTY) {
+            if extra || r.vma().vm_flags.contains(VmFlags::VM_LOCKED) || page.test(PageFlags::DIRTY)
+            {
                 redirtied = true;
                 return false;
             }
-            let mut tlb = MmuGather::new(self, cpu, &r.pt);
+            let mut tlb = MmuGather::new(self, cpu, r.pt());
             // Cleared only while clean: the exchange lands on a value without Dirty.
             let old = c.update(&mut tlb, |p| if p.dirty() { p } else { Pte(0) });
             if old.dirty() {
                 redirtied = true;
                 return false;
             }
-            r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
+            r.rss()[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
             self.page_remove_rmap(cpu, page);
             tlb.remove_page(page);
             tlb.finish();
@@ -618,20 +482,20 @@ impl Kernel {
             return false;
         }
         let swap_pte = swap.map(|e| e.to_pte()).unwrap_or_default();
-        self.with_rmap_records(page, |recs| {
+        self.with_rmap_vmas(page, |vmas| {
             let mut locked = false;
-            self.walk_records(recs, page, |r, _| {
-                locked |= r.flags.contains(VmFlags::VM_LOCKED);
+            self.walk_vmas(vmas, page, |r, _| {
+                locked |= r.vma().vm_flags.contains(VmFlags::VM_LOCKED);
                 !locked
             });
             if locked {
                 return;
             }
-            self.walk_records(recs, page, |r, c| {
+            self.walk_vmas(vmas, page, |r, c| {
                 if let Some(e) = swap {
                     self.swap_duplicate(e, 1);
                 }
-                let mut tlb = MmuGather::new(self, cpu, &r.pt);
+                let mut tlb = MmuGather::new(self, cpu, r.pt());
                 // The cursor checked that the entry maps the page, under its lock.
                 let old = c.clear(&mut tlb);
                 if swap.is_some() {
@@ -646,10 +510,10 @@ impl Kernel {
                     }
                 }
                 if anon {
-                    r.rss[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
-                    r.rss[crate::mm::mm_types::MM_SWAPENTS].fetch_add(1, Ordering::Relaxed);
+                    r.rss()[MM_ANONPAGES].fetch_sub(1, Ordering::Relaxed);
+                    r.rss()[crate::mm::mm_types::MM_SWAPENTS].fetch_add(1, Ordering::Relaxed);
                 } else {
-                    r.rss[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
+                    r.rss()[MM_FILEPAGES].fetch_sub(1, Ordering::Relaxed);
                 }
                 self.page_remove_rmap(cpu, page);
                 tlb.remove_page(page);

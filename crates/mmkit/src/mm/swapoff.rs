@@ -50,15 +50,17 @@ impl Kernel {
         // Every VMA with anonymous memory, once (it is chained to each anon_vma of its
         // chain), with the root anon_vma its swapped-in pages join. The anon_vmas stay locked
         // for reading throughout (unuse_vma holds the mmap_lock for reading in Linux), so no
-        // VMA walked here is unmapped and its tables freed meanwhile; swap-in I/O and the
-        // reclaim it may start take the same lock for reading, which a reader may.
+        // VMA walked here changes, or is unmapped and its tables freed, meanwhile; swap-in
+        // I/O and the reclaim it may start take the same lock for reading, which a reader
+        // may.
         let avs = self.anon_vmas.read();
         for (&id, a) in avs.map.iter() {
-            for r in a.avcs.iter().filter(|r| r.anon_vma == Some(id)) {
+            for r in a.avcs.iter().filter(|r| r.vma().anon_vma == Some(id)) {
                 let root = avs.root(id);
+                let v = r.vma();
                 let mut found: Vec<(u64, SwpEntry)> = Vec::new();
                 {
-                    let mut c = self.pte_cursor(&r.pt, r.start, r.end);
+                    let mut c = self.pte_cursor(r.pt(), v.vm_start, v.vm_end);
                     while let Some((va, pte)) = c.next_entry() {
                         if let Some(e) = SwpEntry::from_pte(pte).filter(|e| e.ty == ty) {
                             found.push((va, e));
@@ -69,18 +71,18 @@ impl Kernel {
                     let (page, _) = self.swapin_readahead(cpu, e)?;
                     // unuse_pte: map it only if the entry is still this swap entry (a fault
                     // may have swapped it in first: then ours is just a reference to drop).
-                    let mut c = self.pte_cursor(&r.pt, va, va + crate::PAGE_SIZE);
+                    let mut c = self.pte_cursor(r.pt(), va, va + crate::PAGE_SIZE);
                     if !c.seek(va) || c.get() != e.to_pte() {
                         drop(c);
                         self.__free_pages(cpu, page, 0);
                         continue;
                     }
-                    let index = r.pgoff + ((va - r.start) >> crate::PAGE_SHIFT);
+                    let index = v.linear_page_index(va);
                     self.page_add_anon_rmap(cpu, page, root, index);
-                    r.rss[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
-                    r.rss[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
+                    r.rss()[MM_ANONPAGES].fetch_add(1, Ordering::Relaxed);
+                    r.rss()[MM_SWAPENTS].fetch_sub(1, Ordering::Relaxed);
                     self.swap_free(e);
-                    let new = Pte::new(self.page_to_pfn(page), r.prot).mkold();
+                    let new = Pte::new(self.page_to_pfn(page), v.vm_page_prot).mkold();
                     c.install(e.to_pte(), new)
                         .expect("a swap entry under our lock does not change");
                     // The swapin reference is the new mapping's.

@@ -6,20 +6,41 @@
 //! the maple tree's pivots and slots do — which is what makes `find_vma` fast at 100,000
 //! VMAs; an insert or remove moves at most one block's keys.
 //!
+//! The slab is the address space's VMA store, shared with the reverse map: chunks of
+//! `CHUNK` slots that never move, each chunk with the address space's page tables and RSS
+//! counters (what the reverse map reaches through `vma->vm_mm`). The `anon_vma` chains and
+//! the file's `i_mmap` hold a [`VmaRef`] — a chunk and a slot, the VMA itself, not a copy —
+//! so a VMA that grows, shrinks or changes its flags changes in one place and keeps its
+//! identity ([`VmaId`] here, the `VmaRef` to the reverse map). Slots are reused: a slot is
+//! emptied only after its VMA left every reverse-map list.
+//!
+//! Who may read or write a slot's [`VmArea`] (Linux's rules for `vm_area_struct`):
+//! - the owner of the address space: `&VmaTree` (the `mmap_lock` held) reads any linked VMA;
+//! - a reverse-map walker reads the VMAs on the list it holds locked for reading (an
+//!   `anon_vma`'s chain, a file's `i_mmap`), without the `mmap_lock`;
+//! - a change needs `&mut VmaTree` (the `mmap_lock` for writing) *and* the write side of the
+//!   reverse-map locks of every list the VMA is on (`vma_prepare`, in `mm/vma.rs`): that is
+//!   the contract of the `unsafe` [`VmaTree::by_id_mut`], [`VmaTree::set_range`] and
+//!   [`VmaTree::remove`].
+//!
 //! Invariants: blocks are non-empty and sorted, each block's keys are below the next block's,
-//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end`, `len`
-//! counts the keys and `pages` the pages they span (so `map_count` and `total_vm` are kept
-//! here, in one place).
+//! `maxes[i]` is block `i`'s last key, every key's slot holds a VMA with that `vm_end` and
+//! every other slot is empty, `len` counts the keys and `pages` the pages they span (so
+//! `map_count` and `total_vm` are kept here, in one place: the tree's insert, remove and
+//! `set_range` are the only writers).
 
-use crate::mm::mm_types::VmArea;
+use crate::arch::x86_64::pgtable::PgTable;
+use crate::mm::mm_types::{RssStat, VmArea};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 
 const BLOCK: usize = 128;
 
-/// A VMA's identity (Linux's `struct vm_area_struct *`): its slab slot, stable from the moment
-/// it is linked into the tree until it is removed. Splitting or merging makes new VMAs (new
-/// ids); the fields that do not move it in the index (`anon_vma`, flags, protection) change in
-/// place.
+/// A VMA's identity in its address space (Linux's `struct vm_area_struct *`): its slab slot,
+/// stable from the moment it is linked into the tree until it is removed. A VMA that grows,
+/// shrinks (`vma_expand`, `vma_shrink`, the part of a split that stays) or changes its flags
+/// keeps its id; the new part of a split is a new VMA, a merged-away one is removed.
 #[derive(Copy, Clone, PartialEq, Eq, Debug, Hash)]
 pub struct VmaId(u32);
 
@@ -37,7 +58,10 @@ struct Block {
     ents: Vec<Ent>,
 }
 
-/// What a freed slab slot holds until reused.
+/// Slots per chunk of the VMA store.
+const CHUNK: usize = 64;
+
+/// What an empty slot holds.
 fn tombstone() -> VmArea {
     VmArea {
         vm_start: 0,
@@ -52,12 +76,78 @@ fn tombstone() -> VmArea {
     }
 }
 
+/// `CHUNK` slots of an address space's VMA store (`struct vm_area_struct`s), with the
+/// address space's page tables and RSS counters (`vma->vm_mm`).
+pub struct VmaChunk {
+    slots: [UnsafeCell<VmArea>; CHUNK],
+    pt: Arc<PgTable>,
+    rss: Arc<RssStat>,
+}
+
+// SAFETY: a slot is written only through `VmaTree::by_id_mut`/`set_range`/`remove`/`insert`,
+// whose callers hold `&mut VmaTree` (no reference from the tree exists) and the write side of
+// the reverse-map locks of every list the VMA is on (no walker reads it; `insert` writes an
+// empty slot, which no list holds); every other access is a shared read made under
+// `&VmaTree` or one of those locks held for reading (see the module doc). So a write never
+// overlaps any other access, and shared reads may happen from several threads as for any
+// `Sync` data. `VmArea` itself is `Send + Sync`.
+unsafe impl Sync for VmaChunk {}
+
+// What the `Sync` claim above rests on.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<VmArea>()
+};
+
+/// A VMA as the reverse map holds it (the `struct vm_area_struct *` of an `anon_vma_chain`
+/// entry or of `i_mmap`): its chunk of the address space's VMA store and its slot there.
+/// Only the VMA tree makes one, and it is lent out only while the list it is on is locked
+/// (it is not `Clone`: a copy kept past the lock could read a VMA being changed).
+pub struct VmaRef {
+    chunk: Arc<VmaChunk>,
+    slot: u32,
+}
+
+impl VmaRef {
+    /// The VMA, as it is now. A `VmaRef` is reached only on a reverse-map list locked for
+    /// reading (or from the tree): nobody changes the VMA meanwhile (see the module doc).
+    #[inline]
+    pub fn vma(&self) -> &VmArea {
+        // SAFETY: writers hold `&mut VmaTree` and the write side of every reverse-map lock of
+        // a list the VMA is on; a `&VmaRef` is lent out only under one of those locks held
+        // for reading, for at most as long as it is held (see the `Sync` impl).
+        unsafe { &*self.chunk.slots[self.slot as usize].get() }
+    }
+
+    /// `vma->vm_mm->pgd`: the page tables of the VMA's address space.
+    #[inline]
+    pub fn pt(&self) -> &Arc<PgTable> {
+        &self.chunk.pt
+    }
+
+    /// `vma->vm_mm->rss_stat`.
+    #[inline]
+    pub fn rss(&self) -> &RssStat {
+        &self.chunk.rss
+    }
+
+    /// `vma_address`: where page `index` is mapped in this VMA, if inside it.
+    #[inline]
+    pub fn address(&self, index: u64) -> Option<u64> {
+        let v = self.vma();
+        let off = index.checked_sub(v.vm_pgoff)?;
+        let a = v.vm_start.checked_add(off.checked_mul(crate::PAGE_SIZE)?)?;
+        (a < v.vm_end).then_some(a)
+    }
+}
+
 /// VMAs ordered by `vm_end`.
 #[derive(Default)]
 pub struct VmaTree {
     blocks: Vec<Block>,
     maxes: Vec<u64>,
-    slab: Vec<VmArea>,
+    /// The VMA store: slot `i` is `chunks[i / CHUNK].slots[i % CHUNK]`.
+    chunks: Vec<Arc<VmaChunk>>,
     free: Vec<u32>,
     len: usize,
     /// Pages the VMAs span (`total_vm`).
@@ -83,16 +173,69 @@ impl VmaTree {
     /// The VMA `id` names (which must be linked).
     #[inline]
     pub fn by_id(&self, id: VmaId) -> &VmArea {
-        let v = &self.slab[id.0 as usize];
+        let v = self.slot(id.0);
         debug_assert!(v.vm_end != 0, "BUG: VmaId of an unlinked VMA");
         v
     }
 
-    /// The VMA `id` names, to change in place. The caller must not move it (`vm_start`,
-    /// `vm_end`): the index would not know; `check` catches it.
     #[inline]
-    pub(crate) fn by_id_mut(&mut self, id: VmaId) -> &mut VmArea {
-        &mut self.slab[id.0 as usize]
+    fn cell(&self, slot: u32) -> &UnsafeCell<VmArea> {
+        &self.chunks[slot as usize / CHUNK].slots[slot as usize % CHUNK]
+    }
+
+    #[inline]
+    fn slot(&self, slot: u32) -> &VmArea {
+        // SAFETY: `&self` excludes the writers through the tree (they need `&mut self`), and
+        // writers under the reverse-map locks are those same writers (see `VmaChunk`'s
+        // `Sync` impl).
+        unsafe { &*self.cell(slot).get() }
+    }
+
+    /// What the reverse map holds for the VMA `id` (which must be linked).
+    pub(crate) fn vma_ref(&self, id: VmaId) -> VmaRef {
+        VmaRef {
+            chunk: self.chunks[id.0 as usize / CHUNK].clone(),
+            slot: id.0 % CHUNK as u32,
+        }
+    }
+
+    /// Whether `r` names the VMA `id`.
+    pub(crate) fn is(&self, id: VmaId, r: &VmaRef) -> bool {
+        Arc::ptr_eq(&self.chunks[id.0 as usize / CHUNK], &r.chunk) && r.slot == id.0 % CHUNK as u32
+    }
+
+    /// The VMA `id` names, to change in place. It must not move (`vm_start`, `vm_end`: that
+    /// is [`VmaTree::set_range`]); `check` catches it.
+    ///
+    /// # Safety
+    ///
+    /// No reverse-map walker may see the VMA meanwhile: the caller holds the write side of
+    /// the lock of every reverse-map list it is on (`vma_prepare`); `&mut self` keeps
+    /// readers through the tree away.
+    #[inline]
+    pub(crate) unsafe fn by_id_mut(&mut self, id: VmaId) -> &mut VmArea {
+        // SAFETY: the caller's contract excludes walkers; `&mut self` excludes readers through
+        // the tree, and the returned borrow keeps it so.
+        unsafe { &mut *self.cell(id.0).get() }
+    }
+
+    /// `vma_set_range` (the index part of `vma_expand`/`vma_shrink`): the VMA `id` now spans
+    /// `[start, end)` with page offset `pgoff`; it keeps its slot. The new range may overlap
+    /// no other VMA's.
+    ///
+    /// # Safety
+    ///
+    /// As for [`VmaTree::by_id_mut`].
+    pub(crate) unsafe fn set_range(&mut self, id: VmaId, start: u64, end: u64, pgoff: u64) {
+        let old_end = self.by_id(id).vm_end;
+        let slot = self.remove_key(old_end);
+        debug_assert_eq!(slot, Some(id.0));
+        // SAFETY: the caller's contract.
+        let v = unsafe { self.by_id_mut(id) };
+        v.vm_start = start;
+        v.vm_end = end;
+        v.vm_pgoff = pgoff;
+        self.insert_key(start, end, id.0);
     }
 
     /// The id of the VMA with `vm_end == end`.
@@ -112,7 +255,7 @@ impl VmaTree {
 
     #[inline]
     fn vma(&self, slot: u32) -> &VmArea {
-        &self.slab[slot as usize]
+        self.slot(slot)
     }
 
     /// Position (block, index) of the first key `>= key`.
@@ -168,6 +311,14 @@ impl VmaTree {
             .map(|e| self.vma(e.slot))
     }
 
+    /// The VMAs' ids in address order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = VmaId> + '_ {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.ents.iter())
+            .map(|e| VmaId(e.slot))
+    }
+
     /// VMAs from the first with `vm_end >= key` on.
     pub fn iter_from(&self, key: u64) -> impl Iterator<Item = &VmArea> {
         let (b0, i0) = self.lower_bound(key).unwrap_or((self.blocks.len(), 0));
@@ -179,21 +330,35 @@ impl VmaTree {
             .map(|e| self.vma(e.slot))
     }
 
-    /// Insert a VMA (its `vm_end` must not be present); returns its id.
-    pub fn insert(&mut self, v: VmArea) -> VmaId {
-        let key = v.vm_end;
-        let start = v.vm_start;
-        self.pages += v.pages();
+    /// Insert a VMA (its `vm_end` must not be present) into an empty slot of the store — a
+    /// new chunk, for the address space with page tables `pt` and counters `rss`, when none
+    /// is free; returns its id.
+    pub(crate) fn insert(&mut self, v: VmArea, pt: &Arc<PgTable>, rss: &Arc<RssStat>) -> VmaId {
+        let (start, end) = (v.vm_start, v.vm_end);
         let slot = match self.free.pop() {
-            Some(s) => {
-                self.slab[s as usize] = v;
-                s
-            }
+            Some(s) => s,
             None => {
-                self.slab.push(v);
-                (self.slab.len() - 1) as u32
+                let base = (self.chunks.len() * CHUNK) as u32;
+                self.chunks.push(Arc::new(VmaChunk {
+                    slots: core::array::from_fn(|_| UnsafeCell::new(tombstone())),
+                    pt: pt.clone(),
+                    rss: rss.clone(),
+                }));
+                self.free.extend((base..base + CHUNK as u32).rev());
+                self.free.pop().expect("a chunk was just added")
             }
         };
+        // SAFETY: the slot is empty, so no reverse-map list holds it (`remove` empties a slot
+        // only after its VMA left every list), and `&mut self` keeps readers through the tree
+        // away.
+        unsafe { *self.cell(slot).get() = v };
+        self.insert_key(start, end, slot);
+        VmaId(slot)
+    }
+
+    /// Index `[start, end)` as slot `slot`.
+    fn insert_key(&mut self, start: u64, key: u64, slot: u32) {
+        self.pages += (key - start) >> crate::PAGE_SHIFT;
         let ent = Ent {
             end: key,
             start,
@@ -205,7 +370,7 @@ impl VmaTree {
                 ents: alloc::vec![ent],
             });
             self.maxes.push(key);
-            return VmaId(slot);
+            return;
         }
         let b = self
             .maxes
@@ -224,17 +389,16 @@ impl VmaTree {
                 .insert(b + 1, right.ents.last().expect("non-empty").end);
             self.blocks.insert(b + 1, right);
         }
-        VmaId(slot)
     }
 
-    /// Remove and return the VMA with `vm_end == end`.
-    pub fn remove(&mut self, end: u64) -> Option<VmArea> {
+    /// Take the key `end` out of the index (its pages too); returns its slot.
+    fn remove_key(&mut self, end: u64) -> Option<u32> {
         let (b, i) = self.lower_bound(end)?;
         if self.blocks[b].ents[i].end != end {
             return None;
         }
         let blk = &mut self.blocks[b];
-        let slot = blk.ents.remove(i).slot;
+        let ent = blk.ents.remove(i);
         if blk.ents.is_empty() {
             self.blocks.remove(b);
             self.maxes.remove(b);
@@ -242,10 +406,23 @@ impl VmaTree {
             self.maxes[b] = blk.ents.last().expect("non-empty").end;
         }
         self.len -= 1;
-        self.free.push(slot);
-        let v = core::mem::replace(&mut self.slab[slot as usize], tombstone());
-        self.pages -= v.pages();
-        Some(v)
+        self.pages -= (ent.end - ent.start) >> crate::PAGE_SHIFT;
+        Some(ent.slot)
+    }
+
+    /// Remove the VMA `id` and return it; its slot is empty from now on.
+    ///
+    /// # Safety
+    ///
+    /// No reverse-map list holds the VMA any more (and `&mut self` keeps readers through the
+    /// tree away).
+    pub(crate) unsafe fn remove(&mut self, id: VmaId) -> VmArea {
+        let end = self.by_id(id).vm_end;
+        let slot = self.remove_key(end);
+        debug_assert_eq!(slot, Some(id.0));
+        self.free.push(id.0);
+        // SAFETY: the caller's contract.
+        core::mem::replace(unsafe { self.by_id_mut(id) }, tombstone())
     }
 
     /// Check the invariants in the module doc.
@@ -264,11 +441,8 @@ impl VmaTree {
                 if last.is_some_and(|l| l >= k) {
                     return Err("vma index: keys out of order");
                 }
-                if self
-                    .slab
-                    .get(e.slot as usize)
-                    .map(|v| (v.vm_start, v.vm_end))
-                    != Some((e.start, k))
+                if (e.slot as usize) >= self.chunks.len() * CHUNK
+                    || (self.slot(e.slot).vm_start, self.slot(e.slot).vm_end) != (e.start, k)
                 {
                     return Err("vma index: slot does not hold the VMA of its key");
                 }
@@ -276,8 +450,11 @@ impl VmaTree {
                 n += 1;
             }
         }
-        if n != self.len {
-            return Err("vma index: len is wrong");
+        let used = (0..(self.chunks.len() * CHUNK) as u32)
+            .filter(|&i| self.slot(i).vm_end != 0)
+            .count();
+        if n != self.len || used != n || used + self.free.len() != self.chunks.len() * CHUNK {
+            return Err("vma index: len is wrong, or a slot outside the index is occupied");
         }
         if self.iter().map(|v| v.pages()).sum::<u64>() != self.pages {
             return Err("vma index: page total is wrong");

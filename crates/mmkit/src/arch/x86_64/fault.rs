@@ -80,9 +80,10 @@ impl Kernel {
     /// to the page of `addr`, unless that brings it within the guard gap of the VMA below,
     /// past `RLIMIT_STACK`, or its page offset below 0.
     fn expand_stack(&self, mm: &mut MmStruct, vm_end: u64, addr: u64) -> bool {
-        let Some(v) = mm.vmas.get(vm_end).cloned() else {
+        let Some(id) = mm.vmas.id_of(vm_end) else {
             return false;
         };
+        let v = mm.vma(id);
         let new_start = addr & !(crate::PAGE_SIZE - 1);
         if new_start < crate::mm::mm_types::MMAP_MIN_ADDR {
             return false;
@@ -108,15 +109,9 @@ impl Kernel {
         if !mm.may_expand_vm(v.vm_flags, grow) {
             return false;
         }
-        self.vma_unlink(mm, v.vm_end);
-        self.vma_link(
-            mm,
-            VmArea {
-                vm_start: new_start,
-                vm_pgoff: v.vm_pgoff - grow,
-                ..v
-            },
-        );
+        // expand_downwards: in place, under the anon_vma lock (`vma_prepare`).
+        let (end, pgoff) = (v.vm_end, v.vm_pgoff - grow);
+        self.vma_set_range(mm, id, new_start, end, pgoff);
         true
     }
 
