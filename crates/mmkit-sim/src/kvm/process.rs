@@ -271,6 +271,7 @@ pub fn run_program(
             sched: Sched::default(),
         };
         p.sched.pgrp.insert(pid, (pid, pid));
+        (p.sched.started).insert(pid, syscall::procfs::boot_ticks());
         // The watchdog: marks the timeout, and while several tasks share the CPU ends a
         // time slice every 10 ms (the scheduler tick), by kicking the vCPU thread out of
         // KVM_RUN — only while it is in there, so no host call of the VMM is interrupted.
@@ -359,7 +360,7 @@ pub fn run_program(
                     !p.sched.parked.is_empty() || !p.sched.alarms.is_empty(),
                     Ordering::Release,
                 );
-                let t0 = Instant::now();
+                let (t0, who) = (Instant::now(), p.pid);
                 in_guest.store(true, Ordering::Release);
                 let exit = vcpu.run(vm);
                 in_guest.store(false, Ordering::Release);
@@ -381,6 +382,8 @@ pub fn run_program(
                     switch(&mut p, cpu, vm, &mut vcpu, Some(RunState::Runnable))?;
                 }
                 vmm += t1.elapsed();
+                let rt = p.sched.runtime.entry(who).or_default();
+                (rt.0, rt.1) = (rt.0 + (t1 - t0), rt.1 + t1.elapsed());
             }
             Ok(())
         })();

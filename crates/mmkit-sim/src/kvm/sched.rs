@@ -49,6 +49,11 @@ impl Shared {
         &self.argv
     }
 
+    /// The process's executable (`/proc/PID/exe`).
+    pub fn exe(&self) -> &str {
+        &self.exe
+    }
+
     /// A process's shared state.
     pub fn new(fds: FdTable, exe: String, argv: Vec<String>, sigactions: Vec<[u8; 32]>) -> Self {
         Shared {
@@ -76,6 +81,11 @@ pub struct Sched {
     pub alarms: std::collections::BTreeMap<Pid, (Instant, Duration)>,
     /// Process group and session of every task, zombies included.
     pub pgrp: std::collections::BTreeMap<Pid, (Pid, Pid)>,
+    /// When each process started, in clock ticks since boot (`/proc/PID/stat`'s
+    /// `start_time`).
+    pub started: std::collections::BTreeMap<Pid, u64>,
+    /// Time each process spent in the guest and in the VMM for it (`utime`, `stime`).
+    pub runtime: std::collections::BTreeMap<Pid, (Duration, Duration)>,
     /// Wake-up events so far.
     pub events: u64,
     /// Context switches.
@@ -483,6 +493,8 @@ impl Proc<'_> {
         let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
         if self.tasks.get(self.pid).is_none() {
             self.sched.pgrp.remove(&self.pid);
+            self.sched.started.remove(&self.pid);
+            self.sched.runtime.remove(&self.pid);
         }
         self.sched.events += 1;
     }
@@ -608,6 +620,7 @@ pub(super) fn switch(
         if let (RunState::Blocked(_), Some(sig)) = (t.run, signal::next_signal(p)) {
             // A signal ends the wait: EINTR, or the call again after the handler.
             let user = signal::syscall_user_regs(vm, vcpu)?;
+            super::syscall::misc::nanosleep_interrupted(p, cpu, &user);
             let user = signal::interrupted_call(p, sig, user);
             (p.futex, p.progress, p.deadline, p.no_restart) = (None, 0, None, false);
             vcpu.resume_user(&user)?;

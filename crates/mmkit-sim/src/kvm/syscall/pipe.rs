@@ -169,7 +169,7 @@ pub fn sys_poll(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
                     (if data { events & inn } else { 0 }) | (if writers == 0 { hup } else { 0 })
                 };
             }
-            Some(FdKind::Mem { .. }) => {
+            Some(FdKind::Mem { .. } | FdKind::Dir { .. }) => {
                 ours = true;
                 revents[i] = events & (inn | out);
             }

@@ -85,6 +85,7 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     }
     let grp = p.pgrp_of(parent).unwrap_or((parent, parent));
     p.sched.pgrp.insert(child, grp);
+    p.sched.started.insert(child, super::procfs::boot_ticks());
     p.sched.shared.insert(
         child,
         Shared::new(fds, p.exe.clone(), p.argv.clone(), p.sigactions.clone()),
@@ -307,6 +308,8 @@ pub fn sys_wait4(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     }
     let (pid, _) = p.tasks.wait(me, Some(z)).map_err(errno)?;
     p.sched.pgrp.remove(&pid);
+    p.sched.started.remove(&pid);
+    p.sched.runtime.remove(&pid);
     Ok(pid as i64)
 }
 
