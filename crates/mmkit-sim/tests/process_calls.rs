@@ -7,7 +7,7 @@
 //! set (CI sets it when /dev/kvm exists) that is a failure instead.
 
 mod common;
-use common::kvm::{assert_clean, machine, run};
+use common::kvm::{assert_clean, cc, machine, run, same_as_native};
 use mmkit_sim::kvm::RunOptions;
 
 /// `ps`, `top`, `pmap` and `ls /proc` run on mmkit list exactly the run's tasks: a shell, its
@@ -131,3 +131,189 @@ kill $s; wait $s; echo "status $?"
     );
     assert_clean(&m, before, "ps -L");
 }
+
+/// `select`, `pselect6`, `ppoll` and `rt_sigsuspend` on pipes between processes, with
+/// timeouts (the time left written back), temporary signal masks (a handler interrupts
+/// with `EINTR` and the old mask is back after it) and a signal already pending — and
+/// their bad arguments — line for line as natively.
+#[test]
+fn select_pselect_ppoll_and_sigsuspend_match_the_native_run() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "sel", SELECT_C, &[]);
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("sigsuspend -1 errno Interrupted system call got 10"),
+        "{out}"
+    );
+    assert_clean(&m, before, "select");
+}
+
+/// `clone3` (a fork, glibc's threads and `posix_spawn`, and `copy_clone_args_from_user`'s
+/// and `clone3_args_valid`'s errors), `waitid` (`WNOWAIT`, `WNOHANG`, `P_PGID`, a killed
+/// child, bad arguments) and per-thread `PR_SET_NAME` seen in `/proc/thread-self` — line
+/// for line as natively.
+#[test]
+fn clone3_waitid_and_prctl_match_the_native_run() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "c3", CLONE3_C, &["-pthread"]);
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("/proc/thread-self/comm: worker"), "{out}");
+    assert!(
+        out.contains("clone3 tail -1 Argument list too long"),
+        "{out}"
+    );
+    assert_clean(&m, before, "clone3");
+}
+
+const SELECT_C: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/select.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+static volatile int got;
+static void h(int s) { got = s; }
+int main(void) {
+    setvbuf(stdout, 0, _IONBF, 0);
+    int p[2]; pipe(p);
+    fd_set r, w; struct timeval tv; int n; pid_t c; char b;
+    FD_ZERO(&r); FD_SET(p[0], &r); tv.tv_sec = 0; tv.tv_usec = 50000;
+    n = select(p[0] + 1, &r, 0, 0, &tv);
+    printf("select empty %d isset %d tv %ld.%06ld\n", n, FD_ISSET(p[0], &r), tv.tv_sec, tv.tv_usec);
+    c = fork(); if (c == 0) { usleep(50000); write(p[1], "x", 1); _exit(0); }
+    FD_ZERO(&r); FD_SET(p[0], &r);
+    n = syscall(SYS_select, p[0] + 1, &r, 0, 0, 0);
+    printf("select data %d isset %d\n", n, FD_ISSET(p[0], &r));
+    read(p[0], &b, 1); waitpid(c, 0, 0);
+    FD_ZERO(&w); FD_SET(p[1], &w); FD_ZERO(&r); FD_SET(p[0], &r);
+    tv.tv_sec = 0; tv.tv_usec = 0;
+    n = select(p[1] + 1, &r, &w, 0, &tv);
+    printf("select rw %d r %d w %d\n", n, FD_ISSET(p[0], &r), FD_ISSET(p[1], &w));
+    struct sigaction sa; memset(&sa, 0, sizeof sa); sa.sa_handler = h; sigaction(SIGUSR1, &sa, 0);
+    sigset_t blk, empty, now; sigemptyset(&blk); sigaddset(&blk, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &blk, 0); sigemptyset(&empty);
+    c = fork(); if (c == 0) { usleep(50000); kill(getppid(), SIGUSR1); _exit(0); }
+    FD_ZERO(&r); FD_SET(p[0], &r);
+    n = pselect(p[0] + 1, &r, 0, 0, NULL, &empty);
+    printf("pselect %d errno %s got %d\n", n, strerror(errno), got);
+    sigprocmask(SIG_BLOCK, 0, &now); printf("usr1 blocked after %d\n", sigismember(&now, SIGUSR1));
+    waitpid(c, 0, 0);
+    got = 0; c = fork(); if (c == 0) { usleep(50000); kill(getppid(), SIGUSR1); _exit(0); }
+    n = sigsuspend(&empty);
+    printf("sigsuspend %d errno %s got %d\n", n, strerror(errno), got);
+    sigprocmask(SIG_BLOCK, 0, &now); printf("usr1 blocked after %d\n", sigismember(&now, SIGUSR1));
+    waitpid(c, 0, 0);
+    got = 0; raise(SIGUSR1); printf("pending got %d\n", got);
+    n = sigsuspend(&empty); printf("sigsuspend pending %d got %d\n", n, got);
+    struct pollfd pf = { p[0], POLLIN, 0 }; struct timespec ts = {0, 30000000};
+    n = ppoll(&pf, 1, &ts, &empty); printf("ppoll %d rev %d ts %ld.%09ld\n", n, pf.revents, ts.tv_sec, ts.tv_nsec);
+    ts.tv_nsec = 20000000;
+    n = pselect(0, 0, 0, 0, &ts, NULL); printf("pselect sleep %d\n", n);
+    close(p[1]); FD_ZERO(&r); FD_SET(p[0], &r);
+    n = select(p[0] + 1, &r, 0, 0, NULL); printf("select hup %d %d\n", n, FD_ISSET(p[0], &r));
+    errno = 0; n = select(-1, 0, 0, 0, 0); printf("select -1: %d %s\n", n, strerror(errno));
+    FD_ZERO(&r); FD_SET(100, &r); tv.tv_sec = 0; tv.tv_usec = 0;
+    n = select(101, &r, 0, 0, &tv); printf("select badf %d %s\n", n, strerror(errno));
+    tv.tv_sec = 0; tv.tv_usec = -1; n = select(1, 0, 0, 0, &tv); printf("select bad tv %d %s\n", n, strerror(errno));
+    tv.tv_sec = 0; tv.tv_usec = 0; n = select(1, (fd_set *)8, 0, 0, &tv); printf("select fault %d %s\n", n, strerror(errno));
+    n = syscall(SYS_rt_sigsuspend, &empty, 4); printf("sigsuspend size %d %s\n", n, strerror(errno));
+    n = syscall(SYS_rt_sigsuspend, (void *)8, 8); printf("sigsuspend fault %d %s\n", n, strerror(errno));
+    n = syscall(SYS_ppoll, &pf, 1, NULL, &empty, 4); printf("ppoll size %d %s\n", n, strerror(errno));
+    ts.tv_sec = 0; ts.tv_nsec = -1; n = ppoll(&pf, 1, &ts, NULL); printf("ppoll bad ts %d %s\n", n, strerror(errno));
+    n = syscall(SYS_ppoll, &pf, 1 << 20, NULL, NULL, 8); printf("ppoll nfds %d %s\n", n, strerror(errno));
+    struct { void *ss; size_t len; } sig = { &empty, 4 };
+    tv.tv_sec = 0; n = syscall(SYS_pselect6, 0, 0, 0, 0, &ts, &sig); printf("pselect6 bad ts %d %s\n", n, strerror(errno));
+    ts.tv_nsec = 0; n = syscall(SYS_pselect6, 0, 0, 0, 0, &ts, &sig); printf("pselect6 size %d %s\n", n, strerror(errno));
+    n = syscall(SYS_pselect6, 0, 0, 0, 0, &ts, (void *)8); printf("pselect6 fault %d %s\n", n, strerror(errno));
+    return 0;
+}
+"#;
+
+const CLONE3_C: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <string.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <linux/sched.h>
+extern char **environ;
+static long c3(struct clone_args *a, size_t size) { return syscall(SYS_clone3, a, size); }
+static void cat(const char *path) {
+    char buf[64] = {0}; FILE *f = fopen(path, "r"); fgets(buf, sizeof buf, f); fclose(f); printf("%s: %s", path, buf);
+}
+static void *thr(void *x) {
+    char n[16] = {0};
+    prctl(PR_SET_NAME, "worker"); prctl(PR_GET_NAME, n); printf("thread name %s\n", n);
+    cat("/proc/thread-self/comm"); cat("/proc/self/comm"); cat("/proc/thread-self/status");
+    return (void *)((long)x + 1);
+}
+int main(void) {
+    setvbuf(stdout, 0, _IONBF, 0);
+    struct clone_args a; long r; siginfo_t si; int st;
+    memset(&a, 0, sizeof a); a.exit_signal = SIGCHLD;
+    r = c3(&a, sizeof a);
+    if (r == 0) _exit(42);
+    printf("clone3 fork %s\n", r > 0 ? "ok" : strerror(errno));
+    memset(&si, 0, sizeof si);
+    r = waitid(P_PID, r, &si, WEXITED | WNOWAIT);
+    printf("waitid nowait %ld signo %d code %d status %d\n", r, si.si_signo, si.si_code, si.si_status);
+    memset(&si, 0, sizeof si);
+    r = waitid(P_ALL, 0, &si, WEXITED);
+    printf("waitid %ld signo %d code %d status %d\n", r, si.si_signo, si.si_code, si.si_status);
+    pid_t k = fork(); if (k == 0) { pause(); _exit(0); }
+    si.si_pid = 123;
+    r = waitid(P_PID, k, &si, WEXITED | WNOHANG);
+    printf("waitid nohang %ld pid %d\n", r, si.si_pid);
+    kill(k, SIGTERM);
+    r = waitid(P_PGID, 0, &si, WEXITED);
+    printf("waitid killed %ld code %d status %d match %d\n", r, si.si_code, si.si_status, si.si_pid == k);
+    errno = 0; r = waitid(P_ALL, 0, &si, WEXITED); printf("waitid none %ld %s\n", r, strerror(errno));
+    r = waitid(P_ALL, 0, &si, 0); printf("waitid no opts %ld %s\n", r, strerror(errno));
+    r = waitid(7, 0, &si, WEXITED); printf("waitid type %ld %s\n", r, strerror(errno));
+    r = waitid(P_PID, 0, &si, WEXITED); printf("waitid pid0 %ld %s\n", r, strerror(errno));
+    r = waitid(P_PIDFD, 99, &si, WEXITED); printf("waitid pidfd %ld %s\n", r, strerror(errno));
+    /* threads and posix_spawn go through glibc's clone3 */
+    pthread_t t; void *ret;
+    pthread_create(&t, 0, thr, (void *)41); pthread_join(t, &ret);
+    printf("thread %ld\n", (long)ret);
+    char name[16] = {0}; prctl(PR_SET_NAME, "renamed"); prctl(PR_GET_NAME, name);
+    printf("name %s\n", name);
+    char buf[64] = {0}; FILE *f = fopen("/proc/self/comm", "r"); fgets(buf, sizeof buf, f); fclose(f);
+    printf("comm %s", buf);
+    f = fopen("/proc/self/status", "r"); fgets(buf, sizeof buf, f); fclose(f); printf("status %s", buf);
+    pid_t sp; char *argv[] = {"sh", "-c", "exit 5", 0};
+    r = posix_spawn(&sp, "/bin/sh", 0, 0, argv, environ);
+    waitpid(sp, &st, 0); printf("spawn %ld %d\n", r, WEXITSTATUS(st));
+    /* bad arguments, as copy_clone_args_from_user and clone3_args_valid check them */
+    char big[4200]; memset(big, 0, sizeof big); memcpy(big, &a, sizeof a);
+    r = c3(&a, 32); printf("clone3 small %ld %s\n", r, strerror(errno));
+    r = c3((void *)big, 4097); printf("clone3 page %ld %s\n", r, strerror(errno));
+    big[100] = 1; r = c3((void *)big, 200); printf("clone3 tail %ld %s\n", r, strerror(errno));
+    r = c3((void *)8, 64); printf("clone3 fault %ld %s\n", r, strerror(errno));
+    memset(&a, 0, sizeof a); a.exit_signal = 100; r = c3(&a, sizeof a); printf("clone3 sig %ld %s\n", r, strerror(errno));
+    memset(&a, 0, sizeof a); a.stack_size = 4096; r = c3(&a, sizeof a); printf("clone3 stack %ld %s\n", r, strerror(errno));
+    memset(&a, 0, sizeof a); a.flags = CLONE_THREAD | CLONE_SIGHAND | CLONE_VM; a.exit_signal = SIGCHLD; r = c3(&a, sizeof a); printf("clone3 thread sig %ld %s\n", r, strerror(errno));
+    memset(&a, 0, sizeof a); a.flags = CLONE_SIGHAND | CLONE_CLEAR_SIGHAND; r = c3(&a, sizeof a); printf("clone3 clear %ld %s\n", r, strerror(errno));
+    memset(&a, 0, sizeof a); a.set_tid_size = 1; r = c3(&a, sizeof a); printf("clone3 set_tid_size %ld %s\n", r, strerror(errno));
+    memset(&a, 0, sizeof a); a.flags = 1ULL << 40; r = c3(&a, sizeof a); printf("clone3 flags %ld %s\n", r, strerror(errno));
+    return 0;
+}
+"#;

@@ -166,6 +166,10 @@ pub struct Proc<'m> {
     pub sigactions: Vec<[u8; 32]>,
     /// The blocked-signal mask.
     pub sigmask: u64,
+    /// The mask a call with a temporary one (`rt_sigsuspend`, `pselect6`, `ppoll`) replaced
+    /// (`saved_sigmask`): back when the call returns, or, when a handler interrupted it,
+    /// saved in the handler's frame so `rt_sigreturn` puts it back.
+    pub saved_sigmask: Option<u64>,
     /// The `sigaltstack` (`stack_t`'s bytes; zero: none).
     pub sigaltstack: [u8; 24],
     /// Bytes an interrupted call already moved (a pipe write that waits for room).
@@ -254,6 +258,7 @@ pub fn run_program(
             argv: spec.argv.clone(),
             sigactions: vec![[0; 32]; 65],
             sigmask: 0,
+            saved_sigmask: None,
             sigaltstack: [0; 24],
             progress: 0,
             pending: Default::default(),

@@ -49,6 +49,16 @@ impl Shared {
         &self.argv
     }
 
+    /// `CLONE_CLEAR_SIGHAND`: caught signals go back to `SIG_DFL` (ignored ones stay
+    /// ignored).
+    pub fn clear_handlers(&mut self) {
+        for s in self.sigactions.iter_mut() {
+            if u64::from_le_bytes(s[..8].try_into().expect("8")) > 1 {
+                *s = [0; 32];
+            }
+        }
+    }
+
     /// The process's executable (`/proc/PID/exe`).
     pub fn exe(&self) -> &str {
         &self.exe
@@ -84,6 +94,9 @@ pub struct Sched {
     /// When each process started, in clock ticks since boot (`/proc/PID/stat`'s
     /// `start_time`).
     pub started: std::collections::BTreeMap<Pid, u64>,
+    /// The names (`comm`) of threads other than the leaders, which `PR_SET_NAME` sets per
+    /// thread (a leader's is its process's, in the task table).
+    pub thread_comm: std::collections::BTreeMap<Pid, String>,
     /// Time each process spent in the guest and in the VMM for it (`utime`, `stime`).
     pub runtime: std::collections::BTreeMap<Pid, (Duration, Duration)>,
     /// Wake-up events so far.
@@ -110,6 +123,7 @@ pub struct Parked {
     tid: Pid,
     futex: Option<FutexWait>,
     sigmask: u64,
+    saved_sigmask: Option<u64>,
     sigaltstack: [u8; 24],
     exit: Option<Status>,
     progress: usize,
@@ -141,6 +155,7 @@ impl Parked {
             tid,
             futex: None,
             sigmask,
+            saved_sigmask: None,
             sigaltstack,
             exit: None,
             progress: 0,
@@ -301,6 +316,18 @@ impl Proc<'_> {
         woken
     }
 
+    /// The name of thread `tid` of process `pid` (`task->comm`).
+    pub fn comm_of(&self, pid: Pid, tid: Pid) -> String {
+        match self.sched.thread_comm.get(&tid) {
+            Some(c) if tid != pid => c.clone(),
+            _ => self
+                .tasks
+                .get(pid)
+                .map(|t| t.comm.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Process group and session of `pid`.
     pub fn pgrp_of(&self, pid: Pid) -> Option<(Pid, Pid)> {
         self.sched.pgrp.get(&pid).copied()
@@ -330,6 +357,7 @@ impl Proc<'_> {
             tid: self.tid,
             futex: self.futex.take(),
             sigmask: self.sigmask,
+            saved_sigmask: self.saved_sigmask.take(),
             sigaltstack: self.sigaltstack,
             exit: self.exit.take(),
             progress: std::mem::take(&mut self.progress),
@@ -373,6 +401,7 @@ impl Proc<'_> {
         self.futex = t.futex;
         self.thread_exit = false;
         self.sigmask = t.sigmask;
+        self.saved_sigmask = t.saved_sigmask.take();
         self.sigaltstack = t.sigaltstack;
         self.exit = t.exit.take();
         self.progress = t.progress;
@@ -465,6 +494,7 @@ impl Proc<'_> {
             self.clear_child_tid(cpu);
             if self.tid != self.pid {
                 self.tasks.free_tid(self.tid);
+                self.sched.thread_comm.remove(&self.tid);
             }
             self.stash_shared();
             self.sched.events += 1;

@@ -151,7 +151,11 @@ pub fn deliver(
     let sig = info.signo;
     let act = SigAction::of(&p.sigactions[sig as usize]);
     if !act.caught() && act.handler == 1 || !act.caught() && default_ignored(sig) {
-        return Ok(()); // ignored by the time it is delivered
+        // Ignored by the time it is delivered; a temporary mask it ended goes.
+        if let Some(m) = p.saved_sigmask.take() {
+            p.sigmask = m;
+        }
+        return Ok(());
     }
     if !act.caught() || act.flags & SA_RESTORER == 0 {
         p.exit = Some(super::process::Status::Signaled(if act.caught() {
@@ -223,10 +227,12 @@ pub fn deliver(
     };
     put(&mut f, m + 19 * 8, err);
     put(&mut f, m + 20 * 8, trapno);
-    put(&mut f, m + 21 * 8, p.sigmask); // oldmask
+    // The mask to return to: the one a temporary mask replaced (sigsuspend), if any.
+    let old_mask = p.saved_sigmask.unwrap_or(p.sigmask);
+    put(&mut f, m + 21 * 8, old_mask); // oldmask
     put(&mut f, m + 22 * 8, cr2);
     put(&mut f, m + 23 * 8, fpstate);
-    put(&mut f, 8 + UCONTEXT - 8, p.sigmask); // uc_sigmask
+    put(&mut f, 8 + UCONTEXT - 8, old_mask); // uc_sigmask
     let i = INFO_OFF as usize;
     f[i..i + 4].copy_from_slice(&sig.to_le_bytes());
     f[i + 8..i + 12].copy_from_slice(&info.code.to_le_bytes());
@@ -254,6 +260,7 @@ pub fn deliver(
         rflags: user.rflags & !(0x100 | 0x400 | 0x1_0000 | 0x4_0000) | 0x202,
         ..user
     };
+    p.saved_sigmask = None;
     p.sigmask |= act.mask & !(bit(libc::SIGKILL) | bit(libc::SIGSTOP));
     if act.flags & SA_NODEFER == 0 {
         p.sigmask |= bit(sig);

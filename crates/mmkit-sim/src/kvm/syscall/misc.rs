@@ -324,17 +324,19 @@ pub fn sys_prctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
                 }
             })?;
             let n = String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned();
-            if let Some(t) = p.tasks.get_mut(p.pid) {
+            // The calling thread's name; a leader's is its process's.
+            if p.tid != p.pid {
+                p.sched.thread_comm.insert(p.tid, n);
+            } else if let Some(t) = p.tasks.get_mut(p.pid) {
                 t.comm = n;
             }
             Ok(0)
         }
         PR_GET_NAME => {
             let mut b = [0u8; 16];
-            if let Some(t) = p.tasks.get(p.pid) {
-                let c = t.comm.as_bytes();
-                b[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
-            }
+            let comm = p.comm_of(p.pid, p.tid);
+            let c = comm.as_bytes();
+            b[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
             p.write_user(cpu, a[1], &b)?;
             Ok(0)
         }

@@ -147,7 +147,7 @@ fn stat_of(p: &Proc<'_>, pid: Pid, tid: Pid, text: &str) -> String {
     let Some(close) = text.rfind(')') else {
         return text.into();
     };
-    let (head, rest) = text.split_at(close + 1);
+    let rest = &text[close + 1..];
     let mut f: Vec<String> = rest.split_whitespace().map(String::from).collect();
     if f.len() < 20 {
         return text.into();
@@ -162,10 +162,7 @@ fn stat_of(p: &Proc<'_>, pid: Pid, tid: Pid, text: &str) -> String {
     f[12] = ticks(sys);
     f[17] = threads_of(p, pid).len().to_string();
     f[19] = p.sched.started.get(&pid).copied().unwrap_or(0).to_string();
-    let head = match head.split_once(' ') {
-        Some((_, comm)) => format!("{tid} {comm}"),
-        None => head.into(),
-    };
+    let head = format!("{tid} ({})", p.comm_of(pid, tid));
     format!("{head} {}\n", f.join(" "))
 }
 
@@ -178,6 +175,7 @@ fn status_of(p: &Proc<'_>, pid: Pid, tid: Pid, text: &str) -> String {
     for line in text.lines() {
         let key = line.split(':').next().unwrap_or("");
         let new = match key {
+            "Name" => format!("Name:\t{}", p.comm_of(pid, tid)),
             "State" => format!("State:\t{letter} ({name})"),
             "Pid" => format!("Pid:\t{tid}"),
             "NSpid" => format!("NSpid:\t{tid}"),
@@ -228,7 +226,7 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
             )),
             "oom_score" => Some(proc::array::proc_pid_oom_score(k, t)),
             "oom_score_adj" => Some(proc::array::proc_pid_oom_score_adj(t)),
-            "comm" => Some(format!("{}\n", t.comm)),
+            "comm" => Some(format!("{}\n", p.comm_of(pid, tid))),
             "cmdline" => {
                 let argv = if pid == p.pid {
                     &p.argv
