@@ -171,6 +171,295 @@ fn clone3_waitid_and_prctl_match_the_native_run() {
     assert_clean(&m, before, "clone3");
 }
 
+/// Stop and continue as shells need them: `SIGSTOP`/`SIGTSTP` stop a child (blocked in a
+/// `read` that goes on after `SIGCONT`, the bytes written meanwhile not read while it is
+/// stopped), `wait4` with `WUNTRACED`/`WCONTINUED` and `waitid` with `WSTOPPED`/`WCONTINUED`
+/// report each change once, `SIGCHLD` says `CLD_STOPPED`/`CLD_CONTINUED` unless
+/// `SA_NOCLDSTOP`, `SIGTERM` to a stopped child takes effect at `SIGCONT`, an ignored
+/// `SIGTSTP` stops nothing — line for line as natively.
+#[test]
+fn stop_and_continue_match_the_native_run() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "job", JOB_C, &[]);
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("wrote while stopped, read by then: 0\nchild read x"),
+        "{out}"
+    );
+    assert_clean(&m, before, "stop and continue");
+}
+
+/// Run `cmd` on a new pseudo-terminal as the controlling terminal of a new session (as a
+/// login shell has it): its output (with the terminal's CR LF) and status.
+fn on_pty(mut cmd: std::process::Command) -> (String, i32) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two descriptors we own from here on.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: fresh descriptors nobody else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The command holds copies of the slave: only the child may keep it open.
+    drop(cmd);
+    drop(slave);
+    let mut out = Vec::new();
+    let mut f = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    // Until the last holder of the slave is gone (EIO).
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let st = child.wait().unwrap();
+    let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    (String::from_utf8_lossy(&out).into_owned(), code)
+}
+
+/// `tcgetpgrp`/`tcsetpgrp`/`tcgetsid` on mmkit's terminal are the run's own: a shell hands
+/// the terminal to a child's group and takes it back; a background group's `tcsetpgrp`
+/// stops it with `SIGTTOU` unless ignored; no such group (ESRCH), a negative one (EINVAL),
+/// a bad pointer (EFAULT), a group of another session (EPERM), a caller without the
+/// terminal (ENOTTY) — on a pseudo-terminal, line for line as natively.
+#[test]
+fn terminal_process_groups_match_the_native_run() {
+    if !common::kvm::kvm_usable_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "tty", TTY_C, &[]);
+    let native = on_pty(std::process::Command::new(&prog));
+    let mut ours = std::process::Command::new(env!("CARGO_BIN_EXE_mmkit"));
+    ours.arg("exec").arg(&prog);
+    let ours = on_pty(ours);
+    assert_eq!(ours, native);
+    assert!(
+        native.0.contains("background tcsetpgrp: stopped 1 sig 22"),
+        "{native:?}"
+    );
+}
+
+/// Start `cmd` (stdout piped) in a process group of its own, wait for its `ready` line,
+/// send `SIGINT` to the group (a Ctrl-C on its terminal) or to `mmkit` alone, and give
+/// its output and status.
+fn interrupted(mut cmd: std::process::Command, to_group: bool) -> (String, i32) {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    cmd.process_group(0).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "ready\n");
+    // Let the program reach its wait.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child (or its group).
+    unsafe { libc::kill(if to_group { -pid } else { pid }, libc::SIGINT) };
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let st = child.wait().unwrap();
+    let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    (first + &rest, code)
+}
+
+/// Ctrl-C: `SIGINT` to `mmkit exec` while a program runs becomes `SIGINT` to the guest's
+/// foreground process group: a shell's trap runs once its `sleep` died of it (and the
+/// shell goes on); a shell without one dies with status 130; a C program spinning with a
+/// handler takes it in the handler — the same as a native Ctrl-C to the same programs. A
+/// swap file's private directory is gone afterwards.
+#[test]
+fn ctrl_c_reaches_the_foreground_process_group() {
+    if !common::kvm::kvm_usable_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spin = cc(dir.path(), "spin", SPIN_C, &[]);
+    let spin = spin.to_str().unwrap();
+    let cases: [&[&str]; 3] = [
+        &[
+            "sh",
+            "-c",
+            "trap 'echo caught' INT; echo ready; sleep 5; echo after",
+        ],
+        &["sh", "-c", "echo ready; sleep 5; echo after"],
+        &[spin],
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for argv in cases {
+        let mut native = std::process::Command::new(argv[0]);
+        native.args(&argv[1..]);
+        let native = interrupted(native, true);
+        let mut ours = std::process::Command::new(env!("CARGO_BIN_EXE_mmkit"));
+        ours.args(["exec", "--mem", "256M", "--swap", "16M"])
+            .args(argv)
+            .env("TMPDIR", tmp.path());
+        let ours = interrupted(ours, false);
+        assert_eq!(ours, native, "{argv:?}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{argv:?}: temporary files left: {left:?}");
+    }
+}
+
+const SPIN_C: &str = r#"#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static volatile sig_atomic_t got;
+static void h(int s) { got = s; }
+int main(void) {
+    signal(SIGINT, h);
+    printf("ready\n");
+    fflush(stdout);
+    while (!got) {}
+    printf("handler ran: %d\n", got);
+    return 3;
+}
+"#;
+
+const JOB_C: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <poll.h>
+static volatile int codes[16], ncodes;
+static void h(int s, siginfo_t *si, void *u) { (void)s; (void)u; if (ncodes < 16) codes[ncodes++] = si->si_code; }
+static void show(const char *what, int st) {
+    printf("%s: exited %d stopped %d sig %d continued %d signaled %d\n", what, WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+           WIFSTOPPED(st), WIFSTOPPED(st) ? WSTOPSIG(st) : 0, WIFCONTINUED(st), WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+int main(void) {
+    setvbuf(stdout, 0, _IONBF, 0);
+    struct sigaction sa; memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = h; sa.sa_flags = SA_SIGINFO | SA_RESTART; sigaction(SIGCHLD, &sa, 0);
+    int p[2], q[2]; pipe(p); pipe(q); int st; siginfo_t si; char ack;
+    pid_t c = fork();
+    if (c == 0) {
+        char b; write(q[1], "r", 1);
+        while (read(p[0], &b, 1) == 1) { printf("child read %c\n", b); write(q[1], "a", 1); }
+        _exit(3);
+    }
+    read(q[0], &ack, 1); usleep(50000);
+    kill(c, SIGSTOP);
+    waitpid(c, &st, WUNTRACED); show("after SIGSTOP", st);
+    write(p[1], "x", 1);
+    usleep(100000);
+    struct pollfd pf = { q[0], POLLIN, 0 };
+    printf("wrote while stopped, read by then: %d\n", poll(&pf, 1, 0));
+    kill(c, SIGCONT);
+    waitpid(c, &st, WCONTINUED); read(q[0], &ack, 1); show("after SIGCONT", st);
+    printf("nohang %d\n", waitpid(c, &st, WNOHANG | WUNTRACED | WCONTINUED));
+    kill(c, SIGTSTP);
+    memset(&si, 0, sizeof si); waitid(P_PID, c, &si, WSTOPPED);
+    printf("waitid stopped code %d status %d\n", si.si_code, si.si_status);
+    kill(c, SIGCONT);
+    memset(&si, 0, sizeof si); waitid(P_PID, c, &si, WCONTINUED);
+    printf("waitid continued code %d status %d\n", si.si_code, si.si_status);
+    usleep(50000);
+    kill(c, SIGSTOP); waitpid(c, &st, WUNTRACED); show("stopped again", st);
+    kill(c, SIGTERM); usleep(50000);
+    printf("term while stopped: %d\n", waitpid(c, &st, WNOHANG));
+    kill(c, SIGCONT);
+    waitpid(c, &st, 0); show("end", st);
+    /* a child stops itself; SA_NOCLDSTOP: no SIGCHLD for it */
+    sa.sa_flags |= SA_NOCLDSTOP; sigaction(SIGCHLD, &sa, 0);
+    int before = ncodes;
+    c = fork();
+    if (c == 0) { raise(SIGTSTP); printf("child continued\n"); _exit(7); }
+    waitpid(c, &st, WUNTRACED); show("raised SIGTSTP", st);
+    kill(c, SIGCONT); waitpid(c, &st, 0); show("end", st);
+    printf("sigchld codes while SA_NOCLDSTOP: %d\n", ncodes - before);
+    /* the ones before each wait (the last two, continued then killed, may coalesce) */
+    for (int i = 0; i < 6 && i < before; i++) printf("code %d\n", codes[i]);
+    /* a stop signal that is caught runs its handler and stops nothing */
+    c = fork();
+    if (c == 0) { signal(SIGTSTP, SIG_IGN); raise(SIGTSTP); printf("ignored tstp\n"); _exit(0); }
+    waitpid(c, &st, WUNTRACED); show("ignored", st);
+    errno = 0; int g = tcgetpgrp(p[0]); printf("tcgetpgrp pipe %d %s\n", g, strerror(errno));
+    return 0;
+}
+"#;
+
+const TTY_C: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+int main(void) {
+    setvbuf(stdout, 0, _IONBF, 0);
+    int st, r;
+    printf("fg is my group %d, sid is me %d\n", tcgetpgrp(0) == getpgrp(), tcgetsid(0) == getsid(0));
+    signal(SIGTTOU, SIG_IGN);
+    pid_t c = fork();
+    if (c == 0) {
+        setpgid(0, 0);
+        while (tcgetpgrp(0) != getpgrp()) usleep(1000);
+        printf("child has the terminal\n");
+        _exit(0);
+    }
+    setpgid(c, c);
+    r = tcsetpgrp(0, c);
+    waitpid(c, &st, 0); printf("tcsetpgrp to child %d, child done %d\n", r, WEXITSTATUS(st));
+    r = tcsetpgrp(0, getpgrp()); printf("back %d fg is mine %d\n", r, tcgetpgrp(0) == getpgrp());
+    /* a background group that does not ignore SIGTTOU is stopped by tcsetpgrp */
+    c = fork();
+    if (c == 0) { setpgid(0, 0); signal(SIGTTOU, SIG_DFL); tcsetpgrp(0, getpgrp()); printf("child continued, fg is its %d\n", tcgetpgrp(0) == getpgrp()); _exit(0); }
+    setpgid(c, c);
+    waitpid(c, &st, WUNTRACED); printf("background tcsetpgrp: stopped %d sig %d\n", WIFSTOPPED(st), WSTOPSIG(st));
+    tcsetpgrp(0, c); kill(c, SIGCONT); waitpid(c, &st, 0); printf("child exit %d\n", WEXITSTATUS(st));
+    tcsetpgrp(0, getpgrp());
+    errno = 0; r = tcsetpgrp(0, 99999); printf("no such group %d %s\n", r, strerror(errno));
+    errno = 0; r = tcsetpgrp(0, -1); printf("negative %d %s\n", r, strerror(errno));
+    errno = 0; r = ioctl(0, TIOCSPGRP, (void *)8); printf("fault %d %s\n", r, strerror(errno));
+    c = fork();
+    if (c == 0) { setsid(); errno = 0; int g = tcgetpgrp(0); printf("after setsid %d %s\n", g, strerror(errno));
+        errno = 0; int s = tcsetpgrp(0, getpgrp()); printf("set after setsid %d %s\n", s, strerror(errno)); _exit(0); }
+    waitpid(c, &st, 0);
+    /* another session's group */
+    int pp[2]; pipe(pp);
+    c = fork();
+    if (c == 0) { setsid(); write(pp[1], "x", 1); pause(); _exit(0); }
+    char b; read(pp[0], &b, 1);
+    errno = 0; r = tcsetpgrp(0, c); printf("other session %d %s\n", r, strerror(errno));
+    kill(c, SIGKILL); waitpid(c, &st, 0);
+    return 0;
+}
+"#;
+
 const SELECT_C: &str = r#"#define _GNU_SOURCE
 #include <stdio.h>
 #include <unistd.h>

@@ -34,6 +34,7 @@ pub mod process;
 pub mod sched;
 pub mod signal;
 pub mod syscall;
+pub mod tty;
 pub mod vcpu;
 pub mod vm;
 

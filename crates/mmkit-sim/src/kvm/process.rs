@@ -276,6 +276,8 @@ pub fn run_program(
             sched: Sched::default(),
         };
         p.sched.pgrp.insert(pid, (pid, pid));
+        p.sched.tty = super::tty::Tty { sid: pid, fg: pid };
+        let _forwarding = super::tty::RunGuard::new();
         (p.sched.started).insert(pid, syscall::procfs::boot_ticks());
         // The watchdog: marks the timeout, and while several tasks share the CPU ends a
         // time slice every 10 ms (the scheduler tick), by kicking the vCPU thread out of
@@ -303,9 +305,8 @@ pub fn run_program(
                     if expired {
                         timed_out.store(true, Ordering::Release);
                     }
-                    if expired
-                        || (shared.load(Ordering::Acquire) && in_guest.load(Ordering::Acquire))
-                    {
+                    let kick = shared.load(Ordering::Acquire) || super::tty::sigint_pending();
+                    if expired || (kick && in_guest.load(Ordering::Acquire)) {
                         // SAFETY: signalling a thread that is alive until `done` is set.
                         unsafe { libc::pthread_kill(me, sig) };
                     }
@@ -326,6 +327,18 @@ pub fn run_program(
                     p.exit_current(cpu);
                     if !switch(&mut p, cpu, vm, &mut vcpu, None)? {
                         break;
+                    }
+                    continue;
+                }
+                p.host_interrupts();
+                if p.is_stopped(p.pid) {
+                    // Stopped (SIGSTOP, SIGTSTP…): off the CPU until SIGCONT or SIGKILL.
+                    if !switch(&mut p, cpu, vm, &mut vcpu, Some(RunState::Runnable))? {
+                        p.k.printk(&format!(
+                            "mmkit: tasks {:?} are stopped or wait forever: killed",
+                            p.live_pids()
+                        ));
+                        kill_all(&mut p);
                     }
                     continue;
                 }

@@ -59,6 +59,11 @@ impl Shared {
         }
     }
 
+    /// The process's signal actions.
+    pub fn sigactions(&self) -> &[[u8; 32]] {
+        &self.sigactions
+    }
+
     /// The process's executable (`/proc/PID/exe`).
     pub fn exe(&self) -> &str {
         &self.exe
@@ -97,6 +102,10 @@ pub struct Sched {
     /// The names (`comm`) of threads other than the leaders, which `PR_SET_NAME` sets per
     /// thread (a leader's is its process's, in the task table).
     pub thread_comm: std::collections::BTreeMap<Pid, String>,
+    /// Stopped processes and the changes their parents' `wait` has to report.
+    pub jobs: super::signal::JobControl,
+    /// The terminal: its session and foreground process group.
+    pub tty: super::tty::Tty,
     /// Time each process spent in the guest and in the VMM for it (`utime`, `stime`).
     pub runtime: std::collections::BTreeMap<Pid, (Duration, Duration)>,
     /// Wake-up events so far.
@@ -129,7 +138,8 @@ pub struct Parked {
     progress: usize,
     vfork_parent: Option<Pid>,
     clear_child_tid: u64,
-    pending: super::signal::Pending,
+    /// Signals waiting for delivery.
+    pub pending: super::signal::Pending,
     deadline: Option<Instant>,
     no_restart: bool,
     /// Its registers (`None` before it first ran: a child gets them when `clone`
@@ -416,19 +426,22 @@ impl Proc<'_> {
     }
 
     /// The next task to run after the current one, round robin by pid: one ready to run,
-    /// or asleep since an earlier event, or killed while off the CPU.
+    /// or asleep since an earlier event, or killed while off the CPU — none of a stopped
+    /// process but to end it.
     pub(super) fn pick_next(&self) -> Option<Pid> {
         let ready = |t: &Parked| {
+            // A stopped process's threads run again only to die (SIGKILL) or once continued.
             t.exit.is_some()
-                || t.pending.set & !t.sigmask != 0
-                || match t.run {
-                    RunState::Runnable => true,
-                    RunState::Blocked(since) => {
-                        since != self.sched.events
-                            || t.deadline.is_some_and(|d| Instant::now() >= d)
-                    }
-                    RunState::Vfork(_) => false,
-                }
+                || !self.is_stopped(t.pid)
+                    && (t.pending.set & !t.sigmask != 0
+                        || match t.run {
+                            RunState::Runnable => true,
+                            RunState::Blocked(since) => {
+                                since != self.sched.events
+                                    || t.deadline.is_some_and(|d| Instant::now() >= d)
+                            }
+                            RunState::Vfork(_) => false,
+                        })
         };
         let after = self
             .sched
@@ -501,6 +514,9 @@ impl Proc<'_> {
             return;
         }
         self.sched.shared.remove(&self.pid);
+        // A zombie tells its exit, not a stop.
+        self.sched.jobs.stopped.remove(&self.pid);
+        self.sched.jobs.reports.remove(&self.pid);
         self.vfork_done(cpu);
         // SIGCHLD to the parent (do_notify_parent), dropped unless it catches it.
         if let Some(ppid) = self.tasks.get(self.pid).map(|t| t.ppid) {
@@ -623,8 +639,13 @@ pub(super) fn switch(
                 .chain(p.sched.alarms.values().map(|a| a.0))
                 .min();
             if let Some(d) = soonest {
-                std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                // In slices of a tick, so a Ctrl-C forwarded meanwhile is not late.
+                std::thread::sleep(d.saturating_duration_since(Instant::now()).min(TICK));
+                p.host_interrupts();
                 p.fire_alarms();
+                continue;
+            }
+            if p.wait_for_host_sigint() {
                 continue;
             }
             if run.is_some() {
@@ -648,11 +669,19 @@ pub(super) fn switch(
         };
         vcpu.restore(vm, &ctx)?;
         if let (RunState::Blocked(_), Some(sig)) = (t.run, signal::next_signal(p)) {
-            // A signal ends the wait: EINTR, or the call again after the handler.
+            // A signal ends the wait: EINTR, or the call again after the handler; without a
+            // handler (a stop) the call is made again where it was (its deadline, the bytes
+            // it moved).
             let user = signal::syscall_user_regs(vm, vcpu)?;
-            super::syscall::misc::nanosleep_interrupted(p, cpu, &user);
+            let caught = signal::SigAction::of(&p.sigactions[sig as usize]).caught();
+            if caught {
+                super::syscall::misc::nanosleep_interrupted(p, cpu, &user);
+            }
             let user = signal::interrupted_call(p, sig, user);
-            (p.futex, p.progress, p.deadline, p.no_restart) = (None, 0, None, false);
+            p.futex = None;
+            if caught {
+                (p.progress, p.deadline, p.no_restart) = (0, None, false);
+            }
             vcpu.resume_user(&user)?;
             return Ok(true);
         }
@@ -665,7 +694,7 @@ pub(super) fn switch(
                 p.park(vm, vcpu, RunState::Blocked(since))?;
                 let timed = !p.sched.alarms.is_empty()
                     || p.sched.parked.values().any(|t| t.deadline.is_some());
-                if p.pick_next().is_none() && !timed {
+                if p.pick_next().is_none() && !timed && !p.wait_for_host_sigint() {
                     let me = next;
                     let t = p.unpark(me).expect("just parked");
                     if let Some(ctx) = &t.ctx {

@@ -724,8 +724,10 @@ pub fn sys_fcntl(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     }
 }
 
-/// `ioctl`: the terminal queries programs make (`TCGETS`, `TIOCGWINSZ`, `TIOCGPGRP`,
-/// `FIONREAD`), forwarded with their argument structure copied; others are `ENOTTY`.
+/// `ioctl`: the terminal queries programs make (`TCGETS`, `TIOCGWINSZ`, `FIONREAD`),
+/// forwarded with their argument structure copied; job control on the terminal
+/// (`TIOCGPGRP`, `TIOCSPGRP`, `TIOCGSID`) is the run's own ([`crate::kvm::tty`]); others
+/// are `ENOTTY`.
 pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let (fd, req, arg) = (a[0] as i64, a[1], a[2]);
     if let Some(end) = p.pipe_end(fd) {
@@ -740,6 +742,9 @@ pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         Some(h) => h,
         None => return Err(-(libc::ENOTTY as i64)),
     };
+    if let Some(r) = crate::kvm::tty::ioctl(p, cpu, h, req, arg) {
+        return r;
+    }
     let size = match req {
         r if r == libc::TCGETS => std::mem::size_of::<libc::termios>(),
         r if r == libc::TIOCGWINSZ => std::mem::size_of::<libc::winsize>(),

@@ -347,12 +347,32 @@ pub fn sys_wait4(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         w if w < -1 => Which::Pgid(w.unsigned_abs()),
         w => Which::Pid(w as Pid),
     };
-    let Some(z) = waitable_child(p, which)? else {
+    let events = WaitFor {
+        exited: true,
+        stopped: options & libc::WUNTRACED != 0,
+        continued: options & libc::WCONTINUED != 0,
+    };
+    let Some((z, ev)) = waitable_child(p, which, events)? else {
         if options & libc::WNOHANG != 0 {
             return Ok(0);
         }
         return p.block();
     };
+    if let Some(word) = match ev {
+        Event::Exited => None,
+        Event::Stopped(sig) => Some((sig << 8) | 0x7f),
+        Event::Continued => Some(0xffff),
+    } {
+        // A stop or continue is told once (wait_task_stopped/continued); the child stays.
+        p.sched.jobs.reports.remove(&z);
+        if status != 0 {
+            p.write_user(cpu, status, &word.to_le_bytes())?;
+        }
+        if rusage != 0 {
+            p.write_user(cpu, rusage, &[0u8; 144])?;
+        }
+        return Ok(z as i64);
+    }
     let f = p.tasks.get(z).map(|t| {
         let own = t.fault_counts();
         (
@@ -377,6 +397,7 @@ pub fn sys_wait4(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     p.sched.pgrp.remove(&pid);
     p.sched.started.remove(&pid);
     p.sched.runtime.remove(&pid);
+    p.sched.jobs.reports.remove(&pid);
     Ok(pid as i64)
 }
 
@@ -391,9 +412,29 @@ enum Which {
     Pgid(Pid),
 }
 
-/// A child of the caller that `which` names and that has exited (a zombie), if any;
-/// `ECHILD` when `which` names no child at all.
-fn waitable_child(p: &Proc<'_>, which: Which) -> Result<Option<Pid>, i64> {
+/// What a `wait` looks for (`WEXITED`, `WUNTRACED`/`WSTOPPED`, `WCONTINUED`).
+#[derive(Copy, Clone)]
+struct WaitFor {
+    exited: bool,
+    stopped: bool,
+    continued: bool,
+}
+
+/// What a child has to report.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Event {
+    /// It exited (a zombie).
+    Exited,
+    /// It stopped, with this signal, and its parent was not told yet.
+    Stopped(i32),
+    /// It was continued, and its parent was not told yet.
+    Continued,
+}
+
+/// The first child of the caller that `which` names with something `want`ed to report
+/// (`wait_consider_task`: an exit, then a stop, then a continue), if any; `ECHILD` when
+/// `which` names no child at all.
+fn waitable_child(p: &Proc<'_>, which: Which, want: WaitFor) -> Result<Option<(Pid, Event)>, i64> {
     let me = p.pid;
     let mut any = false;
     for t in p.tasks.iter().filter(|t| t.ppid == me) {
@@ -406,7 +447,21 @@ fn waitable_child(p: &Proc<'_>, which: Which) -> Result<Option<Pid>, i64> {
         if named {
             any = true;
             if t.state == TaskState::Zombie {
-                return Ok(Some(t.pid));
+                if want.exited {
+                    return Ok(Some((t.pid, Event::Exited)));
+                }
+                continue;
+            }
+            match p.sched.jobs.reports.get(&t.pid) {
+                Some(&(crate::kvm::signal::CLD_STOPPED, sig))
+                    if want.stopped && p.is_stopped(t.pid) =>
+                {
+                    return Ok(Some((t.pid, Event::Stopped(sig))));
+                }
+                Some(&(crate::kvm::signal::CLD_CONTINUED, _)) if want.continued => {
+                    return Ok(Some((t.pid, Event::Continued)));
+                }
+                _ => {}
             }
         }
     }
@@ -458,14 +513,12 @@ pub fn sys_waitid(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
         }
         _ => return Err(EINVAL),
     };
-    let z = if options & libc::WEXITED != 0 {
-        waitable_child(p, which)?
-    } else {
-        // Only stops or continues asked for: none is ever reported here yet.
-        waitable_child(p, which)?;
-        None
+    let want = WaitFor {
+        exited: options & libc::WEXITED != 0,
+        stopped: options & libc::WSTOPPED != 0,
+        continued: options & libc::WCONTINUED != 0,
     };
-    let Some(z) = z else {
+    let Some((z, ev)) = waitable_child(p, which, want)? else {
         if options & libc::WNOHANG != 0 {
             if infop != 0 {
                 p.write_user(cpu, infop, &[0u8; 128])?;
@@ -475,7 +528,11 @@ pub fn sys_waitid(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
         return p.block();
     };
     let code = p.tasks.get(z).map_or(0, |t| t.exit_code);
-    let (cld, status) = if code & 0x7f == 0 {
+    let (cld, status) = if let Event::Stopped(sig) = ev {
+        (crate::kvm::signal::CLD_STOPPED, sig)
+    } else if ev == Event::Continued {
+        (crate::kvm::signal::CLD_CONTINUED, libc::SIGCONT)
+    } else if code & 0x7f == 0 {
         (1i32, (code >> 8) & 0xff) // CLD_EXITED
     } else if code & 0x80 != 0 {
         (3, code & 0x7f) // CLD_DUMPED
@@ -503,11 +560,18 @@ pub fn sys_waitid(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
         }
         p.write_user(cpu, rusage, &r)?;
     }
+    if ev != Event::Exited {
+        if options & WNOWAIT == 0 {
+            p.sched.jobs.reports.remove(&z);
+        }
+        return Ok(0);
+    }
     if options & WNOWAIT == 0 {
         let (pid, _) = p.tasks.wait(me, Some(z)).map_err(errno)?;
         p.sched.pgrp.remove(&pid);
         p.sched.started.remove(&pid);
         p.sched.runtime.remove(&pid);
+        p.sched.jobs.reports.remove(&pid);
     }
     Ok(0)
 }
@@ -614,6 +678,10 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
                 addr: 0,
                 pid: me,
             };
+            let pid = p.thread_group(t as Pid).ok_or(-(libc::ESRCH as i64))?;
+            if sig != 0 {
+                p.prepare_signal(pid, sig);
+            }
             p.signal_thread(t as Pid, info)?;
             return Ok(0);
         }
@@ -632,6 +700,9 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
             addr: 0,
             pid: me,
         };
+        if !zombie && sig != 0 {
+            p.prepare_signal(t, sig);
+        }
         if zombie || p.signal_task(t, info).is_ok() {
             sent += 1;
         }
