@@ -132,6 +132,58 @@ kill $s; wait $s; echo "status $?"
     assert_clean(&m, before, "ps -L");
 }
 
+/// The generated `/proc` directories against bad use, as Linux's: `getdents64` with a
+/// buffer too small for one entry (EINVAL), a bad buffer (EFAULT), on a file (ENOTDIR);
+/// `read` of a directory (EISDIR); a file opened `O_DIRECTORY` (ENOTDIR), a directory
+/// opened for writing (EISDIR); a thread that is not there (ENOENT); and their use:
+/// `fstatat`/`openat` inside an open `/proc/self`, `readdir` with `.`/`..` and `d_type`,
+/// `rewinddir` — line for line as natively.
+#[test]
+fn proc_directories_fail_and_read_as_on_linux() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "pbad", PROC_BAD_C, &[]);
+    let before = m.settle();
+    same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    assert_clean(&m, before, "proc directories");
+}
+
+const PROC_BAD_C: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <errno.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/syscall.h>
+#include <sys/stat.h>
+static void res(const char *what, long r) { printf("%s %ld %s\n", what, r, r < 0 ? strerror(errno) : ""); }
+int main(void) {
+    char buf[4096]; long r;
+    int d = open("/proc/self", O_RDONLY | O_DIRECTORY); res("open /proc/self", d >= 0 ? 0 : -1);
+    r = syscall(SYS_getdents64, d, buf, 1); res("getdents64 tiny", r);
+    r = syscall(SYS_getdents64, d, (void *)8, sizeof buf); res("getdents64 fault", r);
+    r = read(d, buf, 10); res("read dir", r);
+    int s = open("/proc/self/status", O_RDONLY); r = syscall(SYS_getdents64, s, buf, sizeof buf); res("getdents64 file", r);
+    r = open("/proc/self/status", O_RDONLY | O_DIRECTORY); res("status O_DIRECTORY", r);
+    r = open("/proc/self", O_WRONLY); res("dir O_WRONLY", r);
+    r = open("/proc/self/task/999999/stat", O_RDONLY); res("no such thread", r);
+    r = open("/proc/self/task/xyz", O_RDONLY); res("task not a number", r);
+    char path[64]; snprintf(path, sizeof path, "/proc/self/task/%d/stat", getpid());
+    r = open(path, O_RDONLY); res("own task stat", r >= 0 ? 0 : -1);
+    struct stat st; r = stat("/proc/self", &st); printf("stat dir %ld isdir %d\n", r, S_ISDIR(st.st_mode));
+    r = fstatat(d, "stat", &st, 0); printf("fstatat in dir %ld isreg %d\n", r, S_ISREG(st.st_mode));
+    int f = openat(d, "comm", O_RDONLY); r = read(f, buf, sizeof buf); printf("openat comm %.*s", (int)r, buf);
+    r = lseek(d, 0, SEEK_END); res("lseek end", r);
+    /* every entry read once, whatever the buffer */
+    DIR *dir = opendir("/proc/self"); int n = 0, dots = 0, status = 0; struct dirent *e;
+    while ((e = readdir(dir))) { n++; dots += e->d_name[0] == '.'; status += !strcmp(e->d_name, "status") && e->d_type == DT_REG; }
+    printf("dots %d status %d\n", dots, status);
+    rewinddir(dir); int m = 0; while (readdir(dir)) m++; printf("rewind same %d\n", m == n);
+    return 0;
+}
+"#;
+
 /// `select`, `pselect6`, `ppoll` and `rt_sigsuspend` on pipes between processes, with
 /// timeouts (the time left written back), temporary signal masks (a handler interrupts
 /// with `EINTR` and the old mask is back after it) and a signal already pending — and

@@ -442,10 +442,10 @@ pub fn sys_lseek(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     match &mut f.kind {
         FdKind::Pipe(_) => Err(-(libc::ESPIPE as i64)),
         FdKind::Dir { pos, .. } => {
-            // A directory's position is the index of its next entry (SEEK_END: EINVAL, as
-            // procfs directories have no end to seek from).
+            // A directory's position is the index of its next entry; its size is 0, as a
+            // procfs directory's (generic_file_llseek).
             let base = match whence {
-                libc::SEEK_SET => 0,
+                libc::SEEK_SET | libc::SEEK_END => 0,
                 libc::SEEK_CUR => *pos as i64,
                 _ => return Err(EINVAL),
             };
@@ -896,12 +896,17 @@ pub fn sys_getdents64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysR
         }
         let done = next;
         p.write_user(cpu, a[1], &out)?;
+        // (A bad buffer is EFAULT and leaves the position.)
         if let Some(FdKind::Dir { pos, .. }) = p.fds.get_mut(a[0] as i64).map(|f| &mut f.kind) {
             *pos = done;
         }
         return Ok(out.len() as i64);
     }
-    let h = p.host_fd(a[0] as i64)?;
+    let h = match p.fds.get(a[0] as i64).map(|f| &f.kind) {
+        // Not a directory: a generated file or a pipe.
+        Some(FdKind::Mem { .. } | FdKind::Pipe(_)) => return Err(-(libc::ENOTDIR as i64)),
+        _ => p.host_fd(a[0] as i64)?,
+    };
     let mut tmp = vec![0u8; count];
     // SAFETY: into our own buffer of its length.
     let r = host(unsafe { libc::syscall(libc::SYS_getdents64, h, tmp.as_mut_ptr(), tmp.len()) })?;
