@@ -299,7 +299,9 @@ fn on_pty(mut cmd: std::process::Command) -> (String, i32) {
 /// the terminal to a child's group and takes it back; a background group's `tcsetpgrp`
 /// stops it with `SIGTTOU` unless ignored; no such group (ESRCH), a negative one (EINVAL),
 /// a bad pointer (EFAULT), a group of another session (EPERM), a caller without the
-/// terminal (ENOTTY) — on a pseudo-terminal, line for line as natively.
+/// terminal (ENOTTY); `tcgetattr` (`TCGETS` writes the kernel's `termios`, not glibc's
+/// larger one, which smashed the caller's stack) — on a pseudo-terminal, line for line as
+/// natively.
 #[test]
 fn terminal_process_groups_match_the_native_run() {
     if !common::kvm::kvm_usable_or_skip() {
@@ -324,8 +326,12 @@ fn terminal_process_groups_match_the_native_run() {
 fn interrupted(mut cmd: std::process::Command, to_group: bool) -> (String, i32) {
     use std::io::{BufRead, Read};
     use std::os::unix::process::{CommandExt, ExitStatusExt};
-    cmd.process_group(0).stdout(std::process::Stdio::piped());
+    cmd.process_group(0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
+    // Its standard input stays open (and empty) until it ends: a read of it waits.
+    let _stdin = child.stdin.take();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -345,8 +351,9 @@ fn interrupted(mut cmd: std::process::Command, to_group: bool) -> (String, i32) 
 /// Ctrl-C: `SIGINT` to `mmkit exec` while a program runs becomes `SIGINT` to the guest's
 /// foreground process group: a shell's trap runs once its `sleep` died of it (and the
 /// shell goes on); a shell without one dies with status 130; a C program spinning with a
-/// handler takes it in the handler — the same as a native Ctrl-C to the same programs. A
-/// swap file's private directory is gone afterwards.
+/// handler takes it in the handler; python blocked in a read of its standard input gets
+/// its KeyboardInterrupt — the same as a native Ctrl-C to the same programs. A swap file's
+/// private directory is gone afterwards.
 #[test]
 fn ctrl_c_reaches_the_foreground_process_group() {
     if !common::kvm::kvm_usable_or_skip() {
@@ -355,7 +362,7 @@ fn ctrl_c_reaches_the_foreground_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let spin = cc(dir.path(), "spin", SPIN_C, &[]);
     let spin = spin.to_str().unwrap();
-    let cases: [&[&str]; 3] = [
+    let cases: [&[&str]; 4] = [
         &[
             "sh",
             "-c",
@@ -363,6 +370,13 @@ fn ctrl_c_reaches_the_foreground_process_group() {
         ],
         &["sh", "-c", "echo ready; sleep 5; echo after"],
         &[spin],
+        // Waiting in a read of its (host) standard input: KeyboardInterrupt, then python
+        // ends itself with SIGINT.
+        &[
+            "python3",
+            "-c",
+            "import sys; print('ready', flush=True); sys.stdin.read()",
+        ],
     ];
     let tmp = tempfile::tempdir().unwrap();
     for argv in cases {
@@ -475,6 +489,8 @@ int main(void) {
     setvbuf(stdout, 0, _IONBF, 0);
     int st, r;
     printf("fg is my group %d, sid is me %d\n", tcgetpgrp(0) == getpgrp(), tcgetsid(0) == getsid(0));
+    /* TCGETS fills the kernel's 36-byte termios that glibc gives it, not more */
+    struct termios tio; r = tcgetattr(0, &tio); printf("tcgetattr %d echo %d\n", r, !!(tio.c_lflag & ECHO));
     signal(SIGTTOU, SIG_IGN);
     pid_t c = fork();
     if (c == 0) {

@@ -305,8 +305,10 @@ pub fn run_program(
                     if expired {
                         timed_out.store(true, Ordering::Release);
                     }
-                    let kick = shared.load(Ordering::Acquire) || super::tty::sigint_pending();
-                    if expired || (kick && in_guest.load(Ordering::Acquire)) {
+                    // A Ctrl-C also gets the VMM out of a host call it waits in (a terminal
+                    // read), which then sleeps through the scheduler to take it.
+                    let kick = shared.load(Ordering::Acquire) && in_guest.load(Ordering::Acquire);
+                    if expired || kick || super::tty::sigint_pending() {
                         // SAFETY: signalling a thread that is alive until `done` is set.
                         unsafe { libc::pthread_kill(me, sig) };
                     }

@@ -137,6 +137,27 @@ impl Proc<'_> {
     }
 }
 
+/// `tty_nr` of `/proc/PID/stat` for the run's terminal: the device of mmkit's own
+/// terminal (its first standard stream that is one) as `new_encode_dev` encodes it; 0
+/// when mmkit runs on none.
+pub fn tty_nr() -> u64 {
+    for fd in 0..3 {
+        if !isatty(fd) {
+            continue;
+        }
+        // SAFETY: fstat of a standard descriptor into our own struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } == 0 {
+            let (major, minor) = (
+                libc::major(st.st_rdev) as u64,
+                libc::minor(st.st_rdev) as u64,
+            );
+            return (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        }
+    }
+    0
+}
+
 /// Whether host descriptor `h` is a terminal.
 fn isatty(h: i32) -> bool {
     // SAFETY: isatty only looks at the descriptor.

@@ -129,7 +129,15 @@ pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
             let n = count.min(MAX_RW_CHUNK);
             let mut tmp = vec![0u8; n];
             // SAFETY: reading into our own buffer of `n` bytes.
-            let r = host(unsafe { libc::read(h, tmp.as_mut_ptr().cast(), n) } as i64)?;
+            let r = match host(unsafe { libc::read(h, tmp.as_mut_ptr().cast(), n) } as i64) {
+                // A Ctrl-C kicked the VMM out of a terminal read: the task waits as in a
+                // read that sleeps, so the SIGINT interrupts it as Linux's would (EINTR,
+                // or the read again after a SA_RESTART handler).
+                Err(e) if e == -(libc::EINTR as i64) && crate::kvm::tty::sigint_pending() => {
+                    return p.block();
+                }
+                r => r?,
+            };
             p.write_user(cpu, buf, &tmp[..r as usize])?;
             Ok(r)
         }
@@ -746,7 +754,9 @@ pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         return r;
     }
     let size = match req {
-        r if r == libc::TCGETS => std::mem::size_of::<libc::termios>(),
+        // The kernel's struct termios (c_cc[19]: 36 bytes), not glibc's larger one: the
+        // program's buffer is the kernel's size.
+        r if r == libc::TCGETS => KERNEL_TERMIOS,
         r if r == libc::TIOCGWINSZ => std::mem::size_of::<libc::winsize>(),
         r if r == libc::TIOCGPGRP || r == libc::FIONREAD => 4,
         _ => return Err(-(libc::ENOTTY as i64)),
@@ -757,6 +767,10 @@ pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     p.write_user(cpu, arg, &buf)?;
     Ok(0)
 }
+
+/// `sizeof(struct termios)` of the kernel's `TCGETS` (four flag words, `c_line`, 19
+/// control characters).
+const KERNEL_TERMIOS: usize = 4 * 4 + 1 + 19;
 
 /// `fsync`/`fdatasync`.
 pub fn sys_fsync(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {

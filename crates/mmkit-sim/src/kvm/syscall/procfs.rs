@@ -159,9 +159,12 @@ fn stat_of(p: &Proc<'_>, pid: Pid, tid: Pid, text: &str) -> String {
     f[0] = state_of(p, pid, tid).0.to_string();
     f[2] = pgrp.to_string();
     f[3] = sid.to_string();
-    // tpgid: the terminal's foreground group, for a process of the terminal's session.
+    // tty_nr and tpgid: the terminal and its foreground group, for a process of the
+    // terminal's session.
     let tty = p.sched.tty;
-    f[5] = if sid == tty.sid { tty.fg as i64 } else { -1 }.to_string();
+    let on_tty = sid == tty.sid;
+    f[4] = if on_tty { crate::kvm::tty::tty_nr() } else { 0 }.to_string();
+    f[5] = if on_tty { tty.fg as i64 } else { -1 }.to_string();
     let (user, sys) = p.sched.runtime.get(&pid).copied().unwrap_or_default();
     let ticks = |d: std::time::Duration| (d.as_millis() as u64 / (1000 / USER_HZ)).to_string();
     f[11] = ticks(user);

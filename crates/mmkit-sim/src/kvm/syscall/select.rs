@@ -90,6 +90,7 @@ fn poll_now(p: &Proc<'_>, fds: &[(i32, i16)], host_wait: i32) -> Result<(Vec<i16
     if !pfds.is_empty() {
         // SAFETY: our own array of pollfds.
         host(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as u64, wait) } as i64)?;
+        // (A Ctrl-C that kicked the host's wait: EINTR, see poll_wait.)
         for (k, pf) in host_slot.iter().zip(&pfds) {
             revents[*k] = pf.revents;
         }
@@ -114,7 +115,17 @@ fn poll_wait(
             left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
         }
     };
-    let (revents, ours) = poll_now(p, fds, host_wait)?;
+    let (revents, ours) = match poll_now(p, fds, host_wait) {
+        // A Ctrl-C kicked the VMM out of the host's wait: the task sleeps, and the SIGINT
+        // ends the wait as it ends ours.
+        Err(e) if e == -(libc::EINTR as i64) && super::super::tty::sigint_pending() => {
+            p.deadline = deadline;
+            p.no_restart = true;
+            let _ = p.block();
+            return Ok(Polled::Wait);
+        }
+        r => r?,
+    };
     let ready = revents.iter().any(|&r| r != 0);
     let now = Instant::now();
     let expired = deadline.is_some_and(|d| now >= d);
