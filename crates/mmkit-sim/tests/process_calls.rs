@@ -246,8 +246,13 @@ fn stop_and_continue_match_the_native_run() {
 
 /// Run `cmd` on a new pseudo-terminal as the controlling terminal of a new session (as a
 /// login shell has it): its output (with the terminal's CR LF) and status.
-fn on_pty(mut cmd: std::process::Command) -> (String, i32) {
-    use std::io::Read;
+fn on_pty(cmd: std::process::Command) -> (String, i32) {
+    on_pty_typing(cmd, b"")
+}
+
+/// [`on_pty`], with `input` typed on the terminal first.
+fn on_pty_typing(mut cmd: std::process::Command, input: &[u8]) -> (String, i32) {
+    use std::io::{Read, Write};
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let (mut master, mut slave) = (0, 0);
@@ -282,6 +287,7 @@ fn on_pty(mut cmd: std::process::Command) -> (String, i32) {
     drop(slave);
     let mut out = Vec::new();
     let mut f = std::fs::File::from(master);
+    f.write_all(input).unwrap();
     let mut buf = [0u8; 4096];
     // Until the last holder of the slave is gone (EIO).
     while let Ok(n) = f.read(&mut buf) {
@@ -318,6 +324,34 @@ fn terminal_process_groups_match_the_native_run() {
         native.0.contains("background tcsetpgrp: stopped 1 sig 22"),
         "{native:?}"
     );
+}
+
+/// An interactive bash on mmkit's terminal runs jobs: a background job stopped with
+/// `kill -STOP` shows as Stopped, continued as Running, brought back with `fg` (bash hands
+/// it the terminal and takes it back, its settings restored with `tcsetattr`), and a
+/// background job killed with `SIGINT` is reported with status 130.
+#[test]
+fn interactive_bash_controls_its_jobs() {
+    if !common::kvm::kvm_usable_or_skip() {
+        return;
+    }
+    let script = "sleep 2 &\nkill -STOP %1\nsleep 0.2\njobs\nkill -CONT %1\nsleep 0.2\njobs\n\
+                  fg %1\necho fg-done $?\nsleep 5 &\nsleep 0.2\nkill -INT %1\n\
+                  wait %1; echo wait $?\nexit 3\n";
+    let mut ours = std::process::Command::new(env!("CARGO_BIN_EXE_mmkit"));
+    ours.args(["exec", "bash", "--norc", "--noprofile", "-i"]);
+    let (out, code) = on_pty_typing(ours, script.as_bytes());
+    let clean = out.replace('\r', "");
+    for want in [
+        "[1]+  Stopped                 sleep 2",
+        "[1]+  Running                 sleep 2 &",
+        "fg-done 0",
+        "wait 130",
+    ] {
+        assert!(clean.contains(want), "{want:?} not in {clean}");
+    }
+    assert!(!clean.contains("Inappropriate ioctl"), "{clean}");
+    assert_eq!(code, 3, "{clean}");
 }
 
 /// Start `cmd` (stdout piped) in a process group of its own, wait for its `ready` line,

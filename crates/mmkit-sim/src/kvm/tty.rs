@@ -190,23 +190,37 @@ pub fn ioctl(
             let sid = p.sched.tty.sid as i32;
             p.write_user(cpu, arg, &sid.to_le_bytes()).map(|_| 0)
         }
-        _ => tiocspgrp(p, cpu, arg),
+        _ => tiocspgrp(p, cpu, h, arg),
     })
 }
 
-/// `tcsetpgrp`: a process group of the caller's session becomes the foreground one. A
-/// caller in the background gets `SIGTTOU` first (its group does) unless it ignores or
-/// blocks it (`tty_check_change`), and the call is made again after.
-fn tiocspgrp(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, arg: u64) -> SysResult {
-    let (my_pgrp, my_sid) = p.pgrp_of(p.pid).unwrap_or((p.pid, p.pid));
-    if my_pgrp != p.sched.tty.fg {
-        let act = super::signal::SigAction::of(&p.sigactions[libc::SIGTTOU as usize]);
-        let blocked = p.sigmask & super::signal::bit(libc::SIGTTOU) != 0;
-        if act.handler != 1 && !blocked {
-            p.kill_pgrp_kernel(my_pgrp, libc::SIGTTOU);
-            return p.block();
-        }
+/// `tty_check_change` before a call that changes terminal `h` (host descriptor): a caller
+/// of the terminal's session in a background group gets `SIGTTOU` (its group does) unless
+/// it ignores or blocks it, and the call is made again after. `None`: go on.
+pub fn check_change(p: &mut Proc<'_>, h: i32) -> Option<SysResult> {
+    if !isatty(h) || !p.owns_tty() {
+        return None;
     }
+    let my_pgrp = p.pgrp_of(p.pid).map_or(p.pid, |g| g.0);
+    if my_pgrp == p.sched.tty.fg {
+        return None;
+    }
+    let act = super::signal::SigAction::of(&p.sigactions[libc::SIGTTOU as usize]);
+    let blocked = p.sigmask & super::signal::bit(libc::SIGTTOU) != 0;
+    if act.handler == 1 || blocked {
+        return None;
+    }
+    p.kill_pgrp_kernel(my_pgrp, libc::SIGTTOU);
+    Some(p.block())
+}
+
+/// `tcsetpgrp`: a process group of the caller's session becomes the foreground one, after
+/// [`check_change`].
+fn tiocspgrp(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, h: i32, arg: u64) -> SysResult {
+    if let Some(r) = check_change(p, h) {
+        return r;
+    }
+    let my_sid = p.pgrp_of(p.pid).map_or(p.pid, |g| g.1);
     let b = p.read_user(cpu, arg, 4).map_err(|_| EFAULT)?;
     let pgrp = i32::from_le_bytes(b.try_into().expect("4"));
     if pgrp < 0 {

@@ -753,6 +753,30 @@ pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     if let Some(r) = crate::kvm::tty::ioctl(p, cpu, h, req, arg) {
         return r;
     }
+    // Settings of the terminal: from the program to the host's terminal (a background
+    // caller is stopped with SIGTTOU first, as tty_check_change does).
+    let set = match req {
+        r if [libc::TCSETS, libc::TCSETSW, libc::TCSETSF].contains(&r) => Some(KERNEL_TERMIOS),
+        r if r == libc::TIOCSWINSZ => Some(std::mem::size_of::<libc::winsize>()),
+        _ => None,
+    };
+    if let Some(size) = set {
+        if req != libc::TIOCSWINSZ {
+            if let Some(r) = crate::kvm::tty::check_change(p, h) {
+                return r;
+            }
+        }
+        let b = p.read_user(cpu, arg, size)?;
+        // SAFETY: the host reads `size` bytes of our own buffer.
+        return host(unsafe { libc::ioctl(h, req as _, b.as_ptr()) } as i64);
+    }
+    if req == libc::TCFLSH {
+        if let Some(r) = crate::kvm::tty::check_change(p, h) {
+            return r;
+        }
+        // SAFETY: an integer argument.
+        return host(unsafe { libc::ioctl(h, req as _, arg as libc::c_int) } as i64);
+    }
     let size = match req {
         // The kernel's struct termios (c_cc[19]: 36 bytes), not glibc's larger one: the
         // program's buffer is the kernel's size.
