@@ -148,6 +148,49 @@ fn proc_directories_fail_and_read_as_on_linux() {
     assert_clean(&m, before, "proc directories");
 }
 
+/// Timeouts as long as a `timeval`/`timespec` can say (`INT64_MAX` seconds) to `select`,
+/// `ppoll`, `futex` and `setitimer` are "for ever", as on Linux — not a VMM panic on an
+/// `Instant` overflow.
+#[test]
+fn huge_timeouts_are_for_ever() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(dir.path(), "big", BIG_C, &[]);
+    let before = m.settle();
+    same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    assert_clean(&m, before, "huge timeouts");
+}
+
+const BIG_C: &str = r#"#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/select.h>
+#include <sys/time.h>
+#include <poll.h>
+#include <time.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
+#include <errno.h>
+#include <string.h>
+int main(void) {
+    setvbuf(stdout, 0, _IONBF, 0);
+    int p[2]; pipe(p); write(p[1], "x", 1);
+    fd_set r; FD_ZERO(&r); FD_SET(p[0], &r);
+    struct timeval tv = { INT64_MAX, 0 };
+    printf("select huge %d\n", select(p[0] + 1, &r, 0, 0, &tv));
+    struct timespec ts = { INT64_MAX, 0 };
+    struct pollfd pf = { p[0], POLLIN, 0 };
+    printf("ppoll huge %d\n", ppoll(&pf, 1, &ts, 0));
+    int w = 0;
+    long f = syscall(SYS_futex, &w, FUTEX_WAIT, 1, &ts, 0, 0); printf("futex huge %ld %s\n", f, strerror(errno));
+    struct itimerval it = { { INT64_MAX, 0 }, { INT64_MAX, 0 } };
+    printf("setitimer huge %d\n", setitimer(ITIMER_REAL, &it, 0));
+    struct itimerval off = { { 0, 0 }, { 0, 0 } }; setitimer(ITIMER_REAL, &off, 0);
+    return 0;
+}
+"#;
+
 const PROC_BAD_C: &str = r#"#define _GNU_SOURCE
 #include <stdio.h>
 #include <unistd.h>
@@ -171,6 +214,8 @@ int main(void) {
     r = open("/proc/self/task/xyz", O_RDONLY); res("task not a number", r);
     char path[64]; snprintf(path, sizeof path, "/proc/self/task/%d/stat", getpid());
     r = open(path, O_RDONLY); res("own task stat", r >= 0 ? 0 : -1);
+    snprintf(path, sizeof path, "/proc/0%d/stat", getpid()); r = open(path, O_RDONLY); res("leading zero", r);
+    snprintf(path, sizeof path, "/proc/+%d/stat", getpid()); r = open(path, O_RDONLY); res("plus sign", r);
     struct stat st; r = stat("/proc/self", &st); printf("stat dir %ld isdir %d\n", r, S_ISDIR(st.st_mode));
     r = fstatat(d, "stat", &st, 0); printf("fstatat in dir %ld isreg %d\n", r, S_ISREG(st.st_mode));
     int f = openat(d, "comm", O_RDONLY); r = read(f, buf, sizeof buf); printf("openat comm %.*s", (int)r, buf);

@@ -291,7 +291,8 @@ impl Proc<'_> {
             if interval.is_zero() {
                 self.sched.alarms.remove(&pid);
             } else {
-                self.sched.alarms.insert(pid, (now + interval, interval));
+                let next = super::syscall::deadline_after(interval);
+                self.sched.alarms.insert(pid, (next, interval));
             }
             let info = SigInfo {
                 signo: libc::SIGALRM,

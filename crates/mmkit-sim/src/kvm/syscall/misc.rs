@@ -135,7 +135,7 @@ pub fn sys_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysRe
     }
     let ts = read_timespec(p, cpu, a[0])?;
     let d = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    sleep_until(p, std::time::Instant::now().checked_add(d))
+    sleep_until(p, Some(super::deadline_after(d)))
 }
 
 /// The clocks `clock_nanosleep` sleeps on (`CLOCK_REALTIME`, `CLOCK_MONOTONIC`,
@@ -178,7 +178,7 @@ pub fn sys_clock_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) ->
     };
     sleep_until(
         p,
-        std::time::Instant::now().checked_add(std::time::Duration::from_nanos(wait)),
+        Some(super::deadline_after(std::time::Duration::from_nanos(wait))),
     )
 }
 

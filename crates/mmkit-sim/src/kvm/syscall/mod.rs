@@ -42,6 +42,15 @@ pub const PATH_MAX: usize = 4096;
 /// a short count is a valid answer, and it bounds the bounce buffer a guest can size).
 pub const MAX_RW_CHUNK: usize = 1 << 20;
 
+/// The instant `d` from now, for a timeout a program gave: one longer than a century is a
+/// century (`MAX_SCHEDULE_TIMEOUT` is "for ever" in Linux; an `Instant` cannot hold
+/// `i64::MAX` seconds, and adding them must not panic the VMM).
+pub fn deadline_after(d: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86400);
+    let now = std::time::Instant::now();
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}
+
 /// The result of a call: the value for `rax`.
 pub type SysResult = Result<i64, i64>;
 

@@ -863,7 +863,7 @@ pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
                         - (now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128);
                     std::time::Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64)
                 };
-                Some(std::time::Instant::now() + wait)
+                Some(super::deadline_after(wait))
             } else {
                 None
             };
@@ -909,7 +909,7 @@ fn arm_alarm(
     } else {
         p.sched
             .alarms
-            .insert(pid, (std::time::Instant::now() + value, interval));
+            .insert(pid, (super::deadline_after(value), interval));
     }
 }
 

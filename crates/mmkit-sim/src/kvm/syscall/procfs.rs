@@ -78,6 +78,15 @@ fn threads_of(p: &Proc<'_>, pid: Pid) -> Vec<Pid> {
     v
 }
 
+/// A `/proc` name that is a pid (`name_to_int`): decimal digits only, no leading zero.
+fn pid_name(s: &str) -> Option<Pid> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 /// What `/proc/PID/...` names: `self`/`thread-self` (the caller), or a pid — the machine's
 /// task of that id, or `ENOENT` when the machine has none (a host pid means nothing here).
 fn pid_path<'a>(p: &Proc<'_>, path: &'a str) -> Option<Result<PidPath<'a>, i64>> {
@@ -88,7 +97,7 @@ fn pid_path<'a>(p: &Proc<'_>, path: &'a str) -> Option<Result<PidPath<'a>, i64>>
         "self" => (p.pid, p.pid, false),
         "thread-self" => (p.pid, p.tid, false),
         _ => {
-            let pid = who.parse::<Pid>().ok()?;
+            let pid = pid_name(who)?;
             if p.tasks.get(pid).is_none() {
                 return Some(Err(enoent));
             }
@@ -104,7 +113,7 @@ fn pid_path<'a>(p: &Proc<'_>, path: &'a str) -> Option<Result<PidPath<'a>, i64>>
         tail = "";
     } else if let Some(t) = tail.strip_prefix("task/") {
         let (n, rest) = t.split_once('/').unwrap_or((t, ""));
-        let Ok(n) = n.parse::<Pid>() else {
+        let Some(n) = pid_name(n) else {
             return Some(Err(enoent));
         };
         if !threads_of(p, pid).contains(&n) {

@@ -106,7 +106,7 @@ fn poll_wait(
     timeout: Option<Duration>,
 ) -> Result<Polled, i64> {
     let start = Instant::now();
-    let deadline = p.deadline.or_else(|| timeout.map(|t| start + t));
+    let deadline = p.deadline.or_else(|| timeout.map(super::deadline_after));
     let host_wait = match deadline {
         None => -1,
         Some(d) => {
