@@ -431,18 +431,19 @@ impl Proc<'_> {
     /// process but to end it.
     pub(super) fn pick_next(&self) -> Option<Pid> {
         let ready = |t: &Parked| {
-            // A stopped process's threads run again only to die (SIGKILL) or once continued.
+            // A stopped process's threads run again only to die (SIGKILL) or once continued;
+            // a vfork parent (its address space lent to the child) only to die.
             t.exit.is_some()
                 || !self.is_stopped(t.pid)
-                    && (t.pending.set & !t.sigmask != 0
-                        || match t.run {
-                            RunState::Runnable => true,
-                            RunState::Blocked(since) => {
-                                since != self.sched.events
-                                    || t.deadline.is_some_and(|d| Instant::now() >= d)
-                            }
-                            RunState::Vfork(_) => false,
-                        })
+                    && match t.run {
+                        RunState::Runnable => true,
+                        RunState::Blocked(since) => {
+                            t.pending.set & !t.sigmask != 0
+                                || since != self.sched.events
+                                || t.deadline.is_some_and(|d| Instant::now() >= d)
+                        }
+                        RunState::Vfork(_) => false,
+                    }
         };
         let after = self
             .sched
