@@ -348,6 +348,9 @@ fn real_main(cli: Cli) -> Result<()> {
             chart,
             cmd,
         } => {
+            // Ctrl-C reaches the program (its foreground process group), as it would
+            // natively; mmkit ends when the program does.
+            mmkit_sim::kvm::tty::enable_sigint_forwarding();
             let swap = swap.as_deref().map(cli::parse_swap).transpose()?;
             if maps || smaps {
                 let what = if maps { "--maps" } else { "--smaps" };

@@ -76,7 +76,12 @@ pub fn install_signal_cleanup() -> Result<()> {
     std::thread::Builder::new()
         .name("tempfile-cleanup".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            // SIGINT while `mmkit exec` runs a program is the program's (its foreground
+            // process group's), not ours.
+            let mut ours = signals
+                .forever()
+                .filter(|&s| !(s == SIGINT && crate::kvm::tty::forward_sigint()));
+            if let Some(sig) = ours.next() {
                 remove_all();
                 // The default action of the signal: the exit status says what killed us.
                 let _ = signal_hook::low_level::emulate_default_handler(sig);

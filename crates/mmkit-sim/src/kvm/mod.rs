@@ -35,6 +35,7 @@ pub mod sched;
 pub mod signal;
 pub mod smp;
 pub mod syscall;
+pub mod tty;
 pub mod vcpu;
 pub mod vm;
 

@@ -181,6 +181,10 @@ pub struct Proc<'m> {
     pub sigactions: Vec<[u8; 32]>,
     /// The blocked-signal mask.
     pub sigmask: u64,
+    /// The mask a call with a temporary one (`rt_sigsuspend`, `pselect6`, `ppoll`) replaced
+    /// (`saved_sigmask`): back when the call returns, or, when a handler interrupted it,
+    /// saved in the handler's frame so `rt_sigreturn` puts it back.
+    pub saved_sigmask: Option<u64>,
     /// The `sigaltstack` (`stack_t`'s bytes; zero: none).
     pub sigaltstack: [u8; 24],
     /// Bytes an interrupted call already moved (a pipe write that waits for room).
@@ -270,6 +274,7 @@ impl<'m> Proc<'m> {
             argv: Vec::new(),
             sigactions: Vec::new(),
             sigmask: 0,
+            saved_sigmask: None,
             sigaltstack: [0; 24],
             progress: 0,
             pending: Default::default(),
@@ -314,6 +319,8 @@ pub fn run_program(
         ..Default::default()
     };
     sched.pgrp.insert(pid, (pid, pid));
+    sched.tty = super::tty::Tty { sid: pid, fg: pid };
+    sched.started.insert(pid, syscall::procfs::boot_ticks());
     sched.shared.insert(
         pid,
         Shared::new(
@@ -331,6 +338,8 @@ pub fn run_program(
     let smp = Smp::new(nr, tasks, sched);
     m.ram.set_flush_cpus(Some(smp.cpus.clone()));
     let sig = kick_signal();
+    // Ctrl-C on mmkit's terminal goes to the guest's foreground group while this runs.
+    let _forwarding = super::tty::RunGuard::new();
     // The watchdog: marks the timeout, and ends time slices every 10 ms (the scheduler
     // tick) while a task waits for a vCPU or a timer is armed, by kicking vCPUs out of
     // KVM_RUN — only while they are in there, so no host call of the VMM is interrupted.
@@ -348,6 +357,11 @@ pub fn run_program(
                     smp.wake_all();
                 }
                 smp.tick(expired, !opts.no_preempt);
+                if super::tty::sigint_pending() {
+                    // A Ctrl-C: a vCPU takes it to the foreground group (out of a host call
+                    // it waits in, a terminal read, too).
+                    smp.interrupt_all();
+                }
             }
         });
         let threads: Vec<_> = (0..nr)
@@ -479,9 +493,16 @@ fn vcpu_loop(
             (p.pid, p.tid) = (pid, pid);
         }
         let mut exit = None;
+        // The last stretch's task and its times in the guest and in the VMM, for its
+        // /proc/PID/stat (utime, stime), charged once the kernel lock is held again.
+        let mut charge: Option<(Pid, Duration, Duration)> = None;
         loop {
             let t0 = Instant::now();
             let g = smp.lock_kernel(&mut p);
+            if let Some((who, guest, vmm)) = charge.take() {
+                let rt = p.sched.runtime.entry(who).or_default();
+                (rt.0, rt.1) = (rt.0 + guest, rt.1 + vmm);
+            }
             let cpu = k.get_cpu();
             if !p.is_idle() {
                 p.unpark_running();
@@ -542,6 +563,7 @@ fn vcpu_loop(
                     let e = vcpu.run(vm);
                     smp.left_guest(c);
                     let dt = t1.elapsed();
+                    charge = Some((pid, dt, t1 - t0));
                     run.guest += dt;
                     *run.tasks.entry((pid, tid)).or_default() += dt;
                     exit = Some(e?);
@@ -588,6 +610,8 @@ fn kernel_work(
         }
     }
     loop {
+        // A Ctrl-C on mmkit's terminal: SIGINT to the foreground process group.
+        p.host_interrupts();
         if p.is_idle() {
             p.fire_alarms();
             if switch(p, cpu, vm, vcpu, None)? {
@@ -611,18 +635,24 @@ fn kernel_work(
                 continue;
             }
             let timer = next_timer(p);
-            if !running && timer.is_none() {
-                // Every task waits for another: nothing can ever wake them.
+            // Under `mmkit exec` a Ctrl-C may still come for the foreground group (a program
+            // in pause() waits for it): wait for it a tick at a time.
+            let sigint = p.sigint_may_come();
+            if !running && timer.is_none() && !sigint {
+                // Every task waits for another (or is stopped): nothing can ever wake them.
                 p.k.printk(&format!(
-                    "mmkit: tasks {:?} wait for each other forever: killed",
+                    "mmkit: tasks {:?} are stopped or wait for each other forever: killed",
                     p.live_pids()
                 ));
                 kill_all(p);
                 continue;
             }
-            return Ok(Next::Idle(
-                timer.map(|t| t.saturating_duration_since(Instant::now())),
-            ));
+            let wait = timer.map(|t| t.saturating_duration_since(Instant::now()));
+            return Ok(Next::Idle(if sigint {
+                Some(wait.map_or(TICK, |w| w.min(TICK)))
+            } else {
+                wait
+            }));
         }
         if p.exit.is_some() {
             if p.pid == p.sched.first && p.last_thread() {
@@ -632,6 +662,11 @@ fn kernel_work(
             }
             p.exit_current(cpu);
             switch(p, cpu, vm, vcpu, None)?;
+            continue;
+        }
+        if p.is_stopped(p.pid) {
+            // Stopped (SIGSTOP, SIGTSTP…): off the CPU until SIGCONT or SIGKILL.
+            switch(p, cpu, vm, vcpu, Some(RunState::Runnable))?;
             continue;
         }
         if p.blocked || p.vfork_wait.is_some() {

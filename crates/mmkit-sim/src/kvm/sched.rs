@@ -52,6 +52,26 @@ impl Shared {
         &self.argv
     }
 
+    /// `CLONE_CLEAR_SIGHAND`: caught signals go back to `SIG_DFL` (ignored ones stay
+    /// ignored).
+    pub fn clear_handlers(&mut self) {
+        for s in self.sigactions.iter_mut() {
+            if u64::from_le_bytes(s[..8].try_into().expect("8")) > 1 {
+                *s = [0; 32];
+            }
+        }
+    }
+
+    /// The process's signal actions.
+    pub fn sigactions(&self) -> &[[u8; 32]] {
+        &self.sigactions
+    }
+
+    /// The process's executable (`/proc/PID/exe`).
+    pub fn exe(&self) -> &str {
+        &self.exe
+    }
+
     /// A process's shared state.
     pub fn new(fds: FdTable, exe: String, argv: Vec<String>, sigactions: Vec<[u8; 32]>) -> Self {
         Shared {
@@ -79,6 +99,18 @@ pub struct Sched {
     pub alarms: std::collections::BTreeMap<Pid, (Instant, Duration)>,
     /// Process group and session of every task, zombies included.
     pub pgrp: std::collections::BTreeMap<Pid, (Pid, Pid)>,
+    /// When each process started, in clock ticks since boot (`/proc/PID/stat`'s
+    /// `start_time`).
+    pub started: std::collections::BTreeMap<Pid, u64>,
+    /// The names (`comm`) of threads other than the leaders, which `PR_SET_NAME` sets per
+    /// thread (a leader's is its process's, in the task table).
+    pub thread_comm: std::collections::BTreeMap<Pid, String>,
+    /// Stopped processes and the changes their parents' `wait` has to report.
+    pub jobs: super::signal::JobControl,
+    /// The terminal: its session and foreground process group.
+    pub tty: super::tty::Tty,
+    /// Time each process spent in the guest and in the VMM for it (`utime`, `stime`).
+    pub runtime: std::collections::BTreeMap<Pid, (Duration, Duration)>,
     /// Wake-up events so far.
     pub events: u64,
     /// Context switches.
@@ -123,12 +155,14 @@ pub struct Parked {
     tid: Pid,
     futex: Option<FutexWait>,
     sigmask: u64,
+    saved_sigmask: Option<u64>,
     sigaltstack: [u8; 24],
     exit: Option<Status>,
     progress: usize,
     vfork_parent: Option<Pid>,
     clear_child_tid: u64,
-    pending: super::signal::Pending,
+    /// Signals waiting for delivery.
+    pub pending: super::signal::Pending,
     deadline: Option<Instant>,
     no_restart: bool,
     /// Its registers (`None` before it first ran: a child gets them when `clone`
@@ -177,6 +211,7 @@ impl Parked {
             tid,
             futex: None,
             sigmask,
+            saved_sigmask: None,
             sigaltstack,
             exit: None,
             progress: 0,
@@ -304,7 +339,8 @@ impl Proc<'_> {
             if interval.is_zero() {
                 self.sched.alarms.remove(&pid);
             } else {
-                self.sched.alarms.insert(pid, (now + interval, interval));
+                let next = super::syscall::deadline_after(interval);
+                self.sched.alarms.insert(pid, (next, interval));
             }
             let info = SigInfo {
                 signo: libc::SIGALRM,
@@ -337,6 +373,18 @@ impl Proc<'_> {
         }
         self.sched.events += 1;
         woken
+    }
+
+    /// The name of thread `tid` of process `pid` (`task->comm`).
+    pub fn comm_of(&self, pid: Pid, tid: Pid) -> String {
+        match self.sched.thread_comm.get(&tid) {
+            Some(c) if tid != pid => c.clone(),
+            _ => self
+                .tasks
+                .get(pid)
+                .map(|t| t.comm.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// Process group and session of `pid`.
@@ -444,6 +492,7 @@ impl Proc<'_> {
             tid: self.tid,
             futex: self.futex.take(),
             sigmask: self.sigmask,
+            saved_sigmask: self.saved_sigmask.take(),
             sigaltstack: self.sigaltstack,
             exit: self.exit.take(),
             progress: std::mem::take(&mut self.progress),
@@ -495,6 +544,7 @@ impl Proc<'_> {
         self.futex = t.futex;
         self.thread_exit = false;
         self.sigmask = t.sigmask;
+        self.saved_sigmask = t.saved_sigmask.take();
         self.sigaltstack = t.sigaltstack;
         self.exit = t.exit.take();
         self.progress = t.progress;
@@ -509,20 +559,23 @@ impl Proc<'_> {
 
     /// The next task to run after the one last given a CPU, round robin by pid: one not
     /// on a vCPU that is ready to run, or asleep since an earlier event, or killed while
-    /// off the CPU.
+    /// off the CPU — none of a stopped process but to end it.
     pub fn pick_next(&self) -> Option<Pid> {
         let ready = |t: &Parked| {
+            // A stopped process's threads run again only to die (SIGKILL) or once continued;
+            // a vfork parent (its address space lent to the child) only to die.
             t.on_cpu.is_none()
                 && (t.exit.is_some()
-                    || t.pending.set & !t.sigmask != 0
-                    || match t.run {
-                        RunState::Runnable => true,
-                        RunState::Blocked(since) => {
-                            since != self.sched.events
-                                || t.deadline.is_some_and(|d| Instant::now() >= d)
-                        }
-                        RunState::Vfork(_) => false,
-                    })
+                    || !self.is_stopped(t.pid)
+                        && match t.run {
+                            RunState::Runnable => true,
+                            RunState::Blocked(since) => {
+                                t.pending.set & !t.sigmask != 0
+                                    || since != self.sched.events
+                                    || t.deadline.is_some_and(|d| Instant::now() >= d)
+                            }
+                            RunState::Vfork(_) => false,
+                        })
         };
         let last = self.sched.last_run;
         let after = self
@@ -589,12 +642,16 @@ impl Proc<'_> {
             self.clear_child_tid(cpu);
             if self.tid != self.pid {
                 self.tasks.free_tid(self.tid);
+                self.sched.thread_comm.remove(&self.tid);
             }
             self.stash_shared();
             self.sched.events += 1;
             return;
         }
         self.sched.shared.remove(&self.pid);
+        // A zombie tells its exit, not a stop.
+        self.sched.jobs.stopped.remove(&self.pid);
+        self.sched.jobs.reports.remove(&self.pid);
         self.vfork_done(cpu);
         // SIGCHLD to the parent (do_notify_parent), dropped unless it catches it.
         if let Some(ppid) = self.tasks.get(self.pid).map(|t| t.ppid) {
@@ -617,6 +674,8 @@ impl Proc<'_> {
         let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
         if self.tasks.get(self.pid).is_none() {
             self.sched.pgrp.remove(&self.pid);
+            self.sched.started.remove(&self.pid);
+            self.sched.runtime.remove(&self.pid);
         }
         self.sched.events += 1;
     }
@@ -717,10 +776,19 @@ pub(super) fn switch(
         };
         vcpu.restore(vm, &ctx)?;
         if let (RunState::Blocked(_), Some(sig)) = (t.run, signal::next_signal(p)) {
-            // A signal ends the wait: EINTR, or the call again after the handler.
+            // A signal ends the wait: EINTR, or the call again after the handler; without a
+            // handler (a stop) the call is made again where it was (its deadline, the bytes
+            // it moved).
             let user = signal::syscall_user_regs(vm, vcpu)?;
+            let caught = signal::SigAction::of(&p.sigactions[sig as usize]).caught();
+            if caught {
+                super::syscall::misc::nanosleep_interrupted(p, cpu, &user);
+            }
             let user = signal::interrupted_call(p, sig, user);
-            (p.futex, p.progress, p.deadline, p.no_restart) = (None, 0, None, false);
+            p.futex = None;
+            if caught {
+                (p.progress, p.deadline, p.no_restart) = (0, None, false);
+            }
             vcpu.resume_user(&user)?;
             return Ok(true);
         }

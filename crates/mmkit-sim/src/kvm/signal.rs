@@ -150,8 +150,16 @@ pub fn deliver(
 ) -> Result<()> {
     let sig = info.signo;
     let act = SigAction::of(&p.sigactions[sig as usize]);
+    if !act.caught() && act.handler == 0 && is_stop(sig) {
+        p.do_signal_stop(sig);
+        return Ok(());
+    }
     if !act.caught() && act.handler == 1 || !act.caught() && default_ignored(sig) {
-        return Ok(()); // ignored by the time it is delivered
+        // Ignored by the time it is delivered; a temporary mask it ended goes.
+        if let Some(m) = p.saved_sigmask.take() {
+            p.sigmask = m;
+        }
+        return Ok(());
     }
     if !act.caught() || act.flags & SA_RESTORER == 0 {
         p.exit = Some(super::process::Status::Signaled(if act.caught() {
@@ -223,10 +231,12 @@ pub fn deliver(
     };
     put(&mut f, m + 19 * 8, err);
     put(&mut f, m + 20 * 8, trapno);
-    put(&mut f, m + 21 * 8, p.sigmask); // oldmask
+    // The mask to return to: the one a temporary mask replaced (sigsuspend), if any.
+    let old_mask = p.saved_sigmask.unwrap_or(p.sigmask);
+    put(&mut f, m + 21 * 8, old_mask); // oldmask
     put(&mut f, m + 22 * 8, cr2);
     put(&mut f, m + 23 * 8, fpstate);
-    put(&mut f, 8 + UCONTEXT - 8, p.sigmask); // uc_sigmask
+    put(&mut f, 8 + UCONTEXT - 8, old_mask); // uc_sigmask
     let i = INFO_OFF as usize;
     f[i..i + 4].copy_from_slice(&sig.to_le_bytes());
     f[i + 8..i + 12].copy_from_slice(&info.code.to_le_bytes());
@@ -254,6 +264,7 @@ pub fn deliver(
         rflags: user.rflags & !(0x100 | 0x400 | 0x1_0000 | 0x4_0000) | 0x202,
         ..user
     };
+    p.saved_sigmask = None;
     p.sigmask |= act.mask & !(bit(libc::SIGKILL) | bit(libc::SIGSTOP));
     if act.flags & SA_NODEFER == 0 {
         p.sigmask |= bit(sig);
@@ -318,12 +329,14 @@ pub fn sigreturn(
     Ok(())
 }
 
-/// A system call that slept when a caught signal came: it returns `EINTR`, or with
+/// A system call that slept when a signal came: with a handler it returns `EINTR`, or with
 /// `SA_RESTART` is made again once the handler returns (`rip` back on the `SYSCALL`,
-/// `rax` still its number). Returns the registers to deliver the signal over.
+/// `rax` still its number); without one (a stop, or a signal that ends the task anyway)
+/// it is made again, as every `-ERESTART*` is when no handler runs. Returns the registers
+/// to deliver the signal over.
 pub fn interrupted_call(p: &Proc<'_>, sig: i32, mut user: kvm_regs) -> kvm_regs {
     let act = SigAction::of(&p.sigactions[sig as usize]);
-    if act.flags & SA_RESTART != 0 && !p.no_restart {
+    if !act.caught() || act.flags & SA_RESTART != 0 && !p.no_restart {
         user.rip = user.rip.wrapping_sub(2);
     } else {
         user.rax = -(libc::EINTR as i64) as u64;
@@ -331,20 +344,101 @@ pub fn interrupted_call(p: &Proc<'_>, sig: i32, mut user: kvm_regs) -> kvm_regs 
     user
 }
 
-/// Signals whose default action does nothing (`SIG_KERNEL_IGNORE_MASK`), and the stop
-/// signals, which stop nothing here (no job control yet).
+/// Signals whose default action does nothing (`SIG_KERNEL_IGNORE_MASK`; `SIGCONT`'s
+/// continuing happens when it is sent).
 pub fn default_ignored(sig: i32) -> bool {
-    [
-        libc::SIGCHLD,
-        libc::SIGURG,
-        libc::SIGWINCH,
-        libc::SIGCONT,
-        libc::SIGSTOP,
-        libc::SIGTSTP,
-        libc::SIGTTIN,
-        libc::SIGTTOU,
-    ]
-    .contains(&sig)
+    [libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT].contains(&sig)
+}
+
+/// The stop signals (`SIG_KERNEL_STOP_MASK`): their default action stops the process.
+pub fn is_stop(sig: i32) -> bool {
+    [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig)
+}
+
+/// `si_code`s of `SIGCHLD` (`CLD_*`).
+pub const CLD_STOPPED: i32 = 5;
+/// The child continued.
+pub const CLD_CONTINUED: i32 = 6;
+/// `SA_NOCLDSTOP`: no `SIGCHLD` when a child stops or continues.
+const SA_NOCLDSTOP: u64 = 1;
+
+/// Job control state of a run (`signal_struct`'s `SIGNAL_STOP_*` flags and `exit_code`
+/// as `wait_task_stopped`/`wait_task_continued` read them): the processes stopped, and
+/// for each child the stop or continue its parent has not been told of by `wait` yet.
+#[derive(Default, Debug)]
+pub struct JobControl {
+    /// Stopped processes (none of their threads runs until `SIGCONT` or `SIGKILL`).
+    pub stopped: std::collections::BTreeSet<u32>,
+    /// Unreported changes: `(CLD_STOPPED, stop signal)` or `(CLD_CONTINUED, SIGCONT)`.
+    pub reports: std::collections::BTreeMap<u32, (i32, i32)>,
+}
+
+impl Proc<'_> {
+    /// `do_notify_parent_cldstop`: `SIGCHLD` with `why` to `pid`'s parent, unless the
+    /// parent's action for it has `SA_NOCLDSTOP`; its `wait` may now report the change.
+    fn notify_parent_cldstop(&mut self, pid: u32, why: i32, status: i32) {
+        self.sched.jobs.reports.insert(pid, (why, status));
+        self.sched.events += 1;
+        let Some(ppid) = self.tasks.get(pid).map(|t| t.ppid).filter(|&pp| pp != 0) else {
+            return;
+        };
+        let acts = if ppid == self.pid {
+            Some(self.sigactions.as_slice())
+        } else {
+            self.sched.shared.get(&ppid).map(|s| s.sigactions())
+        };
+        let nocldstop = acts
+            .and_then(|a| a.get(libc::SIGCHLD as usize))
+            .is_some_and(|a| SigAction::of(a).flags & SA_NOCLDSTOP != 0);
+        if !nocldstop {
+            let info = SigInfo {
+                signo: libc::SIGCHLD,
+                code: why,
+                addr: 0,
+                pid,
+            };
+            let _ = self.signal_task(ppid, info);
+        }
+    }
+
+    /// `prepare_signal`'s job control, done when `sig` is sent to process `pid` whatever
+    /// its action: `SIGCONT` takes back every pending stop signal and continues a stopped
+    /// process (its parent told); a stop signal takes back a pending `SIGCONT`.
+    pub fn prepare_signal(&mut self, pid: u32, sig: i32) {
+        let drop = if sig == libc::SIGCONT {
+            bit(libc::SIGSTOP) | bit(libc::SIGTSTP) | bit(libc::SIGTTIN) | bit(libc::SIGTTOU)
+        } else if is_stop(sig) {
+            bit(libc::SIGCONT)
+        } else {
+            return;
+        };
+        let forget = |p: &mut Pending| {
+            p.set &= !drop;
+            p.info.retain(|i| bit(i.signo) & drop == 0);
+        };
+        if self.pid == pid {
+            forget(&mut self.pending);
+        }
+        for t in self.sched.parked.values_mut().filter(|t| t.pid == pid) {
+            forget(&mut t.pending);
+        }
+        if sig == libc::SIGCONT && self.sched.jobs.stopped.remove(&pid) {
+            self.notify_parent_cldstop(pid, CLD_CONTINUED, libc::SIGCONT);
+        }
+    }
+
+    /// `do_signal_stop`: the running process stops (every thread of it), and its parent
+    /// is told.
+    pub fn do_signal_stop(&mut self, sig: i32) {
+        let pid = self.pid;
+        self.sched.jobs.stopped.insert(pid);
+        self.notify_parent_cldstop(pid, CLD_STOPPED, sig);
+    }
+
+    /// Whether process `pid` is stopped.
+    pub fn is_stopped(&self, pid: u32) -> bool {
+        self.sched.jobs.stopped.contains(&pid)
+    }
 }
 
 /// A task's pending signals.

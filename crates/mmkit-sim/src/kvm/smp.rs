@@ -81,6 +81,14 @@ impl CpuState {
         }
     }
 
+    /// Kick the vCPU's thread wherever it is: out of `KVM_RUN`, or out of a host call the
+    /// VMM waits in (which then fails with `EINTR`).
+    pub fn force_kick(&self) {
+        if let Some(k) = *self.kick.lock().unwrap_or_else(|e| e.into_inner()) {
+            k.kick();
+        }
+    }
+
     /// Whether the vCPU is in guest mode.
     pub fn in_guest(&self) -> bool {
         self.in_guest.load(Ordering::SeqCst)
@@ -284,6 +292,15 @@ impl Smp {
                 st.kick();
             }
         }
+    }
+
+    /// Something every vCPU must see now (a Ctrl-C): kick each out of the guest or a host
+    /// call, and wake the idle ones.
+    pub fn interrupt_all(&self) {
+        for st in &self.cpus.0 {
+            st.force_kick();
+        }
+        self.wake_all();
     }
 
     /// `stop_machine` for the grace period of deferred table frees: with the kernel lock

@@ -22,6 +22,25 @@ pub enum FdKind {
         /// The file position.
         pos: usize,
     },
+    /// A generated directory (`/proc`, `/proc/PID`, `/proc/PID/task`): its entries as
+    /// `getdents64` returns them, and how many were returned.
+    Dir {
+        /// The entries.
+        ents: Vec<DirEnt>,
+        /// The next entry `getdents64` returns (the directory's `f_pos`).
+        pos: usize,
+    },
+}
+
+/// One entry of a generated directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEnt {
+    /// `d_ino`.
+    pub ino: u64,
+    /// `d_type` (`DT_DIR`, `DT_REG`, `DT_LNK`).
+    pub kind: u8,
+    /// `d_name`.
+    pub name: String,
 }
 
 /// One descriptor.
@@ -41,7 +60,7 @@ impl Fd {
     pub fn host(&self) -> Option<RawFd> {
         match &self.kind {
             FdKind::Host(f) => Some(f.as_raw_fd()),
-            FdKind::Mem { .. } | FdKind::Pipe(_) => None,
+            FdKind::Mem { .. } | FdKind::Dir { .. } | FdKind::Pipe(_) => None,
         }
     }
 }
@@ -137,6 +156,10 @@ impl FdTable {
             ),
             FdKind::Mem { data, pos } => FdKind::Mem {
                 data: data.clone(),
+                pos: *pos,
+            },
+            FdKind::Dir { ents, pos } => FdKind::Dir {
+                ents: ents.clone(),
                 pos: *pos,
             },
             FdKind::Pipe(end) => FdKind::Pipe(end.clone()),

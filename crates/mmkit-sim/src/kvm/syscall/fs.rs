@@ -40,6 +40,37 @@ impl Proc<'_> {
         }
     }
 
+    /// `path` made absolute when it is relative to a directory mmkit generated (`openat`
+    /// of `stat` in an open `/proc/PID`); otherwise as given.
+    pub(crate) fn generated_at(&self, dirfd: i64, path: String) -> String {
+        if path.starts_with('/') || dirfd as i32 == libc::AT_FDCWD {
+            return path;
+        }
+        match self.fds.get(dirfd) {
+            Some(Fd {
+                kind: FdKind::Dir { .. },
+                path: Some(dir),
+                ..
+            }) if !path.is_empty() => format!("{dir}/{path}"),
+            _ => path,
+        }
+    }
+
+    /// The host directory and path a `*at` call goes to: `dirfd`'s host descriptor and
+    /// `path`, or the absolute `resolved` path when `dirfd` is a generated directory.
+    fn host_at(
+        &self,
+        dirfd: i64,
+        path: std::ffi::CString,
+        resolved: &str,
+    ) -> Result<(RawFd, std::ffi::CString), i64> {
+        if resolved.as_bytes() != path.as_bytes() {
+            let c = std::ffi::CString::new(resolved).map_err(|_| EINVAL)?;
+            return Ok((libc::AT_FDCWD, c));
+        }
+        Ok((self.host_fd(dirfd)?, path))
+    }
+
     /// The host descriptor of guest descriptor `fd` (`EBADF`; `AT_FDCWD` passes through).
     fn host_fd(&self, fd: i64) -> Result<RawFd, i64> {
         if fd as i32 == libc::AT_FDCWD {
@@ -77,6 +108,7 @@ pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
             let end = end.clone();
             super::pipe::pipe_read(p, cpu, &end, buf, count)
         }
+        FdKind::Dir { .. } => Err(-(libc::EISDIR as i64)),
         FdKind::Mem { data, pos } => {
             let end = (*pos + count).min(data.len());
             let out = data[(*pos).min(end)..end].to_vec();
@@ -97,7 +129,15 @@ pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
             let n = count.min(MAX_RW_CHUNK);
             let mut tmp = vec![0u8; n];
             // SAFETY: reading into our own buffer of `n` bytes.
-            let r = host(unsafe { libc::read(h, tmp.as_mut_ptr().cast(), n) } as i64)?;
+            let r = match host(unsafe { libc::read(h, tmp.as_mut_ptr().cast(), n) } as i64) {
+                // A Ctrl-C kicked the VMM out of a terminal read: the task waits as in a
+                // read that sleeps, so the SIGINT interrupts it as Linux's would (EINTR,
+                // or the read again after a SA_RESTART handler).
+                Err(e) if e == -(libc::EINTR as i64) && crate::kvm::tty::sigint_pending() => {
+                    return p.block();
+                }
+                r => r?,
+            };
             p.write_user(cpu, buf, &tmp[..r as usize])?;
             Ok(r)
         }
@@ -194,6 +234,7 @@ pub fn sys_pread64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
     let f = p.fds.get(fd).ok_or(EBADF)?;
     match &f.kind {
         FdKind::Pipe(_) => Err(-(libc::ESPIPE as i64)),
+        FdKind::Dir { .. } => Err(-(libc::EISDIR as i64)),
         FdKind::Mem { data, .. } => {
             let s = (off as usize).min(data.len());
             let out = data[s..(s + count).min(data.len())].to_vec();
@@ -311,8 +352,23 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     let (dirfd, flags, mode) = (a[0] as i64, a[2] as i32, a[3] as u32);
     let path = p.read_path(cpu, a[1])?;
     let cloexec = flags & libc::O_CLOEXEC != 0;
-    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    let text = p.generated_at(dirfd, String::from_utf8_lossy(path.as_bytes()).into_owned());
+    if let Some(ents) = super::procfs::dir(p, &text)? {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_CREAT != 0 {
+            return Err(-(libc::EISDIR as i64));
+        }
+        let f = Fd {
+            kind: FdKind::Dir { ents, pos: 0 },
+            cloexec,
+            path: Some(text.trim_end_matches('/').to_string()),
+            cache: None,
+        };
+        return p.fds.install(f, 0);
+    }
     if let Some(data) = super::procfs::open(p, cpu, &text)? {
+        if flags & libc::O_DIRECTORY != 0 {
+            return Err(-(libc::ENOTDIR as i64));
+        }
         let f = Fd {
             kind: FdKind::Mem { data, pos: 0 },
             cloexec,
@@ -321,7 +377,7 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
         };
         return p.fds.install(f, 0);
     }
-    let d = p.host_fd(dirfd)?;
+    let (d, path) = p.host_at(dirfd, path, &text)?;
     // SAFETY: a NUL-terminated path; the new descriptor is owned below.
     let r = host(unsafe { libc::openat(d, path.as_ptr(), flags | libc::O_CLOEXEC, mode) } as i64)?;
     // SAFETY: `r` is a fresh descriptor nobody else owns.
@@ -358,6 +414,15 @@ fn page_cache_of(
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
+    // The host's /proc and /sys files are generated when read (their size says 0): read
+    // from the host each time, never cached.
+    // SAFETY: fstatfs of our own descriptor into our own struct.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut sf) } != 0
+        || matches!(sf.f_type, libc::PROC_SUPER_MAGIC | libc::SYSFS_MAGIC)
+    {
+        return None;
+    }
     // A descriptor of its own for the inode: the guest may close this one.
     // SAFETY: dup of our own descriptor, owned by the File below.
     let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
@@ -384,6 +449,18 @@ pub fn sys_lseek(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     let f = p.fds.get_mut(fd).ok_or(EBADF)?;
     match &mut f.kind {
         FdKind::Pipe(_) => Err(-(libc::ESPIPE as i64)),
+        FdKind::Dir { pos, .. } => {
+            // A directory's position is the index of its next entry; its size is 0, as a
+            // procfs directory's (generic_file_llseek).
+            let base = match whence {
+                libc::SEEK_SET | libc::SEEK_END => 0,
+                libc::SEEK_CUR => *pos as i64,
+                _ => return Err(EINVAL),
+            };
+            let n = base.checked_add(off).filter(|&n| n >= 0).ok_or(EINVAL)?;
+            *pos = n as usize;
+            Ok(n)
+        }
         FdKind::Mem { data, pos } => {
             let base = match whence {
                 libc::SEEK_SET => 0,
@@ -403,15 +480,27 @@ pub fn sys_lseek(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     }
 }
 
-/// A `struct stat` for a generated file: a regular file of its length.
-fn mem_stat(len: usize) -> libc::stat {
+/// A `struct stat` for a generated file at `path`: a regular file that says it is empty, as
+/// `/proc` files do, on `/proc`'s device with an inode number of its own (so a program
+/// comparing files by device and inode, as `grep` does with its output, tells them apart).
+fn mem_stat(path: Option<&str>) -> libc::stat {
     // SAFETY: zeroed stat is valid plain data.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     st.st_mode = libc::S_IFREG | 0o444;
     st.st_nlink = 1;
-    st.st_size = 0; // as /proc files report
+    st.st_size = 0;
     st.st_blksize = 4096;
-    let _ = len;
+    st.st_dev = super::procfs::proc_dev();
+    // FNV-1a of the path: stable, distinct, never 0.
+    let h = path
+        .unwrap_or("")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+    st.st_ino = h | 1;
+    // SAFETY: getuid/getgid cannot fail.
+    (st.st_uid, st.st_gid) = unsafe { (libc::getuid(), libc::getgid()) };
     st
 }
 
@@ -442,7 +531,8 @@ pub fn sys_fstat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
             (st.st_uid, st.st_gid) = unsafe { (libc::getuid(), libc::getgid()) };
             st
         }
-        FdKind::Mem { data, .. } => mem_stat(data.len()),
+        FdKind::Mem { .. } => mem_stat(f.path.as_deref()),
+        FdKind::Dir { ents, .. } => super::procfs::dir_stat(ents),
         FdKind::Host(h) => {
             let h = std::os::fd::AsRawFd::as_raw_fd(h);
             // SAFETY: fstat into our own struct.
@@ -461,11 +551,14 @@ pub fn sys_newfstatat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysR
     if path.as_bytes().is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
         return sys_fstat(p, cpu, [a[0], a[2], 0, 0, 0, 0]);
     }
-    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
-    if let Some(data) = super::procfs::open(p, cpu, &text)? {
-        return copy_stat(p, cpu, a[2], &mem_stat(data.len()));
+    let text = p.generated_at(dirfd, String::from_utf8_lossy(path.as_bytes()).into_owned());
+    if let Some(ents) = super::procfs::dir(p, &text)? {
+        return copy_stat(p, cpu, a[2], &super::procfs::dir_stat(&ents));
     }
-    let d = p.host_fd(dirfd)?;
+    if super::procfs::open(p, cpu, &text)?.is_some() {
+        return copy_stat(p, cpu, a[2], &mem_stat(Some(&text)));
+    }
+    let (d, path) = p.host_at(dirfd, path, &text)?;
     // SAFETY: fstatat into our own struct with a NUL-terminated path.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     host(unsafe { libc::fstatat(d, path.as_ptr(), &mut st, flags) } as i64)?;
@@ -477,15 +570,35 @@ pub fn sys_statx(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     let (dirfd, flags, mask) = (a[0] as i64, a[2] as i32, a[3] as u32);
     let path = p.read_path(cpu, a[1])?;
     let mut buf = [0u8; 256];
-    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    let text = p.generated_at(dirfd, String::from_utf8_lossy(path.as_bytes()).into_owned());
+    let generated = if path.as_bytes().is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+        match p.fds.get(dirfd) {
+            Some(Fd {
+                kind: FdKind::Dir { ents, .. },
+                ..
+            }) => Some(super::procfs::dir_stat(ents)),
+            Some(
+                f @ Fd {
+                    kind: FdKind::Mem { .. },
+                    ..
+                },
+            ) => Some(mem_stat(f.path.as_deref())),
+            _ => None,
+        }
+    } else if let Some(ents) = super::procfs::dir(p, &text)? {
+        Some(super::procfs::dir_stat(&ents))
+    } else {
+        super::procfs::open(p, cpu, &text)?.map(|_| mem_stat(Some(&text)))
+    };
+    if let Some(st) = generated {
+        p.write_user(cpu, a[4], &statx_of(&st))?;
+        return Ok(0);
+    }
     let d = if path.as_bytes().is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
         match p.fds.get(dirfd) {
             Some(f) if f.host().is_none() => return Err(-(libc::ENOSYS as i64)),
             _ => p.host_fd(dirfd)?,
         }
-    } else if super::procfs::open(p, cpu, &text)?.is_some() {
-        // Let the caller fall back to fstat/newfstatat, which know generated files.
-        return Err(-(libc::ENOSYS as i64));
     } else {
         p.host_fd(dirfd)?
     };
@@ -505,11 +618,30 @@ pub fn sys_statx(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     Ok(0)
 }
 
+/// A `struct statx` (256 bytes) with the basic fields of `st` (`STATX_BASIC_STATS`).
+fn statx_of(st: &libc::stat) -> [u8; 256] {
+    let mut b = [0u8; 256];
+    let mut put = |off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+    put(0, &0x7ffu32.to_le_bytes()); // stx_mask
+    put(4, &(st.st_blksize as u32).to_le_bytes());
+    put(16, &(st.st_nlink as u32).to_le_bytes());
+    put(20, &st.st_uid.to_le_bytes());
+    put(24, &st.st_gid.to_le_bytes());
+    put(28, &(st.st_mode as u16).to_le_bytes());
+    put(32, &st.st_ino.to_le_bytes());
+    put(40, &(st.st_size as u64).to_le_bytes());
+    put(48, &(st.st_blocks as u64).to_le_bytes());
+    b
+}
+
 /// `faccessat2(dirfd, path, mode, flags)` (and `access`, `faccessat`).
 pub fn sys_faccessat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let path = p.read_path(cpu, a[1])?;
-    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
-    if super::procfs::open(p, cpu, &text)?.is_some() {
+    let text = p.generated_at(
+        a[0] as i64,
+        String::from_utf8_lossy(path.as_bytes()).into_owned(),
+    );
+    if super::procfs::dir(p, &text)?.is_some() || super::procfs::open(p, cpu, &text)?.is_some() {
         return Ok(0);
     }
     let d = p.host_fd(a[0] as i64)?;
@@ -600,8 +732,10 @@ pub fn sys_fcntl(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     }
 }
 
-/// `ioctl`: the terminal queries programs make (`TCGETS`, `TIOCGWINSZ`, `TIOCGPGRP`,
-/// `FIONREAD`), forwarded with their argument structure copied; others are `ENOTTY`.
+/// `ioctl`: the terminal queries programs make (`TCGETS`, `TIOCGWINSZ`, `FIONREAD`),
+/// forwarded with their argument structure copied; job control on the terminal
+/// (`TIOCGPGRP`, `TIOCSPGRP`, `TIOCGSID`) is the run's own ([`crate::kvm::tty`]); others
+/// are `ENOTTY`.
 pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let (fd, req, arg) = (a[0] as i64, a[1], a[2]);
     if let Some(end) = p.pipe_end(fd) {
@@ -616,8 +750,37 @@ pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         Some(h) => h,
         None => return Err(-(libc::ENOTTY as i64)),
     };
+    if let Some(r) = crate::kvm::tty::ioctl(p, cpu, h, req, arg) {
+        return r;
+    }
+    // Settings of the terminal: from the program to the host's terminal (a background
+    // caller is stopped with SIGTTOU first, as tty_check_change does).
+    let set = match req {
+        r if [libc::TCSETS, libc::TCSETSW, libc::TCSETSF].contains(&r) => Some(KERNEL_TERMIOS),
+        r if r == libc::TIOCSWINSZ => Some(std::mem::size_of::<libc::winsize>()),
+        _ => None,
+    };
+    if let Some(size) = set {
+        if req != libc::TIOCSWINSZ {
+            if let Some(r) = crate::kvm::tty::check_change(p, h) {
+                return r;
+            }
+        }
+        let b = p.read_user(cpu, arg, size)?;
+        // SAFETY: the host reads `size` bytes of our own buffer.
+        return host(unsafe { libc::ioctl(h, req as _, b.as_ptr()) } as i64);
+    }
+    if req == libc::TCFLSH {
+        if let Some(r) = crate::kvm::tty::check_change(p, h) {
+            return r;
+        }
+        // SAFETY: an integer argument.
+        return host(unsafe { libc::ioctl(h, req as _, arg as libc::c_int) } as i64);
+    }
     let size = match req {
-        r if r == libc::TCGETS => std::mem::size_of::<libc::termios>(),
+        // The kernel's struct termios (c_cc[19]: 36 bytes), not glibc's larger one: the
+        // program's buffer is the kernel's size.
+        r if r == libc::TCGETS => KERNEL_TERMIOS,
         r if r == libc::TIOCGWINSZ => std::mem::size_of::<libc::winsize>(),
         r if r == libc::TIOCGPGRP || r == libc::FIONREAD => 4,
         _ => return Err(-(libc::ENOTTY as i64)),
@@ -628,6 +791,10 @@ pub fn sys_ioctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     p.write_user(cpu, arg, &buf)?;
     Ok(0)
 }
+
+/// `sizeof(struct termios)` of the kernel's `TCGETS` (four flag words, `c_line`, 19
+/// control characters).
+const KERNEL_TERMIOS: usize = 4 * 4 + 1 + 19;
 
 /// `fsync`/`fdatasync`.
 pub fn sys_fsync(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
@@ -719,8 +886,12 @@ pub fn sys_unlinkat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysRes
 pub fn sys_readlinkat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let path = p.read_path(cpu, a[1])?;
     let (buf, size) = (a[2], a[3] as usize);
-    let text = String::from_utf8_lossy(path.as_bytes()).into_owned();
+    let text = p.generated_at(
+        a[0] as i64,
+        String::from_utf8_lossy(path.as_bytes()).into_owned(),
+    );
     if let Some(target) = super::procfs::readlink(p, &text) {
+        let target = target?;
         let b = target.as_bytes();
         let n = b.len().min(size);
         p.write_user(cpu, buf, &b[..n])?;
@@ -738,8 +909,43 @@ pub fn sys_readlinkat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysR
 
 /// `getdents64(fd, dirp, count)`.
 pub fn sys_getdents64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let h = p.host_fd(a[0] as i64)?;
-    let mut tmp = vec![0u8; (a[2] as usize).min(MAX_RW_CHUNK)];
+    let count = (a[2] as usize).min(MAX_RW_CHUNK);
+    if let Some(FdKind::Dir { ents, pos }) = p.fds.get_mut(a[0] as i64).map(|f| &mut f.kind) {
+        // linux_dirent64: d_ino, d_off, d_reclen, d_type, the name and its NUL, padded to
+        // 8 bytes; as many whole records as fit (none fitting at all is EINVAL).
+        let mut out = Vec::new();
+        let mut next = *pos;
+        for e in ents.iter().skip(*pos) {
+            let reclen = (19 + e.name.len() + 1).next_multiple_of(8);
+            if out.len() + reclen > count {
+                break;
+            }
+            next += 1;
+            let start = out.len();
+            out.extend_from_slice(&e.ino.to_le_bytes());
+            out.extend_from_slice(&(next as i64).to_le_bytes());
+            out.extend_from_slice(&(reclen as u16).to_le_bytes());
+            out.push(e.kind);
+            out.extend_from_slice(e.name.as_bytes());
+            out.resize(start + reclen, 0);
+        }
+        if out.is_empty() && next < ents.len() {
+            return Err(EINVAL);
+        }
+        let done = next;
+        p.write_user(cpu, a[1], &out)?;
+        // (A bad buffer is EFAULT and leaves the position.)
+        if let Some(FdKind::Dir { pos, .. }) = p.fds.get_mut(a[0] as i64).map(|f| &mut f.kind) {
+            *pos = done;
+        }
+        return Ok(out.len() as i64);
+    }
+    let h = match p.fds.get(a[0] as i64).map(|f| &f.kind) {
+        // Not a directory: a generated file or a pipe.
+        Some(FdKind::Mem { .. } | FdKind::Pipe(_)) => return Err(-(libc::ENOTDIR as i64)),
+        _ => p.host_fd(a[0] as i64)?,
+    };
+    let mut tmp = vec![0u8; count];
     // SAFETY: into our own buffer of its length.
     let r = host(unsafe { libc::syscall(libc::SYS_getdents64, h, tmp.as_mut_ptr(), tmp.len()) })?;
     p.write_user(cpu, a[1], &tmp[..r as usize])?;

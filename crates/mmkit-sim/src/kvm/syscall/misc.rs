@@ -109,30 +109,96 @@ fn read_timespec(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, addr: u64) -> Result<libc
     Ok(ts)
 }
 
-/// `nanosleep` (the vCPU's thread sleeps; nothing else runs on it meanwhile).
-pub fn sys_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let ts = read_timespec(p, cpu, a[0])?;
-    std::thread::sleep(std::time::Duration::new(
-        ts.tv_sec as u64,
-        ts.tv_nsec as u32,
-    ));
-    Ok(0)
+/// Sleep until `deadline` through the scheduler (`hrtimer_nanosleep`): the task sleeps
+/// and the others run; made again when woken, it returns once the time has come. A caught
+/// signal ends the sleep with `EINTR` (never restarted: `-ERESTART_RESTARTBLOCK` with a
+/// handler), the time left written to `rem` by [`nanosleep_interrupted`].
+fn sleep_until(p: &mut Proc<'_>, deadline: Option<std::time::Instant>) -> SysResult {
+    let now = std::time::Instant::now();
+    match p.deadline.or(deadline) {
+        Some(d) if now < d => {
+            p.deadline = Some(d);
+            p.no_restart = true;
+            p.block()
+        }
+        _ => {
+            (p.deadline, p.no_restart) = (None, false);
+            Ok(0)
+        }
+    }
 }
 
-/// `clock_nanosleep(clock, flags, req, rem)`.
-pub fn sys_clock_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let ts = read_timespec(p, cpu, a[2])?;
-    let rem = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let mut rem = rem;
-    // SAFETY: our own structs; the host sleeps this thread.
-    let r = unsafe { libc::clock_nanosleep(a[0] as libc::clockid_t, a[1] as i32, &ts, &mut rem) };
-    if r != 0 {
-        return Err(-(r as i64));
+/// `nanosleep(req, rem)`.
+pub fn sys_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    if p.deadline.is_some() {
+        return sleep_until(p, None);
     }
-    Ok(0)
+    let ts = read_timespec(p, cpu, a[0])?;
+    let d = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    sleep_until(p, Some(super::deadline_after(d)))
+}
+
+/// The clocks `clock_nanosleep` sleeps on (`CLOCK_REALTIME`, `CLOCK_MONOTONIC`,
+/// `CLOCK_BOOTTIME`, `CLOCK_TAI`; the CPU-time clocks are the host's).
+const SLEEP_CLOCKS: [i32; 4] = [
+    libc::CLOCK_REALTIME,
+    libc::CLOCK_MONOTONIC,
+    libc::CLOCK_BOOTTIME,
+    libc::CLOCK_TAI,
+];
+
+/// `clock_nanosleep(clock, flags, req, rem)`: relative, or with `TIMER_ABSTIME` until the
+/// clock reads `req`.
+pub fn sys_clock_nanosleep(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    if p.deadline.is_some() {
+        return sleep_until(p, None);
+    }
+    let (clock, flags) = (a[0] as i32, a[1] as i32);
+    let ts = read_timespec(p, cpu, a[2])?;
+    if !SLEEP_CLOCKS.contains(&clock) {
+        let mut rem = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: our own structs; the host sleeps this thread (or says EINVAL).
+        let r = unsafe { libc::clock_nanosleep(clock, flags, &ts, &mut rem) };
+        return if r != 0 { Err(-(r as i64)) } else { Ok(0) };
+    }
+    let ns = |t: &libc::timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+    let wait = if flags & libc::TIMER_ABSTIME != 0 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: into our own struct; the clock is one of SLEEP_CLOCKS.
+        unsafe { libc::clock_gettime(clock, &mut now) };
+        (ns(&ts) - ns(&now)).clamp(0, u64::MAX as i128) as u64
+    } else {
+        ns(&ts) as u64
+    };
+    sleep_until(
+        p,
+        Some(super::deadline_after(std::time::Duration::from_nanos(wait))),
+    )
+}
+
+/// A relative `nanosleep`/`clock_nanosleep` a signal interrupted: the time it had left goes
+/// to its `rem` (when given), as Linux's `nanosleep_copyout` does. `user` holds the call's
+/// registers.
+pub fn nanosleep_interrupted(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, user: &kvm_bindings::kvm_regs) {
+    let rem = match user.rax {
+        35 => user.rsi,
+        230 if user.rsi as i32 & libc::TIMER_ABSTIME == 0 => user.r10,
+        _ => return,
+    };
+    let Some(d) = p.deadline else { return };
+    if rem == 0 {
+        return;
+    }
+    let left = d.saturating_duration_since(std::time::Instant::now());
+    let mut b = (left.as_secs() as i64).to_le_bytes().to_vec();
+    b.extend_from_slice(&(left.subsec_nanos() as i64).to_le_bytes());
+    let _ = p.write_user(cpu, rem, &b);
 }
 
 /// `getrandom`: the host's entropy, up to a page per call (short counts are allowed).
@@ -258,17 +324,19 @@ pub fn sys_prctl(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
                 }
             })?;
             let n = String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned();
-            if let Some(t) = p.tasks.get_mut(p.pid) {
+            // The calling thread's name; a leader's is its process's.
+            if p.tid != p.pid {
+                p.sched.thread_comm.insert(p.tid, n);
+            } else if let Some(t) = p.tasks.get_mut(p.pid) {
                 t.comm = n;
             }
             Ok(0)
         }
         PR_GET_NAME => {
             let mut b = [0u8; 16];
-            if let Some(t) = p.tasks.get(p.pid) {
-                let c = t.comm.as_bytes();
-                b[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
-            }
+            let comm = p.comm_of(p.pid, p.tid);
+            let c = comm.as_bytes();
+            b[..c.len().min(15)].copy_from_slice(&c[..c.len().min(15)]);
             p.write_user(cpu, a[1], &b)?;
             Ok(0)
         }

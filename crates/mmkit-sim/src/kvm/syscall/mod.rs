@@ -16,6 +16,7 @@ pub mod mm;
 pub mod pipe;
 pub mod proc;
 pub mod procfs;
+pub mod select;
 
 pub use fd::FdTable;
 
@@ -40,6 +41,15 @@ pub const PATH_MAX: usize = 4096;
 /// The most bytes one forwarded `read`/`write` moves (`MAX_RW_COUNT` is about 2 GiB in Linux;
 /// a short count is a valid answer, and it bounds the bounce buffer a guest can size).
 pub const MAX_RW_CHUNK: usize = 1 << 20;
+
+/// The instant `d` from now, for a timeout a program gave: one longer than a century is a
+/// century (`MAX_SCHEDULE_TIMEOUT` is "for ever" in Linux; an `Instant` cannot hold
+/// `i64::MAX` seconds, and adding them must not panic the VMM).
+pub fn deadline_after(d: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86400);
+    let now = std::time::Instant::now();
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}
 
 /// The result of a call: the value for `rax`.
 pub type SysResult = Result<i64, i64>;
@@ -221,6 +231,7 @@ pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
         19 => ("readv", &[I, X, D]),
         20 => ("writev", &[I, X, D]),
         21 => ("access", &[S, X]),
+        23 => ("select", &[D, X, X, X, X]),
         24 => ("sched_yield", &[]),
         25 => ("mremap", &[X, D, D, X, X]),
         26 => ("msync", &[X, D, X]),
@@ -263,6 +274,7 @@ pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
         108 => ("getegid", &[]),
         110 => ("getppid", &[]),
         111 => ("getpgrp", &[]),
+        130 => ("rt_sigsuspend", &[X, D]),
         131 => ("sigaltstack", &[X, X]),
         137 => ("statfs", &[S, X]),
         138 => ("fstatfs", &[I, X]),
@@ -290,6 +302,7 @@ pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
         229 => ("clock_getres", &[I, X]),
         230 => ("clock_nanosleep", &[I, D, X, X]),
         231 => ("exit_group", &[I]),
+        247 => ("waitid", &[I, I, X, X, X]),
         257 => ("openat", &[I, S, O, X]),
         258 => ("mkdirat", &[I, S, X]),
         262 => ("newfstatat", &[I, S, X, X]),
@@ -297,6 +310,8 @@ pub(crate) fn describe(nr: u64) -> (&'static str, &'static [Arg]) {
         264 => ("renameat", &[I, S, I, S]),
         267 => ("readlinkat", &[I, S, X, D]),
         269 => ("faccessat", &[I, S, X]),
+        270 => ("pselect6", &[D, X, X, X, X, X]),
+        271 => ("ppoll", &[X, D, X, X, D]),
         273 => ("set_robust_list", &[X, D]),
         292 => ("dup3", &[I, D, X]),
         293 => ("pipe2", &[X, X]),
@@ -570,7 +585,11 @@ fn dispatch(
         40 => fs::sys_sendfile(p, cpu, a),
         326 => fs::sys_copy_file_range(p, cpu, a),
         42 => fs::sys_connect(p, cpu, a),
-        7 => pipe::sys_poll(p, cpu, a),
+        7 => select::sys_poll(p, cpu, a),
+        271 => select::sys_ppoll(p, cpu, a),
+        23 => select::sys_select(p, cpu, a),
+        270 => select::sys_pselect6(p, cpu, a),
+        130 => select::sys_rt_sigsuspend(p, cpu, a),
         34 => proc::sys_pause(p, cpu, a),
         37 => proc::sys_alarm(p, cpu, a),
         38 => proc::sys_setitimer(p, cpu, a),
@@ -632,8 +651,8 @@ fn dispatch(
         24 => Ok(0),
         202 => proc::sys_futex(p, cpu, a),
         62 | 200 | 234 => proc::sys_kill(p, cpu, nr, a),
-        // clone3: glibc falls back to clone.
-        435 => Err(ENOSYS),
+        435 => proc::sys_clone3(p, cpu, a),
+        247 => proc::sys_waitid(p, cpu, a),
         _ => Err(ENOSYS),
     }
 }

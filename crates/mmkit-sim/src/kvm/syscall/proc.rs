@@ -6,8 +6,9 @@
 //!
 //! Threads (`CLONE_THREAD`) share their process's address space, descriptors and signal
 //! actions and run on the machine's vCPUs; `futex` puts them to sleep and wakes them.
-//! Not yet: a process sharing memory without being a thread (`CLONE_VM` alone), and
-//! `clone3`, after which glibc falls back to `clone`.
+//! `clone3` is the same `clone` with its arguments in a `struct clone_args` (glibc's
+//! `pthread_create` and `posix_spawn` use it). Not yet: a process sharing memory without
+//! being a thread (`CLONE_VM` alone, `ENOSYS`, after which glibc falls back to `clone`).
 
 use super::{Proc, SysResult, EFAULT, EINVAL};
 use crate::exec::{with_exec_params, ExecSpec};
@@ -85,6 +86,7 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     }
     let grp = p.pgrp_of(parent).unwrap_or((parent, parent));
     p.sched.pgrp.insert(child, grp);
+    p.sched.started.insert(child, super::procfs::boot_ticks());
     p.sched.shared.insert(
         child,
         Shared::new(fds, p.exe.clone(), p.argv.clone(), p.sigactions.clone()),
@@ -114,6 +116,87 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         p.vfork_wait = Some(child);
     }
     Ok(child as i64)
+}
+
+/// `sizeof(struct clone_args)` of its first version (up to `tls`) and of the version with
+/// `cgroup`, the largest this kernel knows.
+const CLONE_ARGS_SIZE_VER0: u64 = 64;
+const CLONE_ARGS_SIZE_VER2: u64 = 88;
+/// `CLONE_CLEAR_SIGHAND`, `CLONE_INTO_CGROUP`: `clone3`'s flags past 32 bits.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// `CLONE_PIDFD`.
+const CLONE_PIDFD: u64 = 0x1000;
+
+/// `clone3(uargs, size)`: `struct clone_args` read as `copy_clone_args_from_user` reads it
+/// (smaller than the first version: `EINVAL`; larger than a page: `E2BIG`; larger than
+/// this kernel's version: the rest must be zeros, else `E2BIG`), checked as
+/// `clone3_args_valid` checks it, then the same `clone` as the legacy call with the stack
+/// pointer at `stack + stack_size`. `CLONE_CLEAR_SIGHAND` resets the child's handlers. What
+/// the machine has no place for is `EINVAL`: `set_tid` (no pid namespaces),
+/// `CLONE_INTO_CGROUP` (no cgroups) and `CLONE_PIDFD` (no pidfds).
+pub fn sys_clone3(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    let (uargs, size) = (a[0], a[1]);
+    if size > 4096 {
+        return Err(-(libc::E2BIG as i64));
+    }
+    if size < CLONE_ARGS_SIZE_VER0 {
+        return Err(EINVAL);
+    }
+    let known = size.min(CLONE_ARGS_SIZE_VER2);
+    let mut raw = p.read_user(cpu, uargs, known as usize)?;
+    if size > known {
+        let tail = p.read_user(cpu, uargs + known, (size - known) as usize)?;
+        if tail.iter().any(|&b| b != 0) {
+            return Err(-(libc::E2BIG as i64));
+        }
+    }
+    raw.resize(CLONE_ARGS_SIZE_VER2 as usize, 0);
+    let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8"));
+    let (flags, pidfd, child_tid, parent_tid, exit_signal) = (w(0), w(1), w(2), w(3), w(4));
+    let (stack, stack_size, tls, set_tid, set_tid_size, cgroup) =
+        (w(5), w(6), w(7), w(8), w(9), w(10));
+    let _ = pidfd;
+    // copy_clone_args_from_user's checks.
+    if set_tid_size > 32 || (set_tid == 0) != (set_tid_size == 0) {
+        return Err(EINVAL);
+    }
+    if exit_signal & !0xff != 0 || exit_signal > 64 {
+        return Err(EINVAL);
+    }
+    if flags & CLONE_INTO_CGROUP != 0 && (cgroup > i32::MAX as u64 || size < CLONE_ARGS_SIZE_VER2) {
+        return Err(EINVAL);
+    }
+    // clone3_args_valid.
+    if flags & !(0xffff_ff00 | CLONE_CLEAR_SIGHAND | CLONE_INTO_CGROUP) != 0 {
+        return Err(EINVAL);
+    }
+    let sighand = libc::CLONE_SIGHAND as u64;
+    if flags & (sighand | CLONE_CLEAR_SIGHAND) == sighand | CLONE_CLEAR_SIGHAND {
+        return Err(EINVAL);
+    }
+    if flags & (libc::CLONE_THREAD | libc::CLONE_PARENT) as u64 != 0 && exit_signal != 0 {
+        return Err(EINVAL);
+    }
+    let sp = match (stack, stack_size) {
+        (0, 0) => 0,
+        (0, _) | (_, 0) => return Err(EINVAL),
+        (s, n) => match s.checked_add(n) {
+            Some(end) if end <= mmkit::mm::mm_types::TASK_SIZE => end,
+            _ => return Err(EINVAL),
+        },
+    };
+    if set_tid != 0 || flags & (CLONE_INTO_CGROUP | CLONE_PIDFD) != 0 {
+        return Err(EINVAL);
+    }
+    let legacy = (flags & 0xffff_ff00) | exit_signal;
+    let child = sys_clone(p, cpu, [legacy, sp, parent_tid, child_tid, tls, 0])?;
+    if flags & CLONE_CLEAR_SIGHAND != 0 {
+        if let Some(sh) = p.sched.shared.get_mut(&(child as Pid)) {
+            sh.clear_handlers();
+        }
+    }
+    Ok(child)
 }
 
 /// Take back a child whose creation failed half way.
@@ -258,33 +341,38 @@ pub fn sys_wait4(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     }
     let me = p.pid;
     let my_pgid = p.pgrp_of(me).map_or(me, |g| g.0);
-    let matches = |pid: Pid, pgid: Pid| match want {
-        -1 => true,
-        0 => pgid == my_pgid,
-        w if w < -1 => pgid == w.unsigned_abs(),
-        w => pid == w as Pid,
+    let which = match want {
+        -1 => Which::All,
+        0 => Which::Pgid(my_pgid),
+        w if w < -1 => Which::Pgid(w.unsigned_abs()),
+        w => Which::Pid(w as Pid),
     };
-    let mut any = false;
-    let mut zombie = None;
-    for t in p.tasks.iter().filter(|t| t.ppid == me) {
-        let pgid = p.sched.pgrp.get(&t.pid).map_or(t.pid, |g| g.0);
-        if matches(t.pid, pgid) {
-            any = true;
-            if t.state == TaskState::Zombie {
-                zombie = Some(t.pid);
-                break;
-            }
-        }
-    }
-    if !any {
-        return Err(-(libc::ECHILD as i64));
-    }
-    let Some(z) = zombie else {
+    let events = WaitFor {
+        exited: true,
+        stopped: options & libc::WUNTRACED != 0,
+        continued: options & libc::WCONTINUED != 0,
+    };
+    let Some((z, ev)) = waitable_child(p, which, events)? else {
         if options & libc::WNOHANG != 0 {
             return Ok(0);
         }
         return p.block();
     };
+    if let Some(word) = match ev {
+        Event::Exited => None,
+        Event::Stopped(sig) => Some((sig << 8) | 0x7f),
+        Event::Continued => Some(0xffff),
+    } {
+        // A stop or continue is told once (wait_task_stopped/continued); the child stays.
+        p.sched.jobs.reports.remove(&z);
+        if status != 0 {
+            p.write_user(cpu, status, &word.to_le_bytes())?;
+        }
+        if rusage != 0 {
+            p.write_user(cpu, rusage, &[0u8; 144])?;
+        }
+        return Ok(z as i64);
+    }
     let f = p.tasks.get(z).map(|t| {
         let own = t.fault_counts();
         (
@@ -307,7 +395,185 @@ pub fn sys_wait4(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     }
     let (pid, _) = p.tasks.wait(me, Some(z)).map_err(errno)?;
     p.sched.pgrp.remove(&pid);
+    p.sched.started.remove(&pid);
+    p.sched.runtime.remove(&pid);
+    p.sched.jobs.reports.remove(&pid);
     Ok(pid as i64)
+}
+
+/// The children `wait4`/`waitid` look at.
+#[derive(Copy, Clone)]
+enum Which {
+    /// Any child.
+    All,
+    /// The child of this pid.
+    Pid(Pid),
+    /// The children in this process group.
+    Pgid(Pid),
+}
+
+/// What a `wait` looks for (`WEXITED`, `WUNTRACED`/`WSTOPPED`, `WCONTINUED`).
+#[derive(Copy, Clone)]
+struct WaitFor {
+    exited: bool,
+    stopped: bool,
+    continued: bool,
+}
+
+/// What a child has to report.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Event {
+    /// It exited (a zombie).
+    Exited,
+    /// It stopped, with this signal, and its parent was not told yet.
+    Stopped(i32),
+    /// It was continued, and its parent was not told yet.
+    Continued,
+}
+
+/// The first child of the caller that `which` names with something `want`ed to report
+/// (`wait_consider_task`: an exit, then a stop, then a continue), if any; `ECHILD` when
+/// `which` names no child at all.
+fn waitable_child(p: &Proc<'_>, which: Which, want: WaitFor) -> Result<Option<(Pid, Event)>, i64> {
+    let me = p.pid;
+    let mut any = false;
+    for t in p.tasks.iter().filter(|t| t.ppid == me) {
+        let pgid = p.sched.pgrp.get(&t.pid).map_or(t.pid, |g| g.0);
+        let named = match which {
+            Which::All => true,
+            Which::Pid(x) => t.pid == x,
+            Which::Pgid(g) => pgid == g,
+        };
+        if named {
+            any = true;
+            if t.state == TaskState::Zombie {
+                if want.exited {
+                    return Ok(Some((t.pid, Event::Exited)));
+                }
+                continue;
+            }
+            match p.sched.jobs.reports.get(&t.pid) {
+                Some(&(crate::kvm::signal::CLD_STOPPED, sig))
+                    if want.stopped && p.is_stopped(t.pid) =>
+                {
+                    return Ok(Some((t.pid, Event::Stopped(sig))));
+                }
+                Some(&(crate::kvm::signal::CLD_CONTINUED, _)) if want.continued => {
+                    return Ok(Some((t.pid, Event::Continued)));
+                }
+                _ => {}
+            }
+        }
+    }
+    if any {
+        Ok(None)
+    } else {
+        Err(-(libc::ECHILD as i64))
+    }
+}
+
+/// `waitid(idtype, id, infop, options, rusage)`: `P_ALL`, `P_PID`, `P_PGID` (an id of 0:
+/// the caller's group); `WEXITED` reaps (`WNOWAIT` leaves the zombie), `WNOHANG` returns 0
+/// with a zeroed `siginfo` when no child has exited; the child's state goes to `infop` as
+/// `SIGCHLD` with `CLD_EXITED`/`CLD_KILLED`/`CLD_DUMPED`. `P_PIDFD`: no descriptor here
+/// is a pidfd (`EBADF` for a closed one, `EINVAL` otherwise).
+pub fn sys_waitid(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
+    const P_ALL: u64 = 0;
+    const P_PID: u64 = 1;
+    const P_PGID: u64 = 2;
+    const P_PIDFD: u64 = 3;
+    const WNOWAIT: i32 = 0x0100_0000;
+    const WALL: i32 = 0x4000_0000;
+    const WCLONE: i32 = 0x8000_0000u32 as i32;
+    const WNOTHREAD: i32 = 0x2000_0000;
+    let (idtype, id, infop, options, rusage) = (a[0], a[1] as i32, a[2], a[3] as i32, a[4]);
+    let known = libc::WNOHANG
+        | WNOWAIT
+        | libc::WEXITED
+        | libc::WSTOPPED
+        | libc::WCONTINUED
+        | WALL
+        | WCLONE
+        | WNOTHREAD;
+    if options & !known != 0 || options & (libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED) == 0 {
+        return Err(EINVAL);
+    }
+    let me = p.pid;
+    let which = match idtype {
+        P_ALL => Which::All,
+        P_PID if id > 0 => Which::Pid(id as Pid),
+        P_PGID if id == 0 => Which::Pgid(p.pgrp_of(me).map_or(me, |g| g.0)),
+        P_PGID if id > 0 => Which::Pgid(id as Pid),
+        P_PIDFD => {
+            return Err(if p.fds.get(id as i64).is_some() {
+                EINVAL
+            } else {
+                super::EBADF
+            })
+        }
+        _ => return Err(EINVAL),
+    };
+    let want = WaitFor {
+        exited: options & libc::WEXITED != 0,
+        stopped: options & libc::WSTOPPED != 0,
+        continued: options & libc::WCONTINUED != 0,
+    };
+    let Some((z, ev)) = waitable_child(p, which, want)? else {
+        if options & libc::WNOHANG != 0 {
+            if infop != 0 {
+                p.write_user(cpu, infop, &[0u8; 128])?;
+            }
+            return Ok(0);
+        }
+        return p.block();
+    };
+    let code = p.tasks.get(z).map_or(0, |t| t.exit_code);
+    let (cld, status) = if let Event::Stopped(sig) = ev {
+        (crate::kvm::signal::CLD_STOPPED, sig)
+    } else if ev == Event::Continued {
+        (crate::kvm::signal::CLD_CONTINUED, libc::SIGCONT)
+    } else if code & 0x7f == 0 {
+        (1i32, (code >> 8) & 0xff) // CLD_EXITED
+    } else if code & 0x80 != 0 {
+        (3, code & 0x7f) // CLD_DUMPED
+    } else {
+        (2, code & 0x7f) // CLD_KILLED
+    };
+    if infop != 0 {
+        let mut si = [0u8; 128];
+        si[..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
+        si[8..12].copy_from_slice(&cld.to_le_bytes());
+        si[16..20].copy_from_slice(&z.to_le_bytes());
+        // SAFETY: getuid cannot fail.
+        si[20..24].copy_from_slice(&unsafe { libc::getuid() }.to_le_bytes());
+        si[24..28].copy_from_slice(&status.to_le_bytes());
+        p.write_user(cpu, infop, &si)?;
+    }
+    if rusage != 0 {
+        let mut r = [0u8; 144];
+        if let Some(t) = p.tasks.get(z) {
+            let own = t.fault_counts();
+            let min = own.min_flt + t.child_faults.min_flt;
+            let maj = own.maj_flt + t.child_faults.maj_flt;
+            r[64..72].copy_from_slice(&min.to_le_bytes());
+            r[72..80].copy_from_slice(&maj.to_le_bytes());
+        }
+        p.write_user(cpu, rusage, &r)?;
+    }
+    if ev != Event::Exited {
+        if options & WNOWAIT == 0 {
+            p.sched.jobs.reports.remove(&z);
+        }
+        return Ok(0);
+    }
+    if options & WNOWAIT == 0 {
+        let (pid, _) = p.tasks.wait(me, Some(z)).map_err(errno)?;
+        p.sched.pgrp.remove(&pid);
+        p.sched.started.remove(&pid);
+        p.sched.runtime.remove(&pid);
+        p.sched.jobs.reports.remove(&pid);
+    }
+    Ok(0)
 }
 
 /// `getppid`: the parent's pid (1 for the first task, whose parent is outside the
@@ -412,6 +678,10 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
                 addr: 0,
                 pid: me,
             };
+            let pid = p.thread_group(t as Pid).ok_or(-(libc::ESRCH as i64))?;
+            if sig != 0 {
+                p.prepare_signal(pid, sig);
+            }
             p.signal_thread(t as Pid, info)?;
             return Ok(0);
         }
@@ -430,6 +700,9 @@ pub fn sys_kill(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, nr: u64, a: [u64; 6]) -> 
             addr: 0,
             pid: me,
         };
+        if !zombie && sig != 0 {
+            p.prepare_signal(t, sig);
+        }
         if zombie || p.signal_task(t, info).is_ok() {
             sent += 1;
         }
@@ -488,6 +761,9 @@ fn clone_thread(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
         RunState::Runnable,
     );
     p.sched.parked.insert(tid, t);
+    // A new thread is named as the thread that made it.
+    let comm = p.comm_of(p.pid, p.tid);
+    p.sched.thread_comm.insert(tid, comm);
     p.new_child = Some(NewChild {
         pid: tid,
         stack: newsp,
@@ -587,7 +863,7 @@ pub fn sys_futex(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
                         - (now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128);
                     std::time::Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64)
                 };
-                Some(std::time::Instant::now() + wait)
+                Some(super::deadline_after(wait))
             } else {
                 None
             };
@@ -633,7 +909,7 @@ fn arm_alarm(
     } else {
         p.sched
             .alarms
-            .insert(pid, (std::time::Instant::now() + value, interval));
+            .insert(pid, (super::deadline_after(value), interval));
     }
 }
 
