@@ -397,7 +397,14 @@ fn real_main(cli: Cli) -> Result<()> {
                     let _ = std::fs::remove_file(c);
                 }
             }
-            std::process::exit(code?);
+            let code = code?;
+            if code == 128 + libc::SIGINT && mmkit_sim::kvm::tty::sigint_forwarded() {
+                // The program died of the Ctrl-C it was given: so does mmkit, by SIGINT
+                // (its private files are gone already), as a shell expects of a command
+                // the user interrupted.
+                let _ = signal_hook::low_level::emulate_default_handler(libc::SIGINT);
+            }
+            std::process::exit(code);
         }
         Cmd::ExecSweep {
             machine,

@@ -45,9 +45,20 @@ pub fn enable_sigint_forwarding() {
 pub fn forward_sigint() -> bool {
     if ENABLED.load(Ordering::Acquire) && FORWARDING.load(Ordering::Acquire) > 0 {
         PENDING.store(true, Ordering::Release);
+        FORWARDED.store(true, Ordering::Release);
         return true;
     }
     false
+}
+
+/// A Ctrl-C was forwarded to a program at some point.
+static FORWARDED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a Ctrl-C was forwarded to a program (`mmkit exec` then ends by `SIGINT` itself
+/// when the program died of it: "wait and cooperative exit", so that a shell running
+/// mmkit in a script learns the user interrupted it).
+pub fn sigint_forwarded() -> bool {
+    FORWARDED.load(Ordering::Acquire)
 }
 
 /// Whether a forwarded `SIGINT` waits for delivery (the watchdog kicks the vCPU for it).
