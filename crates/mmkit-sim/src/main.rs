@@ -396,7 +396,12 @@ fn real_main(cli: Cli) -> Result<()> {
                     let _ = std::fs::remove_file(c);
                 }
             }
-            std::process::exit(code?);
+            let code = code?;
+            if mmkit_sim::kvm::tty::dies_by_sigint() {
+                // The program died of the Ctrl-C: so does mmkit (its files are gone by now).
+                let _ = signal_hook::low_level::emulate_default_handler(libc::SIGINT);
+            }
+            std::process::exit(code);
         }
         Cmd::ExecSweep {
             machine,
