@@ -130,6 +130,9 @@ pub fn exec(
         let native = run_native(&path, cmd, &espec.envp)?;
         eprint!("{}", compare_report(&out, &ours, wall, &native));
     }
+    if out.status == crate::kvm::process::Status::Signaled(libc::SIGINT) {
+        crate::kvm::tty::guest_died_of_sigint();
+    }
     Ok(out.status.code())
 }
 

@@ -398,10 +398,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 }
             }
             let code = code?;
-            if code == 128 + libc::SIGINT && mmkit_sim::kvm::tty::sigint_forwarded() {
-                // The program died of the Ctrl-C it was given: so does mmkit, by SIGINT
-                // (its private files are gone already), as a shell expects of a command
-                // the user interrupted.
+            if mmkit_sim::kvm::tty::dies_by_sigint() {
+                // The program died of the Ctrl-C: so does mmkit (its files are gone by now).
                 let _ = signal_hook::low_level::emulate_default_handler(libc::SIGINT);
             }
             std::process::exit(code);

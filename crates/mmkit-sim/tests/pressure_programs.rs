@@ -324,7 +324,8 @@ fn exec_with_swap_draws_the_chart_and_leaves_no_swap_file() {
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM while a program runs with `--swap` removes the swap file's
-/// private directory and ends mmkit by that signal.
+/// private directory and ends mmkit by that signal (SIGINT by way of the program, which
+/// dies of it, as python sleeping does).
 #[test]
 fn interrupted_exec_with_swap_removes_its_swap_file() {
     if machine().is_none() {
@@ -334,9 +335,9 @@ fn interrupted_exec_with_swap_removes_its_swap_file() {
         let tmp = tempfile::tempdir().unwrap();
         let mut child = mmkit()
             .args(["exec", "--mem", "160M", "--swap", "64M", PYTHON, "-c"])
-            .arg("import time; time.sleep(60)")
+            .arg("import time; print('ready', flush=True); time.sleep(60)")
             .env("TMPDIR", tmp.path())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -353,8 +354,15 @@ fn interrupted_exec_with_swap_removes_its_swap_file() {
             assert!(start.elapsed().as_secs() < 60, "no swap file appeared");
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        // Let the program start, then interrupt it.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Let the program start (a Ctrl-C in python's own startup ends it with status 1,
+        // natively too), then interrupt it.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "ready\n");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
         let status = child.wait().unwrap();

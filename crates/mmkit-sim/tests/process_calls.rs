@@ -425,7 +425,8 @@ fn interrupted(mut cmd: std::process::Command, to_group: bool) -> (String, i32) 
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let st = child.wait().unwrap();
-    let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+    // Exited, or ended by a signal: told apart (a parent shell of mmkit sees which).
+    let code = st.code().unwrap_or_else(|| -st.signal().unwrap_or(0));
     (first + &rest, code)
 }
 
@@ -433,7 +434,8 @@ fn interrupted(mut cmd: std::process::Command, to_group: bool) -> (String, i32) 
 /// foreground process group: a shell's trap runs once its `sleep` died of it (and the
 /// shell goes on); a shell without one dies with status 130; a C program spinning with a
 /// handler takes it in the handler; python blocked in a read of its standard input gets
-/// its KeyboardInterrupt — the same as a native Ctrl-C to the same programs. A swap file's
+/// its KeyboardInterrupt — the same as a native Ctrl-C to the same programs, and mmkit
+/// ends as the program did (by `SIGINT` when the program died of it). A swap file's
 /// private directory is gone afterwards.
 #[test]
 fn ctrl_c_reaches_the_foreground_process_group() {

@@ -33,6 +33,10 @@ static FORWARDING: AtomicUsize = AtomicUsize::new(0);
 static PENDING: AtomicBool = AtomicBool::new(false);
 /// Whether `mmkit exec` forwards `SIGINT` to the programs it runs.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// A `SIGINT` was forwarded to a run.
+static FORWARDED: AtomicBool = AtomicBool::new(false);
+/// The program died of a forwarded `SIGINT`: mmkit ends by it too.
+static DIE_BY_SIGINT: AtomicBool = AtomicBool::new(false);
 
 /// `mmkit exec`: the host's `SIGINT` goes to the running program's foreground process
 /// group rather than ending mmkit.
@@ -51,14 +55,18 @@ pub fn forward_sigint() -> bool {
     false
 }
 
-/// A Ctrl-C was forwarded to a program at some point.
-static FORWARDED: AtomicBool = AtomicBool::new(false);
+/// The program `mmkit exec` ran died of `SIGINT`: if that was a forwarded Ctrl-C, mmkit
+/// ends by `SIGINT` too ([`dies_by_sigint`]), as a shell whose child a Ctrl-C killed
+/// does, so whoever waits for mmkit sees what a native run would show.
+pub fn guest_died_of_sigint() {
+    if FORWARDED.load(Ordering::Acquire) {
+        DIE_BY_SIGINT.store(true, Ordering::Release);
+    }
+}
 
-/// Whether a Ctrl-C was forwarded to a program (`mmkit exec` then ends by `SIGINT` itself
-/// when the program died of it: "wait and cooperative exit", so that a shell running
-/// mmkit in a script learns the user interrupted it).
-pub fn sigint_forwarded() -> bool {
-    FORWARDED.load(Ordering::Acquire)
+/// Whether mmkit should end by `SIGINT` rather than exit (see [`guest_died_of_sigint`]).
+pub fn dies_by_sigint() -> bool {
+    DIE_BY_SIGINT.load(Ordering::Acquire)
 }
 
 /// Whether a forwarded `SIGINT` waits for delivery (the watchdog kicks the vCPU for it).
