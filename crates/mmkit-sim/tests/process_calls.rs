@@ -512,12 +512,17 @@ int main(void) {
     struct sigaction sa; memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = h; sa.sa_flags = SA_SIGINFO | SA_RESTART; sigaction(SIGCHLD, &sa, 0);
     int p[2], q[2]; pipe(p); pipe(q); int st; siginfo_t si; char ack;
+    /* Each child gets a process group of its own, under this one in the same session: never
+       an orphaned group, whose stop signals Linux discards (the test's own group may be one,
+       depending on what started it). */
     pid_t c = fork();
     if (c == 0) {
+        setpgid(0, 0);
         char b; write(q[1], "r", 1);
         while (read(p[0], &b, 1) == 1) { printf("child read %c\n", b); write(q[1], "a", 1); }
         _exit(3);
     }
+    setpgid(c, c);
     read(q[0], &ack, 1); usleep(50000);
     kill(c, SIGSTOP);
     waitpid(c, &st, WUNTRACED); show("after SIGSTOP", st);
@@ -544,7 +549,7 @@ int main(void) {
     sa.sa_flags |= SA_NOCLDSTOP; sigaction(SIGCHLD, &sa, 0);
     int before = ncodes;
     c = fork();
-    if (c == 0) { raise(SIGTSTP); printf("child continued\n"); _exit(7); }
+    if (c == 0) { setpgid(0, 0); raise(SIGTSTP); printf("child continued\n"); _exit(7); }
     waitpid(c, &st, WUNTRACED); show("raised SIGTSTP", st);
     kill(c, SIGCONT); waitpid(c, &st, 0); show("end", st);
     printf("sigchld codes while SA_NOCLDSTOP: %d\n", ncodes - before);
