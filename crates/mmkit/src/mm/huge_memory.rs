@@ -993,19 +993,21 @@ impl Kernel {
         // The pages are order-0 pages: the tables may be seen, and the huge translations go.
         if let (Some((pt, _)), Some((haddr, old, ptl))) = (first, first_held) {
             drop(ptl);
-            if old.is_present() {
-                let mut tlb = MmuGather::new(self, cpu, pt);
-                tlb.record_huge(pt, haddr, old);
-                tlb.finish();
-            }
+            self.flush_split_pmd(cpu, pt, haddr, old);
         }
         for (pt, haddr, old, ptl) in held {
             drop(ptl);
-            if old.is_present() {
-                let mut tlb = MmuGather::new(self, cpu, &pt);
-                tlb.record_huge(&pt, haddr, old);
-                tlb.finish();
-            }
+            self.flush_split_pmd(cpu, &pt, haddr, old);
+        }
+    }
+
+    /// The huge translation `old` at `haddr` that a split replaced (by a table mapping the
+    /// same frames) leaves every TLB.
+    fn flush_split_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, haddr: u64, old: Pte) {
+        if old.is_present() {
+            let mut tlb = MmuGather::new(self, cpu, pt);
+            tlb.record_huge(pt, haddr, old);
+            tlb.finish();
         }
     }
 
