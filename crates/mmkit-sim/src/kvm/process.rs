@@ -591,7 +591,11 @@ fn kernel_work(
     exit: Option<Exit>,
 ) -> Result<Next> {
     let k = p.k;
-    if let (Some(exit), false) = (exit, p.is_idle()) {
+    if !p.is_idle() && p.tasks.mm_mut(p.pid).is_err() {
+        // Its process's address space went while it was in the guest (its process was
+        // torn down from another vCPU): the exit it brings cannot be handled; it dies.
+        p.exit.get_or_insert(Status::Signaled(SIGKILL));
+    } else if let (Some(exit), false) = (exit, p.is_idle()) {
         handle_exit(p, cpu, vm, vcpu, exit)?;
         after_syscall(p, vm, vcpu)?;
         if k.nr_deferred_tables() >= DEFERRED_TABLES_MAX {
