@@ -332,7 +332,9 @@ impl Proc<'_> {
     pub fn read_user(&mut self, cpu: &CpuGuard<'_>, addr: u64, len: usize) -> Result<Vec<u8>, i64> {
         let mut buf = vec![0u8; len];
         let k = self.k;
-        k.copy_from_user(cpu, self.mm(), &mut buf, addr)
+        // No address space (its process was torn down from another vCPU): nothing to read.
+        let mm = self.tasks.mm_mut(self.pid).map_err(|_| EFAULT)?;
+        k.copy_from_user(cpu, mm, &mut buf, addr)
             .map_err(|_| EFAULT)?;
         Ok(buf)
     }
@@ -340,8 +342,8 @@ impl Proc<'_> {
     /// `copy_to_user`; `EFAULT`.
     pub fn write_user(&mut self, cpu: &CpuGuard<'_>, addr: u64, data: &[u8]) -> Result<(), i64> {
         let k = self.k;
-        k.copy_to_user(cpu, self.mm(), addr, data)
-            .map_err(|_| EFAULT)
+        let mm = self.tasks.mm_mut(self.pid).map_err(|_| EFAULT)?;
+        k.copy_to_user(cpu, mm, addr, data).map_err(|_| EFAULT)
     }
 
     /// `get_user` of a u64.
