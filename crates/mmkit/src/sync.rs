@@ -148,10 +148,32 @@ impl<T> RwLock<T> {
 
     /// `write_trylock()`: the write side if nobody holds the lock now.
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
-        self.state
+        // The guard is built only on success: a guard built and dropped on failure would
+        // release a lock someone else holds (its `Drop` stores 0).
+        if self
+            .state
             .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-            .then_some(RwLockWriteGuard { lock: self })
+        {
+            Some(RwLockWriteGuard { lock: self })
+        } else {
+            None
+        }
+    }
+
+    /// `try_read`: a read side if no writer holds the lock now.
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
+        let s = self.state.load(Ordering::Relaxed);
+        if s < WRITER - 1
+            && self
+                .state
+                .compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(RwLockReadGuard { lock: self })
+        } else {
+            None
+        }
     }
 
     /// `write_lock()`.
@@ -288,5 +310,82 @@ impl<T> PerCpu<T> {
     /// All slots in CPU order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().map(|s| &s.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_try_write_leaves_the_holders_lock_alone() {
+        let l = RwLock::new(0u32);
+        let r = l.read();
+        assert!(l.try_write().is_none());
+        // The reader still holds it: no writer may enter, another reader may.
+        assert!(l.try_write().is_none());
+        let r2 = l.try_read().expect("readers share the lock");
+        drop(r2);
+        drop(r);
+        let mut w = l.try_write().expect("free once the readers are gone");
+        *w = 7;
+        assert!(l.try_write().is_none());
+        assert!(l.try_read().is_none());
+        drop(w);
+        assert_eq!(*l.read(), 7);
+        assert!(l.try_write().is_some());
+    }
+
+    #[test]
+    fn a_failed_try_lock_leaves_the_holders_lock_alone() {
+        let l = SpinLock::new(0u32);
+        let g = l.lock();
+        assert!(l.try_lock().is_none());
+        assert!(l.is_locked());
+        drop(g);
+        assert!(!l.is_locked());
+        assert!(l.try_lock().is_some());
+    }
+
+    #[test]
+    fn readers_and_writers_on_threads_never_overlap() {
+        extern crate std;
+        use core::sync::atomic::AtomicU32;
+        let l = RwLock::new((0u64, 0u64));
+        let inside = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (l, inside) = (&l, &inside);
+                s.spawn(move || {
+                    for i in 0..20_000u64 {
+                        if (i + t) % 3 == 0 {
+                            let g = if i % 2 == 0 {
+                                l.try_write()
+                            } else {
+                                Some(l.write())
+                            };
+                            if let Some(mut g) = g {
+                                assert_eq!(inside.swap(WRITER, Ordering::SeqCst), 0);
+                                g.0 += 1;
+                                g.1 += 1;
+                                inside.store(0, Ordering::SeqCst);
+                            }
+                        } else {
+                            let g = if i % 2 == 0 {
+                                l.try_read()
+                            } else {
+                                Some(l.read())
+                            };
+                            if let Some(g) = g {
+                                assert_ne!(inside.fetch_add(1, Ordering::SeqCst), WRITER);
+                                assert_eq!(g.0, g.1);
+                                inside.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(l.state.load(Ordering::Relaxed), 0);
     }
 }
