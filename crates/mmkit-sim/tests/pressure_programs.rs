@@ -210,6 +210,19 @@ fn python_larger_than_ram_without_swap_is_oom_killed_and_the_machine_goes_on() {
         anon_kb > 64 << 10,
         "the victim held most of RAM in anonymous memory: {killed}"
     );
+    // What the run reports of the killed process is what it was when it was killed: its
+    // faults (each page it filled took one) and its peak, not an empty task.
+    assert!(
+        out.min_flt + out.maj_flt >= anon_kb / 4,
+        "faults {} + {} for {anon_kb} kB of anonymous memory",
+        out.min_flt,
+        out.maj_flt
+    );
+    assert!(
+        out.vm_hwm_kb >= anon_kb,
+        "VmHWM {} kB below the anon-rss {anon_kb} kB the report printed",
+        out.vm_hwm_kb
+    );
     assert_clean(&m, before, "the OOM-killed python3");
     // The machine goes on: a program runs and prints what it prints natively.
     let argv = [PYTHON, "-c", "print(sum(range(10**6)))"];

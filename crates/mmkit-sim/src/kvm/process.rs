@@ -661,7 +661,9 @@ fn kernel_work(
         if p.exit.is_some() {
             if p.pid == p.sched.first && p.last_thread() {
                 // The first process: what it looked like before its memory went.
-                let stats = exit_stats(p);
+                let stats = exit_stats(p, p.pid)
+                    .or_else(|| p.sched.oom_killed_first.take())
+                    .unwrap_or_default();
                 p.sched.outcome = p.exit.map(|s| (s, stats));
             }
             p.exit_current(cpu);
@@ -713,24 +715,23 @@ fn comm_of(p: &Proc<'_>, pid: Pid) -> String {
     p.tasks.get(pid).map(|t| t.comm.clone()).unwrap_or_default()
 }
 
-fn exit_stats(p: &mut Proc<'_>) -> ExitStats {
-    // The OOM killer may have taken the task already (its memory with it).
-    let Some(t) = p.tasks.get(p.pid) else {
-        return (0, 0, 0, (0, 0, 0), String::new());
-    };
+/// What process `pid` looks like now (`None` when it is gone: the OOM killer released it
+/// with its memory).
+fn exit_stats(p: &Proc<'_>, pid: Pid) -> Option<ExitStats> {
+    let t = p.tasks.get(pid)?;
     let f = t.fault_counts();
     let Some(mm) = t.mm.as_ref() else {
-        return (f.min_flt, f.maj_flt, 0, (0, 0, 0), String::new());
+        return Some((f.min_flt, f.maj_flt, 0, (0, 0, 0), String::new()));
     };
     let (anon, file, shmem, _) = mmkit::kernel::task::rss_parts(mm);
     let hwm = mm.hiwater_rss.max(mm.rss()) * 4;
-    (
+    Some((
         f.min_flt,
         f.maj_flt,
         hwm,
         (anon * 4, file * 4, shmem * 4),
         mm.proc_maps(),
-    )
+    ))
 }
 
 fn comm(p: &Proc<'_>) -> String {
@@ -955,7 +956,13 @@ fn fatal_fault(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, sig: Signal, frame: [u64; 6
         // next scheduled, and the faulting access is made again; the faulting process
         // itself, or no victim at all, ends here.
         let gfp = mmkit::gfp::GFP_HIGHUSER_MOVABLE;
+        // The run's first process may be the victim: what `--stat` reports of it is what
+        // it was when it was killed (its faults, its peak), not an empty task.
+        let first = exit_stats(p, p.sched.first);
         let victim = p.tasks.out_of_memory(p.k, cpu, p.pid, gfp, 0);
+        if victim == Some(p.sched.first) {
+            p.sched.oom_killed_first = first;
+        }
         if let Some(v) = victim.filter(|&v| v != p.pid) {
             p.kill_parked(v);
             return;

@@ -123,6 +123,9 @@ pub struct Sched {
     pub totals: Totals,
     /// How the run's first process ended, and what it looked like before its memory went.
     pub(super) outcome: Option<(Status, super::process::ExitStats)>,
+    /// What the first process looked like when the OOM killer took it (its task is
+    /// released with its memory, before it is next scheduled).
+    pub(super) oom_killed_first: Option<super::process::ExitStats>,
 }
 
 /// Counts summed over the vCPUs (each counts in its own [`Proc`] and adds them here under
