@@ -59,11 +59,12 @@ fn status_memory_lines_equal_the_host_kernels() {
         }
         let mut tasks = TaskTable::default();
         let pid = spawn(&m, &mut tasks, path, &env);
-        let ours: Vec<String> = proc_pid_status(&m.kernel, tasks.get(pid).unwrap())
-            .lines()
-            .filter(|l| l.starts_with("Vm") || l.starts_with("Rss"))
-            .map(String::from)
-            .collect();
+        let ours: Vec<String> =
+            proc_pid_status(&m.kernel, tasks.get(pid).unwrap(), tasks.mm_of(pid))
+                .lines()
+                .filter(|l| l.starts_with("Vm") || l.starts_with("Rss"))
+                .map(String::from)
+                .collect();
         assert_eq!(ours, host_status(path, &env), "{path}");
         m.on_cpu(0, |cpu| tasks.exit(&m.kernel, cpu, pid, 0).unwrap());
     }
@@ -122,7 +123,7 @@ fn fork_exec_exit_wait() {
         c.fault_counts().min_flt > before_exec.min_flt,
         "exec's faults add up"
     );
-    assert!(proc_pid_status(k, c).contains("Name:\tbash"));
+    assert!(proc_pid_status(k, c, tasks.mm_of(child)).contains("Name:\tbash"));
     // Wait before exit: EAGAIN; exit; wait reaps and the parent gets the child's faults.
     assert_eq!(tasks.wait(init, None), Err(Errno::EAGAIN));
     let child_faults = tasks.get(child).unwrap().fault_counts();
@@ -203,6 +204,134 @@ fn fork_exec_exit_wait() {
         free_and_pcp(k),
         before,
         "every page back after all processes exit"
+    );
+    assert_eq!(k.page_table_pages(), 0);
+}
+
+/// `clone(CLONE_VM)` without `CLONE_THREAD`: the child runs in the parent's address space
+/// (bytes either writes the other reads, one `mm` with two users, faults counted in it);
+/// the child's exec leaves the parent's memory alone; when the parent exits first the
+/// address space stays, whole, with the child; the last user's exit frees every page.
+#[test]
+fn clone_vm_shares_one_address_space_until_its_last_user_goes() {
+    let m = boot_mem(256, 2, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let mut tasks = TaskTable::default();
+    let parent = spawn(&m, &mut tasks, "/bin/true", &[]);
+    let (heap, a, b, c) = m.on_cpu(0, |cpu| {
+        let mm = tasks.mm_mut(parent).unwrap();
+        let heap = k
+            .mmap(
+                cpu,
+                mm,
+                0,
+                8 << 12,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                0,
+            )
+            .unwrap();
+        k.user_write(cpu, mm, heap, b"parent's").unwrap();
+        let a = tasks.clone_vm(parent).unwrap();
+        let b = tasks.clone_vm(a).unwrap();
+        let c = tasks.clone_vm(parent).unwrap();
+        (heap, a, b, c)
+    });
+    assert_eq!(tasks.mm_users(parent), 4);
+    assert_eq!(
+        tasks.mm_holder(b),
+        Some(parent),
+        "a sharer's child shares it too"
+    );
+    assert_eq!(tasks.get(a).unwrap().ppid, parent);
+    let min_before = tasks.mm_of(parent).unwrap().faults.min_flt;
+    m.on_cpu(1, |cpu| {
+        // A private page the child writes is the parent's too: one address space, no COW.
+        let mm = tasks.mm_mut(a).unwrap();
+        let mut got = [0u8; 8];
+        k.user_read(cpu, mm, heap, &mut got).unwrap();
+        assert_eq!(&got, b"parent's");
+        k.user_write(cpu, mm, heap + (5 << 12), b"child's").unwrap();
+    });
+    let mut got = [0u8; 7];
+    m.on_cpu(0, |cpu| {
+        k.user_read(
+            cpu,
+            tasks.mm_mut(parent).unwrap(),
+            heap + (5 << 12),
+            &mut got,
+        )
+        .unwrap()
+    });
+    assert_eq!(&got, b"child's");
+    assert_eq!(
+        tasks.mm_of(parent).unwrap().faults.min_flt,
+        min_before + 1,
+        "the child's fault is counted in the shared address space"
+    );
+    // The child execs: a new address space for it; the parent's is untouched.
+    m.on_cpu(1, |cpu| {
+        with_exec_params(
+            &m,
+            &spec("/bin/true", &[]),
+            &host_cred(),
+            |file, params, interp| tasks.exec(k, cpu, c, file, params, interp),
+        )
+        .unwrap()
+        .unwrap()
+    });
+    assert_eq!(tasks.mm_users(parent), 3);
+    assert_eq!(tasks.mm_holder(c), Some(c));
+    assert_ne!(
+        tasks.mm_of(c).unwrap().pt.ctx_id(),
+        tasks.mm_of(parent).unwrap().pt.ctx_id()
+    );
+    m.on_cpu(0, |cpu| {
+        k.user_read(cpu, tasks.mm_mut(parent).unwrap(), heap, &mut got)
+            .unwrap()
+    });
+    assert_eq!(&got, b"parent'");
+    // The parent exits first: the address space passes to its lowest-pid sharer, which
+    // the other sharer then names; every byte is still there.
+    m.on_cpu(0, |cpu| tasks.exit(k, cpu, parent, 0).unwrap());
+    assert!(tasks.get(parent).is_none(), "parentless: released");
+    assert_eq!(tasks.mm_holder(a), Some(a));
+    assert_eq!(tasks.mm_holder(b), Some(a));
+    assert_eq!(tasks.mm_users(b), 2);
+    assert_eq!(
+        tasks.mm_of(a).unwrap().faults.min_flt,
+        0,
+        "counted by the parent"
+    );
+    m.on_cpu(1, |cpu| {
+        let mm = tasks.mm_mut(b).unwrap();
+        let mut got = [0u8; 8];
+        k.user_read(cpu, mm, heap, &mut got).unwrap();
+        assert_eq!(&got, b"parent's");
+        k.check_mm_invariants(mm).unwrap();
+        // b exits (a lets go); then a, the last user, tears it down.
+        tasks.exit(k, cpu, b, 0).unwrap();
+        assert_eq!(tasks.mm_users(a), 1);
+        let mm = tasks.mm_mut(a).unwrap();
+        k.user_read(cpu, mm, heap + (5 << 12), &mut got[..7])
+            .unwrap();
+        assert_eq!(&got[..7], b"child's");
+        tasks.exit(k, cpu, a, 0).unwrap();
+        tasks.exit(k, cpu, c, 0).unwrap();
+        for z in tasks.pids() {
+            let pp = tasks.get(z).unwrap().ppid;
+            let _ = tasks.wait(pp, Some(z));
+        }
+        k.drop_pagecache(cpu);
+        k.lru_add_drain_all(cpu);
+        k.drain_all_pages(cpu);
+    });
+    assert_eq!(
+        free_and_pcp(k),
+        before,
+        "every page back after the last user"
     );
     assert_eq!(k.page_table_pages(), 0);
 }

@@ -621,3 +621,86 @@ int main(void) {
     assert!(ipis > 0, "no shootdown kicked the reader: {:?}", r.out.cpus);
     assert_clean(&m, before, "shootdown");
 }
+
+/// `CLONE_VM` without `CLONE_THREAD`: a child made by `clone(CLONE_VM | SIGCHLD)` on a stack
+/// of its own writes the parent's globals and heap and maps memory the parent then reads
+/// (one address space, two processes); and a `vfork` from a process with a second thread
+/// leaves that thread running in the shared address space — the vfork child sees it count
+/// on while the parent waits (before, the address space moved to the child and the thread
+/// died at its next exit). Output and status equal the native run; every page comes back.
+#[test]
+fn clone_vm_children_share_the_address_space_and_vfork_leaves_threads_running() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "clonevm",
+        r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static char global[32];
+static char *heap;
+static char *mapped;
+static volatile long ticks, stop;
+static int child(void *arg) {
+    strcpy(global, "global from child");
+    strcpy(heap, (const char *)arg);
+    mapped = mmap(0, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) return 1;
+    for (int i = 0; i < (1 << 20); i += 4096) mapped[i] = (char)(i >> 12);
+    return getpid() != getppid() ? 7 : 2;
+}
+static void *counter(void *a) {
+    while (!stop) ticks++;
+    return a;
+}
+int main(void) {
+    heap = malloc(64);
+    char *stack = malloc(1 << 16);
+    int pid = clone(child, stack + (1 << 16), CLONE_VM | SIGCHLD, "heap from child");
+    if (pid < 0) { perror("clone"); return 1; }
+    int st = 0;
+    if (waitpid(pid, &st, 0) != pid) { perror("waitpid"); return 1; }
+    long sum = 0;
+    for (int i = 0; i < (1 << 20); i += 4096) sum += (unsigned char)mapped[i];
+    printf("%s | %s | status %d | sum %ld\n", global, heap, WEXITSTATUS(st), sum);
+    pthread_t t;
+    pthread_create(&t, 0, counter, 0);
+    while (ticks < 1000) ;
+    long t0 = ticks, seen = 0;
+    int v = vfork();
+    if (v == 0) {
+        for (long i = 0; i < 4000000000L && ticks < t0 + 10000000; i++) ;
+        _exit(ticks >= t0 + 10000000 ? 0 : 1);
+    }
+    waitpid(v, &st, 0);
+    seen = ticks - t0;
+    stop = 1;
+    pthread_join(t, 0);
+    printf("vfork child saw the thread count on: %s, thread alive: %s\n",
+           WEXITSTATUS(st) == 0 ? "yes" : "no", seen >= 10000000 ? "yes" : "no");
+    return 0;
+}"#,
+        &["-pthread"],
+    );
+    let before = m.settle();
+    let r = same_as_native(&m, &vm, &[prog.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("global from child | heap from child | status 7 | sum 32640\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("saw the thread count on: yes, thread alive: yes"),
+        "{out}"
+    );
+    assert_clean(&m, before, "clone(CLONE_VM) and vfork with a thread");
+}

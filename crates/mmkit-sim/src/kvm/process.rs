@@ -720,7 +720,7 @@ fn comm_of(p: &Proc<'_>, pid: Pid) -> String {
 fn exit_stats(p: &Proc<'_>, pid: Pid) -> Option<ExitStats> {
     let t = p.tasks.get(pid)?;
     let f = t.fault_counts();
-    let Some(mm) = t.mm.as_ref() else {
+    let Some(mm) = p.tasks.mm_of(pid) else {
         return Some((f.min_flt, f.maj_flt, 0, (0, 0, 0), String::new()));
     };
     let (anon, file, shmem, _) = mmkit::kernel::task::rss_parts(mm);

@@ -599,28 +599,13 @@ impl Proc<'_> {
         });
     }
 
-    /// Hand a `vfork` child's borrowed address space back to its parent and wake the
-    /// parent (`mm_release` → `complete_vfork_done`). A parent that has gone meanwhile
-    /// leaves the address space to nobody: it is torn down.
-    pub fn vfork_done(&mut self, cpu: &CpuGuard<'_>) {
+    /// A `vfork` child execs or exits: its parent, which waits for that, wakes
+    /// (`mm_release` → `complete_vfork_done`). The address space they shared stays the
+    /// parent's (`TaskTable::exec`/`exit` let the child go of it).
+    pub fn vfork_done(&mut self) {
         let Some(parent) = self.vfork_parent.take() else {
             return;
         };
-        let k = self.k;
-        let mm = self.tasks.get_mut(self.pid).and_then(|t| t.mm.take());
-        let alive = self
-            .tasks
-            .get(parent)
-            .is_some_and(|t| t.state == mmkit::kernel::task::TaskState::Running);
-        match (mm, alive) {
-            (Some(mm), true) => {
-                if let Some(t) = self.tasks.get_mut(parent) {
-                    t.mm = Some(mm);
-                }
-            }
-            (Some(mm), false) => k.exit_mmap(cpu, mm),
-            (None, _) => {}
-        }
         if let Some(t) = self.sched.parked.get_mut(&parent) {
             if t.run == RunState::Vfork(self.pid) {
                 t.run = RunState::Runnable;
@@ -655,7 +640,7 @@ impl Proc<'_> {
         // A zombie tells its exit, not a stop.
         self.sched.jobs.stopped.remove(&self.pid);
         self.sched.jobs.reports.remove(&self.pid);
-        self.vfork_done(cpu);
+        self.vfork_done();
         // SIGCHLD to the parent (do_notify_parent), dropped unless it catches it.
         if let Some(ppid) = self.tasks.get(self.pid).map(|t| t.ppid) {
             let code = match status {
@@ -694,8 +679,9 @@ impl Proc<'_> {
         self.futex_wake(key, 1, u32::MAX);
     }
 
-    /// The key of the futex at `uaddr`: the process and address for a private one; the
-    /// physical address for a shared one (the same word seen by every mapping of it).
+    /// The key of the futex at `uaddr`: the address space (`mm`, the same for every process
+    /// that shares it) and address for a private one; the physical address for a shared
+    /// one (the same word seen by every mapping of it).
     pub fn futex_key(&mut self, uaddr: u64, private: bool) -> (u64, u64) {
         if !private {
             let k = self.k;
@@ -705,7 +691,8 @@ impl Proc<'_> {
                 }
             }
         }
-        ((1 << 63) | self.pid as u64, uaddr)
+        let mm = self.tasks.mm_of(self.pid).map_or(0, |mm| mm.pt.ctx_id());
+        ((1 << 63) | mm, uaddr)
     }
 
     /// `de_thread` at exec: the process's other threads go.
@@ -830,11 +817,7 @@ pub(super) fn after_syscall(p: &mut Proc<'_>, vm: &Vm, vcpu: &mut Vcpu) -> Resul
     if let Some(c) = p.new_child.take() {
         let mut ctx = vcpu.save(vm)?;
         ctx.regs.rax = 0;
-        let pgd = p
-            .tasks
-            .get(c.pid)
-            .and_then(|t| t.mm.as_ref())
-            .map(|mm| mm.pt.pgd_pfn());
+        let pgd = p.tasks.mm_of(c.pid).map(|mm| mm.pt.pgd_pfn());
         if let Some(pgd) = pgd {
             ctx.sregs.cr3 = pgd.0 << mmkit::PAGE_SHIFT;
         }
@@ -855,7 +838,7 @@ pub(super) fn after_syscall(p: &mut Proc<'_>, vm: &Vm, vcpu: &mut Vcpu) -> Resul
         p.exec_done = false;
         let t = p.tasks.get(p.pid).expect("the running task");
         let (entry, sp) = (t.entry, t.sp);
-        let pgd = t.mm.as_ref().expect("exec'd").pt.pgd_pfn();
+        let pgd = p.tasks.mm_of(p.pid).expect("exec'd").pt.pgd_pfn();
         vcpu.start_thread(pgd, entry, sp)?;
     }
     p.sched.events += 1;

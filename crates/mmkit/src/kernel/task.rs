@@ -1,9 +1,17 @@
 //! Tasks (`include/linux/sched.h`, `kernel/fork.c`, `kernel/exit.c`, `fs/exec.c`'s
-//! `exec_mmap`): a table of single-threaded processes, each owning an address space, with
-//! `fork` (`copy_mm` → `dup_mmap`), `execve` (a fresh mm replaces the old one), `exit`
-//! (`exit_mm` → `mmput` → `exit_mmap`; the task stays a zombie until reaped) and `wait`.
-//! Fault counts (`min_flt`, `maj_flt`) survive exec, as Linux keeps them in the task; a
-//! reaped child's counts are added to the parent's `cmin_flt`/`cmaj_flt`.
+//! `exec_mmap`): a table of processes, each running in an address space, with `fork`
+//! (`copy_mm` → `dup_mmap`), `clone(CLONE_VM)` (`copy_mm` sharing the parent's mm: `vfork`,
+//! a process sharing memory without being a thread), `execve` (a fresh mm replaces the old
+//! one), `exit` (`exit_mm` → `mmput`; the last user's `exit_mmap`; the task stays a zombie
+//! until reaped) and `wait`.
+//!
+//! An address space is held by one task's `mm`; the other processes that share it
+//! (`mm_users` > 1) name that task in `vm_owner`. When the holder execs or exits while
+//! others still use the address space, it passes to one of them (`mmput` that was not the
+//! last). Fault counts (`min_flt`, `maj_flt`) survive exec, as Linux keeps them in the task;
+//! those taken in a shared address space are counted in it, so they go to the task that
+//! holds it when it is left; a reaped child's counts are added to the parent's
+//! `cmin_flt`/`cmaj_flt`.
 
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
@@ -37,8 +45,13 @@ pub struct Task {
     pub ppid: Pid,
     /// `comm`: the executable's base name, 15 bytes at most.
     pub comm: String,
-    /// The address space (`None` once exited).
+    /// The address space it holds (`None` once exited, and while it runs in another
+    /// task's: see `vm_owner`).
     pub mm: Option<MmStruct>,
+    /// `CLONE_VM` without `CLONE_THREAD` (a `vfork` child, a process sharing memory): the
+    /// task whose `mm` this one runs in (`task->mm` pointing at a shared `mm_struct`). That
+    /// task holds an `mm` of its own.
+    pub vm_owner: Option<Pid>,
     /// State.
     pub state: TaskState,
     /// Exit status for `wait`.
@@ -95,12 +108,41 @@ impl TaskTable {
         self.tasks.get_mut(&pid)
     }
 
-    /// The address space of live task `pid` (`ESRCH` for no such task or a zombie).
+    /// The address space of live task `pid`, its own or the one it shares (`ESRCH` for no
+    /// such task or a zombie).
     pub fn mm_mut(&mut self, pid: Pid) -> Result<&mut MmStruct, Errno> {
+        let h = self.mm_holder(pid).ok_or(Errno::ESRCH)?;
         self.tasks
-            .get_mut(&pid)
+            .get_mut(&h)
             .and_then(|t| t.mm.as_mut())
             .ok_or(Errno::ESRCH)
+    }
+
+    /// The address space task `pid` runs in (`task->mm`), its own or the one it shares.
+    pub fn mm_of(&self, pid: Pid) -> Option<&MmStruct> {
+        self.tasks.get(&self.mm_holder(pid)?)?.mm.as_ref()
+    }
+
+    /// The task that holds the address space `pid` runs in (`pid` itself unless it shares
+    /// another's); `None` for a task without one (a zombie).
+    pub fn mm_holder(&self, pid: Pid) -> Option<Pid> {
+        let t = self.tasks.get(&pid)?;
+        match t.vm_owner {
+            Some(h) => Some(h),
+            None => t.mm.as_ref().map(|_| pid),
+        }
+    }
+
+    /// `mm_users`: the processes running in the address space `pid` runs in (0 for none).
+    pub fn mm_users(&self, pid: Pid) -> usize {
+        let Some(h) = self.mm_holder(pid) else {
+            return 0;
+        };
+        1 + self
+            .tasks
+            .values()
+            .filter(|t| t.vm_owner == Some(h))
+            .count()
     }
 
     /// Every task, by pid.
@@ -160,6 +202,7 @@ impl TaskTable {
                 ppid: 0,
                 comm: comm_of(params.filename),
                 mm: None,
+                vm_owner: None,
                 state: TaskState::Running,
                 exit_code: 0,
                 faults: FaultCounts::default(),
@@ -173,16 +216,15 @@ impl TaskTable {
         Ok(pid)
     }
 
-    fn install_image(&mut self, pid: Pid, img: ExecImage) -> Option<MmStruct> {
-        let t = self.tasks.get_mut(&pid)?;
-        t.entry = img.entry;
-        t.sp = img.sp;
-        let old = t.mm.replace(img.mm);
-        if let Some(o) = &old {
-            t.faults.min_flt += o.faults.min_flt;
-            t.faults.maj_flt += o.faults.maj_flt;
+    /// The new image of task `pid`, which holds no address space (a fresh task, or one whose
+    /// old address space was let go).
+    fn install_image(&mut self, pid: Pid, img: ExecImage) {
+        if let Some(t) = self.tasks.get_mut(&pid) {
+            debug_assert!(t.mm.is_none() && t.vm_owner.is_none());
+            t.entry = img.entry;
+            t.sp = img.sp;
+            t.mm = Some(img.mm);
         }
-        old
     }
 
     /// `fork`: a child with a copy-on-write copy of `parent`'s address space.
@@ -198,17 +240,54 @@ impl TaskTable {
         }
     }
 
-    /// `fork` with `CLONE_VM | CLONE_VFORK` (`vfork`, `posix_spawn`): a child that runs in
-    /// `parent`'s own address space while the parent waits for it to exec or exit. The
-    /// address space moves to the child (the parent runs nothing meanwhile); whoever runs
-    /// the tasks moves it back at the child's exec or exit (`mm_release`).
-    pub fn vfork(&mut self, parent: Pid) -> Result<Pid, Errno> {
-        if self.tasks.get(&parent).ok_or(Errno::ESRCH)?.mm.is_none() {
-            return Err(Errno::ESRCH);
-        }
+    /// `clone(CLONE_VM)` without `CLONE_THREAD` (`vfork` and `posix_spawn` add
+    /// `CLONE_VFORK`, for which the caller makes the parent wait): a child process running in
+    /// `parent`'s address space (`copy_mm` taking a reference, `mm_users` + 1). The parent's
+    /// other threads go on running in it meanwhile, as in Linux.
+    pub fn clone_vm(&mut self, parent: Pid) -> Result<Pid, Errno> {
+        let holder = self.mm_holder(parent).ok_or(Errno::ESRCH)?;
         let pid = self.alloc_pid()?;
-        let mm = self.tasks.get_mut(&parent).and_then(|p| p.mm.take());
-        Ok(self.insert_child(parent, pid, mm))
+        self.insert_child(parent, pid, None);
+        if let Some(t) = self.tasks.get_mut(&pid) {
+            t.vm_owner = Some(holder);
+        }
+        Ok(pid)
+    }
+
+    /// `mmput` of task `pid`'s address space: it stops using it (exec, exit). A task that
+    /// shared another's just lets go; the holder folds the faults taken in it into its own
+    /// counts and either hands it to one of the processes still sharing it (the lowest pid,
+    /// which the others then name) or, as its last user, tears it down (`exit_mmap`).
+    fn mmput(&mut self, k: &Kernel, cpu: &CpuGuard<'_>, pid: Pid) {
+        let Some(t) = self.tasks.get_mut(&pid) else {
+            return;
+        };
+        if t.vm_owner.take().is_some() {
+            return;
+        }
+        let Some(mut mm) = t.mm.take() else {
+            return;
+        };
+        t.faults.min_flt += mm.faults.min_flt;
+        t.faults.maj_flt += mm.faults.maj_flt;
+        mm.faults = FaultCounts::default();
+        let heir = self
+            .tasks
+            .values()
+            .find(|t| t.vm_owner == Some(pid))
+            .map(|t| t.pid);
+        let Some(heir) = heir else {
+            k.exit_mmap(cpu, mm);
+            return;
+        };
+        for t in self.tasks.values_mut() {
+            if t.vm_owner == Some(pid) {
+                t.vm_owner = (t.pid != heir).then_some(heir);
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&heir) {
+            t.mm = Some(mm);
+        }
     }
 
     /// `copy_process`'s task: `pid`, a child of `parent` with its name, entry point and
@@ -220,6 +299,7 @@ impl TaskTable {
             ppid: parent,
             comm: p.comm.clone(),
             mm,
+            vm_owner: None,
             state: TaskState::Running,
             exit_code: 0,
             faults: FaultCounts::default(),
@@ -248,9 +328,10 @@ impl TaskTable {
             return Err(Errno::ESRCH);
         }
         let img = k.execve(cpu, file, params, open_interp)?;
-        if let Some(old) = self.install_image(pid, img) {
-            k.exit_mmap(cpu, old);
-        }
+        // exec_mmap: the old address space is let go (torn down, or left to the processes
+        // that share it) and the new one installed.
+        self.mmput(k, cpu, pid);
+        self.install_image(pid, img);
         if let Some(t) = self.tasks.get_mut(&pid) {
             t.comm = comm_of(params.filename);
         }
@@ -266,15 +347,11 @@ impl TaskTable {
         pid: Pid,
         code: i32,
     ) -> Result<(), Errno> {
-        let t = self.tasks.get_mut(&pid).ok_or(Errno::ESRCH)?;
-        if t.state == TaskState::Zombie {
+        if self.tasks.get(&pid).ok_or(Errno::ESRCH)?.state == TaskState::Zombie {
             return Err(Errno::ESRCH);
         }
-        if let Some(mm) = t.mm.take() {
-            t.faults.min_flt += mm.faults.min_flt;
-            t.faults.maj_flt += mm.faults.maj_flt;
-            k.exit_mmap(cpu, mm);
-        }
+        self.mmput(k, cpu, pid);
+        let t = self.tasks.get_mut(&pid).ok_or(Errno::ESRCH)?;
         t.state = TaskState::Zombie;
         t.exit_code = code;
         let ppid = t.ppid;
@@ -325,8 +402,9 @@ impl TaskTable {
 
     /// `out_of_memory` after task `trigger` could not get memory (`gfp`, `order`) even after
     /// reclaim: choose the task with the highest `oom_badness`, print Linux's report, count
-    /// `oom_kill` and kill it (its memory is freed at once). Returns the victim, or `None`
-    /// when no task can be killed.
+    /// `oom_kill` and kill it with every process sharing its address space (as
+    /// `__oom_kill_process` does, so that the memory is freed at once). Returns the victim,
+    /// or `None` when no task can be killed.
     pub fn out_of_memory(
         &mut self,
         k: &Kernel,
@@ -342,7 +420,17 @@ impl TaskTable {
             .or_else(|| self.tasks.get(&victim))?;
         k.oom_report(trig, gfp, order, self.tasks.values(), &self.tasks[&victim]);
         cpu.state().vmstat.count(crate::mm::oom_kill::OOM_KILL, 1);
-        // Killed by SIGKILL: the status wait() reports is the signal number.
+        // Killed by SIGKILL: the status wait() reports is the signal number. The processes
+        // sharing the victim's memory go first, so that the victim's exit frees it.
+        let sharers: Vec<Pid> = self
+            .tasks
+            .values()
+            .filter(|t| t.vm_owner == Some(victim))
+            .map(|t| t.pid)
+            .collect();
+        for s in sharers {
+            let _ = self.exit(k, cpu, s, 9);
+        }
         self.exit(k, cpu, victim, 9).ok()?;
         Some(victim)
     }
@@ -363,9 +451,9 @@ impl TaskTable {
     pub fn ps(&self) -> String {
         let mut s = String::from("    PID    PPID STAT    VSZ   RSS COMMAND\n");
         for t in self.tasks.values() {
-            let (vsz, rss) =
-                t.mm.as_ref()
-                    .map_or((0, 0), |m| (m.total_vm() * 4, m.rss() * 4));
+            let (vsz, rss) = self
+                .mm_of(t.pid)
+                .map_or((0, 0), |m| (m.total_vm() * 4, m.rss() * 4));
             let stat = match t.state {
                 TaskState::Running => 'R',
                 TaskState::Zombie => 'Z',

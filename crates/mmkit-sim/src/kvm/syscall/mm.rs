@@ -141,7 +141,7 @@ pub fn sys_getrusage(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysRe
     let (flt, maxrss) = if who == RUSAGE_CHILDREN {
         (t.child_faults, 0)
     } else {
-        let mm = t.mm.as_ref().ok_or(EINVAL)?;
+        let mm = p.tasks.mm_of(p.pid).ok_or(EINVAL)?;
         (t.fault_counts(), mm.hiwater_rss.max(mm.rss()) * 4)
     };
     ru.ru_minflt = flt.min_flt as i64;

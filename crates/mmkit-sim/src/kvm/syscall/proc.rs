@@ -7,8 +7,12 @@
 //! Threads (`CLONE_THREAD`) share their process's address space, descriptors and signal
 //! actions and run on the machine's vCPUs; `futex` puts them to sleep and wakes them.
 //! `clone3` is the same `clone` with its arguments in a `struct clone_args` (glibc's
-//! `pthread_create` and `posix_spawn` use it). Not yet: a process sharing memory without
-//! being a thread (`CLONE_VM` alone, `ENOSYS`, after which glibc falls back to `clone`).
+//! `pthread_create` and `posix_spawn` use it). A process made with `CLONE_VM` but not
+//! `CLONE_THREAD` (`vfork`, `posix_spawn`, or a process sharing memory) runs in its
+//! parent's address space (`TaskTable::clone_vm`), with its own descriptors and signal
+//! actions; `CLONE_VFORK` makes the parent wait until the child execs or exits. Not yet:
+//! signal actions shared between processes (`CLONE_SIGHAND` without `CLONE_THREAD`,
+//! `ENOSYS`).
 
 use super::{Proc, SysResult, EFAULT, EINVAL};
 use crate::exec::{with_exec_params, ExecSpec};
@@ -52,8 +56,8 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     if f(libc::CLONE_THREAD) {
         return clone_thread(p, cpu, a);
     }
-    if f(libc::CLONE_SIGHAND) || (f(libc::CLONE_VM) && !f(libc::CLONE_VFORK)) {
-        // Memory or signal actions shared between processes (not threads): not yet.
+    if f(libc::CLONE_SIGHAND) {
+        // Signal actions shared between processes (not threads): not yet.
         return Err(super::ENOSYS);
     }
     if flags & !(KNOWN as u64) != 0 {
@@ -62,16 +66,16 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     let k = p.k;
     let parent = p.pid;
     let fds = p.fds.fork_copy()?;
-    let vfork = f(libc::CLONE_VM);
-    let child = if vfork {
-        p.tasks.vfork(parent)
+    let vfork = f(libc::CLONE_VFORK);
+    let child = if f(libc::CLONE_VM) {
+        p.tasks.clone_vm(parent)
     } else {
         p.tasks.fork(k, cpu, parent)
     }
     .map_err(errno)?;
     let tid = child.to_le_bytes();
     if f(libc::CLONE_PARENT_SETTID) && p.write_user(cpu, ptid, &tid).is_err() {
-        undo_clone(p, cpu, child, vfork);
+        undo_clone(p, cpu, child);
         return Err(EFAULT);
     }
     if f(libc::CLONE_CHILD_SETTID) {
@@ -80,7 +84,7 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
             Err(_) => false,
         };
         if !ok {
-            undo_clone(p, cpu, child, vfork);
+            undo_clone(p, cpu, child);
             return Err(EFAULT);
         }
     }
@@ -200,14 +204,8 @@ pub fn sys_clone3(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
 }
 
 /// Take back a child whose creation failed half way.
-fn undo_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, child: Pid, vfork: bool) {
+fn undo_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, child: Pid) {
     let k = p.k;
-    if vfork {
-        let mm = p.tasks.get_mut(child).and_then(|t| t.mm.take());
-        if let Some(t) = p.tasks.get_mut(p.pid) {
-            t.mm = mm;
-        }
-    }
     let _ = p.tasks.exit(k, cpu, child, 0);
     let _ = p.tasks.wait(p.pid, Some(child));
 }
@@ -280,12 +278,8 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     };
     let k = p.k;
     let me = p.pid;
-    // A vfork child execs out of its parent's address space: take it off the child first
-    // (the exec must not tear it down), and give it back to the child if the exec fails.
-    let lent = match p.vfork_parent {
-        Some(_) => p.tasks.get_mut(me).and_then(|t| t.mm.take()),
-        None => None,
-    };
+    // exec_mmap lets go of the old address space: a vfork child's (or any CLONE_VM
+    // child's) stays with the parent that shares it.
     let (m, tasks) = (p.m, &mut p.tasks);
     let cred = crate::hostfs::host_cred();
     let r = with_exec_params(m, &spec, &cred, |file, params, interp| {
@@ -293,19 +287,10 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     })
     .and_then(|r| r);
     if let Err(e) = r {
-        if let (Some(mm), Some(t)) = (lent, p.tasks.get_mut(me)) {
-            t.mm = Some(mm);
-        }
         return Err(errno(e));
     }
-    if let Some(mm) = lent {
-        // mm_release: the parent gets its address space back and wakes.
-        let new = p.tasks.get_mut(me).and_then(|t| t.mm.replace(mm));
-        p.vfork_done(cpu);
-        if let Some(t) = p.tasks.get_mut(me) {
-            t.mm = new;
-        }
-    }
+    // mm_release: a vfork parent wakes.
+    p.vfork_done();
     p.exe = path;
     p.argv = argv;
     p.fds.close_on_exec();

@@ -223,29 +223,30 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
             return Ok(None); // a directory: see `dir`
         }
         let t = p.tasks.get(pid).ok_or(-(libc::ESRCH as i64))?;
+        // The address space it runs in: its own, or the one it shares (`CLONE_VM`).
+        let mm = p.tasks.mm_of(pid);
         let text = match tail {
-            "maps" => Some(
-                t.mm.as_ref()
-                    .map(proc::task_mmu::proc_pid_maps)
-                    .unwrap_or_default(),
-            ),
+            "maps" => Some(mm.map(proc::task_mmu::proc_pid_maps).unwrap_or_default()),
             "smaps" => Some(
-                t.mm.as_ref()
-                    .map(|mm| proc::task_mmu::proc_pid_smaps(k, mm))
+                mm.map(|mm| proc::task_mmu::proc_pid_smaps(k, mm))
                     .unwrap_or_default(),
             ),
             "smaps_rollup" => Some(
-                t.mm.as_ref()
-                    .map(|mm| proc::task_mmu::proc_pid_smaps_rollup(k, mm))
+                mm.map(|mm| proc::task_mmu::proc_pid_smaps_rollup(k, mm))
                     .unwrap_or_default(),
             ),
-            "status" => Some(status_of(p, pid, tid, &proc::array::proc_pid_status(k, t))),
-            "statm" => Some(proc::array::proc_pid_statm(t)),
+            "status" => Some(status_of(
+                p,
+                pid,
+                tid,
+                &proc::array::proc_pid_status(k, t, mm),
+            )),
+            "statm" => Some(proc::array::proc_pid_statm(mm)),
             "stat" => Some(stat_of(
                 p,
                 pid,
                 tid,
-                &proc::array::proc_pid_stat(t, times(p.task_cpu(pid))),
+                &proc::array::proc_pid_stat(t, mm, times(p.task_cpu(pid))),
             )),
             "oom_score" => Some(proc::array::proc_pid_oom_score(k, t)),
             "oom_score_adj" => Some(proc::array::proc_pid_oom_score_adj(t)),

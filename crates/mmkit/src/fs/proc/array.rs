@@ -3,6 +3,7 @@
 //! and `/proc/PID/oom_score` / `oom_score_adj` (`fs/proc/base.c`).
 
 use crate::kernel::task::{rss_parts, Task, TaskState};
+use crate::mm::mm_types::MmStruct;
 use crate::Kernel;
 use alloc::string::String;
 use core::fmt::Write;
@@ -11,8 +12,9 @@ fn kb(s: &mut String, label: &str, pages: u64) {
     let _ = writeln!(s, "{label}\t{:>8} kB", pages * 4);
 }
 
-/// `/proc/PID/status` up to `Threads:` (no signal or capability lines: no signals here).
-pub fn proc_pid_status(k: &Kernel, t: &Task) -> String {
+/// `/proc/PID/status` up to `Threads:` (no signal or capability lines: no signals here), of
+/// task `t` running in `mm` (`TaskTable::mm_of`: its own or the one it shares).
+pub fn proc_pid_status(k: &Kernel, t: &Task, mm: Option<&MmStruct>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Name:\t{}", t.comm);
     s.push_str("Umask:\t0022\n");
@@ -32,7 +34,7 @@ pub fn proc_pid_status(k: &Kernel, t: &Task) -> String {
         "NStgid:\t{}\nNSpid:\t{}\nNSpgid:\t{}\nNSsid:\t{}\nKthread:\t0",
         t.pid, t.pid, t.pid, t.pid
     );
-    if let Some(mm) = &t.mm {
+    if let Some(mm) = mm {
         let (anon, file, shmem, swap) = rss_parts(mm);
         let rss = anon + file + shmem;
         let (exec_vm, stack_vm, data_vm) = mm.vm_classes();
@@ -72,9 +74,9 @@ pub fn proc_pid_oom_score_adj(t: &Task) -> String {
 }
 
 /// `/proc/PID/statm` (`proc_pid_statm` with `task_statm`): size, resident, shared, text,
-/// lib (always 0), data, dt (always 0), in pages.
-pub fn proc_pid_statm(t: &Task) -> String {
-    let Some(mm) = &t.mm else {
+/// lib (always 0), data, dt (always 0), in pages, of the address space a task runs in.
+pub fn proc_pid_statm(mm: Option<&MmStruct>) -> String {
+    let Some(mm) = mm else {
         return String::from("0 0 0 0 0 0 0\n");
     };
     let (anon, file, shmem, _) = rss_parts(mm);
@@ -108,15 +110,16 @@ pub struct TaskTimes {
 }
 
 /// `/proc/PID/stat` (`do_task_stat`): the 52 fields, with the memory ones from the task's
-/// address space and the fault counts, as `ps` and `top` read them.
-pub fn proc_pid_stat(t: &Task, times: TaskTimes) -> String {
+/// address space `mm` (`TaskTable::mm_of`) and the fault counts, as `ps` and `top` read
+/// them.
+pub fn proc_pid_stat(t: &Task, mm: Option<&MmStruct>, times: TaskTimes) -> String {
     let state = match t.state {
         TaskState::Running => 'R',
         TaskState::Zombie => 'Z',
     };
     let f = t.fault_counts();
     let cf = t.child_faults;
-    let (vsize, rss, start_code, end_code, start_stack) = match &t.mm {
+    let (vsize, rss, start_code, end_code, start_stack) = match mm {
         Some(mm) => (
             mm.total_vm() * crate::PAGE_SIZE,
             mm.rss(),
@@ -126,7 +129,7 @@ pub fn proc_pid_stat(t: &Task, times: TaskTimes) -> String {
         ),
         None => (0, 0, 0, 0, 0),
     };
-    let (sd, ed, sb, ab, ae, eb, ee) = match &t.mm {
+    let (sd, ed, sb, ab, ae, eb, ee) = match mm {
         Some(mm) => (
             mm.start_data,
             mm.end_data,
