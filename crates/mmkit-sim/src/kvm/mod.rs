@@ -29,6 +29,7 @@
 //!   of the frames it names ([`crate::machine::Ram`]'s zap), so changing a live PTE from the
 //!   host side is seen by the guest.
 
+pub mod khugepaged;
 pub mod pipe;
 pub mod process;
 pub mod sched;

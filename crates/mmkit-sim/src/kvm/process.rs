@@ -364,6 +364,8 @@ pub fn run_program(
                 }
             }
         });
+        // khugepaged, a kernel thread beside the vCPUs (it takes the kernel lock to scan).
+        s.spawn(move || super::khugepaged::khugepaged(m, smp, ticker_done));
         let threads: Vec<_> = (0..nr)
             .map(|c| {
                 let start = (c == 0).then_some((pid, start));

@@ -180,6 +180,14 @@ impl Smp {
         }
     }
 
+    /// Run `f` on the shared state under the kernel lock from a thread that is no vCPU (a
+    /// kernel thread such as khugepaged, which needs every address space's `mmap_lock`).
+    pub fn with_kernel<R>(&self, f: impl FnOnce(&mut TaskTable, &mut Sched) -> R) -> R {
+        let mut g = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let Global { tasks, sched } = &mut *g;
+        f(tasks, sched)
+    }
+
     /// Number of vCPUs.
     pub fn nr_cpus(&self) -> usize {
         self.cpus.0.len()

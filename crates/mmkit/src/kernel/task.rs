@@ -471,6 +471,14 @@ impl TaskTable {
         s
     }
 
+    /// Every address space, by the pid of the task holding it (khugepaged's list is the
+    /// ones with `MMF_VM_HUGEPAGE`).
+    pub fn mms_mut(&mut self) -> impl Iterator<Item = (u64, &mut MmStruct)> {
+        self.tasks
+            .iter_mut()
+            .filter_map(|(&pid, t)| Some((u64::from(pid), t.mm.as_mut()?)))
+    }
+
     /// Pids in the table.
     pub fn pids(&self) -> Vec<Pid> {
         self.tasks.keys().copied().collect()

@@ -6,6 +6,15 @@
 //! 4096, `max_ptes_none` 511, `max_ptes_swap` 64, `max_ptes_shared` 256) and results
 //! (`enum scan_result`).
 //!
+//! The daemon's side: `khugepaged_enter_vma` puts an address space on khugepaged's list
+//! (`MMF_VM_HUGEPAGE`) once one of its VMAs may hold THPs (a new mapping or heap under
+//! `enabled=always`, `MADV_HUGEPAGE`; a fork inherits it), and `khugepaged_do_scan` is one
+//! wakeup of the thread: `pages_to_scan` pages' worth of the listed address spaces, resumed
+//! where the last wakeup stopped (`struct khugepaged_scan`), passing the list's head at most
+//! twice, with `full_scans` counted at each pass over the whole list; whoever runs the
+//! daemon sleeps `scan_sleep_millisecs` between wakeups and `alloc_sleep_millisecs` after a
+//! THP could not be allocated (`khugepaged_wait_work`, `khugepaged_alloc_sleep`).
+//!
 //! A collapse runs with the address space held exclusively (the caller's `&mut MmStruct`
 //! is Linux's `mmap_write_lock`), so no fault of it races; reclaim, compaction and the MMU
 //! still may. Each page to be copied is locked and pinned (reclaim and compaction pass a
@@ -89,6 +98,8 @@ pub(crate) struct Khugepaged {
     max_ptes_none: AtomicU32,
     max_ptes_swap: AtomicU32,
     max_ptes_shared: AtomicU32,
+    scan_sleep_millisecs: AtomicU32,
+    alloc_sleep_millisecs: AtomicU32,
     pages_collapsed: AtomicU64,
     full_scans: AtomicU64,
 }
@@ -100,6 +111,8 @@ impl Default for Khugepaged {
             max_ptes_none: (HPAGE_PMD_NR as u32 - 1).into(),
             max_ptes_swap: (HPAGE_PMD_NR as u32 / 8).into(),
             max_ptes_shared: (HPAGE_PMD_NR as u32 / 2).into(),
+            scan_sleep_millisecs: 10_000.into(),
+            alloc_sleep_millisecs: 60_000.into(),
             pages_collapsed: 0.into(),
             full_scans: 0.into(),
         }
@@ -117,6 +130,30 @@ pub struct KhugepagedTunables {
     pub max_ptes_swap: u32,
     /// `max_ptes_shared`: pages shared with another process a collapse may copy.
     pub max_ptes_shared: u32,
+    /// `scan_sleep_millisecs`: the sleep between two wakeups (10 s).
+    pub scan_sleep_millisecs: u32,
+    /// `alloc_sleep_millisecs`: the sleep after a THP could not be allocated (60 s).
+    pub alloc_sleep_millisecs: u32,
+}
+
+/// Where khugepaged's walk over its list stands between wakeups (`struct khugepaged_scan`):
+/// the address space it is in (by the key its caller lists it under) and the address to
+/// go on from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct KhugepagedScan {
+    slot: Option<u64>,
+    address: u64,
+}
+
+/// What one wakeup of khugepaged did.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct KhugepagedWakeup {
+    /// THPs made.
+    pub collapsed: u64,
+    /// Pages' worth of ranges looked at.
+    pub scanned: u64,
+    /// A THP could not be allocated: sleep `alloc_sleep_millisecs` before the next wakeup.
+    pub alloc_failed: bool,
 }
 
 /// `struct collapse_control`: who collapses (khugepaged applies its tunables and wants
@@ -143,6 +180,8 @@ impl Kernel {
             max_ptes_none: t.max_ptes_none.load(Relaxed),
             max_ptes_swap: t.max_ptes_swap.load(Relaxed),
             max_ptes_shared: t.max_ptes_shared.load(Relaxed),
+            scan_sleep_millisecs: t.scan_sleep_millisecs.load(Relaxed),
+            alloc_sleep_millisecs: t.alloc_sleep_millisecs.load(Relaxed),
         }
     }
 
@@ -162,7 +201,89 @@ impl Kernel {
         k.max_ptes_none.store(t.max_ptes_none, Relaxed);
         k.max_ptes_swap.store(t.max_ptes_swap, Relaxed);
         k.max_ptes_shared.store(t.max_ptes_shared, Relaxed);
+        k.scan_sleep_millisecs
+            .store(t.scan_sleep_millisecs, Relaxed);
+        k.alloc_sleep_millisecs
+            .store(t.alloc_sleep_millisecs, Relaxed);
         Ok(())
+    }
+
+    /// `khugepaged_enter_vma`: once the VMA `id` may hold THPs under the `enabled` policy
+    /// (and spans an aligned 2 MiB range), its address space goes on khugepaged's list
+    /// (`MMF_VM_HUGEPAGE`), where it stays until it exits.
+    pub(crate) fn khugepaged_enter_vma(&self, mm: &mut MmStruct, id: crate::mm::vma_tree::VmaId) {
+        if mm.khugepaged {
+            return;
+        }
+        let v = mm.vma(id);
+        let first = (v.vm_start + HPAGE_PMD_SIZE - 1) & !(HPAGE_PMD_SIZE - 1);
+        if self.thp_vma_allowable(v) && Self::thp_vma_suitable(v, first) {
+            mm.khugepaged = true;
+        }
+    }
+
+    /// Whether `mm` is on khugepaged's list (`MMF_VM_HUGEPAGE`).
+    pub fn khugepaged_listed(mm: &MmStruct) -> bool {
+        mm.khugepaged
+    }
+
+    /// One wakeup of khugepaged (`khugepaged_do_scan`): `pages_to_scan` pages' worth of
+    /// the address spaces on its list — `slots`, each under a key that stays the same for
+    /// its life, in key order; those not listed are passed over — from where `scan` stood.
+    /// An address space scanned to its end hands over to the next; passing the end of the
+    /// list counts a full scan, and the wakeup passes the list's head at most twice. A THP
+    /// that could not be allocated ends the wakeup (`khugepaged_alloc_sleep`).
+    pub fn khugepaged_do_scan<'a>(
+        &self,
+        cpu: &CpuGuard<'_>,
+        scan: &mut KhugepagedScan,
+        slots: impl Iterator<Item = (u64, &'a mut MmStruct)>,
+    ) -> KhugepagedWakeup {
+        let mut slots: Vec<(u64, &mut MmStruct)> = slots.filter(|(_, mm)| mm.khugepaged).collect();
+        let budget = u64::from(self.thp.khugepaged.pages_to_scan.load(Relaxed));
+        let mut out = KhugepagedWakeup::default();
+        if slots.is_empty() {
+            *scan = KhugepagedScan::default();
+            return out;
+        }
+        self.lru_add_drain_all(cpu);
+        // The slot to go on with: the one the last wakeup was in, or the next one after it
+        // (it may have exited meanwhile: collect_mm_slot), or the head.
+        let start = scan.slot.map_or(0, |key| {
+            slots.iter().position(|(k, _)| *k >= key).unwrap_or(0)
+        });
+        if scan.slot != Some(slots[start].0) {
+            scan.address = 0;
+        }
+        let mut i = start;
+        // pass_through_head: starting at the head counts as passing it.
+        let mut heads = u32::from(scan.slot.is_none());
+        while out.scanned < budget {
+            let (key, mm) = &mut slots[i];
+            scan.slot = Some(*key);
+            let r = self.scan_mm_slot(cpu, mm, &mut scan.address, budget - out.scanned);
+            out.collapsed += r.collapsed;
+            out.scanned += r.scanned;
+            if r.alloc_failed {
+                out.alloc_failed = true;
+                break;
+            }
+            if scan.address != 0 {
+                continue; // the budget ran out inside this address space
+            }
+            // This address space is done: the next one, or past the list's end.
+            i += 1;
+            if i == slots.len() {
+                self.thp.khugepaged.full_scans.fetch_add(1, Relaxed);
+                (i, scan.slot) = (0, None);
+                heads += 1;
+                if heads >= 2 {
+                    break;
+                }
+            }
+            scan.slot = Some(slots[i].0);
+        }
+        out
     }
 
     /// `khugepaged/pages_collapsed` and `khugepaged/full_scans`.
@@ -197,7 +318,7 @@ impl Kernel {
             }
             a = v.vm_end;
         }
-        self.lru_add_drain(cpu);
+        self.lru_add_drain_all(cpu);
         let hstart = (start + HPAGE_PMD_SIZE - 1) & !(HPAGE_PMD_SIZE - 1);
         let hend = end & !(HPAGE_PMD_SIZE - 1);
         let cc = CollapseControl {
@@ -222,11 +343,11 @@ impl Kernel {
         }
     }
 
-    /// One khugepaged pass over `mm` (`khugepaged_scan_mm_slot`): the aligned 2 MiB ranges
-    /// of VMAs the `enabled` policy gives THPs, from `*cursor` on, collapsed where
-    /// khugepaged's rules allow, until `budget` pages were looked at. `*cursor` is where
-    /// the next pass resumes (0 after a full scan, which is counted). Returns the THPs
-    /// made.
+    /// One khugepaged pass over `mm` alone, as when it is the only address space on the
+    /// list (`khugepaged_scan_mm_slot`): the aligned 2 MiB ranges of VMAs the `enabled`
+    /// policy gives THPs, from `*cursor` on, collapsed where khugepaged's rules allow, until
+    /// `budget` pages were looked at. `*cursor` is where the next pass resumes (0 after a
+    /// full scan, which is counted). Returns the THPs made.
     pub fn khugepaged_scan_mm(
         &self,
         cpu: &CpuGuard<'_>,
@@ -234,14 +355,31 @@ impl Kernel {
         cursor: &mut u64,
         budget: u64,
     ) -> u64 {
+        self.lru_add_drain_all(cpu);
+        let r = self.scan_mm_slot(cpu, mm, cursor, budget);
+        if *cursor == 0 && !r.alloc_failed {
+            self.thp.khugepaged.full_scans.fetch_add(1, Relaxed);
+        }
+        r.collapsed
+    }
+
+    /// `khugepaged_scan_mm_slot` of one address space: ranges from `*cursor` on until
+    /// `budget` pages were looked at (`*cursor` then says where to go on) or the address
+    /// space's end (`*cursor` = 0), or a THP could not be allocated (`*cursor` at that
+    /// range, to try again).
+    fn scan_mm_slot(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: &mut MmStruct,
+        cursor: &mut u64,
+        budget: u64,
+    ) -> KhugepagedWakeup {
         let cc = CollapseControl {
             is_khugepaged: true,
         };
-        let mut scanned = 0;
-        let mut made = 0;
-        self.lru_add_drain(cpu);
+        let mut out = KhugepagedWakeup::default();
         let mut haddr = (*cursor + HPAGE_PMD_SIZE - 1) & !(HPAGE_PMD_SIZE - 1);
-        while scanned < budget {
+        while out.scanned < budget {
             // The next VMA with an aligned range the policy allows, from `haddr`.
             let next = mm
                 .vmas()
@@ -251,18 +389,23 @@ impl Kernel {
                     (h + HPAGE_PMD_SIZE <= v.vm_end).then_some(h)
                 });
             let Some(h) = next else {
-                self.thp.khugepaged.full_scans.fetch_add(1, Relaxed);
                 *cursor = 0;
-                return made;
+                return out;
             };
-            if self.collapse_one(cpu, mm, h, cc) == ScanResult::Succeed {
-                made += 1;
+            match self.collapse_one(cpu, mm, h, cc) {
+                ScanResult::Succeed => out.collapsed += 1,
+                ScanResult::AllocHugePageFail => {
+                    *cursor = h;
+                    out.alloc_failed = true;
+                    return out;
+                }
+                _ => {}
             }
-            scanned += HPAGE_PMD_NR;
+            out.scanned += HPAGE_PMD_NR;
             haddr = h + HPAGE_PMD_SIZE;
             *cursor = haddr;
         }
-        made
+        out
     }
 
     /// Whether `v` can hold an anonymous THP collapsed into it (`thp_vma_allowable_order`

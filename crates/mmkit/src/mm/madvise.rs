@@ -213,6 +213,12 @@ impl Kernel {
                 if new != v.vm_flags {
                     k.vma_modify_flags(cpu, mm, id, lo, hi, new)?;
                 }
+                if huge {
+                    // The range may hold THPs now: khugepaged is to look at it.
+                    if let Some(id) = mm.find_vma_id(lo) {
+                        k.khugepaged_enter_vma(mm, id);
+                    }
+                }
                 Ok(())
             },
         )

@@ -220,6 +220,9 @@ pub struct MmStruct {
     /// `MMF_HUGE_ZERO_PAGE`: this address space holds a reference on the huge zero folio
     /// (taken at its first huge zero PMD, given back at exit).
     pub(crate) huge_zero: core::sync::atomic::AtomicBool,
+    /// `MMF_VM_HUGEPAGE`: khugepaged has this address space on its list
+    /// (`__khugepaged_enter`; set once one of its VMAs may hold THPs, kept until exit).
+    pub(crate) khugepaged: bool,
     /// `start_code`, `end_code`, `start_data`, `end_data` (set by exec).
     pub start_code: u64,
     /// End of the text segment.

@@ -167,6 +167,7 @@ impl Kernel {
             def_flags: VmFlags::empty(),
             rss_stat: Arc::new(Default::default()),
             huge_zero: Default::default(),
+            khugepaged: false,
             start_code: 0,
             end_code: 0,
             start_data: 0,
@@ -348,7 +349,8 @@ impl Kernel {
             anon_vma: None,
             vm_special: None,
         };
-        self.vma_merge_new_range(mm, new);
+        let id = self.vma_merge_new_range(mm, new);
+        self.khugepaged_enter_vma(mm, id);
         if vm_flags.contains(VmFlags::VM_LOCKED) {
             mm.locked_vm += len >> PAGE_SHIFT;
         }
@@ -602,6 +604,8 @@ impl Kernel {
         mm.env_start = old.env_start;
         mm.env_end = old.env_end;
         mm.exe_file = old.exe_file.clone();
+        // khugepaged_fork: the child is on khugepaged's list when the parent is.
+        mm.khugepaged = old.khugepaged;
         for v in old.vmas() {
             if v.vm_flags.contains(VmFlags::VM_DONTCOPY) {
                 continue;
@@ -688,11 +692,12 @@ impl Kernel {
             .vmas
             .get(oldbrk)
             .filter(|v| v.vm_start >= mm.start_brk && can_merge(v, &new));
-        if heap.is_some() {
-            self.vma_merge_new_range(mm, new);
+        let id = if heap.is_some() {
+            self.vma_merge_new_range(mm, new)
         } else {
-            self.vma_link(mm, new);
-        }
+            self.vma_link(mm, new)
+        };
+        self.khugepaged_enter_vma(mm, id);
         mm.brk = brk;
         if flags.contains(VmFlags::VM_LOCKED) {
             // mlockall(MCL_FUTURE): the new heap is locked and populated.
