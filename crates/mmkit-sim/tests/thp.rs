@@ -928,3 +928,90 @@ fn random_thp_operations_keep_every_invariant() {
     teardown_check(&m, before);
     assert_eq!(HPAGE_PMD_NR, 512);
 }
+
+/// khugepaged's list and wakeups (`khugepaged_do_scan`): an address space goes on the list
+/// at `MADV_HUGEPAGE` (not before: THPs are `madvise`-only), a fork inherits it; a wakeup
+/// scans `pages_to_scan` pages' worth, resuming in the address space and at the address
+/// where the last one stopped, moves on to the next address space at one's end, and counts
+/// a full scan when the list's end is passed; an address space that has gone is passed
+/// over. Every byte survives the collapses.
+#[test]
+fn khugepaged_wakeups_walk_the_list_and_resume_where_they_stopped() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let t0 = k.khugepaged_tunables();
+        k.set_khugepaged_tunables(KhugepagedTunables {
+            pages_to_scan: 3 * HPAGE_PMD_NR as u32,
+            ..t0
+        })
+        .unwrap();
+        let pages = 2 * HPAGE_PMD_NR;
+        // Two address spaces with two aligned ranges each, written by 4 KiB pages.
+        let mut mms = Vec::new();
+        for seed in [1, 2] {
+            let mut mm = k.mm_alloc(cpu).unwrap();
+            let a = k.mmap(cpu, &mut mm, 0, 4 * MIB, RW, ANON, 0).unwrap();
+            assert_eq!(a % HPAGE_PMD_SIZE, 0);
+            fill(k, cpu, &mut mm, a, pages, seed);
+            assert!(!Kernel::khugepaged_listed(&mm), "no THP allowed yet");
+            k.madvise(cpu, &mut mm, a, 4 * MIB, MADV_HUGEPAGE).unwrap();
+            assert!(Kernel::khugepaged_listed(&mm));
+            mms.push((10 + seed, a, mm));
+        }
+        let unlisted = k.mm_alloc(cpu).unwrap();
+        let mut scan = mmkit::mm::khugepaged::KhugepagedScan::default();
+        let full0 = k.khugepaged_stats().1;
+        let huge = |mm: &MmStruct, a| smaps_field(k, mm, a, "AnonHugePages:");
+        let mut wake = |mms: &mut Vec<(u64, u64, MmStruct)>, scan: &mut _| {
+            let slots = mms.iter_mut().map(|(key, _, mm)| (*key, mm));
+            k.khugepaged_do_scan(cpu, scan, slots)
+        };
+        // First wakeup: both of the first address space's ranges and the first of the
+        // second's; it stops inside the second.
+        let w = wake(&mut mms, &mut scan);
+        assert_eq!((w.collapsed, w.scanned), (3, 3 * HPAGE_PMD_NR));
+        assert_eq!(huge(&mms[0].2, mms[0].1), 4096);
+        assert_eq!(huge(&mms[1].2, mms[1].1), 2048);
+        assert_eq!(
+            k.khugepaged_stats().1,
+            full0,
+            "the list's end not reached yet"
+        );
+        // Second: the second address space's last range; its end is the list's end (a full
+        // scan); on from the head, where everything is a THP already.
+        let w = wake(&mut mms, &mut scan);
+        assert_eq!(w.collapsed, 1);
+        assert_eq!(huge(&mms[1].2, mms[1].1), 4096);
+        assert_eq!(k.khugepaged_stats().1 - full0, 1);
+        for (key, a, mm) in mms.iter_mut() {
+            verify(k, cpu, mm, *a, pages, |_| Some(*key - 10));
+            check_all(k, mm);
+        }
+        // A fork inherits the listing; an address space not listed is passed over.
+        let child = k.dup_mmap(cpu, &mms[0].2).unwrap();
+        assert!(Kernel::khugepaged_listed(&child));
+        assert!(!Kernel::khugepaged_listed(&unlisted));
+        k.exit_mmap(cpu, child);
+        k.exit_mmap(cpu, unlisted);
+        // The address space the walk stood in (the first, after wrapping) goes, and a
+        // third comes with a range to collapse: the next wakeup goes on with the next one
+        // after the gone one's place, the second (nothing left there), then the third.
+        let (_, _, gone) = mms.remove(0);
+        k.exit_mmap(cpu, gone);
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k.mmap(cpu, &mut mm, 0, 2 * MIB, RW, ANON, 0).unwrap();
+        fill(k, cpu, &mut mm, a, HPAGE_PMD_NR, 3);
+        k.madvise(cpu, &mut mm, a, 2 * MIB, MADV_HUGEPAGE).unwrap();
+        mms.push((13, a, mm));
+        let w = wake(&mut mms, &mut scan);
+        assert_eq!(w.collapsed, 1);
+        assert_eq!(huge(&mms[1].2, mms[1].1), 2048);
+        k.set_khugepaged_tunables(t0).unwrap();
+        for (_, _, mm) in mms {
+            k.exit_mmap(cpu, mm);
+        }
+    });
+    teardown_check(&m, before);
+}
