@@ -964,7 +964,7 @@ fn khugepaged_wakeups_walk_the_list_and_resume_where_they_stopped() {
         let mut scan = mmkit::mm::khugepaged::KhugepagedScan::default();
         let full0 = k.khugepaged_stats().1;
         let huge = |mm: &MmStruct, a| smaps_field(k, mm, a, "AnonHugePages:");
-        let mut wake = |mms: &mut Vec<(u64, u64, MmStruct)>, scan: &mut _| {
+        let wake = |mms: &mut Vec<(u64, u64, MmStruct)>, scan: &mut _| {
             let slots = mms.iter_mut().map(|(key, _, mm)| (*key, mm));
             k.khugepaged_do_scan(cpu, scan, slots)
         };
