@@ -206,3 +206,62 @@ fn fork_exec_exit_wait() {
     );
     assert_eq!(k.page_table_pages(), 0);
 }
+
+/// A `vfork` child runs in its parent's address space, but the faults it takes there are
+/// its own (Linux counts them in the task): they leave the mm's counts when the child gives
+/// the mm back (`mm_release`), reach the parent only as a reaped child's, and a child
+/// whose exec failed goes on counting its own.
+#[test]
+fn a_vfork_childs_faults_are_its_own() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let mut tasks = TaskTable::default();
+    let parent = spawn(&m, &mut tasks, "/bin/true", &[]);
+    m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(parent).unwrap().mm.as_mut().unwrap();
+        let a = k
+            .mmap(
+                cpu,
+                mm,
+                0,
+                8 << 12,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                0,
+            )
+            .unwrap();
+        let parent_before = tasks.get(parent).unwrap().fault_counts();
+        let child = tasks.vfork(parent).unwrap();
+        assert!(tasks.get(parent).unwrap().mm.is_none(), "lent to the child");
+        let touch = |tasks: &mut TaskTable, pages: std::ops::Range<u64>| {
+            let mm = tasks.get_mut(child).unwrap().mm.as_mut().unwrap();
+            for i in pages {
+                k.user_write(cpu, mm, a + (i << 12), &[i as u8 + 1])
+                    .unwrap();
+            }
+        };
+        touch(&mut tasks, 0..3);
+        // The exec failed: the child gets the address space back and goes on in it.
+        let mm = tasks.unlend_mm(child).unwrap();
+        assert_eq!(tasks.get(child).unwrap().fault_counts().min_flt, 3);
+        tasks.relend_mm(child, mm);
+        touch(&mut tasks, 3..5);
+        let mm = tasks.unlend_mm(child).unwrap();
+        tasks.get_mut(parent).unwrap().mm = Some(mm);
+        assert_eq!(tasks.get(child).unwrap().fault_counts().min_flt, 5);
+        assert_eq!(
+            tasks.get(parent).unwrap().fault_counts(),
+            parent_before,
+            "none of the child's faults are the parent's"
+        );
+        // The child's bytes are in the parent's memory.
+        let pm = tasks.get_mut(parent).unwrap().mm.as_mut().unwrap();
+        let mut b = [0u8; 1];
+        k.user_read(cpu, pm, a + (4 << 12), &mut b).unwrap();
+        assert_eq!(b, [5]);
+        tasks.exit(k, cpu, child, 0).unwrap();
+        assert_eq!(tasks.wait(parent, Some(child)), Ok((child, 0)));
+        assert_eq!(tasks.get(parent).unwrap().child_faults.min_flt, 5);
+        tasks.exit(k, cpu, parent, 0).unwrap();
+    });
+}

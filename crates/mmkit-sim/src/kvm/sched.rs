@@ -604,7 +604,7 @@ impl Proc<'_> {
             return;
         };
         let k = self.k;
-        let mm = self.tasks.get_mut(self.pid).and_then(|t| t.mm.take());
+        let mm = self.tasks.unlend_mm(self.pid);
         let alive = self
             .tasks
             .get(parent)

@@ -3,7 +3,10 @@
 //! `fork` (`copy_mm` → `dup_mmap`), `execve` (a fresh mm replaces the old one), `exit`
 //! (`exit_mm` → `mmput` → `exit_mmap`; the task stays a zombie until reaped) and `wait`.
 //! Fault counts (`min_flt`, `maj_flt`) survive exec, as Linux keeps them in the task; a
-//! reaped child's counts are added to the parent's `cmin_flt`/`cmaj_flt`.
+//! reaped child's counts are added to the parent's `cmin_flt`/`cmaj_flt`. The fault path
+//! counts in the mm it faults in; a `vfork` child's faults in its parent's mm are moved to
+//! the child when it gives the mm back (`unlend_mm`), so they stay the child's, as Linux's
+//! `current->min_flt` does.
 
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
@@ -53,6 +56,11 @@ pub struct Task {
     pub sp: u64,
     /// `oom_score_adj` (-1000..=1000), inherited over fork.
     pub oom_score_adj: i32,
+    /// A `vfork` child running in its parent's address space: that address space's fault
+    /// counts when it was lent. Faults are the task's (Linux's `current->min_flt`), but
+    /// the mm counts them: what the child adds goes to the child when it gives the mm
+    /// back ([`TaskTable::unlend_mm`]).
+    pub lent_base: Option<FaultCounts>,
 }
 
 impl Task {
@@ -167,6 +175,7 @@ impl TaskTable {
                 entry: 0,
                 sp: 0,
                 oom_score_adj: 0,
+                lent_base: None,
             },
         );
         self.install_image(pid, img);
@@ -190,7 +199,7 @@ impl TaskTable {
         let p = self.tasks.get(&parent).ok_or(Errno::ESRCH)?;
         let mm = k.dup_mmap(cpu, p.mm.as_ref().ok_or(Errno::ESRCH)?)?;
         match self.alloc_pid() {
-            Ok(pid) => Ok(self.insert_child(parent, pid, Some(mm))),
+            Ok(pid) => Ok(self.insert_child(parent, pid, Some(mm), false)),
             Err(e) => {
                 k.exit_mmap(cpu, mm);
                 Err(e)
@@ -208,13 +217,40 @@ impl TaskTable {
         }
         let pid = self.alloc_pid()?;
         let mm = self.tasks.get_mut(&parent).and_then(|p| p.mm.take());
-        Ok(self.insert_child(parent, pid, mm))
+        Ok(self.insert_child(parent, pid, mm, true))
+    }
+
+    /// `mm_release` of a `vfork` child (at its exec or exit): take the address space it
+    /// borrowed off it, to go back to its parent. The faults the child took in it are the
+    /// child's own (Linux counts them in the task, not the mm): they move from the mm's
+    /// counts to the child's. `None` when the task holds no address space.
+    pub fn unlend_mm(&mut self, child: Pid) -> Option<MmStruct> {
+        let t = self.tasks.get_mut(&child)?;
+        let mut mm = t.mm.take()?;
+        if let Some(base) = t.lent_base.take() {
+            let min = mm.faults.min_flt.saturating_sub(base.min_flt);
+            let maj = mm.faults.maj_flt.saturating_sub(base.maj_flt);
+            t.faults.min_flt += min;
+            t.faults.maj_flt += maj;
+            mm.faults = base;
+        }
+        Some(mm)
+    }
+
+    /// Give the address space [`TaskTable::unlend_mm`] took back to the `vfork` child
+    /// (its exec failed): it goes on counting the child's faults from here.
+    pub fn relend_mm(&mut self, child: Pid, mm: MmStruct) {
+        if let Some(t) = self.tasks.get_mut(&child) {
+            t.lent_base = Some(mm.faults);
+            t.mm = Some(mm);
+        }
     }
 
     /// `copy_process`'s task: `pid`, a child of `parent` with its name, entry point and
-    /// `oom_score_adj`, running in `mm`.
-    fn insert_child(&mut self, parent: Pid, pid: Pid, mm: Option<MmStruct>) -> Pid {
+    /// `oom_score_adj`, running in `mm` (its parent's, `lent`, for `vfork`).
+    fn insert_child(&mut self, parent: Pid, pid: Pid, mm: Option<MmStruct>, lent: bool) -> Pid {
         let p = &self.tasks[&parent];
+        let lent_base = mm.as_ref().filter(|_| lent).map(|m| m.faults);
         let task = Task {
             pid,
             ppid: parent,
@@ -227,6 +263,7 @@ impl TaskTable {
             entry: p.entry,
             sp: p.sp,
             oom_score_adj: p.oom_score_adj,
+            lent_base,
         };
         self.tasks.insert(pid, task);
         pid

@@ -203,7 +203,7 @@ pub fn sys_clone3(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
 fn undo_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, child: Pid, vfork: bool) {
     let k = p.k;
     if vfork {
-        let mm = p.tasks.get_mut(child).and_then(|t| t.mm.take());
+        let mm = p.tasks.unlend_mm(child);
         if let Some(t) = p.tasks.get_mut(p.pid) {
             t.mm = mm;
         }
@@ -283,7 +283,7 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     // A vfork child execs out of its parent's address space: take it off the child first
     // (the exec must not tear it down), and give it back to the child if the exec fails.
     let lent = match p.vfork_parent {
-        Some(_) => p.tasks.get_mut(me).and_then(|t| t.mm.take()),
+        Some(_) => p.tasks.unlend_mm(me),
         None => None,
     };
     let (m, tasks) = (p.m, &mut p.tasks);
@@ -293,8 +293,8 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     })
     .and_then(|r| r);
     if let Err(e) = r {
-        if let (Some(mm), Some(t)) = (lent, p.tasks.get_mut(me)) {
-            t.mm = Some(mm);
+        if let Some(mm) = lent {
+            p.tasks.relend_mm(me, mm);
         }
         return Err(errno(e));
     }
