@@ -123,6 +123,11 @@ pub struct Sched {
     pub totals: Totals,
     /// How the run's first process ended, and what it looked like before its memory went.
     pub(super) outcome: Option<(Status, super::process::ExitStats)>,
+    /// Faults the guest raised, by kind, of every process (see
+    /// [`super::process::Outcome::faults_by_kind`]).
+    pub kinds: std::collections::BTreeMap<Pid, [u64; 5]>,
+    /// Every process that ended, in the order they did, with its fault counts.
+    pub ended: Vec<super::process::ProcessFaults>,
 }
 
 /// Counts summed over the vCPUs (each counts in its own [`Proc`] and adds them here under
@@ -671,6 +676,17 @@ impl Proc<'_> {
         }
         self.fds.close_all();
         self.sweep_pipes(cpu);
+        if let Some(t) = self.tasks.get(self.pid) {
+            let f = t.fault_counts();
+            self.sched.ended.push(super::process::ProcessFaults {
+                pid: self.pid,
+                ppid: t.ppid,
+                exe: self.exe.clone(),
+                min_flt: f.min_flt,
+                maj_flt: f.maj_flt,
+                by_kind: self.sched.kinds.remove(&self.pid).unwrap_or_default(),
+            });
+        }
         let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
         if self.tasks.get(self.pid).is_none() {
             self.sched.pgrp.remove(&self.pid);
