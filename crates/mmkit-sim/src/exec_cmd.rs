@@ -340,19 +340,21 @@ pub fn run_native_tree(path: &Path, cmd: &[String], envp: &[String]) -> Result<N
         libc::ptrace(libc::PTRACE_SETOPTIONS, root, 0, opts);
         libc::ptrace(libc::PTRACE_CONT, root, 0, 0);
     }
-    // Tasks seen stopped at least once (a new task's first stop is its SIGSTOP, not a
-    // signal to pass on); processes by thread group id, while they live.
-    let mut seen = BTreeSet::from([root]);
+    // The tasks traced (this process's other children, another test's for instance, are
+    // not ours to reap: no `waitpid(-1)`), and those not yet seen stopped (a new task's
+    // first stop is its SIGSTOP, not a signal to pass on); processes by thread group id,
+    // while they live.
+    let mut tracees = BTreeSet::from([root]);
+    let mut fresh: BTreeSet<i32> = BTreeSet::new();
     let mut live: BTreeMap<i32, usize> = BTreeMap::new();
     let mut procs: Vec<NativeProcess> = Vec::new();
     let mut code = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: waiting for our own tracees (every one is a descendant of our child).
-        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-        if tid < 0 {
-            break;
-        }
+    while let Some((tid, status)) = wait_tracee(&tracees) {
+        let Some(status) = status else {
+            // Gone without a report (reaped as a thread of an exec): nothing more to see.
+            tracees.remove(&tid);
+            continue;
+        };
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             if tid == root {
                 code = Some(if libc::WIFEXITED(status) {
@@ -363,10 +365,12 @@ pub fn run_native_tree(path: &Path, cmd: &[String], envp: &[String]) -> Result<N
             }
             // A thread group's leader is reported last: the process is over.
             live.remove(&tid);
+            tracees.remove(&tid);
             continue;
         }
+        let event = status >> 16;
         let mut sig = 0;
-        if status >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8) {
+        if event == libc::PTRACE_EVENT_EXIT {
             let tgid = status_kb_at(&format!("/proc/{tid}/status"), "Tgid:") as i32;
             let tgid = if tgid == 0 { tid } else { tgid };
             let (mut min, mut maj) = stat_faults_at(&format!("/proc/{tgid}/task/{tid}/stat"));
@@ -392,15 +396,23 @@ pub fn run_native_tree(path: &Path, cmd: &[String], envp: &[String]) -> Result<N
             if !exe.is_empty() {
                 p.exe = exe;
             }
-        } else if status >> 16 != 0 {
-            // fork, vfork, clone and exec events: nothing to pass on.
-        } else if libc::WIFSTOPPED(status) {
+        } else if matches!(
+            event,
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE
+        ) {
+            // The new task is traced from its first instruction: wait for it too.
+            let mut new: libc::c_ulong = 0;
+            // SAFETY: our own tracee at an event stop; the kernel writes one word.
+            if unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut new) } == 0 {
+                tracees.insert(new as i32);
+                fresh.insert(new as i32);
+            }
+        } else if event == 0 && libc::WIFSTOPPED(status) {
             sig = libc::WSTOPSIG(status);
-            if seen.insert(tid) && sig == libc::SIGSTOP {
+            if fresh.remove(&tid) && sig == libc::SIGSTOP {
                 sig = 0;
             }
         }
-        seen.insert(tid);
         // SAFETY: continue our own tracee, passing on a signal it got.
         unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig) };
     }
@@ -415,6 +427,29 @@ pub fn run_native_tree(path: &Path, cmd: &[String], envp: &[String]) -> Result<N
         stdout,
         processes: procs,
     })
+}
+
+/// The next report of one of `tracees` (`waitpid` of each in turn, without waiting, then a
+/// short sleep): its tid and status, or `None` as the status of one that is no longer
+/// there to wait for. `None` when nothing is traced any more.
+fn wait_tracee(tracees: &std::collections::BTreeSet<i32>) -> Option<(i32, Option<i32>)> {
+    if tracees.is_empty() {
+        return None;
+    }
+    loop {
+        for &tid in tracees {
+            let mut status = 0;
+            // SAFETY: waiting for one of our own tracees, without blocking.
+            let r = unsafe { libc::waitpid(tid, &mut status, libc::WNOHANG | libc::__WALL) };
+            if r == tid {
+                return Some((tid, Some(status)));
+            }
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                return Some((tid, None));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
 }
 
 fn stat_report(out: &Outcome, vm: &Vm, wall: Duration) -> String {
