@@ -154,7 +154,12 @@ pub struct Native {
 }
 
 fn stat_faults(pid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_faults_at(&format!("/proc/{pid}/stat"))
+}
+
+/// `minflt` and `majflt` of a `/proc/.../stat` file.
+fn stat_faults_at(path: &str) -> (u64, u64) {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the ") " that ends comm: state ppid pgrp session tty tpgid flags minflt
     // cminflt majflt.
     let rest = s.rsplit_once(") ").map_or("", |(_, r)| r);
@@ -169,7 +174,12 @@ fn stat_faults(pid: i32) -> (u64, u64) {
 }
 
 fn status_kb(pid: i32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    status_kb_at(&format!("/proc/{pid}/status"), key)
+}
+
+/// The number after `key` in a `/proc/.../status` file (0 when absent).
+fn status_kb_at(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(key))
@@ -177,12 +187,12 @@ fn status_kb(pid: i32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Run `cmd` natively with ASLR off (`ADDR_NO_RANDOMIZE`), the same environment and
-/// standard input, its output captured, under ptrace to see it at exec and at exit.
-/// `ENOSYS`-style error when ptrace is not allowed here.
-pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native> {
+/// Fork and exec `cmd` natively under ptrace (`PTRACE_TRACEME`) with ASLR off
+/// (`ADDR_NO_RANDOMIZE`), the given environment, `SIGPIPE` at its default action and its
+/// standard output into a temporary file; returns at the exec stop. An error when ptrace
+/// is not allowed here.
+fn spawn_traced(path: &Path, cmd: &[String], envp: &[String]) -> Result<(i32, std::fs::File)> {
     use std::ffi::CString;
-    use std::io::{Read, Seek};
     use std::os::fd::AsRawFd;
     let cpath = CString::new(path.as_os_str().as_encoded_bytes())?;
     let args: Vec<CString> = cmd
@@ -197,7 +207,7 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
     argv.push(std::ptr::null());
     let mut envv: Vec<*const libc::c_char> = envs.iter().map(|a| a.as_ptr()).collect();
     envv.push(std::ptr::null());
-    let mut out = tempfile::tempfile()?;
+    let out = tempfile::tempfile()?;
     let out_fd = out.as_raw_fd();
     // SAFETY: the child calls only async-signal-safe functions (dup2, signal, personality,
     // ptrace, execve, _exit) on memory prepared before the fork.
@@ -219,15 +229,26 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
             libc::_exit(127);
         }
     }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !libc::WIFSTOPPED(status) {
+        bail!("the native run did not stop at exec (is ptrace allowed here?)");
+    }
+    Ok((pid, out))
+}
+
+/// Run `cmd` natively with ASLR off (`ADDR_NO_RANDOMIZE`), the same environment and
+/// standard input, its output captured, under ptrace to see it at exec and at exit.
+/// `ENOSYS`-style error when ptrace is not allowed here.
+pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native> {
+    use std::io::{Read, Seek};
+    let (pid, mut out) = spawn_traced(path, cmd, envp)?;
     let wait = |status: &mut i32| {
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, status, 0) }
     };
     let mut status = 0;
-    wait(&mut status);
-    if !libc::WIFSTOPPED(status) {
-        bail!("the native run did not stop at exec (is ptrace allowed here?)");
-    }
     let t0 = Instant::now();
     let start = stat_faults(pid);
     // SAFETY: our own stopped tracee.
@@ -272,6 +293,165 @@ pub fn run_native(path: &Path, cmd: &[String], envp: &[String]) -> Result<Native
     })
 }
 
+/// One process of a native run's tree, as ptrace saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NativeProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid when it ended.
+    pub ppid: i32,
+    /// The executable it ended in (`/proc/PID/exe`).
+    pub exe: String,
+    /// Minor faults of all its threads, from its fork (the first process: its exec) to
+    /// its exit.
+    pub min_flt: u64,
+    /// Major faults, counted the same way.
+    pub maj_flt: u64,
+}
+
+/// A native run of a command and every process it started.
+pub struct NativeTree {
+    /// Exit status of the first process as the shell sees it.
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Every process, in the order they ended.
+    pub processes: Vec<NativeProcess>,
+}
+
+/// Run `cmd` natively as [`run_native`] does, following every process and thread it
+/// starts (`PTRACE_O_TRACEFORK`/`VFORK`/`CLONE`/`EXEC`/`EXIT`, each new task traced from
+/// its first instruction): at each task's exit stop its own `minflt`/`majflt`
+/// (`/proc/TGID/task/TID/stat`) are added to its process's. The first process counts
+/// from its exec stop, as mmkit counts its first process from the end of its exec.
+pub fn run_native_tree(path: &Path, cmd: &[String], envp: &[String]) -> Result<NativeTree> {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::io::{Read, Seek};
+    let (root, mut out) = spawn_traced(path, cmd, envp)?;
+    let base = stat_faults_at(&format!("/proc/{root}/task/{root}/stat"));
+    let opts = libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_EXITKILL;
+    // SAFETY: our own stopped tracee.
+    unsafe {
+        libc::ptrace(libc::PTRACE_SETOPTIONS, root, 0, opts);
+        libc::ptrace(libc::PTRACE_CONT, root, 0, 0);
+    }
+    // The tasks traced (this process's other children, another test's for instance, are
+    // not ours to reap: no `waitpid(-1)`), and those not yet seen stopped (a new task's
+    // first stop is its SIGSTOP, not a signal to pass on); processes by thread group id,
+    // while they live.
+    let mut tracees = BTreeSet::from([root]);
+    let mut fresh: BTreeSet<i32> = BTreeSet::new();
+    let mut live: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut procs: Vec<NativeProcess> = Vec::new();
+    let mut code = None;
+    while let Some((tid, status)) = wait_tracee(&tracees) {
+        let Some(status) = status else {
+            // Gone without a report (reaped as a thread of an exec): nothing more to see.
+            tracees.remove(&tid);
+            continue;
+        };
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            if tid == root {
+                code = Some(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+            // A thread group's leader is reported last: the process is over.
+            live.remove(&tid);
+            tracees.remove(&tid);
+            continue;
+        }
+        let event = status >> 16;
+        let mut sig = 0;
+        if event == libc::PTRACE_EVENT_EXIT {
+            let tgid = status_kb_at(&format!("/proc/{tid}/status"), "Tgid:") as i32;
+            let tgid = if tgid == 0 { tid } else { tgid };
+            let (mut min, mut maj) = stat_faults_at(&format!("/proc/{tgid}/task/{tid}/stat"));
+            if tid == root {
+                min = min.saturating_sub(base.0);
+                maj = maj.saturating_sub(base.1);
+            }
+            let ppid = status_kb_at(&format!("/proc/{tid}/status"), "PPid:") as i32;
+            let exe = std::fs::read_link(format!("/proc/{tid}/exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let i = *live.entry(tgid).or_insert_with(|| {
+                procs.push(NativeProcess {
+                    pid: tgid,
+                    ..Default::default()
+                });
+                procs.len() - 1
+            });
+            let p = &mut procs[i];
+            p.min_flt += min;
+            p.maj_flt += maj;
+            p.ppid = ppid;
+            if !exe.is_empty() {
+                p.exe = exe;
+            }
+        } else if matches!(
+            event,
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE
+        ) {
+            // The new task is traced from its first instruction: wait for it too.
+            let mut new: libc::c_ulong = 0;
+            // SAFETY: our own tracee at an event stop; the kernel writes one word.
+            if unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut new) } == 0 {
+                tracees.insert(new as i32);
+                fresh.insert(new as i32);
+            }
+        } else if event == 0 && libc::WIFSTOPPED(status) {
+            sig = libc::WSTOPSIG(status);
+            if fresh.remove(&tid) && sig == libc::SIGSTOP {
+                sig = 0;
+            }
+        }
+        // SAFETY: continue our own tracee, passing on a signal it got.
+        unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig) };
+    }
+    let Some(code) = code else {
+        bail!("the native run's first process was not seen to end");
+    };
+    let mut stdout = Vec::new();
+    out.rewind()?;
+    out.read_to_end(&mut stdout)?;
+    Ok(NativeTree {
+        code,
+        stdout,
+        processes: procs,
+    })
+}
+
+/// The next report of one of `tracees` (`waitpid` of each in turn, without waiting, then a
+/// short sleep): its tid and status, or `None` as the status of one that is no longer
+/// there to wait for. `None` when nothing is traced any more.
+fn wait_tracee(tracees: &std::collections::BTreeSet<i32>) -> Option<(i32, Option<i32>)> {
+    if tracees.is_empty() {
+        return None;
+    }
+    loop {
+        for &tid in tracees {
+            let mut status = 0;
+            // SAFETY: waiting for one of our own tracees, without blocking.
+            let r = unsafe { libc::waitpid(tid, &mut status, libc::WNOHANG | libc::__WALL) };
+            if r == tid {
+                return Some((tid, Some(status)));
+            }
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                return Some((tid, None));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
 fn stat_report(out: &Outcome, vm: &Vm, wall: Duration) -> String {
     const KINDS: [&str; 5] = ["anon", "zero", "file", "cow", "swap"];
     let kinds: Vec<String> = KINDS
@@ -279,9 +459,29 @@ fn stat_report(out: &Outcome, vm: &Vm, wall: Duration) -> String {
         .zip(out.faults_by_kind)
         .map(|(n, c)| format!("{n} {c}"))
         .collect();
+    // A run of several processes: each one's faults, in the order they ended.
+    let mut per_process = String::new();
+    if out.processes.len() > 1 {
+        for p in &out.processes {
+            let kinds: Vec<String> = KINDS
+                .iter()
+                .zip(p.by_kind)
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect();
+            per_process.push_str(&format!(
+                "  pid {:<6} {} minor, {} major ({}) {}\n",
+                p.pid,
+                p.min_flt,
+                p.maj_flt,
+                kinds.join(", "),
+                p.exe
+            ));
+        }
+    }
     format!(
         "mmkit exec: pid {} ended with status {}\n\
          faults:      {} minor, {} major ({})\n\
+         {per_process}\
          memory:      VmHWM {} kB; at exit RssAnon {} kB, RssFile {} kB, RssShmem {} kB\n\
          syscalls:    {}\n\
          VM exits:    {} ({:.1} µs each on average)\n\

@@ -129,6 +129,78 @@ fn fork_shares_until_written_then_copies() {
     assert_eq!(k.page_table_pages(), 0);
 }
 
+/// fork copies the page-table entries a fault could not fill in again and no others
+/// (`vma_needs_copy`): those of a VMA with anonymous pages (its file pages too) and of the
+/// `VM_PFNMAP` `[vvar]`; not those of a private file mapping never written, of `[vdso]`, nor
+/// the zero page of anonymous memory only read. The child faults those in, with the bytes
+/// the parent sees.
+#[test]
+fn fork_copies_only_entries_a_fault_cannot_refill() {
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| {
+        let mut p = k.mm_alloc(cpu).unwrap();
+        let inode = k.new_inode(Box::new(RamFile::new(pattern(7, 4 << 12))), (0, 2), 9, "/t");
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let text = k
+            .do_mmap(cpu, &mut p, Some(&f), 0, 4 << 12, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        let data = k
+            .do_mmap(cpu, &mut p, Some(&f), 0, 4 << 12, RW, MAP_PRIVATE, 0)
+            .unwrap();
+        let zero = k.mmap(cpu, &mut p, 0, 4 << 12, RW, ANON, 0).unwrap();
+        let vdso = k.map_vdso(cpu, &mut p).unwrap();
+        let vvar = vdso - (6 << 12);
+        assert_eq!(read(k, cpu, &mut p, text, 4096), pattern(7, 4096));
+        assert_eq!(read(k, cpu, &mut p, data, 16), pattern(7, 16));
+        k.user_write(cpu, &mut p, data + 4096, b"written").unwrap();
+        assert_eq!(read(k, cpu, &mut p, zero, 8), vec![0; 8]);
+        read(k, cpu, &mut p, vvar, 8);
+        read(k, cpu, &mut p, vdso, 8);
+        for va in [text, data, data + 4096, zero, vvar, vdso] {
+            assert!(pfn_at(k, &p, va).is_some(), "{va:#x} mapped in the parent");
+        }
+        let mut c = k.dup_mmap(cpu, &p).unwrap();
+        k.check_mm_invariants(&c).unwrap();
+        // Copied: the written VMA's file page and anonymous page, the raw pfns of [vvar].
+        for va in [data, data + 4096, vvar] {
+            assert_eq!(pfn_at(k, &c, va), pfn_at(k, &p, va), "{va:#x} copied");
+        }
+        // Not copied: what a fault fills in again.
+        for va in [text, text + 4096, zero, vdso] {
+            assert_eq!(pfn_at(k, &c, va), None, "{va:#x} left to a fault");
+        }
+        // The parent's first read was a major fault (its own page only); the second mapping's
+        // read mapped the four cached pages by fault-around, one then copied on write: the
+        // child has those three.
+        assert_eq!(p.counter(MM_FILEPAGES), 4);
+        assert_eq!(c.counter(MM_FILEPAGES), 3);
+        assert_eq!(c.counter(MM_ANONPAGES), 1);
+        // The child reads the copied pages without a fault, the others with one each (the
+        // page cache holds the file: fault-around maps the rest of the text).
+        assert_eq!(&read(k, cpu, &mut c, data + 4096, 7)[..], b"written");
+        assert_eq!(read(k, cpu, &mut c, data, 16), pattern(7, 16));
+        read(k, cpu, &mut c, vvar, 8);
+        assert_eq!(c.faults.min_flt, 0, "copied entries need no fault");
+        assert_eq!(read(k, cpu, &mut c, text, 4 << 12), pattern(7, 4 << 12));
+        assert_eq!(
+            c.faults.min_flt, 1,
+            "one read fault, fault-around for the rest"
+        );
+        assert_eq!(pfn_at(k, &c, text), pfn_at(k, &p, text), "the cache's page");
+        assert_eq!(read(k, cpu, &mut c, zero, 8), vec![0; 8]);
+        read(k, cpu, &mut c, vdso, 8);
+        assert_eq!(pfn_at(k, &c, vdso), pfn_at(k, &p, vdso));
+        assert_eq!(c.faults.min_flt, 3);
+        for mm in [p, c] {
+            k.check_mm_invariants(&mm).unwrap();
+            k.exit_mmap(cpu, mm);
+        }
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+}
+
 /// A private file mapping written by one process leaves the file and its cached page as they
 /// were; a shared mapping written by one process is seen by another mapping of the file and
 /// reaches the file on writeback.

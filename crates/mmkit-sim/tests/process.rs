@@ -335,3 +335,68 @@ fn clone_vm_shares_one_address_space_until_its_last_user_goes() {
     );
     assert_eq!(k.page_table_pages(), 0);
 }
+
+/// A `vfork` child runs in its parent's address space, but the faults it takes there are
+/// its own (Linux counts them in the task): charged to it from a base taken when it started
+/// running (`shared_fault_base`, `charge_shared_faults`, what the VMM does for each of its
+/// stretches), they leave the address space's counts, reach the parent only as a reaped
+/// child's, and the parent's own faults in the same address space stay the parent's.
+#[test]
+fn a_vfork_childs_faults_are_its_own() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let mut tasks = TaskTable::default();
+    let parent = spawn(&m, &mut tasks, "/bin/true", &[]);
+    m.on_cpu(0, |cpu| {
+        let mm = tasks.mm_mut(parent).unwrap();
+        let a = k
+            .mmap(
+                cpu,
+                mm,
+                0,
+                8 << 12,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                0,
+            )
+            .unwrap();
+        let parent_before = tasks.get(parent).unwrap().fault_counts();
+        let child = tasks.clone_vm(parent).unwrap();
+        assert!(
+            tasks.shared_fault_base(parent).is_none(),
+            "the holder counts in its mm"
+        );
+        // The child runs twice (two stretches), touching 3 and then 2 pages; the parent
+        // runs between them (another thread of it, say) and touches one.
+        let touch = |tasks: &mut TaskTable, who: u32, pages: std::ops::Range<u64>| {
+            let base = tasks.shared_fault_base(who);
+            let mm = tasks.mm_mut(who).unwrap();
+            for i in pages {
+                k.user_write(cpu, mm, a + (i << 12), &[i as u8 + 1])
+                    .unwrap();
+            }
+            if let Some(base) = base {
+                tasks.charge_shared_faults(who, base);
+            }
+        };
+        touch(&mut tasks, child, 0..3);
+        assert_eq!(tasks.get(child).unwrap().fault_counts().min_flt, 3);
+        touch(&mut tasks, parent, 7..8);
+        touch(&mut tasks, child, 3..5);
+        assert_eq!(tasks.get(child).unwrap().fault_counts().min_flt, 5);
+        assert_eq!(
+            tasks.get(parent).unwrap().fault_counts().min_flt,
+            parent_before.min_flt + 1,
+            "only the parent's own fault is the parent's"
+        );
+        // The child's bytes are in the parent's memory.
+        let mut b = [0u8; 1];
+        k.user_read(cpu, tasks.mm_mut(parent).unwrap(), a + (4 << 12), &mut b)
+            .unwrap();
+        assert_eq!(b, [5]);
+        tasks.exit(k, cpu, child, 0).unwrap();
+        assert_eq!(tasks.wait(parent, Some(child)), Ok((child, 0)));
+        assert_eq!(tasks.get(parent).unwrap().child_faults.min_flt, 5);
+        tasks.exit(k, cpu, parent, 0).unwrap();
+    });
+}

@@ -40,5 +40,5 @@ pub mod tty;
 pub mod vcpu;
 pub mod vm;
 
-pub use process::{run_program, CpuRun, Outcome, RunOptions};
+pub use process::{run_program, CpuRun, Outcome, ProcessFaults, RunOptions};
 pub use vm::{kvm_usable, Vm};

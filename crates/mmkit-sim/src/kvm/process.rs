@@ -141,6 +141,28 @@ pub struct Outcome {
     pub switches: u64,
     /// What each vCPU did.
     pub cpus: Vec<CpuRun>,
+    /// Every process of the run, in the order they ended, with its faults (the first
+    /// process's from its exec on, as [`Outcome::min_flt`]).
+    pub processes: Vec<ProcessFaults>,
+}
+
+/// The faults of one process of a run, from its `fork` to its exit (all its threads, all
+/// its address spaces: `/proc/PID/stat`'s `minflt`/`majflt` at its end).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFaults {
+    /// Its pid.
+    pub pid: Pid,
+    /// Its parent's pid when it ended.
+    pub ppid: Pid,
+    /// The executable it ended in (`/proc/PID/exe`).
+    pub exe: String,
+    /// Minor faults.
+    pub min_flt: u64,
+    /// Major faults.
+    pub maj_flt: u64,
+    /// The faults its code raised, by kind (see [`Outcome::faults_by_kind`]; faults in
+    /// system calls' copies are counted in `min_flt`/`maj_flt` only).
+    pub by_kind: [u64; 5],
 }
 
 /// The process the exit loop serves.
@@ -212,6 +234,10 @@ pub struct Proc<'m> {
     /// The sleeping call is not made again after a handler even with `SA_RESTART`
     /// (`pause`, `poll`: `-ERESTARTNOHAND`).
     pub no_restart: bool,
+    /// The running task shares another's address space: that address space's fault counts
+    /// when it started running here (its faults since then are its own, moved to it when it
+    /// stops running: [`Proc::charge_shared_faults`]).
+    pub shared_faults: Option<mmkit::mm::uaccess::FaultCounts>,
     /// The error code of the last page fault (`sigcontext.err` of a fault's signal).
     pub fault_error: u32,
     /// The call loaded the user registers itself (`rt_sigreturn`): no result to set.
@@ -280,6 +306,7 @@ impl<'m> Proc<'m> {
             pending: Default::default(),
             deadline: None,
             no_restart: false,
+            shared_faults: None,
             fault_error: 0,
             regs_set: false,
             blocked: false,
@@ -437,6 +464,11 @@ pub fn run_program(
             maj_flt.saturating_sub(exec_faults.maj_flt),
         );
         let totals = p.sched.totals;
+        let mut processes = std::mem::take(&mut p.sched.ended);
+        if let Some(first) = processes.iter_mut().find(|e| e.pid == pid) {
+            first.min_flt = first.min_flt.saturating_sub(exec_faults.min_flt);
+            first.maj_flt = first.maj_flt.saturating_sub(exec_faults.maj_flt);
+        }
         Ok(Outcome {
             status,
             pid,
@@ -454,6 +486,7 @@ pub fn run_program(
             log: k.dmesg_since(log_from).0,
             switches: p.sched.switches,
             cpus,
+            processes,
         })
     })
 }
@@ -859,6 +892,7 @@ fn page_fault(
             let after = k.translation_lookup(&p.mm().pt, cr2 & !0xfff);
             let class = classify(k, kind_probe, after, error_code);
             p.faults_by_kind[class] += 1;
+            p.sched.kinds.entry(p.pid).or_default()[class] += 1;
             if p.opts.trace_faults {
                 const NAMES: [&str; 5] = ["anon", "zero", "file", "cow", "swap"];
                 eprintln!(

@@ -126,6 +126,11 @@ pub struct Sched {
     /// What the first process looked like when the OOM killer took it (its task is
     /// released with its memory, before it is next scheduled).
     pub(super) oom_killed_first: Option<super::process::ExitStats>,
+    /// Faults the guest raised, by kind, of every process (see
+    /// [`super::process::Outcome::faults_by_kind`]).
+    pub kinds: std::collections::BTreeMap<Pid, [u64; 5]>,
+    /// Every process that ended, in the order they did, with its fault counts.
+    pub ended: Vec<super::process::ProcessFaults>,
 }
 
 /// Counts summed over the vCPUs (each counts in its own [`Proc`] and adds them here under
@@ -489,6 +494,7 @@ impl Proc<'_> {
         run: RunState,
         on_cpu: Option<usize>,
     ) {
+        self.charge_shared_faults();
         self.stash_shared();
         let t = Parked {
             pid: self.pid,
@@ -557,7 +563,19 @@ impl Proc<'_> {
         self.deadline = t.deadline.take();
         self.no_restart = t.no_restart;
         self.blocked = false;
+        self.shared_faults = self.tasks.shared_fault_base(self.pid);
         Some(t)
+    }
+
+    /// The running task's faults in an address space it shares with another process are
+    /// its own: they move from the address space's counts to the task
+    /// (`TaskTable::charge_shared_faults`). Called whenever it stops running on this vCPU
+    /// or stops sharing (exec, exit); the kernel lock held since it started makes every
+    /// fault counted meanwhile its.
+    pub fn charge_shared_faults(&mut self) {
+        if let Some(base) = self.shared_faults.take() {
+            self.tasks.charge_shared_faults(self.pid, base);
+        }
     }
 
     /// The next task to run after the one last given a CPU, round robin by pid: one not
@@ -617,6 +635,7 @@ impl Proc<'_> {
     /// `do_exit` of the running task: its descriptors closed, a `vfork` parent released,
     /// then a zombie for its parent to reap.
     pub(super) fn exit_current(&mut self, cpu: &CpuGuard<'_>) {
+        self.charge_shared_faults();
         let status = self.exit.unwrap_or(Status::Signaled(SIGKILL));
         if !std::mem::take(&mut self.thread_exit) {
             // exit_group, or a fatal signal: every thread of the process ends with it.
@@ -659,6 +678,17 @@ impl Proc<'_> {
         }
         self.fds.close_all();
         self.sweep_pipes(cpu);
+        if let Some(t) = self.tasks.get(self.pid) {
+            let f = t.fault_counts();
+            self.sched.ended.push(super::process::ProcessFaults {
+                pid: self.pid,
+                ppid: t.ppid,
+                exe: self.exe.clone(),
+                min_flt: f.min_flt,
+                maj_flt: f.maj_flt,
+                by_kind: self.sched.kinds.remove(&self.pid).unwrap_or_default(),
+            });
+        }
         let _ = self.tasks.exit(self.k, cpu, self.pid, status.wait_status());
         if self.tasks.get(self.pid).is_none() {
             self.sched.pgrp.remove(&self.pid);

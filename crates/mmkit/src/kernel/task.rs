@@ -8,10 +8,11 @@
 //! An address space is held by one task's `mm`; the other processes that share it
 //! (`mm_users` > 1) name that task in `vm_owner`. When the holder execs or exits while
 //! others still use the address space, it passes to one of them (`mmput` that was not the
-//! last). Fault counts (`min_flt`, `maj_flt`) survive exec, as Linux keeps them in the task;
-//! those taken in a shared address space are counted in it, so they go to the task that
-//! holds it when it is left; a reaped child's counts are added to the parent's
-//! `cmin_flt`/`cmaj_flt`.
+//! last). Fault counts (`min_flt`, `maj_flt`) are the task's and survive exec, as Linux
+//! keeps them in the task. The fault path counts in the mm it faults in; the faults a task
+//! sharing another's address space takes there are moved to it by whoever runs it
+//! (`charge_shared_faults`, from a `shared_fault_base` taken when it started running). A
+//! reaped child's counts are added to the parent's `cmin_flt`/`cmaj_flt`.
 
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
@@ -254,6 +255,35 @@ impl TaskTable {
         Ok(pid)
     }
 
+    /// The fault counts of the address space task `pid` shares with another (the base
+    /// [`TaskTable::charge_shared_faults`] measures from); `None` for a task that holds its
+    /// own, whose faults its address space counts.
+    pub fn shared_fault_base(&self, pid: Pid) -> Option<FaultCounts> {
+        let h = self.tasks.get(&pid)?.vm_owner?;
+        Some(self.tasks.get(&h)?.mm.as_ref()?.faults)
+    }
+
+    /// The faults taken in the address space task `pid` shares since `base` (from
+    /// [`TaskTable::shared_fault_base`], with nobody else faulting in it meanwhile) are
+    /// task `pid`'s: they move from the address space's counts to the task's own (Linux
+    /// counts them in `current->min_flt`).
+    pub fn charge_shared_faults(&mut self, pid: Pid, base: FaultCounts) {
+        let Some(h) = self.tasks.get(&pid).and_then(|t| t.vm_owner) else {
+            return;
+        };
+        let Some(mm) = self.tasks.get_mut(&h).and_then(|t| t.mm.as_mut()) else {
+            return;
+        };
+        let min = mm.faults.min_flt.saturating_sub(base.min_flt);
+        let maj = mm.faults.maj_flt.saturating_sub(base.maj_flt);
+        mm.faults.min_flt -= min;
+        mm.faults.maj_flt -= maj;
+        if let Some(t) = self.tasks.get_mut(&pid) {
+            t.faults.min_flt += min;
+            t.faults.maj_flt += maj;
+        }
+    }
+
     /// `mmput` of task `pid`'s address space: it stops using it (exec, exit). A task that
     /// shared another's just lets go; the holder folds the faults taken in it into its own
     /// counts and either hands it to one of the processes still sharing it (the lowest pid,
@@ -291,7 +321,7 @@ impl TaskTable {
     }
 
     /// `copy_process`'s task: `pid`, a child of `parent` with its name, entry point and
-    /// `oom_score_adj`, running in `mm`.
+    /// `oom_score_adj`, running in `mm` (`None`: it shares its parent's, see `clone_vm`).
     fn insert_child(&mut self, parent: Pid, pid: Pid, mm: Option<MmStruct>) -> Pid {
         let p = &self.tasks[&parent];
         let task = Task {

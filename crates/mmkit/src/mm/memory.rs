@@ -711,9 +711,11 @@ impl Kernel {
 
     /// `copy_page_range` for fork: the child gets the parent's PTEs of `vma`; each page gains
     /// a mapping and a reference, and in a COW mapping writable entries are write-protected in
-    /// the parent (and so in the child) (`copy_present_pte`). Shared mappings are not copied:
-    /// the child faults them in from the page cache, as Linux skips VMAs without anonymous
-    /// pages.
+    /// the parent (and so in the child) (`copy_present_pte`). Only where a fault could not
+    /// fill them in again (`vma_needs_copy`): a VMA with anonymous pages (an `anon_vma`) or
+    /// of raw pfns. Shared mappings and private file mappings never written (text, rodata)
+    /// are not copied: the child faults them in from the page cache, with fault-around, as
+    /// Linux's child does — fork is lighter, the child takes those faults.
     pub(crate) fn copy_page_range(
         &self,
         cpu: &CpuGuard<'_>,
@@ -721,7 +723,7 @@ impl Kernel {
         src: &MmStruct,
         vma: &VmArea,
     ) -> Result<(), Errno> {
-        if vma.vm_flags.contains(VmFlags::VM_SHARED) {
+        if vma.vm_flags.contains(VmFlags::VM_SHARED) || !vma_needs_copy(vma) {
             return Ok(());
         }
         let cow = vma.is_cow_mapping();
@@ -795,4 +797,14 @@ impl Kernel {
         }
         Ok(())
     }
+}
+
+/// `vma_needs_copy`: whether fork must copy `src`'s page-table entries — it holds anonymous
+/// pages (an `anon_vma`: the child's copies could come from nowhere else) or raw pfns
+/// (`VM_PFNMAP`/`VM_MIXEDMAP`: no `struct page` behind them for a fault to find). Every other
+/// entry a fault fills in again from the page cache.
+pub(crate) fn vma_needs_copy(src: &VmArea) -> bool {
+    src.vm_flags
+        .intersects(VmFlags::VM_PFNMAP | VmFlags::VM_MIXEDMAP)
+        || src.anon_vma.is_some()
 }

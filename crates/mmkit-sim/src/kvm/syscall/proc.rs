@@ -280,6 +280,8 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     let me = p.pid;
     // exec_mmap lets go of the old address space: a vfork child's (or any CLONE_VM
     // child's) stays with the parent that shares it.
+    // Its faults in the shared address space so far are its own (the exec ends the sharing).
+    p.charge_shared_faults();
     let (m, tasks) = (p.m, &mut p.tasks);
     let cred = crate::hostfs::host_cred();
     let r = with_exec_params(m, &spec, &cred, |file, params, interp| {
