@@ -13,20 +13,20 @@
 //! `nr_anon_transparent_hugepages` (meminfo's `AnonHugePages`) count its 512 pages while any
 //! PMD maps it, and the owner's `MM_ANONPAGES` counts them per mapping.
 //!
-//! Splitting is Linux's two steps, done together: `__split_huge_pmd` replaces a PMD mapping
-//! by a table of 512 PTEs mapping the same pages (the folio's references and mapcounts move
-//! from the PMD to the PTEs), then `split_huge_page` splits every other PMD mapping of the
-//! folio through the reverse map and turns the folio into 512 order-0 pages, each keeping the
-//! references of the PTEs that map it (any other reference stays with the head) and joining
-//! the LRU beside it. Linux since 4.5 may leave a folio mapped by PTEs for a while (partially
-//! unmapped ones wait on the deferred split queue); here a large anonymous folio is only ever
-//! mapped by PMDs, as in Linux before 4.5 (`split_huge_page_pmd`), so the code that maps pages
-//! by PTE — COW, reclaim, migration, `MADV_FREE`, mremap — sees only small pages. What calls
-//! for a split: a range operation that covers part of a PMD (`munmap`, `mprotect`,
-//! `madvise`, `mremap`, a VMA split at an address inside one), a write to a THP shared with
-//! another process (`do_huge_pmd_wp_page` falls back to 4 KiB COW after splitting, as Linux
-//! 6.x does), and reclaim, which splits a large folio before it swaps it out (Linux without
-//! `THP_SWAP`).
+//! Splitting is Linux's two steps: `__split_huge_pmd` replaces a PMD mapping by a table of
+//! 512 PTEs mapping the same pages (the folio's references and mapcounts move from the PMD
+//! to the PTEs; the folio stays whole), and `split_huge_page`
+//! ([`crate::mm::huge_split`]) turns a folio into order-0 pages — when reclaim swaps it out,
+//! or when the deferred split queue's shrinker finds it partially mapped. What splits a
+//! PMD: a range operation that covers part of it (`munmap`, `mprotect`, `madvise`,
+//! `mremap`, a VMA split at an address inside one) and a write to a THP shared with another
+//! process (`do_huge_pmd_wp_page` falls back to 4 KiB COW after splitting, as Linux 6.x
+//! does).
+//!
+//! mTHP (Linux 6.8+): the per-size policies (`hugepages-<N>kB/enabled`, orders 2 to 9:
+//! `always`, `inherit`, `madvise`, `never`; Linux's defaults, `thp_anon=` on the command
+//! line) and `thp_vma_allowable_orders`; `alloc_anon_folio` in
+//! [`crate::mm::memory`] maps folios of the allowed sizes below the PMD's by PTEs.
 //!
 //! The huge zero folio: a read fault where a THP may go maps a shared zeroed order-9 folio
 //! read-only by the PMD (`use_zero_page`, on by default as in Linux); a write to it allocates
@@ -37,8 +37,8 @@
 //! until a shrinker finds it unused; mmkit has no shrinker registry, so it goes at once).
 //!
 //! Collapsing 4 KiB pages into THPs (`MADV_COLLAPSE`, khugepaged) is in
-//! [`crate::mm::khugepaged`]. Not here yet: mTHP sizes, file THPs, migration of large folios
-//! (compaction skips them).
+//! [`crate::mm::khugepaged`]. Not here yet: file THPs, migration of large folios
+//! (compaction skips them, as Linux's does outside `alloc_contig_range`).
 
 use crate::arch::x86_64::pgtable::pmd::huge_to_pte;
 use crate::arch::x86_64::pgtable::{

@@ -1,5 +1,6 @@
 //! Page faults and the PTE-level work around them (`mm/memory.c`): `handle_mm_fault` →
-//! `handle_pte_fault` → `do_anonymous_page` / `do_read_fault` (with `do_fault_around`) /
+//! `handle_pte_fault` → `do_anonymous_page` (with `alloc_anon_folio`: mTHP folios mapped by
+//! a run of PTEs) / `do_read_fault` (with `do_fault_around`) /
 //! `do_cow_fault` / `do_shared_fault` / `do_swap_page` / `do_wp_page` (`wp_page_reuse`,
 //! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and
 //! `copy_page_range` for fork.
