@@ -9,6 +9,8 @@
 //! - `anon-fault-thp`: the same with `MADV_HUGEPAGE` (one 2 MiB fault per 512 pages), per
 //!   4 KiB page, beside the host kernel doing exactly that; the note gives it against zeroing
 //!   the same 16 MiB page by page (the physical limit: a THP fault zeroes 2 MiB);
+//! - `anon-fault-mthp64`: the same 16 MiB with the 64 KiB mTHP size `always` (one fault per
+//!   16 pages), per 4 KiB page, beside zeroing the same 16 MiB page by page;
 //! - `cow-fault`: after fork, the child writes every page of 16 MiB — per page, fork and exit
 //!   not timed — beside the host kernel's COW fault in a forked child;
 //! - `fork-exit`: fork (`dup_mmap`) of an address space with 16 MiB written and 32 small
@@ -250,6 +252,48 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
                 "per 4 KiB page; zeroing each page of the same 16 MiB takes {:.1} ns (ours {:.2}x)",
                 memset.0,
                 ours.0 / memset.0
+            )),
+        ));
+    }
+    if want("anon-fault-mthp64") {
+        // 64 KiB mTHP `always` (one fault per 16 pages, each mapping a 64 KiB folio by 16
+        // PTEs), no MADV_HUGEPAGE; the host's 64 KiB size is whatever it is and cannot be
+        // changed without root, so the anchor is zeroing the same 16 MiB page by page.
+        use mmkit::mm::huge_memory::ThpPolicy;
+        let was = k.mthp_enabled(64).expect("64 KiB is an mTHP size");
+        k.set_mthp_enabled(64, ThpPolicy::Always)
+            .expect("64 KiB is an mTHP size");
+        let ours = m.on_cpu(0, |cpu| {
+            let mut mm = k.mm_alloc(cpu).expect("mm");
+            let r = measure(PAGES, || {
+                let a = k.mmap(cpu, &mut mm, 0, LEN, rw, anon, 0).expect("mmap");
+                for i in 0..PAGES {
+                    k.user_write(cpu, &mut mm, a + (i << 12), &[1])
+                        .expect("anonymous write fault");
+                }
+                k.munmap(cpu, &mut mm, a, LEN).expect("munmap");
+            });
+            k.exit_mmap(cpu, mm);
+            r
+        });
+        k.set_mthp_enabled(64, was).expect("64 KiB is an mTHP size");
+        let mut big = vec![0u8; LEN as usize];
+        let memset = measure(PAGES, || {
+            for (i, p) in big.chunks_mut(4096).enumerate() {
+                p.fill(i as u8);
+            }
+            black_box(&mut big);
+        });
+        let host =
+            std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled")
+                .map_or_else(|_| String::from("none"), |s| s.trim().to_string());
+        rows.push(row(
+            "anon-fault-mthp64",
+            ours,
+            "zeroing each page of the same 16 MiB",
+            memset.0,
+            Some(format!(
+                "per 4 KiB page, 64 KiB mTHP always; the host's hugepages-64kB/enabled: {host}"
             )),
         ));
     }

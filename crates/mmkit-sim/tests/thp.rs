@@ -98,6 +98,7 @@ fn meminfo_field(k: &Kernel, name: &str) -> u64 {
 /// Every invariant checker that knows compound pages.
 fn check_all(k: &Kernel, mm: &MmStruct) {
     k.check_mm_invariants(mm).unwrap();
+    k.check_deferred_split_invariants().unwrap();
     k.check_invariants().unwrap();
     k.check_lru_invariants().unwrap();
     k.check_anon_vma_invariants().unwrap();
@@ -510,8 +511,9 @@ fn policies_always_madvise_never() {
     });
 }
 
-/// munmap of 4 KiB in the middle of a THP region splits exactly that one PMD (and its folio),
-/// keeps every other byte, and the other PMDs stay huge.
+/// munmap of 4 KiB in the middle of a THP region splits exactly that one PMD, keeps every
+/// other byte, and the other PMDs stay huge; the folio, partially mapped, waits on the
+/// deferred split queue until the shrinker (drop_caches here) splits it and frees the page.
 #[test]
 fn munmap_of_4k_splits_exactly_one_pmd() {
     let m = boot_mem(128, 1, "");
@@ -523,10 +525,24 @@ fn munmap_of_4k_splits_exactly_one_pmd() {
         let pages = (8 * MIB) >> 12;
         fill(k, cpu, &mut mm, a, pages, 5);
         let (pmd0, page0) = (event(k, "thp_split_pmd"), event(k, "thp_split_page"));
+        let deferred0 = event(k, "thp_deferred_split_page");
         let hole = a + 3 * MIB + 0x5000; // inside the second PMD
         k.munmap(cpu, &mut mm, hole, 4096).unwrap();
         assert_eq!(event(k, "thp_split_pmd") - pmd0, 1);
+        // Linux since 4.5: the folio stays whole, PTE-mapped and partially mapped, on the
+        // deferred split queue; the shrinker splits it later.
+        assert_eq!(event(k, "thp_split_page"), page0);
+        assert_eq!(event(k, "thp_deferred_split_page") - deferred0, 1);
+        assert_eq!(k.deferred_split_count(0), 1);
+        assert_eq!(k.mthp_stat(9, "nr_anon_partially_mapped"), Some(1));
+        check_all(k, &mm);
+        k.lru_add_drain(cpu);
+        let free0 = free_and_pcp(k);
+        k.drop_caches(cpu, 2).unwrap();
         assert_eq!(event(k, "thp_split_page") - page0, 1);
+        assert_eq!(k.deferred_split_count(0), 0);
+        assert_eq!(k.mthp_stat(9, "nr_anon_partially_mapped"), Some(0));
+        assert_eq!(free_and_pcp(k) - free0, 1, "the unmapped page went back");
         assert_eq!(mm.counter(MM_ANONPAGES), pages - 1);
         assert_eq!(meminfo_field(k, "AnonHugePages:"), 6 * 1024);
         let hole_page = (hole - a) >> 12;
@@ -610,8 +626,8 @@ fn madv_dontneed_splits_or_zaps() {
 }
 
 /// fork copies the PMDs (both write-protected); a child write gets the child copies of the
-/// 4 KiB pages written only (the folio is split, the rest stays shared), and the parent's
-/// bytes are intact; a write by a sole owner reuses the THP in place.
+/// 4 KiB pages written only (the child's PMD is split, the folio stays whole and shared),
+/// and the parent's bytes are intact; a write by a sole owner reuses the THP in place.
 #[test]
 fn fork_then_child_write_copies_only_4k() {
     let m = boot_mem(128, 1, "");
@@ -645,10 +661,17 @@ fn fork_then_child_write_copies_only_4k() {
             (3..=6).contains(&used),
             "3 copies (and a page table or two), not 2 MiB: {used}"
         );
-        assert_eq!(event(k, "thp_split_page"), 1);
-        // The second THP is still shared by PMDs in both.
+        // The child's PMD was split, not the folio: the parent keeps both PMDs (Linux 6.x).
+        assert_eq!(event(k, "thp_split_page"), 0);
+        assert_eq!(event(k, "thp_split_pmd"), 1);
         assert_eq!(smaps_field(k, &cm, a, "AnonHugePages:"), 2048);
-        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 2048);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 4096);
+        // The parent's first PMD is shared with 509 of the child's PTEs: its Pss counts
+        // those pages half, the 3 the child copied whole (Linux's per-page mapcount).
+        assert_eq!(
+            smaps_field(k, &pm, a, "Pss:"),
+            2048 / 2 + 3 * 4 / 2 + 2048 / 2
+        );
         verify(k, cpu, &mut pm, a, pages, |_| Some(8));
         let mut got = [0u8; 8];
         for i in 0..pages {
@@ -668,7 +691,7 @@ fn fork_then_child_write_copies_only_4k() {
         let split0 = event(k, "thp_split_pmd");
         k.user_write(cpu, &mut pm, a + 3 * MIB, b"parent").unwrap();
         assert_eq!(event(k, "thp_split_pmd"), split0);
-        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 2048);
+        assert_eq!(smaps_field(k, &pm, a, "AnonHugePages:"), 4096);
         check_all(k, &pm);
         k.exit_mmap(cpu, pm);
     });
@@ -781,6 +804,12 @@ fn random_thp_operations_keep_every_invariant() {
     let f = make_swap_file(&path, 128 << 20).unwrap();
     let swap_path = path.to_string_lossy().into_owned();
     k.swapon(Arc::new(f), &swap_path, -2).unwrap();
+    // mTHP sizes too: 64 KiB always, 16 KiB for MADV_HUGEPAGE memory; changed at random below.
+    {
+        use mmkit::mm::huge_memory::ThpPolicy;
+        k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+        k.set_mthp_enabled(16, ThpPolicy::Madvise).unwrap();
+    }
     let mut tasks = TaskTable::default();
     let first = m.on_cpu(0, |cpu| {
         spawn_host(&m, &mut tasks, cpu, &true_spec()).unwrap()
@@ -793,7 +822,12 @@ fn random_thp_operations_keep_every_invariant() {
     // pid -> page -> Some(value) (0 = never written) or None (unmapped)
     let mut model: std::collections::BTreeMap<u32, Vec<Option<u8>>> =
         [(first, vec![Some(0); pages as usize])].into();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(15);
+    // THP_SEED=N runs another sequence (15 by default).
+    let seed = std::env::var("THP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     m.on_cpu(0, |cpu| {
         for step in 0..250 {
             let pids: Vec<u32> = model.keys().copied().collect();
@@ -801,7 +835,7 @@ fn random_thp_operations_keep_every_invariant() {
             let p = rng.random_range(0..pages - 1);
             let n = rng.random_range(1..1024).min(pages - p);
             let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
-            match rng.random_range(0..18) {
+            match rng.random_range(0..20) {
                 0 if model.len() < 3 => {
                     let c = tasks.fork(k, cpu, pid).unwrap();
                     let copy = model[&pid].clone();
@@ -871,6 +905,22 @@ fn random_thp_operations_keep_every_invariant() {
                     let mut cursor = 0;
                     k.khugepaged_scan_mm(cpu, mm, &mut cursor, 4 * HPAGE_PMD_NR);
                 }
+                14 => {
+                    use mmkit::mm::huge_memory::ThpPolicy;
+                    let kb = [16u64, 32, 64, 128, 256, 512, 1024][rng.random_range(0..7)];
+                    let p = [
+                        ThpPolicy::Always,
+                        ThpPolicy::Inherit,
+                        ThpPolicy::Madvise,
+                        ThpPolicy::Never,
+                    ][rng.random_range(0..4)];
+                    k.set_mthp_enabled(kb, p).unwrap();
+                }
+                15 => {
+                    // The deferred split shrinker (drop_slab).
+                    k.lru_add_drain(cpu);
+                    k.drop_caches(cpu, 2).unwrap();
+                }
                 8..=11 => {
                     let v: u8 = rng.random_range(1..=255);
                     let mm_model = model.get_mut(&pid).unwrap();
@@ -902,11 +952,18 @@ fn random_thp_operations_keep_every_invariant() {
                 }
             }
             k.check_lru_invariants().unwrap();
+            k.check_deferred_split_invariants().unwrap();
             k.check_swap_invariants().unwrap();
             k.check_anon_vma_invariants().unwrap();
             k.check_invariants().unwrap();
         }
         assert!(event(k, "thp_fault_alloc") > 0);
+        let mthp_faults: i64 = (2..9)
+            .map(|o| k.mthp_stat(o, "anon_fault_alloc").unwrap())
+            .sum();
+        assert!(mthp_faults > 0, "mTHP folios were faulted in");
+        let mthp_splits: i64 = (2..=9).map(|o| k.mthp_stat(o, "split").unwrap()).sum();
+        assert!(mthp_splits > 0, "large folios were split");
         assert!(event(k, "thp_split_pmd") > 0);
         assert!(
             event(k, "thp_collapse_alloc") > 0,
@@ -1012,6 +1069,352 @@ fn khugepaged_wakeups_walk_the_list_and_resume_where_they_stopped() {
         for (_, _, mm) in mms {
             k.exit_mmap(cpu, mm);
         }
+    });
+    teardown_check(&m, before);
+}
+
+/// A fixed, 2 MiB aligned place for the mTHP tests' regions (not `MADV_HUGEPAGE`: the PMD
+/// size stays `inherit` of `madvise`, so only the mTHP sizes apply).
+const MTHP_BASE: u64 = 0x4000_0000;
+
+fn mthp_region(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, len: u64) -> u64 {
+    k.mmap(cpu, mm, MTHP_BASE, len, RW, ANON | MAP_FIXED, 0)
+        .unwrap()
+}
+
+fn mthp_stat(k: &Kernel, kb: u64, name: &str) -> i64 {
+    let order = Kernel::mthp_order_of_kb(kb).unwrap();
+    k.mthp_stat(order, name).unwrap()
+}
+
+/// The sizes' policies: Linux's defaults (2 MiB `inherit`, the rest `never`), what sysfs
+/// shows, run-time changes and `thp_anon=` on the command line; sizes without a file refused.
+#[test]
+fn mthp_policies_defaults_sysfs_and_cmdline() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    for kb in [16, 32, 64, 128, 256, 512, 1024] {
+        assert_eq!(k.mthp_enabled(kb).unwrap(), ThpPolicy::Never, "{kb}");
+    }
+    assert_eq!(k.mthp_enabled(2048).unwrap(), ThpPolicy::Inherit);
+    assert_eq!(
+        k.mthp_enabled(2048).unwrap().sysfs(),
+        "always [inherit] madvise never"
+    );
+    for bad in [4, 8, 48, 4096, 0] {
+        assert_eq!(
+            k.set_mthp_enabled(bad, ThpPolicy::Always),
+            Err(Errno::EINVAL)
+        );
+    }
+    k.set_mthp_enabled(64, ThpPolicy::Madvise).unwrap();
+    assert_eq!(
+        k.mthp_enabled(64).unwrap().sysfs(),
+        "always inherit [madvise] never"
+    );
+    let m = boot_mem(64, 1, "thp_anon=16K-64K:always;2M:never");
+    let k = &m.kernel;
+    for (kb, p) in [
+        (16, ThpPolicy::Always),
+        (32, ThpPolicy::Always),
+        (64, ThpPolicy::Always),
+        (128, ThpPolicy::Never),
+        (2048, ThpPolicy::Never),
+    ] {
+        assert_eq!(k.mthp_enabled(kb).unwrap(), p, "{kb}");
+    }
+    // The host's files, when it has them: the same four words, its choice bracketed.
+    for kb in [16u64, 32, 64, 128, 256, 512, 1024, 2048] {
+        let path = format!("/sys/kernel/mm/transparent_hugepage/hugepages-{kb}kB/enabled");
+        let Ok(host) = std::fs::read_to_string(&path) else {
+            println!("host has no {path}: nothing to compare");
+            continue;
+        };
+        let host = host.trim();
+        let chosen = host
+            .split_whitespace()
+            .find(|w| w.starts_with('['))
+            .map(|w| w.trim_matches(['[', ']']))
+            .unwrap();
+        let p = ThpPolicy::parse(chosen).expect("a policy we know");
+        assert_eq!(p.sysfs(), host, "{path}");
+    }
+    // Our statistics are files the host has (it may have newer ones).
+    if let Ok(dir) = std::fs::read_dir("/sys/kernel/mm/transparent_hugepage/hugepages-64kB/stats") {
+        let host: Vec<String> = dir
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for name in mmkit::mm::vmstat::MTHP_STAT_NAMES {
+            assert!(host.iter().any(|h| h == name), "host lacks stats/{name}");
+        }
+    } else {
+        println!("host has no mTHP stats directory: nothing to compare");
+    }
+}
+
+/// With 64 KiB `always`, a 1 MiB region written page by page takes 16 faults, each mapping
+/// a 64 KiB folio by 16 PTEs; every byte reads back; `AnonHugePages` stays 0 (Linux counts
+/// PMD mappings only); the size's `anon_fault_alloc` and `nr_anon` count the folios.
+#[test]
+fn mthp_64k_region_faults_once_per_64k() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut mm, MIB);
+        let f0 = mm.faults.min_flt;
+        fill(k, cpu, &mut mm, a, 256, 21);
+        assert_eq!(mm.faults.min_flt - f0, 16);
+        assert_eq!(mthp_stat(k, 64, "anon_fault_alloc"), 16);
+        assert_eq!(mthp_stat(k, 64, "nr_anon"), 16);
+        assert_eq!(event(k, "thp_fault_alloc"), 0);
+        assert_eq!(mm.counter(MM_ANONPAGES), 256);
+        assert_eq!(smaps_field(k, &mm, a, "AnonHugePages:"), 0);
+        assert_eq!(smaps_field(k, &mm, a, "Rss:"), 1024);
+        assert_eq!(smaps_field(k, &mm, a, "Pss:"), 1024);
+        assert_eq!(smaps_field(k, &mm, a, "THPeligible:"), 1);
+        assert_eq!(meminfo_field(k, "AnonHugePages:"), 0);
+        // Each 64 KiB is one folio of order 4, its pages in order.
+        for c in 0..16u64 {
+            let pte = k.pte_lookup(&mm.pt, a + c * 0x10000).unwrap();
+            let head = k.pfn_to_page(pte.pfn()).unwrap();
+            assert_eq!(head.folio_order(), 4, "chunk {c}");
+            for i in 1..16u64 {
+                let p = k.pte_lookup(&mm.pt, a + c * 0x10000 + (i << 12)).unwrap();
+                assert_eq!(p.pfn().0, pte.pfn().0 + i);
+            }
+            assert_eq!(head.refcount(), 16);
+        }
+        verify(k, cpu, &mut mm, a, 256, |_| Some(21));
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    assert_eq!(mthp_stat(k, 64, "nr_anon"), 0);
+    teardown_check(&m, before);
+}
+
+/// munmap of 4 KiB in the middle of a 64 KiB folio keeps every other byte and leaves the
+/// folio partially mapped on the deferred split queue (no split yet); reclaim's shrinker
+/// then splits it and the unmapped page goes back.
+#[test]
+fn mthp_partial_munmap_waits_for_the_shrinker() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut mm, 0x20000);
+        fill(k, cpu, &mut mm, a, 32, 22);
+        k.munmap(cpu, &mut mm, a + 0x7000, 4096).unwrap();
+        assert_eq!(mthp_stat(k, 64, "split_deferred"), 1);
+        assert_eq!(mthp_stat(k, 64, "nr_anon_partially_mapped"), 1);
+        assert_eq!(mthp_stat(k, 64, "split"), 0);
+        assert_eq!(
+            event(k, "thp_deferred_split_page"),
+            0,
+            "PMD-sized folios only"
+        );
+        assert_eq!(k.deferred_split_count(0), 1);
+        assert_eq!(mm.counter(MM_ANONPAGES), 31);
+        verify(k, cpu, &mut mm, a, 7, |_| Some(22));
+        let mut got = [0u8; 8];
+        for i in 8..32u64 {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut got).unwrap();
+            assert_eq!(got, tag(i, 22), "page {i}");
+        }
+        check_all(k, &mm);
+        // A second hole in the same folio: it is queued once.
+        k.munmap(cpu, &mut mm, a + 0x9000, 4096).unwrap();
+        assert_eq!(k.deferred_split_count(0), 1);
+        assert_eq!(mthp_stat(k, 64, "split_deferred"), 1);
+        k.lru_add_drain(cpu);
+        let free0 = free_and_pcp(k);
+        // No swap: reclaim finds nothing to reclaim and goes down to priority 0, where the
+        // shrinker scans the queue.
+        k.try_to_free_pages(cpu, GFP_KERNEL);
+        assert_eq!(mthp_stat(k, 64, "split"), 1);
+        assert_eq!(mthp_stat(k, 64, "nr_anon"), 1, "the other folio");
+        assert_eq!(mthp_stat(k, 64, "nr_anon_partially_mapped"), 0);
+        assert_eq!(k.deferred_split_count(0), 0);
+        assert!(
+            free_and_pcp(k) >= free0 + 2,
+            "the two unmapped pages went back"
+        );
+        let mut got = [0u8; 8];
+        for i in (0..32u64).filter(|&i| i != 7 && i != 9) {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut got).unwrap();
+            assert_eq!(got, tag(i, 22), "page {i}");
+        }
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}
+
+/// fork, then a child write to a 64 KiB folio copies 4 KiB only; the parent's bytes stay;
+/// after the child exits, the parent's write reuses the folio in place (Linux 6.16+:
+/// exclusive to the address space).
+#[test]
+fn mthp_fork_child_write_copies_4k() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut pm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut pm, 0x40000);
+        fill(k, cpu, &mut pm, a, 64, 23);
+        let mut cm = k.dup_mmap(cpu, &pm).unwrap();
+        check_all(k, &pm);
+        check_all(k, &cm);
+        k.lru_add_drain(cpu);
+        let free0 = free_and_pcp(k);
+        k.user_write(cpu, &mut cm, a + 0x5008, b"child!!!").unwrap();
+        k.lru_add_drain(cpu);
+        assert_eq!(free0 - free_and_pcp(k), 1, "one 4 KiB copy");
+        // Written again: the copy is the child's own now.
+        k.user_write(cpu, &mut cm, a + 0x5010, b"again").unwrap();
+        k.lru_add_drain(cpu);
+        assert_eq!(free0 - free_and_pcp(k), 1);
+        verify(k, cpu, &mut pm, a, 64, |_| Some(23));
+        let mut got = [0u8; 8];
+        k.user_read(cpu, &mut cm, a + 0x5008, &mut got).unwrap();
+        assert_eq!(&got, b"child!!!");
+        k.user_read(cpu, &mut cm, a + 0x6000, &mut got).unwrap();
+        assert_eq!(got, tag(6, 23));
+        // The child's 4 KiB is the only page it no longer shares.
+        assert_eq!(smaps_field(k, &pm, a, "Shared_Dirty:"), 252);
+        check_all(k, &pm);
+        check_all(k, &cm);
+        k.exit_mmap(cpu, cm);
+        // The parent alone: its first folio lost the child's mappings but for the page the
+        // child copied it is mapped whole by the parent only, so a write reuses it.
+        let pfn0 = k.pte_lookup(&pm.pt, a + 0x6000).unwrap().pfn();
+        let free1 = free_and_pcp(k);
+        k.user_write(cpu, &mut pm, a + 0x6000, b"parent").unwrap();
+        assert_eq!(k.pte_lookup(&pm.pt, a + 0x6000).unwrap().pfn(), pfn0);
+        assert_eq!(free_and_pcp(k), free1, "reused, not copied");
+        check_all(k, &pm);
+        k.exit_mmap(cpu, pm);
+    });
+    teardown_check(&m, before);
+}
+
+/// Reclaim of an mTHP region splits the folios before swap-out; every byte comes back.
+#[test]
+fn mthp_swap_out_and_back() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let before = before(&m);
+    let path = dir.path().join("swapfile");
+    let f = make_swap_file(&path, 16 << 20).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    k.swapon(Arc::new(f), &p, -2).unwrap();
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut mm, MIB);
+        fill(k, cpu, &mut mm, a, 256, 24);
+        for _ in 0..2000 {
+            if mm.counter(MM_SWAPENTS) == 256 {
+                break;
+            }
+            k.try_to_free_pages(cpu, GFP_KERNEL);
+        }
+        assert_eq!(mm.counter(MM_SWAPENTS), 256, "all of it went to swap");
+        assert_eq!(mthp_stat(k, 64, "split"), 16);
+        assert_eq!(mthp_stat(k, 64, "nr_anon"), 0);
+        check_all(k, &mm);
+        verify(k, cpu, &mut mm, a, 256, |_| Some(24));
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        k.swapoff(cpu, &p).unwrap();
+    });
+    teardown_check(&m, before);
+}
+
+/// With every size `never` (and the PMD size too), no large folio appears, even in
+/// `MADV_HUGEPAGE` memory under `enabled=always`.
+#[test]
+fn mthp_all_never_gives_no_large_folio() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "transparent_hugepage=always");
+    let k = &m.kernel;
+    for kb in [16, 32, 64, 128, 256, 512, 1024, 2048] {
+        k.set_mthp_enabled(kb, ThpPolicy::Never).unwrap();
+    }
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 4 * MIB);
+        let f0 = mm.faults.min_flt;
+        fill(k, cpu, &mut mm, a, 1024, 25);
+        assert_eq!(mm.faults.min_flt - f0, 1024);
+        for order in 2..=9 {
+            assert_eq!(k.mthp_stat(order, "anon_fault_alloc"), Some(0));
+            assert_eq!(k.mthp_stat(order, "nr_anon"), Some(0));
+        }
+        assert_eq!(event(k, "thp_fault_alloc"), 0);
+        assert_eq!(smaps_field(k, &mm, a, "THPeligible:"), 0);
+        for i in 0..1024u64 {
+            let pte = k.pte_lookup(&mm.pt, a + (i << 12)).unwrap();
+            assert_eq!(k.pfn_to_page(pte.pfn()).unwrap().folio_order(), 0);
+        }
+        verify(k, cpu, &mut mm, a, 1024, |_| Some(25));
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}
+
+/// With memory fragmented so that no 64 KiB block is free but 32 KiB ones are, a fault
+/// falls back from 64 KiB to 32 KiB and counts the 64 KiB size's `anon_fault_fallback`.
+#[test]
+fn mthp_fragmented_memory_falls_back_order_by_order() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(64, 1, "");
+    let k = &m.kernel;
+    for kb in [16, 32, 64] {
+        k.set_mthp_enabled(kb, ThpPolicy::Always).unwrap();
+    }
+    k.set_thp_defrag(ThpDefrag::Never);
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        // Every free page, below the watermarks too (no block of any order is left).
+        let all = common::exhaust(k, cpu, GFP_KERNEL | Gfp::__GFP_MEMALLOC, 0);
+        let mut pinned = Vec::new();
+        for p in all {
+            if k.page_to_pfn(p).0 % 16 == 7 {
+                pinned.push(p);
+            } else {
+                k.__free_pages(cpu, p, 0);
+            }
+        }
+        k.drain_all_pages(cpu);
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut mm, 0x40000);
+        let f0 = mm.faults.min_flt;
+        fill(k, cpu, &mut mm, a, 64, 26);
+        // Each 64 KiB: the fault at its start tries 64 KiB (fallback) and gets 32 KiB;
+        // the one at its middle finds the 64 KiB range taken and gets 32 KiB at once.
+        assert_eq!(mm.faults.min_flt - f0, 8);
+        assert_eq!(mthp_stat(k, 64, "anon_fault_fallback"), 4);
+        assert_eq!(mthp_stat(k, 64, "anon_fault_alloc"), 0);
+        assert_eq!(mthp_stat(k, 32, "anon_fault_alloc"), 8);
+        assert_eq!(mthp_stat(k, 32, "anon_fault_fallback"), 0);
+        verify(k, cpu, &mut mm, a, 64, |_| Some(26));
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        common::free_all(k, cpu, pinned, 0);
     });
     teardown_check(&m, before);
 }

@@ -4,7 +4,8 @@
 //! Recognised: `numa=fake=N`, `movablecore=SIZE|N%`, `kernelcore=SIZE|N%`,
 //! `sysctl.vm.min_free_kbytes=N`, `sysctl.vm.watermark_scale_factor=N`,
 //! `sysctl.vm.lowmem_reserve_ratio=A,B,C,D,E`, `slab_debug`, `norandmaps`, `quiet`, `loglevel=N`,
-//! `transparent_hugepage=always|madvise|never` (`setup_transparent_hugepage`).
+//! `transparent_hugepage=always|madvise|never` (`setup_transparent_hugepage`),
+//! `thp_anon=SIZES:POLICY;…` (`setup_thp_anon`, e.g. `thp_anon=16K-64K:always;2M:inherit`).
 //! Linux passes unknown parameters on to init with a warning; a simulator has no init to pass
 //! them to, so an unknown parameter is an error naming it (a typo should not be silent).
 //!
@@ -47,6 +48,9 @@ pub struct BootConfig {
     pub slab_debug: bool,
     /// `transparent_hugepage=` (the build's default, `madvise`, when absent).
     pub thp_enabled: Option<crate::mm::huge_memory::ThpEnabled>,
+    /// `thp_anon=` (Linux 6.12+): the per-size anonymous policies (Linux's defaults when
+    /// absent: 2 MiB `inherit`, the other sizes `never`).
+    pub thp_anon: Option<crate::mm::huge_memory::AnonOrders>,
 }
 
 /// x86's `COMMAND_LINE_SIZE`: the command line with its NUL fits in this many bytes.
@@ -238,6 +242,11 @@ impl BootConfig {
                             .ok_or_else(|| bad("expected always, madvise or never"))?,
                     );
                 }
+                ("thp_anon", Some(v)) => {
+                    let mut o = c.thp_anon.unwrap_or_default();
+                    o.apply_thp_anon(v).map_err(bad)?;
+                    c.thp_anon = Some(o);
+                }
                 ("norandmaps", None) => c.norandmaps = true,
                 ("slab_debug", None) => c.slab_debug = true,
                 ("quiet", None) | ("loglevel", Some(_)) | ("console", Some(_)) => {}
@@ -267,6 +276,28 @@ mod tests {
         );
         assert!(BootConfig::parse("transparent_hugepage=sometimes").is_err());
         assert!(BootConfig::parse("transparent_hugepage").is_err());
+        use crate::mm::huge_memory::{AnonOrders, ThpPolicy};
+        let c = BootConfig::parse("thp_anon=16K-64K:always;128K,512K:madvise;2M:never").unwrap();
+        let o = c.thp_anon.unwrap();
+        assert_eq!(o.policy(2), ThpPolicy::Always);
+        assert_eq!(o.policy(4), ThpPolicy::Always);
+        assert_eq!(o.policy(5), ThpPolicy::Madvise);
+        assert_eq!(o.policy(6), ThpPolicy::Never);
+        assert_eq!(o.policy(7), ThpPolicy::Madvise);
+        assert_eq!(o.policy(9), ThpPolicy::Never);
+        assert_eq!(AnonOrders::default().policy(9), ThpPolicy::Inherit);
+        assert_eq!(AnonOrders::default().policy(4), ThpPolicy::Never);
+        for bad in [
+            "thp_anon=64K",
+            "thp_anon=64K:sometimes",
+            "thp_anon=8K:always",
+            "thp_anon=48K:always",
+            "thp_anon=4M:always",
+            "thp_anon=64K-16K:always",
+            "thp_anon=",
+        ] {
+            assert!(BootConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Kernel {
     pub(crate) swappiness: AtomicU64,
     /// The transparent huge page policies.
     pub(crate) thp: mm::huge_memory::ThpState,
+    /// The per-size mTHP statistics.
+    pub(crate) mthp_stats: mm::vmstat::MthpStats,
 }
 
 // `Kernel` is `Send + Sync` from its parts, with no claim of its own: the unsafe claims are

@@ -13,20 +13,20 @@
 //! `nr_anon_transparent_hugepages` (meminfo's `AnonHugePages`) count its 512 pages while any
 //! PMD maps it, and the owner's `MM_ANONPAGES` counts them per mapping.
 //!
-//! Splitting is Linux's two steps, done together: `__split_huge_pmd` replaces a PMD mapping
-//! by a table of 512 PTEs mapping the same pages (the folio's references and mapcounts move
-//! from the PMD to the PTEs), then `split_huge_page` splits every other PMD mapping of the
-//! folio through the reverse map and turns the folio into 512 order-0 pages, each keeping the
-//! references of the PTEs that map it (any other reference stays with the head) and joining
-//! the LRU beside it. Linux since 4.5 may leave a folio mapped by PTEs for a while (partially
-//! unmapped ones wait on the deferred split queue); here a large anonymous folio is only ever
-//! mapped by PMDs, as in Linux before 4.5 (`split_huge_page_pmd`), so the code that maps pages
-//! by PTE — COW, reclaim, migration, `MADV_FREE`, mremap — sees only small pages. What calls
-//! for a split: a range operation that covers part of a PMD (`munmap`, `mprotect`,
-//! `madvise`, `mremap`, a VMA split at an address inside one), a write to a THP shared with
-//! another process (`do_huge_pmd_wp_page` falls back to 4 KiB COW after splitting, as Linux
-//! 6.x does), and reclaim, which splits a large folio before it swaps it out (Linux without
-//! `THP_SWAP`).
+//! Splitting is Linux's two steps: `__split_huge_pmd` replaces a PMD mapping by a table of
+//! 512 PTEs mapping the same pages (the folio's references and mapcounts move from the PMD
+//! to the PTEs; the folio stays whole), and `split_huge_page`
+//! ([`crate::mm::huge_split`]) turns a folio into order-0 pages — when reclaim swaps it out,
+//! or when the deferred split queue's shrinker finds it partially mapped. What splits a
+//! PMD: a range operation that covers part of it (`munmap`, `mprotect`, `madvise`,
+//! `mremap`, a VMA split at an address inside one) and a write to a THP shared with another
+//! process (`do_huge_pmd_wp_page` falls back to 4 KiB COW after splitting, as Linux 6.x
+//! does).
+//!
+//! mTHP (Linux 6.8+): the per-size policies (`hugepages-<N>kB/enabled`, orders 2 to 9:
+//! `always`, `inherit`, `madvise`, `never`; Linux's defaults, `thp_anon=` on the command
+//! line) and `thp_vma_allowable_orders`; `alloc_anon_folio` in
+//! [`crate::mm::memory`] maps folios of the allowed sizes below the PMD's by PTEs.
 //!
 //! The huge zero folio: a read fault where a THP may go maps a shared zeroed order-9 folio
 //! read-only by the PMD (`use_zero_page`, on by default as in Linux); a write to it allocates
@@ -37,8 +37,8 @@
 //! until a shrinker finds it unused; mmkit has no shrinker registry, so it goes at once).
 //!
 //! Collapsing 4 KiB pages into THPs (`MADV_COLLAPSE`, khugepaged) is in
-//! [`crate::mm::khugepaged`]. Not here yet: mTHP sizes, file THPs, migration of large folios
-//! (compaction skips them).
+//! [`crate::mm::khugepaged`]. Not here yet: file THPs, migration of large folios
+//! (compaction skips them, as Linux's does outside `alloc_contig_range`).
 
 use crate::arch::x86_64::pgtable::pmd::huge_to_pte;
 use crate::arch::x86_64::pgtable::{
@@ -54,7 +54,10 @@ use crate::mm::memory::{FaultKind, VmFaultError};
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_ANONPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{Page, PageFlags, PAGE_MAPPING_ANON};
-use crate::mm::vmstat::{index_of, NODE_STAT_NAMES, VM_EVENT_NAMES};
+use crate::mm::vmstat::{
+    index_of, MTHP_STAT_ANON_FAULT_ALLOC, MTHP_STAT_ANON_FAULT_FALLBACK, MTHP_STAT_NR_ANON,
+    NODE_STAT_NAMES, VM_EVENT_NAMES,
+};
 use crate::Kernel;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::{self, Relaxed};
@@ -147,12 +150,148 @@ impl ThpDefrag {
     }
 }
 
-/// The policies (`transparent_hugepage_flags`).
+/// A per-size policy (`/sys/kernel/mm/transparent_hugepage/hugepages-<N>kB/enabled`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ThpPolicy {
+    /// Every eligible anonymous VMA.
+    Always,
+    /// As the top-level `enabled` says.
+    Inherit,
+    /// Only `MADV_HUGEPAGE` VMAs.
+    Madvise,
+    /// None.
+    Never,
+}
+
+impl ThpPolicy {
+    /// The value as written to sysfs or `thp_anon=`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "always" => Some(Self::Always),
+            "inherit" => Some(Self::Inherit),
+            "madvise" => Some(Self::Madvise),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+    /// The sysfs file's text: `always inherit madvise [never]`.
+    pub fn sysfs(self) -> &'static str {
+        match self {
+            Self::Always => "[always] inherit madvise never",
+            Self::Inherit => "always [inherit] madvise never",
+            Self::Madvise => "always inherit [madvise] never",
+            Self::Never => "always inherit madvise [never]",
+        }
+    }
+}
+
+/// `THP_ORDERS_ALL_ANON` on x86-64: orders 2 (16 KiB) to `PMD_ORDER` (2 MiB). Order 1 has
+/// no room for the deferred split list.
+pub const THP_ORDERS_ALL_ANON: u32 = ((1 << (HPAGE_PMD_ORDER + 1)) - 1) & !0b11;
+
+/// `huge_anon_orders_always`, `_madvise` and `_inherit`: one bit per order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct AnonOrders {
+    always: u32,
+    madvise: u32,
+    inherit: u32,
+}
+
+impl Default for AnonOrders {
+    /// Linux's defaults (`hugepage_init_sysfs`): the PMD size `inherit`, the others `never`.
+    fn default() -> Self {
+        Self {
+            always: 0,
+            madvise: 0,
+            inherit: 1 << HPAGE_PMD_ORDER,
+        }
+    }
+}
+
+impl AnonOrders {
+    /// The policy of `order`.
+    pub fn policy(&self, order: u32) -> ThpPolicy {
+        let b = 1u32.checked_shl(order).unwrap_or(0);
+        if self.always & b != 0 {
+            ThpPolicy::Always
+        } else if self.inherit & b != 0 {
+            ThpPolicy::Inherit
+        } else if self.madvise & b != 0 {
+            ThpPolicy::Madvise
+        } else {
+            ThpPolicy::Never
+        }
+    }
+
+    /// Set the policy of the orders in `mask` (`thpsize_enabled_store`).
+    pub fn set(&mut self, mask: u32, p: ThpPolicy) {
+        self.always &= !mask;
+        self.madvise &= !mask;
+        self.inherit &= !mask;
+        match p {
+            ThpPolicy::Always => self.always |= mask,
+            ThpPolicy::Inherit => self.inherit |= mask,
+            ThpPolicy::Madvise => self.madvise |= mask,
+            ThpPolicy::Never => {}
+        }
+    }
+
+    /// `setup_thp_anon`: apply `thp_anon=` (`16K-64K:always;128K,512K:inherit;2M:never`):
+    /// `;`-separated groups of `,`-separated sizes or `-` ranges of sizes, each a power of
+    /// two from 16K to 2M (`get_order_from_str`), then `:` and the policy.
+    pub fn apply_thp_anon(&mut self, s: &str) -> Result<(), &'static str> {
+        // Linux refuses a value that does not fit its one-page buffer.
+        if s.is_empty() || s.len() + 1 > crate::PAGE_SIZE as usize {
+            return Err("empty or longer than a page");
+        }
+        let mut out = *self;
+        for token in s.split(';') {
+            let (range, policy) = token
+                .split_once(':')
+                .ok_or("a size list without `:POLICY`")?;
+            let policy = ThpPolicy::parse(policy)
+                .ok_or("policy must be always, inherit, madvise or never")?;
+            for sub in range.split(',') {
+                let (a, b) = sub.split_once('-').unwrap_or((sub, sub));
+                let (start, end) = (anon_order_of(a)?, anon_order_of(b)?);
+                if start > end {
+                    return Err("a size range must go upwards");
+                }
+                let mask = ((1u32 << (end + 1)) - 1) & !((1u32 << start) - 1);
+                out.set(mask, policy);
+            }
+        }
+        *self = out;
+        Ok(())
+    }
+}
+
+/// `get_order_from_str`: the order of an anonymous mTHP size (`memparse` syntax).
+fn anon_order_of(size: &str) -> Result<u32, &'static str> {
+    let bytes = crate::cmdline::memparse(size).ok_or("not a size")?;
+    let pages = bytes >> crate::PAGE_SHIFT;
+    if !bytes.is_multiple_of(crate::PAGE_SIZE) || !pages.is_power_of_two() {
+        return Err("size must be a power of two of pages");
+    }
+    let order = pages.trailing_zeros();
+    if order >= 32 || THP_ORDERS_ALL_ANON & (1 << order) == 0 {
+        return Err("size must be 16K to 2M");
+    }
+    Ok(order)
+}
+
+/// The policies (`transparent_hugepage_flags` and the per-size `huge_anon_orders_*`).
 pub(crate) struct ThpState {
     enabled: core::sync::atomic::AtomicU8,
     defrag: core::sync::atomic::AtomicU8,
     /// `use_zero_page`.
     use_zero_page: core::sync::atomic::AtomicBool,
+    /// `huge_anon_orders_always`, `_madvise`, `_inherit` (read without the lock by faults).
+    orders_always: core::sync::atomic::AtomicU32,
+    orders_madvise: core::sync::atomic::AtomicU32,
+    orders_inherit: core::sync::atomic::AtomicU32,
+    /// `huge_anon_orders_lock`: writers of the three masks.
+    orders_lock: crate::sync::SpinLock<()>,
     /// khugepaged's tunables and counters.
     pub(crate) khugepaged: crate::mm::khugepaged::Khugepaged,
     /// `huge_zero_folio` and `huge_zero_refcount` (the address spaces holding it).
@@ -163,12 +302,17 @@ pub(crate) struct ThpState {
 }
 
 impl ThpState {
-    pub(crate) fn new(enabled: Option<ThpEnabled>) -> Self {
+    pub(crate) fn new(enabled: Option<ThpEnabled>, anon: Option<AnonOrders>) -> Self {
+        let o = anon.unwrap_or_default();
         Self {
             // CONFIG_TRANSPARENT_HUGEPAGE_MADVISE, as the distributions' kernels and the host.
             enabled: (enabled.unwrap_or(ThpEnabled::Madvise) as u8).into(),
             defrag: (ThpDefrag::Madvise as u8).into(),
             use_zero_page: true.into(),
+            orders_always: o.always.into(),
+            orders_madvise: o.madvise.into(),
+            orders_inherit: o.inherit.into(),
+            orders_lock: crate::sync::SpinLock::new(()),
             khugepaged: Default::default(),
             huge_zero: crate::sync::SpinLock::new((None, 0)),
             huge_zero_pfn: NO_HUGE_ZERO.into(),
@@ -301,47 +445,146 @@ impl Kernel {
         }
     }
 
-    /// `thp_vma_allowable_order(vma, PMD_ORDER)` for anonymous memory: the policy allows a
-    /// THP in this VMA (private anonymous, not special, not `VM_NOHUGEPAGE`; `always`, or
-    /// `madvise` and `VM_HUGEPAGE`).
-    pub fn thp_vma_allowable(&self, vma: &VmArea) -> bool {
-        if !vma.is_anonymous()
-            || vma.vm_special.is_some()
-            || vma.vm_flags.intersects(
+    /// The per-size policies now (`huge_anon_orders_*`).
+    pub fn thp_anon_orders(&self) -> AnonOrders {
+        AnonOrders {
+            always: self.thp.orders_always.load(Relaxed),
+            madvise: self.thp.orders_madvise.load(Relaxed),
+            inherit: self.thp.orders_inherit.load(Relaxed),
+        }
+    }
+
+    /// Write `hugepages-<size_kb>kB/enabled` (`thpsize_enabled_store`): applies to the next
+    /// fault. `EINVAL` for a size without such a file (anonymous sizes are 16 KiB to 2 MiB).
+    pub fn set_mthp_enabled(&self, size_kb: u64, p: ThpPolicy) -> Result<(), Errno> {
+        let order = Self::mthp_order_of_kb(size_kb)?;
+        let _g = self.thp.orders_lock.lock();
+        let mut o = self.thp_anon_orders();
+        o.set(1 << order, p);
+        self.thp.orders_always.store(o.always, Relaxed);
+        self.thp.orders_madvise.store(o.madvise, Relaxed);
+        self.thp.orders_inherit.store(o.inherit, Relaxed);
+        Ok(())
+    }
+
+    /// Read `hugepages-<size_kb>kB/enabled`.
+    pub fn mthp_enabled(&self, size_kb: u64) -> Result<ThpPolicy, Errno> {
+        Ok(self
+            .thp_anon_orders()
+            .policy(Self::mthp_order_of_kb(size_kb)?))
+    }
+
+    /// The order of an anonymous mTHP size in KiB.
+    pub fn mthp_order_of_kb(size_kb: u64) -> Result<u32, Errno> {
+        let pages = size_kb / (crate::PAGE_SIZE >> 10);
+        if !size_kb.is_multiple_of(crate::PAGE_SIZE >> 10) || !pages.is_power_of_two() {
+            return Err(Errno::EINVAL);
+        }
+        let order = pages.trailing_zeros();
+        if order >= 32 || THP_ORDERS_ALL_ANON & (1 << order) == 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(order)
+    }
+
+    /// `vma_thp_disabled` plus what an anonymous VMA must be for any THP order: private
+    /// anonymous, not special, not `VM_NOHUGEPAGE`.
+    fn vma_thp_possible(vma: &VmArea) -> bool {
+        vma.is_anonymous()
+            && vma.vm_special.is_none()
+            && !vma.vm_flags.intersects(
                 VmFlags::VM_NOHUGEPAGE
                     | VmFlags::VM_SHARED
                     | VmFlags::VM_PFNMAP
                     | VmFlags::VM_IO
                     | VmFlags::VM_MIXEDMAP,
             )
-        {
-            return false;
+    }
+
+    /// `thp_vma_allowable_orders(vma, vm_flags, TVA_IN_PF | TVA_ENFORCE_SYSFS, orders)` for
+    /// anonymous memory: the orders of `orders` the policies allow in this VMA — each size's
+    /// `always`, its `madvise` in a `VM_HUGEPAGE` VMA, its `inherit` as the top-level
+    /// `enabled` says.
+    pub fn thp_vma_allowable_orders(&self, vma: &VmArea, orders: u32) -> u32 {
+        let orders = orders & THP_ORDERS_ALL_ANON;
+        if orders == 0 || !Self::vma_thp_possible(vma) {
+            return 0;
         }
-        match self.thp_enabled() {
+        let o = self.thp_anon_orders();
+        let madvised = vma.vm_flags.contains(VmFlags::VM_HUGEPAGE);
+        let mut mask = o.always;
+        if madvised {
+            mask |= o.madvise;
+        }
+        let inherit = match self.thp_enabled() {
             ThpEnabled::Always => true,
-            ThpEnabled::Madvise => vma.vm_flags.contains(VmFlags::VM_HUGEPAGE),
+            ThpEnabled::Madvise => madvised,
             ThpEnabled::Never => false,
+        };
+        if inherit {
+            mask |= o.inherit;
         }
+        orders & mask
     }
 
-    /// `thp_vma_suitable_order`: the 2 MiB at `haddr` lie inside the VMA, and its page
-    /// offsets are aligned as its addresses are.
+    /// `thp_vma_allowable_order(vma, PMD_ORDER)`: a PMD-sized THP is allowed in this VMA.
+    pub fn thp_vma_allowable(&self, vma: &VmArea) -> bool {
+        self.thp_vma_allowable_orders(vma, 1 << HPAGE_PMD_ORDER) != 0
+    }
+
+    /// `thp_vma_suitable_order`: the naturally aligned `2^order` pages around `addr` lie
+    /// inside the VMA. (Linux checks the page offset's alignment for file VMAs only; the
+    /// PMD size keeps that check here for anonymous memory too, as mmkit always has.)
+    pub fn thp_vma_suitable_order(vma: &VmArea, addr: u64, order: u32) -> bool {
+        let size = crate::PAGE_SIZE << order;
+        let haddr = addr & !(size - 1);
+        if order == HPAGE_PMD_ORDER {
+            let pgoff_aligned = ((vma.vm_start >> crate::PAGE_SHIFT).wrapping_sub(vma.vm_pgoff))
+                .is_multiple_of(HPAGE_PMD_NR);
+            if !pgoff_aligned {
+                return false;
+            }
+        }
+        haddr >= vma.vm_start && haddr + size <= vma.vm_end
+    }
+
+    /// `thp_vma_suitable_orders`: the orders of `orders` suitable at `addr`.
+    pub fn thp_vma_suitable_orders(vma: &VmArea, addr: u64, orders: u32) -> u32 {
+        let mut out = 0;
+        let mut rest = orders;
+        while rest != 0 {
+            let order = 31 - rest.leading_zeros();
+            rest &= !(1 << order);
+            if Self::thp_vma_suitable_order(vma, addr, order) {
+                out |= 1 << order;
+            }
+        }
+        out
+    }
+
+    /// `thp_vma_suitable_order` at the PMD size.
     pub fn thp_vma_suitable(vma: &VmArea, haddr: u64) -> bool {
-        let pgoff_aligned = ((vma.vm_start >> crate::PAGE_SHIFT).wrapping_sub(vma.vm_pgoff))
-            .is_multiple_of(HPAGE_PMD_NR);
-        pgoff_aligned && haddr >= vma.vm_start && haddr + HPAGE_PMD_SIZE <= vma.vm_end
+        Self::thp_vma_suitable_order(vma, haddr, HPAGE_PMD_ORDER)
     }
 
-    /// smaps' `THPeligible`: allowable, and the VMA holds at least one aligned 2 MiB range
-    /// (`__thp_vma_allowable_orders` outside a fault checks the last one).
+    /// smaps' `THPeligible` (`thp_vma_allowable_orders(vma, TVA_SMAPS | TVA_ENFORCE_SYSFS,
+    /// THP_ORDERS_ALL)`): some allowed order fits the VMA (checked at its last such range,
+    /// as `__thp_vma_allowable_orders` does outside a fault).
     pub fn thp_vma_eligible(&self, vma: &VmArea) -> bool {
-        self.thp_vma_allowable(vma)
-            && vma.vm_end >= HPAGE_PMD_SIZE
-            && Self::thp_vma_suitable(vma, (vma.vm_end - HPAGE_PMD_SIZE) & !(HPAGE_PMD_SIZE - 1))
+        let mut orders = self.thp_vma_allowable_orders(vma, THP_ORDERS_ALL_ANON);
+        while orders != 0 {
+            let order = 31 - orders.leading_zeros();
+            orders &= !(1 << order);
+            let size = crate::PAGE_SIZE << order;
+            if vma.vm_end >= size && Self::thp_vma_suitable_order(vma, vma.vm_end - size, order) {
+                return true;
+            }
+        }
+        false
     }
 
     /// `vma_thp_gfp_mask`: how hard a THP fault in `vma` tries, by `defrag`.
-    fn vma_thp_gfp_mask(&self, vma: &VmArea) -> Gfp {
+    pub(crate) fn vma_thp_gfp_mask(&self, vma: &VmArea) -> Gfp {
         let madvised = vma.vm_flags.contains(VmFlags::VM_HUGEPAGE);
         match self.thp_defrag() {
             ThpDefrag::Always if madvised => GFP_TRANSHUGE_LIGHT | Gfp::__GFP_DIRECT_RECLAIM,
@@ -417,11 +660,15 @@ impl Kernel {
         let gfp = self.vma_thp_gfp_mask(vma) | Gfp::__GFP_ZERO;
         let Some(folio) = self.alloc_pages(cpu, gfp, HPAGE_PMD_ORDER) else {
             cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
+            self.mthp_stats
+                .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_FALLBACK, 1);
             return HugeFault::Fallback;
         };
         if self.pgtable_deposit(cpu, &mm.pt).is_err() {
             self.folio_put(cpu, folio);
             cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
+            self.mthp_stats
+                .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_FALLBACK, 1);
             return HugeFault::Fallback;
         }
         let pfn = self.page_to_pfn(folio);
@@ -445,6 +692,8 @@ impl Kernel {
             Some(true) => {
                 self.lru_cache_add(cpu, folio);
                 cpu.state().vmstat.count(THP_FAULT_ALLOC, 1);
+                self.mthp_stats
+                    .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_ALLOC, 1);
                 HugeFault::Done(Ok(FaultKind::Minor))
             }
             other => {
@@ -509,6 +758,8 @@ impl Kernel {
         let gfp = self.vma_thp_gfp_mask(vma) | Gfp::__GFP_ZERO;
         let Some(folio) = self.alloc_pages(cpu, gfp, HPAGE_PMD_ORDER) else {
             cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
+            self.mthp_stats
+                .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_FALLBACK, 1);
             self.split_huge_pmd(cpu, &mm.pt, haddr);
             return HugeFault::Fallback;
         };
@@ -534,6 +785,8 @@ impl Kernel {
         if replaced {
             self.lru_cache_add(cpu, folio);
             cpu.state().vmstat.count(THP_FAULT_ALLOC, 1);
+            self.mthp_stats
+                .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_ALLOC, 1);
         } else {
             self.folio_put(cpu, folio); // changed meanwhile: the access retries
         }
@@ -555,16 +808,20 @@ impl Kernel {
         folio.add_entire_mapcount(1);
         self.mod_node_page_state(cpu, folio, NR_ANON_MAPPED, HPAGE_PMD_NR as i64);
         self.mod_node_page_state(cpu, folio, NR_ANON_THPS, HPAGE_PMD_NR as i64);
+        self.mthp_stats.add(HPAGE_PMD_ORDER, MTHP_STAT_NR_ANON, 1);
     }
 
-    /// `folio_remove_rmap_pmd`: one PMD stopped mapping `folio`. When it was the last and no
-    /// PTE maps a page of it, its pages are no longer mapped.
+    /// `folio_remove_rmap_pmd`: one PMD stopped mapping `folio`. When it was the last, the
+    /// pages no PTE maps are no longer mapped; if some still are, the folio is partially
+    /// mapped and waits on the deferred split queue.
     fn folio_remove_rmap_pmd(&self, cpu: &CpuGuard<'_>, folio: &Page) {
         if folio.add_entire_mapcount(-1) == 0 {
             self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
-            let still_mapped = (0..HPAGE_PMD_NR).filter(|&i| self.subpage(folio, i).mapcount() > 0);
-            let unmapped = HPAGE_PMD_NR - still_mapped.count() as u64;
-            self.mod_node_page_state(cpu, folio, NR_ANON_MAPPED, -(unmapped as i64));
+            let unmapped = HPAGE_PMD_NR as i64 - i64::from(folio.nr_pages_mapped());
+            self.mod_node_page_state(cpu, folio, NR_ANON_MAPPED, -unmapped);
+            if unmapped > 0 && unmapped < HPAGE_PMD_NR as i64 {
+                self.deferred_split_folio(cpu, folio, true);
+            }
         }
     }
 
@@ -791,59 +1048,48 @@ impl Kernel {
         Ok(())
     }
 
-    /// `split_huge_pmd` + `split_huge_page`: if a huge entry maps `address` in `pt`, replace
-    /// it by 512 PTEs and split its folio into order-0 pages (every other PMD mapping it is
-    /// split with it, through the reverse map). True if there was a huge entry.
-    ///
-    /// A large folio is only ever mapped by PMDs here: the PMD split and the folio split are
-    /// one step under the folio lock, with the new PTE tables locked until the pages are
-    /// order-0 pages, so no PTE-level user (a fault taking a reference, a zap dropping one)
-    /// ever meets a tail page through a PTE.
+    /// `split_huge_pmd`: if a huge entry maps `address` in `pt`, replace it by a table of
+    /// 512 PTEs mapping the same pages (the huge zero folio: PTEs of the 4 KiB zero page).
+    /// The folio stays whole, now mapped by PTEs (`split_huge_page` is a separate step:
+    /// reclaim's, or the deferred split queue's once part of the folio is unmapped). True if
+    /// there was a huge entry.
     pub(crate) fn split_huge_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, address: u64) -> bool {
         let mut split = false;
         loop {
-            // The folio the huge entry maps, with a reference taken under the PMD lock.
-            let folio = {
-                let Some(g) = self.pmd_lock(pt, address) else {
-                    return split;
-                };
-                let h = g.get();
-                if !h.is_huge() {
-                    return split;
-                }
-                if self.is_huge_zero_pmd(h) {
-                    // __split_huge_zero_page_pmd: PTEs of the 4 KiB zero page.
-                    drop(g);
-                    let zero = self.zero_pfn();
-                    return self.__split_huge_pmd(cpu, pt, address, |huge, _| {
-                        Pte(
-                            (huge.0 & !PTE_PFN_MASK & !PteFlags::PSE.bits() & !PteFlags::RW.bits())
-                                | (zero.0 << crate::PAGE_SHIFT)
-                                | PAGE_SPECIAL.bits(),
-                        )
-                    }) || split;
-                }
-                match self.huge_folio(h) {
-                    Some(f) => {
-                        f.get();
-                        f
-                    }
-                    None => {
-                        drop(g);
-                        // No folio behind it (nothing to split but the entry).
-                        return self.__split_huge_pmd(cpu, pt, address, huge_to_pte) || split;
-                    }
-                }
+            let Some(g) = self.pmd_lock(pt, address) else {
+                return split;
             };
-            folio.lock();
-            if folio.folio_test_large() {
-                self.split_folio_locked(cpu, folio, None, Some((pt, address)));
+            let h = g.get();
+            if !h.is_huge() {
+                return split;
             }
-            folio.unlock();
-            self.folio_put(cpu, folio);
-            split = true;
-            // Split by us or by someone else meanwhile; a new THP faulted in at `address`
-            // since (another thread of the address space) is split in turn.
+            drop(g);
+            if self.is_huge_zero_pmd(h) {
+                // __split_huge_zero_page_pmd: PTEs of the 4 KiB zero page.
+                let zero = self.zero_pfn();
+                return self.__split_huge_pmd(cpu, pt, address, |huge, _| {
+                    Pte(
+                        (huge.0 & !PTE_PFN_MASK & !PteFlags::PSE.bits() & !PteFlags::RW.bits())
+                            | (zero.0 << crate::PAGE_SHIFT)
+                            | PAGE_SPECIAL.bits(),
+                    )
+                }) || split;
+            }
+            match self.huge_folio(h) {
+                // Under the PMD lock the entry is checked to map this folio again: a folio
+                // the entry maps is alive.
+                Some(folio) => {
+                    if let Some((haddr, old, ptl)) =
+                        self.split_pmd_of_folio(cpu, pt, address, folio)
+                    {
+                        drop(ptl);
+                        self.flush_split_pmd(cpu, pt, haddr, old);
+                        split = true;
+                    }
+                }
+                // No folio behind it (nothing to split but the entry).
+                None => return self.__split_huge_pmd(cpu, pt, address, huge_to_pte) || split,
+            }
         }
     }
 
@@ -871,139 +1117,9 @@ impl Kernel {
         done
     }
 
-    /// `split_huge_page` of the large folio `folio` (locked by the caller, who holds a
-    /// reference): replace every PMD mapping it by a PTE table (`unmap_folio`'s
-    /// `TTU_SPLIT_HUGE_PMD`, through the reverse map), each new table locked before it is
-    /// published and kept locked until the folio is split, then make its 512 pages order-0
-    /// pages: each keeps the references of the PTEs mapping it, the head keeps every other
-    /// reference; flags, `mapping` and consecutive `index`es are copied from the head, and
-    /// the pages join the LRU next to it — or, with `list` (a caller that isolated the
-    /// folio: reclaim), are isolated onto `list` with a reference each. Only then are the
-    /// tables unlocked and the huge translations flushed (they map the same frames).
-    pub(crate) fn split_huge_page_locked(
-        &self,
-        cpu: &CpuGuard<'_>,
-        folio: &Page,
-        list: Option<&mut Vec<crate::Pfn>>,
-    ) {
-        self.split_folio_locked(cpu, folio, list, None);
-    }
-
-    /// [`Kernel::split_huge_page_locked`], splitting the PMD at `first` (an address space and
-    /// an address in it) before those the reverse map knows: `split_huge_pmd`'s caller may
-    /// be changing that VMA (a munmap or a split), whose reverse-map record may already say
-    /// so.
-    fn split_folio_locked(
-        &self,
-        cpu: &CpuGuard<'_>,
-        folio: &Page,
-        list: Option<&mut Vec<crate::Pfn>>,
-        first: Option<(&PgTable, u64)>,
-    ) {
-        debug_assert!(folio.folio_test_large() && folio.test(PageFlags::LOCKED));
-        // unmap_folio: every PMD mapping of the folio becomes PTEs. Again until none is
-        // left: a fork may copy a huge PMD we have not reached yet into a child whose
-        // VMA we already passed (the PMD it copies from is one we split later).
-        let index = folio.index();
-        let first_held = first.and_then(|(pt, a)| self.split_pmd_of_folio(cpu, pt, a, folio));
-        let mut held = Vec::new();
-        while folio.entire_mapcount() > 0 {
-            let before = held.len();
-            // Under the anon_vma lock (read), the list itself: each new table stays locked
-            // (the PTL is held past the walk) until the folio is split.
-            self.with_rmap_vmas(folio, |vmas| {
-                for r in vmas {
-                    let Some(a) = r.address(index) else {
-                        continue;
-                    };
-                    if let Some((haddr, old, ptl)) = self.split_pmd_of_folio(cpu, r.pt(), a, folio)
-                    {
-                        held.push((r.pt().clone(), haddr, old, ptl));
-                    }
-                }
-            });
-            assert!(
-                held.len() > before,
-                "BUG: a PMD mapping of folio {:?} the reverse map does not know",
-                self.page_to_pfn(folio)
-            );
-        }
-        // __split_huge_page: the references of each page's PTEs go with it.
-        let nid = folio.nid();
-        let mut lru = self.nodes[nid].lru.lock();
-        let on_lru = folio.test(PageFlags::LRU);
-        if on_lru {
-            self.lru_del_locked(&mut lru, folio);
-        }
-        let keep = folio.flags()
-            & (PageFlags::REFERENCED
-                | PageFlags::UPTODATE
-                | PageFlags::DIRTY
-                | PageFlags::ACTIVE
-                | PageFlags::WORKINGSET
-                | PageFlags::SWAPBACKED
-                | PageFlags::UNEVICTABLE
-                | PageFlags::MLOCKED);
-        let mut moved = 0i32;
-        let mut list = list;
-        for i in 1..HPAGE_PMD_NR {
-            let t = self.subpage(folio, i);
-            // The page's own references first: an MMU may be storing through a PTE that maps
-            // it, and whoever looks at the page meanwhile (as a tail, through its head, or
-            // as itself) finds it referenced.
-            let refs = t.mapcount();
-            t.set_refcount(refs);
-            t.set_index(index + i);
-            t.set_mapping(folio.mapping());
-            t.set(keep);
-            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-            t.clear(PageFlags::TAIL);
-            t.set_private(0);
-            moved += refs;
-        }
-        folio.clear_nonatomic(PageFlags::HEAD);
-        folio.set_private(0);
-        // The head keeps its own PTEs' references and every other one.
-        folio.ref_add(-moved);
-        for i in 1..HPAGE_PMD_NR {
-            let t = self.subpage(folio, i);
-            if t.refcount() == 0 {
-                // Mapped by nothing (cannot happen: the split PMD mapped every page); free.
-                t.clear(keep);
-                t.set_mapping(0);
-                t.set_refcount(1);
-                drop(lru);
-                self.__free_pages(cpu, t, 0);
-                lru = self.nodes[nid].lru.lock();
-                continue;
-            }
-            match list.as_deref_mut() {
-                Some(l) => {
-                    t.get();
-                    l.push(self.page_to_pfn(t));
-                }
-                None => self.lru_add_locked(&mut lru, t),
-            }
-        }
-        if on_lru {
-            self.lru_add_locked(&mut lru, folio);
-        }
-        drop(lru);
-        cpu.state().vmstat.count(THP_SPLIT_PAGE, 1);
-        // The pages are order-0 pages: the tables may be seen, and the huge translations go.
-        if let (Some((pt, _)), Some((haddr, old, ptl))) = (first, first_held) {
-            drop(ptl);
-            self.flush_split_pmd(cpu, pt, haddr, old);
-        }
-        for (pt, haddr, old, ptl) in held {
-            drop(ptl);
-            self.flush_split_pmd(cpu, &pt, haddr, old);
-        }
-    }
-
     /// The huge translation `old` at `haddr` that a split replaced (by a table mapping the
     /// same frames) leaves every TLB.
-    fn flush_split_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, haddr: u64, old: Pte) {
+    pub(crate) fn flush_split_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, haddr: u64, old: Pte) {
         if old.is_present() {
             let mut tlb = MmuGather::new(self, cpu, pt);
             tlb.record_huge(pt, haddr, old);
@@ -1011,12 +1127,12 @@ impl Kernel {
         }
     }
 
-    /// One PMD mapping of the large folio `folio` (locked), at `a` in `pt`, replaced by a
-    /// PTE table locked before it is published (`split_to_table_locked`);
+    /// One PMD mapping of the large folio `folio`, at `a` in `pt`, replaced by a PTE table
+    /// locked before it is published (`split_to_table_locked`, `__split_huge_pmd_locked`);
     /// the folio's PMD mapping and reference become one per page. Returns the entry's
     /// address, the huge value replaced and the table's lock; `None` if no huge entry
     /// there maps the folio.
-    fn split_pmd_of_folio(
+    pub(crate) fn split_pmd_of_folio(
         &self,
         cpu: &CpuGuard<'_>,
         pt: &PgTable,
@@ -1033,10 +1149,14 @@ impl Kernel {
         // Each page gains a PTE mapping while the PMD mapping still counts, so each stays
         // counted in nr_anon_pages (a page is counted while a PMD or a PTE maps it). The
         // PMD's reference becomes the 512 PTEs' references.
-        for i in 0..HPAGE_PMD_NR {
-            self.subpage(folio, i).inc_mapcount();
-        }
         folio.ref_add(HPAGE_PMD_NR as i32 - 1);
+        let mut newly = 0;
+        for i in 0..HPAGE_PMD_NR {
+            if self.subpage(folio, i).inc_mapcount() == 1 {
+                newly += 1;
+            }
+        }
+        folio.add_nr_pages_mapped(newly);
         if folio.add_entire_mapcount(-1) == 0 {
             self.mod_node_page_state(cpu, folio, NR_ANON_THPS, -(HPAGE_PMD_NR as i64));
         }
@@ -1060,8 +1180,8 @@ impl Kernel {
 
     /// The huge entries' invariants in `mm`: each lies inside one VMA that allows anonymous
     /// memory, maps the head of a large anonymous folio of that VMA's `anon_vma` chain at
-    /// the right index, whose entire mapcount counts it, and no page of which any PTE maps;
-    /// one deposited table per huge entry.
+    /// the right index, whose entire mapcount counts it (PTEs elsewhere may map its pages
+    /// too: another process's split); one deposited table per huge entry.
     pub(crate) fn check_huge_pmds(
         &self,
         mm: &MmStruct,
@@ -1110,7 +1230,11 @@ impl Kernel {
                     folio.entire_mapcount()
                 ));
             }
-            if folio.entire_mapcount() < 1 || folio.folio_mapcount() != folio.entire_mapcount() {
+            if folio.entire_mapcount() < 1
+                || folio.folio_mapcount() < folio.entire_mapcount()
+                || folio.nr_pages_mapped() < 0
+                || folio.nr_pages_mapped() as u64 > HPAGE_PMD_NR
+            {
                 return Err(format!(
                     "huge PMD at {haddr:#x}: entire mapcount {}, folio mapcount {}",
                     folio.entire_mapcount(),

@@ -785,7 +785,8 @@ impl Kernel {
             anon_vmas: crate::sync::RwLock::new(Default::default()),
             swap: SpinLock::new(Default::default()),
             swappiness: AtomicU64::new(60),
-            thp: crate::mm::huge_memory::ThpState::new(config.thp_enabled),
+            thp: crate::mm::huge_memory::ThpState::new(config.thp_enabled, config.thp_anon),
+            mthp_stats: Default::default(),
         };
         // empty_zero_page lives in the kernel's bss, which boot clears.
         k.clear_highpage(k.zero_pfn);

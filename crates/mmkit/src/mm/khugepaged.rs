@@ -489,11 +489,12 @@ impl Kernel {
                 continue; // the zero page: counted with the empty entries below
             };
             present += 1;
-            if !page_anon(page) {
-                return ScanResult::PageAnon;
-            }
+            // A page of a large folio (an mTHP, a PMD-split THP) is not collapsed here.
             if page.test(PageFlags::HEAD) || page.test(PageFlags::TAIL) {
                 return ScanResult::PageCompound;
+            }
+            if !page_anon(page) {
+                return ScanResult::PageAnon;
             }
             if page.mapcount() > 1 {
                 shared += 1;
@@ -589,7 +590,11 @@ impl Kernel {
                     slots.push(Slot::Empty);
                     continue;
                 };
-                if !page_anon(page) || page.test(PageFlags::HEAD) || page.test(PageFlags::TAIL) {
+                if page.test(PageFlags::HEAD) || page.test(PageFlags::TAIL) {
+                    fail = Some(ScanResult::PageCompound);
+                    break;
+                }
+                if !page_anon(page) {
                     fail = Some(ScanResult::PageAnon);
                     break;
                 }

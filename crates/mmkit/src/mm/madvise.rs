@@ -264,6 +264,29 @@ impl Kernel {
         // madvise_free_huge_pmd is not done: huge entries are split, their pages freed lazily
         // as small pages.
         self.split_huge_pmd_range(cpu, mm, lo, hi);
+        // A large folio's pages are freed lazily one by one only once it is split (Linux
+        // 6.8's madvise_free_pte_range splits it; one that cannot be split now is left).
+        let mut large: Vec<&Page> = Vec::new();
+        {
+            let mut c = self.pte_cursor(&mm.pt, lo, hi);
+            while let Some((_, pte)) = c.next_entry() {
+                let Some(page) = self.vm_normal_page(pte).filter(|_| pte.is_present()) else {
+                    continue;
+                };
+                let folio = page.compound_head();
+                if folio.folio_test_large() && !large.iter().any(|f| core::ptr::eq(*f, folio)) {
+                    folio.get();
+                    large.push(folio);
+                }
+            }
+        }
+        for folio in large {
+            if folio.folio_test_large() && page_anon(folio) && folio.trylock() {
+                let _ = self.split_folio_to_list(cpu, folio, None);
+                folio.unlock();
+            }
+            self.folio_put(cpu, folio);
+        }
         let mut swap: Vec<SwpEntry> = Vec::new();
         let mut pages: Vec<&Page> = Vec::new();
         {
@@ -280,7 +303,11 @@ impl Kernel {
                 let Some(page) = self.vm_normal_page(pte) else {
                     continue;
                 };
-                if !page_anon(page) || page.mapcount() != 1 {
+                if !page_anon(page)
+                    || page.mapcount() != 1
+                    || page.test(PageFlags::TAIL)
+                    || page.folio_test_large()
+                {
                     continue;
                 }
                 // Clean and old, on whatever the MMU set meanwhile.

@@ -1,5 +1,6 @@
 //! Page faults and the PTE-level work around them (`mm/memory.c`): `handle_mm_fault` →
-//! `handle_pte_fault` → `do_anonymous_page` / `do_read_fault` (with `do_fault_around`) /
+//! `handle_pte_fault` → `do_anonymous_page` (with `alloc_anon_folio`: mTHP folios mapped by
+//! a run of PTEs) / `do_read_fault` (with `do_fault_around`) /
 //! `do_cow_fault` / `do_shared_fault` / `do_swap_page` / `do_wp_page` (`wp_page_reuse`,
 //! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and
 //! `copy_page_range` for fork.
@@ -17,6 +18,7 @@
 //! and never counted. `pgfault` counts every fault, `pgmajfault` those that read the file.
 
 use crate::addr::{Pfn, PAGE_MASK, PAGE_SIZE};
+use crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER;
 use crate::arch::x86_64::pgtable::{PgProt, Pte, PteCursor, PteFlags, PAGE_SPECIAL};
 use crate::arch::x86_64::tlb::Access;
 use crate::cpu::CpuGuard;
@@ -28,7 +30,9 @@ use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FIL
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::Page;
 use crate::mm::rmap::page_anon;
-use crate::mm::vmstat::{index_of, VM_EVENT_NAMES};
+use crate::mm::vmstat::{
+    index_of, MTHP_STAT_ANON_FAULT_ALLOC, MTHP_STAT_ANON_FAULT_FALLBACK, VM_EVENT_NAMES,
+};
 use crate::Kernel;
 
 /// `PGFAULT`.
@@ -275,8 +279,46 @@ impl Kernel {
         self.alloc_pages(cpu, gfp, 0).ok_or(VmFaultError::Oom)
     }
 
+    /// `alloc_anon_folio`: the folio for an anonymous write fault. The mTHP orders the
+    /// per-size policies allow in the VMA (`thp_vma_allowable_orders`, below the PMD order:
+    /// that one is the PMD level's) whose naturally aligned range around the address fits
+    /// the VMA (`thp_vma_suitable_orders`); of those, the highest whose PTEs are all none
+    /// (`pte_range_none`) and each smaller one in turn is tried (`thp_vma_gfp_mask`'s
+    /// effort; each failure counts the size's `anon_fault_fallback`), then a 4 KiB page.
+    fn alloc_anon_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        vmf: &VmFault<'_>,
+    ) -> Result<&Page, VmFaultError> {
+        let vma = vmf.vma;
+        let mut orders = self.thp_vma_allowable_orders(vma, (1 << HPAGE_PMD_ORDER) - 1);
+        orders = Self::thp_vma_suitable_orders(vma, vmf.address, orders);
+        while orders != 0 {
+            let order = 31 - orders.leading_zeros();
+            let addr = vmf.address & !((PAGE_SIZE << order) - 1);
+            if vmf.pte.range_none(addr, 1 << order) {
+                break;
+            }
+            orders &= !(1 << order);
+        }
+        if orders != 0 {
+            let gfp = self.vma_thp_gfp_mask(vma) | Gfp::__GFP_ZERO;
+            while orders != 0 {
+                let order = 31 - orders.leading_zeros();
+                if let Some(folio) = self.alloc_pages(cpu, gfp, order) {
+                    return Ok(folio);
+                }
+                self.mthp_stats()
+                    .add(order, MTHP_STAT_ANON_FAULT_FALLBACK, 1);
+                orders &= !(1 << order);
+            }
+        }
+        self.alloc_user_page(cpu, true)
+    }
+
     /// `do_anonymous_page`: a read maps the zero page read-only; a write maps a new zeroed
-    /// page.
+    /// folio ([`Kernel::alloc_anon_folio`]): a large one by a run of PTEs installed in one
+    /// step (`set_ptes`) where all of them are still none, each holding a reference on it.
     fn do_anonymous_page(
         &self,
         cpu: &CpuGuard<'_>,
@@ -294,22 +336,38 @@ impl Kernel {
         let Some(av) = vma.anon_vma else {
             return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
         };
-        let page = self.alloc_user_page(cpu, true)?;
-        let pfn = self.page_to_pfn(page);
+        let folio = self.alloc_anon_folio(cpu, vmf)?;
+        let nr = folio.folio_nr_pages();
+        let pfn = self.page_to_pfn(folio);
+        let entry = Self::mk_pte(pfn, vma.vm_page_prot, vma, true);
         vmf.pte.lock();
-        if vmf
-            .pte
-            .install(vmf.orig_pte, Self::mk_pte(pfn, vma.vm_page_prot, vma, true))
-            .is_err()
-        {
-            // Someone mapped something here first: ours was never seen.
-            vmf.pte.unlock();
-            self.__free_pages(cpu, page, 0);
+        if nr == 1 {
+            if vmf.pte.install(vmf.orig_pte, entry).is_err() {
+                // Someone mapped something here first: ours was never seen.
+                vmf.pte.unlock();
+                self.__free_pages(cpu, folio, 0);
+                return Ok(FaultKind::Minor);
+            }
+            self.page_add_new_anon_rmap(cpu, folio, av, vmf.pgoff);
+            mm.add_counter(MM_ANONPAGES, 1);
+            self.lru_cache_add(cpu, folio);
             return Ok(FaultKind::Minor);
         }
-        self.page_add_new_anon_rmap(cpu, page, av, vmf.pgoff);
-        mm.add_counter(MM_ANONPAGES, 1);
-        self.lru_cache_add(cpu, page);
+        let addr = vmf.address & !((nr << crate::PAGE_SHIFT) - 1);
+        if vmf.pte.install_range(addr, entry, nr).is_err() {
+            // An entry of the range was filled meanwhile: the access retries.
+            vmf.pte.unlock();
+            self.folio_put(cpu, folio);
+            return Ok(FaultKind::Minor);
+        }
+        // One reference per PTE (the allocation's is the first).
+        folio.ref_add(nr as i32 - 1);
+        self.folio_add_new_anon_rmap_ptes(cpu, folio, av, vma.linear_page_index(addr));
+        mm.add_counter(MM_ANONPAGES, nr as i64);
+        self.mthp_stats()
+            .add(folio.folio_order(), MTHP_STAT_ANON_FAULT_ALLOC, 1);
+        vmf.pte.unlock();
+        self.lru_cache_add(cpu, folio);
         Ok(FaultKind::Minor)
     }
 
@@ -554,6 +612,21 @@ impl Kernel {
         // wp_can_reuse_anon_folio: an anonymous page nobody else maps or holds (a reference
         // from this CPU's LRU add batch does not count: drain it first, as Linux does).
         if let Some(p) = old {
+            let folio = p.compound_head();
+            if folio.folio_test_large() {
+                if page_anon(folio) && !folio.test(crate::mm::page::PageFlags::LRU) {
+                    self.lru_add_drain(cpu);
+                }
+                if page_anon(folio) && self.wp_can_reuse_large_anon_folio(folio, vmf) {
+                    self.page_move_anon_rmap(folio, vma);
+                    return reuse(vmf);
+                }
+                // The pin wp_page_copy copies from, on the folio, taken while the entry
+                // maps its page.
+                folio.get();
+                vmf.pte.unlock();
+                return self.wp_page_copy(cpu, mm, vmf, old);
+            }
             if page_anon(p) && p.refcount() > 1 && !p.test(crate::mm::page::PageFlags::LRU) {
                 self.lru_add_drain(cpu);
             }
@@ -572,6 +645,38 @@ impl Kernel {
         self.wp_page_copy(cpu, mm, vmf, old)
     }
 
+    /// `__wp_can_reuse_large_anon_folio` (Linux 6.16+): a write to one page of a large
+    /// anonymous folio reuses it in place when the folio is exclusive to this address space
+    /// — every reference is a mapping and every mapping is a PTE of this VMA in the table the
+    /// fault holds locked (Linux reads the same from the folio's mm ids) — and more than
+    /// one page of it is mapped (a folio down to one mapped page is copied from, so the
+    /// rest of it can be freed). The folio is never in the swap cache (reclaim splits it
+    /// first).
+    fn wp_can_reuse_large_anon_folio(&self, folio: &Page, vmf: &VmFault<'_>) -> bool {
+        if folio.entire_mapcount() != 0 || folio.test(crate::mm::swap_state::PG_SWAPCACHE) {
+            return false;
+        }
+        let nr = folio.folio_nr_pages();
+        let mapped: i32 = (0..nr).map(|i| folio.folio_page(i).mapcount()).sum();
+        if mapped <= 1 || folio.refcount() != mapped {
+            return false;
+        }
+        let vma = vmf.vma;
+        let head = self.page_to_pfn(folio);
+        let mut here = 0;
+        for i in 0..nr {
+            let Some(a) = vma.pgoff_address(folio.index() + i) else {
+                continue;
+            };
+            if let Some(pte) = vmf.pte.get_at(a) {
+                if pte.is_present() && pte.pfn() == head + i {
+                    here += 1;
+                }
+            }
+        }
+        here == mapped && folio.refcount() == mapped
+    }
+
     /// `wp_page_copy`: a private copy (a zeroed page in place of the zero page). The old
     /// page comes pinned by the caller (taken under the PTE lock) and stays pinned while the
     /// new one is allocated (allocation may reclaim, and reclaim
@@ -587,7 +692,7 @@ impl Kernel {
         let vma = vmf.vma;
         let Some(av) = vma.anon_vma else {
             if let Some(p) = old {
-                self.__free_pages(cpu, p, 0); // the pin
+                self.folio_put(cpu, p); // the pin
             }
             return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
         };
@@ -595,7 +700,7 @@ impl Kernel {
             Ok(n) => n,
             Err(e) => {
                 if let Some(p) = old {
-                    self.__free_pages(cpu, p, 0);
+                    self.folio_put(cpu, p); // the pin
                 }
                 return Err(e);
             }
@@ -614,7 +719,7 @@ impl Kernel {
             tlb.finish();
             self.__free_pages(cpu, new, 0);
             if let Some(p) = old {
-                self.__free_pages(cpu, p, 0); // the pin
+                self.folio_put(cpu, p); // the pin
             }
             return Ok(FaultKind::Minor);
         }
@@ -623,7 +728,7 @@ impl Kernel {
         self.lru_cache_add(cpu, new);
         if let Some(p) = old {
             mm.add_counter(
-                if page_anon(p) {
+                if page_anon(p.compound_head()) {
                     MM_ANONPAGES
                 } else {
                     MM_FILEPAGES
@@ -636,7 +741,7 @@ impl Kernel {
         vmf.pte.unlock();
         tlb.finish();
         if let Some(p) = old {
-            self.__free_pages(cpu, p, 0); // the pin
+            self.folio_put(cpu, p); // the pin
         }
         Ok(FaultKind::Minor)
     }
@@ -683,7 +788,7 @@ impl Kernel {
                 if page.mapcount() <= 0 {
                     continue; // not a counted mapping (never happens for pages we installed)
                 }
-                if page_anon(page) {
+                if page_anon(page.compound_head()) {
                     anon += 1;
                 } else {
                     if old.dirty() && self.page_is_file(page) {
@@ -747,9 +852,10 @@ impl Kernel {
                 } else {
                     pte
                 };
-                // Pin the page while the table lock keeps reclaim from unmapping it.
+                // Pin the page (its folio) while the table lock keeps reclaim from
+                // unmapping it.
                 if let Some(p) = self.vm_normal_page(v) {
-                    p.get();
+                    p.compound_head().get();
                 }
                 entries.push((va, v));
             }
@@ -760,7 +866,7 @@ impl Kernel {
             for &(_, pte) in rest {
                 if pte.is_present() {
                     if let Some(p) = self.vm_normal_page(pte) {
-                        self.__free_pages(cpu, p, 0);
+                        self.folio_put(cpu, p);
                     }
                 }
             }
@@ -781,7 +887,7 @@ impl Kernel {
             if let Some(p) = self.vm_normal_page(pte) {
                 self.page_add_rmap(cpu, p);
                 dst.add_counter(
-                    if page_anon(p) {
+                    if page_anon(p.compound_head()) {
                         MM_ANONPAGES
                     } else {
                         MM_FILEPAGES

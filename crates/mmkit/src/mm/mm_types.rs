@@ -154,6 +154,15 @@ impl VmArea {
     pub fn linear_page_index(&self, addr: u64) -> u64 {
         self.vm_pgoff + ((addr - self.vm_start) >> PAGE_SHIFT)
     }
+
+    /// `vma_address`: where the page at linear index `index` lies in this VMA, if it does.
+    pub fn pgoff_address(&self, index: u64) -> Option<u64> {
+        let off = index.checked_sub(self.vm_pgoff)?;
+        let a = self
+            .vm_start
+            .checked_add(off.checked_mul(crate::PAGE_SIZE)?)?;
+        (a < self.vm_end).then_some(a)
+    }
 }
 
 /// `MM_FILEPAGES`: resident file pages (`mm->rss_stat`).

@@ -778,14 +778,25 @@ impl Kernel {
                 continue;
             };
             let index = v.linear_page_index(va);
-            if crate::mm::rmap::page_anon(page) {
-                let av = page.mapping() & !crate::mm::rmap::PAGE_MAPPING_ANON;
+            // A page of a large folio: the folio's mapping, its own index in it.
+            let folio = page.compound_head();
+            if folio.folio_test_large() && (page.mapcount() < 1 || folio.refcount() < 1) {
+                bad = Some(alloc::format!(
+                    "page {:?} of a large folio mapped at {va:#x} with mapcount {} (folio refcount {})",
+                    pte.pfn(),
+                    page.mapcount(),
+                    folio.refcount()
+                ));
+                break;
+            }
+            if crate::mm::rmap::page_anon(folio) {
+                let av = folio.mapping() & !crate::mm::rmap::PAGE_MAPPING_ANON;
                 let chained = chains.get(&v.vm_start).is_some_and(|c| c.contains(&av));
-                if !chained || page.index() != index {
+                if !chained || page.pgoff() != index {
                     bad = Some(alloc::format!(
                         "anonymous page at {va:#x}: mapping {:#x} index {:#x}, VMA anon_vma {:?} index {index:#x}",
-                        page.mapping(),
-                        page.index(),
+                        folio.mapping(),
+                        page.pgoff(),
                         v.anon_vma
                     ));
                 }

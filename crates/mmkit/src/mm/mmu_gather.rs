@@ -201,7 +201,8 @@ impl<'a> MmuGather<'a> {
             self.flush();
             // The translation of `page` was recorded before this flush, so it is covered.
         }
-        self.pages[self.nr_pages].write(page);
+        // The reference a mapping holds is on its folio (the head of a large one).
+        self.pages[self.nr_pages].write(page.compound_head());
         self.nr_pages += 1;
     }
 

@@ -277,6 +277,20 @@ pub struct PglistData {
     /// `kswapd_highest_zoneidx`: the highest zone the allocations that woke kswapd could
     /// use (`MAX_NR_ZONES`: none asked since its last run).
     pub kswapd_highest_zoneidx: core::sync::atomic::AtomicUsize,
+    /// `pgdat->deferred_split_queue`: large anonymous folios waiting to be split.
+    pub deferred_split: crate::sync::SpinLock<DeferredSplit>,
+}
+
+/// `struct deferred_split`: the node's queue of partially mapped large folios (linked
+/// through their third page, see [`crate::mm::page`]) and the shrinker's deferred work.
+#[derive(Default)]
+pub struct DeferredSplit {
+    /// `split_queue`: pfns of the folios' third pages.
+    pub(crate) queue: crate::mm::list::PageList,
+    /// `split_queue_len`.
+    pub len: u64,
+    /// The shrinker's `nr_deferred` for this node (scan work carried to the next call).
+    pub(crate) nr_deferred: u64,
 }
 
 impl PglistData {
@@ -301,6 +315,7 @@ impl PglistData {
             kswapd_wait: Default::default(),
             kswapd_wakeups: Default::default(),
             kswapd_highest_zoneidx: MAX_NR_ZONES.into(),
+            deferred_split: crate::sync::SpinLock::new(Default::default()),
         }
     }
 
@@ -487,4 +502,33 @@ pub struct Lruvec {
     pub lists: [PageList; NR_LRU_LISTS],
     /// Pages on each list.
     pub nr: [u64; NR_LRU_LISTS],
+}
+
+impl crate::Kernel {
+    /// `folio_unqueue_deferred_split`: take the large folio `folio` off its node's deferred
+    /// split queue if it is on it, and clear `PG_partially_mapped` (when it is split, and
+    /// when its last reference goes).
+    pub(crate) fn folio_unqueue_deferred_split(&self, folio: &crate::mm::page::Page) {
+        if folio.folio_order() < 2 {
+            return;
+        }
+        let third = folio.folio_page(2);
+        if !third.test(crate::mm::page::PG_ON_DEFERRED) && !folio.folio_test_partially_mapped() {
+            return;
+        }
+        let mut q = self.nodes[folio.nid()].deferred_split.lock();
+        if folio.folio_test_partially_mapped() {
+            folio.set_partially_mapped(false);
+            self.mthp_stats.add(
+                folio.folio_order(),
+                crate::mm::vmstat::MTHP_STAT_NR_ANON_PARTIALLY_MAPPED,
+                -1,
+            );
+        }
+        if third.test(crate::mm::page::PG_ON_DEFERRED) {
+            third.clear(crate::mm::page::PG_ON_DEFERRED);
+            q.queue.remove(&self.mem_map, self.page_to_pfn(third));
+            q.len -= 1;
+        }
+    }
 }

@@ -3,6 +3,7 @@ pub mod compaction;
 pub mod filemap;
 pub mod highmem;
 pub mod huge_memory;
+pub mod huge_split;
 pub mod init;
 pub mod khugepaged;
 pub mod list;

@@ -27,7 +27,7 @@
 //! | free block head (`PG_buddy`) | its migrate type | 0 | order | 0 | free list |
 //! | on a per-CPU list | its migrate type | 0 | 0 | 0 | pcp list |
 //! | compound head (`PG_head`) | as its use below | as below | order (slabs: see below) | as below | as below |
-//! | compound tail (`PG_tail`) | 0 (first tail of a folio: `_entire_mapcount`) | 0 | pages from its head | PTEs mapping this page | none |
+//! | compound tail (`PG_tail`) | 0 (first tail of a folio: `_entire_mapcount`) | 0 (first tail: `_nr_pages_mapped`) | pages from its head | PTEs mapping this page | none (third page: `_deferred_list`) |
 //! | anonymous | page offset in its `anon_vma` (`linear_page_index`) | `PAGE_MAPPING_ANON` + `anon_vma` id | swap entry while `PG_swapcache` | PTEs mapping it | LRU list |
 //! | page cache | page index in the file | the inode's id | 0 | PTEs mapping it | LRU list |
 //! | slab head (`PG_slab`) | `slab_cache` | off-slab freelist's pfn | colour + off-slab freelist offset | `active` | slab list |
@@ -44,7 +44,10 @@
 //! by PMDs counts those mappings in `_entire_mapcount`, which lives in the first tail page
 //! (Linux's `folio->_entire_mapcount` overlays `page[1]` too); the `_mapcount` of each page
 //! counts only the PTEs that map that page. A folio's total mapcount (`folio_mapcount`) is
-//! the sum of both.
+//! the sum of both. The first tail also keeps `_nr_pages_mapped` (pages a PTE maps: what
+//! tells a partially mapped folio) and `PG_partially_mapped`; the third page links the folio
+//! on its node's deferred split queue (`_deferred_list`), so such lists need order 2 or more,
+//! as Linux's anonymous mTHP sizes do.
 
 use crate::addr::Pfn;
 use crate::mm::mmzone::ZoneType;
@@ -75,6 +78,12 @@ pub fn page_anon(page: &Page) -> bool {
 /// `PG_swapcache` (`PG_owner_priv_1` on an anonymous page): the page is in the swap cache,
 /// its entry in `private`.
 pub const PG_SWAPCACHE: PageFlags = PageFlags::OWNER_PRIV_1;
+
+/// `PG_partially_mapped`, on the first tail page of a large folio.
+pub const PG_PARTIALLY_MAPPED: PageFlags = PageFlags::OWNER_PRIV_1;
+/// On the third page of a large folio: the folio is on its node's deferred split queue,
+/// linked through that page's list links.
+pub const PG_ON_DEFERRED: PageFlags = PageFlags::OWNER_PRIV_1;
 
 pub use self::flag_defs::*;
 #[allow(missing_docs)] // the flag names are Linux's own; see the kernel headers named above
@@ -444,6 +453,75 @@ impl Page {
             n += unsafe { &*(self as *const Page).add(i) }.mapcount();
         }
         n
+    }
+
+    /// The page's offset in its `anon_vma` or file (`folio_pgoff(folio) + folio_page_idx`):
+    /// a tail page's is its head's plus its distance from it.
+    #[inline]
+    pub fn pgoff(&self) -> u64 {
+        if self.test(PageFlags::TAIL) {
+            self.compound_head().index() + u64::from(self.private())
+        } else {
+            self.index()
+        }
+    }
+
+    /// Page `i` of the large folio whose head this is.
+    #[inline]
+    pub fn folio_page(&self, i: u64) -> &Page {
+        debug_assert!(i < self.folio_nr_pages());
+        // SAFETY: pages 0..nr of a compound block whose head this is lie in one section's
+        // contiguous `struct page` array (see `compound_head`).
+        unsafe { &*(self as *const Page).add(i as usize) }
+    }
+
+    /// `folio->_nr_pages_mapped` of a large folio (whose head this is): how many of its pages
+    /// a PTE maps (the first tail's `mapping` word, as Linux keeps it in `page[1]`).
+    #[inline]
+    pub fn nr_pages_mapped(&self) -> i32 {
+        if !self.test(PageFlags::HEAD) {
+            return 0;
+        }
+        self.first_tail().mapping.load(Relaxed) as i32
+    }
+
+    /// `_nr_pages_mapped += delta`; the new value.
+    #[inline]
+    pub(crate) fn add_nr_pages_mapped(&self, delta: i32) -> i32 {
+        let t = self.first_tail();
+        let old = t
+            .mapping
+            .fetch_add(delta as u32, core::sync::atomic::Ordering::AcqRel);
+        (old as i32) + delta
+    }
+
+    /// `folio_test_partially_mapped` (`PG_partially_mapped` in the first tail's flags, as
+    /// Linux 6.12 keeps it in `folio->_flags_1`).
+    #[inline]
+    pub fn folio_test_partially_mapped(&self) -> bool {
+        self.test(PageFlags::HEAD)
+            && self.folio_order() >= 2
+            && self.first_tail().test(PG_PARTIALLY_MAPPED)
+    }
+
+    /// Set or clear `PG_partially_mapped` (under the deferred split queue's lock).
+    #[inline]
+    pub(crate) fn set_partially_mapped(&self, on: bool) {
+        if on {
+            self.first_tail().set(PG_PARTIALLY_MAPPED);
+        } else {
+            self.first_tail().clear(PG_PARTIALLY_MAPPED);
+        }
+    }
+
+    /// Whether this large folio is on its node's deferred split queue (`!list_empty(
+    /// &folio->_deferred_list)`; the list links are the third page's, as Linux's
+    /// `_deferred_list` overlays `page[2]`).
+    #[inline]
+    pub fn folio_on_deferred_list(&self) -> bool {
+        self.test(PageFlags::HEAD)
+            && self.folio_order() >= 2
+            && self.folio_page(2).test(PG_ON_DEFERRED)
     }
 
     /// Reset the flag bits to `f`, keeping the zone/node/section links.

@@ -173,10 +173,19 @@ impl Kernel {
         }
     }
 
-    /// `folio_add_file_rmap_pte` / `folio_dup_*_rmap_pte`: one more PTE maps `page`.
+    /// `folio_add_file_rmap_pte` / `folio_dup_*_rmap_pte`: one more PTE maps `page` (a page of
+    /// a large folio: its own `_mapcount`, the folio's `_nr_pages_mapped`; it is counted
+    /// mapped unless a PMD already maps the whole folio).
     pub(crate) fn page_add_rmap(&self, cpu: &CpuGuard<'_>, page: &Page) {
         if page.inc_mapcount() == 1 {
-            let item = if page_anon(page) {
+            let folio = page.compound_head();
+            if folio.folio_test_large() {
+                folio.add_nr_pages_mapped(1);
+                if folio.entire_mapcount() > 0 {
+                    return;
+                }
+            }
+            let item = if page_anon(folio) {
                 NR_ANON_MAPPED
             } else {
                 NR_FILE_MAPPED
@@ -185,16 +194,47 @@ impl Kernel {
         }
     }
 
-    /// `folio_remove_rmap_pte`: one PTE stopped mapping `page`.
+    /// `folio_remove_rmap_pte`: one PTE stopped mapping `page`. A large anonymous folio
+    /// left with some pages mapped and some not (and no PMD mapping it whole) is partially
+    /// mapped: it goes on the deferred split queue.
     pub(crate) fn page_remove_rmap(&self, cpu: &CpuGuard<'_>, page: &Page) {
         if page.dec_mapcount() == 0 {
-            let item = if page_anon(page) {
-                NR_ANON_MAPPED
-            } else {
-                NR_FILE_MAPPED
-            };
+            let folio = page.compound_head();
+            let anon = page_anon(folio);
+            if folio.folio_test_large() {
+                let left = folio.add_nr_pages_mapped(-1);
+                if folio.entire_mapcount() > 0 {
+                    return;
+                }
+                if anon && left > 0 && !folio.folio_test_partially_mapped() {
+                    self.deferred_split_folio(cpu, folio, true);
+                }
+            }
+            let item = if anon { NR_ANON_MAPPED } else { NR_FILE_MAPPED };
             self.mod_node_page_state(cpu, page, item, -1);
         }
+    }
+
+    /// `folio_add_new_anon_rmap` of a large folio mapped by `nr` PTEs, one per page (an mTHP
+    /// fault): each page mapped once, the folio's `_nr_pages_mapped` all of them.
+    pub(crate) fn folio_add_new_anon_rmap_ptes(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        anon_vma: u32,
+        index: u64,
+    ) {
+        let nr = folio.folio_nr_pages();
+        folio.set_mapping(PAGE_MAPPING_ANON | anon_vma);
+        folio.set_index(index);
+        folio.set_nonatomic(PageFlags::SWAPBACKED);
+        for i in 0..nr {
+            folio.folio_page(i).set_mapcount(1);
+        }
+        folio.add_nr_pages_mapped(nr as i32);
+        self.mod_node_page_state(cpu, folio, NR_ANON_MAPPED, nr as i64);
+        self.mthp_stats
+            .add(folio.folio_order(), crate::mm::vmstat::MTHP_STAT_NR_ANON, 1);
     }
 }
 
@@ -232,7 +272,7 @@ impl Kernel {
     /// the VMA's own `anon_vma`, so later walks look only where it can be.
     pub(crate) fn page_move_anon_rmap(&self, page: &Page, vma: &VmArea) {
         if let Some(id) = vma.anon_vma {
-            page.set_mapping(PAGE_MAPPING_ANON | id);
+            page.compound_head().set_mapping(PAGE_MAPPING_ANON | id);
         }
     }
 
@@ -302,6 +342,7 @@ impl Kernel {
     /// (`rmap_walk_anon`/`rmap_walk_file`'s `anon_vma_lock_read`/`i_mmap_lock_read`): the
     /// list is the reverse map's own, not a copy, and the VMAs on it do not change meanwhile.
     pub(crate) fn with_rmap_vmas<R>(&self, page: &Page, f: impl FnOnce(&[VmaRef]) -> R) -> R {
+        let page = page.compound_head();
         if page_anon(page) {
             let id = page.mapping() & !PAGE_MAPPING_ANON;
             let avs = self.anon_vmas.read();
@@ -325,7 +366,7 @@ impl Kernel {
         mut f: impl FnMut(&VmaRef, &mut PteCursor<'_>) -> bool,
     ) {
         let pfn = self.page_to_pfn(page);
-        let index = page.index();
+        let index = page.pgoff();
         for r in vmas {
             let Some(a) = r.address(index) else {
                 continue;
@@ -344,7 +385,7 @@ impl Kernel {
     /// How many VMAs a reverse-map walk of `page` examines: those chained to its `anon_vma`
     /// (or in its file's `i_mmap`) whose range covers its index, mapping it or not.
     pub fn rmap_vma_count(&self, page: &Page) -> usize {
-        let index = page.index();
+        let index = page.pgoff();
         self.with_rmap_vmas(page, |vmas| {
             vmas.iter().filter(|r| r.address(index).is_some()).count()
         })
@@ -393,6 +434,34 @@ impl Kernel {
                     tlb.finish();
                 }
             });
+            if vm_flags.contains(VmFlags::VM_LOCKED) {
+                return (n, vm_flags);
+            }
+            // And every PTE mapping one of its pages (an mTHP, or a THP after a PMD split).
+            for i in 0..page.folio_nr_pages() {
+                let p = page.folio_page(i);
+                if p.mapcount() == 0 {
+                    continue;
+                }
+                self.with_rmap_vmas(page, |vmas| {
+                    self.walk_vmas(vmas, p, |r, c| {
+                        if r.vma().vm_flags.contains(VmFlags::VM_LOCKED) {
+                            vm_flags |= VmFlags::VM_LOCKED;
+                            return false;
+                        }
+                        let mut tlb = MmuGather::new(self, cpu, r.pt());
+                        if c.update(&mut tlb, |p| p.mkold()).young() {
+                            n += 1;
+                            vm_flags |= r.vma().vm_flags;
+                        }
+                        tlb.finish();
+                        true
+                    })
+                });
+                if vm_flags.contains(VmFlags::VM_LOCKED) {
+                    break;
+                }
+            }
             return (n, vm_flags);
         }
         self.rmap_walk(page, |r, c| {
@@ -474,6 +543,11 @@ impl Kernel {
         page: &Page,
         swap: Option<crate::mm::swapfile::SwpEntry>,
     ) -> bool {
+        if page.folio_test_large() || page.test(PageFlags::TAIL) {
+            // Reclaim splits a large folio before it unmaps one (no THP_SWAP, no migration
+            // of large folios): nothing here unmaps a page of one.
+            return false;
+        }
         let anon = page_anon(page);
         if anon && !page.test(PageFlags::SWAPBACKED) {
             return self.try_to_unmap_lazyfree(cpu, page);

@@ -255,8 +255,18 @@ impl Kernel {
             }
             if page.folio_test_large() {
                 // split_folio_to_list: a large folio is split before it is reclaimed (no
-                // THP_SWAP); its other pages join this list, isolated.
-                self.split_huge_page_locked(cpu, page, Some(&mut work));
+                // THP_SWAP); its other pages join this list, isolated. One that cannot be
+                // split now (another reference is held) goes back active.
+                if self
+                    .split_folio_to_list(cpu, page, Some(&mut work))
+                    .is_err()
+                {
+                    page.unlock();
+                    page.set(PageFlags::ACTIVE);
+                    activated += 1;
+                    keep.push(pfn);
+                    continue;
+                }
             }
             let outcome = self.shrink_locked_page(cpu, page, sc);
             page.unlock();
@@ -318,6 +328,16 @@ impl Kernel {
     /// Unmap, clean and detach one page (locked by the caller) so that the caller's
     /// reference is its last.
     fn reclaim_one(&self, cpu: &CpuGuard<'_>, page: &Page, sc: &ScanControl) -> bool {
+        if page_anon(page)
+            && page.mapcount() == 0
+            && !page.test(PG_SWAPCACHE)
+            && page.refcount() == 1
+        {
+            // Anonymous memory nothing maps or holds any more (a page of a split folio
+            // whose mapping went while it waited on the deferred split queue): there is
+            // nothing to write, only our reference to drop.
+            return true;
+        }
         if page_anon(page) && !page.test(PageFlags::SWAPBACKED) {
             // MADV_FREE: a clean lazily freed page is dropped as it is; one written again
             // has become swap-backed and is kept (reclaimed as anonymous memory later).
@@ -528,6 +548,8 @@ impl Kernel {
         if self.inactive_is_low(nid, false) && self.swap_available() {
             self.shrink_active_list(cpu, nid, false, SWAP_CLUSTER_MAX);
         }
+        // shrink_slab: the shrinkers (the deferred split queue) and the slab caches.
+        self.shrink_deferred_split(cpu, nid, sc.priority);
         self.cache_reap(cpu);
     }
 
@@ -662,6 +684,8 @@ impl Kernel {
             self.count(cpu, index_of(VM_EVENT_NAMES, "drop_pagecache"), 1);
         }
         if what & 2 != 0 {
+            // drop_slab: every shrinker until it frees little, then the caches.
+            self.drop_deferred_split(cpu);
             self.cache_reap(cpu);
             self.count(cpu, index_of(VM_EVENT_NAMES, "drop_slab"), 1);
         }

@@ -110,3 +110,89 @@ impl Kernel {
         }
     }
 }
+
+/// The per-size statistics of `/sys/kernel/mm/transparent_hugepage/hugepages-<N>kB/stats/`
+/// (`enum mthp_stat_item`), in Linux's order.
+pub const MTHP_STAT_NAMES: &[&str] = &[
+    "anon_fault_alloc",
+    "anon_fault_fallback",
+    "anon_fault_fallback_charge",
+    "zswpout",
+    "swpin",
+    "swpin_fallback",
+    "swpin_fallback_charge",
+    "swpout",
+    "swpout_fallback",
+    "shmem_alloc",
+    "shmem_fallback",
+    "shmem_fallback_charge",
+    "split",
+    "split_failed",
+    "split_deferred",
+    "nr_anon",
+    "nr_anon_partially_mapped",
+];
+/// `MTHP_STAT_ANON_FAULT_ALLOC`.
+pub const MTHP_STAT_ANON_FAULT_ALLOC: usize = index_of(MTHP_STAT_NAMES, "anon_fault_alloc");
+/// `MTHP_STAT_ANON_FAULT_FALLBACK`.
+pub const MTHP_STAT_ANON_FAULT_FALLBACK: usize = index_of(MTHP_STAT_NAMES, "anon_fault_fallback");
+/// `MTHP_STAT_ANON_FAULT_FALLBACK_CHARGE`.
+pub const MTHP_STAT_ANON_FAULT_FALLBACK_CHARGE: usize =
+    index_of(MTHP_STAT_NAMES, "anon_fault_fallback_charge");
+/// `MTHP_STAT_SPLIT`.
+pub const MTHP_STAT_SPLIT: usize = index_of(MTHP_STAT_NAMES, "split");
+/// `MTHP_STAT_SPLIT_FAILED`.
+pub const MTHP_STAT_SPLIT_FAILED: usize = index_of(MTHP_STAT_NAMES, "split_failed");
+/// `MTHP_STAT_SPLIT_DEFERRED`.
+pub const MTHP_STAT_SPLIT_DEFERRED: usize = index_of(MTHP_STAT_NAMES, "split_deferred");
+/// `MTHP_STAT_NR_ANON`.
+pub const MTHP_STAT_NR_ANON: usize = index_of(MTHP_STAT_NAMES, "nr_anon");
+/// `MTHP_STAT_NR_ANON_PARTIALLY_MAPPED`.
+pub const MTHP_STAT_NR_ANON_PARTIALLY_MAPPED: usize =
+    index_of(MTHP_STAT_NAMES, "nr_anon_partially_mapped");
+/// Orders with statistics (`PMD_ORDER + 1`).
+pub const MTHP_ORDERS: usize = 10;
+
+/// `mthp_stats`: one counter per (order, item). Linux keeps them per CPU and sums them on
+/// read; these are shared atomics (one relaxed add per large-folio event, never per page).
+pub struct MthpStats {
+    stats: [[core::sync::atomic::AtomicI64; MTHP_STAT_NAMES.len()]; MTHP_ORDERS],
+}
+
+impl Default for MthpStats {
+    fn default() -> Self {
+        Self {
+            stats: core::array::from_fn(|_| core::array::from_fn(|_| Default::default())),
+        }
+    }
+}
+
+impl MthpStats {
+    /// `count_mthp_stat` / `mod_mthp_stat`: add `n` to `item` of `order` (orders without
+    /// statistics are ignored, as Linux's are).
+    #[inline]
+    pub fn add(&self, order: u32, item: usize, n: i64) {
+        if let Some(s) = self.stats.get(order as usize) {
+            s[item].fetch_add(n, Relaxed);
+        }
+    }
+    /// The value of `item` for `order`.
+    pub fn get(&self, order: u32, item: usize) -> i64 {
+        self.stats
+            .get(order as usize)
+            .map_or(0, |s| s[item].load(Relaxed))
+    }
+}
+
+impl Kernel {
+    /// The mTHP statistics (`/sys/kernel/mm/transparent_hugepage/hugepages-*/stats/`).
+    pub fn mthp_stats(&self) -> &MthpStats {
+        &self.mthp_stats
+    }
+
+    /// `hugepages-<size>kB/stats/<name>` for `order`; `None` for an unknown name.
+    pub fn mthp_stat(&self, order: u32, name: &str) -> Option<i64> {
+        let i = MTHP_STAT_NAMES.iter().position(|n| *n == name)?;
+        Some(self.mthp_stats.get(order, i))
+    }
+}

@@ -246,17 +246,25 @@ fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &
             mss.referenced += huge;
         }
         let dirty = pmd.dirty() || folio.test(PageFlags::DIRTY);
-        let mapcount = folio.entire_mapcount().max(1) as u64;
-        if folio.refcount() == 1 || mapcount < 2 {
+        if folio.refcount() == 1 {
             mss.accumulate(
                 PageKind::Anon,
                 huge,
                 huge << PSS_SHIFT,
                 (dirty, locked, true),
             );
-        } else {
-            let pss = (huge << PSS_SHIFT) / mapcount;
-            mss.accumulate(PageKind::Anon, huge, pss, (dirty, locked, false));
+            continue;
+        }
+        // Page by page, by each page's precise mapcount: the PMDs mapping the folio plus
+        // the PTEs mapping that page (another process may map part of it by PTEs).
+        let size = crate::PAGE_SIZE;
+        for i in 0..(huge / size) {
+            let mapcount = (folio.entire_mapcount() + folio.folio_page(i).mapcount()).max(1) as u64;
+            let mut pss = size << PSS_SHIFT;
+            if mapcount >= 2 {
+                pss /= mapcount;
+            }
+            mss.accumulate(PageKind::Anon, size, pss, (dirty, locked, mapcount < 2));
         }
     }
 }
@@ -285,24 +293,27 @@ fn smap_gather_stats(k: &Kernel, mm: &MmStruct, v: &VmArea, mss: &mut MemSizeSta
         let Some(page) = k.vm_normal_page(pte) else {
             continue;
         };
-        let kind = PageKind::of(page);
+        // smaps_account: the folio's type and flags; the page's own (precise) mapcount —
+        // its PTEs plus the PMDs mapping its whole folio — for Pss and sharing.
+        let folio = page.compound_head();
+        let kind = PageKind::of(folio);
         mss.resident += size;
-        let dirty = pte.dirty() || page.test(PageFlags::DIRTY);
+        let dirty = pte.dirty() || folio.test(PageFlags::DIRTY);
         if matches!(kind, PageKind::Anon) {
             mss.anonymous += size;
             // MADV_FREE'd and clean: reclaim may drop it without writing it.
-            if !page.test(PageFlags::SWAPBACKED) && !dirty {
+            if !folio.test(PageFlags::SWAPBACKED) && !dirty {
                 mss.lazyfree += size;
             }
         }
-        if pte.young() || page.test(PageFlags::REFERENCED) {
+        if pte.young() || folio.test(PageFlags::REFERENCED) {
             mss.referenced += size;
         }
-        if page.refcount() == 1 {
+        if folio.refcount() == 1 {
             mss.accumulate(kind, size, size << PSS_SHIFT, (dirty, locked, true));
             continue;
         }
-        let mapcount = page.mapcount().max(1) as u64;
+        let mapcount = (page.mapcount() + folio.entire_mapcount()).max(1) as u64;
         let mut pss = size << PSS_SHIFT;
         if mapcount >= 2 {
             pss /= mapcount;

@@ -223,5 +223,33 @@ fn check_compound(mm: &MemMap, z: &Zone, head: Pfn) -> Result<Pfn, String> {
             h.private()
         ));
     }
+    // A large folio in use (not a slab): `_nr_pages_mapped` counts the pages a PTE maps,
+    // and each PTE and each PMD mapping holds a reference (a racing unmap may have dropped
+    // its mapcount before its reference, never the other way round).
+    if !h.test(PageFlags::SLAB) && h.refcount() > 0 {
+        let mapped = (0..n).filter(|&i| mm.page(head + i).mapcount() > 0).count() as i32;
+        let maps: i32 = (0..n).map(|i| mm.page(head + i).mapcount()).sum();
+        if h.nr_pages_mapped() != mapped || (0..n).any(|i| mm.page(head + i).mapcount() < 0) {
+            return Err(format!(
+                "large folio {head:#x}: nr_pages_mapped {} but {mapped} pages mapped by PTEs",
+                h.nr_pages_mapped()
+            ));
+        }
+        if h.refcount() < maps + h.entire_mapcount() {
+            return Err(format!(
+                "large folio {head:#x}: refcount {} below its {maps} PTE and {} PMD mappings",
+                h.refcount(),
+                h.entire_mapcount()
+            ));
+        }
+        if h.folio_test_partially_mapped() && !h.folio_on_deferred_list() && mapped > 0 {
+            // Taken off the queue by the shrinker, which holds a reference meanwhile.
+            if h.refcount() == maps + h.entire_mapcount() {
+                return Err(format!(
+                    "large folio {head:#x}: partially mapped but on no deferred split queue"
+                ));
+            }
+        }
+    }
     Ok(head + n)
 }

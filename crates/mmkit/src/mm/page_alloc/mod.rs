@@ -749,6 +749,17 @@ impl Kernel {
     }
 
     fn free_the_page(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) {
+        if page.test(PageFlags::HEAD)
+            && page.private() == order
+            && order >= 2
+            && page.mapping() & crate::mm::page::PAGE_MAPPING_ANON != 0
+        {
+            // __folio_put of a large anonymous folio: off the deferred split queue, out of
+            // its size's nr_anon.
+            self.folio_unqueue_deferred_split(page);
+            self.mthp_stats
+                .add(order, crate::mm::vmstat::MTHP_STAT_NR_ANON, -1);
+        }
         if page
             .flags()
             .intersects(PageFlags::LRU | PageFlags::ACTIVE | PageFlags::UNEVICTABLE)
@@ -806,8 +817,12 @@ impl Kernel {
                 } else if t.mapcount() != 0 || (i == 1 && t.index() != 0) {
                     self.bad_page(cpu, t, pfn + i, "nonzero mapcount in a compound page");
                     ok = false;
+                } else if i == 1 && t.mapping() != 0 {
+                    self.bad_page(cpu, t, pfn + i, "nonzero nr_pages_mapped");
+                    ok = false;
                 }
                 t.set_index(0);
+                t.set_mapping(0);
                 t.clear_nonatomic(PageFlags::TAIL);
                 t.set_private(0);
             }

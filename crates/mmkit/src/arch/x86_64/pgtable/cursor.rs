@@ -233,6 +233,64 @@ impl<'a> PteCursor<'a> {
         Pte(unsafe { self.k.entry(self.table, table_index(self.va, 3)) }.load(Ordering::Acquire))
     }
 
+    /// Whether `[start, start + nr pages)` lies in the table the cursor is on.
+    #[inline]
+    fn range_in_table(&self, start: u64, nr: u64) -> bool {
+        nr > 0 && self.in_table(start) && self.in_table(start + ((nr - 1) << crate::PAGE_SHIFT))
+    }
+
+    /// `pte_range_none`: whether the `nr` entries from `start` (in the cursor's table) are
+    /// all none; false when the range leaves the table. Read without the lock unless held
+    /// (a fault checks again under it before installing).
+    pub fn range_none(&self, start: u64, nr: u64) -> bool {
+        if !self.range_in_table(start, nr) {
+            return false;
+        }
+        (0..nr).all(|i| {
+            let a = start + (i << crate::PAGE_SHIFT);
+            // SAFETY: `self.table` is a live PTE table (see `peek`) and `a` lies in it.
+            unsafe { self.k.entry(self.table, table_index(a, 3)) }.load(Ordering::Acquire) == 0
+        })
+    }
+
+    /// The entry at `va` of the cursor's table, which must be locked; `None` when `va` lies
+    /// outside it.
+    pub fn get_at(&self, va: u64) -> Option<Pte> {
+        assert!(
+            self.ptl.is_some(),
+            "BUG: PTE cursor read a neighbour without the table's lock"
+        );
+        if !self.in_table(va) {
+            return None;
+        }
+        // SAFETY: `self.table` is the live PTE table we hold locked, and `va` lies in it.
+        Some(Pte(
+            unsafe { self.k.entry(self.table, table_index(va, 3)) }.load(Ordering::Acquire)
+        ))
+    }
+
+    /// `set_ptes` after `pte_range_none`, under the table's lock: the `nr` entries from
+    /// `start` (in the cursor's table, all none) map `nr` consecutive frames from `first`'s,
+    /// with `first`'s bits. `EBUSY` and nothing changed if one is not none (or the range
+    /// leaves the table). None entries are cached by no MMU, so nothing needs flushing.
+    pub fn install_range(&mut self, start: u64, first: Pte, nr: u64) -> Result<(), Errno> {
+        assert!(
+            self.ptl.is_some(),
+            "BUG: PTE cursor changed entries without the table's lock"
+        );
+        if !self.range_none(start, nr) {
+            return Err(Errno::EBUSY);
+        }
+        for i in 0..nr {
+            let a = start + (i << crate::PAGE_SHIFT);
+            let v = first.0 + (i << crate::PAGE_SHIFT);
+            // SAFETY: as in `range_none`; the lock keeps every other writer out, and an
+            // MMU never writes a none entry.
+            unsafe { self.k.entry(self.table, table_index(a, 3)) }.store(v, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// The slot of the entry the cursor is on; its table must be locked.
     #[inline]
     fn slot(&self) -> &AtomicU64 {

@@ -90,6 +90,11 @@ pub(crate) struct HwTranslation {
     pub(crate) perms: u64,
 }
 
+/// The split locks of several PTE tables held together ([`Kernel::lock_pte_tables`]).
+pub(crate) struct PtlSet<'a> {
+    _guards: alloc::vec::Vec<PtlGuard<'a>>,
+}
+
 impl Kernel {
     /// Entry `idx` of the table page `table`.
     ///
@@ -117,6 +122,41 @@ impl Kernel {
         let page = self.mem_map.page(table);
         page.lock();
         PtlGuard { page }
+    }
+
+    /// The PTE tables that exist for `[start, end)` of `pt`, appended to `out` (opened as a
+    /// cursor is: by the address space's holder or a reverse-map walker holding the rmap
+    /// lock of a VMA covering the range).
+    pub(crate) fn pte_tables_of(
+        &self,
+        pt: &PgTable,
+        start: u64,
+        end: u64,
+        out: &mut alloc::vec::Vec<Pfn>,
+    ) {
+        let step = 1u64 << LEVEL_SHIFTS[2];
+        let mut va = start & !(step - 1);
+        while va < end {
+            if let Some(t) = self.pte_table(pt, va) {
+                out.push(t);
+            }
+            va = match va.checked_add(step) {
+                Some(v) => v,
+                None => break,
+            };
+        }
+    }
+
+    /// Lock the PTE tables `tables` together (each once), in pfn order: the one order in
+    /// which anybody holds more than one PTE lock (every walker holds one at a time), so two
+    /// holders of sets never wait on each other in a circle. Used to stop every change to
+    /// the PTEs mapping a large folio while it is split.
+    pub(crate) fn lock_pte_tables(&self, tables: &mut alloc::vec::Vec<Pfn>) -> PtlSet<'_> {
+        tables.sort_unstable();
+        tables.dedup();
+        PtlSet {
+            _guards: tables.iter().map(|&t| self.ptl_lock(t)).collect(),
+        }
     }
 
     /// `pagetable_alloc` + `pagetable_pte_ctor`: a zeroed table page, counted in
