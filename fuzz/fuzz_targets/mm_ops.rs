@@ -1,7 +1,8 @@
 //! Random address-space operations — mmap (anonymous, private and shared file mappings,
 //! fixed, populated), munmap, mprotect, mremap, madvise, brk, mlock/munlock, msync, fork,
 //! exit, and loads and stores through the MMU — with arbitrary arguments, on a small machine
-//! with swap, under reclaim. After every step every invariant checker runs (address spaces,
+//! with swap, under reclaim, with the THP policies (the top-level one and each mTHP size's)
+//! changed at random and the deferred split queue's shrinker run. After every step every invariant checker runs (address spaces,
 //! reverse map, LRU, swap, page cache, page allocator); at the end every page, page table,
 //! `anon_vma` and swap slot must be back.
 #![no_main]
@@ -106,6 +107,28 @@ enum Op {
     },
     Kswapd,
     DropCaches,
+    /// Set the top-level THP policy (`size` 0) or one size's (16 KiB … 2 MiB).
+    ThpPolicy {
+        size: u8,
+        policy: u8,
+    },
+}
+
+/// The sizes `hugepages-<N>kB/enabled` exists for.
+const THP_SIZES_KB: [u64; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
+
+/// Linux's defaults: `enabled=madvise` (this build's), 2 MiB `inherit`, the others `never`.
+fn reset_thp_policies(k: &Kernel) {
+    use mmkit::mm::huge_memory::{ThpEnabled, ThpPolicy};
+    k.set_thp_enabled(ThpEnabled::Madvise);
+    for kb in THP_SIZES_KB {
+        let p = if kb == 2048 {
+            ThpPolicy::Inherit
+        } else {
+            ThpPolicy::Never
+        };
+        k.set_mthp_enabled(kb, p).expect("a size Linux has");
+    }
 }
 
 const PAGE: u64 = 4096;
@@ -175,6 +198,7 @@ fn check_all(k: &Kernel, procs: &[MmStruct]) {
     k.check_swap_invariants().unwrap();
     k.check_pagecache_invariants().unwrap();
     k.check_anon_vma_invariants().unwrap();
+    k.check_deferred_split_invariants().unwrap();
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -187,6 +211,8 @@ fuzz_target!(|ops: Vec<Op>| {
         "/fuzz/file",
     );
     let file = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+    // Every input starts from the same policies (the machine is shared between inputs).
+    reset_thp_policies(k);
     m.on_cpu(0, |cpu| {
         let new_mm = || -> MmStruct {
             let mut mm = k.mm_alloc(cpu).expect("an empty mm");
@@ -352,6 +378,27 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 Op::DropCaches => {
                     let _ = k.drop_caches(cpu, 3);
+                }
+                Op::ThpPolicy { size, policy } => {
+                    use mmkit::mm::huge_memory::{ThpEnabled, ThpPolicy};
+                    let sizes = THP_SIZES_KB.len() + 1;
+                    match size as usize % sizes {
+                        0 => k.set_thp_enabled(match policy % 3 {
+                            0 => ThpEnabled::Always,
+                            1 => ThpEnabled::Madvise,
+                            _ => ThpEnabled::Never,
+                        }),
+                        i => {
+                            let p = match policy % 4 {
+                                0 => ThpPolicy::Always,
+                                1 => ThpPolicy::Inherit,
+                                2 => ThpPolicy::Madvise,
+                                _ => ThpPolicy::Never,
+                            };
+                            k.set_mthp_enabled(THP_SIZES_KB[i - 1], p)
+                                .expect("a size Linux has");
+                        }
+                    }
                 }
             }
             check_all(k, &procs);
