@@ -31,7 +31,8 @@
 //! is write-protected through the reverse map (remembering its permission), the bytes of all
 //! `2^order` pages are copied, the folio's state moves to the new frames — flags,
 //! `mapping`/`index`, each page's `_mapcount`, `_nr_pages_mapped`, `PG_partially_mapped`
-//! and deferred-split-queue membership (Linux 6.17's requeue of the destination), the
+//! and deferred-split-queue membership (the destination requeued, as `migrate_folio_move`
+//! does since the fix of the deferred split queue races during migration), the
 //! page-cache slot of a file page — and every PTE is pointed at the same page of the new
 //! folio with its old permission; the old folio is freed as one block. There are no
 //! migration entries: a racing write fault that copies a page away changes the folio's
@@ -621,7 +622,7 @@ impl Kernel {
             src.set_index(0);
             src.clear(MOVED_FLAGS);
             src.set_refcount(1);
-            // Linux 6.17: the destination takes the source's place on the deferred split
+            // migrate_folio_move: the destination takes the source's place on the deferred split
             // queue.
             if queued {
                 self.deferred_split_folio(cpu, dst, partially);
