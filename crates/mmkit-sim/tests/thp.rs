@@ -792,7 +792,8 @@ fn fragmented_memory_falls_back_to_4k() {
 }
 
 /// Processes with THP regions fork, write, unmap, protect, advise and exit at random with
-/// reclaim running; the bytes match a model and every invariant holds after each step.
+/// reclaim and compaction running; the bytes match a model and every invariant holds after
+/// each step.
 #[test]
 fn random_thp_operations_keep_every_invariant() {
     use rand::{Rng, SeedableRng};
@@ -921,6 +922,24 @@ fn random_thp_operations_keep_every_invariant() {
                     k.lru_add_drain(cpu);
                     k.drop_caches(cpu, 2).unwrap();
                 }
+                16 => {
+                    // Compaction with large folios in the way: every free block of 2 MiB
+                    // or more is taken first, so a block of that size must be made by
+                    // moving (or splitting) what sits in the pageblocks.
+                    let order = rng.random_range(9..=10);
+                    let mut taken = Vec::new();
+                    for o in [10, 9] {
+                        while let Some(p) = k.alloc_pages(cpu, Gfp::__GFP_NOWARN, o) {
+                            taken.push((p, o));
+                        }
+                    }
+                    for z in k.nodes[0].zones.iter() {
+                        k.compact_zone(cpu, z, order);
+                    }
+                    for (p, o) in taken {
+                        k.__free_pages(cpu, p, o);
+                    }
+                }
                 8..=11 => {
                     let v: u8 = rng.random_range(1..=255);
                     let mm_model = model.get_mut(&pid).unwrap();
@@ -965,6 +984,7 @@ fn random_thp_operations_keep_every_invariant() {
         let mthp_splits: i64 = (2..=9).map(|o| k.mthp_stat(o, "split").unwrap()).sum();
         assert!(mthp_splits > 0, "large folios were split");
         assert!(event(k, "thp_split_pmd") > 0);
+        assert!(event(k, "pgmigrate_success") > 0, "compaction moved pages");
         assert!(
             event(k, "thp_collapse_alloc") > 0,
             "something was collapsed"

@@ -37,8 +37,9 @@
 //! until a shrinker finds it unused; mmkit has no shrinker registry, so it goes at once).
 //!
 //! Collapsing 4 KiB pages into THPs (`MADV_COLLAPSE`, khugepaged) is in
-//! [`crate::mm::khugepaged`]. Not here yet: file THPs, migration of large folios
-//! (compaction skips them, as Linux's does outside `alloc_contig_range`).
+//! [`crate::mm::khugepaged`]. Compaction moves mTHP folios and never PMD-sized ones
+//! ([`crate::mm::compaction`], as Linux's `skip_isolation_on_order`). Not here yet: file
+//! THPs.
 
 use crate::arch::x86_64::pgtable::pmd::huge_to_pte;
 use crate::arch::x86_64::pgtable::{

@@ -544,8 +544,9 @@ impl Kernel {
         swap: Option<crate::mm::swapfile::SwpEntry>,
     ) -> bool {
         if page.folio_test_large() || page.test(PageFlags::TAIL) {
-            // Reclaim splits a large folio before it unmaps one (no THP_SWAP, no migration
-            // of large folios): nothing here unmaps a page of one.
+            // Reclaim splits a large folio before it unmaps one (no THP_SWAP; compaction
+            // moves large folios by write-protecting, not unmapping): nothing here unmaps a
+            // page of one.
             return false;
         }
         let anon = page_anon(page);

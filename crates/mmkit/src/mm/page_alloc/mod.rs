@@ -641,15 +641,23 @@ impl Kernel {
             unsafe { clear_pages(self.pfn_ptr(pfn), (PAGE_SIZE << order) as usize) };
         }
         if order > 0 && gfp.contains(Gfp::__GFP_COMP) {
-            page.set_nonatomic(PageFlags::HEAD);
-            page.set_private(order);
-            for i in 1..(1u64 << order) {
-                let t = self.mem_map.page(pfn + i);
-                t.set_nonatomic(PageFlags::TAIL);
-                t.set_private(i as u32);
-                // prep_compound_head: the first tail's word is the folio's entire mapcount.
-                t.set_index(0);
-            }
+            self.prep_compound_page(pfn, order);
+        }
+    }
+
+    /// `prep_compound_page`: the `2^order` pages at `pfn` (just handed to their one owner)
+    /// become one compound block: the head carries `PG_head` and the order, each tail
+    /// `PG_tail` and its distance from the head.
+    pub(crate) fn prep_compound_page(&self, pfn: Pfn, order: u32) {
+        let page = self.mem_map.page(pfn);
+        page.set_nonatomic(PageFlags::HEAD);
+        page.set_private(order);
+        for i in 1..(1u64 << order) {
+            let t = self.mem_map.page(pfn + i);
+            t.set_nonatomic(PageFlags::TAIL);
+            t.set_private(i as u32);
+            // prep_compound_head: the first tail's word is the folio's entire mapcount.
+            t.set_index(0);
         }
     }
 
@@ -801,7 +809,13 @@ impl Kernel {
 
     /// `free_pages_prepare` + `free_page_is_bad`: true when the block may be freed.
     #[inline]
-    fn free_pages_prepare(&self, cpu: &CpuGuard<'_>, page: &Page, pfn: Pfn, order: u32) -> bool {
+    pub(crate) fn free_pages_prepare(
+        &self,
+        cpu: &CpuGuard<'_>,
+        page: &Page,
+        pfn: Pfn,
+        order: u32,
+    ) -> bool {
         let compound = page.test(PageFlags::HEAD);
         if compound {
             if page.private() != order {
@@ -904,6 +918,11 @@ impl Kernel {
         let mut pcp = zone.pcp.get(cpu_id).lock();
         let n = pcp.count;
         self.free_pcppages_bulk(zone, &mut pcp, n, 0);
+    }
+
+    /// `drain_local_pages(zone)`: this CPU's pcp lists of `zone`.
+    pub(crate) fn drain_local_zone_pages(&self, cpu: &CpuGuard<'_>, zone: &Zone) {
+        self.drain_pages_zone(cpu.id(), zone);
     }
 
     /// `drain_local_pages`: this CPU's pcp lists, every zone.
