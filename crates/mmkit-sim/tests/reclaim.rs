@@ -639,10 +639,14 @@ fn processes_under_pressure(thp: bool) {
 }
 
 /// Two processes on two CPUs overflow RAM at once while kswapd runs on a third: reclaim
-/// unmaps pages of one address space while the other faults, and every byte survives.
+/// unmaps pages of one address space while the other faults, and every byte survives. Each
+/// holds its 3/4 of RAM until the other has filled its own (on a busy host the two threads
+/// could otherwise run one after the other, each fitting in RAM, and nothing would be
+/// swapped).
 #[test]
 fn concurrent_pressure_on_two_cpus_with_kswapd() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let filled = AtomicUsize::new(0);
     let m = boot_mem(128, 3, "");
     let k = &m.kernel;
     let dir = tempfile::tempdir().unwrap();
@@ -663,7 +667,7 @@ fn concurrent_pressure_on_two_cpus_with_kswapd() {
         });
         let workers: Vec<_> = (0..2)
             .map(|c| {
-                let m = &m;
+                let (m, filled) = (&m, &filled);
                 s.spawn(move || {
                     m.on_cpu(c, |cpu| {
                         let mut tasks = TaskTable::default();
@@ -671,6 +675,15 @@ fn concurrent_pressure_on_two_cpus_with_kswapd() {
                         let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
                         let a = k.mmap(cpu, mm, 0, pages << 12, RW, ANON, 0).unwrap();
                         fill(k, cpu, mm, a, pages, 100 + c as u64);
+                        // Both hold their memory at once (bounded: a worker that panicked
+                        // never arrives).
+                        filled.fetch_add(1, Ordering::SeqCst);
+                        let t0 = std::time::Instant::now();
+                        while filled.load(Ordering::SeqCst) < 2
+                            && t0.elapsed() < std::time::Duration::from_secs(120)
+                        {
+                            std::thread::yield_now();
+                        }
                         verify(k, cpu, mm, a, pages, |_| 100 + c as u64);
                         k.check_mm_invariants(mm).unwrap();
                         tasks.exit(k, cpu, pid, 0).unwrap();
