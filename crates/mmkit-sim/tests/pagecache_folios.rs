@@ -387,3 +387,69 @@ fn partial_unmap_and_reclaim_of_large_file_folios() {
     assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
     assert_eq!(free_and_pcp(k), before, "pages leaked");
 }
+
+/// A host file (the simulator's files are cached in large folios, as the host's
+/// filesystems cache them): read through a shared mapping in large folios with every byte
+/// the file's, written in one page of a folio, and `msync` writes the folio back whole to
+/// the host file — its bytes read back with `std::fs`.
+#[test]
+fn host_file_cached_in_large_folios_and_written_back_to_the_host() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let pages = 256;
+    let mut data = file_bytes(pages, 0x5eed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, &data).unwrap();
+    let before = drain_and_count(&m);
+    m.on_cpu(0, |cpu| {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (inode, _host) = m
+            .hostfs
+            .inode_of(k, rw, &path.to_string_lossy(), true)
+            .unwrap();
+        assert!(inode.mapping_large_folio_support());
+        let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let len = data.len() as u64;
+        let a = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                0,
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_SHARED,
+                0,
+            )
+            .unwrap();
+        read_all(k, cpu, &mut mm, a, &data);
+        let (_, in_large, _) = folio_census(k, &inode, pages as u64);
+        assert!(
+            in_large >= pages as u64 / 2,
+            "{in_large} pages in large folios"
+        );
+        let off = 200 * PAGE + 123;
+        let msg = b"into the host file through a large folio";
+        k.user_write(cpu, &mut mm, a + off as u64, msg).unwrap();
+        data[off..off + msg.len()].copy_from_slice(msg);
+        k.msync(cpu, &mm, a, len, 4 /* MS_SYNC */).unwrap();
+        assert!(
+            std::fs::read(&path).unwrap() == data,
+            "the host file holds the write"
+        );
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+        k.drain_all_pages(cpu);
+    });
+    assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+}
