@@ -453,3 +453,80 @@ fn host_file_cached_in_large_folios_and_written_back_to_the_host() {
     assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
     assert_eq!(free_and_pcp(k), before, "pages leaked");
 }
+
+/// After the host file shrinks (its folios still cached: the page cache has no partial
+/// truncation yet), fault-around maps nothing past the new end of the file, not even the
+/// rest of a large folio that straddles it; a read there is SIGBUS.
+#[test]
+fn fault_around_stops_at_the_end_of_the_file() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let pages = 128;
+    let data = file_bytes(pages, 0xe0f);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, &data).unwrap();
+    m.on_cpu(0, |cpu| {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (inode, host) = m
+            .hostfs
+            .inode_of(k, rw, &path.to_string_lossy(), true)
+            .unwrap();
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let len = data.len() as u64;
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, len, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        read_all(k, cpu, &mut mm, a, &data);
+        k.munmap(cpu, &mut mm, a, len).unwrap();
+        let (_, in_large, _) = folio_census(k, &inode, pages as u64);
+        assert!(in_large > 0);
+        // The file shrinks to 5 pages and 10 bytes.
+        let new_len = 5 * PAGE as u64 + 10;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(new_len)
+            .unwrap();
+        host.set_size(new_len);
+        // At a 2 MiB boundary, so the whole window lies in one page table.
+        let a = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                0x4000_0000,
+                len,
+                PROT_READ,
+                MAP_PRIVATE | MAP_FIXED,
+                0,
+            )
+            .unwrap();
+        assert_eq!(a, 0x4000_0000);
+        let mut buf = vec![0u8; PAGE];
+        k.user_read(cpu, &mut mm, a, &mut buf).unwrap();
+        assert_eq!(&buf[..], &data[..PAGE]);
+        assert_eq!(
+            mm.counter(MM_FILEPAGES),
+            6,
+            "only the file's 6 pages mapped"
+        );
+        assert!(
+            k.user_read(cpu, &mut mm, a + 8 * PAGE as u64, &mut buf)
+                .is_err(),
+            "a read past the end of the file is SIGBUS"
+        );
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+    });
+    assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
+}

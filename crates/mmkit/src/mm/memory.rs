@@ -467,7 +467,8 @@ impl Kernel {
     }
 
     /// `do_fault_around` / `filemap_map_pages`: map the pages of the aligned
-    /// `fault_around_bytes` window (inside the VMA and the same page table) that are cached,
+    /// `fault_around_bytes` window (inside the VMA, the same page table and the file's size)
+    /// that are cached,
     /// up to date and not readahead markers, without I/O. A large folio the window reaches
     /// is mapped whole when it lies inside the VMA and the page table (Linux 6.18's
     /// "map entire large folio"), else the part inside the window: one reference on the
@@ -486,10 +487,16 @@ impl Kernel {
         let hi_bound = vma.vm_end.min((va & !(pmd - 1)) + pmd);
         let start = (va & !(win - 1)).max(lo_bound);
         let end = ((va & !(win - 1)) + win).min(hi_bound);
-        let (first, last) = (vma.linear_page_index(start), vma.linear_page_index(end));
+        // Nothing past the end of the file is mapped (`file_end`): pages a truncation left
+        // in the cache there, or the rest of a folio it cut, belong to no byte of the file.
+        let file_end = file.inode.size().div_ceil(PAGE_SIZE);
+        let (first, last) = (
+            vma.linear_page_index(start),
+            vma.linear_page_index(end).min(file_end),
+        );
         let (lo_index, hi_index) = (
             vma.linear_page_index(lo_bound),
-            vma.linear_page_index(hi_bound),
+            vma.linear_page_index(hi_bound).min(file_end),
         );
         // filemap_map_pages: the cached folios of the window collected with their
         // references in one pass over the cache (readahead markers left for their own
