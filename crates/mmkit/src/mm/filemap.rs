@@ -363,16 +363,24 @@ impl Kernel {
     /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
     /// back to its store. The first error is returned after trying every page.
     pub fn write_inode_now(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> Result<(), Errno> {
-        // The cached folios, each with a reference so that none is freed under us.
-        let folios = self.cached_folios(inode);
+        // The cached folios, each with a reference so that none is freed under us, and the
+        // pages each had when it was collected.
+        let mut work: Vec<(&Page, u64)> = self
+            .cached_folios(inode)
+            .into_iter()
+            .map(|f| (f, f.folio_nr_pages()))
+            .collect();
         let mut res = Ok(());
-        for page in folios {
+        let mut i = 0;
+        while i < work.len() {
+            let (page, nr_then) = work[i];
+            i += 1;
             // write_cache_pages' folio_lock: one writeback of a folio at a time — a second
             // one racing it could write older bytes after newer ones. A folio that left the
-            // file meanwhile (reclaim, truncation) is skipped; one split meanwhile (by
-            // reclaim) is written as the page it became, its former tails on their own.
+            // file meanwhile (reclaim, truncation) is skipped.
             page.lock();
-            if page.mapping() == inode.id
+            let ours = page.mapping() == inode.id;
+            if ours
                 && (page.test(PageFlags::DIRTY)
                     // Dirty PTEs of mapped pages count too (what msync finds through the
                     // page tables); writeback_page moves them to the folio.
@@ -382,8 +390,23 @@ impl Kernel {
                     res = res.and(Err(e));
                 }
             }
+            // Split meanwhile (by reclaim): its former tails are pages of their own now,
+            // looked up again and written in turn (writeback_iter finds them the same way,
+            // walking the cache index by index).
+            let (index, nr_now) = (page.index(), page.folio_nr_pages());
             page.unlock();
             self.folio_put(cpu, page);
+            if ours && nr_now < nr_then {
+                for idx in index + nr_now..index + nr_then {
+                    if let Some(f) = self.filemap_get_folio(inode, idx) {
+                        if f.index() == idx {
+                            work.push((f, f.folio_nr_pages()));
+                        } else {
+                            self.folio_put(cpu, f);
+                        }
+                    }
+                }
+            }
         }
         res
     }
