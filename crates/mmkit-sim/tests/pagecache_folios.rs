@@ -9,6 +9,7 @@
 mod common;
 use common::{boot_mem, free_and_pcp};
 use mmkit::fs::inode::{FMode, Inode, RamFile};
+use mmkit::fs::proc::task_mmu::proc_pid_smaps;
 use mmkit::mm::filemap::{NR_FILE_DIRTY, NR_FILE_MAPPED, NR_FILE_PAGES, NR_WRITTEN};
 use mmkit::mm::madvise::MADV_DONTNEED;
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES};
@@ -29,6 +30,28 @@ fn file_bytes(pages: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// The smaps field `name` (kB) of the VMA starting at `start`.
+fn smaps_field(k: &Kernel, mm: &MmStruct, start: u64, name: &str) -> u64 {
+    let smaps = proc_pid_smaps(k, mm);
+    let head = format!("{start:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+    lines.next().expect("the VMA is in smaps");
+    let l = lines
+        .find(|l| l.starts_with(name))
+        .expect("the field is in smaps");
+    kb_value(&l[name.len()..])
+}
+
+fn meminfo_field(k: &Kernel, name: &str) -> u64 {
+    let m = mmkit::fs::proc::meminfo::meminfo(k);
+    let l = m.lines().find(|l| l.starts_with(name)).unwrap();
+    kb_value(&l[name.len()..])
+}
+
+fn kb_value(s: &str) -> u64 {
+    s.trim().trim_end_matches(" kB").trim().parse().unwrap()
 }
 
 fn check_all(k: &Kernel, mm: &MmStruct) {
@@ -258,7 +281,26 @@ fn dirty_large_folio_written_back_whole_and_private_write_copies_4k() {
             )
             .unwrap();
         read_all(k, cpu, &mut mm, a, &data);
+        // smaps counts each page of the folios: Rss all of them, Pss halved while a second
+        // address space maps them too; no huge mapping anywhere.
+        let kb = pages as u64 * 4;
+        assert_eq!(smaps_field(k, &mm, a, "Rss:"), kb);
+        assert_eq!(smaps_field(k, &mm, a, "Pss:"), kb);
+        let mut other = k.mm_alloc(cpu).unwrap();
+        let b = k
+            .do_mmap(cpu, &mut other, Some(&f), 0, len, PROT_READ, MAP_SHARED, 0)
+            .unwrap();
+        read_all(k, cpu, &mut other, b, &data);
+        assert_eq!(smaps_field(k, &mm, a, "Rss:"), kb);
+        assert_eq!(smaps_field(k, &mm, a, "Pss:"), kb / 2);
+        assert_eq!(smaps_field(k, &mm, a, "FilePmdMapped:"), 0);
+        assert_eq!(meminfo_field(k, "Mapped:"), kb);
+        assert_eq!(meminfo_field(k, "FileHugePages:"), 0);
+        k.exit_mmap(cpu, other);
+        assert_eq!(smaps_field(k, &mm, a, "Pss:"), kb);
         k.user_write(cpu, &mut mm, a + off, b"private").unwrap();
+        assert_eq!(smaps_field(k, &mm, a, "Rss:"), kb);
+        assert_eq!(smaps_field(k, &mm, a, "Anonymous:"), 4);
         assert_eq!(mm.counter(MM_ANONPAGES), 1, "one 4 KiB copy");
         assert_eq!(mm.counter(MM_FILEPAGES), pages as u64 - 1);
         let mut mine = data.clone();
