@@ -436,6 +436,9 @@ impl HostFs {
             md.ino(),
             &real.to_string_lossy(),
         );
+        // The host's filesystems cache regular files in large folios (xfs, btrfs, ext4 since
+        // Linux 6.16, tmpfs by its huge= policy); ours do too (mapping_set_large_folios).
+        inode.mapping_set_large_folios();
         map.insert(key, (inode.clone(), host.clone()));
         Ok((inode, host))
     }

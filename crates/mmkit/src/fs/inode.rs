@@ -225,6 +225,9 @@ pub struct Inode {
     /// No directory entry names the inode any more (`i_nlink` = 0): it is evicted, page
     /// cache and all, when the last open file of it goes (`iput_final`).
     pub unlinked: AtomicBool,
+    /// `AS_LARGE_FOLIO_SUPPORT`: the filesystem opted into large page-cache folios
+    /// (`mapping_set_large_folios`); readahead then allocates them (`page_cache_ra_order`).
+    large_folios: AtomicBool,
 }
 
 impl Inode {
@@ -242,6 +245,20 @@ impl Inode {
     /// tests and `/proc`).
     pub fn cached_pfn(&self, index: u64) -> Option<crate::addr::Pfn> {
         self.i_pages.lock().get(index)
+    }
+
+    /// `mapping_set_large_folios`: let readahead cache this file in large folios (as a
+    /// filesystem that supports them does when it sets up the inode). A memory file keeps
+    /// order-0 pages (shmem's large folios follow its own `huge=` policy, not done here).
+    pub fn mapping_set_large_folios(&self) {
+        if !self.shmem {
+            self.large_folios.store(true, Relaxed);
+        }
+    }
+
+    /// `mapping_large_folio_support`.
+    pub fn mapping_large_folio_support(&self) -> bool {
+        self.large_folios.load(Relaxed)
     }
 
     /// `mapping_can_writeback`: dirty pages go back to a store (not a memory file).
@@ -351,6 +368,7 @@ impl Kernel {
             i_mmap: crate::sync::RwLock::new(Vec::new()),
             shmem,
             unlinked: AtomicBool::new(false),
+            large_folios: AtomicBool::new(false),
         });
         t.slots[slot] = Some(inode.clone());
         inode

@@ -209,7 +209,7 @@ impl Kernel {
         let movable = if page_anon(page) {
             !page.test(PG_SWAPCACHE) && page.folio_mapcount() > 0 && page.entire_mapcount() == 0
         } else {
-            // Page-cache folios are all order 0 here.
+            // Large page-cache folios are not migrated (not done: they stay where they are).
             !large && self.page_is_file(page)
         };
         if !movable {

@@ -7,6 +7,16 @@
 //! A cached page holds one reference for the cache; each PTE mapping it and each lookup adds
 //! one. `page->mapping` is the inode's handle and `page->index` the page's offset in the file.
 //! `NR_FILE_PAGES` and `NR_FILE_DIRTY` (`nr_file_pages`, `nr_dirty`) count them per node.
+//!
+//! Large folios (a mapping that opted in with `mapping_set_large_folios`; readahead allocates
+//! them, `page_cache_ra_order`): the folio fills `nr` consecutive slots of `i_pages`, each
+//! holding the pfn of the page at that index (Linux's multi-index entry, resolved per index),
+//! and the cache holds `nr` references on the folio (`folio_ref_add(folio, nr)` in
+//! `__filemap_add_folio`), as it does in Linux. A lookup at any index takes its reference on
+//! the folio and returns the page at that index; `PG_uptodate`, `PG_dirty`, `PG_readahead`
+//! and the folio lock are the head's; writeback writes the whole folio (inside the file) and
+//! the counters move by `nr`. Invalidation, truncation and `drop_caches` take a folio whole
+//! or leave it; reclaim splits one before it frees its pages (`split_folio_to_list`).
 
 use crate::addr::{PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::cpu::CpuGuard;
@@ -41,13 +51,19 @@ impl Kernel {
         inode.size().div_ceil(PAGE_SIZE)
     }
 
-    /// `filemap_get_folio`: the cached page at `index` with a reference taken, or `None`.
+    /// `find_get_page`: the cached page at `index` with a reference taken on its folio (drop
+    /// it with [`Kernel::folio_put`]), or `None`.
     pub fn find_get_page(&self, inode: &Inode, index: u64) -> Option<&Page> {
         let pages = inode.i_pages.lock();
         let pfn = pages.get(index)?;
         let page = self.mem_map.page(pfn);
-        page.get();
+        page.compound_head().get();
         Some(page)
+    }
+
+    /// `filemap_get_folio`: the folio caching `index` (its head) with a reference, or `None`.
+    pub fn filemap_get_folio(&self, inode: &Inode, index: u64) -> Option<&Page> {
+        self.find_get_page(inode, index).map(|p| p.compound_head())
     }
 
     /// Read the page at `index` from the backing store into a new page allocated with `gfp`
@@ -61,40 +77,73 @@ impl Kernel {
         index: u64,
         gfp: crate::Gfp,
     ) -> Result<Option<&Page>, Errno> {
-        if inode.i_pages.lock().contains_key(index) {
-            return Ok(None);
-        }
-        let page = self.alloc_pages(cpu, gfp, 0).ok_or(Errno::ENOMEM)?;
-        let pfn = self.page_to_pfn(page);
-        let mut buf = [0u8; PAGE_SIZE as usize];
-        let n = match inode.data.read_at(index << PAGE_SHIFT, &mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                self.__free_pages(cpu, page, 0);
-                return Err(e);
-            }
-        };
-        buf[n..].fill(0); // the tail past EOF reads as zeroes
-        self.phys_write(pfn.phys(), &buf);
-        let mut pages = inode.i_pages.lock();
-        if pages.contains_key(index) {
-            drop(pages);
-            self.__free_pages(cpu, page, 0);
-            return Ok(None);
-        }
-        page.set_index(index);
-        page.set_mapping(inode.id);
-        page.set(PageFlags::UPTODATE);
-        pages.insert(index, pfn);
-        inode.nrpages.fetch_add(1, Relaxed);
-        self.mod_node_page_state(cpu, page, NR_FILE_PAGES, 1);
-        drop(pages);
-        self.lru_cache_add(cpu, page);
-        Ok(Some(page))
+        self.page_cache_read_folio(cpu, inode, index, 0, gfp)
     }
 
-    /// `page_cache_ra_unbounded`: read pages `[start, start + nr)` (clamped to the file) that
-    /// are not cached yet. Errors past the first page are dropped, as readahead does.
+    /// `ra_alloc_folio` + `read_pages` for one folio of `order` at `index` (aligned to it):
+    /// allocate it (`__GFP_COMP` when large), read its bytes from the store (zeroes past the
+    /// end of the file) and add it to the cache in every slot it covers
+    /// (`filemap_add_folio`). `Ok(None)` when one of those slots is taken already (`EEXIST`:
+    /// the caller falls back to smaller folios); `ENOMEM` when the allocation fails, `EIO`
+    /// when the store does (nothing is cached then).
+    pub(crate) fn page_cache_read_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        index: u64,
+        order: u32,
+        gfp: crate::Gfp,
+    ) -> Result<Option<&Page>, Errno> {
+        let nr = 1u64 << order;
+        debug_assert!(index & (nr - 1) == 0, "a misaligned page-cache folio");
+        let taken =
+            |pages: &crate::mm::xarray::XArray| (0..nr).any(|i| pages.contains_key(index + i));
+        if taken(&inode.i_pages.lock()) {
+            return Ok(None);
+        }
+        let gfp = if order > 0 {
+            gfp | crate::Gfp::__GFP_COMP
+        } else {
+            gfp
+        };
+        let folio = self.alloc_pages(cpu, gfp, order).ok_or(Errno::ENOMEM)?;
+        let pfn = self.page_to_pfn(folio);
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        for i in 0..nr {
+            let n = match inode.data.read_at((index + i) << PAGE_SHIFT, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.folio_put(cpu, folio);
+                    return Err(e);
+                }
+            };
+            buf[n..].fill(0); // the tail past EOF reads as zeroes
+            self.phys_write((pfn + i).phys(), &buf);
+        }
+        let mut pages = inode.i_pages.lock();
+        if taken(&pages) {
+            drop(pages);
+            self.folio_put(cpu, folio);
+            return Ok(None);
+        }
+        folio.set_index(index);
+        folio.set_mapping(inode.id);
+        folio.set(PageFlags::UPTODATE);
+        for i in 0..nr {
+            pages.insert(index + i, pfn + i);
+        }
+        // The allocation's reference becomes one of the cache's nr.
+        folio.ref_add(nr as i32 - 1);
+        inode.nrpages.fetch_add(nr, Relaxed);
+        self.mod_node_page_state(cpu, folio, NR_FILE_PAGES, nr as i64);
+        drop(pages);
+        self.lru_cache_add(cpu, folio);
+        Ok(Some(folio))
+    }
+
+    /// `page_cache_sync_ra`: read pages `[start, start + nr)` (clamped to the file) that are
+    /// not cached yet, in large folios where the mapping supports them
+    /// (`page_cache_ra_order`). Errors past the first page are dropped, as readahead does.
     pub fn page_cache_readahead(
         &self,
         cpu: &CpuGuard<'_>,
@@ -102,7 +151,7 @@ impl Kernel {
         start: u64,
         nr: u64,
     ) -> Result<u64, Errno> {
-        self.page_cache_ra_unbounded(cpu, inode, start, nr, 0)
+        self.page_cache_ra_order(cpu, inode, start, nr, 0, 0)
     }
 
     /// The cached page at `index` with a reference, read (with `ra_pages` of readahead from
@@ -150,8 +199,8 @@ impl Kernel {
                 self.filemap_get_page(cpu, inode, pos >> PAGE_SHIFT, VM_READAHEAD_PAGES)?;
             let pa = PhysAddr(self.page_to_pfn(page).phys().0 + in_page as u64);
             self.phys_read(pa, &mut buf[done..done + chunk]);
-            self.mark_page_accessed(page);
-            self.__free_pages(cpu, page, 0);
+            self.mark_page_accessed(page.compound_head());
+            self.folio_put(cpu, page);
             done += chunk;
         }
         Ok(n)
@@ -171,53 +220,68 @@ impl Kernel {
             if let Some(page) = self.find_get_page(inode, pos >> PAGE_SHIFT) {
                 let pa = (self.page_to_pfn(page).0 << PAGE_SHIFT) + in_page as u64;
                 self.phys_write(PhysAddr(pa), &data[done..done + n]);
-                self.__free_pages(cpu, page, 0);
+                self.folio_put(cpu, page);
             }
             done += n;
         }
     }
 
-    /// `folio_mark_dirty` for a page-cache page: set `PG_dirty`, count it.
+    /// `folio_mark_dirty` for a page-cache page: set its folio's `PG_dirty`, count the
+    /// folio's pages (`folio_account_dirtied`).
     pub fn set_page_dirty(&self, cpu: &CpuGuard<'_>, page: &Page) {
-        if !page.test(PageFlags::DIRTY) {
-            page.set(PageFlags::DIRTY);
-            self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, 1);
-            self.mod_node_page_state(cpu, page, NR_DIRTIED, 1);
+        let folio = page.compound_head();
+        if !folio.test(PageFlags::DIRTY) {
+            let nr = folio.folio_nr_pages() as i64;
+            folio.set(PageFlags::DIRTY);
+            self.mod_node_page_state(cpu, folio, NR_FILE_DIRTY, nr);
+            self.mod_node_page_state(cpu, folio, NR_DIRTIED, nr);
         }
     }
 
-    /// Write one dirty page back to the store (`folio_clear_dirty_for_io` + `writepage`): its
-    /// PTEs are cleaned and write-protected first (`folio_mkclean`, a Dirty bit found there
-    /// dirties the page), then `PG_dirty` is cleared, and only then are the bytes read — so a
-    /// write that lands after the read faults (or sets a PTE's Dirty bit) and leaves the page
-    /// dirty for the next writeback instead of being lost.
-    /// The caller holds the page lock (`PG_locked`), which keeps two writebacks of one page
-    /// from crossing. A page found clean everywhere is not written.
+    /// Write one dirty folio back to the store (`folio_clear_dirty_for_io` + `writepage`):
+    /// the PTEs mapping any of its pages are cleaned and write-protected first
+    /// (`folio_mkclean`, a Dirty bit found there dirties the folio), then `PG_dirty` is
+    /// cleared, and only then are the bytes read — so a write that lands after the read
+    /// faults (or sets a PTE's Dirty bit) and leaves the folio dirty for the next writeback
+    /// instead of being lost. A large folio is written whole (the part inside the file).
+    /// The caller holds the folio lock (`PG_locked`), which keeps two writebacks of one folio
+    /// from crossing. A folio found clean everywhere is not written.
     fn writeback_page(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) -> Result<(), Errno> {
+        let folio = page.compound_head();
         debug_assert!(
-            page.test(PageFlags::LOCKED),
-            "writeback of an unlocked page"
+            folio.test(PageFlags::LOCKED),
+            "writeback of an unlocked folio"
         );
-        if self.page_mkclean(cpu, page) {
-            self.set_page_dirty(cpu, page);
+        let nr = folio.folio_nr_pages();
+        let mut pte_dirty = false;
+        for i in 0..nr {
+            let p = folio.folio_page(i);
+            if nr == 1 || p.mapcount() > 0 {
+                pte_dirty |= self.page_mkclean(cpu, p);
+            }
         }
-        if !page.test(PageFlags::DIRTY) {
+        if pte_dirty {
+            self.set_page_dirty(cpu, folio);
+        }
+        if !folio.test(PageFlags::DIRTY) {
             return Ok(());
         }
-        page.clear(PageFlags::DIRTY);
-        self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
-        self.mod_node_page_state(cpu, page, NR_WRITTEN, 1);
-        let index = page.index();
+        folio.clear(PageFlags::DIRTY);
+        self.mod_node_page_state(cpu, folio, NR_FILE_DIRTY, -(nr as i64));
+        self.mod_node_page_state(cpu, folio, NR_WRITTEN, nr as i64);
         let size = inode.size();
-        let off = index << PAGE_SHIFT;
-        let mut buf = [0u8; PAGE_SIZE as usize];
-        self.phys_read(self.page_to_pfn(page).phys(), &mut buf);
+        let off = folio.index() << PAGE_SHIFT;
         // Only the part inside the file is written (the tail page is not extended).
-        let n = (size.saturating_sub(off)).min(PAGE_SIZE) as usize;
+        let n = (size.saturating_sub(off)).min(nr << PAGE_SHIFT) as usize;
+        let mut buf = alloc::vec![0u8; n];
+        let pfn = self.page_to_pfn(folio);
+        for (i, chunk) in buf.chunks_mut(PAGE_SIZE as usize).enumerate() {
+            self.phys_read((pfn + i as u64).phys(), chunk);
+        }
         if n > 0 {
-            if let Err(e) = inode.data.write_at(off, &buf[..n]) {
-                // mapping_set_error: the page stays dirty for another try.
-                self.set_page_dirty(cpu, page);
+            if let Err(e) = inode.data.write_at(off, &buf) {
+                // mapping_set_error: the folio stays dirty for another try.
+                self.set_page_dirty(cpu, folio);
                 return Err(e);
             }
         }
@@ -234,79 +298,134 @@ impl Kernel {
         self.writeback_page(cpu, inode, page)
     }
 
-    /// `__remove_mapping` for a clean, unmapped page-cache page whose only other reference is
-    /// the caller's: it leaves the cache (dropping the cache's reference). False if it is
-    /// still referenced elsewhere.
+    /// `__remove_mapping` for a clean, unmapped page-cache folio whose only other reference
+    /// is the caller's: it leaves the cache (dropping the cache's references). False if it
+    /// is still referenced elsewhere.
     pub(crate) fn remove_from_page_cache(&self, cpu: &CpuGuard<'_>, page: &Page) -> bool {
-        let Some(inode) = self.inode_of_page(page) else {
+        let folio = page.compound_head();
+        let Some(inode) = self.inode_of_page(folio) else {
             return false;
         };
+        let nr = folio.folio_nr_pages();
         {
             let mut pages = inode.i_pages.lock();
-            if page.refcount() != 2 || page.mapcount() != 0 || page.test(PageFlags::DIRTY) {
+            if folio.refcount() != nr as i32 + 1
+                || folio.folio_mapcount() != 0
+                || folio.test(PageFlags::DIRTY)
+            {
                 return false;
             }
-            pages.remove(page.index());
+            for i in 0..nr {
+                pages.remove(folio.index() + i);
+            }
         }
-        self.delete_from_page_cache(cpu, &inode, page);
+        self.delete_from_page_cache(cpu, &inode, folio);
         true
+    }
+
+    /// The folios cached for `inode`, each (its head) once, in index order, with a reference
+    /// taken on each.
+    fn cached_folios(&self, inode: &Inode) -> Vec<&Page> {
+        let pages = inode.i_pages.lock();
+        let mut out = Vec::new();
+        for pfn in pages.values() {
+            let p = self.mem_map.page(pfn);
+            // A large folio's head slot stands for it; its other slots are its tails.
+            if !p.test(PageFlags::TAIL) {
+                p.get();
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Under `i_pages`' lock: take out of it every folio of `inode` that `drop` selects,
+    /// returning their heads.
+    fn remove_folios_if<'k>(
+        &'k self,
+        inode: &Inode,
+        mut drop: impl FnMut(&Page) -> bool,
+    ) -> Vec<&'k Page> {
+        let mut pages = inode.i_pages.lock();
+        let gone: Vec<&Page> = pages
+            .values()
+            .map(|pfn| self.mem_map.page(pfn))
+            .filter(|p| !p.test(PageFlags::TAIL) && drop(p))
+            .collect();
+        for f in &gone {
+            for i in 0..f.folio_nr_pages() {
+                pages.remove(f.index() + i);
+            }
+        }
+        gone
     }
 
     /// `write_inode_now` / `filemap_write_and_wait`: write every dirty cached page of `inode`
     /// back to its store. The first error is returned after trying every page.
     pub fn write_inode_now(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> Result<(), Errno> {
-        // The cached pages, each with a reference so that none is freed under us.
-        let pages: Vec<&Page> = inode
-            .i_pages
-            .lock()
-            .values()
-            .map(|pfn| {
-                let p = self.mem_map.page(pfn);
-                p.get();
-                p
-            })
+        // The cached folios, each with a reference so that none is freed under us, and the
+        // pages each had when it was collected.
+        let mut work: Vec<(&Page, u64)> = self
+            .cached_folios(inode)
+            .into_iter()
+            .map(|f| (f, f.folio_nr_pages()))
             .collect();
         let mut res = Ok(());
-        for page in pages {
-            // write_cache_pages' folio_lock: one writeback of a page at a time — a second
-            // one racing it could write older bytes after newer ones. A page that left the
+        let mut i = 0;
+        while i < work.len() {
+            let (page, nr_then) = work[i];
+            i += 1;
+            // write_cache_pages' folio_lock: one writeback of a folio at a time — a second
+            // one racing it could write older bytes after newer ones. A folio that left the
             // file meanwhile (reclaim, truncation) is skipped.
             page.lock();
-            if page.mapping() == inode.id
+            let ours = page.mapping() == inode.id;
+            if ours
                 && (page.test(PageFlags::DIRTY)
                     // Dirty PTEs of mapped pages count too (what msync finds through the
-                    // page tables); writeback_page moves them to the page.
-                    || page.mapcount() > 0)
+                    // page tables); writeback_page moves them to the folio.
+                    || page.folio_mapcount() > 0)
             {
                 if let Err(e) = self.writeback_page(cpu, inode, page) {
                     res = res.and(Err(e));
                 }
             }
+            // Split meanwhile (by reclaim): its former tails are pages of their own now,
+            // looked up again and written in turn (writeback_iter finds them the same way,
+            // walking the cache index by index).
+            let (index, nr_now) = (page.index(), page.folio_nr_pages());
             page.unlock();
-            self.__free_pages(cpu, page, 0);
+            self.folio_put(cpu, page);
+            if ours && nr_now < nr_then {
+                for idx in index + nr_now..index + nr_then {
+                    if let Some(f) = self.filemap_get_folio(inode, idx) {
+                        if f.index() == idx {
+                            work.push((f, f.folio_nr_pages()));
+                        } else {
+                            self.folio_put(cpu, f);
+                        }
+                    }
+                }
+            }
         }
         res
     }
 
-    /// `invalidate_mapping_pages`: drop every cached page of `inode` that is clean and
-    /// referenced only by the cache. Returns how many went.
+    /// `invalidate_mapping_pages`: drop every cached folio of `inode` that is clean and
+    /// referenced only by the cache (a large folio whole or not at all). Returns how many
+    /// pages went.
     pub fn invalidate_mapping_pages(&self, cpu: &CpuGuard<'_>, inode: &Inode) -> u64 {
-        let mut freed = Vec::new();
-        {
-            let mut pages = inode.i_pages.lock();
-            pages.retain(|_, pfn| {
-                let p = self.mem_map.page(pfn);
-                let drop = p.refcount() == 1 && p.mapcount() == 0 && !p.test(PageFlags::DIRTY);
-                if drop {
-                    freed.push(pfn);
-                }
-                !drop
-            });
+        let freed = self.remove_folios_if(inode, |f| {
+            f.refcount() == f.folio_nr_pages() as i32
+                && f.folio_mapcount() == 0
+                && !f.test(PageFlags::DIRTY)
+        });
+        let mut n = 0;
+        for f in freed {
+            n += f.folio_nr_pages();
+            self.delete_from_page_cache(cpu, inode, f);
         }
-        for &pfn in &freed {
-            self.delete_from_page_cache(cpu, inode, self.mem_map.page(pfn));
-        }
-        freed.len() as u64
+        n
     }
 
     /// `truncate_inode_pages`: remove every cached page of `inode` that nothing maps or holds
@@ -314,35 +433,34 @@ impl Kernel {
     pub fn truncate_inode_pages(&self, cpu: &CpuGuard<'_>, inode: &Inode) {
         // Pages still in a CPU's LRU batch hold a reference: put them on the lists first.
         self.lru_add_drain_all(cpu);
-        let mut freed = Vec::new();
-        inode.i_pages.lock().retain(|_, pfn| {
-            let p = self.mem_map.page(pfn);
-            let drop = p.refcount() == 1 && p.mapcount() == 0;
-            if drop {
-                freed.push(pfn);
-            }
-            !drop
+        let freed = self.remove_folios_if(inode, |f| {
+            f.refcount() == f.folio_nr_pages() as i32 && f.folio_mapcount() == 0
         });
-        for pfn in freed {
-            let page = self.mem_map.page(pfn);
-            if page.test(PageFlags::DIRTY) {
-                page.clear(PageFlags::DIRTY);
-                self.mod_node_page_state(cpu, page, NR_FILE_DIRTY, -1);
+        for folio in freed {
+            if folio.test(PageFlags::DIRTY) {
+                folio.clear(PageFlags::DIRTY);
+                let nr = folio.folio_nr_pages() as i64;
+                self.mod_node_page_state(cpu, folio, NR_FILE_DIRTY, -nr);
             }
-            self.delete_from_page_cache(cpu, inode, page);
+            self.delete_from_page_cache(cpu, inode, folio);
         }
     }
 
-    /// `__filemap_remove_folio` + the cache's `folio_put`: the page (already out of
-    /// `i_pages`) leaves the cache and is freed.
-    fn delete_from_page_cache(&self, cpu: &CpuGuard<'_>, inode: &Inode, page: &Page) {
-        inode.nrpages.fetch_sub(1, Relaxed);
-        self.mod_node_page_state(cpu, page, NR_FILE_PAGES, -1);
-        page.set_mapping(0);
-        page.clear(
+    /// `__filemap_remove_folio` + the cache's `folio_put_refs`: the folio (already out of
+    /// `i_pages`) leaves the cache and its `nr` cache references go (freeing it when they
+    /// were the last).
+    fn delete_from_page_cache(&self, cpu: &CpuGuard<'_>, inode: &Inode, folio: &Page) {
+        let nr = folio.folio_nr_pages();
+        inode.nrpages.fetch_sub(nr, Relaxed);
+        self.mod_node_page_state(cpu, folio, NR_FILE_PAGES, -(nr as i64));
+        folio.set_mapping(0);
+        folio.clear(
             PageFlags::UPTODATE | PageFlags::REFERENCED | crate::mm::readahead::PG_READAHEAD,
         );
-        self.__free_pages(cpu, page, 0);
+        // Every cache reference but one (the caller checked that more are held), then the
+        // last one as a put that frees the folio at its order.
+        folio.ref_add(1 - nr as i32);
+        self.folio_put(cpu, folio);
     }
 
     /// `drop_caches` = 1: invalidate the clean, unmapped page cache of every inode. Returns
@@ -356,8 +474,10 @@ impl Kernel {
     }
 
     /// The page cache's invariants: each inode's tree is well formed and `nrpages` long, every
-    /// cached page names its inode and index, is up to date and referenced, and the node
-    /// counters add up to the pages cached.
+    /// cached page's folio names its inode and the page its index, the folio is up to date
+    /// and holds at least the cache's references, a large folio fills each slot it covers
+    /// (and only a mapping that supports them has one), and the node counters add up to the
+    /// pages cached.
     pub fn check_pagecache_invariants(&self) -> Result<(), alloc::string::String> {
         let mut total = 0;
         for inode in self.inodes() {
@@ -373,18 +493,31 @@ impl Kernel {
             }
             for (index, pfn) in pages.iter() {
                 let p = self.mem_map.page(pfn);
-                if p.mapping() != inode.id
-                    || p.index() != index
-                    || p.refcount() < 1
-                    || !p.test(PageFlags::UPTODATE)
+                let f = p.compound_head();
+                let nr = f.folio_nr_pages();
+                if f.mapping() != inode.id
+                    || p.pgoff() != index
+                    || f.refcount() < nr as i32
+                    || !f.test(PageFlags::UPTODATE)
                 {
                     return Err(alloc::format!(
-                        "{}: page {index} (pfn {pfn:#x}) has mapping {:#x} index {} refcount {}",
+                        "{}: page {index} (pfn {pfn:#x}) has mapping {:#x} index {} refcount {} \
+                         (folio of {nr})",
                         inode.path,
-                        p.mapping(),
-                        p.index(),
-                        p.refcount()
+                        f.mapping(),
+                        p.pgoff(),
+                        f.refcount()
                     ));
+                }
+                if f.folio_test_large() && !p.test(PageFlags::TAIL) {
+                    let whole = (0..nr).all(|i| pages.get(index + i) == Some(pfn + i));
+                    if !whole || index & (nr - 1) != 0 || !inode.mapping_large_folio_support() {
+                        return Err(alloc::format!(
+                            "{}: folio of {nr} pages at {index} (pfn {pfn:#x}) misaligned, \
+                             not in each of its slots or in a mapping without large folios",
+                            inode.path
+                        ));
+                    }
                 }
             }
             total += pages.len() as u64;
@@ -400,6 +533,9 @@ impl Kernel {
 
     /// Whether `pfn` is a page-cache page of some inode (mapping handle without the anon bit).
     pub(crate) fn page_is_file(&self, page: &Page) -> bool {
+        // A tail's `mapping` word is not its folio's (the first tail's holds
+        // `_nr_pages_mapped`): ask the head.
+        let page = page.compound_head();
         let m = page.mapping();
         m != 0 && m & crate::mm::rmap::PAGE_MAPPING_ANON == 0 && !page.test(PageFlags::SLAB)
     }

@@ -1,4 +1,4 @@
-//! Splitting large anonymous folios and the deferred split queue (the second half of
+//! Splitting large folios (anonymous and page cache) and the deferred split queue (the second half of
 //! `mm/huge_memory.c`): `split_folio_to_list` (`__folio_split` → `__split_huge_page`),
 //! `deferred_split_folio`, `folio_unqueue_deferred_split` and the `deferred_split` shrinker
 //! (`deferred_split_count`/`deferred_split_scan`, run by reclaim's `shrink_slab` step and by
@@ -24,6 +24,13 @@
 //! pin of a COW fault) makes the split fail with `EAGAIN` (`thp_split_page_failed`, the
 //! size's `split_failed`), to be tried again later. Each page then keeps the references of
 //! the PTEs that map it, the head keeps the rest; pages nothing maps are freed.
+//!
+//! A page-cache folio splits the same way with the file's `i_pages` locked as well (the
+//! `xa_lock` Linux holds across `__split_huge_page`, so no lookup takes a reference
+//! meanwhile): the cache holds one reference per page, so the expected count has `nr` more,
+//! and each page keeps the cache's reference besides its PTEs'; the cache's slots already
+//! name each page (see `mm/filemap.rs`), so they stay as they are. Reclaim splits a large
+//! file folio before it unmaps and frees its pages.
 //!
 //! Not done: `split_underused_thp` (Linux 6.12 queues every new PMD THP and splits those
 //! mostly zero-filled), splitting to an order other than 0, and `THP_SWAP` (reclaim splits
@@ -201,11 +208,12 @@ impl Kernel {
         total
     }
 
-    /// `split_folio_to_list` (to order 0) of the large anonymous folio `folio`, locked by
-    /// the caller, who holds one reference: see the module doc. With `list` (reclaim, which
-    /// isolated the folio) the mapped pages are isolated onto it with a reference each;
-    /// otherwise they join the LRU beside the head. `EAGAIN` when a reference other than the
-    /// mappings' and the caller's is held; `EBUSY` for a folio that is not anonymous.
+    /// `split_folio_to_list` (to order 0) of the large anonymous or page-cache folio
+    /// `folio`, locked by the caller, who holds one reference: see the module doc. With
+    /// `list` (reclaim, which isolated the folio) the mapped pages (every page, for a
+    /// page-cache folio) are isolated onto it with a reference each; otherwise they join the
+    /// LRU beside the head. `EAGAIN` when a reference other than the mappings', the cache's
+    /// and the caller's is held; `EBUSY` for a folio that is neither (or below order 2).
     pub(crate) fn split_folio_to_list(
         &self,
         cpu: &CpuGuard<'_>,
@@ -215,7 +223,13 @@ impl Kernel {
         debug_assert!(folio.folio_test_large() && folio.test(PageFlags::LOCKED));
         let order = folio.folio_order();
         let nr = folio.folio_nr_pages();
-        if !page_anon(folio) || order < 2 {
+        let anon = page_anon(folio);
+        let inode = if anon {
+            None
+        } else {
+            Some(self.inode_of_page(folio).ok_or(Errno::EBUSY)?)
+        };
+        if order < 2 {
             return Err(Errno::EBUSY);
         }
         let index = folio.index();
@@ -263,12 +277,20 @@ impl Kernel {
                 self.pte_tables_of(r.pt(), a, b + crate::PAGE_SIZE, &mut tables);
             }
             let ptls = self.lock_pte_tables(&mut tables);
-            // folio_ref_freeze's test: one reference per mapping and the caller's.
+            // The file's xa_lock: no lookup takes a reference on the folio meanwhile.
+            let xa = inode.as_ref().map(|i| i.i_pages.lock());
+            // folio_ref_freeze's test: one reference per mapping, the cache's (one per
+            // page) and the caller's.
             let mapped: i32 = (0..nr).map(|i| folio.folio_page(i).mapcount()).sum();
-            if folio.entire_mapcount() != 0 || folio.refcount() != mapped + 1 {
+            let cache = if anon { 0 } else { nr as i32 };
+            if folio.entire_mapcount() != 0
+                || folio.refcount() != mapped + cache + 1
+                || (!anon && folio.mapping() != inode.as_ref().map_or(0, |i| i.id))
+            {
                 return Err(Errno::EAGAIN);
             }
             self.__split_huge_page(cpu, folio, list, &mut unmapped);
+            drop(xa);
             drop(ptls);
             Ok(())
         });
@@ -313,8 +335,12 @@ impl Kernel {
         let order = folio.folio_order();
         let nr = folio.folio_nr_pages();
         let index = folio.index();
+        // A page-cache folio's pages each keep the cache's reference.
+        let cache = i32::from(!page_anon(folio));
         self.folio_unqueue_deferred_split(folio);
-        self.mthp_stats.add(order, MTHP_STAT_NR_ANON, -1);
+        if cache == 0 {
+            self.mthp_stats.add(order, MTHP_STAT_NR_ANON, -1);
+        }
         let nid = folio.nid();
         let mut lru = self.nodes[nid].lru.lock();
         let on_lru = folio.test(PageFlags::LRU);
@@ -337,7 +363,7 @@ impl Kernel {
             // The page's own references first: an MMU may be storing through a PTE that maps
             // it, and whoever looks at the page meanwhile (as a tail, through its head, or
             // as itself) finds it referenced.
-            let refs = t.mapcount();
+            let refs = t.mapcount() + cache;
             t.set_refcount(refs);
             t.set_index(index + i);
             t.set_mapping(folio.mapping());

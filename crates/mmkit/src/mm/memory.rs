@@ -34,6 +34,7 @@ use crate::mm::vmstat::{
     index_of, MTHP_STAT_ANON_FAULT_ALLOC, MTHP_STAT_ANON_FAULT_FALLBACK, VM_EVENT_NAMES,
 };
 use crate::Kernel;
+use alloc::vec::Vec;
 
 /// `PGFAULT`.
 pub const PGFAULT: usize = index_of(VM_EVENT_NAMES, "pgfault");
@@ -438,7 +439,7 @@ impl Kernel {
         vmf.pte.lock();
         if vmf.pte.install(vmf.orig_pte, pte).is_err() {
             vmf.pte.unlock();
-            self.__free_pages(cpu, page, 0);
+            self.folio_put(cpu, page);
             return false;
         }
         self.page_add_rmap(cpu, page);
@@ -466,9 +467,14 @@ impl Kernel {
     }
 
     /// `do_fault_around` / `filemap_map_pages`: map the pages of the aligned
-    /// `fault_around_bytes` window (inside the VMA and the same page table) that are cached,
-    /// up to date and not readahead markers, without I/O. Returns whether the page at the
-    /// fault's address was among them.
+    /// `fault_around_bytes` window (inside the VMA, the same page table and the file's size)
+    /// that are cached,
+    /// up to date and not readahead markers, without I/O. A large folio the window reaches
+    /// is mapped whole when it lies inside the VMA and the page table (Linux 6.18's
+    /// "map entire large folio"), else the part inside the window: one reference on the
+    /// folio per page mapped, taken at once (`folio_ref_add`), and the mappings of each run
+    /// of its pages counted at once (`folio_add_file_rmap_ptes`). Returns whether the page
+    /// at the fault's address was among them.
     fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> bool {
         let vma = vmf.vma;
         let va = vmf.address;
@@ -477,50 +483,78 @@ impl Kernel {
         };
         let win = FAULT_AROUND_PAGES << crate::PAGE_SHIFT;
         let pmd = 1u64 << 21;
-        let start = (va & !(win - 1)).max(vma.vm_start).max(va & !(pmd - 1));
-        let end = ((va & !(win - 1)) + win)
-            .min(vma.vm_end)
-            .min((va & !(pmd - 1)) + pmd);
-        // filemap_map_pages: the cached pages of the window collected with a reference in
-        // one pass over the cache (readahead markers left for their own fault), then mapped
-        // in one round of the PTE table's lock where the entry is still none. The window
-        // stays inside one PTE table, which the fault populated.
-        let n = ((end - start) >> crate::PAGE_SHIFT) as usize;
-        let first = vma.linear_page_index(start);
-        let mut found: [Option<&Page>; FAULT_AROUND_PAGES as usize] =
-            [None; FAULT_AROUND_PAGES as usize];
+        let lo_bound = vma.vm_start.max(va & !(pmd - 1));
+        let hi_bound = vma.vm_end.min((va & !(pmd - 1)) + pmd);
+        let start = (va & !(win - 1)).max(lo_bound);
+        let end = ((va & !(win - 1)) + win).min(hi_bound);
+        // Nothing past the end of the file is mapped (`file_end`): pages a truncation left
+        // in the cache there, or the rest of a folio it cut, belong to no byte of the file.
+        let file_end = file.inode.size().div_ceil(PAGE_SIZE);
+        let (first, last) = (
+            vma.linear_page_index(start),
+            vma.linear_page_index(end).min(file_end),
+        );
+        let (lo_index, hi_index) = (
+            vma.linear_page_index(lo_bound),
+            vma.linear_page_index(hi_bound).min(file_end),
+        );
+        // filemap_map_pages: the cached folios of the window collected with their
+        // references in one pass over the cache (readahead markers left for their own
+        // fault), then mapped in one round of the PTE table's lock where the entries are
+        // still none. Everything stays inside one PTE table, which the fault populated.
+        // Each run: the folio, and the file indexes [lo, hi) of it to map.
+        let mut runs: Vec<(&Page, u64, u64)> = Vec::new();
         {
             let pages = file.inode.i_pages.lock();
-            for (i, f) in found.iter_mut().enumerate().take(n) {
-                let Some(pfn) = pages.get(first + i as u64) else {
+            let mut j = first;
+            while j < last {
+                let Some(pfn) = pages.get(j) else {
+                    j += 1;
                     continue;
                 };
-                let page = self.mem_map.page(pfn);
-                if !page.test(crate::mm::readahead::PG_READAHEAD) {
-                    page.get();
-                    *f = Some(page);
-                }
-            }
-        }
-        let (mut hit, mut mapped) = (false, 0u32);
-        {
-            let mut c = self.pte_cursor(&mm.pt, start, end);
-            for (i, f) in found.iter().enumerate().take(n) {
-                let Some(page) = *f else { continue };
-                let a = start + ((i as u64) << crate::PAGE_SHIFT);
-                let pte = Pte::new(self.page_to_pfn(page), vma.vm_page_prot);
-                if !c.seek(a) || c.install(Pte(0), pte).is_err() {
-                    self.__free_pages(cpu, page, 0);
+                let folio = self.mem_map.page(pfn).compound_head();
+                let (fi, nr) = (folio.index(), folio.folio_nr_pages());
+                j = fi + nr;
+                if folio.test(crate::mm::readahead::PG_READAHEAD) {
                     continue;
                 }
-                self.page_add_rmap(cpu, page);
-                mapped += 1;
-                hit |= a == va;
+                let (lo, hi) = if fi >= lo_index && fi + nr <= hi_index {
+                    (fi, fi + nr)
+                } else {
+                    (fi.max(first), (fi + nr).min(last))
+                };
+                folio.ref_add((hi - lo) as i32);
+                runs.push((folio, lo, hi));
+            }
+        }
+        let addr_of = |index: u64| vma.vm_start + ((index - vma.vm_pgoff) << crate::PAGE_SHIFT);
+        let (mut hit, mut mapped) = (false, 0u64);
+        if let (Some(&(_, lo, _)), Some(&(_, _, hi))) = (runs.first(), runs.last()) {
+            let mut c = self.pte_cursor(&mm.pt, addr_of(lo), addr_of(hi));
+            for &(folio, lo, hi) in &runs {
+                let fi = folio.index();
+                // The run of pages installed so far, counted in the rmap at once.
+                let mut run_from = lo;
+                for k in lo..hi {
+                    let a = addr_of(k);
+                    let page = folio.folio_page(k - fi);
+                    let pte = Pte::new(self.page_to_pfn(page), vma.vm_page_prot);
+                    if !c.seek(a) || c.install(Pte(0), pte).is_err() {
+                        self.folio_add_file_rmap_ptes(cpu, folio, run_from - fi, k - run_from);
+                        mapped += k - run_from;
+                        run_from = k + 1;
+                        self.folio_put(cpu, folio);
+                        continue;
+                    }
+                    hit |= a == (va & PAGE_MASK);
+                }
+                self.folio_add_file_rmap_ptes(cpu, folio, run_from - fi, hi - run_from);
+                mapped += hi - run_from;
             }
         }
         if mapped > 0 {
             mm.add_counter(MM_FILEPAGES, mapped as i64);
-            self.ra_note_mapped(file, mapped);
+            self.ra_note_mapped(file, mapped.min(u32::MAX as u64) as u32);
         }
         hit
     }
@@ -542,13 +576,13 @@ impl Kernel {
         let new = match self.alloc_user_page(cpu, false) {
             Ok(p) => p,
             Err(e) => {
-                self.__free_pages(cpu, src, 0);
+                self.folio_put(cpu, src);
                 return Err(e);
             }
         };
         let pfn = self.page_to_pfn(new);
         self.copy_highpage(pfn, self.page_to_pfn(src));
-        self.__free_pages(cpu, src, 0);
+        self.folio_put(cpu, src);
         vmf.pte.lock();
         if vmf
             .pte

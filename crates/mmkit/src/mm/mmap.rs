@@ -800,11 +800,12 @@ impl Kernel {
                         v.anon_vma
                     ));
                 }
-            } else if page.mapping() != 0 {
+            } else if folio.mapping() != 0 {
+                // A page-cache page (of a large folio: the folio's inode, its own index).
                 let ok = v
                     .vm_file
                     .as_ref()
-                    .is_some_and(|f| f.inode.id == page.mapping() && page.index() == index);
+                    .is_some_and(|f| f.inode.id == folio.mapping() && page.pgoff() == index);
                 if !ok {
                     bad = Some(alloc::format!("file page at {va:#x} does not belong there"));
                 }

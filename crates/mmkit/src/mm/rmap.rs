@@ -1,6 +1,6 @@
 //! Reverse-mapping bookkeeping (`mm/rmap.c`): what happens to a page's `_mapcount`,
 //! `page->mapping` and the node's mapped-page counters when a PTE starts or stops mapping it
-//! (`folio_add_new_anon_rmap`, `folio_add_file_rmap_pte`, `folio_dup_file_rmap_pte`,
+//! (`folio_add_new_anon_rmap`, `folio_add_file_rmap_pte(s)`, `folio_dup_file_rmap_pte`,
 //! `folio_remove_rmap_pte`).
 //!
 //! An anonymous page carries `PAGE_MAPPING_ANON` plus its `anon_vma` id in `page->mapping`
@@ -192,6 +192,38 @@ impl Kernel {
             };
             self.mod_node_page_state(cpu, page, item, 1);
         }
+    }
+
+    /// `folio_add_file_rmap_ptes`: `nr` PTEs now map the pages `first..first + nr` of the
+    /// page-cache folio `folio` (its head; a single page: `first` 0, `nr` 1), one each. The
+    /// pages mapped for the first time are counted at once in the folio's
+    /// `_nr_pages_mapped` and in `NR_FILE_MAPPED` (unless a PMD maps the folio whole).
+    pub(crate) fn folio_add_file_rmap_ptes(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        first: u64,
+        nr: u64,
+    ) {
+        if nr == 0 {
+            return;
+        }
+        let mut newly = 0i64;
+        for i in first..first + nr {
+            if folio.folio_page(i).inc_mapcount() == 1 {
+                newly += 1;
+            }
+        }
+        if newly == 0 {
+            return;
+        }
+        if folio.folio_test_large() {
+            folio.add_nr_pages_mapped(newly as i32);
+            if folio.entire_mapcount() > 0 {
+                return;
+            }
+        }
+        self.mod_node_page_state(cpu, folio, NR_FILE_MAPPED, newly);
     }
 
     /// `folio_remove_rmap_pte`: one PTE stopped mapping `page`. A large anonymous folio
