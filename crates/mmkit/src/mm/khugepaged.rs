@@ -20,8 +20,11 @@
 //! still may. Each page to be copied is locked and pinned (reclaim and compaction pass a
 //! locked or pinned page by), its PTE cleared through a gather and the translations
 //! flushed before the bytes are copied (a store through a stale TLB entry after the copy
-//! would be lost); the emptied PTE table becomes the THP's deposited table and the PMD
-//! entry changes from the table to the huge entry under the PMD lock. Missing pages read as
+//! would be lost); the PMD entry changes from the table to the huge entry under the PMD
+//! lock, and the emptied PTE table leaves through the gather (freed after the flush and the
+//! grace period of table frees, which a hypervisor's shadow of it needs) while a fresh one
+//! is deposited for the THP — Linux deposits the emptied table itself, which here let a
+//! later split link a table the hypervisor still shadowed under another PMD. Missing pages read as
 //! zero (the THP is allocated zeroed). Swapped-out pages are faulted in first (up to
 //! `max_ptes_swap` for khugepaged). A page shared with another process is copied; the
 //! other keeps its own.
@@ -549,7 +552,8 @@ impl Kernel {
     }
 
     /// `collapse_huge_page`: a zeroed THP, the range's pages locked, pinned, unmapped and
-    /// copied into it, the emptied table deposited and the PMD pointed at the THP.
+    /// copied into it, the PMD pointed at the THP, a fresh table deposited and the emptied
+    /// one freed through the gather.
     fn collapse_huge_page(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, haddr: u64) -> ScanResult {
         let Some(id) = mm.find_vma_id(haddr) else {
             return ScanResult::VmaCheck;
@@ -566,6 +570,15 @@ impl Kernel {
             return ScanResult::AllocHugePageFail;
         };
         cpu.state().vmstat.count(THP_COLLAPSE_ALLOC, 1);
+        // A fresh table to deposit for the THP's later split. The PTE table the collapse
+        // empties leaves the tree through the gather instead: a table the MMU walked may
+        // still be cached (a hypervisor's shadow of it, a paging-structure cache) until the
+        // flush and the grace period of table frees, so it must not be linked under another
+        // PMD before that (a later split withdrawing it did, and two 2 MiB ranges aliased).
+        if self.pgtable_deposit(cpu, &mm.pt).is_err() {
+            self.folio_put(cpu, folio);
+            return ScanResult::AllocHugePageFail;
+        }
         // __collapse_huge_page_isolate: lock and pin each page while its PTE still maps it.
         let mut slots: Vec<Slot<'_>> = Vec::with_capacity(HPAGE_PMD_NR as usize);
         let mut fail = None;
@@ -620,6 +633,7 @@ impl Kernel {
         }
         if let Some(r) = fail {
             self.collapse_release(cpu, &slots);
+            self.pgtable_withdraw_free(cpu, &mm.pt);
             self.folio_put(cpu, folio);
             return r;
         }
@@ -656,8 +670,9 @@ impl Kernel {
             }
         }
         mm.add_counter(MM_ANONPAGES, -copied);
-        // The PMD: from the emptied table to the huge entry; the table is deposited for a
-        // later split. A walker that still finds the old table finds it empty and faults.
+        // The PMD: from the emptied table to the huge entry; the emptied table is freed after
+        // the flush (and the grace period of table frees). A walker that still finds it
+        // finds it empty and faults.
         let mut entry = Pte(Pte::new_huge(dst, vma.vm_page_prot).0
             | PteFlags::DIRTY.bits()
             | PteFlags::ACCESSED.bits());
@@ -667,7 +682,7 @@ impl Kernel {
         let installed = match self.pmd_lock(&mm.pt, haddr) {
             Some(mut g) => match g.collapse_table(entry) {
                 Some(table) => {
-                    self.pgtable_deposit_table(&mm.pt, table);
+                    tlb.remove_table(table, haddr, haddr + HPAGE_PMD_SIZE);
                     self.folio_add_new_anon_rmap_pmd(cpu, folio, av, vma.linear_page_index(haddr));
                     mm.add_counter(MM_ANONPAGES, HPAGE_PMD_NR as i64);
                     true
@@ -676,10 +691,11 @@ impl Kernel {
             },
             None => false,
         };
-        drop(tlb); // flushes again (nothing new) and drops the old pages' references
+        drop(tlb); // flushes the PMD's change, drops the old pages' references, frees the table
         self.collapse_release(cpu, &slots);
         if !installed {
             // Cannot happen with the address space held: its PMD stays a table.
+            self.pgtable_withdraw_free(cpu, &mm.pt);
             self.folio_put(cpu, folio);
             return ScanResult::PmdNull;
         }

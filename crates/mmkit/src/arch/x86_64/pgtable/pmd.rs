@@ -118,14 +118,6 @@ impl Kernel {
         Ok(())
     }
 
-    /// `pgtable_trans_huge_deposit` of a table that was in use: a collapse's emptied PTE
-    /// table set aside for the huge entry that replaced it.
-    pub(crate) fn pgtable_deposit_table(&self, pt: &PgTable, table: Pfn) {
-        let mut d = pt.deposit.lock();
-        d.0.push_back(&self.mem_map, table);
-        d.1 += 1;
-    }
-
     /// `pgtable_trans_huge_withdraw` + `pte_free`: give back a deposited table when the huge
     /// entry it was set aside for goes without a split (it never was a table an MMU saw).
     pub fn pgtable_withdraw_free(&self, cpu: &CpuGuard<'_>, pt: &PgTable) {
