@@ -813,3 +813,72 @@ int main(void) {
         );
     }
 }
+
+/// A shared futex word in a THP: the waiter sleeps while a PMD maps the word huge, the
+/// other thread splits that PMD (`MADV_DONTNEED` of another 4 KiB of it) and wakes it. The
+/// key of a futex in anonymous memory is the address space and the address, as in Linux,
+/// so the wake reaches the waiter (keyed by the frame, it was keyed one way while huge and
+/// another after the split, and the waiter slept to its timeout; glibc's `pthread_join`
+/// hung for ever where the stack's top was a THP). Found by a reviewer.
+#[test]
+fn a_futex_wake_after_its_thp_is_split_reaches_the_waiter() {
+    let Some((m, vm)) = machine(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prog = cc(
+        dir.path(),
+        "futex_thp",
+        FUTEX_THP_C,
+        &["-static", "-pthread"],
+    );
+    let before = m.settle();
+    let r = run(&m, &vm, &[prog.to_str().unwrap()], RunOptions::default());
+    assert_eq!(r.out.status, Status::Exited(0), "{:?}", r.out.log);
+    let out = String::from_utf8_lossy(&r.stdout);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["wait woken", "woke 1"], "{out}");
+    assert_clean(&m, before, "a futex in a THP");
+}
+
+const FUTEX_THP_C: &str = r#"/* A shared futex word in a THP: the waiter sleeps while the PMD maps it huge; the waker
+ * splits the PMD (MADV_DONTNEED of another 4 KiB of the THP) and then wakes. Linux keys a
+ * futex in anonymous memory by (mm, address): the waiter wakes. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#define H (2ul << 20)
+static volatile uint32_t *w;
+static unsigned char *r;
+static void *waker(void *a) {
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, 0);
+    if (a) madvise(r + H / 2, 4096, MADV_DONTNEED); /* split the PMD */
+    *w = 1;
+    long n = syscall(SYS_futex, w, FUTEX_WAKE, 1, 0, 0, 0);
+    printf("woke %ld\n", n);
+    return 0;
+}
+int main(int argc, char **argv) {
+    int split = argc < 2 || strcmp(argv[1], "nosplit");
+    unsigned char *raw = mmap(0, 2 * H, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    r = (unsigned char *)(((uintptr_t)raw + H - 1) & ~(H - 1));
+    if (madvise(r, H, MADV_HUGEPAGE)) return 2;
+    memset(r, 0, H);
+    w = (volatile uint32_t *)(r + 0x1000);
+    pthread_t t;
+    pthread_create(&t, 0, waker, (void *)(uintptr_t)split);
+    struct timespec to = {3, 0};
+    long rc = syscall(SYS_futex, w, FUTEX_WAIT, 0, &to, 0, 0);
+    printf("wait %s\n", rc == 0 ? "woken" : strerror(errno));
+    pthread_join(t, 0);
+    return 0;
+}
+"#;

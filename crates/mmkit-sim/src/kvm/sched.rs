@@ -709,20 +709,36 @@ impl Proc<'_> {
         self.futex_wake(key, 1, u32::MAX);
     }
 
-    /// The key of the futex at `uaddr`: the address space (`mm`, the same for every process
-    /// that shares it) and address for a private one; the physical address for a shared
-    /// one (the same word seen by every mapping of it).
+    /// The key of the futex at `uaddr` (`get_futex_key`). A private futex, and a shared one
+    /// in memory no other address space can map (anonymous private memory: Linux keys a
+    /// shared futex on an anonymous page by address space and address too), is the address
+    /// space (`mm`, the same for every process that shares it) and the address; a shared
+    /// futex in a shared mapping (a file, or shared anonymous memory, whose memory file it
+    /// is) is the file and the offset in it, the same word whichever mapping sees it. No key
+    /// depends on a frame or a page table, so a split, a collapse, a migration or a swap of
+    /// the page between the wait and the wake changes nothing.
     pub fn futex_key(&mut self, uaddr: u64, private: bool) -> (u64, u64) {
+        let mm = self.tasks.mm_of(self.pid);
         if !private {
-            let k = self.k;
-            if let Some(pte) = k.pte_lookup(&self.mm().pt, uaddr & !0xfff) {
-                if pte.is_present() {
-                    return (pte.pfn().0, uaddr & 0xfff);
-                }
+            let shared = mm
+                .and_then(|mm| mm.vma_lookup(uaddr))
+                .filter(|v| v.vm_flags.contains(mmkit::mm::mm_types::VmFlags::VM_SHARED))
+                .and_then(|v| {
+                    let f = v.vm_file.as_ref()?;
+                    let pgoff = v.vm_pgoff + ((uaddr - v.vm_start) >> mmkit::PAGE_SHIFT);
+                    Some((
+                        Arc::as_ptr(&f.inode) as u64 & !(3 << 62),
+                        (pgoff << mmkit::PAGE_SHIFT) | (uaddr & 0xfff),
+                    ))
+                });
+            if let Some(key) = shared {
+                return key;
             }
         }
-        let mm = self.tasks.mm_of(self.pid).map_or(0, |mm| mm.pt.ctx_id());
-        ((1 << 63) | mm, uaddr)
+        let mm = mm.map_or(0, |mm| mm.pt.ctx_id());
+        // FUT_OFF_MMSHARED: a shared wait on private memory and a private one differ.
+        let tag = if private { 1 << 63 } else { 1 << 62 };
+        (tag | mm, uaddr)
     }
 
     /// `de_thread` at exec: the process's other threads go.
