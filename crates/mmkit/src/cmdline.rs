@@ -48,8 +48,8 @@ pub struct BootConfig {
     pub slab_debug: bool,
     /// `transparent_hugepage=` (the build's default, `madvise`, when absent).
     pub thp_enabled: Option<crate::mm::huge_memory::ThpEnabled>,
-    /// `thp_anon=` (Linux 6.12+): the per-size anonymous policies (Linux's defaults when
-    /// absent: 2 MiB `inherit`, the other sizes `never`).
+    /// `thp_anon=` (Linux 6.12+): the per-size anonymous policies; a size it does not name
+    /// is `never` (Linux's defaults when absent: 2 MiB `inherit`, the other sizes `never`).
     pub thp_anon: Option<crate::mm::huge_memory::AnonOrders>,
 }
 
@@ -243,7 +243,9 @@ impl BootConfig {
                     );
                 }
                 ("thp_anon", Some(v)) => {
-                    let mut o = c.thp_anon.unwrap_or_default();
+                    let mut o = c
+                        .thp_anon
+                        .unwrap_or(crate::mm::huge_memory::AnonOrders::none());
                     o.apply_thp_anon(v).map_err(bad)?;
                     c.thp_anon = Some(o);
                 }
@@ -286,6 +288,16 @@ mod tests {
         assert_eq!(o.policy(7), ThpPolicy::Madvise);
         assert_eq!(o.policy(9), ThpPolicy::Never);
         assert_eq!(AnonOrders::default().policy(9), ThpPolicy::Inherit);
+        // A size not named is `never`, the PMD size too (Linux's transhuge.rst); two
+        // `thp_anon=` add up.
+        let o = BootConfig::parse("thp_anon=64K:always thp_anon=32K:madvise")
+            .unwrap()
+            .thp_anon
+            .unwrap();
+        assert_eq!(o.policy(4), ThpPolicy::Always);
+        assert_eq!(o.policy(3), ThpPolicy::Madvise);
+        assert_eq!(o.policy(9), ThpPolicy::Never);
+        assert_eq!(o.policy(2), ThpPolicy::Never);
         assert_eq!(AnonOrders::default().policy(4), ThpPolicy::Never);
         for bad in [
             "thp_anon=64K",

@@ -210,6 +210,17 @@ impl Default for AnonOrders {
 }
 
 impl AnonOrders {
+    /// Every size `never`: where `thp_anon=` starts from (`setup_thp_anon` runs before
+    /// `hugepage_init_sysfs` sets the defaults, which it then leaves alone), so a size the
+    /// command line does not name is `never`, the PMD size included.
+    pub const fn none() -> Self {
+        Self {
+            always: 0,
+            madvise: 0,
+            inherit: 0,
+        }
+    }
+
     /// The policy of `order`.
     pub fn policy(&self, order: u32) -> ThpPolicy {
         let b = 1u32.checked_shl(order).unwrap_or(0);
