@@ -53,6 +53,14 @@ pub fn sys_clone(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
         | libc::CLONE_CHILD_SETTID
         | libc::CLONE_CHILD_CLEARTID
         | 0xff;
+    // copy_process's checks of combinations that make no sense come first: EINVAL, whatever
+    // this machine has yet.
+    if (f(libc::CLONE_NEWNS) || f(libc::CLONE_NEWUSER)) && f(libc::CLONE_FS)
+        || f(libc::CLONE_THREAD) && !f(libc::CLONE_SIGHAND)
+        || f(libc::CLONE_SIGHAND) && !f(libc::CLONE_VM)
+    {
+        return Err(EINVAL);
+    }
     if f(libc::CLONE_THREAD) {
         return clone_thread(p, cpu, a);
     }
