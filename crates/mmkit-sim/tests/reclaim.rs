@@ -302,12 +302,22 @@ fn oom_killer_kills_the_biggest_task() {
                 Ok(()) => i += 1,
                 Err(s) => {
                     assert_eq!(s.signo, SIGKILL, "out of memory");
-                    let score_hog = k.oom_score(tasks.get(hog).unwrap());
-                    let score_small = k.oom_score(tasks.get(small).unwrap());
+                    let score_hog = k.oom_score(tasks.get(hog).unwrap(), tasks.mm_of(hog));
+                    let score_small = k.oom_score(tasks.get(small).unwrap(), tasks.mm_of(small));
                     assert!(score_hog > score_small);
-                    assert_eq!(k.oom_score(tasks.get(protected).unwrap()), 0);
+                    assert_eq!(
+                        k.oom_score(tasks.get(protected).unwrap(), tasks.mm_of(protected)),
+                        0
+                    );
                     use mmkit::fs::proc::array::{proc_pid_oom_score, proc_pid_oom_score_adj};
-                    assert_eq!(proc_pid_oom_score(k, tasks.get(protected).unwrap()), "0\n");
+                    assert_eq!(
+                        proc_pid_oom_score(
+                            k,
+                            tasks.get(protected).unwrap(),
+                            tasks.mm_of(protected)
+                        ),
+                        "0\n"
+                    );
                     assert_eq!(
                         proc_pid_oom_score_adj(tasks.get(protected).unwrap()),
                         "-1000\n"

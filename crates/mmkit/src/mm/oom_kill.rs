@@ -35,14 +35,11 @@ impl Kernel {
         Some(points as i64 + adj as i64 * (totalpages / 1000) as i64)
     }
 
-    /// `/proc/PID/oom_score`: the badness scaled into [0, 2000] as Linux exports it.
-    pub fn oom_score(&self, t: &Task) -> u64 {
+    /// `/proc/PID/oom_score`: the badness of task `t` running in `mm` (its own or the one
+    /// it shares, `TaskTable::mm_of`) scaled into [0, 2000] as Linux exports it.
+    pub fn oom_score(&self, t: &Task, mm: Option<&MmStruct>) -> u64 {
         let total = self.oom_totalpages().max(1) as i64;
-        match t
-            .mm
-            .as_ref()
-            .and_then(|mm| self.oom_badness(mm, t.oom_score_adj, total as u64))
-        {
+        match mm.and_then(|mm| self.oom_badness(mm, t.oom_score_adj, total as u64)) {
             Some(b) => ((1000 + b * 1000 / total) * 2 / 3).max(0) as u64,
             None => 0,
         }

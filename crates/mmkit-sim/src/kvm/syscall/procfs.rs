@@ -248,7 +248,7 @@ pub fn open(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, path: &str) -> Result<Option<
                 tid,
                 &proc::array::proc_pid_stat(t, mm, times(p.task_cpu(pid))),
             )),
-            "oom_score" => Some(proc::array::proc_pid_oom_score(k, t)),
+            "oom_score" => Some(proc::array::proc_pid_oom_score(k, t, mm)),
             "oom_score_adj" => Some(proc::array::proc_pid_oom_score_adj(t)),
             "comm" => Some(format!("{}\n", p.comm_of(pid, tid))),
             "cmdline" => {

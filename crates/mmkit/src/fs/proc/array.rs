@@ -64,8 +64,8 @@ pub fn proc_pid_status(k: &Kernel, t: &Task, mm: Option<&MmStruct>) -> String {
 }
 
 /// `/proc/PID/oom_score` (`proc_oom_score`).
-pub fn proc_pid_oom_score(k: &Kernel, t: &Task) -> String {
-    alloc::format!("{}\n", k.oom_score(t))
+pub fn proc_pid_oom_score(k: &Kernel, t: &Task, mm: Option<&MmStruct>) -> String {
+    alloc::format!("{}\n", k.oom_score(t, mm))
 }
 
 /// `/proc/PID/oom_score_adj`.
