@@ -8,7 +8,7 @@
 //! counters are as Linux keeps them, and every checker passes.
 
 mod common;
-use common::{boot_mem, free_and_pcp};
+use common::{boot_mem, fill, free_and_pcp, tag};
 use mmkit::arch::x86_64::pgtable::HPAGE_PMD_SIZE;
 use mmkit::fs::proc::task_mmu::proc_pid_smaps;
 use mmkit::gfp::{Gfp, GFP_KERNEL};
@@ -35,20 +35,6 @@ fn event(k: &Kernel, name: &str) -> u64 {
 
 fn mthp(k: &Kernel, name: &str) -> i64 {
     k.mthp_stat(4, name).unwrap()
-}
-
-fn tag(i: u64, seed: u64) -> [u8; 8] {
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed).to_le_bytes()
-}
-
-/// Write `tag(i, seed)` at the start and the end of each page of `[base, base + pages)`.
-fn fill(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, base: u64, pages: u64, seed: u64) {
-    for i in 0..pages {
-        k.user_write(cpu, mm, base + (i << 12), &tag(i, seed))
-            .unwrap();
-        k.user_write(cpu, mm, base + (i << 12) + 4088, &tag(i, seed))
-            .unwrap();
-    }
 }
 
 /// Check page `i` of `base` reads `tag(i, seed_of(i))` at both ends (`None`: not checked).

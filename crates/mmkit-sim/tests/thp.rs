@@ -6,7 +6,7 @@
 //! the fallback to 4 KiB without an order-9 block; and every page back at the end.
 
 mod common;
-use common::{boot_mem, free_and_pcp};
+use common::{boot_mem, fill, free_and_pcp, tag};
 use mmkit::arch::x86_64::pgtable::{HPAGE_PMD_NR, HPAGE_PMD_SIZE};
 use mmkit::arch::x86_64::tlb::Access;
 use mmkit::errno::Errno;
@@ -30,21 +30,6 @@ const MIB: u64 = 1 << 20;
 
 fn event(k: &Kernel, name: &str) -> u64 {
     mmkit::fs::proc::vmstat::vm_event(k, name).expect("a vmstat event name")
-}
-
-/// 8 bytes naming page `i` under `seed`.
-fn tag(i: u64, seed: u64) -> [u8; 8] {
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed).to_le_bytes()
-}
-
-/// Write `tag(i, seed)` at the start and the end of each page of `[base, base + pages)`.
-fn fill(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, base: u64, pages: u64, seed: u64) {
-    for i in 0..pages {
-        k.user_write(cpu, mm, base + (i << 12), &tag(i, seed))
-            .unwrap();
-        k.user_write(cpu, mm, base + (i << 12) + 4088, &tag(i, seed))
-            .unwrap();
-    }
 }
 
 /// Check what `fill` wrote, with `seed_of(i)` per page (`None`: the page reads as zeroes).

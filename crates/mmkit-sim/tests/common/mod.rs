@@ -138,3 +138,25 @@ pub fn elf_file(
     b.resize(end, 0xcc);
     b
 }
+
+/// 8 bytes naming page `i` under `seed`.
+pub fn tag(i: u64, seed: u64) -> [u8; 8] {
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed).to_le_bytes()
+}
+
+/// Write `tag(i, seed)` at the start and the end of each page of `[base, base + pages)`.
+pub fn fill(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    mm: &mut mmkit::mm::mm_types::MmStruct,
+    base: u64,
+    pages: u64,
+    seed: u64,
+) {
+    for i in 0..pages {
+        k.user_write(cpu, mm, base + (i << 12), &tag(i, seed))
+            .unwrap();
+        k.user_write(cpu, mm, base + (i << 12) + 4088, &tag(i, seed))
+            .unwrap();
+    }
+}
