@@ -17,7 +17,12 @@
 //!   written mappings, and the child's exit (`exit_mmap`) at once — per fork — beside the host
 //!   kernel forking this process with the same 16 MiB written, the child exiting at once;
 //! - `file-read-fault`: map a cached 16 MiB file privately, read every page, munmap — per page,
-//!   fault-around included — beside the host doing the same on a file in its page cache;
+//!   fault-around included — beside the host doing the same on a file in its page cache
+//!   (the host's file was just written, and its file system caches a large write in
+//!   PMD-sized folios, which the host maps by PMDs; ours is cached by readahead in folios of
+//!   up to 128 KiB, mapped by PTEs);
+//! - `file-read-fault-thp`: the same with `MADV_HUGEPAGE` on both sides: file THPs mapped by
+//!   one PMD per 2 MiB on both;
 //! - `fault-count-*`: the patterns of `fault_counts` (a process exec'd here vs this host
 //!   process): time per fault and the minor/major counts of both.
 
@@ -370,57 +375,15 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
             Some(format!("per fork; {vmas} VMAs")),
         ));
     }
-    if want("file-read-fault") {
-        let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
-        let path = dir.path().join("file");
-        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data)?;
-        let ours = m.on_cpu(0, |cpu| -> Result<(f64, f64)> {
-            let inode = m.hostfs.inode(k, &path)?;
-            let f = k.open(&inode, FMode::READ)?;
-            let mut mm = k.mm_alloc(cpu)?;
-            let mut b = [0u8; 1];
-            let r = measure(PAGES, || {
-                let a = k
-                    .do_mmap(cpu, &mut mm, Some(&f), 0, LEN, PROT_READ, MAP_PRIVATE, 0)
-                    .expect("mmap");
-                for i in 0..PAGES {
-                    k.user_read(cpu, &mut mm, a + (i << 12), &mut b)
-                        .expect("read");
-                }
-                k.munmap(cpu, &mut mm, a, LEN).expect("munmap");
-            });
-            k.exit_mmap(cpu, mm);
-            k.fput(cpu, f);
-            Ok(r)
-        })?;
-        let file = std::fs::File::open(&path)?;
-        let host = measure(PAGES, || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a private read-only mapping of our file, read and unmapped here.
-            unsafe {
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    LEN as usize,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE,
-                    file.as_raw_fd(),
-                    0,
-                );
-                assert!(p != libc::MAP_FAILED, "host mmap");
-                for i in (0..LEN as usize).step_by(4096) {
-                    black_box(std::ptr::read_volatile((p as *const u8).add(i)));
-                }
-                libc::munmap(p, LEN as usize);
-            }
-        });
-        rows.push(row(
-            "file-read-fault",
-            ours,
-            "host kernel: mmap a cached 16 MiB file, read every page, munmap",
-            host.0,
-            Some(String::from("per 4 KiB page, fault-around 64 KiB")),
-        ));
+    for huge in [false, true] {
+        let name = if huge {
+            "file-read-fault-thp"
+        } else {
+            "file-read-fault"
+        };
+        if want(name) {
+            rows.push(file_read_fault_row(&m, name, huge)?);
+        }
     }
     if want("fault-count") {
         let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
@@ -450,4 +413,78 @@ fn measure_once(ops: u64, f: impl FnOnce()) -> (f64, f64) {
         t.elapsed().as_nanos() as f64 / ops as f64,
         (crate::bench::tsc() - c) as f64 / ops as f64,
     )
+}
+
+/// `file-read-fault` / `file-read-fault-thp`: mmap a 16 MiB file privately (with
+/// `MADV_HUGEPAGE` on both sides when `huge`), read a byte of every page, munmap; per page,
+/// the warm-up round having cached the file on both sides.
+fn file_read_fault_row(m: &Machine, name: &str, huge: bool) -> Result<Row> {
+    use mmkit::mm::madvise::MADV_HUGEPAGE;
+    let k = &m.kernel;
+    let dir = crate::tempfiles::PrivateDir::new("mmkit-bench.")?;
+    let path = dir.path().join("file");
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data)?;
+    let ours = m.on_cpu(0, |cpu| -> Result<(f64, f64)> {
+        let inode = m.hostfs.inode(k, &path)?;
+        let f = k.open(&inode, FMode::READ)?;
+        let mut mm = k.mm_alloc(cpu)?;
+        let mut b = [0u8; 1];
+        let r = measure(PAGES, || {
+            let a = k
+                .do_mmap(cpu, &mut mm, Some(&f), 0, LEN, PROT_READ, MAP_PRIVATE, 0)
+                .expect("mmap");
+            if huge {
+                k.madvise(cpu, &mut mm, a, LEN, MADV_HUGEPAGE)
+                    .expect("madvise");
+            }
+            for i in 0..PAGES {
+                k.user_read(cpu, &mut mm, a + (i << 12), &mut b)
+                    .expect("read");
+            }
+            k.munmap(cpu, &mut mm, a, LEN).expect("munmap");
+        });
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        Ok(r)
+    })?;
+    let file = std::fs::File::open(&path)?;
+    let host = measure(PAGES, || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a private read-only mapping of our file, advised, read and unmapped here.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                LEN as usize,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            );
+            assert!(p != libc::MAP_FAILED, "host mmap");
+            if huge {
+                libc::madvise(p, LEN as usize, libc::MADV_HUGEPAGE);
+            }
+            for i in (0..LEN as usize).step_by(4096) {
+                black_box(std::ptr::read_volatile((p as *const u8).add(i)));
+            }
+            libc::munmap(p, LEN as usize);
+        }
+    });
+    let note = if huge {
+        "per 4 KiB page; file THPs, one PMD per 2 MiB on both sides"
+    } else {
+        "per 4 KiB page; ours: folios up to 128 KiB, fault-around 64 KiB; the host's: \
+         PMD-sized folios from the write that made the file"
+    };
+    Ok(row(
+        name,
+        ours,
+        &format!(
+            "host kernel: mmap a cached 16 MiB file{}, read every page, munmap",
+            if huge { ", MADV_HUGEPAGE" } else { "" }
+        ),
+        host.0,
+        Some(String::from(note)),
+    ))
 }

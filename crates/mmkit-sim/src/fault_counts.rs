@@ -1,8 +1,10 @@
 //! Fault counts beside the host kernel's: a process exec'd on the simulated machine and this
 //! host process run the same touch patterns — a sequential write of 64 MiB of anonymous
-//! memory, and random reads (4096 pages, seeded) of a 64 MiB file mapped privately, with the
-//! file out of both page caches at the start — and report minor and major faults
-//! (`getrusage(RUSAGE_THREAD)` on the host, the task's `min_flt`/`maj_flt` here).
+//! memory, random reads (4096 pages, seeded) of a 64 MiB file mapped privately, and a
+//! sequential read of that file mapped with `MADV_HUGEPAGE` (file THPs where the host's file
+//! system caches PMD-sized folios), with the file out of both page caches at the start of
+//! each file pattern — and report minor and major faults (`getrusage(RUSAGE_THREAD)` on the
+//! host, the task's `min_flt`/`maj_flt` here) and the mapping's `FilePmdMapped` at its end.
 
 use crate::exec::{spawn_host, true_spec};
 use crate::machine::Machine;
@@ -33,6 +35,47 @@ pub struct Compared {
     pub ours_ns: u64,
     /// The host's time for it, ns.
     pub host_ns: u64,
+    /// `FilePmdMapped` (kB) of the pattern's mapping before its munmap: (ours, host's).
+    pub pmd_mapped_kb: (u64, u64),
+}
+
+/// One pattern's run: faults, ns, `FilePmdMapped` kB.
+type Run = (FaultCounts, u64, u64);
+
+/// `FilePmdMapped` (kB) of this process's mapping that starts at `addr`.
+fn host_file_pmd_mapped_kb(addr: usize) -> Result<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let head = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+    if lines.next().is_none() {
+        bail!("mapping {addr:#x} not in /proc/self/smaps");
+    }
+    Ok(smaps_kb(lines, "FilePmdMapped:"))
+}
+
+/// The value (kB) of the first `name` line among `lines` (0 if there is none).
+fn smaps_kb<'a>(mut lines: impl Iterator<Item = &'a str>, name: &str) -> u64 {
+    lines
+        .find(|l| l.starts_with(name))
+        .and_then(|l| {
+            l[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Drop `f`'s pages from the host's page cache.
+fn host_drop_cache(f: &std::fs::File) -> Result<()> {
+    // SAFETY: advice on our own file descriptor.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        bail!("posix_fadvise(DONTNEED) failed: {r}");
+    }
+    Ok(())
 }
 
 fn rusage_thread() -> FaultCounts {
@@ -76,8 +119,8 @@ pub fn make_file(dir: &Path) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// The host kernel: the two patterns in this thread.
-fn host(path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
+/// The host kernel: the three patterns in this thread.
+fn host(path: &Path, pages: &[u64]) -> Result<[Run; 3]> {
     let len = LEN as usize;
     let t = std::time::Instant::now();
     let a = rusage_thread();
@@ -102,13 +145,9 @@ fn host(path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
         }
         libc::munmap(p, len);
     }
-    let anon = (delta(a, rusage_thread()), t.elapsed().as_nanos() as u64);
+    let anon = (delta(a, rusage_thread()), t.elapsed().as_nanos() as u64, 0);
     let f = std::fs::File::open(path)?;
-    // SAFETY: advice on our own file descriptor.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if r != 0 {
-        bail!("posix_fadvise(DONTNEED) failed: {r}");
-    }
+    host_drop_cache(&f)?;
     let t = std::time::Instant::now();
     let a = rusage_thread();
     // SAFETY: a private read-only mapping of our file, read and unmapped here.
@@ -131,17 +170,41 @@ fn host(path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
         }
         libc::munmap(p, len);
     }
-    Ok([
-        anon,
-        (delta(a, rusage_thread()), t.elapsed().as_nanos() as u64),
-    ])
+    let rand = (delta(a, rusage_thread()), t.elapsed().as_nanos() as u64, 0);
+    host_drop_cache(&f)?;
+    let t = std::time::Instant::now();
+    let a = rusage_thread();
+    // SAFETY: a private read-only mapping of our file, advised, read and unmapped here.
+    let pmd_kb = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            bail!("host mmap of the file failed");
+        }
+        libc::madvise(p, len, libc::MADV_HUGEPAGE);
+        for i in (0..len).step_by(4096) {
+            std::hint::black_box(std::ptr::read_volatile((p as *const u8).add(i)));
+        }
+        let faults = delta(a, rusage_thread());
+        let kb = host_file_pmd_mapped_kb(p as usize);
+        libc::munmap(p, len);
+        (faults, kb?)
+    };
+    let thp = (pmd_kb.0, t.elapsed().as_nanos() as u64, pmd_kb.1);
+    Ok([anon, rand, thp])
 }
 
-/// Ours: exec `/bin/true`, then the two patterns in that process.
-fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 2]> {
+/// Ours: exec `/bin/true`, then the three patterns in that process.
+fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[Run; 3]> {
     let k = &m.kernel;
     let mut tasks = TaskTable::default();
-    m.on_cpu(0, |cpu| -> Result<[(FaultCounts, u64); 2]> {
+    m.on_cpu(0, |cpu| -> Result<[Run; 3]> {
         let pid = spawn_host(m, &mut tasks, cpu, &true_spec())?;
         let mm = tasks.mm_mut(pid)?;
         let t = std::time::Instant::now();
@@ -160,7 +223,7 @@ fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 
                 .map_err(|s| anyhow::anyhow!("{s}"))?;
         }
         k.munmap(cpu, mm, va, LEN)?;
-        let anon = (delta(a, mm.faults), t.elapsed().as_nanos() as u64);
+        let anon = (delta(a, mm.faults), t.elapsed().as_nanos() as u64, 0);
         let inode = m.hostfs.inode(k, path)?;
         let f = k.open(&inode, FMode::READ)?;
         let t = std::time::Instant::now();
@@ -172,29 +235,53 @@ fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[(FaultCounts, u64); 
                 .map_err(|s| anyhow::anyhow!("{s}"))?;
         }
         k.munmap(cpu, mm, fa, LEN)?;
-        let file = (delta(a, mm.faults), t.elapsed().as_nanos() as u64);
+        let rand = (delta(a, mm.faults), t.elapsed().as_nanos() as u64, 0);
+        // POSIX_FADV_DONTNEED, as on the host: drain the LRU batches, then invalidate.
+        k.lru_add_drain_all(cpu);
+        k.invalidate_mapping_pages(cpu, &inode);
+        let t = std::time::Instant::now();
+        let a = mm.faults;
+        let fa = k.do_mmap(cpu, mm, Some(&f), 0, LEN, PROT_READ, MAP_PRIVATE, 0)?;
+        k.madvise(cpu, mm, fa, LEN, mmkit::mm::madvise::MADV_HUGEPAGE)?;
+        for i in 0..LEN >> 12 {
+            k.user_read(cpu, mm, fa + (i << 12), &mut b)
+                .map_err(|s| anyhow::anyhow!("{s}"))?;
+        }
+        let faults = delta(a, mm.faults);
+        let smaps = mmkit::fs::proc::task_mmu::proc_pid_smaps(k, mm);
+        let head = format!("{fa:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+        lines.next();
+        let kb = smaps_kb(lines, "FilePmdMapped:");
+        k.munmap(cpu, mm, fa, LEN)?;
+        let thp = (faults, t.elapsed().as_nanos() as u64, kb);
         k.fput(cpu, f);
         tasks.exit(k, cpu, pid, 0)?;
         k.invalidate_mapping_pages(cpu, &inode);
-        Ok([anon, file])
+        Ok([anon, rand, thp])
     })
 }
 
-/// Run both patterns on the host and on `m`, with a fresh file under `dir`.
+/// Run the patterns on the host and on `m`, with a fresh file under `dir`.
 pub fn compare(m: &Machine, dir: &Path) -> Result<Vec<Compared>> {
     let path = make_file(dir)?;
     let pages = random_pages();
     let h = host(&path, &pages)?;
     let o = ours(m, &path, &pages)?;
-    Ok(["seq-write-64m", "rand-read-file-64m"]
-        .into_iter()
-        .zip(h.into_iter().zip(o))
-        .map(|(name, (h, o))| Compared {
-            name,
-            ours: o.0,
-            host: h.0,
-            ours_ns: o.1,
-            host_ns: h.1,
-        })
-        .collect())
+    Ok([
+        "seq-write-64m",
+        "rand-read-file-64m",
+        "seq-read-file-thp-64m",
+    ]
+    .into_iter()
+    .zip(h.into_iter().zip(o))
+    .map(|(name, (h, o))| Compared {
+        name,
+        ours: o.0,
+        host: h.0,
+        ours_ns: o.1,
+        host_ns: h.1,
+        pmd_mapped_kb: (o.2, h.2),
+    })
+    .collect())
 }

@@ -42,6 +42,14 @@ pub const NR_DIRTIED: usize = index_of(NODE_STAT_NAMES, "nr_dirtied");
 pub const NR_WRITTEN: usize = index_of(NODE_STAT_NAMES, "nr_written");
 /// `PGMAJFAULT`.
 pub const PGMAJFAULT: usize = index_of(VM_EVENT_NAMES, "pgmajfault");
+/// `NR_FILE_THPS` (pages of PMD-sized page-cache folios; meminfo's `FileHugePages`).
+pub const NR_FILE_THPS: usize = index_of(NODE_STAT_NAMES, "nr_file_hugepages");
+/// `NR_FILE_PMDMAPPED` (pages of page-cache folios some PMD maps; `FilePmdMapped`).
+pub const NR_FILE_PMDMAPPED: usize = index_of(NODE_STAT_NAMES, "nr_file_pmdmapped");
+/// `THP_FILE_ALLOC`.
+pub const THP_FILE_ALLOC: usize = index_of(VM_EVENT_NAMES, "thp_file_alloc");
+/// `THP_FILE_FALLBACK`.
+pub const THP_FILE_FALLBACK: usize = index_of(VM_EVENT_NAMES, "thp_file_fallback");
 
 pub use crate::platform::VM_READAHEAD_PAGES;
 
@@ -106,7 +114,13 @@ impl Kernel {
         } else {
             gfp
         };
-        let folio = self.alloc_pages(cpu, gfp, order).ok_or(Errno::ENOMEM)?;
+        let pmd_sized = order == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER;
+        let Some(folio) = self.alloc_pages(cpu, gfp, order) else {
+            if pmd_sized {
+                cpu.state().vmstat.count(THP_FILE_FALLBACK, 1);
+            }
+            return Err(Errno::ENOMEM);
+        };
         let pfn = self.page_to_pfn(folio);
         let mut buf = [0u8; PAGE_SIZE as usize];
         for i in 0..nr {
@@ -136,6 +150,11 @@ impl Kernel {
         folio.ref_add(nr as i32 - 1);
         inode.nrpages.fetch_add(nr, Relaxed);
         self.mod_node_page_state(cpu, folio, NR_FILE_PAGES, nr as i64);
+        if pmd_sized {
+            // __filemap_add_folio's NR_FILE_THPS and filemap_alloc_folio's THP_FILE_ALLOC.
+            self.mod_node_page_state(cpu, folio, NR_FILE_THPS, nr as i64);
+            cpu.state().vmstat.count(THP_FILE_ALLOC, 1);
+        }
         drop(pages);
         self.lru_cache_add(cpu, folio);
         Ok(Some(folio))
@@ -151,7 +170,7 @@ impl Kernel {
         start: u64,
         nr: u64,
     ) -> Result<u64, Errno> {
-        self.page_cache_ra_order(cpu, inode, start, nr, 0, 0)
+        self.page_cache_ra_order(cpu, inode, start, nr, 0, 2)
     }
 
     /// The cached page at `index` with a reference, read (with `ra_pages` of readahead from
@@ -453,6 +472,9 @@ impl Kernel {
         let nr = folio.folio_nr_pages();
         inode.nrpages.fetch_sub(nr, Relaxed);
         self.mod_node_page_state(cpu, folio, NR_FILE_PAGES, -(nr as i64));
+        if folio.folio_order() == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER {
+            self.mod_node_page_state(cpu, folio, NR_FILE_THPS, -(nr as i64));
+        }
         folio.set_mapping(0);
         folio.clear(
             PageFlags::UPTODATE | PageFlags::REFERENCED | crate::mm::readahead::PG_READAHEAD,
@@ -480,6 +502,7 @@ impl Kernel {
     /// pages cached.
     pub fn check_pagecache_invariants(&self) -> Result<(), alloc::string::String> {
         let mut total = 0;
+        let (mut thps, mut pmd_mapped) = (0, 0);
         for inode in self.inodes() {
             let pages = inode.i_pages.lock();
             pages.check().map_err(alloc::string::String::from)?;
@@ -510,6 +533,12 @@ impl Kernel {
                     ));
                 }
                 if f.folio_test_large() && !p.test(PageFlags::TAIL) {
+                    if f.folio_order() == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER {
+                        thps += nr;
+                        if f.entire_mapcount() > 0 {
+                            pmd_mapped += nr;
+                        }
+                    }
                     let whole = (0..nr).all(|i| pages.get(index + i) == Some(pfn + i));
                     if !whole || index & (nr - 1) != 0 || !inode.mapping_large_folio_support() {
                         return Err(alloc::format!(
@@ -526,6 +555,16 @@ impl Kernel {
         if counted != total {
             return Err(alloc::format!(
                 "nr_file_pages {counted} but {total} pages cached"
+            ));
+        }
+        let (c_thps, c_mapped) = (
+            self.global_node_page_state(NR_FILE_THPS),
+            self.global_node_page_state(NR_FILE_PMDMAPPED),
+        );
+        if (c_thps, c_mapped) != (thps, pmd_mapped) {
+            return Err(alloc::format!(
+                "nr_file_hugepages {c_thps} / nr_file_pmdmapped {c_mapped} pages, but {thps} \
+                 pages of PMD-sized folios cached, {pmd_mapped} of them PMD-mapped"
             ));
         }
         Ok(())

@@ -54,7 +54,7 @@ use crate::mm::filemap::NR_ANON_MAPPED;
 use crate::mm::memory::{FaultKind, VmFaultError};
 use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_ANONPAGES};
 use crate::mm::mmu_gather::MmuGather;
-use crate::mm::page::{Page, PageFlags, PAGE_MAPPING_ANON};
+use crate::mm::page::{page_anon, Page, PageFlags, PAGE_MAPPING_ANON};
 use crate::mm::vmstat::{
     index_of, MTHP_STAT_ANON_FAULT_ALLOC, MTHP_STAT_ANON_FAULT_FALLBACK, MTHP_STAT_NR_ANON,
     NODE_STAT_NAMES, VM_EVENT_NAMES,
@@ -345,6 +345,8 @@ pub(crate) enum HugeFault {
     Done(Result<FaultKind, VmFaultError>),
     /// Handle the fault with PTEs (`VM_FAULT_FALLBACK`).
     Fallback,
+    /// Handle it with PTEs, after reading the page from the file (a major fault).
+    FallbackMajor,
 }
 
 impl Kernel {
@@ -645,6 +647,9 @@ impl Kernel {
                 HugeFault::Done(Ok(FaultKind::Minor))
             }
             Some(h) if !h.is_none() => HugeFault::Fallback,
+            _ if !access.write && Self::file_pmd_possible(vma, haddr) => {
+                self.do_file_huge_read(cpu, mm, vma, address)
+            }
             _ if self.thp_vma_allowable(vma) && Self::thp_vma_suitable(vma, haddr) => {
                 if !access.write && self.thp_use_zero_page() {
                     return self.do_huge_zero_read(cpu, mm, vma, haddr);
@@ -772,7 +777,7 @@ impl Kernel {
             cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
             self.mthp_stats
                 .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_FALLBACK, 1);
-            self.split_huge_pmd(cpu, &mm.pt, haddr);
+            self.split_huge_pmd(cpu, mm, haddr);
             return HugeFault::Fallback;
         };
         let pfn = self.page_to_pfn(folio);
@@ -859,9 +864,14 @@ impl Kernel {
             return self.do_huge_zero_wp_pmd(cpu, mm, vma, haddr, orig);
         }
         let Some(folio) = self.huge_folio(orig) else {
-            self.split_huge_pmd(cpu, &mm.pt, address);
+            self.split_huge_pmd(cpu, mm, address);
             return HugeFault::Fallback;
         };
+        if !page_anon(folio) {
+            // wp_huge_pmd of a file VMA: the PMD goes, the PTE level handles the write.
+            self.split_huge_pmd(cpu, mm, address);
+            return HugeFault::Fallback;
+        }
         if folio.refcount() > 1 && !folio.test(PageFlags::LRU) {
             self.lru_add_drain(cpu);
         }
@@ -879,7 +889,7 @@ impl Kernel {
                 return HugeFault::Done(Ok(FaultKind::Minor));
             }
         }
-        self.split_huge_pmd(cpu, &mm.pt, address);
+        self.split_huge_pmd(cpu, mm, address);
         HugeFault::Fallback
     }
 
@@ -895,6 +905,13 @@ impl Kernel {
             return 0;
         }
         let old = g.clear_huge(tlb);
+        if let Some(folio) = self.file_pmd_folio(old) {
+            // A file THP: no deposited table (see huge_file).
+            self.file_pmd_cleared(cpu, &mm.rss_stat, folio, old);
+            drop(g);
+            tlb.remove_page(folio);
+            return HPAGE_PMD_NR;
+        }
         drop(g);
         self.pgtable_withdraw_free(cpu, &mm.pt);
         if self.is_huge_zero_pmd(old) {
@@ -924,7 +941,7 @@ impl Kernel {
             if haddr >= start && haddr + HPAGE_PMD_SIZE <= end {
                 self.zap_huge_pmd(tlb, mm, haddr);
             } else {
-                self.split_huge_pmd(tlb.cpu(), &mm.pt, haddr);
+                self.split_huge_pmd(tlb.cpu(), mm, haddr);
             }
             from = haddr + HPAGE_PMD_SIZE;
         }
@@ -942,7 +959,7 @@ impl Kernel {
     ) {
         for a in [start, end] {
             if a & (HPAGE_PMD_SIZE - 1) != 0 {
-                self.split_huge_pmd(cpu, &mm.pt, a);
+                self.split_huge_pmd(cpu, mm, a);
             }
         }
     }
@@ -958,7 +975,7 @@ impl Kernel {
     ) {
         let mut from = start & !(HPAGE_PMD_SIZE - 1);
         while let Some((haddr, _)) = self.next_huge_pmd(&mm.pt, from, end) {
-            self.split_huge_pmd(cpu, &mm.pt, haddr);
+            self.split_huge_pmd(cpu, mm, haddr);
             from = haddr + HPAGE_PMD_SIZE;
         }
     }
@@ -981,12 +998,13 @@ impl Kernel {
                 if let Some(mut g) = self.pmd_lock(&mm.pt, haddr) {
                     let h = g.get();
                     if h.is_huge() {
-                        // The huge zero folio is never mapped writable.
-                        let keep_ro = if self.is_huge_zero_pmd(h) {
-                            !PteFlags::RW.bits()
-                        } else {
-                            !0
-                        };
+                        // The huge zero folio and file THPs are never mapped writable.
+                        let keep_ro =
+                            if self.is_huge_zero_pmd(h) || self.file_pmd_folio(h).is_some() {
+                                !PteFlags::RW.bits()
+                            } else {
+                                !0
+                            };
                         g.update_huge(&mut tlb, |p| {
                             Pte((p.modify(prot).0 | PteFlags::PSE.bits()) & keep_ro)
                         });
@@ -994,7 +1012,7 @@ impl Kernel {
                 }
                 tlb.finish();
             } else {
-                self.split_huge_pmd(cpu, &mm.pt, haddr);
+                self.split_huge_pmd(cpu, mm, haddr);
             }
             from = haddr + HPAGE_PMD_SIZE;
         }
@@ -1011,6 +1029,10 @@ impl Kernel {
         src: &MmStruct,
         vma: &VmArea,
     ) -> Result<(), Errno> {
+        if !vma.is_anonymous() {
+            // copy_huge_pmd: file THPs are not copied, the child faults them in.
+            return Ok(());
+        }
         let cow = vma.is_cow_mapping();
         let mut from = vma.vm_start & !(HPAGE_PMD_SIZE - 1);
         while let Some((haddr, _)) = self.next_huge_pmd(&src.pt, from, vma.vm_end) {
@@ -1065,7 +1087,8 @@ impl Kernel {
     /// The folio stays whole, now mapped by PTEs (`split_huge_page` is a separate step:
     /// reclaim's, or the deferred split queue's once part of the folio is unmapped). True if
     /// there was a huge entry.
-    pub(crate) fn split_huge_pmd(&self, cpu: &CpuGuard<'_>, pt: &PgTable, address: u64) -> bool {
+    pub(crate) fn split_huge_pmd(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, address: u64) -> bool {
+        let pt = &mm.pt;
         let mut split = false;
         loop {
             let Some(g) = self.pmd_lock(pt, address) else {
@@ -1088,6 +1111,10 @@ impl Kernel {
                 }) || split;
             }
             match self.huge_folio(h) {
+                // A file THP's PMD is cleared (huge_file), not split.
+                Some(folio) if !page_anon(folio) => {
+                    split |= self.split_file_pmd(cpu, pt, &mm.rss_stat, address, folio);
+                }
                 // Under the PMD lock the entry is checked to map this folio again: a folio
                 // the entry maps is alive.
                 Some(folio) => {
@@ -1182,7 +1209,8 @@ impl Kernel {
         let mut n = 0;
         let mut from = start & !(HPAGE_PMD_SIZE - 1);
         while let Some((haddr, pmd)) = self.next_huge_pmd(pt, from, end) {
-            if pmd.is_present() && !self.is_huge_zero_pmd(pmd) {
+            if pmd.is_present() && !self.is_huge_zero_pmd(pmd) && self.file_pmd_folio(pmd).is_none()
+            {
                 n += HPAGE_PMD_NR;
             }
             from = haddr + HPAGE_PMD_SIZE;
@@ -1204,7 +1232,7 @@ impl Kernel {
         // address space through the reverse map, and a split withdraws the deposited table
         // before it replaces the huge entry.
         let _ptl = mm.pt.lock.lock();
-        let mut nr = 0;
+        let (mut nr, mut file_pmds) = (0, 0);
         let mut from = 0;
         while let Some((haddr, pmd)) =
             self.next_huge_pmd(&mm.pt, from, crate::mm::mm_types::TASK_SIZE)
@@ -1233,6 +1261,11 @@ impl Kernel {
                     pmd.pfn()
                 ));
             };
+            if !page_anon(folio) {
+                self.check_file_pmd(v, haddr, pmd, folio)?;
+                file_pmds += 1;
+                continue;
+            }
             if folio.folio_order() != HPAGE_PMD_ORDER || folio.refcount() < folio.entire_mapcount()
             {
                 return Err(format!(
@@ -1268,9 +1301,10 @@ impl Kernel {
                 ));
             }
         }
-        if nr != self.deposited_tables(&mm.pt) {
+        // One deposited table per huge entry but file THPs'.
+        if nr - file_pmds != self.deposited_tables(&mm.pt) {
             return Err(format!(
-                "{nr} huge PMDs but {} deposited page tables",
+                "{nr} huge PMDs ({file_pmds} of file THPs) but {} deposited page tables",
                 self.deposited_tables(&mm.pt)
             ));
         }

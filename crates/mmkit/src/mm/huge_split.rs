@@ -237,11 +237,17 @@ impl Kernel {
         // until none is left: a fork may copy a huge PMD into a child VMA we already passed).
         while folio.entire_mapcount() > 0 {
             let mut split = Vec::new();
+            let mut cleared = false;
             self.with_rmap_vmas(folio, |vmas| {
                 for r in vmas {
                     let Some(a) = r.address(index) else {
                         continue;
                     };
+                    if !anon {
+                        // A file THP's PMD is cleared, not split (huge_file).
+                        cleared |= self.split_file_pmd(cpu, r.pt(), r.rss(), a, folio);
+                        continue;
+                    }
                     if let Some((haddr, old, ptl)) = self.split_pmd_of_folio(cpu, r.pt(), a, folio)
                     {
                         drop(ptl);
@@ -250,7 +256,7 @@ impl Kernel {
                 }
             });
             assert!(
-                !split.is_empty(),
+                !split.is_empty() || cleared,
                 "BUG: a PMD mapping of folio {:?} the reverse map does not know",
                 self.page_to_pfn(folio)
             );
@@ -340,6 +346,9 @@ impl Kernel {
         self.folio_unqueue_deferred_split(folio);
         if cache == 0 {
             self.mthp_stats.add(order, MTHP_STAT_NR_ANON, -1);
+        } else if order == HPAGE_PMD_ORDER {
+            // The cache no longer holds a PMD-sized folio here (`FileHugePages`).
+            self.mod_node_page_state(cpu, folio, crate::mm::filemap::NR_FILE_THPS, -(nr as i64));
         }
         let nid = folio.nid();
         let mut lru = self.nodes[nid].lru.lock();

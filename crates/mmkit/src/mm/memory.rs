@@ -125,9 +125,11 @@ impl Kernel {
         let v = mm.vma(vma);
         let address = addr & PAGE_MASK;
         // __handle_mm_fault's PMD level: a huge entry, or a new THP where the VMA allows one.
-        if let HugeFault::Done(r) = self.huge_pmd_fault(cpu, mm, v, address, access) {
-            return r;
-        }
+        let major = match self.huge_pmd_fault(cpu, mm, v, address, access) {
+            HugeFault::Done(r) => return r,
+            HugeFault::Fallback => false,
+            HugeFault::FallbackMajor => true,
+        };
         // __handle_mm_fault: the table levels down to the PTE table, allocated as needed.
         // They stay while we hold the address space (only its owner frees tables).
         let Ok(pte) = self.pte_cursor_alloc(cpu, &mm.pt, address, address + PAGE_SIZE) else {
@@ -141,7 +143,11 @@ impl Kernel {
             orig_pte: pte.peek(),
             pte,
         };
-        self.handle_pte_fault(cpu, mm, &mut vmf)
+        match self.handle_pte_fault(cpu, mm, &mut vmf) {
+            // The PMD level read the page (a file THP it could not map): still major.
+            Ok(_) if major => Ok(FaultKind::Major),
+            r => r,
+        }
     }
 
     /// `handle_pte_fault`: dispatch on `orig_pte`.
@@ -386,15 +392,14 @@ impl Kernel {
     /// `__do_fault` → `filemap_fault`: the page-cache page for the fault, with a reference.
     /// A page found cached is a minor fault (and may start async readahead); a miss is a
     /// major fault that reads around the page first.
-    fn file_page(
+    pub(crate) fn file_page(
         &self,
         cpu: &CpuGuard<'_>,
-        vmf: &mut VmFault<'_>,
+        vma: &VmArea,
+        index: u64,
     ) -> Result<(&Page, FaultKind), VmFaultError> {
-        let vma = vmf.vma;
         let file = vma.vm_file.as_ref().ok_or(VmFaultError::Sigbus)?;
         let inode = &file.inode;
-        let index = vmf.pgoff;
         if index >= inode.size().div_ceil(PAGE_SIZE) {
             return Err(VmFaultError::Sigbus);
         }
@@ -411,7 +416,8 @@ impl Kernel {
             let read = if !major {
                 major = true;
                 cpu.state().vmstat.count(PGMAJFAULT, 1);
-                self.do_sync_mmap_readahead(cpu, file, index, rand)
+                let huge = vma.vm_flags.contains(VmFlags::VM_HUGEPAGE);
+                self.do_sync_mmap_readahead(cpu, file, index, rand, huge)
             } else {
                 // page_cache_read + retry_find: reclaim took the page back before we held a
                 // reference to it; read it alone again.
@@ -460,7 +466,7 @@ impl Kernel {
         if self.do_fault_around(cpu, mm, vmf) {
             return Ok(FaultKind::Minor);
         }
-        let (page, kind) = self.file_page(cpu, vmf)?;
+        let (page, kind) = self.file_page(cpu, vmf.vma, vmf.pgoff)?;
         let pte = Pte::new(self.page_to_pfn(page), vmf.vma.vm_page_prot);
         self.finish_file_fault(cpu, mm, vmf, page, pte);
         Ok(kind)
@@ -571,7 +577,7 @@ impl Kernel {
         let Some(av) = vma.anon_vma else {
             return Err(VmFaultError::Oom); // anon_vma_prepare ran in handle_mm_fault
         };
-        let (src, kind) = self.file_page(cpu, vmf)?;
+        let (src, kind) = self.file_page(cpu, vmf.vma, vmf.pgoff)?;
         // vmf->cow_page
         let new = match self.alloc_user_page(cpu, false) {
             Ok(p) => p,
@@ -607,7 +613,7 @@ impl Kernel {
         mm: &MmStruct,
         vmf: &mut VmFault<'_>,
     ) -> FaultResult {
-        let (page, kind) = self.file_page(cpu, vmf)?;
+        let (page, kind) = self.file_page(cpu, vmf.vma, vmf.pgoff)?;
         // Dirty before the writable entry exists, so writeback that cleans the page first
         // write-protects every mapping, and a write after it faults and dirties it again.
         self.set_page_dirty(cpu, page);

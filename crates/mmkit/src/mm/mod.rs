@@ -2,6 +2,7 @@
 pub mod compaction;
 pub mod filemap;
 pub mod highmem;
+pub mod huge_file;
 pub mod huge_memory;
 pub mod huge_split;
 pub mod init;

@@ -6,7 +6,12 @@
 //! folios (`page_cache_ra_order`): the order grows by two over the folio that started the
 //! window (a sync read-around starts from 0, so at 16 KiB folios; each async window from its
 //! marker folio's order), capped by the window (`ilog2(size)`) and `MAX_PAGECACHE_ORDER`
-//! (below the PMD order: `FileHugePages` stays 0);
+//! (the PMD order, as on x86-64);
+//! a fault in a `VM_HUGEPAGE` mapping reads the PMD-aligned 4 MiB around it (2 MiB under
+//! `VM_RAND_READ`) in PMD-sized folios, readahead enabled or not, and keeps such windows
+//! from shrinking below that (Linux 6.16's "the actual size might exceed the readahead
+//! window"), so a sequential walk of a `MADV_HUGEPAGE` file mapping stays in file THPs that
+//! [`crate::mm::huge_file`] maps by PMDs;
 //! each folio is aligned to its order (a smaller one where the index is not) and stays
 //! inside the window and the file. Order 1 is not used (order-0 pages instead, as before
 //! Linux 6.8: a split needs the third page's deferred-list word). When an allocation fails
@@ -21,6 +26,7 @@
 //! read-around stops (random access does not benefit). `ra_pages` is the backing device's
 //! readahead size (`read_ahead_kb` / 4).
 
+use crate::arch::x86_64::pgtable::{HPAGE_PMD_NR, HPAGE_PMD_ORDER};
 use crate::cpu::CpuGuard;
 use crate::errno::Errno;
 use crate::fs::inode::{File, Inode};
@@ -31,10 +37,10 @@ use crate::Kernel;
 /// `MMAP_LOTSAMISS`.
 pub const MMAP_LOTSAMISS: u32 = 100;
 
-/// `MAX_PAGECACHE_ORDER` as far as it is done here: below a PMD's worth. PMD-sized
-/// page-cache folios (file THP, counted in `FileHugePages`, mapped by `FilePmdMapped` PMDs)
-/// are not done, so readahead stops one order short of them.
-pub const MAX_PAGECACHE_ORDER: u32 = crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER - 1;
+/// `MAX_PAGECACHE_ORDER`: x86-64's PMD order (`PREFERRED_MAX_PAGECACHE_ORDER`). Folios of
+/// that order are file THPs (`FileHugePages`), mapped by PMDs where they can be
+/// (`FilePmdMapped`).
+pub const MAX_PAGECACHE_ORDER: u32 = HPAGE_PMD_ORDER;
 
 /// `PG_readahead` (shares its bit with `PG_reclaim`, as in Linux).
 pub const PG_READAHEAD: PageFlags = PageFlags::RECLAIM;
@@ -69,8 +75,9 @@ impl Kernel {
     /// `page_cache_ra_order`: read the window `[index, index + nr)` (within the file) in
     /// folios of growing order (see the module doc) where the mapping supports large folios,
     /// marking the folio holding page `index + nr - lookahead` `PG_readahead` if this call
-    /// read it; the rest falls back to order-0 pages. `prev_order` is the order of the folio
-    /// that started this window (0 for a sync read). Returns the pages read.
+    /// read it; the rest falls back to order-0 pages. `new_order` is the order to read in
+    /// (`ra->order`: the order of the folio that started this window plus two, or the PMD
+    /// order for a `VM_HUGEPAGE` fault), capped here. Returns the pages read.
     pub(crate) fn page_cache_ra_order(
         &self,
         cpu: &CpuGuard<'_>,
@@ -78,18 +85,14 @@ impl Kernel {
         index: u64,
         nr: u64,
         lookahead: u64,
-        prev_order: u32,
+        new_order: u32,
     ) -> Result<u64, Errno> {
         if !inode.mapping_large_folio_support() || nr < 4 {
             return self.page_cache_ra_unbounded(cpu, inode, index, nr, lookahead);
         }
         let end = (index + nr).min(inode.size().div_ceil(crate::PAGE_SIZE));
         let mark = (lookahead > 0).then(|| index + nr - lookahead);
-        let mut new_order = prev_order;
-        if new_order < MAX_PAGECACHE_ORDER {
-            new_order += 2;
-        }
-        new_order = new_order.min(MAX_PAGECACHE_ORDER).min(nr.ilog2());
+        let new_order = new_order.min(MAX_PAGECACHE_ORDER).min(nr.ilog2());
         let mut i = index;
         let mut read = 0;
         while i < end {
@@ -180,16 +183,45 @@ impl Kernel {
         Ok(read)
     }
 
-    /// `do_sync_mmap_readahead` for a fault that missed the cache at `index`: read-around
-    /// (unless `VM_RAND_READ` or too many misses), then make sure the page itself is there.
+    /// `do_sync_mmap_readahead` for a fault that missed the cache at `index`: in a
+    /// `VM_HUGEPAGE` mapping, the PMD-aligned window around it in PMD-sized folios (see the
+    /// module doc); otherwise read-around (unless `VM_RAND_READ` or too many misses); then
+    /// make sure the page itself is there.
     pub(crate) fn do_sync_mmap_readahead(
         &self,
         cpu: &CpuGuard<'_>,
         file: &File,
         index: u64,
         rand_read: bool,
+        hugepage: bool,
     ) -> Result<(), Errno> {
         let inode = &file.inode;
+        if hugepage {
+            let ra = {
+                let mut ra = file.f_ra.lock();
+                ra.start = index & !(HPAGE_PMD_NR - 1);
+                ra.size = if rand_read {
+                    HPAGE_PMD_NR
+                } else {
+                    2 * HPAGE_PMD_NR
+                };
+                ra.async_size = HPAGE_PMD_NR;
+                *ra
+            };
+            // A failure past the page the fault needs is readahead's to drop.
+            let _ = self.page_cache_ra_order(
+                cpu,
+                inode,
+                ra.start,
+                ra.size,
+                ra.async_size,
+                HPAGE_PMD_ORDER,
+            );
+            if !inode.i_pages.lock().contains_key(index) {
+                self.page_cache_ra_unbounded(cpu, inode, index, 1, 0)?;
+            }
+            return Ok(());
+        }
         let window = {
             let mut ra = file.f_ra.lock();
             if rand_read || ra.ra_pages == 0 {
@@ -209,7 +241,7 @@ impl Kernel {
             }
         };
         if let Some(ra) = window {
-            self.page_cache_ra_order(cpu, inode, ra.start, ra.size, ra.async_size, 0)?;
+            self.page_cache_ra_order(cpu, inode, ra.start, ra.size, ra.async_size, 2)?;
         }
         if !inode.i_pages.lock().contains_key(index) {
             self.page_cache_ra_unbounded(cpu, inode, index, 1, 0)?;
@@ -246,6 +278,7 @@ impl Kernel {
             let expected = ra.start + ra.size - ra.async_size;
             let nr = folio.folio_nr_pages();
             let hit_marker = ra.size > 0 && (folio.index()..folio.index() + nr).contains(&expected);
+            let next_size_floor = ra.size;
             let start = if hit_marker {
                 ra.start + ra.size
             } else {
@@ -257,6 +290,10 @@ impl Kernel {
                 s
             };
             ra.size = get_next_ra_size(ra.size.max(1), ra.ra_pages);
+            if hit_marker {
+                // A VM_HUGEPAGE window is larger than ra_pages: it keeps its size.
+                ra.size = ra.size.max(next_size_floor);
+            }
             ra.start = start;
             ra.async_size = ra.size;
             *ra
@@ -267,7 +304,7 @@ impl Kernel {
             next.start,
             next.size,
             next.async_size,
-            order,
+            order + 2,
         );
     }
 

@@ -8,9 +8,10 @@
 //! multiple of 2 MiB (and that has no hint), or a mapping of a file whose file system asks
 //! for it (`file_operations.get_unmapped_area = thp_get_unmapped_area`: ext4, xfs…, told by
 //! [`FileAttr::thp_unmapped_area`](crate::fs::inode::FileAttr::thp_unmapped_area)) and that
-//! covers a 2 MiB-aligned 2 MiB piece of the file. mmkit maps base pages only, but lays
-//! address spaces out as such a kernel does, so that programs see the addresses Linux gives
-//! (python3's libcrypto lands 2 MiB-aligned on the host, and here).
+//! covers a 2 MiB-aligned 2 MiB piece of the file. Such a mapping can then hold anonymous
+//! THPs ([`crate::mm::huge_memory`]) or file THPs ([`crate::mm::huge_file`]), and programs
+//! see the addresses Linux gives (python3's libcrypto lands 2 MiB-aligned on the host, and
+//! here).
 
 use crate::addr::{align_up, PAGE_SHIFT, PAGE_SIZE};
 use crate::errno::Errno;

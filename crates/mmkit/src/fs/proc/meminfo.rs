@@ -148,15 +148,20 @@ pub fn meminfo(k: &Kernel) -> String {
         "AnonHugePages:  ",
         k.global_node_page_state(crate::mm::huge_memory::NR_ANON_THPS),
     );
-    for l in [
-        "ShmemHugePages: ",
-        "ShmemPmdMapped: ",
-        "FileHugePages:  ",
-        "FilePmdMapped:  ",
-        "Balloon:        ",
-    ] {
+    for l in ["ShmemHugePages: ", "ShmemPmdMapped: "] {
         kb(&mut s, l, 0);
     }
+    kb(
+        &mut s,
+        "FileHugePages:  ",
+        k.global_node_page_state(crate::mm::filemap::NR_FILE_THPS),
+    );
+    kb(
+        &mut s,
+        "FilePmdMapped:  ",
+        k.global_node_page_state(crate::mm::filemap::NR_FILE_PMDMAPPED),
+    );
+    kb(&mut s, "Balloon:        ", 0);
     let _ = writeln!(s, "HugePages_Total:   {:>5}", 0);
     let _ = writeln!(s, "HugePages_Free:    {:>5}", 0);
     let _ = writeln!(s, "HugePages_Rsvd:    {:>5}", 0);

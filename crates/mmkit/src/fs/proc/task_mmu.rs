@@ -155,6 +155,7 @@ struct MemSizeStats {
     referenced: u64,
     anonymous: u64,
     anonymous_thp: u64,
+    file_thp: u64,
     lazyfree: u64,
     swap: u64,
     pss: u64,
@@ -221,8 +222,9 @@ impl MemSizeStats {
     }
 }
 
-/// `smaps_pmd_entry`: each huge entry of `v` counts its 2 MiB as resident anonymous THP
-/// memory, shared among the PMDs mapping the folio.
+/// `smaps_pmd_entry`: each huge entry of `v` counts its 2 MiB as resident THP memory —
+/// anonymous (`AnonHugePages`) or a page-cache folio's (`FilePmdMapped`) — shared among
+/// the PMDs (and PTEs) mapping the folio.
 fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &mut MemSizeStats) {
     let huge = crate::arch::x86_64::pgtable::HPAGE_PMD_SIZE;
     let mut from = v.vm_start;
@@ -240,19 +242,19 @@ fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &
             continue;
         };
         mss.resident += huge;
-        mss.anonymous += huge;
-        mss.anonymous_thp += huge;
+        let kind = PageKind::of(folio);
+        if matches!(kind, PageKind::Anon) {
+            mss.anonymous += huge;
+            mss.anonymous_thp += huge;
+        } else {
+            mss.file_thp += huge;
+        }
         if pmd.young() || folio.test(PageFlags::REFERENCED) {
             mss.referenced += huge;
         }
         let dirty = pmd.dirty() || folio.test(PageFlags::DIRTY);
         if folio.refcount() == 1 {
-            mss.accumulate(
-                PageKind::Anon,
-                huge,
-                huge << PSS_SHIFT,
-                (dirty, locked, true),
-            );
+            mss.accumulate(kind, huge, huge << PSS_SHIFT, (dirty, locked, true));
             continue;
         }
         // Page by page, by each page's precise mapcount: the PMDs mapping the folio plus
@@ -264,7 +266,7 @@ fn smaps_pmd_entries(k: &Kernel, mm: &MmStruct, v: &VmArea, locked: bool, mss: &
             if mapcount >= 2 {
                 pss /= mapcount;
             }
-            mss.accumulate(PageKind::Anon, size, pss, (dirty, locked, mapcount < 2));
+            mss.accumulate(kind, size, pss, (dirty, locked, mapcount < 2));
         }
     }
 }
@@ -427,16 +429,13 @@ fn write_smap_fields(s: &mut String, mss: &MemSizeStats, rollup: bool) {
     kb_line(s, "Private_Dirty:", mss.private_dirty);
     kb_line(s, "Referenced:", mss.referenced);
     kb_line(s, "Anonymous:", mss.anonymous);
-    // No KSM, shmem or file THPs, or hugetlbfs here: those stay 0, as on a Linux without them.
+    // No KSM, shmem THPs or hugetlbfs here: those stay 0, as on a Linux without them.
     kb_line(s, "KSM:", 0);
     kb_line(s, "LazyFree:", mss.lazyfree);
     kb_line(s, "AnonHugePages:", mss.anonymous_thp);
-    for l in [
-        "ShmemPmdMapped:",
-        "FilePmdMapped:",
-        "Shared_Hugetlb:",
-        "Private_Hugetlb:",
-    ] {
+    kb_line(s, "ShmemPmdMapped:", 0);
+    kb_line(s, "FilePmdMapped:", mss.file_thp);
+    for l in ["Shared_Hugetlb:", "Private_Hugetlb:"] {
         kb_line(s, l, 0);
     }
     kb_line(s, "Swap:", mss.swap);
