@@ -398,3 +398,195 @@ fn unaligned_or_nohugepage_mappings_use_ptes() {
     });
     assert_eq!(drain_and_count(&m), before, "pages leaked");
 }
+
+/// Processes sharing a `MADV_HUGEPAGE` private file mapping fork, read, write privately,
+/// unmap and map back, protect, drop with `MADV_DONTNEED`, toggle the advice and exit at
+/// random, with reclaim, `drop_caches` and compaction running; every byte read matches a
+/// model (the file's byte, or the last private write) and every invariant holds after each
+/// step. File THPs are mapped, cleared and mapped again along the way.
+#[test]
+fn random_operations_on_file_thps_keep_every_invariant() {
+    use mmkit::gfp::{Gfp, GFP_KERNEL};
+    use mmkit::kernel::task::TaskTable;
+    use mmkit::mm::madvise::MADV_DONTNEED;
+    use mmkit_sim::exec::{spawn_host, true_spec};
+    use rand::{Rng, SeedableRng};
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum S {
+        Unmapped,
+        File,
+        Written(u8),
+    }
+    let m = boot_mem(96, 1, "");
+    let k = &m.kernel;
+    let pages = 2048u64;
+    let data = file_bytes(pages, 0x7777);
+    let before = drain_and_count(&m);
+    let inode = new_file(k, &data, 64);
+    let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
+    let mut tasks = TaskTable::default();
+    let first = m.on_cpu(0, |cpu| {
+        spawn_host(&m, &mut tasks, cpu, &true_spec()).unwrap()
+    });
+    let base = m.on_cpu(0, |cpu| {
+        let mm = tasks.get_mut(first).unwrap().mm.as_mut().unwrap();
+        let rw = PROT_READ | PROT_WRITE;
+        map(k, cpu, mm, &f, (pages * PAGE, 0, 0), rw, MADV_HUGEPAGE)
+    });
+    let mut model: std::collections::BTreeMap<u32, Vec<S>> =
+        [(first, vec![S::File; pages as usize])].into();
+    let seed = std::env::var("FILE_THP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let (mapped0, split0) = (event(k, "thp_file_mapped"), event(k, "thp_split_pmd"));
+    m.on_cpu(0, |cpu| {
+        for step in 0..300 {
+            let pids: Vec<u32> = model.keys().copied().collect();
+            let pid = pids[rng.random_range(0..pids.len())];
+            let p = rng.random_range(0..pages - 1);
+            let n = rng.random_range(1..1024).min(pages - p);
+            let (lo, hi) = (p as usize, (p + n) as usize);
+            let mm = tasks.get_mut(pid).unwrap().mm.as_mut().unwrap();
+            let n_tasks = model.len();
+            let mdl = model.get_mut(&pid).unwrap();
+            match rng.random_range(0..18) {
+                0 if n_tasks < 3 => {
+                    let copy = mdl.clone();
+                    let c = tasks.fork(k, cpu, pid).unwrap();
+                    model.insert(c, copy);
+                }
+                1 if n_tasks > 1 => {
+                    tasks.exit(k, cpu, pid, 0).unwrap();
+                    let _ = tasks.wait(tasks.get(pid).map_or(0, |t| t.ppid), Some(pid));
+                    model.remove(&pid);
+                }
+                2 => {
+                    k.madvise(cpu, mm, base + p * PAGE, n * PAGE, MADV_DONTNEED)
+                        .ok();
+                    for x in &mut mdl[lo..hi] {
+                        if *x != S::Unmapped {
+                            *x = S::File;
+                        }
+                    }
+                }
+                3 => {
+                    k.munmap(cpu, mm, base + p * PAGE, n * PAGE).unwrap();
+                    mdl[lo..hi].fill(S::Unmapped);
+                }
+                4 => {
+                    for q in p..p + n {
+                        if mdl[q as usize] == S::Unmapped {
+                            let a = base + q * PAGE;
+                            let fl = MAP_PRIVATE | MAP_FIXED;
+                            let rw = PROT_READ | PROT_WRITE;
+                            k.do_mmap(cpu, mm, Some(&f), a, PAGE, rw, fl, q * PAGE)
+                                .unwrap();
+                            mdl[q as usize] = S::File;
+                        }
+                    }
+                    k.madvise(cpu, mm, base, pages * PAGE, MADV_HUGEPAGE).ok();
+                }
+                5 if mdl[lo..hi].iter().all(|x| *x != S::Unmapped) => {
+                    k.mprotect(cpu, mm, base + p * PAGE, n * PAGE, PROT_READ)
+                        .unwrap();
+                    k.mprotect(cpu, mm, base + p * PAGE, n * PAGE, PROT_READ | PROT_WRITE)
+                        .unwrap();
+                }
+                6 => {
+                    k.try_to_free_pages(cpu, GFP_KERNEL);
+                }
+                7 => {
+                    let adv = if rng.random_bool(0.7) {
+                        MADV_HUGEPAGE
+                    } else {
+                        MADV_NOHUGEPAGE
+                    };
+                    k.madvise(cpu, mm, base + p * PAGE, n * PAGE, adv).ok();
+                }
+                8 => {
+                    k.lru_add_drain_all(cpu);
+                    k.drop_caches(cpu, 3).unwrap();
+                }
+                9 => {
+                    let mut taken = Vec::new();
+                    while let Some(pg) = k.alloc_pages(cpu, Gfp::__GFP_NOWARN, 9) {
+                        taken.push(pg);
+                    }
+                    for z in k.nodes[0].zones.iter() {
+                        k.compact_zone(cpu, z, 9);
+                    }
+                    for pg in taken {
+                        k.__free_pages(cpu, pg, 9);
+                    }
+                }
+                12 | 13 => {
+                    // A whole 2 MiB of the file mapped afresh (its old table goes with
+                    // the old mapping), advised: the next fault there can map a PMD.
+                    let j = rng.random_range(0..pages / 512);
+                    let a = base + j * HPAGE_PMD_SIZE;
+                    let fl = MAP_PRIVATE | MAP_FIXED;
+                    let rw = PROT_READ | PROT_WRITE;
+                    let off = j * HPAGE_PMD_SIZE;
+                    k.do_mmap(cpu, mm, Some(&f), a, HPAGE_PMD_SIZE, rw, fl, off)
+                        .unwrap();
+                    k.madvise(cpu, mm, a, HPAGE_PMD_SIZE, MADV_HUGEPAGE)
+                        .unwrap();
+                    mdl[(j * 512) as usize..((j + 1) * 512) as usize].fill(S::File);
+                }
+                10 | 11 => {
+                    let v: u8 = rng.random_range(1..=255);
+                    for q in (p..p + n).step_by(rng.random_range(1..64)) {
+                        if mdl[q as usize] != S::Unmapped {
+                            k.user_write(cpu, mm, base + q * PAGE + 9, &[v]).unwrap();
+                            mdl[q as usize] = S::Written(v);
+                        }
+                    }
+                }
+                _ => {
+                    for _ in 0..96 {
+                        let q = rng.random_range(0..pages);
+                        let mut b = [0u8];
+                        let r = k.user_read(cpu, mm, base + q * PAGE + 9, &mut b);
+                        match mdl[q as usize] {
+                            S::Unmapped => assert!(r.is_err(), "step {step}: page {q}"),
+                            S::File => {
+                                r.unwrap();
+                                let want = data[(q * PAGE + 9) as usize];
+                                assert_eq!(b[0], want, "step {step}: pid {pid} page {q}");
+                            }
+                            S::Written(v) => {
+                                r.unwrap();
+                                assert_eq!(b[0], v, "step {step}: pid {pid} page {q}");
+                            }
+                        }
+                    }
+                }
+            }
+            for t in tasks.iter() {
+                if let Some(mm) = &t.mm {
+                    check_all(k, mm);
+                }
+            }
+            k.check_invariants().unwrap();
+        }
+        let mapped = event(k, "thp_file_mapped") - mapped0;
+        let cleared = event(k, "thp_split_pmd") - split0;
+        eprintln!("thp_file_mapped {mapped}, thp_split_pmd {cleared}");
+        assert!(
+            mapped >= 6 && cleared >= 3,
+            "file THPs mapped ({mapped}) and cleared ({cleared}) again and again"
+        );
+        for pid in model.keys().copied().collect::<Vec<_>>() {
+            tasks.exit(k, cpu, pid, 0).unwrap();
+        }
+        k.fput(cpu, f);
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+    assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
+    assert_eq!(k.bad_page_reports(), 0, "{:?}", k.dmesg());
+    assert_eq!(drain_and_count(&m), before, "pages leaked");
+}

@@ -86,13 +86,16 @@ ev!(THP_MIGRATION_SPLIT, "thp_migration_split");
 const COMPACT_CLUSTER_MAX: u64 = 32;
 const PAGEBLOCK: u64 = 1 << PAGEBLOCK_ORDER;
 
-/// The state flags that move with a folio's contents.
+/// The state flags that move with a folio's contents (`folio_migrate_flags`), a page-cache
+/// folio's readahead marker among them: left on the old folio it would be freed with
+/// `PG_readahead` (= `PG_reclaim`) set, a bad page, and the next window would never start.
 const MOVED_FLAGS: PageFlags = PageFlags::DIRTY
     .union(PageFlags::UPTODATE)
     .union(PageFlags::REFERENCED)
     .union(PageFlags::ACTIVE)
     .union(PageFlags::SWAPBACKED)
-    .union(PageFlags::WORKINGSET);
+    .union(PageFlags::WORKINGSET)
+    .union(crate::mm::readahead::PG_READAHEAD);
 
 /// `skip_isolation_on_order`: a folio of `order` is not isolated when compacting for
 /// `target` — it is at least as large as the block wanted (no free block of that order
