@@ -1,5 +1,5 @@
-//! Random address-space operations — mmap (anonymous, private and shared file mappings,
-//! fixed, populated), munmap, mprotect, mremap, madvise, brk, mlock/munlock, msync, fork,
+//! Random address-space operations — mmap (anonymous, private and shared file mappings of
+//! a file cached in large folios, file THPs included; fixed, populated), munmap, mprotect, mremap, madvise, brk, mlock/munlock, msync, fork,
 //! exit, and loads and stores through the MMU — with arbitrary arguments, on a small machine
 //! with swap, under reclaim, with the THP policies (the top-level one and each mTHP size's)
 //! changed at random and the deferred split queue's shrinker run. After every step every invariant checker runs (address spaces,
@@ -204,12 +204,15 @@ fn check_all(k: &Kernel, procs: &[MmStruct]) {
 fuzz_target!(|ops: Vec<Op>| {
     let w = world();
     let (m, k) = (&w.m, &w.m.kernel);
+    // 4 MiB in large folios: a MADV_HUGEPAGE mapping of it reads PMD-sized folios and
+    // maps them by PMDs where the mapping is aligned (file THPs).
     let inode = k.new_inode(
-        Box::new(RamFile::new(vec![0x5a; 64 << 10])),
+        Box::new(RamFile::new(vec![0x5a; 4 << 20])),
         (0, 9),
         9,
         "/fuzz/file",
     );
+    inode.mapping_set_large_folios();
     let file = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
     // Every input starts from the same policies (the machine is shared between inputs).
     reset_thp_policies(k);

@@ -459,3 +459,146 @@ fn compaction_skips_pinned_and_large_folios_and_splits_without_a_block() {
     });
     teardown_check(&m, before);
 }
+
+/// Large page-cache folios move too (Linux migrates them whole: `__folio_migrate_mapping`
+/// repoints every `i_pages` slot): eight 16 KiB folios of a file sit in the two pageblocks
+/// of the only order-10 block that could be freed — four mapped by a shared mapping, one
+/// of them dirty, four only cached. The order-10 allocation moves all eight whole (new
+/// frames, still order 2, the cache's slots and the PTEs pointing at them, the dirty flag
+/// kept); every byte reads back through the mapping and `read`, and writeback puts the
+/// written bytes in the file.
+#[test]
+fn compaction_moves_large_page_cache_folios() {
+    use mmkit::fs::inode::{FMode, RamFile};
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    let pages = 32u64;
+    let data: Vec<u8> = (0..pages * 4096)
+        .map(|i| (i * 7 / 4096 + i) as u8)
+        .collect();
+    let inode = k.new_inode(Box::new(RamFile::new(data.clone())), (0, 2), 70, "/f");
+    inode.mapping_set_large_folios();
+    m.on_cpu(0, |cpu| {
+        let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                MTHP_BASE,
+                pages << 12,
+                RW,
+                MAP_SHARED,
+                0,
+            )
+            .unwrap();
+        assert_eq!(a, MTHP_BASE);
+        // Fragment: eight 16 KiB holes in two pageblocks of an order-10 block, nothing
+        // else of 16 KiB free.
+        let mut held = take_all(k, cpu);
+        let blocks = fully_held(k, &held, ZoneType::Dma32);
+        let t0 = *blocks
+            .iter()
+            .find(|&&b| b % (2 * PB) == 0 && blocks.contains(&(b + PB)))
+            .expect("two whole pageblocks of an order-10 block");
+        let t1 = t0 + PB;
+        for t in [t0, t1] {
+            for hole in [0, 64, 128, 192] {
+                for p in t + hole..t + hole + 4 {
+                    release(k, cpu, &mut held, p);
+                }
+            }
+        }
+        free_rest(
+            k,
+            cpu,
+            &mut held,
+            blocks.iter().copied().filter(|&b| b > t1),
+            4,
+        );
+        assert_eq!(
+            k.page_cache_readahead(cpu, &inode, 0, pages).unwrap(),
+            pages
+        );
+        let cached = || -> Vec<u64> {
+            (0..pages).map(|i| inode.cached_pfn(i).unwrap().0).collect()
+        };
+        let old = cached();
+        for (i, &pfn) in old.iter().enumerate() {
+            assert!((t0..t0 + 2 * PB).contains(&pfn), "page {i} at {pfn:#x}");
+            assert_eq!(page(k, pfn).compound_head().folio_order(), 2, "page {i}");
+        }
+        // Four folios mapped; one written.
+        let mut buf = vec![0u8; 4096];
+        for i in (0..16).step_by(4) {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut buf).unwrap();
+        }
+        assert_eq!(mm.counter(mmkit::mm::mm_types::MM_FILEPAGES), 16);
+        k.user_write(cpu, &mut mm, a + 5 * 4096 + 100, b"moved while dirty")
+            .unwrap();
+        let mut want = data.clone();
+        want[5 * 4096 + 100..5 * 4096 + 117].copy_from_slice(b"moved while dirty");
+        // The rest of memory as the free scanner's supply; the two pageblocks hold only
+        // the folios.
+        let others = blocks.iter().copied().filter(|&b| b != t0 && b != t1);
+        free_rest(k, cpu, &mut held, others, PB);
+        for t in [t0, t1] {
+            for p in t..t + PB {
+                if held.contains_key(&p) {
+                    release(k, cpu, &mut held, p);
+                }
+            }
+        }
+        k.drain_all_pages(cpu);
+        assert!(k.alloc_pages(cpu, Gfp::__GFP_NOWARN, 9).is_none());
+        check_all(k, &[&mm]);
+        k.check_pagecache_invariants().unwrap();
+        let (iso0, mig0) = (event(k, "compact_isolated"), event(k, "pgmigrate_success"));
+        let block = k
+            .alloc_pages(cpu, GFP_KERNEL | Gfp::__GFP_NOWARN, 10)
+            .expect("compaction made an order-10 block");
+        assert_eq!(k.page_to_pfn(block).0, t0, "the block the folios were in");
+        assert_eq!(event(k, "compact_isolated") - iso0, pages);
+        assert_eq!(event(k, "pgmigrate_success") - mig0, pages);
+        let new = cached();
+        for (i, &pfn) in (0u64..).zip(&new) {
+            assert!(!(t0..t0 + 2 * PB).contains(&pfn), "page {i} still there");
+            let head = page(k, pfn).compound_head();
+            assert_eq!(head.folio_order(), 2, "page {i} moved whole");
+            assert_eq!(k.page_to_pfn(head).0 + i % 4, pfn);
+            if i < 16 {
+                assert_eq!(pfn_of(k, &mm, a + (i << 12)), Some(pfn));
+            }
+        }
+        assert!(page(k, new[5])
+            .compound_head()
+            .test(mmkit::mm::page::PageFlags::DIRTY));
+        check_all(k, &[&mm]);
+        k.check_pagecache_invariants().unwrap();
+        for i in 0..pages {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut buf).unwrap();
+            assert_eq!(
+                &buf[..],
+                &want[(i << 12) as usize..((i + 1) << 12) as usize]
+            );
+        }
+        let mut all = vec![0u8; want.len()];
+        assert_eq!(k.filemap_read(cpu, &inode, 0, &mut all).unwrap(), all.len());
+        assert!(all == want, "read(2) sees the moved folios");
+        k.write_inode_now(cpu, &inode).unwrap();
+        inode.data().read_at(0, &mut all).unwrap();
+        assert!(all == want, "writeback wrote the moved dirty folio");
+        k.__free_pages(cpu, block, 10);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        for p in held.into_values() {
+            k.__free_pages(cpu, p, 0);
+        }
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+        k.evict_inode(cpu, &inode).unwrap();
+    });
+    teardown_check(&m, before);
+}

@@ -39,10 +39,12 @@
 //! references, and the folio is left where it was (the write-protect is undone). The
 //! isolation reference keeps a write fault from reusing the folio in place
 //! (`wp_can_reuse_anon_folio` wants no reference but the mappings'), so no write lands in
-//! the old frames after the copy. Anonymous folios of any order below `pageblock_order` and
-//! page-cache pages (all order 0 here) move; swap-cache, unevictable and unmapped
-//! anonymous ones are skipped; a folio mapped by a PMD is never isolated (only order-9
-//! folios are, and compaction skips them).
+//! the old frames after the copy. Anonymous and page-cache folios of any order below
+//! `pageblock_order` move (a page-cache folio's `i_pages` slots, one per page, are repointed
+//! under the file's lock, and only while the folio holds nothing but the cache's, its
+//! mappings' and our references); swap-cache, unevictable and unmapped anonymous ones are
+//! skipped; a folio mapped by a PMD is never isolated (only order-9 folios are, anonymous
+//! or file THPs, and compaction skips them).
 //!
 //! Not done: `fast_isolate_freepages`/`fast_find_migrateblock`, the pageblock skip hints,
 //! `suitable_migration_target`'s migrate-type test, retries of busy folios
@@ -209,12 +211,14 @@ impl Kernel {
             return None;
         }
         let large = page.folio_test_large();
-        let movable = if page_anon(page) {
-            !page.test(PG_SWAPCACHE) && page.folio_mapcount() > 0 && page.entire_mapcount() == 0
-        } else {
-            // Large page-cache folios are not migrated (not done: they stay where they are).
-            !large && self.page_is_file(page)
-        };
+        // A folio some PMD maps whole is never isolated (nor, below, one of pageblock
+        // order: every PMD-sized folio).
+        let movable = page.entire_mapcount() == 0
+            && if page_anon(page) {
+                !page.test(PG_SWAPCACHE) && page.folio_mapcount() > 0
+            } else {
+                self.page_is_file(page)
+            };
         if !movable {
             return None;
         }
@@ -511,9 +515,6 @@ impl Kernel {
         let nr = src.folio_nr_pages();
         let large = src.folio_test_large();
         let file = !page_anon(src);
-        if file && large {
-            return false; // page-cache folios are order 0 here
-        }
         let inode = if file { self.inode_of_page(src) } else { None };
         if file && inode.is_none() {
             return false;
@@ -521,10 +522,11 @@ impl Kernel {
         if src.entire_mapcount() != 0 {
             return false; // mapped by a PMD: compaction never isolates such a folio
         }
-        // Each page's PTE mappings (a PTE holds one reference on the folio).
+        // Each page's PTE mappings (a PTE holds one reference on the folio), and the page
+        // cache's reference per page (`folio_expected_ref_count`).
         let mapcounts: Vec<i32> = (0..nr).map(|i| src.folio_page(i).mapcount()).collect();
         let mapcount: i32 = mapcounts.iter().sum();
-        let expected = 1 + mapcount + file as i32;
+        let expected = 1 + mapcount + if file { nr as i32 } else { 0 };
         if src.refcount() != expected {
             return false;
         }
@@ -572,15 +574,21 @@ impl Kernel {
                 restore();
                 return false;
             }
-            // The page-cache slot follows the page.
+            // The page-cache slots follow the pages (`__folio_migrate_mapping`: every slot
+            // of a large folio, under the xa_lock, only if each still names its page).
             if let Some(inode) = &inode {
                 let mut pages = inode.i_pages.lock();
-                if pages.get(src.index()) != Some(spfn) {
+                let index = src.index();
+                if (0..nr).any(|i| pages.get(index + i) != Some(spfn + i))
+                    || src.refcount() != expected
+                {
                     drop(pages);
                     restore();
                     return false;
                 }
-                pages.insert(src.index(), dpfn);
+                for i in 0..nr {
+                    pages.insert(index + i, dpfn + i);
+                }
             }
             // No turning back: the state moves (__folio_migrate_mapping,
             // folio_migrate_flags; the mapcounts as remove_migration_ptes rebuilds them).
