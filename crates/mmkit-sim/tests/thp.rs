@@ -545,6 +545,48 @@ fn munmap_of_4k_splits_exactly_one_pmd() {
     teardown_check(&m, before);
 }
 
+/// The software MMU keeps 2 MiB translations as 2 MiB TLB entries: once loaded, one entry
+/// serves reads and writes of all 512 pages of a THP without a walk (an anonymous THP is
+/// born dirty, so a write needs no re-walk for Dirty). Splitting the PMD (a 4 KiB munmap)
+/// flushes it: the next accesses walk 4 KiB PTEs, one miss per page, and read the same
+/// bytes; the TLB checker finds every live entry, 2 MiB ones included, agreeing with the
+/// page tables.
+#[test]
+fn a_2mib_tlb_entry_translates_the_whole_thp() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let before = before(&m);
+    let mm = m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = huge_region(k, cpu, &mut mm, 2 * MIB);
+        fill(k, cpu, &mut mm, a, 512, 6);
+        let mut got = [0u8; 8];
+        // One access to load the entry, then every page of the THP, reads and writes.
+        k.user_read(cpu, &mut mm, a, &mut got).unwrap();
+        let (h0, m0) = k.tlb_stats(cpu);
+        for i in 0..512u64 {
+            k.user_read(cpu, &mut mm, a + (i << 12) + 8, &mut got)
+                .unwrap();
+            k.user_write(cpu, &mut mm, a + (i << 12) + 16, &got)
+                .unwrap();
+        }
+        let (h1, m1) = k.tlb_stats(cpu);
+        assert_eq!((h1 - h0, m1 - m0), (1024, 0), "1024 accesses, no walk");
+        k.munmap(cpu, &mut mm, a + 5 * 4096, 4096).unwrap();
+        let (h0, m0) = k.tlb_stats(cpu);
+        for i in (0..64u64).filter(|&i| i != 5) {
+            k.user_read(cpu, &mut mm, a + (i << 12), &mut got).unwrap();
+            assert_eq!(got, tag(i, 6), "page {i}");
+        }
+        let (h1, m1) = k.tlb_stats(cpu);
+        assert_eq!((h1 - h0, m1 - m0), (0, 63), "4 KiB PTEs: a walk per page");
+        mm
+    });
+    k.check_tlb_invariants(&[&mm.pt]).unwrap();
+    m.on_cpu(0, |cpu| k.exit_mmap(cpu, mm));
+    teardown_check(&m, before);
+}
+
 /// mprotect of half a THP splits it (and its VMA); mprotect of whole THPs keeps them huge;
 /// a write through the read-only half faults with SIGSEGV's access error, the bytes stay.
 #[test]

@@ -18,9 +18,10 @@
 //! A miss walks the four levels (the page-table module's hardware walker: atomic loads,
 //! present/write/user/NX checked across levels, Accessed set on every entry used and Dirty on
 //! the leaf for a write) and raises [`PageFault`] with the hardware error code. A 2 MiB leaf
-//! (a PMD entry with PSE) ends the walk a level early; the TLB then caches the 4 KiB piece of
-//! it that the access used (splintering, as x86 CPUs may do), so a flush of the address
-//! space — every flush here is one — drops it like any other entry.
+//! (a PMD entry with PSE) ends the walk a level early and fills an entry of the TLB's
+//! separate 2 MiB array (x86 cores keep 2M translations apart from 4K ones), which then
+//! translates every address of the 2 MiB page; a flush of the address space — every flush
+//! here is one, so `invlpg` of any address inside it too — drops it like any other entry.
 
 use crate::arch::x86_64::pgtable::{PgTable, Pte, PteFlags, PTE_PFN_MASK};
 use crate::cpu::CpuGuard;
@@ -31,6 +32,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// TLB entries per CPU (direct mapped by virtual page number).
 pub const TLB_ENTRIES: usize = 64;
+/// 2 MiB TLB entries per CPU (direct mapped by virtual 2 MiB page number).
+pub const TLB_ENTRIES_2M: usize = 16;
+/// The offset bits of a 2 MiB page.
+const HUGE_OFFSET: u64 = (1 << 21) - 1;
 /// Address spaces whose generation a CPU remembers at once.
 const TLB_CONTEXTS: usize = 8;
 
@@ -114,6 +119,9 @@ struct TlbEntry {
 /// One CPU's TLB.
 pub struct Tlb {
     entries: [TlbEntry; TLB_ENTRIES],
+    /// 2 MiB translations: `vpn` is the virtual 2 MiB page number, `pte` maps its first
+    /// 4 KiB.
+    huge: [TlbEntry; TLB_ENTRIES_2M],
     gens: [(u64, u64); TLB_CONTEXTS],
     next_gen_slot: usize,
     /// Translations served from the TLB.
@@ -126,6 +134,7 @@ impl Tlb {
     fn new() -> Self {
         Self {
             entries: [TlbEntry::default(); TLB_ENTRIES],
+            huge: [TlbEntry::default(); TLB_ENTRIES_2M],
             gens: [(0, 0); TLB_CONTEXTS],
             next_gen_slot: 0,
             hits: 0,
@@ -148,12 +157,17 @@ impl Tlb {
             self.gens[self.next_gen_slot] = (pt.ctx_id, gen);
             self.next_gen_slot = (self.next_gen_slot + 1) % TLB_CONTEXTS;
         }
-        for e in self.entries.iter_mut().filter(|e| e.ctx == pt.ctx_id) {
+        for e in self
+            .entries
+            .iter_mut()
+            .chain(self.huge.iter_mut())
+            .filter(|e| e.ctx == pt.ctx_id)
+        {
             *e = TlbEntry::default();
         }
         // Entries of contexts that fell out of `gens` can no longer be checked: drop them.
         let tracked = self.gens;
-        for e in self.entries.iter_mut() {
+        for e in self.entries.iter_mut().chain(self.huge.iter_mut()) {
             if e.ctx != 0 && !tracked.iter().any(|(c, _)| *c == e.ctx) {
                 *e = TlbEntry::default();
             }
@@ -229,7 +243,9 @@ impl Kernel {
         for c in 0..self.nr_cpus() {
             let cpu = self.get_cpu_id(c).map_err(|_| "no such CPU")?;
             self.with_tlb(&cpu, |t| {
-                for e in t.entries.iter().filter(|e| e.ctx != 0) {
+                let small = t.entries.iter().map(|e| (e, 12));
+                let huge = t.huge.iter().map(|e| (e, 21));
+                for (e, shift) in small.chain(huge).filter(|(e, _)| e.ctx != 0) {
                     let Some(pt) = spaces.iter().find(|p| p.ctx_id == e.ctx) else {
                         continue;
                     };
@@ -237,7 +253,7 @@ impl Kernel {
                     if !t.gens.iter().any(|&(ctx, g)| ctx == e.ctx && g == gen) {
                         continue; // dropped at its next use
                     }
-                    let va = e.vpn << 12;
+                    let va = e.vpn << shift;
                     let pfn = crate::Pfn((e.pte & PTE_PFN_MASK) >> 12);
                     if self
                         .pfn_to_page(pfn)
@@ -287,17 +303,27 @@ impl Kernel {
     ) -> Result<u64, PageFault> {
         tlb.sync(pt);
         let vpn = va >> 12;
+        let hvpn = va >> 21;
+        // A write through a clean entry re-walks to set Dirty; a violation re-walks too (the
+        // CPU drops the entry on a fault).
+        let usable = |pte: u64| permitted(pte, access) && (!access.write || Pte(pte).dirty());
         let e = &mut tlb.entries[vpn as usize % TLB_ENTRIES];
         if e.ctx == pt.ctx_id && e.vpn == vpn {
-            let pte = Pte(e.pte);
-            let need_dirty = access.write && !pte.dirty();
-            if permitted(pte.0, access) && !need_dirty {
+            if usable(e.pte) {
+                let pte = e.pte;
                 tlb.hits += 1;
-                return Ok((pte.0 & PTE_PFN_MASK) | (va & 0xfff));
+                return Ok((pte & PTE_PFN_MASK) | (va & 0xfff));
             }
-            // A write through a clean entry re-walks to set Dirty; a violation re-walks too
-            // (the CPU drops the entry on a fault).
             *e = TlbEntry::default();
+        }
+        let h = &mut tlb.huge[hvpn as usize % TLB_ENTRIES_2M];
+        if h.ctx == pt.ctx_id && h.vpn == hvpn {
+            if usable(h.pte) {
+                let pte = h.pte;
+                tlb.hits += 1;
+                return Ok((pte & PTE_PFN_MASK) + (va & HUGE_OFFSET));
+            }
+            *h = TlbEntry::default();
         }
         tlb.misses += 1;
         let fault = |present| PageFault {
@@ -311,11 +337,20 @@ impl Kernel {
         let kept = (PteFlags::PRESENT | PteFlags::ACCESSED | PteFlags::DIRTY).bits();
         let cached = (pte & (PTE_PFN_MASK | kept))
             | (leaf & (PteFlags::RW | PteFlags::USER | PteFlags::NX).bits());
-        *e = TlbEntry {
-            ctx: pt.ctx_id,
-            vpn,
-            pte: cached,
-        };
+        if walk.huge {
+            // The 2 MiB page's first 4 KiB: the piece the walk gave, moved back to its base.
+            tlb.huge[hvpn as usize % TLB_ENTRIES_2M] = TlbEntry {
+                ctx: pt.ctx_id,
+                vpn: hvpn,
+                pte: cached - ((va & HUGE_OFFSET) & !0xfff),
+            };
+        } else {
+            tlb.entries[vpn as usize % TLB_ENTRIES] = TlbEntry {
+                ctx: pt.ctx_id,
+                vpn,
+                pte: cached,
+            };
+        }
         Ok((pte & PTE_PFN_MASK) | (va & 0xfff))
     }
 

@@ -88,6 +88,8 @@ impl Drop for PtlGuard<'_> {
 pub(crate) struct HwTranslation {
     pub(crate) pte: u64,
     pub(crate) perms: u64,
+    /// The leaf was a 2 MiB PMD entry (`pte` is the 4 KiB piece of it the address lies in).
+    pub(crate) huge: bool,
 }
 
 /// The split locks of several PTE tables held together ([`Kernel::lock_pte_tables`]).
@@ -613,7 +615,11 @@ impl Kernel {
                 // The 4 KiB piece of the 2 MiB page `va` lies in, as a PTE would map it.
                 pte = huge_splinter(pte, va);
             }
-            return Ok(HwTranslation { pte, perms });
+            return Ok(HwTranslation {
+                pte,
+                perms,
+                huge: leaf == 2,
+            });
         }
     }
 
