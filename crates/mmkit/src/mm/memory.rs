@@ -472,9 +472,10 @@ impl Kernel {
     /// up to date and not readahead markers, without I/O. A large folio the window reaches
     /// is mapped whole when it lies inside the VMA and the page table (Linux 6.18's
     /// "map entire large folio"), else the part inside the window: one reference on the
-    /// folio per page mapped, taken at once (`folio_ref_add`), and the mappings of each run
-    /// of its pages counted at once (`folio_add_file_rmap_ptes`). Returns whether the page
-    /// at the fault's address was among them.
+    /// folio per page mapped, taken at once (`folio_ref_add`), each folio's run installed in
+    /// one step where its entries are all none (`set_pte_range`; entry by entry otherwise),
+    /// and the mappings of each run of its pages counted at once (`folio_add_file_rmap_ptes`).
+    /// Returns whether the page at the fault's address was among them.
     fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> bool {
         let vma = vmf.vma;
         let va = vmf.address;
@@ -533,7 +534,19 @@ impl Kernel {
             let mut c = self.pte_cursor(&mm.pt, addr_of(lo), addr_of(hi));
             for &(folio, lo, hi) in &runs {
                 let fi = folio.index();
-                // The run of pages installed so far, counted in the rmap at once.
+                let first = Pte::new(
+                    self.page_to_pfn(folio.folio_page(lo - fi)),
+                    vma.vm_page_prot,
+                );
+                // set_pte_range: the whole run at once where every entry of it is none.
+                if c.seek(addr_of(lo)) && c.install_range(addr_of(lo), first, hi - lo).is_ok() {
+                    self.folio_add_file_rmap_ptes(cpu, folio, lo - fi, hi - lo);
+                    mapped += hi - lo;
+                    hit |= (addr_of(lo)..addr_of(hi)).contains(&(va & PAGE_MASK));
+                    continue;
+                }
+                // Otherwise entry by entry, skipping those filled meanwhile; each run of
+                // pages installed counted in the rmap at once.
                 let mut run_from = lo;
                 for k in lo..hi {
                     let a = addr_of(k);
