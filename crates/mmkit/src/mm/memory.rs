@@ -2,8 +2,10 @@
 //! `handle_pte_fault` → `do_anonymous_page` (with `alloc_anon_folio`: mTHP folios mapped by
 //! a run of PTEs) / `do_read_fault` (with `do_fault_around`) /
 //! `do_cow_fault` / `do_shared_fault` / `do_swap_page` / `do_wp_page` (`wp_page_reuse`,
-//! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and
-//! `copy_page_range` for fork.
+//! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range` with
+//! `zap_present_ptes`) and `copy_page_range` for fork (`copy_pte_range` with
+//! `copy_present_ptes`), both taking the PTEs of a large folio in batches found by
+//! `folio_pte_batch` (`mm/internal.h`), as Linux 6.9+.
 //!
 //! A fault is described by a [`VmFault`] (`struct vm_fault`): the VMA, the address, the
 //! access, the page offset and `orig_pte`, the entry as the fault first saw it, read without
@@ -863,8 +865,12 @@ impl Kernel {
                     }
                     file += nr as i64;
                 }
-                let first = self.page_to_pfn(page).0 - self.page_to_pfn(folio).0;
-                self.folio_remove_rmap_ptes(cpu, folio, first, nr);
+                if nr == 1 {
+                    self.page_remove_rmap(cpu, page);
+                } else {
+                    let first = self.page_to_pfn(page).0 - self.page_to_pfn(folio).0;
+                    self.folio_remove_rmap_ptes(cpu, folio, first, nr);
+                }
                 tlb.remove_folio_pages(folio, nr as u32);
                 c.skip_batch(nr);
             }
@@ -937,16 +943,21 @@ impl Kernel {
                 };
                 let folio = page.compound_head();
                 let max_nr = c.batch_limit();
-                let batch = if folio.folio_test_large() && max_nr > 1 {
-                    self.folio_pte_batch(folio, &c, pte, max_nr, FPB_RESPECT_DIRTY)
-                } else {
-                    PteBatch {
-                        nr: 1,
-                        any_writable: pte.writable(),
-                        any_young: pte.young(),
-                        any_dirty: pte.dirty(),
-                    }
-                };
+                if !folio.folio_test_large() || max_nr == 1 {
+                    // copy_present_pte: the common small-folio case kept apart from the
+                    // batching, as Linux keeps it. Write-protected with whatever Dirty the
+                    // MMU set up to now; the folio pinned while the table lock keeps
+                    // reclaim from unmapping it.
+                    let v = if cow && pte.writable() {
+                        c.update(&mut tlb, |p| p.wrprotect()).wrprotect()
+                    } else {
+                        pte
+                    };
+                    folio.get();
+                    entries.push((va, v, 1));
+                    continue;
+                }
+                let batch = self.folio_pte_batch(folio, &c, pte, max_nr, FPB_RESPECT_DIRTY);
                 let nr = batch.nr;
                 // __copy_present_ptes: the run's bits with the write bit of any of it.
                 let mut v = if batch.any_writable {
@@ -994,8 +1005,12 @@ impl Kernel {
             }
             if let Some(p) = self.vm_normal_page(pte) {
                 let folio = p.compound_head();
-                let first = self.page_to_pfn(p).0 - self.page_to_pfn(folio).0;
-                self.folio_dup_rmap_ptes(cpu, folio, first, nr);
+                if nr == 1 {
+                    self.page_add_rmap(cpu, p);
+                } else {
+                    let first = self.page_to_pfn(p).0 - self.page_to_pfn(folio).0;
+                    self.folio_dup_rmap_ptes(cpu, folio, first, nr);
+                }
                 dst.add_counter(
                     if page_anon(folio) {
                         MM_ANONPAGES
@@ -1025,17 +1040,13 @@ pub(crate) const FPB_RESPECT_DIRTY: u32 = 1 << 0;
 pub(crate) const FPB_RESPECT_WRITE: u32 = 1 << 1;
 
 /// What [`Kernel::folio_pte_batch`] found: the entries of the batch, and whether any of them
-/// was writable, young or dirty.
+/// was writable (`any_writable`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PteBatch {
     /// Entries in the batch (at least 1: the first).
     pub(crate) nr: u64,
     /// Some entry of the batch has the write bit.
     pub(crate) any_writable: bool,
-    /// Some entry of the batch has the Accessed bit.
-    pub(crate) any_young: bool,
-    /// Some entry of the batch has the Dirty bit.
-    pub(crate) any_dirty: bool,
 }
 
 impl Kernel {
@@ -1071,8 +1082,6 @@ impl Kernel {
         let mut batch = PteBatch {
             nr: 1,
             any_writable: pte.writable(),
-            any_young: pte.young(),
-            any_dirty: pte.dirty(),
         };
         // The value the next entry must have: the same bits, the next frame.
         let mut expected = (pte.0 & !ignored) + PAGE_SIZE;
@@ -1082,8 +1091,6 @@ impl Kernel {
                 break;
             }
             batch.any_writable |= p.writable();
-            batch.any_young |= p.young();
-            batch.any_dirty |= p.dirty();
             batch.nr += 1;
             expected += PAGE_SIZE;
         }
