@@ -16,6 +16,8 @@
 //! - `fork-exit`: fork (`dup_mmap`) of an address space with 16 MiB written and 32 small
 //!   written mappings, and the child's exit (`exit_mmap`) at once — per fork — beside the host
 //!   kernel forking this process with the same 16 MiB written, the child exiting at once;
+//! - `fork-exit-mthp64`: the same with the 16 MiB in 64 KiB mTHP folios (`always`), whose
+//!   PTEs fork copies and exit zaps a folio's run at a time;
 //! - `file-read-fault`: map a cached 16 MiB file privately, read every page, munmap — per page,
 //!   fault-around included — beside the host doing the same on a file in its page cache
 //!   (the host's file was just written, and its file system caches a large write in
@@ -336,8 +338,19 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
             Some(String::from("per 4 KiB page, fork not timed")),
         ));
     }
-    if want("fork-exit") {
+    // fork-exit with 4 KiB pages, then with the 16 MiB in 64 KiB mTHP folios (`always`),
+    // which fork copies and exit zaps a folio's run of PTEs at a time.
+    for (name, mthp) in [("fork-exit", false), ("fork-exit-mthp64", true)] {
+        if !want(name) {
+            continue;
+        }
+        use mmkit::mm::huge_memory::ThpPolicy;
         const FORKS: u64 = 20;
+        let was = k.mthp_enabled(64).expect("64 KiB is an mTHP size");
+        if mthp {
+            k.set_mthp_enabled(64, ThpPolicy::Always)
+                .expect("64 KiB is an mTHP size");
+        }
         let (ours, vmas) = m.on_cpu(0, |cpu| {
             let mut parent = k.mm_alloc(cpu).expect("mm");
             let a = k.mmap(cpu, &mut parent, 0, LEN, rw, anon, 0).expect("mmap");
@@ -366,13 +379,18 @@ pub fn fault_rows(filter: &str) -> Result<Vec<Row>> {
             k.exit_mmap(cpu, parent);
             (r, vmas)
         });
+        k.set_mthp_enabled(64, was).expect("64 KiB is an mTHP size");
         let host = host_fork_exit(LEN as usize, FORKS);
         rows.push(row(
-            "fork-exit",
+            name,
             ours,
             "host kernel: fork with 16 MiB written, the child exits at once, waitpid",
             host,
-            Some(format!("per fork; {vmas} VMAs")),
+            Some(if mthp {
+                format!("per fork; {vmas} VMAs; ours in 64 KiB folios, the host's as it is set")
+            } else {
+                format!("per fork; {vmas} VMAs")
+            }),
         ));
     }
     for huge in [false, true] {

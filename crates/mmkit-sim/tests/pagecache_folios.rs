@@ -572,3 +572,259 @@ fn fault_around_stops_at_the_end_of_the_file() {
     });
     assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
 }
+
+/// The folio whose page the PTE at `va` maps, and that page's index in it.
+fn folio_at<'k>(k: &'k Kernel, mm: &MmStruct, va: u64) -> (&'k mmkit::mm::page::Page, u64) {
+    let pte = k.pte_lookup(&mm.pt, va).expect("a present PTE");
+    let page = k.pfn_to_page(pte.pfn()).unwrap();
+    let folio = page.compound_head();
+    (folio, pte.pfn().0 - k.mem_map().page_to_pfn(folio).0)
+}
+
+/// fork of an address space holding 64 KiB anonymous folios (mTHP) and a private file
+/// mapping cached in large folios (with one page copied on write, so fork copies its PTEs):
+/// the child's entries map the same frames, runs of each folio copied at once
+/// (`copy_present_ptes`) — every page mapped twice, each folio holding one reference per
+/// mapping (plus the cache's) —; writes in the child and in the parent copy 4 KiB each and
+/// neither sees the other's bytes; after the child exits, and again after the parent does,
+/// the counts are exactly the mappings left, and nothing leaks.
+#[test]
+fn fork_copies_runs_of_anon_and_file_large_folios() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let pages = 256usize;
+    let data = file_bytes(pages, 0x5eed);
+    let before = drain_and_count(&m);
+    m.on_cpu(0, |cpu| {
+        let inode = new_file(k, &data, 41, true);
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let mut pm = k.mm_alloc(cpu).unwrap();
+        let len = data.len() as u64;
+        let fa = k
+            .do_mmap(
+                cpu,
+                &mut pm,
+                Some(&f),
+                0,
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE,
+                0,
+            )
+            .unwrap();
+        read_all(k, cpu, &mut pm, fa, &data);
+        // A private write: page 3 becomes the parent's own copy (and the VMA gets an
+        // anon_vma, so fork copies its PTEs).
+        k.user_write(cpu, &mut pm, fa + 3 * PAGE as u64, b"parent's copy")
+            .unwrap();
+        let aa = 0x4000_0000u64;
+        k.mmap(
+            cpu,
+            &mut pm,
+            aa,
+            0x40000,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+            0,
+        )
+        .unwrap();
+        for i in 0..64u64 {
+            k.user_write(cpu, &mut pm, aa + (i << 12), &(i * 7 + 1).to_le_bytes())
+                .unwrap();
+        }
+        k.lru_add_drain(cpu);
+        // A large file folio that does not hold page 3, and the anonymous folios.
+        let (ff, first) = (16..pages as u64)
+            .map(|i| folio_at(k, &pm, fa + i * PAGE as u64))
+            .find(|(f, _)| f.folio_order() >= 2)
+            .expect("the file is cached in large folios");
+        assert_eq!(first, 0, "fault-around mapped the folio whole, in order");
+        let fnr = ff.folio_nr_pages();
+        let fidx = ff.index();
+        assert_eq!(ff.refcount() as u64, 2 * fnr, "the cache's and one per PTE");
+        let anon: Vec<_> = (0..4u64)
+            .map(|c| folio_at(k, &pm, aa + c * 0x10000).0)
+            .collect();
+        assert!(anon
+            .iter()
+            .all(|f| f.folio_order() == 4 && f.refcount() == 16));
+        let mut cm = k.dup_mmap(cpu, &pm).unwrap();
+        check_all(k, &pm);
+        check_all(k, &cm);
+        assert_eq!(cm.counter(MM_FILEPAGES), pages as u64 - 1);
+        assert_eq!(cm.counter(MM_ANONPAGES), 65);
+        for i in 0..pages as u64 {
+            let va = fa + i * PAGE as u64;
+            assert_eq!(
+                k.pte_lookup(&cm.pt, va),
+                k.pte_lookup(&pm.pt, va).map(|p| p.mkold()),
+                "file page {i}"
+            );
+        }
+        for i in 0..64u64 {
+            let va = aa + (i << 12);
+            let (p, c) = (
+                k.pte_lookup(&pm.pt, va).unwrap(),
+                k.pte_lookup(&cm.pt, va).unwrap(),
+            );
+            assert_eq!(p.pfn(), c.pfn(), "anon page {i}");
+            assert!(
+                !p.writable() && !c.writable(),
+                "anon page {i} write-protected in both"
+            );
+        }
+        for i in 0..fnr {
+            assert_eq!(ff.folio_page(i).mapcount(), 2, "file folio page {i}");
+        }
+        assert_eq!(ff.refcount() as u64, 3 * fnr);
+        for (c, f) in anon.iter().enumerate() {
+            for i in 0..16 {
+                assert_eq!(f.folio_page(i).mapcount(), 2, "anon folio {c} page {i}");
+            }
+            assert_eq!(f.refcount(), 32, "anon folio {c}");
+        }
+        // The child sees every byte.
+        let mut want = data.clone();
+        want[3 * PAGE..3 * PAGE + 13].copy_from_slice(b"parent's copy");
+        read_all(k, cpu, &mut cm, fa, &want);
+        let mut got = [0u8; 8];
+        for i in 0..64u64 {
+            k.user_read(cpu, &mut cm, aa + (i << 12), &mut got).unwrap();
+            assert_eq!(u64::from_le_bytes(got), i * 7 + 1, "child anon page {i}");
+        }
+        // Writes on both sides: 4 KiB copies each.
+        k.user_write(cpu, &mut cm, aa + (5 << 12), b"child!!!")
+            .unwrap();
+        k.user_write(cpu, &mut pm, aa + (20 << 12), b"parent!!")
+            .unwrap();
+        let fw = (fidx + 1) * PAGE as u64;
+        k.user_write(cpu, &mut cm, fa + fw, b"child's file copy")
+            .unwrap();
+        k.lru_add_drain(cpu);
+        k.user_read(cpu, &mut pm, aa + (5 << 12), &mut got).unwrap();
+        assert_eq!(u64::from_le_bytes(got), 5 * 7 + 1);
+        k.user_read(cpu, &mut cm, aa + (20 << 12), &mut got)
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(got), 20 * 7 + 1);
+        k.user_read(cpu, &mut cm, aa + (5 << 12), &mut got).unwrap();
+        assert_eq!(&got, b"child!!!");
+        k.user_read(cpu, &mut pm, aa + (20 << 12), &mut got)
+            .unwrap();
+        assert_eq!(&got, b"parent!!");
+        read_all(k, cpu, &mut pm, fa, &want);
+        let mut cwant = want.clone();
+        cwant[fw as usize..fw as usize + 17].copy_from_slice(b"child's file copy");
+        read_all(k, cpu, &mut cm, fa, &cwant);
+        check_all(k, &pm);
+        check_all(k, &cm);
+        k.exit_mmap(cpu, cm);
+        k.lru_add_drain(cpu);
+        // The parent's mappings only: anon folio 1 lost page 4 to the parent's copy, the
+        // file folio is mapped once per page.
+        for (c, f) in anon.iter().enumerate() {
+            for i in 0..16 {
+                let want = i32::from(!(c == 1 && i == 4));
+                assert_eq!(f.folio_page(i).mapcount(), want, "anon folio {c} page {i}");
+            }
+            assert_eq!(f.refcount(), if c == 1 { 15 } else { 16 }, "anon folio {c}");
+        }
+        for i in 0..fnr {
+            assert_eq!(ff.folio_page(i).mapcount(), 1, "file folio page {i}");
+        }
+        assert_eq!(ff.refcount() as u64, 2 * fnr);
+        assert_eq!(pm.counter(MM_ANONPAGES), 65);
+        assert_eq!(pm.counter(MM_FILEPAGES), pages as u64 - 1);
+        read_all(k, cpu, &mut pm, fa, &want);
+        check_all(k, &pm);
+        k.exit_mmap(cpu, pm);
+        assert_eq!(ff.refcount() as u64, fnr, "the cache's references only");
+        assert_eq!(k.global_node_page_state(NR_FILE_MAPPED), 0);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+        k.lru_add_drain_all(cpu);
+        k.drain_all_pages(cpu);
+    });
+    k.check_lru_invariants().unwrap();
+    k.check_anon_vma_invariants().unwrap();
+    assert_eq!(k.nr_anon_vmas(), 0, "anon_vmas leaked");
+    assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+}
+
+/// munmap from inside one large page-cache folio to inside the next: each folio's run of
+/// PTEs is cleared in one batch that stops at the range's ends; the pages outside stay
+/// mapped with the file's bytes, each page's mapcount and the folios' references are the
+/// PTEs left (plus the cache's), and `Mapped:` drops by the pages unmapped.
+#[test]
+fn munmap_across_large_file_folios_keeps_the_rest() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    let pages = 256usize;
+    let data = file_bytes(pages, 0xf01105);
+    let before = drain_and_count(&m);
+    m.on_cpu(0, |cpu| {
+        let inode = new_file(k, &data, 42, true);
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let len = data.len() as u64;
+        let a = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, len, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        read_all(k, cpu, &mut mm, a, &data);
+        // Two adjacent large folios.
+        let (f1, _) = (32..pages as u64)
+            .map(|i| folio_at(k, &mm, a + i * PAGE as u64))
+            .find(|(f, i)| f.folio_order() >= 2 && *i == 0)
+            .unwrap();
+        let (i1, n1) = (f1.index(), f1.folio_nr_pages());
+        let (f2, _) = folio_at(k, &mm, a + (i1 + n1) * PAGE as u64);
+        let (i2, n2) = (f2.index(), f2.folio_nr_pages());
+        assert!(f2.folio_order() >= 2 && i2 == i1 + n1);
+        let mapped0 = k.global_node_page_state(NR_FILE_MAPPED);
+        // From the second page of the first to the one before the last of the second.
+        let (lo, hi) = (i1 + 1, i2 + n2 - 1);
+        k.munmap(cpu, &mut mm, a + lo * PAGE as u64, (hi - lo) * PAGE as u64)
+            .unwrap();
+        assert_eq!(mm.counter(MM_FILEPAGES), pages as u64 - (hi - lo));
+        assert_eq!(
+            k.global_node_page_state(NR_FILE_MAPPED),
+            mapped0 - (hi - lo)
+        );
+        for (f, i0, n) in [(f1, i1, n1), (f2, i2, n2)] {
+            let mut left = 0;
+            for j in 0..n {
+                let want = i32::from(!(lo..hi).contains(&(i0 + j)));
+                assert_eq!(f.folio_page(j).mapcount(), want, "index {}", i0 + j);
+                left += want;
+            }
+            assert_eq!(f.nr_pages_mapped(), left);
+            assert_eq!(
+                f.refcount() as u64,
+                n + left as u64,
+                "the cache's and the PTEs'"
+            );
+        }
+        let mut buf = vec![0u8; PAGE];
+        for i in 0..pages {
+            let r = k.user_read(cpu, &mut mm, a + (i * PAGE) as u64, &mut buf);
+            if (lo..hi).contains(&(i as u64)) {
+                assert!(r.is_err(), "page {i} is unmapped");
+            } else {
+                r.unwrap();
+                assert_eq!(&buf[..], &data[i * PAGE..(i + 1) * PAGE], "page {i}");
+            }
+        }
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        assert_eq!(k.global_node_page_state(NR_FILE_MAPPED), 0);
+        k.fput(cpu, f);
+        k.evict_inode(cpu, &inode).unwrap();
+        k.lru_add_drain_all(cpu);
+        k.drain_all_pages(cpu);
+    });
+    k.check_lru_invariants().unwrap();
+    assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+}

@@ -1465,3 +1465,149 @@ fn mthp_fragmented_memory_falls_back_order_by_order() {
     });
     teardown_check(&m, before);
 }
+
+/// The folio whose page the PTE at `va` maps, and that page's index in it.
+fn folio_at<'k>(k: &'k Kernel, mm: &MmStruct, va: u64) -> (&'k mmkit::mm::page::Page, u64) {
+    let pte = k.pte_lookup(&mm.pt, va).expect("a present PTE");
+    let page = k.pfn_to_page(pte.pfn()).unwrap();
+    let folio = page.compound_head();
+    (folio, pte.pfn().0 - k.mem_map().page_to_pfn(folio).0)
+}
+
+/// munmap from the middle of one 64 KiB folio to the middle of the third: the zap clears
+/// each folio's run in one batch that stops at the range's end (and at each folio's end);
+/// the pages outside stay mapped with their bytes, every page's mapcount and each folio's
+/// `_nr_pages_mapped` and references are exactly the PTEs left; the two folios cut in part
+/// are queued for the deferred split, the one unmapped whole is not (it is freed whole).
+#[test]
+fn mthp_munmap_batch_stops_at_the_range_end() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut mm, 0x40000);
+        fill(k, cpu, &mut mm, a, 64, 31);
+        k.lru_add_drain(cpu);
+        let folios: Vec<_> = (0..4u64)
+            .map(|c| folio_at(k, &mm, a + c * 0x10000).0)
+            .collect();
+        assert!(folios
+            .iter()
+            .all(|f| f.folio_order() == 4 && f.refcount() == 16));
+        let free0 = free_and_pcp(k);
+        // Pages 5..37: the end of folio 0, folio 1 whole, the start of folio 2.
+        k.munmap(cpu, &mut mm, a + (5 << 12), 32 << 12).unwrap();
+        k.lru_add_drain(cpu);
+        assert_eq!(
+            free_and_pcp(k) - free0,
+            16,
+            "folio 1 freed whole, nothing else"
+        );
+        assert_eq!(mm.counter(MM_ANONPAGES), 32);
+        assert_eq!(meminfo_field(k, "AnonPages:"), 32 * 4);
+        for (c, mapped) in [(0usize, 0..5u64), (2, 5..16), (3, 0..16)] {
+            let f = folios[c];
+            for i in 0..16u64 {
+                let want = i32::from(mapped.contains(&i));
+                assert_eq!(f.folio_page(i).mapcount(), want, "folio {c} page {i}");
+            }
+            let n = (mapped.end - mapped.start) as i32;
+            assert_eq!(f.nr_pages_mapped(), n, "folio {c}");
+            assert_eq!(f.refcount(), n, "folio {c}: one reference per PTE");
+        }
+        assert_eq!(
+            mthp_stat(k, 64, "split_deferred"),
+            2,
+            "folios 0 and 2 are partially mapped; folio 1 went whole"
+        );
+        assert_eq!(k.deferred_split_count(0), 2);
+        let mut got = [0u8; 8];
+        for i in 0..64u64 {
+            let r = k.user_read(cpu, &mut mm, a + (i << 12), &mut got);
+            if (5..37).contains(&i) {
+                assert!(r.is_err(), "page {i} is unmapped");
+            } else {
+                r.unwrap();
+                assert_eq!(got, tag(i, 31), "page {i}");
+                k.user_read(cpu, &mut mm, a + (i << 12) + 4088, &mut got)
+                    .unwrap();
+                assert_eq!(got, tag(i, 31), "page {i} end");
+            }
+        }
+        check_all(k, &mm);
+        // Exit unmaps the rest whole: nothing more is queued.
+        k.exit_mmap(cpu, mm);
+        assert_eq!(mthp_stat(k, 64, "split_deferred"), 2);
+    });
+    assert_eq!(k.deferred_split_count(0), 0);
+    assert_eq!(mthp_stat(k, 64, "nr_anon"), 0);
+    teardown_check(&m, before);
+}
+
+/// Two pages of a 64 KiB folio change places (mremap through a third address), so the
+/// folio's PTEs are no longer consecutive: a zap's batch must end where the next entry maps
+/// any page but the next one. munmap of the first six entries (pages 0–4 and page 6) leaves
+/// pages 5 and 7–15 mapped — page 5 where page 6 was — with their bytes and mapcounts; a
+/// batch that ran on would have taken page 5's mapping instead of page 6's.
+#[test]
+fn mthp_out_of_order_ptes_end_a_batch() {
+    use mmkit::mm::huge_memory::ThpPolicy;
+    use mmkit::mm::mremap::{MREMAP_FIXED, MREMAP_MAYMOVE};
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
+    let before = before(&m);
+    m.on_cpu(0, |cpu| {
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = mthp_region(k, cpu, &mut mm, 0x10000);
+        fill(k, cpu, &mut mm, a, 16, 32);
+        k.lru_add_drain(cpu);
+        let (folio, _) = folio_at(k, &mm, a);
+        assert_eq!(folio.folio_order(), 4);
+        let tmp = a + 0x100000;
+        let mv = |mm: &mut MmStruct, from: u64, to: u64| {
+            k.mremap(cpu, mm, from, 4096, 4096, MREMAP_MAYMOVE | MREMAP_FIXED, to)
+                .unwrap();
+        };
+        mv(&mut mm, a + (5 << 12), tmp);
+        mv(&mut mm, a + (6 << 12), a + (5 << 12));
+        mv(&mut mm, tmp, a + (6 << 12));
+        // Where each page of the folio is mapped now.
+        let order: Vec<u64> = (0..16u64)
+            .map(|i| folio_at(k, &mm, a + (i << 12)).1)
+            .collect();
+        assert_eq!(
+            order,
+            [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        );
+        assert_eq!(folio.refcount(), 16);
+        check_all(k, &mm);
+        k.munmap(cpu, &mut mm, a, 6 << 12).unwrap();
+        for i in 0..16u64 {
+            let want = i32::from(i == 5 || i >= 7);
+            assert_eq!(folio.folio_page(i).mapcount(), want, "page {i}");
+        }
+        assert_eq!(folio.nr_pages_mapped(), 10);
+        assert_eq!(folio.refcount(), 10);
+        assert_eq!(mm.counter(MM_ANONPAGES), 10);
+        let mut got = [0u8; 8];
+        k.user_read(cpu, &mut mm, a + (6 << 12), &mut got).unwrap();
+        assert_eq!(got, tag(5, 32), "page 5, now at the sixth entry");
+        for i in 7..16u64 {
+            for off in [0, 4088] {
+                k.user_read(cpu, &mut mm, a + (i << 12) + off, &mut got)
+                    .unwrap();
+                assert_eq!(got, tag(i, 32), "page {i} offset {off}");
+            }
+        }
+        for i in 0..6u64 {
+            assert!(k.user_read(cpu, &mut mm, a + (i << 12), &mut got).is_err());
+        }
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+    });
+    teardown_check(&m, before);
+}

@@ -2,8 +2,10 @@
 //! `handle_pte_fault` → `do_anonymous_page` (with `alloc_anon_folio`: mTHP folios mapped by
 //! a run of PTEs) / `do_read_fault` (with `do_fault_around`) /
 //! `do_cow_fault` / `do_shared_fault` / `do_swap_page` / `do_wp_page` (`wp_page_reuse`,
-//! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range`) and
-//! `copy_page_range` for fork.
+//! `wp_page_copy`, `wp_page_shared`); `zap_page_range` (`zap_pte_range` with
+//! `zap_present_ptes`) and `copy_page_range` for fork (`copy_pte_range` with
+//! `copy_present_ptes`), both taking the PTEs of a large folio in batches found by
+//! `folio_pte_batch` (`mm/internal.h`), as Linux 6.9+.
 //!
 //! A fault is described by a [`VmFault`] (`struct vm_fault`): the VMA, the address, the
 //! access, the page offset and `orig_pte`, the entry as the fault first saw it, read without
@@ -478,9 +480,10 @@ impl Kernel {
     /// up to date and not readahead markers, without I/O. A large folio the window reaches
     /// is mapped whole when it lies inside the VMA and the page table (Linux 6.18's
     /// "map entire large folio"), else the part inside the window: one reference on the
-    /// folio per page mapped, taken at once (`folio_ref_add`), and the mappings of each run
-    /// of its pages counted at once (`folio_add_file_rmap_ptes`). Returns whether the page
-    /// at the fault's address was among them.
+    /// folio per page mapped, taken at once (`folio_ref_add`), each folio's run installed in
+    /// one step where its entries are all none (`set_pte_range`; entry by entry otherwise),
+    /// and the mappings of each run of its pages counted at once (`folio_add_file_rmap_ptes`).
+    /// Returns whether the page at the fault's address was among them.
     fn do_fault_around(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, vmf: &mut VmFault<'_>) -> bool {
         let vma = vmf.vma;
         let va = vmf.address;
@@ -539,7 +542,19 @@ impl Kernel {
             let mut c = self.pte_cursor(&mm.pt, addr_of(lo), addr_of(hi));
             for &(folio, lo, hi) in &runs {
                 let fi = folio.index();
-                // The run of pages installed so far, counted in the rmap at once.
+                let first = Pte::new(
+                    self.page_to_pfn(folio.folio_page(lo - fi)),
+                    vma.vm_page_prot,
+                );
+                // set_pte_range: the whole run at once where every entry of it is none.
+                if c.seek(addr_of(lo)) && c.install_range(addr_of(lo), first, hi - lo).is_ok() {
+                    self.folio_add_file_rmap_ptes(cpu, folio, lo - fi, hi - lo);
+                    mapped += hi - lo;
+                    hit |= (addr_of(lo)..addr_of(hi)).contains(&(va & PAGE_MASK));
+                    continue;
+                }
+                // Otherwise entry by entry, skipping those filled meanwhile; each run of
+                // pages installed counted in the rmap at once.
                 let mut run_from = lo;
                 for k in lo..hi {
                     let a = addr_of(k);
@@ -794,10 +809,14 @@ impl Kernel {
         tlb.finish();
     }
 
-    /// `unmap_page_range` → `zap_pte_range`: clear every PTE in `[start, end)`; each page
-    /// loses the mapping (a dirty PTE dirties its file page first) and its reference goes to
-    /// the gather, to be dropped after the flush; the owner's RSS counters drop; swap entries
-    /// give their slot reference back.
+    /// `unmap_page_range` → `zap_pte_range`: clear every PTE in `[start, end)`. Present
+    /// entries go in batches (`zap_present_ptes`): a run of entries mapping consecutive pages
+    /// of one large folio ([`Kernel::folio_pte_batch`], stopping at the folio's end, the
+    /// table's end and `end`) is cleared together, then — once for the batch — a dirty bit in
+    /// any of them dirties the file folio, the pages lose their mappings
+    /// (`folio_remove_rmap_ptes`) and the folio's references go to the gather as one entry,
+    /// to be dropped after the flush; the owner's RSS counters drop; swap entries give their
+    /// slot reference back.
     pub(crate) fn unmap_page_range<'k>(
         &'k self,
         tlb: &mut MmuGather<'k>,
@@ -813,31 +832,53 @@ impl Kernel {
         self.zap_huge_pmds(tlb, mm, start, end);
         {
             let mut c = self.pte_cursor(&mm.pt, start, end);
-            while c.next_entry().is_some() {
-                let old = c.clear(tlb);
-                if !old.is_present() {
+            while let Some((_, ptent)) = c.next_entry() {
+                // Under the table's lock only an MMU changes a present entry, and only its
+                // Accessed and Dirty bits: what `ptent` says of the frame holds.
+                let page = if ptent.is_present() {
+                    self.vm_normal_page(ptent)
+                } else {
+                    None
+                };
+                let Some(page) = page.filter(|p| p.mapcount() > 0) else {
+                    // A swap entry, the zero page, or (never for entries we installed) a
+                    // page not counted as mapped.
+                    let old = c.clear(tlb);
                     if let Some(e) = crate::mm::swapfile::SwpEntry::from_pte(old) {
                         swap_entries.push(e);
                         swapents += 1;
                     }
                     continue;
-                }
-                let Some(page) = self.vm_normal_page(old) else {
-                    continue;
                 };
-                if page.mapcount() <= 0 {
-                    continue; // not a counted mapping (never happens for pages we installed)
-                }
-                if page_anon(page.compound_head()) {
-                    anon += 1;
+                let folio = page.compound_head();
+                let max_nr = c.batch_limit();
+                let nr = if folio.folio_test_large() && max_nr > 1 {
+                    self.folio_pte_batch(folio, &c, ptent, max_nr, 0).nr
                 } else {
-                    if old.dirty() && self.page_is_file(page) {
-                        self.set_page_dirty(cpu, page);
+                    1
+                };
+                // zap_present_folio_ptes.
+                let old = if nr == 1 {
+                    c.clear(tlb)
+                } else {
+                    c.clear_ptes(tlb, nr)
+                };
+                if page_anon(folio) {
+                    anon += nr as i64;
+                } else {
+                    if old.dirty() && self.page_is_file(folio) {
+                        self.set_page_dirty(cpu, folio);
                     }
-                    file += 1;
+                    file += nr as i64;
                 }
-                self.page_remove_rmap(cpu, page);
-                tlb.remove_page(page);
+                if nr == 1 {
+                    self.page_remove_rmap(cpu, page);
+                } else {
+                    let first = self.page_to_pfn(page).0 - self.page_to_pfn(folio).0;
+                    self.folio_remove_rmap_ptes(cpu, folio, first, nr);
+                }
+                tlb.remove_folio_pages(folio, nr as u32);
+                c.skip_batch(nr);
             }
         }
         for (member, n) in [
@@ -856,11 +897,18 @@ impl Kernel {
 
     /// `copy_page_range` for fork: the child gets the parent's PTEs of `vma`; each page gains
     /// a mapping and a reference, and in a COW mapping writable entries are write-protected in
-    /// the parent (and so in the child) (`copy_present_pte`). Only where a fault could not
-    /// fill them in again (`vma_needs_copy`): a VMA with anonymous pages (an `anon_vma`) or
-    /// of raw pfns. Shared mappings and private file mappings never written (text, rodata)
-    /// are not copied: the child faults them in from the page cache, with fault-around, as
-    /// Linux's child does — fork is lighter, the child takes those faults.
+    /// the parent (and so in the child). Present entries go in batches
+    /// (`copy_present_ptes`): a run mapping consecutive pages of one large folio, alike but
+    /// for their Accessed and write bits ([`Kernel::folio_pte_batch`] with
+    /// [`FPB_RESPECT_DIRTY`], as for any private mapping), takes its references at once
+    /// (`folio_ref_add`), is write-protected together (`wrprotect_ptes`) when any of it was
+    /// writable, and is counted in the rmap at once (`folio_dup_file_rmap_ptes` /
+    /// `folio_try_dup_anon_rmap_ptes`) as the child's run of entries is set (`set_ptes`).
+    /// Only where a fault could not fill them in again (`vma_needs_copy`): a VMA with
+    /// anonymous pages (an `anon_vma`) or of raw pfns. Shared mappings and private file
+    /// mappings never written (text, rodata) are not copied: the child faults them in from
+    /// the page cache, with fault-around, as Linux's child does — fork is lighter, the child
+    /// takes those faults.
     pub(crate) fn copy_page_range(
         &self,
         cpu: &CpuGuard<'_>,
@@ -874,7 +922,9 @@ impl Kernel {
         let cow = vma.is_cow_mapping();
         // copy_pmd_range: huge entries as huge entries (copy_huge_pmd).
         self.copy_huge_pmds(cpu, dst, src, vma)?;
-        let mut entries: alloc::vec::Vec<(u64, Pte)> = alloc::vec::Vec::new();
+        // (address, the child's first entry, entries in the run): a run's entries map
+        // consecutive frames with the first one's bits.
+        let mut entries: Vec<(u64, Pte, u64)> = Vec::new();
         {
             let mut tlb = MmuGather::new(self, cpu, &src.pt);
             let mut c = self.pte_cursor(&src.pt, vma.vm_start, vma.vm_end);
@@ -882,37 +932,72 @@ impl Kernel {
                 if !pte.is_present() {
                     // copy_nonpresent_pte: the child shares the swap slot.
                     if crate::mm::swapfile::SwpEntry::from_pte(pte).is_some() {
-                        entries.push((va, pte));
+                        entries.push((va, pte, 1));
                     }
                     continue;
                 }
-                let v = if cow && pte.writable() {
-                    // ptep_set_wrprotect: whatever Dirty the MMU set comes along.
-                    c.update(&mut tlb, |p| p.wrprotect()).wrprotect()
+                let Some(page) = self.vm_normal_page(pte) else {
+                    // The zero page or a raw pfn: no folio to count (never writable in a
+                    // COW mapping; write-protected if it were).
+                    let v = if cow && pte.writable() {
+                        c.update(&mut tlb, |p| p.wrprotect()).wrprotect()
+                    } else {
+                        pte
+                    };
+                    entries.push((va, v, 1));
+                    continue;
+                };
+                let folio = page.compound_head();
+                let max_nr = c.batch_limit();
+                if !folio.folio_test_large() || max_nr == 1 {
+                    // copy_present_pte: the common small-folio case kept apart from the
+                    // batching, as Linux keeps it. Write-protected with whatever Dirty the
+                    // MMU set up to now; the folio pinned while the table lock keeps
+                    // reclaim from unmapping it.
+                    let v = if cow && pte.writable() {
+                        c.update(&mut tlb, |p| p.wrprotect()).wrprotect()
+                    } else {
+                        pte
+                    };
+                    folio.get();
+                    entries.push((va, v, 1));
+                    continue;
+                }
+                let batch = self.folio_pte_batch(folio, &c, pte, max_nr, FPB_RESPECT_DIRTY);
+                let nr = batch.nr;
+                // __copy_present_ptes: the run's bits with the write bit of any of it.
+                let mut v = if batch.any_writable {
+                    Pte(pte.0 | PteFlags::RW.bits())
                 } else {
                     pte
                 };
-                // Pin the page (its folio) while the table lock keeps reclaim from
-                // unmapping it.
-                if let Some(p) = self.vm_normal_page(v) {
-                    p.compound_head().get();
+                if cow && v.writable() {
+                    // wrprotect_ptes: whatever Dirty the MMU set up to now comes along.
+                    if c.wrprotect_ptes(&mut tlb, nr) {
+                        v = Pte(v.0 | PteFlags::DIRTY.bits());
+                    }
+                    v = v.wrprotect();
                 }
-                entries.push((va, v));
+                // Pin the pages (their folio's references, the child's mappings to be) while
+                // the table lock keeps reclaim from unmapping them.
+                folio.ref_add(nr as i32);
+                entries.push((va, v, nr));
+                c.skip_batch(nr);
             }
             drop(c);
             tlb.finish();
         }
-        let unpin_rest = |rest: &[(u64, Pte)]| {
-            for &(_, pte) in rest {
+        let unpin_rest = |rest: &[(u64, Pte, u64)]| {
+            for &(_, pte, nr) in rest {
                 if pte.is_present() {
                     if let Some(p) = self.vm_normal_page(pte) {
-                        self.folio_put(cpu, p);
+                        self.folio_put_refs(cpu, p, nr as u32);
                     }
                 }
             }
         };
         let mut d = self.pte_cursor(&dst.pt, vma.vm_start, vma.vm_end);
-        for (i, &(va, pte)) in entries.iter().enumerate() {
+        for (i, &(va, pte, nr)) in entries.iter().enumerate() {
             if let Err(err) = d.seek_alloc(cpu, va) {
                 unpin_rest(&entries[i..]);
                 return Err(err);
@@ -925,23 +1010,97 @@ impl Kernel {
                 continue;
             }
             if let Some(p) = self.vm_normal_page(pte) {
-                self.page_add_rmap(cpu, p);
+                let folio = p.compound_head();
+                if nr == 1 {
+                    self.page_add_rmap(cpu, p);
+                } else {
+                    let first = self.page_to_pfn(p).0 - self.page_to_pfn(folio).0;
+                    self.folio_dup_rmap_ptes(cpu, folio, first, nr);
+                }
                 dst.add_counter(
-                    if page_anon(p.compound_head()) {
+                    if page_anon(folio) {
                         MM_ANONPAGES
                     } else {
                         MM_FILEPAGES
                     },
-                    1,
+                    nr as i64,
                 );
             }
-            // The child's entry starts old, as pte_mkold in copy_present_pte does for the
+            // The child's entries start old, as pte_mkold in copy_present_pte does for the
             // child of a COW mapping (the Accessed bit belongs to the parent's history). The
-            // pin becomes the child's mapping reference.
-            d.install(Pte(0), pte.mkold())
-                .expect("a new address space's entry is none");
+            // pins become the child's mapping references.
+            if nr == 1 {
+                d.install(Pte(0), pte.mkold())
+            } else {
+                d.install_range(va, pte.mkold(), nr).map_err(|_| pte)
+            }
+            .expect("a new address space's entries are none");
         }
         Ok(())
+    }
+}
+
+/// `FPB_RESPECT_DIRTY`: a batch keeps to entries whose Dirty bit is the first one's.
+pub(crate) const FPB_RESPECT_DIRTY: u32 = 1 << 0;
+/// `FPB_RESPECT_WRITE`: a batch keeps to entries whose write bit is the first one's.
+pub(crate) const FPB_RESPECT_WRITE: u32 = 1 << 1;
+
+/// What [`Kernel::folio_pte_batch`] found: the entries of the batch, and whether any of them
+/// was writable (`any_writable`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PteBatch {
+    /// Entries in the batch (at least 1: the first).
+    pub(crate) nr: u64,
+    /// Some entry of the batch has the write bit.
+    pub(crate) any_writable: bool,
+}
+
+impl Kernel {
+    /// `folio_pte_batch` (`mm/internal.h`): how many consecutive present entries, from the
+    /// one `c` is on (whose value the caller read under the lock as `pte`, mapping a page of
+    /// the large folio `folio`), map consecutive pages of `folio` with the same bits — the
+    /// Accessed bit never compared, the Dirty and write bits only when `flags` asks
+    /// ([`FPB_RESPECT_DIRTY`], [`FPB_RESPECT_WRITE`]; mmkit keeps no soft-dirty bit in PTEs).
+    /// The batch ends at the folio's last page, at `max_nr` entries (the caller's range and
+    /// the PTE table's end: [`PteCursor::batch_limit`]) and at the first entry that differs;
+    /// an entry mapping the frame after the folio (another folio, or none) always differs.
+    pub(crate) fn folio_pte_batch(
+        &self,
+        folio: &Page,
+        c: &PteCursor<'_>,
+        pte: Pte,
+        max_nr: u64,
+        flags: u32,
+    ) -> PteBatch {
+        let folio_end = self.page_to_pfn(folio).0 + folio.folio_nr_pages();
+        debug_assert!(pte.is_present() && pte.pfn().0 < folio_end && max_nr >= 1);
+        let max_nr = max_nr
+            .min(folio_end.saturating_sub(pte.pfn().0))
+            .min(c.batch_limit())
+            .max(1);
+        let mut ignored = PteFlags::ACCESSED.bits();
+        if flags & FPB_RESPECT_DIRTY == 0 {
+            ignored |= PteFlags::DIRTY.bits();
+        }
+        if flags & FPB_RESPECT_WRITE == 0 {
+            ignored |= PteFlags::RW.bits();
+        }
+        let mut batch = PteBatch {
+            nr: 1,
+            any_writable: pte.writable(),
+        };
+        // The value the next entry must have: the same bits, the next frame.
+        let mut expected = (pte.0 & !ignored) + PAGE_SIZE;
+        while batch.nr < max_nr {
+            let p = c.get_next(batch.nr);
+            if p.0 & !ignored != expected {
+                break;
+            }
+            batch.any_writable |= p.writable();
+            batch.nr += 1;
+            expected += PAGE_SIZE;
+        }
+        batch
     }
 }
 

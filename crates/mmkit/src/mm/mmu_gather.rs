@@ -18,6 +18,10 @@
 //! large folio it mapped is gathered as one page and freed whole, at its order, after the
 //! flush.
 //!
+//! A batch of PTEs that mapped consecutive pages of one large folio (`zap_present_ptes`) is
+//! gathered as one entry holding all its references (`__tlb_remove_folio_pages`), dropped
+//! together after the flush (`folios_put_refs`).
+//!
 //! The batches are fixed arrays (Linux's `mmu_gather_batch`); a full one flushes early. A page
 //! taken out of a PTE reaches the allocator only through a gather, so no CPU and no MMU can
 //! still reach a frame when it is freed. [`MmuGather::finish`] (`tlb_finish_mmu`) flushes what
@@ -86,8 +90,11 @@ pub struct MmuGather<'a> {
     /// First frames of huge translations recorded.
     huge: [Pfn; HUGE_BATCH],
     nr_huge: usize,
-    /// Pages to put; the first `nr_pages` are initialized.
+    /// Folios to put; the first `nr_pages` are initialized.
     pages: [MaybeUninit<&'a Page>; BATCH],
+    /// The references to drop on each of them (the PTEs a batch cleared: Linux's
+    /// `ENCODED_PAGE_BIT_NR_PAGES_NEXT` entry); the first `nr_pages` are initialized.
+    refs: [MaybeUninit<u32>; BATCH],
     nr_pages: usize,
     tables: [Pfn; TABLE_BATCH],
     nr_tables: usize,
@@ -123,6 +130,7 @@ impl<'a> MmuGather<'a> {
             huge: [Pfn(0); HUGE_BATCH],
             nr_huge: 0,
             pages: [const { MaybeUninit::uninit() }; BATCH],
+            refs: [const { MaybeUninit::uninit() }; BATCH],
             nr_pages: 0,
             tables: [Pfn(0); TABLE_BATCH],
             nr_tables: 0,
@@ -170,6 +178,32 @@ impl<'a> MmuGather<'a> {
         self.nr_frames += 1;
     }
 
+    /// `tlb_remove_tlb_entries`: the `nr` entries from `va` held translations to `nr`
+    /// consecutive frames from `first`'s (a batch of one folio's pages).
+    #[inline]
+    pub(crate) fn record_range(&mut self, pt: &PgTable, va: u64, first: Pte, nr: u64) {
+        debug_assert!(
+            core::ptr::eq(pt, self.pt),
+            "BUG: a gather of one address space used on another's PTEs"
+        );
+        let pfn = first.pfn();
+        let mut i = 0;
+        while i < nr {
+            if self.nr_frames == BATCH {
+                self.flush();
+            }
+            // As many as fit before the next early flush.
+            let n = (nr - i).min((BATCH - self.nr_frames) as u64);
+            let lo = va + (i << crate::PAGE_SHIFT);
+            self.extend(lo, lo.saturating_add(n << crate::PAGE_SHIFT));
+            for j in 0..n {
+                self.frames[self.nr_frames].write(Pfn(pfn.0 + i + j));
+                self.nr_frames += 1;
+            }
+            i += n;
+        }
+    }
+
     /// `tlb_remove_pmd_tlb_entry`: the huge entry for the 2 MiB at `haddr` held `old`.
     /// Called by the PMD guard.
     pub(crate) fn record_huge(&mut self, pt: &PgTable, haddr: u64, old: Pte) {
@@ -193,16 +227,28 @@ impl<'a> MmuGather<'a> {
     /// recorded its translation) and updated its rmap.
     #[inline]
     pub fn remove_page(&mut self, page: &'a Page) {
+        self.remove_folio_pages(page, 1);
+    }
+
+    /// `__tlb_remove_folio_pages`: drop the references of `nr` mappings of pages of `page`'s
+    /// folio (a batch of PTEs cleared together) after the flush, as one entry: the folio
+    /// loses them at once in `folios_put_refs`. As for [`MmuGather::remove_page`], every
+    /// one of those translations was recorded in this gather first.
+    #[inline]
+    pub fn remove_folio_pages(&mut self, page: &'a Page, nr: u32) {
         debug_assert!(
             self.need_flush,
             "BUG: page gathered without a recorded translation"
         );
+        debug_assert!(nr >= 1);
         if self.nr_pages == BATCH {
             self.flush();
-            // The translation of `page` was recorded before this flush, so it is covered.
+            // The translations of the pages were recorded before this flush, so it covers
+            // them.
         }
         // The reference a mapping holds is on its folio (the head of a large one).
         self.pages[self.nr_pages].write(page.compound_head());
+        self.refs[self.nr_pages].write(nr);
         self.nr_pages += 1;
     }
 
@@ -273,9 +319,16 @@ impl<'a> MmuGather<'a> {
 
     fn gathered_pages(&self) -> &[&'a Page] {
         let p = &self.pages[..self.nr_pages];
-        // SAFETY: the first `nr_pages` slots were written by `remove_page`, and
+        // SAFETY: the first `nr_pages` slots were written by `remove_folio_pages`, and
         // `MaybeUninit<T>` has the layout of `T`.
         unsafe { &*(p as *const [MaybeUninit<&'a Page>] as *const [&'a Page]) }
+    }
+
+    fn gathered_refs(&self) -> &[u32] {
+        let r = &self.refs[..self.nr_pages];
+        // SAFETY: the first `nr_pages` slots were written by `remove_folio_pages`, and
+        // `MaybeUninit<T>` has the layout of `T`.
+        unsafe { &*(r as *const [MaybeUninit<u32>] as *const [u32]) }
     }
 
     /// Step 3: `free_pages_and_swap_cache` and `tlb_remove_table`'s frees.
@@ -289,7 +342,8 @@ impl<'a> MmuGather<'a> {
             }
         }
         if n > 0 {
-            self.k.release_pages(self.cpu, self.gathered_pages());
+            self.k
+                .folios_put_refs(self.cpu, self.gathered_pages(), self.gathered_refs());
         }
         self.nr_pages = 0;
         let tables = &self.tables[..self.nr_tables];

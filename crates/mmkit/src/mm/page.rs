@@ -283,6 +283,14 @@ impl Page {
             .fetch_sub(1, core::sync::atomic::Ordering::AcqRel)
             == 1
     }
+    /// `folio_ref_sub_and_test()`: drop `n` references at once; true when they were the
+    /// last ones.
+    #[inline]
+    pub(crate) fn ref_sub_and_test(&self, n: i32) -> bool {
+        self.refcount
+            .fetch_sub(n, core::sync::atomic::Ordering::AcqRel)
+            == n
+    }
     /// `page_mapcount()`.
     #[inline]
     pub fn mapcount(&self) -> i32 {

@@ -1,7 +1,11 @@
 //! Reverse-mapping bookkeeping (`mm/rmap.c`): what happens to a page's `_mapcount`,
 //! `page->mapping` and the node's mapped-page counters when a PTE starts or stops mapping it
-//! (`folio_add_new_anon_rmap`, `folio_add_file_rmap_pte(s)`, `folio_dup_file_rmap_pte`,
-//! `folio_remove_rmap_pte`).
+//! (`folio_add_new_anon_rmap`, `folio_add_file_rmap_pte(s)`, `folio_dup_file_rmap_pte(s)`,
+//! `folio_try_dup_anon_rmap_ptes`, `folio_remove_rmap_pte(s)`). The `_ptes` forms take a
+//! batch: `nr` PTEs mapping consecutive pages of one folio, counted in one pass
+//! (`__folio_add_rmap`/`__folio_remove_rmap` at `RMAP_LEVEL_PTE`), so a large folio's
+//! `_nr_pages_mapped`, the node counters and the deferred split queue see the batch as one
+//! change.
 //!
 //! An anonymous page carries `PAGE_MAPPING_ANON` plus its `anon_vma` id in `page->mapping`
 //! (Linux sets the low bit of the `anon_vma` pointer) and its linear page index in
@@ -205,6 +209,42 @@ impl Kernel {
         first: u64,
         nr: u64,
     ) {
+        self.folio_add_rmap_ptes(cpu, folio, first, nr, NR_FILE_MAPPED);
+    }
+
+    /// `folio_dup_file_rmap_ptes` / `folio_try_dup_anon_rmap_ptes` at fork: the child's `nr`
+    /// PTEs map the pages `first..first + nr` of `folio` (its head) that the parent's map, one
+    /// more mapping each (and so no page becomes mapped that was not: the node counters do
+    /// not move). Linux's anonymous form fails for a page that is `PageAnonExclusive` in a
+    /// folio that may be pinned for DMA, which fork must copy; mmkit tracks neither
+    /// exclusivity bits nor DMA pins, so every anonymous page is shared at fork.
+    pub(crate) fn folio_dup_rmap_ptes(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        first: u64,
+        nr: u64,
+    ) {
+        let item = if page_anon(folio) {
+            NR_ANON_MAPPED
+        } else {
+            NR_FILE_MAPPED
+        };
+        self.folio_add_rmap_ptes(cpu, folio, first, nr, item);
+    }
+
+    /// `__folio_add_rmap` at `RMAP_LEVEL_PTE` for a folio already set up (file, or anonymous
+    /// being duplicated): one more mapping of each of the pages `first..first + nr`, those
+    /// mapped for the first time counted at once in `_nr_pages_mapped` and in `item`
+    /// (unless a PMD maps the folio whole).
+    fn folio_add_rmap_ptes(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        first: u64,
+        nr: u64,
+        item: usize,
+    ) {
         if nr == 0 {
             return;
         }
@@ -223,7 +263,7 @@ impl Kernel {
                 return;
             }
         }
-        self.mod_node_page_state(cpu, folio, NR_FILE_MAPPED, newly);
+        self.mod_node_page_state(cpu, folio, item, newly);
     }
 
     /// `folio_remove_rmap_pte`: one PTE stopped mapping `page`. A large anonymous folio
@@ -245,6 +285,46 @@ impl Kernel {
             let item = if anon { NR_ANON_MAPPED } else { NR_FILE_MAPPED };
             self.mod_node_page_state(cpu, page, item, -1);
         }
+    }
+
+    /// `folio_remove_rmap_ptes`: `nr` PTEs mapping the pages `first..first + nr` of `folio`
+    /// (its head) stopped mapping them, one each. The pages left with no mapping are counted
+    /// out of `_nr_pages_mapped` and the node's mapped counter at once (unless a PMD still
+    /// maps the folio whole); an anonymous large folio that this leaves with some pages
+    /// mapped and some not goes on the deferred split queue — one that the batch unmapped
+    /// entirely does not.
+    pub(crate) fn folio_remove_rmap_ptes(
+        &self,
+        cpu: &CpuGuard<'_>,
+        folio: &Page,
+        first: u64,
+        nr: u64,
+    ) {
+        if !folio.folio_test_large() {
+            if nr == 1 {
+                self.page_remove_rmap(cpu, folio);
+            }
+            return;
+        }
+        let mut unmapped = 0i32;
+        for i in first..first + nr {
+            if folio.folio_page(i).dec_mapcount() == 0 {
+                unmapped += 1;
+            }
+        }
+        if unmapped == 0 {
+            return;
+        }
+        let left = folio.add_nr_pages_mapped(-unmapped);
+        if folio.entire_mapcount() > 0 {
+            return;
+        }
+        let anon = page_anon(folio);
+        if anon && left > 0 && !folio.folio_test_partially_mapped() {
+            self.deferred_split_folio(cpu, folio, true);
+        }
+        let item = if anon { NR_ANON_MAPPED } else { NR_FILE_MAPPED };
+        self.mod_node_page_state(cpu, folio, item, -i64::from(unmapped));
     }
 
     /// `folio_add_new_anon_rmap` of a large folio mapped by `nr` PTEs, one per page (an mTHP

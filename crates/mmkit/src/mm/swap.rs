@@ -114,15 +114,26 @@ impl Kernel {
         }
     }
 
-    /// `folios_put_refs` / `release_pages`: drop one reference on each page; the pages that
-    /// were the last come off their LRU lists under one lock round per node and are freed.
-    pub(crate) fn release_pages(&self, cpu: &CpuGuard<'_>, pages: &[&Page]) {
+    /// `folios_put_refs` (`release_pages` of an `mmu_gather`'s encoded pages): drop
+    /// `refs[i]` references on the folio `folios[i]` (its head) — a batch of PTEs of one
+    /// folio gives back all of its references at once —; the folios whose last references
+    /// those were come off their LRU lists under one lock round per node and are freed.
+    pub(crate) fn folios_put_refs(&self, cpu: &CpuGuard<'_>, folios: &[&Page], refs: &[u32]) {
+        debug_assert_eq!(folios.len(), refs.len());
         let mut last: alloc::vec::Vec<&Page> = alloc::vec::Vec::new();
-        for &p in pages {
-            if p.refcount() <= 0 {
-                // A bad put: let __free_pages report it.
-                self.folio_put(cpu, p);
-            } else if p.put_testzero() {
+        for (&p, &nr) in folios.iter().zip(refs) {
+            let nr = nr.min(i32::MAX as u32) as i32;
+            if p.refcount() < nr {
+                // A bad put: let __free_pages report it, one reference at a time (the ones
+                // that are there go, the first missing one is reported once).
+                for _ in 0..nr {
+                    let underflow = p.refcount() <= 0;
+                    self.folio_put(cpu, p);
+                    if underflow {
+                        break;
+                    }
+                }
+            } else if p.ref_sub_and_test(nr) {
                 last.push(p);
             }
         }
@@ -142,6 +153,12 @@ impl Kernel {
         for p in last {
             self.free_unref_page(cpu, p);
         }
+    }
+
+    /// `folio_put_refs`: drop `nr` references on the folio `page` belongs to at once,
+    /// freeing it when they were the last.
+    pub(crate) fn folio_put_refs(&self, cpu: &CpuGuard<'_>, page: &Page, nr: u32) {
+        self.folios_put_refs(cpu, &[page.compound_head()], &[nr]);
     }
 
     /// `lru_add_drain`: this CPU's batch onto the lists.

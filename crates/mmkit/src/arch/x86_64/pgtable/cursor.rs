@@ -377,4 +377,105 @@ impl<'a> PteCursor<'a> {
         }
         old
     }
+
+    /// How many entries, from the one the cursor is on, lie both in its PTE table and in its
+    /// range: the most a batch starting here may span (`pmd_addr_end` bounded by the walk's
+    /// end).
+    #[inline]
+    pub fn batch_limit(&self) -> u64 {
+        let table_end = self.base.saturating_add(PMD_SIZE);
+        let end = if self.end == 0 {
+            table_end
+        } else {
+            table_end.min(self.end)
+        };
+        end.saturating_sub(self.va) >> crate::PAGE_SHIFT
+    }
+
+    /// The entry `i` places after the one the cursor is on (`ptep_get(ptep + i)`), read under
+    /// the table's lock; `i` must be below [`PteCursor::batch_limit`].
+    #[inline]
+    pub fn get_next(&self, i: u64) -> Pte {
+        assert!(
+            self.ptl.is_some() && i < self.batch_limit(),
+            "BUG: PTE cursor read past its table or without its lock"
+        );
+        let a = self.va + (i << crate::PAGE_SHIFT);
+        // SAFETY: `self.table` is the live PTE table we hold locked, and `a` lies in it
+        // (below the table's end, checked above).
+        Pte(unsafe { self.k.entry(self.table, table_index(a, 3)) }.load(Ordering::Acquire))
+    }
+
+    /// The next [`PteCursor::next_entry`] looks past the `nr` entries from the one the cursor
+    /// is on (a batch the caller dealt with), `nr` at least 1 and within
+    /// [`PteCursor::batch_limit`].
+    #[inline]
+    pub fn skip_batch(&mut self, nr: u64) {
+        debug_assert!(nr >= 1 && nr <= self.batch_limit());
+        self.scan = self.va + (nr << crate::PAGE_SHIFT);
+    }
+
+    /// `get_and_clear_full_ptes`: empty the `nr` present entries from the one the cursor is
+    /// on (each with one exchange, each translation recorded in `tlb`) and return the first
+    /// one's old value with the Accessed and Dirty bits of all of them merged in, so that a
+    /// bit an MMU set on any page of the batch up to its clear is seen. The caller checked
+    /// (under this lock) that they map consecutive pages of one folio; `nr` within
+    /// [`PteCursor::batch_limit`].
+    pub fn clear_ptes(&mut self, tlb: &mut MmuGather<'_>, nr: u64) -> Pte {
+        assert!(
+            self.ptl.is_some() && nr >= 1 && nr <= self.batch_limit(),
+            "BUG: PTE batch cleared past its table or without its lock"
+        );
+        let first = table_index(self.va, 3);
+        let mut merged = Pte(0);
+        for i in 0..nr as usize {
+            // SAFETY: `self.table` is the live PTE table we hold locked, and entries
+            // `first..first + nr` lie in it (checked above).
+            let old = Pte(unsafe { self.k.entry(self.table, first + i) }.swap(0, Ordering::AcqRel));
+            if i == 0 {
+                merged = old;
+            } else {
+                merged = Pte(merged.0 | (old.0 & (PteFlags::ACCESSED | PteFlags::DIRTY).bits()));
+            }
+        }
+        if merged.is_present() {
+            tlb.record_range(self.pt, self.va, merged, nr);
+        }
+        merged
+    }
+
+    /// `wrprotect_ptes`: take the write bit away from the `nr` entries from the one the cursor
+    /// is on (each with the compare-exchange of [`PteCursor::update`], the old translations
+    /// recorded in `tlb` where they were writable). Returns whether any of them was dirty when
+    /// write-protected (a Dirty bit an MMU set after the caller last read it is seen).
+    pub fn wrprotect_ptes(&mut self, tlb: &mut MmuGather<'_>, nr: u64) -> bool {
+        assert!(
+            self.ptl.is_some() && nr >= 1 && nr <= self.batch_limit(),
+            "BUG: PTE batch write-protected past its table or without its lock"
+        );
+        let first = table_index(self.va, 3);
+        let mut dirty = false;
+        for i in 0..nr {
+            // SAFETY: as in `clear_ptes`.
+            let slot = unsafe { self.k.entry(self.table, first + i as usize) };
+            let mut cur = Pte(slot.load(Ordering::Acquire));
+            loop {
+                let new = cur.wrprotect();
+                if new == cur {
+                    break;
+                }
+                match slot.compare_exchange(cur.0, new.0, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        if cur.needs_flush_to(new) {
+                            tlb.record(self.pt, self.va + (i << crate::PAGE_SHIFT), cur);
+                        }
+                        break;
+                    }
+                    Err(v) => cur = Pte(v),
+                }
+            }
+            dirty |= cur.dirty();
+        }
+        dirty
+    }
 }
