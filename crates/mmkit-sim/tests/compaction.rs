@@ -522,9 +522,8 @@ fn compaction_moves_large_page_cache_folios() {
             k.page_cache_readahead(cpu, &inode, 0, pages).unwrap(),
             pages
         );
-        let cached = || -> Vec<u64> {
-            (0..pages).map(|i| inode.cached_pfn(i).unwrap().0).collect()
-        };
+        let cached =
+            || -> Vec<u64> { (0..pages).map(|i| inode.cached_pfn(i).unwrap().0).collect() };
         let old = cached();
         for (i, &pfn) in old.iter().enumerate() {
             assert!((t0..t0 + 2 * PB).contains(&pfn), "page {i} at {pfn:#x}");
