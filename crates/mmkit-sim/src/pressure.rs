@@ -222,7 +222,11 @@ impl<'m> Watch<'m> {
     ) -> R {
         let done = &AtomicBool::new(false);
         std::thread::scope(|s| {
-            s.spawn(move || self.kswapd(kswapd_cpu, done));
+            // Named as Linux names node 0's (one thread serves every node here).
+            std::thread::Builder::new()
+                .name("kswapd0".into())
+                .spawn_scoped(s, move || self.kswapd(kswapd_cpu, done))
+                .expect("spawning kswapd");
             if let Some(p) = period {
                 s.spawn(move || self.sampler(p, done));
             }
