@@ -65,7 +65,8 @@ fn kswapd_sleeps_until_woken() {
             "kswapd woke {idle} times in 300 ms with nothing to do"
         );
         // Allocate until the allocator finds the zones below their low watermark and
-        // wakes kswapd (its slow path's `wakeup_kswapd`): kswapd runs within a second.
+        // wakes kswapd (its slow path's `wakeup_kswapd`): kswapd runs (within seconds, even
+        // on a loaded host).
         let k = &m.kernel;
         let gfp = mmkit::gfp::GFP_KERNEL | mmkit::Gfp::__GFP_NOWARN;
         let wakeups = k.kswapd_wakeups(0);
@@ -79,7 +80,7 @@ fn kswapd_sleeps_until_woken() {
             }
         });
         let t1 = std::time::Instant::now();
-        while k.kswapd_woken(0) && t1.elapsed().as_secs() < 1 {
+        while k.kswapd_woken(0) && t1.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(!k.kswapd_woken(0), "kswapd did not run once woken");
