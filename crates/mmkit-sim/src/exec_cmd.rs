@@ -5,7 +5,7 @@
 use crate::exec::{exec_host, ExecSpec};
 use crate::kvm::{Outcome, RunOptions, Vm};
 use crate::machine::Machine;
-use crate::pressure_exec::run_watched;
+use crate::pressure_exec::{run_watched_every, SAMPLE_PERIOD};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -94,7 +94,9 @@ pub fn exec(
         None => None,
     };
     let t0 = Instant::now();
-    let ran = run_watched(m, &vm, &espec, &opts);
+    // Samples over time only where they are shown (the chart, the swap report).
+    let period = (pressure.swap.is_some() || pressure.chart.is_some()).then_some(SAMPLE_PERIOD);
+    let ran = run_watched_every(m, &vm, &espec, &opts, period);
     let wall = t0.elapsed();
     // Swap off (every slot is free again once the program is gone) and remove the file,
     // whatever the run did.

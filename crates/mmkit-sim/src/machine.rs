@@ -254,9 +254,41 @@ impl Drop for Ram {
     }
 }
 
+/// The wait queue kswapd sleeps on (`pgdat->kswapd_wait`; one for every node, as the
+/// simulator runs one kswapd thread for all of them): the thread sleeps until
+/// `Platform::wake_kswapd` — called by the allocator's `wakeup_kswapd` — or its owner
+/// stopping it wakes it. Nothing polls: a thread woken every few hundred microseconds
+/// interrupts whatever runs on that host CPU, and a vCPU in guest mode pays a world switch
+/// for each.
+#[derive(Default)]
+pub struct KswapdWait {
+    /// Wake-ups so far (the condition variable's mutex guards nothing else).
+    wakeups: std::sync::Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+impl KswapdWait {
+    /// `wake_up_interruptible`: wake the sleeper (a no-op when none sleeps).
+    pub fn wake(&self) {
+        *self.wakeups.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+
+    /// Sleep until `ready()` (checked first, then after every wake-up). Whoever makes it
+    /// true calls [`KswapdWait::wake`] afterwards; as it checks `ready` under the queue's
+    /// mutex, which that wake takes, no wake-up is lost.
+    pub fn sleep_until(&self, ready: impl Fn() -> bool) {
+        let mut g = self.wakeups.lock().unwrap_or_else(|e| e.into_inner());
+        while !ready() {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// RAM and CPUs of a simulated machine.
 pub struct SimPlatform {
     ram: std::sync::Arc<Ram>,
+    kswapd: std::sync::Arc<KswapdWait>,
     cpus: usize,
     start: Instant,
     cpu: mmkit::arch::x86_64::cpufeature::CpuFeatures,
@@ -277,6 +309,7 @@ impl SimPlatform {
     ) -> Result<Self> {
         Ok(Self {
             ram: std::sync::Arc::new(Ram::new(ram_end)?),
+            kswapd: Default::default(),
             cpus,
             start: Instant::now(),
             cpu,
@@ -286,6 +319,11 @@ impl SimPlatform {
     /// The RAM (shared with a virtual machine that uses it as guest-physical memory).
     pub fn ram(&self) -> &std::sync::Arc<Ram> {
         &self.ram
+    }
+
+    /// The wait queue its kswapd thread sleeps on.
+    pub fn kswapd_wait(&self) -> &std::sync::Arc<KswapdWait> {
+        &self.kswapd
     }
 }
 
@@ -313,6 +351,9 @@ impl Platform for SimPlatform {
     }
     fn defer_table_free(&self) -> bool {
         self.ram.mmu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn wake_kswapd(&self, _nid: usize) {
+        self.kswapd.wake();
     }
     fn cpu_features(&self) -> mmkit::arch::x86_64::cpufeature::CpuFeatures {
         self.cpu
@@ -386,6 +427,8 @@ pub struct Machine {
     pub kernel: Kernel,
     /// Its RAM.
     pub ram: std::sync::Arc<Ram>,
+    /// The wait queue of its kswapd thread (see [`KswapdWait`]).
+    pub kswapd_wait: std::sync::Arc<KswapdWait>,
     /// The host files the machine has opened.
     pub hostfs: crate::hostfs::HostFs,
     next_reap: Vec<std::sync::atomic::AtomicU64>,
@@ -411,6 +454,7 @@ impl Machine {
         check_host_memory(&sanitized)?;
         let platform = SimPlatform::with_cpu(end.max(mmkit::PAGE_SIZE), spec.cpus, cpu)?;
         let ram = platform.ram().clone();
+        let kswapd_wait = platform.kswapd_wait().clone();
         let kernel = Kernel::boot(Box::new(platform), &spec.e820, &spec.cmdline)?;
         let next_reap = (0..spec.cpus)
             .map(|_| std::sync::atomic::AtomicU64::new(REAP_INTERVAL_NS))
@@ -418,6 +462,7 @@ impl Machine {
         Ok(Self {
             kernel,
             ram,
+            kswapd_wait,
             hostfs: Default::default(),
             next_reap,
         })

@@ -188,22 +188,26 @@ impl<'m> Watch<'m> {
     }
 
     /// kswapd on simulated CPU `cpu` until `done`: whenever the allocator has woken a node's
-    /// kswapd, one `balance_pgdat` of that node (each run timed), else a 100 µs nap. It
-    /// holds the CPU only while it reclaims, as a kthread scheduled there would, so a task
-    /// running on that CPU waits only for the runs.
+    /// kswapd, one `balance_pgdat` of that node (each run timed); in between it sleeps on
+    /// the machine's [`KswapdWait`](crate::machine::KswapdWait) until `wakeup_kswapd` or
+    /// the end of the run wakes it (`kswapd_try_to_sleep`). It holds the CPU only while it
+    /// reclaims, as a kthread scheduled there would, so a task running on that CPU waits
+    /// only for the runs.
     pub fn kswapd(&self, cpu: usize, done: &AtomicBool) {
         let k = &self.m.kernel;
-        while !done.load(Ordering::Acquire) {
-            let mut ran = false;
+        let woken = || (0..k.nodes.len()).any(|nid| k.kswapd_woken(nid));
+        loop {
+            self.m
+                .kswapd_wait
+                .sleep_until(|| done.load(Ordering::Acquire) || woken());
+            if done.load(Ordering::Acquire) {
+                return;
+            }
             for nid in 0..k.nodes.len() {
                 if k.kswapd_woken(nid) {
                     self.runs.lock().expect("runs").push(self.ms());
                     self.m.on_cpu(cpu, |c| k.balance_pgdat(c, nid));
-                    ran = true;
                 }
-            }
-            if !ran {
-                std::thread::sleep(Duration::from_micros(100));
             }
         }
     }
@@ -218,18 +222,24 @@ impl<'m> Watch<'m> {
     ) -> R {
         let done = &AtomicBool::new(false);
         std::thread::scope(|s| {
-            s.spawn(move || self.kswapd(kswapd_cpu, done));
+            // Named as Linux names node 0's (one thread serves every node here).
+            std::thread::Builder::new()
+                .name("kswapd0".into())
+                .spawn_scoped(s, move || self.kswapd(kswapd_cpu, done))
+                .expect("spawning kswapd");
             if let Some(p) = period {
                 s.spawn(move || self.sampler(p, done));
             }
-            // Stop them however `f` ends (a panic too: the scope would wait forever).
-            struct Stop<'a>(&'a AtomicBool);
+            // Stop them however `f` ends (a panic too: the scope would wait forever), waking
+            // kswapd from its sleep.
+            struct Stop<'a>(&'a AtomicBool, &'a crate::machine::KswapdWait);
             impl Drop for Stop<'_> {
                 fn drop(&mut self) {
                     self.0.store(true, Ordering::Release);
+                    self.1.wake();
                 }
             }
-            let _stop = Stop(done);
+            let _stop = Stop(done, &self.m.kswapd_wait);
             f()
         })
     }

@@ -31,6 +31,21 @@ pub fn run_watched(
     spec: &ExecSpec<'_>,
     opts: &RunOptions,
 ) -> Result<(Outcome, Report)> {
+    run_watched_every(m, vm, spec, opts, Some(SAMPLE_PERIOD))
+}
+
+/// [`run_watched`] with the machine sampled every `period`, or, with `None`, only at the
+/// start and the end (kswapd's runs and the marks are recorded either way): for a run
+/// whose samples nobody reads (no chart, no swap report), as a sampler thread woken every
+/// few milliseconds interrupts a vCPU in guest mode each time it runs on that vCPU's host
+/// CPU.
+pub fn run_watched_every(
+    m: &Machine,
+    vm: &Vm,
+    spec: &ExecSpec<'_>,
+    opts: &RunOptions,
+    period: Option<Duration>,
+) -> Result<(Outcome, Report)> {
     let watch = Watch::new(m)?;
     let name = spec
         .path
@@ -48,7 +63,11 @@ pub fn run_watched(
         out
     };
     let out = if m.kernel.nr_cpus() >= 2 {
-        watch.around(1, Some(SAMPLE_PERIOD), run)
+        let o = watch.around(1, period, run);
+        if period.is_none() {
+            watch.sample();
+        }
+        o
     } else {
         let o = run();
         watch.sample();

@@ -41,6 +41,14 @@ pub trait Platform: Send + Sync {
     fn defer_table_free(&self) -> bool {
         false
     }
+    /// `wake_up_interruptible(&pgdat->kswapd_wait)`: node `nid`'s kswapd was just given
+    /// work ([`Kernel::wakeup_kswapd`](crate::Kernel::wakeup_kswapd) set its
+    /// `kswapd_wait`). A platform that runs kswapd as a thread of its own wakes it here, so
+    /// that the thread sleeps until it has work as Linux's does, never polling. The default
+    /// (callers that step `balance_pgdat` themselves) does nothing.
+    fn wake_kswapd(&self, nid: usize) {
+        let _ = nid;
+    }
     /// The CPU's features as the kernel sees them after `identify_cpu` (CPUID words, what it
     /// enabled in CR4/XCR0). A bare-metal kernel reads them from the CPU; the simulator gives
     /// the host's or a named model's. The default is a baseline x86-64 CPU with AVX.

@@ -7,17 +7,15 @@
 //! every other change (a vCPU running the address space leaves the guest before a page's
 //! entry is copied), so a program's memory turns into 2 MiB mappings while it runs.
 
-use super::smp::Smp;
+use super::smp::{KthreadStop, Smp};
 use crate::machine::Machine;
 use mmkit::mm::khugepaged::KhugepagedScan;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How often a sleeping khugepaged looks whether the run is over.
-const POLL: Duration = Duration::from_millis(10);
-
-/// Run khugepaged until `done`; returns the THPs it made.
-pub fn khugepaged(m: &Machine, smp: &Smp, done: &AtomicBool) -> u64 {
+/// Run khugepaged until `stop`; returns the THPs it made. It sleeps its whole period at
+/// once (`wait_event_freezable_timeout` on `khugepaged_wait`), woken early only by the end
+/// of the run.
+pub fn khugepaged(m: &Machine, smp: &Smp, stop: &KthreadStop) -> u64 {
     let k = &m.kernel;
     let cpu = k.nr_cpus() - 1;
     let mut scan = KhugepagedScan::default();
@@ -30,16 +28,8 @@ pub fn khugepaged(m: &Machine, smp: &Smp, done: &AtomicBool) -> u64 {
         } else {
             t.scan_sleep_millisecs
         };
-        let until = Instant::now() + Duration::from_millis(u64::from(ms));
-        loop {
-            if done.load(Ordering::Acquire) {
-                return made;
-            }
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            std::thread::sleep(POLL.min(until - now));
+        if stop.sleep(Duration::from_millis(u64::from(ms))) {
+            return made;
         }
         let w = smp.with_kernel(|tasks, _| {
             m.on_cpu(cpu, |c| k.khugepaged_do_scan(c, &mut scan, tasks.mms_mut()))

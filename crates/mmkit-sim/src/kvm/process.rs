@@ -29,7 +29,7 @@ use mmkit::arch::x86_64::fault::{Signal, SIGBUS, SIGKILL, SIGSEGV};
 use mmkit::arch::x86_64::tlb::PageFault;
 use mmkit::kernel::task::{Pid, TaskTable};
 use mmkit::{CpuGuard, Kernel};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -370,14 +370,13 @@ pub fn run_program(
     // The watchdog: marks the timeout, and ends time slices every 10 ms (the scheduler
     // tick) while a task waits for a vCPU or a timer is armed, by kicking vCPUs out of
     // KVM_RUN — only while they are in there, so no host call of the VMM is interrupted.
-    let ticker_done = AtomicBool::new(false);
+    let ticker_done = super::smp::KthreadStop::default();
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let runs: Vec<Result<CpuRun>> = std::thread::scope(|s| {
         let smp = &smp;
         let ticker_done = &ticker_done;
         s.spawn(move || {
-            while !ticker_done.load(Ordering::Acquire) {
-                std::thread::sleep(TICK);
+            while !ticker_done.sleep(TICK) {
                 let expired = deadline.is_some_and(|d| Instant::now() >= d);
                 if expired {
                     smp.timed_out.store(true, Ordering::Release);
@@ -406,7 +405,7 @@ pub fn run_program(
                     .unwrap_or_else(|_| Err(anyhow!("a vCPU thread panicked")))
             })
             .collect();
-        ticker_done.store(true, Ordering::Release);
+        ticker_done.stop();
         runs
     });
     m.ram.set_flush_cpus(None);

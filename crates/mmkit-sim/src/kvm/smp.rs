@@ -134,6 +134,33 @@ impl FlushTlbMulti for Cpus {
     }
 }
 
+/// `kthread_stop` for the VMM's own kernel threads (the tick, khugepaged): set once as the
+/// run ends. A thread sleeps on it with its period and wakes when the period is over or at
+/// once when it is set — never in between to look, so it interrupts no vCPU for nothing.
+#[derive(Default)]
+pub struct KthreadStop {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl KthreadStop {
+    /// Stop every thread sleeping on it (and any that sleeps on it later).
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleep for `t`, or less if stopped; whether it is stopped (`kthread_should_stop`).
+    pub fn sleep(&self, t: Duration) -> bool {
+        let g = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, t, |stopped| !*stopped)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+}
+
 /// What the kernel lock guards: the VMM's shared state, moved into the [`Proc`] of the
 /// vCPU that holds the lock (its fields are the same ones, so a system call is written
 /// against one `Proc` whichever vCPU makes it).

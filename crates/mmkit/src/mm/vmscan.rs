@@ -609,6 +609,9 @@ impl Kernel {
         }
         if !n.kswapd_wait.swap(true, Relaxed) {
             n.kswapd_wakeups.fetch_add(1, Relaxed);
+            // The flag was clear: kswapd may be asleep (it clears the flag as a run starts,
+            // so a wake-up during a run is seen when that run ends, without this).
+            self.platform().wake_kswapd(nid);
         }
     }
 
