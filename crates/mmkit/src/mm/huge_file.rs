@@ -8,8 +8,8 @@
 //! mapping reads PMD-sized folios). A read fault where the PMD is none, the VMA allows a
 //! PMD there (`thp_vma_suitable_order`: the 2 MiB around the address inside the VMA, the
 //! file offset aligned like the address; not `VM_NOHUGEPAGE`) and the page cache holds a
-//! PMD-sized folio at that offset maps the whole folio by one read-only PMD, whatever the
-//! anonymous THP policy says (Linux maps a large folio the cache already has; only
+//! PMD-sized folio at that offset, wholly inside the file's size, maps the whole folio by one
+//! read-only PMD, whatever the anonymous THP policy says (Linux maps a large folio the cache already has; only
 //! `vma_thp_disabled` refuses). The PMD holds one reference on the folio, counts in its
 //! entire mapcount, in `NR_FILE_PMDMAPPED` (meminfo's `FilePmdMapped`) and in the owner's
 //! `MM_FILEPAGES`; the folio's pages count in `NR_FILE_MAPPED` while the PMD or a PTE maps
@@ -102,8 +102,13 @@ impl Kernel {
         } else {
             HugeFault::Fallback
         };
+        // finish_fault's needs_fallback: nothing past the end of the file is mapped (a file
+        // that shrank leaves the rest of a folio cached there), so a folio that reaches past
+        // it is mapped by PTEs up to it.
+        let file_end = file.inode.size().div_ceil(crate::PAGE_SIZE);
         if folio.folio_order() != HPAGE_PMD_ORDER
             || folio.index() != vma.linear_page_index(haddr)
+            || folio.index() + HPAGE_PMD_NR > file_end
             || !folio.test(PageFlags::UPTODATE)
         {
             self.folio_put(cpu, folio);

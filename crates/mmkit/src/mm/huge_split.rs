@@ -235,6 +235,7 @@ impl Kernel {
         let index = folio.index();
         // unmap_folio's TTU_SPLIT_HUGE_PMD: every PMD mapping becomes PTEs first (again
         // until none is left: a fork may copy a huge PMD into a child VMA we already passed).
+        let mut busy = false;
         while folio.entire_mapcount() > 0 {
             let mut split = Vec::new();
             let mut cleared = false;
@@ -255,51 +256,58 @@ impl Kernel {
                     }
                 }
             });
-            assert!(
-                !split.is_empty() || cleared,
-                "BUG: a PMD mapping of folio {:?} the reverse map does not know",
-                self.page_to_pfn(folio)
-            );
+            if split.is_empty() && !cleared {
+                // A PMD mapping no VMA on the reverse map holds: an munmap that already
+                // unlinked its VMA is zapping it, or a zap cleared it since the count was
+                // read. Linux's unmap_folio leaves such a mapping and its refcount freeze
+                // fails; so does this split, unless the mapping has gone meanwhile.
+                busy = folio.entire_mapcount() > 0;
+                break;
+            }
             for (pt, haddr, old) in split {
                 self.flush_split_pmd(cpu, &pt, haddr, old);
             }
         }
         let mut unmapped: Vec<&Page> = Vec::new();
-        let result = self.with_rmap_vmas(folio, |vmas| {
-            // The PTE tables where a page of the folio may be mapped: in each VMA on the
-            // list, the addresses of the folio's indexes it covers.
-            let mut tables = Vec::new();
-            for r in vmas {
-                let v = r.vma();
-                let vma_pages = (v.vm_end - v.vm_start) >> crate::PAGE_SHIFT;
-                let lo = index.max(v.vm_pgoff);
-                let hi = (index + nr).min(v.vm_pgoff + vma_pages);
-                if lo >= hi {
-                    continue;
+        let result = if busy {
+            Err(Errno::EAGAIN)
+        } else {
+            self.with_rmap_vmas(folio, |vmas| {
+                // The PTE tables where a page of the folio may be mapped: in each VMA on the
+                // list, the addresses of the folio's indexes it covers.
+                let mut tables = Vec::new();
+                for r in vmas {
+                    let v = r.vma();
+                    let vma_pages = (v.vm_end - v.vm_start) >> crate::PAGE_SHIFT;
+                    let lo = index.max(v.vm_pgoff);
+                    let hi = (index + nr).min(v.vm_pgoff + vma_pages);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let (Some(a), Some(b)) = (r.address(lo), r.address(hi - 1)) else {
+                        continue;
+                    };
+                    self.pte_tables_of(r.pt(), a, b + crate::PAGE_SIZE, &mut tables);
                 }
-                let (Some(a), Some(b)) = (r.address(lo), r.address(hi - 1)) else {
-                    continue;
-                };
-                self.pte_tables_of(r.pt(), a, b + crate::PAGE_SIZE, &mut tables);
-            }
-            let ptls = self.lock_pte_tables(&mut tables);
-            // The file's xa_lock: no lookup takes a reference on the folio meanwhile.
-            let xa = inode.as_ref().map(|i| i.i_pages.lock());
-            // folio_ref_freeze's test: one reference per mapping, the cache's (one per
-            // page) and the caller's.
-            let mapped: i32 = (0..nr).map(|i| folio.folio_page(i).mapcount()).sum();
-            let cache = if anon { 0 } else { nr as i32 };
-            if folio.entire_mapcount() != 0
-                || folio.refcount() != mapped + cache + 1
-                || (!anon && folio.mapping() != inode.as_ref().map_or(0, |i| i.id))
-            {
-                return Err(Errno::EAGAIN);
-            }
-            self.__split_huge_page(cpu, folio, list, &mut unmapped);
-            drop(xa);
-            drop(ptls);
-            Ok(())
-        });
+                let ptls = self.lock_pte_tables(&mut tables);
+                // The file's xa_lock: no lookup takes a reference on the folio meanwhile.
+                let xa = inode.as_ref().map(|i| i.i_pages.lock());
+                // folio_ref_freeze's test: one reference per mapping, the cache's (one per
+                // page) and the caller's.
+                let mapped: i32 = (0..nr).map(|i| folio.folio_page(i).mapcount()).sum();
+                let cache = if anon { 0 } else { nr as i32 };
+                if folio.entire_mapcount() != 0
+                    || folio.refcount() != mapped + cache + 1
+                    || (!anon && folio.mapping() != inode.as_ref().map_or(0, |i| i.id))
+                {
+                    return Err(Errno::EAGAIN);
+                }
+                self.__split_huge_page(cpu, folio, list, &mut unmapped);
+                drop(xa);
+                drop(ptls);
+                Ok(())
+            })
+        };
         if order == HPAGE_PMD_ORDER {
             cpu.state().vmstat.count(
                 if result.is_ok() {

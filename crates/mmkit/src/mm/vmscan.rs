@@ -254,6 +254,21 @@ impl Kernel {
                 continue;
             }
             if page.folio_test_large() {
+                // folio_check_references first, on the folio whole: the Accessed bits of
+                // every PMD and PTE mapping it, and a VM_LOCKED mapping keeps it (a PMD
+                // mapping, which the split below would clear, counts like any other).
+                match self.page_check_references(cpu, page) {
+                    Verdict::Reclaim => {}
+                    v => {
+                        page.unlock();
+                        if v == Verdict::Activate {
+                            page.set(PageFlags::ACTIVE);
+                            activated += 1;
+                        }
+                        keep.push(pfn);
+                        continue;
+                    }
+                }
                 // split_folio_to_list: a large folio is split before it is reclaimed (no
                 // THP_SWAP); its other pages join this list, isolated. One that cannot be
                 // split now (another reference is held) goes back active.
