@@ -267,6 +267,99 @@ fn clean_pages_dropped_dirty_pages_written_back() {
     assert!(event(k, "pgsteal_direct") > 0);
 }
 
+/// The OOM killer and `CLONE_VM`: a process running in another's address space is judged by
+/// that address space and listed in the report with its figures (`dump_tasks` lists every
+/// process); its `oom_score_adj` is the address space's (`__set_oom_adj` sets it on every
+/// user); and the kill takes every process in the address space, so its memory is freed at
+/// once — the bystander lives, and every page comes back.
+#[test]
+fn oom_killer_kills_every_process_sharing_the_victims_memory() {
+    let m = boot_mem(128, 1, "");
+    let k = &m.kernel;
+    m.on_cpu(0, |cpu| k.drain_all_pages(cpu));
+    let before = free_and_pcp(k);
+    let mut tasks = TaskTable::default();
+    let small = spawn_true(&m, &mut tasks);
+    let hog = spawn_true(&m, &mut tasks);
+    let sharer = tasks.clone_vm(hog).unwrap();
+    tasks.set_oom_score_adj(sharer, 300).unwrap();
+    assert_eq!(
+        tasks.get(hog).unwrap().oom_score_adj,
+        300,
+        "the address space's"
+    );
+    assert_eq!(tasks.get(small).unwrap().oom_score_adj, 0);
+    let killed = m.on_cpu(0, |cpu| {
+        let mm = tasks.mm_mut(small).unwrap();
+        let a = k.mmap(cpu, mm, 0, 4 << 20, RW, ANON, 0).unwrap();
+        fill(k, cpu, mm, a, 1024, 1);
+        // The sharer fills the address space it shares with the hog.
+        let mm = tasks.mm_mut(sharer).unwrap();
+        let a = k
+            .mmap(cpu, mm, 0, 1 << 30, RW, ANON | MAP_NORESERVE, 0)
+            .unwrap();
+        let mut i = 0u64;
+        loop {
+            let mm = tasks.mm_mut(sharer).unwrap();
+            match k.user_write(cpu, mm, a + (i << 12), &[1]) {
+                Ok(()) => i += 1,
+                Err(s) => {
+                    assert_eq!(s.signo, SIGKILL, "out of memory");
+                    let score = |p| k.oom_score(tasks.get(p).unwrap(), tasks.mm_of(p));
+                    assert_eq!(score(sharer), score(hog), "one address space, one score");
+                    assert!(score(sharer) > score(small));
+                    break tasks
+                        .out_of_memory(k, cpu, sharer, mmkit::gfp::GFP_HIGHUSER_MOVABLE, 0)
+                        .unwrap();
+                }
+            }
+        }
+    });
+    assert!(killed == hog || killed == sharer, "killed {killed}");
+    for p in [hog, sharer] {
+        // Dead: a zombie, or already reaped (nobody waits for a child of pid 0).
+        assert!(
+            tasks
+                .get(p)
+                .is_none_or(|t| t.state == mmkit::kernel::task::TaskState::Zombie),
+            "{p} shared the victim's memory"
+        );
+        assert!(tasks.mm_of(p).is_none());
+    }
+    assert_eq!(
+        tasks.get(small).unwrap().state,
+        mmkit::kernel::task::TaskState::Running
+    );
+    let log = k.dmesg().join("\n");
+    // dump_tasks: a line for each user of the address space, with its (the same) rss.
+    // The dump_tasks line of `p`, from its `[  pid  ]` column on.
+    let line = |p: u32| {
+        let tag = format!("[{p:>7}]");
+        let l = log
+            .lines()
+            .find(|l| l.contains(&tag))
+            .unwrap_or_else(|| panic!("no dump_tasks line for {p}: {log}"));
+        l[l.find(&tag).unwrap() + tag.len()..].to_string()
+    };
+    // uid, tgid, total_vm, rss.
+    let rss = |l: &str| l.split_whitespace().nth(3).map(str::to_owned);
+    assert_eq!(
+        rss(&line(hog)),
+        rss(&line(sharer)),
+        "{}\n{}",
+        line(hog),
+        line(sharer)
+    );
+    assert!(line(sharer).ends_with(" 300 true"), "{}", line(sharer));
+    m.on_cpu(0, |cpu| {
+        tasks.exit(k, cpu, small, 0).unwrap();
+        k.lru_add_drain_all(cpu);
+        k.drain_all_pages(cpu);
+    });
+    m.settle();
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+}
+
 /// Without swap, an anonymous hog runs the machine out of memory; the OOM killer picks the
 /// biggest task (the hog, not the smaller ones), prints Linux's report, and the others keep
 /// running and allocating.

@@ -443,30 +443,42 @@ impl TaskTable {
         gfp: crate::Gfp,
         order: u32,
     ) -> Option<Pid> {
-        let victim = k.oom_select(self.tasks.values())?;
+        fn with_mm(tt: &TaskTable) -> Vec<(&Task, Option<&MmStruct>)> {
+            tt.tasks.values().map(|t| (t, tt.mm_of(t.pid))).collect()
+        }
+        let victim = k.oom_select(with_mm(self).into_iter())?;
         let trig = self
             .tasks
             .get(&trigger)
             .or_else(|| self.tasks.get(&victim))?;
-        k.oom_report(trig, gfp, order, self.tasks.values(), &self.tasks[&victim]);
+        k.oom_report(
+            trig,
+            gfp,
+            order,
+            with_mm(self).into_iter(),
+            (&self.tasks[&victim], self.mm_of(victim)),
+        );
         cpu.state().vmstat.count(crate::mm::oom_kill::OOM_KILL, 1);
-        // Killed by SIGKILL: the status wait() reports is the signal number. The processes
-        // sharing the victim's memory go first, so that the victim's exit frees it.
+        // Killed by SIGKILL: the status wait() reports is the signal number. Every process
+        // running in the victim's address space dies with it (`__oom_kill_process`), the one
+        // holding it last, so that its exit frees the memory at once.
+        let holder = self.mm_holder(victim)?;
         let sharers: Vec<Pid> = self
             .tasks
             .values()
-            .filter(|t| t.vm_owner == Some(victim))
+            .filter(|t| t.pid != holder && t.vm_owner == Some(holder))
             .map(|t| t.pid)
             .collect();
         for s in sharers {
             let _ = self.exit(k, cpu, s, 9);
         }
-        self.exit(k, cpu, victim, 9).ok()?;
+        self.exit(k, cpu, holder, 9).ok()?;
         Some(victim)
     }
 
     /// Set a task's `oom_score_adj` (`/proc/PID/oom_score_adj`): `EINVAL` outside
-    /// -1000..=1000.
+    /// -1000..=1000. As `__set_oom_adj`, every process running in the same address space
+    /// gets it too: the OOM killer judges and kills an address space with all its users.
     pub fn set_oom_score_adj(&mut self, pid: Pid, adj: i32) -> Result<(), Errno> {
         if !(crate::mm::oom_kill::OOM_SCORE_ADJ_MIN..=crate::mm::oom_kill::OOM_SCORE_ADJ_MAX)
             .contains(&adj)
@@ -474,6 +486,19 @@ impl TaskTable {
             return Err(Errno::EINVAL);
         }
         self.tasks.get_mut(&pid).ok_or(Errno::ESRCH)?.oom_score_adj = adj;
+        if let Some(holder) = self.mm_holder(pid) {
+            let sharing: Vec<Pid> = self
+                .tasks
+                .values()
+                .filter(|t| t.pid == holder || t.vm_owner == Some(holder))
+                .map(|t| t.pid)
+                .collect();
+            for p in sharing {
+                if let Some(t) = self.tasks.get_mut(&p) {
+                    t.oom_score_adj = adj;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -45,28 +45,32 @@ impl Kernel {
         }
     }
 
-    /// `select_bad_process`: the live task with the highest badness.
-    pub fn oom_select<'a>(&self, tasks: impl Iterator<Item = &'a Task>) -> Option<Pid> {
+    /// `select_bad_process`: the live task with the highest badness, each task (with the
+    /// address space it runs in: its own, or the one it shares through `CLONE_VM`) judged
+    /// by that address space, as `oom_badness` judges `p->mm`.
+    pub fn oom_select<'a>(
+        &self,
+        tasks: impl Iterator<Item = (&'a Task, Option<&'a MmStruct>)>,
+    ) -> Option<Pid> {
         let total = self.oom_totalpages();
         tasks
-            .filter(|t| t.state == TaskState::Running)
-            .filter_map(|t| {
-                let mm = t.mm.as_ref()?;
-                Some((self.oom_badness(mm, t.oom_score_adj, total)?, t.pid))
-            })
+            .filter(|(t, _)| t.state == TaskState::Running)
+            .filter_map(|(t, mm)| Some((self.oom_badness(mm?, t.oom_score_adj, total)?, t.pid)))
             .max_by_key(|&(b, pid)| (b, core::cmp::Reverse(pid)))
             .map(|(_, pid)| pid)
     }
 
-    /// Print the OOM report for `victim`, chosen among `tasks` while `trigger` allocated with
-    /// `gfp` at `order`.
+    /// Print the OOM report for `victim` (running in `victim_mm`), chosen among `tasks`
+    /// (each with the address space it runs in: `dump_tasks` lists every process, sharers
+    /// of one address space each with its figures) while `trigger` allocated with `gfp` at
+    /// `order`.
     pub fn oom_report<'a>(
         &self,
         trigger: &Task,
         gfp: crate::Gfp,
         order: u32,
-        tasks: impl Iterator<Item = &'a Task>,
-        victim: &Task,
+        tasks: impl Iterator<Item = (&'a Task, Option<&'a MmStruct>)>,
+        (victim, victim_mm): (&Task, Option<&MmStruct>),
     ) {
         self.printk(&format!(
             "{} invoked oom-killer: gfp_mask={}, order={order}, oom_score_adj={}",
@@ -80,8 +84,8 @@ impl Kernel {
         self.printk("Tasks state (memory values in pages):");
         self.printk("[  pid  ]   uid  tgid total_vm      rss rss_anon rss_file rss_shmem pgtables_bytes swapents oom_score_adj name");
         let mut lines: Vec<String> = Vec::new();
-        for t in tasks.filter(|t| t.state == TaskState::Running) {
-            let Some(mm) = &t.mm else { continue };
+        for (t, mm) in tasks.filter(|(t, _)| t.state == TaskState::Running) {
+            let Some(mm) = mm else { continue };
             lines.push(format!(
                 "[{:>7}] {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>14} {:>8}         {:>5} {}",
                 t.pid,
@@ -105,7 +109,7 @@ impl Kernel {
             "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/,task={},pid={},uid=0",
             victim.comm, victim.pid
         ));
-        if let Some(mm) = &victim.mm {
+        if let Some(mm) = victim_mm {
             self.printk(&format!(
                 "Out of memory: Killed process {} ({}) total-vm:{}kB, anon-rss:{}kB, file-rss:{}kB, shmem-rss:{}kB, UID:0 pgtables:{}kB oom_score_adj:{}",
                 victim.pid,
