@@ -257,10 +257,10 @@ impl Kernel {
                 }
             });
             if split.is_empty() && !cleared {
-                // A PMD mapping no VMA on the reverse map holds: an munmap that already
-                // unlinked its VMA is zapping it, or a zap cleared it since the count was
-                // read. Linux's unmap_folio leaves such a mapping and its refcount freeze
-                // fails; so does this split, unless the mapping has gone meanwhile.
+                // No PMD mapping found where the count said there was one: a zap cleared
+                // it since the count was read (or its VMA is leaving the reverse map).
+                // Linux's unmap_folio passes over what it cannot find and its refcount
+                // freeze fails; so does this split, unless the mapping has gone meanwhile.
                 busy = folio.entire_mapcount() > 0;
                 break;
             }

@@ -473,6 +473,18 @@ impl Kernel {
         {
             self.split_vma(mm, last, end);
         }
+        // unmap_region: one gather for the PTEs and the tables, flushed before anything it
+        // holds is freed. The PTEs are zapped while the VMAs are still on the reverse map,
+        // as in Linux (free_pgtables unlinks them before their tables go): an rmap walker
+        // meanwhile finds each mapping either still there or gone, never a mapped page
+        // whose VMA it cannot see.
+        let floor = mm.find_vma_prev(start).map_or(0, |v| v.vm_end);
+        let ceiling = mm
+            .find_vma(end)
+            .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
+        let pt = mm.pt.clone();
+        let mut tlb = MmuGather::new(self, cpu, &pt);
+        self.unmap_page_range(&mut tlb, mm, start, end);
         let mut files = Vec::new();
         let mut gone = Vec::new();
         while let Some(id) = mm
@@ -488,14 +500,6 @@ impl Kernel {
                 files.push(f);
             }
         }
-        // unmap_region: one gather for the PTEs and the tables, flushed before anything it
-        // holds is freed.
-        let floor = mm.find_vma_prev(start).map_or(0, |v| v.vm_end);
-        let ceiling = mm
-            .find_vma(end)
-            .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
-        let mut tlb = MmuGather::new(self, cpu, &mm.pt);
-        self.unmap_page_range(&mut tlb, mm, start, end);
         self.free_pgtables(&mut tlb, start, end, floor, ceiling);
         tlb.finish();
         for f in files {
