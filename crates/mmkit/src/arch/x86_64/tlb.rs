@@ -234,8 +234,8 @@ impl Kernel {
 
     /// The TLBs' invariant, for the address spaces in `spaces`: a translation a CPU can
     /// still use (it was cached at its address space's current flush generation) agrees with
-    /// the page tables — the entry is present and maps the same frame — and that frame is
-    /// in use. A live entry pointing elsewhere is a missing flush; one pointing to a free
+    /// the page tables — the entry is present and maps the same frame, for each 4 KiB of a
+    /// 2 MiB entry — and that frame is in use. A live entry pointing elsewhere is a missing flush; one pointing to a free
     /// page is a use-after-free through a stale translation. Entries of other address spaces
     /// are not judged. Takes each CPU in turn (call without holding one), at a quiet point
     /// (no gather half done).
@@ -253,25 +253,31 @@ impl Kernel {
                     if !t.gens.iter().any(|&(ctx, g)| ctx == e.ctx && g == gen) {
                         continue; // dropped at its next use
                     }
-                    let va = e.vpn << shift;
-                    let pfn = crate::Pfn((e.pte & PTE_PFN_MASK) >> 12);
-                    if self
-                        .pfn_to_page(pfn)
-                        .is_some_and(|p| p.compound_head().refcount() <= 0)
-                    {
-                        return Err(alloc::format!(
-                            "CPU {c}: a live TLB entry translates {va:#x} (context {}) to {pfn:?}, \
-                             a free page: a use-after-free through a stale translation",
-                            e.ctx
-                        ));
-                    }
-                    let now = self.translation_lookup(pt, va).filter(|p| p.hw_present());
-                    if now.is_none_or(|p| p.pfn() != pfn) {
-                        return Err(alloc::format!(
-                            "CPU {c}: a live TLB entry translates {va:#x} (context {}) to {pfn:?}, \
-                             but the page table has {now:?}: a missing TLB flush",
-                            e.ctx
-                        ));
+                    // Every 4 KiB the entry translates: one, or the 512 of a 2 MiB entry
+                    // (whose folio may have been split, its pages freed one by one).
+                    let base = e.vpn << shift;
+                    let first = (e.pte & PTE_PFN_MASK) >> 12;
+                    for i in 0..1u64 << (shift - 12) {
+                        let (va, pfn) = (base + (i << 12), crate::Pfn(first + i));
+                        if self
+                            .pfn_to_page(pfn)
+                            .is_some_and(|p| p.compound_head().refcount() <= 0)
+                        {
+                            return Err(alloc::format!(
+                                "CPU {c}: a live TLB entry translates {va:#x} (context {}) to \
+                                 {pfn:?}, a free page: a use-after-free through a stale \
+                                 translation",
+                                e.ctx
+                            ));
+                        }
+                        let now = self.translation_lookup(pt, va).filter(|p| p.hw_present());
+                        if now.is_none_or(|p| p.pfn() != pfn) {
+                            return Err(alloc::format!(
+                                "CPU {c}: a live TLB entry translates {va:#x} (context {}) to \
+                                 {pfn:?}, but the page table has {now:?}: a missing TLB flush",
+                                e.ctx
+                            ));
+                        }
                     }
                 }
                 Ok(())
