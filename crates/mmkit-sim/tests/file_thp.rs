@@ -7,10 +7,10 @@
 //! every checker runs after each step, and every page is back at the end.
 
 mod common;
-use common::{boot_mem, free_and_pcp};
+use common::boot_mem;
+use common::files::*;
 use mmkit::arch::x86_64::pgtable::HPAGE_PMD_SIZE;
-use mmkit::fs::inode::{FMode, Inode, RamFile};
-use mmkit::fs::proc::task_mmu::proc_pid_smaps;
+use mmkit::fs::inode::FMode;
 use mmkit::mm::filemap::{NR_FILE_MAPPED, NR_FILE_PAGES};
 use mmkit::mm::madvise::{MADV_HUGEPAGE, MADV_NOHUGEPAGE};
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES};
@@ -23,42 +23,8 @@ const MIB: u64 = 1 << 20;
 /// Where the tests map (a 2 MiB-aligned hint the placement takes as given).
 const AT: u64 = 0x7e00_0000_0000;
 
-fn file_bytes(pages: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..pages * PAGE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn event(k: &Kernel, name: &str) -> u64 {
     mmkit::fs::proc::vmstat::vm_event(k, name).expect("a vmstat event name")
-}
-
-fn kb_value(s: &str) -> u64 {
-    s.trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
-
-/// The smaps field `name` (kB) of the VMA starting at `start`.
-fn smaps_field(k: &Kernel, mm: &MmStruct, start: u64, name: &str) -> u64 {
-    let smaps = proc_pid_smaps(k, mm);
-    let head = format!("{start:x}-");
-    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
-    lines.next().expect("the VMA is in smaps");
-    let l = lines
-        .find(|l| l.starts_with(name))
-        .expect("the field is in smaps");
-    kb_value(&l[name.len()..])
-}
-
-fn meminfo_field(k: &Kernel, name: &str) -> u64 {
-    let m = mmkit::fs::proc::meminfo::meminfo(k);
-    let l = m.lines().find(|l| l.starts_with(name)).unwrap();
-    kb_value(&l[name.len()..])
 }
 
 fn check_all(k: &Kernel, mm: &MmStruct) {
@@ -66,38 +32,6 @@ fn check_all(k: &Kernel, mm: &MmStruct) {
     k.check_lru_invariants().unwrap();
     k.check_mm_invariants(mm).unwrap();
     k.check_deferred_split_invariants().unwrap();
-}
-
-/// Read pages `[from, to)` of the mapping at `a` and compare them with the file.
-fn read_pages(
-    k: &Kernel,
-    cpu: &CpuGuard<'_>,
-    mm: &mut MmStruct,
-    a: u64,
-    data: &[u8],
-    pages: impl Iterator<Item = u64>,
-) {
-    let mut buf = vec![0u8; PAGE as usize];
-    for i in pages {
-        k.user_read(cpu, mm, a + i * PAGE, &mut buf).unwrap();
-        let off = (i * PAGE) as usize;
-        assert_eq!(&buf[..], &data[off..off + PAGE as usize], "page {i}");
-    }
-}
-
-fn new_file(k: &Kernel, data: &[u8], ino: u64) -> Arc<Inode> {
-    let inode = k.new_inode(Box::new(RamFile::new(data.to_vec())), (0, 2), ino, "/f");
-    inode.mapping_set_large_folios();
-    inode
-}
-
-/// Free pages after every CPU batch went back.
-fn drain_and_count(m: &mmkit_sim::Machine) -> u64 {
-    m.on_cpu(0, |cpu| {
-        m.kernel.lru_add_drain_all(cpu);
-        m.kernel.drain_all_pages(cpu);
-    });
-    free_and_pcp(&m.kernel)
 }
 
 /// Map `len` bytes of `f` from `off` at `AT + shift`, `advice` applied (0: none).
@@ -134,7 +68,7 @@ fn madv_hugepage_file_mapping_is_mapped_by_pmds() {
     let data = file_bytes(pages, 0x5eed);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
-        let inode = new_file(k, &data, 60);
+        let inode = new_file(k, &data, 60, true);
         let f = k.open(&inode, FMode::READ).unwrap();
         let (alloc0, mapped0) = (event(k, "thp_file_alloc"), event(k, "thp_file_mapped"));
         let mut mm = k.mm_alloc(cpu).unwrap();
@@ -208,7 +142,7 @@ fn partial_operations_clear_file_pmds_and_ptes_refault() {
     let data = file_bytes(pages, 0xfeed);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
-        let inode = new_file(k, &data, 61);
+        let inode = new_file(k, &data, 61, true);
         let f = k.open(&inode, FMode::READ).unwrap();
         let mut mm = k.mm_alloc(cpu).unwrap();
         let len = pages * PAGE;
@@ -305,7 +239,7 @@ fn reclaim_clears_file_pmds_and_rereads() {
     let data = file_bytes(pages, 0xbead);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
-        let inode = new_file(k, &data, 62);
+        let inode = new_file(k, &data, 62, true);
         let f = k.open(&inode, FMode::READ).unwrap();
         let mut mm = k.mm_alloc(cpu).unwrap();
         let len = pages * PAGE;
@@ -350,7 +284,7 @@ fn unaligned_or_nohugepage_mappings_use_ptes() {
     let data = file_bytes(pages, 0xcafe);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
-        let inode = new_file(k, &data, 63);
+        let inode = new_file(k, &data, 63, true);
         let f = k.open(&inode, FMode::READ).unwrap();
         let len = pages * PAGE;
         // No advice: no file THP cached, none mapped.
@@ -422,7 +356,7 @@ fn random_operations_on_file_thps_keep_every_invariant() {
     let pages = 2048u64;
     let data = file_bytes(pages, 0x7777);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 64);
+    let inode = new_file(k, &data, 64, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let mut tasks = TaskTable::default();
     let first = m.on_cpu(0, |cpu| {

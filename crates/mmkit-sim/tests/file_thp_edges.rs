@@ -6,10 +6,10 @@
 //! munmap against reclaim, `drop_caches` and splits. Every checker after each step.
 
 mod common;
-use common::{boot_mem, free_and_pcp};
+use common::boot_mem;
+use common::files::*;
 use mmkit::arch::x86_64::pgtable::HPAGE_PMD_SIZE;
-use mmkit::fs::inode::{FMode, Inode, RamFile};
-use mmkit::fs::proc::task_mmu::proc_pid_smaps;
+use mmkit::fs::inode::{FMode, Inode};
 use mmkit::mm::filemap::{NR_FILE_MAPPED, NR_FILE_PAGES};
 use mmkit::mm::madvise::{MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE};
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES};
@@ -20,39 +20,6 @@ use std::sync::Arc;
 const PAGE: u64 = 4096;
 const MIB: u64 = 1 << 20;
 const AT: u64 = 0x7e00_0000_0000;
-
-fn file_bytes(pages: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..pages * PAGE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn kb_value(s: &str) -> u64 {
-    s.trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
-
-fn smaps_field(k: &Kernel, mm: &MmStruct, start: u64, name: &str) -> u64 {
-    let smaps = proc_pid_smaps(k, mm);
-    let head = format!("{start:x}-");
-    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
-    lines.next().expect("the VMA is in smaps");
-    let l = lines
-        .find(|l| l.starts_with(name))
-        .expect("the field is in smaps");
-    kb_value(&l[name.len()..])
-}
-
-fn meminfo_field(k: &Kernel, name: &str) -> u64 {
-    let m = mmkit::fs::proc::meminfo::meminfo(k);
-    let l = m.lines().find(|l| l.starts_with(name)).unwrap();
-    kb_value(&l[name.len()..])
-}
 
 fn check_all(k: &Kernel, mm: &MmStruct) {
     k.check_pagecache_invariants().unwrap();
@@ -67,36 +34,6 @@ fn check_all(k: &Kernel, mm: &MmStruct) {
 fn check_tlb(k: &Kernel, mms: &[&MmStruct]) {
     let pts: Vec<&mmkit::arch::x86_64::pgtable::PgTable> = mms.iter().map(|m| &*m.pt).collect();
     k.check_tlb_invariants(&pts).unwrap();
-}
-
-fn read_pages(
-    k: &Kernel,
-    cpu: &CpuGuard<'_>,
-    mm: &mut MmStruct,
-    a: u64,
-    data: &[u8],
-    pages: impl Iterator<Item = u64>,
-) {
-    let mut buf = vec![0u8; PAGE as usize];
-    for i in pages {
-        k.user_read(cpu, mm, a + i * PAGE, &mut buf).unwrap();
-        let off = (i * PAGE) as usize;
-        assert_eq!(&buf[..], &data[off..off + PAGE as usize], "page {i}");
-    }
-}
-
-fn new_file(k: &Kernel, data: &[u8], ino: u64) -> Arc<Inode> {
-    let inode = k.new_inode(Box::new(RamFile::new(data.to_vec())), (0, 2), ino, "/f");
-    inode.mapping_set_large_folios();
-    inode
-}
-
-fn drain_and_count(m: &mmkit_sim::Machine) -> u64 {
-    m.on_cpu(0, |cpu| {
-        m.kernel.lru_add_drain_all(cpu);
-        m.kernel.drain_all_pages(cpu);
-    });
-    free_and_pcp(&m.kernel)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -235,7 +172,7 @@ fn b_mlocked_file_thp_survives_reclaim() {
     let pages = 1024u64;
     let data = file_bytes(pages, 0xb10c);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 71);
+    let inode = new_file(k, &data, 71, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let mm = m.on_cpu(0, |cpu| {
         let mut mm = k.mm_alloc(cpu).unwrap();
@@ -280,7 +217,7 @@ fn c_shared_mapping_writes_through_file_pmds() {
     let pages = 1024u64;
     let mut data = file_bytes(pages, 0x5a5a);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 72);
+    let inode = new_file(k, &data, 72, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ | FMode::WRITE).unwrap());
     let len = pages * PAGE;
     let rw = PROT_READ | PROT_WRITE;
@@ -366,7 +303,7 @@ fn d_invalidate_and_truncate_leave_pmd_mapped_folios() {
     let pages = 1024u64;
     let data = file_bytes(pages, 0xd00d);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 73);
+    let inode = new_file(k, &data, 73, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let (mut mm, a) = m.on_cpu(0, |cpu| {
@@ -415,7 +352,7 @@ fn e_fork_private_file_vma_with_anon_and_pmds() {
     let pages = 2048u64;
     let data = file_bytes(pages, 0xf0f0);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 74);
+    let inode = new_file(k, &data, 74, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let rw = PROT_READ | PROT_WRITE;
@@ -492,7 +429,7 @@ fn f_mremap_of_file_pmds() {
     let pages = 1024u64;
     let data = file_bytes(pages, 0x3e3e);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 75);
+    let inode = new_file(k, &data, 75, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let (mut mm, b) = m.on_cpu(0, |cpu| {
@@ -551,7 +488,7 @@ fn g_madvise_on_file_pmds() {
     let pages = 1024u64;
     let data = file_bytes(pages, 0x6a6a);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 76);
+    let inode = new_file(k, &data, 76, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let (mut mm, a) = m.on_cpu(0, |cpu| {
@@ -615,7 +552,7 @@ fn i_file_tail_shorter_than_a_pmd() {
     let mut data = file_bytes(pages + 1, 0x1a1a);
     data.truncate((pages * PAGE + 100) as usize);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 77);
+    let inode = new_file(k, &data, 77, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = 4 * MIB;
     let mm = m.on_cpu(0, |cpu| {
@@ -660,7 +597,7 @@ fn l_file_mapped_with_pmd_and_ptes_of_one_folio() {
     let pages = 1024u64;
     let data = file_bytes(pages, 0x4c4c);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 78);
+    let inode = new_file(k, &data, 78, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     m.on_cpu(0, |cpu| {
@@ -731,7 +668,7 @@ fn j_compaction_with_file_thps() {
     let pages = 2048u64;
     let data = file_bytes(pages, 0x7c7c);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 79);
+    let inode = new_file(k, &data, 79, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let (mut mm, a) = m.on_cpu(0, |cpu| {
@@ -783,7 +720,7 @@ fn m_prot_none_file_pmds() {
     let pages = 2048u64;
     let data = file_bytes(pages, 0x9191);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 80);
+    let inode = new_file(k, &data, 80, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let rw = PROT_READ | PROT_WRITE;
@@ -854,7 +791,7 @@ fn n_reclaim_of_pmd_and_dirty_pte_mapped_shared_folio() {
     let pages = 1024u64;
     let mut data = file_bytes(pages, 0xabab);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 81);
+    let inode = new_file(k, &data, 81, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ | FMode::WRITE).unwrap());
     let len = pages * PAGE;
     let rw = PROT_READ | PROT_WRITE;
@@ -936,7 +873,7 @@ fn o_swap_pressure_with_file_thps() {
     k.swapon(Arc::new(sf), &path.to_string_lossy(), -2).unwrap();
     let pages = 4096u64; // 16 MiB file
     let data = file_bytes(pages, 0x0505);
-    let inode = new_file(k, &data, 82);
+    let inode = new_file(k, &data, 82, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let anon_len = 40 * MIB;
@@ -1013,7 +950,7 @@ fn p_batches_stop_at_table_vma_and_foreign_pages() {
     let pages = 512u64;
     let data = file_bytes(pages, 0x7a7a);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 83);
+    let inode = new_file(k, &data, 83, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let rw = PROT_READ | PROT_WRITE;
@@ -1098,7 +1035,7 @@ fn b2_control_mlocked_pte_mapped_large_folios_survive_reclaim() {
     let k = &m.kernel;
     let pages = 1024u64;
     let data = file_bytes(pages, 0xb10c);
-    let inode = new_file(k, &data, 84);
+    let inode = new_file(k, &data, 84, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     m.on_cpu(0, |cpu| {
         let mut mm = k.mm_alloc(cpu).unwrap();
@@ -1129,7 +1066,7 @@ fn r_pmd_faults_race_reclaim_and_drop_caches() {
     let pages = 2048u64;
     let data = file_bytes(pages, 0x2c2c);
     let before = drain_and_count(&m);
-    let inode = new_file(k, &data, 86);
+    let inode = new_file(k, &data, 86, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -1209,7 +1146,7 @@ fn r2_munmap_of_file_pmd_races_reclaim_split() {
     let k = &m.kernel;
     let pages = 1024u64;
     let data = file_bytes(pages, 0x2d2d);
-    let inode = new_file(k, &data, 87);
+    let inode = new_file(k, &data, 87, true);
     let f = m.on_cpu(0, |_| k.open(&inode, FMode::READ).unwrap());
     let len = pages * PAGE;
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -7,9 +7,9 @@
 //! step.
 
 mod common;
+use common::files::*;
 use common::{boot_mem, free_and_pcp};
-use mmkit::fs::inode::{FMode, Inode, RamFile};
-use mmkit::fs::proc::task_mmu::proc_pid_smaps;
+use mmkit::fs::inode::{FMode, Inode};
 use mmkit::mm::filemap::{NR_FILE_DIRTY, NR_FILE_MAPPED, NR_FILE_PAGES, NR_WRITTEN};
 use mmkit::mm::madvise::MADV_DONTNEED;
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES, MM_FILEPAGES};
@@ -18,41 +18,6 @@ use mmkit::{CpuGuard, Kernel};
 use std::sync::Arc;
 
 const PAGE: usize = 4096;
-
-/// File bytes that differ in every page and every offset.
-fn file_bytes(pages: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..pages * PAGE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// The smaps field `name` (kB) of the VMA starting at `start`.
-fn smaps_field(k: &Kernel, mm: &MmStruct, start: u64, name: &str) -> u64 {
-    let smaps = proc_pid_smaps(k, mm);
-    let head = format!("{start:x}-");
-    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
-    lines.next().expect("the VMA is in smaps");
-    let l = lines
-        .find(|l| l.starts_with(name))
-        .expect("the field is in smaps");
-    kb_value(&l[name.len()..])
-}
-
-fn meminfo_field(k: &Kernel, name: &str) -> u64 {
-    let m = mmkit::fs::proc::meminfo::meminfo(k);
-    let l = m.lines().find(|l| l.starts_with(name)).unwrap();
-    kb_value(&l[name.len()..])
-}
-
-fn kb_value(s: &str) -> u64 {
-    s.trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
 
 fn check_all(k: &Kernel, mm: &MmStruct) {
     k.check_pagecache_invariants().unwrap();
@@ -91,23 +56,6 @@ fn read_all(k: &Kernel, cpu: &CpuGuard<'_>, mm: &mut MmStruct, a: u64, want: &[u
     }
 }
 
-fn new_file(k: &Kernel, data: &[u8], ino: u64, large: bool) -> Arc<Inode> {
-    let inode = k.new_inode(Box::new(RamFile::new(data.to_vec())), (0, 2), ino, "/f");
-    if large {
-        inode.mapping_set_large_folios();
-    }
-    inode
-}
-
-/// Free pages (buddy and per-CPU lists) after every CPU batch went back.
-fn drain_and_count(m: &mmkit_sim::Machine) -> u64 {
-    m.on_cpu(0, |cpu| {
-        m.kernel.lru_add_drain_all(cpu);
-        m.kernel.drain_all_pages(cpu);
-    });
-    free_and_pcp(&m.kernel)
-}
-
 /// Faults taken to read `pages` of a file through a private read-only mapping, with the
 /// cache census after it.
 fn read_through_mmap(k: &Kernel, cpu: &CpuGuard<'_>, inode: &Arc<Inode>, data: &[u8]) -> u64 {
@@ -138,7 +86,7 @@ fn mmap_read_caches_large_folios_in_fewer_faults() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     let pages = 1024;
-    let data = file_bytes(pages, 0x1234_5678);
+    let data = file_bytes(pages as u64, 0x1234_5678);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
         let small = new_file(k, &data, 20, false);
@@ -202,7 +150,7 @@ fn dirty_large_folio_written_back_whole_and_private_write_copies_4k() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     let pages = 256;
-    let mut data = file_bytes(pages, 0xfeed);
+    let mut data = file_bytes(pages as u64, 0xfeed);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
         let inode = new_file(k, &data, 30, true);
@@ -326,7 +274,7 @@ fn partial_unmap_and_reclaim_of_large_file_folios() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     let pages = 512;
-    let mut data = file_bytes(pages, 0xabcdef);
+    let mut data = file_bytes(pages as u64, 0xabcdef);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
         let inode = new_file(k, &data, 40, true);
@@ -439,7 +387,7 @@ fn host_file_cached_in_large_folios_and_written_back_to_the_host() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     let pages = 256;
-    let mut data = file_bytes(pages, 0x5eed);
+    let mut data = file_bytes(pages as u64, 0x5eed);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
     std::fs::write(&path, &data).unwrap();
@@ -504,7 +452,7 @@ fn fault_around_stops_at_the_end_of_the_file() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     let pages = 128;
-    let data = file_bytes(pages, 0xe0f);
+    let data = file_bytes(pages as u64, 0xe0f);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
     std::fs::write(&path, &data).unwrap();
@@ -595,7 +543,7 @@ fn fork_copies_runs_of_anon_and_file_large_folios() {
     let k = &m.kernel;
     k.set_mthp_enabled(64, ThpPolicy::Always).unwrap();
     let pages = 256usize;
-    let data = file_bytes(pages, 0x5eed);
+    let data = file_bytes(pages as u64, 0x5eed);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
         let inode = new_file(k, &data, 41, true);
@@ -762,7 +710,7 @@ fn munmap_across_large_file_folios_keeps_the_rest() {
     let m = boot_mem(128, 1, "");
     let k = &m.kernel;
     let pages = 256usize;
-    let data = file_bytes(pages, 0xf01105);
+    let data = file_bytes(pages as u64, 0xf01105);
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
         let inode = new_file(k, &data, 42, true);

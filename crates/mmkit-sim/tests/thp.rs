@@ -6,6 +6,7 @@
 //! the fallback to 4 KiB without an order-9 block; and every page back at the end.
 
 mod common;
+use common::files::{meminfo_field, smaps_field};
 use common::{boot_mem, fill, free_and_pcp, tag};
 use mmkit::arch::x86_64::pgtable::{HPAGE_PMD_NR, HPAGE_PMD_SIZE};
 use mmkit::arch::x86_64::tlb::Access;
@@ -50,34 +51,6 @@ fn verify(
             assert_eq!(got, want, "page {i} offset {off}");
         }
     }
-}
-
-/// The smaps field `name` (kB) of the VMA starting at `start`.
-fn smaps_field(k: &Kernel, mm: &MmStruct, start: u64, name: &str) -> u64 {
-    let smaps = proc_pid_smaps(k, mm);
-    let head = format!("{start:x}-");
-    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
-    lines.next().expect("the VMA is in smaps");
-    let l = lines
-        .find(|l| l.starts_with(name))
-        .expect("the field is in smaps");
-    l[name.len()..]
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn meminfo_field(k: &Kernel, name: &str) -> u64 {
-    let m = mmkit::fs::proc::meminfo::meminfo(k);
-    let l = m.lines().find(|l| l.starts_with(name)).unwrap();
-    l[name.len()..]
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Every invariant checker that knows compound pages.

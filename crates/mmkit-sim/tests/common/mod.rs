@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod kvm;
 
 use mmkit::arch::x86_64::e820::E820Table;
