@@ -444,7 +444,7 @@ fn file_read_fault_row(m: &Machine, name: &str, huge: bool) -> Result<Row> {
     let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &data)?;
     let ours = m.on_cpu(0, |cpu| -> Result<((f64, f64), f64)> {
-        let inode = m.hostfs.inode(k, &path)?;
+        let inode = m.hostfs.inode(k, cpu, &path)?;
         let f = k.open(&inode, FMode::READ)?;
         let mut mm = k.mm_alloc(cpu)?;
         let mut b = [0u8; 1];

@@ -48,7 +48,7 @@ pub fn exec_outcome(
     spec: &ExecSpec<'_>,
     cred: &Cred,
 ) -> Result<ExecImage, ExecError> {
-    with_exec_params(m, spec, cred, |file, params, open_interp| {
+    with_exec_params(m, cpu, spec, cred, |file, params, open_interp| {
         m.kernel.do_execve(cpu, file, params, open_interp)
     })
     .map_err(|errno| ExecError {
@@ -61,6 +61,7 @@ pub fn exec_outcome(
 /// with them and an interpreter opener on the host file system.
 pub fn with_exec_params<R>(
     m: &Machine,
+    cpu: &mmkit::CpuGuard<'_>,
     spec: &ExecSpec<'_>,
     cred: &Cred,
     f: impl FnOnce(
@@ -70,7 +71,7 @@ pub fn with_exec_params<R>(
     ) -> R,
 ) -> Result<R, mmkit::Errno> {
     let k = &m.kernel;
-    let file = m.hostfs.open_exec(k, spec.path.as_bytes(), cred)?;
+    let file = m.hostfs.open_exec(k, cpu, spec.path.as_bytes(), cred)?;
     let argv: Vec<&[u8]> = spec.argv.iter().map(|s| s.as_bytes()).collect();
     let envp: Vec<&[u8]> = spec.envp.iter().map(|s| s.as_bytes()).collect();
     let params = ExecParams {
@@ -80,7 +81,7 @@ pub fn with_exec_params<R>(
         randomize: !spec.no_aslr,
         rlimit_stack: DEFAULT_RLIMIT_STACK,
     };
-    let mut open_interp = |p: &[u8]| m.hostfs.open_exec(k, p, cred);
+    let mut open_interp = |p: &[u8]| m.hostfs.open_exec(k, cpu, p, cred);
     Ok(f(&file, &params, &mut open_interp))
 }
 
@@ -92,7 +93,7 @@ pub fn spawn_host(
     spec: &ExecSpec<'_>,
 ) -> Result<mmkit::kernel::task::Pid> {
     let cred = crate::hostfs::host_cred();
-    with_exec_params(m, spec, &cred, |file, params, interp| {
+    with_exec_params(m, cpu, spec, &cred, |file, params, interp| {
         tasks.spawn(&m.kernel, cpu, file, params, interp)
     })
     .and_then(|r| r)

@@ -224,7 +224,7 @@ fn ours(m: &Machine, path: &Path, pages: &[u64]) -> Result<[Run; 3]> {
         }
         k.munmap(cpu, mm, va, LEN)?;
         let anon = (delta(a, mm.faults), t.elapsed().as_nanos() as u64, 0);
-        let inode = m.hostfs.inode(k, path)?;
+        let inode = m.hostfs.inode(k, cpu, path)?;
         let f = k.open(&inode, FMode::READ)?;
         let t = std::time::Instant::now();
         let a = mm.faults;

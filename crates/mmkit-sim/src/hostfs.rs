@@ -97,17 +97,33 @@ impl HostFile {
         }
     }
 
-    /// Re-read the size from the host (another descriptor may have changed the file).
-    pub fn refresh_size(&self) {
-        if let Ok(md) = self.file.read().expect("hostfile lock").metadata() {
-            self.size
-                .store(md.len(), std::sync::atomic::Ordering::Release);
+    /// The size on the host now (another descriptor may have changed the file), or the
+    /// one known when the host cannot say.
+    pub fn host_size(&self) -> u64 {
+        match self.file.read().expect("hostfile lock").metadata() {
+            Ok(md) => md.len(),
+            Err(_) => self.size(),
         }
     }
 
-    /// The size is now `size` (a write or truncate through this machine).
-    pub fn set_size(&self, size: u64) {
-        self.size.store(size, std::sync::atomic::Ordering::Release);
+    /// The size is now `size`; the size it had before.
+    fn swap_size(&self, size: u64) -> u64 {
+        self.size.swap(size, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// `truncate_setsize`: the host file behind `inode` is now `size` bytes long (a write or a
+/// truncate through this machine, or a change on the host seen when the file was opened or
+/// read): record it, and when the file shrank drop what mmkit caches and maps past its end
+/// (`truncate_pagecache`), so no old byte shows there.
+pub fn truncate_setsize(
+    k: &Kernel,
+    cpu: &mmkit::CpuGuard<'_>,
+    (inode, host): &HostEntry,
+    size: u64,
+) {
+    if host.swap_size(size) > size {
+        k.truncate_pagecache(cpu, inode, size);
     }
 }
 
@@ -369,20 +385,26 @@ impl HostFs {
     /// The inode of the regular host file at `path` (following symlinks), registering it
     /// with the kernel on first use. Anything but a regular file is refused before it is
     /// opened (opening a FIFO would block).
-    pub fn inode(&self, k: &Kernel, path: &Path) -> Result<Arc<Inode>> {
+    pub fn inode(&self, k: &Kernel, cpu: &mmkit::CpuGuard<'_>, path: &Path) -> Result<Arc<Inode>> {
         let md =
             std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
         if !md.is_file() {
             anyhow::bail!("{} is not a regular file", path.display());
         }
         let attr = self.attr_of(path, &md);
-        self.inode_with(k, path, attr)
+        self.inode_with(k, cpu, path, attr)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))
     }
 
     /// Open a checked regular file without blocking, make sure it is the file that was
     /// checked, and find or make its inode.
-    fn inode_with(&self, k: &Kernel, path: &Path, attr: FileAttr) -> Result<Arc<Inode>, Errno> {
+    fn inode_with(
+        &self,
+        k: &Kernel,
+        cpu: &mmkit::CpuGuard<'_>,
+        path: &Path,
+        attr: FileAttr,
+    ) -> Result<Arc<Inode>, Errno> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -393,16 +415,18 @@ impl HostFs {
             // Replaced between the check and the open.
             return Err(Errno::EACCES);
         }
-        self.register(k, file, &md, path, attr, false)
+        self.register(k, cpu, file, &md, path, attr, false)
             .map(|(i, _)| i)
     }
 
     /// Find or make the inode of the open host file `file` (metadata `md`, reached as
     /// `path`): one inode per (device, inode number). A descriptor with write access
     /// (`writable`) becomes the one writeback uses.
+    #[allow(clippy::too_many_arguments)]
     fn register(
         &self,
         k: &Kernel,
+        cpu: &mmkit::CpuGuard<'_>,
         file: std::fs::File,
         md: &std::fs::Metadata,
         path: &Path,
@@ -411,12 +435,15 @@ impl HostFs {
     ) -> Result<HostEntry, Errno> {
         let key = (md.dev(), md.ino());
         let mut map = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((i, h)) = map.get(&key) {
-            if writable && !h.writable() {
-                h.upgrade(file);
+        if let Some(entry) = map.get(&key) {
+            let entry = entry.clone();
+            drop(map);
+            if writable && !entry.1.writable() {
+                entry.1.upgrade(file);
             }
-            h.set_size(md.len());
-            return Ok((i.clone(), h.clone()));
+            // Opened again (with O_TRUNC, or changed on the host meanwhile): its size now.
+            truncate_setsize(k, cpu, &entry, md.len());
+            return Ok(entry);
         }
         let thp = *self
             .thp_area
@@ -449,6 +476,7 @@ impl HostFs {
     pub fn inode_of(
         &self,
         k: &Kernel,
+        cpu: &mmkit::CpuGuard<'_>,
         file: std::fs::File,
         path: &str,
         writable: bool,
@@ -458,7 +486,7 @@ impl HostFs {
             anyhow::bail!("{path} is not a regular file");
         }
         let attr = self.attr_of(Path::new(path), &md);
-        self.register(k, file, &md, Path::new(path), attr, writable)
+        self.register(k, cpu, file, &md, Path::new(path), attr, writable)
             .map_err(|e| anyhow::anyhow!("cannot open {path}: {e}"))
     }
 
@@ -492,8 +520,8 @@ impl HostFs {
     }
 
     /// Open the host file at `path` read-only (not for exec: no execute check).
-    pub fn open(&self, k: &Kernel, path: &Path) -> Result<Arc<File>> {
-        let inode = self.inode(k, path)?;
+    pub fn open(&self, k: &Kernel, cpu: &mmkit::CpuGuard<'_>, path: &Path) -> Result<Arc<File>> {
+        let inode = self.inode(k, cpu, path)?;
         Ok(open_by_name(k, &inode, path)?)
     }
 
@@ -501,7 +529,13 @@ impl HostFs {
     /// `MAY_EXEC` refuses for `cred` (`EACCES` for directories, FIFOs, devices, sockets, a
     /// `noexec` mount or no execute permission) before opening anything, then open it.
     /// An empty path is the current directory, as the kernel's own lookup of "" is.
-    pub fn open_exec(&self, k: &Kernel, path: &[u8], cred: &Cred) -> Result<Arc<File>, Errno> {
+    pub fn open_exec(
+        &self,
+        k: &Kernel,
+        cpu: &mmkit::CpuGuard<'_>,
+        path: &[u8],
+        cred: &Cred,
+    ) -> Result<Arc<File>, Errno> {
         if path.contains(&0) {
             return Err(Errno::ENOENT);
         }
@@ -513,7 +547,7 @@ impl HostFs {
         let md = std::fs::metadata(p).map_err(|e| io_errno(&e))?;
         let attr = self.attr_of(p, &md);
         mmkit::fs::namei::may_open_exec(&attr, cred)?;
-        let inode = self.inode_with(k, p, attr)?;
+        let inode = self.inode_with(k, cpu, p, attr)?;
         open_by_name(k, &inode, p)
     }
 }

@@ -283,7 +283,7 @@ fn data_segment_and_bss_tail() {
         // The cached file page still has the file's bytes past filesz.
         let inode = m
             .hostfs
-            .inode(k, std::path::Path::new("/bin/true"))
+            .inode(k, cpu, std::path::Path::new("/bin/true"))
             .unwrap();
         let mut cached = vec![0u8; tail as usize];
         k.filemap_read(cpu, &inode, off + filesz, &mut cached)

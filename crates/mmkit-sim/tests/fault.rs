@@ -1199,7 +1199,7 @@ fn pagemap_flags_equal_the_host_kernels() {
         for i in 0..2 {
             k.user_write(cpu, &mut mm, a + (i << 12), &[2]).unwrap();
         }
-        let inode = m.hostfs.inode(k, &path).unwrap();
+        let inode = m.hostfs.inode(k, cpu, &path).unwrap();
         let f = k.open(&inode, FMode::READ).unwrap();
         let x = k
             .do_mmap(cpu, &mut mm, Some(&f), 0, 8192, PROT_READ, MAP_PRIVATE, 0)

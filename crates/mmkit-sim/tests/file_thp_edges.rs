@@ -97,7 +97,7 @@ fn a_no_file_pmd_past_a_shrunk_eof() {
             .unwrap();
         let (inode, host) = m
             .hostfs
-            .inode_of(k, rw, &path.to_string_lossy(), true)
+            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
             .unwrap();
         let f = k.open(&inode, FMode::READ).unwrap();
         let len = pages * PAGE;
@@ -126,7 +126,7 @@ fn a_no_file_pmd_past_a_shrunk_eof() {
             .unwrap()
             .set_len(new_len)
             .unwrap();
-        host.set_size(new_len);
+        mmkit_sim::hostfs::truncate_setsize(k, cpu, &(inode.clone(), host.clone()), new_len);
         let a = map_at(
             k,
             cpu,

@@ -400,7 +400,7 @@ fn host_file_cached_in_large_folios_and_written_back_to_the_host() {
             .unwrap();
         let (inode, _host) = m
             .hostfs
-            .inode_of(k, rw, &path.to_string_lossy(), true)
+            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
             .unwrap();
         assert!(inode.mapping_large_folio_support());
         let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
@@ -464,7 +464,7 @@ fn fault_around_stops_at_the_end_of_the_file() {
             .unwrap();
         let (inode, host) = m
             .hostfs
-            .inode_of(k, rw, &path.to_string_lossy(), true)
+            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
             .unwrap();
         let f = k.open(&inode, FMode::READ).unwrap();
         let len = data.len() as u64;
@@ -484,7 +484,7 @@ fn fault_around_stops_at_the_end_of_the_file() {
             .unwrap()
             .set_len(new_len)
             .unwrap();
-        host.set_size(new_len);
+        mmkit_sim::hostfs::truncate_setsize(k, cpu, &(inode.clone(), host.clone()), new_len);
         // At a 2 MiB boundary, so the whole window lies in one page table.
         let a = k
             .do_mmap(

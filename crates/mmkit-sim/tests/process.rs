@@ -110,6 +110,7 @@ fn fork_exec_exit_wait() {
     m.on_cpu(1, |cpu| {
         with_exec_params(
             &m,
+            cpu,
             &spec("/usr/bin/bash", &[]),
             &host_cred(),
             |file, params, interp| tasks.exec(k, cpu, child, file, params, interp),
@@ -144,6 +145,7 @@ fn fork_exec_exit_wait() {
         m.on_cpu(0, |cpu| {
             with_exec_params(
                 &m,
+                cpu,
                 &spec(text.to_str().unwrap(), &[]),
                 &host_cred(),
                 |file, params, interp| tasks.exec(k, cpu, init, file, params, interp),
@@ -275,6 +277,7 @@ fn clone_vm_shares_one_address_space_until_its_last_user_goes() {
     m.on_cpu(1, |cpu| {
         with_exec_params(
             &m,
+            cpu,
             &spec("/bin/true", &[]),
             &host_cred(),
             |file, params, interp| tasks.exec(k, cpu, c, file, params, interp),

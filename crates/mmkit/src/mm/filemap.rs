@@ -1,4 +1,5 @@
-//! The page cache (`mm/filemap.c`, `mm/readahead.c`, `mm/truncate.c`, `mm/page-writeback.c`):
+//! The page cache (`mm/filemap.c`, `mm/readahead.c`, `mm/truncate.c`, `mm/page-writeback.c`;
+//! shrinking a file's cache to a new size is in [`crate::mm::truncate`]):
 //! `filemap_get_folio`, `filemap_add_folio`, `filemap_fault` with mmap read-around
 //! (`do_sync_mmap_readahead`: `ra_pages` centred on the fault), `folio_mark_dirty`,
 //! writeback of dirty pages (`write_inode_now`, what `sync`/`msync` reach), and
@@ -463,6 +464,30 @@ impl Kernel {
             }
             self.delete_from_page_cache(cpu, inode, folio);
         }
+    }
+
+    /// `filemap_remove_folio`: take `folio` (locked by the caller, who holds a reference)
+    /// out of `inode`'s cache — every slot it fills, checked to still hold it — and drop the
+    /// cache's references. False when it was no longer cached there.
+    pub(crate) fn filemap_remove_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        folio: &Page,
+    ) -> bool {
+        let (index, nr) = (folio.index(), folio.folio_nr_pages());
+        let pfn = self.page_to_pfn(folio);
+        {
+            let mut pages = inode.i_pages.lock();
+            if (0..nr).any(|i| pages.get(index + i) != Some(pfn + i)) {
+                return false;
+            }
+            for i in 0..nr {
+                pages.remove(index + i);
+            }
+        }
+        self.delete_from_page_cache(cpu, inode, folio);
+        true
     }
 
     /// `__filemap_remove_folio` + the cache's `folio_put_refs`: the folio (already out of

@@ -52,7 +52,7 @@ use crate::errno::Errno;
 use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
 use crate::mm::filemap::NR_ANON_MAPPED;
 use crate::mm::memory::{FaultKind, VmFaultError};
-use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, MM_ANONPAGES};
+use crate::mm::mm_types::{MmStruct, MmTables, VmArea, VmFlags, MM_ANONPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::{page_anon, Page, PageFlags, PAGE_MAPPING_ANON};
 use crate::mm::vmstat::{
@@ -777,7 +777,7 @@ impl Kernel {
             cpu.state().vmstat.count(THP_FAULT_FALLBACK, 1);
             self.mthp_stats
                 .add(HPAGE_PMD_ORDER, MTHP_STAT_ANON_FAULT_FALLBACK, 1);
-            self.split_huge_pmd(cpu, mm, haddr);
+            self.split_huge_pmd(cpu, mm.tables(), haddr);
             return HugeFault::Fallback;
         };
         let pfn = self.page_to_pfn(folio);
@@ -864,12 +864,12 @@ impl Kernel {
             return self.do_huge_zero_wp_pmd(cpu, mm, vma, haddr, orig);
         }
         let Some(folio) = self.huge_folio(orig) else {
-            self.split_huge_pmd(cpu, mm, address);
+            self.split_huge_pmd(cpu, mm.tables(), address);
             return HugeFault::Fallback;
         };
         if !page_anon(folio) {
             // wp_huge_pmd of a file VMA: the PMD goes, the PTE level handles the write.
-            self.split_huge_pmd(cpu, mm, address);
+            self.split_huge_pmd(cpu, mm.tables(), address);
             return HugeFault::Fallback;
         }
         if folio.refcount() > 1 && !folio.test(PageFlags::LRU) {
@@ -889,16 +889,16 @@ impl Kernel {
                 return HugeFault::Done(Ok(FaultKind::Minor));
             }
         }
-        self.split_huge_pmd(cpu, mm, address);
+        self.split_huge_pmd(cpu, mm.tables(), address);
         HugeFault::Fallback
     }
 
     /// `zap_huge_pmd`: clear the huge entry at `haddr` (which `[start, end)` covers whole);
     /// the folio's mapping reference goes to `tlb`, which frees the whole folio after its
     /// flush when that was the last. Returns the pages unmapped.
-    fn zap_huge_pmd<'k>(&'k self, tlb: &mut MmuGather<'k>, mm: &MmStruct, haddr: u64) -> u64 {
+    fn zap_huge_pmd<'k>(&'k self, tlb: &mut MmuGather<'k>, mm: MmTables<'_>, haddr: u64) -> u64 {
         let cpu = tlb.cpu();
-        let Some(mut g) = self.pmd_lock(&mm.pt, haddr) else {
+        let Some(mut g) = self.pmd_lock(mm.pt, haddr) else {
             return 0;
         };
         if !g.get().is_huge() {
@@ -907,13 +907,13 @@ impl Kernel {
         let old = g.clear_huge(tlb);
         if let Some(folio) = self.file_pmd_folio(old) {
             // A file THP: no deposited table (see huge_file).
-            self.file_pmd_cleared(cpu, &mm.rss_stat, folio, old);
+            self.file_pmd_cleared(cpu, mm.rss, folio, old);
             drop(g);
             tlb.remove_page(folio);
             return HPAGE_PMD_NR;
         }
         drop(g);
-        self.pgtable_withdraw_free(cpu, &mm.pt);
+        self.pgtable_withdraw_free(cpu, mm.pt);
         if self.is_huge_zero_pmd(old) {
             return 0; // maps nothing of its own (the address space keeps its reference)
         }
@@ -932,12 +932,12 @@ impl Kernel {
     pub(crate) fn zap_huge_pmds<'k>(
         &'k self,
         tlb: &mut MmuGather<'k>,
-        mm: &MmStruct,
+        mm: MmTables<'_>,
         start: u64,
         end: u64,
     ) {
         let mut from = start & !(HPAGE_PMD_SIZE - 1);
-        while let Some((haddr, _)) = self.next_huge_pmd(&mm.pt, from, end) {
+        while let Some((haddr, _)) = self.next_huge_pmd(mm.pt, from, end) {
             if haddr >= start && haddr + HPAGE_PMD_SIZE <= end {
                 self.zap_huge_pmd(tlb, mm, haddr);
             } else {
@@ -959,7 +959,7 @@ impl Kernel {
     ) {
         for a in [start, end] {
             if a & (HPAGE_PMD_SIZE - 1) != 0 {
-                self.split_huge_pmd(cpu, mm, a);
+                self.split_huge_pmd(cpu, mm.tables(), a);
             }
         }
     }
@@ -975,7 +975,7 @@ impl Kernel {
     ) {
         let mut from = start & !(HPAGE_PMD_SIZE - 1);
         while let Some((haddr, _)) = self.next_huge_pmd(&mm.pt, from, end) {
-            self.split_huge_pmd(cpu, mm, haddr);
+            self.split_huge_pmd(cpu, mm.tables(), haddr);
             from = haddr + HPAGE_PMD_SIZE;
         }
     }
@@ -1012,7 +1012,7 @@ impl Kernel {
                 }
                 tlb.finish();
             } else {
-                self.split_huge_pmd(cpu, mm, haddr);
+                self.split_huge_pmd(cpu, mm.tables(), haddr);
             }
             from = haddr + HPAGE_PMD_SIZE;
         }
@@ -1087,8 +1087,13 @@ impl Kernel {
     /// The folio stays whole, now mapped by PTEs (`split_huge_page` is a separate step:
     /// reclaim's, or the deferred split queue's once part of the folio is unmapped). True if
     /// there was a huge entry.
-    pub(crate) fn split_huge_pmd(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, address: u64) -> bool {
-        let pt = &mm.pt;
+    pub(crate) fn split_huge_pmd(
+        &self,
+        cpu: &CpuGuard<'_>,
+        mm: MmTables<'_>,
+        address: u64,
+    ) -> bool {
+        let pt = mm.pt;
         let mut split = false;
         loop {
             let Some(g) = self.pmd_lock(pt, address) else {
@@ -1113,7 +1118,7 @@ impl Kernel {
             match self.huge_folio(h) {
                 // A file THP's PMD is cleared (huge_file), not split.
                 Some(folio) if !page_anon(folio) => {
-                    split |= self.split_file_pmd(cpu, pt, &mm.rss_stat, address, folio);
+                    split |= self.split_file_pmd(cpu, pt, mm.rss, address, folio);
                 }
                 // Under the PMD lock the entry is checked to map this folio again: a folio
                 // the entry maps is alive.

@@ -28,7 +28,7 @@ use crate::errno::Errno;
 use crate::gfp::{Gfp, GFP_HIGHUSER_MOVABLE};
 use crate::mm::filemap::PGMAJFAULT;
 use crate::mm::huge_memory::HugeFault;
-use crate::mm::mm_types::{MmStruct, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
+use crate::mm::mm_types::{MmStruct, MmTables, VmArea, VmFlags, VmaId, MM_ANONPAGES, MM_FILEPAGES};
 use crate::mm::mmu_gather::MmuGather;
 use crate::mm::page::Page;
 use crate::mm::rmap::page_anon;
@@ -805,7 +805,7 @@ impl Kernel {
     /// page tables (`MADV_DONTNEED`).
     pub(crate) fn zap_page_range(&self, cpu: &CpuGuard<'_>, mm: &MmStruct, start: u64, end: u64) {
         let mut tlb = MmuGather::new(self, cpu, &mm.pt);
-        self.unmap_page_range(&mut tlb, mm, start, end);
+        self.unmap_page_range(&mut tlb, mm.tables(), start, end);
         tlb.finish();
     }
 
@@ -820,7 +820,7 @@ impl Kernel {
     pub(crate) fn unmap_page_range<'k>(
         &'k self,
         tlb: &mut MmuGather<'k>,
-        mm: &MmStruct,
+        mm: MmTables<'_>,
         start: u64,
         end: u64,
     ) {
@@ -831,7 +831,7 @@ impl Kernel {
         // zap_pmd_range: huge entries first (whole ones zapped, partial ones split).
         self.zap_huge_pmds(tlb, mm, start, end);
         {
-            let mut c = self.pte_cursor(&mm.pt, start, end);
+            let mut c = self.pte_cursor(mm.pt, start, end);
             while let Some((_, ptent)) = c.next_entry() {
                 // Under the table's lock only an MMU changes a present entry, and only its
                 // Accessed and Dirty bits: what `ptent` says of the frame holds.

@@ -258,7 +258,34 @@ pub struct MmStruct {
     pub(crate) vmacache: core::cell::Cell<Option<(u64, u64, VmaId)>>,
 }
 
+/// What the zap and split paths change of an address space, reached from its `MmStruct`
+/// ([`MmStruct::tables`]) or from one of its VMAs on a reverse-map list
+/// ([`crate::mm::vma_tree::VmaRef::tables`], as `unmap_mapping_range` reaches it): its page
+/// tables and its RSS counters — Linux's `vma->vm_mm` as those paths use it.
+#[derive(Clone, Copy)]
+pub(crate) struct MmTables<'a> {
+    /// `mm->pgd`.
+    pub pt: &'a Arc<PgTable>,
+    /// `mm->rss_stat`.
+    pub rss: &'a RssStat,
+}
+
+impl MmTables<'_> {
+    /// `add_mm_counter`.
+    pub(crate) fn add_counter(&self, member: usize, delta: i64) {
+        self.rss[member].fetch_add(delta, Relaxed);
+    }
+}
+
 impl MmStruct {
+    /// The tables and RSS counters the zap and split paths change.
+    pub(crate) fn tables(&self) -> MmTables<'_> {
+        MmTables {
+            pt: &self.pt,
+            rss: &self.rss_stat,
+        }
+    }
+
     /// `get_mm_counter(mm, member)`.
     pub fn counter(&self, member: usize) -> u64 {
         self.rss_stat[member].load(Relaxed).max(0) as u64

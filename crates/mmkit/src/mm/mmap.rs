@@ -484,7 +484,7 @@ impl Kernel {
             .map_or(TASK_SIZE + PAGE_SIZE, |v| v.vm_start);
         let pt = mm.pt.clone();
         let mut tlb = MmuGather::new(self, cpu, &pt);
-        self.unmap_page_range(&mut tlb, mm, start, end);
+        self.unmap_page_range(&mut tlb, mm.tables(), start, end);
         let mut files = Vec::new();
         let mut gone = Vec::new();
         while let Some(id) = mm

@@ -38,6 +38,7 @@ pub mod swap_state;
 pub mod swapfile;
 pub mod swapoff;
 pub mod sysctl;
+pub mod truncate;
 pub mod uaccess;
 pub mod unmapped_area;
 pub mod vma;

@@ -131,6 +131,15 @@ impl VmaRef {
         &self.chunk.rss
     }
 
+    /// The tables and RSS counters of the VMA's address space, for the zap paths.
+    #[inline]
+    pub(crate) fn tables(&self) -> crate::mm::mm_types::MmTables<'_> {
+        crate::mm::mm_types::MmTables {
+            pt: &self.chunk.pt,
+            rss: &self.chunk.rss,
+        }
+    }
+
     /// `vma_address`: where page `index` is mapped in this VMA, if inside it.
     #[inline]
     pub fn address(&self, index: u64) -> Option<u64> {

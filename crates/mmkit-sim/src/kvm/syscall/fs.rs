@@ -87,11 +87,11 @@ impl Proc<'_> {
         if unsafe { libc::fstat(hfd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return;
         }
-        let Some((inode, host)) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
+        let Some(entry) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
             return;
         };
-        host.set_size(st.st_size as u64);
-        self.k.update_cached_range(cpu, &inode, off, data);
+        crate::hostfs::truncate_setsize(self.k, cpu, &entry, st.st_size as u64);
+        self.k.update_cached_range(cpu, &entry.0, off, data);
     }
 }
 
@@ -150,12 +150,13 @@ pub fn sys_read(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
 fn cached_read(
     p: &mut Proc<'_>,
     cpu: &CpuGuard<'_>,
-    (inode, file): &crate::hostfs::HostEntry,
+    entry: &crate::hostfs::HostEntry,
     off: u64,
     buf: u64,
     count: usize,
 ) -> SysResult {
-    file.refresh_size();
+    let inode = &entry.0;
+    crate::hostfs::truncate_setsize(p.k, cpu, entry, entry.1.host_size());
     let mut tmp = vec![0u8; count.min(MAX_RW_CHUNK)];
     let mut done = 0usize;
     while done < count {
@@ -389,7 +390,7 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
             .map(|c| c.join(&text).to_string_lossy().into_owned())
             .unwrap_or(text)
     };
-    let cache = page_cache_of(p, r as RawFd, &shown, flags);
+    let cache = page_cache_of(p, cpu, r as RawFd, &shown, flags);
     p.fds.install(
         Fd {
             kind: FdKind::Host(owned),
@@ -405,6 +406,7 @@ pub fn sys_openat(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
 /// serves the reads); `None` for anything else.
 fn page_cache_of(
     p: &Proc<'_>,
+    cpu: &CpuGuard<'_>,
     fd: RawFd,
     path: &str,
     flags: i32,
@@ -435,7 +437,7 @@ fn page_cache_of(
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_else(|_| path.to_string());
     let writable = flags & libc::O_ACCMODE == libc::O_RDWR;
-    p.m.hostfs.inode_of(p.k, file, &shown, writable).ok()
+    p.m.hostfs.inode_of(p.k, cpu, file, &shown, writable).ok()
 }
 
 /// `close`.
@@ -1083,10 +1085,11 @@ impl Proc<'_> {
         if unsafe { libc::fstat(hfd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return;
         }
-        let Some((inode, host)) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
+        let Some(entry) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
             return;
         };
-        host.set_size(st.st_size as u64);
+        crate::hostfs::truncate_setsize(self.k, cpu, &entry, st.st_size as u64);
+        let inode = &entry.0;
         let mut page = [0u8; 4096];
         let end = off.saturating_add(n);
         let mut idx = off >> 12;
@@ -1099,7 +1102,7 @@ impl Proc<'_> {
                 let r = unsafe { libc::pread(hfd, page.as_mut_ptr().cast(), len, lo as i64) };
                 if r > 0 {
                     self.k
-                        .update_cached_range(cpu, &inode, lo, &page[..r as usize]);
+                        .update_cached_range(cpu, inode, lo, &page[..r as usize]);
                 }
             }
             idx += 1;

@@ -20,7 +20,7 @@ pub fn sys_mmap(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult 
         return Err(EINVAL);
     }
     let file = if flags & MAP_ANONYMOUS == 0 {
-        Some(p.mmap_file(fd as i64)?)
+        Some(p.mmap_file(cpu, fd as i64)?)
     } else {
         None
     };
@@ -266,7 +266,11 @@ impl Proc<'_> {
     /// The mmkit file behind descriptor `fd` for `mmap`: the host file's inode (one page cache
     /// per file), opened with the descriptor's access mode. `EBADF`, `EACCES` for a
     /// write-only descriptor, `ENODEV` for what has no page cache (pipes, terminals).
-    pub fn mmap_file(&mut self, fd: i64) -> Result<std::sync::Arc<mmkit::fs::inode::File>, i64> {
+    pub fn mmap_file(
+        &mut self,
+        cpu: &CpuGuard<'_>,
+        fd: i64,
+    ) -> Result<std::sync::Arc<mmkit::fs::inode::File>, i64> {
         use mmkit::fs::inode::FMode;
         use std::os::fd::FromRawFd;
         let f = self.fds.get(fd).ok_or(EBADF)?;
@@ -296,7 +300,7 @@ impl Proc<'_> {
         let (inode, _) = self
             .m
             .hostfs
-            .inode_of(self.k, file, &shown, writable)
+            .inode_of(self.k, cpu, file, &shown, writable)
             .map_err(|_| -(libc::ENODEV as i64))?;
         let mode = if writable {
             FMode::READ | FMode::WRITE

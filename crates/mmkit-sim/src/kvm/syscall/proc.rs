@@ -292,7 +292,7 @@ pub fn sys_execve(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     p.charge_shared_faults();
     let (m, tasks) = (p.m, &mut p.tasks);
     let cred = crate::hostfs::host_cred();
-    let r = with_exec_params(m, &spec, &cred, |file, params, interp| {
+    let r = with_exec_params(m, cpu, &spec, &cred, |file, params, interp| {
         tasks.exec(k, cpu, me, file, params, interp)
     })
     .and_then(|r| r);
