@@ -776,3 +776,134 @@ fn munmap_across_large_file_folios_keeps_the_rest() {
     assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
     assert_eq!(free_and_pcp(k), before, "pages leaked");
 }
+
+/// The order of each folio caching pages `range` of `inode` (one entry per folio).
+fn folio_orders(k: &Kernel, inode: &Inode, range: std::ops::Range<u64>) -> Vec<(u64, u32)> {
+    range
+        .filter_map(|i| {
+            let p = k.mem_map().pfn_to_page(inode.cached_pfn(i)?).unwrap();
+            let f = p.compound_head();
+            (f.index() == i).then(|| (i, f.folio_order()))
+        })
+        .collect()
+}
+
+/// `generic_perform_write`: a 16 MiB write is cached in PMD-sized folios (as ext4 caches
+/// one), which a mapping without advice then maps by PMDs, one fault per 2 MiB; a 76 KiB
+/// write at 12 KiB into an uncached file gets folios its chunks' lengths and alignment allow
+/// (order 0 at page 3, 16 KiB at page 4, 32 KiB at page 8, 16 KiB at page 16, then order 0
+/// where 8 KiB are left: no order 1), its
+/// partial pages read from the store around the bytes written; a write into cached pages
+/// changes them in place. Every byte reads back through mappings and `read`.
+#[test]
+fn writes_are_cached_in_folios_of_their_size() {
+    let m = boot_mem(192, 1, "");
+    let k = &m.kernel;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    let pages = 4096u64;
+    let data = file_bytes(pages, 0x5eed);
+    std::fs::write(&path, &data).unwrap();
+    let before = {
+        m.settle();
+        free_and_pcp(k)
+    };
+    m.on_cpu(0, |cpu| {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (inode, _) = m
+            .hostfs
+            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
+            .unwrap();
+        // What a forwarded write(fd, data, 16 MiB) at 0 does once the host wrote it.
+        k.generic_perform_write(cpu, &inode, 0, &data);
+        let orders = folio_orders(k, &inode, 0..pages);
+        assert_eq!(orders.len(), 8, "{orders:?}");
+        assert!(orders.iter().all(|&(_, o)| o == 9), "{orders:?}");
+        assert_eq!(meminfo_field(k, "FileHugePages:"), 16384);
+        k.check_pagecache_invariants().unwrap();
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let len = pages * PAGE as u64;
+        let a = k
+            .do_mmap(cpu, &mut mm, Some(&f), 0, len, PROT_READ, MAP_PRIVATE, 0)
+            .unwrap();
+        let faults = mm.faults;
+        read_all(k, cpu, &mut mm, a, &data);
+        assert_eq!(
+            (
+                mm.faults.min_flt - faults.min_flt,
+                mm.faults.maj_flt - faults.maj_flt
+            ),
+            (8, 0),
+            "one minor fault per 2 MiB"
+        );
+        assert_eq!(smaps_field(k, &mm, a, "FilePmdMapped:"), 16384);
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+    });
+    let path2 = dir.path().join("small");
+    let mut small = file_bytes(32, 0x51);
+    std::fs::write(&path2, &small).unwrap();
+    m.on_cpu(0, |cpu| {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path2)
+            .unwrap();
+        let (inode, _) = m
+            .hostfs
+            .inode_of(k, cpu, rw, &path2.to_string_lossy(), true)
+            .unwrap();
+        // 76 KiB at 12 KiB + 100: pages 3 and 22 partly, 4..22 whole.
+        let (off, n) = (3 * PAGE + 100, 19 * PAGE);
+        let new = file_bytes(19, 0x77);
+        small[off..off + n].copy_from_slice(&new);
+        std::fs::write(&path2, &small).unwrap();
+        k.generic_perform_write(cpu, &inode, off as u64, &new);
+        assert_eq!(
+            folio_orders(k, &inode, 0..32),
+            [(3, 0), (4, 2), (8, 3), (16, 2), (20, 0), (21, 0), (22, 0)],
+        );
+        // A write into cached pages changes them in place.
+        small[5 * PAGE..5 * PAGE + 8].copy_from_slice(b"in place");
+        std::fs::write(&path2, &small).unwrap();
+        k.generic_perform_write(cpu, &inode, 5 * PAGE as u64, b"in place");
+        assert_eq!(folio_orders(k, &inode, 0..32).len(), 7);
+        let mut back = vec![0u8; small.len()];
+        assert_eq!(
+            k.filemap_read(cpu, &inode, 0, &mut back).unwrap(),
+            small.len()
+        );
+        assert_eq!(back, small, "read through the cache");
+        let f = k.open(&inode, FMode::READ).unwrap();
+        let mut mm = k.mm_alloc(cpu).unwrap();
+        let a = k
+            .do_mmap(
+                cpu,
+                &mut mm,
+                Some(&f),
+                0,
+                small.len() as u64,
+                PROT_READ,
+                MAP_SHARED,
+                0,
+            )
+            .unwrap();
+        read_all(k, cpu, &mut mm, a, &small);
+        check_all(k, &mm);
+        k.exit_mmap(cpu, mm);
+        k.fput(cpu, f);
+        k.lru_add_drain_all(cpu);
+        k.drop_pagecache(cpu);
+    });
+    assert_eq!(k.global_node_page_state(NR_FILE_PAGES), 0);
+    m.settle();
+    assert_eq!(free_and_pcp(k), before, "pages leaked");
+}

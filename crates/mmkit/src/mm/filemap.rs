@@ -110,18 +110,9 @@ impl Kernel {
         if taken(&inode.i_pages.lock()) {
             return Ok(None);
         }
-        let gfp = if order > 0 {
-            gfp | crate::Gfp::__GFP_COMP
-        } else {
-            gfp
-        };
-        let pmd_sized = order == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER;
-        let Some(folio) = self.alloc_pages(cpu, gfp, order) else {
-            if pmd_sized {
-                cpu.state().vmstat.count(THP_FILE_FALLBACK, 1);
-            }
-            return Err(Errno::ENOMEM);
-        };
+        let folio = self
+            .filemap_alloc_folio(cpu, gfp, order)
+            .ok_or(Errno::ENOMEM)?;
         let pfn = self.page_to_pfn(folio);
         let mut buf = [0u8; PAGE_SIZE as usize];
         for i in 0..nr {
@@ -135,11 +126,49 @@ impl Kernel {
             buf[n..].fill(0); // the tail past EOF reads as zeroes
             self.phys_write((pfn + i).phys(), &buf);
         }
-        let mut pages = inode.i_pages.lock();
-        if taken(&pages) {
-            drop(pages);
+        if !self.filemap_add_folio(cpu, inode, folio, index) {
             self.folio_put(cpu, folio);
             return Ok(None);
+        }
+        Ok(Some(folio))
+    }
+
+    /// `filemap_alloc_folio`: a folio of `order` for the page cache (`__GFP_COMP` when
+    /// large), counting `thp_file_fallback` when a PMD-sized one cannot be had.
+    fn filemap_alloc_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        gfp: crate::Gfp,
+        order: u32,
+    ) -> Option<&Page> {
+        let gfp = if order > 0 {
+            gfp | crate::Gfp::__GFP_COMP
+        } else {
+            gfp
+        };
+        let folio = self.alloc_pages(cpu, gfp, order);
+        if folio.is_none() && order == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER {
+            cpu.state().vmstat.count(THP_FILE_FALLBACK, 1);
+        }
+        folio
+    }
+
+    /// `filemap_add_folio`: put the new `folio` (its bytes filled, nobody else holding it)
+    /// in `inode`'s cache at `index`, in every slot it covers — the allocation's reference
+    /// becomes one of the cache's `nr` — and on the LRU. False, the folio untouched, when a
+    /// slot is taken (`EEXIST`).
+    fn filemap_add_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        folio: &Page,
+        index: u64,
+    ) -> bool {
+        let nr = folio.folio_nr_pages();
+        let pfn = self.page_to_pfn(folio);
+        let mut pages = inode.i_pages.lock();
+        if (0..nr).any(|i| pages.contains_key(index + i)) {
+            return false;
         }
         folio.set_index(index);
         folio.set_mapping(inode.id);
@@ -147,18 +176,17 @@ impl Kernel {
         for i in 0..nr {
             pages.insert(index + i, pfn + i);
         }
-        // The allocation's reference becomes one of the cache's nr.
         folio.ref_add(nr as i32 - 1);
         inode.nrpages.fetch_add(nr, Relaxed);
         self.mod_node_page_state(cpu, folio, NR_FILE_PAGES, nr as i64);
-        if pmd_sized {
+        if folio.folio_order() == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER {
             // __filemap_add_folio's NR_FILE_THPS and filemap_alloc_folio's THP_FILE_ALLOC.
             self.mod_node_page_state(cpu, folio, NR_FILE_THPS, nr as i64);
             cpu.state().vmstat.count(THP_FILE_ALLOC, 1);
         }
         drop(pages);
         self.lru_cache_add(cpu, folio);
-        Ok(Some(folio))
+        true
     }
 
     /// `page_cache_sync_ra`: read pages `[start, start + nr)` (clamped to the file) that are
@@ -224,6 +252,125 @@ impl Kernel {
             done += chunk;
         }
         Ok(n)
+    }
+
+    /// `generic_perform_write` for a store that already holds the bytes (the host file a
+    /// forwarded `write` wrote): `data` now lies at `off`, and the cache takes it as Linux's
+    /// write path does. The write goes a chunk of the mapping's largest folio at a time;
+    /// `write_begin` finds the folio caching the chunk's first page or makes one
+    /// (`__filemap_get_folio` with `FGP_CREAT` and `fgf_set_order(len)`): of the order the
+    /// chunk's length allows, no larger than the mapping's largest nor than the index's
+    /// alignment, not order 1, falling to smaller orders when it cannot be had — so a large
+    /// write is cached in PMD-sized folios, as ext4's is. A new folio's pages the write does
+    /// not cover whole are read from the store first (`write_begin` reading a partial
+    /// folio). Then the bytes are copied in. The folio stays clean: the store has its bytes
+    /// (the write went through to it), where Linux's would be dirty until writeback. When no
+    /// page can be had, that page is left uncached (the store has it).
+    pub fn generic_perform_write(&self, cpu: &CpuGuard<'_>, inode: &Inode, off: u64, data: &[u8]) {
+        let max_order = if inode.mapping_large_folio_support() {
+            crate::mm::readahead::MAX_PAGECACHE_ORDER
+        } else {
+            0
+        };
+        let chunk = PAGE_SIZE << max_order;
+        let end = off + data.len() as u64;
+        let mut pos = off;
+        while pos < end {
+            let bytes = (chunk - (pos & (chunk - 1))).min(end - pos);
+            let index = pos >> PAGE_SHIFT;
+            let folio = match self.filemap_get_folio(inode, index) {
+                Some(f) => f,
+                None => {
+                    match self.write_begin_folio(cpu, inode, index, bytes, max_order, off, data) {
+                        Some(f) => f,
+                        None => {
+                            pos = (index + 1) << PAGE_SHIFT;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // The part of the write inside this folio, page by page.
+            let fpos = folio.index() << PAGE_SHIFT;
+            let fend = (fpos + (folio.folio_nr_pages() << PAGE_SHIFT)).min(end);
+            let pfn = self.page_to_pfn(folio);
+            while pos < fend {
+                let n = (PAGE_SIZE - (pos & (PAGE_SIZE - 1))).min(fend - pos);
+                let src = (pos - off) as usize;
+                let pa = (pfn.0 << PAGE_SHIFT) + (pos - fpos);
+                self.phys_write(PhysAddr(pa), &data[src..src + n as usize]);
+                pos += n;
+            }
+            self.folio_put(cpu, folio);
+        }
+    }
+
+    /// `write_begin`'s new folio for the chunk of `bytes` at page `index` (see
+    /// [`Kernel::generic_perform_write`]), cached and with a reference for the caller; pages
+    /// the write `[off, off + data.len())` covers whole are filled from `data`, the others
+    /// from the store (zeroes past its end).
+    #[allow(clippy::too_many_arguments)]
+    fn write_begin_folio(
+        &self,
+        cpu: &CpuGuard<'_>,
+        inode: &Inode,
+        index: u64,
+        bytes: u64,
+        max_order: u32,
+        off: u64,
+        data: &[u8],
+    ) -> Option<&Page> {
+        // fgf_set_order(len): the largest order whose folio the length fills.
+        let mut order = (bytes.ilog2().saturating_sub(PAGE_SHIFT)).min(max_order);
+        if index & ((1 << order) - 1) != 0 {
+            order = index.trailing_zeros();
+        }
+        let end = off + data.len() as u64;
+        loop {
+            if order == 1 {
+                order = 0;
+            }
+            let gfp = if order > 0 {
+                crate::gfp::GFP_HIGHUSER_MOVABLE
+                    | crate::Gfp::__GFP_NORETRY
+                    | crate::Gfp::__GFP_NOWARN
+            } else {
+                crate::gfp::GFP_HIGHUSER_MOVABLE
+            };
+            if let Some(folio) = self.filemap_alloc_folio(cpu, gfp, order) {
+                let pfn = self.page_to_pfn(folio);
+                let mut buf = [0u8; PAGE_SIZE as usize];
+                let mut ok = true;
+                for i in 0..1u64 << order {
+                    let at = (index + i) << PAGE_SHIFT;
+                    if at >= off && at + PAGE_SIZE <= end {
+                        let s = (at - off) as usize;
+                        buf.copy_from_slice(&data[s..s + PAGE_SIZE as usize]);
+                    } else {
+                        match inode.data.read_at(at, &mut buf) {
+                            Ok(n) => buf[n..].fill(0),
+                            Err(_) => {
+                                ok = false;
+                                break;
+                            }
+                        }
+                    }
+                    self.phys_write((pfn + i).phys(), &buf);
+                }
+                if ok && self.filemap_add_folio(cpu, inode, folio, index) {
+                    folio.get();
+                    return Some(folio);
+                }
+                self.folio_put(cpu, folio);
+                if !ok {
+                    return None;
+                }
+            }
+            if order == 0 {
+                return None;
+            }
+            order -= 1;
+        }
     }
 
     /// A write reached the backing store of `inode` past the cache (the host file, written by

@@ -79,8 +79,8 @@ impl Proc<'_> {
         self.fds.get(fd).and_then(|f| f.host()).ok_or(EBADF)
     }
 
-    /// `write` just went to the host file behind `fd` at `off` (`data`): copy it into the
-    /// pages of that file mmkit has cached, and tell mmkit the file's new size.
+    /// `write` just went to the host file behind `fd` at `off` (`data`): tell mmkit the
+    /// file's new size and put the bytes in its page cache (`generic_perform_write`).
     fn write_through_cache(&mut self, cpu: &CpuGuard<'_>, hfd: RawFd, off: u64, data: &[u8]) {
         // SAFETY: fstat of our own descriptor into our own struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -91,7 +91,7 @@ impl Proc<'_> {
             return;
         };
         crate::hostfs::truncate_setsize(self.k, cpu, &entry, st.st_size as u64);
-        self.k.update_cached_range(cpu, &entry.0, off, data);
+        self.k.generic_perform_write(cpu, &entry.0, off, data);
     }
 }
 
@@ -181,7 +181,10 @@ fn errno(e: mmkit::Errno) -> i64 {
 
 /// `write(fd, buf, count)`: the bytes copied from user memory a bounce buffer at a time and
 /// written to the host (all of them for a regular file; one host `write` otherwise, whose
-/// short count is the answer), then into mmkit's cached pages of the file.
+/// short count is the answer), then into mmkit's page cache of the file. Each piece ends at
+/// a `MAX_RW_CHUNK` (PMD-size) boundary of the file, so the write path sees each 2 MiB of
+/// the file the write covers whole and makes its folios as large as Linux's, which sees the
+/// whole write.
 pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let (fd, buf, count) = (a[0] as i64, a[1], (a[2] as usize).min(MAX_RW_COUNT));
     if let Some(end) = p.pipe_end(fd) {
@@ -192,14 +195,15 @@ pub fn sys_write(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult
     let regular = p.fds.get(fd).is_some_and(|f| f.cache.is_some());
     let mut done = 0usize;
     loop {
-        let want = (count - done).min(MAX_RW_CHUNK);
+        // SAFETY: lseek of our own descriptor (to know where the bytes land in the file).
+        let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
+        let to_boundary = MAX_RW_CHUNK - (off.max(0) as usize % MAX_RW_CHUNK);
+        let want = (count - done).min(to_boundary);
         let data = match p.read_user(cpu, buf + done as u64, want) {
             Ok(d) => d,
             Err(e) if done == 0 => return Err(e),
             Err(_) => break,
         };
-        // SAFETY: lseek of our own descriptor (to know where the bytes land in the file).
-        let off = unsafe { libc::lseek(h, 0, libc::SEEK_CUR) };
         // SAFETY: writing our own buffer.
         let r = match host(unsafe { libc::write(h, data.as_ptr().cast(), data.len()) } as i64) {
             Ok(r) => r as usize,

@@ -38,9 +38,10 @@ pub const ERESTARTSYS: i64 = -512;
 pub const EBADF: i64 = -(libc::EBADF as i64);
 /// `PATH_MAX`.
 pub const PATH_MAX: usize = 4096;
-/// The most bytes one forwarded `read`/`write` moves (`MAX_RW_COUNT` is about 2 GiB in Linux;
-/// a short count is a valid answer, and it bounds the bounce buffer a guest can size).
-pub const MAX_RW_CHUNK: usize = 1 << 20;
+/// The most bytes one forwarded `read`/`write` moves at once (`MAX_RW_COUNT` is about 2 GiB
+/// in Linux; a short count is a valid answer, and it bounds the bounce buffer a guest can
+/// size): the PMD size, the largest folio the write path makes.
+pub const MAX_RW_CHUNK: usize = 2 << 20;
 
 /// The instant `d` from now, for a timeout a program gave: one longer than a century is a
 /// century (`MAX_SCHEDULE_TIMEOUT` is "for ever" in Linux; an `Instant` cannot hold
