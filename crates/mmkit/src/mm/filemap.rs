@@ -76,8 +76,9 @@ impl Kernel {
     }
 
     /// Read the page at `index` from the backing store into a new page allocated with `gfp`
-    /// and add it to the cache (`filemap_add_folio` + `read_folio`). Returns the page (no
-    /// reference taken: the cache holds it), or `None` when it was cached already; `EIO`
+    /// and add it to the cache (`filemap_add_folio` + `read_folio`). Returns the page with
+    /// the allocation's reference (drop it with [`Kernel::folio_put`]: once cached, the
+    /// folio can be dropped from the cache by anyone), or `None` when it was cached already; `EIO`
     /// when the store fails (nothing is cached then), `ENOMEM`.
     pub(crate) fn page_cache_read_one(
         &self,
@@ -92,7 +93,8 @@ impl Kernel {
     /// `ra_alloc_folio` + `read_pages` for one folio of `order` at `index` (aligned to it):
     /// allocate it (`__GFP_COMP` when large), read its bytes from the store (zeroes past the
     /// end of the file) and add it to the cache in every slot it covers
-    /// (`filemap_add_folio`). `Ok(None)` when one of those slots is taken already (`EEXIST`:
+    /// (`filemap_add_folio`), returned with the allocation's reference (the caller's to
+    /// drop). `Ok(None)` when one of those slots is taken already (`EEXIST`:
     /// the caller falls back to smaller folios); `ENOMEM` when the allocation fails, `EIO`
     /// when the store does (nothing is cached then).
     pub(crate) fn page_cache_read_folio(
@@ -130,7 +132,7 @@ impl Kernel {
             self.folio_put(cpu, folio);
             return Ok(None);
         }
-        Ok(Some(folio))
+        Ok(Some(folio)) // with the allocation's reference, the caller's to drop
     }
 
     /// `filemap_alloc_folio`: a folio of `order` for the page cache (`__GFP_COMP` when
@@ -153,10 +155,12 @@ impl Kernel {
         folio
     }
 
-    /// `filemap_add_folio`: put the new `folio` (its bytes filled, nobody else holding it)
-    /// in `inode`'s cache at `index`, in every slot it covers — the allocation's reference
-    /// becomes one of the cache's `nr` — and on the LRU. False, the folio untouched, when a
-    /// slot is taken (`EEXIST`).
+    /// `filemap_add_folio`: put the new `folio` (its bytes filled, held by the caller's
+    /// allocation reference, which stays the caller's) in `inode`'s cache at `index`, in
+    /// every slot it covers — the cache takes `nr` references of its own — and on the LRU.
+    /// Once added, the folio can be found, and dropped by invalidation or reclaim, by anyone:
+    /// the caller's reference is what keeps it. False, the folio untouched, when a slot is
+    /// taken (`EEXIST`).
     fn filemap_add_folio(
         &self,
         cpu: &CpuGuard<'_>,
@@ -176,7 +180,7 @@ impl Kernel {
         for i in 0..nr {
             pages.insert(index + i, pfn + i);
         }
-        folio.ref_add(nr as i32 - 1);
+        folio.ref_add(nr as i32);
         inode.nrpages.fetch_add(nr, Relaxed);
         self.mod_node_page_state(cpu, folio, NR_FILE_PAGES, nr as i64);
         if folio.folio_order() == crate::arch::x86_64::pgtable::HPAGE_PMD_ORDER {
@@ -212,15 +216,27 @@ impl Kernel {
         index: u64,
         ra_pages: u64,
     ) -> Result<(&Page, bool), Errno> {
-        if index >= Self::file_pages(inode) {
-            return Err(Errno::EFAULT);
+        let mut read = false;
+        loop {
+            if index >= Self::file_pages(inode) {
+                return Err(Errno::EFAULT);
+            }
+            if let Some(p) = self.find_get_page(inode, index) {
+                return Ok((p, read));
+            }
+            if !read {
+                read = true;
+                self.page_cache_readahead(cpu, inode, index, ra_pages.max(1))?;
+                continue;
+            }
+            // Reclaim took it back before we held a reference (filemap_create_folio): read
+            // the page alone and keep the allocation's reference.
+            if let Some(p) =
+                self.page_cache_read_one(cpu, inode, index, crate::gfp::GFP_HIGHUSER_MOVABLE)?
+            {
+                return Ok((p, true));
+            }
         }
-        if let Some(p) = self.find_get_page(inode, index) {
-            return Ok((p, false));
-        }
-        self.page_cache_readahead(cpu, inode, index, ra_pages.max(1))?;
-        let p = self.find_get_page(inode, index).ok_or(Errno::EIO)?;
-        Ok((p, true))
     }
 
     /// `filemap_read` (what `kernel_read` reaches): copy file bytes at `off` into `buf`
@@ -358,8 +374,7 @@ impl Kernel {
                     self.phys_write((pfn + i).phys(), &buf);
                 }
                 if ok && self.filemap_add_folio(cpu, inode, folio, index) {
-                    folio.get();
-                    return Some(folio);
+                    return Some(folio); // with the allocation's reference
                 }
                 self.folio_put(cpu, folio);
                 if !ok {

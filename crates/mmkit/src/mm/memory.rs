@@ -402,12 +402,14 @@ impl Kernel {
     ) -> Result<(&Page, FaultKind), VmFaultError> {
         let file = vma.vm_file.as_ref().ok_or(VmFaultError::Sigbus)?;
         let inode = &file.inode;
-        if index >= inode.size().div_ceil(PAGE_SIZE) {
-            return Err(VmFaultError::Sigbus);
-        }
         let rand = vma.vm_flags.contains(VmFlags::VM_RAND_READ);
         let mut major = false;
         loop {
+            // Checked again after each read: a file that shrank meanwhile has nothing to
+            // read there (readahead stops at the new end), and the fault is SIGBUS.
+            if index >= inode.size().div_ceil(PAGE_SIZE) {
+                return Err(VmFaultError::Sigbus);
+            }
             if let Some(p) = self.find_get_page(inode, index) {
                 if major {
                     return Ok((p, FaultKind::Major));
@@ -421,10 +423,14 @@ impl Kernel {
                 let huge = vma.vm_flags.contains(VmFlags::VM_HUGEPAGE);
                 self.do_sync_mmap_readahead(cpu, file, index, rand, huge)
             } else {
-                // page_cache_read + retry_find: reclaim took the page back before we held a
-                // reference to it; read it alone again.
-                self.page_cache_ra_unbounded(cpu, inode, index, 1, 0)
-                    .map(|_| ())
+                // page_cache_read: reclaim took the page back before we held a reference to
+                // it; read it alone, keeping the allocation's reference.
+                match self.page_cache_read_one(cpu, inode, index, crate::gfp::GFP_HIGHUSER_MOVABLE)
+                {
+                    Ok(Some(p)) => return Ok((p, FaultKind::Major)),
+                    Ok(None) => Ok(()), // cached by someone else meanwhile: look again
+                    Err(e) => Err(e),
+                }
             };
             match read {
                 Ok(()) => {}

@@ -121,6 +121,7 @@ impl Kernel {
                     if mark.is_some_and(|m| (i..i + (1 << order)).contains(&m)) {
                         folio.set(PG_READAHEAD);
                     }
+                    self.folio_put(cpu, folio);
                 }
                 // A slot taken (EEXIST), the allocation failed, the store failed: the
                 // order-0 path reads what is left and reports the error of the page the
@@ -174,6 +175,7 @@ impl Kernel {
                     if Some(i) == mark {
                         page.set(PG_READAHEAD);
                     }
+                    self.folio_put(cpu, page);
                 }
                 Ok(None) => {}
                 Err(e) if read == 0 && i == index => return Err(e),

@@ -82,16 +82,23 @@ impl Proc<'_> {
     /// `write` just went to the host file behind `fd` at `off` (`data`): tell mmkit the
     /// file's new size and put the bytes in its page cache (`generic_perform_write`).
     fn write_through_cache(&mut self, cpu: &CpuGuard<'_>, hfd: RawFd, off: u64, data: &[u8]) {
+        let Some((entry, size)) = self.host_entry(hfd) else {
+            return;
+        };
+        crate::hostfs::truncate_setsize(self.k, cpu, &entry, size);
+        self.k.generic_perform_write(cpu, &entry.0, off, data);
+    }
+
+    /// The inode mmkit caches the regular host file behind `hfd` in, and the file's size on
+    /// the host; `None` for anything mmkit does not cache.
+    fn host_entry(&self, hfd: RawFd) -> Option<(crate::hostfs::HostEntry, u64)> {
         // SAFETY: fstat of our own descriptor into our own struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(hfd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return;
+            return None;
         }
-        let Some(entry) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
-            return;
-        };
-        crate::hostfs::truncate_setsize(self.k, cpu, &entry, st.st_size as u64);
-        self.k.generic_perform_write(cpu, &entry.0, off, data);
+        let entry = self.m.hostfs.host_file(st.st_dev, st.st_ino)?;
+        Some((entry, st.st_size as u64))
     }
 }
 
@@ -261,18 +268,44 @@ pub fn sys_pread64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResu
     }
 }
 
-/// `pwrite64`.
+/// `pwrite64`: as `write` (pieces ending at 2 MiB boundaries of the file, all of them for a
+/// regular file), at `off`.
 pub fn sys_pwrite64(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
-    let (fd, buf, count, off) = (a[0] as i64, a[1], a[2] as usize, a[3] as i64);
+    let (fd, buf, count, off) = (
+        a[0] as i64,
+        a[1],
+        (a[2] as usize).min(MAX_RW_COUNT),
+        a[3] as i64,
+    );
     if off < 0 {
         return Err(EINVAL);
     }
     let h = p.host_fd(fd)?;
-    let data = p.read_user(cpu, buf, count.min(MAX_RW_CHUNK))?;
-    // SAFETY: from our own buffer.
-    let r = host(unsafe { libc::pwrite(h, data.as_ptr().cast(), data.len(), off) } as i64)?;
-    p.write_through_cache(cpu, h, off as u64, &data[..r as usize]);
-    Ok(r)
+    let regular = p.fds.get(fd).is_some_and(|f| f.cache.is_some());
+    let mut done = 0usize;
+    loop {
+        let at = (off as u64).saturating_add(done as u64);
+        let want = (count - done).min(MAX_RW_CHUNK - (at % MAX_RW_CHUNK as u64) as usize);
+        let data = match p.read_user(cpu, buf + done as u64, want) {
+            Ok(d) => d,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        };
+        // SAFETY: from our own buffer.
+        let r = match host(
+            unsafe { libc::pwrite(h, data.as_ptr().cast(), data.len(), at as i64) } as i64,
+        ) {
+            Ok(r) => r as usize,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        };
+        p.write_through_cache(cpu, h, at, &data[..r]);
+        done += r;
+        if !regular || r < want || done == count {
+            break;
+        }
+    }
+    Ok(done as i64)
 }
 
 /// `UIO_MAXIOV`.
@@ -811,11 +844,26 @@ pub fn sys_fsync(p: &mut Proc<'_>, _cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResul
     }
 }
 
-/// `ftruncate`.
+/// `ftruncate`. A file that shrinks gets its new size in mmkit and loses its cache past it
+/// before the host file shrinks (`truncate_setsize` before the file system frees the
+/// blocks, as Linux orders it): a writeback in between sees the new end and writes nothing
+/// past it.
 pub fn sys_ftruncate(p: &mut Proc<'_>, cpu: &CpuGuard<'_>, a: [u64; 6]) -> SysResult {
     let h = p.host_fd(a[0] as i64)?;
+    let len = a[1] as i64;
+    let entry = p.host_entry(h);
+    if let Some((e, size)) = &entry {
+        if len >= 0 && (len as u64) < *size {
+            crate::hostfs::truncate_setsize(p.k, cpu, e, len as u64);
+        }
+    }
     // SAFETY: ftruncate of our own descriptor.
-    host(unsafe { libc::ftruncate(h, a[1] as i64) } as i64)?;
+    if let Err(err) = host(unsafe { libc::ftruncate(h, len) } as i64) {
+        if let Some((e, _)) = &entry {
+            crate::hostfs::truncate_setsize(p.k, cpu, e, e.1.host_size());
+        }
+        return Err(err);
+    }
     p.write_through_cache(cpu, h, a[1], &[]);
     Ok(0)
 }
@@ -1084,15 +1132,10 @@ impl Proc<'_> {
     /// `sendfile`): re-read the pages of that range mmkit has cached, so the cache and the
     /// file stay one.
     fn refresh_cached_range(&mut self, cpu: &CpuGuard<'_>, hfd: RawFd, off: u64, n: u64) {
-        // SAFETY: fstat of our own descriptor.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(hfd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return;
-        }
-        let Some(entry) = self.m.hostfs.host_file(st.st_dev, st.st_ino) else {
+        let Some((entry, size)) = self.host_entry(hfd) else {
             return;
         };
-        crate::hostfs::truncate_setsize(self.k, cpu, &entry, st.st_size as u64);
+        crate::hostfs::truncate_setsize(self.k, cpu, &entry, size);
         let inode = &entry.0;
         let mut page = [0u8; 4096];
         let end = off.saturating_add(n);
