@@ -275,7 +275,9 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // Plain user errors get one line, never a backtrace (even with RUST_BACKTRACE set).
-    match real_main(cli) {
+    let r = real_main(cli);
+    mmkit_sim::tempfiles::yield_to_a_dying_signal();
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mmkit: error: {e:#}");
@@ -402,6 +404,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 // The program died of the Ctrl-C: so does mmkit (its files are gone by now).
                 let _ = signal_hook::low_level::emulate_default_handler(libc::SIGINT);
             }
+            mmkit_sim::tempfiles::yield_to_a_dying_signal();
             std::process::exit(code);
         }
         Cmd::ExecSweep {

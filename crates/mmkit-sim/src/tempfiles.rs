@@ -59,6 +59,20 @@ impl Drop for PrivateDir {
     }
 }
 
+/// Set once a signal began the cleanup: the process ends by that signal, not by whatever
+/// the main thread meets once its files are gone.
+static DYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Wait here for ever if a signal is ending the process: a run whose files the signal
+/// thread just removed may fail or finish meanwhile, and its exit must not replace the
+/// signal's (a status of 1 where the caller waits for death by `SIGINT`). Call before
+/// leaving `main`.
+pub fn yield_to_a_dying_signal() {
+    while DYING.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::park();
+    }
+}
+
 /// Remove every live private directory (best effort).
 fn remove_all() {
     let dirs = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
@@ -82,6 +96,7 @@ pub fn install_signal_cleanup() -> Result<()> {
                 .forever()
                 .filter(|&s| !(s == SIGINT && crate::kvm::tty::forward_sigint()));
             if let Some(sig) = ours.next() {
+                DYING.store(true, std::sync::atomic::Ordering::Release);
                 remove_all();
                 // The default action of the signal: the exit status says what killed us.
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
