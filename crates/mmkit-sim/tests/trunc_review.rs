@@ -742,11 +742,15 @@ fn reclaim_and_compaction_racing_truncation_size_first() {
 /// references — before it took its own: `drop_caches`/reclaim on CPU 1 could free it in
 /// between, and the write then copied into, and put, a freed page. Fixed: the caller keeps
 /// its allocation reference, as in Linux. What is left, unexplained: a page on the inactive
-/// file list with refcount 0 — also with the write path making order-0 folios only, never
-/// with it replaced by `update_cached_range` or without reclaim on CPU 1.)
+/// file list with refcount 0. It is not the write path: it reproduces with the write
+/// replaced by readahead of the written range plus the old in-place update (the same page
+/// churn), with truncation's partial-folio split disabled, and with truncation removing
+/// only folios nobody else holds; it never fails without reclaim on CPU 1, nor with the
+/// write replaced by the in-place update alone, which caches almost nothing.)
 #[test]
-#[ignore = "bug, not fixed: a page on the LRU with refcount 0 after reclaim on CPU 1 races \
-            the write path on CPU 0 (fails most runs); root cause not found"]
+#[ignore = "bug, not fixed: a page on the LRU with refcount 0 when reclaim on CPU 1 races \
+            page-cache churn on CPU 0 (fails most runs; latent, not the write path); root \
+            cause not found"]
 fn reclaim_and_compaction_racing_truncation_clean() {
     reclaim_and_compaction_racing(true, false, 400);
 }
