@@ -433,11 +433,11 @@ fn measure_once(ops: u64, f: impl FnOnce()) -> (f64, f64) {
     )
 }
 
-/// The host's loop of `file_read_fault_row` over a mapping populated first: what its loads
-/// cost by themselves (ns per page).
-fn host_populated_reads(file: &std::fs::File, huge: bool) -> f64 {
+/// Host: map `LEN` bytes of `file` privately read-only (with `MADV_HUGEPAGE` when `huge`).
+fn host_map_file(file: &std::fs::File, huge: bool) -> *mut libc::c_void {
     use std::os::fd::AsRawFd;
-    // SAFETY: a private read-only mapping of our file, read and unmapped here.
+    // SAFETY: a new private read-only mapping of our file at an address of the kernel's
+    // choosing; the caller unmaps it with `host_unmap_file`.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -451,16 +451,32 @@ fn host_populated_reads(file: &std::fs::File, huge: bool) -> f64 {
         if huge {
             libc::madvise(p, LEN as usize, libc::MADV_HUGEPAGE);
         }
-        let read = || {
-            for i in (0..LEN as usize).step_by(4096) {
-                black_box(std::ptr::read_volatile((p as *const u8).add(i)));
-            }
-        };
-        read();
-        let r = measure(PAGES, read);
-        libc::munmap(p, LEN as usize);
-        r.0
+        p
     }
+}
+
+/// Host: read a byte of every page of a mapping `host_map_file` made.
+fn host_read_pages(p: *mut libc::c_void) {
+    for i in (0..LEN as usize).step_by(4096) {
+        // SAFETY: inside the `LEN`-byte readable mapping at `p`.
+        black_box(unsafe { std::ptr::read_volatile((p as *const u8).add(i)) });
+    }
+}
+
+/// Host: unmap what `host_map_file` mapped.
+fn host_unmap_file(p: *mut libc::c_void) {
+    // SAFETY: exactly the mapping `host_map_file` made, no longer used.
+    unsafe { libc::munmap(p, LEN as usize) };
+}
+
+/// The host's loop of `file_read_fault_row` over a mapping populated first: what its loads
+/// cost by themselves (ns per page).
+fn host_populated_reads(file: &std::fs::File, huge: bool) -> f64 {
+    let p = host_map_file(file, huge);
+    host_read_pages(p);
+    let r = measure(PAGES, || host_read_pages(p));
+    host_unmap_file(p);
+    r.0
 }
 
 /// `file-read-fault` / `file-read-fault-thp`: mmap a 16 MiB file privately (with
@@ -517,26 +533,9 @@ fn file_read_fault_row(m: &Machine, name: &str, huge: bool) -> Result<Row> {
     let file = std::fs::File::open(&path)?;
     let host_reads = host_populated_reads(&file, huge);
     let host = measure(PAGES, || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a private read-only mapping of our file, advised, read and unmapped here.
-        unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                LEN as usize,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            );
-            assert!(p != libc::MAP_FAILED, "host mmap");
-            if huge {
-                libc::madvise(p, LEN as usize, libc::MADV_HUGEPAGE);
-            }
-            for i in (0..LEN as usize).step_by(4096) {
-                black_box(std::ptr::read_volatile((p as *const u8).add(i)));
-            }
-            libc::munmap(p, LEN as usize);
-        }
+        let p = host_map_file(&file, huge);
+        host_read_pages(p);
+        host_unmap_file(p);
     });
     let note = format!(
         "per 4 KiB page; {}; the reads alone over the mapping populated: ours (the software \
