@@ -90,15 +90,7 @@ fn a_no_file_pmd_past_a_shrunk_eof() {
     let path = dir.path().join("file");
     std::fs::write(&path, &data).unwrap();
     m.on_cpu(0, |cpu| {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let (inode, host) = m
-            .hostfs
-            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
-            .unwrap();
+        let (inode, host) = register(&m, cpu, &path);
         let f = k.open(&inode, FMode::READ).unwrap();
         let len = pages * PAGE;
         let mut mm = k.mm_alloc(cpu).unwrap();
@@ -120,13 +112,7 @@ fn a_no_file_pmd_past_a_shrunk_eof() {
         );
         k.munmap(cpu, &mut mm, a, len).unwrap();
         let new_len = 5 * PAGE + 10;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(new_len)
-            .unwrap();
-        mmkit_sim::hostfs::truncate_setsize(k, cpu, &(inode.clone(), host.clone()), new_len);
+        resize(k, cpu, &(inode.clone(), host.clone()), &path, new_len);
         let a = map_at(
             k,
             cpu,

@@ -393,15 +393,7 @@ fn host_file_cached_in_large_folios_and_written_back_to_the_host() {
     std::fs::write(&path, &data).unwrap();
     let before = drain_and_count(&m);
     m.on_cpu(0, |cpu| {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let (inode, _host) = m
-            .hostfs
-            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
-            .unwrap();
+        let (inode, _host) = register(&m, cpu, &path);
         assert!(inode.mapping_large_folio_support());
         let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
         let mut mm = k.mm_alloc(cpu).unwrap();
@@ -457,15 +449,7 @@ fn fault_around_stops_at_the_end_of_the_file() {
     let path = dir.path().join("file");
     std::fs::write(&path, &data).unwrap();
     m.on_cpu(0, |cpu| {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let (inode, host) = m
-            .hostfs
-            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
-            .unwrap();
+        let (inode, host) = register(&m, cpu, &path);
         let f = k.open(&inode, FMode::READ).unwrap();
         let len = data.len() as u64;
         let mut mm = k.mm_alloc(cpu).unwrap();
@@ -478,13 +462,7 @@ fn fault_around_stops_at_the_end_of_the_file() {
         assert!(in_large > 0);
         // The file shrinks to 5 pages and 10 bytes.
         let new_len = 5 * PAGE as u64 + 10;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(new_len)
-            .unwrap();
-        mmkit_sim::hostfs::truncate_setsize(k, cpu, &(inode.clone(), host.clone()), new_len);
+        resize(k, cpu, &(inode.clone(), host.clone()), &path, new_len);
         // At a 2 MiB boundary, so the whole window lies in one page table.
         let a = k
             .do_mmap(
@@ -809,15 +787,7 @@ fn writes_are_cached_in_folios_of_their_size() {
         free_and_pcp(k)
     };
     m.on_cpu(0, |cpu| {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let (inode, _) = m
-            .hostfs
-            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
-            .unwrap();
+        let (inode, _) = register(&m, cpu, &path);
         // What a forwarded write(fd, data, 16 MiB) at 0 does once the host wrote it.
         k.generic_perform_write(cpu, &inode, 0, &data);
         let orders = folio_orders(k, &inode, 0..pages);
@@ -852,15 +822,7 @@ fn writes_are_cached_in_folios_of_their_size() {
     let mut small = file_bytes(32, 0x51);
     std::fs::write(&path2, &small).unwrap();
     m.on_cpu(0, |cpu| {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path2)
-            .unwrap();
-        let (inode, _) = m
-            .hostfs
-            .inode_of(k, cpu, rw, &path2.to_string_lossy(), true)
-            .unwrap();
+        let (inode, _) = register(&m, cpu, &path2);
         // 76 KiB at 12 KiB + 100: pages 3 and 22 partly, 4..22 whole.
         let (off, n) = (3 * PAGE + 100, 19 * PAGE);
         let new = file_bytes(19, 0x77);

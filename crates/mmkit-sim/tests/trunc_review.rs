@@ -40,29 +40,6 @@ fn nr_dirty(k: &Kernel) -> i64 {
     k.node_page_state(0, NR_FILE_DIRTY)
 }
 
-/// The host file at `path` registered with a writable descriptor (as `open(O_RDWR)` does).
-fn register(m: &mmkit_sim::Machine, cpu: &CpuGuard<'_>, path: &Path) -> HostEntry {
-    let rw = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    m.hostfs
-        .inode_of(&m.kernel, cpu, rw, &path.to_string_lossy(), true)
-        .unwrap()
-}
-
-/// Resize the host file and tell the machine, as `ftruncate` through it does.
-fn resize(k: &Kernel, cpu: &CpuGuard<'_>, entry: &HostEntry, path: &Path, len: u64) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
-    truncate_setsize(k, cpu, entry, len);
-}
-
 /// `pwrite` through the machine: the host file gets the bytes, then the machine learns its
 /// size and caches them (`write_through_cache`).
 fn host_write(k: &Kernel, cpu: &CpuGuard<'_>, entry: &HostEntry, path: &Path, off: u64, d: &[u8]) {

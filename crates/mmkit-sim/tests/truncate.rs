@@ -14,7 +14,6 @@ use mmkit::mm::madvise::MADV_HUGEPAGE;
 use mmkit::mm::mm_types::{MmStruct, MM_ANONPAGES};
 use mmkit::mm::mmap::*;
 use mmkit::Kernel;
-use mmkit_sim::hostfs::truncate_setsize;
 
 const PAGE: u64 = 4096;
 
@@ -27,23 +26,6 @@ fn check_all(k: &Kernel, mms: &[&MmStruct]) {
     k.check_deferred_split_invariants().unwrap();
     k.check_invariants().unwrap();
     assert_eq!(k.bad_page_reports(), 0, "{:?}", k.dmesg());
-}
-
-/// Resize the host file and tell the machine, as a `truncate` through it does.
-fn resize(
-    k: &Kernel,
-    cpu: &mmkit::CpuGuard<'_>,
-    entry: &mmkit_sim::hostfs::HostEntry,
-    path: &std::path::Path,
-    len: u64,
-) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
-    truncate_setsize(k, cpu, entry, len);
 }
 
 /// A 4 MiB file cached in PMD-sized folios, mapped shared by one address space (by PMDs)
@@ -64,15 +46,7 @@ fn a_shrinking_file_leaves_nothing_past_its_end_and_grows_back_zeroed() {
     let new_len = HPAGE_PMD_SIZE + 3 * PAGE + 100;
     let eof_page = new_len / PAGE; // 515: holds the new end
     m.on_cpu(0, |cpu| {
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let entry = m
-            .hostfs
-            .inode_of(k, cpu, rw, &path.to_string_lossy(), true)
-            .unwrap();
+        let entry = register(&m, cpu, &path);
         let inode = entry.0.clone();
         let f = k.open(&inode, FMode::READ | FMode::WRITE).unwrap();
         let (mut shared, mut private) = (k.mm_alloc(cpu).unwrap(), k.mm_alloc(cpu).unwrap());

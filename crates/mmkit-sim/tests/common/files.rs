@@ -81,3 +81,37 @@ pub fn read_pages(
         assert_eq!(&buf[..], &data[off..off + PAGE as usize], "page {i}");
     }
 }
+
+/// The host file at `path` registered with the machine through a read-write descriptor
+/// (writeback can reach it), as a program's `open(O_RDWR)` registers it.
+pub fn register(
+    m: &mmkit_sim::Machine,
+    cpu: &CpuGuard<'_>,
+    path: &std::path::Path,
+) -> mmkit_sim::hostfs::HostEntry {
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    m.hostfs
+        .inode_of(&m.kernel, cpu, rw, &path.to_string_lossy(), true)
+        .unwrap()
+}
+
+/// Resize the host file and tell the machine (`truncate_setsize`).
+pub fn resize(
+    k: &Kernel,
+    cpu: &CpuGuard<'_>,
+    entry: &mmkit_sim::hostfs::HostEntry,
+    path: &std::path::Path,
+    len: u64,
+) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    mmkit_sim::hostfs::truncate_setsize(k, cpu, entry, len);
+}
